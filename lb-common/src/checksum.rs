@@ -1,0 +1,108 @@
+//! Internet checksum arithmetic (RFC 1071) and incremental updates (RFC 1624).
+//!
+//! The one's complement sum is byte-order independent, so these work directly on
+//! 16-bit words read from the packet in host order: no swapping in the data path.
+
+/// Folds a 32-bit accumulator into 16 bits with end-around carry.
+#[inline(always)]
+pub fn fold(sum: u32) -> u16 {
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// Checksum after one 16-bit word of the covered data changed from `old` to `new`
+/// (RFC 1624, equation 3: HC' = ~(~HC + ~m + m')).
+#[inline(always)]
+pub fn replace_u16(check: u16, old: u16, new: u16) -> u16 {
+    !fold(u32::from(!check) + u32::from(!old) + u32::from(new))
+}
+
+/// Checksum after a 32-bit field (an IPv4 address) changed from `old` to `new`.
+#[inline(always)]
+pub fn replace_u32(check: u16, old: u32, new: u32) -> u16 {
+    let sum = u32::from(!check)
+        + u32::from(!(old as u16))
+        + u32::from(!((old >> 16) as u16))
+        + u32::from(new as u16)
+        + (new >> 16);
+    !fold(sum)
+}
+
+/// One's complement sum of `data` as big-endian words (odd length padded with zero).
+pub fn sum_be(data: &[u8], initial: u32) -> u32 {
+    let mut sum = initial;
+    let mut words = data.chunks_exact(2);
+    for word in &mut words {
+        sum = sum.wrapping_add(u32::from(u16::from_be_bytes([word[0], word[1]])));
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    if let [last] = words.remainder() {
+        sum = sum.wrapping_add(u32::from(*last) << 8);
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum
+}
+
+/// The Internet checksum of `data`, big-endian: a header carrying its own correct
+/// checksum sums to zero.
+pub fn internet_checksum(data: &[u8]) -> u16 {
+    !fold(sum_be(data, 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // An IPv4 header (RFC 1071 style example) with its checksum at bytes 10..12.
+    const HEADER: [u8; 20] = [
+        0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0xb8, 0x61, 0xc0, 0xa8, 0x00,
+        0x01, 0xc0, 0xa8, 0x00, 0xc7,
+    ];
+
+    fn read_ne(b: &[u8], at: usize) -> u16 {
+        u16::from_ne_bytes([b[at], b[at + 1]])
+    }
+
+    #[test]
+    fn full_checksum_of_a_valid_header_is_zero() {
+        assert_eq!(internet_checksum(&HEADER), 0);
+        let mut zeroed = HEADER;
+        zeroed[10] = 0;
+        zeroed[11] = 0;
+        assert_eq!(internet_checksum(&zeroed), 0xb861);
+    }
+
+    #[test]
+    fn incremental_u32_matches_recomputation() {
+        for new_dst in [[10, 0, 0, 1], [255, 255, 255, 255], [0, 0, 0, 0], [192, 168, 0, 199]] {
+            let mut h = HEADER;
+            let old = u32::from_ne_bytes([h[16], h[17], h[18], h[19]]);
+            let new = u32::from_ne_bytes(new_dst);
+            let check = replace_u32(read_ne(&h, 10), old, new);
+            h[16..20].copy_from_slice(&new_dst);
+            h[10..12].copy_from_slice(&check.to_ne_bytes());
+            assert_eq!(internet_checksum(&h), 0, "dst {new_dst:?}");
+        }
+    }
+
+    #[test]
+    fn incremental_u16_matches_recomputation() {
+        for new_word in [0u16, 1, 0x7fff, 0xffff, 0x1234] {
+            let mut h = HEADER;
+            // Change the identification field (bytes 4..6).
+            let old = read_ne(&h, 4);
+            let new = new_word.to_be();
+            let check = replace_u16(read_ne(&h, 10), old, new);
+            h[4..6].copy_from_slice(&new.to_ne_bytes());
+            h[10..12].copy_from_slice(&check.to_ne_bytes());
+            assert_eq!(internet_checksum(&h), 0, "word {new_word:#x}");
+        }
+    }
+
+    #[test]
+    fn odd_length_pads_with_zero() {
+        assert_eq!(sum_be(&[0x12], 0), 0x1200);
+        assert_eq!(internet_checksum(&[0xff, 0xff]), 0);
+    }
+}

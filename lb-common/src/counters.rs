@@ -1,0 +1,58 @@
+//! Indexes of the global per-CPU counters (`GLOBAL_STATS`).
+//!
+//! Every packet the program sees ends in exactly one outcome counter (the
+//! FORWARD_, REPLY_, FIB_, PASS_ and DROP_ ones), so those add up to `RX`.
+
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $name:ident = $index:literal, $label:literal;)*) => {
+        $($(#[doc = $doc])* pub const $name: u32 = $index;)*
+        /// Number of global counters.
+        pub const COUNT: u32 = [$($index),*].len() as u32;
+        /// Metric-style names, indexed like the counters.
+        pub const NAMES: [&str; COUNT as usize] = [$($label),*];
+    };
+}
+
+counters! {
+    /// Packets the program saw.
+    RX = 0, "rx";
+    /// Flows created (Maglev lookup and flow insert).
+    NEW_FLOWS = 1, "new_flows";
+    /// Packets DNAT-ed to a backend and sent with XDP_TX.
+    FORWARD_TX = 2, "forward_tx";
+    /// Packets DNAT-ed to a backend and redirected to another interface.
+    FORWARD_REDIRECT = 3, "forward_redirect";
+    /// Replies reverse-NAT-ed and sent with XDP_TX.
+    REPLY_TX = 4, "reply_tx";
+    /// Replies reverse-NAT-ed and redirected to another interface.
+    REPLY_REDIRECT = 5, "reply_redirect";
+    /// Rewritten packets handed to the kernel because the FIB had no neighbour yet.
+    FIB_MISS = 6, "fib_miss_pass";
+    /// Rewritten packets handed to the kernel: no route, or egress not in the devmap.
+    FIB_OTHER = 7, "fib_other_pass";
+    /// Passed: not IPv4 (ARP, IPv6, VLAN-tagged...).
+    PASS_NOT_IPV4 = 8, "pass_not_ipv4";
+    /// Passed: IPv4 fragment.
+    PASS_FRAGMENT = 9, "pass_fragment";
+    /// Passed: neither TCP nor UDP.
+    PASS_OTHER_PROTO = 10, "pass_other_proto";
+    /// Passed: truncated or malformed headers.
+    PASS_MALFORMED = 11, "pass_malformed";
+    /// Passed: not addressed to a service and not a reply of a tracked flow.
+    PASS_NOT_SERVICE = 12, "pass_not_service";
+    /// Dropped: a service with no backends.
+    DROP_NO_BACKEND = 13, "drop_no_backend";
+    /// Dropped: the Maglev ring or backend table was inconsistent.
+    DROP_INTERNAL = 14, "drop_internal";
+    /// Flow entries found whose backend was gone, so the flow re-hashed.
+    FLOW_REHASHED = 15, "flow_rehashed";
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn indexes_are_dense() {
+        assert_eq!(super::COUNT, 16);
+        assert_eq!(super::NAMES[super::FLOW_REHASHED as usize], "flow_rehashed");
+    }
+}

@@ -1,0 +1,58 @@
+//! The 5-tuple hash that picks a Maglev slot. The kernel and `lb trace` both call
+//! this, so a prediction made in userspace is the choice the data path makes.
+
+use crate::FlowKey;
+
+const SEED: u32 = 0x9747_b28c;
+
+#[inline(always)]
+fn mix(h: u32, k: u32) -> u32 {
+    let k = k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
+    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+fn finalize(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// MurmurHash3-style hash of a flow's 5-tuple, fields as stored (network order).
+#[inline(always)]
+pub fn flow_hash(key: &FlowKey) -> u32 {
+    let mut h = mix(SEED, key.src_ip);
+    h = mix(h, key.dst_ip);
+    h = mix(h, (u32::from(key.src_port) << 16) | u32::from(key.dst_port));
+    h = mix(h, u32::from(key.proto));
+    finalize(h ^ 13)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(src_port: u16) -> FlowKey {
+        FlowKey {
+            src_ip: u32::from_ne_bytes([10, 0, 0, 2]),
+            dst_ip: u32::from_ne_bytes([198, 51, 100, 10]),
+            src_port: src_port.to_be(),
+            dst_port: 80u16.to_be(),
+            proto: crate::PROTO_TCP,
+            _pad: [0; 3],
+        }
+    }
+
+    #[test]
+    fn hash_is_deterministic_and_spreads_ports() {
+        assert_eq!(flow_hash(&key(40000)), flow_hash(&key(40000)));
+        // Consecutive client ports must land in all 16 buckets of a small table.
+        let mut buckets = [0u32; 16];
+        for port in 40000..41600 {
+            buckets[(flow_hash(&key(port)) % 16) as usize] += 1;
+        }
+        assert!(buckets.iter().all(|&n| (70..=130).contains(&n)), "{buckets:?}");
+    }
+}

@@ -1,0 +1,92 @@
+//! Sending a rewritten packet: MACs from the kernel's FIB and neighbour tables,
+//! then XDP_TX on the ingress interface or XDP_REDIRECT through the devmap.
+
+use core::mem::{size_of, zeroed};
+
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup as FibParams, xdp_action},
+    helpers::generated::bpf_fib_lookup,
+    programs::XdpContext,
+};
+use lb_common::counters;
+use network_types::eth::EthHdr;
+
+use crate::{
+    maps::{TX_PORTS, count},
+    parse::{Packet, Verdict, ptr_at},
+};
+
+const AF_INET: u8 = 2;
+const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
+const BPF_FIB_LKUP_RET_NO_NEIGH: i64 = 7;
+
+#[derive(Clone, Copy)]
+pub enum Direction {
+    ToBackend,
+    ToClient,
+}
+
+impl Direction {
+    #[inline(always)]
+    fn counters(self) -> (u32, u32) {
+        match self {
+            Self::ToBackend => (counters::FORWARD_TX, counters::FORWARD_REDIRECT),
+            Self::ToClient => (counters::REPLY_TX, counters::REPLY_REDIRECT),
+        }
+    }
+}
+
+/// Sends the already rewritten packet towards its new destination. When the
+/// neighbour is not resolved yet the packet goes to the kernel, which resolves it
+/// (ARP) and forwards this packet itself.
+#[inline(always)]
+pub fn send(ctx: &XdpContext, packet: &Packet, direction: Direction) -> Result<u32, Verdict> {
+    let ingress = ctx.ingress_ifindex() as u32;
+    // SAFETY: all-zero is a valid `bpf_fib_lookup` (plain integers and unions of them).
+    let mut fib: FibParams = unsafe { zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = packet.key.proto;
+    fib.sport = packet.key.src_port;
+    fib.dport = packet.key.dst_port;
+    fib.__bindgen_anon_1.tot_len = packet.ip_total_len;
+    fib.ifindex = ingress;
+    fib.__bindgen_anon_2.tos = packet.tos;
+    // The packet is already rewritten: look up the new addresses.
+    let ip: *const [u32; 2] = ptr_at(ctx, EthHdr::LEN + 12)?;
+    // SAFETY: bounds-checked by `ptr_at`.
+    let [src, dst] = unsafe { ip.read_unaligned() };
+    fib.__bindgen_anon_3.ipv4_src = src;
+    fib.__bindgen_anon_4.ipv4_dst = dst;
+    // SAFETY: `fib` is a valid, writable parameter block of the size given.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx.cast(),
+            &mut fib,
+            size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    match rc {
+        BPF_FIB_LKUP_RET_SUCCESS => {}
+        BPF_FIB_LKUP_RET_NO_NEIGH => return Err(Verdict::PassFibMiss),
+        _ => return Err(Verdict::PassFibOther),
+    }
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    // SAFETY: bounds-checked by `ptr_at`.
+    unsafe {
+        (*eth).dst_addr = fib.dmac;
+        (*eth).src_addr = fib.smac;
+    }
+    let (tx_counter, redirect_counter) = direction.counters();
+    if fib.ifindex == ingress {
+        count(tx_counter);
+        return Ok(xdp_action::XDP_TX);
+    }
+    match TX_PORTS.redirect(fib.ifindex, 0) {
+        Ok(action) => {
+            count(redirect_counter);
+            Ok(action)
+        }
+        Err(_) => Err(Verdict::PassFibOther),
+    }
+}

@@ -1,0 +1,57 @@
+//! lb's XDP data path: Maglev DNAT from service VIPs to node NodePorts and reverse
+//! NAT of the replies. Everything that is not ours passes to the kernel unchanged.
+#![no_std]
+#![no_main]
+
+mod forward;
+mod maps;
+mod nat;
+mod parse;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use lb_common::counters;
+
+use crate::{
+    maps::{count, lookup_reverse_nat, lookup_service, select_backend},
+    parse::{Packet, Verdict},
+};
+
+#[xdp]
+pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    count(counters::RX);
+    match try_lb_xdp(&ctx) {
+        Ok(action) => action,
+        Err(verdict) => {
+            count(verdict.counter());
+            verdict.action()
+        }
+    }
+}
+
+/// Returns the XDP action for a handled packet, or the verdict explaining why the
+/// packet was not ours (or was dropped).
+#[inline(always)]
+fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Verdict> {
+    let packet = Packet::parse(ctx)?;
+    let key = packet.key;
+    if let Some(service) = lookup_service(&key) {
+        let backend = select_backend(&key, service, parse::frame_len(ctx))?;
+        nat::rewrite_destination(ctx, &packet, backend.ip, backend.port)?;
+        return forward::send(ctx, &packet, forward::Direction::ToBackend);
+    }
+    if let Some(rnat) = lookup_reverse_nat(&key) {
+        nat::rewrite_source(ctx, &packet, rnat.vip, rnat.port)?;
+        return forward::send(ctx, &packet, forward::Direction::ToClient);
+    }
+    Err(Verdict::PassNotService)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

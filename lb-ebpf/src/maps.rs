@@ -1,0 +1,154 @@
+//! Maps shared with userspace, and the lookups the data path makes in them.
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    Backend, BACKEND_ACTIVE, Flow, FlowKey, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, MAX_TX_PORTS,
+    ReverseNat, ServiceInfo, ServiceKey, Traffic, counters, hash::flow_hash,
+};
+
+use crate::parse::Verdict;
+
+/// Per-CPU LRU lists: flow inserts on one CPU do not contend with another's.
+const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+
+#[map]
+static SERVICES: HashMap<ServiceKey, ServiceInfo> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+#[map]
+static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// All services' Maglev rings back to back; sized by the loader.
+#[map]
+static MAGLEV: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map]
+static FLOWS: LruHashMap<FlowKey, Flow> =
+    LruHashMap::with_max_entries(MAX_FLOWS, BPF_F_NO_COMMON_LRU);
+
+/// Keyed by the reply's own 5-tuple (backend to client).
+#[map]
+static REVERSE_FLOWS: LruHashMap<FlowKey, ReverseNat> =
+    LruHashMap::with_max_entries(MAX_FLOWS, BPF_F_NO_COMMON_LRU);
+
+#[map]
+static SERVICE_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+#[map]
+static BACKEND_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+#[map]
+static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT, 0);
+
+/// Interfaces packets may be redirected to, keyed by ifindex.
+#[map]
+pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
+
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(counter) = GLOBAL_STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        unsafe { *counter += 1 };
+    }
+}
+
+#[inline(always)]
+fn add_traffic(map: &PerCpuArray<Traffic>, index: u32, bytes: u64) {
+    if let Some(traffic) = map.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        unsafe {
+            (*traffic).packets += 1;
+            (*traffic).bytes += bytes;
+        }
+    }
+}
+
+#[inline(always)]
+pub fn lookup_service(key: &FlowKey) -> Option<ServiceInfo> {
+    let service = ServiceKey {
+        vip: key.dst_ip,
+        port: key.dst_port,
+        proto: key.proto,
+        _pad: 0,
+    };
+    // SAFETY: the value is copied out before the map can change it.
+    unsafe { SERVICES.get(&service) }.copied()
+}
+
+#[inline(always)]
+pub fn lookup_reverse_nat(key: &FlowKey) -> Option<ReverseNat> {
+    // SAFETY: as above.
+    unsafe { REVERSE_FLOWS.get(key) }.copied()
+}
+
+/// Returns the backend of `key`'s flow: the pinned one while it is still in place,
+/// otherwise the Maglev choice, which is then pinned.
+#[inline(always)]
+pub fn select_backend(key: &FlowKey, service: ServiceInfo, bytes: u64) -> Result<Backend, Verdict> {
+    // SAFETY: no helper call that could sleep; ktime has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(flow) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: the pointer is valid for this program run; concurrent updates of
+        // the statistics fields may race, which only loses a count.
+        let flow = unsafe { &mut *flow };
+        if let Some(backend) = BACKENDS.get(flow.backend_id)
+            && backend.flags & BACKEND_ACTIVE != 0
+            && backend.ip == flow.backend_ip
+            && backend.port == flow.backend_port
+        {
+            flow.last_seen_ns = now;
+            flow.packets += 1;
+            account(service.id, flow.backend_id, bytes);
+            return Ok(*backend);
+        }
+        count(counters::FLOW_REHASHED);
+    }
+    if service.backend_count == 0 || service.ring_size == 0 {
+        return Err(Verdict::DropNoBackend);
+    }
+    let slot = service.ring_base + flow_hash(key) % service.ring_size;
+    let backend_id = *MAGLEV.get(slot).ok_or(Verdict::DropInternal)?;
+    let backend = *BACKENDS.get(backend_id).ok_or(Verdict::DropInternal)?;
+    if backend.flags & BACKEND_ACTIVE == 0 {
+        return Err(Verdict::DropInternal);
+    }
+    let flow = Flow {
+        backend_id,
+        backend_ip: backend.ip,
+        backend_port: backend.port,
+        _pad: [0; 6],
+        created_ns: now,
+        last_seen_ns: now,
+        packets: 1,
+    };
+    // A full table evicts the least recently used flow, so insert cannot fail
+    // for lack of room; if it fails anyway the packet still goes to the Maglev
+    // choice, which the next packet recomputes identically.
+    let _ = FLOWS.insert(key, &flow, 0);
+    let reply = FlowKey {
+        src_ip: backend.ip,
+        dst_ip: key.src_ip,
+        src_port: backend.port,
+        dst_port: key.src_port,
+        proto: key.proto,
+        _pad: [0; 3],
+    };
+    let rnat = ReverseNat {
+        vip: key.dst_ip,
+        port: key.dst_port,
+        _pad: [0; 2],
+    };
+    let _ = REVERSE_FLOWS.insert(&reply, &rnat, 0);
+    count(counters::NEW_FLOWS);
+    account(service.id, backend_id, bytes);
+    Ok(backend)
+}
+
+#[inline(always)]
+fn account(service_id: u32, backend_id: u32, bytes: u64) {
+    add_traffic(&SERVICE_STATS, service_id, bytes);
+    add_traffic(&BACKEND_STATS, backend_id, bytes);
+}

@@ -1,0 +1,61 @@
+//! Address and port rewriting with incremental checksum updates (RFC 1624).
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{PROTO_UDP, checksum};
+use network_types::eth::EthHdr;
+
+use crate::parse::{Packet, Verdict, ptr_at};
+
+const IP_CHECK_OFFSET: usize = EthHdr::LEN + 10;
+const IP_SRC_OFFSET: usize = EthHdr::LEN + 12;
+const IP_DST_OFFSET: usize = EthHdr::LEN + 16;
+
+/// DNAT: destination becomes (`ip`, `port`), both network order.
+#[inline(always)]
+pub fn rewrite_destination(ctx: &XdpContext, packet: &Packet, ip: u32, port: u16) -> Result<(), Verdict> {
+    rewrite(ctx, packet, IP_DST_OFFSET, packet.l4_offset + 2, ip, port)
+}
+
+/// Reverse NAT: source becomes (`ip`, `port`), both network order.
+#[inline(always)]
+pub fn rewrite_source(ctx: &XdpContext, packet: &Packet, ip: u32, port: u16) -> Result<(), Verdict> {
+    rewrite(ctx, packet, IP_SRC_OFFSET, packet.l4_offset, ip, port)
+}
+
+#[inline(always)]
+fn rewrite(
+    ctx: &XdpContext,
+    packet: &Packet,
+    ip_offset: usize,
+    port_offset: usize,
+    new_ip: u32,
+    new_port: u16,
+) -> Result<(), Verdict> {
+    let ip_field: *mut u32 = ptr_at(ctx, ip_offset)?;
+    let ip_check: *mut u16 = ptr_at(ctx, IP_CHECK_OFFSET)?;
+    let port_field: *mut u16 = ptr_at(ctx, port_offset)?;
+    let l4_check: *mut u16 = ptr_at(ctx, packet.l4_check_offset)?;
+    // SAFETY: every pointer was bounds-checked by `ptr_at`; the IPv4 header is
+    // 4-byte aligned after a 14-byte Ethernet header only by accident, so all
+    // accesses are unaligned.
+    unsafe {
+        let old_ip = ip_field.read_unaligned();
+        let old_port = port_field.read_unaligned();
+        ip_field.write_unaligned(new_ip);
+        port_field.write_unaligned(new_port);
+        ip_check.write_unaligned(checksum::replace_u32(ip_check.read_unaligned(), old_ip, new_ip));
+        let old_l4 = l4_check.read_unaligned();
+        // A zero UDP checksum means "none" and must stay zero (RFC 768).
+        if packet.key.proto == PROTO_UDP && old_l4 == 0 {
+            return Ok(());
+        }
+        let mut l4 = checksum::replace_u32(old_l4, old_ip, new_ip);
+        l4 = checksum::replace_u16(l4, old_port, new_port);
+        // A computed zero is sent as all ones for UDP, since zero means "none".
+        if packet.key.proto == PROTO_UDP && l4 == 0 {
+            l4 = 0xffff;
+        }
+        l4_check.write_unaligned(l4);
+    }
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! Kubernetes objects: loading and translating them into the desired state.

@@ -1,0 +1,73 @@
+//! The desired state of the load balancer, independent of where it came from
+//! (manifests or a Kubernetes API server) and of how it is programmed.
+
+use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
+
+use serde::Serialize;
+
+/// Transport protocol of a service port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Self::Tcp => lb_common::PROTO_TCP,
+            Self::Udp => lb_common::PROTO_UDP,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        })
+    }
+}
+
+/// What clients connect to: (VIP, port, protocol).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Frontend {
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for Frontend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.vip, self.port, self.protocol)
+    }
+}
+
+/// One node serving a service port: (node IP, NodePort) with a Maglev weight.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct BackendSpec {
+    /// Kubernetes Node name.
+    pub node: String,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub weight: u32,
+}
+
+/// One port of one Service, as the data path serves it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServiceSpec {
+    /// `namespace/name:port` (the port's name, or its number when unnamed).
+    pub name: String,
+    pub frontend: Frontend,
+    /// Sorted by node name, so equal sets compare equal.
+    pub backends: Vec<BackendSpec>,
+}
+
+/// Everything the data path should serve.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DesiredState {
+    pub services: BTreeMap<Frontend, ServiceSpec>,
+}
