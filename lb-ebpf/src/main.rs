@@ -8,7 +8,7 @@ mod maps;
 mod nat;
 mod parse;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{macros::xdp, programs::XdpContext};
 use lb_common::counters;
 
 use crate::{

@@ -1,2 +1,424 @@
+//! The data path's domain API: load and attach the XDP program, then add, update
+//! and remove services. Front ends (the agent, tests, benchmarks) only talk to this.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{DevMapHash, PerCpuValues, xdp::XdpMapError},
+    programs::{ProgramError, Xdp, XdpMode},
+    util::nr_cpus,
+};
+use lb_common::{
+    BACKEND_ACTIVE, Backend, MAP_MAGLEV, MAP_TX_PORTS, MAX_BACKENDS, MAX_SERVICES, PROGRAM_NAME,
+    ServiceInfo, ServiceKey, Traffic,
+};
+
+use crate::{
+    maglev::{self, MaglevBackend},
+    maps::{ALL_MAPS, Maps, MapsError, map_error},
+    model::{BackendSpec, Frontend, ServiceSpec},
+};
+
 /// The XDP object built by `build.rs`.
 pub static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
+
+/// Default number of services the Maglev map has room for.
+pub const DEFAULT_MAX_SERVICES: u32 = 256;
+
+#[derive(thiserror::Error, Debug)]
+pub enum DataplaneError {
+    #[error("loading the XDP program: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("the XDP program: {0}")]
+    Program(#[source] ProgramError),
+    #[error("interface {0} does not exist")]
+    NoSuchInterface(String),
+    #[error("attaching XDP to {iface}: {source}")]
+    Attach {
+        iface: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+    #[error("maglev: {0}")]
+    Maglev(#[from] maglev::MaglevError),
+    #[error("ring size {0} must be a prime")]
+    RingSize(u32),
+    #[error("max services {0} must be between 1 and {MAX_SERVICES}")]
+    MaxServices(u32),
+    #[error("ring size {ring_size} x max services {max_services} x 2 slots exceeds the u32 index space")]
+    TooLarge { ring_size: u32, max_services: u32 },
+    #[error("no room for another service (max services {0})")]
+    ServicesFull(u32),
+    #[error("no room for another backend ({MAX_BACKENDS} in use)")]
+    BackendsFull,
+    #[error("pinning {}: {source}", path.display())]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("counting CPUs: {0}")]
+    Cpus(#[source] std::io::Error),
+}
+
+/// Sizing and placement of the data path.
+#[derive(Clone, Debug)]
+pub struct DataplaneConfig {
+    /// Maglev table size M (a prime). Each service uses `2 * M * 4` bytes: two
+    /// slots of 4-byte backend ids, so updates swap whole tables.
+    pub ring_size: u32,
+    pub max_services: u32,
+    /// bpffs directory to pin maps under, so the CLI can read them.
+    pub pin_dir: Option<PathBuf>,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        Self {
+            ring_size: maglev::DEFAULT_RING_SIZE,
+            max_services: DEFAULT_MAX_SERVICES,
+            pin_dir: None,
+        }
+    }
+}
+
+/// A backend as programmed: its spec and its slot in `BACKENDS`.
+#[derive(Clone, Debug)]
+pub struct ProgrammedBackend {
+    pub spec: BackendSpec,
+    pub id: u32,
+    /// Entries of the live Maglev ring that point at it.
+    pub ring_entries: u32,
+}
+
+/// A service as programmed.
+#[derive(Clone, Debug)]
+pub struct ProgrammedService {
+    pub spec: ServiceSpec,
+    pub id: u32,
+    /// Which of the service's two ring slots is live.
+    pub slot: u32,
+    pub backends: Vec<ProgrammedBackend>,
+}
+
+/// The loaded, attached program and what it currently serves.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    maps: Maps,
+    config: DataplaneConfig,
+    services: BTreeMap<Frontend, ProgrammedService>,
+    free_service_ids: Vec<u32>,
+    free_backend_ids: Vec<u32>,
+    nr_cpus: usize,
+}
+
+impl Dataplane {
+    /// Loads the program (not yet attached) with empty maps.
+    pub fn load(config: DataplaneConfig) -> Result<Self, DataplaneError> {
+        if !maglev::is_prime(config.ring_size) {
+            return Err(DataplaneError::RingSize(config.ring_size));
+        }
+        if config.max_services == 0 || config.max_services > MAX_SERVICES {
+            return Err(DataplaneError::MaxServices(config.max_services));
+        }
+        let ring_entries = u64::from(config.ring_size) * u64::from(config.max_services) * 2;
+        let ring_entries = u32::try_from(ring_entries).map_err(|_| DataplaneError::TooLarge {
+            ring_size: config.ring_size,
+            max_services: config.max_services,
+        })?;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(MAP_MAGLEV, ring_entries)
+            .load(PROGRAM_OBJECT)
+            .map_err(DataplaneError::Load)?;
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or(DataplaneError::Maps(MapsError::Missing("program lb_xdp")))?
+            .try_into()
+            .map_err(DataplaneError::Program)?;
+        program.load().map_err(DataplaneError::Program)?;
+        if let Some(dir) = &config.pin_dir {
+            pin_maps(&ebpf, dir)?;
+        }
+        let maps = Maps::take(&mut ebpf)?;
+        let nr_cpus = nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
+        Ok(Self {
+            ebpf,
+            maps,
+            free_service_ids: (0..config.max_services).rev().collect(),
+            free_backend_ids: (0..MAX_BACKENDS).rev().collect(),
+            config,
+            services: BTreeMap::new(),
+            nr_cpus,
+        })
+    }
+
+    /// Attaches the program to `iface` and lets packets be redirected out of it.
+    pub fn attach(&mut self, iface: &str) -> Result<u32, DataplaneError> {
+        let ifindex = ifindex(iface)?;
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or(DataplaneError::Maps(MapsError::Missing("program lb_xdp")))?
+            .try_into()
+            .map_err(DataplaneError::Program)?;
+        program
+            .attach(iface, XdpMode::Default)
+            .map_err(|source| DataplaneError::Attach {
+                iface: iface.to_owned(),
+                source,
+            })?;
+        self.add_tx_port(ifindex)?;
+        Ok(ifindex)
+    }
+
+    /// Lets the program redirect to `ifindex` (done by `attach`; tests that run
+    /// the program without attaching it call this directly).
+    pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_TX_PORTS)
+            .ok_or(MapsError::Missing(MAP_TX_PORTS))?;
+        let mut tx_ports = DevMapHash::try_from(map).map_err(|e| map_error(MAP_TX_PORTS, e))?;
+        tx_ports
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|e| match e {
+                XdpMapError::MapError(e) => map_error(MAP_TX_PORTS, e),
+                XdpMapError::ChainedProgramNotSupported => MapsError::Missing(MAP_TX_PORTS),
+            })?;
+        Ok(())
+    }
+
+    /// The loaded program, for `BPF_PROG_TEST_RUN`.
+    pub fn program(&self) -> Result<&Xdp, DataplaneError> {
+        self.ebpf
+            .program(PROGRAM_NAME)
+            .ok_or(DataplaneError::Maps(MapsError::Missing("program lb_xdp")))?
+            .try_into()
+            .map_err(DataplaneError::Program)
+    }
+
+    pub fn maps(&self) -> &Maps {
+        &self.maps
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &ProgrammedService> {
+        self.services.values()
+    }
+
+    pub fn service(&self, frontend: &Frontend) -> Option<&ProgrammedService> {
+        self.services.get(frontend)
+    }
+
+    /// Adds a service or updates its backends. Live flows keep their backend
+    /// unless it was removed; the new Maglev table replaces the old one at once.
+    pub fn set_service(&mut self, spec: &ServiceSpec) -> Result<(), DataplaneError> {
+        let mut service = match self.services.remove(&spec.frontend) {
+            Some(service) => service,
+            None => {
+                let id = self
+                    .free_service_ids
+                    .pop()
+                    .ok_or(DataplaneError::ServicesFull(self.config.max_services))?;
+                self.reset_traffic(id, true)?;
+                ProgrammedService {
+                    spec: spec.clone(),
+                    id,
+                    slot: 1,
+                    backends: Vec::new(),
+                }
+            }
+        };
+        let result = self.program_service(&mut service, spec);
+        self.services.insert(spec.frontend, service);
+        result
+    }
+
+    fn program_service(
+        &mut self,
+        service: &mut ProgrammedService,
+        spec: &ServiceSpec,
+    ) -> Result<(), DataplaneError> {
+        let mut old: HashMap<(Ipv4Addr, u16), ProgrammedBackend> = service
+            .backends
+            .iter()
+            .map(|b| ((b.spec.ip, b.spec.port), b.clone()))
+            .collect();
+        let mut backends = Vec::with_capacity(spec.backends.len());
+        for backend in &spec.backends {
+            let id = match old.remove(&(backend.ip, backend.port)) {
+                Some(existing) => existing.id,
+                None => self.allocate_backend(backend)?,
+            };
+            backends.push(ProgrammedBackend {
+                spec: backend.clone(),
+                id,
+                ring_entries: 0,
+            });
+        }
+        let slot = 1 - service.slot;
+        let ring_base = (service.id * 2 + slot) * self.config.ring_size;
+        let weighted: Vec<(String, u32)> = backends
+            .iter()
+            .map(|b| (b.spec.node.clone(), b.spec.weight))
+            .collect();
+        let live = weighted.iter().any(|(_, w)| *w > 0);
+        if live {
+            let table = maglev::build_table(
+                &weighted
+                    .iter()
+                    .map(|(name, weight)| MaglevBackend {
+                        name,
+                        weight: *weight,
+                    })
+                    .collect::<Vec<_>>(),
+                self.config.ring_size,
+            )?;
+            for (offset, index) in (0u32..).zip(&table) {
+                let backend = &mut backends[*index as usize];
+                backend.ring_entries += 1;
+                self.maps
+                    .maglev
+                    .set(ring_base + offset, backend.id, 0)
+                    .map_err(|e| map_error(MAP_MAGLEV, e))?;
+            }
+        }
+        let key = service_key(&spec.frontend);
+        let info = ServiceInfo {
+            id: service.id,
+            ring_base,
+            ring_size: self.config.ring_size,
+            backend_count: if live { backends.len() as u32 } else { 0 },
+        };
+        // The swap: from here on new flows use the new ring.
+        self.maps
+            .services
+            .insert(key, info, 0)
+            .map_err(|e| map_error(lb_common::MAP_SERVICES, e))?;
+        // Only now retire removed backends, so their flows re-hash onto the new ring.
+        for removed in old.into_values() {
+            self.free_backend(removed.id)?;
+        }
+        service.slot = slot;
+        service.spec = spec.clone();
+        service.backends = backends;
+        Ok(())
+    }
+
+    /// Stops serving a frontend; its flows are left to expire from the LRU.
+    pub fn remove_service(&mut self, frontend: &Frontend) -> Result<(), DataplaneError> {
+        let Some(service) = self.services.remove(frontend) else {
+            return Ok(());
+        };
+        match self.maps.services.remove(&service_key(frontend)) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_error(lb_common::MAP_SERVICES, e).into()),
+        }
+        for backend in service.backends {
+            self.free_backend(backend.id)?;
+        }
+        self.free_service_ids.push(service.id);
+        Ok(())
+    }
+
+    fn allocate_backend(&mut self, spec: &BackendSpec) -> Result<u32, DataplaneError> {
+        let id = self
+            .free_backend_ids
+            .pop()
+            .ok_or(DataplaneError::BackendsFull)?;
+        self.reset_traffic(id, false)?;
+        let backend = Backend {
+            ip: u32::from_ne_bytes(spec.ip.octets()),
+            port: spec.port.to_be(),
+            flags: BACKEND_ACTIVE,
+            _pad: 0,
+        };
+        self.maps
+            .backends
+            .set(id, backend, 0)
+            .map_err(|e| map_error(lb_common::MAP_BACKENDS, e))?;
+        Ok(id)
+    }
+
+    fn free_backend(&mut self, id: u32) -> Result<(), DataplaneError> {
+        self.maps
+            .backends
+            .set(id, Backend::default(), 0)
+            .map_err(|e| map_error(lb_common::MAP_BACKENDS, e))?;
+        self.free_backend_ids.push(id);
+        Ok(())
+    }
+
+    /// Zeroes a recycled slot's counters so a new owner starts from zero.
+    fn reset_traffic(&mut self, id: u32, service: bool) -> Result<(), DataplaneError> {
+        let zeros = PerCpuValues::try_from(vec![Traffic::default(); self.nr_cpus])
+            .map_err(DataplaneError::Cpus)?;
+        let (map, name) = if service {
+            (&mut self.maps.service_stats, lb_common::MAP_SERVICE_STATS)
+        } else {
+            (&mut self.maps.backend_stats, lb_common::MAP_BACKEND_STATS)
+        };
+        map.set(id, zeros, 0).map_err(|e| map_error(name, e))?;
+        Ok(())
+    }
+
+    /// Removes the pins (the program detaches when `self` drops).
+    pub fn unpin(&self) {
+        if let Some(dir) = &self.config.pin_dir {
+            remove_pins(dir);
+        }
+    }
+}
+
+/// The map key of a frontend: network byte order, as packets carry it.
+pub fn service_key(frontend: &Frontend) -> ServiceKey {
+    ServiceKey {
+        vip: u32::from_ne_bytes(frontend.vip.octets()),
+        port: frontend.port.to_be(),
+        proto: frontend.protocol.number(),
+        _pad: 0,
+    }
+}
+
+fn ifindex(iface: &str) -> Result<u32, DataplaneError> {
+    let name = std::ffi::CString::new(iface)
+        .map_err(|_| DataplaneError::NoSuchInterface(iface.to_owned()))?;
+    // SAFETY: `name` is a valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(DataplaneError::NoSuchInterface(iface.to_owned())),
+        index => Ok(index),
+    }
+}
+
+fn pin_maps(ebpf: &Ebpf, dir: &Path) -> Result<(), DataplaneError> {
+    let pin_error = |path: &Path, source| DataplaneError::Pin {
+        path: path.to_owned(),
+        source,
+    };
+    // A previous agent that died without cleaning up leaves stale pins.
+    remove_pins(dir);
+    fs::create_dir_all(dir).map_err(|e| pin_error(dir, e))?;
+    for name in ALL_MAPS {
+        let map = ebpf.map(name).ok_or(MapsError::Missing(name))?;
+        let path = dir.join(name);
+        map.pin(&path).map_err(|e| match e {
+            aya::pin::PinError::SyscallError(e) => pin_error(&path, e.io_error),
+            other => pin_error(&path, std::io::Error::other(other.to_string())),
+        })?;
+    }
+    Ok(())
+}
+
+fn remove_pins(dir: &Path) {
+    for name in ALL_MAPS {
+        let _ = fs::remove_file(dir.join(name));
+    }
+    let _ = fs::remove_dir(dir);
+}

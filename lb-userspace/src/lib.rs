@@ -1,6 +1,15 @@
 //! lb: an XDP load balancer giving Kubernetes Services of `type: LoadBalancer` a VIP.
+//!
+//! [`dataplane`] is the domain API over the XDP program; [`k8s`] turns Kubernetes
+//! objects into a [`model::DesiredState`]; [`reconcile`] applies one to the other;
+//! [`agent`] and [`cli`] are the front ends.
+pub mod agent;
+pub mod cli;
 pub mod dataplane;
+pub mod inspect;
 pub mod k8s;
 pub mod maglev;
+pub mod maps;
 pub mod model;
+pub mod reconcile;
 pub mod vip_pool;

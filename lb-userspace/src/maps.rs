@@ -1,0 +1,147 @@
+//! Typed handles on the data path's maps, opened from a freshly loaded program or
+//! from the pins of a running one (the CLI reads the same maps the agent writes).
+
+use std::path::{Path, PathBuf};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
+};
+use lb_common::{
+    Backend, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_FLOWS, MAP_GLOBAL_STATS, MAP_MAGLEV,
+    MAP_REVERSE_FLOWS, MAP_SERVICE_STATS, MAP_SERVICES, MAP_TX_PORTS, ServiceInfo, ServiceKey,
+    Traffic, counters,
+};
+
+/// Every map the program declares; the order is the pin order.
+pub const ALL_MAPS: [&str; 9] = [
+    MAP_SERVICES,
+    MAP_BACKENDS,
+    MAP_MAGLEV,
+    MAP_FLOWS,
+    MAP_REVERSE_FLOWS,
+    MAP_SERVICE_STATS,
+    MAP_BACKEND_STATS,
+    MAP_GLOBAL_STATS,
+    MAP_TX_PORTS,
+];
+
+#[derive(thiserror::Error, Debug)]
+pub enum MapsError {
+    #[error("the program has no map {0}")]
+    Missing(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error(
+        "nothing is loaded at {}: no pinned map {name} (is the agent running, and is this the --bpffs directory it uses?)",
+        dir.display()
+    )]
+    NotPinned { dir: PathBuf, name: &'static str },
+    #[error("permission denied opening {}: run as root (CAP_BPF)", path.display())]
+    Permission { path: PathBuf },
+}
+
+/// The maps userspace reads and writes.
+pub struct Maps {
+    pub services: HashMap<MapData, ServiceKey, ServiceInfo>,
+    pub backends: Array<MapData, Backend>,
+    pub maglev: Array<MapData, u32>,
+    pub service_stats: PerCpuArray<MapData, Traffic>,
+    pub backend_stats: PerCpuArray<MapData, Traffic>,
+    pub global_stats: PerCpuArray<MapData, u64>,
+}
+
+fn typed<T>(name: &'static str, map: Map) -> Result<T, MapsError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    T::try_from(map).map_err(|source| MapsError::Map { name, source })
+}
+
+impl Maps {
+    /// Takes the maps out of a loaded program; `ebpf` keeps the rest (the devmap
+    /// and flow tables, which userspace does not write).
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(MapsError::Missing(name));
+        Ok(Self {
+            services: typed(MAP_SERVICES, take(MAP_SERVICES)?)?,
+            backends: typed(MAP_BACKENDS, take(MAP_BACKENDS)?)?,
+            maglev: typed(MAP_MAGLEV, take(MAP_MAGLEV)?)?,
+            service_stats: typed(MAP_SERVICE_STATS, take(MAP_SERVICE_STATS)?)?,
+            backend_stats: typed(MAP_BACKEND_STATS, take(MAP_BACKEND_STATS)?)?,
+            global_stats: typed(MAP_GLOBAL_STATS, take(MAP_GLOBAL_STATS)?)?,
+        })
+    }
+
+    /// Opens the maps a running agent pinned under `dir`.
+    pub fn open_pinned(dir: &Path) -> Result<Self, MapsError> {
+        Ok(Self {
+            services: typed(MAP_SERVICES, open_pin(dir, MAP_SERVICES)?)?,
+            backends: typed(MAP_BACKENDS, open_pin(dir, MAP_BACKENDS)?)?,
+            maglev: typed(MAP_MAGLEV, open_pin(dir, MAP_MAGLEV)?)?,
+            service_stats: typed(MAP_SERVICE_STATS, open_pin(dir, MAP_SERVICE_STATS)?)?,
+            backend_stats: typed(MAP_BACKEND_STATS, open_pin(dir, MAP_BACKEND_STATS)?)?,
+            global_stats: typed(MAP_GLOBAL_STATS, open_pin(dir, MAP_GLOBAL_STATS)?)?,
+        })
+    }
+
+    /// Sum over CPUs of a service's counters.
+    pub fn service_traffic(&self, id: u32) -> Result<Traffic, MapsError> {
+        sum_traffic(&self.service_stats, id, MAP_SERVICE_STATS)
+    }
+
+    /// Sum over CPUs of a backend's counters.
+    pub fn backend_traffic(&self, id: u32) -> Result<Traffic, MapsError> {
+        sum_traffic(&self.backend_stats, id, MAP_BACKEND_STATS)
+    }
+
+    /// Global counters summed over CPUs, indexed like `lb_common::counters`.
+    pub fn global_counters(&self) -> Result<Vec<u64>, MapsError> {
+        (0..counters::COUNT)
+            .map(|index| {
+                let values = self
+                    .global_stats
+                    .get(&index, 0)
+                    .map_err(|source| map_error(MAP_GLOBAL_STATS, source))?;
+                Ok(values.iter().sum())
+            })
+            .collect()
+    }
+}
+
+fn sum_traffic(
+    map: &PerCpuArray<MapData, Traffic>,
+    id: u32,
+    name: &'static str,
+) -> Result<Traffic, MapsError> {
+    let values = map.get(&id, 0).map_err(|source| map_error(name, source))?;
+    Ok(values.iter().fold(Traffic::default(), |sum, cpu| Traffic {
+        packets: sum.packets + cpu.packets,
+        bytes: sum.bytes + cpu.bytes,
+    }))
+}
+
+pub(crate) fn map_error(name: &'static str, source: MapError) -> MapsError {
+    MapsError::Map { name, source }
+}
+
+fn open_pin(dir: &Path, name: &'static str) -> Result<Map, MapsError> {
+    let path = dir.join(name);
+    if !path.exists() {
+        return Err(MapsError::NotPinned {
+            dir: dir.to_owned(),
+            name,
+        });
+    }
+    let data = MapData::from_pin(&path).map_err(|source| match &source {
+        MapError::SyscallError(e) if e.io_error.kind() == std::io::ErrorKind::PermissionDenied => {
+            MapsError::Permission { path: path.clone() }
+        }
+        _ => map_error(name, source),
+    })?;
+    Map::from_map_data(data).map_err(|source| map_error(name, source))
+}
