@@ -75,7 +75,12 @@ mod tests {
 
     #[test]
     fn incremental_u32_matches_recomputation() {
-        for new_dst in [[10, 0, 0, 1], [255, 255, 255, 255], [0, 0, 0, 0], [192, 168, 0, 199]] {
+        for new_dst in [
+            [10, 0, 0, 1],
+            [255, 255, 255, 255],
+            [0, 0, 0, 0],
+            [192, 168, 0, 199],
+        ] {
             let mut h = HEADER;
             let old = u32::from_ne_bytes([h[16], h[17], h[18], h[19]]);
             let new = u32::from_ne_bytes(new_dst);

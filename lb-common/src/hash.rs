@@ -7,8 +7,14 @@ const SEED: u32 = 0x9747_b28c;
 
 #[inline(always)]
 fn mix(h: u32, k: u32) -> u32 {
-    let k = k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
-    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+    let k = k
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
 }
 
 #[inline(always)]
@@ -53,6 +59,9 @@ mod tests {
         for port in 40000..41600 {
             buckets[(flow_hash(&key(port)) % 16) as usize] += 1;
         }
-        assert!(buckets.iter().all(|&n| (70..=130).contains(&n)), "{buckets:?}");
+        assert!(
+            buckets.iter().all(|&n| (70..=130).contains(&n)),
+            "{buckets:?}"
+        );
     }
 }

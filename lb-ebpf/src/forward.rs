@@ -58,14 +58,7 @@ pub fn send(ctx: &XdpContext, packet: &Packet, direction: Direction) -> Result<u
     fib.__bindgen_anon_3.ipv4_src = src;
     fib.__bindgen_anon_4.ipv4_dst = dst;
     // SAFETY: `fib` is a valid, writable parameter block of the size given.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.ctx.cast(),
-            &mut fib,
-            size_of::<FibParams>() as i32,
-            0,
-        )
-    };
+    let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), &mut fib, size_of::<FibParams>() as i32, 0) };
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {}
         BPF_FIB_LKUP_RET_NO_NEIGH => return Err(Verdict::PassFibMiss),

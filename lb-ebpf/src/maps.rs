@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, BACKEND_ACTIVE, Flow, FlowKey, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, MAX_TX_PORTS,
+    BACKEND_ACTIVE, Backend, Flow, FlowKey, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, MAX_TX_PORTS,
     ReverseNat, ServiceInfo, ServiceKey, Traffic, counters, hash::flow_hash,
 };
 

@@ -12,13 +12,23 @@ const IP_DST_OFFSET: usize = EthHdr::LEN + 16;
 
 /// DNAT: destination becomes (`ip`, `port`), both network order.
 #[inline(always)]
-pub fn rewrite_destination(ctx: &XdpContext, packet: &Packet, ip: u32, port: u16) -> Result<(), Verdict> {
+pub fn rewrite_destination(
+    ctx: &XdpContext,
+    packet: &Packet,
+    ip: u32,
+    port: u16,
+) -> Result<(), Verdict> {
     rewrite(ctx, packet, IP_DST_OFFSET, packet.l4_offset + 2, ip, port)
 }
 
 /// Reverse NAT: source becomes (`ip`, `port`), both network order.
 #[inline(always)]
-pub fn rewrite_source(ctx: &XdpContext, packet: &Packet, ip: u32, port: u16) -> Result<(), Verdict> {
+pub fn rewrite_source(
+    ctx: &XdpContext,
+    packet: &Packet,
+    ip: u32,
+    port: u16,
+) -> Result<(), Verdict> {
     rewrite(ctx, packet, IP_SRC_OFFSET, packet.l4_offset, ip, port)
 }
 
@@ -43,7 +53,11 @@ fn rewrite(
         let old_port = port_field.read_unaligned();
         ip_field.write_unaligned(new_ip);
         port_field.write_unaligned(new_port);
-        ip_check.write_unaligned(checksum::replace_u32(ip_check.read_unaligned(), old_ip, new_ip));
+        ip_check.write_unaligned(checksum::replace_u32(
+            ip_check.read_unaligned(),
+            old_ip,
+            new_ip,
+        ));
         let old_l4 = l4_check.read_unaligned();
         // A zero UDP checksum means "none" and must stay zero (RFC 768).
         if packet.key.proto == PROTO_UDP && old_l4 == 0 {

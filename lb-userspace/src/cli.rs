@@ -1,6 +1,6 @@
 //! The `lb` command line: the agent and the inspection commands.
 
-use std::path::PathBuf;
+use std::{io::Write as _, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -69,22 +69,26 @@ pub struct InspectArgs {
 
 /// Prints rows as left-aligned columns under `headers`.
 pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut out = String::new();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.len());
         }
     }
-    let line = |cells: Vec<&str>| {
+    let mut line = |cells: Vec<&str>| {
         let padded: Vec<String> = cells
             .iter()
             .zip(&widths)
             .map(|(cell, width)| format!("{cell:<width$}"))
             .collect();
-        println!("{}", padded.join("  ").trim_end());
+        out.push_str(padded.join("  ").trim_end());
+        out.push('\n');
     };
     line(headers.to_vec());
     for row in rows {
         line(row.iter().map(String::as_str).collect());
     }
+    // A closed pipe (`lb backends | head`) is not worth a panic.
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
 }

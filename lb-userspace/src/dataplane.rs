@@ -53,7 +53,9 @@ pub enum DataplaneError {
     RingSize(u32),
     #[error("max services {0} must be between 1 and {MAX_SERVICES}")]
     MaxServices(u32),
-    #[error("ring size {ring_size} x max services {max_services} x 2 slots exceeds the u32 index space")]
+    #[error(
+        "ring size {ring_size} x max services {max_services} x 2 slots exceeds the u32 index space"
+    )]
     TooLarge { ring_size: u32, max_services: u32 },
     #[error("no room for another service (max services {0})")]
     ServicesFull(u32),
@@ -422,3 +424,8 @@ fn remove_pins(dir: &Path) {
     }
     let _ = fs::remove_dir(dir);
 }
+
+/// Reference XDP programs: `ref_xdp_tx` and `ref_parse_only`, which benchmarks
+/// measure lb against in the same run, and `ref_pass` for test beds' veth peers.
+pub static REFERENCE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/references"));

@@ -98,7 +98,10 @@ fn show_services(args: &InspectArgs) -> Result<()> {
             ]
         })
         .collect();
-    print_table(&["VIP", "PORT", "PROTO", "BACKENDS", "PACKETS", "BYTES"], &table);
+    print_table(
+        &["VIP", "PORT", "PROTO", "BACKENDS", "PACKETS", "BYTES"],
+        &table,
+    );
     Ok(())
 }
 

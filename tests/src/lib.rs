@@ -1,1 +1,9 @@
-//! Test beds for lb.
+//! Test beds for lb: network namespaces and topologies to run the load balancer
+//! in, servers that say which node answered, and packet fixtures for
+//! `BPF_PROG_TEST_RUN`. Shared by the integration tests, the demo and benchmarks.
+
+pub mod agent;
+pub mod netns;
+pub mod packets;
+pub mod servers;
+pub mod topology;

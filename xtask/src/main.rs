@@ -1,1 +1,86 @@
-fn main() {}
+//! Developer tasks for lb, run as `cargo xtask <COMMAND>` from anywhere in the workspace.
+
+mod bench;
+mod demo;
+mod setup;
+mod test;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Developer tasks for lb.
+///
+/// Every task but `setup` runs `setup` first. Run them as root: `test`, `demo` and `bench`
+/// create network namespaces and load XDP programs.
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what this machine lacks to build, test, demo and benchmark lb
+    ///
+    /// Installs the missing Debian packages (required: iproute2 ethtool iputils-ping curl;
+    /// for benchmarks, where a failure is only a warning: netcat-openbsd iptables nftables
+    /// haproxy wrk iperf3 bpftool hping3), the nightly components rust-src and clippy, and
+    /// bpf-linker 0.13.0 built against nightly's libLLVM; mounts bpffs at /sys/fs/bpf.
+    /// Idempotent, and silent when nothing is missing. Installing packages and mounting bpffs
+    /// need root.
+    Setup,
+    /// Run the checks CI runs: rustfmt, clippy, clippy on the eBPF crate, tests
+    ///
+    /// Runs setup, then in order, stopping at the first failure:
+    /// `cargo fmt --all -- --check`,
+    /// `cargo clippy --workspace --all-targets -- -D warnings`,
+    /// `cargo +nightly clippy -p lb-ebpf --target bpfel-unknown-none -Z build-std=core` (with
+    /// `-D warnings`), and `cargo test --workspace`. Needs root.
+    Test,
+    /// Build the release binaries and run the demo (lb-demo)
+    ///
+    /// Runs setup, `cargo build --release -p lb-userspace -p lb-tests --bins`, then
+    /// `target/release/lb-demo ARGS...`, and exits with its exit code. Needs root.
+    Demo {
+        /// Arguments for lb-demo (`cargo xtask demo -- --help` shows its help)
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<String>,
+    },
+    /// Build the release binaries and run the benchmarks (lb-bench)
+    ///
+    /// Runs setup, `cargo build --release -p lb-userspace -p lb-tests --bins`, then
+    /// `target/release/lb-bench ARGS...`, and exits with its exit code. Needs root.
+    Bench {
+        /// Arguments for lb-bench (`cargo xtask bench -- --help` shows its help)
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::run().map(|()| 0),
+        Command::Test => test::run().map(|()| 0),
+        Command::Demo { args } => demo::run(&args),
+        Command::Bench { args } => bench::run(&args),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -306,7 +306,7 @@ mod tests {
         );
         // The parser's position counts from the start of the file.
         assert!(
-            loaded.skipped[0].contains("line 13"),
+            loaded.skipped[0].contains("sequence at line 13"),
             "{}",
             loaded.skipped[0]
         );

@@ -1,0 +1,315 @@
+//! In-kernel cost per packet, measured with `BPF_PROG_TEST_RUN` on the real
+//! program (after the real verifier, with real maps) and on two reference
+//! programs in the same process, the same namespace and the same run.
+//!
+//! Two methods, because `repeat` > 1 does not restore the packet between
+//! iterations (a rewriting program processes its own output from the second
+//! iteration on):
+//! - per call: `repeat` = 1, many calls from one warm process. Every packet is
+//!   the original, so every path can be measured, new flows included, but each
+//!   figure carries the kernel timer's own overhead once per packet.
+//! - batched: `repeat` = R with inputs whose rewritten output is again a valid
+//!   input for the same path: a service whose VIP:port is its only backend's
+//!   address, so the DNAT (and the reverse NAT of its replies) rewrites the
+//!   addresses to themselves. The program runs the same instructions as for a
+//!   real VIP; only the values differ. New flows cannot be batched (the first
+//!   iteration inserts the flow).
+//!
+//! Every measurement checks the action of each call and the program's global
+//! counters afterwards, so the figure is known to belong to the path it names.
+
+mod bed;
+mod cases;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use lb::dataplane::Dataplane;
+use lb_common::counters;
+
+use crate::{
+    report::{Goal, Section, Table, Verdict},
+    stats::{Figure, human, ratio},
+};
+
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+/// How much to measure.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    pub runs: usize,
+    /// Calls with `repeat` = 1 per case and run.
+    pub calls: u32,
+    /// Iterations per batched call.
+    pub repeat: u32,
+    /// Batched calls per case and run.
+    pub batches: u32,
+    /// Fill the flow table to capacity for the last scenario.
+    pub full_flow_table: bool,
+}
+
+pub fn run(options: Options) -> Result<Section> {
+    let (ns, bed) = bed::Bed::new().context("building the namespace for BPF_PROG_TEST_RUN")?;
+    // FIB lookups use the namespace of the calling thread: everything runs inside.
+    ns.enter(move || cases::measure_all(&bed, options))
+        .context("entering the benchmark namespace")?
+}
+
+/// What a call must do for its time to count: the action, and which global
+/// counters must have grown by exactly the number of packets.
+#[derive(Clone, Debug)]
+pub struct Expect {
+    pub action: u32,
+    /// Counters that must grow by one per packet.
+    pub per_packet: Vec<u32>,
+    /// Counters that must not grow.
+    pub unchanged: Vec<u32>,
+}
+
+impl Expect {
+    /// A reference program: only the action can be checked.
+    pub fn action(action: u32) -> Expect {
+        Expect {
+            action,
+            per_packet: Vec::new(),
+            unchanged: Vec::new(),
+        }
+    }
+
+    /// Short description of the check, for the report.
+    pub fn describe(&self) -> String {
+        let action = match self.action {
+            XDP_PASS => "XDP_PASS",
+            XDP_TX => "XDP_TX",
+            XDP_REDIRECT => "XDP_REDIRECT",
+            _ => "?",
+        };
+        let mut parts = vec![action.to_owned()];
+        for &c in &self.per_packet {
+            parts.push(format!("{} +1/pkt", counters::NAMES[c as usize]));
+        }
+        for &c in &self.unchanged {
+            parts.push(format!("{} +0", counters::NAMES[c as usize]));
+        }
+        parts.join(", ")
+    }
+}
+
+/// The result of one `BPF_PROG_TEST_RUN` call.
+pub struct Call {
+    pub action: u32,
+    /// The kernel's figure: time per iteration, whole nanoseconds.
+    pub kernel: Duration,
+    /// Around the syscall, seen from userspace.
+    pub wall: Duration,
+}
+
+/// Runs `program` on `input` arriving on `ifindex`.
+pub fn test_run(program: &Xdp, input: &[u8], ifindex: u32, repeat: u32) -> Result<Call> {
+    // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
+    let mut ctx = [0u8; 24];
+    let len = u32::try_from(input.len()).context("packet too long")?;
+    ctx[4..8].copy_from_slice(&len.to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    let mut out = [0u8; 512];
+    let started = Instant::now();
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat,
+            ..Default::default()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
+    let wall = started.elapsed();
+    Ok(Call {
+        action: result.return_value,
+        kernel: result.duration,
+        wall,
+    })
+}
+
+/// Checks the counter deltas of `dataplane` over a measurement of `packets`.
+pub fn check_counters(
+    before: &[u64],
+    after: &[u64],
+    expect: &Expect,
+    packets: u64,
+    what: &str,
+) -> Result<()> {
+    let delta = |c: u32| after[c as usize] - before[c as usize];
+    ensure!(
+        delta(counters::RX) == packets,
+        "{what}: rx grew by {}, expected {packets}",
+        delta(counters::RX)
+    );
+    for &c in &expect.per_packet {
+        ensure!(
+            delta(c) == packets,
+            "{what}: {} grew by {}, expected {packets}: another path was measured",
+            counters::NAMES[c as usize],
+            delta(c)
+        );
+    }
+    for &c in &expect.unchanged {
+        ensure!(
+            delta(c) == 0,
+            "{what}: {} grew by {}, expected 0: another path was measured",
+            counters::NAMES[c as usize],
+            delta(c)
+        );
+    }
+    Ok(())
+}
+
+pub fn counters_of(dataplane: &Dataplane) -> Result<Vec<u64>> {
+    Ok(dataplane.maps().global_counters()?)
+}
+
+/// Per-case figures in ns per packet, for both methods.
+pub struct CaseResult {
+    pub name: String,
+    pub check: String,
+    pub per_call: Option<Figure>,
+    pub batched: Option<Figure>,
+}
+
+/// Rows of one scenario table: ns and ratios to the floor and to parse-only.
+pub fn case_table(title: &str, results: &[CaseResult], floor: &CaseResult, parse: &CaseResult) -> Table {
+    let mut table = Table::new(
+        title,
+        &[
+            "case",
+            "per call ns (repeat=1)",
+            "x floor",
+            "x parse-only",
+            "batched ns (repeat=R)",
+            "x floor",
+            "x parse-only",
+        ],
+    );
+    let median = |f: &Option<Figure>| f.map(|f| f.median);
+    for result in results {
+        let cell = |f: &Option<Figure>| f.map_or_else(|| "n/a".to_owned(), |f| f.with_range(1));
+        table.row(vec![
+            result.name.clone(),
+            cell(&result.per_call),
+            ratio(median(&result.per_call), median(&floor.per_call)),
+            ratio(median(&result.per_call), median(&parse.per_call)),
+            cell(&result.batched),
+            ratio(median(&result.batched), median(&floor.batched)),
+            ratio(median(&result.batched), median(&parse.batched)),
+        ]);
+    }
+    table
+}
+
+/// Puts the scenario tables and the per-packet goal together.
+pub fn section(
+    options: Options,
+    main: &[CaseResult],
+    scaling: Table,
+    notes: Vec<String>,
+) -> Result<Section> {
+    let find = |prefix: &str| {
+        main.iter()
+            .find(|r| r.name.starts_with(prefix))
+            .with_context(|| format!("no case {prefix}"))
+    };
+    let floor = find(cases::FLOOR)?;
+    let parse = find(cases::PARSE)?;
+    let table = case_table(
+        "In-kernel cost per packet (4 services, Maglev M = 16381)",
+        main,
+        floor,
+        parse,
+    );
+    let mut checks = Table::new("What each case was checked to measure", &["case", "check"]);
+    for result in main {
+        checks.row(vec![result.name.clone(), result.check.clone()]);
+    }
+    // The goal compares lb's forwarding cases with parse-only; batched figures
+    // carry no timer overhead, so they are the honest ratio where they exist.
+    let lb_cases: Vec<&CaseResult> = main
+        .iter()
+        .filter(|r| !r.name.starts_with(cases::FLOOR) && !r.name.starts_with(cases::PARSE))
+        .filter(|r| !r.name.starts_with(cases::PASS_THROUGH))
+        .collect();
+    let worst_batched = lb_cases
+        .iter()
+        .filter_map(|r| Some((r, r.batched?.median / parse.batched?.median)))
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    let worst_per_call = lb_cases
+        .iter()
+        .filter_map(|r| Some((r, r.per_call?.median / parse.per_call?.median)))
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    let goal = match (worst_batched, worst_per_call) {
+        (Some((batched_case, batched)), Some((call_case, per_call))) => {
+            let met = batched <= 2.0 && per_call <= 2.0;
+            Goal {
+                goal: "per-packet cost within 2x of parse-only".to_owned(),
+                verdict: Verdict::from_bool(met),
+                measured: format!(
+                    "worst batched: {} {batched:.1}x; worst per call: {} {per_call:.1}x",
+                    batched_case.name, call_case.name
+                ),
+                why: if met {
+                    String::new()
+                } else {
+                    format!(
+                        "parse-only costs {} ns; lb adds hash lookups (service, flow), \
+                         checksum updates, a FIB lookup and a devmap redirect, which together \
+                         cost more than one more parse",
+                        human(parse.batched.map_or(f64::NAN, |f| f.median))
+                    )
+                },
+            }
+        }
+        _ => Goal {
+            goal: "per-packet cost within 2x of parse-only".to_owned(),
+            verdict: Verdict::NotMeasured,
+            measured: "n/a".to_owned(),
+            why: "a case failed to measure".to_owned(),
+        },
+    };
+    Ok(Section {
+        title: "In-kernel cost per packet (BPF_PROG_TEST_RUN)".to_owned(),
+        method: vec![
+            format!(
+                "The real `lb_xdp` program and two references from the same build \
+                 (`ref_xdp_tx`: returns XDP_TX, the floor of the XDP machinery; \
+                 `ref_parse_only`: parses Ethernet/IPv4/TCP with bounds checks and returns \
+                 XDP_TX) run with `BPF_PROG_TEST_RUN` in one process, one namespace (with \
+                 routes and permanent neighbours, so FIB lookups succeed) and one thread \
+                 pinned to one CPU, cases interleaved within each of {} runs.",
+                options.runs
+            ),
+            format!(
+                "- **per call**: `repeat` = 1, {} calls per case and run; the figure is the \
+                 mean of the kernel's per-call durations. Each call sees the original packet, \
+                 so every path is measurable, but each figure includes the kernel timer's own \
+                 overhead (two clock reads around one program run): compare with the floor \
+                 row, which is almost nothing but that overhead. Nothing is subtracted.\n\
+                 - **batched**: `repeat` = {} ({} calls per case and run), time measured around \
+                 the syscall and divided by the iterations (the kernel reports whole \
+                 nanoseconds, too coarse for the references). `repeat` does not restore the \
+                 packet between iterations, so the forwarding cases use a service whose VIP:port \
+                 is its own single backend: the NAT rewrites the addresses to themselves and \
+                 every iteration takes the same path with the same instructions as a real VIP. \
+                 New flows cannot be batched (the first iteration creates the flow): n/a.",
+                options.calls, options.repeat, options.batches
+            ),
+            "Every call's action is checked, and the program's global counters after each \
+             measurement: the counter of the measured path must have grown by exactly one per \
+             packet (see the second table)."
+                .to_owned(),
+        ],
+        tables: vec![table, checks, scaling],
+        notes,
+        goals: vec![goal],
+    })
+}

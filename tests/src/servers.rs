@@ -1,0 +1,361 @@
+//! Servers that answer with the name of the node they run on, so a test can see
+//! which backend the load balancer picked, and the clients that talk to them.
+//!
+//! Servers run on threads of the test process with their sockets created inside
+//! a namespace; clients are plain functions meant to run inside the client's
+//! namespace through [`NetNs::enter`]. A socket keeps the namespace it was
+//! created in, so a [`LineClient`] made inside `enter` can be used afterwards
+//! from any thread.
+//!
+//! Three protocols, each on its own port for clarity:
+//! - name protocol (TCP, [`tcp_name_server`]): the server sends `"{name}\n"` on
+//!   connect, then answers every line with `"{name} {line}\n"`, so long-lived
+//!   connections can check that they stay on one node;
+//! - HTTP ([`http_name_server`]): any request gets `"{name}\n"` as body, for curl
+//!   in the demo;
+//! - UDP echo ([`udp_echo_server`]): each datagram is answered with
+//!   `"{name} {payload}"`.
+
+use std::{
+    io::{self, BufRead, BufReader, ErrorKind, Read, Write},
+    net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::netns::NetNs;
+
+/// How often server threads look at their stop flag; it bounds how long
+/// dropping a [`ServerGuard`] takes.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Handles one accepted connection until the client leaves or the server stops.
+type Handler = fn(TcpStream, &str, &AtomicBool) -> io::Result<()>;
+
+/// Running servers; dropping the guard stops them and their connection
+/// handlers within about [`POLL`], open connections included.
+#[derive(Debug)]
+pub struct ServerGuard {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Serves the name protocol on `0.0.0.0:port` inside `ns`.
+pub fn tcp_name_server(ns: &NetNs, port: u16, name: &str) -> Result<ServerGuard> {
+    serve_tcp(ns, port, name, name_connection)
+}
+
+/// Answers HTTP requests on `0.0.0.0:port` inside `ns` with `"{name}\n"`.
+pub fn http_name_server(ns: &NetNs, port: u16, name: &str) -> Result<ServerGuard> {
+    serve_tcp(ns, port, name, http_connection)
+}
+
+/// Answers each datagram to `0.0.0.0:port` inside `ns` with `"{name} {payload}"`.
+pub fn udp_echo_server(ns: &NetNs, port: u16, name: &str) -> Result<ServerGuard> {
+    let socket = ns
+        .enter(move || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)))?
+        .with_context(|| format!("binding UDP port {port} in {}", ns.name()))?;
+    socket.set_read_timeout(Some(POLL))?;
+    let prefix = format!("{name} ").into_bytes();
+    start(ns, move |stop| {
+        let mut buf = vec![0u8; 65536];
+        while !stop.load(Ordering::Relaxed) {
+            // Errors are timeouts (look at the flag again) or transient.
+            if let Ok((len, peer)) = socket.recv_from(&mut buf) {
+                let reply = [prefix.as_slice(), &buf[..len]].concat();
+                let _ = socket.send_to(&reply, peer);
+            }
+        }
+    })
+}
+
+/// Binds inside `ns` (std sets SO_REUSEADDR on listeners, so a port can be
+/// reused right after a previous server stopped) and accepts on a thread.
+fn serve_tcp(ns: &NetNs, port: u16, name: &str, handler: Handler) -> Result<ServerGuard> {
+    let listener = ns
+        .enter(move || TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))?
+        .with_context(|| format!("binding TCP port {port} in {}", ns.name()))?;
+    let name: Arc<str> = name.into();
+    start(ns, move |stop| accept_loop(&listener, &name, handler, stop))
+}
+
+fn start(ns: &NetNs, serve: impl FnOnce(Arc<AtomicBool>) + Send + 'static) -> Result<ServerGuard> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let thread = ns.spawn_thread(move || serve(flag))?;
+    Ok(ServerGuard {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+fn accept_loop(listener: &TcpListener, name: &Arc<str>, handler: Handler, stop: Arc<AtomicBool>) {
+    let mut handlers: Vec<JoinHandle<()>> = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        if !readable(listener, POLL) {
+            continue;
+        }
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(_) => {
+                // E.g. out of descriptors: don't spin.
+                std::thread::sleep(POLL);
+                continue;
+            }
+        };
+        // Accepted sockets are blocking (Linux does not inherit O_NONBLOCK);
+        // the timeout lets handlers notice the stop flag.
+        if stream.set_read_timeout(Some(POLL)).is_err() {
+            continue;
+        }
+        handlers.retain(|handler| !handler.is_finished());
+        let (name, stop) = (Arc::clone(name), Arc::clone(&stop));
+        if let Ok(thread) = std::thread::Builder::new()
+            .name(format!("conn-{name}"))
+            .spawn(move || {
+                let _ = handler(stream, &name, &stop);
+            })
+        {
+            handlers.push(thread);
+        }
+    }
+    for handler in handlers {
+        let _ = handler.join();
+    }
+}
+
+/// Waits up to `timeout` for `socket` to become readable (for a listener: a
+/// connection to accept), so accepting adds no latency yet the stop flag is seen.
+fn readable(socket: &impl AsRawFd, timeout: Duration) -> bool {
+    let mut poll_fd = libc::pollfd {
+        fd: socket.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one valid `pollfd` for the duration of the call.
+    unsafe { libc::poll(&mut poll_fd, 1, millis) > 0 }
+}
+
+fn is_timeout(err: &io::Error) -> bool {
+    matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+}
+
+/// Reads one line (with its `\n`) into `line`, retrying read timeouts until the
+/// stop flag is set. `Ok(false)` means the peer closed or the server stops.
+fn read_line(
+    reader: &mut BufReader<TcpStream>,
+    line: &mut Vec<u8>,
+    stop: &AtomicBool,
+) -> io::Result<bool> {
+    line.clear();
+    while !stop.load(Ordering::Relaxed) {
+        // On a timeout the bytes read so far stay in `line`.
+        match reader.read_until(b'\n', line) {
+            Ok(_) => return Ok(line.ends_with(b"\n")),
+            Err(err) if is_timeout(&err) => continue,
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(false)
+}
+
+fn name_connection(stream: TcpStream, name: &str, stop: &AtomicBool) -> io::Result<()> {
+    let mut writer = stream.try_clone()?;
+    writer.write_all(format!("{name}\n").as_bytes())?;
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
+    while read_line(&mut reader, &mut line, stop)? {
+        let text = String::from_utf8_lossy(&line);
+        writer.write_all(format!("{name} {}\n", text.trim_end()).as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Reads the request head (up to the blank line), whatever the method or path,
+/// then answers and closes.
+fn http_connection(stream: TcpStream, name: &str, stop: &AtomicBool) -> io::Result<()> {
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
+    loop {
+        if !read_line(&mut reader, &mut line, stop)? {
+            return Ok(());
+        }
+        if line == b"\r\n" || line == b"\n" {
+            break;
+        }
+    }
+    let body = format!("{name}\n");
+    write!(
+        writer,
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Connects to a name server and returns the name it greets with.
+pub fn tcp_ask_name(addr: SocketAddrV4, timeout: Duration) -> Result<String> {
+    Ok(LineClient::connect(addr, timeout)?.greeting)
+}
+
+/// A long-lived name-protocol connection.
+#[derive(Debug)]
+pub struct LineClient {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    greeting: String,
+}
+
+impl LineClient {
+    /// Connects and reads the greeting; `timeout` also bounds every answer.
+    pub fn connect(addr: SocketAddrV4, timeout: Duration) -> Result<LineClient> {
+        let stream = TcpStream::connect_timeout(&addr.into(), timeout)
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_read_timeout(Some(timeout))?;
+        let writer = stream.try_clone()?;
+        let mut client = LineClient {
+            reader: BufReader::new(stream),
+            writer,
+            greeting: String::new(),
+        };
+        client.greeting = client
+            .read_line()
+            .with_context(|| format!("greeting from {addr}"))?;
+        Ok(client)
+    }
+
+    /// What the server said on connect: the name of the node that answered.
+    pub fn greeting(&self) -> &str {
+        &self.greeting
+    }
+
+    /// Sends `line` and returns the answer (`"{name} {line}"`).
+    pub fn ask(&mut self, line: &str) -> Result<String> {
+        ensure!(!line.contains('\n'), "one line at a time: {line:?}");
+        self.writer
+            .write_all(format!("{line}\n").as_bytes())
+            .context("sending")?;
+        self.read_line()
+    }
+
+    /// Shuts the connection down in both directions now, so the server sees the
+    /// end of it at a point the test chooses; later asks fail.
+    pub fn close(&mut self) {
+        // Fails only if the connection is already gone, which is what we want.
+        let _ = self.writer.shutdown(Shutdown::Both);
+    }
+
+    fn read_line(&mut self) -> Result<String> {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).context("receiving")?;
+        if !line.ends_with('\n') {
+            bail!("connection closed (got {line:?})");
+        }
+        Ok(line.trim_end().to_owned())
+    }
+}
+
+/// Sends one datagram and returns the answer.
+pub fn udp_ask(addr: SocketAddrV4, payload: &[u8], timeout: Duration) -> Result<String> {
+    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("binding")?;
+    socket.connect(addr)?;
+    socket.set_read_timeout(Some(timeout))?;
+    socket.send(payload).context("sending")?;
+    let mut buf = vec![0u8; 65536];
+    let len = socket
+        .recv(&mut buf)
+        .with_context(|| format!("no answer from {addr} within {timeout:?}"))?;
+    buf.truncate(len);
+    String::from_utf8(buf).context("answer is not UTF-8")
+}
+
+/// `GET /` over HTTP/1.0; returns the body of a 200 answer.
+pub fn http_get(addr: SocketAddrV4, timeout: Duration) -> Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr.into(), timeout)
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    write!(stream, "GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n").context("sending")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).context("receiving")?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no end of headers in {response:?}"))?;
+    let status = head.lines().next().unwrap_or_default();
+    ensure!(
+        status.split_whitespace().nth(1) == Some("200"),
+        "HTTP status {status:?}"
+    );
+    Ok(body.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(2);
+
+    fn lo(port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)
+    }
+
+    #[test]
+    fn servers_answer_with_their_name() -> Result<()> {
+        let ns = NetNs::new("t-srv")?;
+        let _tcp = tcp_name_server(&ns, 7000, "node-x")?;
+        let _http = http_name_server(&ns, 8080, "node-x")?;
+        let _udp = udp_echo_server(&ns, 7001, "node-x")?;
+        ns.enter(|| -> Result<()> {
+            assert_eq!(tcp_ask_name(lo(7000), TIMEOUT)?, "node-x");
+            let mut client = LineClient::connect(lo(7000), TIMEOUT)?;
+            assert_eq!(client.greeting(), "node-x");
+            assert_eq!(client.ask("hello")?, "node-x hello");
+            assert_eq!(client.ask("again")?, "node-x again");
+            client.close();
+            assert!(client.ask("closed").is_err());
+            assert_eq!(udp_ask(lo(7001), b"ping", TIMEOUT)?, "node-x ping");
+            assert_eq!(http_get(lo(8080), TIMEOUT)?, "node-x\n");
+            Ok(())
+        })??;
+        // Outside the namespace nothing listens on these ports.
+        assert!(tcp_ask_name(lo(7000), TIMEOUT).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn drop_stops_servers_with_open_connections() -> Result<()> {
+        let ns = NetNs::new("t-srv-stop")?;
+        let server = tcp_name_server(&ns, 7000, "node-y")?;
+        // Made inside the namespace, used outside: the socket stays there.
+        let mut client = ns.enter(|| LineClient::connect(lo(7000), TIMEOUT))??;
+        assert_eq!(client.ask("still here")?, "node-y still here");
+        let started = Instant::now();
+        drop(server);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(client.ask("gone?").is_err());
+        assert!(ns.enter(|| tcp_ask_name(lo(7000), TIMEOUT))?.is_err());
+        // The port is free again right away.
+        let _again = tcp_name_server(&ns, 7000, "node-z")?;
+        assert_eq!(ns.enter(|| tcp_ask_name(lo(7000), TIMEOUT))??, "node-z");
+        Ok(())
+    }
+}

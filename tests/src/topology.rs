@@ -1,0 +1,230 @@
+//! The standard test topology of the end-to-end tests and the demo: a client,
+//! the load balancer and N nodes, each in its own namespace.
+//!
+//! ```text
+//! TwoArm:  client eth0 ─── lbc0 [lb] lbn0 ─── flb0 ┐
+//!                                                   br0 [fabric] ── n<i> ─── eth0 node-<i>
+//! OneArm:  client eth0 ─── fc0 ┐
+//!                [lb] lb0 ─── flb0 ── br0 [fabric] ── n<i> ─── eth0 node-<i>
+//! ```
+//!
+//! The client (10.0.0.0/24) and the nodes (10.1.0.0/24) reach each other only
+//! through the lb namespace, which routes between its two addresses. VIPs are on
+//! no interface: the client's default route sends them to the load balancer.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result};
+
+use crate::netns::{NetNs, Offload, XdpPass, veth};
+
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+/// The load balancer's address on the client subnet: the client's gateway.
+pub const LB_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+/// The load balancer's address on the node subnet: the nodes' gateway.
+pub const LB_NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
+/// Prefix length of the client and node subnets.
+pub const PREFIX_LEN: u8 = 24;
+/// Addresses the load balancer may hand out as VIPs.
+pub const VIP_RANGE: &str = "198.51.100.0/28";
+
+/// The client's and every node's interface.
+pub const HOST_IFACE: &str = "eth0";
+/// Two-arm: the load balancer's interface towards the client.
+pub const LB_CLIENT_IFACE: &str = "lbc0";
+/// Two-arm: the load balancer's interface towards the nodes.
+pub const LB_NODE_IFACE: &str = "lbn0";
+/// One-arm: the load balancer's only interface.
+pub const LB_ONE_ARM_IFACE: &str = "lb0";
+
+const BRIDGE: &str = "br0";
+/// Fabric end of the veth whose other end is the load balancer's.
+const FABRIC_LB_PORT: &str = "flb0";
+/// One-arm: fabric end of the client's veth.
+const FABRIC_CLIENT_PORT: &str = "fc0";
+
+/// Address of node `index` (1-based, at most 245): 10.1.0.(10 + index).
+pub const fn node_ip(index: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 1, 0, 10 + index)
+}
+
+/// The `index`th address of [`VIP_RANGE`] (0..16).
+pub const fn vip(index: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 51, 100, index)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Client side and node side on separate interfaces: the data path
+    /// redirects between them (XDP_REDIRECT).
+    TwoArm,
+    /// One interface on a shared L2 with both subnets: the data path sends
+    /// packets back out where they came in (XDP_TX).
+    OneArm,
+}
+
+#[derive(Debug)]
+pub struct Node {
+    /// `node-<i>`, as the servers on it call themselves.
+    pub name: String,
+    pub ns: NetNs,
+    pub ip: Ipv4Addr,
+}
+
+/// The namespaces of one topology; dropping it deletes them all.
+#[derive(Debug)]
+pub struct Topology {
+    pub client: NetNs,
+    pub lb: NetNs,
+    /// Holds the bridge the nodes (and, one-arm, the client and lb) plug into.
+    pub fabric: NetNs,
+    pub nodes: Vec<Node>,
+    pub layout: Layout,
+    /// Pass-through XDP on the fabric end of the lb's veth (see `wire`).
+    fabric_xdp: Option<XdpPass>,
+}
+
+impl Topology {
+    pub fn new(layout: Layout, node_count: usize) -> Result<Topology> {
+        let mut topology = Topology {
+            client: NetNs::new("client")?,
+            lb: NetNs::new("lb")?,
+            fabric: NetNs::new("fabric")?,
+            nodes: Vec::new(),
+            layout,
+            fabric_xdp: None,
+        };
+        topology
+            .wire()
+            .with_context(|| format!("wiring the {layout:?} topology"))?;
+        // Frames the lb bounces with XDP_TX into its veth only wake the peer if
+        // the peer runs an XDP program (GRO is enough for XDP_REDIRECT alone).
+        topology.fabric_xdp = Some(topology.fabric.attach_xdp_pass(FABRIC_LB_PORT)?);
+        for _ in 0..node_count {
+            topology.add_node()?;
+        }
+        Ok(topology)
+    }
+
+    /// Plugs one more node into the fabric; servers on it are up to the caller.
+    pub fn add_node(&mut self) -> Result<&Node> {
+        let index = u8::try_from(self.nodes.len() + 1)
+            .ok()
+            .filter(|index| *index <= 245)
+            .context("too many nodes for 10.1.0.0/24")?;
+        let name = format!("node-{index}");
+        let ns = NetNs::new(&name)?;
+        let ip = node_ip(index);
+        let port = format!("n{index}");
+        veth(&ns, HOST_IFACE, &self.fabric, &port)?;
+        self.fabric
+            .ip(&format!("link set {port} master {BRIDGE}"))?;
+        ns.ip(&format!("addr add {ip}/{PREFIX_LEN} dev {HOST_IFACE}"))?;
+        ns.ip(&format!("route add default via {LB_NODE_IP}"))?;
+        // Full checksums on the wire, as a physical NIC delivers them.
+        ns.set_offload(HOST_IFACE, Offload::TxChecksum, false)?;
+        self.nodes.push(Node { name, ns, ip });
+        Ok(self.nodes.last().expect("a node was just added"))
+    }
+
+    /// The lb namespace's interfaces the agent attaches to.
+    pub fn lb_ifaces(&self) -> Vec<&'static str> {
+        match self.layout {
+            Layout::TwoArm => vec![LB_CLIENT_IFACE, LB_NODE_IFACE],
+            Layout::OneArm => vec![LB_ONE_ARM_IFACE],
+        }
+    }
+
+    fn wire(&self) -> Result<()> {
+        let (lb, fabric, client) = (&self.lb, &self.fabric, &self.client);
+        fabric.ip(&format!("link add {BRIDGE} type bridge"))?;
+        fabric.ip(&format!("link set {BRIDGE} up"))?;
+        lb.sysctl("net.ipv4.ip_forward", "1")?;
+        // Set before the interfaces exist, so that they inherit the defaults.
+        for conf in ["all", "default"] {
+            lb.sysctl(&format!("net.ipv4.conf.{conf}.rp_filter"), "0")?;
+            // One-arm forwards out of the interface packets came in on; the
+            // kernel would tell the client to go direct, which it can't.
+            lb.sysctl(&format!("net.ipv4.conf.{conf}.send_redirects"), "0")?;
+        }
+        let lb_ifaces = match self.layout {
+            Layout::TwoArm => {
+                veth(client, HOST_IFACE, lb, LB_CLIENT_IFACE)?;
+                veth(lb, LB_NODE_IFACE, fabric, FABRIC_LB_PORT)?;
+                // Replies are redirected into lbc0: its peer needs NAPI.
+                client.set_offload(HOST_IFACE, Offload::Gro, true)?;
+                [(LB_CLIENT_IFACE, LB_CLIENT_IP), (LB_NODE_IFACE, LB_NODE_IP)]
+            }
+            Layout::OneArm => {
+                veth(client, HOST_IFACE, fabric, FABRIC_CLIENT_PORT)?;
+                fabric.ip(&format!("link set {FABRIC_CLIENT_PORT} master {BRIDGE}"))?;
+                veth(lb, LB_ONE_ARM_IFACE, fabric, FABRIC_LB_PORT)?;
+                [
+                    (LB_ONE_ARM_IFACE, LB_CLIENT_IP),
+                    (LB_ONE_ARM_IFACE, LB_NODE_IP),
+                ]
+            }
+        };
+        fabric.ip(&format!("link set {FABRIC_LB_PORT} master {BRIDGE}"))?;
+        // Requests are redirected (two-arm) or bounced (one-arm) into the lb's
+        // veth towards the fabric: its peer needs NAPI.
+        fabric.set_offload(FABRIC_LB_PORT, Offload::Gro, true)?;
+        for (iface, ip) in lb_ifaces {
+            lb.ip(&format!("addr add {ip}/{PREFIX_LEN} dev {iface}"))?;
+        }
+        client.ip(&format!(
+            "addr add {CLIENT_IP}/{PREFIX_LEN} dev {HOST_IFACE}"
+        ))?;
+        client.ip(&format!("route add default via {LB_CLIENT_IP}"))?;
+        // Full checksums on the wire, as a physical NIC delivers them.
+        client.set_offload(HOST_IFACE, Offload::TxChecksum, false)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(2);
+
+    /// Without any XDP program, plain kernel forwarding must connect the
+    /// client to every node, both ways.
+    fn assert_client_reaches_nodes(topology: &Topology) -> Result<()> {
+        for node in &topology.nodes {
+            topology
+                .client
+                .ping(node.ip, TIMEOUT)
+                .with_context(|| format!("{:?}: client to {}", topology.layout, node.name))?;
+            node.ns
+                .ping(CLIENT_IP, TIMEOUT)
+                .with_context(|| format!("{:?}: {} to client", topology.layout, node.name))?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn topology_pings() -> Result<()> {
+        for layout in [Layout::TwoArm, Layout::OneArm] {
+            let topology = Topology::new(layout, 3)?;
+            assert_eq!(topology.nodes.len(), 3);
+            assert_eq!(topology.nodes[2].name, "node-3");
+            assert_eq!(topology.nodes[2].ip, Ipv4Addr::new(10, 1, 0, 13));
+            for iface in topology.lb_ifaces() {
+                assert!(topology.lb.ifindex(iface)? > 0);
+            }
+            assert_client_reaches_nodes(&topology)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn added_node_is_reachable() -> Result<()> {
+        let mut topology = Topology::new(Layout::TwoArm, 1)?;
+        let node = topology.add_node()?;
+        assert_eq!((node.name.as_str(), node.ip), ("node-2", node_ip(2)));
+        assert_client_reaches_nodes(&topology)
+    }
+}

@@ -1,0 +1,185 @@
+//! The domain API against the real kernel maps: what `set_service` and
+//! `remove_service` leave behind, and how the reconciler diffs.
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use lb::{
+    dataplane::{Dataplane, DataplaneConfig, DataplaneError, service_key},
+    model::{BackendSpec, DesiredState, Frontend, Protocol, ServiceSpec},
+    reconcile,
+};
+use lb_common::BACKEND_ACTIVE;
+
+const RING_SIZE: u32 = 251;
+
+fn spec(vip_last: u8, nodes: &[(u8, u32)]) -> ServiceSpec {
+    let frontend = Frontend {
+        vip: Ipv4Addr::new(198, 51, 100, vip_last),
+        port: 80,
+        protocol: Protocol::Tcp,
+    };
+    ServiceSpec {
+        name: format!("test/svc-{vip_last}:http"),
+        frontend,
+        backends: nodes
+            .iter()
+            .map(|&(i, weight)| BackendSpec {
+                node: format!("node-{i}"),
+                ip: Ipv4Addr::new(10, 1, 0, 10 + i),
+                port: 31000,
+                weight,
+            })
+            .collect(),
+    }
+}
+
+fn load(max_services: u32) -> Dataplane {
+    Dataplane::load(DataplaneConfig {
+        ring_size: RING_SIZE,
+        max_services,
+        pin_dir: None,
+    })
+    .expect("load")
+}
+
+/// Backend ids the live ring of `spec`'s service points at, with entry counts.
+fn ring(dataplane: &Dataplane, spec: &ServiceSpec) -> BTreeMap<u32, u32> {
+    let info = dataplane
+        .maps()
+        .services
+        .get(&service_key(&spec.frontend), 0)
+        .expect("service entry");
+    assert_eq!(info.ring_size, RING_SIZE);
+    let mut counts = BTreeMap::new();
+    for slot in info.ring_base..info.ring_base + info.ring_size {
+        let id = dataplane.maps().maglev.get(&slot, 0).expect("ring entry");
+        *counts.entry(id).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[test]
+fn updates_swap_whole_rings_and_retire_removed_backends() {
+    let mut dataplane = load(4);
+    let three = spec(10, &[(1, 1), (2, 1), (3, 1)]);
+    dataplane.set_service(&three).expect("add");
+    let first_base = dataplane
+        .maps()
+        .services
+        .get(&service_key(&three.frontend), 0)
+        .expect("entry")
+        .ring_base;
+    let before = ring(&dataplane, &three);
+    assert_eq!(before.len(), 3);
+    for id in before.keys() {
+        let backend = dataplane.maps().backends.get(id, 0).expect("backend");
+        assert_eq!(backend.flags & BACKEND_ACTIVE, BACKEND_ACTIVE);
+    }
+
+    // Drop node-3, double node-1's weight.
+    let two = spec(10, &[(1, 2), (2, 1)]);
+    dataplane.set_service(&two).expect("update");
+    let info = dataplane
+        .maps()
+        .services
+        .get(&service_key(&two.frontend), 0)
+        .expect("entry");
+    assert_ne!(info.ring_base, first_base, "the update wrote the idle slot");
+    let after = ring(&dataplane, &two);
+    assert_eq!(after.len(), 2);
+    let programmed = dataplane.service(&two.frontend).expect("programmed");
+    let node1 = programmed
+        .backends
+        .iter()
+        .find(|b| b.spec.node == "node-1")
+        .expect("node-1");
+    assert!(
+        after[&node1.id] > 160,
+        "weight 2 of 3 should own about 2/3 of {RING_SIZE}: {after:?}"
+    );
+    let removed: Vec<u32> = before
+        .keys()
+        .filter(|id| !after.contains_key(id))
+        .copied()
+        .collect();
+    assert_eq!(removed.len(), 1);
+    let retired = dataplane.maps().backends.get(&removed[0], 0).expect("slot");
+    assert_eq!(
+        retired.flags & BACKEND_ACTIVE,
+        0,
+        "removed backend still active"
+    );
+
+    dataplane.remove_service(&two.frontend).expect("remove");
+    assert!(
+        dataplane
+            .maps()
+            .services
+            .get(&service_key(&two.frontend), 0)
+            .is_err()
+    );
+    for id in after.keys() {
+        assert_eq!(dataplane.maps().backends.get(id, 0).expect("slot").flags, 0);
+    }
+}
+
+#[test]
+fn service_capacity_is_enforced_and_freed_ids_are_reused() {
+    let mut dataplane = load(2);
+    dataplane.set_service(&spec(1, &[(1, 1)])).expect("first");
+    dataplane.set_service(&spec(2, &[(1, 1)])).expect("second");
+    match dataplane.set_service(&spec(3, &[(1, 1)])) {
+        Err(DataplaneError::ServicesFull(2)) => {}
+        other => panic!("expected ServicesFull, got {other:?}"),
+    }
+    dataplane
+        .remove_service(&spec(1, &[]).frontend)
+        .expect("remove");
+    dataplane
+        .set_service(&spec(3, &[(1, 1)]))
+        .expect("third fits now");
+}
+
+#[test]
+fn a_service_without_weight_has_no_backends_in_the_kernel() {
+    let mut dataplane = load(2);
+    let idle = spec(5, &[(1, 0), (2, 0)]);
+    dataplane.set_service(&idle).expect("set");
+    let info = dataplane
+        .maps()
+        .services
+        .get(&service_key(&idle.frontend), 0)
+        .expect("entry");
+    assert_eq!(
+        info.backend_count, 0,
+        "packets to it drop instead of using a stale ring"
+    );
+}
+
+#[test]
+fn reconcile_touches_only_what_changed() {
+    let mut dataplane = load(8);
+    let a = spec(1, &[(1, 1), (2, 1)]);
+    let b = spec(2, &[(1, 1)]);
+    let mut desired = DesiredState::default();
+    desired.services.insert(a.frontend, a.clone());
+    desired.services.insert(b.frontend, b.clone());
+    let report = reconcile::apply(&mut dataplane, &desired);
+    assert_eq!(report.added, vec![a.frontend, b.frontend]);
+    assert!(
+        reconcile::apply(&mut dataplane, &desired).is_noop(),
+        "second apply changes nothing"
+    );
+
+    let ring_of_a = ring(&dataplane, &a);
+    let b2 = spec(2, &[(1, 1), (3, 1)]);
+    desired.services.insert(b2.frontend, b2.clone());
+    let report = reconcile::apply(&mut dataplane, &desired);
+    assert_eq!(report.updated, vec![b2.frontend]);
+    assert!(report.added.is_empty() && report.removed.is_empty());
+    assert_eq!(ring(&dataplane, &a), ring_of_a, "service a was rewritten");
+
+    desired.services.remove(&a.frontend);
+    let report = reconcile::apply(&mut dataplane, &desired);
+    assert_eq!(report.removed, vec![a.frontend]);
+}

@@ -1,0 +1,260 @@
+//! Real TCP and UDP through the VIP: a client namespace, the agent attached in the
+//! load balancer namespace, and node namespaces running real servers.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use lb_tests::{
+    agent::{Agent, backends_of},
+    servers::{self, LineClient, ServerGuard},
+    topology::{Layout, Topology},
+};
+use serde_json::Value;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+const TCP_NODE_PORT: u16 = 31000;
+const UDP_NODE_PORT: u16 = 31053;
+const TIMEOUT: Duration = Duration::from_secs(3);
+const READY: Duration = Duration::from_secs(20);
+
+/// A Service with a TCP and a UDP port, and the given Ready nodes, as
+/// `kubectl get -o yaml` shows them.
+fn manifest(nodes: &[(String, Ipv4Addr)]) -> String {
+    let mut yaml = format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: demo
+spec:
+  type: LoadBalancer
+  loadBalancerIP: {VIP}
+  selector:
+    app: web
+  ports:
+  - name: http
+    port: 80
+    protocol: TCP
+    targetPort: 8080
+    nodePort: {TCP_NODE_PORT}
+  - name: echo
+    port: 53
+    protocol: UDP
+    targetPort: 5353
+    nodePort: {UDP_NODE_PORT}
+"
+    );
+    for (name, ip) in nodes {
+        yaml.push_str(&format!(
+            "---
+apiVersion: v1
+kind: Node
+metadata:
+  name: {name}
+status:
+  addresses:
+  - type: InternalIP
+    address: {ip}
+  - type: Hostname
+    address: {name}
+  conditions:
+  - type: Ready
+    status: \"True\"
+"
+        ));
+    }
+    yaml
+}
+
+struct ManifestDir(PathBuf);
+
+impl ManifestDir {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("lb-e2e-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("manifest dir");
+        Self(dir)
+    }
+
+    fn write(&self, topology: &Topology) {
+        let nodes: Vec<(String, Ipv4Addr)> = topology
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.ip))
+            .collect();
+        // Write then rename, so the agent never reads half a file.
+        let tmp = self.0.join(".cluster.yaml.tmp");
+        std::fs::write(&tmp, manifest(&nodes)).expect("write manifest");
+        std::fs::rename(&tmp, self.0.join("cluster.yaml")).expect("rename manifest");
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ManifestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn start_servers(topology: &Topology) -> Vec<ServerGuard> {
+    topology
+        .nodes
+        .iter()
+        .flat_map(|node| {
+            [
+                servers::tcp_name_server(&node.ns, TCP_NODE_PORT, &node.name).expect("tcp server"),
+                servers::udp_echo_server(&node.ns, UDP_NODE_PORT, &node.name).expect("udp server"),
+            ]
+        })
+        .collect()
+}
+
+fn tcp_service() -> String {
+    format!("{VIP}:80/tcp")
+}
+
+fn wait_for_nodes(agent: &Agent, count: usize) -> Vec<Value> {
+    agent
+        .wait_for_backends(READY, |rows| {
+            backends_of(rows, &tcp_service()).len() == count
+                && backends_of(rows, &format!("{VIP}:53/udp")).len() == count
+        })
+        .expect("agent programs the backends")
+}
+
+/// Opens `count` TCP connections from the client to the VIP; returns how many
+/// each node answered. Every connection must succeed.
+fn connect_many(topology: &Topology, count: usize) -> BTreeMap<String, usize> {
+    let vip = SocketAddrV4::new(VIP, 80);
+    topology
+        .client
+        .enter(move || {
+            let mut tally = BTreeMap::new();
+            for i in 0..count {
+                let name = servers::tcp_ask_name(vip, TIMEOUT)
+                    .unwrap_or_else(|e| panic!("connection {i} to {vip} failed: {e:#}"));
+                *tally.entry(name).or_insert(0) += 1;
+            }
+            tally
+        })
+        .expect("client namespace")
+}
+
+fn node_of_address(topology: &Topology, address: &str) -> String {
+    topology
+        .nodes
+        .iter()
+        .find(|n| n.ip.to_string() == address)
+        .map(|n| n.name.clone())
+        .unwrap_or_else(|| panic!("no node has address {address}"))
+}
+
+#[test]
+fn two_arm_spreads_connections_by_maglev_and_keeps_flows_across_node_changes() {
+    let mut topology = Topology::new(Layout::TwoArm, 3).expect("topology");
+    let manifests = ManifestDir::new("two-arm");
+    manifests.write(&topology);
+    let mut guards = start_servers(&topology);
+    let agent = Agent::start(&topology.lb, &topology.lb_ifaces(), manifests.path(), &[])
+        .expect("agent starts");
+    let rows = wait_for_nodes(&agent, 3);
+
+    // A long-lived connection, opened before anything changes.
+    let vip = SocketAddrV4::new(VIP, 80);
+    let (long_lived, first_node) = topology
+        .client
+        .enter(move || {
+            let client = LineClient::connect(vip, TIMEOUT).expect("long-lived connect");
+            let greeting = client.greeting().to_owned();
+            (client, greeting)
+        })
+        .expect("client namespace");
+
+    const CONNECTIONS: usize = 1000;
+    let tally = connect_many(&topology, CONNECTIONS);
+    assert_eq!(tally.values().sum::<usize>(), CONNECTIONS);
+    for row in backends_of(&rows, &tcp_service()) {
+        let node = node_of_address(&topology, row["address"].as_str().expect("address"));
+        let share = row["share"].as_f64().expect("share");
+        let observed = *tally.get(&node).unwrap_or(&0) as f64 / CONNECTIONS as f64;
+        println!("{node}: Maglev share {share:.3}, observed {observed:.3}");
+        // 1000 draws of a ~1/3 share: a standard deviation is 1.5 points.
+        assert!(
+            (observed - share).abs() < 0.06,
+            "{node} got {observed:.3} of connections, its Maglev share is {share:.3}"
+        );
+    }
+
+    // UDP through the same VIP.
+    let udp_reply = topology
+        .client
+        .enter(|| servers::udp_ask(SocketAddrV4::new(VIP, 53), b"ping", TIMEOUT))
+        .expect("client namespace")
+        .expect("UDP answer");
+    assert!(udp_reply.ends_with("ping"), "UDP reply {udp_reply:?}");
+
+    // A fourth node joins: the agent notices the manifest change.
+    topology.add_node().expect("fourth node");
+    let node4 = topology.nodes.last().expect("node 4");
+    guards.push(servers::tcp_name_server(&node4.ns, TCP_NODE_PORT, &node4.name).expect("server"));
+    guards.push(servers::udp_echo_server(&node4.ns, UDP_NODE_PORT, &node4.name).expect("server"));
+    manifests.write(&topology);
+    wait_for_nodes(&agent, 4);
+
+    // The long-lived connection still works, on the same node.
+    let (mut long_lived, answer) = topology
+        .client
+        .enter(move || {
+            let mut client = long_lived;
+            let answer = client
+                .ask("still there?")
+                .expect("long-lived connection survives");
+            (client, answer)
+        })
+        .expect("client namespace");
+    assert_eq!(
+        answer,
+        format!("{first_node} still there?"),
+        "the long-lived connection moved"
+    );
+    let tally = connect_many(&topology, 300);
+    assert!(
+        tally.get("node-4").copied().unwrap_or(0) > 20,
+        "new connections do not reach the new node: {tally:?}"
+    );
+    long_lived.close();
+    drop(agent);
+    drop(guards);
+}
+
+#[test]
+fn one_arm_serves_tcp_and_udp_through_one_interface() {
+    let topology = Topology::new(Layout::OneArm, 3).expect("topology");
+    let manifests = ManifestDir::new("one-arm");
+    manifests.write(&topology);
+    let guards = start_servers(&topology);
+    let agent = Agent::start(&topology.lb, &topology.lb_ifaces(), manifests.path(), &[])
+        .expect("agent starts");
+    wait_for_nodes(&agent, 3);
+    let tally = connect_many(&topology, 200);
+    assert_eq!(tally.len(), 3, "every node serves: {tally:?}");
+    let udp_reply = topology
+        .client
+        .enter(|| servers::udp_ask(SocketAddrV4::new(VIP, 53), b"hello", TIMEOUT))
+        .expect("client namespace")
+        .expect("UDP answer");
+    assert!(udp_reply.starts_with("node-"), "UDP reply {udp_reply:?}");
+    let stats = agent.query("stats").expect("lb stats");
+    assert!(
+        stats["forward_tx"].as_u64().unwrap_or(0) > 0,
+        "one-arm forwards with XDP_TX: {stats}"
+    );
+    drop(agent);
+    drop(guards);
+}

@@ -1,0 +1,530 @@
+//! Table-driven BPF_PROG_TEST_RUN fixtures: real packets through the real
+//! program, after the real verifier, checked byte for byte.
+//!
+//! The program runs inside a namespace whose FIB and neighbour tables are known
+//! (permanent neighbours), so MAC rewriting is deterministic.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use aya::programs::{TestRun, TestRunOptions};
+use lb::{
+    dataplane::{Dataplane, DataplaneConfig, service_key},
+    model::{BackendSpec, Frontend, Protocol, ServiceSpec},
+};
+use lb_common::{FlowKey, counters, hash::flow_hash};
+use lb_tests::{netns::NetNs, packets};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+/// A client on the nodes' segment: its traffic leaves where it came in (one-arm).
+const LOCAL_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 50);
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+const LOCAL_CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x50];
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+const VIP_SPREAD: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
+const VIP_EMPTY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 12);
+const VIP_UNRESOLVED: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 13);
+/// Small prime ring: fixtures need determinism, not balance.
+const RING_SIZE: u32 = 1021;
+
+fn node_ip(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 1, 0, 10 + i)
+}
+
+fn node_mac(i: u8) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0x01, 0x10 + i]
+}
+
+fn backend(i: u8, port: u16) -> BackendSpec {
+    BackendSpec {
+        node: format!("node-{i}"),
+        ip: node_ip(i),
+        port,
+        weight: 1,
+    }
+}
+
+fn service(
+    vip: Ipv4Addr,
+    port: u16,
+    protocol: Protocol,
+    backends: Vec<BackendSpec>,
+) -> ServiceSpec {
+    ServiceSpec {
+        name: format!("test/{vip}:{port}"),
+        frontend: Frontend {
+            vip,
+            port,
+            protocol,
+        },
+        backends,
+    }
+}
+
+/// The namespace the program runs in: `cl0` faces clients, `nd0` faces nodes.
+struct Bench {
+    client_if: u32,
+    node_if: u32,
+    client_if_mac: [u8; 6],
+    node_if_mac: [u8; 6],
+}
+
+fn bench() -> (NetNs, Bench) {
+    let ns = NetNs::new("lbfix").expect("netns");
+    for cmd in [
+        "link add cl0 type veth peer name cl1",
+        "link add nd0 type veth peer name nd1",
+        "addr add 10.0.0.1/24 dev cl0",
+        "addr add 10.1.0.1/24 dev nd0",
+        "link set cl0 up",
+        "link set cl1 up",
+        "link set nd0 up",
+        "link set nd1 up",
+    ] {
+        ns.ip(cmd).expect(cmd);
+    }
+    ns.sysctl("net.ipv4.ip_forward", "1").expect("forwarding");
+    let fmt = |mac: [u8; 6]| {
+        mac.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    ns.ip(&format!(
+        "neigh add {CLIENT} lladdr {} dev cl0 nud permanent",
+        fmt(CLIENT_MAC)
+    ))
+    .expect("client neighbour");
+    ns.ip(&format!(
+        "neigh add {LOCAL_CLIENT} lladdr {} dev nd0 nud permanent",
+        fmt(LOCAL_CLIENT_MAC)
+    ))
+    .expect("local client neighbour");
+    // Nodes 1-3 resolved; node 4 deliberately not, to exercise the FIB miss path.
+    for i in 1..=3 {
+        ns.ip(&format!(
+            "neigh add {} lladdr {} dev nd0 nud permanent",
+            node_ip(i),
+            fmt(node_mac(i))
+        ))
+        .expect("node neighbour");
+    }
+    let bench = Bench {
+        client_if: ns.ifindex("cl0").expect("ifindex"),
+        node_if: ns.ifindex("nd0").expect("ifindex"),
+        client_if_mac: ns.mac("cl0").expect("mac"),
+        node_if_mac: ns.mac("nd0").expect("mac"),
+    };
+    (ns, bench)
+}
+
+/// Where a fixture packet arrives.
+#[derive(Clone, Copy)]
+enum Ingress {
+    Clients,
+    Nodes,
+}
+
+enum Expected {
+    /// Handed to the kernel bit for bit unchanged.
+    Unchanged,
+    /// Rewritten to exactly these bytes.
+    Bytes(Vec<u8>),
+}
+
+struct Fixture {
+    description: &'static str,
+    input: Vec<u8>,
+    ingress: Ingress,
+    action: u32,
+    output: Expected,
+}
+
+fn sock(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip, port)
+}
+
+/// Runs one packet through the program; returns (action, output bytes).
+fn run(dataplane: &Dataplane, input: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+    let mut ctx = [0u8; 24];
+    // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
+    ctx[4..8].copy_from_slice(&(input.len() as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    let mut out = vec![0u8; input.len() + 256];
+    let result = dataplane
+        .program()
+        .expect("program")
+        .test_run(TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
+}
+
+fn load(bench: &Bench) -> Dataplane {
+    let mut dataplane = Dataplane::load(DataplaneConfig {
+        ring_size: RING_SIZE,
+        max_services: 8,
+        pin_dir: None,
+    })
+    .expect("load");
+    dataplane.add_tx_port(bench.client_if).expect("tx port");
+    dataplane.add_tx_port(bench.node_if).expect("tx port");
+    dataplane
+}
+
+#[test]
+fn packet_fixtures() {
+    let (ns, bench) = bench();
+    ns.enter(move || fixtures_in_namespace(&bench))
+        .expect("enter namespace");
+}
+
+fn fixtures_in_namespace(bench: &Bench) {
+    let mut dataplane = load(bench);
+    for spec in [
+        service(VIP, 80, Protocol::Tcp, vec![backend(1, 31000)]),
+        service(VIP, 53, Protocol::Udp, vec![backend(1, 31053)]),
+        service(VIP_EMPTY, 80, Protocol::Tcp, vec![]),
+        service(VIP_UNRESOLVED, 80, Protocol::Tcp, vec![backend(4, 31004)]),
+    ] {
+        dataplane.set_service(&spec).expect("set_service");
+    }
+    let client = sock(CLIENT, 40000);
+    let vip_http = sock(VIP, 80);
+    let to_node1 = |input: &[u8], port: u16| {
+        packets::expect_dnat(
+            input,
+            sock(node_ip(1), port),
+            bench.node_if_mac,
+            node_mac(1),
+        )
+    };
+    let syn = packets::tcp_syn(client, vip_http);
+    let ack = packets::tcp_ack(client, vip_http, b"GET / HTTP/1.0\r\n\r\n");
+    let options_syn = packets::tcp_syn_with_ip_options(sock(CLIENT, 40001), vip_http);
+    let udp = packets::udp(client, sock(VIP, 53), b"query");
+    let udp_no_csum = packets::udp_no_checksum(sock(CLIENT, 40002), sock(VIP, 53), b"query");
+    let reply = packets::tcp_ack(sock(node_ip(1), 31000), client, b"HTTP/1.0 200 OK\r\n");
+    let local_syn = packets::tcp_syn(sock(LOCAL_CLIENT, 40000), vip_http);
+    let unresolved_syn = packets::tcp_syn(client, sock(VIP_UNRESOLVED, 80));
+    let fixtures = vec![
+        Fixture {
+            description: "TCP SYN to a VIP is DNAT-ed and redirected to the node side",
+            output: Expected::Bytes(to_node1(&syn, 31000)),
+            input: syn,
+            ingress: Ingress::Clients,
+            action: XDP_REDIRECT,
+        },
+        Fixture {
+            description: "the next packet of the flow goes to the same backend",
+            output: Expected::Bytes(to_node1(&ack, 31000)),
+            input: ack,
+            ingress: Ingress::Clients,
+            action: XDP_REDIRECT,
+        },
+        Fixture {
+            description: "the backend's reply is reverse-NAT-ed to come from the VIP",
+            output: Expected::Bytes(packets::expect_snat(
+                &reply,
+                vip_http,
+                bench.client_if_mac,
+                CLIENT_MAC,
+            )),
+            input: reply,
+            ingress: Ingress::Nodes,
+            action: XDP_REDIRECT,
+        },
+        Fixture {
+            description: "a reply of an untracked flow passes unchanged",
+            input: packets::tcp_ack(sock(node_ip(1), 31000), sock(CLIENT, 49999), b"x"),
+            ingress: Ingress::Nodes,
+            action: XDP_PASS,
+            output: Expected::Unchanged,
+        },
+        Fixture {
+            description: "UDP to a VIP is DNAT-ed with a valid checksum",
+            output: Expected::Bytes(to_node1(&udp, 31053)),
+            input: udp,
+            ingress: Ingress::Clients,
+            action: XDP_REDIRECT,
+        },
+        Fixture {
+            description: "UDP without checksum keeps checksum 0",
+            output: Expected::Bytes(to_node1(&udp_no_csum, 31053)),
+            input: udp_no_csum,
+            ingress: Ingress::Clients,
+            action: XDP_REDIRECT,
+        },
+        Fixture {
+            description: "IP options are skipped to find the ports",
+            output: Expected::Bytes(to_node1(&options_syn, 31000)),
+            input: options_syn,
+            ingress: Ingress::Clients,
+            action: XDP_REDIRECT,
+        },
+        Fixture {
+            description: "one-arm: the node is reached through the ingress interface (XDP_TX)",
+            output: Expected::Bytes(to_node1(&local_syn, 31000)),
+            input: local_syn,
+            ingress: Ingress::Nodes,
+            action: XDP_TX,
+        },
+        Fixture {
+            description: "unresolved neighbour: the DNAT-ed packet goes to the kernel",
+            output: Expected::Bytes(packets::expect_dnat(
+                &unresolved_syn,
+                sock(node_ip(4), 31004),
+                // Ethernet header untouched: the kernel fills it in.
+                packets::CLIENT_MAC,
+                packets::LB_MAC,
+            )),
+            input: unresolved_syn,
+            ingress: Ingress::Clients,
+            action: XDP_PASS,
+        },
+        Fixture {
+            description: "a service without backends drops",
+            input: packets::tcp_syn(client, sock(VIP_EMPTY, 80)),
+            ingress: Ingress::Clients,
+            action: XDP_DROP,
+            output: Expected::Unchanged,
+        },
+        Fixture {
+            description: "a port the VIP does not serve passes",
+            input: packets::tcp_syn(client, sock(VIP, 443)),
+            ingress: Ingress::Clients,
+            action: XDP_PASS,
+            output: Expected::Unchanged,
+        },
+        Fixture {
+            description: "a non-VIP destination passes",
+            input: packets::tcp_syn(client, sock(node_ip(1), 31000)),
+            ingress: Ingress::Clients,
+            action: XDP_PASS,
+            output: Expected::Unchanged,
+        },
+        Fixture {
+            description: "ARP passes",
+            input: packets::arp_request(CLIENT, VIP),
+            ingress: Ingress::Clients,
+            action: XDP_PASS,
+            output: Expected::Unchanged,
+        },
+        Fixture {
+            description: "IPv6 passes",
+            input: packets::ipv6_tcp_syn(),
+            ingress: Ingress::Clients,
+            action: XDP_PASS,
+            output: Expected::Unchanged,
+        },
+        Fixture {
+            description: "an IP fragment to a VIP passes",
+            input: packets::ip_fragment(client, sock(VIP, 53)),
+            ingress: Ingress::Clients,
+            action: XDP_PASS,
+            output: Expected::Unchanged,
+        },
+    ];
+    let mut fixtures = fixtures;
+    let syn = packets::tcp_syn(client, vip_http);
+    // Shorter than an Ethernet header the kernel refuses the frame itself.
+    for len in [14, 20, 33, 34, 40, 53] {
+        fixtures.push(Fixture {
+            description: "a truncated packet passes",
+            input: packets::truncated(&syn, len),
+            ingress: Ingress::Clients,
+            action: XDP_PASS,
+            output: Expected::Unchanged,
+        });
+    }
+    let mut failures = Vec::new();
+    for fixture in &fixtures {
+        let ifindex = match fixture.ingress {
+            Ingress::Clients => bench.client_if,
+            Ingress::Nodes => bench.node_if,
+        };
+        let (action, output) = run(&dataplane, &fixture.input, ifindex);
+        let expected = match &fixture.output {
+            Expected::Unchanged => &fixture.input,
+            Expected::Bytes(bytes) => bytes,
+        };
+        if action != fixture.action || &output != expected {
+            failures.push(format!(
+                "{} (len {}): action {action} (want {}), output {}",
+                fixture.description,
+                fixture.input.len(),
+                fixture.action,
+                if &output == expected { "ok" } else { "differs" }
+            ));
+        }
+        if let (Expected::Bytes(_), true) = (&fixture.output, action != XDP_DROP) {
+            packets::verify_checksums(&output)
+                .unwrap_or_else(|e| failures.push(format!("{}: {e}", fixture.description)));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "fixtures failed:\n{}",
+        failures.join("\n")
+    );
+    let global = dataplane.maps().global_counters().expect("counters");
+    assert_eq!(global[counters::FIB_MISS as usize], 1, "one FIB miss");
+    assert_eq!(global[counters::DROP_NO_BACKEND as usize], 1);
+    assert_eq!(global[counters::PASS_FRAGMENT as usize], 1);
+    assert_eq!(global[counters::REPLY_REDIRECT as usize], 1);
+    let outcomes: u64 = [
+        counters::FORWARD_TX,
+        counters::FORWARD_REDIRECT,
+        counters::REPLY_TX,
+        counters::REPLY_REDIRECT,
+        counters::FIB_MISS,
+        counters::FIB_OTHER,
+        counters::PASS_NOT_IPV4,
+        counters::PASS_FRAGMENT,
+        counters::PASS_OTHER_PROTO,
+        counters::PASS_MALFORMED,
+        counters::PASS_NOT_SERVICE,
+        counters::DROP_NO_BACKEND,
+        counters::DROP_INTERNAL,
+    ]
+    .iter()
+    .map(|&c| global[c as usize])
+    .sum();
+    assert_eq!(
+        outcomes,
+        global[counters::RX as usize],
+        "every packet has one outcome"
+    );
+    let http = dataplane
+        .maps()
+        .service_traffic(dataplane.service(&frontend(VIP, 80)).expect("svc").id)
+        .expect("traffic");
+    assert_eq!(http.packets, 4, "SYN, ACK, options SYN, one-arm SYN");
+}
+
+fn frontend(vip: Ipv4Addr, port: u16) -> Frontend {
+    Frontend {
+        vip,
+        port,
+        protocol: Protocol::Tcp,
+    }
+}
+
+/// The backend the kernel picks for a new flow is the one userspace predicts
+/// from the same hash and the same table, and later packets stick to it even
+/// when the service gains backends.
+#[test]
+fn maglev_choice_matches_prediction_and_flows_stick() {
+    let (ns, bench) = bench();
+    ns.enter(move || stickiness_in_namespace(&bench))
+        .expect("enter namespace");
+}
+
+fn stickiness_in_namespace(bench: &Bench) {
+    let mut dataplane = load(bench);
+    let mut spec = service(
+        VIP_SPREAD,
+        80,
+        Protocol::Tcp,
+        vec![backend(1, 31000), backend(2, 31000)],
+    );
+    dataplane.set_service(&spec).expect("set_service");
+    let port_of = |output: &[u8]| -> Ipv4Addr {
+        Ipv4Addr::new(output[30], output[31], output[32], output[33])
+    };
+    let predict = |dataplane: &Dataplane, client: SocketAddrV4| -> Ipv4Addr {
+        let key = FlowKey {
+            src_ip: u32::from_ne_bytes(client.ip().octets()),
+            dst_ip: u32::from_ne_bytes(VIP_SPREAD.octets()),
+            src_port: client.port().to_be(),
+            dst_port: 80u16.to_be(),
+            proto: lb_common::PROTO_TCP,
+            _pad: [0; 3],
+        };
+        let info = dataplane
+            .maps()
+            .services
+            .get(&service_key(&frontend(VIP_SPREAD, 80)), 0)
+            .expect("service");
+        let slot = info.ring_base + flow_hash(&key) % info.ring_size;
+        let id = dataplane.maps().maglev.get(&slot, 0).expect("ring");
+        let backend = dataplane.maps().backends.get(&id, 0).expect("backend");
+        Ipv4Addr::from(backend.ip.to_ne_bytes())
+    };
+    let clients: Vec<SocketAddrV4> = (0..200).map(|i| sock(CLIENT, 20000 + i)).collect();
+    let mut first_choice = Vec::new();
+    for client in &clients {
+        let (action, output) = run(
+            &dataplane,
+            &packets::tcp_syn(*client, sock(VIP_SPREAD, 80)),
+            bench.client_if,
+        );
+        assert_eq!(action, XDP_REDIRECT);
+        let chosen = port_of(&output);
+        assert_eq!(
+            chosen,
+            predict(&dataplane, *client),
+            "prediction for {client}"
+        );
+        first_choice.push(chosen);
+    }
+    for node in [node_ip(1), node_ip(2)] {
+        let n = first_choice.iter().filter(|&&ip| ip == node).count();
+        assert!(n > 60, "{node} got only {n} of 200 flows");
+    }
+    // A third backend: existing flows stay put, new flows may use it.
+    spec.backends.push(backend(3, 31000));
+    dataplane.set_service(&spec).expect("update");
+    for (client, before) in clients.iter().zip(&first_choice) {
+        let (_, output) = run(
+            &dataplane,
+            &packets::tcp_ack(*client, sock(VIP_SPREAD, 80), b"x"),
+            bench.client_if,
+        );
+        assert_eq!(port_of(&output), *before, "flow {client} moved");
+    }
+    let fresh: Vec<Ipv4Addr> = (0..200)
+        .map(|i| {
+            let (_, output) = run(
+                &dataplane,
+                &packets::tcp_syn(sock(CLIENT, 30000 + i), sock(VIP_SPREAD, 80)),
+                bench.client_if,
+            );
+            port_of(&output)
+        })
+        .collect();
+    assert!(
+        fresh.contains(&node_ip(3)),
+        "new flows never reach the new backend"
+    );
+    // Removing backend 1: its flows re-hash onto the survivors, others stay.
+    spec.backends.retain(|b| b.ip != node_ip(1));
+    dataplane.set_service(&spec).expect("update");
+    for (client, before) in clients.iter().zip(&first_choice) {
+        let (_, output) = run(
+            &dataplane,
+            &packets::tcp_ack(*client, sock(VIP_SPREAD, 80), b"x"),
+            bench.client_if,
+        );
+        let now = port_of(&output);
+        if *before == node_ip(1) {
+            assert_ne!(now, node_ip(1), "flow {client} still on a removed backend");
+        } else {
+            assert_eq!(
+                now, *before,
+                "flow {client} moved although its backend stayed"
+            );
+        }
+    }
+    let global = dataplane.maps().global_counters().expect("counters");
+    assert!(global[counters::FLOW_REHASHED as usize] > 0);
+}

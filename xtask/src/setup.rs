@@ -1,0 +1,323 @@
+//! `cargo xtask setup`: installs what a fresh Debian 12 machine lacks. Prints nothing when
+//! everything is there already.
+
+use std::{fs, io, os::unix::fs::symlink, path::PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::util::{self, cmd};
+
+/// Debian packages the tests and the demo cannot do without.
+pub const REQUIRED_PACKAGES: &[&str] = &["iproute2", "ethtool", "iputils-ping", "curl"];
+
+/// Debian packages the benchmarks (and some comparisons) use. Failing to install one of them
+/// is a warning, and one that the archive does not have is skipped.
+pub const BENCH_PACKAGES: &[&str] = &[
+    "netcat-openbsd",
+    "iptables",
+    "nftables",
+    "haproxy",
+    "wrk",
+    "iperf3",
+    "bpftool",
+    "hping3",
+];
+
+/// Components of the nightly toolchain: `rust-src` for `-Z build-std=core`, `clippy` for
+/// linting the eBPF crate.
+const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "clippy"];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Where setup links nightly's libLLVM so that bpf-linker can be built against it.
+const LLVM_PREFIX: &str = ".local/lb-llvm";
+
+const BPFFS: &str = "/sys/fs/bpf";
+
+pub fn run() -> Result<()> {
+    let root = util::is_root()?;
+    apt_packages(root).context("installing Debian packages")?;
+    nightly_components().context("installing nightly toolchain components")?;
+    bpf_linker().context("installing bpf-linker")?;
+    bpffs(root).context("mounting bpffs")?;
+    Ok(())
+}
+
+fn apt_packages(root: bool) -> Result<()> {
+    let missing_required = missing_packages(REQUIRED_PACKAGES)?;
+    let missing_bench = missing_packages(BENCH_PACKAGES)?;
+    if missing_required.is_empty() && missing_bench.is_empty() {
+        return Ok(());
+    }
+
+    // A bench package that the current package lists do not have is skipped without another
+    // `apt-get update`, so that setup stays quiet on archives that lack it.
+    let (mut bench_todo, mut unavailable) = (Vec::new(), Vec::new());
+    let lists = apt_lists_present();
+    for package in missing_bench {
+        if lists && !has_candidate(package)? {
+            unavailable.push(package);
+        } else {
+            bench_todo.push(package);
+        }
+    }
+
+    if !missing_required.is_empty() || !bench_todo.is_empty() {
+        if !root {
+            if !missing_required.is_empty() {
+                bail!(
+                    "required Debian packages are missing: {}; installing them needs root: run \
+                     `cargo xtask setup` as root, or `apt-get install {}`",
+                    missing_required.join(" "),
+                    missing_required.join(" ")
+                );
+            }
+            eprintln!(
+                "setup: warning: not root, so not installing bench packages: {}",
+                bench_todo.join(" ")
+            );
+        } else {
+            install_packages(&missing_required, &mut bench_todo, &mut unavailable)?;
+        }
+    }
+    if !unavailable.is_empty() {
+        eprintln!(
+            "setup: warning: not in the Debian archive, skipped: {}",
+            unavailable.join(" ")
+        );
+    }
+    Ok(())
+}
+
+fn install_packages(
+    required: &[&'static str],
+    bench: &mut Vec<&'static str>,
+    unavailable: &mut Vec<&'static str>,
+) -> Result<()> {
+    println!("setup: apt-get update");
+    let update = util::run_quiet(cmd("apt-get").args(["update", "-qq"]));
+    if let Err(err) = update {
+        if !required.is_empty() {
+            return Err(err);
+        }
+        eprintln!("setup: warning: {err:#}; not installing bench packages");
+        return Ok(());
+    }
+
+    let unknown: Vec<&str> = required
+        .iter()
+        .copied()
+        .filter(|package| !has_candidate(package).unwrap_or(false))
+        .collect();
+    if !unknown.is_empty() {
+        bail!(
+            "required Debian packages are not in the archive: {}",
+            unknown.join(" ")
+        );
+    }
+    let mut keep = Vec::new();
+    for package in bench.drain(..) {
+        if has_candidate(package)? {
+            keep.push(package);
+        } else {
+            unavailable.push(package);
+        }
+    }
+    *bench = keep;
+
+    if !required.is_empty() {
+        println!("setup: installing {}", required.join(" "));
+        apt_install(required)?;
+    }
+    if !bench.is_empty() {
+        println!("setup: installing {}", bench.join(" "));
+        if let Err(err) = apt_install(bench) {
+            // Find out which ones fail, so that the others are there.
+            eprintln!("setup: warning: {err:#}; installing one by one");
+            for package in bench.iter() {
+                if let Err(err) = apt_install(&[package]) {
+                    eprintln!("setup: warning: bench package {package} not installed: {err:#}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    util::run_quiet(
+        cmd("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(packages),
+    )
+}
+
+/// The packages of `packages` that dpkg does not have installed.
+fn missing_packages(packages: &[&'static str]) -> Result<Vec<&'static str>> {
+    let mut missing = Vec::new();
+    for &package in packages {
+        let output = cmd("dpkg-query")
+            .args(["-W", "-f=${Status}", package])
+            .output()
+            .context("could not run dpkg-query (setup supports Debian only)")?;
+        // "install ok installed"; "deinstall ok config-files" and friends are not installed.
+        let status = String::from_utf8_lossy(&output.stdout);
+        let installed =
+            output.status.success() && status.split_whitespace().nth(2) == Some("installed");
+        if !installed {
+            missing.push(package);
+        }
+    }
+    Ok(missing)
+}
+
+/// Whether apt has downloaded package lists at all (a fresh container may have none).
+fn apt_lists_present() -> bool {
+    fs::read_dir("/var/lib/apt/lists").is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|entry| entry.file_name().to_string_lossy().contains("_Packages"))
+    })
+}
+
+/// Whether the package lists offer a version of `package`.
+fn has_candidate(package: &str) -> Result<bool> {
+    let policy = util::stdout(cmd("apt-cache").args(["policy", package]))?;
+    Ok(policy.lines().any(|line| {
+        line.trim()
+            .strip_prefix("Candidate:")
+            .is_some_and(|candidate| candidate.trim() != "(none)")
+    }))
+}
+
+fn nightly_components() -> Result<()> {
+    let installed = util::stdout(cmd("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .context("is the nightly toolchain installed? (`rustup toolchain list`)")?;
+    // Lines are like "rust-src" or "clippy-x86_64-unknown-linux-gnu".
+    let missing: Vec<&str> = NIGHTLY_COMPONENTS
+        .iter()
+        .copied()
+        .filter(|component| {
+            !installed.lines().any(|line| {
+                let line = line.trim();
+                line == *component
+                    || line
+                        .strip_prefix(component)
+                        .is_some_and(|target| target.starts_with('-'))
+            })
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!(
+        "setup: rustup component add {} (nightly)",
+        missing.join(" ")
+    );
+    util::run(
+        cmd("rustup")
+            .args(["component", "add"])
+            .args(&missing)
+            .args(["--toolchain", "nightly"]),
+    )
+}
+
+fn bpf_linker() -> Result<()> {
+    let installed = util::stdout(cmd("cargo").args(["install", "--list"]))?;
+    let wanted = format!("bpf-linker v{BPF_LINKER_VERSION}");
+    if installed
+        .lines()
+        .any(|line| line.split(':').next() == Some(wanted.as_str()))
+    {
+        return Ok(());
+    }
+
+    // bpf-linker links LLVM dynamically; Debian 12 has no LLVM 22, but nightly ships one as
+    // `lib/libLLVM.so.<version>` in its sysroot. Link it as `<prefix>/lib/libLLVM.so`.
+    let sysroot = util::stdout(cmd("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let lib_dir = PathBuf::from(sysroot.trim()).join("lib");
+    let mut candidates: Vec<String> = fs::read_dir(&lib_dir)
+        .with_context(|| format!("reading {}", lib_dir.display()))?
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("libLLVM.so."))
+        .collect();
+    candidates.sort();
+    let Some(libllvm) = candidates.pop() else {
+        bail!("no libLLVM.so.* in {}", lib_dir.display());
+    };
+    let major: String = libllvm["libLLVM.so.".len()..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    if major.is_empty() {
+        bail!("cannot tell the LLVM version of {libllvm}");
+    }
+
+    let prefix = util::home()?.join(LLVM_PREFIX);
+    let link = prefix.join("lib").join("libLLVM.so");
+    fs::create_dir_all(prefix.join("lib"))
+        .with_context(|| format!("creating {}", prefix.join("lib").display()))?;
+    match fs::remove_file(&link) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => {
+            return Err(err).with_context(|| format!("removing {}", link.display()));
+        }
+        _ => {}
+    }
+    symlink(lib_dir.join(&libllvm), &link)
+        .with_context(|| format!("linking {}", link.display()))?;
+
+    println!(
+        "setup: cargo install bpf-linker {BPF_LINKER_VERSION} against {} (takes a minute)",
+        lib_dir.join(&libllvm).display()
+    );
+    let install = |locked: bool| {
+        let mut command = cmd("cargo");
+        command
+            .env("LLVM_PREFIX", &prefix)
+            .args([
+                "install",
+                "--quiet",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args(["--no-default-features", "--features"])
+            .arg(format!("llvm-{major}"));
+        if locked {
+            command.arg("--locked");
+        }
+        util::run(&mut command)
+    };
+    if let Err(err) = install(true) {
+        eprintln!("setup: warning: {err:#}; retrying without --locked");
+        install(false)?;
+    }
+    Ok(())
+}
+
+fn bpffs(root: bool) -> Result<()> {
+    let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    let mounted = mounts.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(1) == Some(&BPFFS) && fields.get(2) == Some(&"bpf")
+    });
+    if mounted {
+        return Ok(());
+    }
+    if !root {
+        bail!(
+            "bpffs is not mounted at {BPFFS}, and mounting it needs root: run `cargo xtask setup` as root, or `mount -t bpf bpf {BPFFS}`"
+        );
+    }
+    println!("setup: mount -t bpf bpf {BPFFS}");
+    fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
+    util::run(cmd("mount").args(["-t", "bpf", "bpf", BPFFS]))
+}
