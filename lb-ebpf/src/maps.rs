@@ -75,7 +75,7 @@ pub fn lookup_service(key: &FlowKey) -> Option<ServiceInfo> {
         _pad: 0,
     };
     // SAFETY: the value is copied out before the map can change it.
-    unsafe { SERVICES.get(&service) }.copied()
+    unsafe { SERVICES.get(service) }.copied()
 }
 
 #[inline(always)]
@@ -127,7 +127,7 @@ pub fn select_backend(key: &FlowKey, service: ServiceInfo, bytes: u64) -> Result
     // A full table evicts the least recently used flow, so insert cannot fail
     // for lack of room; if it fails anyway the packet still goes to the Maglev
     // choice, which the next packet recomputes identically.
-    let _ = FLOWS.insert(key, &flow, 0);
+    let _ = FLOWS.insert(key, flow, 0);
     let reply = FlowKey {
         src_ip: backend.ip,
         dst_ip: key.src_ip,
@@ -141,7 +141,7 @@ pub fn select_backend(key: &FlowKey, service: ServiceInfo, bytes: u64) -> Result
         port: key.dst_port,
         _pad: [0; 2],
     };
-    let _ = REVERSE_FLOWS.insert(&reply, &rnat, 0);
+    let _ = REVERSE_FLOWS.insert(reply, rnat, 0);
     count(counters::NEW_FLOWS);
     account(service.id, backend_id, bytes);
     Ok(backend)

@@ -29,15 +29,22 @@ pub struct AgentOptions {
 
 pub async fn run(mut options: AgentOptions) -> Result<()> {
     let mut dataplane = Dataplane::load(options.dataplane.clone())?;
-    for iface in &options.interfaces {
-        let ifindex = dataplane.attach(iface)?;
-        info!(iface, ifindex, "XDP program attached");
-    }
-    let result = serve(&mut dataplane, &mut options).await;
+    let result = match attach_all(&mut dataplane, &options.interfaces) {
+        Ok(()) => serve(&mut dataplane, &mut options).await,
+        Err(e) => Err(e),
+    };
     dataplane.unpin();
     drop(dataplane);
     info!("detached");
     result
+}
+
+fn attach_all(dataplane: &mut Dataplane, interfaces: &[String]) -> Result<()> {
+    for iface in interfaces {
+        let ifindex = dataplane.attach(iface)?;
+        info!(iface, ifindex, "XDP program attached");
+    }
+    Ok(())
 }
 
 async fn serve(dataplane: &mut Dataplane, options: &mut AgentOptions) -> Result<()> {

@@ -18,11 +18,14 @@ const STEPS: &[Step] = &[
         name: "rustfmt",
         cargo_args: &["fmt", "--all", "--", "--check"],
     },
+    // lb-ebpf only builds for the BPF target; the next step lints it there.
     Step {
         name: "clippy (workspace)",
         cargo_args: &[
             "clippy",
             "--workspace",
+            "--exclude",
+            "lb-ebpf",
             "--all-targets",
             "--",
             "-D",
@@ -47,9 +50,14 @@ const STEPS: &[Step] = &[
             "warnings",
         ],
     },
+    // The integration tests run the real `lb` binary.
+    Step {
+        name: "binaries",
+        cargo_args: &["build", "--workspace", "--exclude", "lb-ebpf", "--bins"],
+    },
     Step {
         name: "tests",
-        cargo_args: &["test", "--workspace"],
+        cargo_args: &["test", "--workspace", "--exclude", "lb-ebpf"],
     },
 ];
 
