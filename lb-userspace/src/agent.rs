@@ -1,10 +1,5 @@
-//! The agent: loads and attaches the data path, then keeps it in step with the
-//! manifests until SIGINT or SIGTERM.
-
-use std::{
-    path::{Path, PathBuf},
-    time::{Duration, SystemTime},
-};
+//! The agent: loads and attaches the data path, then keeps it in step with its
+//! source of Kubernetes objects until SIGINT or SIGTERM.
 
 use anyhow::{Context as _, Result};
 use tokio::signal::unix::{SignalKind, signal};
@@ -12,17 +7,14 @@ use tracing::{info, warn};
 
 use crate::{
     dataplane::{Dataplane, DataplaneConfig},
-    k8s::{self, translate},
+    k8s::{source::Source, translate},
     reconcile,
     vip_pool::VipPool,
 };
 
-/// How often the manifests are checked for changes.
-const POLL_INTERVAL: Duration = Duration::from_millis(500);
-
 pub struct AgentOptions {
     pub interfaces: Vec<String>,
-    pub manifests: PathBuf,
+    pub source: Source,
     pub vip_pool: Option<VipPool>,
     pub dataplane: DataplaneConfig,
 }
@@ -51,35 +43,27 @@ async fn serve(dataplane: &mut Dataplane, options: &mut AgentOptions) -> Result<
     let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut hangup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
-    let mut ticker = tokio::time::interval(POLL_INTERVAL);
-    let mut seen = None;
     loop {
-        let forced = tokio::select! {
+        tokio::select! {
             _ = terminate.recv() => return Ok(()),
             _ = interrupt.recv() => return Ok(()),
-            _ = hangup.recv() => true,
-            _ = ticker.tick() => false,
-        };
-        let fingerprint = fingerprint(&options.manifests);
-        if !forced && seen.as_ref() == Some(&fingerprint) {
-            continue;
+            _ = hangup.recv() => options.source.refresh(),
+            objects = options.source.changed() => match objects {
+                Ok(objects) => sync(dataplane, options, &objects).await,
+                // The last good state keeps serving.
+                Err(e) => warn!(error = %e, "source not read; keeping the last good state"),
+            },
         }
-        seen = Some(fingerprint);
-        sync(dataplane, options);
     }
 }
 
-/// Reads the manifests and applies them. A source that cannot be read leaves the
-/// data path as it is: the last good state keeps serving.
-fn sync(dataplane: &mut Dataplane, options: &mut AgentOptions) {
-    let loaded = match k8s::manifests::load_path(&options.manifests) {
-        Ok(loaded) => loaded,
-        Err(e) => {
-            warn!(error = %e, "manifests not applied; keeping the last good state");
-            return;
-        }
-    };
-    let translation = translate::translate(&loaded.objects, options.vip_pool.as_mut());
+/// Translates the objects and applies the result to the data path.
+async fn sync(
+    dataplane: &mut Dataplane,
+    options: &mut AgentOptions,
+    objects: &crate::k8s::ClusterObjects,
+) {
+    let translation = translate::translate(objects, options.vip_pool.as_mut());
     let report = reconcile::apply(dataplane, &translation.state);
     info!(
         services = translation.state.services.len(),
@@ -89,24 +73,5 @@ fn sync(dataplane: &mut Dataplane, options: &mut AgentOptions) {
         failed = report.failed.len(),
         "synced"
     );
-}
-
-/// Names, sizes and modification times of the manifest file or directory: a
-/// cheap way to notice edits without inotify.
-fn fingerprint(path: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
-    let entries: Vec<PathBuf> = match std::fs::read_dir(path) {
-        Ok(dir) => dir.filter_map(|e| e.ok().map(|e| e.path())).collect(),
-        Err(_) => vec![path.to_owned()],
-    };
-    let mut print: Vec<_> = entries
-        .into_iter()
-        .map(|p| {
-            let meta = std::fs::metadata(&p).ok();
-            let len = meta.as_ref().map_or(0, |m| m.len());
-            let modified = meta.and_then(|m| m.modified().ok());
-            (p, len, modified)
-        })
-        .collect();
-    print.sort();
-    print
+    options.source.report(&translation).await;
 }

@@ -7,6 +7,7 @@ use lb::{
     cli::{AgentArgs, Cli, Command, InspectArgs, print_table},
     dataplane::DataplaneConfig,
     inspect,
+    k8s::source::{ManifestSource, Source},
     maps::Maps,
     vip_pool::VipPool,
 };
@@ -54,7 +55,7 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         .context("--vip-pool")?;
     let options = AgentOptions {
         interfaces: args.interfaces,
-        manifests: args.manifests,
+        source: Source::Manifests(ManifestSource::new(args.manifests)),
         vip_pool,
         dataplane: DataplaneConfig {
             ring_size: args.ring_size,

@@ -1,5 +1,6 @@
 //! Kubernetes objects: loading and translating them into the desired state.
 pub mod manifests;
+pub mod source;
 pub mod translate;
 
 pub use manifests::{ClusterObjects, Loaded, ManifestError, load_path};

@@ -1,0 +1,105 @@
+//! Where the agent's Kubernetes objects come from. Every source yields the same
+//! `ClusterObjects`, so translation and reconciliation are written once.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use tokio::time::{Interval, MissedTickBehavior, interval};
+
+use super::{
+    manifests::{ClusterObjects, ManifestError, load_path},
+    translate::Translation,
+};
+
+/// How often the manifests are checked for changes.
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A source of cluster objects.
+pub enum Source {
+    Manifests(ManifestSource),
+}
+
+impl Source {
+    /// Waits until the objects changed (or a refresh was asked for) and returns
+    /// them as they are now. An error means the source could not be read; the
+    /// caller keeps serving the last good state.
+    pub async fn changed(&mut self) -> Result<ClusterObjects, ManifestError> {
+        match self {
+            Self::Manifests(source) => source.changed().await,
+        }
+    }
+
+    /// Makes the next `changed` return a fresh read even if nothing changed.
+    pub fn refresh(&mut self) {
+        match self {
+            Self::Manifests(source) => source.forced = true,
+        }
+    }
+
+    /// Tells the source what was made of its objects (a Kubernetes source writes
+    /// the assigned VIPs back into the Services' status).
+    pub async fn report(&mut self, _translation: &Translation) {
+        match self {
+            // Manifests are the operator's files: lb never writes them.
+            Self::Manifests(_) => {}
+        }
+    }
+}
+
+/// YAML manifests in a file or directory, polled for changes.
+pub struct ManifestSource {
+    path: PathBuf,
+    ticker: Interval,
+    seen: Option<Fingerprint>,
+    forced: bool,
+}
+
+impl ManifestSource {
+    pub fn new(path: PathBuf) -> Self {
+        let mut ticker = interval(POLL_INTERVAL);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Self {
+            path,
+            ticker,
+            seen: None,
+            forced: true,
+        }
+    }
+
+    async fn changed(&mut self) -> Result<ClusterObjects, ManifestError> {
+        loop {
+            self.ticker.tick().await;
+            let fingerprint = fingerprint(&self.path);
+            if !self.forced && self.seen.as_ref() == Some(&fingerprint) {
+                continue;
+            }
+            self.forced = false;
+            self.seen = Some(fingerprint);
+            return load_path(&self.path).map(|loaded| loaded.objects);
+        }
+    }
+}
+
+/// Names, sizes and modification times of the manifest file or directory: a
+/// cheap way to notice edits without inotify.
+type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
+
+fn fingerprint(path: &Path) -> Fingerprint {
+    let entries: Vec<PathBuf> = match std::fs::read_dir(path) {
+        Ok(dir) => dir.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(_) => vec![path.to_owned()],
+    };
+    let mut print: Fingerprint = entries
+        .into_iter()
+        .map(|p| {
+            let meta = std::fs::metadata(&p).ok();
+            let len = meta.as_ref().map_or(0, |m| m.len());
+            let modified = meta.and_then(|m| m.modified().ok());
+            (p, len, modified)
+        })
+        .collect();
+    print.sort();
+    print
+}
