@@ -51,26 +51,30 @@ impl Source {
 /// YAML manifests in a file or directory, polled for changes.
 pub struct ManifestSource {
     path: PathBuf,
-    ticker: Interval,
+    /// Created on first use: a timer needs the runtime, the source does not.
+    ticker: Option<Interval>,
     seen: Option<Fingerprint>,
     forced: bool,
 }
 
 impl ManifestSource {
     pub fn new(path: PathBuf) -> Self {
-        let mut ticker = interval(POLL_INTERVAL);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Self {
             path,
-            ticker,
+            ticker: None,
             seen: None,
             forced: true,
         }
     }
 
     async fn changed(&mut self) -> Result<ClusterObjects, ManifestError> {
+        let ticker = self.ticker.get_or_insert_with(|| {
+            let mut ticker = interval(POLL_INTERVAL);
+            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            ticker
+        });
         loop {
-            self.ticker.tick().await;
+            ticker.tick().await;
             let fingerprint = fingerprint(&self.path);
             if !self.forced && self.seen.as_ref() == Some(&fingerprint) {
                 continue;
