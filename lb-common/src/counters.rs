@@ -1,7 +1,8 @@
 //! Indexes of the global per-CPU counters (`GLOBAL_STATS`).
 //!
 //! Every packet the program sees ends in exactly one outcome counter (the
-//! FORWARD_, REPLY_, FIB_, PASS_ and DROP_ ones), so those add up to `RX`.
+//! FORWARD_, REPLY_, FIB_, PASS_, DROP_ ones and ICMP_ECHO_REPLY), so those add
+//! up to `RX`.
 
 macro_rules! counters {
     ($($(#[doc = $doc:literal])* $name:ident = $index:literal, $label:literal;)*) => {
@@ -46,13 +47,17 @@ counters! {
     DROP_INTERNAL = 14, "drop_internal";
     /// Flow entries found whose backend was gone, so the flow re-hashed.
     FLOW_REHASHED = 15, "flow_rehashed";
+    /// ICMP echo requests to a VIP answered (XDP_TX).
+    ICMP_ECHO_REPLY = 16, "icmp_echo_reply";
+    /// ICMP errors about a tracked flow translated like the flow.
+    ICMP_TRANSLATED = 17, "icmp_translated";
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn indexes_are_dense() {
-        assert_eq!(super::COUNT, 16);
+        assert_eq!(super::COUNT, 18);
         assert_eq!(super::NAMES[super::FLOW_REHASHED as usize], "flow_rehashed");
     }
 }

@@ -1,5 +1,7 @@
 //! Map keys and values.
 
+/// IP protocol number of ICMP.
+pub const PROTO_ICMP: u8 = 1;
 /// IP protocol number of TCP.
 pub const PROTO_TCP: u8 = 6;
 /// IP protocol number of UDP.
@@ -15,8 +17,14 @@ pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_GLOBAL_STATS: &str = "GLOBAL_STATS";
 pub const MAP_TX_PORTS: &str = "TX_PORTS";
+pub const MAP_SETTINGS: &str = "SETTINGS";
+pub const MAP_VIPS: &str = "VIPS";
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "lb_xdp";
+
+/// Version of the map layout (keys, values, sizes). Pinned state lives in a
+/// directory named after it, so an agent never reads maps of another layout.
+pub const LAYOUT_VERSION: u32 = 1;
 
 /// Compile-time capacities; the Maglev map's size is set at load time from
 /// `max_services * 2 * ring_size`.
@@ -27,6 +35,17 @@ pub const MAX_TX_PORTS: u32 = 64;
 
 /// A backend slot whose `flags` lack this bit is free: flows pointing at it re-hash.
 pub const BACKEND_ACTIVE: u8 = 1;
+
+/// `Settings::flags`: answer ICMP echo requests to a VIP (else they pass).
+pub const SETTING_ANSWER_ECHO: u32 = 1;
+
+/// Run-time switches of the data path; `SETTINGS` has one entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    pub flags: u32,
+    pub _pad: u32,
+}
 
 /// A (VIP, port, protocol) the load balancer serves.
 #[repr(C)]
@@ -126,6 +145,7 @@ mod pod {
     unsafe impl aya::Pod for Flow {}
     unsafe impl aya::Pod for ReverseNat {}
     unsafe impl aya::Pod for Traffic {}
+    unsafe impl aya::Pod for Settings {}
 }
 
 #[cfg(test)]
@@ -142,5 +162,6 @@ mod tests {
         assert_eq!(size_of::<Flow>(), 40);
         assert_eq!(size_of::<ReverseNat>(), 8);
         assert_eq!(size_of::<Traffic>(), 16);
+        assert_eq!(size_of::<Settings>(), 8);
     }
 }

@@ -4,16 +4,16 @@
 use core::mem::{size_of, zeroed};
 
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::{bpf_fib_lookup as FibParams, xdp_action},
     helpers::generated::bpf_fib_lookup,
-    programs::XdpContext,
 };
 use lb_common::counters;
 use network_types::eth::EthHdr;
 
 use crate::{
     maps::{TX_PORTS, count},
-    parse::{Packet, Verdict, ptr_at},
+    parse::{Frame, Route, Verdict, ptr_at},
 };
 
 const AF_INET: u8 = 2;
@@ -40,17 +40,17 @@ impl Direction {
 /// neighbour is not resolved yet the packet goes to the kernel, which resolves it
 /// (ARP) and forwards this packet itself.
 #[inline(always)]
-pub fn send(ctx: &XdpContext, packet: &Packet, direction: Direction) -> Result<u32, Verdict> {
-    let ingress = ctx.ingress_ifindex() as u32;
+pub fn send(ctx: &Frame, route: &Route, direction: Direction) -> Result<u32, Verdict> {
+    let ingress = ctx.ingress_ifindex();
     // SAFETY: all-zero is a valid `bpf_fib_lookup` (plain integers and unions of them).
     let mut fib: FibParams = unsafe { zeroed() };
     fib.family = AF_INET;
-    fib.l4_protocol = packet.key.proto;
-    fib.sport = packet.key.src_port;
-    fib.dport = packet.key.dst_port;
-    fib.__bindgen_anon_1.tot_len = packet.ip_total_len;
+    fib.l4_protocol = route.proto;
+    fib.sport = route.src_port;
+    fib.dport = route.dst_port;
+    fib.__bindgen_anon_1.tot_len = route.total_len;
     fib.ifindex = ingress;
-    fib.__bindgen_anon_2.tos = packet.tos;
+    fib.__bindgen_anon_2.tos = route.tos;
     // The packet is already rewritten: look up the new addresses.
     let ip: *const [u32; 2] = ptr_at(ctx, EthHdr::LEN + 12)?;
     // SAFETY: bounds-checked by `ptr_at`.
@@ -58,7 +58,7 @@ pub fn send(ctx: &XdpContext, packet: &Packet, direction: Direction) -> Result<u
     fib.__bindgen_anon_3.ipv4_src = src;
     fib.__bindgen_anon_4.ipv4_dst = dst;
     // SAFETY: `fib` is a valid, writable parameter block of the size given.
-    let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), &mut fib, size_of::<FibParams>() as i32, 0) };
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut fib, size_of::<FibParams>() as i32, 0) };
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {}
         BPF_FIB_LKUP_RET_NO_NEIGH => return Err(Verdict::PassFibMiss),

@@ -7,10 +7,13 @@ use aya_ebpf::{
 };
 use lb_common::{
     BACKEND_ACTIVE, Backend, Flow, FlowKey, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, MAX_TX_PORTS,
-    ReverseNat, ServiceInfo, ServiceKey, Traffic, counters, hash::flow_hash,
+    ReverseNat, SETTING_ANSWER_ECHO, ServiceInfo, ServiceKey, Settings, Traffic, counters,
+    hash::flow_hash,
 };
 
-use crate::parse::Verdict;
+use aya_log_ebpf::debug;
+
+use crate::parse::{Frame, Verdict};
 
 /// Per-CPU LRU lists: flow inserts on one CPU do not contend with another's.
 const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
@@ -42,6 +45,13 @@ static BACKEND_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_B
 
 #[map]
 static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT, 0);
+
+#[map]
+static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// Every VIP with at least one service, for ICMP addressed to the VIP itself.
+#[map]
+static VIPS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
 /// Interfaces packets may be redirected to, keyed by ifindex.
 #[map]
@@ -78,6 +88,32 @@ pub fn lookup_service(key: &FlowKey) -> Option<ServiceInfo> {
     unsafe { SERVICES.get(service) }.copied()
 }
 
+/// Whether echo requests to VIPs are answered.
+#[inline(always)]
+pub fn answer_echo() -> bool {
+    SETTINGS
+        .get(0)
+        .is_some_and(|settings| settings.flags & SETTING_ANSWER_ECHO != 0)
+}
+
+#[inline(always)]
+pub fn is_vip(addr: u32) -> bool {
+    // SAFETY: only presence is read.
+    unsafe { VIPS.get(addr) }.is_some()
+}
+
+/// The backend a tracked flow is pinned to, if that backend still serves.
+#[inline(always)]
+pub fn lookup_flow_backend(key: &FlowKey) -> Option<Backend> {
+    // SAFETY: the value is copied out before the map can change it.
+    let flow = unsafe { FLOWS.get(key) }.copied()?;
+    let backend = *BACKENDS.get(flow.backend_id)?;
+    (backend.flags & BACKEND_ACTIVE != 0
+        && backend.ip == flow.backend_ip
+        && backend.port == flow.backend_port)
+        .then_some(backend)
+}
+
 #[inline(always)]
 pub fn lookup_reverse_nat(key: &FlowKey) -> Option<ReverseNat> {
     // SAFETY: as above.
@@ -87,7 +123,12 @@ pub fn lookup_reverse_nat(key: &FlowKey) -> Option<ReverseNat> {
 /// Returns the backend of `key`'s flow: the pinned one while it is still in place,
 /// otherwise the Maglev choice, which is then pinned.
 #[inline(always)]
-pub fn select_backend(key: &FlowKey, service: ServiceInfo, bytes: u64) -> Result<Backend, Verdict> {
+pub fn select_backend(
+    ctx: &Frame,
+    key: &FlowKey,
+    service: ServiceInfo,
+    bytes: u64,
+) -> Result<Backend, Verdict> {
     // SAFETY: no helper call that could sleep; ktime has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(flow) = FLOWS.get_ptr_mut(key) {
@@ -105,6 +146,7 @@ pub fn select_backend(key: &FlowKey, service: ServiceInfo, bytes: u64) -> Result
             return Ok(*backend);
         }
         count(counters::FLOW_REHASHED);
+        debug!(ctx, "flow re-hashed: backend {} is gone", flow.backend_id);
     }
     if service.backend_count == 0 || service.ring_size == 0 {
         return Err(Verdict::DropNoBackend);

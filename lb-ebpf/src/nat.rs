@@ -1,19 +1,37 @@
 //! Address and port rewriting with incremental checksum updates (RFC 1624).
 
-use aya_ebpf::programs::XdpContext;
 use lb_common::{PROTO_UDP, checksum};
 use network_types::eth::EthHdr;
 
-use crate::parse::{Packet, Verdict, ptr_at};
+use crate::parse::{Frame, Packet, Verdict, ptr_at};
 
 const IP_CHECK_OFFSET: usize = EthHdr::LEN + 10;
-const IP_SRC_OFFSET: usize = EthHdr::LEN + 12;
-const IP_DST_OFFSET: usize = EthHdr::LEN + 16;
+pub const IP_SRC_OFFSET: usize = EthHdr::LEN + 12;
+pub const IP_DST_OFFSET: usize = EthHdr::LEN + 16;
+
+/// Rewrites one address of the IP header only (its L4 payload, such as an ICMP
+/// message, does not cover it).
+#[inline(always)]
+pub fn rewrite_address(ctx: &Frame, offset: usize, new_ip: u32) -> Result<(), Verdict> {
+    let address: *mut u32 = ptr_at(ctx, offset)?;
+    let ip_check: *mut u16 = ptr_at(ctx, IP_CHECK_OFFSET)?;
+    // SAFETY: both pointers were bounds-checked by `ptr_at`.
+    unsafe {
+        let old = address.read_unaligned();
+        address.write_unaligned(new_ip);
+        ip_check.write_unaligned(checksum::replace_u32(
+            ip_check.read_unaligned(),
+            old,
+            new_ip,
+        ));
+    }
+    Ok(())
+}
 
 /// DNAT: destination becomes (`ip`, `port`), both network order.
 #[inline(always)]
 pub fn rewrite_destination(
-    ctx: &XdpContext,
+    ctx: &Frame,
     packet: &Packet,
     ip: u32,
     port: u16,
@@ -23,18 +41,13 @@ pub fn rewrite_destination(
 
 /// Reverse NAT: source becomes (`ip`, `port`), both network order.
 #[inline(always)]
-pub fn rewrite_source(
-    ctx: &XdpContext,
-    packet: &Packet,
-    ip: u32,
-    port: u16,
-) -> Result<(), Verdict> {
+pub fn rewrite_source(ctx: &Frame, packet: &Packet, ip: u32, port: u16) -> Result<(), Verdict> {
     rewrite(ctx, packet, IP_SRC_OFFSET, packet.l4_offset, ip, port)
 }
 
 #[inline(always)]
 fn rewrite(
-    ctx: &XdpContext,
+    ctx: &Frame,
     packet: &Packet,
     ip_offset: usize,
     port_offset: usize,

@@ -1,33 +1,62 @@
 //! The agent: loads and attaches the data path, then keeps it in step with its
 //! source of Kubernetes objects until SIGINT or SIGTERM.
 
+use std::collections::BTreeMap;
+
 use anyhow::{Context as _, Result};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::{
+    catalog::Catalog,
     dataplane::{Dataplane, DataplaneConfig},
-    k8s::{source::Source, translate},
-    reconcile,
-    vip_pool::VipPool,
+    health::{HealthChecker, HealthConfig},
+    k8s::{Translation, Translator, source::Source},
+    metrics::{self, Health},
+    model::{DesiredState, Frontend},
+    reconcile, xdp_log,
 };
 
 pub struct AgentOptions {
     pub interfaces: Vec<String>,
+    /// Remove the pinned state on exit (detaching the program) instead of
+    /// leaving the data path running for the next agent.
+    pub detach_on_exit: bool,
+    /// Where to serve metrics, /healthz and /readyz.
+    pub metrics_address: std::net::SocketAddr,
     pub source: Source,
-    pub vip_pool: Option<VipPool>,
+    /// Class, pools and the VIPs handed out so far.
+    pub translator: Translator,
+    pub health: HealthConfig,
     pub dataplane: DataplaneConfig,
 }
 
 pub async fn run(mut options: AgentOptions) -> Result<()> {
     let mut dataplane = Dataplane::load(options.dataplane.clone())?;
+    if dataplane.inherited_state() {
+        info!(
+            services = dataplane.services().count(),
+            "took over the pinned state of an earlier agent"
+        );
+    }
     let result = match attach_all(&mut dataplane, &options.interfaces) {
         Ok(()) => serve(&mut dataplane, &mut options).await,
         Err(e) => Err(e),
     };
-    dataplane.unpin();
-    drop(dataplane);
-    info!("detached");
+    // A failed start must not destroy state an earlier agent left running.
+    let failed_fresh_start = result.is_err() && !dataplane.inherited_state();
+    if options.detach_on_exit || failed_fresh_start {
+        if let Err(e) = dataplane.remove_pins() {
+            warn!(error = %e, "removing the pinned state");
+        }
+        if let Some(bpffs) = &options.dataplane.pin_dir {
+            Catalog::remove(bpffs);
+        }
+        drop(dataplane);
+        info!("detached");
+    } else {
+        info!("exiting; the data path stays attached with its state pinned (`lb down` removes it)");
+    }
     result
 }
 
@@ -40,38 +69,85 @@ fn attach_all(dataplane: &mut Dataplane, interfaces: &[String]) -> Result<()> {
 }
 
 async fn serve(dataplane: &mut Dataplane, options: &mut AgentOptions) -> Result<()> {
+    let bpffs = options.dataplane.pin_dir.clone().unwrap_or_default();
+    let health = Health::new(bpffs);
+    let server = tokio::spawn(metrics::serve(options.metrics_address, health.clone()));
+    info!(address = %options.metrics_address, "serving metrics, /healthz and /readyz");
+    let xdp_log = xdp_log::spawn(dataplane).context("forwarding the XDP program's log")?;
+    let result = sync_until_signalled(dataplane, options, &health).await;
+    server.abort();
+    xdp_log.abort();
+    result
+}
+
+async fn sync_until_signalled(
+    dataplane: &mut Dataplane,
+    options: &mut AgentOptions,
+    health: &Health,
+) -> Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut hangup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let mut checker = HealthChecker::start(options.health.clone());
+    // What health verdicts are applied to when they change.
+    let mut last: Option<Translation> = None;
+    // Services that could not be programmed last time, and why.
+    let mut failed = BTreeMap::new();
     loop {
         tokio::select! {
             _ = terminate.recv() => return Ok(()),
             _ = interrupt.recv() => return Ok(()),
             _ = hangup.recv() => options.source.refresh(),
             objects = options.source.changed() => match objects {
-                Ok(objects) => sync(dataplane, options, &objects).await,
+                Ok(objects) => {
+                    let translation = options.translator.translate(&objects);
+                    checker.watch(&translation);
+                    program(dataplane, options, &checker.apply(&translation), &mut failed);
+                    options.source.report(&translation).await;
+                    last = Some(translation);
+                    health.set_ready();
+                }
+                // With nothing served yet there is no good state to keep:
+                // say so and stop, rather than run empty.
+                Err(e) if last.is_none() => {
+                    return Err(e).context("the first read of the source failed");
+                }
                 // The last good state keeps serving.
                 Err(e) => warn!(error = %e, "source not read; keeping the last good state"),
+            },
+            () = checker.changed() => if let Some(translation) = &last {
+                program(dataplane, options, &checker.apply(translation), &mut failed);
             },
         }
     }
 }
 
-/// Translates the objects and applies the result to the data path.
-async fn sync(
+/// Applies `state` to the data path. Services that cannot be programmed are
+/// logged when that changes, not at every sync.
+fn program(
     dataplane: &mut Dataplane,
-    options: &mut AgentOptions,
-    objects: &crate::k8s::ClusterObjects,
+    options: &AgentOptions,
+    state: &DesiredState,
+    failed: &mut BTreeMap<Frontend, String>,
 ) {
-    let translation = translate::translate(objects, options.vip_pool.as_mut());
-    let report = reconcile::apply(dataplane, &translation.state);
+    let report = reconcile::apply(dataplane, state);
+    for (frontend, reason) in &report.failed {
+        if failed.get(frontend) != Some(reason) {
+            warn!(%frontend, %reason, "service not programmed");
+        }
+    }
+    *failed = report.failed.iter().cloned().collect();
     info!(
-        services = translation.state.services.len(),
+        services = state.services.len(),
         added = report.added.len(),
         updated = report.updated.len(),
         removed = report.removed.len(),
         failed = report.failed.len(),
         "synced"
     );
-    options.source.report(&translation).await;
+    if let Some(bpffs) = &options.dataplane.pin_dir
+        && let Err(e) = Catalog::of(dataplane).write(bpffs)
+    {
+        warn!(error = %e, "writing the catalog for the CLI");
+    }
 }

@@ -24,37 +24,155 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the agent in the foreground: attach the XDP program and keep it in step
-    /// with the manifests until SIGINT or SIGTERM, then detach.
+    /// with the manifests until SIGINT or SIGTERM. The data path and its state stay
+    /// pinned when it exits, unless --detach-on-exit.
     Agent(AgentArgs),
     /// List the services the data path serves.
     Services(InspectArgs),
-    /// List every service's backends with their share of the Maglev table.
-    Backends(InspectArgs),
-    /// Show the global packet counters.
-    Stats(InspectArgs),
+    /// List backends (every service's, or one's) with their share of the Maglev table.
+    Backends(BackendsArgs),
+    /// List tracked flows: client, VIP, chosen backend, age, packets.
+    Flows(FlowsArgs),
+    /// Show global and per-service rates and why packets were passed or dropped.
+    Stats(StatsArgs),
+    /// Tell which backend a new flow would get, and whether a flow entry pins it already.
+    Trace(TraceArgs),
+    /// Detach the data path and remove its pinned state (stop the agent first).
+    Down(PinArgs),
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
 }
 
 #[derive(Args, Debug)]
+pub struct PinArgs {
+    /// bpffs directory the agent pinned its state under.
+    #[arg(long, default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct BackendsArgs {
+    #[command(flatten)]
+    pub inspect: InspectArgs,
+    /// Only this service: `VIP:PORT[/PROTO]` or its Kubernetes name (`ns/name:port`).
+    pub service: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct FlowsArgs {
+    #[command(flatten)]
+    pub inspect: InspectArgs,
+    /// Only flows of this service (`VIP:PORT[/PROTO]` or Kubernetes name).
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Only flows on this backend (`IP[:PORT]` or node name).
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// At most this many flows, most recently seen first.
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub inspect: InspectArgs,
+    /// Redraw every second, like top (with --json: one JSON object per line).
+    #[arg(long)]
+    pub watch: bool,
+    /// Seconds between samples.
+    #[arg(long, default_value_t = 1.0)]
+    pub interval: f64,
+}
+
+#[derive(Args, Debug)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub inspect: InspectArgs,
+    /// The client's address and port.
+    pub client: std::net::SocketAddrV4,
+    /// The VIP and port it connects to.
+    pub vip: std::net::SocketAddrV4,
+    #[arg(long, value_enum, default_value_t = TraceProtocol::Tcp)]
+    pub proto: TraceProtocol,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum TraceProtocol {
+    Tcp,
+    Udp,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["manifests", "kubeconfig", "in_cluster"])))]
 pub struct AgentArgs {
     /// Interface to attach to (repeat for two-arm: client side and node side).
     #[arg(long = "iface", required = true, value_name = "IF")]
     pub interfaces: Vec<String>,
-    /// YAML file or directory of Kubernetes Services and Nodes; re-read on change
-    /// and on SIGHUP.
+    /// YAML file or directory of Kubernetes Services, Nodes and EndpointSlices;
+    /// re-read on change and on SIGHUP.
     #[arg(long, value_name = "PATH")]
-    pub manifests: PathBuf,
-    /// CIDR to assign VIPs from to Services that request none.
+    pub manifests: Option<PathBuf>,
+    /// Watch the Kubernetes API server of this kubeconfig's current context.
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Watch the Kubernetes API server with the pod's service account.
+    #[arg(long)]
+    pub in_cluster: bool,
+    /// Serve Services of this spec.loadBalancerClass (and those without one).
+    #[arg(long, value_name = "CLASS", default_value = crate::k8s::translate::DEFAULT_LOAD_BALANCER_CLASS)]
+    pub load_balancer_class: String,
+    /// CIDR to assign VIPs from to Services that request none (the pool "default").
     #[arg(long, value_name = "CIDR")]
     pub vip_pool: Option<String>,
+    /// A named VIP pool, e.g. public=198.51.100.0/28,198.51.100.40-198.51.100.50
+    /// (repeatable; Services pick one with the annotation lb.dev/pool, else get
+    /// the first).
+    #[arg(long = "pool", value_name = "NAME=RANGES")]
+    pub pools: Vec<String>,
+    /// Which Node address type to send traffic to.
+    #[arg(long, value_name = "TYPE", default_value = "InternalIP")]
+    pub node_address_type: String,
+    /// Time between health checks of each (node, NodePort); 0 switches them off.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = crate::health::parse_duration)]
+    pub health_interval: std::time::Duration,
+    /// How long one health check may take.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::health::parse_duration)]
+    pub health_timeout: std::time::Duration,
+    /// Failed checks in a row after which a backend gets no new flows.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub health_fall: u32,
+    /// Further failed checks after which a failing backend is removed (its flows re-hash).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub health_dead: u32,
+    /// Passed checks in a row that bring a failing backend back.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub health_rise: u32,
     /// Maglev table size per service (a prime); each service costs 8 bytes per entry.
     #[arg(long, default_value_t = DEFAULT_RING_SIZE)]
     pub ring_size: u32,
     /// How many services the Maglev map has room for.
     #[arg(long, default_value_t = DEFAULT_MAX_SERVICES)]
     pub max_services: u32,
-    /// bpffs directory to pin the maps under.
+    /// bpffs directory to pin the maps and links under.
     #[arg(long, default_value = DEFAULT_BPFFS)]
     pub bpffs: PathBuf,
+    /// Remove the pinned state and detach on exit, instead of leaving the data
+    /// path forwarding for the next agent.
+    #[arg(long)]
+    pub detach_on_exit: bool,
+    /// Serve Prometheus metrics, /healthz and /readyz on this address.
+    #[arg(long, default_value = "127.0.0.1:9641")]
+    pub metrics_address: std::net::SocketAddr,
+    /// Answer ICMP echo requests (ping) to VIPs in the data path; by default
+    /// they pass to the kernel.
+    #[arg(long)]
+    pub answer_ping: bool,
 }
 
 #[derive(Args, Debug)]

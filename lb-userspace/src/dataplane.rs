@@ -3,26 +3,30 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    fs,
     net::Ipv4Addr,
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{DevMapHash, PerCpuValues, xdp::XdpMapError},
-    programs::{ProgramError, Xdp, XdpMode},
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
     util::nr_cpus,
 };
 use lb_common::{
     BACKEND_ACTIVE, Backend, MAP_MAGLEV, MAP_TX_PORTS, MAX_BACKENDS, MAX_SERVICES, PROGRAM_NAME,
-    ServiceInfo, ServiceKey, Traffic,
+    SETTING_ANSWER_ECHO, ServiceInfo, ServiceKey, Settings, Traffic,
 };
 
 use crate::{
     maglev::{self, MaglevBackend},
     maps::{ALL_MAPS, Maps, MapsError, map_error},
-    model::{BackendSpec, Frontend, ServiceSpec},
+    model::{BackendSpec, Frontend, Protocol, ServiceSpec},
+    pins::{PinDir, PinsError},
 };
 
 /// The XDP object built by `build.rs`.
@@ -61,11 +65,37 @@ pub enum DataplaneError {
     ServicesFull(u32),
     #[error("no room for another backend ({MAX_BACKENDS} in use)")]
     BackendsFull,
-    #[error("pinning {}: {source}", path.display())]
-    Pin {
+    #[error(transparent)]
+    Pins(#[from] PinsError),
+    #[error("pinning the link of {iface} at {}: {source}", path.display())]
+    PinLink {
+        iface: String,
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: aya::pin::PinError,
+    },
+    #[error("the XDP link of {iface}: {source}")]
+    Link {
+        iface: String,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    #[error("reusing the pinned link {}: {source}", path.display())]
+    ReuseLink {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(
+        "the pinned state has {pinned} Maglev entries, this agent needs {wanted} \
+         (--ring-size {ring_size} x --max-services {max_services} x 2): restart with the \
+         settings the state was created with, or run `lb down` first (flows are lost)"
+    )]
+    ConfigMismatch {
+        pinned: u32,
+        wanted: u32,
+        ring_size: u32,
+        max_services: u32,
     },
     #[error("counting CPUs: {0}")]
     Cpus(#[source] std::io::Error),
@@ -78,8 +108,11 @@ pub struct DataplaneConfig {
     /// slots of 4-byte backend ids, so updates swap whole tables.
     pub ring_size: u32,
     pub max_services: u32,
-    /// bpffs directory to pin maps under, so the CLI can read them.
+    /// bpffs directory to pin maps and links under: state then outlives the
+    /// agent and the CLI can read it. `None` keeps everything private.
     pub pin_dir: Option<PathBuf>,
+    /// Answer ICMP echo requests to VIPs (otherwise they pass to the kernel).
+    pub answer_ping: bool,
 }
 
 impl Default for DataplaneConfig {
@@ -88,6 +121,7 @@ impl Default for DataplaneConfig {
             ring_size: maglev::DEFAULT_RING_SIZE,
             max_services: DEFAULT_MAX_SERVICES,
             pin_dir: None,
+            answer_ping: false,
         }
     }
 }
@@ -115,6 +149,9 @@ pub struct ProgrammedService {
 pub struct Dataplane {
     ebpf: Ebpf,
     maps: Maps,
+    pins: Option<PinDir>,
+    /// The pinned state existed before this load (an earlier agent's).
+    inherited: bool,
     config: DataplaneConfig,
     services: BTreeMap<Frontend, ProgrammedService>,
     free_service_ids: Vec<u32>,
@@ -136,47 +173,219 @@ impl Dataplane {
             ring_size: config.ring_size,
             max_services: config.max_services,
         })?;
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(MAP_MAGLEV, ring_entries)
-            .load(PROGRAM_OBJECT)
-            .map_err(DataplaneError::Load)?;
+        let pins = config.pin_dir.as_ref().map(PinDir::new);
+        let inherited = pins.as_ref().is_some_and(PinDir::exists);
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(MAP_MAGLEV, ring_entries);
+        if let Some(pins) = &pins {
+            pins.prepare()?;
+            // Existing pins are reused: flows, rings and counters carry over.
+            for name in ALL_MAPS {
+                loader.map_pin_path(name, pins.map(name));
+            }
+        }
+        let mut ebpf = match loader.load(PROGRAM_OBJECT) {
+            Ok(ebpf) => ebpf,
+            Err(e) => {
+                // Leave no empty pin directory behind a failed first start.
+                if let Some(pins) = pins.as_ref().filter(|_| !inherited) {
+                    let _ = pins.remove();
+                }
+                return Err(DataplaneError::Load(e));
+            }
+        };
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
             .ok_or(DataplaneError::Maps(MapsError::Missing("program lb_xdp")))?
             .try_into()
             .map_err(DataplaneError::Program)?;
         program.load().map_err(DataplaneError::Program)?;
-        if let Some(dir) = &config.pin_dir {
-            pin_maps(&ebpf, dir)?;
-        }
         let maps = Maps::take(&mut ebpf)?;
+        // A reused pin keeps the size it was created with.
+        let pinned = maps.maglev.len();
+        if pinned != ring_entries {
+            return Err(DataplaneError::ConfigMismatch {
+                pinned,
+                wanted: ring_entries,
+                ring_size: config.ring_size,
+                max_services: config.max_services,
+            });
+        }
         let nr_cpus = nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
-        Ok(Self {
+        let mut dataplane = Self {
             ebpf,
             maps,
-            free_service_ids: (0..config.max_services).rev().collect(),
-            free_backend_ids: (0..MAX_BACKENDS).rev().collect(),
+            pins,
+            inherited,
+            free_service_ids: Vec::new(),
+            free_backend_ids: Vec::new(),
             config,
             services: BTreeMap::new(),
             nr_cpus,
-        })
+        };
+        dataplane.recover()?;
+        let settings = Settings {
+            flags: if dataplane.config.answer_ping {
+                SETTING_ANSWER_ECHO
+            } else {
+                0
+            },
+            _pad: 0,
+        };
+        dataplane
+            .maps
+            .settings
+            .set(0, settings, 0)
+            .map_err(|e| map_error(lb_common::MAP_SETTINGS, e))?;
+        Ok(dataplane)
+    }
+
+    /// Rebuilds what is programmed from the maps (empty unless pinned state was
+    /// reused). Names and weights are not in the maps: the first reconcile
+    /// rewrites every service, keeping each backend's id, so flows stay put.
+    fn recover(&mut self) -> Result<(), DataplaneError> {
+        let entries: Vec<(ServiceKey, ServiceInfo)> = self
+            .maps
+            .services
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(|e| map_error(lb_common::MAP_SERVICES, e))?;
+        let ring_size = self.config.ring_size;
+        let mut used_backends = std::collections::BTreeSet::new();
+        for (key, info) in entries {
+            let Some(protocol) = Protocol::from_number(key.proto) else {
+                continue;
+            };
+            let frontend = Frontend {
+                vip: Ipv4Addr::from(key.vip.to_ne_bytes()),
+                port: u16::from_be(key.port),
+                protocol,
+            };
+            let mut entries: BTreeMap<u32, u32> = BTreeMap::new();
+            if info.backend_count > 0 && info.ring_size == ring_size {
+                for slot in info.ring_base..info.ring_base + ring_size {
+                    let id = self
+                        .maps
+                        .maglev
+                        .get(&slot, 0)
+                        .map_err(|e| map_error(MAP_MAGLEV, e))?;
+                    *entries.entry(id).or_default() += 1;
+                }
+            }
+            let mut backends = Vec::new();
+            for (id, ring_entries) in entries {
+                let backend = self
+                    .maps
+                    .backends
+                    .get(&id, 0)
+                    .map_err(|e| map_error(lb_common::MAP_BACKENDS, e))?;
+                if backend.flags & BACKEND_ACTIVE == 0 {
+                    continue;
+                }
+                used_backends.insert(id);
+                backends.push(ProgrammedBackend {
+                    spec: BackendSpec {
+                        node: String::new(),
+                        ip: Ipv4Addr::from(backend.ip.to_ne_bytes()),
+                        port: u16::from_be(backend.port),
+                        weight: 0,
+                    },
+                    id,
+                    ring_entries,
+                });
+            }
+            let spec = ServiceSpec {
+                name: String::new(),
+                frontend,
+                backends: backends.iter().map(|b| b.spec.clone()).collect(),
+            };
+            self.services.insert(
+                frontend,
+                ProgrammedService {
+                    spec,
+                    id: info.id,
+                    slot: (info.ring_base / ring_size.max(1)) % 2,
+                    backends,
+                },
+            );
+        }
+        let used_services: std::collections::BTreeSet<u32> =
+            self.services.values().map(|s| s.id).collect();
+        self.free_service_ids = (0..self.config.max_services)
+            .rev()
+            .filter(|id| !used_services.contains(id))
+            .collect();
+        self.free_backend_ids = Vec::new();
+        for id in (0..MAX_BACKENDS).rev() {
+            if used_backends.contains(&id) {
+                continue;
+            }
+            // An active slot no ring points at (a draining backend of the last
+            // agent) cannot be attributed any more: retire it, its flows re-hash.
+            let backend = self
+                .maps
+                .backends
+                .get(&id, 0)
+                .map_err(|e| map_error(lb_common::MAP_BACKENDS, e))?;
+            if backend.flags & BACKEND_ACTIVE != 0 {
+                self.free_backend(id)?;
+            } else {
+                self.free_backend_ids.push(id);
+            }
+        }
+        Ok(())
     }
 
     /// Attaches the program to `iface` and lets packets be redirected out of it.
+    /// With pinned state the link is pinned too, so the program stays attached
+    /// when the agent exits; a link pinned by an earlier agent is taken over
+    /// with an atomic program replacement, without a gap.
     pub fn attach(&mut self, iface: &str) -> Result<u32, DataplaneError> {
         let ifindex = ifindex(iface)?;
+        let link_path = self.pins.as_ref().map(|pins| pins.link(iface));
         let program: &mut Xdp = self
             .ebpf
             .program_mut(PROGRAM_NAME)
             .ok_or(DataplaneError::Maps(MapsError::Missing("program lb_xdp")))?
             .try_into()
             .map_err(DataplaneError::Program)?;
-        program
-            .attach(iface, XdpMode::Default)
-            .map_err(|source| DataplaneError::Attach {
-                iface: iface.to_owned(),
-                source,
-            })?;
+        let attach_error = |source| DataplaneError::Attach {
+            iface: iface.to_owned(),
+            source,
+        };
+        match &link_path {
+            Some(path) if path.exists() => {
+                let reuse_error =
+                    |source: Box<dyn std::error::Error + Send + Sync>| DataplaneError::ReuseLink {
+                        path: path.clone(),
+                        source,
+                    };
+                let pinned = PinnedLink::from_pin(path).map_err(|e| reuse_error(e.into()))?;
+                let link =
+                    XdpLink::try_from(FdLink::from(pinned)).map_err(|e| reuse_error(e.into()))?;
+                program.attach_to_link(link).map_err(attach_error)?;
+            }
+            Some(path) => {
+                let id = program
+                    .attach(iface, XdpMode::Default)
+                    .map_err(attach_error)?;
+                let link = program.take_link(id).map_err(attach_error)?;
+                let link = FdLink::try_from(link).map_err(|source| DataplaneError::Link {
+                    iface: iface.to_owned(),
+                    source,
+                })?;
+                link.pin(path).map_err(|source| DataplaneError::PinLink {
+                    iface: iface.to_owned(),
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+            None => {
+                program
+                    .attach(iface, XdpMode::Default)
+                    .map_err(attach_error)?;
+            }
+        }
         self.add_tx_port(ifindex)?;
         Ok(ifindex)
     }
@@ -196,6 +405,11 @@ impl Dataplane {
                 XdpMapError::ChainedProgramNotSupported => MapsError::Missing(MAP_TX_PORTS),
             })?;
         Ok(())
+    }
+
+    /// The loaded object, for attaching the log forwarder.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 
     /// The loaded program, for `BPF_PROG_TEST_RUN`.
@@ -240,7 +454,12 @@ impl Dataplane {
         };
         let result = self.program_service(&mut service, spec);
         self.services.insert(spec.frontend, service);
-        result
+        result?;
+        self.maps
+            .vips
+            .insert(u32::from_ne_bytes(spec.frontend.vip.octets()), 0, 0)
+            .map_err(|e| map_error(lb_common::MAP_VIPS, e))?;
+        Ok(())
     }
 
     fn program_service(
@@ -327,6 +546,16 @@ impl Dataplane {
             self.free_backend(backend.id)?;
         }
         self.free_service_ids.push(service.id);
+        if !self.services.keys().any(|f| f.vip == frontend.vip) {
+            match self
+                .maps
+                .vips
+                .remove(&u32::from_ne_bytes(frontend.vip.octets()))
+            {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_error(lb_common::MAP_VIPS, e).into()),
+            }
+        }
         Ok(())
     }
 
@@ -371,11 +600,18 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Removes the pins (the program detaches when `self` drops).
-    pub fn unpin(&self) {
-        if let Some(dir) = &self.config.pin_dir {
-            remove_pins(dir);
+    /// Whether this load took over pinned state an earlier agent left.
+    pub fn inherited_state(&self) -> bool {
+        self.inherited
+    }
+
+    /// Removes the pinned maps and links: the program detaches from every
+    /// interface once `self` drops. Without pins this does nothing.
+    pub fn remove_pins(&self) -> Result<(), DataplaneError> {
+        if let Some(pins) = &self.pins {
+            pins.remove()?;
         }
+        Ok(())
     }
 }
 
@@ -397,32 +633,6 @@ fn ifindex(iface: &str) -> Result<u32, DataplaneError> {
         0 => Err(DataplaneError::NoSuchInterface(iface.to_owned())),
         index => Ok(index),
     }
-}
-
-fn pin_maps(ebpf: &Ebpf, dir: &Path) -> Result<(), DataplaneError> {
-    let pin_error = |path: &Path, source| DataplaneError::Pin {
-        path: path.to_owned(),
-        source,
-    };
-    // A previous agent that died without cleaning up leaves stale pins.
-    remove_pins(dir);
-    fs::create_dir_all(dir).map_err(|e| pin_error(dir, e))?;
-    for name in ALL_MAPS {
-        let map = ebpf.map(name).ok_or(MapsError::Missing(name))?;
-        let path = dir.join(name);
-        map.pin(&path).map_err(|e| match e {
-            aya::pin::PinError::SyscallError(e) => pin_error(&path, e.io_error),
-            other => pin_error(&path, std::io::Error::other(other.to_string())),
-        })?;
-    }
-    Ok(())
-}
-
-fn remove_pins(dir: &Path) {
-    for name in ALL_MAPS {
-        let _ = fs::remove_file(dir.join(name));
-    }
-    let _ = fs::remove_dir(dir);
 }
 
 /// Reference XDP programs: `ref_xdp_tx` and `ref_parse_only`, which benchmarks

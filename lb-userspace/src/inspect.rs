@@ -1,40 +1,93 @@
-//! Read-only views of the pinned maps, for the CLI: what is served, by whom, and
-//! how much traffic went where.
+//! Read-only views of the pinned maps, labelled with the agent's catalog: what
+//! is served, by whom, which flows are pinned where, and how much traffic went
+//! where. Everything here reads the kernel's own state, so it is true whether
+//! the agent runs or not.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
 
-use lb_common::{PROTO_TCP, PROTO_UDP, counters};
+use lb_common::{Flow, FlowKey, PROTO_TCP, PROTO_UDP, ServiceInfo, ServiceKey, counters, hash};
 use serde::Serialize;
 
-use crate::maps::{Maps, MapsError, map_error};
+use crate::{
+    catalog::Catalog,
+    maps::{Maps, MapsError, map_error},
+};
+
+/// A flow seen this recently counts as active.
+pub const ACTIVE_WINDOW: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Serialize)]
 pub struct ServiceRow {
+    pub name: String,
     pub vip: Ipv4Addr,
     pub port: u16,
     pub protocol: &'static str,
     pub id: u32,
-    pub backends: u32,
+    /// Backends in the Maglev table (new flows go to them).
+    pub backends_healthy: u32,
+    /// Backends the agent programmed, including drained ones.
+    pub backends_total: u32,
     pub packets: u64,
     pub bytes: u64,
+    pub active_flows: u64,
 }
 
 #[derive(Debug, Serialize)]
 pub struct BackendRow {
     /// `vip:port/protocol` of the service.
     pub service: String,
+    pub service_name: String,
+    pub node: String,
     pub id: u32,
     pub address: Ipv4Addr,
     pub port: u16,
+    pub weight: Option<u32>,
+    /// `healthy` while in the Maglev table, `draining` when kept only for its flows.
+    pub health: &'static str,
     /// Entries of the service's Maglev table that point at this backend.
     pub ring_entries: u32,
     /// `ring_entries` over the table size.
     pub share: f64,
     pub packets: u64,
     pub bytes: u64,
+    pub active_flows: u64,
 }
 
-fn protocol_name(proto: u8) -> &'static str {
+#[derive(Debug, Serialize)]
+pub struct FlowRow {
+    pub client: SocketAddrV4,
+    pub vip: SocketAddrV4,
+    pub protocol: &'static str,
+    pub backend: SocketAddrV4,
+    pub node: String,
+    pub age_seconds: f64,
+    pub last_seen_seconds: f64,
+    pub packets: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TraceReport {
+    pub client: SocketAddrV4,
+    pub vip: SocketAddrV4,
+    pub protocol: &'static str,
+    pub service: Option<String>,
+    pub hash: Option<u32>,
+    pub ring_slot: Option<u32>,
+    pub ring_size: Option<u32>,
+    /// Where a new flow with this 5-tuple would go.
+    pub new_flow_backend: Option<SocketAddrV4>,
+    pub new_flow_node: Option<String>,
+    /// Where the flow table pins it, if it does.
+    pub pinned_backend: Option<SocketAddrV4>,
+    /// The backend packets of this 5-tuple go to now.
+    pub verdict: String,
+}
+
+pub fn protocol_name(proto: u8) -> &'static str {
     match proto {
         PROTO_TCP => "tcp",
         PROTO_UDP => "udp",
@@ -42,68 +95,405 @@ fn protocol_name(proto: u8) -> &'static str {
     }
 }
 
-/// Every service in the `SERVICES` map, sorted by (VIP, port, protocol).
-pub fn services(maps: &Maps) -> Result<Vec<ServiceRow>, MapsError> {
+fn ip(raw: u32) -> Ipv4Addr {
+    Ipv4Addr::from(raw.to_ne_bytes())
+}
+
+fn service_label(key: &ServiceKey) -> String {
+    format!(
+        "{}:{}/{}",
+        ip(key.vip),
+        u16::from_be(key.port),
+        protocol_name(key.proto)
+    )
+}
+
+/// Nanoseconds of CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// A snapshot of the maps the listings are computed from.
+pub struct Snapshot {
+    pub services: Vec<(ServiceKey, ServiceInfo)>,
+    pub flows: Vec<(FlowKey, Flow)>,
+    pub catalog: Catalog,
+    pub now_ns: u64,
+}
+
+impl Snapshot {
+    pub fn take(maps: &Maps, catalog: Catalog) -> Result<Self, MapsError> {
+        let mut services: Vec<(ServiceKey, ServiceInfo)> = maps
+            .services
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(|e| map_error(lb_common::MAP_SERVICES, e))?;
+        services.sort_by_key(|(key, _)| (ip(key.vip), u16::from_be(key.port), key.proto));
+        // Entries can vanish (LRU) while we walk: skip those, keep the rest.
+        let flows = maps.flows.iter().filter_map(Result::ok).collect();
+        Ok(Self {
+            services,
+            flows,
+            catalog,
+            now_ns: monotonic_ns(),
+        })
+    }
+
+    /// Flows of the service (`vip`, `port`, `protocol`) created after `since_ns`.
+    pub fn flows_created_since(
+        &self,
+        vip: Ipv4Addr,
+        port: u16,
+        protocol: &str,
+        since_ns: u64,
+    ) -> usize {
+        self.flows
+            .iter()
+            .filter(|(key, flow)| {
+                ip(key.dst_ip) == vip
+                    && u16::from_be(key.dst_port) == port
+                    && protocol_name(key.proto) == protocol
+                    && flow.created_ns > since_ns
+            })
+            .count()
+    }
+
+    fn is_active(&self, flow: &Flow) -> bool {
+        self.now_ns.saturating_sub(flow.last_seen_ns) <= ACTIVE_WINDOW.as_nanos() as u64
+    }
+
+    /// Active flows per service key and per backend id.
+    fn active_flow_counts(&self) -> (HashMap<ServiceKey, u64>, HashMap<u32, u64>) {
+        let mut per_service = HashMap::new();
+        let mut per_backend = HashMap::new();
+        for (key, flow) in &self.flows {
+            if !self.is_active(flow) {
+                continue;
+            }
+            let service = ServiceKey {
+                vip: key.dst_ip,
+                port: key.dst_port,
+                proto: key.proto,
+                _pad: 0,
+            };
+            *per_service.entry(service).or_insert(0) += 1;
+            *per_backend.entry(flow.backend_id).or_insert(0) += 1;
+        }
+        (per_service, per_backend)
+    }
+
+    fn name_of(&self, key: &ServiceKey) -> String {
+        self.catalog
+            .service(
+                ip(key.vip),
+                u16::from_be(key.port),
+                protocol_name(key.proto),
+            )
+            .map(|s| s.name.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether `filter` (`VIP:PORT[/PROTO]` or a Kubernetes name) selects `key`.
+    pub fn service_matches(&self, key: &ServiceKey, filter: &str) -> bool {
+        let label = service_label(key);
+        label == filter || label.split('/').next() == Some(filter) || self.name_of(key) == filter
+    }
+}
+
+/// Backend ids in a service's live ring, with their entry counts.
+fn ring_entries(maps: &Maps, info: &ServiceInfo) -> Result<BTreeMap<u32, u32>, MapsError> {
+    let mut entries = BTreeMap::new();
+    if info.backend_count == 0 {
+        return Ok(entries);
+    }
+    for slot in info.ring_base..info.ring_base + info.ring_size {
+        let id = maps
+            .maglev
+            .get(&slot, 0)
+            .map_err(|e| map_error(lb_common::MAP_MAGLEV, e))?;
+        *entries.entry(id).or_default() += 1;
+    }
+    Ok(entries)
+}
+
+pub fn services(maps: &Maps, snapshot: &Snapshot) -> Result<Vec<ServiceRow>, MapsError> {
+    let (active, _) = snapshot.active_flow_counts();
     let mut rows = Vec::new();
-    for entry in maps.services.iter() {
-        let (key, info) = entry.map_err(|e| map_error(lb_common::MAP_SERVICES, e))?;
+    for (key, info) in &snapshot.services {
         let traffic = maps.service_traffic(info.id)?;
+        let healthy = ring_entries(maps, info)?.len() as u32;
+        let entry = snapshot.catalog.service(
+            ip(key.vip),
+            u16::from_be(key.port),
+            protocol_name(key.proto),
+        );
         rows.push(ServiceRow {
-            vip: Ipv4Addr::from(key.vip.to_ne_bytes()),
+            name: entry.map(|e| e.name.clone()).unwrap_or_default(),
+            vip: ip(key.vip),
             port: u16::from_be(key.port),
             protocol: protocol_name(key.proto),
             id: info.id,
-            backends: info.backend_count,
+            backends_healthy: healthy,
+            backends_total: entry.map_or(healthy, |e| e.backends.len() as u32),
             packets: traffic.packets,
             bytes: traffic.bytes,
+            active_flows: active.get(key).copied().unwrap_or(0),
         });
     }
-    rows.sort_by_key(|r| (r.vip, r.port, r.protocol));
     Ok(rows)
 }
 
-/// Every backend of every service, found by walking each service's live Maglev
-/// table: the kernel's own view of who gets traffic.
-pub fn backends(maps: &Maps) -> Result<Vec<BackendRow>, MapsError> {
+/// Backends of every service (or of those `filter` selects). Backends come
+/// from the live Maglev table plus, from the catalog, drained ones.
+pub fn backends(
+    maps: &Maps,
+    snapshot: &Snapshot,
+    filter: Option<&str>,
+) -> Result<Vec<BackendRow>, MapsError> {
+    let (_, active) = snapshot.active_flow_counts();
     let mut rows = Vec::new();
-    for entry in maps.services.iter() {
-        let (key, info) = entry.map_err(|e| map_error(lb_common::MAP_SERVICES, e))?;
-        let service = format!(
-            "{}:{}/{}",
-            Ipv4Addr::from(key.vip.to_ne_bytes()),
+    let mut slot_index = None;
+    for (key, info) in &snapshot.services {
+        if filter.is_some_and(|f| !snapshot.service_matches(key, f)) {
+            continue;
+        }
+        let entry = snapshot.catalog.service(
+            ip(key.vip),
             u16::from_be(key.port),
-            protocol_name(key.proto)
+            protocol_name(key.proto),
         );
-        let mut entries: BTreeMap<u32, u32> = BTreeMap::new();
-        if info.backend_count > 0 {
-            for slot in info.ring_base..info.ring_base + info.ring_size {
-                let id = maps
-                    .maglev
-                    .get(&slot, 0)
-                    .map_err(|e| map_error(lb_common::MAP_MAGLEV, e))?;
-                *entries.entry(id).or_default() += 1;
+        let in_ring = ring_entries(maps, info)?;
+        // Catalog backends missing from the ring are draining; find their ids
+        // through the flow table (the only place that still points at them).
+        let mut ids: BTreeMap<u32, u32> = in_ring.clone();
+        for (_, flow) in &snapshot.flows {
+            if let Some(entry) = entry
+                && entry
+                    .backend(ip(flow.backend_ip), u16::from_be(flow.backend_port))
+                    .is_some()
+            {
+                ids.entry(flow.backend_id).or_insert(0);
             }
         }
-        for (id, ring_entries) in entries {
+        // Drained backends without flows are only in the catalog: find their
+        // slots by address.
+        if let Some(entry) = entry {
+            for known in &entry.backends {
+                let listed = ids.keys().any(|id| {
+                    maps.backends.get(id, 0).is_ok_and(|b| {
+                        ip(b.ip) == known.address && u16::from_be(b.port) == known.port
+                    })
+                });
+                if !listed
+                    && let Some(id) = slot_index
+                        .get_or_insert_with(|| active_slots(maps))
+                        .get(&(known.address, known.port))
+                {
+                    ids.entry(*id).or_insert(0);
+                }
+            }
+        }
+        for (id, ring) in ids {
             let backend = maps
                 .backends
                 .get(&id, 0)
                 .map_err(|e| map_error(lb_common::MAP_BACKENDS, e))?;
+            if backend.flags & lb_common::BACKEND_ACTIVE == 0 {
+                continue;
+            }
+            let (address, port) = (ip(backend.ip), u16::from_be(backend.port));
+            let known = entry.and_then(|e| e.backend(address, port));
             let traffic = maps.backend_traffic(id)?;
             rows.push(BackendRow {
-                service: service.clone(),
+                service: service_label(key),
+                service_name: entry.map(|e| e.name.clone()).unwrap_or_default(),
+                node: known.map(|b| b.node.clone()).unwrap_or_default(),
                 id,
-                address: Ipv4Addr::from(backend.ip.to_ne_bytes()),
-                port: u16::from_be(backend.port),
-                ring_entries,
-                share: f64::from(ring_entries) / f64::from(info.ring_size),
+                address,
+                port,
+                weight: known.map(|b| b.weight),
+                health: if ring > 0 { "healthy" } else { "draining" },
+                ring_entries: ring,
+                share: f64::from(ring) / f64::from(info.ring_size.max(1)),
                 packets: traffic.packets,
                 bytes: traffic.bytes,
+                active_flows: active.get(&id).copied().unwrap_or(0),
             });
         }
     }
-    rows.sort_by(|a, b| (&a.service, a.address).cmp(&(&b.service, b.address)));
     Ok(rows)
+}
+
+/// Active backend slots by (address, port): one pass over `BACKENDS`, made
+/// only when a listing needs a backend neither a ring nor a flow points at.
+fn active_slots(maps: &Maps) -> HashMap<(Ipv4Addr, u16), u32> {
+    maps.backends
+        .iter()
+        .enumerate()
+        .filter_map(|(id, backend)| {
+            let backend = backend.ok()?;
+            (backend.flags & lb_common::BACKEND_ACTIVE != 0)
+                .then(|| ((ip(backend.ip), u16::from_be(backend.port)), id as u32))
+        })
+        .collect()
+}
+
+/// Tracked flows, most recently seen first.
+pub fn flows(
+    snapshot: &Snapshot,
+    service: Option<&str>,
+    backend: Option<&str>,
+    limit: usize,
+) -> Vec<FlowRow> {
+    let mut rows: Vec<(u64, FlowRow)> = snapshot
+        .flows
+        .iter()
+        .filter_map(|(key, flow)| {
+            let service_key = ServiceKey {
+                vip: key.dst_ip,
+                port: key.dst_port,
+                proto: key.proto,
+                _pad: 0,
+            };
+            if service.is_some_and(|f| !snapshot.service_matches(&service_key, f)) {
+                return None;
+            }
+            let backend_addr =
+                SocketAddrV4::new(ip(flow.backend_ip), u16::from_be(flow.backend_port));
+            let node = snapshot
+                .catalog
+                .service(
+                    ip(key.dst_ip),
+                    u16::from_be(key.dst_port),
+                    protocol_name(key.proto),
+                )
+                .and_then(|s| s.backend(*backend_addr.ip(), backend_addr.port()))
+                .map(|b| b.node.clone())
+                .unwrap_or_default();
+            if let Some(filter) = backend
+                && filter != node
+                && filter != backend_addr.to_string()
+                && filter != backend_addr.ip().to_string()
+            {
+                return None;
+            }
+            let seconds = |ns: u64| snapshot.now_ns.saturating_sub(ns) as f64 / 1e9;
+            Some((
+                flow.last_seen_ns,
+                FlowRow {
+                    client: SocketAddrV4::new(ip(key.src_ip), u16::from_be(key.src_port)),
+                    vip: SocketAddrV4::new(ip(key.dst_ip), u16::from_be(key.dst_port)),
+                    protocol: protocol_name(key.proto),
+                    backend: backend_addr,
+                    node,
+                    age_seconds: seconds(flow.created_ns),
+                    last_seen_seconds: seconds(flow.last_seen_ns),
+                    packets: flow.packets,
+                },
+            ))
+        })
+        .collect();
+    rows.sort_by_key(|(last_seen, _)| std::cmp::Reverse(*last_seen));
+    rows.into_iter().take(limit).map(|(_, row)| row).collect()
+}
+
+/// Which backend a flow gets and why: the same hash over the same table as
+/// the data path, then the flow table, which wins while its backend lives.
+pub fn trace(
+    maps: &Maps,
+    snapshot: &Snapshot,
+    client: SocketAddrV4,
+    vip: SocketAddrV4,
+    proto: u8,
+) -> Result<TraceReport, MapsError> {
+    let key = FlowKey {
+        src_ip: u32::from_ne_bytes(client.ip().octets()),
+        dst_ip: u32::from_ne_bytes(vip.ip().octets()),
+        src_port: client.port().to_be(),
+        dst_port: vip.port().to_be(),
+        proto,
+        _pad: [0; 3],
+    };
+    let service_key = ServiceKey {
+        vip: key.dst_ip,
+        port: key.dst_port,
+        proto,
+        _pad: 0,
+    };
+    let mut report = TraceReport {
+        client,
+        vip,
+        protocol: protocol_name(proto),
+        service: None,
+        hash: None,
+        ring_slot: None,
+        ring_size: None,
+        new_flow_backend: None,
+        new_flow_node: None,
+        pinned_backend: None,
+        verdict: String::new(),
+    };
+    let Some((_, info)) = snapshot.services.iter().find(|(k, _)| *k == service_key) else {
+        report.verdict = format!(
+            "{vip}/{} is not a service: the packet passes to the kernel",
+            report.protocol
+        );
+        return Ok(report);
+    };
+    let name = snapshot.name_of(&service_key);
+    report.service = Some(if name.is_empty() {
+        service_label(&service_key)
+    } else {
+        name
+    });
+    if info.backend_count > 0 && info.ring_size > 0 {
+        let hash = hash::flow_hash(&key);
+        let slot = hash % info.ring_size;
+        let id = maps
+            .maglev
+            .get(&(info.ring_base + slot), 0)
+            .map_err(|e| map_error(lb_common::MAP_MAGLEV, e))?;
+        let backend = maps
+            .backends
+            .get(&id, 0)
+            .map_err(|e| map_error(lb_common::MAP_BACKENDS, e))?;
+        let addr = SocketAddrV4::new(ip(backend.ip), u16::from_be(backend.port));
+        report.hash = Some(hash);
+        report.ring_slot = Some(slot);
+        report.ring_size = Some(info.ring_size);
+        report.new_flow_backend = Some(addr);
+        report.new_flow_node = snapshot
+            .catalog
+            .service(*vip.ip(), vip.port(), report.protocol)
+            .and_then(|s| s.backend(*addr.ip(), addr.port()))
+            .map(|b| b.node.clone());
+    }
+    let pinned = maps.flows.get(&key, 0).ok().filter(|flow| {
+        maps.backends.get(&flow.backend_id, 0).is_ok_and(|b| {
+            b.flags & lb_common::BACKEND_ACTIVE != 0
+                && b.ip == flow.backend_ip
+                && b.port == flow.backend_port
+        })
+    });
+    report.pinned_backend =
+        pinned.map(|f| SocketAddrV4::new(ip(f.backend_ip), u16::from_be(f.backend_port)));
+    report.verdict = match (report.pinned_backend, report.new_flow_backend) {
+        (Some(pinned), _) => format!("pinned by the flow table to {pinned}"),
+        (None, Some(new)) => format!(
+            "new flow: hash {:#010x} -> slot {} of {} -> {new}",
+            report.hash.unwrap_or_default(),
+            report.ring_slot.unwrap_or_default(),
+            report.ring_size.unwrap_or_default()
+        ),
+        (None, None) => "the service has no backends: the packet is dropped".to_owned(),
+    };
+    Ok(report)
 }
 
 /// Global counters by name.

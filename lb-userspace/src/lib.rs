@@ -4,12 +4,17 @@
 //! objects into a [`model::DesiredState`]; [`reconcile`] applies one to the other;
 //! [`agent`] and [`cli`] are the front ends.
 pub mod agent;
+pub mod catalog;
 pub mod cli;
 pub mod dataplane;
+pub mod health;
 pub mod inspect;
 pub mod k8s;
 pub mod maglev;
 pub mod maps;
+pub mod metrics;
 pub mod model;
+pub mod pins;
 pub mod reconcile;
-pub mod vip_pool;
+pub mod show;
+pub mod xdp_log;

@@ -1,15 +1,21 @@
-use std::io::{IsTerminal as _, Write as _};
+use std::io::IsTerminal as _;
 
 use anyhow::{Context as _, Result};
-use clap::Parser as _;
+use clap::{CommandFactory as _, Parser as _};
 use lb::{
     agent::{self, AgentOptions},
-    cli::{AgentArgs, Cli, Command, InspectArgs, print_table},
+    catalog::Catalog,
+    cli::{AgentArgs, Cli, Command, PinArgs},
     dataplane::DataplaneConfig,
-    inspect,
-    k8s::source::{ManifestSource, Source},
-    maps::Maps,
-    vip_pool::VipPool,
+    health::HealthConfig,
+    k8s::{
+        kube_source::{KubeConfigSource, KubeSource},
+        pools::{Pool, Pools},
+        source::{ManifestSource, Source},
+        translate::{TranslateConfig, Translator},
+    },
+    pins::PinDir,
+    show,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -17,8 +23,7 @@ fn main() {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     if let Err(e) = run(cli) {
-        // One line naming the problem and its causes, not a backtrace.
-        eprintln!("lb: {e:#}");
+        eprintln!("lb: {}", one_line(&e));
         std::process::exit(1);
     }
 }
@@ -26,10 +31,66 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Agent(args) => run_agent(args),
-        Command::Services(args) => show_services(&args),
-        Command::Backends(args) => show_backends(&args),
-        Command::Stats(args) => show_stats(&args),
+        Command::Services(args) => show::services(&args),
+        Command::Backends(args) => show::backends(&args),
+        Command::Flows(args) => show::flows(&args),
+        Command::Stats(args) => show::stats(&args),
+        Command::Trace(args) => show::trace(&args),
+        Command::Down(args) => down(&args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "lb", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(())
+        }
     }
+}
+
+/// Removes the pinned state: links first, so the program detaches.
+fn down(args: &PinArgs) -> Result<()> {
+    let pins = PinDir::new(&args.bpffs);
+    pins.check_layout()?;
+    let removed = pins.remove()?;
+    Catalog::remove(&args.bpffs);
+    if removed.is_empty() {
+        println!("nothing pinned under {}", args.bpffs.display());
+    } else {
+        println!(
+            "removed {} pins under {}",
+            removed.len(),
+            args.bpffs.display()
+        );
+    }
+    Ok(())
+}
+
+/// The error and its causes on one line, each said once (libraries often
+/// repeat their cause in their own message), with a hint when the cause is
+/// missing privileges.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    let mut denied = false;
+    for cause in error.chain() {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            denied |= io.kind() == std::io::ErrorKind::PermissionDenied;
+        }
+        let text = cause.to_string();
+        denied |= text.contains("Operation not permitted") || text.contains("Permission denied");
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    // SAFETY: geteuid has no preconditions.
+    if denied && unsafe { libc::geteuid() } != 0 {
+        line.push_str(" (run as root: lb needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN)");
+    }
+    line
 }
 
 fn init_logging(verbose: u8) {
@@ -47,17 +108,41 @@ fn init_logging(verbose: u8) {
 }
 
 fn run_agent(args: AgentArgs) -> Result<()> {
-    let vip_pool = args
-        .vip_pool
-        .as_deref()
-        .map(VipPool::parse)
-        .transpose()
-        .context("--vip-pool")?;
-    let options = AgentOptions {
+    let mut pools = Vec::new();
+    if let Some(cidr) = &args.vip_pool {
+        pools.push(Pool::from_cidr("default", cidr).context("--vip-pool")?);
+    }
+    for text in &args.pools {
+        pools.push(Pool::parse(text).context("--pool")?);
+    }
+    let translator = Translator::new(
+        TranslateConfig {
+            load_balancer_class: args.load_balancer_class,
+            node_address_type: args.node_address_type,
+        },
+        Pools::new(pools).context("--pool")?,
+    );
+    let kubernetes = match (args.kubeconfig, args.in_cluster) {
+        (Some(path), _) => Some(KubeConfigSource::File(path)),
+        (None, true) => Some(KubeConfigSource::InCluster),
+        (None, false) => None,
+    };
+    let manifests = args.manifests;
+    let options = |source| AgentOptions {
         interfaces: args.interfaces,
-        source: Source::Manifests(ManifestSource::new(args.manifests)),
-        vip_pool,
+        source,
+        translator,
+        health: HealthConfig {
+            interval: args.health_interval,
+            timeout: args.health_timeout,
+            rise: args.health_rise,
+            fall: args.health_fall,
+            dead: args.health_dead,
+        },
+        detach_on_exit: args.detach_on_exit,
+        metrics_address: args.metrics_address,
         dataplane: DataplaneConfig {
+            answer_ping: args.answer_ping,
             ring_size: args.ring_size,
             max_services: args.max_services,
             pin_dir: Some(args.bpffs),
@@ -67,75 +152,19 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(agent::run(options))
-}
-
-fn open(args: &InspectArgs) -> Result<Maps> {
-    Ok(Maps::open_pinned(&args.bpffs)?)
-}
-
-fn print_json(value: &impl serde::Serialize) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)?;
-    // A closed pipe (`lb stats --json | head`) is not an error worth a panic.
-    let _ = writeln!(std::io::stdout().lock(), "{text}");
-    Ok(())
-}
-
-fn show_services(args: &InspectArgs) -> Result<()> {
-    let rows = inspect::services(&open(args)?)?;
-    if args.json {
-        return print_json(&rows);
-    }
-    let table: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            vec![
-                r.vip.to_string(),
-                r.port.to_string(),
-                r.protocol.to_owned(),
-                r.backends.to_string(),
-                r.packets.to_string(),
-                r.bytes.to_string(),
-            ]
+        .block_on(async move {
+            // The Kubernetes source starts its watches, so it needs the runtime.
+            let source = match (kubernetes, manifests) {
+                (Some(config), _) => Source::Kubernetes(Box::new(
+                    KubeSource::connect(&config)
+                        .await
+                        .context("connecting to the Kubernetes API")?,
+                )),
+                (None, Some(path)) => Source::Manifests(ManifestSource::new(path)),
+                (None, None) => {
+                    anyhow::bail!("--manifests, --kubeconfig or --in-cluster is required")
+                }
+            };
+            agent::run(options(source)).await
         })
-        .collect();
-    print_table(
-        &["VIP", "PORT", "PROTO", "BACKENDS", "PACKETS", "BYTES"],
-        &table,
-    );
-    Ok(())
-}
-
-fn show_backends(args: &InspectArgs) -> Result<()> {
-    let rows = inspect::backends(&open(args)?)?;
-    if args.json {
-        return print_json(&rows);
-    }
-    let table: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            vec![
-                r.service.clone(),
-                format!("{}:{}", r.address, r.port),
-                format!("{:.1}%", r.share * 100.0),
-                r.packets.to_string(),
-                r.bytes.to_string(),
-            ]
-        })
-        .collect();
-    print_table(&["SERVICE", "BACKEND", "SHARE", "PACKETS", "BYTES"], &table);
-    Ok(())
-}
-
-fn show_stats(args: &InspectArgs) -> Result<()> {
-    let counters = inspect::global(&open(args)?)?;
-    if args.json {
-        return print_json(&counters);
-    }
-    let table: Vec<Vec<String>> = counters
-        .iter()
-        .map(|(name, value)| vec![(*name).to_owned(), value.to_string()])
-        .collect();
-    print_table(&["COUNTER", "VALUE"], &table);
-    Ok(())
 }

@@ -3,18 +3,20 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::pins::{PinDir, PinsError};
+
 use aya::{
     Ebpf,
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
 };
 use lb_common::{
-    Backend, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_FLOWS, MAP_GLOBAL_STATS, MAP_MAGLEV,
-    MAP_REVERSE_FLOWS, MAP_SERVICE_STATS, MAP_SERVICES, MAP_TX_PORTS, ServiceInfo, ServiceKey,
-    Traffic, counters,
+    Backend, Flow, FlowKey, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_FLOWS, MAP_GLOBAL_STATS,
+    MAP_MAGLEV, MAP_REVERSE_FLOWS, MAP_SERVICE_STATS, MAP_SERVICES, MAP_SETTINGS, MAP_TX_PORTS,
+    MAP_VIPS, ServiceInfo, ServiceKey, Settings, Traffic, counters,
 };
 
 /// Every map the program declares; the order is the pin order.
-pub const ALL_MAPS: [&str; 9] = [
+pub const ALL_MAPS: [&str; 11] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_MAGLEV,
@@ -24,6 +26,8 @@ pub const ALL_MAPS: [&str; 9] = [
     MAP_BACKEND_STATS,
     MAP_GLOBAL_STATS,
     MAP_TX_PORTS,
+    MAP_SETTINGS,
+    MAP_VIPS,
 ];
 
 #[derive(thiserror::Error, Debug)]
@@ -43,6 +47,8 @@ pub enum MapsError {
     NotPinned { dir: PathBuf, name: &'static str },
     #[error("permission denied opening {}: run as root (CAP_BPF)", path.display())]
     Permission { path: PathBuf },
+    #[error(transparent)]
+    Layout(#[from] PinsError),
 }
 
 /// The maps userspace reads and writes.
@@ -50,9 +56,12 @@ pub struct Maps {
     pub services: HashMap<MapData, ServiceKey, ServiceInfo>,
     pub backends: Array<MapData, Backend>,
     pub maglev: Array<MapData, u32>,
+    pub flows: HashMap<MapData, FlowKey, Flow>,
     pub service_stats: PerCpuArray<MapData, Traffic>,
     pub backend_stats: PerCpuArray<MapData, Traffic>,
     pub global_stats: PerCpuArray<MapData, u64>,
+    pub settings: Array<MapData, Settings>,
+    pub vips: HashMap<MapData, u32, u32>,
 }
 
 fn typed<T>(name: &'static str, map: Map) -> Result<T, MapsError>
@@ -71,21 +80,30 @@ impl Maps {
             services: typed(MAP_SERVICES, take(MAP_SERVICES)?)?,
             backends: typed(MAP_BACKENDS, take(MAP_BACKENDS)?)?,
             maglev: typed(MAP_MAGLEV, take(MAP_MAGLEV)?)?,
+            flows: typed(MAP_FLOWS, take(MAP_FLOWS)?)?,
             service_stats: typed(MAP_SERVICE_STATS, take(MAP_SERVICE_STATS)?)?,
             backend_stats: typed(MAP_BACKEND_STATS, take(MAP_BACKEND_STATS)?)?,
             global_stats: typed(MAP_GLOBAL_STATS, take(MAP_GLOBAL_STATS)?)?,
+            settings: typed(MAP_SETTINGS, take(MAP_SETTINGS)?)?,
+            vips: typed(MAP_VIPS, take(MAP_VIPS)?)?,
         })
     }
 
-    /// Opens the maps a running agent pinned under `dir`.
-    pub fn open_pinned(dir: &Path) -> Result<Self, MapsError> {
+    /// Opens the maps an agent pinned under the `--bpffs` root `root`.
+    pub fn open_pinned(root: &Path) -> Result<Self, MapsError> {
+        let pins = PinDir::new(root);
+        pins.check_layout()?;
+        let dir = &pins;
         Ok(Self {
             services: typed(MAP_SERVICES, open_pin(dir, MAP_SERVICES)?)?,
             backends: typed(MAP_BACKENDS, open_pin(dir, MAP_BACKENDS)?)?,
             maglev: typed(MAP_MAGLEV, open_pin(dir, MAP_MAGLEV)?)?,
+            flows: typed(MAP_FLOWS, open_pin(dir, MAP_FLOWS)?)?,
             service_stats: typed(MAP_SERVICE_STATS, open_pin(dir, MAP_SERVICE_STATS)?)?,
             backend_stats: typed(MAP_BACKEND_STATS, open_pin(dir, MAP_BACKEND_STATS)?)?,
             global_stats: typed(MAP_GLOBAL_STATS, open_pin(dir, MAP_GLOBAL_STATS)?)?,
+            settings: typed(MAP_SETTINGS, open_pin(dir, MAP_SETTINGS)?)?,
+            vips: typed(MAP_VIPS, open_pin(dir, MAP_VIPS)?)?,
         })
     }
 
@@ -129,11 +147,11 @@ pub(crate) fn map_error(name: &'static str, source: MapError) -> MapsError {
     MapsError::Map { name, source }
 }
 
-fn open_pin(dir: &Path, name: &'static str) -> Result<Map, MapsError> {
-    let path = dir.join(name);
+fn open_pin(pins: &PinDir, name: &'static str) -> Result<Map, MapsError> {
+    let path = pins.map(name);
     if !path.exists() {
         return Err(MapsError::NotPinned {
-            dir: dir.to_owned(),
+            dir: pins.root().to_owned(),
             name,
         });
     }

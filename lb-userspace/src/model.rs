@@ -21,6 +21,14 @@ impl Protocol {
             Self::Udp => lb_common::PROTO_UDP,
         }
     }
+
+    pub fn from_number(number: u8) -> Option<Self> {
+        match number {
+            lb_common::PROTO_TCP => Some(Self::Tcp),
+            lb_common::PROTO_UDP => Some(Self::Udp),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Protocol {

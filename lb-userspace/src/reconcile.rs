@@ -1,6 +1,6 @@
 //! Brings the data path to the desired state, touching only what differs.
 
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::{
     dataplane::Dataplane,
@@ -62,9 +62,6 @@ pub fn apply(dataplane: &mut Dataplane, desired: &DesiredState) -> ApplyReport {
     }
     for frontend in &report.removed {
         info!(%frontend, "service removed");
-    }
-    for (frontend, reason) in &report.failed {
-        warn!(%frontend, %reason, "service not programmed");
     }
     report
 }

@@ -34,11 +34,13 @@ pub fn lb_binary() -> Result<PathBuf> {
     )
 }
 
-/// A running agent; stopping it (SIGTERM on drop) detaches the program.
+/// A running agent. Dropping it stops the process (SIGTERM) and then removes
+/// the state it pinned (`lb down`), which detaches the program.
 pub struct Agent {
-    /// `Some` until drop, which stops the process before cleaning its pins.
+    /// `None` while stopped (see `kill`), and during drop.
     child: Option<ChildGuard>,
     bpffs: PathBuf,
+    args: Vec<String>,
 }
 
 impl Agent {
@@ -47,6 +49,18 @@ impl Agent {
         ns: &NetNs,
         interfaces: &[&str],
         manifests: &Path,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let manifests = manifests.display().to_string();
+        Self::start_from(ns, interfaces, &["--manifests", &manifests], extra)
+    }
+
+    /// Starts `lb agent` in `ns` on `interfaces`, reading the objects from
+    /// `source` (`--manifests PATH`, `--kubeconfig PATH`).
+    pub fn start_from(
+        ns: &NetNs,
+        interfaces: &[&str],
+        source: &[&str],
         extra: &[&str],
     ) -> Result<Self> {
         let bpffs = PathBuf::from(format!(
@@ -58,18 +72,30 @@ impl Agent {
         for iface in interfaces {
             args.extend(["--iface".into(), (*iface).into()]);
         }
-        args.extend([
-            "--manifests".into(),
-            manifests.display().to_string(),
-            "--bpffs".into(),
-            bpffs.display().to_string(),
-        ]);
+        args.extend(source.iter().map(|s| (*s).to_owned()));
+        args.extend(["--bpffs".into(), bpffs.display().to_string()]);
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let child = ns.spawn(lb_binary()?, &args)?;
         Ok(Self {
             child: Some(child),
             bpffs,
+            args,
         })
+    }
+
+    /// Kills the agent with SIGKILL: no chance to clean up, as in a crash.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(child) = self.child.take() {
+            child.signal(libc::SIGKILL)?;
+        }
+        Ok(())
+    }
+
+    /// Starts the agent again, same arguments, after `kill`.
+    pub fn restart(&mut self, ns: &NetNs) -> Result<()> {
+        self.kill()?;
+        self.child = Some(ns.spawn(lb_binary()?, &self.args)?);
+        Ok(())
     }
 
     pub fn bpffs(&self) -> &Path {
@@ -90,19 +116,25 @@ impl Agent {
 
     /// Runs `lb <command> --json` against this agent's pins.
     pub fn query(&self, command: &str) -> Result<Value> {
+        self.query_with(&[command])
+    }
+
+    /// Runs `lb <args...> --json --bpffs <this agent's>`.
+    pub fn query_with(&self, args: &[&str]) -> Result<Value> {
         let output = Command::new(lb_binary()?)
-            .args([command, "--json", "--bpffs"])
+            .args(args)
+            .args(["--json", "--bpffs"])
             .arg(&self.bpffs)
             .output()
-            .with_context(|| format!("running lb {command}"))?;
+            .with_context(|| format!("running lb {args:?}"))?;
         if !output.status.success() {
             bail!(
-                "lb {command} failed: {}",
+                "lb {args:?} failed: {}",
                 String::from_utf8_lossy(&output.stderr)
             );
         }
         serde_json::from_slice(&output.stdout)
-            .with_context(|| format!("parsing lb {command} --json"))
+            .with_context(|| format!("parsing lb {args:?} --json"))
     }
 
     /// Waits until `ready` holds for `lb backends --json`, e.g. until every
@@ -132,15 +164,15 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        // Stopping the agent (SIGTERM, then SIGKILL) lets it unpin; pins a
-        // killed agent left behind are removed here so bpffs is left as it was.
+        // The agent leaves its state pinned on exit (that is the point);
+        // `lb down` removes it so bpffs is left as it was.
         drop(self.child.take());
-        if let Ok(entries) = std::fs::read_dir(&self.bpffs) {
-            for entry in entries.flatten() {
-                let _ = std::fs::remove_file(entry.path());
-            }
+        if let Ok(lb) = lb_binary() {
+            let _ = Command::new(lb)
+                .args(["down", "--bpffs"])
+                .arg(&self.bpffs)
+                .output();
         }
-        let _ = std::fs::remove_dir(&self.bpffs);
     }
 }
 

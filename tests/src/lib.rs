@@ -1,8 +1,11 @@
 //! Test beds for lb: network namespaces and topologies to run the load balancer
-//! in, servers that say which node answered, and packet fixtures for
-//! `BPF_PROG_TEST_RUN`. Shared by the integration tests, the demo and benchmarks.
+//! in, servers that say which node answered, packet fixtures for
+//! `BPF_PROG_TEST_RUN` and a fake Kubernetes API server. Shared by the
+//! integration tests, the demo and benchmarks.
 
 pub mod agent;
+pub mod fake_apiserver;
+pub mod kube_agent;
 pub mod netns;
 pub mod packets;
 pub mod servers;

@@ -10,8 +10,9 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 
 use anyhow::{Context, Result, ensure};
 use etherparse::{
-    ArpEthIpv4Packet, ArpOperation, IpFragOffset, IpHeaders, IpNumber, Ipv4Header, Ipv4Options,
-    NetHeaders, PacketBuilder, PacketHeaders, TransportHeader,
+    ArpEthIpv4Packet, ArpOperation, Icmpv4Type, IpFragOffset, IpHeaders, IpNumber, Ipv4Header,
+    Ipv4Options, NetHeaders, PacketBuilder, PacketHeaders, TransportHeader,
+    icmpv4::DestUnreachableHeader,
 };
 
 /// Source MAC of the frames built here (locally administered).
@@ -28,6 +29,9 @@ const WINDOW: u16 = 64240;
 /// NOP, NOP, NOP, end of options: the smallest non-empty option block (IHL 6).
 const IP_OPTIONS: [u8; 4] = [1, 1, 1, 0];
 const FRAGMENT_ID: u16 = 0x1234;
+const ECHO_ID: u16 = 0x4c42;
+const ECHO_SEQ: u16 = 7;
+const ECHO_PAYLOAD: &[u8] = b"ping payload";
 
 /// Serializes a finished etherparse builder. Fixtures are small, so running out
 /// of room in a frame is a bug in the calling test.
@@ -139,6 +143,49 @@ pub fn ipv6_tcp_syn() -> Vec<u8> {
             .tcp(40000, 80, SEQ, WINDOW)
             .syn(),
         &[]
+    )
+}
+
+/// An ICMP echo request (ping) from `src` to `dst`.
+pub fn icmp_echo_request(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    frame!(
+        PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+            .ipv4(src.octets(), dst.octets(), TTL)
+            .icmpv4_echo_request(ECHO_ID, ECHO_SEQ),
+        ECHO_PAYLOAD
+    )
+}
+
+/// The answer to `icmp_echo_request(src, dst)` as a host would send it: the
+/// same TTL, addresses and MACs swapped.
+pub fn icmp_echo_reply(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    frame!(
+        PacketBuilder::ethernet2(LB_MAC, CLIENT_MAC)
+            .ipv4(dst.octets(), src.octets(), TTL)
+            .icmpv4_echo_reply(ECHO_ID, ECHO_SEQ),
+        ECHO_PAYLOAD
+    )
+}
+
+/// An ICMP "fragmentation needed" from `src` to `dst` quoting the IPv4 packet
+/// inside `quoted_frame` (an Ethernet frame): its first 548 IP bytes, as a
+/// router quotes them.
+pub fn icmp_frag_needed(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    quoted_frame: &[u8],
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+) -> Vec<u8> {
+    let quoted = &quoted_frame[ETH_LEN..];
+    let quoted = &quoted[..quoted.len().min(548)];
+    frame!(
+        PacketBuilder::ethernet2(src_mac, dst_mac)
+            .ipv4(src.octets(), dst.octets(), TTL)
+            .icmpv4(Icmpv4Type::DestinationUnreachable(
+                DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 }
+            )),
+        quoted
     )
 }
 

@@ -229,6 +229,28 @@ impl LineClient {
     pub fn connect(addr: SocketAddrV4, timeout: Duration) -> Result<LineClient> {
         let stream = TcpStream::connect_timeout(&addr.into(), timeout)
             .with_context(|| format!("connecting to {addr}"))?;
+        Self::greeted(stream, addr, timeout)
+    }
+
+    /// Like `connect`, from a chosen local port: the 5-tuple is then known in
+    /// advance, so a test can ask `lb trace` about it first.
+    pub fn connect_from(
+        local_port: u16,
+        addr: SocketAddrV4,
+        timeout: Duration,
+    ) -> Result<LineClient> {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket
+            .bind(&SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, local_port).into())
+            .with_context(|| format!("binding local port {local_port}"))?;
+        socket
+            .connect_timeout(&addr.into(), timeout)
+            .with_context(|| format!("connecting to {addr} from port {local_port}"))?;
+        Self::greeted(socket.into(), addr, timeout)
+    }
+
+    fn greeted(stream: TcpStream, addr: SocketAddrV4, timeout: Duration) -> Result<LineClient> {
         stream.set_read_timeout(Some(timeout))?;
         let writer = stream.try_clone()?;
         let mut client = LineClient {

@@ -111,3 +111,71 @@ fn inspection_says_when_nothing_is_loaded() {
         );
     }
 }
+
+#[test]
+fn state_of_another_layout_is_refused_not_misread() {
+    let root = format!("/sys/fs/bpf/lb-layout-test-{}", std::process::id());
+    std::fs::create_dir_all(format!("{root}/v999")).expect("fake newer layout");
+    let refused = "holds pinned state of map layout v999";
+    assert_error(&["services", "--bpffs", &root], 1, refused);
+    assert_error(&["down", "--bpffs", &root], 1, refused);
+    assert_error(
+        &[
+            "agent",
+            "--iface",
+            "lo",
+            "--manifests",
+            EXAMPLE,
+            "--bpffs",
+            &root,
+        ],
+        1,
+        refused,
+    );
+    assert!(
+        Path::new(&format!("{root}/v999")).is_dir(),
+        "the other layout's state was touched"
+    );
+    std::fs::remove_dir_all(&root).expect("cleanup");
+}
+
+/// Runs `lb args...` expecting success; returns stdout.
+fn lb_ok(args: &[&str]) -> String {
+    let output = Command::new(lb_binary().expect("lb binary"))
+        .args(args)
+        .output()
+        .expect("run lb");
+    assert!(output.status.success(), "lb {args:?}: {output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn help_completions_and_man_page_come_from_the_clap_model() {
+    let help = lb_ok(&["--help"]);
+    for command in [
+        "agent",
+        "services",
+        "backends",
+        "flows",
+        "stats",
+        "trace",
+        "down",
+        "completions",
+        "man",
+    ] {
+        assert!(
+            help.contains(command),
+            "`lb --help` lacks {command}:\n{help}"
+        );
+        let command_help = lb_ok(&[command, "--help"]);
+        assert!(command_help.contains("Usage: lb"), "{command_help}");
+    }
+    let bash = lb_ok(&["completions", "bash"]);
+    assert!(
+        bash.contains("complete") && bash.contains("trace"),
+        "{bash}"
+    );
+    let man = lb_ok(&["man"]);
+    assert!(man.starts_with(".ie") || man.contains(".TH"), "{man}");
+    assert!(man.contains("trace"), "the man page lists the commands");
+}

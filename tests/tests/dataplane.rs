@@ -38,6 +38,7 @@ fn load(max_services: u32) -> Dataplane {
         ring_size: RING_SIZE,
         max_services,
         pin_dir: None,
+        ..Default::default()
     })
     .expect("load")
 }

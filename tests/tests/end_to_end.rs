@@ -252,7 +252,7 @@ fn one_arm_serves_tcp_and_udp_through_one_interface() {
     assert!(udp_reply.starts_with("node-"), "UDP reply {udp_reply:?}");
     let stats = agent.query("stats").expect("lb stats");
     assert!(
-        stats["forward_tx"].as_u64().unwrap_or(0) > 0,
+        stats["totals"]["forward_tx"].as_u64().unwrap_or(0) > 0,
         "one-arm forwards with XDP_TX: {stats}"
     );
     drop(agent);

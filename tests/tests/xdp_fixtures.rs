@@ -174,6 +174,7 @@ fn load(bench: &Bench) -> Dataplane {
         ring_size: RING_SIZE,
         max_services: 8,
         pin_dir: None,
+        answer_ping: true,
     })
     .expect("load");
     dataplane.add_tx_port(bench.client_if).expect("tx port");
@@ -216,6 +217,27 @@ fn fixtures_in_namespace(bench: &Bench) {
     let reply = packets::tcp_ack(sock(node_ip(1), 31000), client, b"HTTP/1.0 200 OK\r\n");
     let local_syn = packets::tcp_syn(sock(LOCAL_CLIENT, 40000), vip_http);
     let unresolved_syn = packets::tcp_syn(client, sock(VIP_UNRESOLVED, 80));
+    // ICMP errors quote packets as they were on the wire on the far side.
+    let syn_to_node = to_node1(&syn, 31000);
+    let reply_from_vip = packets::expect_snat(&reply, vip_http, bench.client_if_mac, CLIENT_MAC);
+    let frag_needed_from_node = packets::icmp_frag_needed(
+        node_ip(1),
+        CLIENT,
+        &syn_to_node,
+        node_mac(1),
+        bench.node_if_mac,
+    );
+    let frag_needed_to_client =
+        packets::icmp_frag_needed(VIP, CLIENT, &syn, bench.client_if_mac, CLIENT_MAC);
+    let frag_needed_from_client = packets::icmp_frag_needed(
+        CLIENT,
+        VIP,
+        &reply_from_vip,
+        CLIENT_MAC,
+        bench.client_if_mac,
+    );
+    let frag_needed_to_node =
+        packets::icmp_frag_needed(CLIENT, node_ip(1), &reply, bench.node_if_mac, node_mac(1));
     let fixtures = vec![
         Fixture {
             description: "TCP SYN to a VIP is DNAT-ed and redirected to the node side",
@@ -242,6 +264,47 @@ fn fixtures_in_namespace(bench: &Bench) {
             input: reply,
             ingress: Ingress::Nodes,
             action: XDP_REDIRECT,
+        },
+        Fixture {
+            description: "ICMP frag-needed from the node about a request: told to the client as the VIP",
+            input: frag_needed_from_node,
+            ingress: Ingress::Nodes,
+            action: XDP_REDIRECT,
+            output: Expected::Bytes(frag_needed_to_client),
+        },
+        Fixture {
+            description: "ICMP frag-needed from the client side about a reply: told to the node",
+            input: frag_needed_from_client,
+            ingress: Ingress::Clients,
+            action: XDP_REDIRECT,
+            output: Expected::Bytes(frag_needed_to_node),
+        },
+        Fixture {
+            description: "ICMP echo to a VIP is answered",
+            input: packets::icmp_echo_request(CLIENT, VIP),
+            ingress: Ingress::Clients,
+            action: XDP_TX,
+            output: Expected::Bytes(packets::icmp_echo_reply(CLIENT, VIP)),
+        },
+        Fixture {
+            description: "ICMP echo to another address passes",
+            input: packets::icmp_echo_request(CLIENT, node_ip(1)),
+            ingress: Ingress::Clients,
+            action: XDP_PASS,
+            output: Expected::Unchanged,
+        },
+        Fixture {
+            description: "an ICMP error about an untracked flow passes",
+            input: packets::icmp_frag_needed(
+                node_ip(2),
+                CLIENT,
+                &packets::tcp_syn(sock(CLIENT, 45555), sock(node_ip(2), 31000)),
+                node_mac(2),
+                bench.node_if_mac,
+            ),
+            ingress: Ingress::Nodes,
+            action: XDP_PASS,
+            output: Expected::Unchanged,
         },
         Fixture {
             description: "a reply of an untracked flow passes unchanged",
@@ -380,7 +443,13 @@ fn fixtures_in_namespace(bench: &Bench) {
     assert_eq!(global[counters::FIB_MISS as usize], 1, "one FIB miss");
     assert_eq!(global[counters::DROP_NO_BACKEND as usize], 1);
     assert_eq!(global[counters::PASS_FRAGMENT as usize], 1);
-    assert_eq!(global[counters::REPLY_REDIRECT as usize], 1);
+    assert_eq!(
+        global[counters::REPLY_REDIRECT as usize],
+        2,
+        "the reply and one ICMP error"
+    );
+    assert_eq!(global[counters::ICMP_TRANSLATED as usize], 2);
+    assert_eq!(global[counters::ICMP_ECHO_REPLY as usize], 1);
     let outcomes: u64 = [
         counters::FORWARD_TX,
         counters::FORWARD_REDIRECT,
@@ -395,6 +464,7 @@ fn fixtures_in_namespace(bench: &Bench) {
         counters::PASS_NOT_SERVICE,
         counters::DROP_NO_BACKEND,
         counters::DROP_INTERNAL,
+        counters::ICMP_ECHO_REPLY,
     ]
     .iter()
     .map(|&c| global[c as usize])

@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 mod util;
@@ -39,7 +40,18 @@ enum Command {
     /// `cargo clippy --workspace --all-targets -- -D warnings`,
     /// `cargo +nightly clippy -p lb-ebpf --target bpfel-unknown-none -Z build-std=core` (with
     /// `-D warnings`), and `cargo test --workspace`. Needs root.
-    Test,
+    ///
+    /// With `--fuzz`, then runs every cargo-fuzz target under fuzz/ for a bounded time
+    /// (`cargo +nightly fuzz run TARGET -- -max_total_time=SECONDS`), installing g++ (for
+    /// libFuzzer) and cargo-fuzz first if they are missing.
+    Test {
+        /// Also run the fuzz targets, each for --fuzz-seconds
+        #[arg(long)]
+        fuzz: bool,
+        /// How long each fuzz target runs
+        #[arg(long, value_name = "SECONDS", default_value_t = 30, requires = "fuzz")]
+        fuzz_seconds: u32,
+    },
     /// Build the release binaries and run the demo (lb-demo)
     ///
     /// Runs setup, `cargo build --release -p lb-userspace -p lb-tests --bins`, then
@@ -72,7 +84,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Setup => setup::run().map(|()| 0),
-        Command::Test => test::run().map(|()| 0),
+        Command::Test { fuzz, fuzz_seconds } => test::run(fuzz.then_some(fuzz_seconds)).map(|()| 0),
         Command::Demo { args } => demo::run(&args),
         Command::Bench { args } => bench::run(&args),
     };

@@ -23,6 +23,9 @@ pub const BENCH_PACKAGES: &[&str] = &[
     "hping3",
 ];
 
+/// Debian packages fuzzing needs: libfuzzer-sys compiles libFuzzer, which is C++.
+const FUZZ_PACKAGES: &[&str] = &["g++"];
+
 /// Components of the nightly toolchain: `rust-src` for `-Z build-std=core`, `clippy` for
 /// linting the eBPF crate.
 const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "clippy"];
@@ -85,6 +88,35 @@ fn apt_packages(root: bool) -> Result<()> {
             "setup: warning: not in the Debian archive, skipped: {}",
             unavailable.join(" ")
         );
+    }
+    Ok(())
+}
+
+/// Installs what `cargo xtask test --fuzz` needs beyond `run`: a C++ compiler for libFuzzer
+/// and cargo-fuzz. Silent when both are there.
+pub fn fuzzing() -> Result<()> {
+    let missing = missing_packages(FUZZ_PACKAGES)?;
+    if !missing.is_empty() {
+        if !util::is_root()? {
+            bail!(
+                "fuzzing needs {}; installing it needs root: `apt-get install {}`",
+                missing.join(" "),
+                missing.join(" ")
+            );
+        }
+        println!("setup: apt-get update");
+        util::run_quiet(cmd("apt-get").args(["update", "-qq"]))?;
+        println!("setup: installing {}", missing.join(" "));
+        apt_install(&missing)?;
+    }
+    // Any cargo-fuzz on PATH will do, however it was installed.
+    let present = cmd("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !present {
+        println!("setup: cargo install cargo-fuzz --locked (takes a minute)");
+        util::run(cmd("cargo").args(["install", "--quiet", "--locked", "cargo-fuzz"]))?;
     }
     Ok(())
 }

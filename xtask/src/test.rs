@@ -3,7 +3,7 @@
 use anyhow::{Context as _, Result};
 
 use crate::{
-    setup,
+    fuzz, setup,
     util::{self, cmd},
 };
 
@@ -61,7 +61,8 @@ const STEPS: &[Step] = &[
     },
 ];
 
-pub fn run() -> Result<()> {
+/// Runs the steps, then, with `fuzz_seconds`, every fuzz target for that long.
+pub fn run(fuzz_seconds: Option<u32>) -> Result<()> {
     setup::run().context("setup failed")?;
     util::require_root("test")?;
     for (index, step) in STEPS.iter().enumerate() {
@@ -77,5 +78,8 @@ pub fn run() -> Result<()> {
         util::run(&mut command).with_context(|| format!("step `{}` failed", step.name))?;
     }
     println!("==> all {} steps passed", STEPS.len());
+    if let Some(seconds) = fuzz_seconds {
+        fuzz::run(seconds).context("fuzzing failed")?;
+    }
     Ok(())
 }

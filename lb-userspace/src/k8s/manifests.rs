@@ -1,20 +1,27 @@
-//! Loading Services and Nodes from manifest files, so lb can run (and be
-//! tested) without an API server.
+//! Loading Services, Nodes and EndpointSlices from manifest files, so lb can
+//! run (and be tested) without an API server.
 
 use std::{
     fmt::Display,
     fs, io,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
 use serde_yaml::Value;
 
-/// The Kubernetes objects lb reads, from any source.
+/// The Kubernetes objects lb reads, from any source. Shared, so that a
+/// snapshot of a large cluster costs no copy of it.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterObjects {
-    pub services: Vec<Service>,
-    pub nodes: Vec<Node>,
+    pub services: Vec<Arc<Service>>,
+    pub nodes: Vec<Arc<Node>>,
+    /// discovery.k8s.io/v1 slices: which nodes run a Service's endpoints.
+    pub endpoint_slices: Vec<Arc<EndpointSlice>>,
 }
 
 /// What [`load_path`] found.
@@ -24,6 +31,9 @@ pub struct Loaded {
     /// Documents skipped, each as "file: doc N: reason", so one bad document
     /// does not hide the rest of a directory.
     pub skipped: Vec<String>,
+    /// How many of them were not even valid YAML/JSON text: a file caught
+    /// half-written, or garbage, rather than one bad object.
+    pub unparseable: usize,
 }
 
 #[derive(thiserror::Error, Debug)]
@@ -32,6 +42,11 @@ pub enum ManifestError {
     NotFound { path: PathBuf },
     #[error("cannot read {}: {source}", path.display())]
     Read { path: PathBuf, source: io::Error },
+    #[error(
+        "{}: {count} document(s) are not valid YAML/JSON (half-written or corrupt)",
+        path.display()
+    )]
+    Unparseable { path: PathBuf, count: usize },
 }
 
 /// Loads PATH: one YAML file (multi-document with `---`, and `kind: List`
@@ -89,7 +104,7 @@ fn load_file(path: &Path, loaded: &mut Loaded) -> Result<(), ManifestError> {
     })?;
     let mut file = FileLoader { path, loaded };
     let Ok(text) = String::from_utf8(bytes) else {
-        file.skip("whole file", "not valid UTF-8");
+        file.unparseable("whole file", "not valid UTF-8");
         return Ok(());
     };
     if path.extension().is_some_and(|ext| ext == "json") {
@@ -97,7 +112,7 @@ fn load_file(path: &Path, loaded: &mut Loaded) -> Result<(), ManifestError> {
         // indentation YAML forbids.
         match serde_json::from_str::<Value>(&text) {
             Ok(value) => file.add("doc 1", value),
-            Err(err) => file.skip("doc 1", format!("invalid JSON: {err}")),
+            Err(err) => file.unparseable("doc 1", format!("invalid JSON: {err}")),
         }
         return Ok(());
     }
@@ -108,7 +123,7 @@ fn load_file(path: &Path, loaded: &mut Loaded) -> Result<(), ManifestError> {
         // Leading newlines make the parser's "at line N" count from the file's start.
         match serde_yaml::from_str::<Value>(&format!("{}{doc}", "\n".repeat(line))) {
             Ok(value) => file.add(&at, value),
-            Err(err) => file.skip(&at, format!("invalid YAML: {err}")),
+            Err(err) => file.unparseable(&at, format!("invalid YAML: {err}")),
         }
     }
     Ok(())
@@ -150,12 +165,16 @@ impl FileLoader<'_> {
         };
         match kind {
             "Service" => match serde_yaml::from_value(value) {
-                Ok(service) => self.loaded.objects.services.push(service),
+                Ok(service) => self.loaded.objects.services.push(Arc::new(service)),
                 Err(err) => self.skip(at, format!("invalid Service: {err}")),
             },
             "Node" => match serde_yaml::from_value(value) {
-                Ok(node) => self.loaded.objects.nodes.push(node),
+                Ok(node) => self.loaded.objects.nodes.push(Arc::new(node)),
                 Err(err) => self.skip(at, format!("invalid Node: {err}")),
+            },
+            "EndpointSlice" => match serde_yaml::from_value(value) {
+                Ok(slice) => self.loaded.objects.endpoint_slices.push(Arc::new(slice)),
+                Err(err) => self.skip(at, format!("invalid EndpointSlice: {err}")),
             },
             "List" => match value.get("items") {
                 Some(Value::Sequence(items)) => {
@@ -168,6 +187,11 @@ impl FileLoader<'_> {
             },
             _ => {}
         }
+    }
+
+    fn unparseable(&mut self, at: &str, reason: impl Display) {
+        self.loaded.unparseable += 1;
+        self.skip(at, reason);
     }
 
     fn skip(&mut self, at: &str, reason: impl Display) {
@@ -249,6 +273,33 @@ mod tests {
             .as_ref()
             .unwrap()[0];
         assert_eq!((port.port, port.node_port), (80, Some(30080)));
+    }
+
+    #[test]
+    fn endpoint_slices() {
+        let dir = TempDir::new("slices");
+        let slice = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  \
+                     name: web-abc\n  namespace: ns\n  labels:\n    \
+                     kubernetes.io/service-name: web\naddressType: IPv4\nendpoints:\n\
+                     - addresses: [10.244.1.5]\n  nodeName: n1\n  conditions:\n    \
+                     ready: false\n    serving: true\n    terminating: true\n";
+        // A malformed EndpointSlice is skipped.
+        let broken = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  \
+                      name: broken\naddressType: IPv4\nendpoints: not-a-list\n";
+        let text = format!("{slice}---\n{broken}---\n{}", service("web"));
+        let loaded = load_path(&dir.write("slices.yaml", &text)).unwrap();
+        assert_eq!(service_names(&loaded), ["web"]);
+        let slices = &loaded.objects.endpoint_slices;
+        assert_eq!(slices.len(), 1);
+        let endpoint = &slices[0].endpoints.as_ref().unwrap()[0];
+        assert_eq!(endpoint.node_name.as_deref(), Some("n1"));
+        let conditions = endpoint.conditions.as_ref().unwrap();
+        assert_eq!(
+            (conditions.ready, conditions.terminating),
+            (Some(false), Some(true))
+        );
+        assert_eq!(loaded.skipped.len(), 1, "{:?}", loaded.skipped);
+        assert!(loaded.skipped[0].contains("doc 2: invalid EndpointSlice"));
     }
 
     #[test]

@@ -1,7 +1,11 @@
-//! Kubernetes objects: loading and translating them into the desired state.
+//! Kubernetes objects: where they come from (manifests or an API server),
+//! translating them into the desired state, and reporting back.
+pub mod kube_source;
 pub mod manifests;
+pub mod pools;
 pub mod source;
+mod status;
 pub mod translate;
 
 pub use manifests::{ClusterObjects, Loaded, ManifestError, load_path};
-pub use translate::{NODE_WEIGHT_ANNOTATION, Translation, translate};
+pub use translate::{NODE_WEIGHT_ANNOTATION, Translation, Translator};

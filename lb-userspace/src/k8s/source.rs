@@ -9,6 +9,7 @@ use std::{
 use tokio::time::{Interval, MissedTickBehavior, interval};
 
 use super::{
+    kube_source::KubeSource,
     manifests::{ClusterObjects, ManifestError, load_path},
     translate::Translation,
 };
@@ -19,6 +20,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// A source of cluster objects.
 pub enum Source {
     Manifests(ManifestSource),
+    Kubernetes(Box<KubeSource>),
 }
 
 impl Source {
@@ -28,6 +30,8 @@ impl Source {
     pub async fn changed(&mut self) -> Result<ClusterObjects, ManifestError> {
         match self {
             Self::Manifests(source) => source.changed().await,
+            // Watch errors are retried inside; the stores keep the last good state.
+            Self::Kubernetes(source) => Ok(source.changed().await),
         }
     }
 
@@ -35,15 +39,17 @@ impl Source {
     pub fn refresh(&mut self) {
         match self {
             Self::Manifests(source) => source.forced = true,
+            Self::Kubernetes(source) => source.refresh(),
         }
     }
 
     /// Tells the source what was made of its objects (a Kubernetes source writes
     /// the assigned VIPs back into the Services' status).
-    pub async fn report(&mut self, _translation: &Translation) {
+    pub async fn report(&mut self, translation: &Translation) {
         match self {
             // Manifests are the operator's files: lb never writes them.
             Self::Manifests(_) => {}
+            Self::Kubernetes(source) => source.report(translation).await,
         }
     }
 }
@@ -55,6 +61,8 @@ pub struct ManifestSource {
     ticker: Option<Interval>,
     seen: Option<Fingerprint>,
     forced: bool,
+    /// A read has been handed out: from then on there is a good state to keep.
+    served: bool,
 }
 
 impl ManifestSource {
@@ -64,6 +72,7 @@ impl ManifestSource {
             ticker: None,
             seen: None,
             forced: true,
+            served: false,
         }
     }
 
@@ -81,7 +90,19 @@ impl ManifestSource {
             }
             self.forced = false;
             self.seen = Some(fingerprint);
-            return load_path(&self.path).map(|loaded| loaded.objects);
+            let loaded = load_path(&self.path)?;
+            // A bad object is skipped and the rest served. Once something was
+            // served, text that does not parse at all (a file caught mid-write,
+            // garbage) must not take services away: the caller keeps the last
+            // good state until the files parse again.
+            if loaded.unparseable > 0 && self.served {
+                return Err(ManifestError::Unparseable {
+                    path: self.path.clone(),
+                    count: loaded.unparseable,
+                });
+            }
+            self.served = true;
+            return Ok(loaded.objects);
         }
     }
 }

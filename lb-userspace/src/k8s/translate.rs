@@ -1,64 +1,175 @@
-//! Turning Services and Nodes into the desired state of the data path.
+//! Turning Services, Nodes and EndpointSlices into the desired state of the
+//! data path.
 //!
-//! Traffic goes to every usable node on the Service's NodePort (like a cloud
-//! load balancer with `externalTrafficPolicy: Cluster`), so Endpoints are not
-//! needed: kube-proxy on the node takes it from there.
+//! Traffic goes to nodes on the Service's NodePort, like a cloud load balancer:
+//! kube-proxy on the node takes it from there. With `externalTrafficPolicy:
+//! Cluster` every usable node serves; with `Local` only nodes that run a ready
+//! endpoint of the Service (kube-proxy drops traffic on the others).
+
+mod backends;
+mod vips;
 
 use std::{
     collections::{BTreeMap, BTreeSet, btree_map::Entry},
-    fmt::Display,
+    fmt,
     net::Ipv4Addr,
+    sync::Arc,
 };
 
-use k8s_openapi::api::core::v1::{Node, Service, ServicePort};
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec as K8sServiceSpec};
 
-use super::manifests::ClusterObjects;
-use crate::{
-    model::{BackendSpec, DesiredState, Frontend, Protocol, ServiceSpec},
-    vip_pool::{PoolError, VipPool},
-};
+use super::{manifests::ClusterObjects, pools::Pools};
+use crate::model::{DesiredState, Frontend};
 
 /// Annotation on a Node giving its Maglev weight (positive integer; default 1),
 /// so bigger nodes can take a bigger share of new connections.
 pub const NODE_WEIGHT_ANNOTATION: &str = "lb.dev/weight";
+/// Annotation on a Service asking for one address (`spec.loadBalancerIP` is
+/// deprecated upstream; this wins over it).
+pub const ADDRESS_ANNOTATION: &str = "lb.dev/address";
+/// Annotation on a Service naming the pool to allocate its VIP from.
+pub const POOL_ANNOTATION: &str = "lb.dev/pool";
+/// The `spec.loadBalancerClass` lb answers to by default; Services without a
+/// class are served too, as the cluster's default load balancer.
+pub const DEFAULT_LOAD_BALANCER_CLASS: &str = "lb.dev/xdp";
+/// The label tying an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// What [`translate`] computed.
+/// What the translation may not decide by itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TranslateConfig {
+    /// Services with another `spec.loadBalancerClass` belong to another controller.
+    pub load_balancer_class: String,
+    /// Which of a Node's `status.addresses` types traffic is sent to.
+    pub node_address_type: String,
+}
+
+impl Default for TranslateConfig {
+    fn default() -> Self {
+        Self {
+            load_balancer_class: DEFAULT_LOAD_BALANCER_CLASS.to_owned(),
+            node_address_type: "InternalIP".to_owned(),
+        }
+    }
+}
+
+/// Translates cluster objects, remembering VIP allocations from one round to the
+/// next so that Services keep their addresses.
+#[derive(Debug, Clone, Default)]
+pub struct Translator {
+    pub config: TranslateConfig,
+    pub pools: Pools,
+}
+
+/// How the backends of one service port are health checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HealthCheck {
+    /// A TCP connect to the backend's NodePort.
+    NodePort,
+    /// An HTTP GET on the Service's `healthCheckNodePort`, where kube-proxy
+    /// answers 200 only while the node has a local endpoint (policy Local).
+    HealthCheckNodePort(u16),
+}
+
+/// What [`Translator::translate`] computed.
 #[derive(Debug, Clone, Default)]
 pub struct Translation {
     pub state: DesiredState,
-    /// Services or nodes skipped, each "kind namespace/name: reason", so one
-    /// bad object does not take the others down with it.
-    pub skipped: Vec<String>,
+    /// The VIP of every Service that got one, by `namespace/name`: what its
+    /// `status.loadBalancer.ingress` should say.
+    pub vips: BTreeMap<String, Ipv4Addr>,
+    /// Services that gave their VIP up this round (deleted, or no longer a load
+    /// balancer of ours), with the address, so a stale status can be cleared.
+    pub released: Vec<(String, Ipv4Addr)>,
+    pub checks: BTreeMap<Frontend, HealthCheck>,
+    /// Objects (or parts of them) not served, so one bad object does not take
+    /// the others down with it.
+    pub skipped: Vec<Skipped>,
 }
 
-/// Computes what the data path should serve.
-///
-/// VIPs: `spec.loadBalancerIP` if set, else the first IPv4
-/// `status.loadBalancer.ingress[].ip`, else allocated from `pool` keyed by
-/// "namespace/name". Requested addresses are claimed in the pool before
-/// anything is allocated, so allocations never collide with them. Two
-/// Services may share a VIP only if their (port, protocol) sets are disjoint
-/// (MetalLB's "allow-shared-ip", simplified); otherwise the later one in
-/// namespace/name order is skipped. Pool owners no longer present are released.
-pub fn translate(objects: &ClusterObjects, mut pool: Option<&mut VipPool>) -> Translation {
-    let mut skips = Skips::default();
-    let nodes = usable_nodes(&objects.nodes, &mut skips);
-    let services = load_balancers(&objects.services, &mut skips);
-    if let Some(pool) = pool.as_deref_mut() {
-        let live = services
-            .iter()
-            .map(|service| service.owner.clone())
-            .collect();
-        for owner in pool.retain_owners(&live) {
-            tracing::info!("released the VIP of {owner}, which is gone");
+/// Why an object (or a port of it) is not served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// "Service" or "Node".
+    pub kind: &'static str,
+    /// `namespace/name` of a Service, the name of a Node.
+    pub name: String,
+    pub problem: Problem,
+    pub reason: String,
+}
+
+impl fmt::Display for Skipped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.kind, self.name, self.reason)
+    }
+}
+
+/// The kind of a skip, which a Kubernetes Event reports as its reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Problem {
+    /// The object asks for something that cannot be done as written.
+    Invalid,
+    /// Another Service holds the address, or listens on the same port of it.
+    AddressConflict,
+    /// No address was free in the pool (or no pool is configured).
+    AllocationFailed,
+}
+
+impl Problem {
+    pub fn event_reason(self) -> &'static str {
+        match self {
+            Self::Invalid => "InvalidConfiguration",
+            Self::AddressConflict => "AddressConflict",
+            Self::AllocationFailed => "AllocationFailed",
         }
     }
-    let mut state = DesiredState::default();
-    for (service, vip) in assign_vips(&services, pool, &mut skips) {
-        for port in service.ports {
-            match port_spec(service, port, vip, &nodes) {
-                Ok(spec) => match state.services.entry(spec.frontend) {
+}
+
+impl Translator {
+    pub fn new(config: TranslateConfig, pools: Pools) -> Self {
+        Self { config, pools }
+    }
+
+    /// Computes what the data path should serve.
+    ///
+    /// VIPs: the `lb.dev/address` annotation, else `spec.loadBalancerIP`, else
+    /// the first IPv4 `status.loadBalancer.ingress[].ip` (unless it lies outside
+    /// the Service's pool), else allocated from the pool the `lb.dev/pool`
+    /// annotation names (the first pool by default). Requested addresses are
+    /// claimed before anything is allocated, so allocations never collide with
+    /// them. Two Services may share a VIP only if both request it and their
+    /// (port, protocol) sets are disjoint; otherwise the one already holding it
+    /// keeps it. Owners no longer served are released.
+    pub fn translate(&mut self, objects: &ClusterObjects) -> Translation {
+        let mut skips = Skips::default();
+        let nodes = backends::usable_nodes(&objects.nodes, &self.config, &mut skips);
+        let endpoints = backends::index_endpoints(&objects.endpoint_slices);
+        let services = self.load_balancers(&objects.services, &mut skips);
+        let live: BTreeSet<&str> = services.iter().map(|s| s.owner.as_str()).collect();
+        let released = self.pools.retain_owners(&live);
+        for (owner, vip) in &released {
+            tracing::info!(%vip, "released the VIP of {owner}, which lb no longer serves");
+        }
+        let mut translation = Translation {
+            released,
+            ..Translation::default()
+        };
+        for (service, vip) in vips::assign(&services, &mut self.pools, &mut skips) {
+            translation.vips.insert(service.owner.clone(), vip);
+            let backends = backends::for_service(service, &nodes, &endpoints);
+            for port in service.ports {
+                let spec = match backends::port_spec(service, port, vip, &backends) {
+                    Ok(spec) => spec,
+                    Err(reason) => {
+                        skips.service(&service.owner, Problem::Invalid, reason);
+                        continue;
+                    }
+                };
+                match translation.state.services.entry(spec.frontend) {
                     Entry::Vacant(entry) => {
+                        translation
+                            .checks
+                            .insert(spec.frontend, service.health_check());
                         entry.insert(spec);
                     }
                     Entry::Occupied(entry) => {
@@ -67,318 +178,126 @@ pub fn translate(objects: &ClusterObjects, mut pool: Option<&mut VipPool>) -> Tr
                             spec.frontend,
                             entry.get().name
                         );
-                        skips.service(&service.owner, reason);
+                        skips.service(&service.owner, Problem::AddressConflict, reason);
                     }
-                },
-                Err(reason) => skips.service(&service.owner, reason),
+                }
             }
         }
+        translation.skipped = skips.0;
+        translation
     }
-    Translation {
-        state,
-        skipped: skips.0,
+
+    /// Services of type LoadBalancer of our class, sorted by namespace/name,
+    /// which decides who wins a conflict when nothing else does.
+    fn load_balancers<'a>(
+        &self,
+        services: &'a [Arc<Service>],
+        skips: &mut Skips,
+    ) -> Vec<LoadBalancer<'a>> {
+        let mut found = Vec::new();
+        for service in services {
+            let Some(spec) = service.spec.as_ref().filter(|spec| {
+                spec.type_.as_deref() == Some("LoadBalancer")
+                    && spec
+                        .load_balancer_class
+                        .as_deref()
+                        .is_none_or(|class| class == self.config.load_balancer_class)
+            }) else {
+                continue;
+            };
+            let namespace = service.metadata.namespace.as_deref().unwrap_or("default");
+            let Some(name) = service.metadata.name.as_deref() else {
+                let owner = format!("{namespace}/<unnamed>");
+                skips.service(&owner, Problem::Invalid, "no metadata.name");
+                continue;
+            };
+            found.push(LoadBalancer {
+                owner: format!("{namespace}/{name}"),
+                namespace,
+                name,
+                service,
+                spec,
+                ports: spec.ports.as_deref().unwrap_or_default(),
+            });
+        }
+        found.sort_by(|a, b| a.owner.cmp(&b.owner));
+        found
     }
 }
 
 /// Skip reasons, each also logged as it is found.
 #[derive(Default)]
-struct Skips(Vec<String>);
+struct Skips(Vec<Skipped>);
 
 impl Skips {
-    fn service(&mut self, owner: &str, reason: impl Display) {
-        self.push(format!("Service {owner}: {reason}"));
+    fn service(&mut self, owner: &str, problem: Problem, reason: impl fmt::Display) {
+        self.push("Service", owner, problem, reason);
     }
 
-    fn node(&mut self, name: &str, reason: impl Display) {
-        self.push(format!("Node {name}: {reason}"));
+    fn node(&mut self, name: &str, reason: impl fmt::Display) {
+        self.push("Node", name, Problem::Invalid, reason);
     }
 
-    fn push(&mut self, skipped: String) {
+    fn push(
+        &mut self,
+        kind: &'static str,
+        name: &str,
+        problem: Problem,
+        reason: impl fmt::Display,
+    ) {
+        let skipped = Skipped {
+            kind,
+            name: name.to_owned(),
+            problem,
+            reason: reason.to_string(),
+        };
         tracing::warn!("skipping {skipped}");
         self.0.push(skipped);
     }
 }
 
-/// A node traffic can be sent to.
-struct Member<'a> {
-    name: &'a str,
-    ip: Ipv4Addr,
-    weight: u32,
-}
-
-/// Ready, schedulable nodes sorted by name, so equal sets compare equal.
-/// Nodes that are merely not ready are left out silently: that is routine.
-fn usable_nodes<'a>(nodes: &'a [Node], skips: &mut Skips) -> Vec<Member<'a>> {
-    let mut members = Vec::new();
-    for node in nodes {
-        let Some(name) = node.metadata.name.as_deref() else {
-            skips.node("<unnamed>", "no metadata.name");
-            continue;
-        };
-        let unschedulable = node.spec.as_ref().and_then(|spec| spec.unschedulable) == Some(true);
-        if unschedulable || !is_ready(node) {
-            continue;
-        }
-        match member(name, node) {
-            Ok(member) => members.push(member),
-            Err(reason) => skips.node(name, reason),
-        }
-    }
-    members.sort_by_key(|member| member.name);
-    members
-}
-
-fn is_ready(node: &Node) -> bool {
-    let conditions = node
-        .status
-        .as_ref()
-        .and_then(|status| status.conditions.as_deref());
-    conditions
-        .unwrap_or_default()
-        .iter()
-        .any(|condition| condition.type_ == "Ready" && condition.status == "True")
-}
-
-fn member<'a>(name: &'a str, node: &Node) -> Result<Member<'a>, String> {
-    let addresses = node
-        .status
-        .as_ref()
-        .and_then(|status| status.addresses.as_deref());
-    let ip = addresses
-        .unwrap_or_default()
-        .iter()
-        .filter(|address| address.type_ == "InternalIP")
-        .find_map(|address| address.address.parse().ok())
-        .ok_or("no IPv4 InternalIP address")?;
-    let annotations = node.metadata.annotations.as_ref();
-    let weight = match annotations.and_then(|annotations| annotations.get(NODE_WEIGHT_ANNOTATION)) {
-        None => 1,
-        Some(text) => text
-            .parse()
-            .ok()
-            .filter(|&weight| weight > 0)
-            .ok_or_else(|| {
-                format!("annotation {NODE_WEIGHT_ANNOTATION}={text:?} is not a positive integer")
-            })?,
-    };
-    Ok(Member { name, ip, weight })
-}
-
-/// A Service of type LoadBalancer.
+/// A Service of type LoadBalancer that lb serves.
 struct LoadBalancer<'a> {
     /// "namespace/name": the pool owner and the prefix of port names.
     owner: String,
+    namespace: &'a str,
+    name: &'a str,
     service: &'a Service,
+    spec: &'a K8sServiceSpec,
     ports: &'a [ServicePort],
 }
 
 impl LoadBalancer<'_> {
-    /// The VIP the Service asks for or already has; `None` to allocate one.
-    fn requested_vip(&self) -> Result<Option<Ipv4Addr>, String> {
-        let spec = self.service.spec.as_ref();
-        if let Some(text) = spec
-            .and_then(|spec| spec.load_balancer_ip.as_deref())
-            .filter(|text| !text.is_empty())
-        {
-            let vip = text
-                .parse()
-                .map_err(|_| format!("spec.loadBalancerIP {text:?} is not an IPv4 address"))?;
-            return Ok(Some(vip));
+    fn annotation(&self, key: &str) -> Option<&str> {
+        let annotations = self.service.metadata.annotations.as_ref()?;
+        annotations
+            .get(key)
+            .map(|value| value.trim())
+            .filter(|value| !value.is_empty())
+    }
+
+    fn is_local(&self) -> bool {
+        self.spec.external_traffic_policy.as_deref() == Some("Local")
+    }
+
+    fn health_check(&self) -> HealthCheck {
+        let port = self
+            .spec
+            .health_check_node_port
+            .and_then(backends::valid_port);
+        match port {
+            Some(port) if self.is_local() => HealthCheck::HealthCheckNodePort(port),
+            _ => HealthCheck::NodePort,
         }
-        let status = self
-            .service
-            .status
-            .as_ref()
-            .and_then(|status| status.load_balancer.as_ref());
-        let ingress = status
-            .and_then(|status| status.ingress.as_deref())
-            .unwrap_or_default();
-        Ok(ingress
-            .iter()
-            .find_map(|ingress| ingress.ip.as_deref()?.parse().ok()))
     }
 
     /// What this Service listens on, to tell whether it can share a VIP.
     fn listeners(&self) -> BTreeSet<(i32, &str)> {
         self.ports
             .iter()
-            .map(|port| (port.port, protocol_name(port)))
+            .map(|port| (port.port, backends::protocol_name(port)))
             .collect()
     }
-}
-
-fn protocol_name(port: &ServicePort) -> &str {
-    port.protocol.as_deref().unwrap_or("TCP")
-}
-
-/// Services of type LoadBalancer sorted by namespace/name, which decides who
-/// wins a VIP conflict.
-fn load_balancers<'a>(services: &'a [Service], skips: &mut Skips) -> Vec<LoadBalancer<'a>> {
-    let mut found = Vec::new();
-    for service in services {
-        let Some(spec) = service
-            .spec
-            .as_ref()
-            .filter(|spec| spec.type_.as_deref() == Some("LoadBalancer"))
-        else {
-            continue;
-        };
-        let namespace = service.metadata.namespace.as_deref().unwrap_or("default");
-        let Some(name) = service.metadata.name.as_deref() else {
-            skips.service(&format!("{namespace}/<unnamed>"), "no metadata.name");
-            continue;
-        };
-        let ports = spec.ports.as_deref().unwrap_or_default();
-        found.push(LoadBalancer {
-            owner: format!("{namespace}/{name}"),
-            service,
-            ports,
-        });
-    }
-    found.sort_by(|a, b| a.owner.cmp(&b.owner));
-    found
-}
-
-/// Requested VIPs with the Services sharing each, and the Services that need
-/// one allocated. Services are visited in order, so the first one wins a conflict.
-type Requests<'s, 'a> = (
-    BTreeMap<Ipv4Addr, Vec<&'s LoadBalancer<'a>>>,
-    Vec<&'s LoadBalancer<'a>>,
-);
-
-fn requests<'s, 'a>(services: &'s [LoadBalancer<'a>], skips: &mut Skips) -> Requests<'s, 'a> {
-    let (mut sharers, mut unassigned): Requests = (BTreeMap::new(), Vec::new());
-    for service in services {
-        match service.requested_vip() {
-            Ok(Some(vip)) => {
-                let holders = sharers.entry(vip).or_default();
-                let listeners = service.listeners();
-                match holders
-                    .iter()
-                    .find(|holder| !holder.listeners().is_disjoint(&listeners))
-                {
-                    Some(holder) => {
-                        let reason = format!(
-                            "VIP {vip} is already used by {} on an overlapping port",
-                            holder.owner
-                        );
-                        skips.service(&service.owner, reason);
-                    }
-                    None => holders.push(service),
-                }
-            }
-            Ok(None) => unassigned.push(service),
-            Err(reason) => skips.service(&service.owner, reason),
-        }
-    }
-    (sharers, unassigned)
-}
-
-/// Gives each Service a VIP, claiming requested ones in the pool before
-/// allocating the rest.
-fn assign_vips<'s, 'a>(
-    services: &'s [LoadBalancer<'a>],
-    mut pool: Option<&mut VipPool>,
-    skips: &mut Skips,
-) -> Vec<(&'s LoadBalancer<'a>, Ipv4Addr)> {
-    let (sharers, unassigned) = requests(services, skips);
-    if let Some(pool) = pool.as_deref_mut() {
-        release_moved(pool, &sharers);
-    }
-    let mut assigned = Vec::new();
-    for (vip, holders) in sharers {
-        let claimed = match pool.as_deref_mut() {
-            Some(pool) => claim(pool, vip, &holders),
-            None => Ok(()),
-        };
-        match claimed {
-            Ok(()) => assigned.extend(holders.into_iter().map(|service| (service, vip))),
-            Err(err) => holders
-                .iter()
-                .for_each(|service| skips.service(&service.owner, &err)),
-        }
-    }
-    for service in unassigned {
-        let Some(pool) = pool.as_deref_mut() else {
-            let reason = "no VIP: no spec.loadBalancerIP, no IPv4 status.loadBalancer.ingress and no VIP pool";
-            skips.service(&service.owner, reason);
-            continue;
-        };
-        match pool.allocate(&service.owner) {
-            Ok(vip) => assigned.push((service, vip)),
-            Err(err) => skips.service(&service.owner, format!("no VIP: {err}")),
-        }
-    }
-    assigned
-}
-
-/// Frees addresses that Services requesting another one held before, so
-/// Services swapping VIPs do not look like a conflict.
-fn release_moved(pool: &mut VipPool, sharers: &BTreeMap<Ipv4Addr, Vec<&LoadBalancer>>) {
-    for (&vip, holders) in sharers {
-        for service in holders {
-            if pool.lookup(&service.owner).is_some_and(|held| held != vip) {
-                pool.release(&service.owner);
-            }
-        }
-    }
-}
-
-/// Records `vip` in the pool for the Services sharing it. The pool knows one
-/// owner per address, so the sharer already holding it stays its owner and a
-/// new sharer is not mistaken for a conflict.
-fn claim(pool: &mut VipPool, vip: Ipv4Addr, holders: &[&LoadBalancer]) -> Result<(), PoolError> {
-    let holding = holders
-        .iter()
-        .find(|service| pool.lookup(&service.owner) == Some(vip));
-    let owner = holding.unwrap_or(&holders[0]).owner.as_str();
-    pool.claim(owner, vip)
-}
-
-/// One port of a Service as the data path serves it: to every node's NodePort.
-fn port_spec(
-    service: &LoadBalancer,
-    port: &ServicePort,
-    vip: Ipv4Addr,
-    nodes: &[Member],
-) -> Result<ServiceSpec, String> {
-    let protocol_name = protocol_name(port);
-    let label = format!("port {}/{}", port.port, protocol_name.to_ascii_lowercase());
-    let protocol = match protocol_name {
-        "TCP" => Protocol::Tcp,
-        "UDP" => Protocol::Udp,
-        other => return Err(format!("{label}: protocol {other} is not supported")),
-    };
-    let number =
-        valid_port(port.port).ok_or_else(|| format!("{label}: not a valid port number"))?;
-    let node_port = match port.node_port {
-        None => return Err(format!("{label} has no nodePort")),
-        Some(node_port) => valid_port(node_port)
-            .ok_or_else(|| format!("{label}: nodePort {node_port} is not valid"))?,
-    };
-    let name = match port.name.as_deref() {
-        Some(name) if !name.is_empty() => name.to_owned(),
-        _ => port.port.to_string(),
-    };
-    let backends = nodes.iter().map(|node| BackendSpec {
-        node: node.name.to_owned(),
-        ip: node.ip,
-        port: node_port,
-        weight: node.weight,
-    });
-    Ok(ServiceSpec {
-        name: format!("{}:{name}", service.owner),
-        frontend: Frontend {
-            vip,
-            port: number,
-            protocol,
-        },
-        backends: backends.collect(),
-    })
-}
-
-fn valid_port(port: i32) -> Option<u16> {
-    u16::try_from(port).ok().filter(|&port| port != 0)
 }
 
 #[cfg(test)]

@@ -1,20 +1,43 @@
 use k8s_openapi::{
-    api::core::v1::{
-        LoadBalancerIngress, LoadBalancerStatus, NodeAddress, NodeCondition, NodeSpec, NodeStatus,
-        ServiceSpec as K8sServiceSpec, ServiceStatus,
+    api::{
+        core::v1::{
+            LoadBalancerIngress, LoadBalancerStatus, Node, NodeAddress, NodeCondition, NodeSpec,
+            NodeStatus, ServiceSpec as K8sServiceSpec, ServiceStatus,
+        },
+        discovery::v1::{Endpoint, EndpointConditions, EndpointSlice},
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
 use super::*;
-use crate::k8s::manifests::load_path;
+use crate::{
+    k8s::{manifests::load_path, pools::Pool},
+    model::{BackendSpec, Protocol, ServiceSpec},
+};
 
 fn ip(text: &str) -> Ipv4Addr {
     text.parse().unwrap()
 }
 
-fn pool() -> VipPool {
-    VipPool::parse("198.51.100.0/28").unwrap()
+/// A translator with these pools (`NAME=RANGES`).
+fn translator(pools: &[&str]) -> Translator {
+    let pools = pools
+        .iter()
+        .map(|text| Pool::parse(text).unwrap())
+        .collect();
+    Translator::new(TranslateConfig::default(), Pools::new(pools).unwrap())
+}
+
+fn pool() -> Translator {
+    translator(&["default=198.51.100.0/28"])
+}
+
+fn skipped(translation: &Translation) -> Vec<String> {
+    translation
+        .skipped
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
 fn port(port: i32, protocol: Option<&str>, node_port: Option<i32>) -> ServicePort {
@@ -101,7 +124,11 @@ fn with_weight(mut node: Node, weight: &str) -> Node {
 }
 
 fn objects(services: Vec<Service>, nodes: Vec<Node>) -> ClusterObjects {
-    ClusterObjects { services, nodes }
+    ClusterObjects {
+        services: services.into_iter().map(Arc::new).collect(),
+        nodes: nodes.into_iter().map(Arc::new).collect(),
+        endpoint_slices: Vec::new(),
+    }
 }
 
 fn frontend(vip: &str, port: u16, protocol: Protocol) -> Frontend {
@@ -133,7 +160,7 @@ fn voting_app_example() {
     let loaded = load_path(path.as_ref()).unwrap();
     assert!(loaded.skipped.is_empty(), "{:?}", loaded.skipped);
     let mut pool = pool();
-    let translation = translate(&loaded.objects, Some(&mut pool));
+    let translation = pool.translate(&loaded.objects);
     assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
     assert_eq!(translation.state.services.len(), 2);
 
@@ -153,7 +180,7 @@ fn voting_app_example() {
     assert_eq!(result.name, "vote/result:result-service");
     assert_eq!(result.backends.len(), 3);
     assert!(result.backends.iter().all(|backend| backend.port == 31001));
-    assert_eq!(pool.lookup("vote/result"), Some(ip("198.51.100.1")));
+    assert_eq!(pool.pools.lookup("vote/result"), Some(ip("198.51.100.1")));
 }
 
 #[test]
@@ -164,16 +191,13 @@ fn only_load_balancers_served() {
     untyped.spec.as_mut().unwrap().type_ = None;
     let public = with_lb_ip(service("public", vec![tcp(80, 30082)]), "198.51.100.5");
     let mut pool = pool();
-    let translation = translate(
-        &objects(vec![cluster_ip, untyped, public], vec![]),
-        Some(&mut pool),
-    );
+    let translation = pool.translate(&objects(vec![cluster_ip, untyped, public], vec![]));
     assert_eq!(
         served(&translation),
         [("ns/public:p80".to_owned(), ip("198.51.100.5"))]
     );
     assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
-    assert_eq!(pool.lookup("ns/internal"), None);
+    assert_eq!(pool.pools.lookup("ns/internal"), None);
 }
 
 #[test]
@@ -189,10 +213,7 @@ fn vip_precedence() {
     );
     let pooled = service("pooled", vec![tcp(80, 30082)]);
     let mut pool = pool();
-    let translation = translate(
-        &objects(vec![pooled, status, both], vec![]),
-        Some(&mut pool),
-    );
+    let translation = pool.translate(&objects(vec![pooled, status, both], vec![]));
     assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
     let want = [
         ("ns/status:p80".to_owned(), ip("198.51.100.1")),
@@ -206,7 +227,7 @@ fn vip_precedence() {
 fn requested_vip_outside_pool_served() {
     let service = with_lb_ip(service("a", vec![tcp(80, 30080)]), "203.0.113.7");
     let mut pool = pool();
-    let translation = translate(&objects(vec![service], vec![]), Some(&mut pool));
+    let translation = pool.translate(&objects(vec![service], vec![]));
     assert_eq!(
         served(&translation),
         [("ns/a:p80".to_owned(), ip("203.0.113.7"))]
@@ -219,21 +240,21 @@ fn no_usable_vip_skipped() {
         service("a", vec![tcp(80, 30080)]),
         with_lb_ip(service("b", vec![tcp(80, 30081)]), "198.51.100.300"),
     ];
-    let translation = translate(&objects(services.clone(), vec![]), None);
+    let translation = Translator::default().translate(&objects(services.clone(), vec![]));
     assert!(translation.state.services.is_empty());
     let want = [
         "Service ns/b: spec.loadBalancerIP \"198.51.100.300\" is not an IPv4 address",
-        "Service ns/a: no VIP: no spec.loadBalancerIP, no IPv4 status.loadBalancer.ingress and no VIP pool",
+        "Service ns/a: no VIP: it requests none and no VIP pool is configured",
     ];
-    assert_eq!(translation.skipped, want);
+    assert_eq!(skipped(&translation), want);
 
-    let mut tiny = VipPool::parse("198.51.100.0/32").unwrap();
+    let mut tiny = translator(&["default=198.51.100.0/32"]);
     let holder = with_lb_ip(service("holder", vec![tcp(80, 30082)]), "198.51.100.0");
     let services = vec![services[0].clone(), holder];
-    let translation = translate(&objects(services, vec![]), Some(&mut tiny));
+    let translation = tiny.translate(&objects(services, vec![]));
     assert_eq!(
-        translation.skipped,
-        ["Service ns/a: no VIP: VIP pool 198.51.100.0/32 has no free address left"]
+        skipped(&translation),
+        ["Service ns/a: no VIP: VIP pool default has no free address left"]
     );
 }
 
@@ -262,7 +283,7 @@ fn not_ready_and_unschedulable_nodes_excluded() {
         schedulable,
     ];
     let service = with_lb_ip(service("a", vec![tcp(80, 30080)]), "198.51.100.1");
-    let translation = translate(&objects(vec![service], nodes), None);
+    let translation = Translator::default().translate(&objects(vec![service], nodes));
     assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
     let spec = &translation.state.services[&frontend("198.51.100.1", 80, Protocol::Tcp)];
     assert_eq!(backend_nodes(spec), [("b-schedulable", 1), ("c-ready", 1)]);
@@ -287,12 +308,12 @@ fn node_without_internal_ipv4_skipped() {
         node("v6-only", "fd00::1"),
     ];
     let service = with_lb_ip(service("a", vec![tcp(80, 30080)]), "198.51.100.1");
-    let translation = translate(&objects(vec![service], nodes), None);
+    let translation = Translator::default().translate(&objects(vec![service], nodes));
     let want = [
         "Node external-only: no IPv4 InternalIP address",
         "Node v6-only: no IPv4 InternalIP address",
     ];
-    assert_eq!(translation.skipped, want);
+    assert_eq!(skipped(&translation), want);
     let spec = &translation.state.services[&frontend("198.51.100.1", 80, Protocol::Tcp)];
     assert_eq!(backend_nodes(spec), [("good", 1)]);
 }
@@ -307,13 +328,13 @@ fn weight_annotation() {
         with_weight(node("negative", "10.1.0.5"), "-2"),
     ];
     let service = with_lb_ip(service("a", vec![tcp(80, 30080)]), "198.51.100.1");
-    let translation = translate(&objects(vec![service], nodes), None);
+    let translation = Translator::default().translate(&objects(vec![service], nodes));
     let want = [
         "Node zero: annotation lb.dev/weight=\"0\" is not a positive integer",
         "Node word: annotation lb.dev/weight=\"heavy\" is not a positive integer",
         "Node negative: annotation lb.dev/weight=\"-2\" is not a positive integer",
     ];
-    assert_eq!(translation.skipped, want);
+    assert_eq!(skipped(&translation), want);
     let spec = &translation.state.services[&frontend("198.51.100.1", 80, Protocol::Tcp)];
     assert_eq!(backend_nodes(spec), [("heavy", 5), ("plain", 1)]);
 }
@@ -334,12 +355,13 @@ fn ports_and_protocols() {
     ];
     let mut service = with_lb_ip(service("web", ports), "198.51.100.1");
     service.metadata.namespace = None;
-    let translation = translate(&objects(vec![service], vec![node("n", "10.1.0.1")]), None);
+    let translation =
+        Translator::default().translate(&objects(vec![service], vec![node("n", "10.1.0.1")]));
     let want = [
         "Service default/web: port 9000/sctp: protocol SCTP is not supported",
         "Service default/web: port 443/tcp has no nodePort",
     ];
-    assert_eq!(translation.skipped, want);
+    assert_eq!(skipped(&translation), want);
     let services = &translation.state.services;
     let names: Vec<(Frontend, &str, u16)> = services
         .values()
@@ -378,12 +400,15 @@ fn shared_vip_for_disjoint_ports() {
             service("web", vec![tcp(80, 30080), tcp(53, 30054)]),
             "198.51.100.4",
         ),
-        with_status_ips(service("dns", dns), &["198.51.100.4"]),
+        annotated(service("dns", dns), ADDRESS_ANNOTATION, "198.51.100.4"),
         service("other", vec![tcp(80, 30081)]),
     ];
     let mut pool = pool();
-    let translation = translate(&objects(services, vec![]), Some(&mut pool));
-    assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
+    let first = pool.translate(&objects(services.clone(), vec![]));
+    assert!(first.skipped.is_empty(), "{:?}", first.skipped);
+    // Shows the address in its status, but does not ask to share it.
+    let quiet = with_status_ips(service("quiet", vec![tcp(25, 30025)]), &["198.51.100.4"]);
+    let translation = pool.translate(&objects([services, vec![quiet]].concat(), vec![]));
     let want = [
         ("ns/other:p80".to_owned(), ip("198.51.100.1")),
         ("ns/web:p53".to_owned(), ip("198.51.100.4")),
@@ -391,6 +416,12 @@ fn shared_vip_for_disjoint_ports() {
         ("ns/web:p80".to_owned(), ip("198.51.100.4")),
     ];
     assert_eq!(served(&translation), want);
+    assert_eq!(
+        skipped(&translation),
+        [
+            "Service ns/quiet: VIP 198.51.100.4 is already used by ns/dns; only Services that both request it may share it"
+        ]
+    );
 }
 
 #[test]
@@ -403,31 +434,31 @@ fn shared_vip_for_overlapping_ports_refused() {
         with_lb_ip(service("a", vec![tcp(80, 30080)]), "198.51.100.4"),
     ];
     let mut pool = pool();
-    let translation = translate(&objects(services, vec![]), Some(&mut pool));
+    let translation = pool.translate(&objects(services, vec![]));
     assert_eq!(
         served(&translation),
         [("ns/a:p80".to_owned(), ip("198.51.100.4"))]
     );
     assert_eq!(
-        translation.skipped,
+        skipped(&translation),
         ["Service ns/b: VIP 198.51.100.4 is already used by ns/a on an overlapping port"]
     );
-    assert_eq!(pool.lookup("ns/a"), Some(ip("198.51.100.4")));
+    assert_eq!(pool.pools.lookup("ns/a"), Some(ip("198.51.100.4")));
 }
 
 #[test]
 fn requested_vip_held_by_allocation_refused() {
     let mut pool = pool();
     let a = service("a", vec![tcp(80, 30080)]);
-    translate(&objects(vec![a.clone()], vec![]), Some(&mut pool));
+    pool.translate(&objects(vec![a.clone()], vec![]));
     let b = with_lb_ip(service("b", vec![tcp(80, 30081)]), "198.51.100.1");
-    let translation = translate(&objects(vec![a, b], vec![]), Some(&mut pool));
+    let translation = pool.translate(&objects(vec![a, b], vec![]));
     assert_eq!(
         served(&translation),
         [("ns/a:p80".to_owned(), ip("198.51.100.1"))]
     );
     assert_eq!(
-        translation.skipped,
+        skipped(&translation),
         ["Service ns/b: address 198.51.100.1 is already held by ns/a"]
     );
 }
@@ -437,14 +468,8 @@ fn services_swapping_vips() {
     let mut pool = pool();
     let a = |vip| with_lb_ip(service("a", vec![tcp(80, 30080)]), vip);
     let b = |vip| with_lb_ip(service("b", vec![tcp(80, 30081)]), vip);
-    translate(
-        &objects(vec![a("198.51.100.1"), b("198.51.100.2")], vec![]),
-        Some(&mut pool),
-    );
-    let translation = translate(
-        &objects(vec![a("198.51.100.2"), b("198.51.100.1")], vec![]),
-        Some(&mut pool),
-    );
+    pool.translate(&objects(vec![a("198.51.100.1"), b("198.51.100.2")], vec![]));
+    let translation = pool.translate(&objects(vec![a("198.51.100.2"), b("198.51.100.1")], vec![]));
     assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
     let want = [
         ("ns/b:p80".to_owned(), ip("198.51.100.1")),
@@ -459,24 +484,323 @@ fn deleted_service_releases_pool_address() {
     let a = service("a", vec![tcp(80, 30080)]);
     let b = service("b", vec![tcp(80, 30081)]);
     let c = service("c", vec![tcp(80, 30082)]);
-    let first = translate(&objects(vec![a, b.clone()], vec![]), Some(&mut pool));
+    let first = pool.translate(&objects(vec![a, b.clone()], vec![]));
     let want = [
         ("ns/a:p80".to_owned(), ip("198.51.100.1")),
         ("ns/b:p80".to_owned(), ip("198.51.100.2")),
     ];
     assert_eq!(served(&first), want);
 
-    let second = translate(&objects(vec![b.clone()], vec![]), Some(&mut pool));
+    let second = pool.translate(&objects(vec![b.clone()], vec![]));
     assert_eq!(
         served(&second),
         [("ns/b:p80".to_owned(), ip("198.51.100.2"))]
     );
-    assert_eq!(pool.lookup("ns/a"), None);
+    assert_eq!(pool.pools.lookup("ns/a"), None);
 
-    let third = translate(&objects(vec![b, c], vec![]), Some(&mut pool));
+    let third = pool.translate(&objects(vec![b, c], vec![]));
     let want = [
         ("ns/c:p80".to_owned(), ip("198.51.100.1")),
         ("ns/b:p80".to_owned(), ip("198.51.100.2")),
     ];
     assert_eq!(served(&third), want);
+}
+
+fn annotated(mut service: Service, key: &str, value: &str) -> Service {
+    let annotations = service.metadata.annotations.get_or_insert_default();
+    annotations.insert(key.to_owned(), value.to_owned());
+    service
+}
+
+fn with_class(mut service: Service, class: &str) -> Service {
+    service.spec.as_mut().unwrap().load_balancer_class = Some(class.to_owned());
+    service
+}
+
+fn problems(translation: &Translation) -> Vec<(&str, Problem)> {
+    let skipped = translation.skipped.iter();
+    skipped.map(|s| (s.name.as_str(), s.problem)).collect()
+}
+
+#[test]
+fn load_balancer_class_selects_services() {
+    let services = vec![
+        service("unset", vec![tcp(80, 30080)]),
+        with_class(
+            service("ours", vec![tcp(80, 30081)]),
+            DEFAULT_LOAD_BALANCER_CLASS,
+        ),
+        with_class(service("theirs", vec![tcp(80, 30082)]), "example.com/other"),
+    ];
+    let mut pool = pool();
+    let translation = pool.translate(&objects(services.clone(), vec![]));
+    let want = [
+        ("ns/ours:p80".to_owned(), ip("198.51.100.1")),
+        ("ns/unset:p80".to_owned(), ip("198.51.100.2")),
+    ];
+    assert_eq!(served(&translation), want);
+    assert_eq!(pool.pools.lookup("ns/theirs"), None);
+
+    // Another class name configured: only unclassed Services and that class.
+    let mut other = self::pool();
+    other.config.load_balancer_class = "example.com/other".to_owned();
+    let names: Vec<String> = served(&other.translate(&objects(services, vec![])))
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(names, ["ns/theirs:p80", "ns/unset:p80"]);
+}
+
+#[test]
+fn address_annotation_wins_over_load_balancer_ip() {
+    let both = annotated(
+        with_lb_ip(service("both", vec![tcp(80, 30080)]), "198.51.100.2"),
+        ADDRESS_ANNOTATION,
+        "198.51.100.7",
+    );
+    let bad = annotated(
+        service("bad", vec![tcp(80, 30081)]),
+        ADDRESS_ANNOTATION,
+        "nope",
+    );
+    let mut pool = pool();
+    let translation = pool.translate(&objects(vec![both, bad], vec![]));
+    assert_eq!(
+        served(&translation),
+        [("ns/both:p80".to_owned(), ip("198.51.100.7"))]
+    );
+    assert_eq!(
+        skipped(&translation),
+        ["Service ns/bad: annotation lb.dev/address=\"nope\" is not an IPv4 address"]
+    );
+    assert_eq!(problems(&translation), [("ns/bad", Problem::Invalid)]);
+    assert_eq!(translation.vips.len(), 1);
+}
+
+#[test]
+fn pools_are_chosen_by_annotation() {
+    let mut translator =
+        translator(&["public=198.51.100.20-198.51.100.21", "internal=10.9.0.0/30"]);
+    let services = vec![
+        service("a", vec![tcp(80, 30080)]),
+        annotated(
+            service("b", vec![tcp(80, 30081)]),
+            POOL_ANNOTATION,
+            "internal",
+        ),
+        annotated(service("c", vec![tcp(80, 30082)]), POOL_ANNOTATION, "nope"),
+        service("d", vec![tcp(80, 30083)]),
+        service("e", vec![tcp(80, 30084)]),
+    ];
+    let translation = translator.translate(&objects(services, vec![]));
+    let vips: Vec<(&str, Ipv4Addr)> = translation
+        .vips
+        .iter()
+        .map(|(owner, vip)| (owner.as_str(), *vip))
+        .collect();
+    let want = [
+        ("ns/a", ip("198.51.100.20")),
+        ("ns/b", ip("10.9.0.1")),
+        ("ns/d", ip("198.51.100.21")),
+    ];
+    assert_eq!(vips, want);
+    assert_eq!(
+        skipped(&translation),
+        [
+            "Service ns/c: no VIP: no VIP pool named \"nope\"",
+            "Service ns/e: no VIP: VIP pool public has no free address left",
+        ]
+    );
+    assert_eq!(
+        problems(&translation),
+        [
+            ("ns/c", Problem::Invalid),
+            ("ns/e", Problem::AllocationFailed)
+        ]
+    );
+
+    // A status address outside the Service's pool is not kept: it moves.
+    let moved = annotated(
+        with_status_ips(service("a", vec![tcp(80, 30080)]), &["198.51.100.20"]),
+        POOL_ANNOTATION,
+        "internal",
+    );
+    let translation = translator.translate(&objects(vec![moved], vec![]));
+    assert_eq!(translation.vips["ns/a"], ip("10.9.0.1"));
+}
+
+#[test]
+fn the_holder_of_an_address_keeps_it() {
+    // "a" sorts first and asks for the address "b" shows in its status.
+    let a = with_lb_ip(service("a", vec![tcp(80, 30080)]), "198.51.100.9");
+    let b = with_status_ips(service("b", vec![tcp(80, 30081)]), &["198.51.100.9"]);
+    // After a restart (empty pools), the status wins.
+    let mut fresh = pool();
+    let translation = fresh.translate(&objects(vec![a.clone(), b.clone()], vec![]));
+    assert_eq!(
+        served(&translation),
+        [("ns/b:p80".to_owned(), ip("198.51.100.9"))]
+    );
+    assert_eq!(problems(&translation), [("ns/a", Problem::AddressConflict)]);
+    assert_eq!(
+        skipped(&translation),
+        [
+            "Service ns/a: VIP 198.51.100.9 is already used by ns/b; only Services that both request it may share it"
+        ]
+    );
+
+    // A Service the pools gave the address to keeps it against status holders.
+    let mut running = pool();
+    let c = service("c", vec![tcp(80, 30082)]);
+    running.translate(&objects(vec![c.clone()], vec![]));
+    let d = with_status_ips(service("d", vec![tcp(80, 30083)]), &["198.51.100.1"]);
+    let translation = running.translate(&objects(vec![c, d], vec![]));
+    assert_eq!(translation.vips.get("ns/c"), Some(&ip("198.51.100.1")));
+    assert_eq!(translation.vips.get("ns/d"), None);
+    assert_eq!(problems(&translation), [("ns/d", Problem::AddressConflict)]);
+}
+
+#[test]
+fn released_on_deletion_and_type_change() {
+    let mut pool = pool();
+    let a = service("a", vec![tcp(80, 30080)]);
+    let b = service("b", vec![tcp(80, 30081)]);
+    let c = service("c", vec![tcp(80, 30082)]);
+    let first = pool.translate(&objects(vec![a, b.clone(), c], vec![]));
+    assert!(first.released.is_empty());
+    let mut internal = b;
+    internal.spec.as_mut().unwrap().type_ = Some("ClusterIP".to_owned());
+    let second = pool.translate(&objects(vec![internal], vec![]));
+    let want = [
+        ("ns/a".to_owned(), ip("198.51.100.1")),
+        ("ns/b".to_owned(), ip("198.51.100.2")),
+        ("ns/c".to_owned(), ip("198.51.100.3")),
+    ];
+    assert_eq!(second.released, want);
+    assert!(second.vips.is_empty());
+}
+
+/// An endpoint's node and its (ready, serving, terminating) conditions.
+type NodeEndpoint<'a> = (&'a str, Option<bool>, Option<bool>, Option<bool>);
+
+fn slice(service: &str, endpoints: &[NodeEndpoint]) -> EndpointSlice {
+    let endpoints = endpoints
+        .iter()
+        .map(|&(node, ready, serving, terminating)| Endpoint {
+            addresses: vec!["10.244.0.1".to_owned()],
+            node_name: Some(node.to_owned()),
+            conditions: Some(EndpointConditions {
+                ready,
+                serving,
+                terminating,
+            }),
+            ..Default::default()
+        });
+    EndpointSlice {
+        address_type: "IPv4".to_owned(),
+        endpoints: Some(endpoints.collect()),
+        metadata: ObjectMeta {
+            name: Some(format!("{service}-x1")),
+            namespace: Some("ns".to_owned()),
+            labels: Some([(SERVICE_NAME_LABEL.to_owned(), service.to_owned())].into()),
+            ..Default::default()
+        },
+        ports: None,
+    }
+}
+
+#[test]
+fn local_policy_follows_endpoint_slices() {
+    let mut local = with_lb_ip(service("web", vec![tcp(80, 30080)]), "198.51.100.1");
+    let spec = local.spec.as_mut().unwrap();
+    spec.external_traffic_policy = Some("Local".to_owned());
+    spec.health_check_node_port = Some(32000);
+    let mut no_slices = with_lb_ip(service("empty", vec![tcp(80, 30081)]), "198.51.100.2");
+    no_slices.spec.as_mut().unwrap().external_traffic_policy = Some("Local".to_owned());
+    let cluster = with_lb_ip(service("cluster", vec![tcp(80, 30082)]), "198.51.100.3");
+    let nodes = (1..=5)
+        .map(|i| node(&format!("n{i}"), &format!("10.1.0.{i}")))
+        .collect();
+    let (t, f) = (Some(true), Some(false));
+    let mut objects = objects(vec![local, no_slices, cluster], nodes);
+    objects.endpoint_slices = [
+        // n1 ready (unset conditions count as ready), n2 ready and draining,
+        // n3 only draining, n4 neither serving nor ready.
+        slice("web", &[("n1", None, None, None), ("n2", f, t, t)]),
+        slice("web", &[("n2", t, t, f), ("n3", f, t, t), ("n4", f, f, t)]),
+        // Endpoints of other Services count for nothing.
+        slice("cluster", &[("n5", t, t, f)]),
+    ]
+    .map(Arc::new)
+    .into();
+    let translation = Translator::default().translate(&objects);
+    assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
+    let web = frontend("198.51.100.1", 80, Protocol::Tcp);
+    let spec = &translation.state.services[&web];
+    assert_eq!(backend_nodes(spec), [("n1", 1), ("n2", 1), ("n3", 0)]);
+    assert_eq!(
+        translation.checks[&web],
+        HealthCheck::HealthCheckNodePort(32000)
+    );
+    let empty = frontend("198.51.100.2", 80, Protocol::Tcp);
+    assert!(translation.state.services[&empty].backends.is_empty());
+    assert_eq!(translation.checks[&empty], HealthCheck::NodePort);
+    let cluster = &translation.state.services[&frontend("198.51.100.3", 80, Protocol::Tcp)];
+    assert_eq!(cluster.backends.len(), 5);
+}
+
+#[test]
+fn node_address_type_is_configurable() {
+    let mut external = node("n1", "10.1.0.1");
+    let addresses = external
+        .status
+        .as_mut()
+        .unwrap()
+        .addresses
+        .as_mut()
+        .unwrap();
+    addresses.push(NodeAddress {
+        type_: "ExternalIP".to_owned(),
+        address: "192.0.2.1".to_owned(),
+    });
+    let service = with_lb_ip(service("a", vec![tcp(80, 30080)]), "198.51.100.1");
+    let mut translator = Translator::default();
+    translator.config.node_address_type = "ExternalIP".to_owned();
+    let translation = translator.translate(&objects(
+        vec![service],
+        vec![external, node("n2", "10.1.0.2")],
+    ));
+    let spec = &translation.state.services[&frontend("198.51.100.1", 80, Protocol::Tcp)];
+    assert_eq!(spec.backends.len(), 1);
+    assert_eq!(spec.backends[0].ip, ip("192.0.2.1"));
+    assert_eq!(
+        skipped(&translation),
+        ["Node n2: no IPv4 ExternalIP address"]
+    );
+}
+
+#[test]
+fn kubernetes_example() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/kubernetes/services.yaml"
+    );
+    let loaded = load_path(path.as_ref()).unwrap();
+    assert!(loaded.skipped.is_empty(), "{:?}", loaded.skipped);
+    let mut translator = translator(&["public=198.51.100.20-198.51.100.30"]);
+    let translation = translator.translate(&loaded.objects);
+    assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
+    let web = frontend("198.51.100.20", 80, Protocol::Tcp);
+    assert_eq!(
+        backend_nodes(&translation.state.services[&web]),
+        [("node-1", 1), ("node-2", 0)]
+    );
+    assert_eq!(
+        translation.checks[&web],
+        HealthCheck::HealthCheckNodePort(32080)
+    );
+    let dns = [Protocol::Tcp, Protocol::Udp].map(|p| frontend("198.51.100.53", 53, p));
+    for frontend in dns {
+        assert_eq!(translation.state.services[&frontend].backends.len(), 3);
+    }
 }

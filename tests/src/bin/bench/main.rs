@@ -1,1 +1,146 @@
-fn main() {}
+//! `lb-bench` (run by `cargo xtask bench`): lb's data path measured side by side
+//! with what users would run instead, in one run, as ratios.
+//!
+//! Three parts: the in-kernel cost per packet against reference XDP programs
+//! ([`kernel`]), end to end through network namespaces against iptables DNAT and
+//! HAProxy ([`e2e`]), and the quality of the Maglev tables ([`maglev`]). The
+//! results are printed as tables and written to BENCHMARKS.md.
+
+mod contestants;
+mod e2e;
+mod flood;
+mod httpd;
+mod interrupt;
+mod kernel;
+mod maglev;
+mod report;
+mod stats;
+mod wrk;
+
+use std::{path::PathBuf, time::Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, ValueEnum};
+
+use crate::report::{Machine, Section};
+
+/// Benchmarks lb against the kernel's floor, iptables DNAT and HAProxy, prints
+/// the results and writes them to BENCHMARKS.md. Needs root (BPF, namespaces).
+#[derive(Parser, Debug)]
+#[command(name = "lb-bench")]
+struct Args {
+    /// A short run (fewer and shorter measurements) to see that everything
+    /// works; its figures are noisier.
+    #[arg(long)]
+    quick: bool,
+    /// Run only this part.
+    #[arg(long, value_enum)]
+    only: Option<Part>,
+    /// Runs per figure; each figure is their median [default: 5, 3 with --quick].
+    #[arg(long, value_name = "N")]
+    runs: Option<usize>,
+    /// Where to write the Markdown report [default: BENCHMARKS.md for a full
+    /// run; --quick and --only runs write nothing unless given this].
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Skip filling the flow table to capacity (the slowest kernel scenario).
+    #[arg(long)]
+    no_full_flow_table: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Part {
+    /// In-kernel cost per packet (BPF_PROG_TEST_RUN).
+    Kernel,
+    /// End to end through network namespaces: lb, iptables DNAT, HAProxy.
+    E2e,
+    /// Maglev table build time, balance and disruption.
+    Maglev,
+}
+
+fn main() {
+    let args = Args::parse();
+    interrupt::install();
+    match run(&args) {
+        Ok(()) => {}
+        Err(e) => {
+            eprintln!("lb-bench failed: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    let started = Instant::now();
+    let runs = args.runs.unwrap_or(if args.quick { 3 } else { 5 });
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let wants = |part: Part| args.only.is_none_or(|only| only == part);
+    if (wants(Part::Kernel) || wants(Part::E2e)) && !is_root() {
+        bail!(
+            "lb-bench needs root for BPF and network namespaces (maglev alone does not: --only maglev)"
+        );
+    }
+    let machine = Machine::detect();
+    let mut sections: Vec<Section> = Vec::new();
+    if wants(Part::Kernel) {
+        let options = kernel::Options {
+            runs,
+            calls: if args.quick { 5_000 } else { 20_000 },
+            repeat: if args.quick { 20_000 } else { 100_000 },
+            batches: if args.quick { 2 } else { 5 },
+            full_flow_table: !args.no_full_flow_table,
+        };
+        sections.push(kernel::run(options).context("in-kernel benchmark")?);
+        interrupt::check()?;
+    }
+    if wants(Part::E2e) {
+        let options = e2e::Options {
+            runs,
+            seconds: if args.quick { 1.0 } else { 4.0 },
+        };
+        sections.push(e2e::run(options).context("end-to-end benchmark")?);
+        interrupt::check()?;
+    }
+    if wants(Part::Maglev) {
+        sections.push(maglev::run(runs).context("Maglev benchmark")?);
+    }
+    let runtime = format!("{:.0} s", started.elapsed().as_secs_f64());
+    println!("\n{}", report::text(&sections));
+    println!("runtime: {runtime}");
+    let output = match (&args.output, args.quick || args.only.is_some()) {
+        (Some(path), _) => Some(path.clone()),
+        (None, false) => Some(PathBuf::from("BENCHMARKS.md")),
+        (None, true) => None,
+    };
+    if let Some(path) = output {
+        let text = report::markdown(&machine, &command_line(), &runtime, &sections);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// How this run was started, for the report: `cargo xtask bench ...` when
+/// xtask started it (cargo's environment for the xtask package is inherited),
+/// otherwise the command line itself.
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let program = if std::env::var("CARGO_PKG_NAME").is_ok_and(|name| name == "xtask") {
+        "cargo xtask bench".to_owned()
+    } else {
+        std::env::args()
+            .next()
+            .unwrap_or_else(|| "lb-bench".to_owned())
+    };
+    std::iter::once(program)
+        .chain(args)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}

@@ -57,12 +57,20 @@ impl Table {
     }
 
     pub fn markdown(&self) -> String {
-        let mut out = format!("**{}**\n\n", self.title);
+        let mut out = if self.title.is_empty() {
+            String::new()
+        } else {
+            format!("**{}**\n\n", self.title)
+        };
         let escape = |cell: &String| cell.replace('|', "\\|");
         let _ = writeln!(
             out,
             "| {} |",
-            self.headers.iter().map(escape).collect::<Vec<_>>().join(" | ")
+            self.headers
+                .iter()
+                .map(escape)
+                .collect::<Vec<_>>()
+                .join(" | ")
         );
         let _ = writeln!(out, "|{}", "---|".repeat(self.headers.len()));
         for row in &self.rows {
@@ -130,6 +138,11 @@ pub struct Machine {
     pub kernel: String,
     pub date: String,
     pub tools: Vec<(String, String)>,
+    /// CPU vulnerabilities the kernel mitigates (or not): they change what
+    /// kernel function calls and returns cost.
+    pub mitigations: Vec<String>,
+    /// `/proc/loadavg` when the run started: other work on the machine.
+    pub load: String,
 }
 
 impl Machine {
@@ -158,12 +171,29 @@ impl Machine {
             let output = Command::new(tool).args(*args).output().ok()?;
             let text = String::from_utf8_lossy(&output.stdout).into_owned()
                 + &String::from_utf8_lossy(&output.stderr);
-            let first = text.lines().find(|l| !l.trim().is_empty())?.trim().to_owned();
+            let first = text
+                .lines()
+                .find(|l| !l.trim().is_empty())?
+                .trim()
+                .to_owned();
             Some(((*tool).to_owned(), first))
         })
         .collect();
+        let mitigations = ["spectre_v2", "spec_rstack_overflow", "retbleed"]
+            .iter()
+            .filter_map(|name| {
+                let path = format!("/sys/devices/system/cpu/vulnerabilities/{name}");
+                let text = std::fs::read_to_string(path).ok()?;
+                Some(format!("{name}: {}", text.trim()))
+            })
+            .collect();
+        let load = std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_else(|_| "unknown".to_owned());
         Machine {
-            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            mitigations,
+            load,
+            cpus: crate::stats::online_cpus(),
             model,
             memory,
             kernel: command_line_output("uname", &["-r"]),
@@ -225,6 +255,18 @@ pub fn markdown(machine: &Machine, command: &str, runtime: &str, sections: &[Sec
     let _ = writeln!(out, "- CPUs: {} x {}", machine.cpus, machine.model);
     let _ = writeln!(out, "- Memory: {}", machine.memory);
     let _ = writeln!(out, "- Kernel: {}", machine.kernel);
+    if !machine.mitigations.is_empty() {
+        let _ = writeln!(
+            out,
+            "- CPU vulnerability status: {}",
+            machine.mitigations.join("; ")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "- Load average when the run started (1, 5, 15 min): {}",
+        machine.load
+    );
     let _ = writeln!(out, "- Date: {}", machine.date);
     let _ = writeln!(out, "- Command: `{command}`");
     let _ = writeln!(out, "- Runtime: {runtime}");
@@ -235,7 +277,12 @@ pub fn markdown(machine: &Machine, command: &str, runtime: &str, sections: &[Sec
     let goals = goals_table(sections);
     if !goals.rows.is_empty() {
         out.push_str("## Goals\n\n");
-        out.push_str(&goals.markdown());
+        // The section heading names it already.
+        let untitled = Table {
+            title: String::new(),
+            ..goals
+        };
+        out.push_str(&untitled.markdown());
         out.push('\n');
     }
     for section in sections {

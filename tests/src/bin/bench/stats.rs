@@ -1,6 +1,6 @@
 //! Summaries of repeated runs, and the machine's CPU time counters.
 
-use std::fmt;
+use std::{fmt, time::Duration};
 
 use anyhow::{Context, Result};
 
@@ -53,6 +53,27 @@ fn median_of_sorted(sorted: &[f64]) -> f64 {
     }
 }
 
+/// Online CPUs. Not `available_parallelism`, which shrinks to one once the
+/// calling thread is pinned to a CPU.
+pub fn online_cpus() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(online).unwrap_or(1).max(1)
+}
+
+/// CPU time the calling thread has used: unlike the wall clock, it does not
+/// advance while other tasks run on the CPU.
+pub fn thread_cpu_time() -> Duration {
+    // SAFETY: all-zero is a valid timespec; clock_gettime only writes it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: valid clock id and pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
+}
+
 /// The median of `values` (NaN when empty).
 pub fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
@@ -101,7 +122,8 @@ pub struct CpuTimes {
     pub user: f64,
     pub system: f64,
     pub softirq: f64,
-    /// irq and steal: small, but busy time all the same.
+    /// Hard irq time: small, but busy time all the same. (Steal time is not
+    /// ours: the hypervisor ran something else.)
     pub other: f64,
 }
 
@@ -124,8 +146,9 @@ impl CpuTimes {
         self.user + self.system + self.softirq + self.other
     }
 
-    /// The kernel's share: what a packet forwarder costs (XDP, netfilter and
-    /// the veths all run as system or softirq time).
+    /// Kernel time only: what a packet forwarder costs (XDP, netfilter, the
+    /// veths all run as system or softirq time), and what other users' work on
+    /// a shared machine (compilers, mostly user time) adds least to.
     pub fn kernel(&self) -> f64 {
         self.system + self.softirq + self.other
     }
@@ -151,7 +174,7 @@ fn parse_proc_stat(stat: &str) -> Result<CpuTimes> {
         user: (field(0) + field(1)) / hz,
         system: field(2) / hz,
         softirq: field(6) / hz,
-        other: (field(5) + field(7)) / hz,
+        other: field(5) / hz,
     })
 }
 
@@ -174,8 +197,7 @@ mod tests {
 
     #[test]
     fn proc_stat_fields() {
-        let times =
-            parse_proc_stat("cpu  100 0 50 1000 0 10 20 5 0 0\ncpu0 1 2 3\n").unwrap();
+        let times = parse_proc_stat("cpu  100 0 50 1000 0 10 20 5 0 0\ncpu0 1 2 3\n").unwrap();
         assert!(times.busy() > 0.0);
         assert!(times.softirq > 0.0 && times.system > times.softirq);
     }

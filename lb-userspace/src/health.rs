@@ -1,0 +1,559 @@
+//! Active health checks of backends: a TCP connect to each (node, NodePort), or
+//! for `externalTrafficPolicy: Local` an HTTP GET on the Service's
+//! healthCheckNodePort, where kube-proxy answers 200 only while the node has a
+//! local endpoint.
+//!
+//! A backend failing `fall` checks in a row keeps its place with weight 0: no
+//! new flows, while established ones stay on it (the flow table wins). After
+//! `dead` more failures it is removed, and its flows re-hash. `rise` successes
+//! bring it back. UDP NodePorts without a healthCheckNodePort are not checked:
+//! a connect proves nothing there.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
+
+use futures::{StreamExt as _, stream};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+    sync::watch,
+    time::{MissedTickBehavior, interval, timeout},
+};
+
+use crate::{
+    k8s::translate::{HealthCheck, Translation},
+    model::{DesiredState, Frontend, Protocol},
+};
+
+/// Probes in flight at once, so a large cluster does not exhaust descriptors.
+const MAX_CONCURRENT_PROBES: usize = 256;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Time between rounds of checks; zero switches health checking off.
+    pub interval: Duration,
+    /// How long one check may take.
+    pub timeout: Duration,
+    /// Successes in a row that bring a failing backend back.
+    pub rise: u32,
+    /// Failures in a row after which a backend gets no new flows.
+    pub fall: u32,
+    /// Further failures after which a failing backend is removed.
+    pub dead: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            dead: 3,
+        }
+    }
+}
+
+/// What is checked: an address and how.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Target {
+    pub addr: SocketAddrV4,
+    /// An HTTP GET expecting 2xx, rather than a bare TCP connect.
+    pub http: bool,
+}
+
+/// The state of a target that is not healthy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// No new flows.
+    Failing,
+    /// Removed: its flows re-hash.
+    Dead,
+}
+
+type Verdicts = BTreeMap<Target, Verdict>;
+
+/// Runs the checks in a background task and tells the agent when a verdict
+/// changes. Checking off, it changes nothing.
+pub struct HealthChecker {
+    targets: watch::Sender<BTreeSet<Target>>,
+    verdicts: watch::Receiver<Verdicts>,
+    enabled: bool,
+}
+
+impl HealthChecker {
+    /// Starts checking (needs a Tokio runtime); the task ends with the checker.
+    pub fn start(config: HealthConfig) -> Self {
+        let (targets, targets_rx) = watch::channel(BTreeSet::new());
+        let (verdicts_tx, verdicts) = watch::channel(Verdicts::new());
+        let enabled = !config.interval.is_zero();
+        if enabled {
+            tokio::spawn(check_forever(config, targets_rx, verdicts_tx));
+        }
+        Self {
+            targets,
+            verdicts,
+            enabled,
+        }
+    }
+
+    /// Checks the backends of `translation` from the next round on.
+    pub fn watch(&self, translation: &Translation) {
+        if self.enabled {
+            self.targets.send_replace(targets(translation));
+        }
+    }
+
+    /// Returns when a verdict changed; never when checking is off.
+    pub async fn changed(&mut self) {
+        if !self.enabled || self.verdicts.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// The translation's state with the verdicts applied: failing backends get
+    /// weight 0, dead ones are left out (unless the translation drains them). A service all of whose backends would
+    /// get no new flows keeps them all (fail open): sending traffic to nodes
+    /// that may be down beats dropping all of it.
+    pub fn apply(&self, translation: &Translation) -> DesiredState {
+        let verdicts = self.verdicts.borrow();
+        let mut state = translation.state.clone();
+        if verdicts.is_empty() {
+            return state;
+        }
+        for (frontend, spec) in &mut state.services {
+            let Some(check) = checked(translation, frontend) else {
+                continue;
+            };
+            let mut backends = spec.backends.clone();
+            backends.retain_mut(|backend| {
+                let target = target(check, backend.ip, backend.port);
+                match verdicts.get(&target) {
+                    None => true,
+                    // A backend the translation drains (its pods terminate)
+                    // keeps its flows until Kubernetes removes it, although
+                    // kube-proxy may already fail its health check.
+                    Some(Verdict::Dead) if backend.weight > 0 => false,
+                    Some(_) => {
+                        backend.weight = 0;
+                        true
+                    }
+                }
+            });
+            if backends.iter().any(|backend| backend.weight > 0) {
+                spec.backends = backends;
+            } else {
+                tracing::debug!(%frontend, "every backend fails its health check; keeping them all");
+            }
+        }
+        state
+    }
+}
+
+/// How a service's backends are checked; `None`: not at all.
+fn checked(translation: &Translation, frontend: &Frontend) -> Option<HealthCheck> {
+    match translation.checks.get(frontend).copied()? {
+        HealthCheck::NodePort if frontend.protocol == Protocol::Udp => None,
+        check => Some(check),
+    }
+}
+
+fn target(check: HealthCheck, ip: Ipv4Addr, node_port: u16) -> Target {
+    match check {
+        HealthCheck::NodePort => Target {
+            addr: SocketAddrV4::new(ip, node_port),
+            http: false,
+        },
+        HealthCheck::HealthCheckNodePort(port) => Target {
+            addr: SocketAddrV4::new(ip, port),
+            http: true,
+        },
+    }
+}
+
+fn targets(translation: &Translation) -> BTreeSet<Target> {
+    let services = translation.state.services.iter();
+    services
+        .filter_map(|(frontend, spec)| {
+            let check = checked(translation, frontend)?;
+            Some(
+                spec.backends
+                    .iter()
+                    .map(move |backend| target(check, backend.ip, backend.port)),
+            )
+        })
+        .flatten()
+        .collect()
+}
+
+/// Consecutive results of one target. A new target counts as healthy, so new
+/// nodes serve at once.
+#[derive(Debug, Default)]
+struct Record {
+    down: bool,
+    successes: u32,
+    failures: u32,
+}
+
+impl Record {
+    fn add(&mut self, ok: bool, config: &HealthConfig) {
+        if ok {
+            self.failures = 0;
+            self.successes = self.successes.saturating_add(1);
+            if self.successes >= config.rise {
+                self.down = false;
+            }
+        } else {
+            self.successes = 0;
+            self.failures = self.failures.saturating_add(1);
+            if self.failures >= config.fall {
+                self.down = true;
+            }
+        }
+    }
+
+    fn verdict(&self, config: &HealthConfig) -> Option<Verdict> {
+        match self.down {
+            false => None,
+            true if self.failures >= config.fall.saturating_add(config.dead) => Some(Verdict::Dead),
+            true => Some(Verdict::Failing),
+        }
+    }
+}
+
+async fn check_forever(
+    config: HealthConfig,
+    targets: watch::Receiver<BTreeSet<Target>>,
+    verdicts: watch::Sender<Verdicts>,
+) {
+    let mut records: BTreeMap<Target, Record> = BTreeMap::new();
+    let mut ticker = interval(config.interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    while !verdicts.is_closed() {
+        ticker.tick().await;
+        let current = targets.borrow().clone();
+        records.retain(|target, _| current.contains(target));
+        let results: Vec<(Target, bool)> = stream::iter(current)
+            .map(|target| async move { (target, probe(target, config.timeout).await) })
+            .buffer_unordered(MAX_CONCURRENT_PROBES)
+            .collect()
+            .await;
+        for (target, ok) in results {
+            records.entry(target).or_default().add(ok, &config);
+        }
+        let now: Verdicts = records
+            .iter()
+            .filter_map(|(target, record)| Some((*target, record.verdict(&config)?)))
+            .collect();
+        verdicts.send_if_modified(|last| {
+            let changed = *last != now;
+            if changed {
+                tracing::info!(unhealthy = ?now, "health verdicts changed");
+                *last = now;
+            }
+            changed
+        });
+    }
+}
+
+/// One check: connected (and, for HTTP, answered 2xx) within `limit`.
+async fn probe(target: Target, limit: Duration) -> bool {
+    let attempt = async {
+        let mut stream = TcpStream::connect(target.addr).await?;
+        if !target.http {
+            return Ok(true);
+        }
+        let request = format!(
+            "GET /healthz HTTP/1.0\r\nHost: {}\r\nUser-Agent: lb\r\n\r\n",
+            target.addr
+        );
+        stream.write_all(request.as_bytes()).await?;
+        // "HTTP/1.x 200": the status code is bytes 9..12.
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await?;
+        Ok::<_, std::io::Error>(head.starts_with(b"HTTP/1.") && head[9] == b'2')
+    };
+    matches!(timeout(limit, attempt).await, Ok(Ok(true)))
+}
+
+/// Parses `500ms`, `2s`, `1m` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 500ms, 2s or 1m"))?;
+    let seconds = match unit {
+        "ms" => number / 1000.0,
+        "" | "s" => number,
+        "m" => number * 60.0,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (ms, s or m)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::model::{BackendSpec, ServiceSpec};
+
+    fn config() -> HealthConfig {
+        HealthConfig {
+            interval: Duration::from_millis(20),
+            timeout: Duration::from_millis(500),
+            rise: 2,
+            fall: 2,
+            dead: 2,
+        }
+    }
+
+    #[test]
+    fn fall_then_dead_then_rise() {
+        let config = config();
+        let mut record = Record::default();
+        let mut verdicts = Vec::new();
+        for ok in [false, false, false, false, true, false, true, true] {
+            record.add(ok, &config);
+            verdicts.push(record.verdict(&config));
+        }
+        use Verdict::*;
+        let want = [
+            None,
+            Some(Failing),
+            Some(Failing),
+            Some(Dead),
+            // One success is not enough to come back, but ends "dead".
+            Some(Failing),
+            Some(Failing),
+            Some(Failing),
+            None,
+        ];
+        assert_eq!(verdicts, want);
+    }
+
+    fn frontend(port: u16, protocol: Protocol) -> Frontend {
+        Frontend {
+            vip: Ipv4Addr::new(198, 51, 100, 1),
+            port,
+            protocol,
+        }
+    }
+
+    /// One service per (port, protocol, check), each with backends on 10.1.0.1..=n.
+    fn translation(services: &[(u16, Protocol, HealthCheck)], nodes: u8) -> Translation {
+        let mut translation = Translation::default();
+        for &(port, protocol, check) in services {
+            let frontend = frontend(port, protocol);
+            let backends = (1..=nodes).map(|i| BackendSpec {
+                node: format!("node-{i}"),
+                ip: Ipv4Addr::new(10, 1, 0, i),
+                port: 30000 + port,
+                weight: 1,
+            });
+            let spec = ServiceSpec {
+                name: format!("ns/s:{port}"),
+                frontend,
+                backends: backends.collect(),
+            };
+            translation.state.services.insert(frontend, spec);
+            translation.checks.insert(frontend, check);
+        }
+        translation
+    }
+
+    fn checker_with(verdicts: Verdicts) -> HealthChecker {
+        let (targets, _) = watch::channel(BTreeSet::new());
+        let (_, verdicts) = watch::channel(verdicts);
+        HealthChecker {
+            targets,
+            verdicts,
+            enabled: true,
+        }
+    }
+
+    fn weights(state: &DesiredState, frontend: Frontend) -> Vec<(Ipv4Addr, u32)> {
+        let backends = &state.services[&frontend].backends;
+        backends.iter().map(|b| (b.ip, b.weight)).collect()
+    }
+
+    #[test]
+    fn verdicts_drain_then_remove_and_fail_open() {
+        let mut translation = translation(
+            &[
+                (80, Protocol::Tcp, HealthCheck::NodePort),
+                (53, Protocol::Udp, HealthCheck::NodePort),
+                (443, Protocol::Tcp, HealthCheck::HealthCheckNodePort(32000)),
+                (8080, Protocol::Tcp, HealthCheck::NodePort),
+            ],
+            3,
+        );
+        // Node 2 drains port 8080: its pods terminate.
+        let draining = frontend(8080, Protocol::Tcp);
+        translation
+            .state
+            .services
+            .get_mut(&draining)
+            .unwrap()
+            .backends[1]
+            .weight = 0;
+        let node = |i, port| SocketAddrV4::new(Ipv4Addr::new(10, 1, 0, i), port);
+        let tcp = |addr| Target { addr, http: false };
+        let http = |addr| Target { addr, http: true };
+        // Every target the translation names, UDP ones excepted.
+        let want: BTreeSet<Target> = (1..=3)
+            .flat_map(|i| {
+                [
+                    tcp(node(i, 30080)),
+                    http(node(i, 32000)),
+                    tcp(node(i, 38080)),
+                ]
+            })
+            .collect();
+        assert_eq!(targets(&translation), want);
+
+        let checker = checker_with(Verdicts::from([
+            (tcp(node(1, 30080)), Verdict::Failing),
+            (tcp(node(2, 30080)), Verdict::Dead),
+            // The UDP port of node 1 is not TCP-checked: a verdict there is ignored.
+            (tcp(node(1, 30053)), Verdict::Dead),
+            (http(node(1, 32000)), Verdict::Dead),
+            (http(node(2, 32000)), Verdict::Dead),
+            (http(node(3, 32000)), Verdict::Failing),
+            (tcp(node(2, 38080)), Verdict::Dead),
+        ]));
+        let state = checker.apply(&translation);
+        let ip = |i| Ipv4Addr::new(10, 1, 0, i);
+        assert_eq!(
+            weights(&state, frontend(80, Protocol::Tcp)),
+            [(ip(1), 0), (ip(3), 1)]
+        );
+        assert_eq!(
+            weights(&state, frontend(53, Protocol::Udp)),
+            [(ip(1), 1), (ip(2), 1), (ip(3), 1)]
+        );
+        // Nothing healthy left: all three keep serving.
+        assert_eq!(
+            weights(&state, frontend(443, Protocol::Tcp)),
+            [(ip(1), 1), (ip(2), 1), (ip(3), 1)]
+        );
+        // Dead, but draining: it keeps its flows.
+        assert_eq!(
+            weights(&state, draining),
+            [(ip(1), 1), (ip(2), 0), (ip(3), 1)]
+        );
+        assert_eq!(
+            checker_with(Verdicts::new()).apply(&translation),
+            translation.state
+        );
+    }
+
+    /// Answers every connection with `status` and closes it.
+    async fn http_server(status: &'static str) -> SocketAddrV4 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let std::net::SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
+            unreachable!("bound to IPv4")
+        };
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut request = [0u8; 256];
+                let _ = stream.read(&mut request).await;
+                let response = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+                let _ = stream.write_all(response.as_bytes()).await;
+            }
+        });
+        addr
+    }
+
+    /// A local port nothing listens on.
+    fn closed_port() -> SocketAddrV4 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let std::net::SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
+            unreachable!("bound to IPv4")
+        };
+        addr
+    }
+
+    #[tokio::test]
+    async fn probes_connect_and_read_http_status() {
+        let limit = Duration::from_secs(1);
+        let ok = http_server("200 OK").await;
+        let unavailable = http_server("503 Service Unavailable").await;
+        let closed = closed_port();
+        let check = |addr, http| probe(Target { addr, http }, limit);
+        assert!(check(ok, false).await);
+        assert!(check(ok, true).await);
+        assert!(check(unavailable, false).await);
+        assert!(!check(unavailable, true).await);
+        assert!(!check(closed, false).await);
+        assert!(!check(closed, true).await);
+    }
+
+    #[tokio::test]
+    async fn checker_reports_a_failing_backend() {
+        let up = http_server("200 OK").await;
+        let down = closed_port();
+        let mut translation = Translation::default();
+        for addr in [up, down] {
+            let frontend = frontend(addr.port(), Protocol::Tcp);
+            let backend = BackendSpec {
+                node: addr.to_string(),
+                ip: *addr.ip(),
+                port: addr.port(),
+                weight: 1,
+            };
+            let spec = ServiceSpec {
+                name: addr.to_string(),
+                frontend,
+                backends: vec![
+                    backend.clone(),
+                    BackendSpec {
+                        node: "other".into(),
+                        port: up.port(),
+                        ..backend
+                    },
+                ],
+            };
+            translation.state.services.insert(frontend, spec);
+            translation.checks.insert(frontend, HealthCheck::NodePort);
+        }
+        let mut checker = HealthChecker::start(config());
+        checker.watch(&translation);
+        let target = |addr| Target { addr, http: false };
+        let mut seen = Vec::new();
+        while seen.last() != Some(&Some(Verdict::Dead)) {
+            timeout(Duration::from_secs(5), checker.changed())
+                .await
+                .unwrap();
+            let verdicts = checker.verdicts.borrow().clone();
+            assert!(!verdicts.contains_key(&target(up)), "{verdicts:?}");
+            seen.push(verdicts.get(&target(down)).copied());
+        }
+        assert_eq!(seen, [Some(Verdict::Failing), Some(Verdict::Dead)]);
+        let state = checker.apply(&translation);
+        let spec = &state.services[&frontend(down.port(), Protocol::Tcp)];
+        assert_eq!(spec.backends.len(), 1);
+        assert_eq!(spec.backends[0].port, up.port());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "s", "2h", "-1s", "1e3"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}

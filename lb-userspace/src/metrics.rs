@@ -1,0 +1,318 @@
+//! Prometheus metrics, `/healthz` and `/readyz` over HTTP. Metrics are read
+//! from the pinned maps at scrape time, the way node_exporter reads /proc: the
+//! numbers are the kernel's, never a copy that could drift.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use crate::{
+    catalog::Catalog,
+    inspect::{self, Snapshot},
+    maps::Maps,
+};
+
+/// Global counters that are packet outcomes, exported as one labelled family.
+const OUTCOMES: [&str; 14] = [
+    "forward_tx",
+    "forward_redirect",
+    "reply_tx",
+    "reply_redirect",
+    "fib_miss_pass",
+    "fib_other_pass",
+    "pass_not_ipv4",
+    "pass_fragment",
+    "pass_other_proto",
+    "pass_malformed",
+    "pass_not_service",
+    "drop_no_backend",
+    "drop_internal",
+    "icmp_echo_reply",
+];
+
+/// What the HTTP endpoints report on.
+#[derive(Debug)]
+pub struct Health {
+    bpffs: PathBuf,
+    /// Set once the first sync programmed the data path.
+    ready: AtomicBool,
+}
+
+impl Health {
+    pub fn new(bpffs: PathBuf) -> Arc<Self> {
+        Arc::new(Self {
+            bpffs,
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+struct MapsCollector {
+    bpffs: PathBuf,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: &[(Labels, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family =
+        encoder.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
+    for (labels, value) in samples {
+        ConstCounter::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: &[(Labels, f64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family =
+        encoder.encode_descriptor(name, help, None, ConstGauge::new(0f64).metric_type())?;
+    for (labels, value) in samples {
+        ConstGauge::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for MapsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let read = || -> anyhow::Result<_> {
+            let maps = Maps::open_pinned(&self.bpffs)?;
+            let snapshot = Snapshot::take(&maps, Catalog::read(&self.bpffs))?;
+            Ok((
+                inspect::services(&maps, &snapshot)?,
+                inspect::backends(&maps, &snapshot, None)?,
+                inspect::global(&maps)?,
+            ))
+        };
+        let (services, backends, global) = match read() {
+            Ok(data) => data,
+            Err(e) => {
+                // A scrape with no lb_ series says "nothing loaded" well enough.
+                warn!(error = %e, "metrics: reading the pinned maps");
+                return Ok(());
+            }
+        };
+        let service_labels = |name: &str, vip: String, port: u16, protocol: &str| -> Labels {
+            vec![
+                ("service", name.to_owned()),
+                ("vip", vip),
+                ("port", port.to_string()),
+                ("protocol", protocol.to_owned()),
+            ]
+        };
+        let per_service: Vec<(Labels, &inspect::ServiceRow)> = services
+            .iter()
+            .map(|s| {
+                (
+                    service_labels(&s.name, s.vip.to_string(), s.port, s.protocol),
+                    s,
+                )
+            })
+            .collect();
+        let collect = |f: &dyn Fn(&inspect::ServiceRow) -> u64| -> Vec<(Labels, u64)> {
+            per_service.iter().map(|(l, s)| (l.clone(), f(s))).collect()
+        };
+        counter(
+            &mut encoder,
+            "lb_service_packets",
+            "Packets forwarded to a service's backends.",
+            &collect(&|s| s.packets),
+        )?;
+        counter(
+            &mut encoder,
+            "lb_service_bytes",
+            "Bytes forwarded to a service's backends.",
+            &collect(&|s| s.bytes),
+        )?;
+        gauge(
+            &mut encoder,
+            "lb_service_active_flows",
+            "Flows of a service seen in the last minute.",
+            &per_service
+                .iter()
+                .map(|(l, s)| (l.clone(), s.active_flows as f64))
+                .collect::<Vec<_>>(),
+        )?;
+        let per_backend: Vec<(Labels, &inspect::BackendRow)> = backends
+            .iter()
+            .map(|b| {
+                let (vip, rest) = b.service.split_once(':').unwrap_or((&b.service, ""));
+                let (port, protocol) = rest.split_once('/').unwrap_or((rest, ""));
+                let mut labels = service_labels(
+                    &b.service_name,
+                    vip.to_owned(),
+                    port.parse().unwrap_or(0),
+                    protocol,
+                );
+                labels.extend([
+                    ("backend", b.node.clone()),
+                    ("address", format!("{}:{}", b.address, b.port)),
+                ]);
+                (labels, b)
+            })
+            .collect();
+        let collect = |f: &dyn Fn(&inspect::BackendRow) -> u64| -> Vec<(Labels, u64)> {
+            per_backend.iter().map(|(l, b)| (l.clone(), f(b))).collect()
+        };
+        counter(
+            &mut encoder,
+            "lb_backend_packets",
+            "Packets forwarded to a backend.",
+            &collect(&|b| b.packets),
+        )?;
+        counter(
+            &mut encoder,
+            "lb_backend_bytes",
+            "Bytes forwarded to a backend.",
+            &collect(&|b| b.bytes),
+        )?;
+        gauge(
+            &mut encoder,
+            "lb_backend_active_flows",
+            "Flows pinned to a backend seen in the last minute.",
+            &per_backend
+                .iter()
+                .map(|(l, b)| (l.clone(), b.active_flows as f64))
+                .collect::<Vec<_>>(),
+        )?;
+        gauge(
+            &mut encoder,
+            "lb_backend_maglev_share",
+            "Fraction of the service's Maglev table pointing at the backend.",
+            &per_backend
+                .iter()
+                .map(|(l, b)| (l.clone(), b.share))
+                .collect::<Vec<_>>(),
+        )?;
+        let outcomes: Vec<(Labels, u64)> = OUTCOMES
+            .iter()
+            .map(|o| {
+                (
+                    vec![("outcome", (*o).to_owned())],
+                    global.get(o).copied().unwrap_or(0),
+                )
+            })
+            .collect();
+        counter(
+            &mut encoder,
+            "lb_packets",
+            "Packets the XDP program handled, by outcome.",
+            &outcomes,
+        )?;
+        for (name, help) in [
+            (
+                "new_flows",
+                "Flows created (Maglev lookup and flow insert).",
+            ),
+            ("flow_rehashed", "Flows whose backend was gone, re-hashed."),
+            (
+                "icmp_translated",
+                "ICMP errors about a tracked flow translated like the flow.",
+            ),
+        ] {
+            let value = global.get(name).copied().unwrap_or(0);
+            counter(
+                &mut encoder,
+                &format!("lb_{name}"),
+                help,
+                &[(Vec::new(), value)],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until the task is dropped.
+pub async fn serve(address: SocketAddr, health: Arc<Health>) -> std::io::Result<()> {
+    let listener = TcpListener::bind(address).await?;
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(MapsCollector {
+        bpffs: health.bpffs.clone(),
+    }));
+    let registry = Arc::new(registry);
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let (registry, health) = (registry.clone(), health.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let response = respond(&request, &registry, &health);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(%peer, error = %e, "metrics connection");
+            }
+        });
+    }
+}
+
+fn respond<B>(request: &Request<B>, registry: &Registry, health: &Health) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match request.uri().path() {
+        "/metrics" => {
+            let mut text = String::new();
+            match prometheus_client::encoding::text::encode(&mut text, registry) {
+                Ok(()) => (
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    text,
+                ),
+                Err(_) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    "encoding failed\n".into(),
+                ),
+            }
+        }
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" if health.ready.load(Ordering::Relaxed) => {
+            (StatusCode::OK, "text/plain", "ready\n".into())
+        }
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not synced yet\n".into(),
+        ),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = content_type.parse() {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
+}

@@ -1,0 +1,334 @@
+//! The inspection commands: listings as tables for people and JSON for scripts.
+
+use std::{
+    io::Write as _,
+    net::SocketAddrV4,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::{
+    catalog::Catalog,
+    cli::{BackendsArgs, FlowsArgs, InspectArgs, StatsArgs, TraceArgs, TraceProtocol, print_table},
+    inspect::{self, Snapshot},
+    maps::Maps,
+};
+
+fn open(args: &InspectArgs) -> Result<(Maps, Snapshot)> {
+    let maps = Maps::open_pinned(&args.bpffs)?;
+    let snapshot = Snapshot::take(&maps, Catalog::read(&args.bpffs))?;
+    Ok((maps, snapshot))
+}
+
+pub fn print_json(value: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    // A closed pipe (`lb stats --json | head`) is not an error worth a panic.
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
+    Ok(())
+}
+
+fn or_dash(text: &str) -> String {
+    if text.is_empty() {
+        "-".into()
+    } else {
+        text.into()
+    }
+}
+
+pub fn services(args: &InspectArgs) -> Result<()> {
+    let (maps, snapshot) = open(args)?;
+    let rows = inspect::services(&maps, &snapshot)?;
+    if args.json {
+        return print_json(&rows);
+    }
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                or_dash(&r.name),
+                r.vip.to_string(),
+                r.port.to_string(),
+                r.protocol.to_owned(),
+                format!("{}/{}", r.backends_healthy, r.backends_total),
+                r.packets.to_string(),
+                r.bytes.to_string(),
+                r.active_flows.to_string(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "NAME", "VIP", "PORT", "PROTO", "BACKENDS", "PACKETS", "BYTES", "FLOWS",
+        ],
+        &table,
+    );
+    Ok(())
+}
+
+pub fn backends(args: &BackendsArgs) -> Result<()> {
+    let (maps, snapshot) = open(&args.inspect)?;
+    let rows = inspect::backends(&maps, &snapshot, args.service.as_deref())?;
+    if args.inspect.json {
+        return print_json(&rows);
+    }
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                if r.service_name.is_empty() {
+                    r.service.clone()
+                } else {
+                    r.service_name.clone()
+                },
+                or_dash(&r.node),
+                r.address.to_string(),
+                r.port.to_string(),
+                r.weight.map_or("-".into(), |w| w.to_string()),
+                r.health.to_owned(),
+                format!("{:.1}%", r.share * 100.0),
+                r.packets.to_string(),
+                r.bytes.to_string(),
+                r.active_flows.to_string(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "SERVICE", "NODE", "ADDRESS", "NODEPORT", "WEIGHT", "HEALTH", "SHARE", "PACKETS",
+            "BYTES", "FLOWS",
+        ],
+        &table,
+    );
+    Ok(())
+}
+
+pub fn flows(args: &FlowsArgs) -> Result<()> {
+    let (_, snapshot) = open(&args.inspect)?;
+    let rows = inspect::flows(
+        &snapshot,
+        args.service.as_deref(),
+        args.backend.as_deref(),
+        args.limit,
+    );
+    if args.inspect.json {
+        return print_json(&rows);
+    }
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.client.to_string(),
+                r.vip.to_string(),
+                r.protocol.to_owned(),
+                r.backend.to_string(),
+                or_dash(&r.node),
+                format!("{:.1}s", r.age_seconds),
+                format!("{:.1}s", r.last_seen_seconds),
+                r.packets.to_string(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "CLIENT",
+            "VIP",
+            "PROTO",
+            "BACKEND",
+            "NODE",
+            "AGE",
+            "LAST SEEN",
+            "PACKETS",
+        ],
+        &table,
+    );
+    Ok(())
+}
+
+pub fn trace(args: &TraceArgs) -> Result<()> {
+    let (maps, snapshot) = open(&args.inspect)?;
+    let proto = match args.proto {
+        TraceProtocol::Tcp => lb_common::PROTO_TCP,
+        TraceProtocol::Udp => lb_common::PROTO_UDP,
+    };
+    let report = inspect::trace(&maps, &snapshot, args.client, args.vip, proto)?;
+    if args.inspect.json {
+        return print_json(&report);
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{} -> {} ({})",
+        report.client, report.vip, report.protocol
+    );
+    if let Some(service) = &report.service {
+        let _ = writeln!(out, "service:   {service}");
+    }
+    if let Some(backend) = report.new_flow_backend {
+        let node = report.new_flow_node.as_deref().unwrap_or("-");
+        let _ = writeln!(out, "new flow:  {backend} ({node})");
+    }
+    if let Some(pinned) = report.pinned_backend {
+        let _ = writeln!(out, "flow entry: {pinned}");
+    }
+    let _ = writeln!(out, "verdict:   {}", report.verdict);
+    Ok(())
+}
+
+/// One sample of every counter, for computing rates.
+struct Sample {
+    at: Instant,
+    global: std::collections::BTreeMap<&'static str, u64>,
+    services: Vec<inspect::ServiceRow>,
+    snapshot: Snapshot,
+}
+
+fn sample(args: &InspectArgs) -> Result<Sample> {
+    let (maps, snapshot) = open(args)?;
+    Ok(Sample {
+        at: Instant::now(),
+        global: inspect::global(&maps)?,
+        services: inspect::services(&maps, &snapshot)?,
+        snapshot,
+    })
+}
+
+#[derive(Serialize)]
+struct Rates {
+    interval_seconds: f64,
+    packets_per_second: f64,
+    new_flows_per_second: f64,
+    services: Vec<ServiceRate>,
+    /// Counters since the program was loaded, by name.
+    totals: std::collections::BTreeMap<&'static str, u64>,
+}
+
+#[derive(Serialize)]
+struct ServiceRate {
+    service: String,
+    vip: SocketAddrV4,
+    protocol: &'static str,
+    packets_per_second: f64,
+    bits_per_second: f64,
+    /// Flows created since the last sample that are still in the flow table.
+    new_flows_per_second: f64,
+    active_flows: u64,
+}
+
+fn rates(before: &Sample, after: &Sample) -> Rates {
+    let seconds = after.at.duration_since(before.at).as_secs_f64().max(1e-3);
+    let delta = |name: &str| {
+        after
+            .global
+            .get(name)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(before.global.get(name).copied().unwrap_or(0)) as f64
+            / seconds
+    };
+    let services = after
+        .services
+        .iter()
+        .map(|now| {
+            let then = before
+                .services
+                .iter()
+                .find(|s| s.id == now.id && s.vip == now.vip);
+            let (packets, bytes) = then.map_or((0, 0), |t| (t.packets, t.bytes));
+            ServiceRate {
+                service: now.name.clone(),
+                vip: SocketAddrV4::new(now.vip, now.port),
+                protocol: now.protocol,
+                packets_per_second: now.packets.saturating_sub(packets) as f64 / seconds,
+                bits_per_second: now.bytes.saturating_sub(bytes) as f64 * 8.0 / seconds,
+                new_flows_per_second: after.snapshot.flows_created_since(
+                    now.vip,
+                    now.port,
+                    now.protocol,
+                    before.snapshot.now_ns,
+                ) as f64
+                    / seconds,
+                active_flows: now.active_flows,
+            }
+        })
+        .collect();
+    Rates {
+        interval_seconds: seconds,
+        packets_per_second: delta("rx"),
+        new_flows_per_second: delta("new_flows"),
+        services,
+        totals: after.global.clone(),
+    }
+}
+
+fn render(rates: &Rates) {
+    println!(
+        "packets/s {:.0}   new flows/s {:.0}   (interval {:.1}s)\n",
+        rates.packets_per_second, rates.new_flows_per_second, rates.interval_seconds
+    );
+    let table: Vec<Vec<String>> = rates
+        .services
+        .iter()
+        .map(|s| {
+            vec![
+                or_dash(&s.service),
+                format!("{}/{}", s.vip, s.protocol),
+                format!("{:.0}", s.packets_per_second),
+                format!("{:.0}", s.bits_per_second),
+                format!("{:.0}", s.new_flows_per_second),
+                s.active_flows.to_string(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "SERVICE",
+            "FRONTEND",
+            "PACKETS/S",
+            "BITS/S",
+            "NEW FLOWS/S",
+            "FLOWS",
+        ],
+        &table,
+    );
+    println!();
+    let totals: Vec<Vec<String>> = rates
+        .totals
+        .iter()
+        .map(|(name, value)| vec![(*name).to_owned(), value.to_string()])
+        .collect();
+    print_table(&["COUNTER", "TOTAL"], &totals);
+}
+
+pub fn stats(args: &StatsArgs) -> Result<()> {
+    let interval = Duration::from_secs_f64(args.interval.clamp(0.1, 3600.0));
+    let mut before = sample(&args.inspect)?;
+    loop {
+        std::thread::sleep(interval);
+        let after = sample(&args.inspect)?;
+        let rates = rates(&before, &after);
+        if args.inspect.json {
+            if args.watch {
+                // One object per line, so a consumer can stream it.
+                let _ = writeln!(
+                    std::io::stdout().lock(),
+                    "{}",
+                    serde_json::to_string(&rates)?
+                );
+            } else {
+                print_json(&rates)?;
+            }
+        } else {
+            if args.watch {
+                // Clear the screen and go home, like top.
+                print!("\x1b[2J\x1b[H");
+            }
+            render(&rates);
+        }
+        if !args.watch {
+            return Ok(());
+        }
+        before = after;
+    }
+}

@@ -1,0 +1,251 @@
+//! The control plane at scale: the real agent watching a fake API server that
+//! holds 10,000 LoadBalancer Services (policy Local, 3 endpoints each) over
+//! 1,000 Nodes. Measured: the time until every Service has its VIP in its
+//! status, the time until the data path is full, the agent's peak memory, and
+//! the latency from an EndpointSlice change to the map update.
+//!
+//! The data path holds at most `lb_common::MAX_SERVICES` (1,024) service
+//! ports, so the agent runs with `--max-services 1024 --ring-size 251`: every
+//! Service gets a VIP and its status, the 1,024 lowest VIPs are programmed and
+//! the rest are reported as not programmed. The latency is measured on
+//! programmed ones. Health checks are off (a million (node, NodePort) pairs
+//! is not what they are for).
+
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use k8s_openapi::api::core::v1::Service;
+use lb::{
+    dataplane::service_key,
+    maps::Maps,
+    model::{Frontend, Protocol},
+};
+use lb_tests::{
+    fake_apiserver::{
+        FakeApiServer, Options,
+        fixtures::{Pod, endpoint_slice, ingress_ip, load_balancer, local, node},
+    },
+    kube_agent::KubeAgent,
+    netns::{NetNs, veth},
+};
+
+const NAMESPACE: &str = "bench";
+const ENDPOINTS: usize = 3;
+const MAX_SERVICES: usize = lb_common::MAX_SERVICES as usize;
+const TIMEOUT: Duration = Duration::from_secs(300);
+
+struct Scale {
+    services: usize,
+    nodes: usize,
+    /// EndpointSlice changes timed one after the other.
+    changes: usize,
+}
+
+/// Rows of (label, value).
+pub fn run(quick: bool) -> Result<Vec<(String, String)>> {
+    let scale = match quick {
+        true => Scale {
+            services: 1_000,
+            nodes: 100,
+            changes: 20,
+        },
+        false => Scale {
+            services: 10_000,
+            nodes: 1_000,
+            changes: 100,
+        },
+    };
+    let ns = NetNs::new("bench-k8s")?;
+    veth(&ns, "lb0", &ns, "peer0")?;
+    // A cluster started with a wide --service-node-port-range: the default
+    // one has 2,768 ports, too few for 10,000 Services.
+    let options = Options {
+        node_ports: 20_000..=60_000,
+        ..Options::default()
+    };
+    let server = FakeApiServer::start(Some(&ns), options)?;
+    populate(&server, &scale)?;
+    let flags = [
+        "--vip-pool",
+        "198.18.0.0/15",
+        "--health-interval",
+        "0",
+        "--ring-size",
+        "251",
+        "--max-services",
+        "1024",
+    ];
+    let started = Instant::now();
+    let bed = KubeAgent::with_server(server, &ns, &["lb0"], &flags)?;
+    let programmed = scale.services.min(MAX_SERVICES);
+    let (mut statuses, mut full) = (None, None);
+    let (statuses, full) = bed.wait_for(
+        "every VIP in status and the data path full",
+        TIMEOUT,
+        || {
+            if statuses.is_none() && bed.server.stats().status_writes >= scale.services as u64 {
+                statuses = Some(started.elapsed());
+            }
+            if full.is_none() && programmed_count(&bed) >= programmed {
+                full = Some(started.elapsed());
+            }
+            statuses.zip(full)
+        },
+    )?;
+    let initial_memory = peak_memory(&bed)?;
+    let mut latencies = Vec::with_capacity(scale.changes);
+    for index in 0..scale.changes {
+        latencies.push(slice_change_latency(&bed, &scale, index)?);
+    }
+    latencies.sort();
+    let final_memory = peak_memory(&bed)?;
+    let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
+    let s = |d: Duration| format!("{:.2} s", d.as_secs_f64());
+    Ok(vec![
+        (
+            "cluster".into(),
+            format!(
+                "{} Services (policy Local, {ENDPOINTS} endpoints each) over {} Nodes",
+                scale.services, scale.nodes
+            ),
+        ),
+        (
+            "programmed".into(),
+            format!(
+                "{programmed} of {} (data path limit: {MAX_SERVICES} service ports)",
+                scale.services
+            ),
+        ),
+        ("every VIP in status".into(), s(statuses)),
+        ("data path full".into(), s(full)),
+        ("agent memory, peak after start".into(), mib(initial_memory)),
+        (
+            format!("agent memory, peak after {} slice changes", scale.changes),
+            mib(final_memory),
+        ),
+        (
+            "slice change to map update, p50 (100 ms debounce included)".into(),
+            ms(percentile(&latencies, 0.5)),
+        ),
+        (
+            "slice change to map update, p99".into(),
+            ms(percentile(&latencies, 0.99)),
+        ),
+    ])
+}
+
+fn service_name(index: usize) -> String {
+    format!("svc-{index:05}")
+}
+
+fn node_name(index: usize) -> String {
+    format!("node-{index:04}")
+}
+
+/// The pods of Service `index`: on `ENDPOINTS` nodes spread over the cluster,
+/// plus `extra` more.
+fn pods(scale: &Scale, index: usize, extra: usize) -> Vec<(String, Pod)> {
+    (0..ENDPOINTS + extra)
+        .map(|k| (node_name((index * 7 + k * 131) % scale.nodes), Pod::Ready))
+        .collect()
+}
+
+fn slice(
+    scale: &Scale,
+    index: usize,
+    extra: usize,
+) -> k8s_openapi::api::discovery::v1::EndpointSlice {
+    let pods = pods(scale, index, extra);
+    let pods: Vec<(&str, Pod)> = pods.iter().map(|(n, p)| (n.as_str(), *p)).collect();
+    endpoint_slice(NAMESPACE, &service_name(index), &pods)
+}
+
+/// Fills the server before the agent starts, so that its first list is the
+/// whole cluster.
+fn populate(server: &FakeApiServer, scale: &Scale) -> Result<()> {
+    server.cluster(|cluster| -> Result<()> {
+        for index in 0..scale.nodes {
+            let ip = Ipv4Addr::new(10, 200, (index / 250) as u8, (index % 250 + 1) as u8);
+            cluster.apply(&node(&node_name(index), ip))?;
+        }
+        for index in 0..scale.services {
+            cluster.apply(&local(load_balancer(
+                NAMESPACE,
+                &service_name(index),
+                &[(80, 0)],
+            )))?;
+            cluster.apply(&slice(scale, index, 0))?;
+        }
+        Ok(())
+    })
+}
+
+fn programmed_count(bed: &KubeAgent) -> usize {
+    Maps::open_pinned(bed.agent.bpffs()).map_or(0, |maps| maps.services.keys().count())
+}
+
+/// Adds an endpoint on one more node to a programmed Service and times until
+/// the data path has the new backend.
+fn slice_change_latency(bed: &KubeAgent, scale: &Scale, index: usize) -> Result<Duration> {
+    let service: Service = bed
+        .server
+        .get(Some(NAMESPACE), &service_name(index))?
+        .context("a benchmark Service")?;
+    let vip = ingress_ip(&service).context("a VIP in status")?;
+    let key = service_key(&Frontend {
+        vip,
+        port: 80,
+        protocol: Protocol::Tcp,
+    });
+    let maps = Maps::open_pinned(bed.agent.bpffs())?;
+    let backends = || {
+        maps.services
+            .get(&key, 0)
+            .map_or(0, |info| info.backend_count)
+    };
+    if backends() as usize != ENDPOINTS {
+        bail!(
+            "{} is not programmed with {ENDPOINTS} backends",
+            service_name(index)
+        );
+    }
+    let changed = Instant::now();
+    bed.server.apply(&slice(scale, index, 1))?;
+    while backends() as usize != ENDPOINTS + 1 {
+        if changed.elapsed() > TIMEOUT {
+            bail!("{} never got its new backend", service_name(index));
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Ok(changed.elapsed())
+}
+
+/// VmHWM of the agent, in bytes.
+fn peak_memory(bed: &KubeAgent) -> Result<u64> {
+    let pid = bed.pid().context("the agent's pid")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .context("VmHWM in /proc/PID/status")?;
+    Ok(kib * 1024)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    let index = ((sorted.len().saturating_sub(1)) as f64 * q).round() as usize;
+    sorted.get(index).copied().unwrap_or_default()
+}

@@ -1,0 +1,743 @@
+//! The scenarios and cases of the in-kernel benchmark, and the loop that
+//! measures them.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use anyhow::{Context, Result, bail, ensure};
+use aya::{
+    Ebpf,
+    maps::{HashMap, Map, MapData, MapInfo},
+    programs::Xdp,
+};
+use lb::{
+    dataplane::{Dataplane, DataplaneConfig, REFERENCE_OBJECT},
+    model::{BackendSpec, Frontend, Protocol, ServiceSpec},
+};
+use lb_common::{Flow, FlowKey, MAP_FLOWS, MAX_FLOWS, MAX_SERVICES, counters};
+use lb_tests::packets;
+
+use super::{
+    CaseResult, Expect, Options, XDP_PASS, XDP_REDIRECT, XDP_TX,
+    bed::{Bed, CLIENT, NODES, node_ip},
+    check_counters, counters_of, test_run,
+};
+use crate::{
+    report::{Section, Table},
+    stats::{Figure, median},
+};
+
+pub const FLOOR: &str = "XDP_TX floor";
+pub const PARSE: &str = "parse-only";
+pub const PASS_THROUGH: &str = "non-VIP pass-through";
+
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+const TCP_PORT: u16 = 80;
+const UDP_PORT: u16 = 53;
+const NODE_TCP_PORT: u16 = 31000;
+const NODE_UDP_PORT: u16 = 31053;
+/// Client port of the flows to real VIPs.
+const CLIENT_PORT: u16 = 40000;
+/// Client port of the flows to self-mapped services (see the module docs).
+const SELF_CLIENT_PORT: u16 = 41000;
+/// Ring size of the many-services scenario: 1024 services x 2 slots x 1021
+/// entries x 4 bytes = 8 MiB of Maglev map.
+const SMALL_RING: u32 = 1021;
+const MANY_SERVICES: usize = 1000;
+/// Flow-table fill per CPU beyond its share, so every per-CPU LRU list is full.
+const FILL_EXTRA: f64 = 0.02;
+
+/// Where the packets of a per-call case come from.
+enum Input {
+    /// The same packet every call.
+    Same(Vec<u8>),
+    /// A TCP SYN from a never-seen client to `dst` every call.
+    NewFlows(SocketAddrV4),
+}
+
+struct Case<'a> {
+    name: String,
+    program: &'a Xdp,
+    /// The data path whose counters prove the path; `None` for references.
+    dataplane: Option<&'a Dataplane>,
+    ifindex: u32,
+    /// Packets sent on `setup_if` before every measurement, to create the
+    /// flow the case needs; not measured.
+    setup: Vec<Vec<u8>>,
+    setup_if: u32,
+    per_call: Option<Input>,
+    batched: Option<Vec<u8>>,
+    expect: Expect,
+}
+
+/// Unique client addresses for new flows: 50,000 ports per address.
+struct FlowSource {
+    base: u32,
+    next: u32,
+}
+
+impl FlowSource {
+    fn new(base: Ipv4Addr) -> FlowSource {
+        FlowSource {
+            base: u32::from(base),
+            next: 0,
+        }
+    }
+
+    fn next(&mut self) -> SocketAddrV4 {
+        let n = self.next;
+        self.next += 1;
+        SocketAddrV4::new(
+            Ipv4Addr::from(self.base + n / 50_000),
+            10_000 + (n % 50_000) as u16,
+        )
+    }
+}
+
+fn sock(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip, port)
+}
+
+fn service(
+    vip: Ipv4Addr,
+    port: u16,
+    protocol: Protocol,
+    backends: &[(Ipv4Addr, u16)],
+) -> ServiceSpec {
+    ServiceSpec {
+        name: format!("bench/{vip}:{port}/{protocol}"),
+        frontend: Frontend {
+            vip,
+            port,
+            protocol,
+        },
+        backends: backends
+            .iter()
+            .map(|&(ip, port)| BackendSpec {
+                node: format!("{ip}:{port}"),
+                ip,
+                port,
+                weight: 1,
+            })
+            .collect(),
+    }
+}
+
+fn all_nodes(port: u16) -> Vec<(Ipv4Addr, u16)> {
+    (1..=NODES).map(|i| (node_ip(i), port)).collect()
+}
+
+fn load(bed: &Bed, ring_size: u32, max_services: u32) -> Result<Dataplane> {
+    let mut dataplane = Dataplane::load(DataplaneConfig {
+        ring_size,
+        max_services,
+        pin_dir: None,
+        ..Default::default()
+    })
+    .context("loading lb's XDP program")?;
+    dataplane.add_tx_port(bed.client_if)?;
+    dataplane.add_tx_port(bed.node_if)?;
+    Ok(dataplane)
+}
+
+/// Restricts the calling thread to `cpu`: the per-CPU flow lists and caches
+/// then stay the same for a whole measurement.
+fn pin_to_cpu(cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays within it for
+    // cpu < CPU_SETSIZE, and sched_setaffinity(0) only affects this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error()).context("sched_setaffinity");
+        }
+    }
+    Ok(())
+}
+
+fn cpus() -> usize {
+    crate::stats::online_cpus()
+}
+
+fn reference<'a>(refs: &'a Ebpf, name: &str) -> Result<&'a Xdp> {
+    refs.program(name)
+        .with_context(|| format!("no program {name} in the reference object"))?
+        .try_into()
+        .with_context(|| format!("{name} is not an XDP program"))
+}
+
+/// The destination backend of a DNAT-ed frame.
+fn destination(frame: &[u8]) -> Result<SocketAddrV4> {
+    ensure!(frame.len() >= 38, "output frame too short");
+    let ip = Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]);
+    Ok(sock(ip, u16::from_be_bytes([frame[36], frame[37]])))
+}
+
+pub fn measure_all(bed: &Bed, options: Options) -> Result<Section> {
+    pin_to_cpu(cpus() - 1)?;
+    let mut refs = Ebpf::load(REFERENCE_OBJECT).context("loading the reference programs")?;
+    for name in ["ref_xdp_tx", "ref_parse_only"] {
+        let program: &mut Xdp = refs
+            .program_mut(name)
+            .with_context(|| format!("no program {name}"))?
+            .try_into()?;
+        program.load().with_context(|| format!("loading {name}"))?;
+    }
+    let floor = reference(&refs, "ref_xdp_tx")?;
+    let parse = reference(&refs, "ref_parse_only")?;
+    let mut log = Log::default();
+    let mut notes = Vec::new();
+    let mut flows = FlowSource::new(Ipv4Addr::new(10, 128, 0, 0));
+
+    eprintln!("kernel: main scenario (4 services, M = 16381)");
+    let main_dataplane = main_dataplane(bed)?;
+    let (mut cases, backend) = main_cases(bed, &main_dataplane, floor, parse)?;
+    let main = measure(&mut cases, options, &mut flows, &mut log)?;
+    notes.push(format!(
+        "The established and reply cases used the flow of client {CLIENT}:{CLIENT_PORT} to \
+         {VIP}:{TCP_PORT}, which Maglev sent to {backend}."
+    ));
+
+    let mut scaling = Table::new(
+        "In-kernel cost vs. services loaded and flow-table occupancy (ns per packet)",
+        &[
+            "scenario",
+            "flows in FLOWS afterwards",
+            "XDP_TX floor per call",
+            "established per call",
+            "new flow per call",
+            "XDP_TX floor batched",
+            "established batched",
+        ],
+    );
+    for services in [1, MANY_SERVICES] {
+        eprintln!("kernel: {services} service(s), M = {SMALL_RING}");
+        let dataplane = many_services_dataplane(bed, services)?;
+        let mut cases = scaling_cases(bed, &dataplane, floor)?;
+        let results = measure(&mut cases, options, &mut flows, &mut log)?;
+        let occupancy = count_flows(&dataplane)?;
+        scaling.row(scaling_row(
+            &format!("{services} service(s), M = {SMALL_RING}, max services {MAX_SERVICES}"),
+            occupancy,
+            &results,
+        ));
+    }
+    scaling.row(vec![
+        "100,000 services".to_owned(),
+        "not possible".to_owned(),
+        "n/a".to_owned(),
+        "n/a".to_owned(),
+        "n/a".to_owned(),
+        "n/a".to_owned(),
+        "n/a".to_owned(),
+    ]);
+    notes.push(
+        "The scenarios of the second table measure through the self-mapped TCP service \
+         (the only service of the one-service scenario), per call and batched; new flows come \
+         from unique client addresses and ports."
+            .to_owned(),
+    );
+    notes.push(format!(
+        "100,000 services cannot be loaded: the SERVICES hash map has a compile-time \
+         capacity of MAX_SERVICES = {MAX_SERVICES} entries, and the Maglev map needs \
+         max_services x 2 x M x 4 bytes (two ring slots per service so updates swap whole \
+         tables): 100,000 x 2 x 16381 x 4 B = 13.1 GB at the default M, still 817 MB at \
+         M = 1021. Serving that many would take a larger SERVICES map and a smaller or \
+         shared ring per service."
+    ));
+
+    if options.full_flow_table {
+        eprintln!("kernel: filling the flow table ({MAX_FLOWS} entries)");
+        let dataplane = &main_dataplane;
+        let before = count_flows(dataplane)?;
+        let inserted = fill_flows(bed, dataplane)?;
+        let filled = count_flows(dataplane)?;
+        notes.push(format!(
+            "Full flow table: FLOWS held {before} entries after the main scenario; \
+             {inserted} more new flows were run through the program (SYNs from unique \
+             clients, on every CPU, because the LRU lists are per CPU with \
+             MAX_FLOWS / CPUs = {} entries each), after which FLOWS held {filled} of \
+             MAX_FLOWS = {MAX_FLOWS} entries (counted by iterating the map). Every new \
+             flow measured there evicts the least recently used one.",
+            MAX_FLOWS as usize / cpus()
+        ));
+        let mut cases = scaling_cases(bed, dataplane, floor)?;
+        let results = measure(&mut cases, options, &mut flows, &mut log)?;
+        let occupancy = count_flows(dataplane)?;
+        scaling.row(scaling_row(
+            "4 services, M = 16381, flow table full",
+            occupancy,
+            &results,
+        ));
+    }
+    notes.push(format!(
+        "One batched call with `repeat` = 2 took {:.0} µs of CPU (median): the fixed cost \
+         the batched method leaves out.",
+        median(&log.fixed_costs) / 1e3
+    ));
+    super::section(options, &main, scaling, notes)
+}
+
+fn scaling_row(scenario: &str, occupancy: usize, results: &[CaseResult]) -> Vec<String> {
+    let get = |name: &str, batched: bool| -> String {
+        results
+            .iter()
+            .find(|r| r.name == name)
+            .and_then(|r| if batched { r.batched } else { r.per_call })
+            .map_or_else(|| "n/a".to_owned(), |f| f.with_range(1))
+    };
+    vec![
+        scenario.to_owned(),
+        occupancy.to_string(),
+        get(FLOOR, false),
+        get("established TCP flow", false),
+        get("new TCP flow", false),
+        get(FLOOR, true),
+        get("established TCP flow", true),
+    ]
+}
+
+/// Four services: TCP and UDP on a real VIP, and their self-mapped twins for
+/// the batched method.
+fn main_dataplane(bed: &Bed) -> Result<Dataplane> {
+    let mut dataplane = load(
+        bed,
+        lb::maglev::DEFAULT_RING_SIZE,
+        lb::dataplane::DEFAULT_MAX_SERVICES,
+    )?;
+    for spec in [
+        service(VIP, TCP_PORT, Protocol::Tcp, &all_nodes(NODE_TCP_PORT)),
+        service(VIP, UDP_PORT, Protocol::Udp, &all_nodes(NODE_UDP_PORT)),
+        service(
+            node_ip(1),
+            NODE_TCP_PORT,
+            Protocol::Tcp,
+            &[(node_ip(1), NODE_TCP_PORT)],
+        ),
+        service(
+            node_ip(1),
+            NODE_UDP_PORT,
+            Protocol::Udp,
+            &[(node_ip(1), NODE_UDP_PORT)],
+        ),
+    ] {
+        dataplane.set_service(&spec)?;
+    }
+    Ok(dataplane)
+}
+
+/// The self-mapped TCP service alone, or with `services - 1` others.
+fn many_services_dataplane(bed: &Bed, services: usize) -> Result<Dataplane> {
+    let mut dataplane = load(bed, SMALL_RING, MAX_SERVICES)?;
+    dataplane.set_service(&service(
+        node_ip(1),
+        NODE_TCP_PORT,
+        Protocol::Tcp,
+        &[(node_ip(1), NODE_TCP_PORT)],
+    ))?;
+    for i in 1..services {
+        let i = u16::try_from(i).context("too many services")?;
+        let vip = Ipv4Addr::new(198, 51, 100, 100 + (i / 250) as u8);
+        dataplane
+            .set_service(&service(
+                vip,
+                10_000 + i,
+                Protocol::Tcp,
+                &all_nodes(20_000 + i),
+            ))
+            .with_context(|| format!("service {i}"))?;
+    }
+    ensure!(
+        dataplane.services().count() == services,
+        "services not all loaded"
+    );
+    Ok(dataplane)
+}
+
+fn main_cases<'a>(
+    bed: &Bed,
+    dataplane: &'a Dataplane,
+    floor: &'a Xdp,
+    parse: &'a Xdp,
+) -> Result<(Vec<Case<'a>>, SocketAddrV4)> {
+    let program = dataplane.program()?;
+    let client = sock(CLIENT, CLIENT_PORT);
+    let self_client = sock(CLIENT, SELF_CLIENT_PORT);
+    let vip_tcp = sock(VIP, TCP_PORT);
+    let self_tcp = sock(node_ip(1), NODE_TCP_PORT);
+    let self_udp = sock(node_ip(1), NODE_UDP_PORT);
+    let syn = packets::tcp_syn(client, vip_tcp);
+    let self_syn = packets::tcp_syn(self_client, self_tcp);
+    // The real flow's backend, needed to build its replies.
+    let first = test_run(program, &syn, bed.client_if, 1)?;
+    ensure!(
+        first.action == XDP_REDIRECT,
+        "first SYN: action {}",
+        first.action
+    );
+    let backend = destination(&first.out)?;
+    let ack = packets::tcp_ack(client, vip_tcp, b"");
+    let forward = Expect {
+        action: XDP_REDIRECT,
+        per_packet: vec![counters::FORWARD_REDIRECT],
+        unchanged: vec![counters::NEW_FLOWS, counters::FLOW_REHASHED],
+    };
+    let lb_case = |name: &str, ifindex: u32| Case {
+        name: name.to_owned(),
+        program,
+        dataplane: Some(dataplane),
+        ifindex,
+        setup: vec![syn.clone(), self_syn.clone()],
+        setup_if: bed.client_if,
+        per_call: None,
+        batched: None,
+        expect: forward.clone(),
+    };
+    let cases = vec![
+        Case {
+            name: format!("{FLOOR} (ref_xdp_tx)"),
+            program: floor,
+            dataplane: None,
+            ifindex: bed.client_if,
+            setup: Vec::new(),
+            setup_if: bed.client_if,
+            per_call: Some(Input::Same(ack.clone())),
+            batched: Some(ack.clone()),
+            expect: Expect::action(XDP_TX),
+        },
+        Case {
+            name: format!("{PARSE} (ref_parse_only)"),
+            program: parse,
+            dataplane: None,
+            ifindex: bed.client_if,
+            setup: Vec::new(),
+            setup_if: bed.client_if,
+            per_call: Some(Input::Same(ack.clone())),
+            batched: Some(ack.clone()),
+            expect: Expect::action(XDP_TX),
+        },
+        Case {
+            per_call: Some(Input::Same(ack.clone())),
+            batched: Some(packets::tcp_ack(self_client, self_tcp, b"")),
+            ..lb_case("established TCP flow", bed.client_if)
+        },
+        Case {
+            per_call: Some(Input::NewFlows(vip_tcp)),
+            expect: Expect {
+                action: XDP_REDIRECT,
+                per_packet: vec![counters::FORWARD_REDIRECT, counters::NEW_FLOWS],
+                unchanged: vec![counters::FLOW_REHASHED],
+            },
+            ..lb_case("new TCP flow (Maglev lookup + flow insert)", bed.client_if)
+        },
+        Case {
+            setup: vec![
+                packets::udp(client, sock(VIP, UDP_PORT), b"x"),
+                packets::udp(self_client, self_udp, b"x"),
+            ],
+            per_call: Some(Input::Same(packets::udp(client, sock(VIP, UDP_PORT), b"x"))),
+            batched: Some(packets::udp(self_client, self_udp, b"x")),
+            ..lb_case("established UDP flow", bed.client_if)
+        },
+        Case {
+            per_call: Some(Input::Same(packets::tcp_ack(backend, client, b""))),
+            batched: Some(packets::tcp_ack(self_tcp, self_client, b"")),
+            expect: Expect {
+                action: XDP_REDIRECT,
+                per_packet: vec![counters::REPLY_REDIRECT],
+                unchanged: vec![counters::NEW_FLOWS, counters::FORWARD_REDIRECT],
+            },
+            ..lb_case("reply, reverse NAT", bed.node_if)
+        },
+        Case {
+            setup: Vec::new(),
+            per_call: Some(Input::Same(packets::tcp_ack(
+                client,
+                sock(node_ip(2), NODE_TCP_PORT),
+                b"",
+            ))),
+            batched: Some(packets::tcp_ack(
+                client,
+                sock(node_ip(2), NODE_TCP_PORT),
+                b"",
+            )),
+            expect: Expect {
+                action: XDP_PASS,
+                per_packet: vec![counters::PASS_NOT_SERVICE],
+                unchanged: vec![counters::NEW_FLOWS],
+            },
+            ..lb_case(PASS_THROUGH, bed.client_if)
+        },
+    ];
+    Ok((cases, backend))
+}
+
+/// Floor, established and new flows through the self-mapped TCP service.
+fn scaling_cases<'a>(bed: &Bed, dataplane: &'a Dataplane, floor: &'a Xdp) -> Result<Vec<Case<'a>>> {
+    let program = dataplane.program()?;
+    let self_client = sock(CLIENT, SELF_CLIENT_PORT);
+    let self_tcp = sock(node_ip(1), NODE_TCP_PORT);
+    let setup = vec![packets::tcp_syn(self_client, self_tcp)];
+    let ack = packets::tcp_ack(self_client, self_tcp, b"");
+    Ok(vec![
+        Case {
+            name: FLOOR.to_owned(),
+            program: floor,
+            dataplane: None,
+            ifindex: bed.client_if,
+            setup: Vec::new(),
+            setup_if: bed.client_if,
+            per_call: Some(Input::Same(ack.clone())),
+            batched: Some(ack.clone()),
+            expect: Expect::action(XDP_TX),
+        },
+        Case {
+            name: "established TCP flow".to_owned(),
+            program,
+            dataplane: Some(dataplane),
+            ifindex: bed.client_if,
+            setup: setup.clone(),
+            setup_if: bed.client_if,
+            per_call: Some(Input::Same(ack.clone())),
+            batched: Some(ack),
+            expect: Expect {
+                action: XDP_REDIRECT,
+                per_packet: vec![counters::FORWARD_REDIRECT],
+                unchanged: vec![counters::NEW_FLOWS, counters::FLOW_REHASHED],
+            },
+        },
+        Case {
+            name: "new TCP flow".to_owned(),
+            program,
+            dataplane: Some(dataplane),
+            ifindex: bed.client_if,
+            setup,
+            setup_if: bed.client_if,
+            per_call: Some(Input::NewFlows(self_tcp)),
+            batched: None,
+            expect: Expect {
+                action: XDP_REDIRECT,
+                per_packet: vec![counters::FORWARD_REDIRECT, counters::NEW_FLOWS],
+                unchanged: vec![counters::FLOW_REHASHED],
+            },
+        },
+    ])
+}
+
+/// Measures every case `options.runs` times, cases interleaved within a run so
+/// that drift (frequency, other load) affects them alike.
+fn measure(
+    cases: &mut [Case<'_>],
+    options: Options,
+    flows: &mut FlowSource,
+    log: &mut Log,
+) -> Result<Vec<CaseResult>> {
+    let mut per_call: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    let mut batched: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    let mut batched_kernel: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    // One unrecorded round warms caches, the JIT image and the flow entries.
+    let warm = Options {
+        calls: (options.calls / 10).max(100),
+        batches: 1,
+        repeat: (options.repeat / 10).max(100),
+        ..options
+    };
+    for case in cases.iter() {
+        run_per_call(case, warm, flows)?;
+        run_batched(case, warm, log)?;
+    }
+    for _ in 0..options.runs {
+        for (i, case) in cases.iter().enumerate() {
+            if let Some(ns) = run_per_call(case, options, flows)? {
+                per_call[i].push(ns);
+            }
+        }
+        for (i, case) in cases.iter().enumerate() {
+            if let Some(result) = run_batched(case, options, log)? {
+                batched[i].push(result.per_packet);
+                batched_kernel[i].push(result.kernel);
+            }
+        }
+    }
+    Ok(cases
+        .iter()
+        .enumerate()
+        .map(|(i, case)| CaseResult {
+            name: case.name.clone(),
+            check: case.expect.describe(),
+            per_call: Figure::of(&per_call[i]),
+            batched: Figure::of(&batched[i]),
+            batched_kernel: Figure::of(&batched_kernel[i]),
+        })
+        .collect())
+}
+
+fn prepare(case: &Case<'_>) -> Result<Option<Vec<u64>>> {
+    let Some(dataplane) = case.dataplane else {
+        return Ok(None);
+    };
+    let program = dataplane.program()?;
+    for packet in &case.setup {
+        // Setup packets are client packets, also for the reply case.
+        test_run(program, packet, case.setup_if, 1)?;
+    }
+    Ok(Some(counters_of(dataplane)?))
+}
+
+/// Mean kernel-reported ns per call over `options.calls` calls with repeat = 1.
+fn run_per_call(case: &Case<'_>, options: Options, flows: &mut FlowSource) -> Result<Option<f64>> {
+    let Some(input) = &case.per_call else {
+        return Ok(None);
+    };
+    let before = prepare(case)?;
+    let mut total_ns: u128 = 0;
+    for _ in 0..options.calls {
+        let call = match input {
+            Input::Same(packet) => test_run(case.program, packet, case.ifindex, 1)?,
+            Input::NewFlows(dst) => {
+                let packet = packets::tcp_syn(flows.next(), *dst);
+                test_run(case.program, &packet, case.ifindex, 1)?
+            }
+        };
+        if call.action != case.expect.action {
+            bail!(
+                "{}: action {} instead of {}",
+                case.name,
+                call.action,
+                case.expect.action
+            );
+        }
+        total_ns += call.kernel.as_nanos();
+    }
+    if let (Some(before), Some(dataplane)) = (before, case.dataplane) {
+        let after = counters_of(dataplane)?;
+        check_counters(
+            &before,
+            &after,
+            &case.expect,
+            u64::from(options.calls),
+            &case.name,
+        )?;
+    }
+    Ok(Some(total_ns as f64 / f64::from(options.calls)))
+}
+
+/// Thread CPU time in ns per iteration, from `options.batches` pairs of calls:
+/// one with `repeat` = R and one with `repeat` = 2. Their difference divided by
+/// R - 2 leaves out what every call costs once, whatever its `repeat`: the
+/// syscall, and (for `repeat` > 1) the kernel installing the program in the XDP
+/// dispatcher before the loop and removing it after.
+fn run_batched(case: &Case<'_>, options: Options, log: &mut Log) -> Result<Option<Batched>> {
+    let Some(packet) = &case.batched else {
+        return Ok(None);
+    };
+    let before = prepare(case)?;
+    let (mut slope_ns, mut fixed_ns, mut kernel_ns) = (0i128, 0u128, 0u128);
+    for _ in 0..options.batches {
+        let short = test_run(case.program, packet, case.ifindex, SHORT_REPEAT)?;
+        let long = test_run(case.program, packet, case.ifindex, options.repeat)?;
+        for call in [&short, &long] {
+            if call.action != case.expect.action {
+                bail!(
+                    "{} (batched): action {} instead of {}",
+                    case.name,
+                    call.action,
+                    case.expect.action
+                );
+            }
+        }
+        slope_ns += long.cpu.as_nanos() as i128 - short.cpu.as_nanos() as i128;
+        fixed_ns += short.cpu.as_nanos();
+        kernel_ns += long.kernel.as_nanos();
+    }
+    let packets = u64::from(options.batches) * u64::from(options.repeat + SHORT_REPEAT);
+    if let (Some(before), Some(dataplane)) = (before, case.dataplane) {
+        let after = counters_of(dataplane)?;
+        check_counters(
+            &before,
+            &after,
+            &case.expect,
+            packets,
+            &format!("{} (batched)", case.name),
+        )?;
+    }
+    let batches = f64::from(options.batches);
+    let per_packet = slope_ns as f64 / batches / f64::from(options.repeat - SHORT_REPEAT);
+    log.fixed_costs.push(fixed_ns as f64 / batches);
+    Ok(Some(Batched {
+        per_packet,
+        kernel: kernel_ns as f64 / batches,
+    }))
+}
+
+/// One batched measurement: thread CPU time per iteration, and the kernel's
+/// own figure (the loop's time over its iterations, whole ns, including
+/// interrupts and time the hypervisor took the CPU away).
+struct Batched {
+    per_packet: f64,
+    kernel: f64,
+}
+
+/// The short call of a batched pair; 2 is the smallest `repeat` for which the
+/// kernel takes its batched path (with the XDP dispatcher swap).
+const SHORT_REPEAT: u32 = 2;
+
+/// What the report needs besides the figures.
+#[derive(Default)]
+struct Log {
+    /// CPU time of every short batched call, ns.
+    fixed_costs: Vec<f64>,
+}
+
+/// Runs new flows through the program on every CPU until each CPU's LRU list
+/// is full; returns how many were run.
+fn fill_flows(bed: &Bed, dataplane: &Dataplane) -> Result<u64> {
+    let program = dataplane.program()?;
+    let cpus = cpus();
+    let per_cpu = (f64::from(MAX_FLOWS) / cpus as f64 * (1.0 + FILL_EXTRA)) as u32;
+    let client_if = bed.client_if;
+    let dst = sock(node_ip(1), NODE_TCP_PORT);
+    let results: Vec<Result<u64>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..cpus)
+            .map(|cpu| {
+                scope.spawn(move || -> Result<u64> {
+                    // Threads start in the namespace of the thread that spawns them.
+                    pin_to_cpu(cpu)?;
+                    let base = Ipv4Addr::new(10, 192 + cpu as u8, 0, 0);
+                    let mut source = FlowSource::new(base);
+                    for _ in 0..per_cpu {
+                        let packet = packets::tcp_syn(source.next(), dst);
+                        let call = test_run(program, &packet, client_if, 1)?;
+                        ensure!(call.action == XDP_REDIRECT, "fill: action {}", call.action);
+                    }
+                    Ok(u64::from(per_cpu))
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or_else(|_| bail!("fill thread panicked")))
+            .collect()
+    });
+    pin_to_cpu(cpus - 1)?;
+    results.into_iter().sum()
+}
+
+/// Entries in FLOWS, by iterating its keys (the map is not among the ones the
+/// data path API exposes, so it is opened by id from the program's map list).
+fn count_flows(dataplane: &Dataplane) -> Result<usize> {
+    let ids = dataplane
+        .program()?
+        .info()?
+        .map_ids()?
+        .context("the kernel does not list the program's maps")?;
+    for id in ids {
+        let info = MapInfo::from_id(id)?;
+        if info.name_as_str() != Some(MAP_FLOWS) {
+            continue;
+        }
+        let map = Map::from_map_data(MapData::from_id(id)?)?;
+        let flows: HashMap<MapData, FlowKey, Flow> = map.try_into()?;
+        return Ok(flows.keys().filter(Result::is_ok).count());
+    }
+    bail!("the program has no {MAP_FLOWS} map")
+}

@@ -1,0 +1,342 @@
+//! An in-process Kubernetes API server for tests: real HTTP/1.1 over TCP,
+//! speaking the protocol kube-rs speaks to a cluster (lists with
+//! resourceVersion and continue tokens, watch streams with bookmarks and 410
+//! Gone, the status subresource, optimistic concurrency, Events), with the
+//! objects in memory and controls a real server lacks: compact the watch
+//! history, drop every watch connection, stop and restart on the same port.
+//!
+//! It serves Services, Nodes, EndpointSlices and events.k8s.io Events. The
+//! agent under test gets a kubeconfig pointing at it ([`FakeApiServer::write_kubeconfig`]).
+
+pub mod fixtures;
+mod http;
+mod kinds;
+mod objects;
+mod store;
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener},
+    ops::RangeInclusive,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use k8s_openapi::Resource;
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+use socket2::{Domain, Socket, Type};
+use tokio::{runtime::Runtime, task::AbortHandle};
+
+pub use kinds::Kind;
+pub use objects::ApiError;
+pub use store::Stats;
+
+use crate::netns::NetNs;
+use http::Shared;
+use objects::Allocations;
+use store::Store;
+
+/// The bearer token in the kubeconfig, checked on every request.
+const TOKEN: &str = "lb-test-token";
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Changes kept for watches to resume from; older resourceVersions get 410.
+    pub history_limit: usize,
+    /// How often watches that allow bookmarks get one.
+    pub bookmark_interval: Duration,
+    /// `--service-node-port-range`.
+    pub node_ports: RangeInclusive<u16>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            history_limit: 10_000,
+            bookmark_interval: Duration::from_secs(1),
+            node_ports: 30000..=32767,
+        }
+    }
+}
+
+/// A running fake API server; dropping it stops it.
+pub struct FakeApiServer {
+    shared: Arc<Shared>,
+    runtime: Runtime,
+    addr: SocketAddrV4,
+    /// The accept loop and every connection, so that stopping closes them all.
+    tasks: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+impl FakeApiServer {
+    /// Starts serving on 127.0.0.1 (an ephemeral port) inside `ns`, or in the
+    /// calling thread's namespace.
+    pub fn start(ns: Option<&NetNs>, options: Options) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("fake-apiserver")
+            .enable_all()
+            .build()
+            .context("starting the fake API server's runtime")?;
+        let store = Store::new(options.history_limit, Allocations::new(options.node_ports));
+        let shared = Arc::new(Shared {
+            store: Mutex::new(store),
+            token: TOKEN.to_owned(),
+            bookmark_interval: options.bookmark_interval,
+        });
+        let mut server = Self {
+            shared,
+            runtime,
+            addr: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0),
+            tasks: Arc::default(),
+        };
+        server.listen(ns)?;
+        Ok(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Writes a kubeconfig whose current context is this server.
+    pub fn write_kubeconfig(&self, path: &Path) -> Result<()> {
+        let text = format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: fake
+  cluster:
+    server: {url}
+contexts:
+- name: fake
+  context:
+    cluster: fake
+    user: tester
+    namespace: default
+current-context: fake
+users:
+- name: tester
+  user:
+    token: {TOKEN}
+",
+            url = self.url()
+        );
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Stops serving: the listener and every connection close at once, as
+    /// when an API server crashes. Objects stay (they live in etcd).
+    pub fn stop(&self) {
+        for task in self.tasks.lock().expect("tasks lock").drain(..) {
+            task.abort();
+        }
+        self.store().drop_watches();
+    }
+
+    /// Serves again on the same address after [`stop`](Self::stop). The watch
+    /// cache starts empty, as after a real restart: watches resuming from
+    /// before it get 410 Gone.
+    pub fn restart(&mut self, ns: Option<&NetNs>) -> Result<()> {
+        self.stop();
+        self.store().compact();
+        self.listen(ns)
+    }
+
+    fn listen(&mut self, ns: Option<&NetNs>) -> Result<()> {
+        let addr = self.addr;
+        let listener = match ns {
+            Some(ns) => ns.enter(move || bind(addr))?,
+            None => bind(addr),
+        }
+        .with_context(|| format!("binding the fake API server to {addr}"))?;
+        if let SocketAddr::V4(bound) = listener.local_addr()? {
+            self.addr = bound;
+        }
+        let _runtime = self.runtime.enter();
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let (shared, tasks) = (Arc::clone(&self.shared), Arc::clone(&self.tasks));
+        let accept = self.runtime.spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let shared = Arc::clone(&shared);
+                let service = service_fn(move |request| http::handle(request, Arc::clone(&shared)));
+                let connection = tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+                let mut tasks = tasks.lock().expect("tasks lock");
+                tasks.retain(|task| !task.is_finished());
+                tasks.push(connection.abort_handle());
+            }
+        });
+        self.tasks
+            .lock()
+            .expect("tasks lock")
+            .push(accept.abort_handle());
+        Ok(())
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.shared.store()
+    }
+
+    /// Runs `f` with the cluster locked, so that several changes happen with
+    /// no request in between (say, a change and a compaction that hides it).
+    pub fn cluster<T>(&self, f: impl FnOnce(&mut Cluster) -> T) -> T {
+        f(&mut Cluster(&mut self.store()))
+    }
+
+    /// Creates or replaces `object` (see [`Cluster::apply`]).
+    pub fn apply<K: Resource + Serialize + DeserializeOwned>(&self, object: &K) -> Result<K> {
+        self.cluster(|cluster| cluster.apply(object))
+    }
+
+    pub fn delete<K: Resource>(&self, namespace: Option<&str>, name: &str) -> Result<()> {
+        self.cluster(|cluster| cluster.delete::<K>(namespace, name))
+    }
+
+    pub fn get<K: Resource + DeserializeOwned>(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Option<K>> {
+        self.cluster(|cluster| cluster.get(namespace, name))
+    }
+
+    /// Every object of kind `K`, sorted by namespace and name.
+    pub fn list<K: Resource + DeserializeOwned>(&self) -> Result<Vec<K>> {
+        self.cluster(|cluster| cluster.list())
+    }
+
+    /// Forgets the watch history (see [`Cluster::compact`]).
+    pub fn compact(&self) {
+        self.store().compact();
+    }
+
+    /// Aborts every watch connection mid-stream.
+    pub fn drop_watches(&self) {
+        self.store().drop_watches();
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.store().stats.clone()
+    }
+}
+
+impl Drop for FakeApiServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A listener on `addr` that can be bound again right after being closed,
+/// connections in TIME_WAIT notwithstanding.
+fn bind(addr: SocketAddrV4) -> Result<TcpListener> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&SocketAddr::V4(addr).into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// The objects, as tests change them (typed, through the same rules as
+/// requests: allocations, resourceVersions, watch events).
+pub struct Cluster<'a>(&'a mut Store);
+
+impl Cluster<'_> {
+    /// Creates `object`, or replaces the stored one whatever its
+    /// resourceVersion. Its status too, if it has one: tests play every
+    /// other controller.
+    pub fn apply<K: Resource + Serialize + DeserializeOwned>(&mut self, object: &K) -> Result<K> {
+        let kind = kind::<K>()?;
+        let value = serde_json::to_value(object)?;
+        let namespace = namespace(kind, value["metadata"]["namespace"].as_str());
+        let name = value["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let key = (kind, namespace.clone(), name);
+        let stored = match self.0.get(&key) {
+            Err(_) => {
+                let created = self.0.create(kind, &namespace, value.clone())?;
+                match kind.has_status() && value.get("status").is_some() {
+                    true => self.0.replace(&key, with_version(value, &created), true)?,
+                    false => created,
+                }
+            }
+            Ok(current) => {
+                let updated = self
+                    .0
+                    .replace(&key, with_version(value.clone(), &current), false)?;
+                match kind.has_status() && value.get("status").is_some() {
+                    true => self.0.replace(&key, with_version(value, &updated), true)?,
+                    false => updated,
+                }
+            }
+        };
+        Ok(serde_json::from_value(stored)?)
+    }
+
+    pub fn delete<K: Resource>(&mut self, namespace: Option<&str>, name: &str) -> Result<()> {
+        let kind = kind::<K>()?;
+        let key = (kind, self::namespace(kind, namespace), name.to_owned());
+        self.0.delete(&key)?;
+        Ok(())
+    }
+
+    pub fn get<K: Resource + DeserializeOwned>(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Option<K>> {
+        let kind = kind::<K>()?;
+        let key = (kind, self::namespace(kind, namespace), name.to_owned());
+        match self.0.get(&key) {
+            Ok(value) => Ok(Some(serde_json::from_value(value)?)),
+            Err(_) => Ok(None),
+        }
+    }
+
+    pub fn list<K: Resource + DeserializeOwned>(&self) -> Result<Vec<K>> {
+        let values = self.0.list(kind::<K>()?, None);
+        let objects = values.into_iter().map(serde_json::from_value);
+        Ok(objects.collect::<Result<_, _>>()?)
+    }
+
+    /// Forgets the watch history: a watch resuming from any earlier
+    /// resourceVersion gets 410 Gone and must list again.
+    pub fn compact(&mut self) {
+        self.0.compact();
+    }
+
+    /// Aborts every watch connection mid-stream; clients resume from the last
+    /// resourceVersion they saw.
+    pub fn drop_watches(&mut self) {
+        self.0.drop_watches();
+    }
+}
+
+fn kind<K: Resource>() -> Result<Kind> {
+    Kind::of::<K>().ok_or_else(|| anyhow!("the fake API server does not serve {}", K::KIND))
+}
+
+fn namespace(kind: Kind, namespace: Option<&str>) -> String {
+    match kind.namespaced() {
+        true => namespace.unwrap_or("default").to_owned(),
+        false => String::new(),
+    }
+}
+
+/// `object` with `current`'s resourceVersion, so that a replace is not refused.
+fn with_version(mut object: Value, current: &Value) -> Value {
+    object["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+    object
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,160 @@
+//! The real `lb agent` watching a fake API server: both in one namespace,
+//! the server on that namespace's loopback, the agent given a kubeconfig for
+//! it, exactly as it would be for a cluster.
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+use k8s_openapi::api::core::v1::Service;
+use lb::catalog::Catalog;
+use serde_json::Value;
+
+use crate::{
+    agent::Agent,
+    fake_apiserver::{FakeApiServer, Options, fixtures::ingress_ip},
+    netns::NetNs,
+};
+
+static NEXT_KUBECONFIG: AtomicU32 = AtomicU32::new(0);
+
+/// An agent and the API server it watches. Dropping it stops the agent
+/// first, then the server.
+pub struct KubeAgent {
+    pub agent: Agent,
+    pub server: FakeApiServer,
+    kubeconfig: PathBuf,
+}
+
+impl KubeAgent {
+    /// Starts a fake API server in `ns` and `lb agent` on `interfaces` there,
+    /// with `extra` agent flags.
+    pub fn start(
+        ns: &NetNs,
+        interfaces: &[&str],
+        options: Options,
+        extra: &[&str],
+    ) -> Result<Self> {
+        Self::with_server(
+            FakeApiServer::start(Some(ns), options)?,
+            ns,
+            interfaces,
+            extra,
+        )
+    }
+
+    /// Starts `lb agent` on `interfaces` in `ns` against `server`, which
+    /// must listen in `ns` (say, one filled with objects beforehand).
+    pub fn with_server(
+        server: FakeApiServer,
+        ns: &NetNs,
+        interfaces: &[&str],
+        extra: &[&str],
+    ) -> Result<Self> {
+        let kubeconfig = std::env::temp_dir().join(format!(
+            "lb-kubeconfig-{}-{}.yaml",
+            std::process::id(),
+            NEXT_KUBECONFIG.fetch_add(1, Ordering::Relaxed)
+        ));
+        server.write_kubeconfig(&kubeconfig)?;
+        let path = kubeconfig.display().to_string();
+        let agent = Agent::start_from(ns, interfaces, &["--kubeconfig", &path], extra)?;
+        Ok(Self {
+            agent,
+            server,
+            kubeconfig,
+        })
+    }
+
+    /// The agent's process id, found by its kubeconfig on its command line
+    /// (nsenter execs lb, so that process is lb itself).
+    pub fn pid(&self) -> Option<u32> {
+        let needle = self.kubeconfig.to_string_lossy().into_owned();
+        let entries = std::fs::read_dir("/proc").ok()?;
+        entries.flatten().find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(&needle)
+                .then_some(pid)
+        })
+    }
+
+    /// Polls `check` every 50 ms until it returns `Some`, for at most
+    /// `timeout`; the error names `what` and carries the agent's log.
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut() -> Option<T>,
+    ) -> Result<T> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(value) = check() {
+                return Ok(value);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{what}: not within {timeout:?}; the agent's log:\n{}",
+                    self.agent.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The VIP in the Service's status, as the agent wrote it.
+    pub fn vip(&self, namespace: &str, name: &str) -> Option<Ipv4Addr> {
+        let service = self.server.get::<Service>(Some(namespace), name).ok()??;
+        ingress_ip(&service)
+    }
+
+    /// Waits until the Service's status has a VIP.
+    pub fn wait_for_vip(&self, namespace: &str, name: &str, timeout: Duration) -> Result<Ipv4Addr> {
+        self.wait_for(&format!("a VIP for {namespace}/{name}"), timeout, || {
+            self.vip(namespace, name)
+        })
+    }
+
+    /// The backends the agent programmed for TCP port `port` of `vip`, by
+    /// node: their weight (0: draining) and share of the Maglev table. Read
+    /// from the agent's catalog, which lists backends without flows and
+    /// weight 0 too, and `lb backends`.
+    pub fn backends(&self, vip: Ipv4Addr, port: u16) -> BTreeMap<String, (u32, f64)> {
+        let catalog = Catalog::read(self.agent.bpffs());
+        let Some(service) = catalog.service(vip, port, "tcp") else {
+            return BTreeMap::new();
+        };
+        let rows = self.rows("backends");
+        let label = format!("{vip}:{port}/tcp");
+        let share = |node: &str| {
+            let row = rows
+                .iter()
+                .find(|row| row["service"] == label && row["node"] == node);
+            row.and_then(|row| row["share"].as_f64()).unwrap_or(0.0)
+        };
+        let backends = service.backends.iter();
+        backends
+            .map(|b| (b.node.clone(), (b.weight, share(&b.node))))
+            .collect()
+    }
+
+    /// Rows of `lb <command> --json` (`services`, `backends`).
+    pub fn rows(&self, command: &str) -> Vec<Value> {
+        match self.agent.query(command) {
+            Ok(Value::Array(rows)) => rows,
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl Drop for KubeAgent {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.kubeconfig);
+    }
+}

@@ -1,0 +1,1057 @@
+//! Property test of the XDP program: random and mutated packets through the
+//! real program (BPF_PROG_TEST_RUN, after the real verifier), each outcome
+//! checked against what the data path may do with it.
+//!
+//! Properties, for every packet:
+//! - the action is DROP, PASS, TX or REDIRECT, never ABORTED;
+//! - a packet lb does not own (not to a configured VIP:port/protocol, not a
+//!   reply of a tracked flow, or an IP fragment, a VLAN-tagged frame, another
+//!   protocol, ICMP echo while answering pings is off) passes bit for bit
+//!   unchanged;
+//! - an owned packet is either left unchanged (PASS or DROP) or rewritten, and
+//!   a rewrite changes only MACs, one address, one port and the checksums; a
+//!   DNAT goes to a backend of the service the packet was addressed to (never
+//!   anywhere else: no open relay), a reverse NAT makes the reply come from the
+//!   VIP:port of its flow; if the input's checksums were valid, the output's
+//!   are (`packets::verify_checksums`), and if they were not, the output's are
+//!   not either (damage is carried over, never repaired); a packet sent out
+//!   (TX or REDIRECT) carries the MAC of the neighbour it is sent to.
+//!
+//! The cases are exhaustive sweeps (every truncation, IHL and total length of
+//! valid packets) and then proptest's random cases: valid packets to VIPs, to
+//! other ports and addresses, from backends (replies of tracked flows and
+//! forged ones), other traffic and random bytes, each with up to four
+//! mutations. The random part uses a fixed seed, so runs are reproducible;
+//! `LB_FUZZ_SEED=<u64>` and `LB_FUZZ_CASES=<n>` explore further.
+
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    net::{Ipv4Addr, SocketAddrV4},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use aya::programs::{TestRun as _, TestRunOptions};
+use etherparse::{PacketBuilder, TcpHeader};
+use lb::{
+    dataplane::{Dataplane, DataplaneConfig},
+    model::{BackendSpec, Frontend, Protocol, ServiceSpec},
+};
+use lb_common::{PROTO_TCP, PROTO_UDP};
+use lb_tests::{netns::NetNs, packets};
+use proptest::{
+    prelude::*,
+    sample::Index,
+    test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner},
+};
+
+const XDP_ABORTED: u32 = 0;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+
+const ETH_LEN: usize = 14;
+const VLAN_LEN: usize = 4;
+const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
+const ETHERTYPE_VLAN: [u8; 2] = [0x81, 0x00];
+const PROTO_ICMP: u8 = 1;
+
+const VIP_A: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+const VIP_B: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
+/// A service without backends: its packets are dropped.
+const VIP_EMPTY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 12);
+const VIPS: [Ipv4Addr; 3] = [VIP_A, VIP_B, VIP_EMPTY];
+/// Small prime ring: the properties need no balance.
+const RING_SIZE: u32 = 1021;
+const DEFAULT_SEED: u64 = 0x6c62_5f66_757a_7a01;
+const DEFAULT_CASES: u32 = 10_000;
+
+/// Clients with resolved neighbours on the client side.
+fn client_ip(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 0, 2 + i)
+}
+
+fn client_mac(i: u8) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0, 0x02 + i]
+}
+
+const CLIENTS: u8 = 4;
+
+/// Nodes, all with resolved neighbours: a DNAT-ed packet leaves with TX or
+/// REDIRECT and a known MAC, and a passed rewritten packet is an exception.
+fn node_ip(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 1, 0, 10 + i)
+}
+
+fn node_mac(i: u8) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0x01, 0x10 + i]
+}
+
+const NODES: u8 = 3;
+
+fn backends(nodes: &[u8], port: u16) -> Vec<BackendSpec> {
+    nodes
+        .iter()
+        .map(|&i| BackendSpec {
+            node: format!("node-{i}"),
+            ip: node_ip(i),
+            port,
+            weight: 1,
+        })
+        .collect()
+}
+
+fn service(
+    vip: Ipv4Addr,
+    port: u16,
+    protocol: Protocol,
+    backends: Vec<BackendSpec>,
+) -> ServiceSpec {
+    ServiceSpec {
+        name: format!("fuzz/{vip}:{port}"),
+        frontend: Frontend {
+            vip,
+            port,
+            protocol,
+        },
+        backends,
+    }
+}
+
+/// Distinct NodePorts per service, so the reverse-NAT keys of different
+/// services never collide and the expected VIP of a reply is unambiguous.
+fn services() -> Vec<ServiceSpec> {
+    vec![
+        service(VIP_A, 80, Protocol::Tcp, backends(&[1, 2, 3], 31000)),
+        service(VIP_A, 53, Protocol::Udp, backends(&[1, 2], 31053)),
+        service(VIP_B, 443, Protocol::Tcp, backends(&[3], 31443)),
+        service(VIP_EMPTY, 80, Protocol::Tcp, Vec::new()),
+    ]
+}
+
+fn fmt_mac(mac: [u8; 6]) -> String {
+    let bytes: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+    bytes.join(":")
+}
+
+/// The namespace the program runs in: `cl0` faces clients, `nd0` faces nodes.
+fn bench() -> Result<(NetNs, u32, u32)> {
+    let ns = NetNs::new("lbfuzz")?;
+    for cmd in [
+        "link add cl0 type veth peer name cl1",
+        "link add nd0 type veth peer name nd1",
+        "addr add 10.0.0.1/24 dev cl0",
+        "addr add 10.1.0.1/24 dev nd0",
+        "link set cl0 up",
+        "link set cl1 up",
+        "link set nd0 up",
+        "link set nd1 up",
+    ] {
+        ns.ip(cmd)?;
+    }
+    ns.sysctl("net.ipv4.ip_forward", "1")?;
+    let neighbours = (0..CLIENTS)
+        .map(|i| (client_ip(i), client_mac(i), "cl0"))
+        .chain((1..=NODES).map(|i| (node_ip(i), node_mac(i), "nd0")));
+    for (ip, mac, dev) in neighbours {
+        ns.ip(&format!(
+            "neigh add {ip} lladdr {} dev {dev} nud permanent",
+            fmt_mac(mac)
+        ))?;
+    }
+    let client_if = ns.ifindex("cl0")?;
+    let node_if = ns.ifindex("nd0")?;
+    Ok((ns, client_if, node_if))
+}
+
+#[test]
+fn random_and_mutated_packets_keep_the_data_path_properties() -> Result<()> {
+    let (ns, client_if, node_if) = bench()?;
+    ns.enter(move || fuzz_in_namespace(client_if, node_if))?
+}
+
+fn fuzz_in_namespace(client_if: u32, node_if: u32) -> Result<()> {
+    let mut dataplane = Dataplane::load(DataplaneConfig {
+        ring_size: RING_SIZE,
+        max_services: 8,
+        pin_dir: None,
+        // ICMP echo to a VIP then passes like any packet lb does not own.
+        answer_ping: false,
+    })?;
+    dataplane.add_tx_port(client_if)?;
+    dataplane.add_tx_port(node_if)?;
+    let services = services();
+    for spec in &services {
+        dataplane.set_service(spec)?;
+    }
+    let mut macs: HashMap<Ipv4Addr, [u8; 6]> = (0..CLIENTS)
+        .map(|i| (client_ip(i), client_mac(i)))
+        .collect();
+    macs.extend((1..=NODES).map(|i| (node_ip(i), node_mac(i))));
+    let world = RefCell::new(World {
+        dataplane,
+        client_if,
+        node_if,
+        services,
+        macs,
+        tracked: HashMap::new(),
+        stats: Stats::default(),
+    });
+
+    // Flows the random replies can belong to: every resolved client opens
+    // one to every served frontend.
+    let mut flows = Vec::new();
+    for spec in world
+        .borrow()
+        .services
+        .iter()
+        .filter(|s| !s.backends.is_empty())
+    {
+        for i in 0..CLIENTS {
+            let client = SocketAddrV4::new(client_ip(i), 40000 + u16::from(i));
+            let dst = SocketAddrV4::new(spec.frontend.vip, spec.frontend.port);
+            let kind = match spec.frontend.protocol {
+                Protocol::Tcp => Kind::Tcp { flags: SYN },
+                Protocol::Udp => Kind::Udp {
+                    zero_checksum: false,
+                },
+            };
+            flows.push(Datagram {
+                src: client,
+                dst,
+                kind,
+                payload: b"hello".to_vec(),
+            });
+        }
+    }
+    for flow in &flows {
+        let outcome = world
+            .borrow_mut()
+            .run_case(&Case::plain(Base::Datagram(flow.clone())), &[])?;
+        ensure!(outcome == Outcome::Dnat, "opening {flow:?}: {outcome:?}");
+    }
+    // Sorted: the random cases pick replies by position, reproducibly.
+    let mut replies: Vec<Tuple> = world.borrow().tracked.keys().copied().collect();
+    replies.sort();
+    ensure!(replies.len() == flows.len(), "one tracked reply per flow");
+
+    for case in sweeps(&flows[0], &replies) {
+        world
+            .borrow_mut()
+            .run_case(&case, &replies)
+            .with_context(|| format!("sweep case {case:?}"))?;
+    }
+    let after_sweeps = world.borrow().stats.clone();
+    ensure!(
+        after_sweeps.checksum_checked > 0 && after_sweeps.unchanged > 0,
+        "the sweeps exercise both paths: {after_sweeps:?}"
+    );
+
+    let seed = env_number("LB_FUZZ_SEED", DEFAULT_SEED)?;
+    let cases = u32::try_from(env_number("LB_FUZZ_CASES", u64::from(DEFAULT_CASES))?)?;
+    println!("fuzz_packets: {cases} random cases, seed {seed} (set LB_FUZZ_SEED to change)");
+    let mut seed_bytes = [0u8; 32];
+    for chunk in seed_bytes.chunks_mut(8) {
+        chunk.copy_from_slice(&seed.to_le_bytes());
+    }
+    let mut runner = TestRunner::new_with_rng(
+        Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        },
+        TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes),
+    );
+    let result = runner.run(&case_strategy(), |case| {
+        world
+            .borrow_mut()
+            .run_case(&case, &replies)
+            .map(drop)
+            .map_err(|e| TestCaseError::fail(format!("{e:#}")))
+    });
+    match result {
+        Ok(()) => {}
+        Err(TestError::Fail(reason, case)) => {
+            bail!("seed {seed}: property violated: {reason}\nminimal case: {case:#?}")
+        }
+        Err(e) => bail!("seed {seed}: {e}"),
+    }
+
+    let stats = world.into_inner().stats;
+    println!("fuzz_packets: {stats:?}");
+    // Each property must have been exercised, or a passing run proves little.
+    let total = u64::from(cases) + after_sweeps.total();
+    for (what, count, at_least) in [
+        ("DNAT-ed", stats.dnat, total / 10),
+        ("reverse-NAT-ed", stats.reverse_nat, total / 100),
+        (
+            "rewritten with valid input checksums",
+            stats.checksum_checked,
+            total / 10,
+        ),
+        ("passed unchanged", stats.unchanged, total / 4),
+        ("dropped", stats.dropped, 1),
+    ] {
+        ensure!(
+            count >= at_least,
+            "only {count} of {total} packets {what} (want {at_least}): {stats:?}"
+        );
+    }
+    Ok(())
+}
+
+fn env_number(name: &str, default: u64) -> Result<u64> {
+    match std::env::var(name) {
+        Ok(text) if !text.is_empty() => text
+            .parse()
+            .with_context(|| format!("{name}={text:?} is not a number")),
+        _ => Ok(default),
+    }
+}
+
+// --- Cases: a base packet, mutations, checksum repair ---------------------
+
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+
+#[derive(Clone, Debug)]
+enum Kind {
+    /// TCP with this flags byte (FIN, SYN, RST, PSH, ACK, URG, ECE, CWR).
+    Tcp { flags: u8 },
+    /// UDP; a zero checksum means "none" (RFC 768).
+    Udp { zero_checksum: bool },
+}
+
+#[derive(Clone, Debug)]
+struct Datagram {
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    kind: Kind,
+    payload: Vec<u8>,
+}
+
+#[derive(Clone, Debug)]
+enum Base {
+    Datagram(Datagram),
+    /// A backend's reply in one of the flows opened at the start (any
+    /// number: it is taken modulo their count).
+    Reply {
+        flow: usize,
+        flags: u8,
+        payload: Vec<u8>,
+    },
+    /// An ICMP echo request from a client.
+    Ping {
+        dst: Ipv4Addr,
+    },
+    Ipv6,
+    Arp,
+    /// An Ethernet header with EtherType IPv4 and random bytes after it.
+    RandomIpv4(Vec<u8>),
+    /// Random bytes, Ethernet header included.
+    Random(Vec<u8>),
+}
+
+#[derive(Clone, Debug)]
+enum Mutation {
+    /// Keeps the first N bytes, but at least the Ethernet header (the kernel
+    /// itself refuses shorter frames).
+    Truncate(usize),
+    TotalLength(u16),
+    Ihl(u8),
+    /// Inserts IP options (whole 4-byte words) and adjusts IHL and total
+    /// length as a sender would.
+    Options(Vec<u8>),
+    Fragment {
+        more: bool,
+        offset: u16,
+    },
+    /// Inserts an 802.1Q tag.
+    Vlan(u16),
+    Byte {
+        at: Index,
+        value: u8,
+    },
+    Protocol(u8),
+    /// Bytes after the IP datagram, as Ethernet padding.
+    Padding(Vec<u8>),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Ingress {
+    Clients,
+    Nodes,
+}
+
+#[derive(Clone, Debug)]
+struct Case {
+    base: Base,
+    mutations: Vec<Mutation>,
+    /// Recompute the checksums after mutating, as the sender of such a packet
+    /// would, so that odd but intact packets are most of the cases; without,
+    /// the packet was damaged in flight.
+    fix_checksums: bool,
+    ingress: Ingress,
+}
+
+impl Case {
+    fn plain(base: Base) -> Self {
+        Self::mutated(base, vec![], true)
+    }
+
+    fn mutated(base: Base, mutations: Vec<Mutation>, fix_checksums: bool) -> Self {
+        Self {
+            base,
+            mutations,
+            fix_checksums,
+            ingress: Ingress::Clients,
+        }
+    }
+
+    fn frame(&self, replies: &[Tuple]) -> Result<Vec<u8>> {
+        let mut frame = match &self.base {
+            Base::Datagram(datagram) => datagram.build()?,
+            Base::Reply {
+                flow,
+                flags,
+                payload,
+            } => {
+                let reply = replies
+                    .get(flow % replies.len().max(1))
+                    .context("no tracked flows")?;
+                let kind = if reply.proto == PROTO_TCP {
+                    Kind::Tcp { flags: *flags }
+                } else {
+                    Kind::Udp {
+                        zero_checksum: false,
+                    }
+                };
+                Datagram {
+                    src: reply.src,
+                    dst: reply.dst,
+                    kind,
+                    payload: payload.clone(),
+                }
+                .build()?
+            }
+            Base::Ping { dst } => {
+                let mut frame = Vec::new();
+                PacketBuilder::ethernet2(packets::CLIENT_MAC, packets::LB_MAC)
+                    .ipv4(client_ip(0).octets(), dst.octets(), 64)
+                    .icmpv4_echo_request(7, 1)
+                    .write(&mut frame, b"ping")
+                    .context("building an ICMP echo request")?;
+                frame
+            }
+            Base::Ipv6 => packets::ipv6_tcp_syn(),
+            Base::Arp => packets::arp_request(client_ip(0), VIP_A),
+            Base::RandomIpv4(bytes) => [
+                &packets::LB_MAC[..],
+                &packets::CLIENT_MAC,
+                &ETHERTYPE_IPV4,
+                bytes,
+            ]
+            .concat(),
+            Base::Random(bytes) => bytes.clone(),
+        };
+        for mutation in &self.mutations {
+            mutation.apply(&mut frame);
+        }
+        if self.fix_checksums {
+            fix_checksums(&mut frame);
+        }
+        Ok(frame)
+    }
+}
+
+impl Datagram {
+    fn build(&self) -> Result<Vec<u8>> {
+        let builder = PacketBuilder::ethernet2(packets::CLIENT_MAC, packets::LB_MAC).ipv4(
+            self.src.ip().octets(),
+            self.dst.ip().octets(),
+            64,
+        );
+        let mut frame = Vec::new();
+        match self.kind {
+            Kind::Tcp { flags } => {
+                let mut tcp = TcpHeader::new(self.src.port(), self.dst.port(), 1000, 64240);
+                tcp.fin = flags & FIN != 0;
+                tcp.syn = flags & SYN != 0;
+                tcp.rst = flags & 0x04 != 0;
+                tcp.psh = flags & 0x08 != 0;
+                tcp.ack = flags & ACK != 0;
+                tcp.urg = flags & 0x20 != 0;
+                tcp.ece = flags & 0x40 != 0;
+                tcp.cwr = flags & 0x80 != 0;
+                builder
+                    .tcp_header(tcp)
+                    .write(&mut frame, &self.payload)
+                    .context("building a TCP frame")?;
+            }
+            Kind::Udp { zero_checksum } => {
+                builder
+                    .udp(self.src.port(), self.dst.port())
+                    .write(&mut frame, &self.payload)
+                    .context("building a UDP frame")?;
+                if zero_checksum {
+                    frame[ETH_LEN + 20 + 6..ETH_LEN + 20 + 8].fill(0);
+                }
+            }
+        }
+        Ok(frame)
+    }
+}
+
+/// Where the IPv4 header starts: after the Ethernet header and any VLAN tag.
+fn ip_start(frame: &[u8]) -> usize {
+    if frame.get(12..14) == Some(&ETHERTYPE_VLAN[..]) {
+        ETH_LEN + VLAN_LEN
+    } else {
+        ETH_LEN
+    }
+}
+
+impl Mutation {
+    /// Applies the mutation where the frame is long enough for it; a frame too
+    /// short (after an earlier truncation, say) is left as it is.
+    fn apply(&self, frame: &mut Vec<u8>) {
+        let ip = ip_start(frame);
+        let has_ip_header = frame.len() >= ip + 20;
+        match self {
+            Mutation::Truncate(len) => frame.truncate(ETH_LEN.max(*len)),
+            Mutation::TotalLength(len) if has_ip_header => {
+                frame[ip + 2..ip + 4].copy_from_slice(&len.to_be_bytes());
+            }
+            Mutation::Ihl(ihl) if has_ip_header => {
+                frame[ip] = (frame[ip] & 0xf0) | (ihl & 0x0f);
+            }
+            Mutation::Options(options) if has_ip_header => {
+                let header_len = usize::from(frame[ip] & 0x0f) * 4;
+                let words = options.len() / 4;
+                let new_len = header_len + words * 4;
+                if header_len < 20 || new_len > 60 || frame.len() < ip + header_len {
+                    return;
+                }
+                let at = ip + header_len;
+                frame.splice(at..at, options[..words * 4].iter().copied());
+                frame[ip] = (frame[ip] & 0xf0) | (new_len / 4) as u8;
+                let total = u16::from_be_bytes([frame[ip + 2], frame[ip + 3]]);
+                let total = total.wrapping_add((words * 4) as u16);
+                frame[ip + 2..ip + 4].copy_from_slice(&total.to_be_bytes());
+            }
+            Mutation::Fragment { more, offset } if has_ip_header => {
+                let flags = u16::from_be_bytes([frame[ip + 6], frame[ip + 7]]) & 0x4000;
+                let value = flags | if *more { 0x2000 } else { 0 } | (offset & 0x1fff);
+                frame[ip + 6..ip + 8].copy_from_slice(&value.to_be_bytes());
+            }
+            Mutation::Vlan(tci) if frame.len() >= ETH_LEN => {
+                let tag = [ETHERTYPE_VLAN, tci.to_be_bytes()].concat();
+                frame.splice(12..12, tag);
+            }
+            Mutation::Byte { at, value } if !frame.is_empty() => {
+                *at.get_mut(frame) = *value;
+            }
+            Mutation::Protocol(proto) if has_ip_header => frame[ip + 9] = *proto,
+            Mutation::Padding(bytes) => frame.extend_from_slice(bytes),
+            _ => {}
+        }
+    }
+}
+
+/// Recomputes the IPv4 header checksum and, for an unfragmented TCP or UDP
+/// packet whose total length fits the frame, the transport checksum over the
+/// bytes the total length covers (how `packets::verify_checksums` reads them).
+/// A UDP checksum of 0 ("none") stays 0.
+fn fix_checksums(frame: &mut [u8]) {
+    let ip = ip_start(frame);
+    if frame.get(ip - 2..ip) != Some(&ETHERTYPE_IPV4[..]) || frame.len() < ip + 20 {
+        return;
+    }
+    let header_len = usize::from(frame[ip] & 0x0f) * 4;
+    if header_len < 20 || frame.len() < ip + header_len {
+        return;
+    }
+    frame[ip + 10..ip + 12].fill(0);
+    let sum = internet_checksum(&frame[ip..ip + header_len]);
+    frame[ip + 10..ip + 12].copy_from_slice(&sum.to_be_bytes());
+
+    let total = usize::from(u16::from_be_bytes([frame[ip + 2], frame[ip + 3]]));
+    let fragment = u16::from_be_bytes([frame[ip + 6], frame[ip + 7]]) & 0x3fff != 0;
+    if fragment || total < header_len || frame.len() < ip + total {
+        return;
+    }
+    let proto = frame[ip + 9];
+    let l4 = ip + header_len;
+    let l4_len = total - header_len;
+    let check = match proto {
+        PROTO_TCP if l4_len >= 20 => l4 + 16,
+        PROTO_UDP if l4_len >= 8 && frame[l4 + 6..l4 + 8] != [0, 0] => l4 + 6,
+        _ => return,
+    };
+    frame[check..check + 2].fill(0);
+    let mut data = frame[ip + 12..ip + 20].to_vec();
+    data.extend_from_slice(&[0, proto]);
+    data.extend_from_slice(&(l4_len as u16).to_be_bytes());
+    data.extend_from_slice(&frame[l4..ip + total]);
+    let sum = match internet_checksum(&data) {
+        0 if proto == PROTO_UDP => 0xffff,
+        sum => sum,
+    };
+    frame[check..check + 2].copy_from_slice(&sum.to_be_bytes());
+}
+
+/// RFC 1071: the one's complement of the one's complement sum.
+fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|word| u32::from(word[0]) << 8 | u32::from(word.get(1).copied().unwrap_or(0)))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+// --- The oracle --------------------------------------------------------------
+
+/// A TCP or UDP 5-tuple.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Tuple {
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    proto: u8,
+}
+
+/// The 5-tuple of a packet lb may own: untagged IPv4, a valid version and IHL,
+/// not a fragment, TCP or UDP, ports inside the frame. Lengths are not
+/// checked: a packet lb may own can still be malformed, and may then pass.
+fn owned_tuple(frame: &[u8]) -> Option<(Tuple, usize)> {
+    let ip = frame.get(ETH_LEN..)?;
+    if frame[12..14] != ETHERTYPE_IPV4 || ip.len() < 20 || ip[0] >> 4 != 4 {
+        return None;
+    }
+    let header_len = usize::from(ip[0] & 0x0f) * 4;
+    let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
+    if header_len < 20 || fragment || !matches!(ip[9], PROTO_TCP | PROTO_UDP) {
+        return None;
+    }
+    let ports = ip.get(header_len..header_len + 4)?;
+    let addr = |at: usize| Ipv4Addr::new(ip[at], ip[at + 1], ip[at + 2], ip[at + 3]);
+    let port = |at: usize| u16::from_be_bytes([ports[at], ports[at + 1]]);
+    let tuple = Tuple {
+        src: SocketAddrV4::new(addr(12), port(0)),
+        dst: SocketAddrV4::new(addr(16), port(2)),
+        proto: ip[9],
+    };
+    Some((tuple, ETH_LEN + header_len))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Unchanged,
+    Dnat,
+    ReverseNat,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Stats {
+    unchanged: u64,
+    dropped: u64,
+    dnat: u64,
+    reverse_nat: u64,
+    /// Rewrites whose input had valid checksums, so the output's were checked.
+    checksum_checked: u64,
+    /// Rewrites of packets with damaged checksums (or lengths), which the
+    /// data path does not validate.
+    damaged_rewritten: u64,
+}
+
+impl Stats {
+    fn total(&self) -> u64 {
+        self.unchanged + self.dnat + self.reverse_nat
+    }
+}
+
+struct World {
+    dataplane: Dataplane,
+    client_if: u32,
+    node_if: u32,
+    services: Vec<ServiceSpec>,
+    /// Resolved neighbours: where TX and REDIRECT may send to.
+    macs: HashMap<Ipv4Addr, [u8; 6]>,
+    /// Replies of the flows seen DNAT-ed (backend to client), with the
+    /// VIP:port they must be made to come from.
+    tracked: HashMap<Tuple, SocketAddrV4>,
+    stats: Stats,
+}
+
+impl World {
+    fn run_case(&mut self, case: &Case, replies: &[Tuple]) -> Result<Outcome> {
+        let input = case.frame(replies)?;
+        let ifindex = match case.ingress {
+            Ingress::Clients => self.client_if,
+            Ingress::Nodes => self.node_if,
+        };
+        let (action, output) = self.run(&input, ifindex)?;
+        self.check(&input, action, &output).with_context(|| {
+            format!(
+                "action {action}\n input  {}\n output {}",
+                hex(&input),
+                hex(&output)
+            )
+        })
+    }
+
+    fn run(&self, input: &[u8], ifindex: u32) -> Result<(u32, Vec<u8>)> {
+        let mut ctx = [0u8; 24];
+        // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
+        ctx[4..8].copy_from_slice(&u32::try_from(input.len())?.to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut out = vec![0u8; input.len() + 256];
+        let result = self
+            .dataplane
+            .program()?
+            .test_run(TestRunOptions {
+                data_in: Some(input),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..Default::default()
+            })
+            .with_context(|| format!("BPF_PROG_TEST_RUN of {} bytes", input.len()))?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
+    }
+
+    fn check(&mut self, input: &[u8], action: u32, output: &[u8]) -> Result<Outcome> {
+        ensure!(action != XDP_ABORTED, "XDP_ABORTED");
+        ensure!(action <= XDP_REDIRECT, "unknown XDP action");
+        let tuple = owned_tuple(input);
+        let service = tuple.and_then(|(t, _)| {
+            self.services.iter().find(|s| {
+                s.frontend.vip == *t.dst.ip()
+                    && s.frontend.port == t.dst.port()
+                    && s.frontend.protocol.number() == t.proto
+            })
+        });
+        let reply_of = tuple.and_then(|(t, _)| self.tracked.get(&t).copied());
+        if output == input {
+            match (action, service, reply_of) {
+                (XDP_PASS, ..) => {}
+                // A service without (usable) backends drops.
+                (XDP_DROP, Some(_), _) => self.stats.dropped += 1,
+                _ => bail!("an unchanged packet must pass (or be dropped for a service)"),
+            }
+            self.stats.unchanged += 1;
+            return Ok(Outcome::Unchanged);
+        }
+        let Some((tuple, l4)) = tuple else {
+            bail!("changed a packet lb does not own");
+        };
+        ensure!(
+            matches!(action, XDP_TX | XDP_REDIRECT | XDP_PASS),
+            "a rewritten packet must be sent or passed"
+        );
+        only_nat_fields_changed(input, output, l4, tuple.proto)?;
+        let (out, _) = owned_tuple(output).context("the rewritten packet lost its 5-tuple")?;
+        ensure!(out.proto == tuple.proto, "protocol changed");
+        let outcome = if let Some(spec) = service {
+            ensure!(
+                out.src == tuple.src,
+                "DNAT changed the source to {}",
+                out.src
+            );
+            ensure!(
+                spec.backends
+                    .iter()
+                    .any(|b| b.ip == *out.dst.ip() && b.port == out.dst.port()),
+                "open relay: DNAT to {}, not a backend of {}",
+                out.dst,
+                spec.frontend
+            );
+            self.tracked.insert(
+                Tuple {
+                    src: out.dst,
+                    dst: tuple.src,
+                    proto: tuple.proto,
+                },
+                tuple.dst,
+            );
+            self.stats.dnat += 1;
+            Outcome::Dnat
+        } else if let Some(vip) = reply_of {
+            ensure!(
+                out.src == vip,
+                "reverse NAT to {}, the flow's VIP is {vip}",
+                out.src
+            );
+            ensure!(out.dst == tuple.dst, "reverse NAT changed the destination");
+            self.stats.reverse_nat += 1;
+            Outcome::ReverseNat
+        } else {
+            bail!("rewrote {tuple:?}: neither to a service nor a reply of a tracked flow");
+        };
+        if action != XDP_PASS {
+            let mac = self
+                .macs
+                .get(out.dst.ip())
+                .with_context(|| format!("sent out to {}, no resolved neighbour", out.dst))?;
+            ensure!(output[..6] == mac[..], "sent to the wrong MAC");
+        }
+        // Incremental updates carry damage over: valid stays valid, and a
+        // damaged packet stays detectably damaged for its receiver.
+        match packets::verify_checksums(input) {
+            Ok(()) => {
+                packets::verify_checksums(output)
+                    .context("valid checksums broken by the rewrite")?;
+                self.stats.checksum_checked += 1;
+            }
+            Err(damage) => {
+                ensure!(
+                    packets::verify_checksums(output).is_err(),
+                    "a rewrite repaired a damaged packet ({damage:#})"
+                );
+                self.stats.damaged_rewritten += 1;
+            }
+        }
+        Ok(outcome)
+    }
+}
+
+/// Fails unless `output` differs from `input` only in the MACs, the IPv4
+/// checksum and addresses, the ports and the transport checksum.
+fn only_nat_fields_changed(input: &[u8], output: &[u8], l4: usize, proto: u8) -> Result<()> {
+    ensure!(
+        input.len() == output.len(),
+        "length changed to {}",
+        output.len()
+    );
+    let l4_check = l4 + if proto == PROTO_TCP { 16 } else { 6 };
+    let allowed = [
+        0..12,
+        ETH_LEN + 10..ETH_LEN + 20,
+        l4..l4 + 4,
+        l4_check..l4_check + 2,
+    ];
+    for (at, (a, b)) in input.iter().zip(output).enumerate() {
+        ensure!(
+            a == b || allowed.iter().any(|range| range.contains(&at)),
+            "byte {at} changed from {a:#04x} to {b:#04x}"
+        );
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+// --- Deterministic sweeps ------------------------------------------------------
+
+/// Every truncation of one packet of each kind, every IHL and every total
+/// length of valid packets to a VIP, and fragments.
+fn sweeps(flow: &Datagram, replies: &[Tuple]) -> Vec<Case> {
+    let client = SocketAddrV4::new(client_ip(1), 41000);
+    let to = |dst: SocketAddrV4, kind: Kind| {
+        Base::Datagram(Datagram {
+            src: client,
+            dst,
+            kind,
+            payload: b"sweep payload, forty bytes long........".to_vec(),
+        })
+    };
+    let tcp = Kind::Tcp { flags: SYN };
+    let udp = Kind::Udp {
+        zero_checksum: false,
+    };
+    let vip_http = SocketAddrV4::new(VIP_A, 80);
+    let vip_dns = SocketAddrV4::new(VIP_A, 53);
+    let reply = Base::Reply {
+        flow: 0,
+        flags: ACK,
+        payload: b"reply".to_vec(),
+    };
+    let bases = [
+        Base::Datagram(flow.clone()),
+        to(vip_http, tcp.clone()),
+        to(vip_dns, udp.clone()),
+        to(
+            vip_dns,
+            Kind::Udp {
+                zero_checksum: true,
+            },
+        ),
+        to(SocketAddrV4::new(node_ip(1), 31000), tcp.clone()),
+        reply.clone(),
+        Base::Ping { dst: VIP_A },
+        Base::Ipv6,
+        Base::Arp,
+    ];
+    let mut cases = Vec::new();
+    let with = |base: &Base, mutations: Vec<Mutation>| Case::mutated(base.clone(), mutations, true);
+    for base in &bases {
+        let len = Case::plain(base.clone())
+            .frame(replies)
+            .map_or(0, |f| f.len());
+        for cut in ETH_LEN..len {
+            cases.push(with(base, vec![Mutation::Truncate(cut)]));
+        }
+    }
+    for base in [to(vip_http, tcp.clone()), reply.clone()] {
+        for ihl in 0..16 {
+            cases.push(with(&base, vec![Mutation::Ihl(ihl)]));
+        }
+        let len = Case::plain(base.clone())
+            .frame(replies)
+            .map_or(0, |f| f.len());
+        for total in 0..=(len - ETH_LEN + 8) as u16 {
+            cases.push(with(&base, vec![Mutation::TotalLength(total)]));
+        }
+        for options in [vec![1; 4], vec![1; 40], [[7, 7, 4, 0], [0; 4]].concat()] {
+            cases.push(with(&base, vec![Mutation::Options(options)]));
+        }
+        for (more, offset) in [(true, 0), (false, 1), (true, 8), (false, 0x1fff)] {
+            cases.push(with(&base, vec![Mutation::Fragment { more, offset }]));
+        }
+        cases.push(with(&base, vec![Mutation::Vlan(100)]));
+        cases.push(with(&base, vec![Mutation::Padding(vec![0; 18])]));
+    }
+    for proto in [0, PROTO_ICMP, 41, 47, 132, 255] {
+        cases.push(with(
+            &to(vip_http, tcp.clone()),
+            vec![Mutation::Protocol(proto)],
+        ));
+    }
+    cases
+}
+
+// --- Random cases ----------------------------------------------------------------
+
+fn endpoint(ip: Ipv4Addr) -> impl Strategy<Value = SocketAddrV4> {
+    any::<u16>().prop_map(move |port| SocketAddrV4::new(ip, port))
+}
+
+fn any_ip() -> impl Strategy<Value = Ipv4Addr> {
+    any::<u32>().prop_map(Ipv4Addr::from)
+}
+
+/// A served VIP:port with a packet of its protocol.
+fn to_frontend() -> impl Strategy<Value = (SocketAddrV4, Kind)> {
+    prop::sample::select(services()).prop_flat_map(|spec| {
+        let dst = SocketAddrV4::new(spec.frontend.vip, spec.frontend.port);
+        let kind = match spec.frontend.protocol {
+            Protocol::Tcp => tcp_kind().boxed(),
+            Protocol::Udp => udp_kind().boxed(),
+        };
+        kind.prop_map(move |kind| (dst, kind))
+    })
+}
+
+fn backend_endpoint() -> impl Strategy<Value = SocketAddrV4> {
+    prop::sample::select(
+        services()
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| SocketAddrV4::new(b.ip, b.port)))
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn source() -> impl Strategy<Value = SocketAddrV4> {
+    prop_oneof![
+        4 => (0..CLIENTS).prop_flat_map(|i| endpoint(client_ip(i))),
+        // A client nobody knows the MAC of: replies to it pass to the kernel.
+        2 => (10u8..250).prop_flat_map(|host| endpoint(Ipv4Addr::new(10, 0, 0, host))),
+        1 => backend_endpoint(),
+        1 => any_ip().prop_flat_map(endpoint),
+    ]
+}
+
+/// Anywhere else, or a VIP on a port or protocol it does not serve (or one
+/// it serves, by chance).
+fn elsewhere() -> impl Strategy<Value = SocketAddrV4> {
+    prop_oneof![
+        1 => prop::sample::select(VIPS.to_vec()).prop_flat_map(endpoint),
+        1 => backend_endpoint(),
+        1 => (0..CLIENTS).prop_flat_map(|i| endpoint(client_ip(i))),
+        1 => any_ip().prop_flat_map(endpoint),
+    ]
+}
+
+fn tcp_kind() -> impl Strategy<Value = Kind> {
+    prop_oneof![
+        // Mostly SYNs and ACKs, as real flows start and go on.
+        prop::sample::select(vec![SYN, ACK, ACK | 0x08, FIN | ACK]),
+        any::<u8>(),
+    ]
+    .prop_map(|flags| Kind::Tcp { flags })
+}
+
+fn udp_kind() -> impl Strategy<Value = Kind> {
+    any::<bool>().prop_map(|zero_checksum| Kind::Udp { zero_checksum })
+}
+
+fn payload() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(any::<u8>(), 0..48)
+}
+
+fn base() -> impl Strategy<Value = Base> {
+    let addressed = prop_oneof![
+        2 => to_frontend(),
+        1 => (elsewhere(), prop_oneof![tcp_kind(), udp_kind()]),
+    ];
+    let datagram = (source(), addressed, payload()).prop_map(|(src, (dst, kind), payload)| {
+        Base::Datagram(Datagram {
+            src,
+            dst,
+            kind,
+            payload,
+        })
+    });
+    prop_oneof![
+        12 => datagram,
+        4 => (0..64usize, any::<u8>(), payload())
+            .prop_map(|(flow, flags, payload)| Base::Reply { flow, flags, payload }),
+        1 => prop::sample::select(VIPS.to_vec()).prop_map(|dst| Base::Ping { dst }),
+        1 => Just(Base::Ipv6),
+        1 => Just(Base::Arp),
+        1 => prop::collection::vec(any::<u8>(), 0..80).prop_map(Base::RandomIpv4),
+        1 => prop::collection::vec(any::<u8>(), ETH_LEN..120).prop_map(Base::Random),
+    ]
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        (ETH_LEN..160).prop_map(Mutation::Truncate),
+        prop_oneof![0u16..80, any::<u16>()].prop_map(Mutation::TotalLength),
+        (0u8..16).prop_map(Mutation::Ihl),
+        prop::collection::vec(any::<u8>(), 4..=40).prop_map(Mutation::Options),
+        (any::<bool>(), 0u16..0x2000)
+            .prop_filter("a fragment", |(more, offset)| *more || *offset != 0)
+            .prop_map(|(more, offset)| Mutation::Fragment { more, offset }),
+        any::<u16>().prop_map(Mutation::Vlan),
+        (any::<Index>(), any::<u8>()).prop_map(|(at, value)| Mutation::Byte { at, value }),
+        any::<u8>().prop_map(Mutation::Protocol),
+        prop::collection::vec(any::<u8>(), 1..32).prop_map(Mutation::Padding),
+    ]
+}
+
+fn case_strategy() -> impl Strategy<Value = Case> {
+    let ingress = prop_oneof![Just(Ingress::Clients), Just(Ingress::Nodes)];
+    (
+        base(),
+        // Many unmutated packets, so that the rewrite paths are well covered.
+        prop_oneof![
+            2 => Just(Vec::new()),
+            3 => prop::collection::vec(mutation(), 1..=4),
+        ],
+        prop::bool::weighted(0.8),
+        ingress,
+    )
+        .prop_map(|(base, mutations, fix_checksums, ingress)| Case {
+            base,
+            mutations,
+            fix_checksums,
+            ingress,
+        })
+}

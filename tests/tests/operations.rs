@@ -1,0 +1,439 @@
+//! Operating lb: the CLI and metrics tell the truth about real traffic, `lb
+//! trace` predicts real connections, and the agent can die and come back
+//! without a connection noticing.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    agent::{Agent, backends_of},
+    netns::NetNs,
+    servers::{self, LineClient, ServerGuard},
+    topology::{Layout, Topology},
+};
+use serde_json::Value;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+const NODE_PORT: u16 = 31000;
+const TIMEOUT: Duration = Duration::from_secs(3);
+const METRICS: &str = "127.0.0.1:9641";
+
+fn manifest(nodes: &[(String, Ipv4Addr)]) -> String {
+    let mut yaml = format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: ops
+spec:
+  type: LoadBalancer
+  loadBalancerIP: {VIP}
+  ports:
+  - name: http
+    port: 80
+    protocol: TCP
+    targetPort: 8080
+    nodePort: {NODE_PORT}
+"
+    );
+    for (name, ip) in nodes {
+        yaml.push_str(&format!(
+            "---
+apiVersion: v1
+kind: Node
+metadata:
+  name: {name}
+status:
+  addresses:
+  - type: InternalIP
+    address: {ip}
+  conditions:
+  - type: Ready
+    status: \"True\"
+"
+        ));
+    }
+    yaml
+}
+
+/// The topology, node servers and a running agent.
+struct Bed {
+    topology: Topology,
+    agent: Agent,
+    _servers: Vec<ServerGuard>,
+    manifests: PathBuf,
+}
+
+impl Bed {
+    fn new(tag: &str) -> Self {
+        let topology = Topology::new(Layout::TwoArm, 3).expect("topology");
+        let manifests =
+            std::env::temp_dir().join(format!("lb-ops-{tag}-{}.yaml", std::process::id()));
+        let nodes: Vec<(String, Ipv4Addr)> = topology
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.ip))
+            .collect();
+        std::fs::write(&manifests, manifest(&nodes)).expect("manifest");
+        let servers = topology
+            .nodes
+            .iter()
+            .map(|n| servers::tcp_name_server(&n.ns, NODE_PORT, &n.name).expect("server"))
+            .collect();
+        let agent =
+            Agent::start(&topology.lb, &topology.lb_ifaces(), &manifests, &[]).expect("agent");
+        wait_programmed(&agent);
+        Self {
+            topology,
+            agent,
+            _servers: servers,
+            manifests,
+        }
+    }
+
+    fn in_client<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        self.topology.client.enter(f).expect("client namespace")
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.manifests);
+    }
+}
+
+fn wait_programmed(agent: &Agent) {
+    agent
+        .wait_for_backends(Duration::from_secs(20), |rows| {
+            backends_of(rows, &format!("{VIP}:80/tcp")).len() == 3
+                && rows
+                    .iter()
+                    .all(|r| r["node"].as_str().is_some_and(|n| !n.is_empty()))
+        })
+        .expect("agent programs the service");
+}
+
+fn by_node(rows: &[Value], field: &str) -> BTreeMap<String, u64> {
+    rows.iter()
+        .map(|r| {
+            (
+                r["node"].as_str().unwrap_or_default().to_owned(),
+                r[field].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn listings_agree_with_the_traffic_sent() {
+    let bed = Bed::new("listings");
+    const CONNECTIONS: usize = 60;
+    let vip = SocketAddrV4::new(VIP, 80);
+    // Connections stay open, so every flow is active while we look.
+    let (clients, tally) = bed.in_client(move || {
+        let mut clients = Vec::new();
+        let mut tally: BTreeMap<String, u64> = BTreeMap::new();
+        for _ in 0..CONNECTIONS {
+            let mut client = LineClient::connect(vip, TIMEOUT).expect("connect");
+            client.ask("hello").expect("answer");
+            *tally.entry(client.greeting().to_owned()).or_default() += 1;
+            clients.push(client);
+        }
+        (clients, tally)
+    });
+
+    // Let delayed ACKs land: from here on the connections are idle.
+    std::thread::sleep(Duration::from_millis(500));
+    let services = bed.agent.query("services").expect("lb services");
+    let service = &services[0];
+    assert_eq!(service["name"], "ops/web:http");
+    assert_eq!(service["backends_healthy"], 3);
+    assert_eq!(service["backends_total"], 3);
+    assert_eq!(service["active_flows"].as_u64(), Some(CONNECTIONS as u64));
+
+    let flows = bed
+        .agent
+        .query_with(&["flows", "--service", "ops/web:http", "--limit", "1000"])
+        .expect("lb flows");
+    let flows = flows.as_array().expect("flow rows").clone();
+    assert_eq!(flows.len(), CONNECTIONS, "one flow per connection");
+    let mut flows_per_node: BTreeMap<String, u64> = BTreeMap::new();
+    let mut packets_per_node: BTreeMap<String, u64> = BTreeMap::new();
+    for flow in &flows {
+        let node = flow["node"].as_str().expect("node").to_owned();
+        *flows_per_node.entry(node.clone()).or_default() += 1;
+        *packets_per_node.entry(node).or_default() += flow["packets"].as_u64().unwrap_or(0);
+    }
+    assert_eq!(flows_per_node, tally, "flows per node match who answered");
+
+    let backends = bed.agent.query("backends").expect("lb backends");
+    let backends = backends.as_array().expect("rows");
+    assert_eq!(by_node(backends, "active_flows"), tally);
+    // Every forwarded packet is counted on its backend and on its flow.
+    assert_eq!(by_node(backends, "packets"), packets_per_node);
+    let service_packets = services[0]["packets"].as_u64().unwrap_or(0);
+    assert_eq!(service_packets, packets_per_node.values().sum::<u64>());
+
+    let one_node = tally.keys().next().expect("a node").clone();
+    let filtered = bed
+        .agent
+        .query_with(&["flows", "--backend", &one_node, "--limit", "1000"])
+        .expect("lb flows --backend");
+    assert_eq!(
+        filtered.as_array().map(Vec::len),
+        Some(tally[&one_node] as usize)
+    );
+    drop(clients);
+}
+
+#[test]
+fn trace_predicts_where_real_connections_land() {
+    let bed = Bed::new("trace");
+    let vip = SocketAddrV4::new(VIP, 80);
+    // 200 distinct pseudo-random client ports.
+    let mut ports = Vec::new();
+    let mut x: u32 = 0x2545_f491;
+    while ports.len() < 200 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        let port = 20000 + (x % 30000) as u16;
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
+    let mut predicted = Vec::new();
+    for port in &ports {
+        let client = format!("10.0.0.2:{port}");
+        let report = bed
+            .agent
+            .query_with(&["trace", &client, &vip.to_string()])
+            .expect("lb trace");
+        assert!(
+            report["pinned_backend"].is_null(),
+            "a new flow is not pinned yet"
+        );
+        predicted.push(report["new_flow_node"].as_str().expect("node").to_owned());
+    }
+    let ports_copy = ports.clone();
+    let landed: Vec<String> = bed.in_client(move || {
+        ports_copy
+            .iter()
+            .map(|port| {
+                let mut client = LineClient::connect_from(*port, vip, TIMEOUT).expect("connect");
+                let node = client.greeting().to_owned();
+                client.close();
+                node
+            })
+            .collect()
+    });
+    for ((port, predicted), landed) in ports.iter().zip(&predicted).zip(&landed) {
+        assert_eq!(predicted, landed, "client port {port}");
+    }
+    // Now the flow table pins them: trace says so.
+    let report = bed
+        .agent
+        .query_with(&["trace", &format!("10.0.0.2:{}", ports[0]), &vip.to_string()])
+        .expect("lb trace");
+    assert!(!report["pinned_backend"].is_null(), "{report}");
+}
+
+/// A plain HTTP GET from inside `ns`.
+fn http_get(ns: &NetNs, path: &'static str) -> (u16, String) {
+    ns.enter(move || {
+        let mut stream = TcpStream::connect_timeout(&METRICS.parse().expect("addr"), TIMEOUT)
+            .expect("connect to the metrics server");
+        stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read");
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    })
+    .expect("lb namespace")
+}
+
+/// `name{labels} value` samples whose labels contain `label`.
+fn sample(metrics: &str, name: &str, label: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find(|line| {
+            (line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} ")))
+                && line.contains(label)
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn metrics_match_the_cli() {
+    let bed = Bed::new("metrics");
+    let vip = SocketAddrV4::new(VIP, 80);
+    bed.in_client(move || {
+        for _ in 0..30 {
+            servers::tcp_ask_name(vip, TIMEOUT).expect("connect");
+        }
+    });
+    // Let the closing packets arrive before both reads.
+    std::thread::sleep(Duration::from_millis(300));
+    let backends = bed.agent.query("backends").expect("lb backends");
+    let (status, metrics) = http_get(&bed.topology.lb, "/metrics");
+    assert_eq!(status, 200);
+    for row in backends.as_array().expect("rows") {
+        let address = format!(
+            "address=\"{}:{}\"",
+            row["address"].as_str().unwrap(),
+            row["port"]
+        );
+        assert_eq!(
+            sample(&metrics, "lb_backend_packets_total", &address),
+            row["packets"].as_u64(),
+            "{address} in\n{metrics}"
+        );
+        assert!(metrics.contains(&format!("backend=\"{}\"", row["node"].as_str().unwrap())));
+    }
+    let stats = bed
+        .agent
+        .query_with(&["stats", "--interval", "0.1"])
+        .expect("lb stats");
+    assert_eq!(
+        sample(&metrics, "lb_new_flows_total", ""),
+        stats["totals"]["new_flows"].as_u64()
+    );
+    // `--watch --json` streams one sample per interval until stopped.
+    let mut watch = std::process::Command::new(lb_tests::agent::lb_binary().expect("lb"))
+        .args(["stats", "--watch", "--json", "--interval", "0.2", "--bpffs"])
+        .arg(bed.agent.bpffs())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("lb stats --watch");
+    std::thread::sleep(Duration::from_millis(1100));
+    watch.kill().expect("stop watching");
+    let output = watch.wait_with_output().expect("watch output");
+    let samples: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    assert!(samples.len() >= 3, "{} samples in 1.1 s", samples.len());
+    assert_eq!(http_get(&bed.topology.lb, "/healthz").0, 200);
+    assert_eq!(http_get(&bed.topology.lb, "/readyz").0, 200);
+}
+
+fn xdp_attached(ns: &NetNs, iface: &str) -> bool {
+    ns.ip(&format!("link show dev {iface}"))
+        .is_ok_and(|out| out.contains("xdp"))
+}
+
+#[test]
+fn connections_survive_an_agent_killed_and_restarted() {
+    let mut bed = Bed::new("restart");
+    let vip = SocketAddrV4::new(VIP, 80);
+    let long_lived = bed.in_client(move || LineClient::connect(vip, TIMEOUT).expect("connect"));
+    let node = long_lived.greeting().to_owned();
+
+    // A stream of new connections for the whole test.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (made, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let stream = {
+        let (stop, made, failed) = (stop.clone(), made.clone(), failed.clone());
+        bed.topology
+            .client
+            .spawn_thread(move || {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    match servers::tcp_ask_name(vip, TIMEOUT) {
+                        Ok(_) => made.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+            .expect("client thread")
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let flows_before = bed
+        .agent
+        .query_with(&["flows", "--limit", "100000"])
+        .expect("flows");
+    let flows_before = flows_before.as_array().map_or(0, Vec::len);
+
+    bed.agent.kill().expect("SIGKILL");
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        xdp_attached(&bed.topology.lb, "lbc0"),
+        "the program stays attached"
+    );
+    bed.agent.restart(&bed.topology.lb).expect("restart");
+    wait_programmed(&bed.agent);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let mut long_lived = long_lived;
+    let answer = bed
+        .in_client(move || {
+            let answer = long_lived.ask("after the restart");
+            (long_lived, answer)
+        })
+        .1
+        .expect("the long-lived connection survives");
+    assert_eq!(answer, format!("{node} after the restart"));
+    stop.store(true, Ordering::Relaxed);
+    stream.join().expect("client thread");
+    let (made, failed) = (made.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(made > 20, "only {made} connections were made");
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} connections failed",
+        made + failed
+    );
+    let flows_after = bed
+        .agent
+        .query_with(&["flows", "--limit", "100000"])
+        .expect("flows");
+    let flows_after = flows_after.as_array().map_or(0, Vec::len);
+    assert!(
+        flows_after >= flows_before,
+        "the flow table lost entries: {flows_before} before, {flows_after} after"
+    );
+
+    // `lb down` detaches and removes every pin once the agent is gone.
+    let bpffs = bed.agent.bpffs().to_owned();
+    bed.agent.kill().expect("stop");
+    assert!(xdp_attached(&bed.topology.lb, "lbc0"));
+    let output = std::process::Command::new(lb_tests::agent::lb_binary().expect("lb"))
+        .args(["down", "--bpffs"])
+        .arg(&bpffs)
+        .output()
+        .expect("lb down");
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        !xdp_attached(&bed.topology.lb, "lbc0"),
+        "still attached after lb down"
+    );
+    assert!(
+        !Path::new(&bpffs).exists(),
+        "pins left at {}",
+        bpffs.display()
+    );
+}
