@@ -28,7 +28,7 @@ pub const LAYOUT_VERSION: u32 = 1;
 
 /// Compile-time capacities; the Maglev map's size is set at load time from
 /// `max_services * 2 * ring_size`.
-pub const MAX_SERVICES: u32 = 1024;
+pub const MAX_SERVICES: u32 = 16384;
 pub const MAX_BACKENDS: u32 = 65536;
 pub const MAX_FLOWS: u32 = 1 << 20;
 pub const MAX_TX_PORTS: u32 = 64;

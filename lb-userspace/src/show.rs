@@ -22,6 +22,21 @@ fn open(args: &InspectArgs) -> Result<(Maps, Snapshot)> {
     Ok((maps, snapshot))
 }
 
+/// Prints `rows` as JSON, or as a table of `headers` with `cells` per row.
+fn list<T: Serialize>(
+    rows: &[T],
+    json: bool,
+    headers: &[&str],
+    cells: impl Fn(&T) -> Vec<String>,
+) -> Result<()> {
+    if json {
+        return print_json(&rows);
+    }
+    let table: Vec<Vec<String>> = rows.iter().map(cells).collect();
+    print_table(headers, &table);
+    Ok(())
+}
+
 pub fn print_json(value: &impl Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value)?;
     // A closed pipe (`lb stats --json | head`) is not an error worth a panic.
@@ -40,12 +55,13 @@ fn or_dash(text: &str) -> String {
 pub fn services(args: &InspectArgs) -> Result<()> {
     let (maps, snapshot) = open(args)?;
     let rows = inspect::services(&maps, &snapshot)?;
-    if args.json {
-        return print_json(&rows);
-    }
-    let table: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
+    list(
+        &rows,
+        args.json,
+        &[
+            "NAME", "VIP", "PORT", "PROTO", "BACKENDS", "PACKETS", "BYTES", "FLOWS",
+        ],
+        |r| {
             vec![
                 or_dash(&r.name),
                 r.vip.to_string(),
@@ -56,26 +72,21 @@ pub fn services(args: &InspectArgs) -> Result<()> {
                 r.bytes.to_string(),
                 r.active_flows.to_string(),
             ]
-        })
-        .collect();
-    print_table(
-        &[
-            "NAME", "VIP", "PORT", "PROTO", "BACKENDS", "PACKETS", "BYTES", "FLOWS",
-        ],
-        &table,
-    );
-    Ok(())
+        },
+    )
 }
 
 pub fn backends(args: &BackendsArgs) -> Result<()> {
     let (maps, snapshot) = open(&args.inspect)?;
     let rows = inspect::backends(&maps, &snapshot, args.service.as_deref())?;
-    if args.inspect.json {
-        return print_json(&rows);
-    }
-    let table: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
+    list(
+        &rows,
+        args.inspect.json,
+        &[
+            "SERVICE", "NODE", "ADDRESS", "NODEPORT", "WEIGHT", "HEALTH", "SHARE", "PACKETS",
+            "BYTES", "FLOWS",
+        ],
+        |r| {
             vec![
                 if r.service_name.is_empty() {
                     r.service.clone()
@@ -92,16 +103,8 @@ pub fn backends(args: &BackendsArgs) -> Result<()> {
                 r.bytes.to_string(),
                 r.active_flows.to_string(),
             ]
-        })
-        .collect();
-    print_table(
-        &[
-            "SERVICE", "NODE", "ADDRESS", "NODEPORT", "WEIGHT", "HEALTH", "SHARE", "PACKETS",
-            "BYTES", "FLOWS",
-        ],
-        &table,
-    );
-    Ok(())
+        },
+    )
 }
 
 pub fn flows(args: &FlowsArgs) -> Result<()> {
@@ -112,25 +115,9 @@ pub fn flows(args: &FlowsArgs) -> Result<()> {
         args.backend.as_deref(),
         args.limit,
     );
-    if args.inspect.json {
-        return print_json(&rows);
-    }
-    let table: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            vec![
-                r.client.to_string(),
-                r.vip.to_string(),
-                r.protocol.to_owned(),
-                r.backend.to_string(),
-                or_dash(&r.node),
-                format!("{:.1}s", r.age_seconds),
-                format!("{:.1}s", r.last_seen_seconds),
-                r.packets.to_string(),
-            ]
-        })
-        .collect();
-    print_table(
+    list(
+        &rows,
+        args.inspect.json,
         &[
             "CLIENT",
             "VIP",
@@ -141,9 +128,19 @@ pub fn flows(args: &FlowsArgs) -> Result<()> {
             "LAST SEEN",
             "PACKETS",
         ],
-        &table,
-    );
-    Ok(())
+        |r| {
+            vec![
+                r.client.to_string(),
+                r.vip.to_string(),
+                r.protocol.to_owned(),
+                r.backend.to_string(),
+                or_dash(&r.node),
+                format!("{:.1}s", r.age_seconds),
+                format!("{:.1}s", r.last_seen_seconds),
+                r.packets.to_string(),
+            ]
+        },
+    )
 }
 
 pub fn trace(args: &TraceArgs) -> Result<()> {

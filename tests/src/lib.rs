@@ -6,7 +6,9 @@
 pub mod agent;
 pub mod fake_apiserver;
 pub mod kube_agent;
+pub mod manifests;
 pub mod netns;
 pub mod packets;
 pub mod servers;
 pub mod topology;
+pub mod xdp_bed;

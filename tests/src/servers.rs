@@ -17,6 +17,7 @@
 //!   `"{name} {payload}"`.
 
 use std::{
+    collections::BTreeMap,
     io::{self, BufRead, BufReader, ErrorKind, Read, Write},
     net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
@@ -214,6 +215,28 @@ fn http_connection(stream: TcpStream, name: &str, stop: &AtomicBool) -> io::Resu
 /// Connects to a name server and returns the name it greets with.
 pub fn tcp_ask_name(addr: SocketAddrV4, timeout: Duration) -> Result<String> {
     Ok(LineClient::connect(addr, timeout)?.greeting)
+}
+
+/// Opens `count` TCP connections from `client` to `addr`, each asking the
+/// name of the node that answers; returns how many each node answered. Every
+/// connection must succeed: panics otherwise.
+pub fn connect_many(
+    client: &NetNs,
+    addr: SocketAddrV4,
+    count: usize,
+    timeout: Duration,
+) -> BTreeMap<String, usize> {
+    client
+        .enter(move || {
+            let mut tally = BTreeMap::new();
+            for i in 0..count {
+                let name = tcp_ask_name(addr, timeout)
+                    .unwrap_or_else(|e| panic!("connection {i} to {addr} failed: {e:#}"));
+                *tally.entry(name).or_insert(0) += 1;
+            }
+            tally
+        })
+        .expect("client namespace")
 }
 
 /// A long-lived name-protocol connection.

@@ -13,6 +13,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use lb_tests::{
     agent::{Agent, lb_binary},
+    manifests::{self, ServicePort},
     netns::{NetNs, veth},
 };
 
@@ -24,39 +25,32 @@ const TIMEOUT: Duration = Duration::from_secs(15);
 const NOBODY: &str = "65534";
 
 fn service(name: &str, vip: &str, port: u16) -> String {
-    format!(
-        "apiVersion: v1
-kind: Service
-metadata:
-  name: {name}
-  namespace: cfg
-spec:
-  type: LoadBalancer
-  loadBalancerIP: {vip}
-  ports:
-  - name: main
-    port: {port}
-    protocol: TCP
-    nodePort: 31000
-"
-    )
+    let main = ServicePort {
+        name: "main",
+        port,
+        protocol: "TCP",
+        node_port: 31000,
+        target_port: None,
+    };
+    manifests::load_balancer_service_yaml(name, "cfg", vip, &[main])
 }
 
-const NODE: &str = "apiVersion: v1
-kind: Node
-metadata:
-  name: node-1
-status:
-  addresses:
-  - type: InternalIP
-    address: 10.1.0.11
-  conditions:
-  - type: Ready
-    status: \"True\"
-";
+fn node() -> String {
+    manifests::ready_node_yaml("node-1", "10.1.0.11")
+}
 
-fn documents(docs: &[&str]) -> String {
-    docs.join("---\n")
+/// Service web and the node.
+fn web() -> String {
+    manifests::documents(&[service("web", VIP_WEB, 80), node()])
+}
+
+/// Services web and api, and the node.
+fn web_and_api() -> String {
+    manifests::documents(&[
+        service("web", VIP_WEB, 80),
+        service("api", VIP_API, 8080),
+        node(),
+    ])
 }
 
 /// A directory for one test's manifests, removed when dropped.
@@ -215,13 +209,13 @@ fn agent_started_on_unreadable_manifests_fails_with_the_reason() -> Result<()> {
 #[test]
 fn invalid_manifests_are_skipped_and_the_valid_ones_served() -> Result<()> {
     let scratch = Scratch::new("mixed")?;
-    let web = documents(&[&service("web", VIP_WEB, 80), NODE]);
+    let web = web();
     // Valid YAML, but not a Service: its ports are not a list.
     let bad_service = "apiVersion: v1\nkind: Service\nmetadata:\n  name: bad-ports\n\
                        spec:\n  type: LoadBalancer\n  ports: eighty\n";
     let no_node_port =
         service("no-node-port", "198.51.100.24", 80).replace("    nodePort: 31000\n", "");
-    let mixed = documents(&[bad_service, &service("api", VIP_API, 8080)]);
+    let mixed = manifests::documents(&[bad_service, &service("api", VIP_API, 8080)]);
     enum Expect {
         Served,
         /// A document that does not parse: its skip line names the file.
@@ -280,7 +274,7 @@ fn invalid_manifests_are_skipped_and_the_valid_ones_served() -> Result<()> {
 #[test]
 fn running_agent_keeps_its_state_while_the_manifests_are_gone() -> Result<()> {
     let scratch = Scratch::new("gone")?;
-    let path = scratch.write("lb.yaml", documents(&[&service("web", VIP_WEB, 80), NODE]))?;
+    let path = scratch.write("lb.yaml", web())?;
     let bed = Bed::start("lbcfg-gone", &path)?;
     bed.wait_for_services(&[WEB])?;
     let seen = bed.agent.log().len();
@@ -293,14 +287,7 @@ fn running_agent_keeps_its_state_while_the_manifests_are_gone() -> Result<()> {
         "lost: {:?}",
         bed.services()?
     );
-    scratch.write(
-        "lb.yaml",
-        documents(&[
-            &service("web", VIP_WEB, 80),
-            &service("api", VIP_API, 8080),
-            NODE,
-        ]),
-    )?;
+    scratch.write("lb.yaml", web_and_api())?;
     bed.wait_for_services(&[API, WEB])
 }
 
@@ -311,7 +298,7 @@ fn running_agent_keeps_its_state_while_the_manifests_are_gone() -> Result<()> {
 #[test]
 fn running_agent_keeps_its_state_when_the_manifests_turn_to_garbage() -> Result<()> {
     let scratch = Scratch::new("garbage")?;
-    let good = documents(&[&service("web", VIP_WEB, 80), NODE]);
+    let good = web();
     let path = scratch.write("lb.yaml", &good)?;
     let bed = Bed::start("lbcfg-garbage", &path)?;
     bed.wait_for_services(&[WEB])?;
@@ -338,14 +325,7 @@ fn running_agent_keeps_its_state_when_the_manifests_turn_to_garbage() -> Result<
             bed.agent.log()
         );
     }
-    scratch.write(
-        "lb.yaml",
-        documents(&[
-            &service("web", VIP_WEB, 80),
-            &service("api", VIP_API, 8080),
-            NODE,
-        ]),
-    )?;
+    scratch.write("lb.yaml", web_and_api())?;
     bed.wait_for_services(&[API, WEB])
 }
 
@@ -426,7 +406,7 @@ fn assert_one_clear_line(
 #[test]
 fn agent_refuses_clashing_pools_before_touching_the_kernel() -> Result<()> {
     let scratch = Scratch::new("pools")?;
-    let path = scratch.write("lb.yaml", documents(&[&service("web", VIP_WEB, 80), NODE]))?;
+    let path = scratch.write("lb.yaml", web())?;
     let manifests = path.display().to_string();
     let pins = format!("/sys/fs/bpf/lb-bad-config-pools-{}", std::process::id());
     let cases: [(&str, &[&str], &[&str]); 3] = [
@@ -480,7 +460,7 @@ fn agent_refuses_clashing_pools_before_touching_the_kernel() -> Result<()> {
 #[test]
 fn inspection_without_privileges_says_to_run_as_root() -> Result<()> {
     let scratch = Scratch::new("unprivileged")?;
-    let path = scratch.write("lb.yaml", documents(&[&service("web", VIP_WEB, 80), NODE]))?;
+    let path = scratch.write("lb.yaml", web())?;
     let bed = Bed::start("lbcfg-priv", &path)?;
     bed.wait_for_services(&[WEB])?;
     let bpffs = bed.agent.bpffs().display().to_string();
@@ -505,7 +485,7 @@ fn inspection_without_privileges_says_to_run_as_root() -> Result<()> {
 #[test]
 fn agent_and_down_without_privileges_say_to_run_as_root() -> Result<()> {
     let scratch = Scratch::new("unprivileged-agent")?;
-    let path = scratch.write("lb.yaml", documents(&[&service("web", VIP_WEB, 80), NODE]))?;
+    let path = scratch.write("lb.yaml", web())?;
     let manifests = path.display().to_string();
     let pins = format!("/sys/fs/bpf/lb-bad-config-nobody-{}", std::process::id());
     let result = lb_as_nobody(&[

@@ -37,19 +37,18 @@ fn assert_error(args: &[&str], code: i32, needle: &str) {
     }
 }
 
+/// `lb agent --iface IFACE --manifests EXAMPLE` and `extra`.
+fn agent<'a>(iface: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["agent", "--iface", iface, "--manifests", EXAMPLE];
+    args.extend_from_slice(extra);
+    args
+}
+
 #[test]
 fn agent_names_a_missing_interface_and_leaves_no_pins() {
     let pins = format!("/sys/fs/bpf/lb-cli-test-{}", std::process::id());
     assert_error(
-        &[
-            "agent",
-            "--iface",
-            "nosuch0",
-            "--manifests",
-            EXAMPLE,
-            "--bpffs",
-            &pins,
-        ],
+        &agent("nosuch0", &["--bpffs", &pins]),
         1,
         "interface nosuch0 does not exist",
     );
@@ -58,47 +57,17 @@ fn agent_names_a_missing_interface_and_leaves_no_pins() {
 
 #[test]
 fn agent_rejects_bad_settings_before_touching_the_kernel() {
-    assert_error(
-        &[
-            "agent",
-            "--iface",
-            "lo",
-            "--manifests",
-            EXAMPLE,
-            "--vip-pool",
-            "198.51.100.0/33",
-        ],
-        1,
-        "--vip-pool",
-    );
-    assert_error(
-        &[
-            "agent",
-            "--iface",
-            "lo",
-            "--manifests",
-            EXAMPLE,
-            "--ring-size",
-            "100",
-            "--bpffs",
-            "/sys/fs/bpf/lb-cli-ring",
-        ],
-        1,
-        "ring size 100 must be a prime",
-    );
-    assert_error(
-        &[
-            "agent",
-            "--iface",
-            "lo",
-            "--manifests",
-            EXAMPLE,
-            "--ring-size",
-            "many",
-        ],
-        2,
-        "invalid value 'many'",
-    );
+    for (extra, code, needle) in [
+        (&["--vip-pool", "198.51.100.0/33"][..], 1, "--vip-pool"),
+        (
+            &["--ring-size", "100", "--bpffs", "/sys/fs/bpf/lb-cli-ring"][..],
+            1,
+            "ring size 100 must be a prime",
+        ),
+        (&["--ring-size", "many"][..], 2, "invalid value 'many'"),
+    ] {
+        assert_error(&agent("lo", extra), code, needle);
+    }
 }
 
 #[test]
@@ -119,19 +88,7 @@ fn state_of_another_layout_is_refused_not_misread() {
     let refused = "holds pinned state of map layout v999";
     assert_error(&["services", "--bpffs", &root], 1, refused);
     assert_error(&["down", "--bpffs", &root], 1, refused);
-    assert_error(
-        &[
-            "agent",
-            "--iface",
-            "lo",
-            "--manifests",
-            EXAMPLE,
-            "--bpffs",
-            &root,
-        ],
-        1,
-        refused,
-    );
+    assert_error(&agent("lo", &["--bpffs", &root]), 1, refused);
     assert!(
         Path::new(&format!("{root}/v999")).is_dir(),
         "the other layout's state was touched"

@@ -10,8 +10,9 @@ use std::{
 
 use lb_tests::{
     agent::{Agent, backends_of},
+    manifests::{self, ServicePort},
     servers::{self, LineClient, ServerGuard},
-    topology::{Layout, Topology},
+    topology::{Layout, Node, Topology},
 };
 use serde_json::Value;
 
@@ -23,51 +24,25 @@ const READY: Duration = Duration::from_secs(20);
 
 /// A Service with a TCP and a UDP port, and the given Ready nodes, as
 /// `kubectl get -o yaml` shows them.
-fn manifest(nodes: &[(String, Ipv4Addr)]) -> String {
-    let mut yaml = format!(
-        "apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: demo
-spec:
-  type: LoadBalancer
-  loadBalancerIP: {VIP}
-  selector:
-    app: web
-  ports:
-  - name: http
-    port: 80
-    protocol: TCP
-    targetPort: 8080
-    nodePort: {TCP_NODE_PORT}
-  - name: echo
-    port: 53
-    protocol: UDP
-    targetPort: 5353
-    nodePort: {UDP_NODE_PORT}
-"
-    );
-    for (name, ip) in nodes {
-        yaml.push_str(&format!(
-            "---
-apiVersion: v1
-kind: Node
-metadata:
-  name: {name}
-status:
-  addresses:
-  - type: InternalIP
-    address: {ip}
-  - type: Hostname
-    address: {name}
-  conditions:
-  - type: Ready
-    status: \"True\"
-"
-        ));
-    }
-    yaml
+fn manifest(nodes: &[Node]) -> String {
+    let ports = [
+        ServicePort {
+            name: "http",
+            port: 80,
+            protocol: "TCP",
+            node_port: TCP_NODE_PORT,
+            target_port: Some(8080),
+        },
+        ServicePort {
+            name: "echo",
+            port: 53,
+            protocol: "UDP",
+            node_port: UDP_NODE_PORT,
+            target_port: Some(5353),
+        },
+    ];
+    let service = manifests::load_balancer_service_yaml("web", "demo", VIP, &ports);
+    manifests::service_and_nodes(service, nodes)
 }
 
 struct ManifestDir(PathBuf);
@@ -80,14 +55,9 @@ impl ManifestDir {
     }
 
     fn write(&self, topology: &Topology) {
-        let nodes: Vec<(String, Ipv4Addr)> = topology
-            .nodes
-            .iter()
-            .map(|n| (n.name.clone(), n.ip))
-            .collect();
         // Write then rename, so the agent never reads half a file.
         let tmp = self.0.join(".cluster.yaml.tmp");
-        std::fs::write(&tmp, manifest(&nodes)).expect("write manifest");
+        std::fs::write(&tmp, manifest(&topology.nodes)).expect("write manifest");
         std::fs::rename(&tmp, self.0.join("cluster.yaml")).expect("rename manifest");
     }
 
@@ -131,19 +101,7 @@ fn wait_for_nodes(agent: &Agent, count: usize) -> Vec<Value> {
 /// Opens `count` TCP connections from the client to the VIP; returns how many
 /// each node answered. Every connection must succeed.
 fn connect_many(topology: &Topology, count: usize) -> BTreeMap<String, usize> {
-    let vip = SocketAddrV4::new(VIP, 80);
-    topology
-        .client
-        .enter(move || {
-            let mut tally = BTreeMap::new();
-            for i in 0..count {
-                let name = servers::tcp_ask_name(vip, TIMEOUT)
-                    .unwrap_or_else(|e| panic!("connection {i} to {vip} failed: {e:#}"));
-                *tally.entry(name).or_insert(0) += 1;
-            }
-            tally
-        })
-        .expect("client namespace")
+    servers::connect_many(&topology.client, SocketAddrV4::new(VIP, 80), count, TIMEOUT)
 }
 
 fn node_of_address(topology: &Topology, address: &str) -> String {

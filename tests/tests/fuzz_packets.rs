@@ -31,14 +31,17 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use aya::programs::{TestRun as _, TestRunOptions};
 use etherparse::{PacketBuilder, TcpHeader};
 use lb::{
     dataplane::{Dataplane, DataplaneConfig},
     model::{BackendSpec, Frontend, Protocol, ServiceSpec},
 };
 use lb_common::{PROTO_TCP, PROTO_UDP};
-use lb_tests::{netns::NetNs, packets};
+use lb_tests::{
+    netns::NetNs,
+    packets,
+    xdp_bed::{self, CLIENT_DEV, NODES, XdpBed, node_ip, node_mac},
+};
 use proptest::{
     prelude::*,
     sample::Index,
@@ -67,7 +70,8 @@ const RING_SIZE: u32 = 1021;
 const DEFAULT_SEED: u64 = 0x6c62_5f66_757a_7a01;
 const DEFAULT_CASES: u32 = 10_000;
 
-/// Clients with resolved neighbours on the client side.
+/// Clients with resolved neighbours on the client side (the first is
+/// `xdp_bed::CLIENT`).
 fn client_ip(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 0, 2 + i)
 }
@@ -77,18 +81,6 @@ fn client_mac(i: u8) -> [u8; 6] {
 }
 
 const CLIENTS: u8 = 4;
-
-/// Nodes, all with resolved neighbours: a DNAT-ed packet leaves with TX or
-/// REDIRECT and a known MAC, and a passed rewritten packet is an exception.
-fn node_ip(i: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 1, 0, 10 + i)
-}
-
-fn node_mac(i: u8) -> [u8; 6] {
-    [0x02, 0, 0, 0, 0x01, 0x10 + i]
-}
-
-const NODES: u8 = 3;
 
 fn backends(nodes: &[u8], port: u16) -> Vec<BackendSpec> {
     nodes
@@ -130,45 +122,22 @@ fn services() -> Vec<ServiceSpec> {
     ]
 }
 
-fn fmt_mac(mac: [u8; 6]) -> String {
-    let bytes: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
-    bytes.join(":")
-}
-
-/// The namespace the program runs in: `cl0` faces clients, `nd0` faces nodes.
-fn bench() -> Result<(NetNs, u32, u32)> {
-    let ns = NetNs::new("lbfuzz")?;
-    for cmd in [
-        "link add cl0 type veth peer name cl1",
-        "link add nd0 type veth peer name nd1",
-        "addr add 10.0.0.1/24 dev cl0",
-        "addr add 10.1.0.1/24 dev nd0",
-        "link set cl0 up",
-        "link set cl1 up",
-        "link set nd0 up",
-        "link set nd1 up",
-    ] {
-        ns.ip(cmd)?;
+/// The namespace the program runs in, with all clients resolved. Nodes
+/// (`xdp_bed::NODES`) are all resolved: a DNAT-ed packet leaves with TX or
+/// REDIRECT and a known MAC, and a passed rewritten packet is an exception.
+fn bench() -> Result<(NetNs, XdpBed)> {
+    let (ns, bench) = XdpBed::new("lbfuzz")?;
+    // Client 0 is `xdp_bed::CLIENT`, resolved already.
+    for i in 1..CLIENTS {
+        xdp_bed::add_neighbour(&ns, client_ip(i), client_mac(i), CLIENT_DEV)?;
     }
-    ns.sysctl("net.ipv4.ip_forward", "1")?;
-    let neighbours = (0..CLIENTS)
-        .map(|i| (client_ip(i), client_mac(i), "cl0"))
-        .chain((1..=NODES).map(|i| (node_ip(i), node_mac(i), "nd0")));
-    for (ip, mac, dev) in neighbours {
-        ns.ip(&format!(
-            "neigh add {ip} lladdr {} dev {dev} nud permanent",
-            fmt_mac(mac)
-        ))?;
-    }
-    let client_if = ns.ifindex("cl0")?;
-    let node_if = ns.ifindex("nd0")?;
-    Ok((ns, client_if, node_if))
+    Ok((ns, bench))
 }
 
 #[test]
 fn random_and_mutated_packets_keep_the_data_path_properties() -> Result<()> {
-    let (ns, client_if, node_if) = bench()?;
-    ns.enter(move || fuzz_in_namespace(client_if, node_if))?
+    let (ns, bench) = bench()?;
+    ns.enter(move || fuzz_in_namespace(bench.client_if, bench.node_if))?
 }
 
 fn fuzz_in_namespace(client_if: u32, node_if: u32) -> Result<()> {
@@ -705,23 +674,7 @@ impl World {
     }
 
     fn run(&self, input: &[u8], ifindex: u32) -> Result<(u32, Vec<u8>)> {
-        let mut ctx = [0u8; 24];
-        // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
-        ctx[4..8].copy_from_slice(&u32::try_from(input.len())?.to_ne_bytes());
-        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-        let mut out = vec![0u8; input.len() + 256];
-        let result = self
-            .dataplane
-            .program()?
-            .test_run(TestRunOptions {
-                data_in: Some(input),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ..Default::default()
-            })
-            .with_context(|| format!("BPF_PROG_TEST_RUN of {} bytes", input.len()))?;
-        out.truncate(result.data_size_out as usize);
-        Ok((result.return_value, out))
+        xdp_bed::run(self.dataplane.program()?, input, ifindex)
     }
 
     fn check(&mut self, input: &[u8], action: u32, output: &[u8]) -> Result<Outcome> {

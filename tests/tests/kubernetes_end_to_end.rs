@@ -52,19 +52,7 @@ fn wait_for_live_backends(bed: &KubeAgent, vip: Ipv4Addr, count: usize) -> Resul
 /// Opens `count` connections to the VIP from the client; how many each node
 /// answered. Every one must succeed.
 fn connect_many(topology: &Topology, vip: Ipv4Addr, count: usize) -> BTreeMap<String, usize> {
-    let vip = SocketAddrV4::new(vip, 80);
-    topology
-        .client
-        .enter(move || {
-            let mut tally = BTreeMap::new();
-            for i in 0..count {
-                let name = servers::tcp_ask_name(vip, TIMEOUT)
-                    .unwrap_or_else(|e| panic!("connection {i} to {vip} failed: {e:#}"));
-                *tally.entry(name).or_insert(0) += 1;
-            }
-            tally
-        })
-        .expect("client namespace")
+    servers::connect_many(&topology.client, SocketAddrV4::new(vip, 80), count, TIMEOUT)
 }
 
 /// A connection that stays open, and the node that answered it.

@@ -16,9 +16,10 @@ use std::{
 
 use lb_tests::{
     agent::{Agent, backends_of},
+    manifests::{self, ServicePort},
     netns::NetNs,
     servers::{self, LineClient, ServerGuard},
-    topology::{Layout, Topology},
+    topology::{Layout, Node, Topology},
 };
 use serde_json::Value;
 
@@ -27,42 +28,16 @@ const NODE_PORT: u16 = 31000;
 const TIMEOUT: Duration = Duration::from_secs(3);
 const METRICS: &str = "127.0.0.1:9641";
 
-fn manifest(nodes: &[(String, Ipv4Addr)]) -> String {
-    let mut yaml = format!(
-        "apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: ops
-spec:
-  type: LoadBalancer
-  loadBalancerIP: {VIP}
-  ports:
-  - name: http
-    port: 80
-    protocol: TCP
-    targetPort: 8080
-    nodePort: {NODE_PORT}
-"
-    );
-    for (name, ip) in nodes {
-        yaml.push_str(&format!(
-            "---
-apiVersion: v1
-kind: Node
-metadata:
-  name: {name}
-status:
-  addresses:
-  - type: InternalIP
-    address: {ip}
-  conditions:
-  - type: Ready
-    status: \"True\"
-"
-        ));
-    }
-    yaml
+fn manifest(nodes: &[Node]) -> String {
+    let http = ServicePort {
+        name: "http",
+        port: 80,
+        protocol: "TCP",
+        node_port: NODE_PORT,
+        target_port: Some(8080),
+    };
+    let service = manifests::load_balancer_service_yaml("web", "ops", VIP, &[http]);
+    manifests::service_and_nodes(service, nodes)
 }
 
 /// The topology, node servers and a running agent.
@@ -78,12 +53,7 @@ impl Bed {
         let topology = Topology::new(Layout::TwoArm, 3).expect("topology");
         let manifests =
             std::env::temp_dir().join(format!("lb-ops-{tag}-{}.yaml", std::process::id()));
-        let nodes: Vec<(String, Ipv4Addr)> = topology
-            .nodes
-            .iter()
-            .map(|n| (n.name.clone(), n.ip))
-            .collect();
-        std::fs::write(&manifests, manifest(&nodes)).expect("manifest");
+        std::fs::write(&manifests, manifest(&topology.nodes)).expect("manifest");
         let servers = topology
             .nodes
             .iter()

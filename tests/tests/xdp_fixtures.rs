@@ -6,23 +6,24 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use aya::programs::{TestRun, TestRunOptions};
 use lb::{
     dataplane::{Dataplane, DataplaneConfig, service_key},
     model::{BackendSpec, Frontend, Protocol, ServiceSpec},
 };
 use lb_common::{FlowKey, counters, hash::flow_hash};
-use lb_tests::{netns::NetNs, packets};
+use lb_tests::{
+    netns::NetNs,
+    packets,
+    xdp_bed::{self, CLIENT, CLIENT_MAC, NODE_DEV, XdpBed, node_ip, node_mac},
+};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
 
-const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 /// A client on the nodes' segment: its traffic leaves where it came in (one-arm).
 const LOCAL_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 50);
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 const LOCAL_CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x50];
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 const VIP_SPREAD: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
@@ -30,14 +31,6 @@ const VIP_EMPTY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 12);
 const VIP_UNRESOLVED: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 13);
 /// Small prime ring: fixtures need determinism, not balance.
 const RING_SIZE: u32 = 1021;
-
-fn node_ip(i: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 1, 0, 10 + i)
-}
-
-fn node_mac(i: u8) -> [u8; 6] {
-    [0x02, 0, 0, 0, 0x01, 0x10 + i]
-}
 
 fn backend(i: u8, port: u16) -> BackendSpec {
     BackendSpec {
@@ -65,60 +58,13 @@ fn service(
     }
 }
 
-/// The namespace the program runs in: `cl0` faces clients, `nd0` faces nodes.
-struct Bench {
-    client_if: u32,
-    node_if: u32,
-    client_if_mac: [u8; 6],
-    node_if_mac: [u8; 6],
-}
-
-fn bench() -> (NetNs, Bench) {
-    let ns = NetNs::new("lbfix").expect("netns");
-    for cmd in [
-        "link add cl0 type veth peer name cl1",
-        "link add nd0 type veth peer name nd1",
-        "addr add 10.0.0.1/24 dev cl0",
-        "addr add 10.1.0.1/24 dev nd0",
-        "link set cl0 up",
-        "link set cl1 up",
-        "link set nd0 up",
-        "link set nd1 up",
-    ] {
-        ns.ip(cmd).expect(cmd);
-    }
-    ns.sysctl("net.ipv4.ip_forward", "1").expect("forwarding");
-    let fmt = |mac: [u8; 6]| {
-        mac.iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
-    };
-    ns.ip(&format!(
-        "neigh add {CLIENT} lladdr {} dev cl0 nud permanent",
-        fmt(CLIENT_MAC)
-    ))
-    .expect("client neighbour");
-    ns.ip(&format!(
-        "neigh add {LOCAL_CLIENT} lladdr {} dev nd0 nud permanent",
-        fmt(LOCAL_CLIENT_MAC)
-    ))
-    .expect("local client neighbour");
-    // Nodes 1-3 resolved; node 4 deliberately not, to exercise the FIB miss path.
-    for i in 1..=3 {
-        ns.ip(&format!(
-            "neigh add {} lladdr {} dev nd0 nud permanent",
-            node_ip(i),
-            fmt(node_mac(i))
-        ))
-        .expect("node neighbour");
-    }
-    let bench = Bench {
-        client_if: ns.ifindex("cl0").expect("ifindex"),
-        node_if: ns.ifindex("nd0").expect("ifindex"),
-        client_if_mac: ns.mac("cl0").expect("mac"),
-        node_if_mac: ns.mac("nd0").expect("mac"),
-    };
+/// The namespace the program runs in, with a client on the nodes' segment.
+/// Nodes 1-3 are resolved; node 4 deliberately not, to exercise the FIB miss
+/// path.
+fn bench() -> (NetNs, XdpBed) {
+    let (ns, bench) = XdpBed::new("lbfix").expect("netns");
+    xdp_bed::add_neighbour(&ns, LOCAL_CLIENT, LOCAL_CLIENT_MAC, NODE_DEV)
+        .expect("local client neighbour");
     (ns, bench)
 }
 
@@ -150,26 +96,10 @@ fn sock(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
 
 /// Runs one packet through the program; returns (action, output bytes).
 fn run(dataplane: &Dataplane, input: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
-    let mut ctx = [0u8; 24];
-    // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
-    ctx[4..8].copy_from_slice(&(input.len() as u32).to_ne_bytes());
-    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-    let mut out = vec![0u8; input.len() + 256];
-    let result = dataplane
-        .program()
-        .expect("program")
-        .test_run(TestRunOptions {
-            data_in: Some(input),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..Default::default()
-        })
-        .expect("BPF_PROG_TEST_RUN");
-    out.truncate(result.data_size_out as usize);
-    (result.return_value, out)
+    xdp_bed::run(dataplane.program().expect("program"), input, ifindex).expect("BPF_PROG_TEST_RUN")
 }
 
-fn load(bench: &Bench) -> Dataplane {
+fn load(bench: &XdpBed) -> Dataplane {
     let mut dataplane = Dataplane::load(DataplaneConfig {
         ring_size: RING_SIZE,
         max_services: 8,
@@ -189,7 +119,7 @@ fn packet_fixtures() {
         .expect("enter namespace");
 }
 
-fn fixtures_in_namespace(bench: &Bench) {
+fn fixtures_in_namespace(bench: &XdpBed) {
     let mut dataplane = load(bench);
     for spec in [
         service(VIP, 80, Protocol::Tcp, vec![backend(1, 31000)]),
@@ -499,7 +429,7 @@ fn maglev_choice_matches_prediction_and_flows_stick() {
         .expect("enter namespace");
 }
 
-fn stickiness_in_namespace(bench: &Bench) {
+fn stickiness_in_namespace(bench: &XdpBed) {
     let mut dataplane = load(bench);
     let mut spec = service(
         VIP_SPREAD,

@@ -16,6 +16,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use lb_tests::{
     agent::Agent,
+    manifests::{self, ServicePort},
     netns::ChildGuard,
     servers::{self, ServerGuard},
     topology::{self, Layout, Topology},
@@ -218,46 +219,24 @@ fn start_lb(topology: &Topology, scratch: &Scratch) -> Result<Engine> {
 
 /// One Service of type LoadBalancer with an HTTP and a UDP port, and the nodes.
 fn manifest_yaml(topology: &Topology) -> String {
-    let mut yaml = format!(
-        "apiVersion: v1
-kind: Service
-metadata:
-  name: bench
-  namespace: default
-spec:
-  type: LoadBalancer
-  loadBalancerIP: {VIP}
-  externalTrafficPolicy: Cluster
-  ports:
-  - name: http
-    port: {HTTP_PORT}
-    nodePort: {NODE_HTTP_PORT}
-    protocol: TCP
-  - name: flood
-    port: {UDP_PORT}
-    nodePort: {NODE_UDP_PORT}
-    protocol: UDP
-"
-    );
-    for node in &topology.nodes {
-        yaml.push_str(&format!(
-            "---
-apiVersion: v1
-kind: Node
-metadata:
-  name: {}
-status:
-  addresses:
-  - address: {}
-    type: InternalIP
-  conditions:
-  - type: Ready
-    status: \"True\"
-",
-            node.name, node.ip
-        ));
-    }
-    yaml
+    let ports = [
+        ServicePort {
+            name: "http",
+            port: HTTP_PORT,
+            protocol: "TCP",
+            node_port: NODE_HTTP_PORT,
+            target_port: None,
+        },
+        ServicePort {
+            name: "flood",
+            port: UDP_PORT,
+            protocol: "UDP",
+            node_port: NODE_UDP_PORT,
+            target_port: None,
+        },
+    ];
+    let service = manifests::load_balancer_service_yaml("bench", "default", VIP, &ports);
+    manifests::service_and_nodes(service, &topology.nodes)
 }
 
 /// kube-proxy's iptables mode: the Service chain picks an endpoint with

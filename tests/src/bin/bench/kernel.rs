@@ -24,7 +24,7 @@ mod cases;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::programs::Xdp;
 use lb::dataplane::Dataplane;
 use lb_common::counters;
 
@@ -52,7 +52,7 @@ pub struct Options {
 }
 
 pub fn run(options: Options) -> Result<Section> {
-    let (ns, bed) = bed::Bed::new().context("building the namespace for BPF_PROG_TEST_RUN")?;
+    let (ns, bed) = bed::new().context("building the namespace for BPF_PROG_TEST_RUN")?;
     // FIB lookups use the namespace of the calling thread: everything runs inside.
     ns.enter(move || cases::measure_all(&bed, options))
         .context("entering the benchmark namespace")?
@@ -112,22 +112,9 @@ pub struct Call {
 
 /// Runs `program` on `input` arriving on `ifindex`.
 pub fn test_run(program: &Xdp, input: &[u8], ifindex: u32, repeat: u32) -> Result<Call> {
-    // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
-    let mut ctx = [0u8; 24];
-    let len = u32::try_from(input.len()).context("packet too long")?;
-    ctx[4..8].copy_from_slice(&len.to_ne_bytes());
-    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
     let mut out = [0u8; 512];
     let started = thread_cpu_time();
-    let result = program
-        .test_run(TestRunOptions {
-            data_in: Some(input),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            repeat,
-            ..Default::default()
-        })
-        .context("BPF_PROG_TEST_RUN")?;
+    let result = lb_tests::xdp_bed::test_run(program, input, ifindex, repeat, &mut out)?;
     let cpu = thread_cpu_time().saturating_sub(started);
     let out_len = (result.data_size_out as usize).min(out.len());
     Ok(Call {

@@ -7,6 +7,7 @@
 //! results are printed as tables and written to BENCHMARKS.md.
 
 mod contestants;
+mod control_plane;
 mod e2e;
 mod flood;
 mod httpd;
@@ -56,6 +57,8 @@ enum Part {
     E2e,
     /// Maglev table build time, balance and disruption.
     Maglev,
+    /// The agent against a fake API server with 10,000 Services.
+    ControlPlane,
 }
 
 fn main() {
@@ -77,7 +80,7 @@ fn run(args: &Args) -> Result<()> {
         bail!("--runs must be at least 1");
     }
     let wants = |part: Part| args.only.is_none_or(|only| only == part);
-    if (wants(Part::Kernel) || wants(Part::E2e)) && !is_root() {
+    if (wants(Part::Kernel) || wants(Part::E2e) || wants(Part::ControlPlane)) && !is_root() {
         bail!(
             "lb-bench needs root for BPF and network namespaces (maglev alone does not: --only maglev)"
         );
@@ -105,6 +108,10 @@ fn run(args: &Args) -> Result<()> {
     }
     if wants(Part::Maglev) {
         sections.push(maglev::run(runs).context("Maglev benchmark")?);
+        interrupt::check()?;
+    }
+    if wants(Part::ControlPlane) {
+        sections.push(control_plane_section(args.quick)?);
     }
     let runtime = format!("{:.0} s", started.elapsed().as_secs_f64());
     println!("\n{}", report::text(&sections));
@@ -120,6 +127,38 @@ fn run(args: &Args) -> Result<()> {
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// The control-plane figures as a report section.
+fn control_plane_section(quick: bool) -> Result<Section> {
+    let figures = control_plane::run(quick).context("control-plane benchmark")?;
+    let mut table = report::Table::new(
+        if quick {
+            "Control plane: 1,000 Services over 100 Nodes (--quick)"
+        } else {
+            "Control plane: 10,000 Services over 1,000 Nodes"
+        },
+        &["figure", "value"],
+    );
+    for (label, value) in figures {
+        table.row(vec![label, value]);
+    }
+    Ok(Section {
+        title: "Control plane".to_owned(),
+        method: vec![
+            "The real `lb agent --kubeconfig` against the in-process fake API server, which \
+             holds the Services (externalTrafficPolicy Local, 3 endpoints each), their \
+             EndpointSlices and the Nodes. The data path holds 1,024 service ports, so the \
+             agent runs with `--max-services 1024 --ring-size 251`: every Service gets its VIP \
+             and status, the 1,024 lowest VIPs are programmed. Latency: an EndpointSlice \
+             change in the API server until the Maglev map changed (100 ms of it is the \
+             agent's debounce). Memory: the agent's VmHWM."
+                .to_owned(),
+        ],
+        tables: vec![table],
+        notes: Vec::new(),
+        goals: Vec::new(),
+    })
 }
 
 /// How this run was started, for the report: `cargo xtask bench ...` when

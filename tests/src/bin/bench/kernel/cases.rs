@@ -39,8 +39,8 @@ const NODE_UDP_PORT: u16 = 31053;
 const CLIENT_PORT: u16 = 40000;
 /// Client port of the flows to self-mapped services (see the module docs).
 const SELF_CLIENT_PORT: u16 = 41000;
-/// Ring size of the many-services scenario: 1024 services x 2 slots x 1021
-/// entries x 4 bytes = 8 MiB of Maglev map.
+/// Ring size of the many-services scenario: the Maglev map then takes
+/// MAX_SERVICES x 2 slots x 1021 entries x 4 bytes.
 const SMALL_RING: u32 = 1021;
 const MANY_SERVICES: usize = 1000;
 /// Flow-table fill per CPU beyond its share, so every per-CPU LRU list is full.

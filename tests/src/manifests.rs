@@ -1,0 +1,112 @@
+//! Kubernetes manifests as `kubectl get -o yaml` shows them, for the agent's
+//! manifest directory.
+
+use std::fmt::Display;
+
+use crate::topology::Node;
+
+/// One port of a Service.
+#[derive(Clone, Copy, Debug)]
+pub struct ServicePort<'a> {
+    pub name: &'a str,
+    pub port: u16,
+    /// `TCP` or `UDP`.
+    pub protocol: &'a str,
+    pub node_port: u16,
+    pub target_port: Option<u16>,
+}
+
+/// A Service of type LoadBalancer at `vip` with `ports`.
+pub fn load_balancer_service_yaml(
+    name: &str,
+    namespace: &str,
+    vip: impl Display,
+    ports: &[ServicePort<'_>],
+) -> String {
+    let mut yaml = format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: {namespace}
+spec:
+  type: LoadBalancer
+  loadBalancerIP: {vip}
+  ports:
+"
+    );
+    for port in ports {
+        yaml.push_str(&format!(
+            "  - name: {}
+    port: {}
+    protocol: {}
+",
+            port.name, port.port, port.protocol
+        ));
+        if let Some(target) = port.target_port {
+            yaml.push_str(&format!("    targetPort: {target}\n"));
+        }
+        yaml.push_str(&format!("    nodePort: {}\n", port.node_port));
+    }
+    yaml
+}
+
+/// A Ready Node with InternalIP `ip`.
+pub fn ready_node_yaml(name: &str, ip: impl Display) -> String {
+    format!(
+        "apiVersion: v1
+kind: Node
+metadata:
+  name: {name}
+status:
+  addresses:
+  - type: InternalIP
+    address: {ip}
+  conditions:
+  - type: Ready
+    status: \"True\"
+"
+    )
+}
+
+/// Documents joined into one multi-document YAML stream.
+pub fn documents<S: AsRef<str>>(docs: &[S]) -> String {
+    docs.iter()
+        .map(AsRef::as_ref)
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// `service` followed by a Ready Node for each of `nodes`.
+pub fn service_and_nodes(service: String, nodes: &[Node]) -> String {
+    let mut docs = vec![service];
+    docs.extend(nodes.iter().map(|n| ready_node_yaml(&n.name, n.ip)));
+    documents(&docs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_ports_and_nodes_are_yaml_documents() {
+        let service = load_balancer_service_yaml(
+            "web",
+            "demo",
+            "198.51.100.10",
+            &[ServicePort {
+                name: "http",
+                port: 80,
+                protocol: "TCP",
+                node_port: 31000,
+                target_port: Some(8080),
+            }],
+        );
+        assert!(service.ends_with(
+            "  ports:\n  - name: http\n    port: 80\n    protocol: TCP\n    targetPort: 8080\n    nodePort: 31000\n"
+        ));
+        let yaml = documents(&[service, ready_node_yaml("node-1", "10.1.0.11")]);
+        assert_eq!(yaml.matches("---\n").count(), 1);
+        assert!(yaml.contains("kind: Node\nmetadata:\n  name: node-1\n"));
+    }
+}

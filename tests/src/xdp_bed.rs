@@ -1,0 +1,127 @@
+//! The namespace `BPF_PROG_TEST_RUN` runs the XDP program in, and the call
+//! itself. Shared by the packet fixtures, the packet fuzzer and the in-kernel
+//! benchmark.
+//!
+//! The program's FIB lookups use the namespace of the calling thread, so the
+//! calls run inside it (`NetNs::enter`). Two interfaces: `cl0` (10.0.0.1/24)
+//! faces clients, `nd0` (10.1.0.1/24) faces nodes; forwarding is on, and the
+//! neighbours are permanent, so the MAC rewriting is deterministic.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result};
+use aya::programs::{TestRun as _, TestRunOptions, TestRunResult, Xdp};
+
+use crate::netns::NetNs;
+
+/// The interface facing clients.
+pub const CLIENT_DEV: &str = "cl0";
+/// The interface facing nodes.
+pub const NODE_DEV: &str = "nd0";
+
+/// A client with a resolved neighbour behind `cl0`.
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+/// Nodes 1 to `NODES` have resolved neighbours behind `nd0`; others do not.
+pub const NODES: u8 = 3;
+
+/// Node `i` (1-based) at 10.1.0.(10 + i), behind `nd0`.
+pub fn node_ip(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 1, 0, 10 + i)
+}
+
+pub fn node_mac(i: u8) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0x01, 0x10 + i]
+}
+
+/// `02:00:...` notation, as `ip` takes it.
+pub fn fmt_mac(mac: [u8; 6]) -> String {
+    let bytes: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+    bytes.join(":")
+}
+
+/// The interfaces of the namespace.
+#[derive(Clone, Copy, Debug)]
+pub struct XdpBed {
+    pub client_if: u32,
+    pub node_if: u32,
+    pub client_if_mac: [u8; 6],
+    pub node_if_mac: [u8; 6],
+}
+
+impl XdpBed {
+    /// A namespace named after `prefix` with both interfaces, forwarding on,
+    /// and permanent neighbours for `CLIENT` and nodes 1 to `NODES`.
+    pub fn new(prefix: &str) -> Result<(NetNs, XdpBed)> {
+        let ns = NetNs::new(prefix)?;
+        for cmd in [
+            "link add cl0 type veth peer name cl1",
+            "link add nd0 type veth peer name nd1",
+            "addr add 10.0.0.1/24 dev cl0",
+            "addr add 10.1.0.1/24 dev nd0",
+            "link set cl0 up",
+            "link set cl1 up",
+            "link set nd0 up",
+            "link set nd1 up",
+        ] {
+            ns.ip(cmd).with_context(|| format!("ip {cmd}"))?;
+        }
+        ns.sysctl("net.ipv4.ip_forward", "1")
+            .context("forwarding")?;
+        add_neighbour(&ns, CLIENT, CLIENT_MAC, CLIENT_DEV)?;
+        for i in 1..=NODES {
+            add_neighbour(&ns, node_ip(i), node_mac(i), NODE_DEV)?;
+        }
+        let bed = XdpBed {
+            client_if: ns.ifindex(CLIENT_DEV)?,
+            node_if: ns.ifindex(NODE_DEV)?,
+            client_if_mac: ns.mac(CLIENT_DEV)?,
+            node_if_mac: ns.mac(NODE_DEV)?,
+        };
+        Ok((ns, bed))
+    }
+}
+
+/// Adds a permanent neighbour `ip` at `mac` on `dev` of `ns`.
+pub fn add_neighbour(ns: &NetNs, ip: Ipv4Addr, mac: [u8; 6], dev: &str) -> Result<()> {
+    let cmd = format!(
+        "neigh add {ip} lladdr {} dev {dev} nud permanent",
+        fmt_mac(mac)
+    );
+    ns.ip(&cmd).with_context(|| format!("ip {cmd}"))?;
+    Ok(())
+}
+
+/// One `BPF_PROG_TEST_RUN` of `program` on `input` arriving on
+/// `ingress_ifindex`, `repeat` times; the output packet goes to `out`.
+pub fn test_run(
+    program: &Xdp,
+    input: &[u8],
+    ingress_ifindex: u32,
+    repeat: u32,
+    out: &mut [u8],
+) -> Result<TestRunResult> {
+    // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
+    let mut ctx = [0u8; 24];
+    let len = u32::try_from(input.len()).context("packet too long")?;
+    ctx[4..8].copy_from_slice(&len.to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+    program
+        .test_run(TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(out),
+            ctx_in: Some(&ctx),
+            repeat,
+            ..Default::default()
+        })
+        .with_context(|| format!("BPF_PROG_TEST_RUN of {} bytes", input.len()))
+}
+
+/// Runs one packet through `program`; returns (action, output bytes).
+pub fn run(program: &Xdp, input: &[u8], ingress_ifindex: u32) -> Result<(u32, Vec<u8>)> {
+    let mut out = vec![0u8; input.len() + 256];
+    let result = test_run(program, input, ingress_ifindex, 1, &mut out)?;
+    out.truncate(result.data_size_out as usize);
+    Ok((result.return_value, out))
+}
