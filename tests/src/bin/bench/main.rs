@@ -148,9 +148,10 @@ fn control_plane_section(quick: bool) -> Result<Section> {
         method: vec![
             "The real `lb agent --kubeconfig` against the in-process fake API server, which \
              holds the Services (externalTrafficPolicy Local, 3 endpoints each), their \
-             EndpointSlices and the Nodes. The data path holds 1,024 service ports, so the \
-             agent runs with `--max-services 1024 --ring-size 251`: every Service gets its VIP \
-             and status, the 1,024 lowest VIPs are programmed. Latency: an EndpointSlice \
+             EndpointSlices and the Nodes. The agent runs with `--max-services` sized to the \
+             cluster and `--ring-size 251` (a 20 MB Maglev map for 10,000 service ports), so \
+             every Service gets its VIP, its status and its place in the data path. \
+             Latency: an EndpointSlice \
              change in the API server until the Maglev map changed (100 ms of it is the \
              agent's debounce). Memory: the agent's VmHWM."
                 .to_owned(),
