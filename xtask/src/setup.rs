@@ -8,7 +8,15 @@ use anyhow::{Context as _, Result, bail};
 use crate::util::{self, cmd};
 
 /// Debian packages the tests and the demo cannot do without.
-pub const REQUIRED_PACKAGES: &[&str] = &["iproute2", "ethtool", "iputils-ping", "curl"];
+pub const REQUIRED_PACKAGES: &[&str] = &[
+    "iproute2",
+    "ethtool",
+    "iputils-ping",
+    "curl",
+    // sysctl, and nsenter/setpriv for the test beds.
+    "procps",
+    "util-linux",
+];
 
 /// Debian packages the benchmarks (and some comparisons) use. Failing to install one of them
 /// is a warning, and one that the archive does not have is skipped.
