@@ -1,16 +1,18 @@
 //! The real `lb agent` watching a fake API server: both in one namespace,
 //! the server on that namespace's loopback, the agent given a kubeconfig for
-//! it, exactly as it would be for a cluster.
+//! it, exactly as it would be for a cluster. Or, with `--in-cluster`, given
+//! what a Pod would have: the `KUBERNETES_SERVICE_*` variables and a service
+//! account ([`ServiceAccount`]).
 
 use std::{
     collections::BTreeMap,
     net::Ipv4Addr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use k8s_openapi::api::core::v1::Service;
 use lb::catalog::Catalog;
 use serde_json::Value;
@@ -28,7 +30,8 @@ static NEXT_KUBECONFIG: AtomicU32 = AtomicU32::new(0);
 pub struct KubeAgent {
     pub agent: Agent,
     pub server: FakeApiServer,
-    kubeconfig: PathBuf,
+    /// `None` for an agent started with `--in-cluster`.
+    kubeconfig: Option<PathBuf>,
 }
 
 impl KubeAgent {
@@ -67,14 +70,35 @@ impl KubeAgent {
         Ok(Self {
             agent,
             server,
-            kubeconfig,
+            kubeconfig: Some(kubeconfig),
+        })
+    }
+
+    /// Starts `lb agent --in-cluster` on `interfaces` in `ns` against
+    /// `server` (which must listen in `ns` and serve HTTPS), as a Pod would:
+    /// `KUBERNETES_SERVICE_HOST` and `_PORT` name the server, and `account`
+    /// holds its token and CA.
+    pub fn in_cluster(
+        server: FakeApiServer,
+        _account: &ServiceAccount,
+        ns: &NetNs,
+        interfaces: &[&str],
+        extra: &[&str],
+    ) -> Result<Self> {
+        ns.set_env("KUBERNETES_SERVICE_HOST", server.addr().ip().to_string());
+        ns.set_env("KUBERNETES_SERVICE_PORT", server.addr().port().to_string());
+        let agent = Agent::start_from(ns, interfaces, &["--in-cluster"], extra)?;
+        Ok(Self {
+            agent,
+            server,
+            kubeconfig: None,
         })
     }
 
     /// The agent's process id, found by its kubeconfig on its command line
     /// (nsenter execs lb, so that process is lb itself).
     pub fn pid(&self) -> Option<u32> {
-        let needle = self.kubeconfig.to_string_lossy().into_owned();
+        let needle = self.kubeconfig.as_ref()?.to_string_lossy().into_owned();
         let entries = std::fs::read_dir("/proc").ok()?;
         entries.flatten().find_map(|entry| {
             let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
@@ -155,6 +179,47 @@ impl KubeAgent {
 
 impl Drop for KubeAgent {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.kubeconfig);
+        if let Some(kubeconfig) = &self.kubeconfig {
+            let _ = std::fs::remove_file(kubeconfig);
+        }
+    }
+}
+
+/// A Pod's service account where kube-rs's in-cluster config reads it (a
+/// fixed path). Dropping it removes every directory it created.
+pub struct ServiceAccount {
+    /// The outermost directory that did not exist before.
+    created: PathBuf,
+}
+
+impl ServiceAccount {
+    pub const DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+    /// Writes `server`'s token and CA to [`DIR`](Self::DIR) and `default` as
+    /// the namespace. `None` when that directory exists already (a real Pod,
+    /// or another test's): it is not ours to overwrite.
+    pub fn write(server: &FakeApiServer) -> Result<Option<Self>> {
+        let dir = Path::new(Self::DIR);
+        if dir.exists() {
+            return Ok(None);
+        }
+        let mut created = dir;
+        while let Some(parent) = created.parent()
+            && !parent.exists()
+        {
+            created = parent;
+        }
+        let account = Self {
+            created: created.to_owned(),
+        };
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        server.write_service_account(dir, "default")?;
+        Ok(Some(account))
+    }
+}
+
+impl Drop for ServiceAccount {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.created);
     }
 }

@@ -11,12 +11,13 @@ mod ethtool;
 mod ping;
 
 use std::{
-    ffi::OsStr,
+    ffi::{OsStr, OsString},
     fs::File,
     net::Ipv4Addr,
     os::fd::AsRawFd,
     process::{Command, Stdio},
     sync::{
+        Mutex,
         atomic::{AtomicU32, Ordering},
         mpsc,
     },
@@ -54,6 +55,8 @@ impl std::fmt::Debug for XdpPass {
 #[derive(Debug)]
 pub struct NetNs {
     name: String,
+    /// Environment variables added for every process [`spawn`](Self::spawn)ed here.
+    env: Mutex<Vec<(OsString, OsString)>>,
 }
 
 impl NetNs {
@@ -63,7 +66,10 @@ impl NetNs {
         let name = format!("{prefix}-{}-{id}", std::process::id());
         command("ip", ["netns", "add", name.as_str()])?;
         // From here on the guard deletes the namespace, also if a step fails.
-        let ns = NetNs { name };
+        let ns = NetNs {
+            name,
+            env: Mutex::default(),
+        };
         ns.ip("link set lo up")?;
         Ok(ns)
     }
@@ -146,7 +152,18 @@ impl NetNs {
         program: impl AsRef<OsStr>,
         args: &[impl AsRef<OsStr>],
     ) -> Result<ChildGuard> {
-        ChildGuard::spawn(&self.name, program.as_ref(), args)
+        let env = self.env.lock().expect("env lock").clone();
+        ChildGuard::spawn(&self.name, program.as_ref(), args, &env)
+    }
+
+    /// Sets `key` to `value` in the environment of every process spawned
+    /// here from now on (say, `KUBERNETES_SERVICE_HOST` for an agent that
+    /// thinks it runs in a Pod).
+    pub fn set_env(&self, key: impl Into<OsString>, value: impl Into<OsString>) {
+        self.env
+            .lock()
+            .expect("env lock")
+            .push((key.into(), value.into()));
     }
 
     pub fn ifindex(&self, dev: &str) -> Result<u32> {

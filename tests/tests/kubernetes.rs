@@ -14,10 +14,10 @@ use k8s_openapi::api::{
 };
 use lb_tests::{
     fake_apiserver::{
-        Options,
+        FakeApiServer, Options,
         fixtures::{Pod, annotated, endpoint_slice, load_balancer, local, node, not_ready},
     },
-    kube_agent::KubeAgent,
+    kube_agent::{KubeAgent, ServiceAccount},
     netns::{NetNs, veth},
 };
 
@@ -473,5 +473,67 @@ fn the_agent_takes_exactly_one_source_and_names_a_bad_kubeconfig() -> Result<()>
     let (code, stderr) = lb(&["--iface", "lo", "--kubeconfig", "k", "--pool", "nameless"])?;
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("--pool"), "{stderr}");
+    Ok(())
+}
+
+/// A server serving HTTPS, with one node, in a fresh namespace with a veth.
+fn tls_server() -> Result<(NetNs, FakeApiServer)> {
+    let ns = NetNs::new("k8s")?;
+    veth(&ns, "lb0", &ns, "peer0")?;
+    let options = Options {
+        tls: true,
+        ..Options::default()
+    };
+    let server = FakeApiServer::start(Some(&ns), options)?;
+    assert!(server.url().starts_with("https://"), "{}", server.url());
+    server.apply(&node("node-1", node_ip(1)))?;
+    Ok((ns, server))
+}
+
+const TLS_FLAGS: [&str; 6] = [
+    "--health-interval",
+    "0",
+    "--ring-size",
+    "251",
+    "--vip-pool",
+    "198.51.100.0/29",
+];
+
+#[test]
+fn a_kubeconfig_with_a_certificate_authority_reaches_an_https_server() -> Result<()> {
+    let (ns, server) = tls_server()?;
+    let bed = Bed {
+        kube: KubeAgent::with_server(server, &ns, &["lb0"], &TLS_FLAGS)?,
+        ns,
+    };
+    bed.server
+        .apply(&load_balancer(NS, "tls", &[(80, 30080)]))?;
+    assert_eq!(bed.wait_for_vip(NS, "tls", READY)?, ip("198.51.100.1"));
+    Ok(())
+}
+
+#[test]
+fn in_cluster_config_reads_the_service_account_and_environment() -> Result<()> {
+    let (ns, server) = tls_server()?;
+    let Some(account) = ServiceAccount::write(&server)? else {
+        eprintln!(
+            "skipped: {} exists already, and is not ours to overwrite",
+            ServiceAccount::DIR
+        );
+        return Ok(());
+    };
+    let bed = Bed {
+        kube: KubeAgent::in_cluster(server, &account, &ns, &["lb0"], &TLS_FLAGS)?,
+        ns,
+    };
+    bed.server
+        .apply(&load_balancer(NS, "pod", &[(80, 30080)]))?;
+    assert_eq!(bed.wait_for_vip(NS, "pod", READY)?, ip("198.51.100.1"));
+    bed.wait_for("the VIP programmed", READY, || {
+        (frontends(&bed) == [(ip("198.51.100.1"), 80)]).then_some(())
+    })?;
+    // The agent stops before the service account goes.
+    drop(bed);
+    drop(account);
     Ok(())
 }

@@ -7,12 +7,15 @@
 //!
 //! It serves Services, Nodes, EndpointSlices and events.k8s.io Events. The
 //! agent under test gets a kubeconfig pointing at it ([`FakeApiServer::write_kubeconfig`]).
+//! Plain HTTP by default; with [`Options::tls`], HTTPS with a certificate
+//! made at start ([`FakeApiServer::ca_pem`]), as in-cluster config needs.
 
 pub mod fixtures;
 mod http;
 mod kinds;
 mod objects;
 mod store;
+mod tls;
 
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener},
@@ -23,6 +26,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow};
+use base64::Engine as _;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use k8s_openapi::Resource;
@@ -51,6 +55,9 @@ pub struct Options {
     pub bookmark_interval: Duration,
     /// `--service-node-port-range`.
     pub node_ports: RangeInclusive<u16>,
+    /// Serve HTTPS (a CA and a certificate for 127.0.0.1 made at start)
+    /// instead of plain HTTP.
+    pub tls: bool,
 }
 
 impl Default for Options {
@@ -59,6 +66,7 @@ impl Default for Options {
             history_limit: 10_000,
             bookmark_interval: Duration::from_secs(1),
             node_ports: 30000..=32767,
+            tls: false,
         }
     }
 }
@@ -70,6 +78,8 @@ pub struct FakeApiServer {
     addr: SocketAddrV4,
     /// The accept loop and every connection, so that stopping closes them all.
     tasks: Arc<Mutex<Vec<AbortHandle>>>,
+    /// Set when serving HTTPS.
+    tls: Option<tls::Tls>,
 }
 
 impl FakeApiServer {
@@ -82,6 +92,10 @@ impl FakeApiServer {
             .enable_all()
             .build()
             .context("starting the fake API server's runtime")?;
+        let tls = match options.tls {
+            true => Some(tls::Tls::generate()?),
+            false => None,
+        };
         let store = Store::new(options.history_limit, Allocations::new(options.node_ports));
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
@@ -93,13 +107,34 @@ impl FakeApiServer {
             runtime,
             addr: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0),
             tasks: Arc::default(),
+            tls,
         };
         server.listen(ns)?;
         Ok(server)
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = match self.tls {
+            Some(_) => "https",
+            None => "http",
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Where the server listens.
+    pub fn addr(&self) -> SocketAddrV4 {
+        self.addr
+    }
+
+    /// The bearer token every request must carry.
+    pub fn token(&self) -> &'static str {
+        TOKEN
+    }
+
+    /// The PEM of the CA that signed the server's certificate, when serving
+    /// HTTPS.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.tls.as_ref().map(|tls| tls.ca_pem.as_str())
     }
 
     /// Writes a kubeconfig whose current context is this server.
@@ -110,7 +145,7 @@ kind: Config
 clusters:
 - name: fake
   cluster:
-    server: {url}
+    server: {url}{ca}
 contexts:
 - name: fake
   context:
@@ -123,9 +158,31 @@ users:
   user:
     token: {TOKEN}
 ",
-            url = self.url()
+            url = self.url(),
+            ca = match self.ca_pem() {
+                Some(pem) => format!(
+                    "\n    certificate-authority-data: {}",
+                    base64::engine::general_purpose::STANDARD.encode(pem)
+                ),
+                None => String::new(),
+            },
         );
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Writes what in-cluster config reads from a Pod's service account into
+    /// `dir`: `token`, `ca.crt` (HTTPS only) and `namespace`.
+    pub fn write_service_account(&self, dir: &Path, namespace: &str) -> Result<()> {
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+        };
+        write("token", TOKEN)?;
+        write("namespace", namespace)?;
+        if let Some(pem) = self.ca_pem() {
+            write("ca.crt", pem)?;
+        }
+        Ok(())
     }
 
     /// Stops serving: the listener and every connection close at once, as
@@ -159,14 +216,23 @@ users:
         let _runtime = self.runtime.enter();
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let (shared, tasks) = (Arc::clone(&self.shared), Arc::clone(&self.tasks));
+        let acceptor = self.tls.as_ref().map(|tls| tls.acceptor.clone());
         let accept = self.runtime.spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let shared = Arc::clone(&shared);
                 let service = service_fn(move |request| http::handle(request, Arc::clone(&shared)));
+                let acceptor = acceptor.clone();
                 let connection = tokio::spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match acceptor {
+                        None => http.serve_connection(TokioIo::new(stream), service).await,
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(stream) => {
+                                http.serve_connection(TokioIo::new(stream), service).await
+                            }
+                            Err(_) => return,
+                        },
+                    };
                 });
                 let mut tasks = tasks.lock().expect("tasks lock");
                 tasks.retain(|task| !task.is_finished());

@@ -1,7 +1,7 @@
 //! Processes started inside a namespace, stopped when their guard is dropped.
 
 use std::{
-    ffi::OsStr,
+    ffi::{OsStr, OsString},
     fs::File,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -38,6 +38,7 @@ impl ChildGuard {
         ns: &str,
         program: &OsStr,
         args: &[impl AsRef<OsStr>],
+        env: &[(OsString, OsString)],
     ) -> Result<ChildGuard> {
         let program_name = Path::new(program)
             .file_name()
@@ -62,6 +63,7 @@ impl ChildGuard {
             .arg("--")
             .arg(program)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
