@@ -29,6 +29,19 @@ pub fn replace_u32(check: u16, old: u32, new: u32) -> u16 {
     !fold(sum)
 }
 
+/// TCP/UDP checksum after the address (in the pseudo-header) and the port of
+/// one end changed: what every NAT rewrite does to an L4 checksum.
+#[inline(always)]
+pub fn replace_address_and_port(
+    check: u16,
+    old_ip: u32,
+    new_ip: u32,
+    old_port: u16,
+    new_port: u16,
+) -> u16 {
+    replace_u16(replace_u32(check, old_ip, new_ip), old_port, new_port)
+}
+
 /// One's complement sum of `data` as big-endian words (odd length padded with zero).
 pub fn sum_be(data: &[u8], initial: u32) -> u32 {
     let mut sum = initial;

@@ -1,8 +1,7 @@
 //! Indexes of the global per-CPU counters (`GLOBAL_STATS`).
 //!
-//! Every packet the program sees ends in exactly one outcome counter (the
-//! FORWARD_, REPLY_, FIB_, PASS_, DROP_ ones and ICMP_ECHO_REPLY), so those add
-//! up to `RX`.
+//! Every packet the program sees ends in exactly one outcome counter
+//! ([`OUTCOMES`]), so those add up to `RX`.
 
 macro_rules! counters {
     ($($(#[doc = $doc:literal])* $name:ident = $index:literal, $label:literal;)*) => {
@@ -52,6 +51,24 @@ counters! {
     /// ICMP errors about a tracked flow translated like the flow.
     ICMP_TRANSLATED = 17, "icmp_translated";
 }
+
+/// The outcome counters: every packet ends in exactly one of them.
+pub const OUTCOMES: [u32; 14] = [
+    FORWARD_TX,
+    FORWARD_REDIRECT,
+    REPLY_TX,
+    REPLY_REDIRECT,
+    FIB_MISS,
+    FIB_OTHER,
+    PASS_NOT_IPV4,
+    PASS_FRAGMENT,
+    PASS_OTHER_PROTO,
+    PASS_MALFORMED,
+    PASS_NOT_SERVICE,
+    DROP_NO_BACKEND,
+    DROP_INTERNAL,
+    ICMP_ECHO_REPLY,
+];
 
 #[cfg(test)]
 mod tests {

@@ -117,6 +117,18 @@ pub struct Flow {
     pub packets: u64,
 }
 
+impl Flow {
+    /// Whether `backend` (the slot `backend_id` names) still is the backend
+    /// this flow was pinned to: in use and not recycled for another address.
+    /// The data path and `lb trace` decide with this one rule.
+    #[inline(always)]
+    pub fn still_on(&self, backend: &Backend) -> bool {
+        backend.flags & BACKEND_ACTIVE != 0
+            && backend.ip == self.backend_ip
+            && backend.port == self.backend_port
+    }
+}
+
 /// What a reply from a backend is rewritten to: its source becomes (VIP, port).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

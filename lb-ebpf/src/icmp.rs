@@ -189,11 +189,8 @@ fn rewrite_quoted(
         if let Ok(l4_check) = ptr_at::<u16>(ctx, l4_check_offset) {
             let old = l4_check.read_unaligned();
             if quoted.proto == PROTO_TCP || old != 0 {
-                let new = checksum::replace_u16(
-                    checksum::replace_u32(old, old_ip, new_ip),
-                    old_port,
-                    new_port,
-                );
+                let new =
+                    checksum::replace_address_and_port(old, old_ip, new_ip, old_port, new_port);
                 l4_check.write_unaligned(new);
                 icmp = checksum::replace_u16(icmp, old, new);
             }

@@ -108,10 +108,7 @@ pub fn lookup_flow_backend(key: &FlowKey) -> Option<Backend> {
     // SAFETY: the value is copied out before the map can change it.
     let flow = unsafe { FLOWS.get(key) }.copied()?;
     let backend = *BACKENDS.get(flow.backend_id)?;
-    (backend.flags & BACKEND_ACTIVE != 0
-        && backend.ip == flow.backend_ip
-        && backend.port == flow.backend_port)
-        .then_some(backend)
+    flow.still_on(&backend).then_some(backend)
 }
 
 #[inline(always)]
@@ -136,9 +133,7 @@ pub fn select_backend(
         // the statistics fields may race, which only loses a count.
         let flow = unsafe { &mut *flow };
         if let Some(backend) = BACKENDS.get(flow.backend_id)
-            && backend.flags & BACKEND_ACTIVE != 0
-            && backend.ip == flow.backend_ip
-            && backend.port == flow.backend_port
+            && flow.still_on(backend)
         {
             flow.last_seen_ns = now;
             flow.packets += 1;

@@ -194,11 +194,7 @@ impl Dataplane {
                 return Err(DataplaneError::Load(e));
             }
         };
-        let program: &mut Xdp = ebpf
-            .program_mut(PROGRAM_NAME)
-            .ok_or(DataplaneError::Maps(MapsError::Missing("program lb_xdp")))?
-            .try_into()
-            .map_err(DataplaneError::Program)?;
+        let program = xdp_program(&mut ebpf)?;
         program.load().map_err(DataplaneError::Program)?;
         let maps = Maps::take(&mut ebpf)?;
         // A reused pin keeps the size it was created with.
@@ -261,17 +257,12 @@ impl Dataplane {
                 port: u16::from_be(key.port),
                 protocol,
             };
-            let mut entries: BTreeMap<u32, u32> = BTreeMap::new();
-            if info.backend_count > 0 && info.ring_size == ring_size {
-                for slot in info.ring_base..info.ring_base + ring_size {
-                    let id = self
-                        .maps
-                        .maglev
-                        .get(&slot, 0)
-                        .map_err(|e| map_error(MAP_MAGLEV, e))?;
-                    *entries.entry(id).or_default() += 1;
-                }
-            }
+            // A ring of another size cannot be walked with this map's layout.
+            let entries = if info.ring_size == ring_size {
+                self.maps.ring_entries(&info)?
+            } else {
+                BTreeMap::new()
+            };
             let mut backends = Vec::new();
             for (id, ring_entries) in entries {
                 let backend = self
@@ -343,12 +334,7 @@ impl Dataplane {
     pub fn attach(&mut self, iface: &str) -> Result<u32, DataplaneError> {
         let ifindex = ifindex(iface)?;
         let link_path = self.pins.as_ref().map(|pins| pins.link(iface));
-        let program: &mut Xdp = self
-            .ebpf
-            .program_mut(PROGRAM_NAME)
-            .ok_or(DataplaneError::Maps(MapsError::Missing("program lb_xdp")))?
-            .try_into()
-            .map_err(DataplaneError::Program)?;
+        let program = xdp_program(&mut self.ebpf)?;
         let attach_error = |source| DataplaneError::Attach {
             iface: iface.to_owned(),
             source,
@@ -613,6 +599,14 @@ impl Dataplane {
         }
         Ok(())
     }
+}
+
+/// The `lb_xdp` program of a loaded object.
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
+    ebpf.program_mut(PROGRAM_NAME)
+        .ok_or(DataplaneError::Maps(MapsError::Missing("program lb_xdp")))?
+        .try_into()
+        .map_err(DataplaneError::Program)
 }
 
 /// The map key of a frontend: network byte order, as packets carry it.

@@ -206,28 +206,12 @@ impl Snapshot {
     }
 }
 
-/// Backend ids in a service's live ring, with their entry counts.
-fn ring_entries(maps: &Maps, info: &ServiceInfo) -> Result<BTreeMap<u32, u32>, MapsError> {
-    let mut entries = BTreeMap::new();
-    if info.backend_count == 0 {
-        return Ok(entries);
-    }
-    for slot in info.ring_base..info.ring_base + info.ring_size {
-        let id = maps
-            .maglev
-            .get(&slot, 0)
-            .map_err(|e| map_error(lb_common::MAP_MAGLEV, e))?;
-        *entries.entry(id).or_default() += 1;
-    }
-    Ok(entries)
-}
-
 pub fn services(maps: &Maps, snapshot: &Snapshot) -> Result<Vec<ServiceRow>, MapsError> {
     let (active, _) = snapshot.active_flow_counts();
     let mut rows = Vec::new();
     for (key, info) in &snapshot.services {
         let traffic = maps.service_traffic(info.id)?;
-        let healthy = ring_entries(maps, info)?.len() as u32;
+        let healthy = maps.ring_entries(info)?.len() as u32;
         let entry = snapshot.catalog.service(
             ip(key.vip),
             u16::from_be(key.port),
@@ -268,7 +252,7 @@ pub fn backends(
             u16::from_be(key.port),
             protocol_name(key.proto),
         );
-        let in_ring = ring_entries(maps, info)?;
+        let in_ring = maps.ring_entries(info)?;
         // Catalog backends missing from the ring are draining; find their ids
         // through the flow table (the only place that still points at them).
         let mut ids: BTreeMap<u32, u32> = in_ring.clone();
@@ -475,11 +459,9 @@ pub fn trace(
             .map(|b| b.node.clone());
     }
     let pinned = maps.flows.get(&key, 0).ok().filter(|flow| {
-        maps.backends.get(&flow.backend_id, 0).is_ok_and(|b| {
-            b.flags & lb_common::BACKEND_ACTIVE != 0
-                && b.ip == flow.backend_ip
-                && b.port == flow.backend_port
-        })
+        maps.backends
+            .get(&flow.backend_id, 0)
+            .is_ok_and(|backend| flow.still_on(&backend))
     });
     report.pinned_backend =
         pinned.map(|f| SocketAddrV4::new(ip(f.backend_ip), u16::from_be(f.backend_port)));

@@ -1,7 +1,10 @@
 //! Typed handles on the data path's maps, opened from a freshly loaded program or
 //! from the pins of a running one (the CLI reads the same maps the agent writes).
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use crate::pins::{PinDir, PinsError};
 
@@ -105,6 +108,22 @@ impl Maps {
             settings: typed(MAP_SETTINGS, open_pin(dir, MAP_SETTINGS)?)?,
             vips: typed(MAP_VIPS, open_pin(dir, MAP_VIPS)?)?,
         })
+    }
+
+    /// Backend ids in a service's live Maglev ring, with their entry counts.
+    pub fn ring_entries(&self, info: &ServiceInfo) -> Result<BTreeMap<u32, u32>, MapsError> {
+        let mut entries = BTreeMap::new();
+        if info.backend_count == 0 {
+            return Ok(entries);
+        }
+        for slot in info.ring_base..info.ring_base + info.ring_size {
+            let id = self
+                .maglev
+                .get(&slot, 0)
+                .map_err(|e| map_error(MAP_MAGLEV, e))?;
+            *entries.entry(id).or_default() += 1;
+        }
+        Ok(entries)
     }
 
     /// Sum over CPUs of a service's counters.

@@ -15,6 +15,7 @@ use std::{
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
+use lb_common::counters;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _},
@@ -29,24 +30,6 @@ use crate::{
     inspect::{self, Snapshot},
     maps::Maps,
 };
-
-/// Global counters that are packet outcomes, exported as one labelled family.
-const OUTCOMES: [&str; 14] = [
-    "forward_tx",
-    "forward_redirect",
-    "reply_tx",
-    "reply_redirect",
-    "fib_miss_pass",
-    "fib_other_pass",
-    "pass_not_ipv4",
-    "pass_fragment",
-    "pass_other_proto",
-    "pass_malformed",
-    "pass_not_service",
-    "drop_no_backend",
-    "drop_internal",
-    "icmp_echo_reply",
-];
 
 /// What the HTTP endpoints report on.
 #[derive(Debug)]
@@ -215,12 +198,13 @@ impl Collector for MapsCollector {
                 .map(|(l, b)| (l.clone(), b.share))
                 .collect::<Vec<_>>(),
         )?;
-        let outcomes: Vec<(Labels, u64)> = OUTCOMES
+        let outcomes: Vec<(Labels, u64)> = counters::OUTCOMES
             .iter()
-            .map(|o| {
+            .map(|&index| {
+                let name = counters::NAMES[index as usize];
                 (
-                    vec![("outcome", (*o).to_owned())],
-                    global.get(o).copied().unwrap_or(0),
+                    vec![("outcome", name.to_owned())],
+                    global.get(name).copied().unwrap_or(0),
                 )
             })
             .collect();

@@ -380,25 +380,7 @@ fn fixtures_in_namespace(bench: &XdpBed) {
     );
     assert_eq!(global[counters::ICMP_TRANSLATED as usize], 2);
     assert_eq!(global[counters::ICMP_ECHO_REPLY as usize], 1);
-    let outcomes: u64 = [
-        counters::FORWARD_TX,
-        counters::FORWARD_REDIRECT,
-        counters::REPLY_TX,
-        counters::REPLY_REDIRECT,
-        counters::FIB_MISS,
-        counters::FIB_OTHER,
-        counters::PASS_NOT_IPV4,
-        counters::PASS_FRAGMENT,
-        counters::PASS_OTHER_PROTO,
-        counters::PASS_MALFORMED,
-        counters::PASS_NOT_SERVICE,
-        counters::DROP_NO_BACKEND,
-        counters::DROP_INTERNAL,
-        counters::ICMP_ECHO_REPLY,
-    ]
-    .iter()
-    .map(|&c| global[c as usize])
-    .sum();
+    let outcomes: u64 = counters::OUTCOMES.iter().map(|&c| global[c as usize]).sum();
     assert_eq!(
         outcomes,
         global[counters::RX as usize],
