@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the agent in the foreground: attach the XDP program and keep it in step
-    /// with the manifests until SIGINT or SIGTERM. The data path and its state stay
+    /// with its source (manifests or the API server) until SIGINT or SIGTERM. The data path and its state stay
     /// pinned when it exits, unless --detach-on-exit.
     Agent(AgentArgs),
     /// List the services the data path serves.
@@ -82,7 +82,7 @@ pub struct FlowsArgs {
 pub struct StatsArgs {
     #[command(flatten)]
     pub inspect: InspectArgs,
-    /// Redraw every second, like top (with --json: one JSON object per line).
+    /// Redraw every interval, like top (with --json: one JSON object per line).
     #[arg(long)]
     pub watch: bool,
     /// Seconds between samples.
@@ -98,6 +98,7 @@ pub struct TraceArgs {
     pub client: std::net::SocketAddrV4,
     /// The VIP and port it connects to.
     pub vip: std::net::SocketAddrV4,
+    /// Transport protocol of the flow.
     #[arg(long, value_enum, default_value_t = TraceProtocol::Tcp)]
     pub proto: TraceProtocol,
 }
