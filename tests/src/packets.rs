@@ -300,8 +300,10 @@ fn be16(bytes: &[u8], offset: usize) -> u16 {
     u16::from_be_bytes([bytes[offset], bytes[offset + 1]])
 }
 
-/// RFC 1071 checksum of the concatenated `parts` (only the last may be odd).
-fn internet_checksum(parts: &[&[u8]]) -> u16 {
+/// RFC 1071 checksum of the concatenated `parts` (only the last may be odd),
+/// computed from scratch: the independent reference the data path is checked
+/// against.
+pub fn internet_checksum(parts: &[&[u8]]) -> u16 {
     let data = parts.concat();
     let mut sum: u32 = data
         .chunks(2)

@@ -45,13 +45,20 @@ type Handler = fn(TcpStream, &str, &AtomicBool) -> io::Result<()>;
 #[derive(Debug)]
 pub struct ServerGuard {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl ServerGuard {
+    /// Guards `threads`, which must return soon after `stop` is set.
+    pub fn new(stop: Arc<AtomicBool>, threads: Vec<JoinHandle<()>>) -> ServerGuard {
+        ServerGuard { stop, threads }
+    }
 }
 
 impl Drop for ServerGuard {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }
@@ -100,10 +107,7 @@ fn start(ns: &NetNs, serve: impl FnOnce(Arc<AtomicBool>) + Send + 'static) -> Re
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     let thread = ns.spawn_thread(move || serve(flag))?;
-    Ok(ServerGuard {
-        stop,
-        thread: Some(thread),
-    })
+    Ok(ServerGuard::new(stop, vec![thread]))
 }
 
 fn accept_loop(listener: &TcpListener, name: &Arc<str>, handler: Handler, stop: Arc<AtomicBool>) {
@@ -143,7 +147,9 @@ fn accept_loop(listener: &TcpListener, name: &Arc<str>, handler: Handler, stop: 
 
 /// Waits up to `timeout` for `socket` to become readable (for a listener: a
 /// connection to accept), so accepting adds no latency yet the stop flag is seen.
-fn readable(socket: &impl AsRawFd, timeout: Duration) -> bool {
+/// Waits up to `timeout` for `socket` to become readable (poll(2)), so that
+/// loops can look at their stop flag in between.
+pub fn readable(socket: &impl AsRawFd, timeout: Duration) -> bool {
     let mut poll_fd = libc::pollfd {
         fd: socket.as_raw_fd(),
         events: libc::POLLIN,
@@ -203,9 +209,13 @@ fn http_connection(stream: TcpStream, name: &str, stop: &AtomicBool) -> io::Resu
             break;
         }
     }
+    writer.write_all(http_response(name).as_bytes())
+}
+
+/// The whole HTTP response of a name server: `"{name}\n"`, then close.
+pub fn http_response(name: &str) -> String {
     let body = format!("{name}\n");
-    write!(
-        writer,
+    format!(
         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
          Connection: close\r\n\r\n{body}",
         body.len()

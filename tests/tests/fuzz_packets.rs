@@ -543,7 +543,7 @@ fn fix_checksums(frame: &mut [u8]) {
         return;
     }
     frame[ip + 10..ip + 12].fill(0);
-    let sum = internet_checksum(&frame[ip..ip + header_len]);
+    let sum = packets::internet_checksum(&[&frame[ip..ip + header_len]]);
     frame[ip + 10..ip + 12].copy_from_slice(&sum.to_be_bytes());
 
     let total = usize::from(u16::from_be_bytes([frame[ip + 2], frame[ip + 3]]));
@@ -564,23 +564,11 @@ fn fix_checksums(frame: &mut [u8]) {
     data.extend_from_slice(&[0, proto]);
     data.extend_from_slice(&(l4_len as u16).to_be_bytes());
     data.extend_from_slice(&frame[l4..ip + total]);
-    let sum = match internet_checksum(&data) {
+    let sum = match packets::internet_checksum(&[&data]) {
         0 if proto == PROTO_UDP => 0xffff,
         sum => sum,
     };
     frame[check..check + 2].copy_from_slice(&sum.to_be_bytes());
-}
-
-/// RFC 1071: the one's complement of the one's complement sum.
-fn internet_checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|word| u32::from(word[0]) << 8 | u32::from(word.get(1).copied().unwrap_or(0)))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 // --- The oracle --------------------------------------------------------------

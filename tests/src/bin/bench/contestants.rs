@@ -81,7 +81,7 @@ pub struct Contestant {
     pub kind: Kind,
     engine: Engine,
     _scratch: Scratch,
-    _servers: Vec<httpd::HttpServer>,
+    _servers: Vec<lb_tests::servers::ServerGuard>,
     _health: Vec<ServerGuard>,
     pub topology: Topology,
 }

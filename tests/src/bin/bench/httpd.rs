@@ -10,40 +10,26 @@
 use std::{
     io::{ErrorKind, Read, Write},
     net::{Ipv4Addr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    thread::JoinHandle,
     time::Duration,
 };
 
 use anyhow::{Context, Result};
-use lb_tests::netns::NetNs;
+use lb_tests::{
+    netns::NetNs,
+    servers::{self, ServerGuard},
+};
 
 /// How often workers look at the stop flag.
 const POLL: Duration = Duration::from_millis(50);
 /// Bound on a request head; wrk's is far smaller.
 const MAX_REQUEST: usize = 8192;
 
-/// Running server; dropping it stops the workers within about [`POLL`].
-pub struct HttpServer {
-    stop: Arc<AtomicBool>,
-    workers: Vec<JoinHandle<()>>,
-}
-
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for worker in self.workers.drain(..) {
-            let _ = worker.join();
-        }
-    }
-}
-
 /// Serves `0.0.0.0:port` inside `ns` with `workers` threads.
-pub fn serve(ns: &NetNs, port: u16, name: &str, workers: usize) -> Result<HttpServer> {
+pub fn serve(ns: &NetNs, port: u16, name: &str, workers: usize) -> Result<ServerGuard> {
     let listener = ns
         .enter(move || -> std::io::Result<TcpListener> {
             let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?;
@@ -54,19 +40,9 @@ pub fn serve(ns: &NetNs, port: u16, name: &str, workers: usize) -> Result<HttpSe
         })?
         .with_context(|| format!("binding TCP port {port} in {}", ns.name()))?;
     let listener = Arc::new(listener);
-    let body = format!("{name}\n");
-    let response: Arc<[u8]> = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-    .into();
+    let response: Arc<[u8]> = servers::http_response(name).into_bytes().into();
     let stop = Arc::new(AtomicBool::new(false));
-    let mut server = HttpServer {
-        stop: Arc::clone(&stop),
-        workers: Vec::with_capacity(workers),
-    };
+    let mut threads = Vec::with_capacity(workers);
     for _ in 0..workers {
         let (listener, response, stop) = (
             Arc::clone(&listener),
@@ -79,14 +55,14 @@ pub fn serve(ns: &NetNs, port: u16, name: &str, workers: usize) -> Result<HttpSe
             .name(format!("httpd-{port}"))
             .spawn(move || accept_loop(&listener, &response, &stop))
             .context("spawning an HTTP worker")?;
-        server.workers.push(worker);
+        threads.push(worker);
     }
-    Ok(server)
+    Ok(ServerGuard::new(stop, threads))
 }
 
 fn accept_loop(listener: &TcpListener, response: &[u8], stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
-        if !readable(listener, POLL) {
+        if !servers::readable(listener, POLL) {
             continue;
         }
         match listener.accept() {
@@ -117,16 +93,4 @@ fn answer(mut stream: TcpStream, response: &[u8]) -> std::io::Result<()> {
         }
     }
     stream.write_all(response)
-}
-
-/// Waits up to `timeout` for a connection to accept.
-fn readable(socket: &impl AsRawFd, timeout: Duration) -> bool {
-    let mut poll_fd = libc::pollfd {
-        fd: socket.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: one valid pollfd for the duration of the call.
-    unsafe { libc::poll(&mut poll_fd, 1, millis) > 0 }
 }
