@@ -29,17 +29,28 @@ pub fn replace_u32(check: u16, old: u32, new: u32) -> u16 {
     !fold(sum)
 }
 
+/// Checksum after a 128-bit field (an IPv6 address) changed from `old` to `new`.
+#[inline(always)]
+pub fn replace_u128(check: u16, old: &[u32; 4], new: &[u32; 4]) -> u16 {
+    let mut check = check;
+    for i in 0..4 {
+        check = replace_u32(check, old[i], new[i]);
+    }
+    check
+}
+
 /// TCP/UDP checksum after the address (in the pseudo-header) and the port of
-/// one end changed: what every NAT rewrite does to an L4 checksum.
+/// one end changed: what every NAT rewrite does to an L4 checksum. IPv4
+/// addresses come in their mapped form, whose equal upper words cancel out.
 #[inline(always)]
 pub fn replace_address_and_port(
     check: u16,
-    old_ip: u32,
-    new_ip: u32,
+    old_ip: &[u32; 4],
+    new_ip: &[u32; 4],
     old_port: u16,
     new_port: u16,
 ) -> u16 {
-    replace_u16(replace_u32(check, old_ip, new_ip), old_port, new_port)
+    replace_u16(replace_u128(check, old_ip, new_ip), old_port, new_port)
 }
 
 /// One's complement sum of `data` as big-endian words (odd length padded with zero).
@@ -116,6 +127,30 @@ mod tests {
             h[10..12].copy_from_slice(&check.to_ne_bytes());
             assert_eq!(internet_checksum(&h), 0, "word {new_word:#x}");
         }
+    }
+
+    #[test]
+    fn incremental_u128_matches_recomputation() {
+        // An IPv6 pseudo-header-like block: two addresses and some payload.
+        let mut block = [0u8; 40];
+        for (i, b) in block.iter_mut().enumerate() {
+            *b = (i * 37 % 251) as u8;
+        }
+        let check = internet_checksum(&block);
+        let words = |b: &[u8]| -> [u32; 4] {
+            core::array::from_fn(|i| {
+                u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
+            })
+        };
+        let old = words(&block[16..32]);
+        let new = words(&[
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0, 0, 9,
+        ]);
+        let updated = replace_u128(check.to_be(), &old, &new);
+        for (chunk, word) in block[16..32].chunks_exact_mut(4).zip(new) {
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+        assert_eq!(u16::from_be(updated), internet_checksum(&block));
     }
 
     #[test]

@@ -30,9 +30,9 @@ counters! {
     FIB_MISS = 6, "fib_miss_pass";
     /// Rewritten packets handed to the kernel: no route, or egress not in the devmap.
     FIB_OTHER = 7, "fib_other_pass";
-    /// Passed: not IPv4 (ARP, IPv6, VLAN-tagged...).
-    PASS_NOT_IPV4 = 8, "pass_not_ipv4";
-    /// Passed: IPv4 fragment.
+    /// Passed: neither IPv4 nor IPv6 (ARP, VLAN-tagged...).
+    PASS_NOT_IP = 8, "pass_not_ip";
+    /// Passed: IPv4 fragment or IPv6 fragment header.
     PASS_FRAGMENT = 9, "pass_fragment";
     /// Passed: neither TCP nor UDP.
     PASS_OTHER_PROTO = 10, "pass_other_proto";
@@ -50,17 +50,26 @@ counters! {
     ICMP_ECHO_REPLY = 16, "icmp_echo_reply";
     /// ICMP errors about a tracked flow translated like the flow.
     ICMP_TRANSLATED = 17, "icmp_translated";
+    /// Passed: would be forwarded but its TTL (hop limit) runs out here; the
+    /// kernel sends the Time Exceeded.
+    PASS_TTL_EXPIRED = 18, "pass_ttl_expired";
+    /// New flows forwarded by the stateless Maglev choice without a flow
+    /// entry, because this CPU was over its new-flow limit.
+    NEW_FLOWS_UNTRACKED = 19, "new_flows_untracked";
+    /// Replies of untracked flows reverse-NAT-ed after checking that Maglev
+    /// sends their flow to the node they come from.
+    REPLIES_UNTRACKED = 20, "replies_untracked";
 }
 
 /// The outcome counters: every packet ends in exactly one of them.
-pub const OUTCOMES: [u32; 14] = [
+pub const OUTCOMES: [u32; 15] = [
     FORWARD_TX,
     FORWARD_REDIRECT,
     REPLY_TX,
     REPLY_REDIRECT,
     FIB_MISS,
     FIB_OTHER,
-    PASS_NOT_IPV4,
+    PASS_NOT_IP,
     PASS_FRAGMENT,
     PASS_OTHER_PROTO,
     PASS_MALFORMED,
@@ -68,13 +77,14 @@ pub const OUTCOMES: [u32; 14] = [
     DROP_NO_BACKEND,
     DROP_INTERNAL,
     ICMP_ECHO_REPLY,
+    PASS_TTL_EXPIRED,
 ];
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn indexes_are_dense() {
-        assert_eq!(super::COUNT, 18);
+        assert_eq!(super::COUNT, 21);
         assert_eq!(super::NAMES[super::FLOW_REHASHED as usize], "flow_rehashed");
     }
 }

@@ -29,11 +29,16 @@ fn finalize(mut h: u32) -> u32 {
 /// MurmurHash3-style hash of a flow's 5-tuple, fields as stored (network order).
 #[inline(always)]
 pub fn flow_hash(key: &FlowKey) -> u32 {
-    let mut h = mix(SEED, key.src_ip);
-    h = mix(h, key.dst_ip);
+    let mut h = SEED;
+    for word in key.src_ip {
+        h = mix(h, word);
+    }
+    for word in key.dst_ip {
+        h = mix(h, word);
+    }
     h = mix(h, (u32::from(key.src_port) << 16) | u32::from(key.dst_port));
     h = mix(h, u32::from(key.proto));
-    finalize(h ^ 13)
+    finalize(h ^ 37)
 }
 
 #[cfg(test)]
@@ -42,8 +47,8 @@ mod tests {
 
     fn key(src_port: u16) -> FlowKey {
         FlowKey {
-            src_ip: u32::from_ne_bytes([10, 0, 0, 2]),
-            dst_ip: u32::from_ne_bytes([198, 51, 100, 10]),
+            src_ip: crate::ipv4_mapped(u32::from_ne_bytes([10, 0, 0, 2])),
+            dst_ip: crate::ipv4_mapped(u32::from_ne_bytes([198, 51, 100, 10])),
             src_port: src_port.to_be(),
             dst_port: 80u16.to_be(),
             proto: crate::PROTO_TCP,

@@ -19,12 +19,14 @@ pub const MAP_GLOBAL_STATS: &str = "GLOBAL_STATS";
 pub const MAP_TX_PORTS: &str = "TX_PORTS";
 pub const MAP_SETTINGS: &str = "SETTINGS";
 pub const MAP_VIPS: &str = "VIPS";
+pub const MAP_NODE_PORTS: &str = "NODE_PORTS";
+pub const MAP_FLOW_BUDGET: &str = "FLOW_BUDGET";
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "lb_xdp";
 
 /// Version of the map layout (keys, values, sizes). Pinned state lives in a
 /// directory named after it, so an agent never reads maps of another layout.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Compile-time capacities; the Maglev map's size is set at load time from
 /// `max_services * 2 * ring_size`.
@@ -44,15 +46,58 @@ pub const SETTING_ANSWER_ECHO: u32 = 1;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
     pub flags: u32,
-    pub _pad: u32,
+    /// New flows each CPU may insert into the flow table per second; above it
+    /// new flows are forwarded by the stateless Maglev choice. 0: no limit.
+    pub new_flow_limit: u32,
+}
+
+/// An IP address as the maps store it: 16 bytes in network order, an IPv4
+/// address as its IPv4-mapped IPv6 form (`::ffff:a.b.c.d`), so one key type
+/// serves both families and the two never collide.
+pub type Addr = [u32; 4];
+
+/// The third word of an IPv4-mapped address.
+const MAPPED_MARK: u32 = 0xffffu32.to_be();
+
+/// `addr` (network order) as an IPv4-mapped [`Addr`].
+#[inline(always)]
+pub const fn ipv4_mapped(addr: u32) -> Addr {
+    [0, 0, MAPPED_MARK, addr]
+}
+
+/// Whether `addr` is an IPv4 address in its mapped form.
+#[inline(always)]
+pub const fn is_ipv4_mapped(addr: &Addr) -> bool {
+    addr[0] == 0 && addr[1] == 0 && addr[2] == MAPPED_MARK
+}
+
+/// The map form of an address of either family.
+pub fn addr_of(ip: core::net::IpAddr) -> Addr {
+    match ip {
+        core::net::IpAddr::V4(v4) => ipv4_mapped(u32::from_ne_bytes(v4.octets())),
+        core::net::IpAddr::V6(v6) => {
+            let b = v6.octets();
+            core::array::from_fn(|i| {
+                u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
+            })
+        }
+    }
+}
+
+/// The address a map value holds, IPv4 when it is in the mapped form.
+pub fn ip_of(addr: Addr) -> core::net::IpAddr {
+    let mut bytes = [0u8; 16];
+    for (chunk, word) in bytes.chunks_exact_mut(4).zip(addr) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    core::net::Ipv6Addr::from(bytes).to_canonical()
 }
 
 /// A (VIP, port, protocol) the load balancer serves.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceKey {
-    /// VIP, network byte order.
-    pub vip: u32,
+    pub vip: Addr,
     /// Service port, network byte order.
     pub port: u16,
     pub proto: u8,
@@ -80,8 +125,8 @@ pub struct ServiceInfo {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backend {
-    /// Node IP, network byte order.
-    pub ip: u32,
+    /// Node IP.
+    pub ip: Addr,
     /// NodePort, network byte order.
     pub port: u16,
     /// `BACKEND_ACTIVE` when the slot is in use.
@@ -93,8 +138,8 @@ pub struct Backend {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
-    pub src_ip: u32,
-    pub dst_ip: u32,
+    pub src_ip: Addr,
+    pub dst_ip: Addr,
     pub src_port: u16,
     pub dst_port: u16,
     pub proto: u8,
@@ -108,9 +153,9 @@ pub struct Flow {
     pub backend_id: u32,
     /// Copy of the backend's address: a recycled backend id with another
     /// address does not capture the flow.
-    pub backend_ip: u32,
+    pub backend_ip: Addr,
     pub backend_port: u16,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
     /// `bpf_ktime_get_ns` when the flow was created and last seen.
     pub created_ns: u64,
     pub last_seen_ns: u64,
@@ -133,9 +178,17 @@ impl Flow {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReverseNat {
-    pub vip: u32,
+    pub vip: Addr,
     pub port: u16,
     pub _pad: [u8; 2],
+}
+
+/// One CPU's count of flows inserted in the current one-second window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowBudget {
+    pub window_start_ns: u64,
+    pub inserted: u64,
 }
 
 /// Per-CPU packet and byte counters of a service or a backend.
@@ -158,6 +211,7 @@ mod pod {
     unsafe impl aya::Pod for ReverseNat {}
     unsafe impl aya::Pod for Traffic {}
     unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for FlowBudget {}
 }
 
 #[cfg(test)]
@@ -167,13 +221,25 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<ServiceKey>(), 8);
+        assert_eq!(size_of::<ServiceKey>(), 20);
         assert_eq!(size_of::<ServiceInfo>(), 16);
-        assert_eq!(size_of::<Backend>(), 8);
-        assert_eq!(size_of::<FlowKey>(), 16);
-        assert_eq!(size_of::<Flow>(), 40);
-        assert_eq!(size_of::<ReverseNat>(), 8);
+        assert_eq!(size_of::<Backend>(), 20);
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<Flow>(), 48);
+        assert_eq!(size_of::<ReverseNat>(), 20);
         assert_eq!(size_of::<Traffic>(), 16);
         assert_eq!(size_of::<Settings>(), 8);
+    }
+
+    #[test]
+    fn addresses_round_trip_and_families_stay_apart() {
+        use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        let v4 = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
+        let v6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7));
+        assert_eq!(ip_of(addr_of(v4)), v4);
+        assert_eq!(ip_of(addr_of(v6)), v6);
+        assert!(is_ipv4_mapped(&addr_of(v4)));
+        assert!(!is_ipv4_mapped(&addr_of(v6)));
+        assert_eq!(addr_of(v4)[3], u32::from_ne_bytes([198, 51, 100, 7]));
     }
 }

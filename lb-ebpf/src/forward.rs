@@ -13,10 +13,12 @@ use network_types::eth::EthHdr;
 
 use crate::{
     maps::{TX_PORTS, count},
-    parse::{Frame, Route, Verdict, ptr_at},
+    nat,
+    parse::{Family, Frame, Route, Verdict, ptr_at},
 };
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
 const BPF_FIB_LKUP_RET_NO_NEIGH: i64 = 7;
 
@@ -36,27 +38,45 @@ impl Direction {
     }
 }
 
-/// Sends the already rewritten packet towards its new destination. When the
-/// neighbour is not resolved yet the packet goes to the kernel, which resolves it
-/// (ARP) and forwards this packet itself.
+/// Whether a packet may be forwarded by this hop; the caller checks before it
+/// rewrites or records anything, so an expiring packet reaches the kernel as it
+/// came and the kernel sends the Time Exceeded.
+#[inline(always)]
+pub fn check_ttl(ttl: u8) -> Result<(), Verdict> {
+    if ttl <= 1 {
+        return Err(Verdict::PassTtlExpired);
+    }
+    Ok(())
+}
+
+/// Sends the already rewritten packet towards its new destination, counting
+/// the hop in its TTL. When the neighbour is not resolved yet the packet goes
+/// to the kernel, which resolves it (ARP, ND) and forwards this packet itself.
 #[inline(always)]
 pub fn send(ctx: &Frame, route: &Route, direction: Direction) -> Result<u32, Verdict> {
     let ingress = ctx.ingress_ifindex();
     // SAFETY: all-zero is a valid `bpf_fib_lookup` (plain integers and unions of them).
     let mut fib: FibParams = unsafe { zeroed() };
-    fib.family = AF_INET;
     fib.l4_protocol = route.proto;
     fib.sport = route.src_port;
     fib.dport = route.dst_port;
     fib.__bindgen_anon_1.tot_len = route.total_len;
     fib.ifindex = ingress;
-    fib.__bindgen_anon_2.tos = route.tos;
     // The packet is already rewritten: look up the new addresses.
-    let ip: *const [u32; 2] = ptr_at(ctx, EthHdr::LEN + 12)?;
-    // SAFETY: bounds-checked by `ptr_at`.
-    let [src, dst] = unsafe { ip.read_unaligned() };
-    fib.__bindgen_anon_3.ipv4_src = src;
-    fib.__bindgen_anon_4.ipv4_dst = dst;
+    let (src, dst) = nat::addresses(ctx, route.family)?;
+    match route.family {
+        Family::V4 => {
+            fib.family = AF_INET;
+            fib.__bindgen_anon_2.tos = route.tos;
+            fib.__bindgen_anon_3.ipv4_src = src[3];
+            fib.__bindgen_anon_4.ipv4_dst = dst[3];
+        }
+        Family::V6 => {
+            fib.family = AF_INET6;
+            fib.__bindgen_anon_3.ipv6_src = src;
+            fib.__bindgen_anon_4.ipv6_dst = dst;
+        }
+    }
     // SAFETY: `fib` is a valid, writable parameter block of the size given.
     let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut fib, size_of::<FibParams>() as i32, 0) };
     match rc {
@@ -64,6 +84,7 @@ pub fn send(ctx: &Frame, route: &Route, direction: Direction) -> Result<u32, Ver
         BPF_FIB_LKUP_RET_NO_NEIGH => return Err(Verdict::PassFibMiss),
         _ => return Err(Verdict::PassFibOther),
     }
+    nat::decrement_ttl(ctx, route.family)?;
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: bounds-checked by `ptr_at`.
     unsafe {

@@ -3,14 +3,14 @@
 //! the VIP.
 
 use aya_ebpf::bindings::xdp_action;
-use lb_common::{FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, checksum, counters};
+use lb_common::{FlowKey, PROTO_TCP, PROTO_UDP, checksum, counters, ipv4_mapped};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
-    forward::{self, Direction},
+    forward::{self, Direction, check_ttl},
     maps::{answer_echo, count, is_vip, lookup_flow_backend, lookup_reverse_nat},
-    nat,
-    parse::{self, Frame, Ipv4, Route, Verdict, ptr_at},
+    nat::{self, End},
+    parse::{self, Family, Frame, Ip, Route, Verdict, ptr_at},
 };
 
 const ECHO_REPLY: u8 = 0;
@@ -40,11 +40,11 @@ struct IcmpError {
 }
 
 #[inline(always)]
-pub fn handle(ctx: &Frame, ip: &Ipv4) -> Result<u32, Verdict> {
-    let header: *mut IcmpHdr = ptr_at(ctx, ip.l4_offset())?;
+pub fn handle(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
+    let header: *mut IcmpHdr = ptr_at(ctx, ip.l4_offset)?;
     // SAFETY: bounds-checked by `ptr_at`.
     match unsafe { (*header).type_code[0] } {
-        ECHO_REQUEST if is_vip(ip.dst) && answer_echo() => echo_reply(ctx, header),
+        ECHO_REQUEST if is_vip(&ip.dst) && answer_echo() => echo_reply(ctx, header),
         DEST_UNREACHABLE | TIME_EXCEEDED | PARAMETER_PROBLEM => translate_error(ctx, ip),
         _ => Err(Verdict::PassOtherProto),
     }
@@ -86,8 +86,8 @@ enum Quoted {
 /// An ICMP error quotes the packet that caused it, which travelled the other
 /// way: the reverse of its 5-tuple is what the flow tables know.
 #[inline(always)]
-fn translate_error(ctx: &Frame, ip: &Ipv4) -> Result<u32, Verdict> {
-    let error: *mut IcmpError = ptr_at(ctx, ip.l4_offset())?;
+fn translate_error(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
+    let error: *mut IcmpError = ptr_at(ctx, ip.l4_offset)?;
     // SAFETY: bounds-checked by `ptr_at`.
     let quoted = unsafe { &(*error).quoted };
     if quoted.vihl != PLAIN_IPV4_VIHL || (quoted.proto != PROTO_TCP && quoted.proto != PROTO_UDP) {
@@ -96,8 +96,8 @@ fn translate_error(ctx: &Frame, ip: &Ipv4) -> Result<u32, Verdict> {
     // SAFETY: as above.
     let [quoted_src_port, quoted_dst_port] = unsafe { (*error).quoted_ports };
     let (quoted_src, quoted_dst) = (
-        u32::from_ne_bytes(quoted.src_addr),
-        u32::from_ne_bytes(quoted.dst_addr),
+        ipv4_mapped(u32::from_ne_bytes(quoted.src_addr)),
+        ipv4_mapped(u32::from_ne_bytes(quoted.dst_addr)),
     );
     let proto = quoted.proto;
     let reverse = FlowKey {
@@ -108,31 +108,26 @@ fn translate_error(ctx: &Frame, ip: &Ipv4) -> Result<u32, Verdict> {
         proto,
         _pad: [0; 3],
     };
-    let route = Route {
-        proto: PROTO_ICMP,
-        src_port: 0,
-        dst_port: 0,
-        total_len: ip.total_len,
-        tos: ip.tos,
-    };
+    let route = Route::of(ip);
     // The quote's L4 checksum sits beyond the part every error carries.
-    let l4_check_offset = ip.l4_offset()
+    let l4_check_offset = ip.l4_offset
         + core::mem::size_of::<IcmpHdr>()
         + Ipv4Hdr::LEN
         + parse::l4_check_offset(proto);
     // About a request we DNAT-ed (client -> node): the client must hear of its VIP.
     if let Some(rnat) = lookup_reverse_nat(&reverse) {
+        check_ttl(ip.ttl)?;
         rewrite_quoted(
             ctx,
             error,
             l4_check_offset,
             Quoted::Destination,
-            rnat.vip,
+            rnat.vip[3],
             rnat.port,
         )?;
         if ip.src == quoted_dst {
             // The node itself complained: make it the VIP's voice.
-            nat::rewrite_address(ctx, nat::IP_SRC_OFFSET, rnat.vip)?;
+            nat::rewrite_address(ctx, Family::V4, End::Source, &rnat.vip)?;
         }
         count(counters::ICMP_TRANSLATED);
         return forward::send(ctx, &route, Direction::ToClient);
@@ -141,15 +136,16 @@ fn translate_error(ctx: &Frame, ip: &Ipv4) -> Result<u32, Verdict> {
     if ip.dst == quoted_src
         && let Some(backend) = lookup_flow_backend(&reverse)
     {
+        check_ttl(ip.ttl)?;
         rewrite_quoted(
             ctx,
             error,
             l4_check_offset,
             Quoted::Source,
-            backend.ip,
+            backend.ip[3],
             backend.port,
         )?;
-        nat::rewrite_address(ctx, nat::IP_DST_OFFSET, backend.ip)?;
+        nat::rewrite_address(ctx, Family::V4, End::Destination, &backend.ip)?;
         count(counters::ICMP_TRANSLATED);
         return forward::send(ctx, &route, Direction::ToBackend);
     }
@@ -189,8 +185,13 @@ fn rewrite_quoted(
         if let Ok(l4_check) = ptr_at::<u16>(ctx, l4_check_offset) {
             let old = l4_check.read_unaligned();
             if quoted.proto == PROTO_TCP || old != 0 {
-                let new =
-                    checksum::replace_address_and_port(old, old_ip, new_ip, old_port, new_port);
+                let new = checksum::replace_address_and_port(
+                    old,
+                    &ipv4_mapped(old_ip),
+                    &ipv4_mapped(new_ip),
+                    old_port,
+                    new_port,
+                );
                 l4_check.write_unaligned(new);
                 icmp = checksum::replace_u16(icmp, old, new);
             }

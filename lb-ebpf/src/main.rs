@@ -14,8 +14,9 @@ use aya_log_ebpf::warn;
 use lb_common::{PROTO_ICMP, counters};
 
 use crate::{
-    maps::{count, lookup_reverse_nat, lookup_service, select_backend},
-    parse::{Frame, Ipv4, Packet, Verdict},
+    forward::check_ttl,
+    maps::{count, lookup_reverse_nat, lookup_service, select_backend, stateless_reverse_nat},
+    parse::{Family, Frame, Ip, Packet, Verdict},
 };
 
 #[xdp]
@@ -39,19 +40,21 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 /// packet was not ours (or was dropped).
 #[inline(always)]
 fn try_lb_xdp(ctx: &Frame) -> Result<u32, Verdict> {
-    let ip = Ipv4::parse(ctx)?;
-    if ip.proto == PROTO_ICMP {
+    let ip = Ip::parse(ctx)?;
+    if ip.family == Family::V4 && ip.proto == PROTO_ICMP {
         return icmp::handle(ctx, &ip);
     }
     let packet = Packet::parse(ctx, &ip)?;
     let key = packet.key;
     if let Some(service) = lookup_service(&key) {
+        check_ttl(ip.ttl)?;
         let backend = select_backend(ctx, &key, service, ctx.len())?;
-        nat::rewrite_destination(ctx, &packet, backend.ip, backend.port)?;
+        nat::rewrite_destination(ctx, &packet, &backend.ip, backend.port)?;
         return forward::send(ctx, &packet.route, forward::Direction::ToBackend);
     }
-    if let Some(rnat) = lookup_reverse_nat(&key) {
-        nat::rewrite_source(ctx, &packet, rnat.vip, rnat.port)?;
+    if let Some(rnat) = lookup_reverse_nat(&key).or_else(|| stateless_reverse_nat(&key)) {
+        check_ttl(ip.ttl)?;
+        nat::rewrite_source(ctx, &packet, &rnat.vip, rnat.port)?;
         return forward::send(ctx, &packet.route, forward::Direction::ToClient);
     }
     Err(Verdict::PassNotService)

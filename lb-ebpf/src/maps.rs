@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    BACKEND_ACTIVE, Backend, Flow, FlowKey, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, MAX_TX_PORTS,
-    ReverseNat, SETTING_ANSWER_ECHO, ServiceInfo, ServiceKey, Settings, Traffic, counters,
-    hash::flow_hash,
+    Addr, BACKEND_ACTIVE, Backend, Flow, FlowBudget, FlowKey, MAX_BACKENDS, MAX_FLOWS,
+    MAX_SERVICES, MAX_TX_PORTS, ReverseNat, SETTING_ANSWER_ECHO, ServiceInfo, ServiceKey, Settings,
+    Traffic, counters, hash::flow_hash,
 };
 
 use aya_log_ebpf::debug;
@@ -51,7 +51,16 @@ static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
 /// Every VIP with at least one service, for ICMP addressed to the VIP itself.
 #[map]
-static VIPS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_SERVICES, 0);
+static VIPS: HashMap<Addr, u32> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// (node IP, NodePort, protocol) of every backend to the service it serves:
+/// how a reply of an untracked flow finds the ring that must have chosen it.
+#[map]
+static NODE_PORTS: HashMap<ServiceKey, ServiceKey> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+
+/// Flows each CPU inserted in the current second, against `Settings::new_flow_limit`.
+#[map]
+static FLOW_BUDGET: PerCpuArray<FlowBudget> = PerCpuArray::with_max_entries(1, 0);
 
 /// Interfaces packets may be redirected to, keyed by ifindex.
 #[map]
@@ -88,6 +97,82 @@ pub fn lookup_service(key: &FlowKey) -> Option<ServiceInfo> {
     unsafe { SERVICES.get(service) }.copied()
 }
 
+/// The Maglev choice for `key`: the backend its service's live ring gives.
+#[inline(always)]
+fn maglev_backend(key: &FlowKey, service: &ServiceInfo) -> Result<(u32, Backend), Verdict> {
+    if service.backend_count == 0 || service.ring_size == 0 {
+        return Err(Verdict::DropNoBackend);
+    }
+    let slot = service.ring_base + flow_hash(key) % service.ring_size;
+    let backend_id = *MAGLEV.get(slot).ok_or(Verdict::DropInternal)?;
+    let backend = *BACKENDS.get(backend_id).ok_or(Verdict::DropInternal)?;
+    if backend.flags & BACKEND_ACTIVE == 0 {
+        return Err(Verdict::DropInternal);
+    }
+    Ok((backend_id, backend))
+}
+
+/// Whether this CPU may insert one more flow now. Above the limit a SYN flood
+/// of random source ports cannot push established flows out of the LRU; the
+/// flows it did not record are forwarded by the stateless Maglev choice.
+#[inline(always)]
+fn take_flow_budget(now: u64) -> bool {
+    let limit = SETTINGS
+        .get(0)
+        .map_or(0, |settings| settings.new_flow_limit);
+    if limit == 0 {
+        return true;
+    }
+    let Some(budget) = FLOW_BUDGET.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: per-CPU slot, no concurrent writer.
+    let budget = unsafe { &mut *budget };
+    if now.wrapping_sub(budget.window_start_ns) >= 1_000_000_000 {
+        budget.window_start_ns = now;
+        budget.inserted = 0;
+    }
+    if budget.inserted >= u64::from(limit) {
+        return false;
+    }
+    budget.inserted += 1;
+    true
+}
+
+/// The reverse NAT of a reply whose flow is not (or no longer) in the tables:
+/// granted only when the reply comes from the very (node, NodePort) that
+/// Maglev picks for the flow it answers, so nothing else can borrow a VIP.
+#[inline(always)]
+pub fn stateless_reverse_nat(reply: &FlowKey) -> Option<ReverseNat> {
+    let node_port = ServiceKey {
+        vip: reply.src_ip,
+        port: reply.src_port,
+        proto: reply.proto,
+        _pad: 0,
+    };
+    // SAFETY: the value is copied out before the map can change it.
+    let frontend = unsafe { NODE_PORTS.get(node_port) }.copied()?;
+    let request = FlowKey {
+        src_ip: reply.dst_ip,
+        dst_ip: frontend.vip,
+        src_port: reply.dst_port,
+        dst_port: frontend.port,
+        proto: reply.proto,
+        _pad: [0; 3],
+    };
+    let service = lookup_service(&request)?;
+    let (_, backend) = maglev_backend(&request, &service).ok()?;
+    if backend.ip != reply.src_ip || backend.port != reply.src_port {
+        return None;
+    }
+    count(counters::REPLIES_UNTRACKED);
+    Some(ReverseNat {
+        vip: frontend.vip,
+        port: frontend.port,
+        _pad: [0; 2],
+    })
+}
+
 /// Whether echo requests to VIPs are answered.
 #[inline(always)]
 pub fn answer_echo() -> bool {
@@ -97,7 +182,7 @@ pub fn answer_echo() -> bool {
 }
 
 #[inline(always)]
-pub fn is_vip(addr: u32) -> bool {
+pub fn is_vip(addr: &Addr) -> bool {
     // SAFETY: only presence is read.
     unsafe { VIPS.get(addr) }.is_some()
 }
@@ -143,20 +228,17 @@ pub fn select_backend(
         count(counters::FLOW_REHASHED);
         debug!(ctx, "flow re-hashed: backend {} is gone", flow.backend_id);
     }
-    if service.backend_count == 0 || service.ring_size == 0 {
-        return Err(Verdict::DropNoBackend);
-    }
-    let slot = service.ring_base + flow_hash(key) % service.ring_size;
-    let backend_id = *MAGLEV.get(slot).ok_or(Verdict::DropInternal)?;
-    let backend = *BACKENDS.get(backend_id).ok_or(Verdict::DropInternal)?;
-    if backend.flags & BACKEND_ACTIVE == 0 {
-        return Err(Verdict::DropInternal);
+    let (backend_id, backend) = maglev_backend(key, &service)?;
+    account(service.id, backend_id, bytes);
+    if !take_flow_budget(now) {
+        count(counters::NEW_FLOWS_UNTRACKED);
+        return Ok(backend);
     }
     let flow = Flow {
         backend_id,
         backend_ip: backend.ip,
         backend_port: backend.port,
-        _pad: [0; 6],
+        _pad: [0; 2],
         created_ns: now,
         last_seen_ns: now,
         packets: 1,
@@ -180,7 +262,6 @@ pub fn select_backend(
     };
     let _ = REVERSE_FLOWS.insert(reply, rnat, 0);
     count(counters::NEW_FLOWS);
-    account(service.id, backend_id, bytes);
     Ok(backend)
 }
 

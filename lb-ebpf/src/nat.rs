@@ -1,76 +1,167 @@
 //! Address and port rewriting with incremental checksum updates (RFC 1624).
 
-use lb_common::{PROTO_UDP, checksum};
+use lb_common::{Addr, PROTO_UDP, checksum, ipv4_mapped};
 use network_types::eth::EthHdr;
 
-use crate::parse::{Frame, Packet, Verdict, ptr_at};
+use crate::parse::{Family, Frame, Packet, Verdict, ptr_at};
 
-const IP_CHECK_OFFSET: usize = EthHdr::LEN + 10;
-pub const IP_SRC_OFFSET: usize = EthHdr::LEN + 12;
-pub const IP_DST_OFFSET: usize = EthHdr::LEN + 16;
+const IPV4_TTL_OFFSET: usize = EthHdr::LEN + 8;
+const IPV4_CHECK_OFFSET: usize = EthHdr::LEN + 10;
+const IPV4_SRC_OFFSET: usize = EthHdr::LEN + 12;
+const IPV4_DST_OFFSET: usize = EthHdr::LEN + 16;
+const IPV6_HOP_LIMIT_OFFSET: usize = EthHdr::LEN + 7;
+const IPV6_SRC_OFFSET: usize = EthHdr::LEN + 8;
+const IPV6_DST_OFFSET: usize = EthHdr::LEN + 24;
 
-/// Rewrites one address of the IP header, keeping the header checksum right;
-/// returns the old address. The L4 checksum is the caller's (an ICMP message
-/// does not cover the IP header, TCP and UDP do through their pseudo-header).
+/// Which address of the IP header.
+#[derive(Clone, Copy)]
+pub enum End {
+    Source,
+    Destination,
+}
+
+/// Both addresses of the IP header as they are now.
 #[inline(always)]
-pub fn rewrite_address(ctx: &Frame, offset: usize, new_ip: u32) -> Result<u32, Verdict> {
-    let address: *mut u32 = ptr_at(ctx, offset)?;
-    let ip_check: *mut u16 = ptr_at(ctx, IP_CHECK_OFFSET)?;
-    // SAFETY: both pointers were bounds-checked by `ptr_at`; the IPv4 header is
-    // 4-byte aligned after a 14-byte Ethernet header only by accident, so all
-    // accesses are unaligned.
-    unsafe {
-        let old = address.read_unaligned();
-        address.write_unaligned(new_ip);
-        ip_check.write_unaligned(checksum::replace_u32(
-            ip_check.read_unaligned(),
-            old,
-            new_ip,
-        ));
-        Ok(old)
+pub fn addresses(ctx: &Frame, family: Family) -> Result<(Addr, Addr), Verdict> {
+    match family {
+        Family::V4 => {
+            let both: *const [u32; 2] = ptr_at(ctx, IPV4_SRC_OFFSET)?;
+            // SAFETY: bounds-checked by `ptr_at`.
+            let [src, dst] = unsafe { both.read_unaligned() };
+            Ok((ipv4_mapped(src), ipv4_mapped(dst)))
+        }
+        Family::V6 => {
+            let both: *const [Addr; 2] = ptr_at(ctx, IPV6_SRC_OFFSET)?;
+            // SAFETY: bounds-checked by `ptr_at`.
+            let [src, dst] = unsafe { both.read_unaligned() };
+            Ok((src, dst))
+        }
     }
 }
 
-/// DNAT: destination becomes (`ip`, `port`), both network order.
+/// Rewrites one address of the IP header, keeping an IPv4 header checksum
+/// right; returns the old address. The L4 checksum is the caller's (ICMPv4
+/// does not cover the IP header, TCP, UDP and ICMPv6 do through their
+/// pseudo-header).
+#[inline(always)]
+pub fn rewrite_address(ctx: &Frame, family: Family, end: End, new: &Addr) -> Result<Addr, Verdict> {
+    match family {
+        Family::V4 => {
+            let offset = match end {
+                End::Source => IPV4_SRC_OFFSET,
+                End::Destination => IPV4_DST_OFFSET,
+            };
+            let address: *mut u32 = ptr_at(ctx, offset)?;
+            let ip_check: *mut u16 = ptr_at(ctx, IPV4_CHECK_OFFSET)?;
+            // SAFETY: both pointers were bounds-checked by `ptr_at`; the header
+            // is 4-byte aligned after a 14-byte Ethernet header only by
+            // accident, so all accesses are unaligned.
+            unsafe {
+                let old = address.read_unaligned();
+                address.write_unaligned(new[3]);
+                ip_check.write_unaligned(checksum::replace_u32(
+                    ip_check.read_unaligned(),
+                    old,
+                    new[3],
+                ));
+                Ok(ipv4_mapped(old))
+            }
+        }
+        Family::V6 => {
+            let offset = match end {
+                End::Source => IPV6_SRC_OFFSET,
+                End::Destination => IPV6_DST_OFFSET,
+            };
+            let address: *mut Addr = ptr_at(ctx, offset)?;
+            // SAFETY: bounds-checked by `ptr_at`.
+            unsafe {
+                let old = address.read_unaligned();
+                address.write_unaligned(*new);
+                Ok(old)
+            }
+        }
+    }
+}
+
+/// Counts this hop: TTL (hop limit) minus one, IPv4 header checksum updated.
+/// The caller checked it was above one.
+#[inline(always)]
+pub fn decrement_ttl(ctx: &Frame, family: Family) -> Result<(), Verdict> {
+    match family {
+        Family::V4 => {
+            // TTL and protocol share one checksummed 16-bit word.
+            let ttl_proto: *mut [u8; 2] = ptr_at(ctx, IPV4_TTL_OFFSET)?;
+            let ip_check: *mut u16 = ptr_at(ctx, IPV4_CHECK_OFFSET)?;
+            // SAFETY: both pointers were bounds-checked by `ptr_at`.
+            unsafe {
+                let old = *ttl_proto;
+                let new = [old[0].wrapping_sub(1), old[1]];
+                *ttl_proto = new;
+                ip_check.write_unaligned(checksum::replace_u16(
+                    ip_check.read_unaligned(),
+                    u16::from_ne_bytes(old),
+                    u16::from_ne_bytes(new),
+                ));
+            }
+        }
+        Family::V6 => {
+            let hop_limit: *mut u8 = ptr_at(ctx, IPV6_HOP_LIMIT_OFFSET)?;
+            // SAFETY: bounds-checked by `ptr_at`.
+            unsafe { *hop_limit = (*hop_limit).wrapping_sub(1) };
+        }
+    }
+    Ok(())
+}
+
+/// DNAT: destination becomes (`ip`, `port`), the port in network order.
 #[inline(always)]
 pub fn rewrite_destination(
     ctx: &Frame,
     packet: &Packet,
-    ip: u32,
+    ip: &Addr,
     port: u16,
 ) -> Result<(), Verdict> {
-    rewrite(ctx, packet, IP_DST_OFFSET, packet.l4_offset + 2, ip, port)
+    rewrite(
+        ctx,
+        packet,
+        End::Destination,
+        packet.l4_offset + 2,
+        ip,
+        port,
+    )
 }
 
-/// Reverse NAT: source becomes (`ip`, `port`), both network order.
+/// Reverse NAT: source becomes (`ip`, `port`), the port in network order.
 #[inline(always)]
-pub fn rewrite_source(ctx: &Frame, packet: &Packet, ip: u32, port: u16) -> Result<(), Verdict> {
-    rewrite(ctx, packet, IP_SRC_OFFSET, packet.l4_offset, ip, port)
+pub fn rewrite_source(ctx: &Frame, packet: &Packet, ip: &Addr, port: u16) -> Result<(), Verdict> {
+    rewrite(ctx, packet, End::Source, packet.l4_offset, ip, port)
 }
 
 #[inline(always)]
 fn rewrite(
     ctx: &Frame,
     packet: &Packet,
-    ip_offset: usize,
+    end: End,
     port_offset: usize,
-    new_ip: u32,
+    new_ip: &Addr,
     new_port: u16,
 ) -> Result<(), Verdict> {
     // Every pointer is checked before anything is written: no half rewrite.
     let port_field: *mut u16 = ptr_at(ctx, port_offset)?;
     let l4_check: *mut u16 = ptr_at(ctx, packet.l4_check_offset)?;
-    let old_ip = rewrite_address(ctx, ip_offset, new_ip)?;
+    let old_ip = rewrite_address(ctx, packet.route.family, end, new_ip)?;
     // SAFETY: both pointers were bounds-checked by `ptr_at`.
     unsafe {
         let old_port = port_field.read_unaligned();
         port_field.write_unaligned(new_port);
         let old_l4 = l4_check.read_unaligned();
-        // A zero UDP checksum means "none" and must stay zero (RFC 768).
+        // A zero UDP checksum means "none" and must stay zero (RFC 768; over
+        // IPv6 it is invalid, and stays as invalid as it came).
         if packet.key.proto == PROTO_UDP && old_l4 == 0 {
             return Ok(());
         }
-        let mut l4 = checksum::replace_address_and_port(old_l4, old_ip, new_ip, old_port, new_port);
+        let mut l4 =
+            checksum::replace_address_and_port(old_l4, &old_ip, new_ip, old_port, new_port);
         // A computed zero is sent as all ones for UDP, since zero means "none".
         if packet.key.proto == PROTO_UDP && l4 == 0 {
             l4 = 0xffff;

@@ -3,12 +3,23 @@
 use core::mem::size_of;
 
 use aya_ebpf::{EbpfContext, bindings::xdp_action, programs::XdpContext};
-use lb_common::{FlowKey, PROTO_TCP, PROTO_UDP, counters};
-use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+use lb_common::{Addr, FlowKey, PROTO_TCP, PROTO_UDP, counters, ipv4_mapped, is_ipv4_mapped};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+};
 
 const ETH_P_IPV4_BE: u16 = 0x0800u16.to_be();
+const ETH_P_IPV6_BE: u16 = 0x86ddu16.to_be();
 /// More-fragments flag and fragment offset, network order.
 const IP_FRAGMENT_MASK_BE: u16 = 0x3fffu16.to_be();
+/// IPv6 extension headers skipped on the way to the transport header.
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_DEST_OPTIONS: u8 = 60;
+/// How many extension headers are walked before the packet is left to the kernel.
+const IPV6_MAX_EXTENSIONS: usize = 4;
 const TCP_MIN_LEN: usize = 20;
 const UDP_LEN: usize = 8;
 /// Offsets of the checksum inside the L4 header.
@@ -18,13 +29,14 @@ const UDP_CHECK_OFFSET: usize = 6;
 /// Why a packet was not forwarded: each maps to one XDP action and one counter.
 #[derive(Clone, Copy)]
 pub enum Verdict {
-    PassNotIpv4,
+    PassNotIp,
     PassFragment,
     PassOtherProto,
     PassMalformed,
     PassNotService,
     PassFibMiss,
     PassFibOther,
+    PassTtlExpired,
     DropNoBackend,
     DropInternal,
 }
@@ -33,13 +45,14 @@ impl Verdict {
     #[inline(always)]
     pub fn counter(self) -> u32 {
         match self {
-            Self::PassNotIpv4 => counters::PASS_NOT_IPV4,
+            Self::PassNotIp => counters::PASS_NOT_IP,
             Self::PassFragment => counters::PASS_FRAGMENT,
             Self::PassOtherProto => counters::PASS_OTHER_PROTO,
             Self::PassMalformed => counters::PASS_MALFORMED,
             Self::PassNotService => counters::PASS_NOT_SERVICE,
             Self::PassFibMiss => counters::FIB_MISS,
             Self::PassFibOther => counters::FIB_OTHER,
+            Self::PassTtlExpired => counters::PASS_TTL_EXPIRED,
             Self::DropNoBackend => counters::DROP_NO_BACKEND,
             Self::DropInternal => counters::DROP_INTERNAL,
         }
@@ -125,29 +138,47 @@ pub fn l4_check_offset(proto: u8) -> usize {
     }
 }
 
-/// The IPv4 header of a packet that is neither malformed nor a fragment.
-pub struct Ipv4 {
-    /// Header length in bytes, options included.
-    pub header_len: usize,
-    /// Total length, host order.
-    pub total_len: u16,
-    pub tos: u8,
-    pub proto: u8,
-    /// Addresses, network order.
-    pub src: u32,
-    pub dst: u32,
+/// Which IP version a packet is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
 }
 
-impl Ipv4 {
+/// The IP header of a packet that is neither malformed nor a fragment; for
+/// IPv6, with the extension headers walked to the upper-layer header.
+pub struct Ip {
+    pub family: Family,
+    /// Offset of the upper-layer (TCP, UDP, ICMP) header.
+    pub l4_offset: usize,
+    /// Bytes from the upper-layer header to the end of the IP packet.
+    pub l4_len: usize,
+    /// IPv4 total length or IPv6 header plus payload, host order.
+    pub total_len: u16,
+    /// Upper-layer protocol.
+    pub proto: u8,
+    pub ttl: u8,
+    pub tos: u8,
+    pub src: Addr,
+    pub dst: Addr,
+}
+
+impl Ip {
     #[inline(always)]
     pub fn parse(ctx: &Frame) -> Result<Self, Verdict> {
-        let eth: *const EthHdr = ptr_at(ctx, 0).map_err(|_| Verdict::PassNotIpv4)?;
+        let eth: *const EthHdr = ptr_at(ctx, 0).map_err(|_| Verdict::PassNotIp)?;
         // SAFETY: `ptr_at` checked the header lies inside the packet.
-        if unsafe { (*eth).ether_type } != ETH_P_IPV4_BE {
-            return Err(Verdict::PassNotIpv4);
+        match unsafe { (*eth).ether_type } {
+            ETH_P_IPV4_BE => Self::parse_v4(ctx),
+            ETH_P_IPV6_BE => Self::parse_v6(ctx),
+            _ => Err(Verdict::PassNotIp),
         }
+    }
+
+    #[inline(always)]
+    fn parse_v4(ctx: &Frame) -> Result<Self, Verdict> {
         let ip: *const Ipv4Hdr = ptr_at(ctx, EthHdr::LEN)?;
-        // SAFETY: as above.
+        // SAFETY: checked by `ptr_at`.
         let ip = unsafe { &*ip };
         let header_len = usize::from(ip.vihl & 0x0f) * 4;
         if ip.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN {
@@ -162,24 +193,107 @@ impl Ipv4 {
             return Err(Verdict::PassFragment);
         }
         Ok(Self {
-            header_len,
+            family: Family::V4,
+            l4_offset: EthHdr::LEN + header_len,
+            l4_len: usize::from(total_len) - header_len,
             total_len,
-            tos: ip.tos,
             proto: ip.proto,
-            src: u32::from_ne_bytes(ip.src_addr),
-            dst: u32::from_ne_bytes(ip.dst_addr),
+            ttl: ip.ttl,
+            tos: ip.tos,
+            src: ipv4_mapped(u32::from_ne_bytes(ip.src_addr)),
+            dst: ipv4_mapped(u32::from_ne_bytes(ip.dst_addr)),
         })
     }
 
-    /// Offset of the header after this one.
     #[inline(always)]
-    pub fn l4_offset(&self) -> usize {
-        EthHdr::LEN + self.header_len
+    fn parse_v6(ctx: &Frame) -> Result<Self, Verdict> {
+        let ip: *const Ipv6Hdr = ptr_at(ctx, EthHdr::LEN)?;
+        // SAFETY: checked by `ptr_at`.
+        let ip = unsafe { &*ip };
+        if ip.vcf[0] >> 4 != 6 {
+            return Err(Verdict::PassMalformed);
+        }
+        let payload_len = usize::from(u16::from_be_bytes(ip.payload_len));
+        let frame_ip_len = ctx.data_end() - ctx.data() - EthHdr::LEN;
+        // A zero payload length announces a jumbogram, which lb leaves alone.
+        if payload_len == 0 || Ipv6Hdr::LEN + payload_len > frame_ip_len {
+            return Err(Verdict::PassMalformed);
+        }
+        let (src, dst) = (words(ip.src_addr), words(ip.dst_addr));
+        // Addresses of the mapped form never travel in IPv6 packets (RFC 4291
+        // 2.5.5.2); letting them through would alias IPv4 keys.
+        if is_ipv4_mapped(&src) || is_ipv4_mapped(&dst) {
+            return Err(Verdict::PassMalformed);
+        }
+        let (proto, l4_offset) = skip_extensions(ctx, ip.next_hdr)?;
+        let ip_end = EthHdr::LEN + Ipv6Hdr::LEN + payload_len;
+        if l4_offset > ip_end {
+            return Err(Verdict::PassMalformed);
+        }
+        Ok(Self {
+            family: Family::V6,
+            l4_offset,
+            l4_len: ip_end - l4_offset,
+            total_len: (Ipv6Hdr::LEN + payload_len) as u16,
+            proto,
+            ttl: ip.hop_limit,
+            tos: (ip.vcf[0] << 4) | (ip.vcf[1] >> 4),
+            src,
+            dst,
+        })
+    }
+}
+
+#[inline(always)]
+fn words(bytes: [u8; 16]) -> Addr {
+    let mut addr = [0u32; 4];
+    for (i, word) in addr.iter_mut().enumerate() {
+        *word = u32::from_ne_bytes([
+            bytes[4 * i],
+            bytes[4 * i + 1],
+            bytes[4 * i + 2],
+            bytes[4 * i + 3],
+        ]);
+    }
+    addr
+}
+
+/// Walks the IPv6 extension headers that may precede TCP or UDP: hop-by-hop
+/// and destination options, and a routing header with no segments left.
+/// Returns the upper-layer protocol and its offset. A fragment header, a
+/// routing header still in progress or too long a chain passes.
+#[inline(always)]
+fn skip_extensions(ctx: &Frame, first: u8) -> Result<(u8, usize), Verdict> {
+    let mut next = first;
+    let mut offset = EthHdr::LEN + Ipv6Hdr::LEN;
+    for _ in 0..IPV6_MAX_EXTENSIONS {
+        match next {
+            IPV6_HOP_BY_HOP | IPV6_DEST_OPTIONS | IPV6_ROUTING => {}
+            IPV6_FRAGMENT => return Err(Verdict::PassFragment),
+            _ => return Ok((next, offset)),
+        }
+        // Next header, length in 8-byte units beyond the first 8, and for a
+        // routing header its type and segments left.
+        let header: *const [u8; 4] = ptr_at(ctx, offset)?;
+        // SAFETY: checked by `ptr_at`.
+        let [following, len, _, segments_left] = unsafe { *header };
+        if next == IPV6_ROUTING && segments_left != 0 {
+            return Err(Verdict::PassOtherProto);
+        }
+        next = following;
+        offset += (usize::from(len) + 1) * 8;
+    }
+    match next {
+        IPV6_HOP_BY_HOP | IPV6_DEST_OPTIONS | IPV6_ROUTING | IPV6_FRAGMENT => {
+            Err(Verdict::PassOtherProto)
+        }
+        _ => Ok((next, offset)),
     }
 }
 
 /// What the FIB lookup needs to know about a packet.
 pub struct Route {
+    pub family: Family,
     pub proto: u8,
     pub src_port: u16,
     pub dst_port: u16,
@@ -188,10 +302,25 @@ pub struct Route {
     pub tos: u8,
 }
 
-/// An IPv4 TCP or UDP packet the program may own.
+impl Route {
+    /// The route of a packet without ports (ICMP).
+    #[inline(always)]
+    pub fn of(ip: &Ip) -> Self {
+        Self {
+            family: ip.family,
+            proto: ip.proto,
+            src_port: 0,
+            dst_port: 0,
+            total_len: ip.total_len,
+            tos: ip.tos,
+        }
+    }
+}
+
+/// A TCP or UDP packet the program may own.
 pub struct Packet {
     pub key: FlowKey,
-    /// Offset of the L4 header (after any IP options).
+    /// Offset of the L4 header.
     pub l4_offset: usize,
     /// Offset of the L4 checksum.
     pub l4_check_offset: usize,
@@ -200,16 +329,16 @@ pub struct Packet {
 
 impl Packet {
     #[inline(always)]
-    pub fn parse(ctx: &Frame, ip: &Ipv4) -> Result<Self, Verdict> {
+    pub fn parse(ctx: &Frame, ip: &Ip) -> Result<Self, Verdict> {
         let (l4_min_len, check_offset) = match ip.proto {
             PROTO_TCP => (TCP_MIN_LEN, TCP_CHECK_OFFSET),
             PROTO_UDP => (UDP_LEN, UDP_CHECK_OFFSET),
             _ => return Err(Verdict::PassOtherProto),
         };
-        if usize::from(ip.total_len) < ip.header_len + l4_min_len {
+        if ip.l4_len < l4_min_len {
             return Err(Verdict::PassMalformed);
         }
-        let l4_offset = ip.l4_offset();
+        let l4_offset = ip.l4_offset;
         let ports: *const [u16; 2] = ptr_at(ctx, l4_offset)?;
         // The checksum must be inside the packet too before anyone rewrites it.
         ptr_at::<u16>(ctx, l4_offset + check_offset)?;
@@ -227,11 +356,9 @@ impl Packet {
             l4_offset,
             l4_check_offset: l4_offset + check_offset,
             route: Route {
-                proto: ip.proto,
                 src_port,
                 dst_port,
-                total_len: ip.total_len,
-                tos: ip.tos,
+                ..Route::of(ip)
             },
         })
     }

@@ -4,7 +4,7 @@
 
 use std::{
     fs, io,
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
@@ -23,7 +23,7 @@ pub struct Catalog {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ServiceEntry {
     pub name: String,
-    pub vip: Ipv4Addr,
+    pub vip: IpAddr,
     pub port: u16,
     pub protocol: String,
     pub backends: Vec<BackendEntry>,
@@ -32,7 +32,7 @@ pub struct ServiceEntry {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct BackendEntry {
     pub node: String,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub port: u16,
     pub weight: u32,
 }
@@ -98,7 +98,7 @@ impl Catalog {
         let _ = fs::remove_file(Self::path(bpffs));
     }
 
-    pub fn service(&self, vip: Ipv4Addr, port: u16, protocol: &str) -> Option<&ServiceEntry> {
+    pub fn service(&self, vip: IpAddr, port: u16, protocol: &str) -> Option<&ServiceEntry> {
         self.services
             .iter()
             .find(|s| s.vip == vip && s.port == port && s.protocol == protocol)
@@ -106,7 +106,7 @@ impl Catalog {
 }
 
 impl ServiceEntry {
-    pub fn backend(&self, address: Ipv4Addr, port: u16) -> Option<&BackendEntry> {
+    pub fn backend(&self, address: IpAddr, port: u16) -> Option<&BackendEntry> {
         self.backends
             .iter()
             .find(|b| b.address == address && b.port == port)

@@ -4,7 +4,10 @@ use std::{io::Write as _, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{dataplane::DEFAULT_MAX_SERVICES, maglev::DEFAULT_RING_SIZE};
+use crate::{
+    dataplane::{DEFAULT_MAX_SERVICES, DEFAULT_NEW_FLOW_LIMIT},
+    maglev::DEFAULT_RING_SIZE,
+};
 
 /// Default bpffs directory for the pinned maps.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/lb";
@@ -95,9 +98,9 @@ pub struct TraceArgs {
     #[command(flatten)]
     pub inspect: InspectArgs,
     /// The client's address and port.
-    pub client: std::net::SocketAddrV4,
+    pub client: std::net::SocketAddr,
     /// The VIP and port it connects to.
-    pub vip: std::net::SocketAddrV4,
+    pub vip: std::net::SocketAddr,
     /// Transport protocol of the flow.
     #[arg(long, value_enum, default_value_t = TraceProtocol::Tcp)]
     pub proto: TraceProtocol,
@@ -174,6 +177,11 @@ pub struct AgentArgs {
     /// they pass to the kernel.
     #[arg(long)]
     pub answer_ping: bool,
+    /// New flows each CPU records per second; above it new flows are
+    /// forwarded by the stateless Maglev choice without a flow entry, so a SYN
+    /// flood cannot evict established flows. 0 records every flow.
+    #[arg(long, default_value_t = DEFAULT_NEW_FLOW_LIMIT)]
+    pub new_flow_limit: u32,
 }
 
 #[derive(Args, Debug)]

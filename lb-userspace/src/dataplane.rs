@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::Ipv4Addr,
+    net::IpAddr,
     path::PathBuf,
 };
 
@@ -18,8 +18,8 @@ use aya::{
     util::nr_cpus,
 };
 use lb_common::{
-    BACKEND_ACTIVE, Backend, MAP_MAGLEV, MAP_TX_PORTS, MAX_BACKENDS, MAX_SERVICES, PROGRAM_NAME,
-    SETTING_ANSWER_ECHO, ServiceInfo, ServiceKey, Settings, Traffic,
+    BACKEND_ACTIVE, Backend, MAP_MAGLEV, MAP_NODE_PORTS, MAP_TX_PORTS, MAX_BACKENDS, MAX_SERVICES,
+    PROGRAM_NAME, SETTING_ANSWER_ECHO, ServiceInfo, ServiceKey, Settings, Traffic,
 };
 
 use crate::{
@@ -31,6 +31,11 @@ use crate::{
 
 /// The XDP object built by `build.rs`.
 pub static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
+
+/// Default new flows each CPU records per second before it forwards the rest
+/// statelessly: far above what one CPU's share of real clients opens, far
+/// below what a SYN flood sends.
+pub const DEFAULT_NEW_FLOW_LIMIT: u32 = 100_000;
 
 /// Default number of services the Maglev map has room for.
 pub const DEFAULT_MAX_SERVICES: u32 = 256;
@@ -113,6 +118,8 @@ pub struct DataplaneConfig {
     pub pin_dir: Option<PathBuf>,
     /// Answer ICMP echo requests to VIPs (otherwise they pass to the kernel).
     pub answer_ping: bool,
+    /// `Settings::new_flow_limit`: flow inserts per CPU per second, 0 for none.
+    pub new_flow_limit: u32,
 }
 
 impl Default for DataplaneConfig {
@@ -122,6 +129,7 @@ impl Default for DataplaneConfig {
             max_services: DEFAULT_MAX_SERVICES,
             pin_dir: None,
             answer_ping: false,
+            new_flow_limit: DEFAULT_NEW_FLOW_LIMIT,
         }
     }
 }
@@ -226,7 +234,7 @@ impl Dataplane {
             } else {
                 0
             },
-            _pad: 0,
+            new_flow_limit: dataplane.config.new_flow_limit,
         };
         dataplane
             .maps
@@ -253,7 +261,7 @@ impl Dataplane {
                 continue;
             };
             let frontend = Frontend {
-                vip: Ipv4Addr::from(key.vip.to_ne_bytes()),
+                vip: lb_common::ip_of(key.vip),
                 port: u16::from_be(key.port),
                 protocol,
             };
@@ -277,7 +285,7 @@ impl Dataplane {
                 backends.push(ProgrammedBackend {
                     spec: BackendSpec {
                         node: String::new(),
-                        ip: Ipv4Addr::from(backend.ip.to_ne_bytes()),
+                        ip: lb_common::ip_of(backend.ip),
                         port: u16::from_be(backend.port),
                         weight: 0,
                     },
@@ -319,10 +327,44 @@ impl Dataplane {
                 .get(&id, 0)
                 .map_err(|e| map_error(lb_common::MAP_BACKENDS, e))?;
             if backend.flags & BACKEND_ACTIVE != 0 {
-                self.free_backend(id)?;
+                self.retire_slot(id)?;
             } else {
                 self.free_backend_ids.push(id);
             }
+        }
+        self.forget_stale_node_ports()
+    }
+
+    /// Drops the `NODE_PORTS` entries of backends no recovered service has.
+    fn forget_stale_node_ports(&mut self) -> Result<(), DataplaneError> {
+        let live: std::collections::HashSet<(ServiceKey, ServiceKey)> = self
+            .services
+            .values()
+            .flat_map(|service| {
+                let frontend = service.spec.frontend;
+                service.backends.iter().map(move |b| {
+                    (
+                        node_port_key(&b.spec, frontend.protocol),
+                        service_key(&frontend),
+                    )
+                })
+            })
+            .collect();
+        let stale: Vec<ServiceKey> = self
+            .maps
+            .node_ports
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| map_error(MAP_NODE_PORTS, e))?
+            .into_iter()
+            .filter(|entry| !live.contains(entry))
+            .map(|(node_port, _)| node_port)
+            .collect();
+        for node_port in stale {
+            self.maps
+                .node_ports
+                .remove(&node_port)
+                .map_err(|e| map_error(MAP_NODE_PORTS, e))?;
         }
         Ok(())
     }
@@ -443,7 +485,7 @@ impl Dataplane {
         result?;
         self.maps
             .vips
-            .insert(u32::from_ne_bytes(spec.frontend.vip.octets()), 0, 0)
+            .insert(lb_common::addr_of(spec.frontend.vip), 0, 0)
             .map_err(|e| map_error(lb_common::MAP_VIPS, e))?;
         Ok(())
     }
@@ -453,7 +495,7 @@ impl Dataplane {
         service: &mut ProgrammedService,
         spec: &ServiceSpec,
     ) -> Result<(), DataplaneError> {
-        let mut old: HashMap<(Ipv4Addr, u16), ProgrammedBackend> = service
+        let mut old: HashMap<(IpAddr, u16), ProgrammedBackend> = service
             .backends
             .iter()
             .map(|b| ((b.spec.ip, b.spec.port), b.clone()))
@@ -504,6 +546,12 @@ impl Dataplane {
             ring_size: self.config.ring_size,
             backend_count: if live { backends.len() as u32 } else { 0 },
         };
+        for backend in &backends {
+            self.maps
+                .node_ports
+                .insert(node_port_key(&backend.spec, spec.frontend.protocol), key, 0)
+                .map_err(|e| map_error(MAP_NODE_PORTS, e))?;
+        }
         // The swap: from here on new flows use the new ring.
         self.maps
             .services
@@ -511,7 +559,7 @@ impl Dataplane {
             .map_err(|e| map_error(lb_common::MAP_SERVICES, e))?;
         // Only now retire removed backends, so their flows re-hash onto the new ring.
         for removed in old.into_values() {
-            self.free_backend(removed.id)?;
+            self.free_backend(&removed, &spec.frontend)?;
         }
         service.slot = slot;
         service.spec = spec.clone();
@@ -528,16 +576,12 @@ impl Dataplane {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
             Err(e) => return Err(map_error(lb_common::MAP_SERVICES, e).into()),
         }
-        for backend in service.backends {
-            self.free_backend(backend.id)?;
+        for backend in &service.backends {
+            self.free_backend(backend, frontend)?;
         }
         self.free_service_ids.push(service.id);
         if !self.services.keys().any(|f| f.vip == frontend.vip) {
-            match self
-                .maps
-                .vips
-                .remove(&u32::from_ne_bytes(frontend.vip.octets()))
-            {
+            match self.maps.vips.remove(&lb_common::addr_of(frontend.vip)) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => return Err(map_error(lb_common::MAP_VIPS, e).into()),
             }
@@ -552,7 +596,7 @@ impl Dataplane {
             .ok_or(DataplaneError::BackendsFull)?;
         self.reset_traffic(id, false)?;
         let backend = Backend {
-            ip: u32::from_ne_bytes(spec.ip.octets()),
+            ip: lb_common::addr_of(spec.ip),
             port: spec.port.to_be(),
             flags: BACKEND_ACTIVE,
             _pad: 0,
@@ -564,12 +608,34 @@ impl Dataplane {
         Ok(id)
     }
 
-    fn free_backend(&mut self, id: u32) -> Result<(), DataplaneError> {
+    /// Frees a backend slot: flows pinned to it re-hash.
+    fn retire_slot(&mut self, id: u32) -> Result<(), DataplaneError> {
         self.maps
             .backends
             .set(id, Backend::default(), 0)
             .map_err(|e| map_error(lb_common::MAP_BACKENDS, e))?;
         self.free_backend_ids.push(id);
+        Ok(())
+    }
+
+    /// Retires a backend of `frontend`: its slot, and its NodePort's way back
+    /// to the frontend unless another service took that NodePort since.
+    fn free_backend(
+        &mut self,
+        backend: &ProgrammedBackend,
+        frontend: &Frontend,
+    ) -> Result<(), DataplaneError> {
+        self.retire_slot(backend.id)?;
+        let node_port = node_port_key(&backend.spec, frontend.protocol);
+        match self.maps.node_ports.get(&node_port, 0) {
+            Ok(owner) if owner == service_key(frontend) => self
+                .maps
+                .node_ports
+                .remove(&node_port)
+                .map_err(|e| map_error(MAP_NODE_PORTS, e))?,
+            Ok(_) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_error(MAP_NODE_PORTS, e).into()),
+        }
         Ok(())
     }
 
@@ -612,11 +678,20 @@ fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
 /// The map key of a frontend: network byte order, as packets carry it.
 pub fn service_key(frontend: &Frontend) -> ServiceKey {
     ServiceKey {
-        vip: u32::from_ne_bytes(frontend.vip.octets()),
+        vip: lb_common::addr_of(frontend.vip),
         port: frontend.port.to_be(),
         proto: frontend.protocol.number(),
         _pad: 0,
     }
+}
+
+/// The `NODE_PORTS` key of a backend: where its replies come from.
+fn node_port_key(backend: &BackendSpec, protocol: Protocol) -> ServiceKey {
+    service_key(&Frontend {
+        vip: backend.ip,
+        port: backend.port,
+        protocol,
+    })
 }
 
 fn ifindex(iface: &str) -> Result<u32, DataplaneError> {

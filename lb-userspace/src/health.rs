@@ -11,7 +11,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     time::Duration,
 };
 
@@ -60,7 +60,7 @@ impl Default for HealthConfig {
 /// What is checked: an address and how.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Target {
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     /// An HTTP GET expecting 2xx, rather than a bare TCP connect.
     pub http: bool,
 }
@@ -161,14 +161,14 @@ fn checked(translation: &Translation, frontend: &Frontend) -> Option<HealthCheck
     }
 }
 
-fn target(check: HealthCheck, ip: Ipv4Addr, node_port: u16) -> Target {
+fn target(check: HealthCheck, ip: IpAddr, node_port: u16) -> Target {
     match check {
         HealthCheck::NodePort => Target {
-            addr: SocketAddrV4::new(ip, node_port),
+            addr: SocketAddr::new(ip, node_port),
             http: false,
         },
         HealthCheck::HealthCheckNodePort(port) => Target {
-            addr: SocketAddrV4::new(ip, port),
+            addr: SocketAddr::new(ip, port),
             http: true,
         },
     }
@@ -343,7 +343,7 @@ mod tests {
 
     fn frontend(port: u16, protocol: Protocol) -> Frontend {
         Frontend {
-            vip: Ipv4Addr::new(198, 51, 100, 1),
+            vip: Ipv4Addr::new(198, 51, 100, 1).into(),
             port,
             protocol,
         }
@@ -356,7 +356,7 @@ mod tests {
             let frontend = frontend(port, protocol);
             let backends = (1..=nodes).map(|i| BackendSpec {
                 node: format!("node-{i}"),
-                ip: Ipv4Addr::new(10, 1, 0, i),
+                ip: Ipv4Addr::new(10, 1, 0, i).into(),
                 port: 30000 + port,
                 weight: 1,
             });
@@ -381,7 +381,7 @@ mod tests {
         }
     }
 
-    fn weights(state: &DesiredState, frontend: Frontend) -> Vec<(Ipv4Addr, u32)> {
+    fn weights(state: &DesiredState, frontend: Frontend) -> Vec<(IpAddr, u32)> {
         let backends = &state.services[&frontend].backends;
         backends.iter().map(|b| (b.ip, b.weight)).collect()
     }
@@ -406,7 +406,7 @@ mod tests {
             .unwrap()
             .backends[1]
             .weight = 0;
-        let node = |i, port| SocketAddrV4::new(Ipv4Addr::new(10, 1, 0, i), port);
+        let node = |i, port| SocketAddr::new(Ipv4Addr::new(10, 1, 0, i).into(), port);
         let tcp = |addr| Target { addr, http: false };
         let http = |addr| Target { addr, http: true };
         // Every target the translation names, UDP ones excepted.
@@ -432,7 +432,7 @@ mod tests {
             (tcp(node(2, 38080)), Verdict::Dead),
         ]));
         let state = checker.apply(&translation);
-        let ip = |i| Ipv4Addr::new(10, 1, 0, i);
+        let ip = |i| IpAddr::from(Ipv4Addr::new(10, 1, 0, i));
         assert_eq!(
             weights(&state, frontend(80, Protocol::Tcp)),
             [(ip(1), 0), (ip(3), 1)]
@@ -458,11 +458,9 @@ mod tests {
     }
 
     /// Answers every connection with `status` and closes it.
-    async fn http_server(status: &'static str) -> SocketAddrV4 {
+    async fn http_server(status: &'static str) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let std::net::SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
-            unreachable!("bound to IPv4")
-        };
+        let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
                 let mut request = [0u8; 256];
@@ -475,12 +473,9 @@ mod tests {
     }
 
     /// A local port nothing listens on.
-    fn closed_port() -> SocketAddrV4 {
+    fn closed_port() -> SocketAddr {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let std::net::SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
-            unreachable!("bound to IPv4")
-        };
-        addr
+        listener.local_addr().unwrap()
     }
 
     #[tokio::test]
@@ -507,7 +502,7 @@ mod tests {
             let frontend = frontend(addr.port(), Protocol::Tcp);
             let backend = BackendSpec {
                 node: addr.to_string(),
-                ip: *addr.ip(),
+                ip: addr.ip(),
                 port: addr.port(),
                 weight: 1,
             };

@@ -5,7 +5,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     time::Duration,
 };
 
@@ -23,7 +23,7 @@ pub const ACTIVE_WINDOW: Duration = Duration::from_secs(60);
 #[derive(Debug, Serialize)]
 pub struct ServiceRow {
     pub name: String,
-    pub vip: Ipv4Addr,
+    pub vip: IpAddr,
     pub port: u16,
     pub protocol: &'static str,
     pub id: u32,
@@ -43,7 +43,7 @@ pub struct BackendRow {
     pub service_name: String,
     pub node: String,
     pub id: u32,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub port: u16,
     pub weight: Option<u32>,
     /// `healthy` while in the Maglev table, `draining` when kept only for its flows.
@@ -59,10 +59,10 @@ pub struct BackendRow {
 
 #[derive(Debug, Serialize)]
 pub struct FlowRow {
-    pub client: SocketAddrV4,
-    pub vip: SocketAddrV4,
+    pub client: SocketAddr,
+    pub vip: SocketAddr,
     pub protocol: &'static str,
-    pub backend: SocketAddrV4,
+    pub backend: SocketAddr,
     pub node: String,
     pub age_seconds: f64,
     pub last_seen_seconds: f64,
@@ -71,18 +71,18 @@ pub struct FlowRow {
 
 #[derive(Debug, Serialize)]
 pub struct TraceReport {
-    pub client: SocketAddrV4,
-    pub vip: SocketAddrV4,
+    pub client: SocketAddr,
+    pub vip: SocketAddr,
     pub protocol: &'static str,
     pub service: Option<String>,
     pub hash: Option<u32>,
     pub ring_slot: Option<u32>,
     pub ring_size: Option<u32>,
     /// Where a new flow with this 5-tuple would go.
-    pub new_flow_backend: Option<SocketAddrV4>,
+    pub new_flow_backend: Option<SocketAddr>,
     pub new_flow_node: Option<String>,
     /// Where the flow table pins it, if it does.
-    pub pinned_backend: Option<SocketAddrV4>,
+    pub pinned_backend: Option<SocketAddr>,
     /// The backend packets of this 5-tuple go to now.
     pub verdict: String,
 }
@@ -95,8 +95,8 @@ pub fn protocol_name(proto: u8) -> &'static str {
     }
 }
 
-fn ip(raw: u32) -> Ipv4Addr {
-    Ipv4Addr::from(raw.to_ne_bytes())
+fn ip(raw: lb_common::Addr) -> IpAddr {
+    lb_common::ip_of(raw)
 }
 
 fn service_label(key: &ServiceKey) -> String {
@@ -148,7 +148,7 @@ impl Snapshot {
     /// Flows of the service (`vip`, `port`, `protocol`) created after `since_ns`.
     pub fn flows_created_since(
         &self,
-        vip: Ipv4Addr,
+        vip: IpAddr,
         port: u16,
         protocol: &str,
         since_ns: u64,
@@ -316,7 +316,7 @@ pub fn backends(
 
 /// Active backend slots by (address, port): one pass over `BACKENDS`, made
 /// only when a listing needs a backend neither a ring nor a flow points at.
-fn active_slots(maps: &Maps) -> HashMap<(Ipv4Addr, u16), u32> {
+fn active_slots(maps: &Maps) -> HashMap<(IpAddr, u16), u32> {
     maps.backends
         .iter()
         .enumerate()
@@ -349,7 +349,7 @@ pub fn flows(
                 return None;
             }
             let backend_addr =
-                SocketAddrV4::new(ip(flow.backend_ip), u16::from_be(flow.backend_port));
+                SocketAddr::new(ip(flow.backend_ip), u16::from_be(flow.backend_port));
             let node = snapshot
                 .catalog
                 .service(
@@ -357,7 +357,7 @@ pub fn flows(
                     u16::from_be(key.dst_port),
                     protocol_name(key.proto),
                 )
-                .and_then(|s| s.backend(*backend_addr.ip(), backend_addr.port()))
+                .and_then(|s| s.backend(backend_addr.ip(), backend_addr.port()))
                 .map(|b| b.node.clone())
                 .unwrap_or_default();
             if let Some(filter) = backend
@@ -371,8 +371,8 @@ pub fn flows(
             Some((
                 flow.last_seen_ns,
                 FlowRow {
-                    client: SocketAddrV4::new(ip(key.src_ip), u16::from_be(key.src_port)),
-                    vip: SocketAddrV4::new(ip(key.dst_ip), u16::from_be(key.dst_port)),
+                    client: SocketAddr::new(ip(key.src_ip), u16::from_be(key.src_port)),
+                    vip: SocketAddr::new(ip(key.dst_ip), u16::from_be(key.dst_port)),
                     protocol: protocol_name(key.proto),
                     backend: backend_addr,
                     node,
@@ -392,13 +392,13 @@ pub fn flows(
 pub fn trace(
     maps: &Maps,
     snapshot: &Snapshot,
-    client: SocketAddrV4,
-    vip: SocketAddrV4,
+    client: SocketAddr,
+    vip: SocketAddr,
     proto: u8,
 ) -> Result<TraceReport, MapsError> {
     let key = FlowKey {
-        src_ip: u32::from_ne_bytes(client.ip().octets()),
-        dst_ip: u32::from_ne_bytes(vip.ip().octets()),
+        src_ip: lb_common::addr_of(client.ip()),
+        dst_ip: lb_common::addr_of(vip.ip()),
         src_port: client.port().to_be(),
         dst_port: vip.port().to_be(),
         proto,
@@ -447,15 +447,15 @@ pub fn trace(
             .backends
             .get(&id, 0)
             .map_err(|e| map_error(lb_common::MAP_BACKENDS, e))?;
-        let addr = SocketAddrV4::new(ip(backend.ip), u16::from_be(backend.port));
+        let addr = SocketAddr::new(ip(backend.ip), u16::from_be(backend.port));
         report.hash = Some(hash);
         report.ring_slot = Some(slot);
         report.ring_size = Some(info.ring_size);
         report.new_flow_backend = Some(addr);
         report.new_flow_node = snapshot
             .catalog
-            .service(*vip.ip(), vip.port(), report.protocol)
-            .and_then(|s| s.backend(*addr.ip(), addr.port()))
+            .service(vip.ip(), vip.port(), report.protocol)
+            .and_then(|s| s.backend(addr.ip(), addr.port()))
             .map(|b| b.node.clone());
     }
     let pinned = maps.flows.get(&key, 0).ok().filter(|flow| {
@@ -464,7 +464,7 @@ pub fn trace(
             .is_ok_and(|backend| flow.still_on(&backend))
     });
     report.pinned_backend =
-        pinned.map(|f| SocketAddrV4::new(ip(f.backend_ip), u16::from_be(f.backend_port)));
+        pinned.map(|f| SocketAddr::new(ip(f.backend_ip), u16::from_be(f.backend_port)));
     report.verdict = match (report.pinned_backend, report.new_flow_backend) {
         (Some(pinned), _) => format!("pinned by the flow table to {pinned}"),
         (None, Some(new)) => format!(

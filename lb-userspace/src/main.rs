@@ -143,6 +143,7 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         metrics_address: args.metrics_address,
         dataplane: DataplaneConfig {
             answer_ping: args.answer_ping,
+            new_flow_limit: args.new_flow_limit,
             ring_size: args.ring_size,
             max_services: args.max_services,
             pin_dir: Some(args.bpffs),

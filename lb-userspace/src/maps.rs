@@ -13,13 +13,14 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
 };
 use lb_common::{
-    Backend, Flow, FlowKey, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_FLOWS, MAP_GLOBAL_STATS,
-    MAP_MAGLEV, MAP_REVERSE_FLOWS, MAP_SERVICE_STATS, MAP_SERVICES, MAP_SETTINGS, MAP_TX_PORTS,
-    MAP_VIPS, ServiceInfo, ServiceKey, Settings, Traffic, counters,
+    Addr, Backend, Flow, FlowKey, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_FLOW_BUDGET, MAP_FLOWS,
+    MAP_GLOBAL_STATS, MAP_MAGLEV, MAP_NODE_PORTS, MAP_REVERSE_FLOWS, MAP_SERVICE_STATS,
+    MAP_SERVICES, MAP_SETTINGS, MAP_TX_PORTS, MAP_VIPS, ServiceInfo, ServiceKey, Settings, Traffic,
+    counters,
 };
 
 /// Every map the program declares; the order is the pin order.
-pub const ALL_MAPS: [&str; 11] = [
+pub const ALL_MAPS: [&str; 13] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_MAGLEV,
@@ -31,6 +32,8 @@ pub const ALL_MAPS: [&str; 11] = [
     MAP_TX_PORTS,
     MAP_SETTINGS,
     MAP_VIPS,
+    MAP_NODE_PORTS,
+    MAP_FLOW_BUDGET,
 ];
 
 #[derive(thiserror::Error, Debug)]
@@ -64,7 +67,9 @@ pub struct Maps {
     pub backend_stats: PerCpuArray<MapData, Traffic>,
     pub global_stats: PerCpuArray<MapData, u64>,
     pub settings: Array<MapData, Settings>,
-    pub vips: HashMap<MapData, u32, u32>,
+    pub vips: HashMap<MapData, Addr, u32>,
+    /// (node IP, NodePort, protocol) to the frontend key it serves.
+    pub node_ports: HashMap<MapData, ServiceKey, ServiceKey>,
 }
 
 fn typed<T>(name: &'static str, map: Map) -> Result<T, MapsError>
@@ -89,6 +94,7 @@ impl Maps {
             global_stats: typed(MAP_GLOBAL_STATS, take(MAP_GLOBAL_STATS)?)?,
             settings: typed(MAP_SETTINGS, take(MAP_SETTINGS)?)?,
             vips: typed(MAP_VIPS, take(MAP_VIPS)?)?,
+            node_ports: typed(MAP_NODE_PORTS, take(MAP_NODE_PORTS)?)?,
         })
     }
 
@@ -107,6 +113,7 @@ impl Maps {
             global_stats: typed(MAP_GLOBAL_STATS, open_pin(dir, MAP_GLOBAL_STATS)?)?,
             settings: typed(MAP_SETTINGS, open_pin(dir, MAP_SETTINGS)?)?,
             vips: typed(MAP_VIPS, open_pin(dir, MAP_VIPS)?)?,
+            node_ports: typed(MAP_NODE_PORTS, open_pin(dir, MAP_NODE_PORTS)?)?,
         })
     }
 

@@ -1,7 +1,11 @@
 //! The desired state of the load balancer, independent of where it came from
 //! (manifests or a Kubernetes API server) and of how it is programmed.
 
-use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, SocketAddr},
+};
 
 use serde::Serialize;
 
@@ -43,14 +47,19 @@ impl fmt::Display for Protocol {
 /// What clients connect to: (VIP, port, protocol).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Frontend {
-    pub vip: Ipv4Addr,
+    pub vip: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
 }
 
 impl fmt::Display for Frontend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.vip, self.port, self.protocol)
+        write!(
+            f,
+            "{}/{}",
+            SocketAddr::new(self.vip, self.port),
+            self.protocol
+        )
     }
 }
 
@@ -59,7 +68,7 @@ impl fmt::Display for Frontend {
 pub struct BackendSpec {
     /// Kubernetes Node name.
     pub node: String,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     pub weight: u32,
 }

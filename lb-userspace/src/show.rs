@@ -2,7 +2,7 @@
 
 use std::{
     io::Write as _,
-    net::SocketAddrV4,
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
@@ -204,7 +204,7 @@ struct Rates {
 #[derive(Serialize)]
 struct ServiceRate {
     service: String,
-    vip: SocketAddrV4,
+    vip: SocketAddr,
     protocol: &'static str,
     packets_per_second: f64,
     bits_per_second: f64,
@@ -235,7 +235,7 @@ fn rates(before: &Sample, after: &Sample) -> Rates {
             let (packets, bytes) = then.map_or((0, 0), |t| (t.packets, t.bytes));
             ServiceRate {
                 service: now.name.clone(),
-                vip: SocketAddrV4::new(now.vip, now.port),
+                vip: SocketAddr::new(now.vip, now.port),
                 protocol: now.protocol,
                 packets_per_second: now.packets.saturating_sub(packets) as f64 / seconds,
                 bits_per_second: now.bytes.saturating_sub(bytes) as f64 * 8.0 / seconds,

@@ -151,7 +151,7 @@ impl KubeAgent {
     /// weight 0 too, and `lb backends`.
     pub fn backends(&self, vip: Ipv4Addr, port: u16) -> BTreeMap<String, (u32, f64)> {
         let catalog = Catalog::read(self.agent.bpffs());
-        let Some(service) = catalog.service(vip, port, "tcp") else {
+        let Some(service) = catalog.service(vip.into(), port, "tcp") else {
             return BTreeMap::new();
         };
         let rows = self.rows("backends");

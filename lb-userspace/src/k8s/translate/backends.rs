@@ -198,14 +198,14 @@ pub(super) fn port_spec(
     };
     let backends = backends.iter().map(|backend| BackendSpec {
         node: backend.name.to_owned(),
-        ip: backend.ip,
+        ip: backend.ip.into(),
         port: node_port,
         weight: backend.weight,
     });
     Ok(ServiceSpec {
         name: format!("{}:{name}", service.owner),
         frontend: Frontend {
-            vip,
+            vip: vip.into(),
             port: number,
             protocol,
         },

@@ -15,7 +15,7 @@ use crate::{
     model::{BackendSpec, Protocol, ServiceSpec},
 };
 
-fn ip(text: &str) -> Ipv4Addr {
+fn ip<T: std::str::FromStr<Err: std::fmt::Debug>>(text: &str) -> T {
     text.parse().unwrap()
 }
 
@@ -140,7 +140,7 @@ fn frontend(vip: &str, port: u16, protocol: Protocol) -> Frontend {
 }
 
 /// (name, VIP) of every served port, in frontend order.
-fn served(translation: &Translation) -> Vec<(String, Ipv4Addr)> {
+fn served(translation: &Translation) -> Vec<(String, std::net::IpAddr)> {
     let specs = translation.state.services.values();
     specs
         .map(|spec| (spec.name.clone(), spec.frontend.vip))
@@ -287,7 +287,7 @@ fn not_ready_and_unschedulable_nodes_excluded() {
     assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
     let spec = &translation.state.services[&frontend("198.51.100.1", 80, Protocol::Tcp)];
     assert_eq!(backend_nodes(spec), [("b-schedulable", 1), ("c-ready", 1)]);
-    assert_eq!(spec.backends[0].ip, ip("10.1.0.5"));
+    assert_eq!(spec.backends[0].ip, ip::<std::net::IpAddr>("10.1.0.5"));
     assert_eq!(spec.backends[0].port, 30080);
 }
 
@@ -626,7 +626,10 @@ fn pools_are_chosen_by_annotation() {
         "internal",
     );
     let translation = translator.translate(&objects(vec![moved], vec![]));
-    assert_eq!(translation.vips["ns/a"], ip("10.9.0.1"));
+    assert_eq!(
+        translation.vips["ns/a"],
+        ip::<std::net::Ipv4Addr>("10.9.0.1")
+    );
 }
 
 #[test]
@@ -772,7 +775,7 @@ fn node_address_type_is_configurable() {
     ));
     let spec = &translation.state.services[&frontend("198.51.100.1", 80, Protocol::Tcp)];
     assert_eq!(spec.backends.len(), 1);
-    assert_eq!(spec.backends[0].ip, ip("192.0.2.1"));
+    assert_eq!(spec.backends[0].ip, ip::<std::net::IpAddr>("192.0.2.1"));
     assert_eq!(
         skipped(&translation),
         ["Node n2: no IPv4 ExternalIP address"]
