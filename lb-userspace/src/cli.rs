@@ -182,6 +182,11 @@ pub struct AgentArgs {
     /// flood cannot evict established flows. 0 records every flow.
     #[arg(long, default_value_t = DEFAULT_NEW_FLOW_LIMIT)]
     pub new_flow_limit: u32,
+    /// Entries of the flow table (and of the reverse-NAT table), shared out
+    /// between the CPUs' LRU lists. Pinned tables keep the size they were
+    /// created with.
+    #[arg(long, default_value_t = lb_common::MAX_FLOWS)]
+    pub max_flows: u32,
 }
 
 #[derive(Args, Debug)]

@@ -18,8 +18,8 @@ use aya::{
     util::nr_cpus,
 };
 use lb_common::{
-    BACKEND_ACTIVE, Backend, MAP_MAGLEV, MAP_NODE_PORTS, MAP_TX_PORTS, MAX_BACKENDS, MAX_SERVICES,
-    PROGRAM_NAME, SETTING_ANSWER_ECHO, ServiceInfo, ServiceKey, Settings, Traffic,
+    BACKEND_ACTIVE, Backend, MAP_MAGLEV, MAP_NODE_PORTS, MAP_TX_PORTS, MAX_BACKENDS, MAX_FLOWS,
+    MAX_SERVICES, PROGRAM_NAME, SETTING_ANSWER_ECHO, ServiceInfo, ServiceKey, Settings, Traffic,
 };
 
 use crate::{
@@ -36,6 +36,9 @@ pub static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT
 /// statelessly: far above what one CPU's share of real clients opens, far
 /// below what a SYN flood sends.
 pub const DEFAULT_NEW_FLOW_LIMIT: u32 = 100_000;
+
+/// The smallest flow table: per-CPU LRU lists need a few entries per CPU.
+pub const MIN_FLOWS: u32 = 1024;
 
 /// Default number of services the Maglev map has room for.
 pub const DEFAULT_MAX_SERVICES: u32 = 256;
@@ -62,6 +65,8 @@ pub enum DataplaneError {
     RingSize(u32),
     #[error("max services {0} must be between 1 and {MAX_SERVICES}")]
     MaxServices(u32),
+    #[error("max flows {0} must be at least {MIN_FLOWS}")]
+    MaxFlows(u32),
     #[error(
         "ring size {ring_size} x max services {max_services} x 2 slots exceeds the u32 index space"
     )]
@@ -120,6 +125,8 @@ pub struct DataplaneConfig {
     pub answer_ping: bool,
     /// `Settings::new_flow_limit`: flow inserts per CPU per second, 0 for none.
     pub new_flow_limit: u32,
+    /// Entries of each flow table (LRU, split between the CPUs).
+    pub max_flows: u32,
 }
 
 impl Default for DataplaneConfig {
@@ -130,6 +137,7 @@ impl Default for DataplaneConfig {
             pin_dir: None,
             answer_ping: false,
             new_flow_limit: DEFAULT_NEW_FLOW_LIMIT,
+            max_flows: MAX_FLOWS,
         }
     }
 }
@@ -183,8 +191,13 @@ impl Dataplane {
         })?;
         let pins = config.pin_dir.as_ref().map(PinDir::new);
         let inherited = pins.as_ref().is_some_and(PinDir::exists);
+        if config.max_flows < MIN_FLOWS {
+            return Err(DataplaneError::MaxFlows(config.max_flows));
+        }
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(MAP_MAGLEV, ring_entries);
+        loader.map_max_entries(lb_common::MAP_FLOWS, config.max_flows);
+        loader.map_max_entries(lb_common::MAP_REVERSE_FLOWS, config.max_flows);
         if let Some(pins) = &pins {
             pins.prepare()?;
             // Existing pins are reused: flows, rings and counters carry over.

@@ -144,6 +144,7 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         dataplane: DataplaneConfig {
             answer_ping: args.answer_ping,
             new_flow_limit: args.new_flow_limit,
+            max_flows: args.max_flows,
             ring_size: args.ring_size,
             max_services: args.max_services,
             pin_dir: Some(args.bpffs),

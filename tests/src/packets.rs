@@ -6,13 +6,13 @@
 //! written here: neither shares code with the incremental checksum updates under
 //! test, so a bug there cannot hide in the fixtures.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use etherparse::{
     ArpEthIpv4Packet, ArpOperation, Icmpv4Type, IpFragOffset, IpHeaders, IpNumber, Ipv4Header,
-    Ipv4Options, NetHeaders, PacketBuilder, PacketHeaders, TransportHeader,
-    icmpv4::DestUnreachableHeader,
+    Ipv4Options, Ipv6Extensions, Ipv6FragmentHeader, Ipv6RawExtHeader, NetHeaders, PacketBuilder,
+    PacketBuilderStep, PacketHeaders, TransportHeader, icmpv4::DestUnreachableHeader,
 };
 
 /// Source MAC of the frames built here (locally administered).
@@ -22,6 +22,8 @@ pub const LB_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x02];
 
 const ETH_LEN: usize = 14;
 const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_IPV6: u16 = 0x86dd;
+const IPV6_HEADER_LEN: usize = 40;
 const TTL: u8 = 64;
 const SEQ: u32 = 1000;
 const ACK: u32 = 2000;
@@ -47,10 +49,20 @@ macro_rules! frame {
     }};
 }
 
-pub fn tcp_syn(src: SocketAddrV4, dst: SocketAddrV4) -> Vec<u8> {
+/// Ethernet and an IP header of the family of `src` and `dst`.
+fn eth_ip(src: IpAddr, dst: IpAddr) -> PacketBuilderStep<IpHeaders> {
+    let builder = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC);
+    match (src, dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => builder.ipv4(src.octets(), dst.octets(), TTL),
+        (IpAddr::V6(src), IpAddr::V6(dst)) => builder.ipv6(src.octets(), dst.octets(), TTL),
+        _ => panic!("{src} and {dst} are of different families"),
+    }
+}
+
+pub fn tcp_syn(src: impl Into<SocketAddr>, dst: impl Into<SocketAddr>) -> Vec<u8> {
+    let (src, dst) = (src.into(), dst.into());
     frame!(
-        PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
-            .ipv4(src.ip().octets(), dst.ip().octets(), TTL)
+        eth_ip(src.ip(), dst.ip())
             .tcp(src.port(), dst.port(), SEQ, WINDOW)
             .syn(),
         &[]
@@ -58,22 +70,98 @@ pub fn tcp_syn(src: SocketAddrV4, dst: SocketAddrV4) -> Vec<u8> {
 }
 
 /// An established-connection segment (ACK set) carrying `payload`.
-pub fn tcp_ack(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+pub fn tcp_ack(src: impl Into<SocketAddr>, dst: impl Into<SocketAddr>, payload: &[u8]) -> Vec<u8> {
+    let (src, dst) = (src.into(), dst.into());
     frame!(
-        PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
-            .ipv4(src.ip().octets(), dst.ip().octets(), TTL)
+        eth_ip(src.ip(), dst.ip())
             .tcp(src.port(), dst.port(), SEQ, WINDOW)
             .ack(ACK),
         payload
     )
 }
 
-pub fn udp(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+pub fn udp(src: impl Into<SocketAddr>, dst: impl Into<SocketAddr>, payload: &[u8]) -> Vec<u8> {
+    let (src, dst) = (src.into(), dst.into());
+    frame!(
+        eth_ip(src.ip(), dst.ip()).udp(src.port(), dst.port()),
+        payload
+    )
+}
+
+/// An IPv6 SYN with extension headers before TCP: hop-by-hop options (a PadN)
+/// and destination options, which the data path must walk past.
+pub fn ipv6_tcp_syn_with_extensions(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    let (IpAddr::V6(src_ip), IpAddr::V6(dst_ip)) = (src.ip(), dst.ip()) else {
+        panic!("{src} and {dst} must be IPv6");
+    };
+    // PadN of 4 bytes: with next header and length, one 8-byte unit.
+    let padding =
+        Ipv6RawExtHeader::new_raw(IpNumber::IPV6_DESTINATION_OPTIONS, &[1, 4, 0, 0, 0, 0])
+            .expect("a valid option block");
+    let destination_options = Ipv6RawExtHeader::new_raw(IpNumber::TCP, &[1, 4, 0, 0, 0, 0])
+        .expect("a valid option block");
+    let extensions = Ipv6Extensions {
+        hop_by_hop_options: Some(padding),
+        destination_options: Some(destination_options),
+        ..Default::default()
+    };
+    ipv6_with_extensions(
+        src_ip,
+        dst_ip,
+        src.port(),
+        dst.port(),
+        IpNumber::IPV6_HEADER_HOP_BY_HOP,
+        extensions,
+    )
+}
+
+/// The first fragment of an IPv6 TCP SYN: a fragment header before TCP.
+pub fn ipv6_fragment(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    let (IpAddr::V6(src_ip), IpAddr::V6(dst_ip)) = (src.ip(), dst.ip()) else {
+        panic!("{src} and {dst} must be IPv6");
+    };
+    let extensions = Ipv6Extensions {
+        fragment: Some(Ipv6FragmentHeader::new(
+            IpNumber::TCP,
+            IpFragOffset::ZERO,
+            true,
+            u32::from(FRAGMENT_ID),
+        )),
+        ..Default::default()
+    };
+    ipv6_with_extensions(
+        src_ip,
+        dst_ip,
+        src.port(),
+        dst.port(),
+        IpNumber::IPV6_FRAGMENTATION_HEADER,
+        extensions,
+    )
+}
+
+fn ipv6_with_extensions(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    src_port: u16,
+    dst_port: u16,
+    first: IpNumber,
+    extensions: Ipv6Extensions,
+) -> Vec<u8> {
+    let ip = etherparse::Ipv6Header {
+        traffic_class: 0,
+        flow_label: Default::default(),
+        payload_length: 0,
+        next_header: first,
+        hop_limit: TTL,
+        source: src.octets(),
+        destination: dst.octets(),
+    };
     frame!(
         PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
-            .ipv4(src.ip().octets(), dst.ip().octets(), TTL)
-            .udp(src.port(), dst.port()),
-        payload
+            .ip(IpHeaders::Ipv6(ip, extensions))
+            .tcp(src_port, dst_port, SEQ, WINDOW)
+            .syn(),
+        &[]
     )
 }
 
@@ -202,22 +290,28 @@ fn ipv4_header(src: SocketAddrV4, dst: SocketAddrV4, protocol: IpNumber) -> Ipv4
 }
 
 /// Checks the IPv4 header checksum and, for unfragmented packets, the TCP, UDP
-/// or ICMP checksum of an Ethernet frame. The error names the wrong checksum.
+/// or ICMP checksum of an Ethernet frame; for IPv6, the TCP, UDP or ICMPv6
+/// checksum after any hop-by-hop, routing and destination options headers.
+/// The error names the wrong checksum.
 ///
-/// A UDP checksum of 0 means "none" and is accepted. Fragments have only their
+/// A UDP checksum of 0 means "none" and is accepted (over IPv6 it is invalid,
+/// but the data path must only keep it as it came). Fragments have only their
 /// IP header checked: the transport checksum covers the reassembled datagram.
 pub fn verify_checksums(frame: &[u8]) -> Result<()> {
+    ensure!(frame.len() >= ETH_LEN, "frame of {} bytes", frame.len());
+    match be16(frame, 12) {
+        ETHERTYPE_IPV4 => verify_ipv4(&frame[ETH_LEN..]),
+        ETHERTYPE_IPV6 => verify_ipv6(&frame[ETH_LEN..]),
+        ether_type => bail!("not IP (EtherType {ether_type:#06x})"),
+    }
+}
+
+fn verify_ipv4(ip: &[u8]) -> Result<()> {
     ensure!(
-        frame.len() >= ETH_LEN + Ipv4Header::MIN_LEN,
-        "frame of {} bytes is too short for IPv4",
-        frame.len()
+        ip.len() >= Ipv4Header::MIN_LEN,
+        "{} bytes are too short for IPv4",
+        ip.len()
     );
-    let ether_type = be16(frame, 12);
-    ensure!(
-        ether_type == ETHERTYPE_IPV4,
-        "not IPv4 (EtherType {ether_type:#06x})"
-    );
-    let ip = &frame[ETH_LEN..];
     let header_len = usize::from(ip[0] & 0x0f) * 4;
     ensure!(
         ip[0] >> 4 == 4 && header_len >= Ipv4Header::MIN_LEN,
@@ -248,20 +342,81 @@ pub fn verify_checksums(frame: &[u8]) -> Result<()> {
     pseudo_header.extend_from_slice(&ip[12..20]);
     pseudo_header.extend_from_slice(&[0, ip[9]]);
     pseudo_header.extend_from_slice(&l4_len.to_be_bytes());
-    match IpNumber(ip[9]) {
+    if IpNumber(ip[9]) == IpNumber::ICMP {
+        ensure!(l4.len() >= 8, "ICMP message of {} bytes", l4.len());
+        return compare(
+            "ICMP",
+            be16(l4, 2),
+            internet_checksum(&[&l4[..2], &l4[4..]]),
+        );
+    }
+    verify_transport(IpNumber(ip[9]), &pseudo_header, l4)
+}
+
+fn verify_ipv6(ip: &[u8]) -> Result<()> {
+    ensure!(
+        ip.len() >= IPV6_HEADER_LEN && ip[0] >> 4 == 6,
+        "not an IPv6 header"
+    );
+    let end = IPV6_HEADER_LEN + usize::from(be16(ip, 4));
+    ensure!(
+        end <= ip.len(),
+        "IPv6 payload length {} does not fit {} bytes after Ethernet",
+        end - IPV6_HEADER_LEN,
+        ip.len()
+    );
+    let ip = &ip[..end];
+    let (mut next, mut offset) = (ip[6], IPV6_HEADER_LEN);
+    loop {
+        match IpNumber(next) {
+            IpNumber::IPV6_HEADER_HOP_BY_HOP
+            | IpNumber::IPV6_ROUTE_HEADER
+            | IpNumber::IPV6_DESTINATION_OPTIONS => {
+                ensure!(offset + 8 <= ip.len(), "truncated IPv6 extension header");
+                next = ip[offset];
+                offset += (usize::from(ip[offset + 1]) + 1) * 8;
+            }
+            IpNumber::IPV6_FRAGMENTATION_HEADER => return Ok(()),
+            _ => break,
+        }
+    }
+    ensure!(
+        offset <= ip.len(),
+        "IPv6 extension headers overrun the packet"
+    );
+    let l4 = &ip[offset..];
+    let l4_len = u32::try_from(l4.len()).context("IPv6 payload length")?;
+    let mut pseudo_header = Vec::with_capacity(40);
+    pseudo_header.extend_from_slice(&ip[8..40]);
+    pseudo_header.extend_from_slice(&l4_len.to_be_bytes());
+    pseudo_header.extend_from_slice(&[0, 0, 0, next]);
+    if IpNumber(next) == IpNumber::IPV6_ICMP {
+        ensure!(l4.len() >= 8, "ICMPv6 message of {} bytes", l4.len());
+        return compare(
+            "ICMPv6",
+            be16(l4, 2),
+            internet_checksum(&[&pseudo_header, &l4[..2], &l4[4..]]),
+        );
+    }
+    verify_transport(IpNumber(next), &pseudo_header, l4)
+}
+
+/// The TCP or UDP checksum of `l4` under `pseudo_header`; other protocols pass.
+fn verify_transport(proto: IpNumber, pseudo_header: &[u8], l4: &[u8]) -> Result<()> {
+    match proto {
         IpNumber::TCP => {
             ensure!(l4.len() >= 20, "TCP segment of {} bytes", l4.len());
             compare(
                 "TCP",
                 be16(l4, 16),
-                internet_checksum(&[&pseudo_header, &l4[..16], &l4[18..]]),
+                internet_checksum(&[pseudo_header, &l4[..16], &l4[18..]]),
             )
         }
         IpNumber::UDP => {
             ensure!(l4.len() >= 8, "UDP datagram of {} bytes", l4.len());
             ensure!(
                 usize::from(be16(l4, 4)) == l4.len(),
-                "UDP length {} but IPv4 payload of {} bytes",
+                "UDP length {} but IP payload of {} bytes",
                 be16(l4, 4),
                 l4.len()
             );
@@ -270,22 +425,32 @@ pub fn verify_checksums(frame: &[u8]) -> Result<()> {
                 return Ok(());
             }
             // A computed 0 is sent as all ones, since 0 means "none".
-            let computed = match internet_checksum(&[&pseudo_header, &l4[..6], &l4[8..]]) {
+            let computed = match internet_checksum(&[pseudo_header, &l4[..6], &l4[8..]]) {
                 0 => 0xffff,
                 sum => sum,
             };
             compare("UDP", stored, computed)
         }
-        IpNumber::ICMP => {
-            ensure!(l4.len() >= 8, "ICMP message of {} bytes", l4.len());
-            compare(
-                "ICMP",
-                be16(l4, 2),
-                internet_checksum(&[&l4[..2], &l4[4..]]),
-            )
-        }
         _ => Ok(()),
     }
+}
+
+/// `frame` as a router forwards it: TTL (hop limit) one less, the IPv4 header
+/// checksum recomputed.
+pub fn forwarded(frame: &[u8]) -> Vec<u8> {
+    let mut frame = frame.to_vec();
+    match be16(&frame, 12) {
+        ETHERTYPE_IPV4 => {
+            let ip = ETH_LEN;
+            frame[ip + 8] -= 1;
+            let header_len = usize::from(frame[ip] & 0x0f) * 4;
+            let check = internet_checksum(&[&frame[ip..ip + 10], &frame[ip + 12..ip + header_len]]);
+            frame[ip + 10..ip + 12].copy_from_slice(&check.to_be_bytes());
+        }
+        ETHERTYPE_IPV6 => frame[ETH_LEN + 7] -= 1,
+        ether_type => panic!("forwarding a frame of EtherType {ether_type:#06x}"),
+    }
+    frame
 }
 
 fn compare(what: &str, stored: u16, computed: u16) -> Result<()> {
@@ -323,11 +488,11 @@ pub fn internet_checksum(parts: &[&[u8]]) -> u16 {
 /// If `input` is not an unfragmented IPv4 TCP or UDP frame.
 pub fn expect_dnat(
     input: &[u8],
-    new_dst: SocketAddrV4,
+    new_dst: impl Into<SocketAddr>,
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
 ) -> Vec<u8> {
-    expect_nat(input, Side::Destination, new_dst, src_mac, dst_mac)
+    expect_nat(input, Side::Destination, new_dst.into(), src_mac, dst_mac)
 }
 
 /// The frame the data path must send for `input` (a backend's reply) after
@@ -337,11 +502,11 @@ pub fn expect_dnat(
 /// If `input` is not an unfragmented IPv4 TCP or UDP frame.
 pub fn expect_snat(
     input: &[u8],
-    new_src: SocketAddrV4,
+    new_src: impl Into<SocketAddr>,
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
 ) -> Vec<u8> {
-    expect_nat(input, Side::Source, new_src, src_mac, dst_mac)
+    expect_nat(input, Side::Source, new_src.into(), src_mac, dst_mac)
 }
 
 #[derive(Clone, Copy)]
@@ -365,21 +530,31 @@ impl Side {
 fn expect_nat(
     input: &[u8],
     side: Side,
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
 ) -> Vec<u8> {
     let headers = PacketHeaders::from_ethernet_slice(input).expect("NAT input decodes");
-    let Some(NetHeaders::Ipv4(mut ip, exts)) = headers.net else {
-        panic!("NAT input is not IPv4");
+    let ip = match (headers.net, addr.ip()) {
+        (Some(NetHeaders::Ipv4(mut ip, exts)), IpAddr::V4(new)) => {
+            match side {
+                Side::Source => ip.source = new.octets(),
+                Side::Destination => ip.destination = new.octets(),
+            }
+            IpHeaders::Ipv4(ip, exts)
+        }
+        (Some(NetHeaders::Ipv6(mut ip, exts)), IpAddr::V6(new)) => {
+            match side {
+                Side::Source => ip.source = new.octets(),
+                Side::Destination => ip.destination = new.octets(),
+            }
+            IpHeaders::Ipv6(ip, exts)
+        }
+        _ => panic!("NAT input is not IP of the family of {addr}"),
     };
-    match side {
-        Side::Source => ip.source = addr.ip().octets(),
-        Side::Destination => ip.destination = addr.ip().octets(),
-    }
     let header_len = ip.header_len();
     let payload = headers.payload.slice();
-    let builder = PacketBuilder::ethernet2(src_mac, dst_mac).ip(IpHeaders::Ipv4(ip, exts));
+    let builder = PacketBuilder::ethernet2(src_mac, dst_mac).ip(ip);
     match headers.transport {
         Some(TransportHeader::Tcp(mut tcp)) => {
             (tcp.source_port, tcp.destination_port) =

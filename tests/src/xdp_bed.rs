@@ -4,10 +4,11 @@
 //!
 //! The program's FIB lookups use the namespace of the calling thread, so the
 //! calls run inside it (`NetNs::enter`). Two interfaces: `cl0` (10.0.0.1/24)
-//! faces clients, `nd0` (10.1.0.1/24) faces nodes; forwarding is on, and the
+//! faces clients, `nd0` (10.1.0.1/24) faces nodes, each with an IPv6 prefix
+//! too (2001:db8::/64 and 2001:db8:1::/64); forwarding is on, and the
 //! neighbours are permanent, so the MAC rewriting is deterministic.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context, Result};
 use aya::programs::{TestRun as _, TestRunOptions, TestRunResult, Xdp};
@@ -22,6 +23,8 @@ pub const NODE_DEV: &str = "nd0";
 /// A client with a resolved neighbour behind `cl0`.
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+/// The same client's IPv6 address.
+pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
 
 /// Nodes 1 to `NODES` have resolved neighbours behind `nd0`; others do not.
 pub const NODES: u8 = 3;
@@ -29,6 +32,11 @@ pub const NODES: u8 = 3;
 /// Node `i` (1-based) at 10.1.0.(10 + i), behind `nd0`.
 pub fn node_ip(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 1, 0, 10 + i)
+}
+
+/// Node `i`'s IPv6 address, 2001:db8:1::(10 + i).
+pub fn node_ip6(i: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10 + u16::from(i))
 }
 
 pub fn node_mac(i: u8) -> [u8; 6] {
@@ -60,6 +68,8 @@ impl XdpBed {
             "link add nd0 type veth peer name nd1",
             "addr add 10.0.0.1/24 dev cl0",
             "addr add 10.1.0.1/24 dev nd0",
+            "-6 addr add 2001:db8::1/64 dev cl0 nodad",
+            "-6 addr add 2001:db8:1::1/64 dev nd0 nodad",
             "link set cl0 up",
             "link set cl1 up",
             "link set nd0 up",
@@ -69,9 +79,13 @@ impl XdpBed {
         }
         ns.sysctl("net.ipv4.ip_forward", "1")
             .context("forwarding")?;
+        ns.sysctl("net.ipv6.conf.all.forwarding", "1")
+            .context("IPv6 forwarding")?;
         add_neighbour(&ns, CLIENT, CLIENT_MAC, CLIENT_DEV)?;
+        add_neighbour(&ns, CLIENT6, CLIENT_MAC, CLIENT_DEV)?;
         for i in 1..=NODES {
             add_neighbour(&ns, node_ip(i), node_mac(i), NODE_DEV)?;
+            add_neighbour(&ns, node_ip6(i), node_mac(i), NODE_DEV)?;
         }
         let bed = XdpBed {
             client_if: ns.ifindex(CLIENT_DEV)?,
@@ -84,7 +98,8 @@ impl XdpBed {
 }
 
 /// Adds a permanent neighbour `ip` at `mac` on `dev` of `ns`.
-pub fn add_neighbour(ns: &NetNs, ip: Ipv4Addr, mac: [u8; 6], dev: &str) -> Result<()> {
+pub fn add_neighbour(ns: &NetNs, ip: impl Into<IpAddr>, mac: [u8; 6], dev: &str) -> Result<()> {
+    let ip = ip.into();
     let cmd = format!(
         "neigh add {ip} lladdr {} dev {dev} nud permanent",
         fmt_mac(mac)

@@ -14,7 +14,7 @@ const RING_SIZE: u32 = 251;
 
 fn spec(vip_last: u8, nodes: &[(u8, u32)]) -> ServiceSpec {
     let frontend = Frontend {
-        vip: Ipv4Addr::new(198, 51, 100, vip_last),
+        vip: Ipv4Addr::new(198, 51, 100, vip_last).into(),
         port: 80,
         protocol: Protocol::Tcp,
     };
@@ -25,7 +25,7 @@ fn spec(vip_last: u8, nodes: &[(u8, u32)]) -> ServiceSpec {
             .iter()
             .map(|&(i, weight)| BackendSpec {
                 node: format!("node-{i}"),
-                ip: Ipv4Addr::new(10, 1, 0, 10 + i),
+                ip: Ipv4Addr::new(10, 1, 0, 10 + i).into(),
                 port: 31000,
                 weight,
             })

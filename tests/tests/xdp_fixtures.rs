@@ -4,7 +4,7 @@
 //! The program runs inside a namespace whose FIB and neighbour tables are known
 //! (permanent neighbours), so MAC rewriting is deterministic.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 
 use lb::{
     dataplane::{Dataplane, DataplaneConfig, service_key},
@@ -14,7 +14,7 @@ use lb_common::{FlowKey, counters, hash::flow_hash};
 use lb_tests::{
     netns::NetNs,
     packets,
-    xdp_bed::{self, CLIENT, CLIENT_MAC, NODE_DEV, XdpBed, node_ip, node_mac},
+    xdp_bed::{self, CLIENT, CLIENT_MAC, CLIENT6, NODE_DEV, XdpBed, node_ip, node_ip6, node_mac},
 };
 
 const XDP_DROP: u32 = 1;
@@ -29,24 +29,33 @@ const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 const VIP_SPREAD: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
 const VIP_EMPTY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 12);
 const VIP_UNRESOLVED: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 13);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 0x10);
 /// Small prime ring: fixtures need determinism, not balance.
 const RING_SIZE: u32 = 1021;
 
 fn backend(i: u8, port: u16) -> BackendSpec {
     BackendSpec {
         node: format!("node-{i}"),
-        ip: node_ip(i),
+        ip: node_ip(i).into(),
         port,
         weight: 1,
     }
 }
 
+fn backend6(i: u8, port: u16) -> BackendSpec {
+    BackendSpec {
+        ip: node_ip6(i).into(),
+        ..backend(i, port)
+    }
+}
+
 fn service(
-    vip: Ipv4Addr,
+    vip: impl Into<IpAddr>,
     port: u16,
     protocol: Protocol,
     backends: Vec<BackendSpec>,
 ) -> ServiceSpec {
+    let vip = vip.into();
     ServiceSpec {
         name: format!("test/{vip}:{port}"),
         frontend: Frontend {
@@ -94,6 +103,18 @@ fn sock(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(ip, port)
 }
 
+fn sock6(ip: Ipv6Addr, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.into(), port)
+}
+
+/// `packet` with this TTL (hop limit), checksums kept valid.
+fn with_ttl(packet: &[u8], ttl: u8) -> Vec<u8> {
+    let mut packet = packet.to_vec();
+    let ipv6 = packet[12..14] == [0x86, 0xdd];
+    packet[14 + if ipv6 { 7 } else { 8 }] = ttl + 1;
+    packets::forwarded(&packet)
+}
+
 /// Runs one packet through the program; returns (action, output bytes).
 fn run(dataplane: &Dataplane, input: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
     xdp_bed::run(dataplane.program().expect("program"), input, ifindex).expect("BPF_PROG_TEST_RUN")
@@ -105,6 +126,8 @@ fn load(bench: &XdpBed) -> Dataplane {
         max_services: 8,
         pin_dir: None,
         answer_ping: true,
+        new_flow_limit: 0,
+        ..Default::default()
     })
     .expect("load");
     dataplane.add_tx_port(bench.client_if).expect("tx port");
@@ -126,19 +149,36 @@ fn fixtures_in_namespace(bench: &XdpBed) {
         service(VIP, 53, Protocol::Udp, vec![backend(1, 31053)]),
         service(VIP_EMPTY, 80, Protocol::Tcp, vec![]),
         service(VIP_UNRESOLVED, 80, Protocol::Tcp, vec![backend(4, 31004)]),
+        service(VIP6, 80, Protocol::Tcp, vec![backend6(1, 31000)]),
+        service(VIP6, 53, Protocol::Udp, vec![backend6(1, 31053)]),
     ] {
         dataplane.set_service(&spec).expect("set_service");
     }
     let client = sock(CLIENT, 40000);
     let vip_http = sock(VIP, 80);
     let to_node1 = |input: &[u8], port: u16| {
-        packets::expect_dnat(
+        packets::forwarded(&packets::expect_dnat(
             input,
             sock(node_ip(1), port),
             bench.node_if_mac,
             node_mac(1),
-        )
+        ))
     };
+    let to_node1_v6 = |input: &[u8], port: u16| {
+        packets::forwarded(&packets::expect_dnat(
+            input,
+            sock6(node_ip6(1), port),
+            bench.node_if_mac,
+            node_mac(1),
+        ))
+    };
+    let client6 = sock6(CLIENT6, 40000);
+    let vip6_http = sock6(VIP6, 80);
+    let syn6 = packets::tcp_syn(client6, vip6_http);
+    let ack6 = packets::tcp_ack(client6, vip6_http, b"GET / HTTP/1.0\r\n\r\n");
+    let udp6 = packets::udp(client6, sock6(VIP6, 53), b"query");
+    let extensions_syn6 = packets::ipv6_tcp_syn_with_extensions(sock6(CLIENT6, 40001), vip6_http);
+    let reply6 = packets::tcp_ack(sock6(node_ip6(1), 31000), client6, b"HTTP/1.0 200 OK\r\n");
     let syn = packets::tcp_syn(client, vip_http);
     let ack = packets::tcp_ack(client, vip_http, b"GET / HTTP/1.0\r\n\r\n");
     let options_syn = packets::tcp_syn_with_ip_options(sock(CLIENT, 40001), vip_http);
@@ -149,7 +189,12 @@ fn fixtures_in_namespace(bench: &XdpBed) {
     let unresolved_syn = packets::tcp_syn(client, sock(VIP_UNRESOLVED, 80));
     // ICMP errors quote packets as they were on the wire on the far side.
     let syn_to_node = to_node1(&syn, 31000);
-    let reply_from_vip = packets::expect_snat(&reply, vip_http, bench.client_if_mac, CLIENT_MAC);
+    let reply_from_vip = packets::forwarded(&packets::expect_snat(
+        &reply,
+        vip_http,
+        bench.client_if_mac,
+        CLIENT_MAC,
+    ));
     let frag_needed_from_node = packets::icmp_frag_needed(
         node_ip(1),
         CLIENT,
@@ -157,8 +202,14 @@ fn fixtures_in_namespace(bench: &XdpBed) {
         node_mac(1),
         bench.node_if_mac,
     );
-    let frag_needed_to_client =
-        packets::icmp_frag_needed(VIP, CLIENT, &syn, bench.client_if_mac, CLIENT_MAC);
+    // Quotes keep the TTL the quoted packet had where it was quoted.
+    let frag_needed_to_client = packets::forwarded(&packets::icmp_frag_needed(
+        VIP,
+        CLIENT,
+        &packets::forwarded(&syn),
+        bench.client_if_mac,
+        CLIENT_MAC,
+    ));
     let frag_needed_from_client = packets::icmp_frag_needed(
         CLIENT,
         VIP,
@@ -166,8 +217,13 @@ fn fixtures_in_namespace(bench: &XdpBed) {
         CLIENT_MAC,
         bench.client_if_mac,
     );
-    let frag_needed_to_node =
-        packets::icmp_frag_needed(CLIENT, node_ip(1), &reply, bench.node_if_mac, node_mac(1));
+    let frag_needed_to_node = packets::forwarded(&packets::icmp_frag_needed(
+        CLIENT,
+        node_ip(1),
+        &packets::forwarded(&reply),
+        bench.node_if_mac,
+        node_mac(1),
+    ));
     let fixtures = vec![
         Fixture {
             description: "TCP SYN to a VIP is DNAT-ed and redirected to the node side",
@@ -185,12 +241,7 @@ fn fixtures_in_namespace(bench: &XdpBed) {
         },
         Fixture {
             description: "the backend's reply is reverse-NAT-ed to come from the VIP",
-            output: Expected::Bytes(packets::expect_snat(
-                &reply,
-                vip_http,
-                bench.client_if_mac,
-                CLIENT_MAC,
-            )),
+            output: Expected::Bytes(reply_from_vip.clone()),
             input: reply,
             ingress: Ingress::Nodes,
             action: XDP_REDIRECT,
@@ -237,9 +288,77 @@ fn fixtures_in_namespace(bench: &XdpBed) {
             output: Expected::Unchanged,
         },
         Fixture {
-            description: "a reply of an untracked flow passes unchanged",
-            input: packets::tcp_ack(sock(node_ip(1), 31000), sock(CLIENT, 49999), b"x"),
+            description: "a reply from a NodePort no service uses passes unchanged",
+            input: packets::tcp_ack(sock(node_ip(2), 31000), sock(CLIENT, 49999), b"x"),
             ingress: Ingress::Nodes,
+            action: XDP_PASS,
+            output: Expected::Unchanged,
+        },
+        Fixture {
+            description: "TTL 1 to a VIP passes unchanged: the kernel sends Time Exceeded",
+            input: with_ttl(&packets::tcp_syn(sock(CLIENT, 41000), vip_http), 1),
+            ingress: Ingress::Clients,
+            action: XDP_PASS,
+            output: Expected::Unchanged,
+        },
+        Fixture {
+            description: "IPv6: TCP SYN to a VIP is DNAT-ed to the node's IPv6 address",
+            output: Expected::Bytes(to_node1_v6(&syn6, 31000)),
+            input: syn6,
+            ingress: Ingress::Clients,
+            action: XDP_REDIRECT,
+        },
+        Fixture {
+            description: "IPv6: the next packet of the flow goes to the same backend",
+            output: Expected::Bytes(to_node1_v6(&ack6, 31000)),
+            input: ack6,
+            ingress: Ingress::Clients,
+            action: XDP_REDIRECT,
+        },
+        Fixture {
+            description: "IPv6: the backend's reply is reverse-NAT-ed to come from the VIP",
+            output: Expected::Bytes(packets::forwarded(&packets::expect_snat(
+                &reply6,
+                vip6_http,
+                bench.client_if_mac,
+                CLIENT_MAC,
+            ))),
+            input: reply6,
+            ingress: Ingress::Nodes,
+            action: XDP_REDIRECT,
+        },
+        Fixture {
+            description: "IPv6: UDP to a VIP is DNAT-ed with a valid checksum",
+            output: Expected::Bytes(to_node1_v6(&udp6, 31053)),
+            input: udp6,
+            ingress: Ingress::Clients,
+            action: XDP_REDIRECT,
+        },
+        Fixture {
+            description: "IPv6: hop-by-hop and destination options are walked past",
+            output: Expected::Bytes(to_node1_v6(&extensions_syn6, 31000)),
+            input: extensions_syn6,
+            ingress: Ingress::Clients,
+            action: XDP_REDIRECT,
+        },
+        Fixture {
+            description: "IPv6: a fragment to a VIP passes",
+            input: packets::ipv6_fragment(sock6(CLIENT6, 40002), vip6_http),
+            ingress: Ingress::Clients,
+            action: XDP_PASS,
+            output: Expected::Unchanged,
+        },
+        Fixture {
+            description: "IPv6: hop limit 1 passes unchanged",
+            input: with_ttl(&packets::tcp_syn(sock6(CLIENT6, 41000), vip6_http), 1),
+            ingress: Ingress::Clients,
+            action: XDP_PASS,
+            output: Expected::Unchanged,
+        },
+        Fixture {
+            description: "IPv6: an IPv4-mapped destination never matches an IPv4 VIP",
+            input: packets::tcp_syn(client6, sock6(VIP.to_ipv6_mapped(), 80)),
+            ingress: Ingress::Clients,
             action: XDP_PASS,
             output: Expected::Unchanged,
         },
@@ -313,7 +432,7 @@ fn fixtures_in_namespace(bench: &XdpBed) {
             output: Expected::Unchanged,
         },
         Fixture {
-            description: "IPv6 passes",
+            description: "IPv6 to an address that is not a VIP passes",
             input: packets::ipv6_tcp_syn(),
             ingress: Ingress::Clients,
             action: XDP_PASS,
@@ -372,11 +491,16 @@ fn fixtures_in_namespace(bench: &XdpBed) {
     let global = dataplane.maps().global_counters().expect("counters");
     assert_eq!(global[counters::FIB_MISS as usize], 1, "one FIB miss");
     assert_eq!(global[counters::DROP_NO_BACKEND as usize], 1);
-    assert_eq!(global[counters::PASS_FRAGMENT as usize], 1);
+    assert_eq!(global[counters::PASS_FRAGMENT as usize], 2, "IPv4 and IPv6");
+    assert_eq!(
+        global[counters::PASS_TTL_EXPIRED as usize],
+        2,
+        "IPv4 and IPv6"
+    );
     assert_eq!(
         global[counters::REPLY_REDIRECT as usize],
-        2,
-        "the reply and one ICMP error"
+        3,
+        "the replies (IPv4, IPv6) and one ICMP error"
     );
     assert_eq!(global[counters::ICMP_TRANSLATED as usize], 2);
     assert_eq!(global[counters::ICMP_ECHO_REPLY as usize], 1);
@@ -395,7 +519,7 @@ fn fixtures_in_namespace(bench: &XdpBed) {
 
 fn frontend(vip: Ipv4Addr, port: u16) -> Frontend {
     Frontend {
-        vip,
+        vip: vip.into(),
         port,
         protocol: Protocol::Tcp,
     }
@@ -425,8 +549,8 @@ fn stickiness_in_namespace(bench: &XdpBed) {
     };
     let predict = |dataplane: &Dataplane, client: SocketAddrV4| -> Ipv4Addr {
         let key = FlowKey {
-            src_ip: u32::from_ne_bytes(client.ip().octets()),
-            dst_ip: u32::from_ne_bytes(VIP_SPREAD.octets()),
+            src_ip: lb_common::addr_of((*client.ip()).into()),
+            dst_ip: lb_common::addr_of(VIP_SPREAD.into()),
             src_port: client.port().to_be(),
             dst_port: 80u16.to_be(),
             proto: lb_common::PROTO_TCP,
@@ -440,7 +564,10 @@ fn stickiness_in_namespace(bench: &XdpBed) {
         let slot = info.ring_base + flow_hash(&key) % info.ring_size;
         let id = dataplane.maps().maglev.get(&slot, 0).expect("ring");
         let backend = dataplane.maps().backends.get(&id, 0).expect("backend");
-        Ipv4Addr::from(backend.ip.to_ne_bytes())
+        match lb_common::ip_of(backend.ip) {
+            std::net::IpAddr::V4(ip) => ip,
+            ip => panic!("{ip}: an IPv4 service has an IPv6 backend"),
+        }
     };
     let clients: Vec<SocketAddrV4> = (0..200).map(|i| sock(CLIENT, 20000 + i)).collect();
     let mut first_choice = Vec::new();

@@ -106,7 +106,7 @@ fn service(
     ServiceSpec {
         name: format!("bench/{vip}:{port}/{protocol}"),
         frontend: Frontend {
-            vip,
+            vip: vip.into(),
             port,
             protocol,
         },
@@ -114,7 +114,7 @@ fn service(
             .iter()
             .map(|&(ip, port)| BackendSpec {
                 node: format!("{ip}:{port}"),
-                ip,
+                ip: ip.into(),
                 port,
                 weight: 1,
             })
@@ -131,6 +131,8 @@ fn load(bed: &Bed, ring_size: u32, max_services: u32) -> Result<Dataplane> {
         ring_size,
         max_services,
         pin_dir: None,
+        // Every new flow takes the recorded path this benchmark measures.
+        new_flow_limit: 0,
         ..Default::default()
     })
     .context("loading lb's XDP program")?;
