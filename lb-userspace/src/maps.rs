@@ -117,6 +117,36 @@ impl Maps {
         })
     }
 
+    /// What the live Maglev ring of `key`'s service gives a new flow: the
+    /// backend id and backend, computed as the data path computes it. `None`
+    /// when `key` is not addressed to a service with backends.
+    pub fn maglev_choice(&self, key: &FlowKey) -> Result<Option<(u32, Backend)>, MapsError> {
+        let service = ServiceKey {
+            vip: key.dst_ip,
+            port: key.dst_port,
+            proto: key.proto,
+            _pad: 0,
+        };
+        let info = match self.services.get(&service, 0) {
+            Ok(info) => info,
+            Err(MapError::KeyNotFound) => return Ok(None),
+            Err(source) => return Err(map_error(MAP_SERVICES, source)),
+        };
+        if info.backend_count == 0 || info.ring_size == 0 {
+            return Ok(None);
+        }
+        let slot = info.ring_base + lb_common::hash::flow_hash(key) % info.ring_size;
+        let id = self
+            .maglev
+            .get(&slot, 0)
+            .map_err(|e| map_error(MAP_MAGLEV, e))?;
+        let backend = self
+            .backends
+            .get(&id, 0)
+            .map_err(|e| map_error(MAP_BACKENDS, e))?;
+        Ok(Some((id, backend)))
+    }
+
     /// Backend ids in a service's live Maglev ring, with their entry counts.
     pub fn ring_entries(&self, info: &ServiceInfo) -> Result<BTreeMap<u32, u32>, MapsError> {
         let mut entries = BTreeMap::new();

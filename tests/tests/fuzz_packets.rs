@@ -5,11 +5,13 @@
 //! Properties, for every packet:
 //! - the action is DROP, PASS, TX or REDIRECT, never ABORTED;
 //! - a packet lb does not own (not to a configured VIP:port/protocol, not a
-//!   reply of a tracked flow, or an IP fragment, a VLAN-tagged frame, another
+//!   reply of a tracked flow or from the backend Maglev picks for the flow it
+//!   answers, or an IP fragment, a VLAN-tagged frame, another
 //!   protocol, ICMP echo while answering pings is off) passes bit for bit
 //!   unchanged;
 //! - an owned packet is either left unchanged (PASS or DROP) or rewritten, and
-//!   a rewrite changes only MACs, one address, one port and the checksums; a
+//!   a rewrite changes only MACs, one address, one port, the checksums and the
+//!   TTL (one less when sent on, unchanged when handed to the kernel); a
 //!   DNAT goes to a backend of the service the packet was addressed to (never
 //!   anywhere else: no open relay), a reverse NAT makes the reply come from the
 //!   VIP:port of its flow; if the input's checksums were valid, the output's
@@ -36,7 +38,7 @@ use lb::{
     dataplane::{Dataplane, DataplaneConfig},
     model::{BackendSpec, Frontend, Protocol, ServiceSpec},
 };
-use lb_common::{PROTO_TCP, PROTO_UDP};
+use lb_common::{FlowKey, PROTO_TCP, PROTO_UDP, addr_of, ip_of};
 use lb_tests::{
     netns::NetNs,
     packets,
@@ -656,6 +658,36 @@ struct World {
 }
 
 impl World {
+    /// The VIP:port a reply must be made to come from: its flow's, when the
+    /// flow was seen DNAT-ed, or when the reply comes from the very backend
+    /// the Maglev ring picks for the flow it answers (the data path's
+    /// stateless reverse NAT, for flows it did not record).
+    fn reply_of(&self, reply: &Tuple) -> Result<Option<SocketAddrV4>> {
+        if let Some(vip) = self.tracked.get(reply) {
+            return Ok(Some(*vip));
+        }
+        let from = (IpAddr::V4(*reply.src.ip()), reply.src.port());
+        let Some(spec) = self.services.iter().find(|s| {
+            s.frontend.protocol.number() == reply.proto
+                && s.backends.iter().any(|b| (b.ip, b.port) == from)
+        }) else {
+            return Ok(None);
+        };
+        let vip = SocketAddrV4::new(ipv4(spec.frontend.vip), spec.frontend.port);
+        let request = FlowKey {
+            src_ip: addr_of((*reply.dst.ip()).into()),
+            dst_ip: addr_of((*vip.ip()).into()),
+            src_port: reply.dst.port().to_be(),
+            dst_port: vip.port().to_be(),
+            proto: reply.proto,
+            _pad: [0; 3],
+        };
+        let picked = self.dataplane.maps().maglev_choice(&request)?;
+        Ok(picked
+            .filter(|(_, b)| (ip_of(b.ip), u16::from_be(b.port)) == from)
+            .map(|_| vip))
+    }
+
     fn run_case(&mut self, case: &Case, replies: &[Tuple]) -> Result<Outcome> {
         let input = case.frame(replies)?;
         let ifindex = match case.ingress {
@@ -687,7 +719,10 @@ impl World {
                     && s.frontend.protocol.number() == t.proto
             })
         });
-        let reply_of = tuple.and_then(|(t, _)| self.tracked.get(&t).copied());
+        let reply_of = match tuple {
+            Some((t, _)) => self.reply_of(&t)?,
+            None => None,
+        };
         if output == input {
             match (action, service, reply_of) {
                 (XDP_PASS, ..) => {}
@@ -706,6 +741,15 @@ impl World {
             "a rewritten packet must be sent or passed"
         );
         only_nat_fields_changed(input, output, l4, tuple.proto)?;
+        // A packet sent on was counted as a hop; one handed to the kernel
+        // (no neighbour yet) is counted by the kernel's forwarding.
+        let (ttl_in, ttl_out) = (input[ETH_LEN + 8], output[ETH_LEN + 8]);
+        let hop = u8::from(action != XDP_PASS);
+        ensure!(ttl_in > 1, "rewrote a packet with TTL {ttl_in}");
+        ensure!(
+            ttl_out == ttl_in - hop,
+            "TTL {ttl_in} became {ttl_out} (action {action})"
+        );
         let (out, _) = owned_tuple(output).context("the rewritten packet lost its 5-tuple")?;
         ensure!(out.proto == tuple.proto, "protocol changed");
         let outcome = if let Some(spec) = service {
@@ -742,7 +786,7 @@ impl World {
             self.stats.reverse_nat += 1;
             Outcome::ReverseNat
         } else {
-            bail!("rewrote {tuple:?}: neither to a service nor a reply of a tracked flow");
+            bail!("rewrote {tuple:?}: neither to a service nor a reply of one of its flows");
         };
         if action != XDP_PASS {
             let mac = self
@@ -771,7 +815,7 @@ impl World {
     }
 }
 
-/// Fails unless `output` differs from `input` only in the MACs, the IPv4
+/// Fails unless `output` differs from `input` only in the MACs, the IPv4 TTL,
 /// checksum and addresses, the ports and the transport checksum.
 fn only_nat_fields_changed(input: &[u8], output: &[u8], l4: usize, proto: u8) -> Result<()> {
     ensure!(
@@ -782,6 +826,7 @@ fn only_nat_fields_changed(input: &[u8], output: &[u8], l4: usize, proto: u8) ->
     let l4_check = l4 + if proto == PROTO_TCP { 16 } else { 6 };
     let allowed = [
         0..12,
+        ETH_LEN + 8..ETH_LEN + 9,
         ETH_LEN + 10..ETH_LEN + 20,
         l4..l4 + 4,
         l4_check..l4_check + 2,

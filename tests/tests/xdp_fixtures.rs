@@ -10,7 +10,7 @@ use lb::{
     dataplane::{Dataplane, DataplaneConfig, service_key},
     model::{BackendSpec, Frontend, Protocol, ServiceSpec},
 };
-use lb_common::{FlowKey, counters, hash::flow_hash};
+use lb_common::{FlowKey, counters};
 use lb_tests::{
     netns::NetNs,
     packets,
@@ -556,14 +556,11 @@ fn stickiness_in_namespace(bench: &XdpBed) {
             proto: lb_common::PROTO_TCP,
             _pad: [0; 3],
         };
-        let info = dataplane
+        let (_, backend) = dataplane
             .maps()
-            .services
-            .get(&service_key(&frontend(VIP_SPREAD, 80)), 0)
-            .expect("service");
-        let slot = info.ring_base + flow_hash(&key) % info.ring_size;
-        let id = dataplane.maps().maglev.get(&slot, 0).expect("ring");
-        let backend = dataplane.maps().backends.get(&id, 0).expect("backend");
+            .maglev_choice(&key)
+            .expect("maps")
+            .expect("a backend");
         match lb_common::ip_of(backend.ip) {
             std::net::IpAddr::V4(ip) => ip,
             ip => panic!("{ip}: an IPv4 service has an IPv6 backend"),
