@@ -6,6 +6,8 @@ pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 /// IP protocol number of UDP.
 pub const PROTO_UDP: u8 = 17;
+/// IPv6 next header number of ICMPv6.
+pub const PROTO_ICMPV6: u8 = 58;
 
 /// Map names, shared so userspace finds what the program declares.
 pub const MAP_SERVICES: &str = "SERVICES";

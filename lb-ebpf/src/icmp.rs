@@ -21,11 +21,11 @@ const PARAMETER_PROBLEM: u8 = 12;
 /// An option-less IPv4 header: version 4, 5 words.
 const PLAIN_IPV4_VIHL: u8 = 0x45;
 
-/// The ICMP header.
+/// The ICMP header, the same for ICMPv6.
 #[repr(C)]
-struct IcmpHdr {
-    type_code: [u8; 2],
-    check: u16,
+pub struct IcmpHdr {
+    pub type_code: [u8; 2],
+    pub check: u16,
     rest: [u8; 4],
 }
 

@@ -5,13 +5,14 @@
 
 mod forward;
 mod icmp;
+mod icmp6;
 mod maps;
 mod nat;
 mod parse;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use aya_log_ebpf::warn;
-use lb_common::{PROTO_ICMP, counters};
+use lb_common::{PROTO_ICMP, PROTO_ICMPV6, counters};
 
 use crate::{
     forward::check_ttl,
@@ -41,8 +42,10 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn try_lb_xdp(ctx: &Frame) -> Result<u32, Verdict> {
     let ip = Ip::parse(ctx)?;
-    if ip.family == Family::V4 && ip.proto == PROTO_ICMP {
-        return icmp::handle(ctx, &ip);
+    match (ip.family, ip.proto) {
+        (Family::V4, PROTO_ICMP) => return icmp::handle(ctx, &ip),
+        (Family::V6, PROTO_ICMPV6) => return icmp6::handle(ctx, &ip),
+        _ => {}
     }
     let packet = Packet::parse(ctx, &ip)?;
     let key = packet.key;

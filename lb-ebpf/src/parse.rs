@@ -244,8 +244,9 @@ impl Ip {
     }
 }
 
+/// An IPv6 address from the packet as an [`Addr`].
 #[inline(always)]
-fn words(bytes: [u8; 16]) -> Addr {
+pub fn words(bytes: [u8; 16]) -> Addr {
     let mut addr = [0u32; 4];
     for (i, word) in addr.iter_mut().enumerate() {
         *word = u32::from_ne_bytes([

@@ -10,9 +10,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 
 use anyhow::{Context, Result, bail, ensure};
 use etherparse::{
-    ArpEthIpv4Packet, ArpOperation, Icmpv4Type, IpFragOffset, IpHeaders, IpNumber, Ipv4Header,
-    Ipv4Options, Ipv6Extensions, Ipv6FragmentHeader, Ipv6RawExtHeader, NetHeaders, PacketBuilder,
-    PacketBuilderStep, PacketHeaders, TransportHeader, icmpv4::DestUnreachableHeader,
+    ArpEthIpv4Packet, ArpOperation, Icmpv4Type, Icmpv6Type, IpFragOffset, IpHeaders, IpNumber,
+    Ipv4Header, Ipv4Options, Ipv6Extensions, Ipv6FragmentHeader, Ipv6RawExtHeader, NetHeaders,
+    PacketBuilder, PacketBuilderStep, PacketHeaders, TransportHeader,
+    icmpv4::DestUnreachableHeader,
 };
 
 /// Source MAC of the frames built here (locally administered).
@@ -49,9 +50,19 @@ macro_rules! frame {
     }};
 }
 
-/// Ethernet and an IP header of the family of `src` and `dst`.
+/// Ethernet from the client to the load balancer, and an IP header of the
+/// family of `src` and `dst`.
 fn eth_ip(src: IpAddr, dst: IpAddr) -> PacketBuilderStep<IpHeaders> {
-    let builder = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC);
+    eth_ip_between(CLIENT_MAC, LB_MAC, src, dst)
+}
+
+fn eth_ip_between(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: IpAddr,
+    dst: IpAddr,
+) -> PacketBuilderStep<IpHeaders> {
+    let builder = PacketBuilder::ethernet2(src_mac, dst_mac);
     match (src, dst) {
         (IpAddr::V4(src), IpAddr::V4(dst)) => builder.ipv4(src.octets(), dst.octets(), TTL),
         (IpAddr::V6(src), IpAddr::V6(dst)) => builder.ipv6(src.octets(), dst.octets(), TTL),
@@ -234,47 +245,56 @@ pub fn ipv6_tcp_syn() -> Vec<u8> {
     )
 }
 
-/// An ICMP echo request (ping) from `src` to `dst`.
-pub fn icmp_echo_request(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
-    frame!(
-        PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
-            .ipv4(src.octets(), dst.octets(), TTL)
-            .icmpv4_echo_request(ECHO_ID, ECHO_SEQ),
-        ECHO_PAYLOAD
-    )
+/// An ICMP (ICMPv6) echo request (ping) from `src` to `dst`.
+pub fn icmp_echo_request(src: impl Into<IpAddr>, dst: impl Into<IpAddr>) -> Vec<u8> {
+    let (src, dst) = (src.into(), dst.into());
+    let builder = eth_ip(src, dst);
+    if src.is_ipv6() {
+        frame!(builder.icmpv6_echo_request(ECHO_ID, ECHO_SEQ), ECHO_PAYLOAD)
+    } else {
+        frame!(builder.icmpv4_echo_request(ECHO_ID, ECHO_SEQ), ECHO_PAYLOAD)
+    }
 }
 
 /// The answer to `icmp_echo_request(src, dst)` as a host would send it: the
 /// same TTL, addresses and MACs swapped.
-pub fn icmp_echo_reply(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
-    frame!(
-        PacketBuilder::ethernet2(LB_MAC, CLIENT_MAC)
-            .ipv4(dst.octets(), src.octets(), TTL)
-            .icmpv4_echo_reply(ECHO_ID, ECHO_SEQ),
-        ECHO_PAYLOAD
-    )
+pub fn icmp_echo_reply(src: impl Into<IpAddr>, dst: impl Into<IpAddr>) -> Vec<u8> {
+    let (src, dst) = (src.into(), dst.into());
+    let builder = eth_ip_between(LB_MAC, CLIENT_MAC, dst, src);
+    if src.is_ipv6() {
+        frame!(builder.icmpv6_echo_reply(ECHO_ID, ECHO_SEQ), ECHO_PAYLOAD)
+    } else {
+        frame!(builder.icmpv4_echo_reply(ECHO_ID, ECHO_SEQ), ECHO_PAYLOAD)
+    }
 }
 
-/// An ICMP "fragmentation needed" from `src` to `dst` quoting the IPv4 packet
-/// inside `quoted_frame` (an Ethernet frame): its first 548 IP bytes, as a
-/// router quotes them.
-pub fn icmp_frag_needed(
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
+/// An ICMP "fragmentation needed" (ICMPv6 "packet too big") from `src` to
+/// `dst` quoting the IP packet inside `quoted_frame` (an Ethernet frame): as
+/// much of it as a router quotes (548 bytes for IPv4, a 1280-byte message for
+/// IPv6).
+pub fn icmp_too_big(
+    src: impl Into<IpAddr>,
+    dst: impl Into<IpAddr>,
     quoted_frame: &[u8],
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
 ) -> Vec<u8> {
     let quoted = &quoted_frame[ETH_LEN..];
-    let quoted = &quoted[..quoted.len().min(548)];
-    frame!(
-        PacketBuilder::ethernet2(src_mac, dst_mac)
-            .ipv4(src.octets(), dst.octets(), TTL)
-            .icmpv4(Icmpv4Type::DestinationUnreachable(
+    let (src, dst) = (src.into(), dst.into());
+    let builder = eth_ip_between(src_mac, dst_mac, src, dst);
+    if src.is_ipv6() {
+        frame!(
+            builder.icmpv6(Icmpv6Type::PacketTooBig { mtu: 1400 }),
+            &quoted[..quoted.len().min(1280 - IPV6_HEADER_LEN - 8)]
+        )
+    } else {
+        frame!(
+            builder.icmpv4(Icmpv4Type::DestinationUnreachable(
                 DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 }
             )),
-        quoted
-    )
+            &quoted[..quoted.len().min(548)]
+        )
+    }
 }
 
 /// The first `len` bytes of `packet`, for bounds-check tests.

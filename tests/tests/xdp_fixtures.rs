@@ -7,7 +7,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 
 use lb::{
-    dataplane::{Dataplane, DataplaneConfig, service_key},
+    dataplane::{Dataplane, DataplaneConfig},
     model::{BackendSpec, Frontend, Protocol, ServiceSpec},
 };
 use lb_common::{FlowKey, counters};
@@ -179,6 +179,41 @@ fn fixtures_in_namespace(bench: &XdpBed) {
     let udp6 = packets::udp(client6, sock6(VIP6, 53), b"query");
     let extensions_syn6 = packets::ipv6_tcp_syn_with_extensions(sock6(CLIENT6, 40001), vip6_http);
     let reply6 = packets::tcp_ack(sock6(node_ip6(1), 31000), client6, b"HTTP/1.0 200 OK\r\n");
+    let syn6_to_node = to_node1_v6(&syn6, 31000);
+    let reply6_from_vip = packets::forwarded(&packets::expect_snat(
+        &reply6,
+        vip6_http,
+        bench.client_if_mac,
+        CLIENT_MAC,
+    ));
+    let too_big_from_node6 = packets::icmp_too_big(
+        node_ip6(1),
+        CLIENT6,
+        &syn6_to_node,
+        node_mac(1),
+        bench.node_if_mac,
+    );
+    let too_big_to_client6 = packets::forwarded(&packets::icmp_too_big(
+        VIP6,
+        CLIENT6,
+        &packets::forwarded(&syn6),
+        bench.client_if_mac,
+        CLIENT_MAC,
+    ));
+    let too_big_from_client6 = packets::icmp_too_big(
+        CLIENT6,
+        VIP6,
+        &reply6_from_vip,
+        CLIENT_MAC,
+        bench.client_if_mac,
+    );
+    let too_big_to_node6 = packets::forwarded(&packets::icmp_too_big(
+        CLIENT6,
+        node_ip6(1),
+        &packets::forwarded(&reply6),
+        bench.node_if_mac,
+        node_mac(1),
+    ));
     let syn = packets::tcp_syn(client, vip_http);
     let ack = packets::tcp_ack(client, vip_http, b"GET / HTTP/1.0\r\n\r\n");
     let options_syn = packets::tcp_syn_with_ip_options(sock(CLIENT, 40001), vip_http);
@@ -195,7 +230,7 @@ fn fixtures_in_namespace(bench: &XdpBed) {
         bench.client_if_mac,
         CLIENT_MAC,
     ));
-    let frag_needed_from_node = packets::icmp_frag_needed(
+    let frag_needed_from_node = packets::icmp_too_big(
         node_ip(1),
         CLIENT,
         &syn_to_node,
@@ -203,21 +238,21 @@ fn fixtures_in_namespace(bench: &XdpBed) {
         bench.node_if_mac,
     );
     // Quotes keep the TTL the quoted packet had where it was quoted.
-    let frag_needed_to_client = packets::forwarded(&packets::icmp_frag_needed(
+    let frag_needed_to_client = packets::forwarded(&packets::icmp_too_big(
         VIP,
         CLIENT,
         &packets::forwarded(&syn),
         bench.client_if_mac,
         CLIENT_MAC,
     ));
-    let frag_needed_from_client = packets::icmp_frag_needed(
+    let frag_needed_from_client = packets::icmp_too_big(
         CLIENT,
         VIP,
         &reply_from_vip,
         CLIENT_MAC,
         bench.client_if_mac,
     );
-    let frag_needed_to_node = packets::forwarded(&packets::icmp_frag_needed(
+    let frag_needed_to_node = packets::forwarded(&packets::icmp_too_big(
         CLIENT,
         node_ip(1),
         &packets::forwarded(&reply),
@@ -276,7 +311,7 @@ fn fixtures_in_namespace(bench: &XdpBed) {
         },
         Fixture {
             description: "an ICMP error about an untracked flow passes",
-            input: packets::icmp_frag_needed(
+            input: packets::icmp_too_big(
                 node_ip(2),
                 CLIENT,
                 &packets::tcp_syn(sock(CLIENT, 45555), sock(node_ip(2), 31000)),
@@ -317,15 +352,38 @@ fn fixtures_in_namespace(bench: &XdpBed) {
         },
         Fixture {
             description: "IPv6: the backend's reply is reverse-NAT-ed to come from the VIP",
-            output: Expected::Bytes(packets::forwarded(&packets::expect_snat(
-                &reply6,
-                vip6_http,
-                bench.client_if_mac,
-                CLIENT_MAC,
-            ))),
+            output: Expected::Bytes(reply6_from_vip),
             input: reply6,
             ingress: Ingress::Nodes,
             action: XDP_REDIRECT,
+        },
+        Fixture {
+            description: "IPv6: packet too big from the node about a request: told to the client as the VIP",
+            input: too_big_from_node6,
+            ingress: Ingress::Nodes,
+            action: XDP_REDIRECT,
+            output: Expected::Bytes(too_big_to_client6),
+        },
+        Fixture {
+            description: "IPv6: packet too big from the client side about a reply: told to the node",
+            input: too_big_from_client6,
+            ingress: Ingress::Clients,
+            action: XDP_REDIRECT,
+            output: Expected::Bytes(too_big_to_node6),
+        },
+        Fixture {
+            description: "IPv6: ICMPv6 echo to a VIP is answered",
+            input: packets::icmp_echo_request(CLIENT6, VIP6),
+            ingress: Ingress::Clients,
+            action: XDP_TX,
+            output: Expected::Bytes(packets::icmp_echo_reply(CLIENT6, VIP6)),
+        },
+        Fixture {
+            description: "IPv6: ICMPv6 echo to another address passes",
+            input: packets::icmp_echo_request(CLIENT6, node_ip6(1)),
+            ingress: Ingress::Clients,
+            action: XDP_PASS,
+            output: Expected::Unchanged,
         },
         Fixture {
             description: "IPv6: UDP to a VIP is DNAT-ed with a valid checksum",
@@ -499,11 +557,11 @@ fn fixtures_in_namespace(bench: &XdpBed) {
     );
     assert_eq!(
         global[counters::REPLY_REDIRECT as usize],
-        3,
-        "the replies (IPv4, IPv6) and one ICMP error"
+        4,
+        "the replies and one ICMP error of each family"
     );
-    assert_eq!(global[counters::ICMP_TRANSLATED as usize], 2);
-    assert_eq!(global[counters::ICMP_ECHO_REPLY as usize], 1);
+    assert_eq!(global[counters::ICMP_TRANSLATED as usize], 4);
+    assert_eq!(global[counters::ICMP_ECHO_REPLY as usize], 2);
     let outcomes: u64 = counters::OUTCOMES.iter().map(|&c| global[c as usize]).sum();
     assert_eq!(
         outcomes,
