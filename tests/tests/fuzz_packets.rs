@@ -29,7 +29,7 @@
 use std::{
     cell::RefCell,
     collections::HashMap,
-    net::{IpAddr, Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -42,7 +42,7 @@ use lb_common::{FlowKey, PROTO_TCP, PROTO_UDP, addr_of, ip_of};
 use lb_tests::{
     netns::NetNs,
     packets,
-    xdp_bed::{self, CLIENT_DEV, NODES, XdpBed, node_ip, node_mac},
+    xdp_bed::{self, CLIENT_DEV, NODES, XdpBed, node_ip, node_ip6, node_mac},
 };
 use proptest::{
     prelude::*,
@@ -59,6 +59,13 @@ const XDP_REDIRECT: u32 = 4;
 const ETH_LEN: usize = 14;
 const VLAN_LEN: usize = 4;
 const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
+const ETHERTYPE_IPV6: [u8; 2] = [0x86, 0xdd];
+const IPV6_LEN: usize = 40;
+/// IPv6 extension headers the data path walks past, and the fragment header.
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_DEST_OPTIONS: u8 = 60;
 const ETHERTYPE_VLAN: [u8; 2] = [0x81, 0x00];
 const PROTO_ICMP: u8 = 1;
 
@@ -66,7 +73,13 @@ const VIP_A: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 const VIP_B: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
 /// A service without backends: its packets are dropped.
 const VIP_EMPTY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 12);
-const VIPS: [Ipv4Addr; 3] = [VIP_A, VIP_B, VIP_EMPTY];
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 0x10);
+const VIPS: [IpAddr; 4] = [
+    IpAddr::V4(VIP_A),
+    IpAddr::V4(VIP_B),
+    IpAddr::V4(VIP_EMPTY),
+    IpAddr::V6(VIP6),
+];
 /// Small prime ring: the properties need no balance.
 const RING_SIZE: u32 = 1021;
 const DEFAULT_SEED: u64 = 0x6c62_5f66_757a_7a01;
@@ -78,11 +91,17 @@ fn client_ip(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 0, 2 + i)
 }
 
-/// The services of this test are all IPv4.
-fn ipv4(ip: IpAddr) -> Ipv4Addr {
-    match ip {
-        IpAddr::V4(v4) => v4,
-        IpAddr::V6(v6) => panic!("{v6}: the fuzzed services are IPv4"),
+/// The same clients' IPv6 addresses (2001:db8::2 is `xdp_bed::CLIENT6`).
+fn client_ip6(i: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2 + u16::from(i))
+}
+
+/// Client `i` of the family `v6` says.
+fn client(i: u8, v6: bool) -> IpAddr {
+    if v6 {
+        client_ip6(i).into()
+    } else {
+        client_ip(i).into()
     }
 }
 
@@ -92,12 +111,16 @@ fn client_mac(i: u8) -> [u8; 6] {
 
 const CLIENTS: u8 = 4;
 
-fn backends(nodes: &[u8], port: u16) -> Vec<BackendSpec> {
+fn backends(nodes: &[u8], port: u16, v6: bool) -> Vec<BackendSpec> {
     nodes
         .iter()
         .map(|&i| BackendSpec {
             node: format!("node-{i}"),
-            ip: node_ip(i).into(),
+            ip: if v6 {
+                node_ip6(i).into()
+            } else {
+                node_ip(i).into()
+            },
             port,
             weight: 1,
         })
@@ -105,15 +128,16 @@ fn backends(nodes: &[u8], port: u16) -> Vec<BackendSpec> {
 }
 
 fn service(
-    vip: Ipv4Addr,
+    vip: impl Into<IpAddr>,
     port: u16,
     protocol: Protocol,
     backends: Vec<BackendSpec>,
 ) -> ServiceSpec {
+    let vip = vip.into();
     ServiceSpec {
         name: format!("fuzz/{vip}:{port}"),
         frontend: Frontend {
-            vip: vip.into(),
+            vip,
             port,
             protocol,
         },
@@ -125,10 +149,12 @@ fn service(
 /// services never collide and the expected VIP of a reply is unambiguous.
 fn services() -> Vec<ServiceSpec> {
     vec![
-        service(VIP_A, 80, Protocol::Tcp, backends(&[1, 2, 3], 31000)),
-        service(VIP_A, 53, Protocol::Udp, backends(&[1, 2], 31053)),
-        service(VIP_B, 443, Protocol::Tcp, backends(&[3], 31443)),
+        service(VIP_A, 80, Protocol::Tcp, backends(&[1, 2, 3], 31000, false)),
+        service(VIP_A, 53, Protocol::Udp, backends(&[1, 2], 31053, false)),
+        service(VIP_B, 443, Protocol::Tcp, backends(&[3], 31443, false)),
         service(VIP_EMPTY, 80, Protocol::Tcp, Vec::new()),
+        service(VIP6, 80, Protocol::Tcp, backends(&[1, 2, 3], 32080, true)),
+        service(VIP6, 53, Protocol::Udp, backends(&[2, 3], 32053, true)),
     ]
 }
 
@@ -137,9 +163,10 @@ fn services() -> Vec<ServiceSpec> {
 /// REDIRECT and a known MAC, and a passed rewritten packet is an exception.
 fn bench() -> Result<(NetNs, XdpBed)> {
     let (ns, bench) = XdpBed::new("lbfuzz")?;
-    // Client 0 is `xdp_bed::CLIENT`, resolved already.
+    // Client 0 is `xdp_bed::CLIENT` (and `CLIENT6`), resolved already.
     for i in 1..CLIENTS {
         xdp_bed::add_neighbour(&ns, client_ip(i), client_mac(i), CLIENT_DEV)?;
+        xdp_bed::add_neighbour(&ns, client_ip6(i), client_mac(i), CLIENT_DEV)?;
     }
     Ok((ns, bench))
 }
@@ -167,10 +194,12 @@ fn fuzz_in_namespace(client_if: u32, node_if: u32) -> Result<()> {
     for spec in &services {
         dataplane.set_service(spec)?;
     }
-    let mut macs: HashMap<Ipv4Addr, [u8; 6]> = (0..CLIENTS)
-        .map(|i| (client_ip(i), client_mac(i)))
-        .collect();
-    macs.extend((1..=NODES).map(|i| (node_ip(i), node_mac(i))));
+    let mut macs: HashMap<IpAddr, [u8; 6]> = HashMap::new();
+    for v6 in [false, true] {
+        macs.extend((0..CLIENTS).map(|i| (client(i, v6), client_mac(i))));
+    }
+    macs.extend((1..=NODES).map(|i| (node_ip(i).into(), node_mac(i))));
+    macs.extend((1..=NODES).map(|i| (node_ip6(i).into(), node_mac(i))));
     let world = RefCell::new(World {
         dataplane,
         client_if,
@@ -191,8 +220,9 @@ fn fuzz_in_namespace(client_if: u32, node_if: u32) -> Result<()> {
         .filter(|s| !s.backends.is_empty())
     {
         for i in 0..CLIENTS {
-            let client = SocketAddrV4::new(client_ip(i), 40000 + u16::from(i));
-            let dst = SocketAddrV4::new(ipv4(spec.frontend.vip), spec.frontend.port);
+            let v6 = spec.frontend.vip.is_ipv6();
+            let client = SocketAddr::new(client(i, v6), 40000 + u16::from(i));
+            let dst = SocketAddr::new(spec.frontend.vip, spec.frontend.port);
             let kind = match spec.frontend.protocol {
                 Protocol::Tcp => Kind::Tcp { flags: SYN },
                 Protocol::Udp => Kind::Udp {
@@ -273,6 +303,7 @@ fn fuzz_in_namespace(client_if: u32, node_if: u32) -> Result<()> {
             total / 10,
         ),
         ("passed unchanged", stats.unchanged, total / 4),
+        ("IPv6 rewritten", stats.ipv6_rewritten, total / 20),
         ("dropped", stats.dropped, 1),
     ] {
         ensure!(
@@ -308,8 +339,8 @@ enum Kind {
 
 #[derive(Clone, Debug)]
 struct Datagram {
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
+    src: SocketAddr,
+    dst: SocketAddr,
     kind: Kind,
     payload: Vec<u8>,
 }
@@ -324,9 +355,9 @@ enum Base {
         flags: u8,
         payload: Vec<u8>,
     },
-    /// An ICMP echo request from a client.
+    /// An ICMP (ICMPv6) echo request from a client.
     Ping {
-        dst: Ipv4Addr,
+        dst: IpAddr,
     },
     Ipv6,
     Arp,
@@ -359,6 +390,14 @@ enum Mutation {
     Protocol(u8),
     /// Bytes after the IP datagram, as Ethernet padding.
     Padding(Vec<u8>),
+    /// Inserts an IPv6 extension header of this type right after the IPv6
+    /// header, `units` 8-byte units long after its first 8 bytes, with this
+    /// routing "segments left".
+    Ipv6Extension {
+        kind: u8,
+        units: u8,
+        segments_left: u8,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -418,15 +457,7 @@ impl Case {
                 }
                 .build()?
             }
-            Base::Ping { dst } => {
-                let mut frame = Vec::new();
-                PacketBuilder::ethernet2(packets::CLIENT_MAC, packets::LB_MAC)
-                    .ipv4(client_ip(0).octets(), dst.octets(), 64)
-                    .icmpv4_echo_request(7, 1)
-                    .write(&mut frame, b"ping")
-                    .context("building an ICMP echo request")?;
-                frame
-            }
+            Base::Ping { dst } => packets::icmp_echo_request(client(0, dst.is_ipv6()), *dst),
             Base::Ipv6 => packets::ipv6_tcp_syn(),
             Base::Arp => packets::arp_request(client_ip(0), VIP_A),
             Base::RandomIpv4(bytes) => [
@@ -450,11 +481,12 @@ impl Case {
 
 impl Datagram {
     fn build(&self) -> Result<Vec<u8>> {
-        let builder = PacketBuilder::ethernet2(packets::CLIENT_MAC, packets::LB_MAC).ipv4(
-            self.src.ip().octets(),
-            self.dst.ip().octets(),
-            64,
-        );
+        let eth = PacketBuilder::ethernet2(packets::CLIENT_MAC, packets::LB_MAC);
+        let builder = match (self.src.ip(), self.dst.ip()) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => eth.ipv4(src.octets(), dst.octets(), 64),
+            (IpAddr::V6(src), IpAddr::V6(dst)) => eth.ipv6(src.octets(), dst.octets(), 64),
+            (src, dst) => bail!("{src} and {dst} are of different families"),
+        };
         let mut frame = Vec::new();
         match self.kind {
             Kind::Tcp { flags } => {
@@ -478,7 +510,8 @@ impl Datagram {
                     .write(&mut frame, &self.payload)
                     .context("building a UDP frame")?;
                 if zero_checksum {
-                    frame[ETH_LEN + 20 + 6..ETH_LEN + 20 + 8].fill(0);
+                    let udp = ETH_LEN + if self.src.is_ipv6() { IPV6_LEN } else { 20 };
+                    frame[udp + 6..udp + 8].fill(0);
                 }
             }
         }
@@ -537,6 +570,25 @@ impl Mutation {
             }
             Mutation::Protocol(proto) if has_ip_header => frame[ip + 9] = *proto,
             Mutation::Padding(bytes) => frame.extend_from_slice(bytes),
+            Mutation::Ipv6Extension {
+                kind,
+                units,
+                segments_left,
+            } if frame.get(ip - 2..ip) == Some(&ETHERTYPE_IPV6[..])
+                && frame.len() >= ip + IPV6_LEN =>
+            {
+                let len = (usize::from(*units) + 1) * 8;
+                let mut header = vec![0u8; len];
+                header[0] = frame[ip + 6];
+                header[1] = *units;
+                header[3] = *segments_left;
+                frame[ip + 6] = *kind;
+                let at = ip + IPV6_LEN;
+                frame.splice(at..at, header);
+                let payload = u16::from_be_bytes([frame[ip + 4], frame[ip + 5]]);
+                let payload = payload.wrapping_add(len as u16);
+                frame[ip + 4..ip + 6].copy_from_slice(&payload.to_be_bytes());
+            }
             _ => {}
         }
     }
@@ -548,6 +600,9 @@ impl Mutation {
 /// A UDP checksum of 0 ("none") stays 0.
 fn fix_checksums(frame: &mut [u8]) {
     let ip = ip_start(frame);
+    if frame.get(ip - 2..ip) == Some(&ETHERTYPE_IPV6[..]) {
+        return fix_ipv6_checksum(frame, ip);
+    }
     if frame.get(ip - 2..ip) != Some(&ETHERTYPE_IPV4[..]) || frame.len() < ip + 20 {
         return;
     }
@@ -584,38 +639,115 @@ fn fix_checksums(frame: &mut [u8]) {
     frame[check..check + 2].copy_from_slice(&sum.to_be_bytes());
 }
 
+/// The IPv6 counterpart: the TCP or UDP checksum after the extension headers
+/// the data path walks, over the bytes the payload length covers.
+fn fix_ipv6_checksum(frame: &mut [u8], ip: usize) {
+    let Some((proto, l4)) = ipv6_upper_layer(frame, ip) else {
+        return;
+    };
+    let end = ip + IPV6_LEN + usize::from(u16::from_be_bytes([frame[ip + 4], frame[ip + 5]]));
+    if end > frame.len() || l4 > end {
+        return;
+    }
+    let l4_len = end - l4;
+    let check = match proto {
+        PROTO_TCP if l4_len >= 20 => l4 + 16,
+        PROTO_UDP if l4_len >= 8 && frame[l4 + 6..l4 + 8] != [0, 0] => l4 + 6,
+        _ => return,
+    };
+    frame[check..check + 2].fill(0);
+    let mut data = frame[ip + 8..ip + 40].to_vec();
+    data.extend_from_slice(&(l4_len as u32).to_be_bytes());
+    data.extend_from_slice(&[0, 0, 0, proto]);
+    data.extend_from_slice(&frame[l4..end]);
+    let sum = match packets::internet_checksum(&[&data]) {
+        0 if proto == PROTO_UDP => 0xffff,
+        sum => sum,
+    };
+    frame[check..check + 2].copy_from_slice(&sum.to_be_bytes());
+}
+
+/// The upper-layer protocol of an IPv6 frame and its offset, walking what the
+/// data path walks (at most four hop-by-hop, destination options or finished
+/// routing headers); `None` for a fragment, an unfinished route or a longer
+/// chain.
+fn ipv6_upper_layer(frame: &[u8], ip: usize) -> Option<(u8, usize)> {
+    let (mut next, mut offset) = (*frame.get(ip + 6)?, ip + IPV6_LEN);
+    for _ in 0..=4 {
+        match next {
+            IPV6_HOP_BY_HOP | IPV6_DEST_OPTIONS | IPV6_ROUTING => {}
+            IPV6_FRAGMENT => return None,
+            _ => return Some((next, offset)),
+        }
+        let header = frame.get(offset..offset + 4)?;
+        if next == IPV6_ROUTING && header[3] != 0 {
+            return None;
+        }
+        next = header[0];
+        offset += (usize::from(header[1]) + 1) * 8;
+    }
+    None
+}
+
 // --- The oracle --------------------------------------------------------------
 
 /// A TCP or UDP 5-tuple.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct Tuple {
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
+    src: SocketAddr,
+    dst: SocketAddr,
     proto: u8,
 }
 
-/// The 5-tuple of a packet lb may own: untagged IPv4, a valid version and IHL,
-/// not a fragment, TCP or UDP, ports inside the frame. Lengths are not
-/// checked: a packet lb may own can still be malformed, and may then pass.
+/// The 5-tuple of a packet lb may own, with its L4 offset: untagged IPv4
+/// with a valid version and IHL, not a fragment; or untagged IPv6 whose
+/// extension headers the data path walks, neither address IPv4-mapped; TCP or
+/// UDP, ports inside the frame. Lengths are not checked: a packet lb may own
+/// can still be malformed, and may then pass.
 fn owned_tuple(frame: &[u8]) -> Option<(Tuple, usize)> {
     let ip = frame.get(ETH_LEN..)?;
-    if frame[12..14] != ETHERTYPE_IPV4 || ip.len() < 20 || ip[0] >> 4 != 4 {
+    let (src, dst, proto, l4) = if frame[12..14] == ETHERTYPE_IPV6 {
+        if ip.len() < IPV6_LEN || ip[0] >> 4 != 6 {
+            return None;
+        }
+        let (proto, l4) = ipv6_upper_layer(frame, ETH_LEN)?;
+        let addr = |at: usize| {
+            let bytes: [u8; 16] = ip[at..at + 16].try_into().expect("16 bytes");
+            Ipv6Addr::from(bytes)
+        };
+        let (src, dst) = (addr(8), addr(24));
+        if src.to_ipv4_mapped().is_some() || dst.to_ipv4_mapped().is_some() {
+            return None;
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst), proto, l4)
+    } else {
+        if frame[12..14] != ETHERTYPE_IPV4 || ip.len() < 20 || ip[0] >> 4 != 4 {
+            return None;
+        }
+        let header_len = usize::from(ip[0] & 0x0f) * 4;
+        let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
+        if header_len < 20 || fragment {
+            return None;
+        }
+        let addr = |at: usize| Ipv4Addr::new(ip[at], ip[at + 1], ip[at + 2], ip[at + 3]);
+        (
+            IpAddr::V4(addr(12)),
+            IpAddr::V4(addr(16)),
+            ip[9],
+            ETH_LEN + header_len,
+        )
+    };
+    if !matches!(proto, PROTO_TCP | PROTO_UDP) {
         return None;
     }
-    let header_len = usize::from(ip[0] & 0x0f) * 4;
-    let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
-    if header_len < 20 || fragment || !matches!(ip[9], PROTO_TCP | PROTO_UDP) {
-        return None;
-    }
-    let ports = ip.get(header_len..header_len + 4)?;
-    let addr = |at: usize| Ipv4Addr::new(ip[at], ip[at + 1], ip[at + 2], ip[at + 3]);
+    let ports = frame.get(l4..l4 + 4)?;
     let port = |at: usize| u16::from_be_bytes([ports[at], ports[at + 1]]);
     let tuple = Tuple {
-        src: SocketAddrV4::new(addr(12), port(0)),
-        dst: SocketAddrV4::new(addr(16), port(2)),
-        proto: ip[9],
+        src: SocketAddr::new(src, port(0)),
+        dst: SocketAddr::new(dst, port(2)),
+        proto,
     };
-    Some((tuple, ETH_LEN + header_len))
+    Some((tuple, l4))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -636,6 +768,8 @@ struct Stats {
     /// Rewrites of packets with damaged checksums (or lengths), which the
     /// data path does not validate.
     damaged_rewritten: u64,
+    /// Rewrites of IPv6 packets (either way).
+    ipv6_rewritten: u64,
 }
 
 impl Stats {
@@ -650,10 +784,10 @@ struct World {
     node_if: u32,
     services: Vec<ServiceSpec>,
     /// Resolved neighbours: where TX and REDIRECT may send to.
-    macs: HashMap<Ipv4Addr, [u8; 6]>,
+    macs: HashMap<IpAddr, [u8; 6]>,
     /// Replies of the flows seen DNAT-ed (backend to client), with the
     /// VIP:port they must be made to come from.
-    tracked: HashMap<Tuple, SocketAddrV4>,
+    tracked: HashMap<Tuple, SocketAddr>,
     stats: Stats,
 }
 
@@ -662,21 +796,21 @@ impl World {
     /// flow was seen DNAT-ed, or when the reply comes from the very backend
     /// the Maglev ring picks for the flow it answers (the data path's
     /// stateless reverse NAT, for flows it did not record).
-    fn reply_of(&self, reply: &Tuple) -> Result<Option<SocketAddrV4>> {
+    fn reply_of(&self, reply: &Tuple) -> Result<Option<SocketAddr>> {
         if let Some(vip) = self.tracked.get(reply) {
             return Ok(Some(*vip));
         }
-        let from = (IpAddr::V4(*reply.src.ip()), reply.src.port());
+        let from = (reply.src.ip(), reply.src.port());
         let Some(spec) = self.services.iter().find(|s| {
             s.frontend.protocol.number() == reply.proto
                 && s.backends.iter().any(|b| (b.ip, b.port) == from)
         }) else {
             return Ok(None);
         };
-        let vip = SocketAddrV4::new(ipv4(spec.frontend.vip), spec.frontend.port);
+        let vip = SocketAddr::new(spec.frontend.vip, spec.frontend.port);
         let request = FlowKey {
-            src_ip: addr_of((*reply.dst.ip()).into()),
-            dst_ip: addr_of((*vip.ip()).into()),
+            src_ip: addr_of(reply.dst.ip()),
+            dst_ip: addr_of(vip.ip()),
             src_port: reply.dst.port().to_be(),
             dst_port: vip.port().to_be(),
             proto: reply.proto,
@@ -714,7 +848,7 @@ impl World {
         let tuple = owned_tuple(input);
         let service = tuple.and_then(|(t, _)| {
             self.services.iter().find(|s| {
-                s.frontend.vip == *t.dst.ip()
+                s.frontend.vip == t.dst.ip()
                     && s.frontend.port == t.dst.port()
                     && s.frontend.protocol.number() == t.proto
             })
@@ -740,10 +874,13 @@ impl World {
             matches!(action, XDP_TX | XDP_REDIRECT | XDP_PASS),
             "a rewritten packet must be sent or passed"
         );
-        only_nat_fields_changed(input, output, l4, tuple.proto)?;
+        let v6 = tuple.src.is_ipv6();
+        only_nat_fields_changed(input, output, l4, tuple.proto, v6)?;
+        self.stats.ipv6_rewritten += u64::from(v6);
         // A packet sent on was counted as a hop; one handed to the kernel
         // (no neighbour yet) is counted by the kernel's forwarding.
-        let (ttl_in, ttl_out) = (input[ETH_LEN + 8], output[ETH_LEN + 8]);
+        let ttl_at = ETH_LEN + if v6 { 7 } else { 8 };
+        let (ttl_in, ttl_out) = (input[ttl_at], output[ttl_at]);
         let hop = u8::from(action != XDP_PASS);
         ensure!(ttl_in > 1, "rewrote a packet with TTL {ttl_in}");
         ensure!(
@@ -761,7 +898,7 @@ impl World {
             ensure!(
                 spec.backends
                     .iter()
-                    .any(|b| b.ip == *out.dst.ip() && b.port == out.dst.port()),
+                    .any(|b| b.ip == out.dst.ip() && b.port == out.dst.port()),
                 "open relay: DNAT to {}, not a backend of {}",
                 out.dst,
                 spec.frontend
@@ -791,7 +928,7 @@ impl World {
         if action != XDP_PASS {
             let mac = self
                 .macs
-                .get(out.dst.ip())
+                .get(&out.dst.ip())
                 .with_context(|| format!("sent out to {}, no resolved neighbour", out.dst))?;
             ensure!(output[..6] == mac[..], "sent to the wrong MAC");
         }
@@ -815,19 +952,31 @@ impl World {
     }
 }
 
-/// Fails unless `output` differs from `input` only in the MACs, the IPv4 TTL,
-/// checksum and addresses, the ports and the transport checksum.
-fn only_nat_fields_changed(input: &[u8], output: &[u8], l4: usize, proto: u8) -> Result<()> {
+/// Fails unless `output` differs from `input` only in the MACs, the TTL (hop
+/// limit), the IPv4 checksum, the addresses, the ports and the transport
+/// checksum.
+fn only_nat_fields_changed(
+    input: &[u8],
+    output: &[u8],
+    l4: usize,
+    proto: u8,
+    v6: bool,
+) -> Result<()> {
     ensure!(
         input.len() == output.len(),
         "length changed to {}",
         output.len()
     );
     let l4_check = l4 + if proto == PROTO_TCP { 16 } else { 6 };
+    let ip_fields = if v6 {
+        [ETH_LEN + 7..ETH_LEN + 8, ETH_LEN + 8..ETH_LEN + 40]
+    } else {
+        [ETH_LEN + 8..ETH_LEN + 9, ETH_LEN + 10..ETH_LEN + 20]
+    };
     let allowed = [
         0..12,
-        ETH_LEN + 8..ETH_LEN + 9,
-        ETH_LEN + 10..ETH_LEN + 20,
+        ip_fields[0].clone(),
+        ip_fields[1].clone(),
         l4..l4 + 4,
         l4_check..l4_check + 2,
     ];
@@ -849,10 +998,9 @@ fn hex(bytes: &[u8]) -> String {
 /// Every truncation of one packet of each kind, every IHL and every total
 /// length of valid packets to a VIP, and fragments.
 fn sweeps(flow: &Datagram, replies: &[Tuple]) -> Vec<Case> {
-    let client = SocketAddrV4::new(client_ip(1), 41000);
-    let to = |dst: SocketAddrV4, kind: Kind| {
+    let to = |dst: SocketAddr, kind: Kind| {
         Base::Datagram(Datagram {
-            src: client,
+            src: SocketAddr::new(client(1, dst.is_ipv6()), 41000),
             dst,
             kind,
             payload: b"sweep payload, forty bytes long........".to_vec(),
@@ -862,8 +1010,9 @@ fn sweeps(flow: &Datagram, replies: &[Tuple]) -> Vec<Case> {
     let udp = Kind::Udp {
         zero_checksum: false,
     };
-    let vip_http = SocketAddrV4::new(VIP_A, 80);
-    let vip_dns = SocketAddrV4::new(VIP_A, 53);
+    let vip_http = SocketAddr::new(VIP_A.into(), 80);
+    let vip_dns = SocketAddr::new(VIP_A.into(), 53);
+    let vip6_http = SocketAddr::new(VIP6.into(), 80);
     let reply = Base::Reply {
         flow: 0,
         flags: ACK,
@@ -879,9 +1028,12 @@ fn sweeps(flow: &Datagram, replies: &[Tuple]) -> Vec<Case> {
                 zero_checksum: true,
             },
         ),
-        to(SocketAddrV4::new(node_ip(1), 31000), tcp.clone()),
+        to(SocketAddr::new(node_ip(1).into(), 31000), tcp.clone()),
+        to(vip6_http, tcp.clone()),
+        to(SocketAddr::new(VIP6.into(), 53), udp.clone()),
         reply.clone(),
-        Base::Ping { dst: VIP_A },
+        Base::Ping { dst: VIP_A.into() },
+        Base::Ping { dst: VIP6.into() },
         Base::Ipv6,
         Base::Arp,
     ];
@@ -914,6 +1066,24 @@ fn sweeps(flow: &Datagram, replies: &[Tuple]) -> Vec<Case> {
         cases.push(with(&base, vec![Mutation::Vlan(100)]));
         cases.push(with(&base, vec![Mutation::Padding(vec![0; 18])]));
     }
+    for kind in [
+        IPV6_HOP_BY_HOP,
+        IPV6_DEST_OPTIONS,
+        IPV6_ROUTING,
+        IPV6_FRAGMENT,
+        59,
+    ] {
+        for (units, segments_left) in [(0, 0), (1, 0), (0, 1), (255, 0)] {
+            cases.push(with(
+                &to(vip6_http, tcp.clone()),
+                vec![Mutation::Ipv6Extension {
+                    kind,
+                    units,
+                    segments_left,
+                }],
+            ));
+        }
+    }
     for proto in [0, PROTO_ICMP, 41, 47, 132, 255] {
         cases.push(with(
             &to(vip_http, tcp.clone()),
@@ -925,18 +1095,26 @@ fn sweeps(flow: &Datagram, replies: &[Tuple]) -> Vec<Case> {
 
 // --- Random cases ----------------------------------------------------------------
 
-fn endpoint(ip: Ipv4Addr) -> impl Strategy<Value = SocketAddrV4> {
-    any::<u16>().prop_map(move |port| SocketAddrV4::new(ip, port))
+fn endpoint(ip: IpAddr) -> impl Strategy<Value = SocketAddr> {
+    any::<u16>().prop_map(move |port| SocketAddr::new(ip, port))
 }
 
-fn any_ip() -> impl Strategy<Value = Ipv4Addr> {
-    any::<u32>().prop_map(Ipv4Addr::from)
+fn any_ip(v6: bool) -> BoxedStrategy<IpAddr> {
+    if v6 {
+        any::<u128>()
+            .prop_map(|bits| IpAddr::V6(Ipv6Addr::from(bits)))
+            .boxed()
+    } else {
+        any::<u32>()
+            .prop_map(|bits| IpAddr::V4(Ipv4Addr::from(bits)))
+            .boxed()
+    }
 }
 
 /// A served VIP:port with a packet of its protocol.
-fn to_frontend() -> impl Strategy<Value = (SocketAddrV4, Kind)> {
+fn to_frontend() -> impl Strategy<Value = (SocketAddr, Kind)> {
     prop::sample::select(services()).prop_flat_map(|spec| {
-        let dst = SocketAddrV4::new(ipv4(spec.frontend.vip), spec.frontend.port);
+        let dst = SocketAddr::new(spec.frontend.vip, spec.frontend.port);
         let kind = match spec.frontend.protocol {
             Protocol::Tcp => tcp_kind().boxed(),
             Protocol::Udp => udp_kind().boxed(),
@@ -945,38 +1123,47 @@ fn to_frontend() -> impl Strategy<Value = (SocketAddrV4, Kind)> {
     })
 }
 
-fn backend_endpoint() -> impl Strategy<Value = SocketAddrV4> {
+fn backend_endpoint(v6: bool) -> impl Strategy<Value = SocketAddr> {
     prop::sample::select(
         services()
             .iter()
-            .flat_map(|s| {
-                s.backends
-                    .iter()
-                    .map(|b| SocketAddrV4::new(ipv4(b.ip), b.port))
-            })
+            .flat_map(|s| s.backends.iter().map(|b| SocketAddr::new(b.ip, b.port)))
+            .filter(|addr| addr.is_ipv6() == v6)
             .collect::<Vec<_>>(),
     )
 }
 
-fn source() -> impl Strategy<Value = SocketAddrV4> {
+/// A source of the family `v6` says.
+fn source(v6: bool) -> impl Strategy<Value = SocketAddr> {
+    // A client nobody knows the MAC of: replies to it pass to the kernel.
+    let unknown = (10u8..250).prop_map(move |host| {
+        if v6 {
+            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(host)))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, host))
+        }
+    });
     prop_oneof![
-        4 => (0..CLIENTS).prop_flat_map(|i| endpoint(client_ip(i))),
-        // A client nobody knows the MAC of: replies to it pass to the kernel.
-        2 => (10u8..250).prop_flat_map(|host| endpoint(Ipv4Addr::new(10, 0, 0, host))),
-        1 => backend_endpoint(),
-        1 => any_ip().prop_flat_map(endpoint),
+        4 => (0..CLIENTS).prop_flat_map(move |i| endpoint(client(i, v6))),
+        2 => unknown.prop_flat_map(endpoint),
+        1 => backend_endpoint(v6),
+        1 => any_ip(v6).prop_flat_map(endpoint),
     ]
 }
 
 /// Anywhere else, or a VIP on a port or protocol it does not serve (or one
 /// it serves, by chance).
-fn elsewhere() -> impl Strategy<Value = SocketAddrV4> {
-    prop_oneof![
-        1 => prop::sample::select(VIPS.to_vec()).prop_flat_map(endpoint),
-        1 => backend_endpoint(),
-        1 => (0..CLIENTS).prop_flat_map(|i| endpoint(client_ip(i))),
-        1 => any_ip().prop_flat_map(endpoint),
-    ]
+fn elsewhere() -> impl Strategy<Value = SocketAddr> {
+    any::<bool>().prop_flat_map(|v6| {
+        prop_oneof![
+            1 => prop::sample::select(VIPS.to_vec())
+                .prop_filter("family", move |vip| vip.is_ipv6() == v6)
+                .prop_flat_map(endpoint),
+            1 => backend_endpoint(v6),
+            1 => (0..CLIENTS).prop_flat_map(move |i| endpoint(client(i, v6))),
+            1 => any_ip(v6).prop_flat_map(endpoint),
+        ]
+    })
 }
 
 fn tcp_kind() -> impl Strategy<Value = Kind> {
@@ -1001,12 +1188,14 @@ fn base() -> impl Strategy<Value = Base> {
         2 => to_frontend(),
         1 => (elsewhere(), prop_oneof![tcp_kind(), udp_kind()]),
     ];
-    let datagram = (source(), addressed, payload()).prop_map(|(src, (dst, kind), payload)| {
-        Base::Datagram(Datagram {
-            src,
-            dst,
-            kind,
-            payload,
+    let datagram = (addressed, payload()).prop_flat_map(|((dst, kind), payload)| {
+        source(dst.is_ipv6()).prop_map(move |src| {
+            Base::Datagram(Datagram {
+                src,
+                dst,
+                kind: kind.clone(),
+                payload: payload.clone(),
+            })
         })
     });
     prop_oneof![
@@ -1034,6 +1223,23 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         (any::<Index>(), any::<u8>()).prop_map(|(at, value)| Mutation::Byte { at, value }),
         any::<u8>().prop_map(Mutation::Protocol),
         prop::collection::vec(any::<u8>(), 1..32).prop_map(Mutation::Padding),
+        (
+            prop::sample::select(vec![
+                IPV6_HOP_BY_HOP,
+                IPV6_DEST_OPTIONS,
+                IPV6_ROUTING,
+                IPV6_FRAGMENT,
+                PROTO_TCP,
+                PROTO_UDP,
+            ]),
+            prop_oneof![0u8..3, any::<u8>()],
+            prop_oneof![Just(0u8), any::<u8>()],
+        )
+            .prop_map(|(kind, units, segments_left)| Mutation::Ipv6Extension {
+                kind,
+                units,
+                segments_left,
+            }),
     ]
 }
 
