@@ -649,10 +649,17 @@ mod tests {
     }
 
     #[test]
-    fn non_ipv4_is_reported() {
-        let err = verify_checksums(&ipv6_tcp_syn()).unwrap_err();
-        assert!(err.to_string().contains("not IPv4"), "{err}");
-        assert!(verify_checksums(&arp_request(CLIENT_IP, VIP_IP)).is_err());
+    fn non_ip_is_reported_and_ipv6_is_checked() {
+        let err = verify_checksums(&arp_request(CLIENT_IP, VIP_IP)).unwrap_err();
+        assert!(err.to_string().contains("not IP"), "{err}");
+        verify_checksums(&ipv6_tcp_syn()).expect("a valid IPv6 SYN");
+        let src = "[2001:db8::2]:40000".parse().unwrap();
+        let dst = "[2001:db8::1]:80".parse().unwrap();
+        verify_checksums(&ipv6_tcp_syn_with_extensions(src, dst)).expect("extension headers");
+        let mut bad = udp(src, dst, b"ping");
+        *bad.last_mut().unwrap() ^= 0x80;
+        let err = verify_checksums(&bad).unwrap_err().to_string();
+        assert!(err.starts_with("UDP"), "{err}");
     }
 
     #[test]

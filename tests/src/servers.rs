@@ -1,6 +1,9 @@
 //! Servers that answer with the name of the node they run on, so a test can see
 //! which backend the load balancer picked, and the clients that talk to them.
 //!
+//! Servers listen on `[::]` as dual-stack sockets, so they answer IPv4 and
+//! IPv6 alike; clients take either family's address.
+//!
 //! Servers run on threads of the test process with their sockets created inside
 //! a namespace; clients are plain functions meant to run inside the client's
 //! namespace through [`NetNs::enter`]. A socket keeps the namespace it was
@@ -19,7 +22,10 @@
 use std::{
     collections::BTreeMap,
     io::{self, BufRead, BufReader, ErrorKind, Read, Write},
-    net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{
+        IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, SocketAddrV6, TcpListener, TcpStream,
+        UdpSocket,
+    },
     os::fd::AsRawFd,
     sync::{
         Arc,
@@ -30,6 +36,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
+use socket2::{Domain, Socket, Type};
 
 use crate::netns::NetNs;
 
@@ -64,21 +71,22 @@ impl Drop for ServerGuard {
     }
 }
 
-/// Serves the name protocol on `0.0.0.0:port` inside `ns`.
+/// Serves the name protocol on `[::]:port` inside `ns`.
 pub fn tcp_name_server(ns: &NetNs, port: u16, name: &str) -> Result<ServerGuard> {
     serve_tcp(ns, port, name, name_connection)
 }
 
-/// Answers HTTP requests on `0.0.0.0:port` inside `ns` with `"{name}\n"`.
+/// Answers HTTP requests on `[::]:port` inside `ns` with `"{name}\n"`.
 pub fn http_name_server(ns: &NetNs, port: u16, name: &str) -> Result<ServerGuard> {
     serve_tcp(ns, port, name, http_connection)
 }
 
-/// Answers each datagram to `0.0.0.0:port` inside `ns` with `"{name} {payload}"`.
+/// Answers each datagram to `[::]:port` inside `ns` with `"{name} {payload}"`.
 pub fn udp_echo_server(ns: &NetNs, port: u16, name: &str) -> Result<ServerGuard> {
     let socket = ns
-        .enter(move || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)))?
+        .enter(move || dual_stack_socket(Type::DGRAM, port))?
         .with_context(|| format!("binding UDP port {port} in {}", ns.name()))?;
+    let socket = UdpSocket::from(socket);
     socket.set_read_timeout(Some(POLL))?;
     let prefix = format!("{name} ").into_bytes();
     start(ns, move |stop| {
@@ -93,14 +101,32 @@ pub fn udp_echo_server(ns: &NetNs, port: u16, name: &str) -> Result<ServerGuard>
     })
 }
 
-/// Binds inside `ns` (std sets SO_REUSEADDR on listeners, so a port can be
-/// reused right after a previous server stopped) and accepts on a thread.
+/// Listens inside `ns` and accepts on a thread.
 fn serve_tcp(ns: &NetNs, port: u16, name: &str, handler: Handler) -> Result<ServerGuard> {
     let listener = ns
-        .enter(move || TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))?
-        .with_context(|| format!("binding TCP port {port} in {}", ns.name()))?;
+        .enter(move || -> io::Result<TcpListener> {
+            let socket = dual_stack_socket(Type::STREAM, port)?;
+            socket.listen(LISTEN_BACKLOG)?;
+            Ok(socket.into())
+        })?
+        .with_context(|| format!("listening on TCP port {port} in {}", ns.name()))?;
     let name: Arc<str> = name.into();
     start(ns, move |stop| accept_loop(&listener, &name, handler, stop))
+}
+
+/// Pending connections a listener queues: enough for clients that connect
+/// in bursts.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// A socket bound to `[::]:port` that takes IPv4 too (as v4-mapped
+/// addresses), whatever `net.ipv6.bindv6only` says. SO_REUSEADDR, as std sets
+/// it on listeners, lets a port be reused right after a previous server stopped.
+fn dual_stack_socket(kind: Type, port: u16) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::IPV6, kind, None)?;
+    socket.set_only_v6(false)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0).into())?;
+    Ok(socket)
 }
 
 fn start(ns: &NetNs, serve: impl FnOnce(Arc<AtomicBool>) + Send + 'static) -> Result<ServerGuard> {
@@ -145,10 +171,9 @@ fn accept_loop(listener: &TcpListener, name: &Arc<str>, handler: Handler, stop: 
     }
 }
 
-/// Waits up to `timeout` for `socket` to become readable (for a listener: a
-/// connection to accept), so accepting adds no latency yet the stop flag is seen.
-/// Waits up to `timeout` for `socket` to become readable (poll(2)), so that
-/// loops can look at their stop flag in between.
+/// Waits up to `timeout` for `socket` to become readable (poll(2); for a
+/// listener: a connection to accept), so that loops can look at their stop flag
+/// in between without adding latency.
 pub fn readable(socket: &impl AsRawFd, timeout: Duration) -> bool {
     let mut poll_fd = libc::pollfd {
         fd: socket.as_raw_fd(),
@@ -223,7 +248,7 @@ pub fn http_response(name: &str) -> String {
 }
 
 /// Connects to a name server and returns the name it greets with.
-pub fn tcp_ask_name(addr: SocketAddrV4, timeout: Duration) -> Result<String> {
+pub fn tcp_ask_name(addr: impl Into<SocketAddr>, timeout: Duration) -> Result<String> {
     Ok(LineClient::connect(addr, timeout)?.greeting)
 }
 
@@ -232,10 +257,11 @@ pub fn tcp_ask_name(addr: SocketAddrV4, timeout: Duration) -> Result<String> {
 /// connection must succeed: panics otherwise.
 pub fn connect_many(
     client: &NetNs,
-    addr: SocketAddrV4,
+    addr: impl Into<SocketAddr>,
     count: usize,
     timeout: Duration,
 ) -> BTreeMap<String, usize> {
+    let addr = addr.into();
     client
         .enter(move || {
             let mut tally = BTreeMap::new();
@@ -259,8 +285,9 @@ pub struct LineClient {
 
 impl LineClient {
     /// Connects and reads the greeting; `timeout` also bounds every answer.
-    pub fn connect(addr: SocketAddrV4, timeout: Duration) -> Result<LineClient> {
-        let stream = TcpStream::connect_timeout(&addr.into(), timeout)
+    pub fn connect(addr: impl Into<SocketAddr>, timeout: Duration) -> Result<LineClient> {
+        let addr = addr.into();
+        let stream = TcpStream::connect_timeout(&addr, timeout)
             .with_context(|| format!("connecting to {addr}"))?;
         Self::greeted(stream, addr, timeout)
     }
@@ -269,13 +296,14 @@ impl LineClient {
     /// advance, so a test can ask `lb trace` about it first.
     pub fn connect_from(
         local_port: u16,
-        addr: SocketAddrV4,
+        addr: impl Into<SocketAddr>,
         timeout: Duration,
     ) -> Result<LineClient> {
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        let addr = addr.into();
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
         socket.set_reuse_address(true)?;
         socket
-            .bind(&SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, local_port).into())
+            .bind(&SocketAddr::new(unspecified_like(addr), local_port).into())
             .with_context(|| format!("binding local port {local_port}"))?;
         socket
             .connect_timeout(&addr.into(), timeout)
@@ -283,7 +311,7 @@ impl LineClient {
         Self::greeted(socket.into(), addr, timeout)
     }
 
-    fn greeted(stream: TcpStream, addr: SocketAddrV4, timeout: Duration) -> Result<LineClient> {
+    fn greeted(stream: TcpStream, addr: SocketAddr, timeout: Duration) -> Result<LineClient> {
         stream.set_read_timeout(Some(timeout))?;
         let writer = stream.try_clone()?;
         let mut client = LineClient {
@@ -328,9 +356,18 @@ impl LineClient {
     }
 }
 
+/// The wildcard address of `addr`'s family, for binding a client socket.
+fn unspecified_like(addr: SocketAddr) -> IpAddr {
+    match addr {
+        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    }
+}
+
 /// Sends one datagram and returns the answer.
-pub fn udp_ask(addr: SocketAddrV4, payload: &[u8], timeout: Duration) -> Result<String> {
-    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("binding")?;
+pub fn udp_ask(addr: impl Into<SocketAddr>, payload: &[u8], timeout: Duration) -> Result<String> {
+    let addr = addr.into();
+    let socket = UdpSocket::bind((unspecified_like(addr), 0)).context("binding")?;
     socket.connect(addr)?;
     socket.set_read_timeout(Some(timeout))?;
     socket.send(payload).context("sending")?;
@@ -343,8 +380,9 @@ pub fn udp_ask(addr: SocketAddrV4, payload: &[u8], timeout: Duration) -> Result<
 }
 
 /// `GET /` over HTTP/1.0; returns the body of a 200 answer.
-pub fn http_get(addr: SocketAddrV4, timeout: Duration) -> Result<String> {
-    let mut stream = TcpStream::connect_timeout(&addr.into(), timeout)
+pub fn http_get(addr: impl Into<SocketAddr>, timeout: Duration) -> Result<String> {
+    let addr = addr.into();
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
         .with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(timeout))?;
     write!(stream, "GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n").context("sending")?;
@@ -369,8 +407,14 @@ mod tests {
 
     const TIMEOUT: Duration = Duration::from_secs(2);
 
-    fn lo(port: u16) -> SocketAddrV4 {
-        SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)
+    /// The servers are dual-stack: both loopback addresses reach them.
+    const LOOPBACKS: [IpAddr; 2] = [
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ];
+
+    fn lo(port: u16) -> SocketAddr {
+        SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port)
     }
 
     #[test]
@@ -380,15 +424,18 @@ mod tests {
         let _http = http_name_server(&ns, 8080, "node-x")?;
         let _udp = udp_echo_server(&ns, 7001, "node-x")?;
         ns.enter(|| -> Result<()> {
-            assert_eq!(tcp_ask_name(lo(7000), TIMEOUT)?, "node-x");
-            let mut client = LineClient::connect(lo(7000), TIMEOUT)?;
-            assert_eq!(client.greeting(), "node-x");
-            assert_eq!(client.ask("hello")?, "node-x hello");
-            assert_eq!(client.ask("again")?, "node-x again");
-            client.close();
-            assert!(client.ask("closed").is_err());
-            assert_eq!(udp_ask(lo(7001), b"ping", TIMEOUT)?, "node-x ping");
-            assert_eq!(http_get(lo(8080), TIMEOUT)?, "node-x\n");
+            for ip in LOOPBACKS {
+                let at = |port| SocketAddr::new(ip, port);
+                assert_eq!(tcp_ask_name(at(7000), TIMEOUT)?, "node-x");
+                let mut client = LineClient::connect(at(7000), TIMEOUT)?;
+                assert_eq!(client.greeting(), "node-x");
+                assert_eq!(client.ask("hello")?, "node-x hello");
+                assert_eq!(client.ask("again")?, "node-x again");
+                client.close();
+                assert!(client.ask("closed").is_err());
+                assert_eq!(udp_ask(at(7001), b"ping", TIMEOUT)?, "node-x ping");
+                assert_eq!(http_get(at(8080), TIMEOUT)?, "node-x\n");
+            }
             Ok(())
         })??;
         // Outside the namespace nothing listens on these ports.

@@ -13,7 +13,6 @@ use lb::{
 };
 use lb_common::{FlowKey, PROTO_TCP, addr_of, counters};
 use lb_tests::{
-    netns::NetNs,
     packets,
     xdp_bed::{self, XdpBed, node_ip},
 };
