@@ -139,11 +139,32 @@ fn take_flow_budget(now: u64) -> bool {
     true
 }
 
+/// Whether this CPU refused a flow insert in the current window: a flood is
+/// on. Only then may replies lack their flow's entry; otherwise a reply
+/// without one is not lb's (the host's own connections to a NodePort, such
+/// as health checks, must reach the kernel untouched).
+#[inline(always)]
+fn over_flow_budget() -> bool {
+    let limit = SETTINGS
+        .get(0)
+        .map_or(0, |settings| settings.new_flow_limit);
+    // SAFETY: `bpf_ktime_get_ns` has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    limit != 0
+        && FLOW_BUDGET.get(0).is_some_and(|budget| {
+            budget.inserted >= u64::from(limit)
+                && now.wrapping_sub(budget.window_start_ns) < 1_000_000_000
+        })
+}
+
 /// The reverse NAT of a reply whose flow is not (or no longer) in the tables:
 /// granted only when the reply comes from the very (node, NodePort) that
 /// Maglev picks for the flow it answers, so nothing else can borrow a VIP.
 #[inline(always)]
 pub fn stateless_reverse_nat(reply: &FlowKey) -> Option<ReverseNat> {
+    if !over_flow_budget() {
+        return None;
+    }
     let node_port = ServiceKey {
         vip: reply.src_ip,
         port: reply.src_port,

@@ -140,3 +140,18 @@ pub fn run(program: &Xdp, input: &[u8], ingress_ifindex: u32) -> Result<(u32, Ve
     out.truncate(result.data_size_out as usize);
     Ok((result.return_value, out))
 }
+
+/// Restricts the calling thread to `cpu`: per-CPU state of the program (flow
+/// lists, the new-flow budget) then stays the same across runs.
+pub fn pin_to_cpu(cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays within it for
+    // cpu < CPU_SETSIZE, and sched_setaffinity(0) only affects this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error()).context("sched_setaffinity");
+        }
+    }
+    Ok(())
+}

@@ -1,8 +1,8 @@
 //! A SYN flood from random source addresses and ports must not push
 //! established flows out of the flow table: above the per-CPU new-flow limit
 //! the program forwards new flows by the stateless Maglev choice without
-//! recording them, and their replies are reverse-NAT-ed only when they come
-//! from the node Maglev picks. Real packets through BPF_PROG_TEST_RUN, after
+//! recording them, and while the flood lasts their replies are reverse-NAT-ed
+//! only when they come from the node Maglev picks. Real packets through BPF_PROG_TEST_RUN, after
 //! the real verifier, on a deliberately small flow table.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -119,6 +119,8 @@ fn above_the_limit_new_flows_are_stateless_and_established_ones_stay() {
 }
 
 fn limited_flood(bed: &XdpBed) {
+    // The budget is per CPU: replies must see the one the flood exhausted.
+    xdp_bed::pin_to_cpu(0).expect("pin");
     let FloodResult {
         established_kept,
         dataplane,

@@ -141,21 +141,6 @@ fn load(bed: &Bed, ring_size: u32, max_services: u32) -> Result<Dataplane> {
     Ok(dataplane)
 }
 
-/// Restricts the calling thread to `cpu`: the per-CPU flow lists and caches
-/// then stay the same for a whole measurement.
-fn pin_to_cpu(cpu: usize) -> Result<()> {
-    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays within it for
-    // cpu < CPU_SETSIZE, and sched_setaffinity(0) only affects this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(std::io::Error::last_os_error()).context("sched_setaffinity");
-        }
-    }
-    Ok(())
-}
-
 fn cpus() -> usize {
     crate::stats::online_cpus()
 }
@@ -175,7 +160,7 @@ fn destination(frame: &[u8]) -> Result<SocketAddrV4> {
 }
 
 pub fn measure_all(bed: &Bed, options: Options) -> Result<Section> {
-    pin_to_cpu(cpus() - 1)?;
+    lb_tests::xdp_bed::pin_to_cpu(cpus() - 1)?;
     let mut refs = Ebpf::load(REFERENCE_OBJECT).context("loading the reference programs")?;
     for name in ["ref_xdp_tx", "ref_parse_only"] {
         let program: &mut Xdp = refs
@@ -703,7 +688,7 @@ fn fill_flows(bed: &Bed, dataplane: &Dataplane) -> Result<u64> {
             .map(|cpu| {
                 scope.spawn(move || -> Result<u64> {
                     // Threads start in the namespace of the thread that spawns them.
-                    pin_to_cpu(cpu)?;
+                    lb_tests::xdp_bed::pin_to_cpu(cpu)?;
                     let base = Ipv4Addr::new(10, 192 + cpu as u8, 0, 0);
                     let mut source = FlowSource::new(base);
                     for _ in 0..per_cpu {
@@ -720,7 +705,7 @@ fn fill_flows(bed: &Bed, dataplane: &Dataplane) -> Result<u64> {
             .map(|t| t.join().unwrap_or_else(|_| bail!("fill thread panicked")))
             .collect()
     });
-    pin_to_cpu(cpus - 1)?;
+    lb_tests::xdp_bed::pin_to_cpu(cpus - 1)?;
     results.into_iter().sum()
 }
 
