@@ -196,7 +196,7 @@ fn slice_change_latency(bed: &KubeAgent, scale: &Scale, index: usize) -> Result<
         .context("a benchmark Service")?;
     let vip = ingress_ip(&service).context("a VIP in status")?;
     let key = service_key(&Frontend {
-        vip,
+        vip: vip.into(),
         port: 80,
         protocol: Protocol::Tcp,
     });

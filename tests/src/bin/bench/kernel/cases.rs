@@ -106,7 +106,7 @@ fn service(
     ServiceSpec {
         name: format!("bench/{vip}:{port}/{protocol}"),
         frontend: Frontend {
-            vip,
+            vip: vip.into(),
             port,
             protocol,
         },
@@ -114,7 +114,7 @@ fn service(
             .iter()
             .map(|&(ip, port)| BackendSpec {
                 node: format!("{ip}:{port}"),
-                ip,
+                ip: ip.into(),
                 port,
                 weight: 1,
             })
