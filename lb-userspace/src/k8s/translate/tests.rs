@@ -1062,6 +1062,11 @@ fn unknown_ip_family_fields_skipped() {
             "SingleStack",
             &["IPv5"],
         ),
+        families(
+            service("twice", vec![tcp(80, 30082)]),
+            "PreferDualStack",
+            &["IPv6", "IPv6"],
+        ),
     ];
     let translation = dual_pool().translate(&objects(services, vec![]));
     assert!(translation.vips.is_empty());
@@ -1070,13 +1075,15 @@ fn unknown_ip_family_fields_skipped() {
         [
             "Service ns/family: spec.ipFamilies lists \"IPv5\", which is not IPv4 or IPv6",
             "Service ns/policy: spec.ipFamilyPolicy \"DualStack\" is not SingleStack, PreferDualStack or RequireDualStack",
+            "Service ns/twice: spec.ipFamilies lists IPv6 twice",
         ]
     );
     assert_eq!(
         problems(&translation),
         [
             ("ns/family", Problem::Invalid),
-            ("ns/policy", Problem::Invalid)
+            ("ns/policy", Problem::Invalid),
+            ("ns/twice", Problem::Invalid)
         ]
     );
 }

@@ -299,14 +299,16 @@ fn supplied(families: Vec<Family>, requested: &[IpAddr], pool: Option<&Pool>) ->
 
 /// `spec.ipFamilies`, in order.
 fn listed_families(service: &LoadBalancer) -> Result<Vec<Family>, String> {
-    let listed = service.spec.ip_families.as_deref().unwrap_or_default();
-    listed
-        .iter()
-        .map(|name| {
-            Family::from_kubernetes(name)
-                .ok_or_else(|| format!("spec.ipFamilies lists {name:?}, which is not IPv4 or IPv6"))
-        })
-        .collect()
+    let mut families = Vec::new();
+    for name in service.spec.ip_families.as_deref().unwrap_or_default() {
+        let family = Family::from_kubernetes(name)
+            .ok_or_else(|| format!("spec.ipFamilies lists {name:?}, which is not IPv4 or IPv6"))?;
+        if families.contains(&family) {
+            return Err(format!("spec.ipFamilies lists {family} twice"));
+        }
+        families.push(family);
+    }
+    Ok(families)
 }
 
 /// The addresses the Service names, at most one per family and each of a
