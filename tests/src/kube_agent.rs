@@ -6,7 +6,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
@@ -19,7 +19,10 @@ use serde_json::Value;
 
 use crate::{
     agent::Agent,
-    fake_apiserver::{FakeApiServer, Options, fixtures::ingress_ip},
+    fake_apiserver::{
+        FakeApiServer, Options,
+        fixtures::{ingress_ip, ingress_ips},
+    },
     netns::NetNs,
 };
 
@@ -145,13 +148,40 @@ impl KubeAgent {
         })
     }
 
+    /// Every VIP in the Service's status (IPv4 first, as the agent writes them).
+    pub fn vips(&self, namespace: &str, name: &str) -> Vec<IpAddr> {
+        let service = self.server.get::<Service>(Some(namespace), name);
+        service
+            .ok()
+            .flatten()
+            .as_ref()
+            .map(ingress_ips)
+            .unwrap_or_default()
+    }
+
+    /// Waits until the Service's status has `count` VIPs.
+    pub fn wait_for_vips(
+        &self,
+        namespace: &str,
+        name: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Vec<IpAddr>> {
+        let what = format!("{count} VIPs for {namespace}/{name}");
+        self.wait_for(&what, timeout, || {
+            let vips = self.vips(namespace, name);
+            (vips.len() == count).then_some(vips)
+        })
+    }
+
     /// The backends the agent programmed for TCP port `port` of `vip`, by
     /// node: their weight (0: draining) and share of the Maglev table. Read
     /// from the agent's catalog, which lists backends without flows and
     /// weight 0 too, and `lb backends`.
-    pub fn backends(&self, vip: Ipv4Addr, port: u16) -> BTreeMap<String, (u32, f64)> {
+    pub fn backends(&self, vip: impl Into<IpAddr>, port: u16) -> BTreeMap<String, (u32, f64)> {
+        let vip = vip.into();
         let catalog = Catalog::read(self.agent.bpffs());
-        let Some(service) = catalog.service(vip.into(), port, "tcp") else {
+        let Some(service) = catalog.service(vip, port, "tcp") else {
             return BTreeMap::new();
         };
         let rows = self.rows("backends");

@@ -4,7 +4,11 @@
 //! `lb backends`). Node addresses here carry no traffic, so health checks are
 //! off; `kubernetes_end_to_end.rs` sends real connections.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use k8s_openapi::api::{
@@ -15,7 +19,10 @@ use k8s_openapi::api::{
 use lb_tests::{
     fake_apiserver::{
         FakeApiServer, Options,
-        fixtures::{Pod, annotated, endpoint_slice, load_balancer, local, node, not_ready},
+        fixtures::{
+            Pod, annotated, endpoint_slice, ip_families, load_balancer, local, node, not_ready,
+            with_internal_ip,
+        },
     },
     kube_agent::{KubeAgent, ServiceAccount},
     netns::{NetNs, veth},
@@ -55,9 +62,13 @@ fn node_ip(index: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 1, 0, 10 + index)
 }
 
-/// (VIP, port) of every service `lb services` lists.
-fn frontends(bed: &Bed) -> Vec<(Ipv4Addr, u64)> {
-    let mut rows: Vec<(Ipv4Addr, u64)> = bed
+fn node_ip6(index: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 10 + u16::from(index))
+}
+
+/// (VIP, port) of every service `lb services` lists, IPv4 first.
+fn frontends(bed: &Bed) -> Vec<(IpAddr, u64)> {
+    let mut rows: Vec<(IpAddr, u64)> = bed
         .rows("services")
         .iter()
         .filter_map(|row| Some((row["vip"].as_str()?.parse().ok()?, row["port"].as_u64()?)))
@@ -76,7 +87,7 @@ fn wait_for_backends(bed: &Bed, vip: &str, nodes: &[(&str, bool)]) -> Result<()>
         .collect();
     let mut got = BTreeMap::new();
     let waited = bed.wait_for(&format!("backends of {vip}:80 = {want:?}"), READY, || {
-        got = bed.backends(ip(vip), 80);
+        got = bed.backends(vip.parse::<IpAddr>().expect("an IP address"), 80);
         let live = got
             .iter()
             .map(|(node, &(weight, share))| (node.clone(), (weight > 0, share > 0.0)));
@@ -153,7 +164,7 @@ fn vips_are_allocated_written_to_status_and_released() -> Result<()> {
     for (name, vip) in want {
         assert_eq!(bed.wait_for_vip(NS, name, READY)?, ip(vip), "{name}");
     }
-    let mut served: Vec<(Ipv4Addr, u64)> = want.iter().map(|(_, vip)| (ip(vip), 80)).collect();
+    let mut served: Vec<(IpAddr, u64)> = want.iter().map(|(_, vip)| (ip(vip).into(), 80)).collect();
     served.sort();
     bed.wait_for("every VIP programmed", READY, || {
         (frontends(&bed) == served).then_some(())
@@ -167,7 +178,10 @@ fn vips_are_allocated_written_to_status_and_released() -> Result<()> {
     let mut cluster_ip = requested_by_field;
     cluster_ip.spec.as_mut().unwrap().type_ = Some("ClusterIP".into());
     bed.server.apply(&cluster_ip)?;
-    let left = vec![(ip("198.51.100.6"), 80), (ip("203.0.113.10"), 80)];
+    let left = vec![
+        (ip("198.51.100.6").into(), 80),
+        (ip("203.0.113.10").into(), 80),
+    ];
     bed.wait_for("a and d no longer served", READY, || {
         (frontends(&bed) == left && bed.vip(NS, "d").is_none()).then_some(())
     })?;
@@ -222,7 +236,7 @@ fn conflicts_and_pool_exhaustion_raise_events() -> Result<()> {
         &bed,
         "z",
         "AllocationFailed",
-        "VIP pool small has no free address left",
+        "VIP pool small has no free IPv4 address left",
     )?;
     wait_for_event(
         &bed,
@@ -239,7 +253,7 @@ fn conflicts_and_pool_exhaustion_raise_events() -> Result<()> {
     for name in ["z", "w", "r"] {
         assert_eq!(bed.vip(NS, name), None, "{name}");
     }
-    let vip9 = ip("198.51.100.9");
+    let vip9 = ip("198.51.100.9").into();
     assert!(
         frontends(&bed).contains(&(vip9, 443)),
         "{:?}",
@@ -370,9 +384,9 @@ fn watches_survive_dropped_connections_expiry_and_restarts() -> Result<()> {
     let expired = bed.server.stats().expired;
     bed.kube.server.restart(Some(&bed.ns))?;
     bed.wait_for_vip(NS, "s4", READY)?;
-    let vips: Vec<(Ipv4Addr, u64)> = ["198.51.100.1", "198.51.100.2", "198.51.100.3"]
+    let vips: Vec<(IpAddr, u64)> = ["198.51.100.1", "198.51.100.2", "198.51.100.3"]
         .into_iter()
-        .map(|vip| (ip(vip), 80))
+        .map(|vip| (ip(vip).into(), 80))
         .collect();
     // s1's address was free again by the time s4 got one.
     assert_eq!(bed.vip(NS, "s4"), Some(ip("198.51.100.1")));
@@ -425,6 +439,84 @@ fn agent_restart_keeps_every_vip() -> Result<()> {
     assert_eq!(after, before);
     bed.wait_for("every VIP programmed", READY, || {
         (frontends(&bed).len() == 9).then_some(())
+    })?;
+    // Only the new Service's status was written.
+    assert_eq!(bed.server.stats().status_writes, writes + 1);
+    Ok(())
+}
+
+#[test]
+fn a_dual_stack_service_gets_a_vip_of_each_family() -> Result<()> {
+    let mut bed = bed(
+        Options::default(),
+        &[
+            "--pool",
+            "dual=198.51.100.0/29,2001:db8::/125",
+            "--pool",
+            "v4=203.0.113.10-203.0.113.11",
+        ],
+    )?;
+    // Nodes of either family or both: each serves the VIPs of its families.
+    bed.server
+        .apply(&with_internal_ip(node("node-1", node_ip(1)), node_ip6(1)))?;
+    bed.server.apply(&node("node-2", node_ip(2)))?;
+    bed.server.apply(&node("node-3", node_ip6(3)))?;
+    // The API server lists both families for it, as a dual-stack cluster does.
+    let web = ip_families(
+        load_balancer(NS, "web", &[(80, 30080)]),
+        "PreferDualStack",
+        &[],
+    );
+    bed.server.apply(&web)?;
+    let (v4, v6): (IpAddr, IpAddr) = (ip("198.51.100.1").into(), "2001:db8::1".parse()?);
+    assert_eq!(bed.wait_for_vips(NS, "web", 2, READY)?, [v4, v6]);
+    bed.wait_for("both VIPs programmed", READY, || {
+        (frontends(&bed) == [(v4, 80), (v6, 80)]).then_some(())
+    })?;
+    wait_for_backends(&bed, "198.51.100.1", &[("node-1", true), ("node-2", true)])?;
+    wait_for_backends(&bed, "2001:db8::1", &[("node-1", true), ("node-3", true)])?;
+    wait_for_event(
+        &bed,
+        "web",
+        "IPAllocated",
+        "Assigned IPs 198.51.100.1, 2001:db8::1",
+    )?;
+
+    // Both families required from a pool without IPv6: not served, and told.
+    let strict = annotated(
+        ip_families(
+            load_balancer(NS, "strict", &[(80, 30081)]),
+            "RequireDualStack",
+            &[],
+        ),
+        "lb.dev/pool",
+        "v4",
+    );
+    bed.server.apply(&strict)?;
+    wait_for_event(
+        &bed,
+        "strict",
+        "AllocationFailed",
+        "ipFamilyPolicy RequireDualStack needs a VIP of each family: no IPv6 VIP: VIP pool v4 has no IPv6 range",
+    )?;
+    assert!(bed.vips(NS, "strict").is_empty());
+
+    // A restarted agent finds both VIPs in the status and keeps them: a
+    // Service created meanwhile gets the next IPv6 address.
+    let writes = bed.server.stats().status_writes;
+    bed.kube.agent.kill()?;
+    let six = ip_families(
+        load_balancer(NS, "six", &[(80, 30082)]),
+        "SingleStack",
+        &["IPv6"],
+    );
+    bed.server.apply(&six)?;
+    bed.kube.agent.restart(&bed.ns)?;
+    let six_vip: IpAddr = "2001:db8::2".parse()?;
+    assert_eq!(bed.wait_for_vips(NS, "six", 1, READY)?, [six_vip]);
+    assert_eq!(bed.vips(NS, "web"), [v4, v6]);
+    bed.wait_for("every VIP programmed", READY, || {
+        (frontends(&bed) == [(v4, 80), (v6, 80), (six_vip, 80)]).then_some(())
     })?;
     // Only the new Service's status was written.
     assert_eq!(bed.server.stats().status_writes, writes + 1);
@@ -530,7 +622,7 @@ fn in_cluster_config_reads_the_service_account_and_environment() -> Result<()> {
         .apply(&load_balancer(NS, "pod", &[(80, 30080)]))?;
     assert_eq!(bed.wait_for_vip(NS, "pod", READY)?, ip("198.51.100.1"));
     bed.wait_for("the VIP programmed", READY, || {
-        (frontends(&bed) == [(ip("198.51.100.1"), 80)]).then_some(())
+        (frontends(&bed) == [(ip("198.51.100.1").into(), 80)]).then_some(())
     })?;
     // The agent stops before the service account goes.
     drop(bed);

@@ -1,5 +1,6 @@
 //! Kubernetes objects: where they come from (manifests or an API server),
 //! translating them into the desired state, and reporting back.
+pub mod family;
 pub mod kube_source;
 pub mod manifests;
 pub mod pools;

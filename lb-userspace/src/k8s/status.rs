@@ -1,10 +1,10 @@
-//! What lb tells the cluster: each Service's VIP in `status.loadBalancer`
+//! What lb tells the cluster: each Service's VIPs in `status.loadBalancer`
 //! (through the status subresource, only when it differs) and Events on the
 //! Service when it gets an address or cannot be served.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
     sync::Arc,
 };
 
@@ -36,9 +36,9 @@ pub(super) struct StatusWriter {
     /// Problems already reported, so that each gets one Event while it lasts
     /// rather than one per reconciliation.
     reported: BTreeSet<(String, Problem, String)>,
-    /// Services that gave up an address their status still shows, until it
+    /// Services that gave up addresses their status still shows, until it
     /// no longer does: a failed write is tried again at the next round.
-    to_clear: BTreeMap<String, Ipv4Addr>,
+    to_clear: BTreeMap<String, BTreeSet<IpAddr>>,
 }
 
 impl StatusWriter {
@@ -63,26 +63,31 @@ impl StatusWriter {
         translation: &Translation,
     ) -> bool {
         let mut changes = Vec::new();
-        for (owner, vip) in &translation.vips {
+        for (owner, vips) in &translation.vips {
             if let Some(service) = lookup(services, owner)
-                && ingress_ips(&service) != [vip.to_string()]
+                && ingress_ips(&service) != *vips
             {
-                changes.push((service, Some(*vip)));
+                changes.push((service, vips.as_slice()));
             }
         }
         // A Service lb no longer serves (type or class changed) must not keep
-        // advertising the address it gave up.
-        self.to_clear.extend(translation.released.iter().cloned());
-        self.to_clear.retain(|owner, vip| {
-            let showing = lookup(services, owner)
-                .is_some_and(|service| ingress_ips(&service).contains(&vip.to_string()));
+        // advertising the addresses it gave up.
+        for (owner, vip) in &translation.released {
+            self.to_clear.entry(owner.clone()).or_default().insert(*vip);
+        }
+        self.to_clear.retain(|owner, vips| {
+            let showing = lookup(services, owner).is_some_and(|service| {
+                ingress_ips(&service)
+                    .iter()
+                    .any(|shown| vips.contains(shown))
+            });
             showing && !translation.vips.contains_key(owner)
         });
         for owner in self.to_clear.keys() {
-            changes.extend(lookup(services, owner).map(|service| (service, None)));
+            changes.extend(lookup(services, owner).map(|service| (service, &[][..])));
         }
         let written: Vec<bool> = stream::iter(changes)
-            .map(|(service, vip)| self.set_ingress(service, vip))
+            .map(|(service, vips)| self.set_ingress(service, vips))
             .buffer_unordered(CONCURRENT_WRITES)
             .collect()
             .await;
@@ -90,14 +95,19 @@ impl StatusWriter {
         written.into_iter().all(|ok| ok)
     }
 
-    async fn set_ingress(&self, service: Arc<Service>, vip: Option<Ipv4Addr>) -> bool {
+    /// Sets the Service's ingress to `vips`, or clears it when there are none.
+    async fn set_ingress(&self, service: Arc<Service>, vips: &[IpAddr]) -> bool {
         let (Some(namespace), Some(name)) = (
             service.metadata.namespace.as_deref(),
             service.metadata.name.as_deref(),
         ) else {
             return true;
         };
-        let ingress = vip.map(|vip| json!([{ "ip": vip.to_string() }]));
+        let ingress: Vec<_> = vips
+            .iter()
+            .map(|vip| json!({ "ip": vip.to_string() }))
+            .collect();
+        let ingress = (!ingress.is_empty()).then_some(ingress);
         let patch = json!({ "status": { "loadBalancer": { "ingress": ingress } } });
         let api: Api<Service> = Api::namespaced(self.client.clone(), namespace);
         if let Err(error) = api
@@ -107,15 +117,20 @@ impl StatusWriter {
             warn!(service = %format!("{namespace}/{name}"), %error, "status not written");
             return false;
         }
-        match vip {
-            Some(vip) => {
-                info!(service = %format!("{namespace}/{name}"), %vip, "VIP assigned");
-                let note = format!("Assigned IP {vip}");
-                self.publish(&service, EventType::Normal, "IPAllocated", note)
-                    .await;
-            }
-            None => info!(service = %format!("{namespace}/{name}"), "VIP released"),
+        let service_name = format!("{namespace}/{name}");
+        if vips.is_empty() {
+            info!(service = %service_name, "VIPs released");
+            return true;
         }
+        let listed: Vec<String> = vips.iter().map(ToString::to_string).collect();
+        let listed = listed.join(", ");
+        info!(service = %service_name, vips = %listed, "VIPs assigned");
+        let note = match vips.len() {
+            1 => format!("Assigned IP {listed}"),
+            _ => format!("Assigned IPs {listed}"),
+        };
+        self.publish(&service, EventType::Normal, "IPAllocated", note)
+            .await;
         true
     }
 
@@ -177,11 +192,16 @@ fn lookup(services: &Store<Service>, owner: &str) -> Option<Arc<Service>> {
     services.get(&ObjectRef::new(name).within(namespace))
 }
 
-fn ingress_ips(service: &Service) -> Vec<String> {
+/// The IP addresses the Service's `status.loadBalancer.ingress` lists, in
+/// order.
+fn ingress_ips(service: &Service) -> Vec<IpAddr> {
     let status = service.status.as_ref();
     let ingress = status
         .and_then(|status| status.load_balancer.as_ref())
         .and_then(|lb| lb.ingress.as_deref())
         .unwrap_or_default();
-    ingress.iter().filter_map(|i| i.ip.clone()).collect()
+    ingress
+        .iter()
+        .filter_map(|i| i.ip.as_deref()?.parse().ok())
+        .collect()
 }

@@ -12,20 +12,21 @@ mod vips;
 use std::{
     collections::{BTreeMap, BTreeSet, btree_map::Entry},
     fmt,
-    net::Ipv4Addr,
+    net::IpAddr,
     sync::Arc,
 };
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec as K8sServiceSpec};
 
 use super::{manifests::ClusterObjects, pools::Pools};
-use crate::model::{DesiredState, Frontend};
+use crate::model::{DesiredState, Frontend, ServiceSpec};
 
 /// Annotation on a Node giving its Maglev weight (positive integer; default 1),
 /// so bigger nodes can take a bigger share of new connections.
 pub const NODE_WEIGHT_ANNOTATION: &str = "lb.dev/weight";
-/// Annotation on a Service asking for one address (`spec.loadBalancerIP` is
-/// deprecated upstream; this wins over it).
+/// Annotation on a Service asking for addresses, comma-separated, at most one
+/// per IP family (`spec.loadBalancerIP` is deprecated upstream; this wins over
+/// it).
 pub const ADDRESS_ANNOTATION: &str = "lb.dev/address";
 /// Annotation on a Service naming the pool to allocate its VIP from.
 pub const POOL_ANNOTATION: &str = "lb.dev/pool";
@@ -75,12 +76,13 @@ pub enum HealthCheck {
 #[derive(Debug, Clone, Default)]
 pub struct Translation {
     pub state: DesiredState,
-    /// The VIP of every Service that got one, by `namespace/name`: what its
-    /// `status.loadBalancer.ingress` should say.
-    pub vips: BTreeMap<String, Ipv4Addr>,
-    /// Services that gave their VIP up this round (deleted, or no longer a load
-    /// balancer of ours), with the address, so a stale status can be cleared.
-    pub released: Vec<(String, Ipv4Addr)>,
+    /// The VIPs (IPv4 first) of every Service that got some, by
+    /// `namespace/name`: what its `status.loadBalancer.ingress` should say.
+    pub vips: BTreeMap<String, Vec<IpAddr>>,
+    /// Services that gave their VIPs up this round (deleted, or no longer a
+    /// load balancer of ours), with each address, so a stale status can be
+    /// cleared.
+    pub released: Vec<(String, IpAddr)>,
     pub checks: BTreeMap<Frontend, HealthCheck>,
     /// Objects (or parts of them) not served, so one bad object does not take
     /// the others down with it.
@@ -132,14 +134,17 @@ impl Translator {
 
     /// Computes what the data path should serve.
     ///
-    /// VIPs: the `lb.dev/address` annotation, else `spec.loadBalancerIP`, else
-    /// the first IPv4 `status.loadBalancer.ingress[].ip` (unless it lies outside
-    /// the Service's pool), else allocated from the pool the `lb.dev/pool`
-    /// annotation names (the first pool by default). Requested addresses are
-    /// claimed before anything is allocated, so allocations never collide with
-    /// them. Two Services may share a VIP only if both request it and their
-    /// (port, protocol) sets are disjoint; otherwise the one already holding it
-    /// keeps it. Owners no longer served are released.
+    /// A Service gets one VIP per IP family it is served in (`spec.ipFamilies`
+    /// and `spec.ipFamilyPolicy`), each port served on each VIP by the nodes
+    /// with an address of that family. Each VIP: the address of its family
+    /// the `lb.dev/address` annotation names, else `spec.loadBalancerIP`, else
+    /// the first `status.loadBalancer.ingress[].ip` of its family (unless it
+    /// lies outside the Service's pool), else allocated from the pool the
+    /// `lb.dev/pool` annotation names (the first pool by default). Requested
+    /// addresses are claimed before anything is allocated, so allocations never
+    /// collide with them. Two Services may share a VIP only if both request it
+    /// and their (port, protocol) sets are disjoint; otherwise the one already
+    /// holding it keeps it. Owners no longer served are released.
     pub fn translate(&mut self, objects: &ClusterObjects) -> Translation {
         let mut skips = Skips::default();
         let nodes = backends::usable_nodes(&objects.nodes, &self.config, &mut skips);
@@ -154,34 +159,21 @@ impl Translator {
             released,
             ..Translation::default()
         };
-        for (service, vip) in vips::assign(&services, &mut self.pools, &mut skips) {
-            translation.vips.insert(service.owner.clone(), vip);
+        for (service, vips) in vips::assign(&services, &mut self.pools, &mut skips) {
             let backends = backends::for_service(service, &nodes, &endpoints);
             for port in service.ports {
-                let spec = match backends::port_spec(service, port, vip, &backends) {
-                    Ok(spec) => spec,
+                let port = match backends::ServedPort::new(service, port) {
+                    Ok(port) => port,
                     Err(reason) => {
                         skips.service(&service.owner, Problem::Invalid, reason);
                         continue;
                     }
                 };
-                match translation.state.services.entry(spec.frontend) {
-                    Entry::Vacant(entry) => {
-                        translation
-                            .checks
-                            .insert(spec.frontend, service.health_check());
-                        entry.insert(spec);
-                    }
-                    Entry::Occupied(entry) => {
-                        let reason = format!(
-                            "{} is already served by {}",
-                            spec.frontend,
-                            entry.get().name
-                        );
-                        skips.service(&service.owner, Problem::AddressConflict, reason);
-                    }
+                for &vip in &vips {
+                    translation.serve(port.on(vip, &backends), service, &mut skips);
                 }
             }
+            translation.vips.insert(service.owner.clone(), vips);
         }
         translation.skipped = skips.0;
         translation
@@ -222,6 +214,26 @@ impl Translator {
         }
         found.sort_by(|a, b| a.owner.cmp(&b.owner));
         found
+    }
+}
+
+impl Translation {
+    /// Adds one frontend of `service`, unless another Service serves it.
+    fn serve(&mut self, spec: ServiceSpec, service: &LoadBalancer, skips: &mut Skips) {
+        match self.state.services.entry(spec.frontend) {
+            Entry::Vacant(entry) => {
+                self.checks.insert(spec.frontend, service.health_check());
+                entry.insert(spec);
+            }
+            Entry::Occupied(entry) => {
+                let reason = format!(
+                    "{} is already served by {}",
+                    spec.frontend,
+                    entry.get().name
+                );
+                skips.service(&service.owner, Problem::AddressConflict, reason);
+            }
+        }
     }
 }
 
@@ -267,8 +279,8 @@ struct LoadBalancer<'a> {
     ports: &'a [ServicePort],
 }
 
-impl LoadBalancer<'_> {
-    fn annotation(&self, key: &str) -> Option<&str> {
+impl<'a> LoadBalancer<'a> {
+    fn annotation(&self, key: &str) -> Option<&'a str> {
         let annotations = self.service.metadata.annotations.as_ref()?;
         annotations
             .get(key)

@@ -1,7 +1,7 @@
 //! Kubernetes objects as tests and benchmarks put them into the fake API
 //! server: LoadBalancer Services, Nodes, EndpointSlices.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use k8s_openapi::{
     api::{
@@ -51,15 +51,41 @@ pub fn local(mut service: Service) -> Service {
     service
 }
 
+/// `spec.ipFamilyPolicy` and `spec.ipFamilies` (left to the server when empty).
+pub fn ip_families(mut service: Service, policy: &str, families: &[&str]) -> Service {
+    let spec = service.spec.get_or_insert_default();
+    spec.ip_family_policy = Some(policy.to_owned());
+    if !families.is_empty() {
+        spec.ip_families = Some(families.iter().map(|f| (*f).to_owned()).collect());
+    }
+    service
+}
+
 /// The first IPv4 address of `status.loadBalancer.ingress`.
 pub fn ingress_ip(service: &Service) -> Option<Ipv4Addr> {
-    let status = service.status.as_ref()?.load_balancer.as_ref()?;
-    let ingress = status.ingress.as_deref().unwrap_or_default();
-    ingress.iter().find_map(|i| i.ip.as_deref()?.parse().ok())
+    ingress_ips(service).into_iter().find_map(|ip| match ip {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(_) => None,
+    })
+}
+
+/// Every IP address of `status.loadBalancer.ingress`, in order.
+pub fn ingress_ips(service: &Service) -> Vec<IpAddr> {
+    let status = service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref());
+    let ingress = status
+        .and_then(|s| s.ingress.as_deref())
+        .unwrap_or_default();
+    ingress
+        .iter()
+        .filter_map(|i| i.ip.as_deref()?.parse().ok())
+        .collect()
 }
 
 /// A Ready Node at `ip` (its InternalIP).
-pub fn node(name: &str, ip: Ipv4Addr) -> Node {
+pub fn node(name: &str, ip: impl Into<IpAddr>) -> Node {
     Node {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
@@ -70,7 +96,7 @@ pub fn node(name: &str, ip: Ipv4Addr) -> Node {
             addresses: Some(vec![
                 NodeAddress {
                     type_: "InternalIP".to_owned(),
-                    address: ip.to_string(),
+                    address: ip.into().to_string(),
                 },
                 NodeAddress {
                     type_: "Hostname".to_owned(),
@@ -86,6 +112,26 @@ pub fn node(name: &str, ip: Ipv4Addr) -> Node {
             ..Default::default()
         }),
     }
+}
+
+/// `node` with another InternalIP, as the kubelet of a dual-stack node lists
+/// its address of the other family: after the first.
+pub fn with_internal_ip(mut node: Node, ip: impl Into<IpAddr>) -> Node {
+    let addresses = node
+        .status
+        .get_or_insert_default()
+        .addresses
+        .get_or_insert_default();
+    let after = addresses
+        .iter()
+        .rposition(|address| address.type_ == "InternalIP")
+        .map_or(0, |index| index + 1);
+    let address = NodeAddress {
+        type_: "InternalIP".to_owned(),
+        address: ip.into().to_string(),
+    };
+    addresses.insert(after, address);
+    node
 }
 
 /// `node` as the node controller marks it when its kubelet stops reporting.

@@ -208,6 +208,12 @@ fn timestamp(time: SystemTime) -> String {
     )
 }
 
+/// The cluster's Service IP families, primary first: the fake is a
+/// dual-stack cluster, as `--service-cluster-ip-range=10.96.0.0/12,fd00:10:96::/112`
+/// makes one.
+const FAMILIES: [&str; 2] = ["IPv4", "IPv6"];
+const POLICIES: [&str; 3] = ["PreferDualStack", "RequireDualStack", "SingleStack"];
+
 /// The Service IP and NodePort allocators.
 pub struct Allocations {
     node_ports: RangeInclusive<u16>,
@@ -216,6 +222,7 @@ pub struct Allocations {
     /// thousands stays cheap.
     cursor: u16,
     next_cluster_ip: u32,
+    next_cluster_ipv6: u128,
 }
 
 impl Allocations {
@@ -226,6 +233,9 @@ impl Allocations {
             used: BTreeSet::new(),
             // 10.96.0.1 is the `kubernetes` Service's.
             next_cluster_ip: u32::from_be_bytes([10, 96, 0, 2]),
+            next_cluster_ipv6: u128::from_be_bytes([
+                0xfd, 0, 0, 0x10, 0, 0x96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+            ]),
         }
     }
 
@@ -248,8 +258,6 @@ impl Allocations {
         for (field, value) in [
             ("type", json!(type_)),
             ("sessionAffinity", json!("None")),
-            ("ipFamilies", json!(["IPv4"])),
-            ("ipFamilyPolicy", json!("SingleStack")),
             ("internalTrafficPolicy", json!("Cluster")),
         ] {
             if spec.get(field).is_none() {
@@ -257,12 +265,7 @@ impl Allocations {
             }
         }
         let old_spec = old.map(|old| &old["spec"]);
-        let cluster_ip = match old_spec.and_then(|s| s["clusterIP"].as_str()) {
-            Some(ip) => ip.to_owned(),
-            None => self.cluster_ip(),
-        };
-        spec["clusterIP"] = json!(cluster_ip);
-        spec["clusterIPs"] = json!([cluster_ip]);
+        self.assign_cluster_ips(spec, old_spec)?;
         let external = matches!(type_.as_str(), "NodePort" | "LoadBalancer");
         let local = external && spec["externalTrafficPolicy"].as_str() == Some("Local");
         if external && spec.get("externalTrafficPolicy").is_none() {
@@ -298,7 +301,42 @@ impl Allocations {
         }
     }
 
-    fn cluster_ip(&mut self) -> String {
+    /// Resolves `ipFamilyPolicy` and `ipFamilies` as a dual-stack cluster
+    /// does, and gives the Service a cluster IP of each family, keeping those
+    /// it had.
+    fn assign_cluster_ips(
+        &mut self,
+        spec: &mut Value,
+        old_spec: Option<&Value>,
+    ) -> Result<(), ApiError> {
+        let (policy, families) = ip_families(spec, old_spec)?;
+        let old_ips = old_spec
+            .and_then(|s| s["clusterIPs"].as_array())
+            .cloned()
+            .unwrap_or_default();
+        let cluster_ips: Vec<String> = families
+            .iter()
+            .map(|family| {
+                let kept = old_ips.iter().filter_map(Value::as_str).find(|ip| {
+                    let is_v6 = ip.contains(':');
+                    is_v6 == (family == "IPv6")
+                });
+                kept.map_or_else(|| self.cluster_ip(family), str::to_owned)
+            })
+            .collect();
+        spec["ipFamilyPolicy"] = json!(policy);
+        spec["ipFamilies"] = json!(families);
+        spec["clusterIP"] = json!(cluster_ips[0]);
+        spec["clusterIPs"] = json!(cluster_ips);
+        Ok(())
+    }
+
+    fn cluster_ip(&mut self, family: &str) -> String {
+        if family == "IPv6" {
+            let ip = std::net::Ipv6Addr::from(self.next_cluster_ipv6);
+            self.next_cluster_ipv6 += 1;
+            return ip.to_string();
+        }
         let ip = std::net::Ipv4Addr::from(self.next_cluster_ip);
         self.next_cluster_ip += 1;
         ip.to_string()
@@ -434,6 +472,66 @@ impl Allocations {
     }
 }
 
+/// A Service's `ipFamilyPolicy` and `ipFamilies` as the API server of a
+/// dual-stack cluster resolves them: families not given are the old ones (as
+/// it infers them from the cluster IPs it keeps), else the primary one; two
+/// families without a policy mean RequireDualStack; a dual-stack policy gets
+/// the missing family added, a single stack keeps the first.
+fn ip_families(spec: &Value, old_spec: Option<&Value>) -> Result<(String, Vec<String>), ApiError> {
+    let given = spec["ipFamilies"].as_array();
+    let listed = given
+        .or_else(|| old_spec.and_then(|s| s["ipFamilies"].as_array()))
+        .cloned()
+        .unwrap_or_default();
+    let mut families: Vec<String> = Vec::new();
+    for (index, family) in listed.iter().enumerate() {
+        let field = format!("spec.ipFamilies[{index}]");
+        match family.as_str() {
+            Some(name) if families.iter().any(|f| f == name) => {
+                return Err(ApiError::invalid(format!(
+                    "{field}: Duplicate value: \"{name}\""
+                )));
+            }
+            Some(name) if FAMILIES.contains(&name) => families.push(name.to_owned()),
+            _ => {
+                return Err(ApiError::invalid(format!(
+                    "{field}: Unsupported value: {family}: supported values: \"IPv4\", \"IPv6\""
+                )));
+            }
+        }
+    }
+    let policy = match spec["ipFamilyPolicy"].as_str() {
+        Some(policy) if POLICIES.contains(&policy) => policy,
+        Some(policy) => {
+            return Err(ApiError::invalid(format!(
+                "spec.ipFamilyPolicy: Unsupported value: \"{policy}\": supported values: \
+                 \"PreferDualStack\", \"RequireDualStack\", \"SingleStack\""
+            )));
+        }
+        None if families.len() == 2 => "RequireDualStack",
+        None => "SingleStack",
+    };
+    let given_two = given.is_some_and(|given| given.len() == 2);
+    if policy == "SingleStack" && given_two {
+        return Err(ApiError::invalid(
+            "spec.ipFamilyPolicy: Invalid value: \"SingleStack\": must be 'RequireDualStack' or \
+             'PreferDualStack' when multiple 'ipFamilies' are specified",
+        ));
+    }
+    if families.is_empty() {
+        families.push(FAMILIES[0].to_owned());
+    }
+    match policy {
+        "SingleStack" => families.truncate(1),
+        _ if families.len() == 1 => {
+            let other = FAMILIES.iter().find(|f| **f != families[0]);
+            families.extend(other.map(|f| (*f).to_owned()));
+        }
+        _ => {}
+    }
+    Ok((policy.to_owned(), families))
+}
+
 /// The NodePorts (and healthCheckNodePort) a Service holds.
 fn node_ports(service: &Value) -> BTreeSet<u16> {
     let spec = &service["spec"];
@@ -511,5 +609,76 @@ mod tests {
         let c = admitted(&mut allocations, c, None).unwrap();
         let ports: Vec<&Value> = (0..4).map(|i| &c["spec"]["ports"][i]["nodePort"]).collect();
         assert_eq!(ports, [30003, 30000, 30001, 30002]);
+    }
+
+    #[test]
+    fn services_get_the_ip_families_of_a_dual_stack_cluster() {
+        let mut allocations = Allocations::new(30000..=30003);
+        let mut admit = |spec: Value, old: Option<&Value>| {
+            let service = json!({"metadata": {"name": "a"}, "spec": spec});
+            admitted(&mut allocations, service, old)
+        };
+        let families = |service: &Value| {
+            let spec = &service["spec"];
+            let policy = spec["ipFamilyPolicy"].as_str().unwrap().to_owned();
+            (
+                policy,
+                spec["ipFamilies"].clone(),
+                spec["clusterIPs"].clone(),
+            )
+        };
+        let single = admit(json!({}), None).unwrap();
+        assert_eq!(
+            families(&single),
+            ("SingleStack".into(), json!(["IPv4"]), json!(["10.96.0.2"]))
+        );
+        let six = admit(json!({"ipFamilies": ["IPv6"]}), None).unwrap();
+        assert_eq!(six["spec"]["clusterIP"], "fd00:10:96::1");
+        let prefer = admit(json!({"ipFamilyPolicy": "PreferDualStack"}), None).unwrap();
+        assert_eq!(
+            families(&prefer),
+            (
+                "PreferDualStack".into(),
+                json!(["IPv4", "IPv6"]),
+                json!(["10.96.0.3", "fd00:10:96::2"])
+            )
+        );
+        let require = json!({"ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv6"]});
+        let require = admit(require, None).unwrap();
+        assert_eq!(require["spec"]["ipFamilies"], json!(["IPv6", "IPv4"]));
+        let two = admit(json!({"ipFamilies": ["IPv4", "IPv6"]}), None).unwrap();
+        assert_eq!(two["spec"]["ipFamilyPolicy"], "RequireDualStack");
+
+        // Updates keep the cluster IPs; a single stack keeps the first.
+        let kept = admit(json!({"ipFamilyPolicy": "PreferDualStack"}), Some(&prefer)).unwrap();
+        assert_eq!(families(&kept), families(&prefer));
+        let single_again = admit(json!({"ipFamilyPolicy": "SingleStack"}), Some(&prefer)).unwrap();
+        assert_eq!(
+            families(&single_again),
+            ("SingleStack".into(), json!(["IPv4"]), json!(["10.96.0.3"]))
+        );
+
+        for (spec, message) in [
+            (
+                json!({"ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv4", "IPv6"]}),
+                "must be 'RequireDualStack' or 'PreferDualStack'",
+            ),
+            (
+                json!({"ipFamilies": ["IPv5"]}),
+                "spec.ipFamilies[0]: Unsupported value: \"IPv5\"",
+            ),
+            (
+                json!({"ipFamilies": ["IPv4", "IPv4"]}),
+                "spec.ipFamilies[1]: Duplicate value: \"IPv4\"",
+            ),
+            (
+                json!({"ipFamilyPolicy": "DualStack"}),
+                "spec.ipFamilyPolicy: Unsupported value: \"DualStack\"",
+            ),
+        ] {
+            let err = admit(spec, None).unwrap_err();
+            assert_eq!(err.code, 422);
+            assert!(err.message.contains(message), "{}", err.message);
+        }
     }
 }

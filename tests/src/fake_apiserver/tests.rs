@@ -40,7 +40,10 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn node(index: u8) -> Node {
-    fixtures::node(&format!("node-{index}"), [10, 1, 0, index].into())
+    fixtures::node(
+        &format!("node-{index}"),
+        std::net::Ipv4Addr::new(10, 1, 0, index),
+    )
 }
 
 fn name(event: &WatchEvent<Node>) -> (&'static str, String) {

@@ -1,6 +1,6 @@
 //! Which nodes serve a Service, and each of its ports as the data path serves it.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use k8s_openapi::api::{
     core::v1::{Node, ServicePort},
@@ -8,13 +8,27 @@ use k8s_openapi::api::{
 };
 
 use super::{LoadBalancer, NODE_WEIGHT_ANNOTATION, SERVICE_NAME_LABEL, Skips, TranslateConfig};
-use crate::model::{BackendSpec, Frontend, Protocol, ServiceSpec};
+use crate::{
+    k8s::family::Family,
+    model::{BackendSpec, Frontend, Protocol, ServiceSpec},
+};
 
 /// A node traffic can be sent to.
 pub(super) struct Member<'a> {
     name: &'a str,
-    ip: Ipv4Addr,
+    /// Its first address of each family (of the configured type): a node
+    /// serves the VIPs of the families it has an address of.
+    ips: Vec<IpAddr>,
     weight: u32,
+}
+
+impl Member<'_> {
+    fn ip(&self, family: Family) -> Option<IpAddr> {
+        self.ips
+            .iter()
+            .copied()
+            .find(|ip| Family::of(*ip) == family)
+    }
 }
 
 /// Ready, schedulable nodes sorted by name, so equal sets compare equal.
@@ -59,12 +73,20 @@ fn member<'a>(name: &'a str, node: &Node, address_type: &str) -> Result<Member<'
         .status
         .as_ref()
         .and_then(|status| status.addresses.as_deref());
-    let ip = addresses
+    let of_type = addresses
         .unwrap_or_default()
         .iter()
         .filter(|address| address.type_ == address_type)
-        .find_map(|address| address.address.parse().ok())
-        .ok_or_else(|| format!("no IPv4 {address_type} address"))?;
+        .filter_map(|address| address.address.parse::<IpAddr>().ok());
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for ip in of_type.map(|ip| ip.to_canonical()) {
+        if !ips.iter().any(|first| Family::of(*first) == Family::of(ip)) {
+            ips.push(ip);
+        }
+    }
+    if ips.is_empty() {
+        return Err(format!("no {address_type} address"));
+    }
     let annotations = node.metadata.annotations.as_ref();
     let weight = match annotations.and_then(|annotations| annotations.get(NODE_WEIGHT_ANNOTATION)) {
         None => 1,
@@ -76,7 +98,7 @@ fn member<'a>(name: &'a str, node: &Node, address_type: &str) -> Result<Member<'
                 format!("annotation {NODE_WEIGHT_ANNOTATION}={text:?} is not a positive integer")
             })?,
     };
-    Ok(Member { name, ip, weight })
+    Ok(Member { name, ips, weight })
 }
 
 /// What a node runs of one Service's endpoints.
@@ -127,25 +149,20 @@ pub(super) fn index_endpoints(slices: &[Arc<EndpointSlice>]) -> EndpointIndex<'_
 }
 
 /// A node serving a Service, with its Maglev weight (0: draining).
-pub(super) struct Backend<'a> {
-    name: &'a str,
-    ip: Ipv4Addr,
+pub(super) struct Backend<'n, 'a> {
+    node: &'n Member<'a>,
     weight: u32,
 }
 
 /// Every usable node with policy Cluster; with policy Local only those running
 /// an endpoint, a draining node with weight 0 so that it keeps its flows but
 /// gets no new ones. Sorted by node name, as `nodes` is.
-pub(super) fn for_service<'a>(
+pub(super) fn for_service<'n, 'a>(
     service: &LoadBalancer,
-    nodes: &[Member<'a>],
+    nodes: &'n [Member<'a>],
     endpoints: &EndpointIndex,
-) -> Vec<Backend<'a>> {
-    let backend = |node: &Member<'a>, weight| Backend {
-        name: node.name,
-        ip: node.ip,
-        weight,
-    };
+) -> Vec<Backend<'n, 'a>> {
+    let backend = |node, weight| Backend { node, weight };
     if !service.is_local() {
         return nodes
             .iter()
@@ -171,46 +188,65 @@ pub(super) fn protocol_name(port: &ServicePort) -> &str {
     port.protocol.as_deref().unwrap_or("TCP")
 }
 
-/// One port of a Service as the data path serves it: to its backends' NodePort.
-pub(super) fn port_spec(
-    service: &LoadBalancer,
-    port: &ServicePort,
-    vip: Ipv4Addr,
-    backends: &[Backend],
-) -> Result<ServiceSpec, String> {
-    let protocol_name = protocol_name(port);
-    let label = format!("port {}/{}", port.port, protocol_name.to_ascii_lowercase());
-    let protocol = match protocol_name {
-        "TCP" => Protocol::Tcp,
-        "UDP" => Protocol::Udp,
-        other => return Err(format!("{label}: protocol {other} is not supported")),
-    };
-    let number =
-        valid_port(port.port).ok_or_else(|| format!("{label}: not a valid port number"))?;
-    let node_port = match port.node_port {
-        None => return Err(format!("{label} has no nodePort")),
-        Some(node_port) => valid_port(node_port)
-            .ok_or_else(|| format!("{label}: nodePort {node_port} is not valid"))?,
-    };
-    let name = match port.name.as_deref() {
-        Some(name) if !name.is_empty() => name.to_owned(),
-        _ => port.port.to_string(),
-    };
-    let backends = backends.iter().map(|backend| BackendSpec {
-        node: backend.name.to_owned(),
-        ip: backend.ip.into(),
-        port: node_port,
-        weight: backend.weight,
-    });
-    Ok(ServiceSpec {
-        name: format!("{}:{name}", service.owner),
-        frontend: Frontend {
-            vip: vip.into(),
-            port: number,
+/// One port of a Service, checked once however many VIPs it is served on.
+pub(super) struct ServedPort {
+    /// `namespace/name:port`.
+    name: String,
+    number: u16,
+    protocol: Protocol,
+    node_port: u16,
+}
+
+impl ServedPort {
+    pub(super) fn new(service: &LoadBalancer, port: &ServicePort) -> Result<Self, String> {
+        let protocol_name = protocol_name(port);
+        let label = format!("port {}/{}", port.port, protocol_name.to_ascii_lowercase());
+        let protocol = match protocol_name {
+            "TCP" => Protocol::Tcp,
+            "UDP" => Protocol::Udp,
+            other => return Err(format!("{label}: protocol {other} is not supported")),
+        };
+        let number =
+            valid_port(port.port).ok_or_else(|| format!("{label}: not a valid port number"))?;
+        let node_port = match port.node_port {
+            None => return Err(format!("{label} has no nodePort")),
+            Some(node_port) => valid_port(node_port)
+                .ok_or_else(|| format!("{label}: nodePort {node_port} is not valid"))?,
+        };
+        let name = match port.name.as_deref() {
+            Some(name) if !name.is_empty() => name.to_owned(),
+            _ => port.port.to_string(),
+        };
+        Ok(Self {
+            name: format!("{}:{name}", service.owner),
+            number,
             protocol,
-        },
-        backends: backends.collect(),
-    })
+            node_port,
+        })
+    }
+
+    /// The port on `vip` as the data path serves it: to the NodePort of the
+    /// backends with an address of the VIP's family.
+    pub(super) fn on(&self, vip: IpAddr, backends: &[Backend]) -> ServiceSpec {
+        let family = Family::of(vip);
+        let backends = backends.iter().filter_map(|backend| {
+            Some(BackendSpec {
+                node: backend.node.name.to_owned(),
+                ip: backend.node.ip(family)?,
+                port: self.node_port,
+                weight: backend.weight,
+            })
+        });
+        ServiceSpec {
+            name: self.name.clone(),
+            frontend: Frontend {
+                vip,
+                port: self.number,
+                protocol: self.protocol,
+            },
+            backends: backends.collect(),
+        }
+    }
 }
 
 pub(super) fn valid_port(port: i32) -> Option<u16> {

@@ -11,7 +11,7 @@ use k8s_openapi::{
 
 use super::*;
 use crate::{
-    k8s::{manifests::load_path, pools::Pool},
+    k8s::{family::Family, manifests::load_path, pools::Pool},
     model::{BackendSpec, Protocol, ServiceSpec},
 };
 
@@ -140,7 +140,7 @@ fn frontend(vip: &str, port: u16, protocol: Protocol) -> Frontend {
 }
 
 /// (name, VIP) of every served port, in frontend order.
-fn served(translation: &Translation) -> Vec<(String, std::net::IpAddr)> {
+fn served(translation: &Translation) -> Vec<(String, IpAddr)> {
     let specs = translation.state.services.values();
     specs
         .map(|spec| (spec.name.clone(), spec.frontend.vip))
@@ -180,7 +180,10 @@ fn voting_app_example() {
     assert_eq!(result.name, "vote/result:result-service");
     assert_eq!(result.backends.len(), 3);
     assert!(result.backends.iter().all(|backend| backend.port == 31001));
-    assert_eq!(pool.pools.lookup("vote/result"), Some(ip("198.51.100.1")));
+    assert_eq!(
+        pool.pools.lookup("vote/result", Family::V4),
+        Some(ip("198.51.100.1"))
+    );
 }
 
 #[test]
@@ -197,7 +200,7 @@ fn only_load_balancers_served() {
         [("ns/public:p80".to_owned(), ip("198.51.100.5"))]
     );
     assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
-    assert_eq!(pool.pools.lookup("ns/internal"), None);
+    assert_eq!(pool.pools.lookup("ns/internal", Family::V4), None);
 }
 
 #[test]
@@ -243,8 +246,8 @@ fn no_usable_vip_skipped() {
     let translation = Translator::default().translate(&objects(services.clone(), vec![]));
     assert!(translation.state.services.is_empty());
     let want = [
-        "Service ns/b: spec.loadBalancerIP \"198.51.100.300\" is not an IPv4 address",
-        "Service ns/a: no VIP: it requests none and no VIP pool is configured",
+        "Service ns/b: spec.loadBalancerIP \"198.51.100.300\" is not an IP address",
+        "Service ns/a: no IPv4 VIP: it requests none and no VIP pool is configured",
     ];
     assert_eq!(skipped(&translation), want);
 
@@ -254,7 +257,7 @@ fn no_usable_vip_skipped() {
     let translation = tiny.translate(&objects(services, vec![]));
     assert_eq!(
         skipped(&translation),
-        ["Service ns/a: no VIP: VIP pool default has no free address left"]
+        ["Service ns/a: no IPv4 VIP: VIP pool default has no free IPv4 address left"]
     );
 }
 
@@ -287,12 +290,12 @@ fn not_ready_and_unschedulable_nodes_excluded() {
     assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
     let spec = &translation.state.services[&frontend("198.51.100.1", 80, Protocol::Tcp)];
     assert_eq!(backend_nodes(spec), [("b-schedulable", 1), ("c-ready", 1)]);
-    assert_eq!(spec.backends[0].ip, ip::<std::net::IpAddr>("10.1.0.5"));
+    assert_eq!(spec.backends[0].ip, ip::<IpAddr>("10.1.0.5"));
     assert_eq!(spec.backends[0].port, 30080);
 }
 
 #[test]
-fn node_without_internal_ipv4_skipped() {
+fn node_without_internal_ip_skipped() {
     let mut external_only = node("external-only", "10.1.0.2");
     external_only
         .status
@@ -309,11 +312,11 @@ fn node_without_internal_ipv4_skipped() {
     ];
     let service = with_lb_ip(service("a", vec![tcp(80, 30080)]), "198.51.100.1");
     let translation = Translator::default().translate(&objects(vec![service], nodes));
-    let want = [
-        "Node external-only: no IPv4 InternalIP address",
-        "Node v6-only: no IPv4 InternalIP address",
-    ];
-    assert_eq!(skipped(&translation), want);
+    // An IPv6-only node is fine, but serves no IPv4 VIP.
+    assert_eq!(
+        skipped(&translation),
+        ["Node external-only: no InternalIP address"]
+    );
     let spec = &translation.state.services[&frontend("198.51.100.1", 80, Protocol::Tcp)];
     assert_eq!(backend_nodes(spec), [("good", 1)]);
 }
@@ -443,7 +446,10 @@ fn shared_vip_for_overlapping_ports_refused() {
         skipped(&translation),
         ["Service ns/b: VIP 198.51.100.4 is already used by ns/a on an overlapping port"]
     );
-    assert_eq!(pool.pools.lookup("ns/a"), Some(ip("198.51.100.4")));
+    assert_eq!(
+        pool.pools.lookup("ns/a", Family::V4),
+        Some(ip("198.51.100.4"))
+    );
 }
 
 #[test]
@@ -496,7 +502,7 @@ fn deleted_service_releases_pool_address() {
         served(&second),
         [("ns/b:p80".to_owned(), ip("198.51.100.2"))]
     );
-    assert_eq!(pool.pools.lookup("ns/a"), None);
+    assert_eq!(pool.pools.lookup("ns/a", Family::V4), None);
 
     let third = pool.translate(&objects(vec![b, c], vec![]));
     let want = [
@@ -539,7 +545,7 @@ fn load_balancer_class_selects_services() {
         ("ns/unset:p80".to_owned(), ip("198.51.100.2")),
     ];
     assert_eq!(served(&translation), want);
-    assert_eq!(pool.pools.lookup("ns/theirs"), None);
+    assert_eq!(pool.pools.lookup("ns/theirs", Family::V4), None);
 
     // Another class name configured: only unclassed Services and that class.
     let mut other = self::pool();
@@ -571,7 +577,7 @@ fn address_annotation_wins_over_load_balancer_ip() {
     );
     assert_eq!(
         skipped(&translation),
-        ["Service ns/bad: annotation lb.dev/address=\"nope\" is not an IPv4 address"]
+        ["Service ns/bad: annotation lb.dev/address=\"nope\" is not an IP address"]
     );
     assert_eq!(problems(&translation), [("ns/bad", Problem::Invalid)]);
     assert_eq!(translation.vips.len(), 1);
@@ -593,22 +599,20 @@ fn pools_are_chosen_by_annotation() {
         service("e", vec![tcp(80, 30084)]),
     ];
     let translation = translator.translate(&objects(services, vec![]));
-    let vips: Vec<(&str, Ipv4Addr)> = translation
-        .vips
-        .iter()
-        .map(|(owner, vip)| (owner.as_str(), *vip))
-        .collect();
     let want = [
-        ("ns/a", ip("198.51.100.20")),
-        ("ns/b", ip("10.9.0.1")),
-        ("ns/d", ip("198.51.100.21")),
+        ("ns/a", "198.51.100.20"),
+        ("ns/b", "10.9.0.1"),
+        ("ns/d", "198.51.100.21"),
     ];
-    assert_eq!(vips, want);
+    assert_eq!(
+        vips(&translation),
+        want.map(|(owner, vip)| (owner, vec![ip(vip)]))
+    );
     assert_eq!(
         skipped(&translation),
         [
-            "Service ns/c: no VIP: no VIP pool named \"nope\"",
-            "Service ns/e: no VIP: VIP pool public has no free address left",
+            "Service ns/c: no IPv4 VIP: no VIP pool named \"nope\"",
+            "Service ns/e: no IPv4 VIP: VIP pool public has no free IPv4 address left",
         ]
     );
     assert_eq!(
@@ -626,10 +630,7 @@ fn pools_are_chosen_by_annotation() {
         "internal",
     );
     let translation = translator.translate(&objects(vec![moved], vec![]));
-    assert_eq!(
-        translation.vips["ns/a"],
-        ip::<std::net::Ipv4Addr>("10.9.0.1")
-    );
+    assert_eq!(translation.vips["ns/a"], [ip::<IpAddr>("10.9.0.1")]);
 }
 
 #[test]
@@ -658,7 +659,7 @@ fn the_holder_of_an_address_keeps_it() {
     running.translate(&objects(vec![c.clone()], vec![]));
     let d = with_status_ips(service("d", vec![tcp(80, 30083)]), &["198.51.100.1"]);
     let translation = running.translate(&objects(vec![c, d], vec![]));
-    assert_eq!(translation.vips.get("ns/c"), Some(&ip("198.51.100.1")));
+    assert_eq!(translation.vips["ns/c"], [ip::<IpAddr>("198.51.100.1")]);
     assert_eq!(translation.vips.get("ns/d"), None);
     assert_eq!(problems(&translation), [("ns/d", Problem::AddressConflict)]);
 }
@@ -775,11 +776,8 @@ fn node_address_type_is_configurable() {
     ));
     let spec = &translation.state.services[&frontend("198.51.100.1", 80, Protocol::Tcp)];
     assert_eq!(spec.backends.len(), 1);
-    assert_eq!(spec.backends[0].ip, ip::<std::net::IpAddr>("192.0.2.1"));
-    assert_eq!(
-        skipped(&translation),
-        ["Node n2: no IPv4 ExternalIP address"]
-    );
+    assert_eq!(spec.backends[0].ip, ip::<IpAddr>("192.0.2.1"));
+    assert_eq!(skipped(&translation), ["Node n2: no ExternalIP address"]);
 }
 
 #[test]
@@ -806,4 +804,372 @@ fn kubernetes_example() {
     for frontend in dns {
         assert_eq!(translation.state.services[&frontend].backends.len(), 3);
     }
+}
+
+fn vips(translation: &Translation) -> Vec<(&str, Vec<IpAddr>)> {
+    let vips = translation.vips.iter();
+    vips.map(|(owner, vips)| (owner.as_str(), vips.clone()))
+        .collect()
+}
+
+/// `spec.ipFamilyPolicy` and `spec.ipFamilies`, as the API server completes them.
+fn families(mut service: Service, policy: &str, families: &[&str]) -> Service {
+    let spec = service.spec.as_mut().unwrap();
+    spec.ip_family_policy = Some(policy.to_owned());
+    spec.ip_families = Some(families.iter().map(|f| (*f).to_owned()).collect());
+    service
+}
+
+fn dual_stack(service: Service) -> Service {
+    families(service, "RequireDualStack", &["IPv4", "IPv6"])
+}
+
+fn with_internal_ip(mut node: Node, ip: &str) -> Node {
+    let addresses = node.status.as_mut().unwrap().addresses.as_mut().unwrap();
+    addresses.push(NodeAddress {
+        type_: "InternalIP".to_owned(),
+        address: ip.to_owned(),
+    });
+    node
+}
+
+fn dual_pool() -> Translator {
+    translator(&["default=198.51.100.0/28,2001:db8::/120"])
+}
+
+/// (node, backend IP) of a served port.
+fn backend_ips(spec: &ServiceSpec) -> Vec<(&str, IpAddr)> {
+    let backends = spec.backends.iter();
+    backends.map(|b| (b.node.as_str(), b.ip)).collect()
+}
+
+#[test]
+fn dual_stack_service_served_on_a_vip_of_each_family() {
+    let ports = vec![
+        tcp(80, 30080),
+        port(53, Some("UDP"), Some(30053)),
+        port(9000, Some("SCTP"), Some(30900)),
+    ];
+    // Listed IPv6 first: the status still lists IPv4 first.
+    let web = families(service("web", ports), "RequireDualStack", &["IPv6", "IPv4"]);
+    let nodes = vec![
+        with_internal_ip(node("both", "10.1.0.1"), "fd00::1"),
+        node("v4-only", "10.1.0.2"),
+        node("v6-only", "fd00::3"),
+    ];
+    let mut translator = dual_pool();
+    let translation = translator.translate(&objects(vec![web], nodes));
+    // The bad port is reported once, not once per VIP.
+    assert_eq!(
+        skipped(&translation),
+        ["Service ns/web: port 9000/sctp: protocol SCTP is not supported"]
+    );
+    assert_eq!(
+        vips(&translation),
+        [("ns/web", vec![ip("198.51.100.1"), ip("2001:db8::1")])]
+    );
+    let served: Vec<Frontend> = translation.state.services.keys().copied().collect();
+    let want = [
+        frontend("198.51.100.1", 53, Protocol::Udp),
+        frontend("198.51.100.1", 80, Protocol::Tcp),
+        frontend("2001:db8::1", 53, Protocol::Udp),
+        frontend("2001:db8::1", 80, Protocol::Tcp),
+    ];
+    assert_eq!(served, want);
+    assert!(want.iter().all(|f| translation.checks.contains_key(f)));
+    let v4 = &translation.state.services[&want[1]];
+    assert_eq!(
+        backend_ips(v4),
+        [("both", ip("10.1.0.1")), ("v4-only", ip("10.1.0.2"))]
+    );
+    let v6 = &translation.state.services[&want[3]];
+    assert_eq!(v6.name, "ns/web:p80");
+    assert_eq!(
+        backend_ips(v6),
+        [("both", ip("fd00::1")), ("v6-only", ip("fd00::3"))]
+    );
+    assert_eq!(
+        translator.pools.lookup("ns/web", Family::V6),
+        Some(ip("2001:db8::1"))
+    );
+}
+
+#[test]
+fn single_stack_ipv6_and_the_ipv4_default() {
+    let services = vec![
+        families(
+            service("six", vec![tcp(80, 30080)]),
+            "SingleStack",
+            &["IPv6"],
+        ),
+        // Only the first family counts for a single stack.
+        families(
+            service("first", vec![tcp(80, 30081)]),
+            "SingleStack",
+            &["IPv6", "IPv4"],
+        ),
+        service("unset", vec![tcp(80, 30082)]),
+    ];
+    let translation = dual_pool().translate(&objects(services, vec![]));
+    assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
+    let want = [
+        ("ns/first", vec![ip("2001:db8::1")]),
+        ("ns/six", vec![ip("2001:db8::2")]),
+        ("ns/unset", vec![ip("198.51.100.1")]),
+    ];
+    assert_eq!(vips(&translation), want);
+}
+
+#[test]
+fn require_dual_stack_without_an_ipv6_pool_not_served() {
+    let services = vec![
+        dual_stack(service("both", vec![tcp(80, 30080)])),
+        families(
+            service("six", vec![tcp(80, 30081)]),
+            "SingleStack",
+            &["IPv6"],
+        ),
+    ];
+    let mut translator = pool();
+    let translation = translator.translate(&objects(services, vec![]));
+    assert!(translation.state.services.is_empty());
+    assert!(translation.vips.is_empty());
+    assert_eq!(
+        skipped(&translation),
+        [
+            "Service ns/both: not served, as ipFamilyPolicy RequireDualStack needs a VIP of each family: no IPv6 VIP: VIP pool default has no IPv6 range",
+            "Service ns/six: no IPv6 VIP: VIP pool default has no IPv6 range",
+        ]
+    );
+    assert_eq!(
+        problems(&translation),
+        [
+            ("ns/both", Problem::AllocationFailed),
+            ("ns/six", Problem::AllocationFailed)
+        ]
+    );
+}
+
+#[test]
+fn prefer_dual_stack_takes_the_families_it_can_get() {
+    let prefer = |name, listed: &[&str]| {
+        families(
+            service(name, vec![tcp(80, 30080)]),
+            "PreferDualStack",
+            listed,
+        )
+    };
+    // An IPv4 pool: IPv4 only, and nothing to complain about.
+    let translation = pool().translate(&objects(vec![prefer("a", &["IPv4", "IPv6"])], vec![]));
+    assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
+    assert_eq!(vips(&translation), [("ns/a", vec![ip("198.51.100.1")])]);
+
+    // A dual-stack pool: the families listed (a single-stack cluster lists
+    // one), both when none is.
+    let services = vec![
+        prefer("a", &["IPv4", "IPv6"]),
+        prefer("b", &["IPv4"]),
+        prefer("c", &[]),
+    ];
+    let translation = dual_pool().translate(&objects(services, vec![]));
+    assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
+    let want = [
+        ("ns/a", vec![ip("198.51.100.1"), ip("2001:db8::1")]),
+        ("ns/b", vec![ip("198.51.100.2")]),
+        ("ns/c", vec![ip("198.51.100.3"), ip("2001:db8::2")]),
+    ];
+    assert_eq!(vips(&translation), want);
+
+    // A family that runs out is reported; the Service is served in the other.
+    let mut tiny = translator(&["default=198.51.100.0/28,2001:db8::1/128"]);
+    let services = vec![
+        prefer("a", &["IPv4", "IPv6"]),
+        prefer("b", &["IPv6", "IPv4"]),
+    ];
+    let translation = tiny.translate(&objects(services, vec![]));
+    let want = [
+        ("ns/a", vec![ip("198.51.100.1"), ip("2001:db8::1")]),
+        ("ns/b", vec![ip("198.51.100.2")]),
+    ];
+    assert_eq!(vips(&translation), want);
+    assert_eq!(
+        skipped(&translation),
+        ["Service ns/b: no IPv6 VIP: VIP pool default has no free IPv6 address left"]
+    );
+}
+
+#[test]
+fn address_annotation_names_one_address_per_family() {
+    let both = annotated(
+        dual_stack(service("both", vec![tcp(80, 30080)])),
+        ADDRESS_ANNOTATION,
+        "2001:db8::7, 198.51.100.7",
+    );
+    // Requests IPv4 only: the IPv6 VIP comes from the pool.
+    let half = annotated(
+        dual_stack(service("half", vec![tcp(80, 30081)])),
+        ADDRESS_ANNOTATION,
+        "198.51.100.8",
+    );
+    // An IPv4-mapped IPv6 address is the IPv4 address.
+    let mapped = with_lb_ip(
+        service("mapped", vec![tcp(80, 30082)]),
+        "::ffff:198.51.100.9",
+    );
+    let two_v4 = annotated(
+        dual_stack(service("two-v4", vec![tcp(80, 30083)])),
+        ADDRESS_ANNOTATION,
+        "198.51.100.10,198.51.100.11",
+    );
+    let wrong_family = annotated(
+        service("wrong-family", vec![tcp(80, 30084)]),
+        ADDRESS_ANNOTATION,
+        "198.51.100.12,2001:db8::12",
+    );
+    let garbage = annotated(
+        dual_stack(service("garbage", vec![tcp(80, 30085)])),
+        ADDRESS_ANNOTATION,
+        "198.51.100.13,nope",
+    );
+    let services = vec![both, half, mapped, two_v4, wrong_family, garbage];
+    let translation = dual_pool().translate(&objects(services, vec![]));
+    let want = [
+        ("ns/both", vec![ip("198.51.100.7"), ip("2001:db8::7")]),
+        ("ns/half", vec![ip("198.51.100.8"), ip("2001:db8::1")]),
+        ("ns/mapped", vec![ip("198.51.100.9")]),
+    ];
+    assert_eq!(vips(&translation), want);
+    assert_eq!(
+        skipped(&translation),
+        [
+            "Service ns/garbage: annotation lb.dev/address=\"198.51.100.13,nope\": \"nope\" is not an IP address",
+            "Service ns/two-v4: annotation lb.dev/address=\"198.51.100.10,198.51.100.11\" names more than one IPv4 address",
+            "Service ns/wrong-family: annotation lb.dev/address=\"198.51.100.12,2001:db8::12\" names an IPv6 address, but the Service is served in IPv4 only (spec.ipFamilies, spec.ipFamilyPolicy)",
+        ]
+    );
+}
+
+#[test]
+fn unknown_ip_family_fields_skipped() {
+    let services = vec![
+        families(
+            service("policy", vec![tcp(80, 30080)]),
+            "DualStack",
+            &["IPv4"],
+        ),
+        families(
+            service("family", vec![tcp(80, 30081)]),
+            "SingleStack",
+            &["IPv5"],
+        ),
+        families(
+            service("twice", vec![tcp(80, 30082)]),
+            "PreferDualStack",
+            &["IPv6", "IPv6"],
+        ),
+    ];
+    let translation = dual_pool().translate(&objects(services, vec![]));
+    assert!(translation.vips.is_empty());
+    assert_eq!(
+        skipped(&translation),
+        [
+            "Service ns/family: spec.ipFamilies lists \"IPv5\", which is not IPv4 or IPv6",
+            "Service ns/policy: spec.ipFamilyPolicy \"DualStack\" is not SingleStack, PreferDualStack or RequireDualStack",
+            "Service ns/twice: spec.ipFamilies lists IPv6 twice",
+        ]
+    );
+    assert_eq!(
+        problems(&translation),
+        [
+            ("ns/family", Problem::Invalid),
+            ("ns/policy", Problem::Invalid),
+            ("ns/twice", Problem::Invalid)
+        ]
+    );
+}
+
+#[test]
+fn restart_keeps_both_vips_and_dropping_a_family_frees_it() {
+    let web = with_status_ips(
+        dual_stack(service("web", vec![tcp(80, 30080)])),
+        &["198.51.100.9", "2001:db8::9"],
+    );
+    let other = dual_stack(service("other", vec![tcp(80, 30081)]));
+    // After a restart (empty pools), the status gives both back.
+    let mut fresh = dual_pool();
+    let translation = fresh.translate(&objects(vec![web.clone(), other.clone()], vec![]));
+    assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
+    let want = [
+        ("ns/other", vec![ip("198.51.100.1"), ip("2001:db8::1")]),
+        ("ns/web", vec![ip("198.51.100.9"), ip("2001:db8::9")]),
+    ];
+    assert_eq!(vips(&translation), want);
+
+    // web turns single-stack: its IPv6 address goes to whoever asks next.
+    let single = families(web, "SingleStack", &["IPv4"]);
+    let six = families(
+        service("six", vec![tcp(80, 30082)]),
+        "SingleStack",
+        &["IPv6"],
+    );
+    fresh.translate(&objects(vec![single.clone(), other.clone()], vec![]));
+    assert_eq!(fresh.pools.lookup("ns/web", Family::V6), None);
+    let claimant = with_lb_ip(six, "2001:db8::9");
+    let translation = fresh.translate(&objects(vec![single, other, claimant], vec![]));
+    assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
+    assert_eq!(translation.vips["ns/six"], [ip::<IpAddr>("2001:db8::9")]);
+    assert_eq!(translation.vips["ns/web"], [ip::<IpAddr>("198.51.100.9")]);
+
+    // Deleting a dual-stack Service releases both addresses.
+    let translation = fresh.translate(&objects(vec![], vec![]));
+    let released: Vec<(&str, IpAddr)> = translation
+        .released
+        .iter()
+        .map(|(owner, vip)| (owner.as_str(), *vip))
+        .collect();
+    let want = [
+        ("ns/other", ip("198.51.100.1")),
+        ("ns/other", ip("2001:db8::1")),
+        ("ns/six", ip("2001:db8::9")),
+        ("ns/web", ip("198.51.100.9")),
+    ];
+    assert_eq!(released, want);
+}
+
+#[test]
+fn sharing_and_conflicts_are_per_address() {
+    let shared = "198.51.100.4,2001:db8::4";
+    let web = annotated(
+        dual_stack(service("web", vec![tcp(80, 30080)])),
+        ADDRESS_ANNOTATION,
+        shared,
+    );
+    let dns = annotated(
+        dual_stack(service("dns", vec![port(53, Some("UDP"), Some(30053))])),
+        ADDRESS_ANNOTATION,
+        shared,
+    );
+    // Sorts after web and overlaps its port on the IPv6 address only; prefers
+    // dual stack, so it is served on IPv4 alone.
+    let late = annotated(
+        families(
+            service("x-late", vec![tcp(80, 30081)]),
+            "PreferDualStack",
+            &["IPv4", "IPv6"],
+        ),
+        ADDRESS_ANNOTATION,
+        "198.51.100.5,2001:db8::4",
+    );
+    let translation = dual_pool().translate(&objects(vec![web, dns, late], vec![]));
+    let want = [
+        ("ns/dns", vec![ip("198.51.100.4"), ip("2001:db8::4")]),
+        ("ns/web", vec![ip("198.51.100.4"), ip("2001:db8::4")]),
+        ("ns/x-late", vec![ip("198.51.100.5")]),
+    ];
+    assert_eq!(vips(&translation), want);
+    assert_eq!(
+        skipped(&translation),
+        ["Service ns/x-late: VIP 2001:db8::4 is already used by ns/web on an overlapping port"]
+    );
+    assert_eq!(translation.state.services.len(), 5);
 }

@@ -1,19 +1,71 @@
-//! Which VIP each Service gets.
+//! Which VIPs each Service gets: one per IP family it is served in.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use super::{ADDRESS_ANNOTATION, LoadBalancer, POOL_ANNOTATION, Problem, Skips};
-use crate::k8s::pools::{PoolError, Pools};
+use crate::k8s::{
+    family::Family,
+    pools::{Pool, PoolError, Pools},
+};
 
-/// What a Service asks for.
+/// `spec.ipFamilyPolicy`: how many families a Service is served in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[expect(
+    clippy::enum_variant_names,
+    reason = "named as the values of spec.ipFamilyPolicy"
+)]
+enum Policy {
+    /// One family: the first of `spec.ipFamilies`, IPv4 when none is listed.
+    SingleStack,
+    /// Each family of `spec.ipFamilies` (both when none is listed) that the
+    /// Service requests or its pool supplies; at least one.
+    PreferDualStack,
+    /// Both families, or the Service is not served.
+    RequireDualStack,
+}
+
+impl Policy {
+    fn of(service: &LoadBalancer) -> Result<Self, String> {
+        match service.spec.ip_family_policy.as_deref() {
+            None | Some("SingleStack") => Ok(Self::SingleStack),
+            Some("PreferDualStack") => Ok(Self::PreferDualStack),
+            Some("RequireDualStack") => Ok(Self::RequireDualStack),
+            Some(other) => Err(format!(
+                "spec.ipFamilyPolicy {other:?} is not SingleStack, PreferDualStack or RequireDualStack"
+            )),
+        }
+    }
+
+    /// The families a Service with `listed` as `spec.ipFamilies` asks for.
+    /// PreferDualStack keeps to the listed ones because the API server lists
+    /// only the families the cluster has: kube-proxy opens NodePorts only on
+    /// node addresses of the Service's families.
+    fn families(self, listed: &[Family]) -> Vec<Family> {
+        let first = listed.first().copied().unwrap_or(Family::V4);
+        match self {
+            Self::SingleStack => vec![first],
+            Self::PreferDualStack if !listed.is_empty() => listed.to_vec(),
+            Self::PreferDualStack | Self::RequireDualStack => vec![first, first.other()],
+        }
+    }
+}
+
+/// Where one VIP of a Service comes from.
 enum Want<'a> {
     /// An address it names (annotation or `spec.loadBalancerIP`).
-    Requested(Ipv4Addr),
+    Requested(IpAddr),
     /// The address its status shows: it had it before (maybe from an earlier
     /// agent), so it keeps it.
-    Held(Ipv4Addr),
-    /// Any free address of this pool (`None`: the default one).
+    Held(IpAddr),
+    /// Any free address of the family from this pool (`None`: the default one).
     Allocate(Option<&'a str>),
+}
+
+/// What a Service asks for: a VIP of each family it names, and how many of
+/// them it needs to be served.
+struct Plan<'a> {
+    policy: Policy,
+    wants: Vec<(Family, Want<'a>)>,
 }
 
 /// Who wins a contested address, best first: the Service the pools already
@@ -26,107 +78,284 @@ enum Standing {
     Requested,
 }
 
-/// Gives each Service a VIP, claiming requested and held ones in the pools
-/// before allocating the rest.
+/// One VIP of one Service: its index among the Services and the family.
+type Slot = (usize, Family);
+
+/// Why a slot got no VIP.
+struct Failure {
+    problem: Problem,
+    reason: String,
+}
+
+/// What each slot got.
+type Outcomes = BTreeMap<Slot, Result<IpAddr, Failure>>;
+
+/// Gives each Service its VIPs (IPv4 first), claiming requested and held ones
+/// in the pools before allocating the rest.
 pub(super) fn assign<'s, 'a>(
     services: &'s [LoadBalancer<'a>],
     pools: &mut Pools,
     skips: &mut Skips,
-) -> Vec<(&'s LoadBalancer<'a>, Ipv4Addr)> {
-    let mut contenders: BTreeMap<Ipv4Addr, Vec<Contender>> = BTreeMap::new();
-    let mut unassigned = Vec::new();
-    for service in services {
-        let (vip, asks) = match want(service, pools) {
-            Ok(Want::Requested(vip)) => (vip, true),
-            Ok(Want::Held(vip)) => (vip, false),
-            Ok(Want::Allocate(pool)) => {
-                unassigned.push((service, pool));
-                continue;
-            }
-            Err(reason) => {
-                skips.service(&service.owner, Problem::Invalid, reason);
-                continue;
-            }
-        };
-        let standing = match pools.lookup(&service.owner) {
-            Some(held) if held == vip => Standing::Owner,
-            held => {
-                // Moving to another address frees the old one, so Services
-                // swapping addresses do not look like a conflict.
-                if held.is_some() {
-                    pools.release(&service.owner);
-                }
-                if asks {
-                    Standing::Requested
-                } else {
-                    Standing::Held
-                }
-            }
-        };
-        contenders.entry(vip).or_default().push(Contender {
-            standing,
-            asks,
-            service,
-        });
+) -> Vec<(&'s LoadBalancer<'a>, Vec<IpAddr>)> {
+    let demand = Demand::of(services, pools, skips);
+    let mut outcomes = Outcomes::new();
+    for (vip, candidates) in demand.contenders {
+        settle(vip, candidates, pools, &mut outcomes);
     }
-    let mut assigned = Vec::new();
-    for (vip, mut candidates) in contenders {
-        candidates
-            .sort_by(|a, b| (a.standing, &a.service.owner).cmp(&(b.standing, &b.service.owner)));
-        let sharers = sharers(vip, &candidates, skips);
-        match claim(pools, vip, &sharers) {
-            Ok(()) => assigned.extend(sharers.into_iter().map(|service| (service, vip))),
-            Err(err) => sharers.iter().for_each(|service| {
-                skips.service(&service.owner, Problem::AddressConflict, &err);
-            }),
-        }
+    for ((index, family), pool) in demand.unassigned {
+        let outcome = pools
+            .allocate(&services[index].owner, pool, family)
+            .map_err(|err| allocation_failure(family, err));
+        outcomes.insert((index, family), outcome);
     }
-    for (service, pool) in unassigned {
-        match pools.allocate(&service.owner, pool) {
-            Ok(vip) => assigned.push((service, vip)),
-            Err(err) => {
-                let problem = match err {
-                    PoolError::UnknownPool(_) => Problem::Invalid,
-                    _ => Problem::AllocationFailed,
-                };
-                let reason = match err {
-                    PoolError::NoPool => {
-                        "no VIP: it requests none and no VIP pool is configured".to_owned()
-                    }
-                    err => format!("no VIP: {err}"),
-                };
-                skips.service(&service.owner, problem, reason);
-            }
-        }
-    }
-    assigned
+    let policies = demand.policies.into_iter();
+    policies
+        .filter_map(|(index, policy)| {
+            let vips = served_vips(&services[index], index, policy, &outcomes, skips)?;
+            Some((&services[index], vips))
+        })
+        .collect()
 }
 
-fn want<'a>(service: &LoadBalancer<'a>, pools: &Pools) -> Result<Want<'a>, String> {
-    if let Some(text) = service.annotation(ADDRESS_ANNOTATION) {
-        let vip = text.parse().map_err(|_| {
-            format!("annotation {ADDRESS_ANNOTATION}={text:?} is not an IPv4 address")
+/// The slots of every Service with a valid plan: addresses wanted by name,
+/// with who wants them, and families to allocate from a pool.
+struct Demand<'s, 'a> {
+    policies: Vec<(usize, Policy)>,
+    contenders: BTreeMap<IpAddr, Vec<Contender<'s, 'a>>>,
+    unassigned: Vec<(Slot, Option<&'a str>)>,
+}
+
+impl<'s, 'a> Demand<'s, 'a> {
+    fn of(services: &'s [LoadBalancer<'a>], pools: &mut Pools, skips: &mut Skips) -> Self {
+        let mut demand = Self {
+            policies: Vec::new(),
+            contenders: BTreeMap::new(),
+            unassigned: Vec::new(),
+        };
+        for (index, service) in services.iter().enumerate() {
+            match plan(service, pools) {
+                Ok(plan) => demand.add(index, service, plan, pools),
+                Err(reason) => skips.service(&service.owner, Problem::Invalid, reason),
+            }
+        }
+        demand
+    }
+
+    fn add(
+        &mut self,
+        index: usize,
+        service: &'s LoadBalancer<'a>,
+        plan: Plan<'a>,
+        pools: &mut Pools,
+    ) {
+        self.policies.push((index, plan.policy));
+        // A family the Service is no longer served in frees its address.
+        for family in Family::ALL {
+            if !plan.wants.iter().any(|(wanted, _)| *wanted == family) {
+                pools.release_family(&service.owner, family);
+            }
+        }
+        for (family, want) in plan.wants {
+            let slot = (index, family);
+            let (vip, asks) = match want {
+                Want::Requested(vip) => (vip, true),
+                Want::Held(vip) => (vip, false),
+                Want::Allocate(pool) => {
+                    self.unassigned.push((slot, pool));
+                    continue;
+                }
+            };
+            let standing = standing(pools, &service.owner, vip, asks);
+            self.contenders.entry(vip).or_default().push(Contender {
+                standing,
+                asks,
+                slot,
+                service,
+            });
+        }
+    }
+}
+
+/// Decides who gets `vip` of the Services that want it, and claims it for them.
+fn settle(vip: IpAddr, mut candidates: Vec<Contender>, pools: &mut Pools, outcomes: &mut Outcomes) {
+    candidates.sort_by(|a, b| (a.standing, &a.service.owner).cmp(&(b.standing, &b.service.owner)));
+    let sharers = sharers(vip, &candidates, outcomes);
+    let claimed = claim(pools, vip, &sharers);
+    for sharer in sharers {
+        let outcome = match &claimed {
+            Ok(()) => Ok(vip),
+            Err(err) => Err(Failure {
+                problem: Problem::AddressConflict,
+                reason: err.to_string(),
+            }),
+        };
+        outcomes.insert(sharer.slot, outcome);
+    }
+}
+
+/// How strong the Service's claim to `vip` is. Moving to another address of
+/// the family frees the old one, so Services swapping addresses do not look
+/// like a conflict.
+fn standing(pools: &mut Pools, owner: &str, vip: IpAddr, asks: bool) -> Standing {
+    let family = Family::of(vip);
+    match pools.lookup(owner, family) {
+        Some(held) if held == vip => return Standing::Owner,
+        Some(_) => pools.release_family(owner, family),
+        None => {}
+    }
+    if asks {
+        Standing::Requested
+    } else {
+        Standing::Held
+    }
+}
+
+fn allocation_failure(family: Family, err: PoolError) -> Failure {
+    let problem = match err {
+        PoolError::UnknownPool(_) => Problem::Invalid,
+        _ => Problem::AllocationFailed,
+    };
+    let reason = match err {
+        PoolError::NoPool => {
+            format!("no {family} VIP: it requests none and no VIP pool is configured")
+        }
+        err => format!("no {family} VIP: {err}"),
+    };
+    Failure { problem, reason }
+}
+
+/// The VIPs of the Service at `index` if it is served, reporting each
+/// family it did not get.
+fn served_vips(
+    service: &LoadBalancer,
+    index: usize,
+    policy: Policy,
+    outcomes: &Outcomes,
+    skips: &mut Skips,
+) -> Option<Vec<IpAddr>> {
+    let mut vips = Vec::new();
+    let mut missing = false;
+    for outcome in outcomes.range((index, Family::V4)..=(index, Family::V6)) {
+        match outcome.1 {
+            Ok(vip) => vips.push(*vip),
+            Err(failure) if policy == Policy::RequireDualStack => {
+                missing = true;
+                let reason = format!(
+                    "not served, as ipFamilyPolicy RequireDualStack needs a VIP of each family: {}",
+                    failure.reason
+                );
+                skips.service(&service.owner, failure.problem, reason);
+            }
+            Err(failure) => skips.service(&service.owner, failure.problem, &failure.reason),
+        }
+    }
+    (!vips.is_empty() && !missing).then_some(vips)
+}
+
+/// What the Service asks for, or why that makes no sense.
+fn plan<'a>(service: &LoadBalancer<'a>, pools: &Pools) -> Result<Plan<'a>, String> {
+    let policy = Policy::of(service)?;
+    let mut families = policy.families(&listed_families(service)?);
+    let requested = requested(service, &families)?;
+    let pool = service.annotation(POOL_ANNOTATION);
+    let selected = pools.pool(pool);
+    if policy == Policy::PreferDualStack {
+        families = supplied(families, &requested, selected.as_ref().ok().copied());
+    }
+    let statuses = status_ips(service);
+    // An address outside the Service's pool is not kept: the pool (or its
+    // annotation) changed, and the Service moves into it.
+    let in_pool = |vip: &IpAddr| match selected {
+        Ok(selected) => selected.contains(*vip),
+        Err(_) => pool.is_none(),
+    };
+    let want = |family: Family| {
+        let of_family = |vip: &&IpAddr| Family::of(**vip) == family;
+        if let Some(vip) = requested.iter().find(of_family) {
+            Want::Requested(*vip)
+        } else if let Some(vip) = statuses.iter().find(of_family).filter(|vip| in_pool(vip)) {
+            Want::Held(*vip)
+        } else {
+            Want::Allocate(pool)
+        }
+    };
+    let wants = families.into_iter().map(|f| (f, want(f))).collect();
+    Ok(Plan { policy, wants })
+}
+
+/// The `families` a PreferDualStack Service can get: those it requests an
+/// address of or its pool supplies. With none, the first, to report why.
+fn supplied(families: Vec<Family>, requested: &[IpAddr], pool: Option<&Pool>) -> Vec<Family> {
+    let first = families[..1].to_vec();
+    let supplied: Vec<Family> = families
+        .into_iter()
+        .filter(|&family| {
+            requested.iter().any(|vip| Family::of(*vip) == family)
+                || pool.is_some_and(|pool| pool.supplies(family))
+        })
+        .collect();
+    if supplied.is_empty() { first } else { supplied }
+}
+
+/// `spec.ipFamilies`, in order.
+fn listed_families(service: &LoadBalancer) -> Result<Vec<Family>, String> {
+    let mut families = Vec::new();
+    for name in service.spec.ip_families.as_deref().unwrap_or_default() {
+        let family = Family::from_kubernetes(name)
+            .ok_or_else(|| format!("spec.ipFamilies lists {name:?}, which is not IPv4 or IPv6"))?;
+        if families.contains(&family) {
+            return Err(format!("spec.ipFamilies lists {family} twice"));
+        }
+        families.push(family);
+    }
+    Ok(families)
+}
+
+/// The addresses the Service names, at most one per family and each of a
+/// family it is served in: the `lb.dev/address` annotation (comma-separated),
+/// else `spec.loadBalancerIP`.
+fn requested(service: &LoadBalancer, families: &[Family]) -> Result<Vec<IpAddr>, String> {
+    let (source, parts): (String, Vec<&str>) =
+        if let Some(text) = service.annotation(ADDRESS_ANNOTATION) {
+            let source = format!("annotation {ADDRESS_ANNOTATION}={text:?}");
+            (source, text.split(',').map(str::trim).collect())
+        } else if let Some(text) = service
+            .spec
+            .load_balancer_ip
+            .as_deref()
+            .filter(|text| !text.is_empty())
+        {
+            (format!("spec.loadBalancerIP {text:?}"), vec![text])
+        } else {
+            return Ok(Vec::new());
+        };
+    let mut addresses: Vec<IpAddr> = Vec::new();
+    for part in &parts {
+        let vip = part.parse::<IpAddr>().map_err(|_| match parts.len() {
+            1 => format!("{source} is not an IP address"),
+            _ => format!("{source}: {part:?} is not an IP address"),
         })?;
-        return Ok(Want::Requested(vip));
+        // `::ffff:a.b.c.d` is the IPv4 address a.b.c.d to the data path.
+        let vip = vip.to_canonical();
+        let family = Family::of(vip);
+        if addresses.iter().any(|other| Family::of(*other) == family) {
+            return Err(format!("{source} names more than one {family} address"));
+        }
+        if !families.contains(&family) {
+            let served: Vec<String> = families.iter().map(ToString::to_string).collect();
+            return Err(format!(
+                "{source} names an {family} address, but the Service is served in {} only \
+                 (spec.ipFamilies, spec.ipFamilyPolicy)",
+                served.join(" and ")
+            ));
+        }
+        addresses.push(vip);
     }
-    if let Some(text) = service
-        .spec
-        .load_balancer_ip
-        .as_deref()
-        .filter(|text| !text.is_empty())
-    {
-        let vip = text
-            .parse()
-            .map_err(|_| format!("spec.loadBalancerIP {text:?} is not an IPv4 address"))?;
-        return Ok(Want::Requested(vip));
-    }
-    let pool = service
-        .service
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|annotations| annotations.get(POOL_ANNOTATION))
-        .map(String::as_str);
+    Ok(addresses)
+}
+
+/// The IP addresses `status.loadBalancer.ingress` lists.
+fn status_ips(service: &LoadBalancer) -> Vec<IpAddr> {
     let ingress = service
         .service
         .status
@@ -134,19 +363,10 @@ fn want<'a>(service: &LoadBalancer<'a>, pools: &Pools) -> Result<Want<'a>, Strin
         .and_then(|status| status.load_balancer.as_ref())
         .and_then(|status| status.ingress.as_deref())
         .unwrap_or_default();
-    let held = ingress
+    ingress
         .iter()
-        .find_map(|ingress| ingress.ip.as_deref()?.parse().ok());
-    // An address outside the Service's pool is not kept: the pool (or its
-    // annotation) changed, and the Service moves into it.
-    let in_pool = |vip| match pools.pool(pool) {
-        Ok(selected) => selected.contains(vip),
-        Err(_) => pool.is_none(),
-    };
-    Ok(match held {
-        Some(vip) if in_pool(vip) => Want::Held(vip),
-        _ => Want::Allocate(pool),
-    })
+        .filter_map(|ingress| ingress.ip.as_deref()?.parse::<IpAddr>().ok())
+        .collect()
 }
 
 /// A Service that wants a given address.
@@ -154,16 +374,18 @@ struct Contender<'s, 'a> {
     standing: Standing,
     /// Requested rather than merely held: only such Services share.
     asks: bool,
+    slot: Slot,
     service: &'s LoadBalancer<'a>,
 }
 
 /// The candidates for `vip` that get it, best standing first: the first one,
 /// then any that requested it, as all before did, and listen on other ports.
-fn sharers<'s, 'a>(
-    vip: Ipv4Addr,
-    candidates: &[Contender<'s, 'a>],
-    skips: &mut Skips,
-) -> Vec<&'s LoadBalancer<'a>> {
+/// The others fail with the reason.
+fn sharers<'c, 's, 'a>(
+    vip: IpAddr,
+    candidates: &'c [Contender<'s, 'a>],
+    outcomes: &mut Outcomes,
+) -> Vec<&'c Contender<'s, 'a>> {
     let mut sharers: Vec<&Contender> = Vec::new();
     for candidate in candidates {
         let listeners = candidate.service.listeners();
@@ -181,21 +403,26 @@ fn sharers<'s, 'a>(
         });
         match blocker {
             Some(reason) => {
-                skips.service(&candidate.service.owner, Problem::AddressConflict, reason)
+                let failure = Failure {
+                    problem: Problem::AddressConflict,
+                    reason,
+                };
+                outcomes.insert(candidate.slot, Err(failure));
             }
             None => sharers.push(candidate),
         }
     }
-    sharers.into_iter().map(|sharer| sharer.service).collect()
+    sharers
 }
 
 /// Records `vip` in the pools for the Services sharing it. The pools know one
 /// owner per address, so the sharer already holding it stays its owner and a
 /// new sharer is not mistaken for a conflict.
-fn claim(pools: &mut Pools, vip: Ipv4Addr, sharers: &[&LoadBalancer]) -> Result<(), PoolError> {
+fn claim(pools: &mut Pools, vip: IpAddr, sharers: &[&Contender]) -> Result<(), PoolError> {
+    let family = Family::of(vip);
     let holding = sharers
         .iter()
-        .find(|service| pools.lookup(&service.owner) == Some(vip));
-    let owner = holding.unwrap_or(&sharers[0]).owner.as_str();
+        .find(|sharer| pools.lookup(&sharer.service.owner, family) == Some(vip));
+    let owner = holding.unwrap_or(&sharers[0]).service.owner.as_str();
     pools.claim(owner, vip)
 }
