@@ -1,9 +1,10 @@
-//! ICMP: echo requests to a VIP (answered when configured), and errors about a
-//! tracked flow, translated like the flow so path MTU discovery works through
-//! the VIP.
+//! ICMP and ICMPv6: echo requests to a VIP (answered when configured), and
+//! errors about a tracked flow, translated like the flow so path MTU discovery
+//! works through the VIP. This module holds what both families share and
+//! ICMPv4 itself; `icmp6` the ICMPv6 specifics.
 
 use aya_ebpf::bindings::xdp_action;
-use lb_common::{FlowKey, PROTO_TCP, PROTO_UDP, checksum, counters, ipv4_mapped};
+use lb_common::{Addr, FlowKey, PROTO_TCP, PROTO_UDP, checksum, counters, ipv4_mapped};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
@@ -39,35 +40,59 @@ struct IcmpError {
     quoted_ports: [u16; 2],
 }
 
-#[inline(always)]
+/// Handles an ICMPv4 packet: a BPF subprogram of its own (see
+/// `serve_transport`).
+#[inline(never)]
 pub fn handle(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
     let header: *mut IcmpHdr = ptr_at(ctx, ip.l4_offset)?;
     // SAFETY: bounds-checked by `ptr_at`.
     match unsafe { (*header).type_code[0] } {
-        ECHO_REQUEST if is_vip(&ip.dst) && answer_echo() => echo_reply(ctx, header),
-        DEST_UNREACHABLE | TIME_EXCEEDED | PARAMETER_PROBLEM => translate_error(ctx, ip),
+        ECHO_REQUEST if is_vip(&ip.dst) && answer_echo() => {
+            echo_reply(ctx, Family::V4, header, ECHO_REPLY)
+        }
+        DEST_UNREACHABLE | TIME_EXCEEDED | PARAMETER_PROBLEM => {
+            let error: *mut IcmpError = ptr_at(ctx, ip.l4_offset)?;
+            // SAFETY: bounds-checked by `ptr_at`.
+            let quoted = unsafe { &(*error).quoted };
+            if quoted.vihl != PLAIN_IPV4_VIHL {
+                return Err(Verdict::PassOtherProto);
+            }
+            let quote = Quote {
+                proto: quoted.proto,
+                src: ipv4_mapped(u32::from_ne_bytes(quoted.src_addr)),
+                dst: ipv4_mapped(u32::from_ne_bytes(quoted.dst_addr)),
+                // SAFETY: as above.
+                ports: unsafe { (*error).quoted_ports },
+                l4_check_offset: quoted_l4_check_offset(ip, Ipv4Hdr::LEN, quoted.proto),
+            };
+            translate_error(ctx, ip, &quote, &Ipv4Error(error))
+        }
         _ => Err(Verdict::PassOtherProto),
     }
 }
 
-/// Turns the request around in place: type 0, addresses and MACs swapped.
+/// Turns an echo request around in place: the reply type, addresses and MACs
+/// swapped. Swapping the addresses leaves the IPv4 header checksum and the
+/// ICMPv6 pseudo-header sum as they were.
 #[inline(always)]
-fn echo_reply(ctx: &Frame, header: *mut IcmpHdr) -> Result<u32, Verdict> {
-    let addresses: *mut [u32; 2] = ptr_at(ctx, EthHdr::LEN + 12)?;
+pub fn echo_reply(
+    ctx: &Frame,
+    family: Family,
+    header: *mut IcmpHdr,
+    reply_type: u8,
+) -> Result<u32, Verdict> {
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
-    // SAFETY: every pointer was bounds-checked by `ptr_at`.
+    nat::swap_addresses(ctx, family)?;
+    // SAFETY: both pointers were bounds-checked by `ptr_at`.
     unsafe {
         let old = (*header).type_code;
-        let new = [ECHO_REPLY, old[1]];
+        let new = [reply_type, old[1]];
         (*header).type_code = new;
         (*header).check = checksum::replace_u16(
             (*header).check,
             u16::from_ne_bytes(old),
             u16::from_ne_bytes(new),
         );
-        // Swapping the addresses leaves the header checksum as it is.
-        let [src, dst] = addresses.read_unaligned();
-        addresses.write_unaligned([dst, src]);
         let (to, from) = ((*eth).dst_addr, (*eth).src_addr);
         (*eth).dst_addr = from;
         (*eth).src_addr = to;
@@ -76,127 +101,175 @@ fn echo_reply(ctx: &Frame, header: *mut IcmpHdr) -> Result<u32, Verdict> {
     Ok(xdp_action::XDP_TX)
 }
 
-/// Which address of the quoted packet changes.
+/// The start of the packet an ICMP error quotes, addresses in map form.
+pub struct Quote {
+    pub proto: u8,
+    pub src: Addr,
+    pub dst: Addr,
+    /// Source and destination port, network order.
+    pub ports: [u16; 2],
+    /// Where the quote's L4 checksum would be (it may be cut off).
+    pub l4_check_offset: usize,
+}
+
+/// Offset of the L4 checksum of a quote whose IP header is `quoted_ip_len`
+/// bytes: beyond the part every error carries.
+#[inline(always)]
+pub fn quoted_l4_check_offset(ip: &Ip, quoted_ip_len: usize, proto: u8) -> usize {
+    ip.l4_offset + core::mem::size_of::<IcmpHdr>() + quoted_ip_len + parse::l4_check_offset(proto)
+}
+
+/// Which end of the quoted packet changes.
 #[derive(Clone, Copy)]
-enum Quoted {
+pub enum Quoted {
     Source,
     Destination,
+}
+
+/// One end of the quoted packet, before and after.
+pub struct QuoteRewrite {
+    pub which: Quoted,
+    pub old_ip: Addr,
+    pub new_ip: Addr,
+    pub old_port: u16,
+    pub new_port: u16,
+}
+
+/// How an error of one family changes: its quote, and an outer address.
+pub trait ErrorRewriter {
+    /// Rewrites one end of the quote, keeping every checksum over it right.
+    fn rewrite_quoted(
+        &self,
+        ctx: &Frame,
+        quote: &Quote,
+        rewrite: &QuoteRewrite,
+    ) -> Result<(), Verdict>;
+    /// Rewrites an outer address, keeping every checksum over it right.
+    fn rewrite_outer(&self, ctx: &Frame, end: End, new: &Addr) -> Result<(), Verdict>;
 }
 
 /// An ICMP error quotes the packet that caused it, which travelled the other
 /// way: the reverse of its 5-tuple is what the flow tables know.
 #[inline(always)]
-fn translate_error(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
-    let error: *mut IcmpError = ptr_at(ctx, ip.l4_offset)?;
-    // SAFETY: bounds-checked by `ptr_at`.
-    let quoted = unsafe { &(*error).quoted };
-    if quoted.vihl != PLAIN_IPV4_VIHL || (quoted.proto != PROTO_TCP && quoted.proto != PROTO_UDP) {
+pub fn translate_error(
+    ctx: &Frame,
+    ip: &Ip,
+    quote: &Quote,
+    error: &impl ErrorRewriter,
+) -> Result<u32, Verdict> {
+    if quote.proto != PROTO_TCP && quote.proto != PROTO_UDP {
         return Err(Verdict::PassOtherProto);
     }
-    // SAFETY: as above.
-    let [quoted_src_port, quoted_dst_port] = unsafe { (*error).quoted_ports };
-    let (quoted_src, quoted_dst) = (
-        ipv4_mapped(u32::from_ne_bytes(quoted.src_addr)),
-        ipv4_mapped(u32::from_ne_bytes(quoted.dst_addr)),
-    );
-    let proto = quoted.proto;
+    let [quoted_src_port, quoted_dst_port] = quote.ports;
     let reverse = FlowKey {
-        src_ip: quoted_dst,
-        dst_ip: quoted_src,
+        src_ip: quote.dst,
+        dst_ip: quote.src,
         src_port: quoted_dst_port,
         dst_port: quoted_src_port,
-        proto,
+        proto: quote.proto,
         _pad: [0; 3],
     };
     let route = Route::of(ip);
-    // The quote's L4 checksum sits beyond the part every error carries.
-    let l4_check_offset = ip.l4_offset
-        + core::mem::size_of::<IcmpHdr>()
-        + Ipv4Hdr::LEN
-        + parse::l4_check_offset(proto);
     // About a request we DNAT-ed (client -> node): the client must hear of its VIP.
     if let Some(rnat) = lookup_reverse_nat(&reverse) {
         check_ttl(ip.ttl)?;
-        rewrite_quoted(
-            ctx,
-            error,
-            l4_check_offset,
-            Quoted::Destination,
-            rnat.vip[3],
-            rnat.port,
-        )?;
-        if ip.src == quoted_dst {
+        let rewrite = QuoteRewrite {
+            which: Quoted::Destination,
+            old_ip: quote.dst,
+            new_ip: rnat.vip,
+            old_port: quoted_dst_port,
+            new_port: rnat.port,
+        };
+        error.rewrite_quoted(ctx, quote, &rewrite)?;
+        if ip.src == quote.dst {
             // The node itself complained: make it the VIP's voice.
-            nat::rewrite_address(ctx, Family::V4, End::Source, &rnat.vip)?;
+            error.rewrite_outer(ctx, End::Source, &rnat.vip)?;
         }
         count(counters::ICMP_TRANSLATED);
         return forward::send(ctx, &route, Direction::ToClient);
     }
     // About a reply we reverse-NAT-ed (VIP -> client): the node must hear of it.
-    if ip.dst == quoted_src
+    if ip.dst == quote.src
         && let Some(backend) = lookup_flow_backend(&reverse)
     {
         check_ttl(ip.ttl)?;
-        rewrite_quoted(
-            ctx,
-            error,
-            l4_check_offset,
-            Quoted::Source,
-            backend.ip[3],
-            backend.port,
-        )?;
-        nat::rewrite_address(ctx, Family::V4, End::Destination, &backend.ip)?;
+        let rewrite = QuoteRewrite {
+            which: Quoted::Source,
+            old_ip: quote.src,
+            new_ip: backend.ip,
+            old_port: quoted_src_port,
+            new_port: backend.port,
+        };
+        error.rewrite_quoted(ctx, quote, &rewrite)?;
+        error.rewrite_outer(ctx, End::Destination, &backend.ip)?;
         count(counters::ICMP_TRANSLATED);
         return forward::send(ctx, &route, Direction::ToBackend);
     }
     Err(Verdict::PassNotService)
 }
 
-/// Rewrites an address and port of the quoted packet, keeping its IP and L4
-/// checksums and the ICMP checksum (which covers the quote) consistent.
+/// Updates the quote's L4 checksum for `rewrite` when the quote is long
+/// enough to hold it (a zero UDP checksum means none and stays as it came);
+/// returns the ICMP checksum, which covers it, updated to match.
 #[inline(always)]
-fn rewrite_quoted(
-    ctx: &Frame,
-    error: *mut IcmpError,
-    l4_check_offset: usize,
-    which: Quoted,
-    new_ip: u32,
-    new_port: u16,
-) -> Result<(), Verdict> {
-    // SAFETY: `error` was bounds-checked by the caller; the L4 checksum is
-    // checked here.
+pub fn update_quoted_l4(ctx: &Frame, quote: &Quote, rewrite: &QuoteRewrite, icmp: u16) -> u16 {
+    let Ok(l4_check) = ptr_at::<u16>(ctx, quote.l4_check_offset) else {
+        return icmp;
+    };
+    // SAFETY: bounds-checked by `ptr_at`.
     unsafe {
-        let quoted = &mut (*error).quoted;
-        let (address, port) = match which {
-            Quoted::Source => (&mut quoted.src_addr, &mut (*error).quoted_ports[0]),
-            Quoted::Destination => (&mut quoted.dst_addr, &mut (*error).quoted_ports[1]),
-        };
-        let (old_ip, old_port) = (u32::from_ne_bytes(*address), *port);
-        let old_quoted_check = u16::from_ne_bytes(quoted.check);
-        let new_quoted_check = checksum::replace_u32(old_quoted_check, old_ip, new_ip);
-        *address = new_ip.to_ne_bytes();
-        *port = new_port;
-        quoted.check = new_quoted_check.to_ne_bytes();
-        let mut icmp = checksum::replace_u32((*error).icmp.check, old_ip, new_ip);
-        icmp = checksum::replace_u16(icmp, old_quoted_check, new_quoted_check);
-        icmp = checksum::replace_u16(icmp, old_port, new_port);
-        // When the quote is long enough to hold it (a zero UDP checksum means
-        // none and stays zero).
-        if let Ok(l4_check) = ptr_at::<u16>(ctx, l4_check_offset) {
-            let old = l4_check.read_unaligned();
-            if quoted.proto == PROTO_TCP || old != 0 {
-                let new = checksum::replace_address_and_port(
-                    old,
-                    &ipv4_mapped(old_ip),
-                    &ipv4_mapped(new_ip),
-                    old_port,
-                    new_port,
-                );
-                l4_check.write_unaligned(new);
-                icmp = checksum::replace_u16(icmp, old, new);
-            }
+        let old = l4_check.read_unaligned();
+        if quote.proto != PROTO_TCP && old == 0 {
+            return icmp;
         }
-        (*error).icmp.check = icmp;
+        let new = checksum::replace_address_and_port(
+            old,
+            &rewrite.old_ip,
+            &rewrite.new_ip,
+            rewrite.old_port,
+            rewrite.new_port,
+        );
+        l4_check.write_unaligned(new);
+        checksum::replace_u16(icmp, old, new)
     }
-    Ok(())
+}
+
+/// An ICMPv4 error: its checksum covers the quote but no pseudo-header, and
+/// the quote has an IPv4 header checksum of its own.
+struct Ipv4Error(*mut IcmpError);
+
+impl ErrorRewriter for Ipv4Error {
+    #[inline(always)]
+    fn rewrite_quoted(
+        &self,
+        ctx: &Frame,
+        quote: &Quote,
+        rewrite: &QuoteRewrite,
+    ) -> Result<(), Verdict> {
+        let error = self.0;
+        let (old_ip, new_ip) = (rewrite.old_ip[3], rewrite.new_ip[3]);
+        // SAFETY: `error` was bounds-checked when it was made.
+        unsafe {
+            let quoted = &mut (*error).quoted;
+            let (address, port) = match rewrite.which {
+                Quoted::Source => (&mut quoted.src_addr, &mut (*error).quoted_ports[0]),
+                Quoted::Destination => (&mut quoted.dst_addr, &mut (*error).quoted_ports[1]),
+            };
+            let old_quoted_check = u16::from_ne_bytes(quoted.check);
+            let new_quoted_check = checksum::replace_u32(old_quoted_check, old_ip, new_ip);
+            *address = new_ip.to_ne_bytes();
+            *port = rewrite.new_port;
+            quoted.check = new_quoted_check.to_ne_bytes();
+            let mut icmp = checksum::replace_u32((*error).icmp.check, old_ip, new_ip);
+            icmp = checksum::replace_u16(icmp, old_quoted_check, new_quoted_check);
+            icmp = checksum::replace_u16(icmp, rewrite.old_port, rewrite.new_port);
+            (*error).icmp.check = update_quoted_l4(ctx, quote, rewrite, icmp);
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn rewrite_outer(&self, ctx: &Frame, end: End, new: &Addr) -> Result<(), Verdict> {
+        nat::rewrite_address(ctx, Family::V4, end, new).map(drop)
+    }
 }

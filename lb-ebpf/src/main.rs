@@ -29,25 +29,40 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
         Err(verdict) => {
             count(verdict.counter());
             if let Verdict::DropInternal = verdict {
-                // Rare and a bug if it happens: worth a line in the agent's log.
-                warn!(&ctx, "dropped: a Maglev ring points at a missing backend");
+                log_internal_drop(&ctx);
             }
             verdict.action()
         }
     }
 }
 
+/// Rare and a bug if it happens: worth a line in the agent's log. A
+/// subprogram, so the log record's stack is not the entry point's.
+#[inline(never)]
+fn log_internal_drop(ctx: &Frame) {
+    warn!(ctx, "dropped: a Maglev ring points at a missing backend");
+}
+
 /// Returns the XDP action for a handled packet, or the verdict explaining why the
 /// packet was not ours (or was dropped).
 #[inline(always)]
 fn try_lb_xdp(ctx: &Frame) -> Result<u32, Verdict> {
-    let ip = Ip::parse(ctx)?;
+    let mut ip = Ip::default();
+    Ip::parse(ctx, &mut ip)?;
     match (ip.family, ip.proto) {
-        (Family::V4, PROTO_ICMP) => return icmp::handle(ctx, &ip),
-        (Family::V6, PROTO_ICMPV6) => return icmp6::handle(ctx, &ip),
-        _ => {}
+        (Family::V4, PROTO_ICMP) => icmp::handle(ctx, &ip),
+        (Family::V6, PROTO_ICMPV6) => icmp6::handle(ctx, &ip),
+        _ => serve_transport(ctx, &ip),
     }
-    let packet = Packet::parse(ctx, &ip)?;
+}
+
+/// The TCP and UDP path: DNAT towards a backend, or reverse NAT of a reply.
+/// Each path is a BPF subprogram of its own: the verifier allows 512 bytes of
+/// stack for a whole call chain, and the paths' locals (16-byte addresses in
+/// every key) do not fit in one frame together.
+#[inline(never)]
+fn serve_transport(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
+    let packet = Packet::parse(ctx, ip)?;
     let key = packet.key;
     if let Some(service) = lookup_service(&key) {
         check_ttl(ip.ttl)?;

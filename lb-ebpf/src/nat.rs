@@ -39,6 +39,31 @@ pub fn addresses(ctx: &Frame, family: Family) -> Result<(Addr, Addr), Verdict> {
     }
 }
 
+/// Swaps source and destination address (no checksum changes: the sums are
+/// order independent).
+#[inline(always)]
+pub fn swap_addresses(ctx: &Frame, family: Family) -> Result<(), Verdict> {
+    match family {
+        Family::V4 => {
+            let both: *mut [u32; 2] = ptr_at(ctx, IPV4_SRC_OFFSET)?;
+            // SAFETY: bounds-checked by `ptr_at`.
+            unsafe {
+                let [src, dst] = both.read_unaligned();
+                both.write_unaligned([dst, src]);
+            }
+        }
+        Family::V6 => {
+            let both: *mut [Addr; 2] = ptr_at(ctx, IPV6_SRC_OFFSET)?;
+            // SAFETY: bounds-checked by `ptr_at`.
+            unsafe {
+                let [src, dst] = both.read_unaligned();
+                both.write_unaligned([dst, src]);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Rewrites one address of the IP header, keeping an IPv4 header checksum
 /// right; returns the old address. The L4 checksum is the caller's (ICMPv4
 /// does not cover the IP header, TCP, UDP and ICMPv6 do through their

@@ -139,14 +139,16 @@ pub fn l4_check_offset(proto: u8) -> usize {
 }
 
 /// Which IP version a packet is.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
 pub enum Family {
+    #[default]
     V4,
     V6,
 }
 
 /// The IP header of a packet that is neither malformed nor a fragment; for
 /// IPv6, with the extension headers walked to the upper-layer header.
+#[derive(Default)]
 pub struct Ip {
     pub family: Family,
     /// Offset of the upper-layer (TCP, UDP, ICMP) header.
@@ -164,15 +166,19 @@ pub struct Ip {
 }
 
 impl Ip {
-    #[inline(always)]
-    pub fn parse(ctx: &Frame) -> Result<Self, Verdict> {
+    /// Parses the IP header into `ip`. A BPF subprogram of its own: the
+    /// temporaries of both families' parsers then stay off the stack of the
+    /// paths that follow (the verifier allows 512 bytes for a call chain).
+    #[inline(never)]
+    pub fn parse(ctx: &Frame, ip: &mut Ip) -> Result<(), Verdict> {
         let eth: *const EthHdr = ptr_at(ctx, 0).map_err(|_| Verdict::PassNotIp)?;
         // SAFETY: `ptr_at` checked the header lies inside the packet.
-        match unsafe { (*eth).ether_type } {
-            ETH_P_IPV4_BE => Self::parse_v4(ctx),
-            ETH_P_IPV6_BE => Self::parse_v6(ctx),
-            _ => Err(Verdict::PassNotIp),
-        }
+        *ip = match unsafe { (*eth).ether_type } {
+            ETH_P_IPV4_BE => Self::parse_v4(ctx)?,
+            ETH_P_IPV6_BE => Self::parse_v6(ctx)?,
+            _ => return Err(Verdict::PassNotIp),
+        };
+        Ok(())
     }
 
     #[inline(always)]
