@@ -9,7 +9,9 @@ use std::{
     time::Duration,
 };
 
-use lb_common::{Flow, FlowKey, PROTO_TCP, PROTO_UDP, ServiceInfo, ServiceKey, counters, hash};
+use lb_common::{
+    Flow, FlowKey, PROTO_TCP, PROTO_UDP, ServiceInfo, ServiceKey, addr_of, counters, ip_of,
+};
 use serde::Serialize;
 
 use crate::{
@@ -95,14 +97,10 @@ pub fn protocol_name(proto: u8) -> &'static str {
     }
 }
 
-fn ip(raw: lb_common::Addr) -> IpAddr {
-    lb_common::ip_of(raw)
-}
-
 fn service_label(key: &ServiceKey) -> String {
     format!(
         "{}:{}/{}",
-        ip(key.vip),
+        ip_of(key.vip),
         u16::from_be(key.port),
         protocol_name(key.proto)
     )
@@ -134,7 +132,7 @@ impl Snapshot {
             .iter()
             .collect::<Result<_, _>>()
             .map_err(|e| map_error(lb_common::MAP_SERVICES, e))?;
-        services.sort_by_key(|(key, _)| (ip(key.vip), u16::from_be(key.port), key.proto));
+        services.sort_by_key(|(key, _)| (ip_of(key.vip), u16::from_be(key.port), key.proto));
         // Entries can vanish (LRU) while we walk: skip those, keep the rest.
         let flows = maps.flows.iter().filter_map(Result::ok).collect();
         Ok(Self {
@@ -156,7 +154,7 @@ impl Snapshot {
         self.flows
             .iter()
             .filter(|(key, flow)| {
-                ip(key.dst_ip) == vip
+                ip_of(key.dst_ip) == vip
                     && u16::from_be(key.dst_port) == port
                     && protocol_name(key.proto) == protocol
                     && flow.created_ns > since_ns
@@ -191,7 +189,7 @@ impl Snapshot {
     fn name_of(&self, key: &ServiceKey) -> String {
         self.catalog
             .service(
-                ip(key.vip),
+                ip_of(key.vip),
                 u16::from_be(key.port),
                 protocol_name(key.proto),
             )
@@ -213,13 +211,13 @@ pub fn services(maps: &Maps, snapshot: &Snapshot) -> Result<Vec<ServiceRow>, Map
         let traffic = maps.service_traffic(info.id)?;
         let healthy = maps.ring_entries(info)?.len() as u32;
         let entry = snapshot.catalog.service(
-            ip(key.vip),
+            ip_of(key.vip),
             u16::from_be(key.port),
             protocol_name(key.proto),
         );
         rows.push(ServiceRow {
             name: entry.map(|e| e.name.clone()).unwrap_or_default(),
-            vip: ip(key.vip),
+            vip: ip_of(key.vip),
             port: u16::from_be(key.port),
             protocol: protocol_name(key.proto),
             id: info.id,
@@ -248,7 +246,7 @@ pub fn backends(
             continue;
         }
         let entry = snapshot.catalog.service(
-            ip(key.vip),
+            ip_of(key.vip),
             u16::from_be(key.port),
             protocol_name(key.proto),
         );
@@ -259,7 +257,7 @@ pub fn backends(
         for (_, flow) in &snapshot.flows {
             if let Some(entry) = entry
                 && entry
-                    .backend(ip(flow.backend_ip), u16::from_be(flow.backend_port))
+                    .backend(ip_of(flow.backend_ip), u16::from_be(flow.backend_port))
                     .is_some()
             {
                 ids.entry(flow.backend_id).or_insert(0);
@@ -271,7 +269,7 @@ pub fn backends(
             for known in &entry.backends {
                 let listed = ids.keys().any(|id| {
                     maps.backends.get(id, 0).is_ok_and(|b| {
-                        ip(b.ip) == known.address && u16::from_be(b.port) == known.port
+                        ip_of(b.ip) == known.address && u16::from_be(b.port) == known.port
                     })
                 });
                 if !listed
@@ -291,7 +289,7 @@ pub fn backends(
             if backend.flags & lb_common::BACKEND_ACTIVE == 0 {
                 continue;
             }
-            let (address, port) = (ip(backend.ip), u16::from_be(backend.port));
+            let (address, port) = (ip_of(backend.ip), u16::from_be(backend.port));
             let known = entry.and_then(|e| e.backend(address, port));
             let traffic = maps.backend_traffic(id)?;
             rows.push(BackendRow {
@@ -323,7 +321,7 @@ fn active_slots(maps: &Maps) -> HashMap<(IpAddr, u16), u32> {
         .filter_map(|(id, backend)| {
             let backend = backend.ok()?;
             (backend.flags & lb_common::BACKEND_ACTIVE != 0)
-                .then(|| ((ip(backend.ip), u16::from_be(backend.port)), id as u32))
+                .then(|| ((ip_of(backend.ip), u16::from_be(backend.port)), id as u32))
         })
         .collect()
 }
@@ -349,11 +347,11 @@ pub fn flows(
                 return None;
             }
             let backend_addr =
-                SocketAddr::new(ip(flow.backend_ip), u16::from_be(flow.backend_port));
+                SocketAddr::new(ip_of(flow.backend_ip), u16::from_be(flow.backend_port));
             let node = snapshot
                 .catalog
                 .service(
-                    ip(key.dst_ip),
+                    ip_of(key.dst_ip),
                     u16::from_be(key.dst_port),
                     protocol_name(key.proto),
                 )
@@ -371,8 +369,8 @@ pub fn flows(
             Some((
                 flow.last_seen_ns,
                 FlowRow {
-                    client: SocketAddr::new(ip(key.src_ip), u16::from_be(key.src_port)),
-                    vip: SocketAddr::new(ip(key.dst_ip), u16::from_be(key.dst_port)),
+                    client: SocketAddr::new(ip_of(key.src_ip), u16::from_be(key.src_port)),
+                    vip: SocketAddr::new(ip_of(key.dst_ip), u16::from_be(key.dst_port)),
                     protocol: protocol_name(key.proto),
                     backend: backend_addr,
                     node,
@@ -397,8 +395,8 @@ pub fn trace(
     proto: u8,
 ) -> Result<TraceReport, MapsError> {
     let key = FlowKey {
-        src_ip: lb_common::addr_of(client.ip()),
-        dst_ip: lb_common::addr_of(vip.ip()),
+        src_ip: addr_of(client.ip()),
+        dst_ip: addr_of(vip.ip()),
         src_port: client.port().to_be(),
         dst_port: vip.port().to_be(),
         proto,
@@ -423,34 +421,24 @@ pub fn trace(
         pinned_backend: None,
         verdict: String::new(),
     };
-    let Some((_, info)) = snapshot.services.iter().find(|(k, _)| *k == service_key) else {
+    if !snapshot.services.iter().any(|(k, _)| *k == service_key) {
         report.verdict = format!(
             "{vip}/{} is not a service: the packet passes to the kernel",
             report.protocol
         );
         return Ok(report);
-    };
+    }
     let name = snapshot.name_of(&service_key);
     report.service = Some(if name.is_empty() {
         service_label(&service_key)
     } else {
         name
     });
-    if info.backend_count > 0 && info.ring_size > 0 {
-        let hash = hash::flow_hash(&key);
-        let slot = hash % info.ring_size;
-        let id = maps
-            .maglev
-            .get(&(info.ring_base + slot), 0)
-            .map_err(|e| map_error(lb_common::MAP_MAGLEV, e))?;
-        let backend = maps
-            .backends
-            .get(&id, 0)
-            .map_err(|e| map_error(lb_common::MAP_BACKENDS, e))?;
-        let addr = SocketAddr::new(ip(backend.ip), u16::from_be(backend.port));
-        report.hash = Some(hash);
-        report.ring_slot = Some(slot);
-        report.ring_size = Some(info.ring_size);
+    if let Some(choice) = maps.maglev_choice(&key)? {
+        let addr = SocketAddr::new(ip_of(choice.backend.ip), u16::from_be(choice.backend.port));
+        report.hash = Some(choice.hash);
+        report.ring_slot = Some(choice.slot);
+        report.ring_size = Some(choice.ring_size);
         report.new_flow_backend = Some(addr);
         report.new_flow_node = snapshot
             .catalog
@@ -464,7 +452,7 @@ pub fn trace(
             .is_ok_and(|backend| flow.still_on(&backend))
     });
     report.pinned_backend =
-        pinned.map(|f| SocketAddr::new(ip(f.backend_ip), u16::from_be(f.backend_port)));
+        pinned.map(|f| SocketAddr::new(ip_of(f.backend_ip), u16::from_be(f.backend_port)));
     report.verdict = match (report.pinned_backend, report.new_flow_backend) {
         (Some(pinned), _) => format!("pinned by the flow table to {pinned}"),
         (None, Some(new)) => format!(

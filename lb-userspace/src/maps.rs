@@ -57,6 +57,18 @@ pub enum MapsError {
     Layout(#[from] PinsError),
 }
 
+/// Where a new flow lands: its hash, its slot in the service's ring, and the
+/// backend that slot holds.
+#[derive(Clone, Copy, Debug)]
+pub struct MaglevChoice {
+    pub hash: u32,
+    /// Slot within the ring (not counting the ring's base).
+    pub slot: u32,
+    pub ring_size: u32,
+    pub backend_id: u32,
+    pub backend: Backend,
+}
+
 /// The maps userspace reads and writes.
 pub struct Maps {
     pub services: HashMap<MapData, ServiceKey, ServiceInfo>,
@@ -117,10 +129,10 @@ impl Maps {
         })
     }
 
-    /// What the live Maglev ring of `key`'s service gives a new flow: the
-    /// backend id and backend, computed as the data path computes it. `None`
-    /// when `key` is not addressed to a service with backends.
-    pub fn maglev_choice(&self, key: &FlowKey) -> Result<Option<(u32, Backend)>, MapsError> {
+    /// What the live Maglev ring of `key`'s service gives a new flow,
+    /// computed as the data path computes it. `None` when `key` is not
+    /// addressed to a service with backends.
+    pub fn maglev_choice(&self, key: &FlowKey) -> Result<Option<MaglevChoice>, MapsError> {
         let service = ServiceKey {
             vip: key.dst_ip,
             port: key.dst_port,
@@ -135,16 +147,23 @@ impl Maps {
         if info.backend_count == 0 || info.ring_size == 0 {
             return Ok(None);
         }
-        let slot = info.ring_base + lb_common::hash::flow_hash(key) % info.ring_size;
-        let id = self
+        let hash = lb_common::hash::flow_hash(key);
+        let slot = hash % info.ring_size;
+        let backend_id = self
             .maglev
-            .get(&slot, 0)
+            .get(&(info.ring_base + slot), 0)
             .map_err(|e| map_error(MAP_MAGLEV, e))?;
         let backend = self
             .backends
-            .get(&id, 0)
+            .get(&backend_id, 0)
             .map_err(|e| map_error(MAP_BACKENDS, e))?;
-        Ok(Some((id, backend)))
+        Ok(Some(MaglevChoice {
+            hash,
+            slot,
+            ring_size: info.ring_size,
+            backend_id,
+            backend,
+        }))
     }
 
     /// Backend ids in a service's live Maglev ring, with their entry counts.

@@ -818,7 +818,7 @@ impl World {
         };
         let picked = self.dataplane.maps().maglev_choice(&request)?;
         Ok(picked
-            .filter(|(_, b)| (ip_of(b.ip), u16::from_be(b.port)) == from)
+            .filter(|choice| (ip_of(choice.backend.ip), u16::from_be(choice.backend.port)) == from)
             .map(|_| vip))
     }
 

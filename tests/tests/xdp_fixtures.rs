@@ -614,12 +614,12 @@ fn stickiness_in_namespace(bench: &XdpBed) {
             proto: lb_common::PROTO_TCP,
             _pad: [0; 3],
         };
-        let (_, backend) = dataplane
+        let choice = dataplane
             .maps()
             .maglev_choice(&key)
             .expect("maps")
             .expect("a backend");
-        match lb_common::ip_of(backend.ip) {
+        match lb_common::ip_of(choice.backend.ip) {
             std::net::IpAddr::V4(ip) => ip,
             ip => panic!("{ip}: an IPv4 service has an IPv6 backend"),
         }
