@@ -9,4 +9,5 @@ mod status;
 pub mod translate;
 
 pub use manifests::{ClusterObjects, Loaded, ManifestError, load_path};
+pub use status::ingress_ips;
 pub use translate::{NODE_WEIGHT_ANNOTATION, Translation, Translator};

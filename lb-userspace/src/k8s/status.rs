@@ -194,7 +194,7 @@ fn lookup(services: &Store<Service>, owner: &str) -> Option<Arc<Service>> {
 
 /// The IP addresses the Service's `status.loadBalancer.ingress` lists, in
 /// order.
-fn ingress_ips(service: &Service) -> Vec<IpAddr> {
+pub fn ingress_ips(service: &Service) -> Vec<IpAddr> {
     let status = service.status.as_ref();
     let ingress = status
         .and_then(|status| status.load_balancer.as_ref())

@@ -69,20 +69,9 @@ pub fn ingress_ip(service: &Service) -> Option<Ipv4Addr> {
     })
 }
 
-/// Every IP address of `status.loadBalancer.ingress`, in order.
-pub fn ingress_ips(service: &Service) -> Vec<IpAddr> {
-    let status = service
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref());
-    let ingress = status
-        .and_then(|s| s.ingress.as_deref())
-        .unwrap_or_default();
-    ingress
-        .iter()
-        .filter_map(|i| i.ip.as_deref()?.parse().ok())
-        .collect()
-}
+/// Every IP address of `status.loadBalancer.ingress`, in order: read as
+/// the agent reads it.
+pub use lb::k8s::ingress_ips;
 
 /// A Ready Node at `ip` (its InternalIP).
 pub fn node(name: &str, ip: impl Into<IpAddr>) -> Node {

@@ -5,6 +5,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use super::{ADDRESS_ANNOTATION, LoadBalancer, POOL_ANNOTATION, Problem, Skips};
 use crate::k8s::{
     family::Family,
+    ingress_ips,
     pools::{Pool, PoolError, Pools},
 };
 
@@ -262,7 +263,7 @@ fn plan<'a>(service: &LoadBalancer<'a>, pools: &Pools) -> Result<Plan<'a>, Strin
     if policy == Policy::PreferDualStack {
         families = supplied(families, &requested, selected.as_ref().ok().copied());
     }
-    let statuses = status_ips(service);
+    let statuses = ingress_ips(service.service);
     // An address outside the Service's pool is not kept: the pool (or its
     // annotation) changed, and the Service moves into it.
     let in_pool = |vip: &IpAddr| match selected {
@@ -352,21 +353,6 @@ fn requested(service: &LoadBalancer, families: &[Family]) -> Result<Vec<IpAddr>,
         addresses.push(vip);
     }
     Ok(addresses)
-}
-
-/// The IP addresses `status.loadBalancer.ingress` lists.
-fn status_ips(service: &LoadBalancer) -> Vec<IpAddr> {
-    let ingress = service
-        .service
-        .status
-        .as_ref()
-        .and_then(|status| status.load_balancer.as_ref())
-        .and_then(|status| status.ingress.as_deref())
-        .unwrap_or_default();
-    ingress
-        .iter()
-        .filter_map(|ingress| ingress.ip.as_deref()?.parse::<IpAddr>().ok())
-        .collect()
 }
 
 /// A Service that wants a given address.
