@@ -102,9 +102,6 @@ pub fn udp(src: impl Into<SocketAddr>, dst: impl Into<SocketAddr>, payload: &[u8
 /// An IPv6 SYN with extension headers before TCP: hop-by-hop options (a PadN)
 /// and destination options, which the data path must walk past.
 pub fn ipv6_tcp_syn_with_extensions(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
-    let (IpAddr::V6(src_ip), IpAddr::V6(dst_ip)) = (src.ip(), dst.ip()) else {
-        panic!("{src} and {dst} must be IPv6");
-    };
     // PadN of 4 bytes: with next header and length, one 8-byte unit.
     let padding =
         Ipv6RawExtHeader::new_raw(IpNumber::IPV6_DESTINATION_OPTIONS, &[1, 4, 0, 0, 0, 0])
@@ -116,21 +113,11 @@ pub fn ipv6_tcp_syn_with_extensions(src: SocketAddr, dst: SocketAddr) -> Vec<u8>
         destination_options: Some(destination_options),
         ..Default::default()
     };
-    ipv6_with_extensions(
-        src_ip,
-        dst_ip,
-        src.port(),
-        dst.port(),
-        IpNumber::IPV6_HEADER_HOP_BY_HOP,
-        extensions,
-    )
+    ipv6_with_extensions(src, dst, IpNumber::IPV6_HEADER_HOP_BY_HOP, extensions)
 }
 
 /// The first fragment of an IPv6 TCP SYN: a fragment header before TCP.
 pub fn ipv6_fragment(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
-    let (IpAddr::V6(src_ip), IpAddr::V6(dst_ip)) = (src.ip(), dst.ip()) else {
-        panic!("{src} and {dst} must be IPv6");
-    };
     let extensions = Ipv6Extensions {
         fragment: Some(Ipv6FragmentHeader::new(
             IpNumber::TCP,
@@ -140,37 +127,33 @@ pub fn ipv6_fragment(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
         )),
         ..Default::default()
     };
-    ipv6_with_extensions(
-        src_ip,
-        dst_ip,
-        src.port(),
-        dst.port(),
-        IpNumber::IPV6_FRAGMENTATION_HEADER,
-        extensions,
-    )
+    ipv6_with_extensions(src, dst, IpNumber::IPV6_FRAGMENTATION_HEADER, extensions)
 }
 
+/// An IPv6 SYN with `extensions` between the IPv6 header and TCP, `first`
+/// being the first of them.
 fn ipv6_with_extensions(
-    src: Ipv6Addr,
-    dst: Ipv6Addr,
-    src_port: u16,
-    dst_port: u16,
+    src: SocketAddr,
+    dst: SocketAddr,
     first: IpNumber,
     extensions: Ipv6Extensions,
 ) -> Vec<u8> {
+    let (IpAddr::V6(src_ip), IpAddr::V6(dst_ip)) = (src.ip(), dst.ip()) else {
+        panic!("{src} and {dst} must be IPv6");
+    };
     let ip = etherparse::Ipv6Header {
         traffic_class: 0,
         flow_label: Default::default(),
         payload_length: 0,
         next_header: first,
         hop_limit: TTL,
-        source: src.octets(),
-        destination: dst.octets(),
+        source: src_ip.octets(),
+        destination: dst_ip.octets(),
     };
     frame!(
         PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
             .ip(IpHeaders::Ipv6(ip, extensions))
-            .tcp(src_port, dst_port, SEQ, WINDOW)
+            .tcp(src.port(), dst.port(), SEQ, WINDOW)
             .syn(),
         &[]
     )
