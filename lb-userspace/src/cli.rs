@@ -134,7 +134,8 @@ pub struct AgentArgs {
     /// CIDR to assign VIPs from to Services that request none (the pool "default").
     #[arg(long, value_name = "CIDR")]
     pub vip_pool: Option<String>,
-    /// A named VIP pool, e.g. public=198.51.100.0/28,198.51.100.40-198.51.100.50
+    /// A named VIP pool of IPv4 and/or IPv6 ranges, e.g.
+    /// public=198.51.100.0/28,198.51.100.40-198.51.100.50,2001:db8:ff::/120
     /// (repeatable; Services pick one with the annotation lb.dev/pool, else get
     /// the first).
     #[arg(long = "pool", value_name = "NAME=RANGES")]

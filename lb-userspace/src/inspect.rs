@@ -97,13 +97,10 @@ pub fn protocol_name(proto: u8) -> &'static str {
     }
 }
 
+/// `VIP:PORT/PROTO`, the VIP in brackets when it is IPv6.
 fn service_label(key: &ServiceKey) -> String {
-    format!(
-        "{}:{}/{}",
-        ip_of(key.vip),
-        u16::from_be(key.port),
-        protocol_name(key.proto)
-    )
+    let vip = SocketAddr::new(ip_of(key.vip), u16::from_be(key.port));
+    format!("{vip}/{}", protocol_name(key.proto))
 }
 
 /// Nanoseconds of CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
@@ -470,4 +467,26 @@ pub fn trace(
 pub fn global(maps: &Maps) -> Result<BTreeMap<&'static str, u64>, MapsError> {
     let values = maps.global_counters()?;
     Ok(counters::NAMES.iter().copied().zip(values).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        dataplane::service_key,
+        model::{Frontend, Protocol},
+    };
+
+    #[test]
+    fn service_labels_bracket_ipv6_vips() {
+        let label = |vip: &str, protocol| {
+            service_label(&service_key(&Frontend {
+                vip: vip.parse().unwrap(),
+                port: 80,
+                protocol,
+            }))
+        };
+        assert_eq!(label("198.51.100.1", Protocol::Tcp), "198.51.100.1:80/tcp");
+        assert_eq!(label("2001:db8::1", Protocol::Udp), "[2001:db8::1]:80/udp");
+    }
 }

@@ -185,7 +185,7 @@ impl KubeAgent {
             return BTreeMap::new();
         };
         let rows = self.rows("backends");
-        let label = format!("{vip}:{port}/tcp");
+        let label = format!("{}/tcp", std::net::SocketAddr::new(vip, port));
         let share = |node: &str| {
             let row = rows
                 .iter()
