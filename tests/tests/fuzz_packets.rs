@@ -5,10 +5,10 @@
 //! Properties, for every packet:
 //! - the action is DROP, PASS, TX or REDIRECT, never ABORTED;
 //! - a packet lb does not own (not to a configured VIP:port/protocol, not a
-//!   reply of a tracked flow or from the backend Maglev picks for the flow it
-//!   answers, or an IP fragment, a VLAN-tagged frame, another
+//!   reply of a tracked flow, or an IP fragment, a VLAN-tagged frame, another
 //!   protocol, ICMP echo while answering pings is off) passes bit for bit
-//!   unchanged;
+//!   unchanged (every flow is recorded here, so the stateless reverse NAT of a
+//!   flood, tested in `syn_flood`, never applies);
 //! - an owned packet is either left unchanged (PASS or DROP) or rewritten, and
 //!   a rewrite changes only MACs, one address, one port, the checksums and the
 //!   TTL (one less when sent on, unchanged when handed to the kernel); a
@@ -30,6 +30,7 @@ use std::{
     cell::RefCell,
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    ops::Range,
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -38,7 +39,7 @@ use lb::{
     dataplane::{Dataplane, DataplaneConfig},
     model::{BackendSpec, Frontend, Protocol, ServiceSpec},
 };
-use lb_common::{FlowKey, PROTO_TCP, PROTO_UDP, addr_of, ip_of};
+use lb_common::{PROTO_TCP, PROTO_UDP};
 use lb_tests::{
     netns::NetNs,
     packets,
@@ -620,23 +621,11 @@ fn fix_checksums(frame: &mut [u8]) {
         return;
     }
     let proto = frame[ip + 9];
-    let l4 = ip + header_len;
     let l4_len = total - header_len;
-    let check = match proto {
-        PROTO_TCP if l4_len >= 20 => l4 + 16,
-        PROTO_UDP if l4_len >= 8 && frame[l4 + 6..l4 + 8] != [0, 0] => l4 + 6,
-        _ => return,
-    };
-    frame[check..check + 2].fill(0);
-    let mut data = frame[ip + 12..ip + 20].to_vec();
-    data.extend_from_slice(&[0, proto]);
-    data.extend_from_slice(&(l4_len as u16).to_be_bytes());
-    data.extend_from_slice(&frame[l4..ip + total]);
-    let sum = match packets::internet_checksum(&[&data]) {
-        0 if proto == PROTO_UDP => 0xffff,
-        sum => sum,
-    };
-    frame[check..check + 2].copy_from_slice(&sum.to_be_bytes());
+    let mut pseudo_header = frame[ip + 12..ip + 20].to_vec();
+    pseudo_header.extend_from_slice(&[0, proto]);
+    pseudo_header.extend_from_slice(&(l4_len as u16).to_be_bytes());
+    write_l4_checksum(frame, proto, ip + header_len..ip + total, pseudo_header);
 }
 
 /// The IPv6 counterpart: the TCP or UDP checksum after the extension headers
@@ -649,18 +638,23 @@ fn fix_ipv6_checksum(frame: &mut [u8], ip: usize) {
     if end > frame.len() || l4 > end {
         return;
     }
-    let l4_len = end - l4;
+    let mut pseudo_header = frame[ip + 8..ip + 40].to_vec();
+    pseudo_header.extend_from_slice(&((end - l4) as u32).to_be_bytes());
+    pseudo_header.extend_from_slice(&[0, 0, 0, proto]);
+    write_l4_checksum(frame, proto, l4..end, pseudo_header);
+}
+
+/// Writes the TCP or UDP checksum of the segment at `l4` (a UDP checksum of 0
+/// stays 0); other protocols and segments too short for a checksum are left.
+fn write_l4_checksum(frame: &mut [u8], proto: u8, l4: Range<usize>, mut pseudo_header: Vec<u8>) {
     let check = match proto {
-        PROTO_TCP if l4_len >= 20 => l4 + 16,
-        PROTO_UDP if l4_len >= 8 && frame[l4 + 6..l4 + 8] != [0, 0] => l4 + 6,
+        PROTO_TCP if l4.len() >= 20 => l4.start + 16,
+        PROTO_UDP if l4.len() >= 8 && frame[l4.start + 6..l4.start + 8] != [0, 0] => l4.start + 6,
         _ => return,
     };
     frame[check..check + 2].fill(0);
-    let mut data = frame[ip + 8..ip + 40].to_vec();
-    data.extend_from_slice(&(l4_len as u32).to_be_bytes());
-    data.extend_from_slice(&[0, 0, 0, proto]);
-    data.extend_from_slice(&frame[l4..end]);
-    let sum = match packets::internet_checksum(&[&data]) {
+    pseudo_header.extend_from_slice(&frame[l4]);
+    let sum = match packets::internet_checksum(&[&pseudo_header]) {
         0 if proto == PROTO_UDP => 0xffff,
         sum => sum,
     };
@@ -792,36 +786,6 @@ struct World {
 }
 
 impl World {
-    /// The VIP:port a reply must be made to come from: its flow's, when the
-    /// flow was seen DNAT-ed, or when the reply comes from the very backend
-    /// the Maglev ring picks for the flow it answers (the data path's
-    /// stateless reverse NAT, for flows it did not record).
-    fn reply_of(&self, reply: &Tuple) -> Result<Option<SocketAddr>> {
-        if let Some(vip) = self.tracked.get(reply) {
-            return Ok(Some(*vip));
-        }
-        let from = (reply.src.ip(), reply.src.port());
-        let Some(spec) = self.services.iter().find(|s| {
-            s.frontend.protocol.number() == reply.proto
-                && s.backends.iter().any(|b| (b.ip, b.port) == from)
-        }) else {
-            return Ok(None);
-        };
-        let vip = SocketAddr::new(spec.frontend.vip, spec.frontend.port);
-        let request = FlowKey {
-            src_ip: addr_of(reply.dst.ip()),
-            dst_ip: addr_of(vip.ip()),
-            src_port: reply.dst.port().to_be(),
-            dst_port: vip.port().to_be(),
-            proto: reply.proto,
-            _pad: [0; 3],
-        };
-        let picked = self.dataplane.maps().maglev_choice(&request)?;
-        Ok(picked
-            .filter(|choice| (ip_of(choice.backend.ip), u16::from_be(choice.backend.port)) == from)
-            .map(|_| vip))
-    }
-
     fn run_case(&mut self, case: &Case, replies: &[Tuple]) -> Result<Outcome> {
         let input = case.frame(replies)?;
         let ifindex = match case.ingress {
@@ -853,10 +817,7 @@ impl World {
                     && s.frontend.protocol.number() == t.proto
             })
         });
-        let reply_of = match tuple {
-            Some((t, _)) => self.reply_of(&t)?,
-            None => None,
-        };
+        let reply_of = tuple.and_then(|(t, _)| self.tracked.get(&t).copied());
         if output == input {
             match (action, service, reply_of) {
                 (XDP_PASS, ..) => {}
