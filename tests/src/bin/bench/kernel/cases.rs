@@ -380,28 +380,8 @@ fn main_cases<'a>(
         expect: forward.clone(),
     };
     let cases = vec![
-        Case {
-            name: format!("{FLOOR} (ref_xdp_tx)"),
-            program: floor,
-            dataplane: None,
-            ifindex: bed.client_if,
-            setup: Vec::new(),
-            setup_if: bed.client_if,
-            per_call: Some(Input::Same(ack.clone())),
-            batched: Some(ack.clone()),
-            expect: Expect::action(XDP_TX),
-        },
-        Case {
-            name: format!("{PARSE} (ref_parse_only)"),
-            program: parse,
-            dataplane: None,
-            ifindex: bed.client_if,
-            setup: Vec::new(),
-            setup_if: bed.client_if,
-            per_call: Some(Input::Same(ack.clone())),
-            batched: Some(ack.clone()),
-            expect: Expect::action(XDP_TX),
-        },
+        reference_case(format!("{FLOOR} (ref_xdp_tx)"), floor, bed, &ack),
+        reference_case(format!("{PARSE} (ref_parse_only)"), parse, bed, &ack),
         Case {
             per_call: Some(Input::Same(ack.clone())),
             batched: Some(packets::tcp_ack(self_client, self_tcp, b"")),
@@ -458,6 +438,22 @@ fn main_cases<'a>(
     Ok((cases, backend))
 }
 
+/// A reference program (`ref_xdp_tx`, `ref_parse_only`) bouncing `packet`
+/// from the client side with XDP_TX, per call and batched.
+fn reference_case<'a>(name: String, program: &'a Xdp, bed: &Bed, packet: &[u8]) -> Case<'a> {
+    Case {
+        name,
+        program,
+        dataplane: None,
+        ifindex: bed.client_if,
+        setup: Vec::new(),
+        setup_if: bed.client_if,
+        per_call: Some(Input::Same(packet.to_vec())),
+        batched: Some(packet.to_vec()),
+        expect: Expect::action(XDP_TX),
+    }
+}
+
 /// Floor, established and new flows through the self-mapped TCP service.
 fn scaling_cases<'a>(bed: &Bed, dataplane: &'a Dataplane, floor: &'a Xdp) -> Result<Vec<Case<'a>>> {
     let program = dataplane.program()?;
@@ -466,17 +462,7 @@ fn scaling_cases<'a>(bed: &Bed, dataplane: &'a Dataplane, floor: &'a Xdp) -> Res
     let setup = vec![packets::tcp_syn(self_client, self_tcp)];
     let ack = packets::tcp_ack(self_client, self_tcp, b"");
     Ok(vec![
-        Case {
-            name: FLOOR.to_owned(),
-            program: floor,
-            dataplane: None,
-            ifindex: bed.client_if,
-            setup: Vec::new(),
-            setup_if: bed.client_if,
-            per_call: Some(Input::Same(ack.clone())),
-            batched: Some(ack.clone()),
-            expect: Expect::action(XDP_TX),
-        },
+        reference_case(FLOOR.to_owned(), floor, bed, &ack),
         Case {
             name: "established TCP flow".to_owned(),
             program,
