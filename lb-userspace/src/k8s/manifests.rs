@@ -102,23 +102,37 @@ fn load_file(path: &Path, loaded: &mut Loaded) -> Result<(), ManifestError> {
         path: path.to_owned(),
         source,
     })?;
+    parse_into(path, &bytes, loaded);
+    Ok(())
+}
+
+/// Loads one manifest file's contents from memory, as [`load_path`] loads a
+/// file: `origin` names it in skip reasons, and its extension picks the
+/// format (`.json`, else YAML).
+pub fn load_bytes(origin: &Path, bytes: &[u8]) -> Loaded {
+    let mut loaded = Loaded::default();
+    parse_into(origin, bytes, &mut loaded);
+    loaded
+}
+
+fn parse_into(path: &Path, bytes: &[u8], loaded: &mut Loaded) {
     let mut file = FileLoader { path, loaded };
-    let Ok(text) = String::from_utf8(bytes) else {
+    let Ok(text) = std::str::from_utf8(bytes) else {
         file.unparseable("whole file", "not valid UTF-8");
-        return Ok(());
+        return;
     };
     if path.extension().is_some_and(|ext| ext == "json") {
         // JSON is not split on `---`, and serde_json accepts the tab
         // indentation YAML forbids.
-        match serde_json::from_str::<Value>(&text) {
+        match serde_json::from_str::<Value>(text) {
             Ok(value) => file.add("doc 1", value),
             Err(err) => file.unparseable("doc 1", format!("invalid JSON: {err}")),
         }
-        return Ok(());
+        return;
     }
     // Split on `---` lines ourselves, as kubectl does, so a syntax error only
     // loses its own document rather than every one after it.
-    for (index, (line, doc)) in split_documents(&text).into_iter().enumerate() {
+    for (index, (line, doc)) in split_documents(text).into_iter().enumerate() {
         let at = format!("doc {}", index + 1);
         // Leading newlines make the parser's "at line N" count from the file's start.
         match serde_yaml::from_str::<Value>(&format!("{}{doc}", "\n".repeat(line))) {
@@ -126,7 +140,6 @@ fn load_file(path: &Path, loaded: &mut Loaded) -> Result<(), ManifestError> {
             Err(err) => file.unparseable(&at, format!("invalid YAML: {err}")),
         }
     }
-    Ok(())
 }
 
 /// The documents of a YAML stream, each with the index of the line it starts
@@ -384,6 +397,19 @@ mod tests {
             "{}",
             loaded.skipped[0]
         );
+    }
+
+    #[test]
+    fn bytes_load_as_their_file_would() {
+        let text = format!("{}---\n{}", service("a"), node("n1"));
+        let from_memory = load_bytes(Path::new("mem.yaml"), text.as_bytes());
+        let dir = TempDir::new("bytes");
+        let from_file = load_path(&dir.write("mem.yaml", &text)).unwrap();
+        assert_eq!(service_names(&from_memory), service_names(&from_file));
+        assert_eq!(node_names(&from_memory), ["n1"]);
+        let garbage = load_bytes(Path::new("mem.json"), b"{\"kind\": ");
+        assert_eq!(garbage.unparseable, 1);
+        assert!(garbage.skipped[0].starts_with("mem.json: doc 1: invalid JSON"));
     }
 
     #[test]

@@ -8,6 +8,6 @@ pub mod source;
 mod status;
 pub mod translate;
 
-pub use manifests::{ClusterObjects, Loaded, ManifestError, load_path};
+pub use manifests::{ClusterObjects, Loaded, ManifestError, load_bytes, load_path};
 pub use status::ingress_ips;
 pub use translate::{NODE_WEIGHT_ANNOTATION, Translation, Translator};
