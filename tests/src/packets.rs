@@ -441,19 +441,35 @@ fn verify_transport(proto: IpNumber, pseudo_header: &[u8], l4: &[u8]) -> Result<
 /// `frame` as a router forwards it: TTL (hop limit) one less, the IPv4 header
 /// checksum recomputed.
 pub fn forwarded(frame: &[u8]) -> Vec<u8> {
+    with_ttl(frame, ttl_of(frame) - 1)
+}
+
+/// The TTL (IPv6: hop limit) of an IP frame.
+pub fn ttl_of(frame: &[u8]) -> u8 {
+    frame[ttl_offset(frame)]
+}
+
+/// `frame` with its TTL (hop limit) set to `ttl`, the IPv4 header checksum
+/// recomputed.
+pub fn with_ttl(frame: &[u8], ttl: u8) -> Vec<u8> {
     let mut frame = frame.to_vec();
-    match be16(&frame, 12) {
-        ETHERTYPE_IPV4 => {
-            let ip = ETH_LEN;
-            frame[ip + 8] -= 1;
-            let header_len = usize::from(frame[ip] & 0x0f) * 4;
-            let check = internet_checksum(&[&frame[ip..ip + 10], &frame[ip + 12..ip + header_len]]);
-            frame[ip + 10..ip + 12].copy_from_slice(&check.to_be_bytes());
-        }
-        ETHERTYPE_IPV6 => frame[ETH_LEN + 7] -= 1,
-        ether_type => panic!("forwarding a frame of EtherType {ether_type:#06x}"),
+    let at = ttl_offset(&frame);
+    frame[at] = ttl;
+    if be16(&frame, 12) == ETHERTYPE_IPV4 {
+        let ip = ETH_LEN;
+        let header_len = usize::from(frame[ip] & 0x0f) * 4;
+        let check = internet_checksum(&[&frame[ip..ip + 10], &frame[ip + 12..ip + header_len]]);
+        frame[ip + 10..ip + 12].copy_from_slice(&check.to_be_bytes());
     }
     frame
+}
+
+fn ttl_offset(frame: &[u8]) -> usize {
+    match be16(frame, 12) {
+        ETHERTYPE_IPV4 => ETH_LEN + 8,
+        ETHERTYPE_IPV6 => ETH_LEN + 7,
+        ether_type => panic!("no TTL in a frame of EtherType {ether_type:#06x}"),
+    }
 }
 
 fn compare(what: &str, stored: u16, computed: u16) -> Result<()> {

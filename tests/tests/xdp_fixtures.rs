@@ -107,14 +107,6 @@ fn sock6(ip: Ipv6Addr, port: u16) -> SocketAddr {
     SocketAddr::new(ip.into(), port)
 }
 
-/// `packet` with this TTL (hop limit), checksums kept valid.
-fn with_ttl(packet: &[u8], ttl: u8) -> Vec<u8> {
-    let mut packet = packet.to_vec();
-    let ipv6 = packet[12..14] == [0x86, 0xdd];
-    packet[14 + if ipv6 { 7 } else { 8 }] = ttl + 1;
-    packets::forwarded(&packet)
-}
-
 /// Runs one packet through the program; returns (action, output bytes).
 fn run(dataplane: &Dataplane, input: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
     xdp_bed::run(dataplane.program().expect("program"), input, ifindex).expect("BPF_PROG_TEST_RUN")
@@ -331,7 +323,7 @@ fn fixtures_in_namespace(bench: &XdpBed) {
         },
         Fixture {
             description: "TTL 1 to a VIP passes unchanged: the kernel sends Time Exceeded",
-            input: with_ttl(&packets::tcp_syn(sock(CLIENT, 41000), vip_http), 1),
+            input: packets::with_ttl(&packets::tcp_syn(sock(CLIENT, 41000), vip_http), 1),
             ingress: Ingress::Clients,
             action: XDP_PASS,
             output: Expected::Unchanged,
@@ -408,7 +400,7 @@ fn fixtures_in_namespace(bench: &XdpBed) {
         },
         Fixture {
             description: "IPv6: hop limit 1 passes unchanged",
-            input: with_ttl(&packets::tcp_syn(sock6(CLIENT6, 41000), vip6_http), 1),
+            input: packets::with_ttl(&packets::tcp_syn(sock6(CLIENT6, 41000), vip6_http), 1),
             ingress: Ingress::Clients,
             action: XDP_PASS,
             output: Expected::Unchanged,

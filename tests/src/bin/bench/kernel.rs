@@ -12,8 +12,9 @@
 //!   input for the same path: a service whose VIP:port is its only backend's
 //!   address, so the DNAT (and the reverse NAT of its replies) rewrites the
 //!   addresses to themselves. The program runs the same instructions as for a
-//!   real VIP; only the values differ. New flows cannot be batched (the first
-//!   iteration inserts the flow).
+//!   real VIP; only the values differ. Each iteration also takes one off the
+//!   TTL, so inputs start at TTL 255 and R stays below it. New flows cannot be
+//!   batched (the first iteration inserts the flow).
 //!
 //! Every measurement checks the action of each call and the program's global
 //! counters afterwards, so the figure is known to belong to the path it names.
@@ -318,8 +319,9 @@ pub fn section(
                  iterations, so the forwarding cases use a service whose VIP:port is its own \
                  single backend (client port 41000): the NAT rewrites the addresses to \
                  themselves and every iteration takes the same path with the same instructions \
-                 as for a real VIP. New flows cannot be batched (the first iteration creates the \
-                 flow): n/a.",
+                 as for a real VIP. Each iteration takes one off the TTL too, so the inputs \
+                 start at TTL 255 and `repeat` stays below that. New flows cannot be batched \
+                 (the first iteration creates the flow): n/a.",
                 options.calls, options.batches, options.repeat
             ),
             "Every call's action is checked, and the program's global counters after each \

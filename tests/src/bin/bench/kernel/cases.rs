@@ -594,7 +594,8 @@ fn run_per_call(case: &Case<'_>, options: Options, flows: &mut FlowSource) -> Re
     Ok(Some(total_ns as f64 / f64::from(options.calls)))
 }
 
-/// Thread CPU time in ns per iteration, from `options.batches` pairs of calls:
+/// Thread CPU time in ns per iteration, from `options.batches` pairs of calls
+/// (R at most 254: see the TTL below):
 /// one with `repeat` = R and one with `repeat` = 2. Their difference divided by
 /// R - 2 leaves out what every call costs once, whatever its `repeat`: the
 /// syscall, and (for `repeat` > 1) the kernel installing the program in the XDP
@@ -603,6 +604,14 @@ fn run_batched(case: &Case<'_>, options: Options, log: &mut Log) -> Result<Optio
     let Some(packet) = &case.batched else {
         return Ok(None);
     };
+    // Every iteration forwards the packet it left: one TTL less each time, so
+    // it starts at the highest TTL and the loop stays short of its end.
+    ensure!(
+        options.repeat < u32::from(u8::MAX),
+        "repeat {} would run the TTL out",
+        options.repeat
+    );
+    let packet = &packets::with_ttl(packet, u8::MAX);
     let before = prepare(case)?;
     let (mut slope_ns, mut fixed_ns, mut kernel_ns) = (0i128, 0u128, 0u128);
     for _ in 0..options.batches {
