@@ -46,14 +46,13 @@ mod tests {
     use super::*;
 
     fn key(src_port: u16) -> FlowKey {
-        FlowKey {
-            src_ip: crate::ipv4_mapped(u32::from_ne_bytes([10, 0, 0, 2])),
-            dst_ip: crate::ipv4_mapped(u32::from_ne_bytes([198, 51, 100, 10])),
-            src_port: src_port.to_be(),
-            dst_port: 80u16.to_be(),
-            proto: crate::PROTO_TCP,
-            _pad: [0; 3],
-        }
+        FlowKey::new(
+            crate::ipv4_mapped(u32::from_ne_bytes([10, 0, 0, 2])),
+            crate::ipv4_mapped(u32::from_ne_bytes([198, 51, 100, 10])),
+            src_port.to_be(),
+            80u16.to_be(),
+            crate::PROTO_TCP,
+        )
     }
 
     #[test]

@@ -148,6 +148,23 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
+impl FlowKey {
+    /// A key from its 5-tuple (ports network order). The padding is spelled
+    /// out byte by byte: as `[0; 3]` the compiler zeroes it with a `memset`
+    /// call, which in BPF is a byte-loop subprogram on every packet.
+    #[inline(always)]
+    pub const fn new(src_ip: Addr, dst_ip: Addr, src_port: u16, dst_port: u16, proto: u8) -> Self {
+        Self {
+            src_ip,
+            dst_ip,
+            src_port,
+            dst_port,
+            proto,
+            _pad: [0, 0, 0],
+        }
+    }
+}
+
 /// The backend a client flow is pinned to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -94,8 +94,7 @@ pub fn echo_reply(
             u16::from_ne_bytes(new),
         );
         let (to, from) = ((*eth).dst_addr, (*eth).src_addr);
-        (*eth).dst_addr = from;
-        (*eth).src_addr = to;
+        forward::set_macs(eth, from, to);
     }
     count(counters::ICMP_ECHO_REPLY);
     Ok(xdp_action::XDP_TX)
@@ -161,14 +160,13 @@ pub fn translate_error(
         return Err(Verdict::PassOtherProto);
     }
     let [quoted_src_port, quoted_dst_port] = quote.ports;
-    let reverse = FlowKey {
-        src_ip: quote.dst,
-        dst_ip: quote.src,
-        src_port: quoted_dst_port,
-        dst_port: quoted_src_port,
-        proto: quote.proto,
-        _pad: [0; 3],
-    };
+    let reverse = FlowKey::new(
+        quote.dst,
+        quote.src,
+        quoted_dst_port,
+        quoted_src_port,
+        quote.proto,
+    );
     let route = Route::of(ip);
     // About a request we DNAT-ed (client -> node): the client must hear of its VIP.
     if let Some(rnat) = lookup_reverse_nat(&reverse) {

@@ -10,6 +10,8 @@ mod maps;
 mod nat;
 mod parse;
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use aya_log_ebpf::warn;
 use lb_common::{PROTO_ICMP, PROTO_ICMPV6, counters};
@@ -47,12 +49,15 @@ fn log_internal_drop(ctx: &Frame) {
 /// packet was not ours (or was dropped).
 #[inline(always)]
 fn try_lb_xdp(ctx: &Frame) -> Result<u32, Verdict> {
-    let mut ip = Ip::default();
+    let mut ip = MaybeUninit::uninit();
     Ip::parse(ctx, &mut ip)?;
+    // SAFETY: `parse` returned `Ok`, so it wrote the header. (Not zeroed
+    // first: that is a `memset` subprogram call per packet.)
+    let ip = unsafe { ip.assume_init_ref() };
     match (ip.family, ip.proto) {
-        (Family::V4, PROTO_ICMP) => icmp::handle(ctx, &ip),
-        (Family::V6, PROTO_ICMPV6) => icmp6::handle(ctx, &ip),
-        _ => serve_transport(ctx, &ip),
+        (Family::V4, PROTO_ICMP) => icmp::handle(ctx, ip),
+        (Family::V6, PROTO_ICMPV6) => icmp6::handle(ctx, ip),
+        _ => serve_transport(ctx, ip),
     }
 }
 

@@ -148,12 +148,15 @@ fn over_flow_budget() -> bool {
     let limit = SETTINGS
         .get(0)
         .map_or(0, |settings| settings.new_flow_limit);
-    // SAFETY: `bpf_ktime_get_ns` has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
     limit != 0
         && FLOW_BUDGET.get(0).is_some_and(|budget| {
-            budget.inserted >= u64::from(limit)
-                && now.wrapping_sub(budget.window_start_ns) < 1_000_000_000
+            // The clock is read last: every packet that is no flow's reply
+            // asks, and outside a flood the count alone says no.
+            budget.inserted >= u64::from(limit) && {
+                // SAFETY: `bpf_ktime_get_ns` has no preconditions.
+                let now = unsafe { bpf_ktime_get_ns() };
+                now.wrapping_sub(budget.window_start_ns) < 1_000_000_000
+            }
         })
 }
 
@@ -173,14 +176,13 @@ pub fn stateless_reverse_nat(reply: &FlowKey) -> Option<ReverseNat> {
     };
     // SAFETY: the value is copied out before the map can change it.
     let frontend = unsafe { NODE_PORTS.get(node_port) }.copied()?;
-    let request = FlowKey {
-        src_ip: reply.dst_ip,
-        dst_ip: frontend.vip,
-        src_port: reply.dst_port,
-        dst_port: frontend.port,
-        proto: reply.proto,
-        _pad: [0; 3],
-    };
+    let request = FlowKey::new(
+        reply.dst_ip,
+        frontend.vip,
+        reply.dst_port,
+        frontend.port,
+        reply.proto,
+    );
     let service = lookup_service(&request)?;
     let (_, backend) = maglev_backend(&request, &service).ok()?;
     if backend.ip != reply.src_ip || backend.port != reply.src_port {
@@ -268,14 +270,13 @@ pub fn select_backend(
     // for lack of room; if it fails anyway the packet still goes to the Maglev
     // choice, which the next packet recomputes identically.
     let _ = FLOWS.insert(key, flow, 0);
-    let reply = FlowKey {
-        src_ip: backend.ip,
-        dst_ip: key.src_ip,
-        src_port: backend.port,
-        dst_port: key.src_port,
-        proto: key.proto,
-        _pad: [0; 3],
-    };
+    let reply = FlowKey::new(
+        backend.ip,
+        key.src_ip,
+        backend.port,
+        key.src_port,
+        key.proto,
+    );
     let rnat = ReverseNat {
         vip: key.dst_ip,
         port: key.dst_port,

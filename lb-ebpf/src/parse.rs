@@ -1,6 +1,6 @@
 //! Header parsing: the one place that touches raw packet offsets.
 
-use core::mem::size_of;
+use core::mem::{MaybeUninit, size_of};
 
 use aya_ebpf::{EbpfContext, bindings::xdp_action, programs::XdpContext};
 use lb_common::{Addr, FlowKey, PROTO_TCP, PROTO_UDP, counters, ipv4_mapped, is_ipv4_mapped};
@@ -139,16 +139,14 @@ pub fn l4_check_offset(proto: u8) -> usize {
 }
 
 /// Which IP version a packet is.
-#[derive(Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Family {
-    #[default]
     V4,
     V6,
 }
 
 /// The IP header of a packet that is neither malformed nor a fragment; for
 /// IPv6, with the extension headers walked to the upper-layer header.
-#[derive(Default)]
 pub struct Ip {
     pub family: Family,
     /// Offset of the upper-layer (TCP, UDP, ICMP) header.
@@ -166,18 +164,20 @@ pub struct Ip {
 }
 
 impl Ip {
-    /// Parses the IP header into `ip`. A BPF subprogram of its own: the
-    /// temporaries of both families' parsers then stay off the stack of the
-    /// paths that follow (the verifier allows 512 bytes for a call chain).
+    /// Parses the IP header into `ip`, which is initialised when this
+    /// returns `Ok`. A BPF subprogram of its own: the temporaries of both
+    /// families' parsers then stay off the stack of the paths that follow
+    /// (the verifier allows 512 bytes for a call chain); and so it returns a
+    /// scalar, as subprograms must, writing the header through `ip`.
     #[inline(never)]
-    pub fn parse(ctx: &Frame, ip: &mut Ip) -> Result<(), Verdict> {
+    pub fn parse(ctx: &Frame, ip: &mut MaybeUninit<Ip>) -> Result<(), Verdict> {
         let eth: *const EthHdr = ptr_at(ctx, 0).map_err(|_| Verdict::PassNotIp)?;
         // SAFETY: `ptr_at` checked the header lies inside the packet.
-        *ip = match unsafe { (*eth).ether_type } {
+        ip.write(match unsafe { (*eth).ether_type } {
             ETH_P_IPV4_BE => Self::parse_v4(ctx)?,
             ETH_P_IPV6_BE => Self::parse_v6(ctx)?,
             _ => return Err(Verdict::PassNotIp),
-        };
+        });
         Ok(())
     }
 
@@ -352,14 +352,7 @@ impl Packet {
         // SAFETY: checked by `ptr_at`.
         let [src_port, dst_port] = unsafe { *ports };
         Ok(Self {
-            key: FlowKey {
-                src_ip: ip.src,
-                dst_ip: ip.dst,
-                src_port,
-                dst_port,
-                proto: ip.proto,
-                _pad: [0; 3],
-            },
+            key: FlowKey::new(ip.src, ip.dst, src_port, dst_port, ip.proto),
             l4_offset,
             l4_check_offset: l4_offset + check_offset,
             route: Route {

@@ -391,14 +391,13 @@ pub fn trace(
     vip: SocketAddr,
     proto: u8,
 ) -> Result<TraceReport, MapsError> {
-    let key = FlowKey {
-        src_ip: addr_of(client.ip()),
-        dst_ip: addr_of(vip.ip()),
-        src_port: client.port().to_be(),
-        dst_port: vip.port().to_be(),
+    let key = FlowKey::new(
+        addr_of(client.ip()),
+        addr_of(vip.ip()),
+        client.port().to_be(),
+        vip.port().to_be(),
         proto,
-        _pad: [0; 3],
-    };
+    );
     let service_key = ServiceKey {
         vip: key.dst_ip,
         port: key.dst_port,

@@ -51,14 +51,13 @@ fn spoofed(i: u32) -> SocketAddrV4 {
 }
 
 fn flow_key(client: SocketAddrV4) -> FlowKey {
-    FlowKey {
-        src_ip: addr_of((*client.ip()).into()),
-        dst_ip: addr_of((*VIP.ip()).into()),
-        src_port: client.port().to_be(),
-        dst_port: VIP.port().to_be(),
-        proto: PROTO_TCP,
-        _pad: [0; 3],
-    }
+    FlowKey::new(
+        addr_of((*client.ip()).into()),
+        addr_of((*VIP.ip()).into()),
+        client.port().to_be(),
+        VIP.port().to_be(),
+        PROTO_TCP,
+    )
 }
 
 struct FloodResult {

@@ -598,14 +598,13 @@ fn stickiness_in_namespace(bench: &XdpBed) {
         Ipv4Addr::new(output[30], output[31], output[32], output[33])
     };
     let predict = |dataplane: &Dataplane, client: SocketAddrV4| -> Ipv4Addr {
-        let key = FlowKey {
-            src_ip: lb_common::addr_of((*client.ip()).into()),
-            dst_ip: lb_common::addr_of(VIP_SPREAD.into()),
-            src_port: client.port().to_be(),
-            dst_port: 80u16.to_be(),
-            proto: lb_common::PROTO_TCP,
-            _pad: [0; 3],
-        };
+        let key = FlowKey::new(
+            lb_common::addr_of((*client.ip()).into()),
+            lb_common::addr_of(VIP_SPREAD.into()),
+            client.port().to_be(),
+            80u16.to_be(),
+            lb_common::PROTO_TCP,
+        );
         let choice = dataplane
             .maps()
             .maglev_choice(&key)

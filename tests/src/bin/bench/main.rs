@@ -91,10 +91,8 @@ fn run(args: &Args) -> Result<()> {
         let options = kernel::Options {
             runs,
             calls: if args.quick { 5_000 } else { 20_000 },
-            // A forwarded packet loses a TTL per iteration (from 255): short
-            // loops, many of them.
-            repeat: 250,
-            batches: if args.quick { 40 } else { 200 },
+            repeat: if args.quick { 20_000 } else { 100_000 },
+            batches: if args.quick { 2 } else { 5 },
             full_flow_table: !args.no_full_flow_table,
         };
         sections.push(kernel::run(options).context("in-kernel benchmark")?);
