@@ -13,9 +13,9 @@
 //!   address, so the DNAT (and the reverse NAT of its replies) rewrites the
 //!   addresses to themselves. The program runs the same instructions as for a
 //!   real VIP; only the values differ. Each iteration also takes one off the
-//!   TTL, so lb's forwarded inputs start at TTL 255 and run loops of 250, as
-//!   many more of them as keep the iterations equal. New flows cannot be
-//!   batched (the first iteration inserts the flow).
+//!   TTL, so lb's forwarded inputs start at TTL 255 and run loops of 250, in
+//!   twenty times as many pairs. New flows cannot be batched (the first
+//!   iteration inserts the flow).
 //!
 //! Every measurement checks the action of each call and the program's global
 //! counters afterwards, so the figure is known to belong to the path it names.
@@ -321,9 +321,8 @@ pub fn section(
                  single backend (client port 41000): the NAT rewrites the addresses to \
                  themselves and every iteration takes the same path with the same instructions \
                  as for a real VIP. Each iteration takes one off the TTL too, so forwarded \
-                 inputs start at TTL 255 and run `repeat` = 250 in that many more pairs that \
-                 the iterations stay the same. New flows cannot be batched (the first iteration \
-                 creates the flow): n/a.",
+                 inputs start at TTL 255 and run `repeat` = 250 in 20 times as many pairs. \
+                 New flows cannot be batched (the first iteration creates the flow): n/a.",
                 options.calls, options.batches, options.repeat
             ),
             "Every call's action is checked, and the program's global counters after each \

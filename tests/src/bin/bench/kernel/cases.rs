@@ -646,14 +646,14 @@ fn run_batched(case: &Case<'_>, options: Options, log: &mut Log) -> Result<Optio
 
 /// `repeat`, number of pairs and input of a batched case. lb forwards its own
 /// output again on every iteration, one TTL less each time: its packets start
-/// at TTL 255 and run loops of [`FORWARDED_REPEAT`], as many more of them as
-/// keep the iterations those of the other cases.
+/// at TTL 255 and run loops of [`FORWARDED_REPEAT`], in
+/// [`FORWARDED_BATCH_FACTOR`] times as many pairs.
 fn batching(case: &Case<'_>, options: Options, packet: &[u8]) -> (u32, u32, Vec<u8>) {
     let forwards = case.dataplane.is_some() && case.expect.action != XDP_PASS;
     if !forwards || options.repeat <= FORWARDED_REPEAT {
         return (options.repeat, options.batches, packet.to_vec());
     }
-    let batches = options.batches * (options.repeat / FORWARDED_REPEAT);
+    let batches = options.batches * FORWARDED_BATCH_FACTOR;
     (
         FORWARDED_REPEAT,
         batches,
@@ -663,6 +663,12 @@ fn batching(case: &Case<'_>, options: Options, packet: &[u8]) -> (u32, u32, Vec<
 
 /// The longest loop a forwarded packet survives from TTL 255, with margin.
 const FORWARDED_REPEAT: u32 = 250;
+
+/// How many more pairs the short loops of forwarded packets get. Not enough
+/// to match the other cases' iterations: every call with `repeat` > 1 costs
+/// the kernel's XDP dispatcher swap, tens of milliseconds of wall time, so
+/// that would take an hour; twenty times the pairs keeps the run in minutes.
+const FORWARDED_BATCH_FACTOR: u32 = 20;
 
 /// One batched measurement: thread CPU time per iteration, and the kernel's
 /// own figure (the loop's time over its iterations, whole ns, including
