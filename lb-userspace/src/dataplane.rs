@@ -184,6 +184,9 @@ impl Dataplane {
         if config.max_services == 0 || config.max_services > MAX_SERVICES {
             return Err(DataplaneError::MaxServices(config.max_services));
         }
+        if config.max_flows < MIN_FLOWS {
+            return Err(DataplaneError::MaxFlows(config.max_flows));
+        }
         let ring_entries = u64::from(config.ring_size) * u64::from(config.max_services) * 2;
         let ring_entries = u32::try_from(ring_entries).map_err(|_| DataplaneError::TooLarge {
             ring_size: config.ring_size,
@@ -191,9 +194,6 @@ impl Dataplane {
         })?;
         let pins = config.pin_dir.as_ref().map(PinDir::new);
         let inherited = pins.as_ref().is_some_and(PinDir::exists);
-        if config.max_flows < MIN_FLOWS {
-            return Err(DataplaneError::MaxFlows(config.max_flows));
-        }
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(MAP_MAGLEV, ring_entries);
         loader.map_max_entries(lb_common::MAP_FLOWS, config.max_flows);

@@ -65,6 +65,11 @@ fn agent_rejects_bad_settings_before_touching_the_kernel() {
             "ring size 100 must be a prime",
         ),
         (&["--ring-size", "many"][..], 2, "invalid value 'many'"),
+        (
+            &["--max-flows", "10", "--bpffs", "/sys/fs/bpf/lb-cli-flows"][..],
+            1,
+            "max flows 10 must be at least 1024",
+        ),
     ] {
         assert_error(&agent("lo", extra), code, needle);
     }
