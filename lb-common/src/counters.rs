@@ -56,13 +56,25 @@ counters! {
     /// New flows forwarded by the stateless Maglev choice without a flow
     /// entry, because this CPU was over its new-flow limit.
     NEW_FLOWS_UNTRACKED = 19, "new_flows_untracked";
-    /// Replies of untracked flows reverse-NAT-ed after checking that Maglev
-    /// sends their flow to the node they come from.
+    /// Replies reverse-NAT-ed with no flow entry on this host (another lb
+    /// host saw the flow begin, or it was not recorded), after checking that
+    /// Maglev sends their flow to the node they come from.
     REPLIES_UNTRACKED = 20, "replies_untracked";
+    /// ARP requests for a VIP answered (XDP_TX).
+    ARP_REPLY = 21, "arp_reply";
+    /// IPv6 Neighbor Solicitations for a VIP answered (XDP_TX).
+    NDP_REPLY = 22, "ndp_reply";
+    /// Dropped: direct server return to a node the FIB puts behind a gateway
+    /// (DSR needs the node on a segment lb is attached to).
+    DROP_NOT_ADJACENT = 23, "drop_not_adjacent";
+    /// Dropped: direct server return to a node whose MAC the kernel has not
+    /// resolved (the agent's health checks keep nodes' neighbour entries
+    /// fresh); the kernel could only route the packet by its VIP.
+    DROP_NO_NEIGHBOR = 24, "drop_no_neighbor";
 }
 
 /// The outcome counters: every packet ends in exactly one of them.
-pub const OUTCOMES: [u32; 15] = [
+pub const OUTCOMES: [u32; 19] = [
     FORWARD_TX,
     FORWARD_REDIRECT,
     REPLY_TX,
@@ -78,13 +90,17 @@ pub const OUTCOMES: [u32; 15] = [
     DROP_INTERNAL,
     ICMP_ECHO_REPLY,
     PASS_TTL_EXPIRED,
+    ARP_REPLY,
+    NDP_REPLY,
+    DROP_NOT_ADJACENT,
+    DROP_NO_NEIGHBOR,
 ];
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn indexes_are_dense() {
-        assert_eq!(super::COUNT, 21);
+        assert_eq!(super::COUNT, 25);
         assert_eq!(super::NAMES[super::FLOW_REHASHED as usize], "flow_rehashed");
     }
 }

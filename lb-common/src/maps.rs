@@ -14,7 +14,6 @@ pub const MAP_SERVICES: &str = "SERVICES";
 pub const MAP_BACKENDS: &str = "BACKENDS";
 pub const MAP_MAGLEV: &str = "MAGLEV";
 pub const MAP_FLOWS: &str = "FLOWS";
-pub const MAP_REVERSE_FLOWS: &str = "REVERSE_FLOWS";
 pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_GLOBAL_STATS: &str = "GLOBAL_STATS";
@@ -23,12 +22,13 @@ pub const MAP_SETTINGS: &str = "SETTINGS";
 pub const MAP_VIPS: &str = "VIPS";
 pub const MAP_NODE_PORTS: &str = "NODE_PORTS";
 pub const MAP_FLOW_BUDGET: &str = "FLOW_BUDGET";
+pub const MAP_IFACES: &str = "IFACES";
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "lb_xdp";
 
 /// Version of the map layout (keys, values, sizes). Pinned state lives in a
 /// directory named after it, so an agent never reads maps of another layout.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Compile-time capacities; the Maglev map's size is set at load time from
 /// `max_services * 2 * ring_size`.
@@ -36,12 +36,21 @@ pub const MAX_SERVICES: u32 = 16384;
 pub const MAX_BACKENDS: u32 = 65536;
 pub const MAX_FLOWS: u32 = 1 << 20;
 pub const MAX_TX_PORTS: u32 = 64;
+/// Interfaces the program may be attached to (entries of `IFACES`).
+pub const MAX_IFACES: u32 = 64;
 
 /// A backend slot whose `flags` lack this bit is free: flows pointing at it re-hash.
 pub const BACKEND_ACTIVE: u8 = 1;
 
 /// `Settings::flags`: answer ICMP echo requests to a VIP (else they pass).
 pub const SETTING_ANSWER_ECHO: u32 = 1;
+/// `Settings::flags`: answer ARP requests and IPv6 Neighbor Solicitations for
+/// a VIP with the receiving interface's MAC (`--announce arp`).
+pub const SETTING_ANSWER_NEIGHBORS: u32 = 1 << 1;
+/// `Settings::flags`: direct server return. Packets for a service keep their
+/// destination (VIP, port) and only get the chosen node's MAC; the node
+/// answers the client itself, so there is nothing to reverse-NAT.
+pub const SETTING_DSR: u32 = 1 << 2;
 
 /// Run-time switches of the data path; `SETTINGS` has one entry.
 #[repr(C)]
@@ -106,6 +115,34 @@ pub struct ServiceKey {
     pub _pad: u8,
 }
 
+impl ServiceKey {
+    /// A key from its parts (port network order). The padding is spelled out,
+    /// as in [`FlowKey::new`].
+    #[inline(always)]
+    pub const fn new(vip: Addr, port: u16, proto: u8) -> Self {
+        Self {
+            vip,
+            port,
+            proto,
+            _pad: 0,
+        }
+    }
+
+    /// The service a packet is addressed to: its destination (address, port,
+    /// protocol). Key of `SERVICES`.
+    #[inline(always)]
+    pub const fn of_destination(key: &FlowKey) -> Self {
+        Self::new(key.dst_ip, key.dst_port, key.proto)
+    }
+
+    /// Where a packet comes from: for a reply of a node, its (node IP,
+    /// NodePort, protocol), the key of `NODE_PORTS`.
+    #[inline(always)]
+    pub const fn of_source(key: &FlowKey) -> Self {
+        Self::new(key.src_ip, key.src_port, key.proto)
+    }
+}
+
 /// Where a service's live Maglev ring sits in the `MAGLEV` array.
 ///
 /// Userspace writes the new ring into the service's idle slot, then replaces this
@@ -123,6 +160,15 @@ pub struct ServiceInfo {
     pub backend_count: u32,
 }
 
+impl ServiceInfo {
+    /// The `MAGLEV` index that picks the backend of a new flow of this
+    /// service. The data path and `lb trace` both call this.
+    #[inline(always)]
+    pub fn ring_slot(&self, key: &FlowKey) -> u32 {
+        self.ring_base + crate::hash::flow_hash(key) % self.ring_size
+    }
+}
+
 /// One (node IP, NodePort) of one service; `BACKENDS` is indexed by backend id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -136,7 +182,7 @@ pub struct Backend {
     pub _pad: u8,
 }
 
-/// A packet's 5-tuple as it arrives; key of both flow tables.
+/// A packet's 5-tuple as it arrives; key of the flow table.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -193,12 +239,13 @@ impl Flow {
     }
 }
 
-/// What a reply from a backend is rewritten to: its source becomes (VIP, port).
+/// An interface the program is attached to; `IFACES` is keyed by ifindex.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ReverseNat {
-    pub vip: Addr,
-    pub port: u16,
+pub struct Iface {
+    /// The interface's MAC: the answer to ARP and Neighbor Solicitations for
+    /// a VIP that arrive on it.
+    pub mac: [u8; 6],
     pub _pad: [u8; 2],
 }
 
@@ -227,7 +274,7 @@ mod pod {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}
-    unsafe impl aya::Pod for ReverseNat {}
+    unsafe impl aya::Pod for Iface {}
     unsafe impl aya::Pod for Traffic {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for FlowBudget {}
@@ -245,7 +292,7 @@ mod tests {
         assert_eq!(size_of::<Backend>(), 20);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<Flow>(), 48);
-        assert_eq!(size_of::<ReverseNat>(), 20);
+        assert_eq!(size_of::<Iface>(), 8);
         assert_eq!(size_of::<Traffic>(), 16);
         assert_eq!(size_of::<Settings>(), 8);
     }

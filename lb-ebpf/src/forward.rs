@@ -1,28 +1,28 @@
-//! Sending a rewritten packet: MACs from the kernel's FIB and neighbour tables,
-//! then XDP_TX on the ingress interface or XDP_REDIRECT through the devmap.
+//! Sending a packet on: the next hop from the kernel's FIB and neighbour
+//! tables, then XDP_TX on the ingress interface or XDP_REDIRECT through the
+//! devmap.
 
-use core::{
-    mem::{MaybeUninit, size_of},
-    ptr::copy_nonoverlapping,
-};
+use core::{mem::size_of, ptr::copy_nonoverlapping};
 
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{bpf_fib_lookup as FibParams, xdp_action},
     helpers::generated::bpf_fib_lookup,
 };
-use lb_common::counters;
+use lb_common::{Addr, counters};
 use network_types::eth::EthHdr;
 
 use crate::{
-    maps::{TX_PORTS, count},
+    maps::{FIB_PARAMS, TX_PORTS, count},
     nat,
-    parse::{Family, Frame, Route, Verdict, ptr_at},
+    parse::{Family, Frame, Ip, ptr_at},
+    verdict::Verdict,
 };
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
+const BPF_FIB_LKUP_RET_NOT_FWDED: i64 = 4;
 const BPF_FIB_LKUP_RET_NO_NEIGH: i64 = 7;
 
 #[derive(Clone, Copy)]
@@ -41,22 +41,35 @@ impl Direction {
     }
 }
 
-/// An all-zero `bpf_fib_lookup` block in `storage`, written as sixteen 4-byte
-/// stores (its alignment is 4): left to the compiler, zeroing it is a call to
-/// a byte-at-a-time `memset` subprogram on every forwarded packet. Zeroed in
-/// place: moving the block out would be a copy the compiler turns back into
-/// that `memset`.
+/// This CPU's `bpf_fib_lookup` parameter block, all zero. It lives in a
+/// per-CPU map rather than on the stack: 64 bytes are too many for the
+/// verifier's 512-byte budget of the paths that look up a next hop (the
+/// lookup of a per-CPU array is inlined, so this costs no helper call).
+/// Zeroed as sixteen 4-byte stores (its alignment is 4): left to the
+/// compiler, zeroing it is a call to a byte-at-a-time `memset` subprogram.
 #[inline(always)]
-fn zeroed_fib_params(storage: &mut MaybeUninit<FibParams>) -> &mut FibParams {
-    let words = storage.as_mut_ptr().cast::<u32>();
+fn zeroed_fib_params() -> Result<&'static mut FibParams, Verdict> {
+    let block = FIB_PARAMS.get_ptr_mut(0).ok_or(Verdict::PassFibOther)?;
+    let words = block.cast::<u32>();
     for i in 0..size_of::<FibParams>() / size_of::<u32>() {
-        // SAFETY: within `storage`, which is 4-byte aligned and a multiple of
-        // 4 bytes long; volatile so that the stores stay stores.
+        // SAFETY: within the map value, which is 4-byte aligned and a
+        // multiple of 4 bytes long; volatile so that the stores stay stores.
         unsafe { words.add(i).write_volatile(0) };
     }
-    // SAFETY: every byte was written; all-zero is a valid `bpf_fib_lookup`
-    // (plain integers and unions of them).
-    unsafe { storage.assume_init_mut() }
+    // SAFETY: a per-CPU value, not shared while this program runs; every
+    // byte was written and all-zero is a valid `bpf_fib_lookup`.
+    Ok(unsafe { &mut *block })
+}
+
+/// Copies an address word by word: `src` may point anywhere, so a plain
+/// assignment into the map value becomes a `memmove` subprogram call.
+#[inline(always)]
+fn store_words(dst: &mut Addr, src: &Addr) {
+    for (to, from) in dst.iter_mut().zip(src) {
+        // SAFETY: `to` is a valid, aligned `u32`; volatile keeps the stores
+        // from being merged back into a `memmove`.
+        unsafe { core::ptr::write_volatile(to, *from) };
+    }
 }
 
 /// Sets the Ethernet addresses of the frame at `eth`, which `ptr_at` checked.
@@ -83,21 +96,75 @@ pub fn check_ttl(ttl: u8) -> Result<(), Verdict> {
     Ok(())
 }
 
-/// Sends the already rewritten packet towards its new destination, counting
-/// the hop in its TTL. When the neighbour is not resolved yet the packet goes
-/// to the kernel, which resolves it (ARP, ND) and forwards this packet itself.
+/// What the FIB lookup needs to know about a packet.
+pub struct Route {
+    pub family: Family,
+    pub proto: u8,
+    /// Source and destination port (0 without ports), network order.
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// IP total length, host order.
+    pub total_len: u16,
+    pub tos: u8,
+}
+
+impl Route {
+    /// The route of a packet with `ports` (source, destination).
+    #[inline(always)]
+    pub fn of(ip: &Ip, [src_port, dst_port]: [u16; 2]) -> Self {
+        Self {
+            family: ip.family,
+            proto: ip.proto,
+            src_port,
+            dst_port,
+            total_len: ip.total_len,
+            tos: ip.tos,
+        }
+    }
+}
+
+/// Where the kernel's FIB and neighbour tables send a packet. A plain struct
+/// rather than an enum with data: every field is defined on every path, so
+/// the compiler cannot merge paths through a register the verifier sees as a
+/// pointer on one of them.
+pub struct NextHop {
+    /// The neighbour is resolved: the rest is valid.
+    resolved: bool,
+    /// The destination is on the egress link, not behind a gateway.
+    on_link: bool,
+    ifindex: u32,
+    dmac: [u8; 6],
+    smac: [u8; 6],
+}
+
+impl NextHop {
+    /// Whether direct server return can use this hop: the packet keeps its
+    /// VIP, so only the node's own MAC takes it there, and the kernel could
+    /// only route it by that VIP.
+    #[inline(always)]
+    pub fn check_direct(&self) -> Result<(), Verdict> {
+        if !self.resolved {
+            return Err(Verdict::DropNoNeighbor);
+        }
+        if !self.on_link {
+            return Err(Verdict::DropNotAdjacent);
+        }
+        Ok(())
+    }
+}
+
+/// The next hop of a packet from `src` to `dst` (the addresses it will have
+/// when sent), looked up before anything is rewritten: a destination that is
+/// this host's own (`NOT_FWDED`) is the kernel's, and the packet must reach it
+/// as it came.
 #[inline(always)]
-pub fn send(ctx: &Frame, route: &Route, direction: Direction) -> Result<u32, Verdict> {
-    let ingress = ctx.ingress_ifindex();
-    let mut storage = MaybeUninit::uninit();
-    let fib = zeroed_fib_params(&mut storage);
+pub fn next_hop(ctx: &Frame, route: &Route, src: &Addr, dst: &Addr) -> Result<NextHop, Verdict> {
+    let fib = zeroed_fib_params()?;
     fib.l4_protocol = route.proto;
     fib.sport = route.src_port;
     fib.dport = route.dst_port;
     fib.__bindgen_anon_1.tot_len = route.total_len;
-    fib.ifindex = ingress;
-    // The packet is already rewritten: look up the new addresses.
-    let (src, dst) = nat::addresses(ctx, route.family)?;
+    fib.ifindex = ctx.ingress_ifindex();
     match route.family {
         Family::V4 => {
             fib.family = AF_INET;
@@ -107,26 +174,68 @@ pub fn send(ctx: &Frame, route: &Route, direction: Direction) -> Result<u32, Ver
         }
         Family::V6 => {
             fib.family = AF_INET6;
-            fib.__bindgen_anon_3.ipv6_src = src;
-            fib.__bindgen_anon_4.ipv6_dst = dst;
+            // SAFETY: plain integer arrays of the parameter block.
+            unsafe {
+                store_words(&mut fib.__bindgen_anon_3.ipv6_src, src);
+                store_words(&mut fib.__bindgen_anon_4.ipv6_dst, dst);
+            }
         }
     }
     // SAFETY: `fib` is a valid, writable parameter block of the size given.
     let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), fib, size_of::<FibParams>() as i32, 0) };
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {}
-        BPF_FIB_LKUP_RET_NO_NEIGH => return Err(Verdict::PassFibMiss),
+        BPF_FIB_LKUP_RET_NO_NEIGH => {
+            return Ok(NextHop {
+                resolved: false,
+                on_link: false,
+                ifindex: 0,
+                dmac: [0; 6],
+                smac: [0; 6],
+            });
+        }
+        BPF_FIB_LKUP_RET_NOT_FWDED => return Err(Verdict::PassNotService),
         _ => return Err(Verdict::PassFibOther),
     }
-    nat::decrement_ttl(ctx, route.family)?;
+    // The lookup replaces the destination with the gateway's, if any.
+    // SAFETY: plain integers; the family says which member was written.
+    let on_link = unsafe {
+        match route.family {
+            Family::V4 => fib.__bindgen_anon_4.ipv4_dst == dst[3],
+            Family::V6 => fib.__bindgen_anon_4.ipv6_dst == *dst,
+        }
+    };
+    Ok(NextHop {
+        resolved: true,
+        on_link,
+        ifindex: fib.ifindex,
+        dmac: fib.dmac,
+        smac: fib.smac,
+    })
+}
+
+/// Sends the packet, rewritten as it is to be, to `hop`, counting the hop in
+/// its TTL. When the neighbour is not resolved yet the packet goes to the
+/// kernel, which resolves it (ARP, ND) and forwards this packet itself.
+#[inline(always)]
+pub fn send(
+    ctx: &Frame,
+    family: Family,
+    hop: &NextHop,
+    direction: Direction,
+) -> Result<u32, Verdict> {
+    if !hop.resolved {
+        return Err(Verdict::PassFibMiss);
+    }
+    nat::decrement_ttl(ctx, family)?;
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
-    set_macs(eth, fib.dmac, fib.smac);
+    set_macs(eth, hop.dmac, hop.smac);
     let (tx_counter, redirect_counter) = direction.counters();
-    if fib.ifindex == ingress {
+    if hop.ifindex == ctx.ingress_ifindex() {
         count(tx_counter);
         return Ok(xdp_action::XDP_TX);
     }
-    match TX_PORTS.redirect(fib.ifindex, 0) {
+    match TX_PORTS.redirect(hop.ifindex, 0) {
         Ok(action) => {
             count(redirect_counter);
             Ok(action)

@@ -8,10 +8,12 @@ use lb_common::{Addr, FlowKey, PROTO_TCP, PROTO_UDP, checksum, counters, ipv4_ma
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
-    forward::{self, Direction, check_ttl},
-    maps::{answer_echo, count, is_vip, lookup_flow_backend, lookup_reverse_nat},
+    balance,
+    forward::{self, Direction, Route, check_ttl},
+    maps::{answer_echo, count, is_vip},
     nat::{self, End},
-    parse::{self, Family, Frame, Ip, Route, Verdict, ptr_at},
+    parse::{self, Family, Frame, Ip, ptr_at},
+    verdict::Verdict,
 };
 
 const ECHO_REPLY: u8 = 0;
@@ -167,30 +169,24 @@ pub fn translate_error(
         quoted_src_port,
         quote.proto,
     );
-    let route = Route::of(ip);
-    // About a request we DNAT-ed (client -> node): the client must hear of its VIP.
-    if let Some(rnat) = lookup_reverse_nat(&reverse) {
-        check_ttl(ip.ttl)?;
+    // The end of the quote that changes, the outer address that changes
+    // with it (if any), and where the error goes.
+    let (rewrite, outer, direction) = if let Some(reply) = balance::reply_of(&reverse) {
+        // About a request we DNAT-ed (client -> node): the client must hear
+        // of its VIP, and when the node itself complained, from the VIP.
         let rewrite = QuoteRewrite {
             which: Quoted::Destination,
             old_ip: quote.dst,
-            new_ip: rnat.vip,
+            new_ip: reply.frontend.vip,
             old_port: quoted_dst_port,
-            new_port: rnat.port,
+            new_port: reply.frontend.port,
         };
-        error.rewrite_quoted(ctx, quote, &rewrite)?;
-        if ip.src == quote.dst {
-            // The node itself complained: make it the VIP's voice.
-            error.rewrite_outer(ctx, End::Source, &rnat.vip)?;
-        }
-        count(counters::ICMP_TRANSLATED);
-        return forward::send(ctx, &route, Direction::ToClient);
-    }
-    // About a reply we reverse-NAT-ed (VIP -> client): the node must hear of it.
-    if ip.dst == quote.src
-        && let Some(backend) = lookup_flow_backend(&reverse)
+        let outer = (ip.src == quote.dst).then_some(End::Source);
+        (rewrite, outer, Direction::ToClient)
+    } else if ip.dst == quote.src
+        && let Some(backend) = balance::flow_backend(&reverse)
     {
-        check_ttl(ip.ttl)?;
+        // About a reply we reverse-NAT-ed (VIP -> client): the node must hear of it.
         let rewrite = QuoteRewrite {
             which: Quoted::Source,
             old_ip: quote.src,
@@ -198,12 +194,23 @@ pub fn translate_error(
             old_port: quoted_src_port,
             new_port: backend.port,
         };
-        error.rewrite_quoted(ctx, quote, &rewrite)?;
-        error.rewrite_outer(ctx, End::Destination, &backend.ip)?;
-        count(counters::ICMP_TRANSLATED);
-        return forward::send(ctx, &route, Direction::ToBackend);
+        (rewrite, Some(End::Destination), Direction::ToBackend)
+    } else {
+        return Err(Verdict::PassNotService);
+    };
+    check_ttl(ip.ttl)?;
+    let (src, dst) = match outer {
+        Some(End::Source) => (&rewrite.new_ip, &ip.dst),
+        Some(End::Destination) => (&ip.src, &rewrite.new_ip),
+        None => (&ip.src, &ip.dst),
+    };
+    let hop = forward::next_hop(ctx, &Route::of(ip, [0, 0]), src, dst)?;
+    error.rewrite_quoted(ctx, quote, &rewrite)?;
+    if let Some(end) = outer {
+        error.rewrite_outer(ctx, end, &rewrite.new_ip)?;
     }
-    Err(Verdict::PassNotService)
+    count(counters::ICMP_TRANSLATED);
+    forward::send(ctx, ip.family, &hop, direction)
 }
 
 /// Updates the quote's L4 checksum for `rewrite` when the quote is long

@@ -9,7 +9,8 @@ use crate::{
     icmp::{self, ErrorRewriter, IcmpHdr, Quote, QuoteRewrite, Quoted},
     maps::{answer_echo, is_vip},
     nat::{self, End},
-    parse::{self, Family, Frame, Ip, Verdict, ptr_at},
+    parse::{self, Family, Frame, Ip, ptr_at},
+    verdict::Verdict,
 };
 
 const DEST_UNREACHABLE: u8 = 1;

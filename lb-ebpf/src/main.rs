@@ -3,23 +3,27 @@
 #![no_std]
 #![no_main]
 
+mod balance;
 mod forward;
 mod icmp;
 mod icmp6;
 mod maps;
 mod nat;
+mod neighbor;
 mod parse;
+mod verdict;
 
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use aya_log_ebpf::warn;
-use lb_common::{PROTO_ICMP, PROTO_ICMPV6, counters};
+use lb_common::{PROTO_ICMP, PROTO_ICMPV6, ServiceKey, counters};
 
 use crate::{
-    forward::check_ttl,
-    maps::{count, lookup_reverse_nat, lookup_service, select_backend, stateless_reverse_nat},
-    parse::{Family, Frame, Ip, Packet, Verdict},
+    forward::{Direction, Route, check_ttl},
+    maps::count,
+    parse::{Family, Frame, Ip, Packet},
+    verdict::Verdict,
 };
 
 #[xdp]
@@ -50,37 +54,78 @@ fn log_internal_drop(ctx: &Frame) {
 #[inline(always)]
 fn try_lb_xdp(ctx: &Frame) -> Result<u32, Verdict> {
     let mut ip = MaybeUninit::uninit();
-    Ip::parse(ctx, &mut ip)?;
+    match Ip::parse(ctx, &mut ip) {
+        Ok(()) => {}
+        Err(Verdict::PassNotIp) => return neighbor::answer_arp(ctx),
+        Err(verdict) => return Err(verdict),
+    }
     // SAFETY: `parse` returned `Ok`, so it wrote the header. (Not zeroed
     // first: that is a `memset` subprogram call per packet.)
     let ip = unsafe { ip.assume_init_ref() };
     match (ip.family, ip.proto) {
         (Family::V4, PROTO_ICMP) => icmp::handle(ctx, ip),
+        (Family::V6, PROTO_ICMPV6) if neighbor::is_solicitation(ctx, ip) => {
+            neighbor::answer_solicitation(ctx, ip)
+        }
         (Family::V6, PROTO_ICMPV6) => icmp6::handle(ctx, ip),
         _ => serve_transport(ctx, ip),
     }
 }
 
-/// The TCP and UDP path: DNAT towards a backend, or reverse NAT of a reply.
-/// Each path is a BPF subprogram of its own: the verifier allows 512 bytes of
-/// stack for a whole call chain, and the paths' locals (16-byte addresses in
-/// every key) do not fit in one frame together.
+/// The TCP and UDP path: a packet for a service goes to its backend (DNAT,
+/// or with direct server return only the node's MAC), a node's reply leaves
+/// with its VIP (reverse NAT). A BPF subprogram of its own: the verifier
+/// allows 512 bytes of stack for a whole call chain, and this path's locals
+/// (16-byte addresses in every key) do not fit in the entry point's frame
+/// too. Both directions share one next-hop lookup, so its parameter block
+/// is on the stack once.
 #[inline(never)]
 fn serve_transport(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
     let packet = Packet::parse(ctx, ip)?;
-    let key = packet.key;
-    if let Some(service) = lookup_service(&key) {
-        check_ttl(ip.ttl)?;
-        let backend = select_backend(ctx, &key, service, ctx.len())?;
-        nat::rewrite_destination(ctx, &packet, &backend.ip, backend.port)?;
-        return forward::send(ctx, &packet.route, forward::Direction::ToBackend);
-    }
-    if let Some(rnat) = lookup_reverse_nat(&key).or_else(|| stateless_reverse_nat(&key)) {
-        check_ttl(ip.ttl)?;
-        nat::rewrite_source(ctx, &packet, &rnat.vip, rnat.port)?;
-        return forward::send(ctx, &packet.route, forward::Direction::ToClient);
-    }
-    Err(Verdict::PassNotService)
+    let key = &packet.key;
+    // The end of the packet that changes, and to what.
+    let (to_backend, new_ip, new_port, tracked) =
+        match maps::service(&ServiceKey::of_destination(key)) {
+            Some(service) => {
+                check_ttl(ip.ttl)?;
+                let backend = balance::select_backend(ctx, key, service, ctx.len())?;
+                (true, backend.ip, backend.port, true)
+            }
+            None => {
+                let reply = balance::reply_of(key).ok_or(Verdict::PassNotService)?;
+                check_ttl(ip.ttl)?;
+                (
+                    false,
+                    reply.frontend.vip,
+                    reply.frontend.port,
+                    reply.tracked,
+                )
+            }
+        };
+    // Looked up before anything is rewritten: a reply addressed to this host
+    // (a health check, the host's own connection to a NodePort) is the
+    // kernel's, and must reach it as it came.
+    let (src, dst) = if to_backend {
+        (&key.src_ip, &new_ip)
+    } else {
+        (&new_ip, &key.dst_ip)
+    };
+    let route = Route::of(ip, [key.src_port, key.dst_port]);
+    let hop = forward::next_hop(ctx, &route, src, dst)?;
+    let direction = if !to_backend {
+        nat::rewrite_source(ctx, &packet, &new_ip, new_port)?;
+        if !tracked {
+            count(counters::REPLIES_UNTRACKED);
+        }
+        Direction::ToClient
+    } else if maps::direct_server_return() {
+        hop.check_direct()?;
+        Direction::ToBackend
+    } else {
+        nat::rewrite_destination(ctx, &packet, &new_ip, new_port)?;
+        Direction::ToBackend
+    };
+    forward::send(ctx, ip.family, &hop, direction)
 }
 
 #[cfg(not(test))]

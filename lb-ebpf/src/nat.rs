@@ -3,7 +3,10 @@
 use lb_common::{Addr, PROTO_UDP, checksum, ipv4_mapped};
 use network_types::eth::EthHdr;
 
-use crate::parse::{Family, Frame, Packet, Verdict, ptr_at};
+use crate::{
+    parse::{Family, Frame, Packet, ptr_at},
+    verdict::Verdict,
+};
 
 const IPV4_TTL_OFFSET: usize = EthHdr::LEN + 8;
 const IPV4_CHECK_OFFSET: usize = EthHdr::LEN + 10;
@@ -18,25 +21,6 @@ const IPV6_DST_OFFSET: usize = EthHdr::LEN + 24;
 pub enum End {
     Source,
     Destination,
-}
-
-/// Both addresses of the IP header as they are now.
-#[inline(always)]
-pub fn addresses(ctx: &Frame, family: Family) -> Result<(Addr, Addr), Verdict> {
-    match family {
-        Family::V4 => {
-            let both: *const [u32; 2] = ptr_at(ctx, IPV4_SRC_OFFSET)?;
-            // SAFETY: bounds-checked by `ptr_at`.
-            let [src, dst] = unsafe { both.read_unaligned() };
-            Ok((ipv4_mapped(src), ipv4_mapped(dst)))
-        }
-        Family::V6 => {
-            let both: *const [Addr; 2] = ptr_at(ctx, IPV6_SRC_OFFSET)?;
-            // SAFETY: bounds-checked by `ptr_at`.
-            let [src, dst] = unsafe { both.read_unaligned() };
-            Ok((src, dst))
-        }
-    }
 }
 
 /// Swaps source and destination address (no checksum changes: the sums are
@@ -174,7 +158,7 @@ fn rewrite(
     // Every pointer is checked before anything is written: no half rewrite.
     let port_field: *mut u16 = ptr_at(ctx, port_offset)?;
     let l4_check: *mut u16 = ptr_at(ctx, packet.l4_check_offset)?;
-    let old_ip = rewrite_address(ctx, packet.route.family, end, new_ip)?;
+    let old_ip = rewrite_address(ctx, packet.family, end, new_ip)?;
     // SAFETY: both pointers were bounds-checked by `ptr_at`.
     unsafe {
         let old_port = port_field.read_unaligned();

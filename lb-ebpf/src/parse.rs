@@ -2,12 +2,14 @@
 
 use core::mem::{MaybeUninit, size_of};
 
-use aya_ebpf::{EbpfContext, bindings::xdp_action, programs::XdpContext};
-use lb_common::{Addr, FlowKey, PROTO_TCP, PROTO_UDP, counters, ipv4_mapped, is_ipv4_mapped};
+use aya_ebpf::{EbpfContext, programs::XdpContext};
+use lb_common::{Addr, FlowKey, PROTO_TCP, PROTO_UDP, ipv4_mapped, is_ipv4_mapped};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
+
+use crate::verdict::Verdict;
 
 const ETH_P_IPV4_BE: u16 = 0x0800u16.to_be();
 const ETH_P_IPV6_BE: u16 = 0x86ddu16.to_be();
@@ -25,47 +27,6 @@ const UDP_LEN: usize = 8;
 /// Offsets of the checksum inside the L4 header.
 const TCP_CHECK_OFFSET: usize = 16;
 const UDP_CHECK_OFFSET: usize = 6;
-
-/// Why a packet was not forwarded: each maps to one XDP action and one counter.
-#[derive(Clone, Copy)]
-pub enum Verdict {
-    PassNotIp,
-    PassFragment,
-    PassOtherProto,
-    PassMalformed,
-    PassNotService,
-    PassFibMiss,
-    PassFibOther,
-    PassTtlExpired,
-    DropNoBackend,
-    DropInternal,
-}
-
-impl Verdict {
-    #[inline(always)]
-    pub fn counter(self) -> u32 {
-        match self {
-            Self::PassNotIp => counters::PASS_NOT_IP,
-            Self::PassFragment => counters::PASS_FRAGMENT,
-            Self::PassOtherProto => counters::PASS_OTHER_PROTO,
-            Self::PassMalformed => counters::PASS_MALFORMED,
-            Self::PassNotService => counters::PASS_NOT_SERVICE,
-            Self::PassFibMiss => counters::FIB_MISS,
-            Self::PassFibOther => counters::FIB_OTHER,
-            Self::PassTtlExpired => counters::PASS_TTL_EXPIRED,
-            Self::DropNoBackend => counters::DROP_NO_BACKEND,
-            Self::DropInternal => counters::DROP_INTERNAL,
-        }
-    }
-
-    #[inline(always)]
-    pub fn action(self) -> u32 {
-        match self {
-            Self::DropNoBackend | Self::DropInternal => xdp_action::XDP_DROP,
-            _ => xdp_action::XDP_PASS,
-        }
-    }
-}
 
 /// The packet being processed, with its bounds read once.
 ///
@@ -298,40 +259,14 @@ fn skip_extensions(ctx: &Frame, first: u8) -> Result<(u8, usize), Verdict> {
     }
 }
 
-/// What the FIB lookup needs to know about a packet.
-pub struct Route {
-    pub family: Family,
-    pub proto: u8,
-    pub src_port: u16,
-    pub dst_port: u16,
-    /// IP total length, host order.
-    pub total_len: u16,
-    pub tos: u8,
-}
-
-impl Route {
-    /// The route of a packet without ports (ICMP).
-    #[inline(always)]
-    pub fn of(ip: &Ip) -> Self {
-        Self {
-            family: ip.family,
-            proto: ip.proto,
-            src_port: 0,
-            dst_port: 0,
-            total_len: ip.total_len,
-            tos: ip.tos,
-        }
-    }
-}
-
 /// A TCP or UDP packet the program may own.
 pub struct Packet {
+    pub family: Family,
     pub key: FlowKey,
     /// Offset of the L4 header.
     pub l4_offset: usize,
     /// Offset of the L4 checksum.
     pub l4_check_offset: usize,
-    pub route: Route,
 }
 
 impl Packet {
@@ -352,14 +287,10 @@ impl Packet {
         // SAFETY: checked by `ptr_at`.
         let [src_port, dst_port] = unsafe { *ports };
         Ok(Self {
+            family: ip.family,
             key: FlowKey::new(ip.src, ip.dst, src_port, dst_port, ip.proto),
             l4_offset,
             l4_check_offset: l4_offset + check_offset,
-            route: Route {
-                src_port,
-                dst_port,
-                ..Route::of(ip)
-            },
         })
     }
 }

@@ -18,8 +18,9 @@ use aya::{
     util::nr_cpus,
 };
 use lb_common::{
-    BACKEND_ACTIVE, Backend, MAP_MAGLEV, MAP_NODE_PORTS, MAP_TX_PORTS, MAX_BACKENDS, MAX_FLOWS,
-    MAX_SERVICES, PROGRAM_NAME, SETTING_ANSWER_ECHO, ServiceInfo, ServiceKey, Settings, Traffic,
+    BACKEND_ACTIVE, Backend, Iface, MAP_MAGLEV, MAP_NODE_PORTS, MAP_TX_PORTS, MAX_BACKENDS,
+    MAX_FLOWS, MAX_SERVICES, PROGRAM_NAME, SETTING_ANSWER_ECHO, SETTING_ANSWER_NEIGHBORS,
+    SETTING_DSR, ServiceInfo, ServiceKey, Settings, Traffic,
 };
 
 use crate::{
@@ -125,8 +126,39 @@ pub struct DataplaneConfig {
     pub answer_ping: bool,
     /// `Settings::new_flow_limit`: flow inserts per CPU per second, 0 for none.
     pub new_flow_limit: u32,
-    /// Entries of each flow table (LRU, split between the CPUs).
+    /// Entries of the flow table (LRU, split between the CPUs).
     pub max_flows: u32,
+    /// Answer ARP requests and Neighbor Solicitations for VIPs (`--announce arp`).
+    pub answer_neighbors: bool,
+    /// How packets reach the chosen node.
+    pub forwarding: Forwarding,
+}
+
+/// How the data path hands a packet to the node Maglev chose.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarding {
+    /// DNAT to (node IP, NodePort); replies come back through an lb host,
+    /// which reverse-NATs them.
+    #[default]
+    Nat,
+    /// Direct server return: the packet keeps its destination (VIP, port) and
+    /// gets the node's MAC; the node's kube-proxy takes it and answers the
+    /// client itself. Nodes must be on a segment lb is attached to.
+    Dsr,
+}
+
+impl DataplaneConfig {
+    /// The data path's run-time switches for this configuration.
+    fn settings(&self) -> Settings {
+        let flag = |on: bool, flag: u32| if on { flag } else { 0 };
+        Settings {
+            flags: flag(self.answer_ping, SETTING_ANSWER_ECHO)
+                | flag(self.answer_neighbors, SETTING_ANSWER_NEIGHBORS)
+                | flag(self.forwarding == Forwarding::Dsr, SETTING_DSR),
+            new_flow_limit: self.new_flow_limit,
+        }
+    }
 }
 
 impl Default for DataplaneConfig {
@@ -138,6 +170,8 @@ impl Default for DataplaneConfig {
             answer_ping: false,
             new_flow_limit: DEFAULT_NEW_FLOW_LIMIT,
             max_flows: MAX_FLOWS,
+            answer_neighbors: false,
+            forwarding: Forwarding::Nat,
         }
     }
 }
@@ -197,7 +231,6 @@ impl Dataplane {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(MAP_MAGLEV, ring_entries);
         loader.map_max_entries(lb_common::MAP_FLOWS, config.max_flows);
-        loader.map_max_entries(lb_common::MAP_REVERSE_FLOWS, config.max_flows);
         if let Some(pins) = &pins {
             pins.prepare()?;
             // Existing pins are reused: flows, rings and counters carry over.
@@ -241,14 +274,7 @@ impl Dataplane {
             nr_cpus,
         };
         dataplane.recover()?;
-        let settings = Settings {
-            flags: if dataplane.config.answer_ping {
-                SETTING_ANSWER_ECHO
-            } else {
-                0
-            },
-            new_flow_limit: dataplane.config.new_flow_limit,
-        };
+        let settings = dataplane.config.settings();
         dataplane
             .maps
             .settings
@@ -387,7 +413,9 @@ impl Dataplane {
     /// when the agent exits; a link pinned by an earlier agent is taken over
     /// with an atomic program replacement, without a gap.
     pub fn attach(&mut self, iface: &str) -> Result<u32, DataplaneError> {
-        let ifindex = ifindex(iface)?;
+        let no_such_interface = |_| DataplaneError::NoSuchInterface(iface.to_owned());
+        let ifindex = crate::iface::ifindex(iface).map_err(no_such_interface)?;
+        let mac = crate::iface::mac(iface).map_err(no_such_interface)?;
         let link_path = self.pins.as_ref().map(|pins| pins.link(iface));
         let program = xdp_program(&mut self.ebpf)?;
         let attach_error = |source| DataplaneError::Attach {
@@ -428,7 +456,19 @@ impl Dataplane {
             }
         }
         self.add_tx_port(ifindex)?;
+        self.add_iface(ifindex, mac)?;
         Ok(ifindex)
+    }
+
+    /// Tells the program the MAC of interface `ifindex`, which it answers ARP
+    /// and Neighbor Solicitations for VIPs with (done by `attach`; tests that
+    /// run the program without attaching it call this directly).
+    pub fn add_iface(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<(), DataplaneError> {
+        self.maps
+            .ifaces
+            .insert(ifindex, Iface { mac, _pad: [0; 2] }, 0)
+            .map_err(|e| map_error(lb_common::MAP_IFACES, e))?;
+        Ok(())
     }
 
     /// Lets the program redirect to `ifindex` (done by `attach`; tests that run
@@ -690,12 +730,11 @@ fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
 
 /// The map key of a frontend: network byte order, as packets carry it.
 pub fn service_key(frontend: &Frontend) -> ServiceKey {
-    ServiceKey {
-        vip: lb_common::addr_of(frontend.vip),
-        port: frontend.port.to_be(),
-        proto: frontend.protocol.number(),
-        _pad: 0,
-    }
+    ServiceKey::new(
+        lb_common::addr_of(frontend.vip),
+        frontend.port.to_be(),
+        frontend.protocol.number(),
+    )
 }
 
 /// The `NODE_PORTS` key of a backend: where its replies come from.
@@ -705,16 +744,6 @@ fn node_port_key(backend: &BackendSpec, protocol: Protocol) -> ServiceKey {
         port: backend.port,
         protocol,
     })
-}
-
-fn ifindex(iface: &str) -> Result<u32, DataplaneError> {
-    let name = std::ffi::CString::new(iface)
-        .map_err(|_| DataplaneError::NoSuchInterface(iface.to_owned()))?;
-    // SAFETY: `name` is a valid NUL-terminated string.
-    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
-        0 => Err(DataplaneError::NoSuchInterface(iface.to_owned())),
-        index => Ok(index),
-    }
 }
 
 /// Reference XDP programs: `ref_xdp_tx` and `ref_parse_only`, which benchmarks

@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod cli;
 pub mod dataplane;
 pub mod health;
+pub mod iface;
 pub mod inspect;
 pub mod k8s;
 pub mod maglev;

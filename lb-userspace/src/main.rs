@@ -148,6 +148,7 @@ fn run_agent(args: AgentArgs) -> Result<()> {
             ring_size: args.ring_size,
             max_services: args.max_services,
             pin_dir: Some(args.bpffs),
+            ..DataplaneConfig::default()
         },
     };
     tokio::runtime::Builder::new_current_thread()

@@ -13,8 +13,8 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
 };
 use lb_common::{
-    Addr, Backend, Flow, FlowKey, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_FLOW_BUDGET, MAP_FLOWS,
-    MAP_GLOBAL_STATS, MAP_MAGLEV, MAP_NODE_PORTS, MAP_REVERSE_FLOWS, MAP_SERVICE_STATS,
+    Addr, Backend, Flow, FlowKey, Iface, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_FLOW_BUDGET,
+    MAP_FLOWS, MAP_GLOBAL_STATS, MAP_IFACES, MAP_MAGLEV, MAP_NODE_PORTS, MAP_SERVICE_STATS,
     MAP_SERVICES, MAP_SETTINGS, MAP_TX_PORTS, MAP_VIPS, ServiceInfo, ServiceKey, Settings, Traffic,
     counters,
 };
@@ -25,7 +25,7 @@ pub const ALL_MAPS: [&str; 13] = [
     MAP_BACKENDS,
     MAP_MAGLEV,
     MAP_FLOWS,
-    MAP_REVERSE_FLOWS,
+    MAP_IFACES,
     MAP_SERVICE_STATS,
     MAP_BACKEND_STATS,
     MAP_GLOBAL_STATS,
@@ -82,6 +82,8 @@ pub struct Maps {
     pub vips: HashMap<MapData, Addr, u32>,
     /// (node IP, NodePort, protocol) to the frontend key it serves.
     pub node_ports: HashMap<MapData, ServiceKey, ServiceKey>,
+    /// The attached interfaces, by ifindex.
+    pub ifaces: HashMap<MapData, u32, Iface>,
 }
 
 fn typed<T>(name: &'static str, map: Map) -> Result<T, MapsError>
@@ -107,6 +109,7 @@ impl Maps {
             settings: typed(MAP_SETTINGS, take(MAP_SETTINGS)?)?,
             vips: typed(MAP_VIPS, take(MAP_VIPS)?)?,
             node_ports: typed(MAP_NODE_PORTS, take(MAP_NODE_PORTS)?)?,
+            ifaces: typed(MAP_IFACES, take(MAP_IFACES)?)?,
         })
     }
 
@@ -126,6 +129,7 @@ impl Maps {
             settings: typed(MAP_SETTINGS, open_pin(dir, MAP_SETTINGS)?)?,
             vips: typed(MAP_VIPS, open_pin(dir, MAP_VIPS)?)?,
             node_ports: typed(MAP_NODE_PORTS, open_pin(dir, MAP_NODE_PORTS)?)?,
+            ifaces: typed(MAP_IFACES, open_pin(dir, MAP_IFACES)?)?,
         })
     }
 
@@ -133,13 +137,7 @@ impl Maps {
     /// computed as the data path computes it. `None` when `key` is not
     /// addressed to a service with backends.
     pub fn maglev_choice(&self, key: &FlowKey) -> Result<Option<MaglevChoice>, MapsError> {
-        let service = ServiceKey {
-            vip: key.dst_ip,
-            port: key.dst_port,
-            proto: key.proto,
-            _pad: 0,
-        };
-        let info = match self.services.get(&service, 0) {
+        let info = match self.services.get(&ServiceKey::of_destination(key), 0) {
             Ok(info) => info,
             Err(MapError::KeyNotFound) => return Ok(None),
             Err(source) => return Err(map_error(MAP_SERVICES, source)),
@@ -147,19 +145,18 @@ impl Maps {
         if info.backend_count == 0 || info.ring_size == 0 {
             return Ok(None);
         }
-        let hash = lb_common::hash::flow_hash(key);
-        let slot = hash % info.ring_size;
+        let ring_slot = info.ring_slot(key);
         let backend_id = self
             .maglev
-            .get(&(info.ring_base + slot), 0)
+            .get(&ring_slot, 0)
             .map_err(|e| map_error(MAP_MAGLEV, e))?;
         let backend = self
             .backends
             .get(&backend_id, 0)
             .map_err(|e| map_error(MAP_BACKENDS, e))?;
         Ok(Some(MaglevChoice {
-            hash,
-            slot,
+            hash: lb_common::hash::flow_hash(key),
+            slot: ring_slot - info.ring_base,
             ring_size: info.ring_size,
             backend_id,
             backend,

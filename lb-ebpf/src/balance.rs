@@ -1,0 +1,149 @@
+//! The balancing policy: the backend a packet of a service goes to (its
+//! pinned flow while that backend serves, else the Maglev choice, which is
+//! then pinned), the per-CPU new-flow budget, and which replies of a node may
+//! leave with a VIP. Every lb host with the same services computes the same
+//! Maglev choice, so a flow that moves between hosts keeps its node.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_log_ebpf::debug;
+use lb_common::{BACKEND_ACTIVE, Backend, Flow, FlowKey, ServiceInfo, ServiceKey, counters};
+
+use crate::{
+    maps::{self, count},
+    parse::Frame,
+    verdict::Verdict,
+};
+
+/// The Maglev choice for `key`: the backend its service's live ring gives.
+#[inline(always)]
+fn maglev_backend(key: &FlowKey, service: &ServiceInfo) -> Result<(u32, Backend), Verdict> {
+    if service.backend_count == 0 || service.ring_size == 0 {
+        return Err(Verdict::DropNoBackend);
+    }
+    let backend_id = maps::ring_entry(service.ring_slot(key)).ok_or(Verdict::DropInternal)?;
+    let backend = *maps::backend(backend_id).ok_or(Verdict::DropInternal)?;
+    if backend.flags & BACKEND_ACTIVE == 0 {
+        return Err(Verdict::DropInternal);
+    }
+    Ok((backend_id, backend))
+}
+
+/// Whether this CPU may insert one more flow now. Above the limit a SYN flood
+/// of random source ports cannot push established flows out of the LRU; the
+/// flows it did not record are forwarded by the stateless Maglev choice.
+#[inline(always)]
+fn take_flow_budget(now: u64) -> bool {
+    let limit = maps::new_flow_limit();
+    if limit == 0 {
+        return true;
+    }
+    let Some(budget) = maps::flow_budget() else {
+        return true;
+    };
+    // SAFETY: per-CPU slot, no concurrent writer.
+    let budget = unsafe { &mut *budget };
+    if now.wrapping_sub(budget.window_start_ns) >= 1_000_000_000 {
+        budget.window_start_ns = now;
+        budget.inserted = 0;
+    }
+    if budget.inserted >= u64::from(limit) {
+        return false;
+    }
+    budget.inserted += 1;
+    true
+}
+
+/// The backend a tracked flow is pinned to, if that backend still serves.
+/// Read in place: a copy of the whole entry would crowd the stack.
+#[inline(always)]
+pub fn flow_backend(key: &FlowKey) -> Option<&'static Backend> {
+    // SAFETY: the entry stays valid for this program run (RCU).
+    let flow = unsafe { &*maps::flow_mut(key)? };
+    let backend = maps::backend(flow.backend_id)?;
+    flow.still_on(backend).then_some(backend)
+}
+
+/// Returns the backend of `key`'s flow: the pinned one while it is still in place,
+/// otherwise the Maglev choice, which is then pinned.
+#[inline(always)]
+pub fn select_backend(
+    ctx: &Frame,
+    key: &FlowKey,
+    service: ServiceInfo,
+    bytes: u64,
+) -> Result<Backend, Verdict> {
+    // SAFETY: no helper call that could sleep; ktime has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(flow) = maps::flow_mut(key) {
+        // SAFETY: the pointer is valid for this program run; concurrent updates of
+        // the statistics fields may race, which only loses a count.
+        let flow = unsafe { &mut *flow };
+        if let Some(backend) = maps::backend(flow.backend_id)
+            && flow.still_on(backend)
+        {
+            flow.last_seen_ns = now;
+            flow.packets += 1;
+            maps::account(service.id, flow.backend_id, bytes);
+            return Ok(*backend);
+        }
+        count(counters::FLOW_REHASHED);
+        debug!(ctx, "flow re-hashed: backend {} is gone", flow.backend_id);
+    }
+    let (backend_id, backend) = maglev_backend(key, &service)?;
+    maps::account(service.id, backend_id, bytes);
+    if !take_flow_budget(now) {
+        count(counters::NEW_FLOWS_UNTRACKED);
+        return Ok(backend);
+    }
+    maps::insert_flow(
+        key,
+        &Flow {
+            backend_id,
+            backend_ip: backend.ip,
+            backend_port: backend.port,
+            _pad: [0; 2],
+            created_ns: now,
+            last_seen_ns: now,
+            packets: 1,
+        },
+    );
+    count(counters::NEW_FLOWS);
+    Ok(backend)
+}
+
+/// The frontend a node's reply is reverse-NAT-ed to, and whether this host
+/// tracks its flow.
+pub struct ReplyOf {
+    pub frontend: ServiceKey,
+    pub tracked: bool,
+}
+
+/// Whether `reply` is a node's answer to a flow of one of our services, and
+/// of which: it must come from a backend's (node IP, NodePort), and from the
+/// node the flow is pinned to here or, where this host has no entry (another
+/// lb host saw the flow begin, or it was not recorded), from the node the
+/// Maglev ring picks for it. Nothing else may borrow a VIP. With direct
+/// server return nodes answer clients themselves: no reply is ours.
+#[inline(always)]
+pub fn reply_of(reply: &FlowKey) -> Option<ReplyOf> {
+    if maps::direct_server_return() {
+        return None;
+    }
+    let frontend = maps::frontend_of_node_port(&ServiceKey::of_source(reply))?;
+    let request = FlowKey::new(
+        reply.dst_ip,
+        frontend.vip,
+        reply.dst_port,
+        frontend.port,
+        reply.proto,
+    );
+    let tracked = flow_backend(&request);
+    let backend = match tracked {
+        Some(backend) => *backend,
+        None => maglev_backend(&request, &maps::service(&frontend)?).ok()?.1,
+    };
+    (backend.ip == reply.src_ip && backend.port == reply.src_port).then_some(ReplyOf {
+        frontend,
+        tracked: tracked.is_some(),
+    })
+}

@@ -1,0 +1,70 @@
+//! Facts about a network interface of the caller's network namespace, asked
+//! of the kernel directly: `/sys/class/net` shows the namespace that mounted
+//! `/sys`, which need not be the agent's.
+
+use std::{ffi::CString, io};
+
+/// The interface's index, for maps keyed by ifindex.
+pub fn ifindex(name: &str) -> io::Result<u32> {
+    let c_name = c_name(name)?;
+    // SAFETY: `c_name` is a valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(c_name.as_ptr()) } {
+        0 => Err(io::Error::last_os_error()),
+        index => Ok(index),
+    }
+}
+
+/// The interface's MAC address (`SIOCGIFHWADDR`).
+pub fn mac(name: &str) -> io::Result<[u8; 6]> {
+    let c_name = c_name(name)?;
+    // SAFETY: an all-zero `ifreq` is valid; the name is copied in below.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = c_name.as_bytes_with_nul();
+    if bytes.len() > request.ifr_name.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("interface name {name:?} is too long"),
+        ));
+    }
+    for (dst, src) in request.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: plain socket call; the descriptor is closed below.
+    let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if socket < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `request` is a valid `ifreq` the kernel fills in.
+    let rc = unsafe { libc::ioctl(socket, libc::SIOCGIFHWADDR, &mut request) };
+    let error = io::Error::last_os_error();
+    // SAFETY: `socket` is ours.
+    unsafe { libc::close(socket) };
+    if rc < 0 {
+        return Err(error);
+    }
+    // SAFETY: `SIOCGIFHWADDR` filled the `ifru_hwaddr` member.
+    let data = unsafe { request.ifr_ifru.ifru_hwaddr.sa_data };
+    Ok(std::array::from_fn(|i| data[i] as u8))
+}
+
+fn c_name(name: &str) -> io::Result<CString> {
+    CString::new(name).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("interface name {name:?} contains a NUL byte"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_has_index_and_zero_mac() {
+        assert!(ifindex("lo").unwrap() > 0);
+        assert_eq!(mac("lo").unwrap(), [0; 6]);
+        assert!(ifindex("no-such-if0").is_err());
+        assert!(mac("no-such-if0").is_err());
+    }
+}
