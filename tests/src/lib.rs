@@ -7,6 +7,7 @@ pub mod agent;
 pub mod fake_apiserver;
 pub mod kube_agent;
 pub mod manifests;
+pub mod neighbor_packets;
 pub mod netns;
 pub mod packets;
 pub mod servers;

@@ -5,10 +5,10 @@
 //! Properties, for every packet:
 //! - the action is DROP, PASS, TX or REDIRECT, never ABORTED;
 //! - a packet lb does not own (not to a configured VIP:port/protocol, not a
-//!   reply of a tracked flow, or an IP fragment, a VLAN-tagged frame, another
-//!   protocol, ICMP echo while answering pings is off) passes bit for bit
-//!   unchanged (every flow is recorded here, so the stateless reverse NAT of a
-//!   flood, tested in `syn_flood`, never applies);
+//!   node's reply to a flow it tracks or, for a flow it never saw (another lb
+//!   host's), from the node Maglev picks for it; or an IP fragment, a
+//!   VLAN-tagged frame, another protocol, ICMP echo while answering pings is
+//!   off) passes bit for bit unchanged;
 //! - an owned packet is either left unchanged (PASS or DROP) or rewritten, and
 //!   a rewrite changes only MACs, one address, one port, the checksums and the
 //!   TTL (one less when sent on, unchanged when handed to the kernel); a
@@ -39,7 +39,7 @@ use lb::{
     dataplane::{Dataplane, DataplaneConfig},
     model::{BackendSpec, Frontend, Protocol, ServiceSpec},
 };
-use lb_common::{PROTO_TCP, PROTO_UDP};
+use lb_common::{FlowKey, PROTO_TCP, PROTO_UDP};
 use lb_tests::{
     netns::NetNs,
     packets,
@@ -806,6 +806,31 @@ impl World {
         xdp_bed::run(self.dataplane.program()?, input, ifindex)
     }
 
+    /// The VIP:port a node's reply may leave with although this world saw
+    /// no flow of it (another lb host did): the reply must come from the
+    /// backend the live Maglev ring picks for the flow it answers.
+    fn maglev_reply_of(&self, reply: &Tuple) -> Option<SocketAddr> {
+        let spec = self.services.iter().find(|s| {
+            s.frontend.protocol.number() == reply.proto
+                && s.backends
+                    .iter()
+                    .any(|b| b.ip == reply.src.ip() && b.port == reply.src.port())
+        })?;
+        let request = FlowKey::new(
+            lb_common::addr_of(reply.dst.ip()),
+            lb_common::addr_of(spec.frontend.vip),
+            reply.dst.port().to_be(),
+            spec.frontend.port.to_be(),
+            reply.proto,
+        );
+        let choice = self.dataplane.maps().maglev_choice(&request).ok()??;
+        let chosen = SocketAddr::new(
+            lb_common::ip_of(choice.backend.ip),
+            u16::from_be(choice.backend.port),
+        );
+        (chosen == reply.src).then_some(SocketAddr::new(spec.frontend.vip, spec.frontend.port))
+    }
+
     fn check(&mut self, input: &[u8], action: u32, output: &[u8]) -> Result<Outcome> {
         ensure!(action != XDP_ABORTED, "XDP_ABORTED");
         ensure!(action <= XDP_REDIRECT, "unknown XDP action");
@@ -817,7 +842,12 @@ impl World {
                     && s.frontend.protocol.number() == t.proto
             })
         });
-        let reply_of = tuple.and_then(|(t, _)| self.tracked.get(&t).copied());
+        let reply_of = tuple.and_then(|(t, _)| {
+            self.tracked
+                .get(&t)
+                .copied()
+                .or_else(|| self.maglev_reply_of(&t))
+        });
         if output == input {
             match (action, service, reply_of) {
                 (XDP_PASS, ..) => {}
