@@ -10,7 +10,7 @@ use aya::{
     programs::Xdp,
 };
 use lb::{
-    dataplane::{Dataplane, DataplaneConfig, REFERENCE_OBJECT},
+    dataplane::{Dataplane, DataplaneConfig, Forwarding, REFERENCE_OBJECT},
     model::{BackendSpec, Frontend, Protocol, ServiceSpec},
 };
 use lb_common::{Flow, FlowKey, MAP_FLOWS, MAX_FLOWS, MAX_SERVICES, counters};
@@ -126,13 +126,14 @@ fn all_nodes(port: u16) -> Vec<(Ipv4Addr, u16)> {
     (1..=NODES).map(|i| (node_ip(i), port)).collect()
 }
 
-fn load(bed: &Bed, ring_size: u32, max_services: u32) -> Result<Dataplane> {
+fn load(bed: &Bed, ring_size: u32, max_services: u32, forwarding: Forwarding) -> Result<Dataplane> {
     let mut dataplane = Dataplane::load(DataplaneConfig {
         ring_size,
         max_services,
         pin_dir: None,
         // Every new flow takes the recorded path this benchmark measures.
         new_flow_limit: 0,
+        forwarding,
         ..Default::default()
     })
     .context("loading lb's XDP program")?;
@@ -177,7 +178,9 @@ pub fn measure_all(bed: &Bed, options: Options) -> Result<Section> {
 
     eprintln!("kernel: main scenario (4 services, M = 16381)");
     let main_dataplane = main_dataplane(bed)?;
+    let dsr_dataplane = dsr_dataplane(bed)?;
     let (mut cases, backend) = main_cases(bed, &main_dataplane, floor, parse)?;
+    cases.extend(dsr_cases(bed, &dsr_dataplane)?);
     let main = measure(&mut cases, options, &mut flows, &mut log)?;
     notes.push(format!(
         "The established and reply cases used the flow of client {CLIENT}:{CLIENT_PORT} to \
@@ -290,6 +293,7 @@ fn main_dataplane(bed: &Bed) -> Result<Dataplane> {
         bed,
         lb::maglev::DEFAULT_RING_SIZE,
         lb::dataplane::DEFAULT_MAX_SERVICES,
+        Forwarding::Nat,
     )?;
     for spec in [
         service(VIP, TCP_PORT, Protocol::Tcp, &all_nodes(NODE_TCP_PORT)),
@@ -312,9 +316,68 @@ fn main_dataplane(bed: &Bed) -> Result<Dataplane> {
     Ok(dataplane)
 }
 
+/// The main scenario's TCP service served by direct server return.
+fn dsr_dataplane(bed: &Bed) -> Result<Dataplane> {
+    let mut dataplane = load(
+        bed,
+        lb::maglev::DEFAULT_RING_SIZE,
+        lb::dataplane::DEFAULT_MAX_SERVICES,
+        Forwarding::Dsr,
+    )?;
+    dataplane.set_service(&service(
+        VIP,
+        TCP_PORT,
+        Protocol::Tcp,
+        &all_nodes(NODE_TCP_PORT),
+    ))?;
+    Ok(dataplane)
+}
+
+/// Direct server return: the packet keeps VIP:port, so its output is a valid
+/// input again and the batched method needs no self-mapped twin.
+fn dsr_cases<'a>(bed: &Bed, dataplane: &'a Dataplane) -> Result<Vec<Case<'a>>> {
+    let client = sock(CLIENT, CLIENT_PORT);
+    let vip_tcp = sock(VIP, TCP_PORT);
+    let ack = packets::tcp_ack(client, vip_tcp, b"");
+    let program = dataplane.program()?;
+    let case = |name: &str, per_call: Input, batched: Option<Vec<u8>>, expect: Expect| Case {
+        name: name.to_owned(),
+        program,
+        dataplane: Some(dataplane),
+        ifindex: bed.client_if,
+        setup: vec![packets::tcp_syn(client, vip_tcp)],
+        setup_if: bed.client_if,
+        per_call: Some(per_call),
+        batched,
+        expect,
+    };
+    Ok(vec![
+        case(
+            "established TCP flow, DSR",
+            Input::Same(ack.clone()),
+            Some(ack),
+            Expect {
+                action: XDP_REDIRECT,
+                per_packet: vec![counters::FORWARD_REDIRECT],
+                unchanged: vec![counters::NEW_FLOWS, counters::FLOW_REHASHED],
+            },
+        ),
+        case(
+            "new TCP flow, DSR",
+            Input::NewFlows(vip_tcp),
+            None,
+            Expect {
+                action: XDP_REDIRECT,
+                per_packet: vec![counters::FORWARD_REDIRECT, counters::NEW_FLOWS],
+                unchanged: vec![counters::FLOW_REHASHED],
+            },
+        ),
+    ])
+}
+
 /// The self-mapped TCP service alone, or with `services - 1` others.
 fn many_services_dataplane(bed: &Bed, services: usize) -> Result<Dataplane> {
-    let mut dataplane = load(bed, SMALL_RING, MAX_SERVICES)?;
+    let mut dataplane = load(bed, SMALL_RING, MAX_SERVICES, Forwarding::Nat)?;
     dataplane.set_service(&service(
         node_ip(1),
         NODE_TCP_PORT,
