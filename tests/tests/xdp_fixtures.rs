@@ -14,13 +14,11 @@ use lb_common::{FlowKey, counters};
 use lb_tests::{
     netns::NetNs,
     packets,
-    xdp_bed::{self, CLIENT, CLIENT_MAC, CLIENT6, NODE_DEV, XdpBed, node_ip, node_ip6, node_mac},
+    xdp_bed::{
+        self, CLIENT, CLIENT_MAC, CLIENT6, NODE_DEV, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
+        XdpBed, node_ip, node_ip6, node_mac,
+    },
 };
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
 
 /// A client on the nodes' segment: its traffic leaves where it came in (one-arm).
 const LOCAL_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 50);
