@@ -681,3 +681,62 @@ fn stickiness_in_namespace(bench: &XdpBed) {
     let global = dataplane.maps().global_counters().expect("counters");
     assert!(global[counters::FLOW_REHASHED as usize] > 0);
 }
+
+/// The next hop of a node is cached for at most the cache's bound: a node
+/// whose MAC changes gets packets at the new MAC once that has passed (stale
+/// entry refreshed), at once for a packet longer than any the cached lookup
+/// approved (its MTU must be checked), and at the old one only until then
+/// (a hit: the FIB is not asked).
+#[test]
+fn a_node_whose_mac_changes_gets_packets_at_its_new_mac_within_the_cache_bound() {
+    let (ns, bench) = bench();
+    let ns = std::sync::Arc::new(ns);
+    let inner = ns.clone();
+    ns.enter(move || next_hop_cache_in_namespace(&inner, &bench))
+        .expect("enter namespace");
+}
+
+fn next_hop_cache_in_namespace(ns: &NetNs, bench: &XdpBed) {
+    let mut dataplane = load(bench);
+    dataplane
+        .set_service(&service(VIP, 80, Protocol::Tcp, vec![backend(1, 31000)]))
+        .expect("set_service");
+    let client = sock(CLIENT, 42000);
+    let vip = sock(VIP, 80);
+    let dst_mac = |payload: &[u8]| {
+        let (action, output) = run(
+            &dataplane,
+            &packets::tcp_ack(client, vip, payload),
+            bench.client_if,
+        );
+        assert_eq!(action, XDP_REDIRECT);
+        <[u8; 6]>::try_from(&output[..6]).expect("a MAC")
+    };
+    assert_eq!(dst_mac(b""), node_mac(1), "first packet: from the FIB");
+    let moved = [0x02, 0, 0, 0, 0x0e, 0x01];
+    ns.ip(&format!(
+        "neigh replace {} lladdr {} dev {NODE_DEV} nud permanent",
+        node_ip(1),
+        xdp_bed::fmt_mac(moved)
+    ))
+    .expect("change node 1's MAC");
+    assert_eq!(
+        dst_mac(b""),
+        node_mac(1),
+        "within the bound: from the cache"
+    );
+    assert_eq!(
+        dst_mac(&[0; 1000]),
+        moved,
+        "longer than any approved packet: from the FIB"
+    );
+    // A fresh start for the length rule, then past the bound.
+    ns.ip(&format!(
+        "neigh replace {} lladdr {} dev {NODE_DEV} nud permanent",
+        node_ip(1),
+        xdp_bed::fmt_mac(node_mac(1))
+    ))
+    .expect("restore node 1's MAC");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(dst_mac(b""), node_mac(1), "past the bound: refreshed");
+}
