@@ -750,3 +750,8 @@ fn node_port_key(backend: &BackendSpec, protocol: Protocol) -> ServiceKey {
 /// measure lb against in the same run, and `ref_pass` for test beds' veth peers.
 pub static REFERENCE_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/references"));
+
+/// Attribution programs for the benchmark: one FIB lookup, one clock read,
+/// one LRU insert, one hash lookup each (see `lb-ebpf/src/attribution.rs`).
+pub static ATTRIBUTION_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/attribution"));
