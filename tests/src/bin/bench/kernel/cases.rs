@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail, ensure};
 use aya::{
     Ebpf,
     maps::{HashMap, Map, MapData, MapInfo},
-    programs::Xdp,
+    programs::{Xdp, XdpMode},
 };
 use lb::{
     dataplane::{ATTRIBUTION_OBJECT, Dataplane, DataplaneConfig, Forwarding, REFERENCE_OBJECT},
@@ -18,7 +18,7 @@ use lb_tests::packets;
 
 use super::{
     CaseResult, Expect, Options, XDP_PASS, XDP_REDIRECT, XDP_TX,
-    bed::{Bed, CLIENT, NODES, node_ip},
+    bed::{ATTACH_IFACES, Bed, CLIENT, NODES, node_ip},
     check_counters, counters_of, test_run,
 };
 use crate::{
@@ -177,8 +177,8 @@ pub fn measure_all(bed: &Bed, options: Options) -> Result<Section> {
     let mut flows = FlowSource::new(Ipv4Addr::new(10, 128, 0, 0));
 
     eprintln!("kernel: main scenario (4 services, M = 16381)");
-    let main_dataplane = main_dataplane(bed)?;
-    let dsr_dataplane = dsr_dataplane(bed)?;
+    let mut main_dataplane = main_dataplane(bed)?;
+    let mut dsr_dataplane = dsr_dataplane(bed)?;
     let (mut cases, backend) = main_cases(bed, &main_dataplane, floor, parse)?;
     cases.extend(dsr_cases(bed, &dsr_dataplane)?);
     let main = measure(&mut cases, options, &mut flows, &mut log)?;
@@ -275,9 +275,64 @@ pub fn measure_all(bed: &Bed, options: Options) -> Result<Section> {
         &mut flows,
         &mut log,
     )?;
+    eprintln!("kernel: main scenario again, every program attached");
+    let attached = attached_pass(
+        bed,
+        &mut refs,
+        (&mut main_dataplane, &mut dsr_dataplane),
+        options,
+        &mut flows,
+        &mut log,
+    )?;
     let mut section = super::section(options, &main, scaling, notes)?;
+    section.tables.push(attached);
     section.tables.push(attribution);
     Ok(section)
+}
+
+/// The main scenario's cases again with every program attached to an
+/// interface of the namespace (`bed::ATTACH_IFACES`), as in production: the
+/// kernel's XDP dispatcher then calls an attached program directly, while a
+/// merely loaded one is reached through an indirect call.
+fn attached_pass(
+    bed: &Bed,
+    refs: &mut Ebpf,
+    (nat, dsr): (&mut Dataplane, &mut Dataplane),
+    options: Options,
+    flows: &mut FlowSource,
+    log: &mut Log,
+) -> Result<Table> {
+    let [floor_if, parse_if, nat_if, dsr_if] = ATTACH_IFACES;
+    for (name, iface) in [("ref_xdp_tx", floor_if), ("ref_parse_only", parse_if)] {
+        let program: &mut Xdp = refs
+            .program_mut(name)
+            .with_context(|| format!("no program {name}"))?
+            .try_into()?;
+        program
+            .attach(iface, XdpMode::Default)
+            .with_context(|| format!("attaching {name} to {iface}"))?;
+    }
+    nat.attach(nat_if)?;
+    dsr.attach(dsr_if)?;
+    let (floor, parse) = (
+        reference(refs, "ref_xdp_tx")?,
+        reference(refs, "ref_parse_only")?,
+    );
+    let (mut cases, _) = main_cases(bed, nat, floor, parse)?;
+    cases.extend(dsr_cases(bed, dsr)?);
+    let results = measure(&mut cases, options, flows, log)?;
+    let find = |prefix: &str| {
+        results
+            .iter()
+            .find(|r| r.name.starts_with(prefix))
+            .with_context(|| format!("no case {prefix}"))
+    };
+    Ok(super::case_table(
+        "The same cases with every program attached to an interface (ns per packet)",
+        &results,
+        find(FLOOR)?,
+        find(PARSE)?,
+    ))
 }
 
 /// The programs of `lb-ebpf/src/attribution.rs`, each one operation of the
