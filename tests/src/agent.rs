@@ -137,6 +137,15 @@ impl Agent {
             .with_context(|| format!("parsing lb {args:?} --json"))
     }
 
+    /// The global counter `name` of `lb stats --json`; an error if the
+    /// listing has no such counter, so a renamed one fails loudly.
+    pub fn counter(&self, name: &str) -> Result<u64> {
+        let stats = self.query("stats")?;
+        stats["totals"][name]
+            .as_u64()
+            .with_context(|| format!("no counter {name:?} in {stats}"))
+    }
+
     /// Waits until `ready` holds for `lb backends --json`, e.g. until every
     /// service has its backends.
     pub fn wait_for_backends(

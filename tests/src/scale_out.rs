@@ -13,18 +13,32 @@
 //! router, so a node's reply reaches the client without crossing an lb host
 //! (direct server return). lb host `i` is 10.1.0.(100 + i), one-arm.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, ensure};
 
 use crate::{
-    bird::{self, Bird},
+    agent::Agent,
+    bird::{self, Bird, LB_ASN, ROUTER_ASN},
+    manifests::{self, ServicePort},
     netns::{NetNs, Offload, XdpPass, veth},
+    servers::{self, ServerGuard},
     topology::{
         self, BRIDGE, CLIENT_IP, CLIENT_IP6, HOST_IFACE, LB_CLIENT_IP, LB_CLIENT_IP6, LB_NODE_IP,
         LB_NODE_IP6, Node,
     },
 };
+
+/// The VIP of the Service the beds serve ([`ScaleOut::manifest`]).
+pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+/// Its port.
+pub const PORT: u16 = 80;
+/// Its NodePort, where the nodes' servers listen.
+pub const NODE_PORT: u16 = 31000;
 
 /// The router's address on the segment: the nodes' and lb hosts' gateway.
 pub const ROUTER_IP: Ipv4Addr = LB_NODE_IP;
@@ -112,6 +126,70 @@ impl ScaleOut {
         &self.router_bird
     }
 
+    /// The Service `web` (TCP [`VIP`]:[`PORT`] to [`NODE_PORT`]) and every
+    /// node, Ready: what the agents read.
+    pub fn manifest(&self) -> String {
+        let port = ServicePort {
+            name: "http",
+            port: PORT,
+            protocol: "TCP",
+            node_port: NODE_PORT,
+            target_port: None,
+        };
+        let service = manifests::load_balancer_service_yaml("web", "edge", VIP, &[port]);
+        manifests::service_and_nodes(service, &self.nodes)
+    }
+
+    /// A name server on [`NODE_PORT`] on every node, and kube-proxy's rule
+    /// for the LoadBalancer IP in front of it (see [`expose`](Self::expose)).
+    pub fn serve(&self) -> Result<Vec<ServerGuard>> {
+        self.expose(VIP, PORT, NODE_PORT)?;
+        self.nodes
+            .iter()
+            .map(|node| servers::tcp_name_server(&node.ns, NODE_PORT, &node.name))
+            .collect()
+    }
+
+    /// Starts the real agent on lb host `index` (0-based) on its one
+    /// interface, reading `manifests`, with `extra` arguments.
+    pub fn start_agent(&self, index: usize, manifests: &Path, extra: &[&str]) -> Result<Agent> {
+        Agent::start(&self.hosts[index].ns, &[HOST_IFACE], manifests, extra)
+    }
+
+    /// The arguments that make lb host `index` announce its VIPs to the
+    /// router over BGP (with the agent's default BFD).
+    pub fn bgp_args(&self, index: usize) -> Vec<String> {
+        [
+            "--announce".to_owned(),
+            "bgp".to_owned(),
+            "--bgp-asn".to_owned(),
+            LB_ASN.to_string(),
+            "--bgp-peer".to_owned(),
+            format!("{ROUTER_IP}@{ROUTER_ASN}"),
+            "--bgp-router-id".to_owned(),
+            self.hosts[index].ip.to_string(),
+        ]
+        .into()
+    }
+
+    /// Waits until the router's route to `vip` has `count` next hops (0: no
+    /// route) and returns them.
+    pub fn wait_for_next_hops(&self, vip: Ipv4Addr, count: usize) -> Result<Vec<Ipv4Addr>> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let hops = self.next_hops(vip)?;
+            if hops.len() == count {
+                return Ok(hops);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the router has {hops:?} for {vip}, not {count} next hops; its BGP:\n{}",
+                self.router_bird.birdc("show protocols")?
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// What kube-proxy programs for a LoadBalancer ingress IP (ipMode VIP):
     /// on every node, TCP to `vip:port` is DNAT-ed to the node's own
     /// `node_port`, where its server listens.
@@ -197,20 +275,10 @@ fn plug_host(fabric: &NetNs, index: u8, fabric_port: &str) -> Result<LbHost> {
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        net::SocketAddrV4,
-        time::{Duration, Instant},
-    };
+    use std::net::SocketAddrV4;
 
     use super::*;
-    use crate::{
-        bird::{LB_ASN, ROUTER_ASN},
-        servers, streams,
-        streams::Streams,
-    };
-
-    const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
-    const NODE_PORT: u16 = 31000;
+    use crate::streams::{self, Streams};
 
     /// A plain-Linux stand-in for an lb host: the kernel routes the VIP to
     /// one node, BIRD announces it to the router with BFD.
@@ -235,20 +303,6 @@ protocol bgp {{
         Bird::start(&host.ns, &config)
     }
 
-    fn wait_for_next_hops(bed: &ScaleOut, count: usize) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while bed.next_hops(VIP)?.len() != count {
-            ensure!(
-                Instant::now() < deadline,
-                "the router has {:?} for {VIP}; its BIRD:\n{}",
-                bed.next_hops(VIP)?,
-                bed.router_bird().birdc("show protocols all")?
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(())
-    }
-
     /// The topology itself, without lb: two stand-in hosts announce the VIP,
     /// the router spreads connections over both, the nodes' DNAT answers, and
     /// when one host dies BFD moves every stream to the other within the
@@ -257,26 +311,25 @@ protocol bgp {{
     fn stand_in_hosts_fail_over_without_breaking_streams() -> Result<()> {
         let bed = ScaleOut::new(2, 3)?;
         let node = &bed.nodes[0];
-        let _server = servers::tcp_name_server(&node.ns, NODE_PORT, &node.name)?;
-        bed.expose(VIP, 80, NODE_PORT)?;
+        let _servers = bed.serve()?;
         let mut birds: Vec<Bird> = bed
             .hosts
             .iter()
             .map(|host| stand_in(host, node.ip))
             .collect::<Result<_>>()?;
-        wait_for_next_hops(&bed, 2)?;
+        bed.wait_for_next_hops(VIP, 2)?;
         let hops = bed.next_hops(VIP)?;
         assert!(hops.contains(&host_ip(1)) && hops.contains(&host_ip(2)));
         for host in &bed.hosts {
             assert!(bird::bfd_up(&bed.router_bird().socket(), host.ip)?);
         }
 
-        let vip = SocketAddrV4::new(VIP, 80).into();
+        let vip = SocketAddrV4::new(VIP, PORT).into();
         let streams = Streams::start(&bed.client, vip, 60, Duration::from_millis(100))?;
         std::thread::sleep(Duration::from_secs(1));
         bed.hosts[0].unplug()?;
         drop(birds.remove(0));
-        wait_for_next_hops(&bed, 1)?;
+        bed.wait_for_next_hops(VIP, 1)?;
         assert_eq!(bed.next_hops(VIP)?, vec![host_ip(2)]);
         std::thread::sleep(Duration::from_secs(2));
         let longest = streams::check(&streams.stop(), Duration::from_secs(3))?;
