@@ -265,6 +265,12 @@ fn plug_host(fabric: &NetNs, index: u8, fabric_port: &str) -> Result<LbHost> {
     veth(&ns, HOST_IFACE, fabric, fabric_port)?;
     fabric.ip(&format!("link set {fabric_port} master {BRIDGE}"))?;
     fabric.set_offload(fabric_port, Offload::Gro, true)?;
+    // A NIC hands XDP only frames for its own MAC (or broadcasts), a veth
+    // every frame it gets. Without this, frames for a host that just died
+    // (the bridge forgets its MAC with its port and floods them) would reach
+    // the other lb hosts' XDP, which would serve them before the router
+    // noticed anything: a failover no real segment has.
+    fabric.run(&["bridge", "link", "set", "dev", fabric_port, "flood", "off"])?;
     let ip = host_ip(index);
     let ip6 = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x100 + u16::from(index));
     topology::add_addresses(&ns, HOST_IFACE, ip, ip6)?;
