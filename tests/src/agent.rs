@@ -216,6 +216,9 @@ impl Agent {
             {
                 return Ok(rows);
             }
+            if let Some(status) = self.child.as_ref().and_then(ChildGuard::exit_status) {
+                bail!("agent exited ({status}); its log:\n{}", self.log());
+            }
             if Instant::now() > deadline {
                 bail!(
                     "agent not ready after {timeout:?}; its log:\n{}",

@@ -144,6 +144,12 @@ impl ScaleOut {
     /// for the LoadBalancer IP in front of it (see [`expose`](Self::expose)).
     pub fn serve(&self) -> Result<Vec<ServerGuard>> {
         self.expose(VIP, PORT, NODE_PORT)?;
+        self.start_servers()
+    }
+
+    /// The name servers of [`serve`](Self::serve) alone, e.g. after they
+    /// were stopped.
+    pub fn start_servers(&self) -> Result<Vec<ServerGuard>> {
         self.nodes
             .iter()
             .map(|node| servers::tcp_name_server(&node.ns, NODE_PORT, &node.name))
