@@ -12,7 +12,7 @@ use lb_tests::{
     agent::Agent,
     bird,
     manifests::{self, ManifestFile},
-    scale_out::{ROUTER_IP, ScaleOut, VIP, host_ip},
+    scale_out::{ROUTER_IP, ScaleOut, VIP, host_ip, wait_programmed},
     servers::ServerGuard,
 };
 
@@ -46,9 +46,7 @@ fn the_router_learns_the_vip_while_its_service_has_healthy_backends() {
     args.extend(HEALTH.map(str::to_owned));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let agent = net.start_agent(0, manifests.path(), &args).expect("agent");
-    agent
-        .wait_for_backends(Duration::from_secs(20), |rows| rows.len() == 3)
-        .expect("agent programs the service");
+    wait_programmed(&agent).expect("agent programs the service");
 
     assert_eq!(
         net.wait_for_next_hops(VIP, 1).expect("announced"),

@@ -6,21 +6,13 @@
 use std::{net::SocketAddrV4, time::Duration};
 
 use lb_tests::{
-    agent::{Agent, backends_of},
+    agent::Agent,
     manifests::ManifestFile,
-    scale_out::{PORT, ScaleOut, VIP},
+    scale_out::{PORT, ScaleOut, VIP, wait_programmed},
     servers::{self, LineClient},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(3);
-
-fn wait_programmed(agent: &Agent) {
-    agent
-        .wait_for_backends(Duration::from_secs(20), |rows| {
-            backends_of(rows, &format!("{VIP}:{PORT}/tcp")).len() == 3
-        })
-        .expect("agent programs the service");
-}
 
 #[test]
 fn a_reply_through_the_host_that_did_not_see_the_flow_begin_is_translated() {
@@ -34,7 +26,9 @@ fn a_reply_through_the_host_that_did_not_see_the_flow_begin_is_translated() {
                 .expect("agent")
         })
         .collect();
-    agents.iter().for_each(wait_programmed);
+    for agent in &agents {
+        wait_programmed(agent).expect("agent programs the service");
+    }
     let (a, b) = (&bed.hosts[0], &bed.hosts[1]);
     bed.router
         .ip(&format!("route add {VIP}/32 via {}", a.ip))

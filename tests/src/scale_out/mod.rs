@@ -13,6 +13,10 @@
 //! router, so a node's reply reaches the client without crossing an lb host
 //! (direct server return). lb host `i` is 10.1.0.(100 + i), one-arm.
 
+mod active_active;
+
+pub use active_active::{ActiveActive, wait_programmed};
+
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
     path::Path,
