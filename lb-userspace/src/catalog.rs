@@ -10,7 +10,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataplane::Dataplane;
+use crate::{dataplane::Dataplane, model::Frontend};
 
 /// Where runtime files live (tmpfs: gone after a reboot, like the pins).
 const RUN_DIR: &str = "/run/lb";
@@ -98,10 +98,12 @@ impl Catalog {
         let _ = fs::remove_file(Self::path(bpffs));
     }
 
-    pub fn service(&self, vip: IpAddr, port: u16, protocol: &str) -> Option<&ServiceEntry> {
-        self.services
-            .iter()
-            .find(|s| s.vip == vip && s.port == port && s.protocol == protocol)
+    pub fn service(&self, frontend: &Frontend) -> Option<&ServiceEntry> {
+        self.services.iter().find(|s| {
+            s.vip == frontend.vip
+                && s.port == frontend.port
+                && s.protocol == frontend.protocol.to_string()
+        })
     }
 }
 

@@ -88,3 +88,22 @@ pub struct ServiceSpec {
 pub struct DesiredState {
     pub services: BTreeMap<Frontend, ServiceSpec>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frontends_print_ipv6_vips_in_brackets() {
+        let label = |vip: &str, protocol| {
+            Frontend {
+                vip: vip.parse().unwrap(),
+                port: 80,
+                protocol,
+            }
+            .to_string()
+        };
+        assert_eq!(label("198.51.100.1", Protocol::Tcp), "198.51.100.1:80/tcp");
+        assert_eq!(label("2001:db8::1", Protocol::Udp), "[2001:db8::1]:80/udp");
+    }
+}

@@ -14,6 +14,7 @@ use crate::{
     cli::{BackendsArgs, FlowsArgs, InspectArgs, StatsArgs, TraceArgs, TraceProtocol, print_table},
     inspect::{self, Snapshot},
     maps::Maps,
+    model::Protocol,
 };
 
 fn open(args: &InspectArgs) -> Result<(Maps, Snapshot)> {
@@ -64,9 +65,9 @@ pub fn services(args: &InspectArgs) -> Result<()> {
         |r| {
             vec![
                 or_dash(&r.name),
-                r.vip.to_string(),
-                r.port.to_string(),
-                r.protocol.to_owned(),
+                r.frontend.vip.to_string(),
+                r.frontend.port.to_string(),
+                r.frontend.protocol.to_string(),
                 format!("{}/{}", r.backends_healthy, r.backends_total),
                 r.packets.to_string(),
                 r.bytes.to_string(),
@@ -89,7 +90,7 @@ pub fn backends(args: &BackendsArgs) -> Result<()> {
         |r| {
             vec![
                 if r.service_name.is_empty() {
-                    r.service.clone()
+                    r.frontend.to_string()
                 } else {
                     r.service_name.clone()
                 },
@@ -145,11 +146,11 @@ pub fn flows(args: &FlowsArgs) -> Result<()> {
 
 pub fn trace(args: &TraceArgs) -> Result<()> {
     let (maps, snapshot) = open(&args.inspect)?;
-    let proto = match args.proto {
-        TraceProtocol::Tcp => lb_common::PROTO_TCP,
-        TraceProtocol::Udp => lb_common::PROTO_UDP,
+    let protocol = match args.proto {
+        TraceProtocol::Tcp => Protocol::Tcp,
+        TraceProtocol::Udp => Protocol::Udp,
     };
-    let report = inspect::trace(&maps, &snapshot, args.client, args.vip, proto)?;
+    let report = inspect::trace(&maps, &snapshot, args.client, args.vip, protocol)?;
     if args.inspect.json {
         return print_json(&report);
     }
@@ -205,7 +206,7 @@ struct Rates {
 struct ServiceRate {
     service: String,
     vip: SocketAddr,
-    protocol: &'static str,
+    protocol: Protocol,
     packets_per_second: f64,
     bits_per_second: f64,
     /// Flows created since the last sample that are still in the flow table.
@@ -231,20 +232,18 @@ fn rates(before: &Sample, after: &Sample) -> Rates {
             let then = before
                 .services
                 .iter()
-                .find(|s| s.id == now.id && s.vip == now.vip);
+                .find(|s| s.id == now.id && s.frontend == now.frontend);
             let (packets, bytes) = then.map_or((0, 0), |t| (t.packets, t.bytes));
             ServiceRate {
                 service: now.name.clone(),
-                vip: SocketAddr::new(now.vip, now.port),
-                protocol: now.protocol,
+                vip: SocketAddr::new(now.frontend.vip, now.frontend.port),
+                protocol: now.frontend.protocol,
                 packets_per_second: now.packets.saturating_sub(packets) as f64 / seconds,
                 bits_per_second: now.bytes.saturating_sub(bytes) as f64 * 8.0 / seconds,
-                new_flows_per_second: after.snapshot.flows_created_since(
-                    now.vip,
-                    now.port,
-                    now.protocol,
-                    before.snapshot.now_ns,
-                ) as f64
+                new_flows_per_second: after
+                    .snapshot
+                    .flows_created_since(&now.frontend, before.snapshot.now_ns)
+                    as f64
                     / seconds,
                 active_flows: now.active_flows,
             }

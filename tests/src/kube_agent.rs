@@ -14,7 +14,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use k8s_openapi::api::core::v1::Service;
-use lb::catalog::Catalog;
+use lb::{
+    catalog::Catalog,
+    model::{Frontend, Protocol},
+};
 use serde_json::Value;
 
 use crate::{
@@ -179,13 +182,17 @@ impl KubeAgent {
     /// from the agent's catalog, which lists backends without flows and
     /// weight 0 too, and `lb backends`.
     pub fn backends(&self, vip: impl Into<IpAddr>, port: u16) -> BTreeMap<String, (u32, f64)> {
-        let vip = vip.into();
+        let frontend = Frontend {
+            vip: vip.into(),
+            port,
+            protocol: Protocol::Tcp,
+        };
         let catalog = Catalog::read(self.agent.bpffs());
-        let Some(service) = catalog.service(vip, port, "tcp") else {
+        let Some(service) = catalog.service(&frontend) else {
             return BTreeMap::new();
         };
         let rows = self.rows("backends");
-        let label = format!("{}/tcp", std::net::SocketAddr::new(vip, port));
+        let label = frontend.to_string();
         let share = |node: &str| {
             let row = rows
                 .iter()

@@ -36,7 +36,7 @@ fn service(name: &str, vip: &str, port: u16) -> String {
 }
 
 fn node() -> String {
-    manifests::ready_node_yaml("node-1", "10.1.0.11")
+    manifests::ready_node_yaml("node-1", &["10.1.0.11"])
 }
 
 /// Service web and the node.
