@@ -3,7 +3,7 @@
 
 use std::{path::Path, process::Command};
 
-use lb_tests::agent::lb_binary;
+use lb_tests::{agent::lb_binary, netns::NetNs};
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/voting-app.yaml");
 
@@ -99,6 +99,77 @@ fn state_of_another_layout_is_refused_not_misread() {
         "the other layout's state was touched"
     );
     std::fs::remove_dir_all(&root).expect("cleanup");
+}
+
+/// The commands that take `--bpffs`, each with what else it needs.
+const BPFFS_COMMANDS: [&[&str]; 7] = [
+    &["agent", "--iface", "lo", "--manifests", EXAMPLE],
+    &["services"],
+    &["backends"],
+    &["flows"],
+    &["stats"],
+    &["trace", "10.0.0.2:40000", "198.51.100.10:80"],
+    &["down"],
+];
+
+/// Asserts that `stderr` is the one line saying `root` lies on no bpffs,
+/// with the way out: mount one at `mount_point` or use another `--bpffs`.
+fn assert_not_bpffs(what: &str, (status, stderr): (i32, String), root: &str, mount_point: &str) {
+    assert_eq!(status, 1, "{what}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{what}: one line: {stderr:?}");
+    for needle in [
+        format!("lb: {root} is not on a bpffs"),
+        format!("`mount -t bpf bpf {mount_point}`"),
+        "point --bpffs at a directory on a bpffs".to_owned(),
+    ] {
+        assert!(
+            stderr.contains(&needle),
+            "{what}: want {needle:?} in {stderr:?}"
+        );
+    }
+}
+
+#[test]
+fn a_bpffs_directory_on_another_file_system_is_refused_with_the_way_out() {
+    let existing = std::env::temp_dir().join(format!("lb-not-bpffs-{}", std::process::id()));
+    std::fs::create_dir_all(&existing).expect("scratch directory");
+    let existing = existing.display().to_string();
+    // Not there yet: its nearest existing parent is what must be a bpffs.
+    let missing = format!("{existing}/pins");
+    for command in BPFFS_COMMANDS {
+        for (root, mount_point) in [(&existing, &existing), (&missing, &existing)] {
+            let mut args = command.to_vec();
+            args.extend(["--bpffs", root]);
+            assert_not_bpffs(&format!("lb {args:?}"), lb(&args), root, mount_point);
+        }
+    }
+    assert!(!Path::new(&missing).exists(), "{missing} was created");
+    std::fs::remove_dir(&existing).expect("scratch directory left empty");
+}
+
+/// `ip netns exec` mounts a sysfs of its own on /sys, where /sys/fs/bpf is a
+/// plain directory: the default `--bpffs` is no bpffs there.
+#[test]
+fn under_ip_netns_exec_the_default_bpffs_is_refused_with_the_way_out() {
+    let ns = NetNs::new("lbcli").expect("namespace");
+    let lb_path = lb_binary().expect("lb binary");
+    for command in BPFFS_COMMANDS {
+        let output = Command::new("ip")
+            .args(["netns", "exec", ns.name()])
+            .arg(&lb_path)
+            .args(command)
+            .output()
+            .expect("run lb in the namespace");
+        assert_not_bpffs(
+            &format!("ip netns exec lb {command:?}"),
+            (
+                output.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            ),
+            "/sys/fs/bpf/lb",
+            "/sys/fs/bpf",
+        );
+    }
 }
 
 /// Runs `lb args...` expecting success; returns stdout.
