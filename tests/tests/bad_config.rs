@@ -109,13 +109,21 @@ impl Bed {
         let rows = rows
             .as_array()
             .context("lb services --json is not a list")?;
-        let mut services: Vec<_> = rows
+        let mut services = rows
             .iter()
             .map(|row| {
-                let text = |field: &str| row[field].as_str().unwrap_or_default().to_owned();
-                (text("name"), text("vip"), row["port"].as_u64().unwrap_or(0))
+                let text = |name: &str| {
+                    row[name]
+                        .as_str()
+                        .map(str::to_owned)
+                        .with_context(|| format!("no {name} in {row}"))
+                };
+                let port = row["port"]
+                    .as_u64()
+                    .with_context(|| format!("no port in {row}"))?;
+                Ok((text("name")?, text("vip")?, port))
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         services.sort();
         Ok(services)
     }

@@ -184,8 +184,7 @@ fn lb_ok(args: &[&str]) -> String {
 
 #[test]
 fn help_completions_and_man_page_come_from_the_clap_model() {
-    let help = lb_ok(&["--help"]);
-    for command in [
+    let commands = [
         "agent",
         "services",
         "backends",
@@ -195,20 +194,40 @@ fn help_completions_and_man_page_come_from_the_clap_model() {
         "down",
         "completions",
         "man",
-    ] {
-        assert!(
-            help.contains(command),
-            "`lb --help` lacks {command}:\n{help}"
-        );
+    ];
+    let help = lb_ok(&["--help"]);
+    // The first word of each line under "Commands:", in order.
+    let (_, listing) = help
+        .split_once("\nCommands:\n")
+        .unwrap_or_else(|| panic!("`lb --help` lists no commands:\n{help}"));
+    let listed: Vec<&str> = listing
+        .lines()
+        .take_while(|line| line.starts_with("  "))
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    assert_eq!(listed[..], [&commands[..], &["help"]].concat(), "{help}");
+    for command in commands {
         let command_help = lb_ok(&[command, "--help"]);
-        assert!(command_help.contains("Usage: lb"), "{command_help}");
+        assert!(
+            command_help.contains(&format!("Usage: lb {command}")),
+            "{command_help}"
+        );
     }
     let bash = lb_ok(&["completions", "bash"]);
-    assert!(
-        bash.contains("complete") && bash.contains("trace"),
-        "{bash}"
-    );
+    assert!(bash.contains("complete -F _lb"), "{bash}");
+    for command in commands {
+        assert!(
+            bash.contains(&format!("lb,{command})")),
+            "{command} in {bash}"
+        );
+    }
     let man = lb_ok(&["man"]);
-    assert!(man.starts_with(".ie") || man.contains(".TH"), "{man}");
-    assert!(man.contains("trace"), "the man page lists the commands");
+    assert!(man.contains("\n.TH lb 1 "), "{man}");
+    for command in commands {
+        // Each command is listed with its page, as roff escapes it.
+        assert!(
+            man.contains(&format!("\nlb\\-{command}(1)\n")),
+            "{command} in {man}"
+        );
+    }
 }

@@ -181,8 +181,13 @@ fn two_arm_spreads_ipv6_connections_by_maglev() {
     let tally = bed.connect_many(CONNECTIONS);
     assert_eq!(tally.values().sum::<usize>(), CONNECTIONS);
     assert_eq!(tally.len(), 3, "every node answers: {tally:?}");
-    for (node, share) in bed.maglev_shares() {
-        let observed = tally.get(&node).copied().unwrap_or(0) as f64 / CONNECTIONS as f64;
+    let shares = bed.maglev_shares();
+    assert!(
+        shares.keys().eq(tally.keys()),
+        "the ring holds every node that answered, and only those: {shares:?}"
+    );
+    for (node, share) in shares {
+        let observed = tally[&node] as f64 / CONNECTIONS as f64;
         println!("{node}: Maglev share {share:.3}, observed {observed:.3}");
         // 300 draws of a ~1/3 share: a standard deviation is 2.7 points.
         assert!(

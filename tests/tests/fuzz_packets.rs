@@ -1033,7 +1033,8 @@ fn sweeps(flow: &Datagram, replies: &[Tuple]) -> Vec<Case> {
     for base in &bases {
         let len = Case::plain(base.clone())
             .frame(replies)
-            .map_or(0, |f| f.len());
+            .expect("every base builds a frame")
+            .len();
         for cut in ETH_LEN..len {
             cases.push(with(base, vec![Mutation::Truncate(cut)]));
         }
@@ -1044,7 +1045,8 @@ fn sweeps(flow: &Datagram, replies: &[Tuple]) -> Vec<Case> {
         }
         let len = Case::plain(base.clone())
             .frame(replies)
-            .map_or(0, |f| f.len());
+            .expect("every base builds a frame")
+            .len();
         for total in 0..=(len - ETH_LEN + 8) as u16 {
             cases.push(with(&base, vec![Mutation::TotalLength(total)]));
         }
