@@ -18,4 +18,5 @@ pub mod model;
 pub mod pins;
 pub mod reconcile;
 pub mod show;
+pub mod units;
 pub mod xdp_log;

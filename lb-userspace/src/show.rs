@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::{
     catalog::Catalog,
-    cli::{BackendsArgs, FlowsArgs, InspectArgs, StatsArgs, TraceArgs, TraceProtocol, print_table},
+    cli::{BackendsArgs, FlowsArgs, InspectArgs, StatsArgs, TraceArgs, TraceProtocol},
     inspect::{self, Snapshot},
     maps::Maps,
     model::Protocol,
@@ -36,6 +36,32 @@ fn list<T: Serialize>(
     let table: Vec<Vec<String>> = rows.iter().map(cells).collect();
     print_table(headers, &table);
     Ok(())
+}
+
+/// Prints rows as left-aligned columns under `headers`.
+fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut out = String::new();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let mut line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(padded.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    // A closed pipe (`lb backends | head`) is not worth a panic.
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
 }
 
 pub fn print_json(value: &impl Serialize) -> Result<()> {
