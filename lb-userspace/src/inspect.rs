@@ -259,13 +259,13 @@ pub fn backends(
             for known in &entry.backends {
                 let listed = ids.keys().any(|id| {
                     maps.backends.get(id, 0).is_ok_and(|b| {
-                        ip_of(b.ip) == known.address && u16::from_be(b.port) == known.port
+                        ip_of(b.ip) == known.ip && u16::from_be(b.port) == known.port
                     })
                 });
                 if !listed
                     && let Some(id) = slot_index
                         .get_or_insert_with(|| active_slots(maps))
-                        .get(&(known.address, known.port))
+                        .get(&(known.ip, known.port))
                 {
                     ids.entry(*id).or_insert(0);
                 }
