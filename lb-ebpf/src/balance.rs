@@ -4,7 +4,7 @@
 //! leave with a VIP. Every lb host with the same services computes the same
 //! Maglev choice, so a flow that moves between hosts keeps its node.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use aya_log_ebpf::debug;
 use lb_common::{BACKEND_ACTIVE, Backend, Flow, FlowKey, ServiceInfo, ServiceKey, counters};
 
@@ -64,17 +64,24 @@ pub fn flow_backend(key: &FlowKey) -> Option<&'static Backend> {
 }
 
 /// Returns the backend of `key`'s flow: the pinned one while it is still in place,
-/// otherwise the Maglev choice, which is then pinned.
+/// otherwise the Maglev choice, which is then pinned. A connection's first
+/// packet (`opens`) skips the flow lookup: an entry for its 5-tuple can only
+/// be a retransmitted SYN's, which the same choice overwrites, or a closed
+/// connection's, which must not decide the new one's node.
 #[inline(always)]
 pub fn select_backend(
     ctx: &Frame,
     key: &FlowKey,
+    opens: bool,
     service: ServiceInfo,
     bytes: u64,
 ) -> Result<Backend, Verdict> {
-    // SAFETY: no helper call that could sleep; ktime has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(flow) = maps::flow_mut(key) {
+    // The coarse clock (a tick's resolution) is enough for "last seen" and
+    // the one-second budget window, and much cheaper than `bpf_ktime_get_ns`.
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let pinned = if opens { None } else { maps::flow_mut(key) };
+    if let Some(flow) = pinned {
         // SAFETY: the pointer is valid for this program run; concurrent updates of
         // the statistics fields may race, which only loses a count.
         let flow = unsafe { &mut *flow };

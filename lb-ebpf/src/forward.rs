@@ -7,13 +7,13 @@ use core::{mem::size_of, ptr::copy_nonoverlapping};
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{bpf_fib_lookup as FibParams, xdp_action},
-    helpers::generated::bpf_fib_lookup,
+    helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns},
 };
 use lb_common::{Addr, counters};
 use network_types::eth::EthHdr;
 
 use crate::{
-    maps::{FIB_PARAMS, TX_PORTS, count},
+    maps::{self, FIB_PARAMS, TX_PORTS, count},
     nat,
     parse::{Family, Frame, Ip, ptr_at},
     verdict::Verdict,
@@ -59,17 +59,6 @@ fn zeroed_fib_params() -> Result<&'static mut FibParams, Verdict> {
     // SAFETY: a per-CPU value, not shared while this program runs; every
     // byte was written and all-zero is a valid `bpf_fib_lookup`.
     Ok(unsafe { &mut *block })
-}
-
-/// Copies an address word by word: `src` may point anywhere, so a plain
-/// assignment into the map value becomes a `memmove` subprogram call.
-#[inline(always)]
-fn store_words(dst: &mut Addr, src: &Addr) {
-    for (to, from) in dst.iter_mut().zip(src) {
-        // SAFETY: `to` is a valid, aligned `u32`; volatile keeps the stores
-        // from being merged back into a `memmove`.
-        unsafe { core::ptr::write_volatile(to, *from) };
-    }
 }
 
 /// Sets the Ethernet addresses of the frame at `eth`, which `ptr_at` checked.
@@ -156,9 +145,68 @@ impl NextHop {
 /// The next hop of a packet from `src` to `dst` (the addresses it will have
 /// when sent), looked up before anything is rewritten: a destination that is
 /// this host's own (`NOT_FWDED`) is the kernel's, and the packet must reach it
-/// as it came.
+/// as it came. A hop the FIB gave for `dst` less than [`HOP_CACHE_NS`] ago,
+/// for a packet no longer than one it approved then, is taken from the
+/// cache: the FIB lookup is the largest single cost of a forwarded packet.
 #[inline(always)]
 pub fn next_hop(ctx: &Frame, route: &Route, src: &Addr, dst: &Addr) -> Result<NextHop, Verdict> {
+    // SAFETY: `bpf_ktime_get_coarse_ns` has no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if let Some(cached) = maps::cached_hop(dst) {
+        // SAFETY: the entry stays valid for this program run (RCU); a
+        // concurrent refresh may mix old and new fields, each of which was
+        // right within the bound.
+        let cached = unsafe { &*cached };
+        if now.wrapping_sub(cached.refreshed_ns) < HOP_CACHE_NS && route.total_len <= cached.max_len
+        {
+            return Ok(NextHop {
+                resolved: true,
+                on_link: cached.on_link != 0,
+                ifindex: cached.ifindex,
+                dmac: cached.dmac,
+                smac: cached.smac,
+            });
+        }
+    }
+    let hop = fib_next_hop(ctx, route, src, dst)?;
+    if hop.resolved {
+        maps::cache_hop(
+            dst,
+            &CachedHop {
+                refreshed_ns: now,
+                ifindex: hop.ifindex,
+                max_len: route.total_len,
+                on_link: u8::from(hop.on_link),
+                _pad: 0,
+                dmac: hop.dmac,
+                smac: hop.smac,
+            },
+        );
+    }
+    Ok(hop)
+}
+
+/// How long a next hop is taken from the cache: the bound on how long a node
+/// whose MAC (or route) changed may still get packets the old way.
+pub const HOP_CACHE_NS: u64 = 1_000_000_000;
+
+/// A next hop the FIB gave, kept in `NEXT_HOPS` by destination.
+#[repr(C)]
+pub struct CachedHop {
+    /// `bpf_ktime_get_coarse_ns` of the lookup.
+    pub refreshed_ns: u64,
+    pub ifindex: u32,
+    /// The longest IP packet (total length) the FIB's MTU check approved.
+    pub max_len: u16,
+    pub on_link: u8,
+    pub _pad: u8,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+}
+
+/// The kernel's FIB and neighbour tables' answer for the packet.
+#[inline(always)]
+fn fib_next_hop(ctx: &Frame, route: &Route, src: &Addr, dst: &Addr) -> Result<NextHop, Verdict> {
     let fib = zeroed_fib_params()?;
     fib.l4_protocol = route.proto;
     fib.sport = route.src_port;
@@ -176,8 +224,8 @@ pub fn next_hop(ctx: &Frame, route: &Route, src: &Addr, dst: &Addr) -> Result<Ne
             fib.family = AF_INET6;
             // SAFETY: plain integer arrays of the parameter block.
             unsafe {
-                store_words(&mut fib.__bindgen_anon_3.ipv6_src, src);
-                store_words(&mut fib.__bindgen_anon_4.ipv6_dst, dst);
+                nat::copy_addr(&mut fib.__bindgen_anon_3.ipv6_src, src);
+                nat::copy_addr(&mut fib.__bindgen_anon_4.ipv6_dst, dst);
             }
         }
     }

@@ -88,7 +88,7 @@ fn serve_transport(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
         match maps::service(&ServiceKey::of_destination(key)) {
             Some(service) => {
                 check_ttl(ip.ttl)?;
-                let backend = balance::select_backend(ctx, key, service, ctx.len())?;
+                let backend = balance::select_backend(ctx, key, packet.opens, service, ctx.len())?;
                 (true, backend.ip, backend.port, true)
             }
             None => {

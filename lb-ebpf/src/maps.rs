@@ -1,6 +1,7 @@
 //! Maps shared with userspace, and thin accessors over them. What the data
 //! path decides with them lives in `balance`.
 
+use crate::forward::CachedHop;
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
     macros::map,
@@ -14,6 +15,10 @@ use lb_common::{
 
 /// Per-CPU LRU lists: flow inserts on one CPU do not contend with another's.
 const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+
+/// Destinations whose next hop is cached: every node, and the clients (or
+/// their gateways' routes) replies go to.
+const MAX_NEXT_HOPS: u32 = 65536;
 
 #[map]
 static SERVICES: HashMap<ServiceKey, ServiceInfo> = HashMap::with_max_entries(MAX_SERVICES, 0);
@@ -63,6 +68,12 @@ static IFACES: HashMap<u32, Iface> = HashMap::with_max_entries(MAX_IFACES, 0);
 /// Scratch space: nothing outlives one packet, so it is not pinned.
 #[map]
 pub static FIB_PARAMS: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
+
+/// Next hops by destination address, refreshed from the FIB (see
+/// `forward::next_hop`). A cache: not pinned, a new program starts empty.
+#[map]
+static NEXT_HOPS: LruHashMap<Addr, CachedHop> =
+    LruHashMap::with_max_entries(MAX_NEXT_HOPS, BPF_F_NO_COMMON_LRU);
 
 /// Interfaces packets may be redirected to, keyed by ifindex.
 #[map]
@@ -175,6 +186,18 @@ pub fn direct_server_return() -> bool {
 pub fn is_vip(addr: &Addr) -> bool {
     // SAFETY: only presence is read.
     unsafe { VIPS.get(addr) }.is_some()
+}
+
+/// The cached next hop of `dst`, to read in place.
+#[inline(always)]
+pub fn cached_hop(dst: &Addr) -> Option<*const CachedHop> {
+    NEXT_HOPS.get_ptr(dst)
+}
+
+#[inline(always)]
+pub fn cache_hop(dst: &Addr, hop: &CachedHop) {
+    // A failed insert only costs the next packet another FIB lookup.
+    let _ = NEXT_HOPS.insert(dst, hop, 0);
 }
 
 /// The MAC of the attached interface `ifindex`.

@@ -82,13 +82,30 @@ pub fn rewrite_address(ctx: &Frame, family: Family, end: End, new: &Addr) -> Res
                 End::Destination => IPV6_DST_OFFSET,
             };
             let address: *mut Addr = ptr_at(ctx, offset)?;
-            // SAFETY: bounds-checked by `ptr_at`.
+            let mut old = [0; 4];
+            // SAFETY: bounds-checked by `ptr_at`; `old` and `new` are ours.
             unsafe {
-                let old = address.read_unaligned();
-                address.write_unaligned(*new);
-                Ok(old)
+                copy_addr(&mut old, address);
+                copy_addr(address, new);
             }
+            Ok(old)
         }
+    }
+}
+
+/// Copies an address word by word, unaligned: left to the compiler, a
+/// 16-byte copy from or into the packet becomes a `memmove` subprogram call
+/// (a byte loop in BPF).
+///
+/// # Safety
+/// `dst` and `src` must be valid for 16 bytes.
+#[inline(always)]
+pub unsafe fn copy_addr(dst: *mut Addr, src: *const Addr) {
+    let (dst, src) = (dst.cast::<u32>(), src.cast::<u32>());
+    for i in 0..4 {
+        // SAFETY: within the 16 bytes the caller vouches for; volatile keeps
+        // the four moves from being merged back into a `memmove`.
+        unsafe { dst.add(i).write_volatile(src.add(i).read_unaligned()) };
     }
 }
 

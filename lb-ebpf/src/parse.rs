@@ -27,6 +27,10 @@ const UDP_LEN: usize = 8;
 /// Offsets of the checksum inside the L4 header.
 const TCP_CHECK_OFFSET: usize = 16;
 const UDP_CHECK_OFFSET: usize = 6;
+/// The TCP flags byte, and the flags that tell a connection's first packet.
+const TCP_FLAGS_OFFSET: usize = 13;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 
 /// The packet being processed, with its bounds read once.
 ///
@@ -267,6 +271,9 @@ pub struct Packet {
     pub l4_offset: usize,
     /// Offset of the L4 checksum.
     pub l4_check_offset: usize,
+    /// A TCP SYN without ACK: the first packet of a connection, which no
+    /// flow entry may claim yet.
+    pub opens: bool,
 }
 
 impl Packet {
@@ -286,11 +293,17 @@ impl Packet {
         ptr_at::<u16>(ctx, l4_offset + check_offset)?;
         // SAFETY: checked by `ptr_at`.
         let [src_port, dst_port] = unsafe { *ports };
+        let opens = ip.proto == PROTO_TCP && {
+            let flags: *const u8 = ptr_at(ctx, l4_offset + TCP_FLAGS_OFFSET)?;
+            // SAFETY: checked by `ptr_at`.
+            unsafe { *flags & (TCP_SYN | TCP_ACK) == TCP_SYN }
+        };
         Ok(Self {
             family: ip.family,
             key: FlowKey::new(ip.src, ip.dst, src_port, dst_port, ip.proto),
             l4_offset,
             l4_check_offset: l4_offset + check_offset,
+            opens,
         })
     }
 }

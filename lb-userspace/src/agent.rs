@@ -8,6 +8,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::{
+    announce::{Announce, Announcer},
     catalog::Catalog,
     dataplane::{Dataplane, DataplaneConfig},
     health::{HealthChecker, HealthConfig},
@@ -29,6 +30,7 @@ pub struct AgentOptions {
     pub translator: Translator,
     pub health: HealthConfig,
     pub dataplane: DataplaneConfig,
+    pub announce: Announce,
 }
 
 pub async fn run(mut options: AgentOptions) -> Result<()> {
@@ -89,6 +91,12 @@ async fn sync_until_signalled(
     let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut hangup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     let mut checker = HealthChecker::start(options.health.clone());
+    let mut announcer = match options.announce {
+        Announce::Arp => {
+            Some(Announcer::new(&options.interfaces).context("reading the interfaces' addresses")?)
+        }
+        Announce::None => None,
+    };
     // What health verdicts are applied to when they change.
     let mut last: Option<Translation> = None;
     // Services that could not be programmed last time, and why.
@@ -103,6 +111,7 @@ async fn sync_until_signalled(
                     let translation = options.translator.translate(&objects);
                     checker.watch(&translation);
                     program(dataplane, options, &checker.apply(&translation), &mut failed);
+                    announce(dataplane, announcer.as_mut());
                     options.source.report(&translation).await;
                     last = Some(translation);
                     health.set_ready();
@@ -117,8 +126,16 @@ async fn sync_until_signalled(
             },
             () = checker.changed() => if let Some(translation) = &last {
                 program(dataplane, options, &checker.apply(translation), &mut failed);
+                announce(dataplane, announcer.as_mut());
             },
         }
+    }
+}
+
+/// Announces the VIPs the data path serves that it did not serve before.
+fn announce(dataplane: &Dataplane, announcer: Option<&mut Announcer>) {
+    if let Some(announcer) = announcer {
+        announcer.update(dataplane.services().map(|s| s.spec.frontend.vip).collect());
     }
 }
 

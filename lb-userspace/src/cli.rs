@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    dataplane::{DEFAULT_MAX_SERVICES, DEFAULT_NEW_FLOW_LIMIT},
+    announce::Announce,
+    dataplane::{DEFAULT_MAX_SERVICES, DEFAULT_NEW_FLOW_LIMIT, Forwarding},
     maglev::DEFAULT_RING_SIZE,
 };
 
@@ -183,11 +184,24 @@ pub struct AgentArgs {
     /// flood cannot evict established flows. 0 records every flow.
     #[arg(long, default_value_t = DEFAULT_NEW_FLOW_LIMIT)]
     pub new_flow_limit: u32,
-    /// Entries of the flow table (and of the reverse-NAT table), shared out
-    /// between the CPUs' LRU lists. Pinned tables keep the size they were
-    /// created with.
+    /// Entries of the flow table, shared out between the CPUs' LRU lists.
+    /// Pinned tables keep the size they were created with.
     #[arg(long, default_value_t = lb_common::MAX_FLOWS)]
     pub max_flows: u32,
+    /// How VIPs become reachable on the segment: `arp` answers ARP and IPv6
+    /// Neighbor Solicitations for them with the interface's MAC (in the data
+    /// path) and sends a gratuitous ARP / unsolicited Neighbor Advertisement
+    /// when one appears; `none` leaves routing to the VIPs to others (static
+    /// routes via this host).
+    #[arg(long, value_enum, default_value_t = Announce::Arp)]
+    pub announce: Announce,
+    /// How packets reach the chosen node: `nat` rewrites them to (node IP,
+    /// NodePort) and translates the replies, which must come back through an
+    /// lb host; `dsr` (direct server return) keeps VIP:port and only sets the
+    /// node's MAC: the node's kube-proxy takes the packet and answers the
+    /// client directly. DSR needs every node on a segment lb is attached to.
+    #[arg(long, value_enum, default_value_t = Forwarding::Nat)]
+    pub forwarding: Forwarding,
 }
 
 #[derive(Args, Debug)]

@@ -4,6 +4,7 @@
 //! objects into a [`model::DesiredState`]; [`reconcile`] applies one to the other;
 //! [`agent`] and [`cli`] are the front ends.
 pub mod agent;
+pub mod announce;
 pub mod catalog;
 pub mod cli;
 pub mod dataplane;

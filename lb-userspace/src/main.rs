@@ -4,6 +4,7 @@ use anyhow::{Context as _, Result};
 use clap::{CommandFactory as _, Parser as _};
 use lb::{
     agent::{self, AgentOptions},
+    announce::Announce,
     catalog::Catalog,
     cli::{AgentArgs, Cli, Command, PinArgs},
     dataplane::DataplaneConfig,
@@ -148,8 +149,10 @@ fn run_agent(args: AgentArgs) -> Result<()> {
             ring_size: args.ring_size,
             max_services: args.max_services,
             pin_dir: Some(args.bpffs),
-            ..DataplaneConfig::default()
+            answer_neighbors: args.announce == Announce::Arp,
+            forwarding: args.forwarding,
         },
+        announce: args.announce,
     };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

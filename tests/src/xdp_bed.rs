@@ -15,6 +15,13 @@ use aya::programs::{TestRun as _, TestRunOptions, TestRunResult, Xdp};
 
 use crate::netns::NetNs;
 
+/// XDP actions, as `BPF_PROG_TEST_RUN` reports them.
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
 /// The interface facing clients.
 pub const CLIENT_DEV: &str = "cl0";
 /// The interface facing nodes.

@@ -43,19 +43,16 @@ use lb_common::{FlowKey, PROTO_TCP, PROTO_UDP};
 use lb_tests::{
     netns::NetNs,
     packets,
-    xdp_bed::{self, CLIENT_DEV, NODES, XdpBed, node_ip, node_ip6, node_mac},
+    xdp_bed::{
+        self, CLIENT_DEV, NODES, XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, XdpBed,
+        node_ip, node_ip6, node_mac,
+    },
 };
 use proptest::{
     prelude::*,
     sample::Index,
     test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner},
 };
-
-const XDP_ABORTED: u32 = 0;
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
 
 const ETH_LEN: usize = 14;
 const VLAN_LEN: usize = 4;

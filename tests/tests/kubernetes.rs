@@ -163,6 +163,16 @@ fn vips_are_allocated_written_to_status_and_released() -> Result<()> {
     ];
     for (name, vip) in want {
         assert_eq!(bed.wait_for_vip(NS, name, READY)?, ip(vip), "{name}");
+        // kube-proxy takes packets for the VIP itself (direct server return).
+        let service: Service = bed.server.get(Some(NS), name)?.context("the Service")?;
+        let modes: Vec<Option<String>> = service
+            .status
+            .and_then(|status| status.load_balancer?.ingress)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|ingress| ingress.ip_mode)
+            .collect();
+        assert_eq!(modes, [Some("VIP".to_owned())], "{name}");
     }
     let mut served: Vec<(IpAddr, u64)> = want.iter().map(|(_, vip)| (ip(vip).into(), 80)).collect();
     served.sort();

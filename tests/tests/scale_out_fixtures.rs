@@ -15,13 +15,11 @@ use lb_tests::{
     neighbor_packets::{self as nd, NA_OVERRIDE, NA_SOLICITED},
     netns::NetNs,
     packets,
-    xdp_bed::{self, CLIENT, CLIENT_MAC, CLIENT6, NODE_DEV, XdpBed, node_ip, node_ip6, node_mac},
+    xdp_bed::{
+        self, CLIENT, CLIENT_MAC, CLIENT6, NODE_DEV, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
+        XdpBed, node_ip, node_ip6, node_mac,
+    },
 };
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 /// A VIP whose only node sits behind a gateway (node 1).

@@ -14,11 +14,9 @@ use lb::{
 use lb_common::{FlowKey, PROTO_TCP, addr_of, counters};
 use lb_tests::{
     packets,
-    xdp_bed::{self, XdpBed, node_ip},
+    xdp_bed::{self, XDP_PASS, XDP_REDIRECT, XdpBed, node_ip},
 };
 
-const XDP_PASS: u32 = 2;
-const XDP_REDIRECT: u32 = 4;
 const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 10), 80);
 const NODE_PORT: u16 = 31000;
 /// Ten times the flow table: without a limit, every early flow is evicted.

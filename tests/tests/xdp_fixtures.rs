@@ -14,13 +14,11 @@ use lb_common::{FlowKey, counters};
 use lb_tests::{
     netns::NetNs,
     packets,
-    xdp_bed::{self, CLIENT, CLIENT_MAC, CLIENT6, NODE_DEV, XdpBed, node_ip, node_ip6, node_mac},
+    xdp_bed::{
+        self, CLIENT, CLIENT_MAC, CLIENT6, NODE_DEV, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
+        XdpBed, node_ip, node_ip6, node_mac,
+    },
 };
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
 
 /// A client on the nodes' segment: its traffic leaves where it came in (one-arm).
 const LOCAL_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 50);
@@ -661,6 +659,38 @@ fn stickiness_in_namespace(bench: &XdpBed) {
         fresh.contains(&node_ip(3)),
         "new flows never reach the new backend"
     );
+    // A connection's first packet is not claimed by an entry of its 5-tuple
+    // (a closed connection's): it takes today's Maglev choice, and the
+    // entry follows it. (One of backend 1's, which the checks below expect
+    // to have moved anyway.)
+    let moved = clients
+        .iter()
+        .zip(&first_choice)
+        .find(|(client, before)| {
+            **before == node_ip(1) && predict(&dataplane, **client) != **before
+        })
+        .map(|(client, _)| *client)
+        .expect("the new backend took some flows");
+    let (_, output) = run(
+        &dataplane,
+        &packets::tcp_syn(moved, sock(VIP_SPREAD, 80)),
+        bench.client_if,
+    );
+    assert_eq!(
+        port_of(&output),
+        predict(&dataplane, moved),
+        "a reused 5-tuple"
+    );
+    let (_, output) = run(
+        &dataplane,
+        &packets::tcp_ack(moved, sock(VIP_SPREAD, 80), b"x"),
+        bench.client_if,
+    );
+    assert_eq!(
+        port_of(&output),
+        predict(&dataplane, moved),
+        "its next packet"
+    );
     // Removing backend 1: its flows re-hash onto the survivors, others stay.
     spec.backends.retain(|b| b.ip != node_ip(1));
     dataplane.set_service(&spec).expect("update");
@@ -682,4 +712,63 @@ fn stickiness_in_namespace(bench: &XdpBed) {
     }
     let global = dataplane.maps().global_counters().expect("counters");
     assert!(global[counters::FLOW_REHASHED as usize] > 0);
+}
+
+/// The next hop of a node is cached for at most the cache's bound: a node
+/// whose MAC changes gets packets at the new MAC once that has passed (stale
+/// entry refreshed), at once for a packet longer than any the cached lookup
+/// approved (its MTU must be checked), and at the old one only until then
+/// (a hit: the FIB is not asked).
+#[test]
+fn a_node_whose_mac_changes_gets_packets_at_its_new_mac_within_the_cache_bound() {
+    let (ns, bench) = bench();
+    let ns = std::sync::Arc::new(ns);
+    let inner = ns.clone();
+    ns.enter(move || next_hop_cache_in_namespace(&inner, &bench))
+        .expect("enter namespace");
+}
+
+fn next_hop_cache_in_namespace(ns: &NetNs, bench: &XdpBed) {
+    let mut dataplane = load(bench);
+    dataplane
+        .set_service(&service(VIP, 80, Protocol::Tcp, vec![backend(1, 31000)]))
+        .expect("set_service");
+    let client = sock(CLIENT, 42000);
+    let vip = sock(VIP, 80);
+    let dst_mac = |payload: &[u8]| {
+        let (action, output) = run(
+            &dataplane,
+            &packets::tcp_ack(client, vip, payload),
+            bench.client_if,
+        );
+        assert_eq!(action, XDP_REDIRECT);
+        <[u8; 6]>::try_from(&output[..6]).expect("a MAC")
+    };
+    assert_eq!(dst_mac(b""), node_mac(1), "first packet: from the FIB");
+    let moved = [0x02, 0, 0, 0, 0x0e, 0x01];
+    ns.ip(&format!(
+        "neigh replace {} lladdr {} dev {NODE_DEV} nud permanent",
+        node_ip(1),
+        xdp_bed::fmt_mac(moved)
+    ))
+    .expect("change node 1's MAC");
+    assert_eq!(
+        dst_mac(b""),
+        node_mac(1),
+        "within the bound: from the cache"
+    );
+    assert_eq!(
+        dst_mac(&[0; 1000]),
+        moved,
+        "longer than any approved packet: from the FIB"
+    );
+    // A fresh start for the length rule, then past the bound.
+    ns.ip(&format!(
+        "neigh replace {} lladdr {} dev {NODE_DEV} nud permanent",
+        node_ip(1),
+        xdp_bed::fmt_mac(node_mac(1))
+    ))
+    .expect("restore node 1's MAC");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(dst_mac(b""), node_mac(1), "past the bound: refreshed");
 }

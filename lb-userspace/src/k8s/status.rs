@@ -105,7 +105,9 @@ impl StatusWriter {
         };
         let ingress: Vec<_> = vips
             .iter()
-            .map(|vip| json!({ "ip": vip.to_string() }))
+            // `VIP`: kube-proxy takes packets addressed to the VIP itself
+            // (direct server return needs that; it is also the default).
+            .map(|vip| json!({ "ip": vip.to_string(), "ipMode": "VIP" }))
             .collect();
         let ingress = (!ingress.is_empty()).then_some(ingress);
         let patch = json!({ "status": { "loadBalancer": { "ingress": ingress } } });

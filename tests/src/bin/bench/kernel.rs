@@ -35,9 +35,7 @@ use crate::{
     stats::{Figure, ratio, thread_cpu_time},
 };
 
-pub const XDP_PASS: u32 = 2;
-pub const XDP_TX: u32 = 3;
-pub const XDP_REDIRECT: u32 = 4;
+pub use lb_tests::xdp_bed::{XDP_PASS, XDP_REDIRECT, XDP_TX};
 
 /// How much to measure.
 #[derive(Clone, Copy, Debug)]
