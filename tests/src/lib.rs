@@ -11,5 +11,6 @@ pub mod neighbor_packets;
 pub mod netns;
 pub mod packets;
 pub mod servers;
+pub mod specs;
 pub mod topology;
 pub mod xdp_bed;

@@ -10,11 +10,12 @@ use std::{
 
 use lb::{
     dataplane::{Dataplane, DataplaneConfig},
-    model::{BackendSpec, Frontend, Protocol, ServiceSpec},
+    model::{Frontend, Protocol, ServiceSpec},
 };
 use lb_common::counters;
 use lb_tests::{
     servers::{self, ServerGuard},
+    specs,
     topology::{Layout, Topology, vip6},
 };
 
@@ -49,23 +50,16 @@ struct Bed {
 /// One TCP and one UDP service on the VIP, each with every node as an equal
 /// backend at its IPv6 address.
 fn services(topology: &Topology) -> [ServiceSpec; 2] {
-    let service = |name: &str, frontend, node_port| ServiceSpec {
-        name: format!("demo/web6:{name}"),
-        frontend,
-        backends: topology
-            .nodes
-            .iter()
-            .map(|node| BackendSpec {
-                node: node.name.clone(),
-                ip: node.ip6.into(),
-                port: node_port,
-                weight: 1,
-            })
-            .collect(),
+    let service = |frontend: Frontend, node_port| {
+        let nodes = topology.nodes.iter();
+        let backends = nodes
+            .map(|node| specs::backend(&node.name, node.ip6, node_port))
+            .collect();
+        specs::service(frontend.vip, frontend.port, frontend.protocol, backends)
     };
     [
-        service("http", TCP_FRONTEND, TCP_NODE_PORT),
-        service("echo", UDP_FRONTEND, UDP_NODE_PORT),
+        service(TCP_FRONTEND, TCP_NODE_PORT),
+        service(UDP_FRONTEND, UDP_NODE_PORT),
     ]
 }
 

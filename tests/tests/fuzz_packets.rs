@@ -37,12 +37,13 @@ use anyhow::{Context as _, Result, bail, ensure};
 use etherparse::{PacketBuilder, TcpHeader};
 use lb::{
     dataplane::{Dataplane, DataplaneConfig},
-    model::{BackendSpec, Frontend, Protocol, ServiceSpec},
+    model::{BackendSpec, Protocol, ServiceSpec},
 };
 use lb_common::{FlowKey, PROTO_TCP, PROTO_UDP};
 use lb_tests::{
     netns::NetNs,
     packets,
+    specs::{self, service},
     xdp_bed::{
         self, CLIENT_DEV, NODES, XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, XdpBed,
         node_ip, node_ip6, node_mac,
@@ -110,37 +111,8 @@ fn client_mac(i: u8) -> [u8; 6] {
 const CLIENTS: u8 = 4;
 
 fn backends(nodes: &[u8], port: u16, v6: bool) -> Vec<BackendSpec> {
-    nodes
-        .iter()
-        .map(|&i| BackendSpec {
-            node: format!("node-{i}"),
-            ip: if v6 {
-                node_ip6(i).into()
-            } else {
-                node_ip(i).into()
-            },
-            port,
-            weight: 1,
-        })
-        .collect()
-}
-
-fn service(
-    vip: impl Into<IpAddr>,
-    port: u16,
-    protocol: Protocol,
-    backends: Vec<BackendSpec>,
-) -> ServiceSpec {
-    let vip = vip.into();
-    ServiceSpec {
-        name: format!("fuzz/{vip}:{port}"),
-        frontend: Frontend {
-            vip,
-            port,
-            protocol,
-        },
-        backends,
-    }
+    let node = if v6 { specs::node6 } else { specs::node };
+    nodes.iter().map(|&i| node(i, port)).collect()
 }
 
 /// Distinct NodePorts per service, so the reverse-NAT keys of different
