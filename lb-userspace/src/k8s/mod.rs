@@ -1,6 +1,8 @@
 //! Kubernetes objects: where they come from (manifests or an API server),
 //! translating them into the desired state, and reporting back.
 pub mod family;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 pub mod kube_source;
 pub mod manifests;
 pub mod objects;

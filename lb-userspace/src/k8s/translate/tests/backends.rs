@@ -1,9 +1,10 @@
 //! Backends: which nodes serve, at which address and weight, and
 //! `externalTrafficPolicy: Local`.
 
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
+use k8s_openapi::api::{core::v1::NodeAddress, discovery::v1::EndpointSlice};
 
 use super::*;
+use crate::k8s::fixtures::{NodeEndpoint, endpoint_slice};
 
 #[test]
 fn not_ready_and_unschedulable_nodes_excluded() {
@@ -47,7 +48,10 @@ fn node_without_internal_ip_skipped() {
         .unwrap()
         .addresses
         .as_mut()
-        .unwrap()[1]
+        .unwrap()
+        .iter_mut()
+        .find(|address| address.type_ == "InternalIP")
+        .unwrap()
         .type_ = "ExternalIP".to_owned();
     let nodes = vec![
         node("good", "10.1.0.1"),
@@ -86,33 +90,8 @@ fn weight_annotation() {
     assert_eq!(backend_nodes(spec), [("heavy", 5), ("plain", 1)]);
 }
 
-/// An endpoint's node and its (ready, serving, terminating) conditions.
-type NodeEndpoint<'a> = (&'a str, Option<bool>, Option<bool>, Option<bool>);
-
 fn slice(service: &str, endpoints: &[NodeEndpoint]) -> EndpointSlice {
-    let endpoints = endpoints
-        .iter()
-        .map(|&(node, ready, serving, terminating)| Endpoint {
-            addresses: vec!["10.244.0.1".to_owned()],
-            node_name: Some(node.to_owned()),
-            conditions: Some(EndpointConditions {
-                ready,
-                serving,
-                terminating,
-            }),
-            ..Default::default()
-        });
-    EndpointSlice {
-        address_type: "IPv4".to_owned(),
-        endpoints: Some(endpoints.collect()),
-        metadata: ObjectMeta {
-            name: Some(format!("{service}-x1")),
-            namespace: Some("ns".to_owned()),
-            labels: Some([(SERVICE_NAME_LABEL.to_owned(), service.to_owned())].into()),
-            ..Default::default()
-        },
-        ports: None,
-    }
+    endpoint_slice("ns", service, endpoints)
 }
 
 #[test]
@@ -125,7 +104,7 @@ fn local_policy_follows_endpoint_slices() {
     no_slices.spec.as_mut().unwrap().external_traffic_policy = Some("Local".to_owned());
     let cluster = with_lb_ip(service("cluster", vec![tcp(80, 30082)]), "198.51.100.3");
     let nodes = (1..=5)
-        .map(|i| node(&format!("n{i}"), &format!("10.1.0.{i}")))
+        .map(|i| node(&format!("n{i}"), format!("10.1.0.{i}")))
         .collect();
     let (t, f) = (Some(true), Some(false));
     let mut objects = objects(vec![local, no_slices, cluster], nodes);

@@ -2,17 +2,19 @@
 //! particular to VIPs and to backends is tested in files named like the
 //! modules of `translate/`.
 
-use k8s_openapi::{
-    api::core::v1::{
-        LoadBalancerIngress, LoadBalancerStatus, Node, NodeAddress, NodeCondition, NodeSpec,
-        NodeStatus, ServiceSpec as K8sServiceSpec, ServiceStatus,
-    },
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
-};
+use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, Node, ServiceStatus};
 
 use super::*;
 use crate::{
-    k8s::{family::Family, manifests::load_path, pools::Pool},
+    k8s::{
+        family::Family,
+        fixtures::{
+            annotated, ip_families, load_balancer_service, node, service_port as port,
+            with_internal_ip,
+        },
+        manifests::load_path,
+        pools::Pool,
+    },
     model::{BackendSpec, Protocol, ServiceSpec},
 };
 
@@ -44,34 +46,13 @@ fn skipped(translation: &Translation) -> Vec<String> {
         .collect()
 }
 
-fn port(port: i32, protocol: Option<&str>, node_port: Option<i32>) -> ServicePort {
-    ServicePort {
-        name: Some(format!("p{port}")),
-        port,
-        protocol: protocol.map(str::to_owned),
-        node_port,
-        ..Default::default()
-    }
-}
-
 fn tcp(port: i32, node_port: i32) -> ServicePort {
     self::port(port, Some("TCP"), Some(node_port))
 }
 
+/// A LoadBalancer Service in namespace `ns`.
 fn service(name: &str, ports: Vec<ServicePort>) -> Service {
-    Service {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: Some("ns".to_owned()),
-            ..Default::default()
-        },
-        spec: Some(K8sServiceSpec {
-            type_: Some("LoadBalancer".to_owned()),
-            ports: Some(ports),
-            ..Default::default()
-        }),
-        status: None,
-    }
+    load_balancer_service("ns", name, ports)
 }
 
 fn with_lb_ip(mut service: Service, text: &str) -> Service {
@@ -92,33 +73,6 @@ fn with_status_ips(mut service: Service, ips: &[&str]) -> Service {
         ..Default::default()
     });
     service
-}
-
-fn node(name: &str, internal_ip: &str) -> Node {
-    let address = |type_: &str, address: &str| NodeAddress {
-        type_: type_.to_owned(),
-        address: address.to_owned(),
-    };
-    let ready = NodeCondition {
-        type_: "Ready".to_owned(),
-        status: "True".to_owned(),
-        ..Default::default()
-    };
-    Node {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            ..Default::default()
-        },
-        spec: Some(NodeSpec::default()),
-        status: Some(NodeStatus {
-            addresses: Some(vec![
-                address("Hostname", name),
-                address("InternalIP", internal_ip),
-            ]),
-            conditions: Some(vec![ready]),
-            ..Default::default()
-        }),
-    }
 }
 
 fn with_weight(mut node: Node, weight: &str) -> Node {
@@ -260,12 +214,6 @@ fn ports_and_protocols() {
     assert_eq!(names, want);
 }
 
-fn annotated(mut service: Service, key: &str, value: &str) -> Service {
-    let annotations = service.metadata.annotations.get_or_insert_default();
-    annotations.insert(key.to_owned(), value.to_owned());
-    service
-}
-
 fn with_class(mut service: Service, class: &str) -> Service {
     service.spec.as_mut().unwrap().load_balancer_class = Some(class.to_owned());
     service
@@ -337,25 +285,8 @@ fn vips(translation: &Translation) -> Vec<(&str, Vec<IpAddr>)> {
         .collect()
 }
 
-/// `spec.ipFamilyPolicy` and `spec.ipFamilies`, as the API server completes them.
-fn families(mut service: Service, policy: &str, families: &[&str]) -> Service {
-    let spec = service.spec.as_mut().unwrap();
-    spec.ip_family_policy = Some(policy.to_owned());
-    spec.ip_families = Some(families.iter().map(|f| (*f).to_owned()).collect());
-    service
-}
-
 fn dual_stack(service: Service) -> Service {
-    families(service, "RequireDualStack", &["IPv4", "IPv6"])
-}
-
-fn with_internal_ip(mut node: Node, ip: &str) -> Node {
-    let addresses = node.status.as_mut().unwrap().addresses.as_mut().unwrap();
-    addresses.push(NodeAddress {
-        type_: "InternalIP".to_owned(),
-        address: ip.to_owned(),
-    });
-    node
+    ip_families(service, "RequireDualStack", &["IPv4", "IPv6"])
 }
 
 fn dual_pool() -> Translator {

@@ -312,7 +312,7 @@ fn dual_stack_service_served_on_a_vip_of_each_family() {
         port(9000, Some("SCTP"), Some(30900)),
     ];
     // Listed IPv6 first: the status still lists IPv4 first.
-    let web = families(service("web", ports), "RequireDualStack", &["IPv6", "IPv4"]);
+    let web = ip_families(service("web", ports), "RequireDualStack", &["IPv6", "IPv4"]);
     let nodes = vec![
         with_internal_ip(node("both", "10.1.0.1"), "fd00::1"),
         node("v4-only", "10.1.0.2"),
@@ -358,13 +358,13 @@ fn dual_stack_service_served_on_a_vip_of_each_family() {
 #[test]
 fn single_stack_ipv6_and_the_ipv4_default() {
     let services = vec![
-        families(
+        ip_families(
             service("six", vec![tcp(80, 30080)]),
             "SingleStack",
             &["IPv6"],
         ),
         // Only the first family counts for a single stack.
-        families(
+        ip_families(
             service("first", vec![tcp(80, 30081)]),
             "SingleStack",
             &["IPv6", "IPv4"],
@@ -385,7 +385,7 @@ fn single_stack_ipv6_and_the_ipv4_default() {
 fn require_dual_stack_without_an_ipv6_pool_not_served() {
     let services = vec![
         dual_stack(service("both", vec![tcp(80, 30080)])),
-        families(
+        ip_families(
             service("six", vec![tcp(80, 30081)]),
             "SingleStack",
             &["IPv6"],
@@ -414,7 +414,7 @@ fn require_dual_stack_without_an_ipv6_pool_not_served() {
 #[test]
 fn prefer_dual_stack_takes_the_families_it_can_get() {
     let prefer = |name, listed: &[&str]| {
-        families(
+        ip_families(
             service(name, vec![tcp(80, 30080)]),
             "PreferDualStack",
             listed,
@@ -513,17 +513,17 @@ fn address_annotation_names_one_address_per_family() {
 #[test]
 fn unknown_ip_family_fields_skipped() {
     let services = vec![
-        families(
+        ip_families(
             service("policy", vec![tcp(80, 30080)]),
             "DualStack",
             &["IPv4"],
         ),
-        families(
+        ip_families(
             service("family", vec![tcp(80, 30081)]),
             "SingleStack",
             &["IPv5"],
         ),
-        families(
+        ip_families(
             service("twice", vec![tcp(80, 30082)]),
             "PreferDualStack",
             &["IPv6", "IPv6"],
@@ -567,8 +567,8 @@ fn restart_keeps_both_vips_and_dropping_a_family_frees_it() {
     assert_eq!(vips(&translation), want);
 
     // web turns single-stack: its IPv6 address goes to whoever asks next.
-    let single = families(web, "SingleStack", &["IPv4"]);
-    let six = families(
+    let single = ip_families(web, "SingleStack", &["IPv4"]);
+    let six = ip_families(
         service("six", vec![tcp(80, 30082)]),
         "SingleStack",
         &["IPv6"],
@@ -613,7 +613,7 @@ fn sharing_and_conflicts_are_per_address() {
     // Sorts after web and overlaps its port on the IPv6 address only; prefers
     // dual stack, so it is served on IPv4 alone.
     let late = annotated(
-        families(
+        ip_families(
             service("x-late", vec![tcp(80, 30081)]),
             "PreferDualStack",
             &["IPv4", "IPv6"],
