@@ -7,10 +7,10 @@ use anyhow::{Context, Result, bail, ensure};
 use aya::{
     Ebpf,
     maps::{HashMap, Map, MapData, MapInfo},
-    programs::Xdp,
+    programs::{Xdp, XdpMode},
 };
 use lb::{
-    dataplane::{Dataplane, DataplaneConfig, Forwarding, REFERENCE_OBJECT},
+    dataplane::{ATTRIBUTION_OBJECT, Dataplane, DataplaneConfig, Forwarding, REFERENCE_OBJECT},
     model::{Protocol, ServiceSpec},
 };
 use lb_common::{Flow, FlowKey, MAP_FLOWS, MAX_FLOWS, MAX_SERVICES, counters};
@@ -18,7 +18,7 @@ use lb_tests::{packets, specs};
 
 use super::{
     CaseResult, Expect, Options, XDP_PASS, XDP_REDIRECT, XDP_TX,
-    bed::{Bed, CLIENT, NODES, node_ip},
+    bed::{ATTACH_IFACES, Bed, CLIENT, NODES, node_ip},
     check_counters, counters_of, test_run,
 };
 use crate::{
@@ -167,8 +167,8 @@ pub fn measure_all(bed: &Bed, options: Options) -> Result<Section> {
     let mut flows = FlowSource::new(Ipv4Addr::new(10, 128, 0, 0));
 
     eprintln!("kernel: main scenario (4 services, M = 16381)");
-    let main_dataplane = main_dataplane(bed)?;
-    let dsr_dataplane = dsr_dataplane(bed)?;
+    let mut main_dataplane = main_dataplane(bed)?;
+    let mut dsr_dataplane = dsr_dataplane(bed)?;
     let (mut cases, backend) = main_cases(bed, &main_dataplane, floor, parse)?;
     cases.extend(dsr_cases(bed, &dsr_dataplane)?);
     let main = measure(&mut cases, options, &mut flows, &mut log)?;
@@ -254,7 +254,164 @@ pub fn measure_all(bed: &Bed, options: Options) -> Result<Section> {
          the batched method leaves out.",
         median(&log.fixed_costs) / 1e3
     ));
-    super::section(options, &main, scaling, notes)
+    eprintln!("kernel: attribution (one operation per program)");
+    let mut attribution_object =
+        Ebpf::load(ATTRIBUTION_OBJECT).context("loading the attribution programs")?;
+    let attribution = attribution(
+        bed,
+        &mut attribution_object,
+        floor,
+        options,
+        &mut flows,
+        &mut log,
+    )?;
+    eprintln!("kernel: main scenario again, every program attached");
+    let attached = attached_pass(
+        bed,
+        &mut refs,
+        (&mut main_dataplane, &mut dsr_dataplane),
+        options,
+        &mut flows,
+        &mut log,
+    )?;
+    let mut section = super::section(options, &main, scaling, notes)?;
+    section.tables.push(attached);
+    section.tables.push(attribution);
+    Ok(section)
+}
+
+/// The main scenario's cases again with every program attached to an
+/// interface of the namespace (`bed::ATTACH_IFACES`), as in production: the
+/// kernel's XDP dispatcher then calls an attached program directly, while a
+/// merely loaded one is reached through an indirect call.
+fn attached_pass(
+    bed: &Bed,
+    refs: &mut Ebpf,
+    (nat, dsr): (&mut Dataplane, &mut Dataplane),
+    options: Options,
+    flows: &mut FlowSource,
+    log: &mut Log,
+) -> Result<Table> {
+    let [floor_if, parse_if, nat_if, dsr_if] = ATTACH_IFACES;
+    for (name, iface) in [("ref_xdp_tx", floor_if), ("ref_parse_only", parse_if)] {
+        let program: &mut Xdp = refs
+            .program_mut(name)
+            .with_context(|| format!("no program {name}"))?
+            .try_into()?;
+        program
+            .attach(iface, XdpMode::Default)
+            .with_context(|| format!("attaching {name} to {iface}"))?;
+    }
+    nat.attach(nat_if)?;
+    dsr.attach(dsr_if)?;
+    let (floor, parse) = (
+        reference(refs, "ref_xdp_tx")?,
+        reference(refs, "ref_parse_only")?,
+    );
+    let (mut cases, _) = main_cases(bed, nat, floor, parse)?;
+    cases.extend(dsr_cases(bed, dsr)?);
+    let results = measure(&mut cases, options, flows, log)?;
+    let find = |prefix: &str| {
+        results
+            .iter()
+            .find(|r| r.name.starts_with(prefix))
+            .with_context(|| format!("no case {prefix}"))
+    };
+    Ok(super::case_table(
+        "The same cases with every program attached to an interface (ns per packet)",
+        &results,
+        find(FLOOR)?,
+        find(PARSE)?,
+    ))
+}
+
+/// The programs of `lb-ebpf/src/attribution.rs`, each one operation of the
+/// data path and XDP_TX, and what each adds to the floor.
+const ATTRIBUTION: [(&str, &str); 7] = [
+    (
+        "attr_fib_lookup",
+        "one bpf_fib_lookup (IPv4, resolved neighbour)",
+    ),
+    ("attr_clock", "one bpf_ktime_get_ns"),
+    ("attr_clock_coarse", "one bpf_ktime_get_coarse_ns"),
+    (
+        "attr_lru_insert_per_cpu",
+        "one new entry in a 1M LRU hash, per-CPU lists",
+    ),
+    (
+        "attr_lru_insert_common",
+        "one new entry in a 1M LRU hash, common list",
+    ),
+    (
+        "attr_hash_lookup_key40",
+        "one hash lookup, 40-byte key (a flow)",
+    ),
+    (
+        "attr_hash_lookup_key16",
+        "one hash lookup, 16-byte key (an address)",
+    ),
+];
+
+fn attribution(
+    bed: &Bed,
+    object: &mut Ebpf,
+    floor: &Xdp,
+    options: Options,
+    flows: &mut FlowSource,
+    log: &mut Log,
+) -> Result<Table> {
+    for (name, _) in ATTRIBUTION {
+        let program: &mut Xdp = object
+            .program_mut(name)
+            .with_context(|| format!("no program {name}"))?
+            .try_into()?;
+        program.load().with_context(|| format!("loading {name}"))?;
+    }
+    // The lookups must hit, as lb's do on its hot path.
+    let mut key40: HashMap<_, FlowKey, u32> =
+        HashMap::try_from(object.map_mut("HASH_KEY40").context("no map HASH_KEY40")?)?;
+    key40.insert(FlowKey::new([0, 0, 0, 1], [0, 0, 0, 2], 3, 4, 6), 1, 0)?;
+    let mut key16: HashMap<_, lb_common::Addr, u32> =
+        HashMap::try_from(object.map_mut("HASH_KEY16").context("no map HASH_KEY16")?)?;
+    key16.insert([0, 0, 0, 1], 1, 0)?;
+    let packet = packets::tcp_ack(sock(CLIENT, CLIENT_PORT), sock(VIP, TCP_PORT), b"");
+    let mut cases = vec![reference_case(FLOOR.to_owned(), floor, bed, &packet)];
+    for (name, what) in ATTRIBUTION {
+        cases.push(reference_case(
+            what.to_owned(),
+            reference(object, name)?,
+            bed,
+            &packet,
+        ));
+    }
+    let results = measure(&mut cases, options, flows, log)?;
+    let floor = results.first().context("the floor was measured")?;
+    let mut table = Table::new(
+        "What single operations cost (ns per packet; each in a program of its own that then \
+         returns XDP_TX, minus the XDP_TX floor measured beside them)",
+        &[
+            "operation",
+            "per call",
+            "per call minus floor",
+            "batched",
+            "batched minus floor",
+        ],
+    );
+    let minus = |a: Option<Figure>, b: Option<Figure>| match (a, b) {
+        (Some(a), Some(b)) => format!("{:.1}", a.median - b.median),
+        _ => "n/a".to_owned(),
+    };
+    let shown = |f: Option<Figure>| f.map_or_else(|| "n/a".to_owned(), |f| f.with_range(1));
+    for result in &results[1..] {
+        table.row(vec![
+            result.name.clone(),
+            shown(result.per_call),
+            minus(result.per_call, floor.per_call),
+            shown(result.batched),
+            minus(result.batched, floor.batched),
+        ]);
+    }
+    Ok(table)
 }
 
 fn scaling_row(scenario: &str, occupancy: usize, results: &[CaseResult]) -> Vec<String> {

@@ -1,0 +1,140 @@
+//! Attribution programs for `cargo xtask bench`: each does one thing lb's data
+//! path does, then returns XDP_TX, so the benchmark can show, beside the
+//! XDP_TX floor measured the same way, what each costs on this machine.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{bpf_fib_lookup as FibParams, xdp_action},
+    helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    macros::{map, xdp},
+    maps::{HashMap, LruHashMap, PerCpuArray},
+    programs::XdpContext,
+};
+use lb_common::{Addr, Flow, FlowKey, MAX_FLOWS};
+
+/// Per-CPU LRU lists, as lb's flow table.
+const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+const AF_INET: u8 = 2;
+/// The address every FIB lookup asks for: node 1 of the bench's namespace,
+/// whose neighbour is resolved. Network order.
+const FIB_DESTINATION: u32 = u32::from_ne_bytes([10, 1, 0, 11]);
+
+#[map]
+static LRU_PER_CPU: LruHashMap<FlowKey, Flow> =
+    LruHashMap::with_max_entries(MAX_FLOWS, BPF_F_NO_COMMON_LRU);
+
+#[map]
+static LRU_COMMON: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// One entry each, written by the bench: the lookups hit.
+#[map]
+static HASH_KEY40: HashMap<FlowKey, u32> = HashMap::with_max_entries(1024, 0);
+
+#[map]
+static HASH_KEY16: HashMap<Addr, u32> = HashMap::with_max_entries(1024, 0);
+
+/// Each CPU's count of inserts, which makes every inserted key new.
+#[map]
+static INSERTS: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// One `bpf_fib_lookup`, as lb's forwarding makes it on a next-hop miss.
+#[xdp]
+pub fn attr_fib_lookup(ctx: XdpContext) -> u32 {
+    // SAFETY: an all-zero parameter block is valid.
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    fib.__bindgen_anon_4.ipv4_dst = FIB_DESTINATION;
+    // SAFETY: `fib` is a valid, writable parameter block of the size given.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            &mut fib,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    tx_if(rc == 0)
+}
+
+/// One read of the precise clock.
+#[xdp]
+pub fn attr_clock(_ctx: XdpContext) -> u32 {
+    // SAFETY: no preconditions.
+    core::hint::black_box(unsafe { bpf_ktime_get_ns() });
+    xdp_action::XDP_TX
+}
+
+/// One read of the coarse clock (what lb reads).
+#[xdp]
+pub fn attr_clock_coarse(_ctx: XdpContext) -> u32 {
+    // SAFETY: no preconditions.
+    core::hint::black_box(unsafe { bpf_ktime_get_coarse_ns() });
+    xdp_action::XDP_TX
+}
+
+/// One insert of a new flow into a 1M-entry LRU with per-CPU lists.
+#[xdp]
+pub fn attr_lru_insert_per_cpu(_ctx: XdpContext) -> u32 {
+    tx_if(insert(&LRU_PER_CPU))
+}
+
+/// One insert of a new flow into a 1M-entry LRU with one common list.
+#[xdp]
+pub fn attr_lru_insert_common(_ctx: XdpContext) -> u32 {
+    tx_if(insert(&LRU_COMMON))
+}
+
+/// One hash lookup with a 40-byte key (lb's flow key).
+#[xdp]
+pub fn attr_hash_lookup_key40(_ctx: XdpContext) -> u32 {
+    let key = FlowKey::new([0, 0, 0, 1], [0, 0, 0, 2], 3, 4, 6);
+    // SAFETY: only presence is read.
+    tx_if(unsafe { HASH_KEY40.get(key) }.is_some())
+}
+
+/// One hash lookup with a 16-byte key (an address).
+#[xdp]
+pub fn attr_hash_lookup_key16(_ctx: XdpContext) -> u32 {
+    let key: Addr = [0, 0, 0, 1];
+    // SAFETY: only presence is read.
+    tx_if(unsafe { HASH_KEY16.get(key) }.is_some())
+}
+
+/// Inserts a flow under a key no earlier call used.
+#[inline(always)]
+fn insert(map: &LruHashMap<FlowKey, Flow>) -> bool {
+    let Some(count) = INSERTS.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU slot, no concurrent writer.
+    let n = unsafe {
+        *count = (*count).wrapping_add(1);
+        *count
+    };
+    let key = FlowKey::new([0, 0, 0, n], [0, 0, 0, 2], 3, 4, 6);
+    map.insert(key, Flow::default(), 0).is_ok()
+}
+
+/// XDP_TX when the one thing worked, so the bench knows it was measured;
+/// XDP_ABORTED otherwise.
+#[inline(always)]
+fn tx_if(worked: bool) -> u32 {
+    if worked {
+        xdp_action::XDP_TX
+    } else {
+        xdp_action::XDP_ABORTED
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

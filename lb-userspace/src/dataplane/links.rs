@@ -1,0 +1,97 @@
+//! Attaching the program to interfaces: pinned links that outlive the
+//! agent, taken over without a gap by the next one.
+
+use aya::{
+    maps::{DevMapHash, xdp::XdpMapError},
+    programs::{
+        XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use lb_common::{Iface, MAP_TX_PORTS};
+
+use super::{Dataplane, DataplaneError, xdp_program};
+use crate::maps::{MapsError, map_error};
+
+impl Dataplane {
+    /// Attaches the program to `iface` and lets packets be redirected out of it.
+    /// With pinned state the link is pinned too, so the program stays attached
+    /// when the agent exits; a link pinned by an earlier agent is taken over
+    /// with an atomic program replacement, without a gap.
+    pub fn attach(&mut self, iface: &str) -> Result<u32, DataplaneError> {
+        let no_such_interface = |_| DataplaneError::NoSuchInterface(iface.to_owned());
+        let ifindex = crate::iface::ifindex(iface).map_err(no_such_interface)?;
+        let mac = crate::iface::mac(iface).map_err(no_such_interface)?;
+        let link_path = self.pins.as_ref().map(|pins| pins.link(iface));
+        let program = xdp_program(&mut self.ebpf)?;
+        let attach_error = |source| DataplaneError::Attach {
+            iface: iface.to_owned(),
+            source,
+        };
+        match &link_path {
+            Some(path) if path.exists() => {
+                let reuse_error =
+                    |source: Box<dyn std::error::Error + Send + Sync>| DataplaneError::ReuseLink {
+                        path: path.clone(),
+                        source,
+                    };
+                let pinned = PinnedLink::from_pin(path).map_err(|e| reuse_error(e.into()))?;
+                let link =
+                    XdpLink::try_from(FdLink::from(pinned)).map_err(|e| reuse_error(e.into()))?;
+                program.attach_to_link(link).map_err(attach_error)?;
+            }
+            Some(path) => {
+                let id = program
+                    .attach(iface, XdpMode::Default)
+                    .map_err(attach_error)?;
+                let link = program.take_link(id).map_err(attach_error)?;
+                let link = FdLink::try_from(link).map_err(|source| DataplaneError::Link {
+                    iface: iface.to_owned(),
+                    source,
+                })?;
+                link.pin(path).map_err(|source| DataplaneError::PinLink {
+                    iface: iface.to_owned(),
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+            None => {
+                program
+                    .attach(iface, XdpMode::Default)
+                    .map_err(attach_error)?;
+            }
+        }
+        self.add_tx_port(ifindex)?;
+        self.add_iface(ifindex, mac)?;
+        Ok(ifindex)
+    }
+
+    /// Tells the program the MAC of interface `ifindex`, which it answers ARP
+    /// and Neighbor Solicitations for VIPs with (done by `attach`; tests that
+    /// run the program without attaching it call this directly).
+    pub fn add_iface(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<(), DataplaneError> {
+        self.maps
+            .ifaces
+            .insert(ifindex, Iface { mac, _pad: [0; 2] }, 0)
+            .map_err(|e| map_error(lb_common::MAP_IFACES, e))?;
+        Ok(())
+    }
+
+    /// Lets the program redirect to `ifindex` (done by `attach`; tests that run
+    /// the program without attaching it call this directly).
+    pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_TX_PORTS)
+            .ok_or(MapsError::Missing(MAP_TX_PORTS))?;
+        let mut tx_ports = DevMapHash::try_from(map).map_err(|e| map_error(MAP_TX_PORTS, e))?;
+        tx_ports
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|e| match e {
+                XdpMapError::MapError(e) => map_error(MAP_TX_PORTS, e),
+                XdpMapError::ChainedProgramNotSupported => MapsError::Missing(MAP_TX_PORTS),
+            })?;
+        Ok(())
+    }
+}

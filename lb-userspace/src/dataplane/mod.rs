@@ -1,0 +1,170 @@
+//! The data path's domain API: load and attach the XDP program, then add, update
+//! and remove services. Front ends (the agent, tests, benchmarks) only talk to this.
+
+mod config;
+mod error;
+mod links;
+mod objects;
+mod recover;
+mod services;
+
+pub use config::{
+    DEFAULT_MAX_SERVICES, DEFAULT_NEW_FLOW_LIMIT, DataplaneConfig, Forwarding, MIN_FLOWS,
+};
+pub use error::DataplaneError;
+pub use objects::{ATTRIBUTION_OBJECT, PROGRAM_OBJECT, REFERENCE_OBJECT};
+pub use services::service_key;
+
+use std::collections::BTreeMap;
+
+use aya::{Ebpf, EbpfLoader, programs::Xdp, util::nr_cpus};
+use lb_common::{MAP_MAGLEV, PROGRAM_NAME};
+
+use crate::{
+    maps::{ALL_MAPS, Maps, MapsError, map_error},
+    model::{BackendSpec, Frontend, ServiceSpec},
+    pins::PinDir,
+};
+
+/// A backend as programmed: its spec and its slot in `BACKENDS`.
+#[derive(Clone, Debug)]
+pub struct ProgrammedBackend {
+    pub spec: BackendSpec,
+    pub id: u32,
+    /// Entries of the live Maglev ring that point at it.
+    pub ring_entries: u32,
+}
+
+/// A service as programmed.
+#[derive(Clone, Debug)]
+pub struct ProgrammedService {
+    pub spec: ServiceSpec,
+    pub id: u32,
+    /// Which of the service's two ring slots is live.
+    pub slot: u32,
+    pub backends: Vec<ProgrammedBackend>,
+}
+
+/// The loaded, attached program and what it currently serves.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    maps: Maps,
+    pins: Option<PinDir>,
+    /// The pinned state existed before this load (an earlier agent's).
+    inherited: bool,
+    config: DataplaneConfig,
+    services: BTreeMap<Frontend, ProgrammedService>,
+    free_service_ids: Vec<u32>,
+    free_backend_ids: Vec<u32>,
+    nr_cpus: usize,
+}
+
+impl Dataplane {
+    /// Loads the program (not yet attached) with empty maps.
+    pub fn load(config: DataplaneConfig) -> Result<Self, DataplaneError> {
+        let ring_entries = config.ring_entries()?;
+        let pins = config.pin_dir.as_ref().map(PinDir::new);
+        let inherited = pins.as_ref().is_some_and(PinDir::exists);
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(MAP_MAGLEV, ring_entries);
+        loader.map_max_entries(lb_common::MAP_FLOWS, config.max_flows);
+        if let Some(pins) = &pins {
+            pins.prepare()?;
+            // Existing pins are reused: flows, rings and counters carry over.
+            for name in ALL_MAPS {
+                loader.map_pin_path(name, pins.map(name));
+            }
+        }
+        let mut ebpf = match loader.load(PROGRAM_OBJECT) {
+            Ok(ebpf) => ebpf,
+            Err(e) => {
+                // Leave no empty pin directory behind a failed first start.
+                if let Some(pins) = pins.as_ref().filter(|_| !inherited) {
+                    let _ = pins.remove();
+                }
+                return Err(DataplaneError::Load(e));
+            }
+        };
+        let program = xdp_program(&mut ebpf)?;
+        program.load().map_err(DataplaneError::Program)?;
+        let maps = Maps::take(&mut ebpf)?;
+        // A reused pin keeps the size it was created with.
+        let pinned = maps.maglev.len();
+        if pinned != ring_entries {
+            return Err(DataplaneError::ConfigMismatch {
+                pinned,
+                wanted: ring_entries,
+                ring_size: config.ring_size,
+                max_services: config.max_services,
+            });
+        }
+        let nr_cpus = nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
+        let mut dataplane = Self {
+            ebpf,
+            maps,
+            pins,
+            inherited,
+            free_service_ids: Vec::new(),
+            free_backend_ids: Vec::new(),
+            config,
+            services: BTreeMap::new(),
+            nr_cpus,
+        };
+        dataplane.recover()?;
+        let settings = dataplane.config.settings();
+        dataplane
+            .maps
+            .settings
+            .set(0, settings, 0)
+            .map_err(|e| map_error(lb_common::MAP_SETTINGS, e))?;
+        Ok(dataplane)
+    }
+
+    /// The loaded object, for attaching the log forwarder.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// The loaded program, for `BPF_PROG_TEST_RUN`.
+    pub fn program(&self) -> Result<&Xdp, DataplaneError> {
+        self.ebpf
+            .program(PROGRAM_NAME)
+            .ok_or(DataplaneError::Maps(MapsError::Missing("program lb_xdp")))?
+            .try_into()
+            .map_err(DataplaneError::Program)
+    }
+
+    pub fn maps(&self) -> &Maps {
+        &self.maps
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &ProgrammedService> {
+        self.services.values()
+    }
+
+    pub fn service(&self, frontend: &Frontend) -> Option<&ProgrammedService> {
+        self.services.get(frontend)
+    }
+
+    /// Whether this load took over pinned state an earlier agent left.
+    pub fn inherited_state(&self) -> bool {
+        self.inherited
+    }
+
+    /// Removes the pinned maps and links: the program detaches from every
+    /// interface once `self` drops. Without pins this does nothing.
+    pub fn remove_pins(&self) -> Result<(), DataplaneError> {
+        if let Some(pins) = &self.pins {
+            pins.remove()?;
+        }
+        Ok(())
+    }
+}
+
+/// The `lb_xdp` program of a loaded object.
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
+    ebpf.program_mut(PROGRAM_NAME)
+        .ok_or(DataplaneError::Maps(MapsError::Missing("program lb_xdp")))?
+        .try_into()
+        .map_err(DataplaneError::Program)
+}

@@ -1,0 +1,141 @@
+//! Taking over the pinned state an earlier agent left: what is programmed,
+//! rebuilt from the maps.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use lb_common::{BACKEND_ACTIVE, MAP_NODE_PORTS, MAX_BACKENDS, ServiceInfo, ServiceKey};
+
+use super::{
+    Dataplane, DataplaneError, ProgrammedBackend, ProgrammedService, service_key,
+    services::node_port_key,
+};
+use crate::{
+    maps::map_error,
+    model::{BackendSpec, Frontend, Protocol, ServiceSpec},
+};
+
+impl Dataplane {
+    /// Rebuilds what is programmed from the maps (empty unless pinned state was
+    /// reused). Names and weights are not in the maps: the first reconcile
+    /// rewrites every service, keeping each backend's id, so flows stay put.
+    pub(super) fn recover(&mut self) -> Result<(), DataplaneError> {
+        let entries: Vec<(ServiceKey, ServiceInfo)> = self
+            .maps
+            .services
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(|e| map_error(lb_common::MAP_SERVICES, e))?;
+        let ring_size = self.config.ring_size;
+        let mut used_backends = BTreeSet::new();
+        for (key, info) in entries {
+            let Some(protocol) = Protocol::from_number(key.proto) else {
+                continue;
+            };
+            let frontend = Frontend {
+                vip: lb_common::ip_of(key.vip),
+                port: u16::from_be(key.port),
+                protocol,
+            };
+            // A ring of another size cannot be walked with this map's layout.
+            let entries = if info.ring_size == ring_size {
+                self.maps.ring_entries(&info)?
+            } else {
+                BTreeMap::new()
+            };
+            let mut backends = Vec::new();
+            for (id, ring_entries) in entries {
+                let backend = self
+                    .maps
+                    .backends
+                    .get(&id, 0)
+                    .map_err(|e| map_error(lb_common::MAP_BACKENDS, e))?;
+                if backend.flags & BACKEND_ACTIVE == 0 {
+                    continue;
+                }
+                used_backends.insert(id);
+                backends.push(ProgrammedBackend {
+                    spec: BackendSpec {
+                        node: String::new(),
+                        ip: lb_common::ip_of(backend.ip),
+                        port: u16::from_be(backend.port),
+                        weight: 0,
+                    },
+                    id,
+                    ring_entries,
+                });
+            }
+            let spec = ServiceSpec {
+                name: String::new(),
+                frontend,
+                backends: backends.iter().map(|b| b.spec.clone()).collect(),
+            };
+            self.services.insert(
+                frontend,
+                ProgrammedService {
+                    spec,
+                    id: info.id,
+                    slot: (info.ring_base / ring_size.max(1)) % 2,
+                    backends,
+                },
+            );
+        }
+        let used_services: BTreeSet<u32> = self.services.values().map(|s| s.id).collect();
+        self.free_service_ids = (0..self.config.max_services)
+            .rev()
+            .filter(|id| !used_services.contains(id))
+            .collect();
+        self.free_backend_ids = Vec::new();
+        for id in (0..MAX_BACKENDS).rev() {
+            if used_backends.contains(&id) {
+                continue;
+            }
+            // An active slot no ring points at (a draining backend of the last
+            // agent) cannot be attributed any more: retire it, its flows re-hash.
+            let backend = self
+                .maps
+                .backends
+                .get(&id, 0)
+                .map_err(|e| map_error(lb_common::MAP_BACKENDS, e))?;
+            if backend.flags & BACKEND_ACTIVE != 0 {
+                self.retire_slot(id)?;
+            } else {
+                self.free_backend_ids.push(id);
+            }
+        }
+        self.forget_stale_node_ports()
+    }
+
+    /// Drops the `NODE_PORTS` entries of backends no recovered service has.
+    pub(super) fn forget_stale_node_ports(&mut self) -> Result<(), DataplaneError> {
+        let live: HashSet<(ServiceKey, ServiceKey)> = self
+            .services
+            .values()
+            .flat_map(|service| {
+                let frontend = service.spec.frontend;
+                service.backends.iter().map(move |b| {
+                    (
+                        node_port_key(&b.spec, frontend.protocol),
+                        service_key(&frontend),
+                    )
+                })
+            })
+            .collect();
+        let stale: Vec<ServiceKey> = self
+            .maps
+            .node_ports
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| map_error(MAP_NODE_PORTS, e))?
+            .into_iter()
+            .filter(|entry| !live.contains(entry))
+            .map(|(node_port, _)| node_port)
+            .collect();
+        for node_port in stale {
+            self.maps
+                .node_ports
+                .remove(&node_port)
+                .map_err(|e| map_error(MAP_NODE_PORTS, e))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,227 @@
+//! Programming services: backend slots, and each service's Maglev ring
+//! written into its idle half and swapped in with one map update.
+
+use std::{collections::HashMap, net::IpAddr};
+
+use aya::maps::PerCpuValues;
+use lb_common::{
+    BACKEND_ACTIVE, Backend, MAP_MAGLEV, MAP_NODE_PORTS, ServiceInfo, ServiceKey, Traffic,
+};
+
+use super::{Dataplane, DataplaneError, ProgrammedBackend, ProgrammedService};
+use crate::{
+    maglev::{self, MaglevBackend},
+    maps::map_error,
+    model::{BackendSpec, Frontend, Protocol, ServiceSpec},
+};
+
+impl Dataplane {
+    /// Adds a service or updates its backends. Live flows keep their backend
+    /// unless it was removed; the new Maglev table replaces the old one at once.
+    pub fn set_service(&mut self, spec: &ServiceSpec) -> Result<(), DataplaneError> {
+        let mut service = match self.services.remove(&spec.frontend) {
+            Some(service) => service,
+            None => {
+                let id = self
+                    .free_service_ids
+                    .pop()
+                    .ok_or(DataplaneError::ServicesFull(self.config.max_services))?;
+                self.reset_traffic(id, true)?;
+                ProgrammedService {
+                    spec: spec.clone(),
+                    id,
+                    slot: 1,
+                    backends: Vec::new(),
+                }
+            }
+        };
+        let result = self.program_service(&mut service, spec);
+        self.services.insert(spec.frontend, service);
+        result?;
+        self.maps
+            .vips
+            .insert(lb_common::addr_of(spec.frontend.vip), 0, 0)
+            .map_err(|e| map_error(lb_common::MAP_VIPS, e))?;
+        Ok(())
+    }
+
+    pub(super) fn program_service(
+        &mut self,
+        service: &mut ProgrammedService,
+        spec: &ServiceSpec,
+    ) -> Result<(), DataplaneError> {
+        let mut old: HashMap<(IpAddr, u16), ProgrammedBackend> = service
+            .backends
+            .iter()
+            .map(|b| ((b.spec.ip, b.spec.port), b.clone()))
+            .collect();
+        let mut backends = Vec::with_capacity(spec.backends.len());
+        for backend in &spec.backends {
+            let id = match old.remove(&(backend.ip, backend.port)) {
+                Some(existing) => existing.id,
+                None => self.allocate_backend(backend)?,
+            };
+            backends.push(ProgrammedBackend {
+                spec: backend.clone(),
+                id,
+                ring_entries: 0,
+            });
+        }
+        let slot = 1 - service.slot;
+        let ring_base = (service.id * 2 + slot) * self.config.ring_size;
+        let weighted: Vec<(String, u32)> = backends
+            .iter()
+            .map(|b| (b.spec.node.clone(), b.spec.weight))
+            .collect();
+        let live = weighted.iter().any(|(_, w)| *w > 0);
+        if live {
+            let table = maglev::build_table(
+                &weighted
+                    .iter()
+                    .map(|(name, weight)| MaglevBackend {
+                        name,
+                        weight: *weight,
+                    })
+                    .collect::<Vec<_>>(),
+                self.config.ring_size,
+            )?;
+            for (offset, index) in (0u32..).zip(&table) {
+                let backend = &mut backends[*index as usize];
+                backend.ring_entries += 1;
+                self.maps
+                    .maglev
+                    .set(ring_base + offset, backend.id, 0)
+                    .map_err(|e| map_error(MAP_MAGLEV, e))?;
+            }
+        }
+        let key = service_key(&spec.frontend);
+        let info = ServiceInfo {
+            id: service.id,
+            ring_base,
+            ring_size: self.config.ring_size,
+            backend_count: if live { backends.len() as u32 } else { 0 },
+        };
+        for backend in &backends {
+            self.maps
+                .node_ports
+                .insert(node_port_key(&backend.spec, spec.frontend.protocol), key, 0)
+                .map_err(|e| map_error(MAP_NODE_PORTS, e))?;
+        }
+        // The swap: from here on new flows use the new ring.
+        self.maps
+            .services
+            .insert(key, info, 0)
+            .map_err(|e| map_error(lb_common::MAP_SERVICES, e))?;
+        // Only now retire removed backends, so their flows re-hash onto the new ring.
+        for removed in old.into_values() {
+            self.free_backend(&removed, &spec.frontend)?;
+        }
+        service.slot = slot;
+        service.spec = spec.clone();
+        service.backends = backends;
+        Ok(())
+    }
+
+    /// Stops serving a frontend; its flows are left to expire from the LRU.
+    pub fn remove_service(&mut self, frontend: &Frontend) -> Result<(), DataplaneError> {
+        let Some(service) = self.services.remove(frontend) else {
+            return Ok(());
+        };
+        match self.maps.services.remove(&service_key(frontend)) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_error(lb_common::MAP_SERVICES, e).into()),
+        }
+        for backend in &service.backends {
+            self.free_backend(backend, frontend)?;
+        }
+        self.free_service_ids.push(service.id);
+        if !self.services.keys().any(|f| f.vip == frontend.vip) {
+            match self.maps.vips.remove(&lb_common::addr_of(frontend.vip)) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_error(lb_common::MAP_VIPS, e).into()),
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn allocate_backend(&mut self, spec: &BackendSpec) -> Result<u32, DataplaneError> {
+        let id = self
+            .free_backend_ids
+            .pop()
+            .ok_or(DataplaneError::BackendsFull)?;
+        self.reset_traffic(id, false)?;
+        let backend = Backend {
+            ip: lb_common::addr_of(spec.ip),
+            port: spec.port.to_be(),
+            flags: BACKEND_ACTIVE,
+            _pad: 0,
+        };
+        self.maps
+            .backends
+            .set(id, backend, 0)
+            .map_err(|e| map_error(lb_common::MAP_BACKENDS, e))?;
+        Ok(id)
+    }
+
+    /// Frees a backend slot: flows pinned to it re-hash.
+    pub(super) fn retire_slot(&mut self, id: u32) -> Result<(), DataplaneError> {
+        self.maps
+            .backends
+            .set(id, Backend::default(), 0)
+            .map_err(|e| map_error(lb_common::MAP_BACKENDS, e))?;
+        self.free_backend_ids.push(id);
+        Ok(())
+    }
+
+    /// Retires a backend of `frontend`: its slot, and its NodePort's way back
+    /// to the frontend unless another service took that NodePort since.
+    pub(super) fn free_backend(
+        &mut self,
+        backend: &ProgrammedBackend,
+        frontend: &Frontend,
+    ) -> Result<(), DataplaneError> {
+        self.retire_slot(backend.id)?;
+        let node_port = node_port_key(&backend.spec, frontend.protocol);
+        match self.maps.node_ports.get(&node_port, 0) {
+            Ok(owner) if owner == service_key(frontend) => self
+                .maps
+                .node_ports
+                .remove(&node_port)
+                .map_err(|e| map_error(MAP_NODE_PORTS, e))?,
+            Ok(_) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_error(MAP_NODE_PORTS, e).into()),
+        }
+        Ok(())
+    }
+
+    /// Zeroes a recycled slot's counters so a new owner starts from zero.
+    pub(super) fn reset_traffic(&mut self, id: u32, service: bool) -> Result<(), DataplaneError> {
+        let zeros = PerCpuValues::try_from(vec![Traffic::default(); self.nr_cpus])
+            .map_err(DataplaneError::Cpus)?;
+        let (map, name) = if service {
+            (&mut self.maps.service_stats, lb_common::MAP_SERVICE_STATS)
+        } else {
+            (&mut self.maps.backend_stats, lb_common::MAP_BACKEND_STATS)
+        };
+        map.set(id, zeros, 0).map_err(|e| map_error(name, e))?;
+        Ok(())
+    }
+}
+
+/// The map key of a frontend: network byte order, as packets carry it.
+pub fn service_key(frontend: &Frontend) -> ServiceKey {
+    ServiceKey::new(
+        lb_common::addr_of(frontend.vip),
+        frontend.port.to_be(),
+        frontend.protocol.number(),
+    )
+}
+
+/// The `NODE_PORTS` key of a backend: where its replies come from.
+pub(super) fn node_port_key(backend: &BackendSpec, protocol: Protocol) -> ServiceKey {
+    service_key(&Frontend {
+        vip: backend.ip,
+        port: backend.port,
+        protocol,
+    })
+}
