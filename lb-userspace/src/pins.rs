@@ -53,8 +53,10 @@ fn nearest_note(root: &Path, dir: &Path) -> String {
 /// Fails unless `root`, or while it does not exist its nearest existing
 /// ancestor, lies on a bpffs. Elsewhere pinning fails with a confusing error
 /// or none at all: `ip netns exec` and containers mount their own `/sys`, on
-/// which `/sys/fs/bpf` is a plain sysfs directory.
-fn check_bpffs(root: &Path) -> Result<(), PinsError> {
+/// which `/sys/fs/bpf` is a plain sysfs directory. [`PinDir::check_layout`]
+/// runs it for everything that touches pins; commands that only name their
+/// agent by `--bpffs` call it themselves.
+pub fn check_bpffs(root: &Path) -> Result<(), PinsError> {
     let mut dir = root;
     loop {
         match statfs_type(dir) {

@@ -39,7 +39,7 @@ fn list<T: Serialize>(
 }
 
 /// Prints rows as left-aligned columns under `headers`.
-fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     let mut out = String::new();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {

@@ -16,13 +16,16 @@ pub const REQUIRED_PACKAGES: &[&str] = &[
     // sysctl, and nsenter/setpriv for the test beds.
     "procps",
     "util-linux",
+    // `--announce bgp` runs BIRD; the BGP tests' router runs one too.
+    "bird2",
+    // The nodes of the multi-host tests DNAT like kube-proxy, with iptables.
+    "iptables",
 ];
 
 /// Debian packages the benchmarks (and some comparisons) use. Failing to install one of them
 /// is a warning, and one that the archive does not have is skipped.
 pub const BENCH_PACKAGES: &[&str] = &[
     "netcat-openbsd",
-    "iptables",
     "nftables",
     "haproxy",
     "wrk",
