@@ -4,58 +4,25 @@
 
 use std::{
     fs, io,
-    net::IpAddr,
     path::{Path, PathBuf},
 };
 
 use serde::{Deserialize, Serialize};
 
-use crate::{dataplane::Dataplane, rundir};
+use crate::{
+    dataplane::Dataplane,
+    model::{Frontend, ServiceSpec},
+    rundir,
+};
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Catalog {
-    pub services: Vec<ServiceEntry>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ServiceEntry {
-    pub name: String,
-    pub vip: IpAddr,
-    pub port: u16,
-    pub protocol: String,
-    pub backends: Vec<BackendEntry>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct BackendEntry {
-    pub node: String,
-    pub address: IpAddr,
-    pub port: u16,
-    pub weight: u32,
+    pub services: Vec<ServiceSpec>,
 }
 
 impl Catalog {
     pub fn of(dataplane: &Dataplane) -> Self {
-        let services = dataplane
-            .services()
-            .map(|service| ServiceEntry {
-                name: service.spec.name.clone(),
-                vip: service.spec.frontend.vip,
-                port: service.spec.frontend.port,
-                protocol: service.spec.frontend.protocol.to_string(),
-                backends: service
-                    .spec
-                    .backends
-                    .iter()
-                    .map(|b| BackendEntry {
-                        node: b.node.clone(),
-                        address: b.ip,
-                        port: b.port,
-                        weight: b.weight,
-                    })
-                    .collect(),
-            })
-            .collect();
+        let services = dataplane.services().map(|s| s.spec.clone()).collect();
         Self { services }
     }
 
@@ -89,17 +56,45 @@ impl Catalog {
         let _ = fs::remove_file(Self::path(bpffs));
     }
 
-    pub fn service(&self, vip: IpAddr, port: u16, protocol: &str) -> Option<&ServiceEntry> {
-        self.services
-            .iter()
-            .find(|s| s.vip == vip && s.port == port && s.protocol == protocol)
+    pub fn service(&self, frontend: &Frontend) -> Option<&ServiceSpec> {
+        self.services.iter().find(|s| s.frontend == *frontend)
     }
 }
 
-impl ServiceEntry {
-    pub fn backend(&self, address: IpAddr, port: u16) -> Option<&BackendEntry> {
-        self.backends
-            .iter()
-            .find(|b| b.address == address && b.port == port)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{BackendSpec, Protocol};
+
+    #[test]
+    fn the_catalog_reads_back_the_model_it_was_written_from() {
+        let frontend = Frontend {
+            vip: "2001:db8::1".parse().unwrap(),
+            port: 53,
+            protocol: Protocol::Udp,
+        };
+        let backend = BackendSpec {
+            node: "node-1".into(),
+            ip: "2001:db8:1::11".parse().unwrap(),
+            port: 31053,
+            weight: 2,
+        };
+        let catalog = Catalog {
+            services: vec![ServiceSpec {
+                name: "demo/dns:dns".into(),
+                frontend,
+                backends: vec![backend.clone()],
+            }],
+        };
+        let text = serde_json::to_vec(&catalog).unwrap();
+        let read: Catalog = serde_json::from_slice(&text).unwrap();
+        let service = read.service(&frontend).expect("the service");
+        assert_eq!(service, &catalog.services[0]);
+        assert_eq!(service.backend(backend.ip, backend.port), Some(&backend));
+        let tcp = Frontend {
+            protocol: Protocol::Tcp,
+            ..frontend
+        };
+        assert_eq!(read.service(&tcp), None);
     }
 }

@@ -1,6 +1,6 @@
 //! The `lb` command line: the agent and the inspection commands.
 
-use std::{io::Write as _, path::PathBuf};
+use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -154,10 +154,10 @@ pub struct AgentArgs {
     #[arg(long, value_name = "TYPE", default_value = "InternalIP")]
     pub node_address_type: String,
     /// Time between health checks of each (node, NodePort); 0 switches them off.
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = crate::health::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = crate::units::parse_duration)]
     pub health_interval: std::time::Duration,
     /// How long one health check may take.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::health::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::units::parse_duration)]
     pub health_timeout: std::time::Duration,
     /// Failed checks in a row after which a backend gets no new flows.
     #[arg(long, value_name = "N", default_value_t = 3)]
@@ -233,7 +233,7 @@ pub struct BgpArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 90)]
     pub bgp_hold_time: u16,
     /// BFD transmit and receive interval on every BGP session; 0 switches BFD off.
-    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = crate::health::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = crate::units::parse_duration)]
     pub bfd_interval: std::time::Duration,
     /// BFD packets missed before a session is declared down.
     #[arg(long, value_name = "N", default_value_t = 3)]
@@ -260,30 +260,4 @@ pub struct InspectArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-}
-
-/// Prints rows as left-aligned columns under `headers`.
-pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
-    let mut out = String::new();
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
-        }
-    }
-    let mut line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        out.push_str(padded.join("  ").trim_end());
-        out.push('\n');
-    };
-    line(headers.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
-    }
-    // A closed pipe (`lb backends | head`) is not worth a panic.
-    let _ = std::io::stdout().lock().write_all(out.as_bytes());
 }

@@ -12,11 +12,13 @@ use std::{
 use lb_common::{
     Flow, FlowKey, PROTO_TCP, PROTO_UDP, ServiceInfo, ServiceKey, addr_of, counters, ip_of,
 };
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use crate::{
     catalog::Catalog,
+    dataplane::service_key,
     maps::{Maps, MapsError, map_error},
+    model::{Frontend, Protocol},
 };
 
 /// A flow seen this recently counts as active.
@@ -25,9 +27,9 @@ pub const ACTIVE_WINDOW: Duration = Duration::from_secs(60);
 #[derive(Debug, Serialize)]
 pub struct ServiceRow {
     pub name: String,
-    pub vip: IpAddr,
-    pub port: u16,
-    pub protocol: &'static str,
+    /// Listed as `vip`, `port` and `protocol`.
+    #[serde(flatten)]
+    pub frontend: Frontend,
     pub id: u32,
     /// Backends in the Maglev table (new flows go to them).
     pub backends_healthy: u32,
@@ -40,8 +42,9 @@ pub struct ServiceRow {
 
 #[derive(Debug, Serialize)]
 pub struct BackendRow {
-    /// `vip:port/protocol` of the service.
-    pub service: String,
+    /// The service's frontend, listed as `service`: `VIP:PORT/PROTO`.
+    #[serde(rename = "service", serialize_with = "as_label")]
+    pub frontend: Frontend,
     pub service_name: String,
     pub node: String,
     pub id: u32,
@@ -75,7 +78,7 @@ pub struct FlowRow {
 pub struct TraceReport {
     pub client: SocketAddr,
     pub vip: SocketAddr,
-    pub protocol: &'static str,
+    pub protocol: Protocol,
     pub service: Option<String>,
     pub hash: Option<u32>,
     pub ring_slot: Option<u32>,
@@ -97,10 +100,19 @@ pub fn protocol_name(proto: u8) -> &'static str {
     }
 }
 
-/// `VIP:PORT/PROTO`, the VIP in brackets when it is IPv6.
-fn service_label(key: &ServiceKey) -> String {
-    let vip = SocketAddr::new(ip_of(key.vip), u16::from_be(key.port));
-    format!("{vip}/{}", protocol_name(key.proto))
+/// Serializes a frontend as it is printed: `VIP:PORT/PROTO`.
+fn as_label<S: Serializer>(frontend: &Frontend, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(frontend)
+}
+
+/// The frontend a `SERVICES` key stands for; `None` for a protocol lb never
+/// pins a service of.
+fn frontend_of(key: &ServiceKey) -> Option<Frontend> {
+    Some(Frontend {
+        vip: ip_of(key.vip),
+        port: u16::from_be(key.port),
+        protocol: Protocol::from_number(key.proto)?,
+    })
 }
 
 /// Nanoseconds of CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
@@ -116,7 +128,7 @@ pub fn monotonic_ns() -> u64 {
 
 /// A snapshot of the maps the listings are computed from.
 pub struct Snapshot {
-    pub services: Vec<(ServiceKey, ServiceInfo)>,
+    pub services: Vec<(Frontend, ServiceInfo)>,
     pub flows: Vec<(FlowKey, Flow)>,
     pub catalog: Catalog,
     pub now_ns: u64,
@@ -124,12 +136,16 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn take(maps: &Maps, catalog: Catalog) -> Result<Self, MapsError> {
-        let mut services: Vec<(ServiceKey, ServiceInfo)> = maps
+        let entries: Vec<(ServiceKey, ServiceInfo)> = maps
             .services
             .iter()
             .collect::<Result<_, _>>()
             .map_err(|e| map_error(lb_common::MAP_SERVICES, e))?;
-        services.sort_by_key(|(key, _)| (ip_of(key.vip), u16::from_be(key.port), key.proto));
+        let mut services: Vec<(Frontend, ServiceInfo)> = entries
+            .into_iter()
+            .filter_map(|(key, info)| Some((frontend_of(&key)?, info)))
+            .collect();
+        services.sort_by_key(|(frontend, _)| *frontend);
         // Entries can vanish (LRU) while we walk: skip those, keep the rest.
         let flows = maps.flows.iter().filter_map(Result::ok).collect();
         Ok(Self {
@@ -140,21 +156,13 @@ impl Snapshot {
         })
     }
 
-    /// Flows of the service (`vip`, `port`, `protocol`) created after `since_ns`.
-    pub fn flows_created_since(
-        &self,
-        vip: IpAddr,
-        port: u16,
-        protocol: &str,
-        since_ns: u64,
-    ) -> usize {
+    /// Flows of the service at `frontend` created after `since_ns`.
+    pub fn flows_created_since(&self, frontend: &Frontend, since_ns: u64) -> usize {
+        let key = service_key(frontend);
         self.flows
             .iter()
-            .filter(|(key, flow)| {
-                ip_of(key.dst_ip) == vip
-                    && u16::from_be(key.dst_port) == port
-                    && protocol_name(key.proto) == protocol
-                    && flow.created_ns > since_ns
+            .filter(|(flow_key, flow)| {
+                ServiceKey::of_destination(flow_key) == key && flow.created_ns > since_ns
             })
             .count()
     }
@@ -171,58 +179,47 @@ impl Snapshot {
             if !self.is_active(flow) {
                 continue;
             }
-            let service = ServiceKey {
-                vip: key.dst_ip,
-                port: key.dst_port,
-                proto: key.proto,
-                _pad: 0,
-            };
-            *per_service.entry(service).or_insert(0) += 1;
+            *per_service
+                .entry(ServiceKey::of_destination(key))
+                .or_insert(0) += 1;
             *per_backend.entry(flow.backend_id).or_insert(0) += 1;
         }
         (per_service, per_backend)
     }
 
-    fn name_of(&self, key: &ServiceKey) -> String {
+    fn name_of(&self, frontend: &Frontend) -> String {
         self.catalog
-            .service(
-                ip_of(key.vip),
-                u16::from_be(key.port),
-                protocol_name(key.proto),
-            )
+            .service(frontend)
             .map(|s| s.name.clone())
             .unwrap_or_default()
     }
 
-    /// Whether `filter` (`VIP:PORT[/PROTO]` or a Kubernetes name) selects `key`.
-    pub fn service_matches(&self, key: &ServiceKey, filter: &str) -> bool {
-        let label = service_label(key);
-        label == filter || label.split('/').next() == Some(filter) || self.name_of(key) == filter
+    /// Whether `filter` (`VIP:PORT[/PROTO]` or a Kubernetes name) selects the
+    /// service at `frontend`.
+    pub fn service_matches(&self, frontend: &Frontend, filter: &str) -> bool {
+        let label = frontend.to_string();
+        label == filter
+            || label.split('/').next() == Some(filter)
+            || self.name_of(frontend) == filter
     }
 }
 
 pub fn services(maps: &Maps, snapshot: &Snapshot) -> Result<Vec<ServiceRow>, MapsError> {
     let (active, _) = snapshot.active_flow_counts();
     let mut rows = Vec::new();
-    for (key, info) in &snapshot.services {
+    for (frontend, info) in &snapshot.services {
         let traffic = maps.service_traffic(info.id)?;
         let healthy = maps.ring_entries(info)?.len() as u32;
-        let entry = snapshot.catalog.service(
-            ip_of(key.vip),
-            u16::from_be(key.port),
-            protocol_name(key.proto),
-        );
+        let entry = snapshot.catalog.service(frontend);
         rows.push(ServiceRow {
             name: entry.map(|e| e.name.clone()).unwrap_or_default(),
-            vip: ip_of(key.vip),
-            port: u16::from_be(key.port),
-            protocol: protocol_name(key.proto),
+            frontend: *frontend,
             id: info.id,
             backends_healthy: healthy,
             backends_total: entry.map_or(healthy, |e| e.backends.len() as u32),
             packets: traffic.packets,
             bytes: traffic.bytes,
-            active_flows: active.get(key).copied().unwrap_or(0),
+            active_flows: active.get(&service_key(frontend)).copied().unwrap_or(0),
         });
     }
     Ok(rows)
@@ -238,15 +235,11 @@ pub fn backends(
     let (_, active) = snapshot.active_flow_counts();
     let mut rows = Vec::new();
     let mut slot_index = None;
-    for (key, info) in &snapshot.services {
-        if filter.is_some_and(|f| !snapshot.service_matches(key, f)) {
+    for (frontend, info) in &snapshot.services {
+        if filter.is_some_and(|f| !snapshot.service_matches(frontend, f)) {
             continue;
         }
-        let entry = snapshot.catalog.service(
-            ip_of(key.vip),
-            u16::from_be(key.port),
-            protocol_name(key.proto),
-        );
+        let entry = snapshot.catalog.service(frontend);
         let in_ring = maps.ring_entries(info)?;
         // Catalog backends missing from the ring are draining; find their ids
         // through the flow table (the only place that still points at them).
@@ -266,13 +259,13 @@ pub fn backends(
             for known in &entry.backends {
                 let listed = ids.keys().any(|id| {
                     maps.backends.get(id, 0).is_ok_and(|b| {
-                        ip_of(b.ip) == known.address && u16::from_be(b.port) == known.port
+                        ip_of(b.ip) == known.ip && u16::from_be(b.port) == known.port
                     })
                 });
                 if !listed
                     && let Some(id) = slot_index
                         .get_or_insert_with(|| active_slots(maps))
-                        .get(&(known.address, known.port))
+                        .get(&(known.ip, known.port))
                 {
                     ids.entry(*id).or_insert(0);
                 }
@@ -290,7 +283,7 @@ pub fn backends(
             let known = entry.and_then(|e| e.backend(address, port));
             let traffic = maps.backend_traffic(id)?;
             rows.push(BackendRow {
-                service: service_label(key),
+                frontend: *frontend,
                 service_name: entry.map(|e| e.name.clone()).unwrap_or_default(),
                 node: known.map(|b| b.node.clone()).unwrap_or_default(),
                 id,
@@ -334,24 +327,16 @@ pub fn flows(
         .flows
         .iter()
         .filter_map(|(key, flow)| {
-            let service_key = ServiceKey {
-                vip: key.dst_ip,
-                port: key.dst_port,
-                proto: key.proto,
-                _pad: 0,
-            };
-            if service.is_some_and(|f| !snapshot.service_matches(&service_key, f)) {
+            let frontend = frontend_of(&ServiceKey::of_destination(key));
+            if let Some(filter) = service
+                && !frontend.is_some_and(|f| snapshot.service_matches(&f, filter))
+            {
                 return None;
             }
             let backend_addr =
                 SocketAddr::new(ip_of(flow.backend_ip), u16::from_be(flow.backend_port));
-            let node = snapshot
-                .catalog
-                .service(
-                    ip_of(key.dst_ip),
-                    u16::from_be(key.dst_port),
-                    protocol_name(key.proto),
-                )
+            let node = frontend
+                .and_then(|f| snapshot.catalog.service(&f))
                 .and_then(|s| s.backend(backend_addr.ip(), backend_addr.port()))
                 .map(|b| b.node.clone())
                 .unwrap_or_default();
@@ -389,25 +374,24 @@ pub fn trace(
     snapshot: &Snapshot,
     client: SocketAddr,
     vip: SocketAddr,
-    proto: u8,
+    protocol: Protocol,
 ) -> Result<TraceReport, MapsError> {
     let key = FlowKey::new(
         addr_of(client.ip()),
         addr_of(vip.ip()),
         client.port().to_be(),
         vip.port().to_be(),
-        proto,
+        protocol.number(),
     );
-    let service_key = ServiceKey {
-        vip: key.dst_ip,
-        port: key.dst_port,
-        proto,
-        _pad: 0,
+    let frontend = Frontend {
+        vip: vip.ip(),
+        port: vip.port(),
+        protocol,
     };
     let mut report = TraceReport {
         client,
         vip,
-        protocol: protocol_name(proto),
+        protocol,
         service: None,
         hash: None,
         ring_slot: None,
@@ -417,16 +401,13 @@ pub fn trace(
         pinned_backend: None,
         verdict: String::new(),
     };
-    if !snapshot.services.iter().any(|(k, _)| *k == service_key) {
-        report.verdict = format!(
-            "{vip}/{} is not a service: the packet passes to the kernel",
-            report.protocol
-        );
+    if !snapshot.services.iter().any(|(f, _)| *f == frontend) {
+        report.verdict = format!("{frontend} is not a service: the packet passes to the kernel");
         return Ok(report);
     }
-    let name = snapshot.name_of(&service_key);
+    let name = snapshot.name_of(&frontend);
     report.service = Some(if name.is_empty() {
-        service_label(&service_key)
+        frontend.to_string()
     } else {
         name
     });
@@ -438,7 +419,7 @@ pub fn trace(
         report.new_flow_backend = Some(addr);
         report.new_flow_node = snapshot
             .catalog
-            .service(vip.ip(), vip.port(), report.protocol)
+            .service(&frontend)
             .and_then(|s| s.backend(addr.ip(), addr.port()))
             .map(|b| b.node.clone());
     }
@@ -471,21 +452,21 @@ pub fn global(maps: &Maps) -> Result<BTreeMap<&'static str, u64>, MapsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        dataplane::service_key,
-        model::{Frontend, Protocol},
-    };
 
     #[test]
-    fn service_labels_bracket_ipv6_vips() {
-        let label = |vip: &str, protocol| {
-            service_label(&service_key(&Frontend {
+    fn service_keys_read_back_as_the_frontends_they_were_written_from() {
+        for (vip, protocol) in [
+            ("198.51.100.1", Protocol::Tcp),
+            ("2001:db8::1", Protocol::Udp),
+        ] {
+            let frontend = Frontend {
                 vip: vip.parse().unwrap(),
                 port: 80,
                 protocol,
-            }))
-        };
-        assert_eq!(label("198.51.100.1", Protocol::Tcp), "198.51.100.1:80/tcp");
-        assert_eq!(label("2001:db8::1", Protocol::Udp), "[2001:db8::1]:80/udp");
+            };
+            assert_eq!(frontend_of(&service_key(&frontend)), Some(frontend));
+        }
+        let other = ServiceKey::new(addr_of("198.51.100.1".parse().unwrap()), 80u16.to_be(), 1);
+        assert_eq!(frontend_of(&other), None, "ICMP is no service protocol");
     }
 }

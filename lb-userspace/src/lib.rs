@@ -20,4 +20,5 @@ pub mod pins;
 pub mod reconcile;
 pub mod rundir;
 pub mod show;
+pub mod units;
 pub mod xdp_log;

@@ -3,9 +3,10 @@
 //! numbers are the kernel's, never a copy that could drift.
 
 use std::{
+    collections::BTreeMap,
     convert::Infallible,
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -27,8 +28,9 @@ use tracing::{debug, warn};
 
 use crate::{
     catalog::Catalog,
-    inspect::{self, Snapshot},
+    inspect::{self, BackendRow, ServiceRow, Snapshot},
     maps::Maps,
+    model::Frontend,
 };
 
 /// What the HTTP endpoints report on.
@@ -89,57 +91,70 @@ fn gauge(
 
 impl Collector for MapsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let read = || -> anyhow::Result<_> {
-            let maps = Maps::open_pinned(&self.bpffs)?;
-            let snapshot = Snapshot::take(&maps, Catalog::read(&self.bpffs))?;
-            Ok((
-                inspect::services(&maps, &snapshot)?,
-                inspect::backends(&maps, &snapshot, None)?,
-                inspect::global(&maps)?,
-            ))
-        };
-        let (services, backends, global) = match read() {
-            Ok(data) => data,
+        match Scrape::read(&self.bpffs) {
+            Ok(scrape) => scrape.encode(&mut encoder),
             Err(e) => {
                 // A scrape with no lb_ series says "nothing loaded" well enough.
                 warn!(error = %e, "metrics: reading the pinned maps");
-                return Ok(());
+                Ok(())
             }
-        };
-        let service_labels = |name: &str, vip: String, port: u16, protocol: &str| -> Labels {
-            vec![
-                ("service", name.to_owned()),
-                ("vip", vip),
-                ("port", port.to_string()),
-                ("protocol", protocol.to_owned()),
-            ]
-        };
-        let per_service: Vec<(Labels, &inspect::ServiceRow)> = services
+        }
+    }
+}
+
+/// What one scrape reports: the rows `lb services` and `lb backends` list,
+/// and the global counters.
+#[derive(Debug)]
+struct Scrape {
+    services: Vec<ServiceRow>,
+    backends: Vec<BackendRow>,
+    global: BTreeMap<&'static str, u64>,
+}
+
+/// The labels of a service's series.
+fn service_labels(name: &str, frontend: &Frontend) -> Labels {
+    vec![
+        ("service", name.to_owned()),
+        ("vip", frontend.vip.to_string()),
+        ("port", frontend.port.to_string()),
+        ("protocol", frontend.protocol.to_string()),
+    ]
+}
+
+impl Scrape {
+    fn read(bpffs: &Path) -> anyhow::Result<Self> {
+        let maps = Maps::open_pinned(bpffs)?;
+        let snapshot = Snapshot::take(&maps, Catalog::read(bpffs))?;
+        Ok(Self {
+            services: inspect::services(&maps, &snapshot)?,
+            backends: inspect::backends(&maps, &snapshot, None)?,
+            global: inspect::global(&maps)?,
+        })
+    }
+
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let per_service: Vec<(Labels, &ServiceRow)> = self
+            .services
             .iter()
-            .map(|s| {
-                (
-                    service_labels(&s.name, s.vip.to_string(), s.port, s.protocol),
-                    s,
-                )
-            })
+            .map(|s| (service_labels(&s.name, &s.frontend), s))
             .collect();
-        let collect = |f: &dyn Fn(&inspect::ServiceRow) -> u64| -> Vec<(Labels, u64)> {
+        let collect = |f: &dyn Fn(&ServiceRow) -> u64| -> Vec<(Labels, u64)> {
             per_service.iter().map(|(l, s)| (l.clone(), f(s))).collect()
         };
         counter(
-            &mut encoder,
+            encoder,
             "lb_service_packets",
             "Packets forwarded to a service's backends.",
             &collect(&|s| s.packets),
         )?;
         counter(
-            &mut encoder,
+            encoder,
             "lb_service_bytes",
             "Bytes forwarded to a service's backends.",
             &collect(&|s| s.bytes),
         )?;
         gauge(
-            &mut encoder,
+            encoder,
             "lb_service_active_flows",
             "Flows of a service seen in the last minute.",
             &per_service
@@ -147,41 +162,35 @@ impl Collector for MapsCollector {
                 .map(|(l, s)| (l.clone(), s.active_flows as f64))
                 .collect::<Vec<_>>(),
         )?;
-        let per_backend: Vec<(Labels, &inspect::BackendRow)> = backends
+        let per_backend: Vec<(Labels, &BackendRow)> = self
+            .backends
             .iter()
             .map(|b| {
-                let (vip, rest) = b.service.split_once(':').unwrap_or((&b.service, ""));
-                let (port, protocol) = rest.split_once('/').unwrap_or((rest, ""));
-                let mut labels = service_labels(
-                    &b.service_name,
-                    vip.to_owned(),
-                    port.parse().unwrap_or(0),
-                    protocol,
-                );
+                let mut labels = service_labels(&b.service_name, &b.frontend);
                 labels.extend([
                     ("backend", b.node.clone()),
-                    ("address", format!("{}:{}", b.address, b.port)),
+                    ("address", SocketAddr::new(b.address, b.port).to_string()),
                 ]);
                 (labels, b)
             })
             .collect();
-        let collect = |f: &dyn Fn(&inspect::BackendRow) -> u64| -> Vec<(Labels, u64)> {
+        let collect = |f: &dyn Fn(&BackendRow) -> u64| -> Vec<(Labels, u64)> {
             per_backend.iter().map(|(l, b)| (l.clone(), f(b))).collect()
         };
         counter(
-            &mut encoder,
+            encoder,
             "lb_backend_packets",
             "Packets forwarded to a backend.",
             &collect(&|b| b.packets),
         )?;
         counter(
-            &mut encoder,
+            encoder,
             "lb_backend_bytes",
             "Bytes forwarded to a backend.",
             &collect(&|b| b.bytes),
         )?;
         gauge(
-            &mut encoder,
+            encoder,
             "lb_backend_active_flows",
             "Flows pinned to a backend seen in the last minute.",
             &per_backend
@@ -190,7 +199,7 @@ impl Collector for MapsCollector {
                 .collect::<Vec<_>>(),
         )?;
         gauge(
-            &mut encoder,
+            encoder,
             "lb_backend_maglev_share",
             "Fraction of the service's Maglev table pointing at the backend.",
             &per_backend
@@ -204,12 +213,12 @@ impl Collector for MapsCollector {
                 let name = counters::NAMES[index as usize];
                 (
                     vec![("outcome", name.to_owned())],
-                    global.get(name).copied().unwrap_or(0),
+                    self.global.get(name).copied().unwrap_or(0),
                 )
             })
             .collect();
         counter(
-            &mut encoder,
+            encoder,
             "lb_packets",
             "Packets the XDP program handled, by outcome.",
             &outcomes,
@@ -225,13 +234,8 @@ impl Collector for MapsCollector {
                 "ICMP errors about a tracked flow translated like the flow.",
             ),
         ] {
-            let value = global.get(name).copied().unwrap_or(0);
-            counter(
-                &mut encoder,
-                &format!("lb_{name}"),
-                help,
-                &[(Vec::new(), value)],
-            )?;
+            let value = self.global.get(name).copied().unwrap_or(0);
+            counter(encoder, &format!("lb_{name}"), help, &[(Vec::new(), value)])?;
         }
         Ok(())
     }
@@ -299,4 +303,76 @@ fn respond<B>(request: &Request<B>, registry: &Registry, health: &Health) -> Res
             .insert(hyper::header::CONTENT_TYPE, value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Protocol;
+
+    /// A collector that reports fixed rows the way a scrape of the maps does.
+    #[derive(Debug)]
+    struct Fixed(Scrape);
+
+    impl Collector for Fixed {
+        fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            self.0.encode(&mut encoder)
+        }
+    }
+
+    fn text(scrape: Scrape) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Fixed(scrape)));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn service_and_backend_series_of_an_ipv6_service_carry_its_vip_and_port() {
+        let frontend = Frontend {
+            vip: "2001:db8::1".parse().unwrap(),
+            port: 80,
+            protocol: Protocol::Udp,
+        };
+        let service = ServiceRow {
+            name: "demo/web6:dns".into(),
+            frontend,
+            id: 0,
+            backends_healthy: 1,
+            backends_total: 1,
+            packets: 7,
+            bytes: 700,
+            active_flows: 2,
+        };
+        let backend = BackendRow {
+            frontend,
+            service_name: "demo/web6:dns".into(),
+            node: "node-1".into(),
+            id: 3,
+            address: "2001:db8:1::11".parse().unwrap(),
+            port: 31053,
+            weight: Some(1),
+            health: "healthy",
+            ring_entries: 7,
+            share: 1.0,
+            packets: 5,
+            bytes: 500,
+            active_flows: 1,
+        };
+        let text = text(Scrape {
+            services: vec![service],
+            backends: vec![backend],
+            global: BTreeMap::new(),
+        });
+        let labels = r#"service="demo/web6:dns",vip="2001:db8::1",port="80",protocol="udp""#;
+        for line in [
+            format!("lb_service_packets_total{{{labels}}} 7"),
+            format!(
+                r#"lb_backend_packets_total{{{labels},backend="node-1",address="[2001:db8:1::11]:31053"}} 5"#
+            ),
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
+        }
+    }
 }

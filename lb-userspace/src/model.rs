@@ -7,10 +7,10 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Transport protocol of a service port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
@@ -45,7 +45,7 @@ impl fmt::Display for Protocol {
 }
 
 /// What clients connect to: (VIP, port, protocol).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Frontend {
     pub vip: IpAddr,
     pub port: u16,
@@ -64,7 +64,7 @@ impl fmt::Display for Frontend {
 }
 
 /// One node serving a service port: (node IP, NodePort) with a Maglev weight.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct BackendSpec {
     /// Kubernetes Node name.
     pub node: String,
@@ -74,13 +74,20 @@ pub struct BackendSpec {
 }
 
 /// One port of one Service, as the data path serves it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceSpec {
     /// `namespace/name:port` (the port's name, or its number when unnamed).
     pub name: String,
     pub frontend: Frontend,
     /// Sorted by node name, so equal sets compare equal.
     pub backends: Vec<BackendSpec>,
+}
+
+impl ServiceSpec {
+    /// The backend at (`ip`, `port`).
+    pub fn backend(&self, ip: IpAddr, port: u16) -> Option<&BackendSpec> {
+        self.backends.iter().find(|b| b.ip == ip && b.port == port)
+    }
 }
 
 /// Everything the data path should serve.
@@ -102,5 +109,24 @@ impl DesiredState {
             .filter(|spec| spec.backends.iter().any(|b| b.weight > 0))
             .map(|spec| spec.frontend.vip)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frontends_print_ipv6_vips_in_brackets() {
+        let label = |vip: &str, protocol| {
+            Frontend {
+                vip: vip.parse().unwrap(),
+                port: 80,
+                protocol,
+            }
+            .to_string()
+        };
+        assert_eq!(label("198.51.100.1", Protocol::Tcp), "198.51.100.1:80/tcp");
+        assert_eq!(label("2001:db8::1", Protocol::Udp), "[2001:db8::1]:80/udp");
     }
 }

@@ -6,7 +6,9 @@
 //! `<bpffs>/v<LAYOUT_VERSION>/link-<iface>` for every attached interface.
 
 use std::{
+    ffi::CString,
     fs, io,
+    os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
 };
 
@@ -21,12 +23,74 @@ pub enum PinsError {
         root.display(), root.display()
     )]
     OtherLayout { root: PathBuf, found: String },
+    #[error(
+        "{} is not on a bpffs{}: mount one (`mount -t bpf bpf {}`) or point --bpffs at a \
+         directory on a bpffs mounted elsewhere",
+        root.display(), nearest_note(root, dir), dir.display()
+    )]
+    NotBpffs {
+        root: PathBuf,
+        /// The directory looked at: the root, or its nearest existing ancestor.
+        dir: PathBuf,
+    },
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
+}
+
+/// Names the ancestor that was looked at when the root does not exist yet.
+fn nearest_note(root: &Path, dir: &Path) -> String {
+    if root == dir {
+        String::new()
+    } else {
+        format!(" (nor is {}, where it would be created)", dir.display())
+    }
+}
+
+/// Fails unless `root`, or while it does not exist its nearest existing
+/// ancestor, lies on a bpffs. Elsewhere pinning fails with a confusing error
+/// or none at all: `ip netns exec` and containers mount their own `/sys`, on
+/// which `/sys/fs/bpf` is a plain sysfs directory. [`PinDir::check_layout`]
+/// runs it for everything that touches pins; commands that only name their
+/// agent by `--bpffs` call it themselves.
+pub fn check_bpffs(root: &Path) -> Result<(), PinsError> {
+    let mut dir = root;
+    loop {
+        match statfs_type(dir) {
+            Ok(kind) if kind == libc::BPF_FS_MAGIC => return Ok(()),
+            Ok(_) => {
+                return Err(PinsError::NotBpffs {
+                    root: root.to_owned(),
+                    dir: dir.to_owned(),
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                dir = match dir.parent() {
+                    Some(parent) if parent.as_os_str().is_empty() => Path::new("."),
+                    Some(parent) => parent,
+                    None => return Ok(()),
+                };
+            }
+            // Not ours to judge (no permission to look, say): the operation
+            // that follows reports it in its own words.
+            Err(_) => return Ok(()),
+        }
+    }
+}
+
+/// The file system type (`f_type`) of the file system `path` lies on.
+fn statfs_type(path: &Path) -> io::Result<libc::__fsword_t> {
+    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: all-zero bytes are a valid statfs (integers only).
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c_path` is NUL-terminated and `stat` is a valid statfs to write.
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stat.f_type)
 }
 
 /// The pinned-state directory of one `--bpffs` root.
@@ -68,8 +132,12 @@ impl PinDir {
         })
     }
 
-    /// Fails when the root holds state of another layout version.
+    /// Fails when the root does not lie on a bpffs or holds state of another
+    /// layout version. Everything that reads or writes pinned state (the
+    /// agent, the inspection commands, `lb down`, the metrics) passes here
+    /// first, so each says the same when the root is no bpffs.
     pub fn check_layout(&self) -> Result<(), PinsError> {
+        check_bpffs(&self.root)?;
         let Ok(entries) = fs::read_dir(&self.root) else {
             return Ok(());
         };

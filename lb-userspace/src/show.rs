@@ -11,9 +11,10 @@ use serde::Serialize;
 
 use crate::{
     catalog::Catalog,
-    cli::{BackendsArgs, FlowsArgs, InspectArgs, StatsArgs, TraceArgs, TraceProtocol, print_table},
+    cli::{BackendsArgs, FlowsArgs, InspectArgs, StatsArgs, TraceArgs, TraceProtocol},
     inspect::{self, Snapshot},
     maps::Maps,
+    model::Protocol,
 };
 
 fn open(args: &InspectArgs) -> Result<(Maps, Snapshot)> {
@@ -35,6 +36,32 @@ fn list<T: Serialize>(
     let table: Vec<Vec<String>> = rows.iter().map(cells).collect();
     print_table(headers, &table);
     Ok(())
+}
+
+/// Prints rows as left-aligned columns under `headers`.
+pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut out = String::new();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let mut line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(padded.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    // A closed pipe (`lb backends | head`) is not worth a panic.
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
 }
 
 pub fn print_json(value: &impl Serialize) -> Result<()> {
@@ -64,9 +91,9 @@ pub fn services(args: &InspectArgs) -> Result<()> {
         |r| {
             vec![
                 or_dash(&r.name),
-                r.vip.to_string(),
-                r.port.to_string(),
-                r.protocol.to_owned(),
+                r.frontend.vip.to_string(),
+                r.frontend.port.to_string(),
+                r.frontend.protocol.to_string(),
                 format!("{}/{}", r.backends_healthy, r.backends_total),
                 r.packets.to_string(),
                 r.bytes.to_string(),
@@ -89,7 +116,7 @@ pub fn backends(args: &BackendsArgs) -> Result<()> {
         |r| {
             vec![
                 if r.service_name.is_empty() {
-                    r.service.clone()
+                    r.frontend.to_string()
                 } else {
                     r.service_name.clone()
                 },
@@ -145,11 +172,11 @@ pub fn flows(args: &FlowsArgs) -> Result<()> {
 
 pub fn trace(args: &TraceArgs) -> Result<()> {
     let (maps, snapshot) = open(&args.inspect)?;
-    let proto = match args.proto {
-        TraceProtocol::Tcp => lb_common::PROTO_TCP,
-        TraceProtocol::Udp => lb_common::PROTO_UDP,
+    let protocol = match args.proto {
+        TraceProtocol::Tcp => Protocol::Tcp,
+        TraceProtocol::Udp => Protocol::Udp,
     };
-    let report = inspect::trace(&maps, &snapshot, args.client, args.vip, proto)?;
+    let report = inspect::trace(&maps, &snapshot, args.client, args.vip, protocol)?;
     if args.inspect.json {
         return print_json(&report);
     }
@@ -205,7 +232,7 @@ struct Rates {
 struct ServiceRate {
     service: String,
     vip: SocketAddr,
-    protocol: &'static str,
+    protocol: Protocol,
     packets_per_second: f64,
     bits_per_second: f64,
     /// Flows created since the last sample that are still in the flow table.
@@ -231,20 +258,18 @@ fn rates(before: &Sample, after: &Sample) -> Rates {
             let then = before
                 .services
                 .iter()
-                .find(|s| s.id == now.id && s.vip == now.vip);
+                .find(|s| s.id == now.id && s.frontend == now.frontend);
             let (packets, bytes) = then.map_or((0, 0), |t| (t.packets, t.bytes));
             ServiceRate {
                 service: now.name.clone(),
-                vip: SocketAddr::new(now.vip, now.port),
-                protocol: now.protocol,
+                vip: SocketAddr::new(now.frontend.vip, now.frontend.port),
+                protocol: now.frontend.protocol,
                 packets_per_second: now.packets.saturating_sub(packets) as f64 / seconds,
                 bits_per_second: now.bytes.saturating_sub(bytes) as f64 * 8.0 / seconds,
-                new_flows_per_second: after.snapshot.flows_created_since(
-                    now.vip,
-                    now.port,
-                    now.protocol,
-                    before.snapshot.now_ns,
-                ) as f64
+                new_flows_per_second: after
+                    .snapshot
+                    .flows_created_since(&now.frontend, before.snapshot.now_ns)
+                    as f64
                     / seconds,
                 active_flows: now.active_flows,
             }

@@ -14,7 +14,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use k8s_openapi::api::core::v1::Service;
-use lb::catalog::Catalog;
+use lb::{
+    catalog::Catalog,
+    model::{Frontend, Protocol},
+};
 use serde_json::Value;
 
 use crate::{
@@ -135,28 +138,29 @@ impl KubeAgent {
         }
     }
 
+    /// The Service as the API server has it; an error when it has none, so
+    /// that "no VIP" is never said of a Service that is not there.
+    fn service(&self, namespace: &str, name: &str) -> Result<Service> {
+        self.server
+            .get::<Service>(Some(namespace), name)?
+            .with_context(|| format!("no Service {namespace}/{name}"))
+    }
+
     /// The VIP in the Service's status, as the agent wrote it.
-    pub fn vip(&self, namespace: &str, name: &str) -> Option<Ipv4Addr> {
-        let service = self.server.get::<Service>(Some(namespace), name).ok()??;
-        ingress_ip(&service)
+    pub fn vip(&self, namespace: &str, name: &str) -> Result<Option<Ipv4Addr>> {
+        Ok(ingress_ip(&self.service(namespace, name)?))
     }
 
     /// Waits until the Service's status has a VIP.
     pub fn wait_for_vip(&self, namespace: &str, name: &str, timeout: Duration) -> Result<Ipv4Addr> {
         self.wait_for(&format!("a VIP for {namespace}/{name}"), timeout, || {
-            self.vip(namespace, name)
+            self.vip(namespace, name).ok().flatten()
         })
     }
 
     /// Every VIP in the Service's status (IPv4 first, as the agent writes them).
-    pub fn vips(&self, namespace: &str, name: &str) -> Vec<IpAddr> {
-        let service = self.server.get::<Service>(Some(namespace), name);
-        service
-            .ok()
-            .flatten()
-            .as_ref()
-            .map(ingress_ips)
-            .unwrap_or_default()
+    pub fn vips(&self, namespace: &str, name: &str) -> Result<Vec<IpAddr>> {
+        Ok(ingress_ips(&self.service(namespace, name)?))
     }
 
     /// Waits until the Service's status has `count` VIPs.
@@ -169,7 +173,7 @@ impl KubeAgent {
     ) -> Result<Vec<IpAddr>> {
         let what = format!("{count} VIPs for {namespace}/{name}");
         self.wait_for(&what, timeout, || {
-            let vips = self.vips(namespace, name);
+            let vips = self.vips(namespace, name).ok()?;
             (vips.len() == count).then_some(vips)
         })
     }
@@ -177,24 +181,31 @@ impl KubeAgent {
     /// The backends the agent programmed for TCP port `port` of `vip`, by
     /// node: their weight (0: draining) and share of the Maglev table. Read
     /// from the agent's catalog, which lists backends without flows and
-    /// weight 0 too, and `lb backends`.
-    pub fn backends(&self, vip: impl Into<IpAddr>, port: u16) -> BTreeMap<String, (u32, f64)> {
-        let vip = vip.into();
-        let catalog = Catalog::read(self.agent.bpffs());
-        let Some(service) = catalog.service(vip, port, "tcp") else {
-            return BTreeMap::new();
+    /// weight 0 too, and `lb backends`. `None` while the catalog lacks the
+    /// service or the listing lacks one of its backends.
+    pub fn backends(
+        &self,
+        vip: impl Into<IpAddr>,
+        port: u16,
+    ) -> Option<BTreeMap<String, (u32, f64)>> {
+        let frontend = Frontend {
+            vip: vip.into(),
+            port,
+            protocol: Protocol::Tcp,
         };
+        let catalog = Catalog::read(self.agent.bpffs());
+        let service = catalog.service(&frontend)?;
         let rows = self.rows("backends");
-        let label = format!("{}/tcp", std::net::SocketAddr::new(vip, port));
+        let label = frontend.to_string();
         let share = |node: &str| {
             let row = rows
                 .iter()
                 .find(|row| row["service"] == label && row["node"] == node);
-            row.and_then(|row| row["share"].as_f64()).unwrap_or(0.0)
+            row?["share"].as_f64()
         };
         let backends = service.backends.iter();
         backends
-            .map(|b| (b.node.clone(), (b.weight, share(&b.node))))
+            .map(|b| Some((b.node.clone(), (b.weight, share(&b.node)?))))
             .collect()
     }
 

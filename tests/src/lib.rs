@@ -13,6 +13,7 @@ pub mod netns;
 pub mod packets;
 pub mod scale_out;
 pub mod servers;
+pub mod specs;
 pub mod streams;
 pub mod topology;
 pub mod xdp_bed;

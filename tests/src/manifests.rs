@@ -3,6 +3,7 @@
 
 use std::{
     fmt::Display,
+    net::IpAddr,
     path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -64,13 +65,21 @@ pub struct ServicePort<'a> {
     pub target_port: Option<u16>,
 }
 
-/// A Service of type LoadBalancer at `vip` with `ports`.
+/// A Service of type LoadBalancer at `vip` with `ports`. When `vip` is an
+/// address, the Service is of its family, as the API server records it
+/// (`spec.ipFamilies`); anything else is written as it is, for tests of bad input.
 pub fn load_balancer_service_yaml(
     name: &str,
     namespace: &str,
     vip: impl Display,
     ports: &[ServicePort<'_>],
 ) -> String {
+    let vip = vip.to_string();
+    let families = match vip.parse::<IpAddr>() {
+        Ok(IpAddr::V4(_)) => "  ipFamilyPolicy: SingleStack\n  ipFamilies:\n  - IPv4\n",
+        Ok(IpAddr::V6(_)) => "  ipFamilyPolicy: SingleStack\n  ipFamilies:\n  - IPv6\n",
+        Err(_) => "",
+    };
     let mut yaml = format!(
         "apiVersion: v1
 kind: Service
@@ -79,7 +88,7 @@ metadata:
   namespace: {namespace}
 spec:
   type: LoadBalancer
-  loadBalancerIP: {vip}
+{families}  loadBalancerIP: {vip}
   ports:
 "
     );
@@ -99,8 +108,12 @@ spec:
     yaml
 }
 
-/// A Ready Node with InternalIP `ip`.
-pub fn ready_node_yaml(name: &str, ip: impl Display) -> String {
+/// A Ready Node with an InternalIP of each of `ips`.
+pub fn ready_node_yaml(name: &str, ips: &[impl Display]) -> String {
+    let addresses: String = ips
+        .iter()
+        .map(|ip| format!("  - type: InternalIP\n    address: {ip}\n"))
+        .collect();
     format!(
         "apiVersion: v1
 kind: Node
@@ -108,9 +121,7 @@ metadata:
   name: {name}
 status:
   addresses:
-  - type: InternalIP
-    address: {ip}
-  conditions:
+{addresses}  conditions:
   - type: Ready
     status: \"True\"
 "
@@ -125,10 +136,15 @@ pub fn documents<S: AsRef<str>>(docs: &[S]) -> String {
         .join("---\n")
 }
 
-/// `service` followed by a Ready Node for each of `nodes`.
+/// `service` followed by a Ready Node for each of `nodes`, at both its
+/// addresses (a Service's backends are those of its family).
 pub fn service_and_nodes(service: String, nodes: &[Node]) -> String {
     let mut docs = vec![service];
-    docs.extend(nodes.iter().map(|n| ready_node_yaml(&n.name, n.ip)));
+    docs.extend(
+        nodes
+            .iter()
+            .map(|n| ready_node_yaml(&n.name, &[IpAddr::from(n.ip), n.ip6.into()])),
+    );
     documents(&docs)
 }
 
@@ -153,7 +169,13 @@ mod tests {
         assert!(service.ends_with(
             "  ports:\n  - name: http\n    port: 80\n    protocol: TCP\n    targetPort: 8080\n    nodePort: 31000\n"
         ));
-        let yaml = documents(&[service, ready_node_yaml("node-1", "10.1.0.11")]);
+        assert!(service.contains("  ipFamilies:\n  - IPv4\n  loadBalancerIP: 198.51.100.10\n"));
+        let node = ready_node_yaml("node-1", &["10.1.0.11", "2001:db8:1::11"]);
+        assert!(node.contains(
+            "  addresses:\n  - type: InternalIP\n    address: 10.1.0.11\n  \
+             - type: InternalIP\n    address: 2001:db8:1::11\n  conditions:\n"
+        ));
+        let yaml = documents(&[service, node]);
         assert_eq!(yaml.matches("---\n").count(), 1);
         assert!(yaml.contains("kind: Node\nmetadata:\n  name: node-1\n"));
     }

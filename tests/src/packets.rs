@@ -6,7 +6,10 @@
 //! written here: neither shares code with the incremental checksum updates under
 //! test, so a bug there cannot hide in the fixtures.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
+    ops::Range,
+};
 
 use anyhow::{Context, Result, bail, ensure};
 use etherparse::{
@@ -15,16 +18,18 @@ use etherparse::{
     PacketBuilder, PacketBuilderStep, PacketHeaders, TransportHeader,
     icmpv4::DestUnreachableHeader,
 };
+use lb_common::{PROTO_TCP, PROTO_UDP};
 
 /// Source MAC of the frames built here (locally administered).
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
 /// Destination MAC of the frames built here: the load balancer's interface.
 pub const LB_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x02];
 
-const ETH_LEN: usize = 14;
+/// Ethernet header without VLAN tags.
+pub const ETH_LEN: usize = 14;
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_IPV6: u16 = 0x86dd;
-const IPV6_HEADER_LEN: usize = 40;
+pub const IPV6_HEADER_LEN: usize = 40;
 const TTL: u8 = 64;
 const SEQ: u32 = 1000;
 const ACK: u32 = 2000;
@@ -594,6 +599,173 @@ fn expect_nat(
     }
 }
 
+// --- Repairs and 5-tuples, for the fuzzer's oracle ---------------------------
+
+const VLAN_LEN: usize = 4;
+const ETHERTYPE_VLAN: u16 = 0x8100;
+/// IPv6 extension headers the data path walks past, and the fragment header.
+pub const IPV6_HOP_BY_HOP: u8 = 0;
+pub const IPV6_ROUTING: u8 = 43;
+pub const IPV6_FRAGMENT: u8 = 44;
+pub const IPV6_DEST_OPTIONS: u8 = 60;
+
+/// Where the IP header of `frame` starts: after Ethernet and one VLAN tag, if any.
+pub fn ip_start(frame: &[u8]) -> usize {
+    if frame.get(12..14) == Some(&ETHERTYPE_VLAN.to_be_bytes()[..]) {
+        ETH_LEN + VLAN_LEN
+    } else {
+        ETH_LEN
+    }
+}
+
+/// Recomputes the IPv4 header checksum and, for an unfragmented TCP or UDP
+/// packet whose total length fits the frame, the transport checksum over the
+/// bytes the total length covers (how [`verify_checksums`] reads them).
+/// A UDP checksum of 0 ("none") stays 0.
+pub fn fix_checksums(frame: &mut [u8]) {
+    let ip = ip_start(frame);
+    if frame.get(ip - 2..ip) == Some(&ETHERTYPE_IPV6.to_be_bytes()[..]) {
+        return fix_ipv6_checksum(frame, ip);
+    }
+    if frame.get(ip - 2..ip) != Some(&ETHERTYPE_IPV4.to_be_bytes()[..]) || frame.len() < ip + 20 {
+        return;
+    }
+    let header_len = usize::from(frame[ip] & 0x0f) * 4;
+    if header_len < 20 || frame.len() < ip + header_len {
+        return;
+    }
+    frame[ip + 10..ip + 12].fill(0);
+    let sum = internet_checksum(&[&frame[ip..ip + header_len]]);
+    frame[ip + 10..ip + 12].copy_from_slice(&sum.to_be_bytes());
+
+    let total = usize::from(u16::from_be_bytes([frame[ip + 2], frame[ip + 3]]));
+    let fragment = u16::from_be_bytes([frame[ip + 6], frame[ip + 7]]) & 0x3fff != 0;
+    if fragment || total < header_len || frame.len() < ip + total {
+        return;
+    }
+    let proto = frame[ip + 9];
+    let l4_len = total - header_len;
+    let mut pseudo_header = frame[ip + 12..ip + 20].to_vec();
+    pseudo_header.extend_from_slice(&[0, proto]);
+    pseudo_header.extend_from_slice(&(l4_len as u16).to_be_bytes());
+    write_l4_checksum(frame, proto, ip + header_len..ip + total, pseudo_header);
+}
+
+/// The IPv6 counterpart: the TCP or UDP checksum after the extension headers
+/// the data path walks, over the bytes the payload length covers.
+fn fix_ipv6_checksum(frame: &mut [u8], ip: usize) {
+    let Some((proto, l4)) = ipv6_upper_layer(frame, ip) else {
+        return;
+    };
+    let end =
+        ip + IPV6_HEADER_LEN + usize::from(u16::from_be_bytes([frame[ip + 4], frame[ip + 5]]));
+    if end > frame.len() || l4 > end {
+        return;
+    }
+    let mut pseudo_header = frame[ip + 8..ip + 40].to_vec();
+    pseudo_header.extend_from_slice(&((end - l4) as u32).to_be_bytes());
+    pseudo_header.extend_from_slice(&[0, 0, 0, proto]);
+    write_l4_checksum(frame, proto, l4..end, pseudo_header);
+}
+
+/// Writes the TCP or UDP checksum of the segment at `l4` (a UDP checksum of 0
+/// stays 0); other protocols and segments too short for a checksum are left.
+fn write_l4_checksum(frame: &mut [u8], proto: u8, l4: Range<usize>, mut pseudo_header: Vec<u8>) {
+    let check = match proto {
+        PROTO_TCP if l4.len() >= 20 => l4.start + 16,
+        PROTO_UDP if l4.len() >= 8 && frame[l4.start + 6..l4.start + 8] != [0, 0] => l4.start + 6,
+        _ => return,
+    };
+    frame[check..check + 2].fill(0);
+    pseudo_header.extend_from_slice(&frame[l4]);
+    let sum = match internet_checksum(&[&pseudo_header]) {
+        0 if proto == PROTO_UDP => 0xffff,
+        sum => sum,
+    };
+    frame[check..check + 2].copy_from_slice(&sum.to_be_bytes());
+}
+
+/// The upper-layer protocol of an IPv6 frame and its offset, walking what the
+/// data path walks (at most four hop-by-hop, destination options or finished
+/// routing headers); `None` for a fragment, an unfinished route or a longer
+/// chain.
+fn ipv6_upper_layer(frame: &[u8], ip: usize) -> Option<(u8, usize)> {
+    let (mut next, mut offset) = (*frame.get(ip + 6)?, ip + IPV6_HEADER_LEN);
+    for _ in 0..=4 {
+        match next {
+            IPV6_HOP_BY_HOP | IPV6_DEST_OPTIONS | IPV6_ROUTING => {}
+            IPV6_FRAGMENT => return None,
+            _ => return Some((next, offset)),
+        }
+        let header = frame.get(offset..offset + 4)?;
+        if next == IPV6_ROUTING && header[3] != 0 {
+            return None;
+        }
+        next = header[0];
+        offset += (usize::from(header[1]) + 1) * 8;
+    }
+    None
+}
+
+/// A TCP or UDP 5-tuple.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tuple {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub proto: u8,
+}
+
+/// The 5-tuple of a packet lb may own, with its L4 offset: untagged IPv4
+/// with a valid version and IHL, not a fragment; or untagged IPv6 whose
+/// extension headers the data path walks, neither address IPv4-mapped; TCP or
+/// UDP, ports inside the frame. Lengths are not checked: a packet lb may own
+/// can still be malformed, and may then pass.
+pub fn owned_tuple(frame: &[u8]) -> Option<(Tuple, usize)> {
+    let ip = frame.get(ETH_LEN..)?;
+    let (src, dst, proto, l4) = if be16(frame, 12) == ETHERTYPE_IPV6 {
+        if ip.len() < IPV6_HEADER_LEN || ip[0] >> 4 != 6 {
+            return None;
+        }
+        let (proto, l4) = ipv6_upper_layer(frame, ETH_LEN)?;
+        let addr = |at: usize| {
+            let bytes: [u8; 16] = ip[at..at + 16].try_into().expect("16 bytes");
+            Ipv6Addr::from(bytes)
+        };
+        let (src, dst) = (addr(8), addr(24));
+        if src.to_ipv4_mapped().is_some() || dst.to_ipv4_mapped().is_some() {
+            return None;
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst), proto, l4)
+    } else {
+        if be16(frame, 12) != ETHERTYPE_IPV4 || ip.len() < 20 || ip[0] >> 4 != 4 {
+            return None;
+        }
+        let header_len = usize::from(ip[0] & 0x0f) * 4;
+        let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
+        if header_len < 20 || fragment {
+            return None;
+        }
+        let addr = |at: usize| Ipv4Addr::new(ip[at], ip[at + 1], ip[at + 2], ip[at + 3]);
+        (
+            IpAddr::V4(addr(12)),
+            IpAddr::V4(addr(16)),
+            ip[9],
+            ETH_LEN + header_len,
+        )
+    };
+    if !matches!(proto, PROTO_TCP | PROTO_UDP) {
+        return None;
+    }
+    let ports = frame.get(l4..l4 + 4)?;
+    let port = |at: usize| u16::from_be_bytes([ports[at], ports[at + 1]]);
+    let tuple = Tuple {
+        src: SocketAddr::new(src, port(0)),
+        dst: SocketAddr::new(dst, port(2)),
+        proto,
+    };
+    Some((tuple, l4))
+}
+
 #[cfg(test)]
 mod tests {
     use lb_common::checksum;
@@ -779,5 +951,42 @@ mod tests {
             frame[l4_check..l4_check + 2].copy_from_slice(&l4_sum.to_ne_bytes());
             assert_eq!(frame, expected);
         }
+    }
+
+    #[test]
+    fn damaged_checksums_are_repaired_and_tuples_read() {
+        let v6_client = SocketAddr::new("2001:db8::2".parse().unwrap(), 40000);
+        let v6_vip = SocketAddr::new("2001:db8:ff::10".parse().unwrap(), 80);
+        for (frame, src, dst, proto) in [
+            (
+                tcp_ack(CLIENT, VIP, b"odd"),
+                CLIENT.into(),
+                VIP.into(),
+                PROTO_TCP,
+            ),
+            (
+                udp(CLIENT, VIP, b"ping"),
+                CLIENT.into(),
+                VIP.into(),
+                PROTO_UDP,
+            ),
+            (
+                ipv6_tcp_syn_with_extensions(v6_client, v6_vip),
+                v6_client,
+                v6_vip,
+                PROTO_TCP,
+            ),
+        ] {
+            let mut damaged = frame.clone();
+            // The last byte is payload (TCP options for the SYN): every
+            // checksum over it is wrong now.
+            *damaged.last_mut().unwrap() ^= 0xff;
+            assert!(verify_checksums(&damaged).is_err());
+            fix_checksums(&mut damaged);
+            verify_checksums(&damaged).expect("repaired");
+            let (tuple, _) = owned_tuple(&frame).expect("a TCP or UDP packet");
+            assert_eq!(tuple, Tuple { src, dst, proto });
+        }
+        assert_eq!(owned_tuple(&ip_fragment(CLIENT, VIP)), None);
     }
 }

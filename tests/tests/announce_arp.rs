@@ -46,7 +46,7 @@ fn manifest(topology: &Topology, vips: &[Ipv4Addr]) -> String {
         topology
             .nodes
             .iter()
-            .map(|n| manifests::ready_node_yaml(&n.name, n.ip)),
+            .map(|n| manifests::ready_node_yaml(&n.name, &[n.ip])),
     );
     manifests::documents(&docs)
 }

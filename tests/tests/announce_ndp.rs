@@ -46,7 +46,7 @@ fn manifest(topology: &Topology, vips: &[Ipv6Addr]) -> String {
         topology
             .nodes
             .iter()
-            .map(|n| manifests::ready_node_yaml(&n.name, n.ip6)),
+            .map(|n| manifests::ready_node_yaml(&n.name, &[n.ip6])),
     );
     manifests::documents(&docs)
 }

@@ -36,7 +36,7 @@ fn service(name: &str, vip: &str, port: u16) -> String {
 }
 
 fn node() -> String {
-    manifests::ready_node_yaml("node-1", "10.1.0.11")
+    manifests::ready_node_yaml("node-1", &["10.1.0.11"])
 }
 
 /// Service web and the node.
@@ -109,13 +109,21 @@ impl Bed {
         let rows = rows
             .as_array()
             .context("lb services --json is not a list")?;
-        let mut services: Vec<_> = rows
+        let mut services = rows
             .iter()
             .map(|row| {
-                let text = |field: &str| row[field].as_str().unwrap_or_default().to_owned();
-                (text("name"), text("vip"), row["port"].as_u64().unwrap_or(0))
+                let text = |name: &str| {
+                    row[name]
+                        .as_str()
+                        .map(str::to_owned)
+                        .with_context(|| format!("no {name} in {row}"))
+                };
+                let port = row["port"]
+                    .as_u64()
+                    .with_context(|| format!("no port in {row}"))?;
+                Ok((text("name")?, text("vip")?, port))
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         services.sort();
         Ok(services)
     }

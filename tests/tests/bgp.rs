@@ -77,7 +77,7 @@ fn the_router_learns_the_vip_while_its_service_has_healthy_backends() {
     let nodes_only: Vec<String> = net
         .nodes
         .iter()
-        .map(|n| manifests::ready_node_yaml(&n.name, n.ip))
+        .map(|n| manifests::ready_node_yaml(&n.name, &[n.ip]))
         .collect();
     manifests
         .write(&manifests::documents(&nodes_only))

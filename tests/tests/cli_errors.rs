@@ -3,7 +3,7 @@
 
 use std::{path::Path, process::Command};
 
-use lb_tests::agent::lb_binary;
+use lb_tests::{agent::lb_binary, netns::NetNs};
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/voting-app.yaml");
 
@@ -153,6 +153,80 @@ fn state_of_another_layout_is_refused_not_misread() {
     std::fs::remove_dir_all(&root).expect("cleanup");
 }
 
+/// The commands that take `--bpffs`, each with what else it needs.
+const BPFFS_COMMANDS: [&[&str]; 10] = [
+    &["agent", "--iface", "lo", "--manifests", EXAMPLE],
+    &["services"],
+    &["backends"],
+    &["flows"],
+    &["stats"],
+    &["trace", "10.0.0.2:40000", "198.51.100.10:80"],
+    &["bgp"],
+    &["drain"],
+    &["drain", "--undo"],
+    &["down"],
+];
+
+/// Asserts that `stderr` is the one line saying `root` lies on no bpffs,
+/// with the way out: mount one at `mount_point` or use another `--bpffs`.
+fn assert_not_bpffs(what: &str, (status, stderr): (i32, String), root: &str, mount_point: &str) {
+    assert_eq!(status, 1, "{what}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{what}: one line: {stderr:?}");
+    for needle in [
+        format!("lb: {root} is not on a bpffs"),
+        format!("`mount -t bpf bpf {mount_point}`"),
+        "point --bpffs at a directory on a bpffs".to_owned(),
+    ] {
+        assert!(
+            stderr.contains(&needle),
+            "{what}: want {needle:?} in {stderr:?}"
+        );
+    }
+}
+
+#[test]
+fn a_bpffs_directory_on_another_file_system_is_refused_with_the_way_out() {
+    let existing = std::env::temp_dir().join(format!("lb-not-bpffs-{}", std::process::id()));
+    std::fs::create_dir_all(&existing).expect("scratch directory");
+    let existing = existing.display().to_string();
+    // Not there yet: its nearest existing parent is what must be a bpffs.
+    let missing = format!("{existing}/pins");
+    for command in BPFFS_COMMANDS {
+        for (root, mount_point) in [(&existing, &existing), (&missing, &existing)] {
+            let mut args = command.to_vec();
+            args.extend(["--bpffs", root]);
+            assert_not_bpffs(&format!("lb {args:?}"), lb(&args), root, mount_point);
+        }
+    }
+    assert!(!Path::new(&missing).exists(), "{missing} was created");
+    std::fs::remove_dir(&existing).expect("scratch directory left empty");
+}
+
+/// `ip netns exec` mounts a sysfs of its own on /sys, where /sys/fs/bpf is a
+/// plain directory: the default `--bpffs` is no bpffs there.
+#[test]
+fn under_ip_netns_exec_the_default_bpffs_is_refused_with_the_way_out() {
+    let ns = NetNs::new("lbcli").expect("namespace");
+    let lb_path = lb_binary().expect("lb binary");
+    for command in BPFFS_COMMANDS {
+        let output = Command::new("ip")
+            .args(["netns", "exec", ns.name()])
+            .arg(&lb_path)
+            .args(command)
+            .output()
+            .expect("run lb in the namespace");
+        assert_not_bpffs(
+            &format!("ip netns exec lb {command:?}"),
+            (
+                output.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            ),
+            "/sys/fs/bpf/lb",
+            "/sys/fs/bpf",
+        );
+    }
+}
+
 /// Runs `lb args...` expecting success; returns stdout.
 fn lb_ok(args: &[&str]) -> String {
     let output = Command::new(lb_binary().expect("lb binary"))
@@ -165,31 +239,52 @@ fn lb_ok(args: &[&str]) -> String {
 
 #[test]
 fn help_completions_and_man_page_come_from_the_clap_model() {
-    let help = lb_ok(&["--help"]);
-    for command in [
+    let commands = [
         "agent",
         "services",
         "backends",
         "flows",
         "stats",
         "trace",
+        "bgp",
+        "drain",
         "down",
         "completions",
         "man",
-    ] {
-        assert!(
-            help.contains(command),
-            "`lb --help` lacks {command}:\n{help}"
-        );
+    ];
+    let help = lb_ok(&["--help"]);
+    // The first word of each line under "Commands:", in order.
+    let (_, listing) = help
+        .split_once("\nCommands:\n")
+        .unwrap_or_else(|| panic!("`lb --help` lists no commands:\n{help}"));
+    let listed: Vec<&str> = listing
+        .lines()
+        .take_while(|line| line.starts_with("  "))
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    assert_eq!(listed[..], [&commands[..], &["help"]].concat(), "{help}");
+    for command in commands {
         let command_help = lb_ok(&[command, "--help"]);
-        assert!(command_help.contains("Usage: lb"), "{command_help}");
+        assert!(
+            command_help.contains(&format!("Usage: lb {command}")),
+            "{command_help}"
+        );
     }
     let bash = lb_ok(&["completions", "bash"]);
-    assert!(
-        bash.contains("complete") && bash.contains("trace"),
-        "{bash}"
-    );
+    assert!(bash.contains("complete -F _lb"), "{bash}");
+    for command in commands {
+        assert!(
+            bash.contains(&format!("lb,{command})")),
+            "{command} in {bash}"
+        );
+    }
     let man = lb_ok(&["man"]);
-    assert!(man.starts_with(".ie") || man.contains(".TH"), "{man}");
-    assert!(man.contains("trace"), "the man page lists the commands");
+    assert!(man.contains("\n.TH lb 1 "), "{man}");
+    for command in commands {
+        // Each command is listed with its page, as roff escapes it.
+        assert!(
+            man.contains(&format!("\nlb\\-{command}(1)\n")),
+            "{command} in {man}"
+        );
+    }
 }

@@ -5,32 +5,28 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use lb::{
     dataplane::{Dataplane, DataplaneConfig, DataplaneError, service_key},
-    model::{BackendSpec, DesiredState, Frontend, Protocol, ServiceSpec},
+    model::{BackendSpec, DesiredState, Protocol, ServiceSpec},
     reconcile,
 };
 use lb_common::BACKEND_ACTIVE;
+use lb_tests::specs;
 
 const RING_SIZE: u32 = 251;
 
 fn spec(vip_last: u8, nodes: &[(u8, u32)]) -> ServiceSpec {
-    let frontend = Frontend {
-        vip: Ipv4Addr::new(198, 51, 100, vip_last).into(),
-        port: 80,
-        protocol: Protocol::Tcp,
-    };
-    ServiceSpec {
-        name: format!("test/svc-{vip_last}:http"),
-        frontend,
-        backends: nodes
-            .iter()
-            .map(|&(i, weight)| BackendSpec {
-                node: format!("node-{i}"),
-                ip: Ipv4Addr::new(10, 1, 0, 10 + i).into(),
-                port: 31000,
-                weight,
-            })
-            .collect(),
-    }
+    let backends = nodes
+        .iter()
+        .map(|&(i, weight)| BackendSpec {
+            weight,
+            ..specs::node(i, 31000)
+        })
+        .collect();
+    specs::service(
+        Ipv4Addr::new(198, 51, 100, vip_last),
+        80,
+        Protocol::Tcp,
+        backends,
+    )
 }
 
 fn load(max_services: u32) -> Dataplane {

@@ -10,11 +10,12 @@ use std::{
 
 use lb::{
     dataplane::{Dataplane, DataplaneConfig},
-    model::{BackendSpec, Frontend, Protocol, ServiceSpec},
+    model::{Frontend, Protocol, ServiceSpec},
 };
 use lb_common::counters;
 use lb_tests::{
     servers::{self, ServerGuard},
+    specs,
     topology::{Layout, Topology, vip6},
 };
 
@@ -49,23 +50,16 @@ struct Bed {
 /// One TCP and one UDP service on the VIP, each with every node as an equal
 /// backend at its IPv6 address.
 fn services(topology: &Topology) -> [ServiceSpec; 2] {
-    let service = |name: &str, frontend, node_port| ServiceSpec {
-        name: format!("demo/web6:{name}"),
-        frontend,
-        backends: topology
-            .nodes
-            .iter()
-            .map(|node| BackendSpec {
-                node: node.name.clone(),
-                ip: node.ip6.into(),
-                port: node_port,
-                weight: 1,
-            })
-            .collect(),
+    let service = |frontend: Frontend, node_port| {
+        let nodes = topology.nodes.iter();
+        let backends = nodes
+            .map(|node| specs::backend(&node.name, node.ip6, node_port))
+            .collect();
+        specs::service(frontend.vip, frontend.port, frontend.protocol, backends)
     };
     [
-        service("http", TCP_FRONTEND, TCP_NODE_PORT),
-        service("echo", UDP_FRONTEND, UDP_NODE_PORT),
+        service(TCP_FRONTEND, TCP_NODE_PORT),
+        service(UDP_FRONTEND, UDP_NODE_PORT),
     ]
 }
 
@@ -181,8 +175,13 @@ fn two_arm_spreads_ipv6_connections_by_maglev() {
     let tally = bed.connect_many(CONNECTIONS);
     assert_eq!(tally.values().sum::<usize>(), CONNECTIONS);
     assert_eq!(tally.len(), 3, "every node answers: {tally:?}");
-    for (node, share) in bed.maglev_shares() {
-        let observed = tally.get(&node).copied().unwrap_or(0) as f64 / CONNECTIONS as f64;
+    let shares = bed.maglev_shares();
+    assert!(
+        shares.keys().eq(tally.keys()),
+        "the ring holds every node that answered, and only those: {shares:?}"
+    );
+    for (node, share) in shares {
+        let observed = tally[&node] as f64 / CONNECTIONS as f64;
         println!("{node}: Maglev share {share:.3}, observed {observed:.3}");
         // 300 draws of a ~1/3 share: a standard deviation is 2.7 points.
         assert!(

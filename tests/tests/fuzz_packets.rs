@@ -30,19 +30,22 @@ use std::{
     cell::RefCell,
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    ops::Range,
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
 use etherparse::{PacketBuilder, TcpHeader};
 use lb::{
     dataplane::{Dataplane, DataplaneConfig},
-    model::{BackendSpec, Frontend, Protocol, ServiceSpec},
+    model::{BackendSpec, Protocol, ServiceSpec},
 };
 use lb_common::{FlowKey, PROTO_TCP, PROTO_UDP};
 use lb_tests::{
     netns::NetNs,
-    packets,
+    packets::{
+        self, ETH_LEN, IPV6_DEST_OPTIONS, IPV6_FRAGMENT, IPV6_HEADER_LEN, IPV6_HOP_BY_HOP,
+        IPV6_ROUTING, Tuple, fix_checksums, ip_start, owned_tuple,
+    },
+    specs::{self, service},
     xdp_bed::{
         self, CLIENT_DEV, NODES, XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, XdpBed,
         node_ip, node_ip6, node_mac,
@@ -54,16 +57,8 @@ use proptest::{
     test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner},
 };
 
-const ETH_LEN: usize = 14;
-const VLAN_LEN: usize = 4;
 const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
 const ETHERTYPE_IPV6: [u8; 2] = [0x86, 0xdd];
-const IPV6_LEN: usize = 40;
-/// IPv6 extension headers the data path walks past, and the fragment header.
-const IPV6_HOP_BY_HOP: u8 = 0;
-const IPV6_ROUTING: u8 = 43;
-const IPV6_FRAGMENT: u8 = 44;
-const IPV6_DEST_OPTIONS: u8 = 60;
 const ETHERTYPE_VLAN: [u8; 2] = [0x81, 0x00];
 const PROTO_ICMP: u8 = 1;
 
@@ -110,37 +105,8 @@ fn client_mac(i: u8) -> [u8; 6] {
 const CLIENTS: u8 = 4;
 
 fn backends(nodes: &[u8], port: u16, v6: bool) -> Vec<BackendSpec> {
-    nodes
-        .iter()
-        .map(|&i| BackendSpec {
-            node: format!("node-{i}"),
-            ip: if v6 {
-                node_ip6(i).into()
-            } else {
-                node_ip(i).into()
-            },
-            port,
-            weight: 1,
-        })
-        .collect()
-}
-
-fn service(
-    vip: impl Into<IpAddr>,
-    port: u16,
-    protocol: Protocol,
-    backends: Vec<BackendSpec>,
-) -> ServiceSpec {
-    let vip = vip.into();
-    ServiceSpec {
-        name: format!("fuzz/{vip}:{port}"),
-        frontend: Frontend {
-            vip,
-            port,
-            protocol,
-        },
-        backends,
-    }
+    let node = if v6 { specs::node6 } else { specs::node };
+    nodes.iter().map(|&i| node(i, port)).collect()
 }
 
 /// Distinct NodePorts per service, so the reverse-NAT keys of different
@@ -508,7 +474,12 @@ impl Datagram {
                     .write(&mut frame, &self.payload)
                     .context("building a UDP frame")?;
                 if zero_checksum {
-                    let udp = ETH_LEN + if self.src.is_ipv6() { IPV6_LEN } else { 20 };
+                    let udp = ETH_LEN
+                        + if self.src.is_ipv6() {
+                            IPV6_HEADER_LEN
+                        } else {
+                            20
+                        };
                     frame[udp + 6..udp + 8].fill(0);
                 }
             }
@@ -518,14 +489,6 @@ impl Datagram {
 }
 
 /// Where the IPv4 header starts: after the Ethernet header and any VLAN tag.
-fn ip_start(frame: &[u8]) -> usize {
-    if frame.get(12..14) == Some(&ETHERTYPE_VLAN[..]) {
-        ETH_LEN + VLAN_LEN
-    } else {
-        ETH_LEN
-    }
-}
-
 impl Mutation {
     /// Applies the mutation where the frame is long enough for it; a frame too
     /// short (after an earlier truncation, say) is left as it is.
@@ -573,7 +536,7 @@ impl Mutation {
                 units,
                 segments_left,
             } if frame.get(ip - 2..ip) == Some(&ETHERTYPE_IPV6[..])
-                && frame.len() >= ip + IPV6_LEN =>
+                && frame.len() >= ip + IPV6_HEADER_LEN =>
             {
                 let len = (usize::from(*units) + 1) * 8;
                 let mut header = vec![0u8; len];
@@ -581,7 +544,7 @@ impl Mutation {
                 header[1] = *units;
                 header[3] = *segments_left;
                 frame[ip + 6] = *kind;
-                let at = ip + IPV6_LEN;
+                let at = ip + IPV6_HEADER_LEN;
                 frame.splice(at..at, header);
                 let payload = u16::from_be_bytes([frame[ip + 4], frame[ip + 5]]);
                 let payload = payload.wrapping_add(len as u16);
@@ -592,154 +555,7 @@ impl Mutation {
     }
 }
 
-/// Recomputes the IPv4 header checksum and, for an unfragmented TCP or UDP
-/// packet whose total length fits the frame, the transport checksum over the
-/// bytes the total length covers (how `packets::verify_checksums` reads them).
-/// A UDP checksum of 0 ("none") stays 0.
-fn fix_checksums(frame: &mut [u8]) {
-    let ip = ip_start(frame);
-    if frame.get(ip - 2..ip) == Some(&ETHERTYPE_IPV6[..]) {
-        return fix_ipv6_checksum(frame, ip);
-    }
-    if frame.get(ip - 2..ip) != Some(&ETHERTYPE_IPV4[..]) || frame.len() < ip + 20 {
-        return;
-    }
-    let header_len = usize::from(frame[ip] & 0x0f) * 4;
-    if header_len < 20 || frame.len() < ip + header_len {
-        return;
-    }
-    frame[ip + 10..ip + 12].fill(0);
-    let sum = packets::internet_checksum(&[&frame[ip..ip + header_len]]);
-    frame[ip + 10..ip + 12].copy_from_slice(&sum.to_be_bytes());
-
-    let total = usize::from(u16::from_be_bytes([frame[ip + 2], frame[ip + 3]]));
-    let fragment = u16::from_be_bytes([frame[ip + 6], frame[ip + 7]]) & 0x3fff != 0;
-    if fragment || total < header_len || frame.len() < ip + total {
-        return;
-    }
-    let proto = frame[ip + 9];
-    let l4_len = total - header_len;
-    let mut pseudo_header = frame[ip + 12..ip + 20].to_vec();
-    pseudo_header.extend_from_slice(&[0, proto]);
-    pseudo_header.extend_from_slice(&(l4_len as u16).to_be_bytes());
-    write_l4_checksum(frame, proto, ip + header_len..ip + total, pseudo_header);
-}
-
-/// The IPv6 counterpart: the TCP or UDP checksum after the extension headers
-/// the data path walks, over the bytes the payload length covers.
-fn fix_ipv6_checksum(frame: &mut [u8], ip: usize) {
-    let Some((proto, l4)) = ipv6_upper_layer(frame, ip) else {
-        return;
-    };
-    let end = ip + IPV6_LEN + usize::from(u16::from_be_bytes([frame[ip + 4], frame[ip + 5]]));
-    if end > frame.len() || l4 > end {
-        return;
-    }
-    let mut pseudo_header = frame[ip + 8..ip + 40].to_vec();
-    pseudo_header.extend_from_slice(&((end - l4) as u32).to_be_bytes());
-    pseudo_header.extend_from_slice(&[0, 0, 0, proto]);
-    write_l4_checksum(frame, proto, l4..end, pseudo_header);
-}
-
-/// Writes the TCP or UDP checksum of the segment at `l4` (a UDP checksum of 0
-/// stays 0); other protocols and segments too short for a checksum are left.
-fn write_l4_checksum(frame: &mut [u8], proto: u8, l4: Range<usize>, mut pseudo_header: Vec<u8>) {
-    let check = match proto {
-        PROTO_TCP if l4.len() >= 20 => l4.start + 16,
-        PROTO_UDP if l4.len() >= 8 && frame[l4.start + 6..l4.start + 8] != [0, 0] => l4.start + 6,
-        _ => return,
-    };
-    frame[check..check + 2].fill(0);
-    pseudo_header.extend_from_slice(&frame[l4]);
-    let sum = match packets::internet_checksum(&[&pseudo_header]) {
-        0 if proto == PROTO_UDP => 0xffff,
-        sum => sum,
-    };
-    frame[check..check + 2].copy_from_slice(&sum.to_be_bytes());
-}
-
-/// The upper-layer protocol of an IPv6 frame and its offset, walking what the
-/// data path walks (at most four hop-by-hop, destination options or finished
-/// routing headers); `None` for a fragment, an unfinished route or a longer
-/// chain.
-fn ipv6_upper_layer(frame: &[u8], ip: usize) -> Option<(u8, usize)> {
-    let (mut next, mut offset) = (*frame.get(ip + 6)?, ip + IPV6_LEN);
-    for _ in 0..=4 {
-        match next {
-            IPV6_HOP_BY_HOP | IPV6_DEST_OPTIONS | IPV6_ROUTING => {}
-            IPV6_FRAGMENT => return None,
-            _ => return Some((next, offset)),
-        }
-        let header = frame.get(offset..offset + 4)?;
-        if next == IPV6_ROUTING && header[3] != 0 {
-            return None;
-        }
-        next = header[0];
-        offset += (usize::from(header[1]) + 1) * 8;
-    }
-    None
-}
-
 // --- The oracle --------------------------------------------------------------
-
-/// A TCP or UDP 5-tuple.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct Tuple {
-    src: SocketAddr,
-    dst: SocketAddr,
-    proto: u8,
-}
-
-/// The 5-tuple of a packet lb may own, with its L4 offset: untagged IPv4
-/// with a valid version and IHL, not a fragment; or untagged IPv6 whose
-/// extension headers the data path walks, neither address IPv4-mapped; TCP or
-/// UDP, ports inside the frame. Lengths are not checked: a packet lb may own
-/// can still be malformed, and may then pass.
-fn owned_tuple(frame: &[u8]) -> Option<(Tuple, usize)> {
-    let ip = frame.get(ETH_LEN..)?;
-    let (src, dst, proto, l4) = if frame[12..14] == ETHERTYPE_IPV6 {
-        if ip.len() < IPV6_LEN || ip[0] >> 4 != 6 {
-            return None;
-        }
-        let (proto, l4) = ipv6_upper_layer(frame, ETH_LEN)?;
-        let addr = |at: usize| {
-            let bytes: [u8; 16] = ip[at..at + 16].try_into().expect("16 bytes");
-            Ipv6Addr::from(bytes)
-        };
-        let (src, dst) = (addr(8), addr(24));
-        if src.to_ipv4_mapped().is_some() || dst.to_ipv4_mapped().is_some() {
-            return None;
-        }
-        (IpAddr::V6(src), IpAddr::V6(dst), proto, l4)
-    } else {
-        if frame[12..14] != ETHERTYPE_IPV4 || ip.len() < 20 || ip[0] >> 4 != 4 {
-            return None;
-        }
-        let header_len = usize::from(ip[0] & 0x0f) * 4;
-        let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
-        if header_len < 20 || fragment {
-            return None;
-        }
-        let addr = |at: usize| Ipv4Addr::new(ip[at], ip[at + 1], ip[at + 2], ip[at + 3]);
-        (
-            IpAddr::V4(addr(12)),
-            IpAddr::V4(addr(16)),
-            ip[9],
-            ETH_LEN + header_len,
-        )
-    };
-    if !matches!(proto, PROTO_TCP | PROTO_UDP) {
-        return None;
-    }
-    let ports = frame.get(l4..l4 + 4)?;
-    let port = |at: usize| u16::from_be_bytes([ports[at], ports[at + 1]]);
-    let tuple = Tuple {
-        src: SocketAddr::new(src, port(0)),
-        dst: SocketAddr::new(dst, port(2)),
-        proto,
-    };
-    Some((tuple, l4))
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Outcome {
@@ -1030,7 +846,8 @@ fn sweeps(flow: &Datagram, replies: &[Tuple]) -> Vec<Case> {
     for base in &bases {
         let len = Case::plain(base.clone())
             .frame(replies)
-            .map_or(0, |f| f.len());
+            .expect("every base builds a frame")
+            .len();
         for cut in ETH_LEN..len {
             cases.push(with(base, vec![Mutation::Truncate(cut)]));
         }
@@ -1041,7 +858,8 @@ fn sweeps(flow: &Datagram, replies: &[Tuple]) -> Vec<Case> {
         }
         let len = Case::plain(base.clone())
             .frame(replies)
-            .map_or(0, |f| f.len());
+            .expect("every base builds a frame")
+            .len();
         for total in 0..=(len - ETH_LEN + 8) as u16 {
             cases.push(with(&base, vec![Mutation::TotalLength(total)]));
         }

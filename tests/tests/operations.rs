@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpStream},
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -19,16 +19,19 @@ use lb_tests::{
     manifests::{self, ServicePort},
     netns::NetNs,
     servers::{self, LineClient, ServerGuard},
-    topology::{Layout, Node, Topology},
+    topology::{Layout, Node, Topology, vip6},
 };
 use serde_json::Value;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+const VIP6: Ipv6Addr = vip6(10);
 const NODE_PORT: u16 = 31000;
 const TIMEOUT: Duration = Duration::from_secs(3);
 const METRICS: &str = "127.0.0.1:9641";
 
-fn manifest(nodes: &[Node]) -> String {
+/// Service `ops/web` at `vips[0]`, `ops/web6` at `vips[1]` (of another family)
+/// if given, each on port 80, and the nodes.
+fn manifest(nodes: &[Node], vips: &[IpAddr]) -> String {
     let http = ServicePort {
         name: "http",
         port: 80,
@@ -36,8 +39,12 @@ fn manifest(nodes: &[Node]) -> String {
         node_port: NODE_PORT,
         target_port: Some(8080),
     };
-    let service = manifests::load_balancer_service_yaml("web", "ops", VIP, &[http]);
-    manifests::service_and_nodes(service, nodes)
+    let services: Vec<String> = vips
+        .iter()
+        .zip(["web", "web6"])
+        .map(|(vip, name)| manifests::load_balancer_service_yaml(name, "ops", vip, &[http]))
+        .collect();
+    manifests::service_and_nodes(manifests::documents(&services), nodes)
 }
 
 /// The topology, node servers and a running agent.
@@ -46,14 +53,20 @@ struct Bed {
     agent: Agent,
     _servers: Vec<ServerGuard>,
     manifests: PathBuf,
+    vips: Vec<IpAddr>,
 }
 
 impl Bed {
+    /// Serves `ops/web` on [`VIP`].
     fn new(tag: &str) -> Self {
+        Self::with_vips(tag, &[VIP.into()])
+    }
+
+    fn with_vips(tag: &str, vips: &[IpAddr]) -> Self {
         let topology = Topology::new(Layout::TwoArm, 3).expect("topology");
         let manifests =
             std::env::temp_dir().join(format!("lb-ops-{tag}-{}.yaml", std::process::id()));
-        std::fs::write(&manifests, manifest(&topology.nodes)).expect("manifest");
+        std::fs::write(&manifests, manifest(&topology.nodes, vips)).expect("manifest");
         let servers = topology
             .nodes
             .iter()
@@ -61,13 +74,29 @@ impl Bed {
             .collect();
         let agent =
             Agent::start(&topology.lb, &topology.lb_ifaces(), &manifests, &[]).expect("agent");
-        wait_programmed(&agent);
-        Self {
+        let bed = Self {
             topology,
             agent,
             _servers: servers,
             manifests,
-        }
+            vips: vips.to_vec(),
+        };
+        bed.wait_programmed();
+        bed
+    }
+
+    /// Waits until the agent serves every VIP on port 80 with all three nodes,
+    /// named after the catalog.
+    fn wait_programmed(&self) {
+        self.agent
+            .wait_for_backends(Duration::from_secs(20), |rows| {
+                self.vips.iter().all(|vip| {
+                    backends_of(rows, &format!("{}/tcp", SocketAddr::new(*vip, 80))).len() == 3
+                }) && rows
+                    .iter()
+                    .all(|r| r["node"].as_str().is_some_and(|n| !n.is_empty()))
+            })
+            .expect("agent programs the services");
     }
 
     fn in_client<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -81,25 +110,9 @@ impl Drop for Bed {
     }
 }
 
-fn wait_programmed(agent: &Agent) {
-    agent
-        .wait_for_backends(Duration::from_secs(20), |rows| {
-            backends_of(rows, &format!("{VIP}:80/tcp")).len() == 3
-                && rows
-                    .iter()
-                    .all(|r| r["node"].as_str().is_some_and(|n| !n.is_empty()))
-        })
-        .expect("agent programs the service");
-}
-
 fn by_node(rows: &[Value], field: &str) -> BTreeMap<String, u64> {
     rows.iter()
-        .map(|r| {
-            (
-                r["node"].as_str().unwrap_or_default().to_owned(),
-                r[field].as_u64().unwrap_or(0),
-            )
-        })
+        .map(|r| (text(r, "node"), number(r, field)))
         .collect()
 }
 
@@ -139,9 +152,9 @@ fn listings_agree_with_the_traffic_sent() {
     let mut flows_per_node: BTreeMap<String, u64> = BTreeMap::new();
     let mut packets_per_node: BTreeMap<String, u64> = BTreeMap::new();
     for flow in &flows {
-        let node = flow["node"].as_str().expect("node").to_owned();
+        let node = text(flow, "node");
         *flows_per_node.entry(node.clone()).or_default() += 1;
-        *packets_per_node.entry(node).or_default() += flow["packets"].as_u64().unwrap_or(0);
+        *packets_per_node.entry(node).or_default() += number(flow, "packets");
     }
     assert_eq!(flows_per_node, tally, "flows per node match who answered");
 
@@ -150,7 +163,7 @@ fn listings_agree_with_the_traffic_sent() {
     assert_eq!(by_node(backends, "active_flows"), tally);
     // Every forwarded packet is counted on its backend and on its flow.
     assert_eq!(by_node(backends, "packets"), packets_per_node);
-    let service_packets = services[0]["packets"].as_u64().unwrap_or(0);
+    let service_packets = number(&services[0], "packets");
     assert_eq!(service_packets, packets_per_node.values().sum::<u64>());
 
     let one_node = tally.keys().next().expect("a node").clone();
@@ -244,52 +257,136 @@ fn http_get(ns: &NetNs, path: &'static str) -> (u16, String) {
     .expect("lb namespace")
 }
 
-/// `name{labels} value` samples whose labels contain `label`.
-fn sample(metrics: &str, name: &str, label: &str) -> Option<u64> {
+type Labels = BTreeMap<String, String>;
+
+/// The samples of the metric `name`: each one's labels and value.
+fn samples(metrics: &str, name: &str) -> Vec<(Labels, u64)> {
     metrics
         .lines()
-        .find(|line| {
-            (line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} ")))
-                && line.contains(label)
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let labels = match series.strip_prefix(name)? {
+                "" => "",
+                braced => braced.strip_prefix('{')?.strip_suffix('}')?,
+            };
+            let labels = labels
+                .split(',')
+                .filter(|pair| !pair.is_empty())
+                .map(|pair| {
+                    let (key, quoted) = pair.split_once('=').expect("label=\"value\"");
+                    let value = quoted.strip_prefix('"').and_then(|v| v.strip_suffix('"'));
+                    (key.to_owned(), value.expect("a quoted value").to_owned())
+                })
+                .collect();
+            Some((labels, value.parse().expect("an integer sample")))
         })
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+        .collect()
+}
+
+fn labels(pairs: &[(&str, String)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), value.clone()))
+        .collect()
+}
+
+fn text(row: &Value, field: &str) -> String {
+    row[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {field} in {row}"))
+        .to_owned()
+}
+
+fn number(row: &Value, field: &str) -> u64 {
+    row[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {field} in {row}"))
 }
 
 #[test]
 fn metrics_match_the_cli() {
-    let bed = Bed::new("metrics");
-    let vip = SocketAddrV4::new(VIP, 80);
+    let bed = Bed::with_vips("metrics", &[VIP.into(), VIP6.into()]);
+    let vips = [
+        SocketAddr::new(VIP.into(), 80),
+        SocketAddr::new(VIP6.into(), 80),
+    ];
     bed.in_client(move || {
-        for _ in 0..30 {
-            servers::tcp_ask_name(vip, TIMEOUT).expect("connect");
+        for vip in vips {
+            for _ in 0..30 {
+                servers::tcp_ask_name(vip, TIMEOUT).expect("connect");
+            }
         }
     });
-    // Let the closing packets arrive before both reads.
+    // Let the closing packets arrive before the reads.
     std::thread::sleep(Duration::from_millis(300));
+    let services = bed.agent.query("services").expect("lb services");
     let backends = bed.agent.query("backends").expect("lb backends");
     let (status, metrics) = http_get(&bed.topology.lb, "/metrics");
     assert_eq!(status, 200);
-    for row in backends.as_array().expect("rows") {
-        let address = format!(
-            "address=\"{}:{}\"",
-            row["address"].as_str().unwrap(),
-            row["port"]
-        );
-        assert_eq!(
-            sample(&metrics, "lb_backend_packets_total", &address),
-            row["packets"].as_u64(),
-            "{address} in\n{metrics}"
-        );
-        assert!(metrics.contains(&format!("backend=\"{}\"", row["node"].as_str().unwrap())));
+
+    // The labels each series must carry, from what the test set up.
+    let service_labels = |name: &str, vip: IpAddr| {
+        vec![
+            ("service", name.to_owned()),
+            ("vip", vip.to_string()),
+            ("port", "80".to_owned()),
+            ("protocol", "tcp".to_owned()),
+        ]
+    };
+
+    let services = services.as_array().expect("service rows");
+    let mut want = Vec::new();
+    for (vip, name) in [
+        (IpAddr::from(VIP), "ops/web:http"),
+        (VIP6.into(), "ops/web6:http"),
+    ] {
+        let row = services
+            .iter()
+            .find(|row| row["vip"] == vip.to_string())
+            .unwrap_or_else(|| panic!("no service at {vip} in {services:?}"));
+        assert_eq!(text(row, "name"), name);
+        want.push((labels(&service_labels(name, vip)), number(row, "packets")));
     }
+    assert_eq!(services.len(), want.len(), "{services:?}");
+    let mut got = samples(&metrics, "lb_service_packets_total");
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "service series in\n{metrics}");
+
+    let backends = backends.as_array().expect("backend rows");
+    assert_eq!(backends.len(), 6, "3 nodes behind each VIP: {backends:?}");
+    let mut want = Vec::new();
+    for row in backends {
+        let address: IpAddr = text(row, "address").parse().expect("an address");
+        // A node's address of the VIP's family is its backend.
+        let vip = match address {
+            IpAddr::V4(_) => IpAddr::from(VIP),
+            IpAddr::V6(_) => VIP6.into(),
+        };
+        assert_eq!(
+            text(row, "service"),
+            format!("{}/tcp", SocketAddr::new(vip, 80))
+        );
+        let mut pairs = service_labels(&text(row, "service_name"), vip);
+        pairs.extend([
+            ("backend", text(row, "node")),
+            ("address", SocketAddr::new(address, NODE_PORT).to_string()),
+        ]);
+        assert!(number(row, "packets") > 0, "no traffic reached {row}");
+        want.push((labels(&pairs), number(row, "packets")));
+    }
+    let mut got = samples(&metrics, "lb_backend_packets_total");
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "backend series in\n{metrics}");
+
     let stats = bed
         .agent
         .query_with(&["stats", "--interval", "0.1"])
         .expect("lb stats");
     assert_eq!(
-        sample(&metrics, "lb_new_flows_total", ""),
-        stats["totals"]["new_flows"].as_u64()
+        samples(&metrics, "lb_new_flows_total"),
+        [(Labels::new(), number(&stats["totals"], "new_flows"))]
     );
     // `--watch --json` streams one sample per interval until stopped.
     let mut watch = std::process::Command::new(lb_tests::agent::lb_binary().expect("lb"))
@@ -310,9 +407,12 @@ fn metrics_match_the_cli() {
     assert_eq!(http_get(&bed.topology.lb, "/readyz").0, 200);
 }
 
+/// Whether `iface` has an XDP program; the interface must exist, so that
+/// "not attached" is never said of one that is gone.
 fn xdp_attached(ns: &NetNs, iface: &str) -> bool {
     ns.ip(&format!("link show dev {iface}"))
-        .is_ok_and(|out| out.contains("xdp"))
+        .expect("ip link show")
+        .contains("xdp")
 }
 
 #[test]
@@ -346,7 +446,11 @@ fn connections_survive_an_agent_killed_and_restarted() {
         .agent
         .query_with(&["flows", "--limit", "100000"])
         .expect("flows");
-    let flows_before = flows_before.as_array().map_or(0, Vec::len);
+    let flows_before = flows_before.as_array().expect("flow rows").len();
+    assert!(
+        flows_before > 0,
+        "half a second of new connections left no flow to carry over"
+    );
 
     bed.agent.kill().expect("SIGKILL");
     std::thread::sleep(Duration::from_millis(1000));
@@ -355,7 +459,7 @@ fn connections_survive_an_agent_killed_and_restarted() {
         "the program stays attached"
     );
     bed.agent.restart(&bed.topology.lb).expect("restart");
-    wait_programmed(&bed.agent);
+    bed.wait_programmed();
     std::thread::sleep(Duration::from_millis(500));
 
     let mut long_lived = long_lived;
@@ -381,7 +485,7 @@ fn connections_survive_an_agent_killed_and_restarted() {
         .agent
         .query_with(&["flows", "--limit", "100000"])
         .expect("flows");
-    let flows_after = flows_after.as_array().map_or(0, Vec::len);
+    let flows_after = flows_after.as_array().expect("flow rows").len();
     assert!(
         flows_after >= flows_before,
         "the flow table lost entries: {flows_before} before, {flows_after} after"

@@ -8,13 +8,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 
 use lb::{
     dataplane::{Dataplane, DataplaneConfig, Forwarding},
-    model::{BackendSpec, Frontend, Protocol, ServiceSpec},
+    model::{BackendSpec, Protocol},
 };
 use lb_common::{FlowKey, PROTO_TCP, addr_of, counters, ip_of};
 use lb_tests::{
     neighbor_packets::{self as nd, NA_OVERRIDE, NA_SOLICITED},
     netns::NetNs,
     packets,
+    specs::{backend, node, node6, service},
     xdp_bed::{
         self, CLIENT, CLIENT_MAC, CLIENT6, NODE_DEV, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
         XdpBed, node_ip, node_ip6, node_mac,
@@ -31,33 +32,9 @@ const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 0x10);
 const ROUTED_NODE: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 5);
 const RING_SIZE: u32 = 1021;
 
-fn backend(name: &str, ip: impl Into<IpAddr>, port: u16) -> BackendSpec {
-    BackendSpec {
-        node: name.to_owned(),
-        ip: ip.into(),
-        port,
-        weight: 1,
-    }
-}
-
-fn service(vip: impl Into<IpAddr>, port: u16, backends: Vec<BackendSpec>) -> ServiceSpec {
-    let vip = vip.into();
-    ServiceSpec {
-        name: format!("test/{vip}:{port}"),
-        frontend: Frontend {
-            vip,
-            port,
-            protocol: Protocol::Tcp,
-        },
-        backends,
-    }
-}
-
 /// Nodes 1 to 3, one service port on each.
 fn three_nodes() -> Vec<BackendSpec> {
-    (1..=3)
-        .map(|i| backend(&format!("node-{i}"), node_ip(i), 31000))
-        .collect()
+    (1..=3).map(|i| node(i, 31000)).collect()
 }
 
 fn load(bed: &XdpBed, forwarding: Forwarding, answer_neighbors: bool) -> Dataplane {
@@ -129,8 +106,8 @@ fn arp_and_neighbor_solicitations_for_vips_are_answered() {
         let dataplane = {
             let mut dataplane = load(&bed, Forwarding::Nat, true);
             for spec in [
-                service(VIP, 80, three_nodes()),
-                service(VIP6, 80, vec![backend("node-1", node_ip6(1), 31000)]),
+                service(VIP, 80, Protocol::Tcp, three_nodes()),
+                service(VIP6, 80, Protocol::Tcp, vec![node6(1, 31000)]),
             ] {
                 dataplane.set_service(&spec).expect("set_service");
             }
@@ -201,7 +178,7 @@ fn arp_and_neighbor_solicitations_for_vips_are_answered() {
         let mut dataplane = dataplane;
         // A removed VIP is no longer answered.
         dataplane
-            .remove_service(&service(VIP, 80, vec![]).frontend)
+            .remove_service(&service(VIP, 80, Protocol::Tcp, vec![]).frontend)
             .expect("remove");
         check(
             &dataplane,
@@ -221,7 +198,7 @@ fn without_arp_announcement_requests_pass() {
     in_bed("lbnoarp", |_, bed| {
         let mut dataplane = load(&bed, Forwarding::Nat, false);
         dataplane
-            .set_service(&service(VIP, 80, three_nodes()))
+            .set_service(&service(VIP, 80, Protocol::Tcp, three_nodes()))
             .expect("set_service");
         check(
             &dataplane,
@@ -259,13 +236,14 @@ fn direct_server_return_only_re_addresses_at_layer_two() {
         .expect("route via node 1");
         let mut dataplane = load(&bed, Forwarding::Dsr, false);
         for spec in [
-            service(VIP, 80, vec![backend("node-2", node_ip(2), 31000)]),
-            service(VIP_ROUTED, 80, vec![backend("far", ROUTED_NODE, 31000)]),
+            service(VIP, 80, Protocol::Tcp, vec![node(2, 31000)]),
             service(
-                VIP_UNRESOLVED,
+                VIP_ROUTED,
                 80,
-                vec![backend("node-4", node_ip(4), 31000)],
+                Protocol::Tcp,
+                vec![backend("far", ROUTED_NODE, 31000)],
             ),
+            service(VIP_UNRESOLVED, 80, Protocol::Tcp, vec![node(4, 31000)]),
         ] {
             dataplane.set_service(&spec).expect("set_service");
         }
@@ -347,7 +325,7 @@ fn a_host_that_never_saw_the_flow_translates_the_chosen_nodes_reply() {
     in_bed("lbnat2", |_, bed| {
         let mut dataplane = load(&bed, Forwarding::Nat, false);
         dataplane
-            .set_service(&service(VIP, 80, three_nodes()))
+            .set_service(&service(VIP, 80, Protocol::Tcp, three_nodes()))
             .expect("set_service");
         let vip = sock(VIP, 80);
         let client = sock(CLIENT, 41000);
@@ -402,18 +380,23 @@ fn two_hosts_choose_the_same_node_whatever_order_they_learnt_things_in() {
         let nodes = three_nodes();
         let mut first = load(&bed, Forwarding::Nat, false);
         first
-            .set_service(&service(VIP, 80, nodes.clone()))
+            .set_service(&service(VIP, 80, Protocol::Tcp, nodes.clone()))
             .expect("set_service");
         // The second host saw another service first (other ids), and the
         // nodes in another order.
         let mut second = load(&bed, Forwarding::Nat, false);
         second
-            .set_service(&service(VIP_ROUTED, 80, vec![backend("x", node_ip(9), 1)]))
+            .set_service(&service(
+                VIP_ROUTED,
+                80,
+                Protocol::Tcp,
+                vec![backend("x", node_ip(9), 1)],
+            ))
             .expect("set_service");
         let mut reversed = nodes;
         reversed.reverse();
         second
-            .set_service(&service(VIP, 80, reversed))
+            .set_service(&service(VIP, 80, Protocol::Tcp, reversed))
             .expect("set_service");
         let vip = sock(VIP, 80);
         let mut seen = std::collections::HashSet::new();

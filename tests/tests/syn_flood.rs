@@ -9,11 +9,11 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use lb::{
     dataplane::{Dataplane, DataplaneConfig, MIN_FLOWS},
-    model::{BackendSpec, Frontend, Protocol, ServiceSpec},
+    model::{Protocol, ServiceSpec},
 };
 use lb_common::{FlowKey, PROTO_TCP, addr_of, counters};
 use lb_tests::{
-    packets,
+    packets, specs,
     xdp_bed::{self, XDP_PASS, XDP_REDIRECT, XdpBed, node_ip},
 };
 
@@ -24,22 +24,8 @@ const FLOOD: u32 = MIN_FLOWS * 10;
 const LIMIT: u32 = 100;
 
 fn service() -> ServiceSpec {
-    ServiceSpec {
-        name: "test/flooded:http".to_owned(),
-        frontend: Frontend {
-            vip: (*VIP.ip()).into(),
-            port: VIP.port(),
-            protocol: Protocol::Tcp,
-        },
-        backends: (1..=2)
-            .map(|i| BackendSpec {
-                node: format!("node-{i}"),
-                ip: node_ip(i).into(),
-                port: NODE_PORT,
-                weight: 1,
-            })
-            .collect(),
-    }
+    let nodes = (1..=2).map(|i| specs::node(i, NODE_PORT)).collect();
+    specs::service(*VIP.ip(), VIP.port(), Protocol::Tcp, nodes)
 }
 
 /// A spoofed source: 10.200.x.y with a port, all distinct.

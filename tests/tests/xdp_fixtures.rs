@@ -4,16 +4,17 @@
 //! The program runs inside a namespace whose FIB and neighbour tables are known
 //! (permanent neighbours), so MAC rewriting is deterministic.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 
 use lb::{
     dataplane::{Dataplane, DataplaneConfig},
-    model::{BackendSpec, Frontend, Protocol, ServiceSpec},
+    model::{Frontend, Protocol},
 };
 use lb_common::{FlowKey, counters};
 use lb_tests::{
     netns::NetNs,
     packets,
+    specs::{node, node6, service},
     xdp_bed::{
         self, CLIENT, CLIENT_MAC, CLIENT6, NODE_DEV, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
         XdpBed, node_ip, node_ip6, node_mac,
@@ -30,40 +31,6 @@ const VIP_UNRESOLVED: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 13);
 const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 0x10);
 /// Small prime ring: fixtures need determinism, not balance.
 const RING_SIZE: u32 = 1021;
-
-fn backend(i: u8, port: u16) -> BackendSpec {
-    BackendSpec {
-        node: format!("node-{i}"),
-        ip: node_ip(i).into(),
-        port,
-        weight: 1,
-    }
-}
-
-fn backend6(i: u8, port: u16) -> BackendSpec {
-    BackendSpec {
-        ip: node_ip6(i).into(),
-        ..backend(i, port)
-    }
-}
-
-fn service(
-    vip: impl Into<IpAddr>,
-    port: u16,
-    protocol: Protocol,
-    backends: Vec<BackendSpec>,
-) -> ServiceSpec {
-    let vip = vip.into();
-    ServiceSpec {
-        name: format!("test/{vip}:{port}"),
-        frontend: Frontend {
-            vip,
-            port,
-            protocol,
-        },
-        backends,
-    }
-}
 
 /// The namespace the program runs in, with a client on the nodes' segment.
 /// Nodes 1-3 are resolved; node 4 deliberately not, to exercise the FIB miss
@@ -135,12 +102,12 @@ fn packet_fixtures() {
 fn fixtures_in_namespace(bench: &XdpBed) {
     let mut dataplane = load(bench);
     for spec in [
-        service(VIP, 80, Protocol::Tcp, vec![backend(1, 31000)]),
-        service(VIP, 53, Protocol::Udp, vec![backend(1, 31053)]),
+        service(VIP, 80, Protocol::Tcp, vec![node(1, 31000)]),
+        service(VIP, 53, Protocol::Udp, vec![node(1, 31053)]),
         service(VIP_EMPTY, 80, Protocol::Tcp, vec![]),
-        service(VIP_UNRESOLVED, 80, Protocol::Tcp, vec![backend(4, 31004)]),
-        service(VIP6, 80, Protocol::Tcp, vec![backend6(1, 31000)]),
-        service(VIP6, 53, Protocol::Udp, vec![backend6(1, 31053)]),
+        service(VIP_UNRESOLVED, 80, Protocol::Tcp, vec![node(4, 31004)]),
+        service(VIP6, 80, Protocol::Tcp, vec![node6(1, 31000)]),
+        service(VIP6, 53, Protocol::Udp, vec![node6(1, 31053)]),
     ] {
         dataplane.set_service(&spec).expect("set_service");
     }
@@ -589,7 +556,7 @@ fn stickiness_in_namespace(bench: &XdpBed) {
         VIP_SPREAD,
         80,
         Protocol::Tcp,
-        vec![backend(1, 31000), backend(2, 31000)],
+        vec![node(1, 31000), node(2, 31000)],
     );
     dataplane.set_service(&spec).expect("set_service");
     let port_of = |output: &[u8]| -> Ipv4Addr {
@@ -635,7 +602,7 @@ fn stickiness_in_namespace(bench: &XdpBed) {
         assert!(n > 60, "{node} got only {n} of 200 flows");
     }
     // A third backend: existing flows stay put, new flows may use it.
-    spec.backends.push(backend(3, 31000));
+    spec.backends.push(node(3, 31000));
     dataplane.set_service(&spec).expect("update");
     for (client, before) in clients.iter().zip(&first_choice) {
         let (_, output) = run(
@@ -731,7 +698,7 @@ fn a_node_whose_mac_changes_gets_packets_at_its_new_mac_within_the_cache_bound()
 fn next_hop_cache_in_namespace(ns: &NetNs, bench: &XdpBed) {
     let mut dataplane = load(bench);
     dataplane
-        .set_service(&service(VIP, 80, Protocol::Tcp, vec![backend(1, 31000)]))
+        .set_service(&service(VIP, 80, Protocol::Tcp, vec![node(1, 31000)]))
         .expect("set_service");
     let client = sock(CLIENT, 42000);
     let vip = sock(VIP, 80);

@@ -11,8 +11,9 @@ use anyhow::{Context as _, Result, bail, ensure};
 
 use super::bird::Bird;
 use crate::{
-    cli::{DrainArgs, InspectArgs, print_table},
-    show::print_json,
+    cli::{DrainArgs, InspectArgs},
+    pins::check_bpffs,
+    show::{print_json, print_table},
 };
 
 /// How long `lb drain` waits for BIRD to announce nothing.
@@ -30,6 +31,7 @@ fn running(bird: &Bird, args_bpffs: &std::path::Path) -> Result<()> {
 
 /// `lb bgp`: sessions, BFD and the prefixes announced.
 pub fn bgp(args: &InspectArgs) -> Result<()> {
+    check_bpffs(&args.bpffs)?;
     let bird = Bird::of(&args.bpffs);
     running(&bird, &args.bpffs)?;
     let status = bird.status().context("asking BIRD")?;
@@ -67,6 +69,7 @@ pub fn bgp(args: &InspectArgs) -> Result<()> {
 /// the marker), then wait until BIRD announces nothing.
 pub fn drain(args: &DrainArgs) -> Result<()> {
     let bpffs = &args.pins.bpffs;
+    check_bpffs(bpffs)?;
     let bird = Bird::of(bpffs);
     let marker = bird.drain_marker();
     if args.undo {

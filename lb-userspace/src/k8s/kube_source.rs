@@ -27,7 +27,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use super::{manifests::ClusterObjects, status::StatusWriter, translate::Translation};
+use super::{objects::ClusterObjects, status::StatusWriter, translate::Translation};
 
 /// How long to wait for more changes after one, so that a burst (a rollout,
 /// a re-list) costs one reconciliation instead of hundreds.

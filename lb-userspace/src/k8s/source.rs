@@ -10,7 +10,8 @@ use tokio::time::{Interval, MissedTickBehavior, interval};
 
 use super::{
     kube_source::KubeSource,
-    manifests::{ClusterObjects, ManifestError, load_path},
+    manifests::{ManifestError, load_path},
+    objects::ClusterObjects,
     translate::Translation,
 };
 

@@ -18,7 +18,7 @@ use std::{
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec as K8sServiceSpec};
 
-use super::{manifests::ClusterObjects, pools::Pools};
+use super::{objects::ClusterObjects, pools::Pools};
 use crate::model::{DesiredState, Frontend, ServiceSpec};
 
 /// Annotation on a Node giving its Maglev weight (positive integer; default 1),

@@ -1,64 +1,20 @@
 //! Kubernetes objects as tests and benchmarks put them into the fake API
-//! server: LoadBalancer Services, Nodes, EndpointSlices.
+//! server: LoadBalancer Services, Nodes, EndpointSlices. Built by
+//! `lb::k8s::fixtures`, which the translator's own tests use too.
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use k8s_openapi::{
-    api::{
-        core::v1::{
-            Node, NodeAddress, NodeCondition, NodeStatus, Service, ServicePort, ServiceSpec,
-        },
-        discovery::v1::{Endpoint, EndpointConditions, EndpointSlice},
-    },
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
-};
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use lb::k8s::fixtures::{self, NodeEndpoint};
+pub use lb::k8s::fixtures::{annotated, ip_families, local, node, not_ready, with_internal_ip};
 
 /// A Service of type LoadBalancer with TCP ports `(port, nodePort)`; a
 /// nodePort of 0 lets the server allocate one.
 pub fn load_balancer(namespace: &str, name: &str, ports: &[(i32, i32)]) -> Service {
-    let ports = ports.iter().map(|&(port, node_port)| ServicePort {
-        name: Some(format!("p{port}")),
-        port,
-        protocol: Some("TCP".to_owned()),
-        node_port: (node_port != 0).then_some(node_port),
-        ..Default::default()
+    let ports = ports.iter().map(|&(port, node_port)| {
+        fixtures::service_port(port, Some("TCP"), (node_port != 0).then_some(node_port))
     });
-    Service {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: Some(namespace.to_owned()),
-            ..Default::default()
-        },
-        spec: Some(ServiceSpec {
-            type_: Some("LoadBalancer".to_owned()),
-            ports: Some(ports.collect()),
-            ..Default::default()
-        }),
-        status: None,
-    }
-}
-
-pub fn annotated(mut service: Service, key: &str, value: &str) -> Service {
-    let annotations = service.metadata.annotations.get_or_insert_default();
-    annotations.insert(key.to_owned(), value.to_owned());
-    service
-}
-
-/// `externalTrafficPolicy: Local`: only nodes with a ready endpoint serve.
-pub fn local(mut service: Service) -> Service {
-    let spec = service.spec.get_or_insert_default();
-    spec.external_traffic_policy = Some("Local".to_owned());
-    service
-}
-
-/// `spec.ipFamilyPolicy` and `spec.ipFamilies` (left to the server when empty).
-pub fn ip_families(mut service: Service, policy: &str, families: &[&str]) -> Service {
-    let spec = service.spec.get_or_insert_default();
-    spec.ip_family_policy = Some(policy.to_owned());
-    if !families.is_empty() {
-        spec.ip_families = Some(families.iter().map(|f| (*f).to_owned()).collect());
-    }
-    service
+    fixtures::load_balancer_service(namespace, name, ports.collect())
 }
 
 /// The first IPv4 address of `status.loadBalancer.ingress`.
@@ -73,70 +29,6 @@ pub fn ingress_ip(service: &Service) -> Option<Ipv4Addr> {
 /// the agent reads it.
 pub use lb::k8s::ingress_ips;
 
-/// A Ready Node at `ip` (its InternalIP).
-pub fn node(name: &str, ip: impl Into<IpAddr>) -> Node {
-    Node {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            ..Default::default()
-        },
-        spec: None,
-        status: Some(NodeStatus {
-            addresses: Some(vec![
-                NodeAddress {
-                    type_: "InternalIP".to_owned(),
-                    address: ip.into().to_string(),
-                },
-                NodeAddress {
-                    type_: "Hostname".to_owned(),
-                    address: name.to_owned(),
-                },
-            ]),
-            conditions: Some(vec![NodeCondition {
-                type_: "Ready".to_owned(),
-                status: "True".to_owned(),
-                reason: Some("KubeletReady".to_owned()),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-    }
-}
-
-/// `node` with another InternalIP, as the kubelet of a dual-stack node lists
-/// its address of the other family: after the first.
-pub fn with_internal_ip(mut node: Node, ip: impl Into<IpAddr>) -> Node {
-    let addresses = node
-        .status
-        .get_or_insert_default()
-        .addresses
-        .get_or_insert_default();
-    let after = addresses
-        .iter()
-        .rposition(|address| address.type_ == "InternalIP")
-        .map_or(0, |index| index + 1);
-    let address = NodeAddress {
-        type_: "InternalIP".to_owned(),
-        address: ip.into().to_string(),
-    };
-    addresses.insert(after, address);
-    node
-}
-
-/// `node` as the node controller marks it when its kubelet stops reporting.
-pub fn not_ready(mut node: Node) -> Node {
-    let conditions = node
-        .status
-        .get_or_insert_default()
-        .conditions
-        .get_or_insert_default();
-    for condition in conditions.iter_mut().filter(|c| c.type_ == "Ready") {
-        condition.status = "Unknown".to_owned();
-        condition.reason = Some("NodeStatusUnknown".to_owned());
-    }
-    node
-}
-
 /// Where an endpoint (a pod) stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pod {
@@ -148,28 +40,12 @@ pub enum Pod {
 /// The EndpointSlice the endpointslice controller keeps for a Service, with
 /// one endpoint per `(node, pod)`.
 pub fn endpoint_slice(namespace: &str, service: &str, pods: &[(&str, Pod)]) -> EndpointSlice {
-    let endpoints = pods.iter().enumerate().map(|(index, &(node, pod))| {
-        let ready = pod == Pod::Ready;
-        Endpoint {
-            addresses: vec![format!("10.244.{}.{}", index / 250, index % 250 + 2)],
-            node_name: Some(node.to_owned()),
-            conditions: Some(EndpointConditions {
-                ready: Some(ready),
-                serving: Some(true),
-                terminating: Some(!ready),
-            }),
-            ..Default::default()
-        }
-    });
-    EndpointSlice {
-        address_type: "IPv4".to_owned(),
-        endpoints: Some(endpoints.collect()),
-        metadata: ObjectMeta {
-            name: Some(format!("{service}-slice")),
-            namespace: Some(namespace.to_owned()),
-            labels: Some([("kubernetes.io/service-name".to_owned(), service.to_owned())].into()),
-            ..Default::default()
-        },
-        ports: None,
-    }
+    let endpoints: Vec<NodeEndpoint> = pods
+        .iter()
+        .map(|&(node, pod)| {
+            let ready = pod == Pod::Ready;
+            (node, Some(ready), Some(true), Some(!ready))
+        })
+        .collect();
+    fixtures::endpoint_slice(namespace, service, &endpoints)
 }

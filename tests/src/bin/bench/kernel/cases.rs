@@ -11,10 +11,10 @@ use aya::{
 };
 use lb::{
     dataplane::{ATTRIBUTION_OBJECT, Dataplane, DataplaneConfig, Forwarding, REFERENCE_OBJECT},
-    model::{BackendSpec, Frontend, Protocol, ServiceSpec},
+    model::{Protocol, ServiceSpec},
 };
 use lb_common::{Flow, FlowKey, MAP_FLOWS, MAX_FLOWS, MAX_SERVICES, counters};
-use lb_tests::packets;
+use lb_tests::{packets, specs};
 
 use super::{
     CaseResult, Expect, Options, XDP_PASS, XDP_REDIRECT, XDP_TX,
@@ -97,29 +97,19 @@ fn sock(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(ip, port)
 }
 
+/// The service at (`vip`, `port`, `protocol`) on the nodes at `backends`,
+/// each named after its address.
 fn service(
     vip: Ipv4Addr,
     port: u16,
     protocol: Protocol,
     backends: &[(Ipv4Addr, u16)],
 ) -> ServiceSpec {
-    ServiceSpec {
-        name: format!("bench/{vip}:{port}/{protocol}"),
-        frontend: Frontend {
-            vip: vip.into(),
-            port,
-            protocol,
-        },
-        backends: backends
-            .iter()
-            .map(|&(ip, port)| BackendSpec {
-                node: format!("{ip}:{port}"),
-                ip: ip.into(),
-                port,
-                weight: 1,
-            })
-            .collect(),
-    }
+    let backends = backends
+        .iter()
+        .map(|&(ip, port)| specs::backend(format!("{ip}:{port}"), ip, port))
+        .collect();
+    specs::service(vip, port, protocol, backends)
 }
 
 fn all_nodes(port: u16) -> Vec<(Ipv4Addr, u16)> {

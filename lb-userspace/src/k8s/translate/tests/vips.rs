@@ -1,207 +1,6 @@
-use k8s_openapi::{
-    api::{
-        core::v1::{
-            LoadBalancerIngress, LoadBalancerStatus, Node, NodeAddress, NodeCondition, NodeSpec,
-            NodeStatus, ServiceSpec as K8sServiceSpec, ServiceStatus,
-        },
-        discovery::v1::{Endpoint, EndpointConditions, EndpointSlice},
-    },
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
-};
+//! VIPs: where each comes from, who may share one, families and pools.
 
 use super::*;
-use crate::{
-    k8s::{family::Family, manifests::load_path, pools::Pool},
-    model::{BackendSpec, Protocol, ServiceSpec},
-};
-
-fn ip<T: std::str::FromStr<Err: std::fmt::Debug>>(text: &str) -> T {
-    text.parse().unwrap()
-}
-
-/// A translator with these pools (`NAME=RANGES`).
-fn translator(pools: &[&str]) -> Translator {
-    let pools = pools
-        .iter()
-        .map(|text| Pool::parse(text).unwrap())
-        .collect();
-    Translator::new(TranslateConfig::default(), Pools::new(pools).unwrap())
-}
-
-fn pool() -> Translator {
-    translator(&["default=198.51.100.0/28"])
-}
-
-fn skipped(translation: &Translation) -> Vec<String> {
-    translation
-        .skipped
-        .iter()
-        .map(ToString::to_string)
-        .collect()
-}
-
-fn port(port: i32, protocol: Option<&str>, node_port: Option<i32>) -> ServicePort {
-    ServicePort {
-        name: Some(format!("p{port}")),
-        port,
-        protocol: protocol.map(str::to_owned),
-        node_port,
-        ..Default::default()
-    }
-}
-
-fn tcp(port: i32, node_port: i32) -> ServicePort {
-    self::port(port, Some("TCP"), Some(node_port))
-}
-
-fn service(name: &str, ports: Vec<ServicePort>) -> Service {
-    Service {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: Some("ns".to_owned()),
-            ..Default::default()
-        },
-        spec: Some(K8sServiceSpec {
-            type_: Some("LoadBalancer".to_owned()),
-            ports: Some(ports),
-            ..Default::default()
-        }),
-        status: None,
-    }
-}
-
-fn with_lb_ip(mut service: Service, text: &str) -> Service {
-    service.spec.as_mut().unwrap().load_balancer_ip = Some(text.to_owned());
-    service
-}
-
-fn with_status_ips(mut service: Service, ips: &[&str]) -> Service {
-    let ingress = ips.iter().map(|ip| LoadBalancerIngress {
-        ip: Some((*ip).to_owned()),
-        ..Default::default()
-    });
-    let load_balancer = LoadBalancerStatus {
-        ingress: Some(ingress.collect()),
-    };
-    service.status = Some(ServiceStatus {
-        load_balancer: Some(load_balancer),
-        ..Default::default()
-    });
-    service
-}
-
-fn node(name: &str, internal_ip: &str) -> Node {
-    let address = |type_: &str, address: &str| NodeAddress {
-        type_: type_.to_owned(),
-        address: address.to_owned(),
-    };
-    let ready = NodeCondition {
-        type_: "Ready".to_owned(),
-        status: "True".to_owned(),
-        ..Default::default()
-    };
-    Node {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            ..Default::default()
-        },
-        spec: Some(NodeSpec::default()),
-        status: Some(NodeStatus {
-            addresses: Some(vec![
-                address("Hostname", name),
-                address("InternalIP", internal_ip),
-            ]),
-            conditions: Some(vec![ready]),
-            ..Default::default()
-        }),
-    }
-}
-
-fn with_weight(mut node: Node, weight: &str) -> Node {
-    let annotations = [(NODE_WEIGHT_ANNOTATION.to_owned(), weight.to_owned())];
-    node.metadata.annotations = Some(annotations.into());
-    node
-}
-
-fn objects(services: Vec<Service>, nodes: Vec<Node>) -> ClusterObjects {
-    ClusterObjects {
-        services: services.into_iter().map(Arc::new).collect(),
-        nodes: nodes.into_iter().map(Arc::new).collect(),
-        endpoint_slices: Vec::new(),
-    }
-}
-
-fn frontend(vip: &str, port: u16, protocol: Protocol) -> Frontend {
-    Frontend {
-        vip: ip(vip),
-        port,
-        protocol,
-    }
-}
-
-/// (name, VIP) of every served port, in frontend order.
-fn served(translation: &Translation) -> Vec<(String, IpAddr)> {
-    let specs = translation.state.services.values();
-    specs
-        .map(|spec| (spec.name.clone(), spec.frontend.vip))
-        .collect()
-}
-
-fn backend_nodes(spec: &ServiceSpec) -> Vec<(&str, u32)> {
-    spec.backends
-        .iter()
-        .map(|backend| (backend.node.as_str(), backend.weight))
-        .collect()
-}
-
-#[test]
-fn voting_app_example() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/voting-app.yaml");
-    let loaded = load_path(path.as_ref()).unwrap();
-    assert!(loaded.skipped.is_empty(), "{:?}", loaded.skipped);
-    let mut pool = pool();
-    let translation = pool.translate(&loaded.objects);
-    assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
-    assert_eq!(translation.state.services.len(), 2);
-
-    let vote = &translation.state.services[&frontend("198.51.100.10", 5000, Protocol::Tcp)];
-    assert_eq!(vote.name, "vote/vote:vote-service");
-    let want: Vec<BackendSpec> = (1..=3)
-        .map(|i| BackendSpec {
-            node: format!("node-{i}"),
-            ip: ip(&format!("10.1.0.{}", 10 + i)),
-            port: 31000,
-            weight: 1,
-        })
-        .collect();
-    assert_eq!(vote.backends, want);
-
-    let result = &translation.state.services[&frontend("198.51.100.1", 5001, Protocol::Tcp)];
-    assert_eq!(result.name, "vote/result:result-service");
-    assert_eq!(result.backends.len(), 3);
-    assert!(result.backends.iter().all(|backend| backend.port == 31001));
-    assert_eq!(
-        pool.pools.lookup("vote/result", Family::V4),
-        Some(ip("198.51.100.1"))
-    );
-}
-
-#[test]
-fn only_load_balancers_served() {
-    let mut cluster_ip = service("internal", vec![tcp(80, 30080)]);
-    cluster_ip.spec.as_mut().unwrap().type_ = Some("ClusterIP".to_owned());
-    let mut untyped = service("untyped", vec![tcp(80, 30081)]);
-    untyped.spec.as_mut().unwrap().type_ = None;
-    let public = with_lb_ip(service("public", vec![tcp(80, 30082)]), "198.51.100.5");
-    let mut pool = pool();
-    let translation = pool.translate(&objects(vec![cluster_ip, untyped, public], vec![]));
-    assert_eq!(
-        served(&translation),
-        [("ns/public:p80".to_owned(), ip("198.51.100.5"))]
-    );
-    assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
-    assert_eq!(pool.pools.lookup("ns/internal", Family::V4), None);
-}
 
 #[test]
 fn vip_precedence() {
@@ -259,140 +58,6 @@ fn no_usable_vip_skipped() {
         skipped(&translation),
         ["Service ns/a: no IPv4 VIP: VIP pool default has no free IPv4 address left"]
     );
-}
-
-#[test]
-fn not_ready_and_unschedulable_nodes_excluded() {
-    let mut not_ready = node("not-ready", "10.1.0.2");
-    not_ready
-        .status
-        .as_mut()
-        .unwrap()
-        .conditions
-        .as_mut()
-        .unwrap()[0]
-        .status = "False".to_owned();
-    let mut no_conditions = node("no-conditions", "10.1.0.3");
-    no_conditions.status.as_mut().unwrap().conditions = None;
-    let mut cordoned = node("cordoned", "10.1.0.4");
-    cordoned.spec.as_mut().unwrap().unschedulable = Some(true);
-    let mut schedulable = node("b-schedulable", "10.1.0.5");
-    schedulable.spec.as_mut().unwrap().unschedulable = Some(false);
-    let nodes = vec![
-        node("c-ready", "10.1.0.1"),
-        not_ready,
-        no_conditions,
-        cordoned,
-        schedulable,
-    ];
-    let service = with_lb_ip(service("a", vec![tcp(80, 30080)]), "198.51.100.1");
-    let translation = Translator::default().translate(&objects(vec![service], nodes));
-    assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
-    let spec = &translation.state.services[&frontend("198.51.100.1", 80, Protocol::Tcp)];
-    assert_eq!(backend_nodes(spec), [("b-schedulable", 1), ("c-ready", 1)]);
-    assert_eq!(spec.backends[0].ip, ip::<IpAddr>("10.1.0.5"));
-    assert_eq!(spec.backends[0].port, 30080);
-}
-
-#[test]
-fn node_without_internal_ip_skipped() {
-    let mut external_only = node("external-only", "10.1.0.2");
-    external_only
-        .status
-        .as_mut()
-        .unwrap()
-        .addresses
-        .as_mut()
-        .unwrap()[1]
-        .type_ = "ExternalIP".to_owned();
-    let nodes = vec![
-        node("good", "10.1.0.1"),
-        external_only,
-        node("v6-only", "fd00::1"),
-    ];
-    let service = with_lb_ip(service("a", vec![tcp(80, 30080)]), "198.51.100.1");
-    let translation = Translator::default().translate(&objects(vec![service], nodes));
-    // An IPv6-only node is fine, but serves no IPv4 VIP.
-    assert_eq!(
-        skipped(&translation),
-        ["Node external-only: no InternalIP address"]
-    );
-    let spec = &translation.state.services[&frontend("198.51.100.1", 80, Protocol::Tcp)];
-    assert_eq!(backend_nodes(spec), [("good", 1)]);
-}
-
-#[test]
-fn weight_annotation() {
-    let nodes = vec![
-        with_weight(node("heavy", "10.1.0.1"), "5"),
-        node("plain", "10.1.0.2"),
-        with_weight(node("zero", "10.1.0.3"), "0"),
-        with_weight(node("word", "10.1.0.4"), "heavy"),
-        with_weight(node("negative", "10.1.0.5"), "-2"),
-    ];
-    let service = with_lb_ip(service("a", vec![tcp(80, 30080)]), "198.51.100.1");
-    let translation = Translator::default().translate(&objects(vec![service], nodes));
-    let want = [
-        "Node zero: annotation lb.dev/weight=\"0\" is not a positive integer",
-        "Node word: annotation lb.dev/weight=\"heavy\" is not a positive integer",
-        "Node negative: annotation lb.dev/weight=\"-2\" is not a positive integer",
-    ];
-    assert_eq!(skipped(&translation), want);
-    let spec = &translation.state.services[&frontend("198.51.100.1", 80, Protocol::Tcp)];
-    assert_eq!(backend_nodes(spec), [("heavy", 5), ("plain", 1)]);
-}
-
-#[test]
-fn ports_and_protocols() {
-    let mut unnamed = port(8080, None, Some(30080));
-    unnamed.name = None;
-    let mut empty_name = port(8081, Some("TCP"), Some(30081));
-    empty_name.name = Some(String::new());
-    let ports = vec![
-        tcp(80, 30000),
-        port(53, Some("UDP"), Some(30053)),
-        port(9000, Some("SCTP"), Some(30900)),
-        port(443, Some("TCP"), None),
-        unnamed,
-        empty_name,
-    ];
-    let mut service = with_lb_ip(service("web", ports), "198.51.100.1");
-    service.metadata.namespace = None;
-    let translation =
-        Translator::default().translate(&objects(vec![service], vec![node("n", "10.1.0.1")]));
-    let want = [
-        "Service default/web: port 9000/sctp: protocol SCTP is not supported",
-        "Service default/web: port 443/tcp has no nodePort",
-    ];
-    assert_eq!(skipped(&translation), want);
-    let services = &translation.state.services;
-    let names: Vec<(Frontend, &str, u16)> = services
-        .values()
-        .map(|spec| (spec.frontend, spec.name.as_str(), spec.backends[0].port))
-        .collect();
-    let want = [
-        (
-            frontend("198.51.100.1", 53, Protocol::Udp),
-            "default/web:p53",
-            30053,
-        ),
-        (
-            frontend("198.51.100.1", 80, Protocol::Tcp),
-            "default/web:p80",
-            30000,
-        ),
-        (
-            frontend("198.51.100.1", 8080, Protocol::Tcp),
-            "default/web:8080",
-            30080,
-        ),
-        (
-            frontend("198.51.100.1", 8081, Protocol::Tcp),
-            "default/web:8081",
-            30081,
-        ),
-    ];
-    assert_eq!(names, want);
 }
 
 #[test]
@@ -510,51 +175,6 @@ fn deleted_service_releases_pool_address() {
         ("ns/b:p80".to_owned(), ip("198.51.100.2")),
     ];
     assert_eq!(served(&third), want);
-}
-
-fn annotated(mut service: Service, key: &str, value: &str) -> Service {
-    let annotations = service.metadata.annotations.get_or_insert_default();
-    annotations.insert(key.to_owned(), value.to_owned());
-    service
-}
-
-fn with_class(mut service: Service, class: &str) -> Service {
-    service.spec.as_mut().unwrap().load_balancer_class = Some(class.to_owned());
-    service
-}
-
-fn problems(translation: &Translation) -> Vec<(&str, Problem)> {
-    let skipped = translation.skipped.iter();
-    skipped.map(|s| (s.name.as_str(), s.problem)).collect()
-}
-
-#[test]
-fn load_balancer_class_selects_services() {
-    let services = vec![
-        service("unset", vec![tcp(80, 30080)]),
-        with_class(
-            service("ours", vec![tcp(80, 30081)]),
-            DEFAULT_LOAD_BALANCER_CLASS,
-        ),
-        with_class(service("theirs", vec![tcp(80, 30082)]), "example.com/other"),
-    ];
-    let mut pool = pool();
-    let translation = pool.translate(&objects(services.clone(), vec![]));
-    let want = [
-        ("ns/ours:p80".to_owned(), ip("198.51.100.1")),
-        ("ns/unset:p80".to_owned(), ip("198.51.100.2")),
-    ];
-    assert_eq!(served(&translation), want);
-    assert_eq!(pool.pools.lookup("ns/theirs", Family::V4), None);
-
-    // Another class name configured: only unclassed Services and that class.
-    let mut other = self::pool();
-    other.config.load_balancer_class = "example.com/other".to_owned();
-    let names: Vec<String> = served(&other.translate(&objects(services, vec![])))
-        .into_iter()
-        .map(|(name, _)| name)
-        .collect();
-    assert_eq!(names, ["ns/theirs:p80", "ns/unset:p80"]);
 }
 
 #[test]
@@ -684,165 +304,6 @@ fn released_on_deletion_and_type_change() {
     assert!(second.vips.is_empty());
 }
 
-/// An endpoint's node and its (ready, serving, terminating) conditions.
-type NodeEndpoint<'a> = (&'a str, Option<bool>, Option<bool>, Option<bool>);
-
-fn slice(service: &str, endpoints: &[NodeEndpoint]) -> EndpointSlice {
-    let endpoints = endpoints
-        .iter()
-        .map(|&(node, ready, serving, terminating)| Endpoint {
-            addresses: vec!["10.244.0.1".to_owned()],
-            node_name: Some(node.to_owned()),
-            conditions: Some(EndpointConditions {
-                ready,
-                serving,
-                terminating,
-            }),
-            ..Default::default()
-        });
-    EndpointSlice {
-        address_type: "IPv4".to_owned(),
-        endpoints: Some(endpoints.collect()),
-        metadata: ObjectMeta {
-            name: Some(format!("{service}-x1")),
-            namespace: Some("ns".to_owned()),
-            labels: Some([(SERVICE_NAME_LABEL.to_owned(), service.to_owned())].into()),
-            ..Default::default()
-        },
-        ports: None,
-    }
-}
-
-#[test]
-fn local_policy_follows_endpoint_slices() {
-    let mut local = with_lb_ip(service("web", vec![tcp(80, 30080)]), "198.51.100.1");
-    let spec = local.spec.as_mut().unwrap();
-    spec.external_traffic_policy = Some("Local".to_owned());
-    spec.health_check_node_port = Some(32000);
-    let mut no_slices = with_lb_ip(service("empty", vec![tcp(80, 30081)]), "198.51.100.2");
-    no_slices.spec.as_mut().unwrap().external_traffic_policy = Some("Local".to_owned());
-    let cluster = with_lb_ip(service("cluster", vec![tcp(80, 30082)]), "198.51.100.3");
-    let nodes = (1..=5)
-        .map(|i| node(&format!("n{i}"), &format!("10.1.0.{i}")))
-        .collect();
-    let (t, f) = (Some(true), Some(false));
-    let mut objects = objects(vec![local, no_slices, cluster], nodes);
-    objects.endpoint_slices = [
-        // n1 ready (unset conditions count as ready), n2 ready and draining,
-        // n3 only draining, n4 neither serving nor ready.
-        slice("web", &[("n1", None, None, None), ("n2", f, t, t)]),
-        slice("web", &[("n2", t, t, f), ("n3", f, t, t), ("n4", f, f, t)]),
-        // Endpoints of other Services count for nothing.
-        slice("cluster", &[("n5", t, t, f)]),
-    ]
-    .map(Arc::new)
-    .into();
-    let translation = Translator::default().translate(&objects);
-    assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
-    let web = frontend("198.51.100.1", 80, Protocol::Tcp);
-    let spec = &translation.state.services[&web];
-    assert_eq!(backend_nodes(spec), [("n1", 1), ("n2", 1), ("n3", 0)]);
-    assert_eq!(
-        translation.checks[&web],
-        HealthCheck::HealthCheckNodePort(32000)
-    );
-    let empty = frontend("198.51.100.2", 80, Protocol::Tcp);
-    assert!(translation.state.services[&empty].backends.is_empty());
-    assert_eq!(translation.checks[&empty], HealthCheck::NodePort);
-    let cluster = &translation.state.services[&frontend("198.51.100.3", 80, Protocol::Tcp)];
-    assert_eq!(cluster.backends.len(), 5);
-}
-
-#[test]
-fn node_address_type_is_configurable() {
-    let mut external = node("n1", "10.1.0.1");
-    let addresses = external
-        .status
-        .as_mut()
-        .unwrap()
-        .addresses
-        .as_mut()
-        .unwrap();
-    addresses.push(NodeAddress {
-        type_: "ExternalIP".to_owned(),
-        address: "192.0.2.1".to_owned(),
-    });
-    let service = with_lb_ip(service("a", vec![tcp(80, 30080)]), "198.51.100.1");
-    let mut translator = Translator::default();
-    translator.config.node_address_type = "ExternalIP".to_owned();
-    let translation = translator.translate(&objects(
-        vec![service],
-        vec![external, node("n2", "10.1.0.2")],
-    ));
-    let spec = &translation.state.services[&frontend("198.51.100.1", 80, Protocol::Tcp)];
-    assert_eq!(spec.backends.len(), 1);
-    assert_eq!(spec.backends[0].ip, ip::<IpAddr>("192.0.2.1"));
-    assert_eq!(skipped(&translation), ["Node n2: no ExternalIP address"]);
-}
-
-#[test]
-fn kubernetes_example() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/kubernetes/services.yaml"
-    );
-    let loaded = load_path(path.as_ref()).unwrap();
-    assert!(loaded.skipped.is_empty(), "{:?}", loaded.skipped);
-    let mut translator = translator(&["public=198.51.100.20-198.51.100.30"]);
-    let translation = translator.translate(&loaded.objects);
-    assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
-    let web = frontend("198.51.100.20", 80, Protocol::Tcp);
-    assert_eq!(
-        backend_nodes(&translation.state.services[&web]),
-        [("node-1", 1), ("node-2", 0)]
-    );
-    assert_eq!(
-        translation.checks[&web],
-        HealthCheck::HealthCheckNodePort(32080)
-    );
-    let dns = [Protocol::Tcp, Protocol::Udp].map(|p| frontend("198.51.100.53", 53, p));
-    for frontend in dns {
-        assert_eq!(translation.state.services[&frontend].backends.len(), 3);
-    }
-}
-
-fn vips(translation: &Translation) -> Vec<(&str, Vec<IpAddr>)> {
-    let vips = translation.vips.iter();
-    vips.map(|(owner, vips)| (owner.as_str(), vips.clone()))
-        .collect()
-}
-
-/// `spec.ipFamilyPolicy` and `spec.ipFamilies`, as the API server completes them.
-fn families(mut service: Service, policy: &str, families: &[&str]) -> Service {
-    let spec = service.spec.as_mut().unwrap();
-    spec.ip_family_policy = Some(policy.to_owned());
-    spec.ip_families = Some(families.iter().map(|f| (*f).to_owned()).collect());
-    service
-}
-
-fn dual_stack(service: Service) -> Service {
-    families(service, "RequireDualStack", &["IPv4", "IPv6"])
-}
-
-fn with_internal_ip(mut node: Node, ip: &str) -> Node {
-    let addresses = node.status.as_mut().unwrap().addresses.as_mut().unwrap();
-    addresses.push(NodeAddress {
-        type_: "InternalIP".to_owned(),
-        address: ip.to_owned(),
-    });
-    node
-}
-
-fn dual_pool() -> Translator {
-    translator(&["default=198.51.100.0/28,2001:db8::/120"])
-}
-
-/// (node, backend IP) of a served port.
-fn backend_ips(spec: &ServiceSpec) -> Vec<(&str, IpAddr)> {
-    let backends = spec.backends.iter();
-    backends.map(|b| (b.node.as_str(), b.ip)).collect()
-}
-
 #[test]
 fn dual_stack_service_served_on_a_vip_of_each_family() {
     let ports = vec![
@@ -851,7 +312,7 @@ fn dual_stack_service_served_on_a_vip_of_each_family() {
         port(9000, Some("SCTP"), Some(30900)),
     ];
     // Listed IPv6 first: the status still lists IPv4 first.
-    let web = families(service("web", ports), "RequireDualStack", &["IPv6", "IPv4"]);
+    let web = ip_families(service("web", ports), "RequireDualStack", &["IPv6", "IPv4"]);
     let nodes = vec![
         with_internal_ip(node("both", "10.1.0.1"), "fd00::1"),
         node("v4-only", "10.1.0.2"),
@@ -897,13 +358,13 @@ fn dual_stack_service_served_on_a_vip_of_each_family() {
 #[test]
 fn single_stack_ipv6_and_the_ipv4_default() {
     let services = vec![
-        families(
+        ip_families(
             service("six", vec![tcp(80, 30080)]),
             "SingleStack",
             &["IPv6"],
         ),
         // Only the first family counts for a single stack.
-        families(
+        ip_families(
             service("first", vec![tcp(80, 30081)]),
             "SingleStack",
             &["IPv6", "IPv4"],
@@ -924,7 +385,7 @@ fn single_stack_ipv6_and_the_ipv4_default() {
 fn require_dual_stack_without_an_ipv6_pool_not_served() {
     let services = vec![
         dual_stack(service("both", vec![tcp(80, 30080)])),
-        families(
+        ip_families(
             service("six", vec![tcp(80, 30081)]),
             "SingleStack",
             &["IPv6"],
@@ -953,7 +414,7 @@ fn require_dual_stack_without_an_ipv6_pool_not_served() {
 #[test]
 fn prefer_dual_stack_takes_the_families_it_can_get() {
     let prefer = |name, listed: &[&str]| {
-        families(
+        ip_families(
             service(name, vec![tcp(80, 30080)]),
             "PreferDualStack",
             listed,
@@ -1052,17 +513,17 @@ fn address_annotation_names_one_address_per_family() {
 #[test]
 fn unknown_ip_family_fields_skipped() {
     let services = vec![
-        families(
+        ip_families(
             service("policy", vec![tcp(80, 30080)]),
             "DualStack",
             &["IPv4"],
         ),
-        families(
+        ip_families(
             service("family", vec![tcp(80, 30081)]),
             "SingleStack",
             &["IPv5"],
         ),
-        families(
+        ip_families(
             service("twice", vec![tcp(80, 30082)]),
             "PreferDualStack",
             &["IPv6", "IPv6"],
@@ -1106,8 +567,8 @@ fn restart_keeps_both_vips_and_dropping_a_family_frees_it() {
     assert_eq!(vips(&translation), want);
 
     // web turns single-stack: its IPv6 address goes to whoever asks next.
-    let single = families(web, "SingleStack", &["IPv4"]);
-    let six = families(
+    let single = ip_families(web, "SingleStack", &["IPv4"]);
+    let six = ip_families(
         service("six", vec![tcp(80, 30082)]),
         "SingleStack",
         &["IPv6"],
@@ -1152,7 +613,7 @@ fn sharing_and_conflicts_are_per_address() {
     // Sorts after web and overlaps its port on the IPv6 address only; prefers
     // dual stack, so it is served on IPv4 alone.
     let late = annotated(
-        families(
+        ip_families(
             service("x-late", vec![tcp(80, 30081)]),
             "PreferDualStack",
             &["IPv4", "IPv6"],

@@ -1,0 +1,162 @@
+//! Backends: which nodes serve, at which address and weight, and
+//! `externalTrafficPolicy: Local`.
+
+use k8s_openapi::api::{core::v1::NodeAddress, discovery::v1::EndpointSlice};
+
+use super::*;
+use crate::k8s::fixtures::{NodeEndpoint, endpoint_slice};
+
+#[test]
+fn not_ready_and_unschedulable_nodes_excluded() {
+    let mut not_ready = node("not-ready", "10.1.0.2");
+    not_ready
+        .status
+        .as_mut()
+        .unwrap()
+        .conditions
+        .as_mut()
+        .unwrap()[0]
+        .status = "False".to_owned();
+    let mut no_conditions = node("no-conditions", "10.1.0.3");
+    no_conditions.status.as_mut().unwrap().conditions = None;
+    let mut cordoned = node("cordoned", "10.1.0.4");
+    cordoned.spec.as_mut().unwrap().unschedulable = Some(true);
+    let mut schedulable = node("b-schedulable", "10.1.0.5");
+    schedulable.spec.as_mut().unwrap().unschedulable = Some(false);
+    let nodes = vec![
+        node("c-ready", "10.1.0.1"),
+        not_ready,
+        no_conditions,
+        cordoned,
+        schedulable,
+    ];
+    let service = with_lb_ip(service("a", vec![tcp(80, 30080)]), "198.51.100.1");
+    let translation = Translator::default().translate(&objects(vec![service], nodes));
+    assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
+    let spec = &translation.state.services[&frontend("198.51.100.1", 80, Protocol::Tcp)];
+    assert_eq!(backend_nodes(spec), [("b-schedulable", 1), ("c-ready", 1)]);
+    assert_eq!(spec.backends[0].ip, ip::<IpAddr>("10.1.0.5"));
+    assert_eq!(spec.backends[0].port, 30080);
+}
+
+#[test]
+fn node_without_internal_ip_skipped() {
+    let mut external_only = node("external-only", "10.1.0.2");
+    external_only
+        .status
+        .as_mut()
+        .unwrap()
+        .addresses
+        .as_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|address| address.type_ == "InternalIP")
+        .unwrap()
+        .type_ = "ExternalIP".to_owned();
+    let nodes = vec![
+        node("good", "10.1.0.1"),
+        external_only,
+        node("v6-only", "fd00::1"),
+    ];
+    let service = with_lb_ip(service("a", vec![tcp(80, 30080)]), "198.51.100.1");
+    let translation = Translator::default().translate(&objects(vec![service], nodes));
+    // An IPv6-only node is fine, but serves no IPv4 VIP.
+    assert_eq!(
+        skipped(&translation),
+        ["Node external-only: no InternalIP address"]
+    );
+    let spec = &translation.state.services[&frontend("198.51.100.1", 80, Protocol::Tcp)];
+    assert_eq!(backend_nodes(spec), [("good", 1)]);
+}
+
+#[test]
+fn weight_annotation() {
+    let nodes = vec![
+        with_weight(node("heavy", "10.1.0.1"), "5"),
+        node("plain", "10.1.0.2"),
+        with_weight(node("zero", "10.1.0.3"), "0"),
+        with_weight(node("word", "10.1.0.4"), "heavy"),
+        with_weight(node("negative", "10.1.0.5"), "-2"),
+    ];
+    let service = with_lb_ip(service("a", vec![tcp(80, 30080)]), "198.51.100.1");
+    let translation = Translator::default().translate(&objects(vec![service], nodes));
+    let want = [
+        "Node zero: annotation lb.dev/weight=\"0\" is not a positive integer",
+        "Node word: annotation lb.dev/weight=\"heavy\" is not a positive integer",
+        "Node negative: annotation lb.dev/weight=\"-2\" is not a positive integer",
+    ];
+    assert_eq!(skipped(&translation), want);
+    let spec = &translation.state.services[&frontend("198.51.100.1", 80, Protocol::Tcp)];
+    assert_eq!(backend_nodes(spec), [("heavy", 5), ("plain", 1)]);
+}
+
+fn slice(service: &str, endpoints: &[NodeEndpoint]) -> EndpointSlice {
+    endpoint_slice("ns", service, endpoints)
+}
+
+#[test]
+fn local_policy_follows_endpoint_slices() {
+    let mut local = with_lb_ip(service("web", vec![tcp(80, 30080)]), "198.51.100.1");
+    let spec = local.spec.as_mut().unwrap();
+    spec.external_traffic_policy = Some("Local".to_owned());
+    spec.health_check_node_port = Some(32000);
+    let mut no_slices = with_lb_ip(service("empty", vec![tcp(80, 30081)]), "198.51.100.2");
+    no_slices.spec.as_mut().unwrap().external_traffic_policy = Some("Local".to_owned());
+    let cluster = with_lb_ip(service("cluster", vec![tcp(80, 30082)]), "198.51.100.3");
+    let nodes = (1..=5)
+        .map(|i| node(&format!("n{i}"), format!("10.1.0.{i}")))
+        .collect();
+    let (t, f) = (Some(true), Some(false));
+    let mut objects = objects(vec![local, no_slices, cluster], nodes);
+    objects.endpoint_slices = [
+        // n1 ready (unset conditions count as ready), n2 ready and draining,
+        // n3 only draining, n4 neither serving nor ready.
+        slice("web", &[("n1", None, None, None), ("n2", f, t, t)]),
+        slice("web", &[("n2", t, t, f), ("n3", f, t, t), ("n4", f, f, t)]),
+        // Endpoints of other Services count for nothing.
+        slice("cluster", &[("n5", t, t, f)]),
+    ]
+    .map(Arc::new)
+    .into();
+    let translation = Translator::default().translate(&objects);
+    assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
+    let web = frontend("198.51.100.1", 80, Protocol::Tcp);
+    let spec = &translation.state.services[&web];
+    assert_eq!(backend_nodes(spec), [("n1", 1), ("n2", 1), ("n3", 0)]);
+    assert_eq!(
+        translation.checks[&web],
+        HealthCheck::HealthCheckNodePort(32000)
+    );
+    let empty = frontend("198.51.100.2", 80, Protocol::Tcp);
+    assert!(translation.state.services[&empty].backends.is_empty());
+    assert_eq!(translation.checks[&empty], HealthCheck::NodePort);
+    let cluster = &translation.state.services[&frontend("198.51.100.3", 80, Protocol::Tcp)];
+    assert_eq!(cluster.backends.len(), 5);
+}
+
+#[test]
+fn node_address_type_is_configurable() {
+    let mut external = node("n1", "10.1.0.1");
+    let addresses = external
+        .status
+        .as_mut()
+        .unwrap()
+        .addresses
+        .as_mut()
+        .unwrap();
+    addresses.push(NodeAddress {
+        type_: "ExternalIP".to_owned(),
+        address: "192.0.2.1".to_owned(),
+    });
+    let service = with_lb_ip(service("a", vec![tcp(80, 30080)]), "198.51.100.1");
+    let mut translator = Translator::default();
+    translator.config.node_address_type = "ExternalIP".to_owned();
+    let translation = translator.translate(&objects(
+        vec![service],
+        vec![external, node("n2", "10.1.0.2")],
+    ));
+    let spec = &translation.state.services[&frontend("198.51.100.1", 80, Protocol::Tcp)];
+    assert_eq!(spec.backends.len(), 1);
+    assert_eq!(spec.backends[0].ip, ip::<IpAddr>("192.0.2.1"));
+    assert_eq!(skipped(&translation), ["Node n2: no ExternalIP address"]);
+}
