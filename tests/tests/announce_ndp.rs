@@ -37,9 +37,6 @@ fn manifest(topology: &Topology, vips: &[Ipv6Addr]) -> String {
         .enumerate()
         .map(|(i, vip)| {
             manifests::load_balancer_service_yaml(&format!("web6-{i}"), "demo", vip, &[port])
-                // A single-stack Service is of the cluster's first family
-                // (IPv4) unless it says otherwise.
-                .replace("spec:\n", "spec:\n  ipFamilies:\n  - IPv6\n")
         })
         .collect();
     docs.extend(
