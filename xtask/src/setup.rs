@@ -16,13 +16,16 @@ pub const REQUIRED_PACKAGES: &[&str] = &[
     // sysctl, and nsenter/setpriv for the test beds.
     "procps",
     "util-linux",
+    // The scale-out tests' router (and the agent's `--announce bgp`), and the
+    // nodes' kube-proxy rule.
+    "bird2",
+    "iptables",
 ];
 
 /// Debian packages the benchmarks (and some comparisons) use. Failing to install one of them
 /// is a warning, and one that the archive does not have is skipped.
 pub const BENCH_PACKAGES: &[&str] = &[
     "netcat-openbsd",
-    "iptables",
     "nftables",
     "haproxy",
     "wrk",
