@@ -8,7 +8,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::{
-    announce::{Announce, Announcer},
+    announce::{Announcement, Announcer, bird::Bird},
     catalog::Catalog,
     dataplane::{Dataplane, DataplaneConfig},
     health::{HealthChecker, HealthConfig},
@@ -30,7 +30,7 @@ pub struct AgentOptions {
     pub translator: Translator,
     pub health: HealthConfig,
     pub dataplane: DataplaneConfig,
-    pub announce: Announce,
+    pub announcement: Announcement,
 }
 
 pub async fn run(mut options: AgentOptions) -> Result<()> {
@@ -53,6 +53,9 @@ pub async fn run(mut options: AgentOptions) -> Result<()> {
         }
         if let Some(bpffs) = &options.dataplane.pin_dir {
             Catalog::remove(bpffs);
+            if let Err(e) = Bird::of(bpffs).stop() {
+                warn!(error = %e, "stopping BIRD");
+            }
         }
         drop(dataplane);
         info!("detached");
@@ -91,12 +94,12 @@ async fn sync_until_signalled(
     let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut hangup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     let mut checker = HealthChecker::start(options.health.clone());
-    let mut announcer = match options.announce {
-        Announce::Arp => {
-            Some(Announcer::new(&options.interfaces).context("reading the interfaces' addresses")?)
-        }
-        Announce::None => None,
-    };
+    let announcement = std::mem::replace(&mut options.announcement, Announcement::None);
+    let bpffs = options.dataplane.pin_dir.clone().unwrap_or_default();
+    let mut announcer = Announcer::start(announcement, &options.interfaces, &bpffs)
+        .context("reading the interfaces' addresses")?;
+    // Drains and failed BGP updates are looked at again this often.
+    let mut refresh = tokio::time::interval(std::time::Duration::from_secs(1));
     // What health verdicts are applied to when they change.
     let mut last: Option<Translation> = None;
     // Services that could not be programmed last time, and why.
@@ -110,8 +113,9 @@ async fn sync_until_signalled(
                 Ok(objects) => {
                     let translation = options.translator.translate(&objects);
                     checker.watch(&translation);
-                    program(dataplane, options, &checker.apply(&translation), &mut failed);
-                    announce(dataplane, announcer.as_mut());
+                    let state = checker.apply(&translation);
+                    program(dataplane, options, &state, &mut failed);
+                    announcer.update(dataplane, &state, &failed);
                     options.source.report(&translation).await;
                     last = Some(translation);
                     health.set_ready();
@@ -125,17 +129,12 @@ async fn sync_until_signalled(
                 Err(e) => warn!(error = %e, "source not read; keeping the last good state"),
             },
             () = checker.changed() => if let Some(translation) = &last {
-                program(dataplane, options, &checker.apply(translation), &mut failed);
-                announce(dataplane, announcer.as_mut());
+                let state = checker.apply(translation);
+                program(dataplane, options, &state, &mut failed);
+                announcer.update(dataplane, &state, &failed);
             },
+            _ = refresh.tick() => announcer.refresh(),
         }
-    }
-}
-
-/// Announces the VIPs the data path serves that it did not serve before.
-fn announce(dataplane: &Dataplane, announcer: Option<&mut Announcer>) {
-    if let Some(announcer) = announcer {
-        announcer.update(dataplane.services().map(|s| s.spec.frontend.vip).collect());
     }
 }
 

@@ -10,10 +10,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataplane::Dataplane;
-
-/// Where runtime files live (tmpfs: gone after a reboot, like the pins).
-const RUN_DIR: &str = "/run/lb";
+use crate::{dataplane::Dataplane, rundir};
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Catalog {
@@ -64,19 +61,13 @@ impl Catalog {
 
     /// The catalog file of the agent pinning under `bpffs`.
     pub fn path(bpffs: &Path) -> PathBuf {
-        let flat: String = bpffs
-            .to_string_lossy()
-            .trim_matches('/')
-            .chars()
-            .map(|c| if c == '/' { '-' } else { c })
-            .collect();
-        Path::new(RUN_DIR).join(format!("{flat}.json"))
+        Path::new(rundir::RUN_ROOT).join(format!("{}.json", rundir::name(bpffs)))
     }
 
     /// Writes atomically: readers see the old or the new catalog, never half.
     pub fn write(&self, bpffs: &Path) -> io::Result<()> {
         let path = Self::path(bpffs);
-        fs::create_dir_all(RUN_DIR)?;
+        fs::create_dir_all(rundir::RUN_ROOT)?;
         let tmp = path.with_extension("json.tmp");
         fs::write(
             &tmp,

@@ -30,7 +30,7 @@ pub enum Command {
     /// Run the agent in the foreground: attach the XDP program and keep it in step
     /// with its source (manifests or the API server) until SIGINT or SIGTERM. The data path and its state stay
     /// pinned when it exits, unless --detach-on-exit.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// List the services the data path serves.
     Services(InspectArgs),
     /// List backends (every service's, or one's) with their share of the Maglev table.
@@ -41,7 +41,16 @@ pub enum Command {
     Stats(StatsArgs),
     /// Tell which backend a new flow would get, and whether a flow entry pins it already.
     Trace(TraceArgs),
-    /// Detach the data path and remove its pinned state (stop the agent first).
+    /// Show the BGP sessions of `--announce bgp` and the prefixes announced.
+    /// JSON: {"sessions": [{"name", "peer", "peer_as", "state", "bfd"}],
+    /// "announced": ["198.51.100.10/32", ...], "draining": false}.
+    Bgp(InspectArgs),
+    /// Withdraw every BGP announcement of this host and keep them withdrawn
+    /// (the data path keeps forwarding what still arrives); returns once BIRD
+    /// announces nothing. Then wait for traffic to move and stop the host.
+    Drain(DrainArgs),
+    /// Detach the data path and remove its pinned state (stop the agent first);
+    /// a BIRD it ran withdraws its announcements and stops.
     Down(PinArgs),
     /// Print a shell completion script.
     Completions {
@@ -188,13 +197,16 @@ pub struct AgentArgs {
     /// Pinned tables keep the size they were created with.
     #[arg(long, default_value_t = lb_common::MAX_FLOWS)]
     pub max_flows: u32,
-    /// How VIPs become reachable on the segment: `arp` answers ARP and IPv6
-    /// Neighbor Solicitations for them with the interface's MAC (in the data
-    /// path) and sends a gratuitous ARP / unsolicited Neighbor Advertisement
-    /// when one appears; `none` leaves routing to the VIPs to others (static
-    /// routes via this host).
+    /// How VIPs become reachable: `arp` answers ARP and IPv6 Neighbor
+    /// Solicitations for them with the interface's MAC (in the data path) and
+    /// sends a gratuitous ARP / unsolicited Neighbor Advertisement when one
+    /// appears; `bgp` announces each VIP with a healthy backend to the
+    /// --bgp-peer routers through a BIRD 2 daemon the agent runs (several lb
+    /// hosts behind ECMP); `none` leaves routing to the VIPs to others.
     #[arg(long, value_enum, default_value_t = Announce::Arp)]
     pub announce: Announce,
+    #[command(flatten)]
+    pub bgp: BgpArgs,
     /// How packets reach the chosen node: `nat` rewrites them to (node IP,
     /// NodePort) and translates the replies, which must come back through an
     /// lb host; `dsr` (direct server return) keeps VIP:port and only sets the
@@ -202,6 +214,42 @@ pub struct AgentArgs {
     /// client directly. DSR needs every node on a segment lb is attached to.
     #[arg(long, value_enum, default_value_t = Forwarding::Nat)]
     pub forwarding: Forwarding,
+}
+
+/// The BGP sessions of `--announce bgp`.
+#[derive(Args, Debug)]
+pub struct BgpArgs {
+    /// This host's AS number (1 to 4294967295).
+    #[arg(long, value_name = "ASN")]
+    pub bgp_asn: Option<String>,
+    /// A router to announce the VIPs to, with its AS (repeatable; IPv4 or
+    /// IPv6): IPv4 VIPs go to IPv4 peers, IPv6 VIPs to IPv6 peers.
+    #[arg(long = "bgp-peer", value_name = "ADDR@ASN")]
+    pub bgp_peers: Vec<String>,
+    /// BGP router id [default: the first IPv4 address of the first --iface].
+    #[arg(long, value_name = "IPV4")]
+    pub bgp_router_id: Option<std::net::Ipv4Addr>,
+    /// BGP hold time in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 90)]
+    pub bgp_hold_time: u16,
+    /// BFD transmit and receive interval on every BGP session; 0 switches BFD off.
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = crate::health::parse_duration)]
+    pub bfd_interval: std::time::Duration,
+    /// BFD packets missed before a session is declared down.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub bfd_multiplier: u32,
+    /// The BIRD 2 binary (Debian package bird2).
+    #[arg(long, value_name = "PATH", default_value = "bird")]
+    pub bird: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct DrainArgs {
+    #[command(flatten)]
+    pub pins: PinArgs,
+    /// Announce again (undo an earlier drain).
+    #[arg(long)]
+    pub undo: bool,
 }
 
 #[derive(Args, Debug)]

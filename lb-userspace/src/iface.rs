@@ -47,6 +47,36 @@ pub fn mac(name: &str) -> io::Result<[u8; 6]> {
     Ok(std::array::from_fn(|i| data[i] as u8))
 }
 
+/// The interface's IPv4 addresses, in the kernel's order (`getifaddrs`).
+pub fn ipv4_addresses(name: &str) -> io::Result<Vec<std::net::Ipv4Addr>> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: `list` receives a list freed below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut addresses = Vec::new();
+    let mut entry = list;
+    while !entry.is_null() {
+        // SAFETY: a node of the list `getifaddrs` returned.
+        let ifa = unsafe { &*entry };
+        // SAFETY: `ifa_name` is a NUL-terminated string.
+        let ifa_name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+        if ifa_name.to_bytes() == name.as_bytes()
+            && !ifa.ifa_addr.is_null()
+            // SAFETY: checked non-null; every sockaddr starts with its family.
+            && i32::from(unsafe { (*ifa.ifa_addr).sa_family }) == libc::AF_INET
+        {
+            // SAFETY: an AF_INET address is a `sockaddr_in`.
+            let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
+            addresses.push(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+        }
+        entry = ifa.ifa_next;
+    }
+    // SAFETY: the list `getifaddrs` returned, freed once.
+    unsafe { libc::freeifaddrs(list) };
+    Ok(addresses)
+}
+
 fn c_name(name: &str) -> io::Result<CString> {
     CString::new(name).map_err(|_| {
         io::Error::new(
@@ -66,5 +96,10 @@ mod tests {
         assert_eq!(mac("lo").unwrap(), [0; 6]);
         assert!(ifindex("no-such-if0").is_err());
         assert!(mac("no-such-if0").is_err());
+        assert_eq!(
+            ipv4_addresses("lo").unwrap(),
+            [std::net::Ipv4Addr::LOCALHOST]
+        );
+        assert!(ipv4_addresses("no-such-if0").unwrap().is_empty());
     }
 }

@@ -18,5 +18,6 @@ pub mod metrics;
 pub mod model;
 pub mod pins;
 pub mod reconcile;
+pub mod rundir;
 pub mod show;
 pub mod xdp_log;

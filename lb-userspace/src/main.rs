@@ -4,7 +4,11 @@ use anyhow::{Context as _, Result};
 use clap::{CommandFactory as _, Parser as _};
 use lb::{
     agent::{self, AgentOptions},
-    announce::Announce,
+    announce::{
+        self, Announce, Announcement,
+        bgp::{Bfd, BgpError, BgpSettings, parse_asn},
+        bird::{Bird, find_binary},
+    },
     catalog::Catalog,
     cli::{AgentArgs, Cli, Command, PinArgs},
     dataplane::DataplaneConfig,
@@ -31,12 +35,14 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Agent(args) => run_agent(args),
+        Command::Agent(args) => run_agent(*args),
         Command::Services(args) => show::services(&args),
         Command::Backends(args) => show::backends(&args),
         Command::Flows(args) => show::flows(&args),
         Command::Stats(args) => show::stats(&args),
         Command::Trace(args) => show::trace(&args),
+        Command::Bgp(args) => announce::commands::bgp(&args),
+        Command::Drain(args) => announce::commands::drain(&args),
         Command::Down(args) => down(&args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "lb", &mut std::io::stdout());
@@ -53,6 +59,9 @@ fn run(cli: Cli) -> Result<()> {
 fn down(args: &PinArgs) -> Result<()> {
     let pins = PinDir::new(&args.bpffs);
     pins.check_layout()?;
+    if Bird::of(&args.bpffs).stop().context("stopping BIRD")? {
+        println!("BIRD withdrew its announcements and stopped");
+    }
     let removed = pins.remove()?;
     Catalog::remove(&args.bpffs);
     if removed.is_empty() {
@@ -94,6 +103,61 @@ fn one_line(error: &anyhow::Error) -> String {
     line
 }
 
+/// The announcement the flags ask for, checked before anything is loaded, so
+/// an agent restarted with bad settings leaves the running data path alone.
+fn announcement(args: &AgentArgs) -> Result<Announcement> {
+    let bgp = &args.bgp;
+    if args.announce != Announce::Bgp {
+        let given = [
+            ("--bgp-asn", bgp.bgp_asn.is_some()),
+            ("--bgp-peer", !bgp.bgp_peers.is_empty()),
+            ("--bgp-router-id", bgp.bgp_router_id.is_some()),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, given)| *given) {
+            return Err(BgpError::NotBgp(flag).into());
+        }
+        return Ok(match args.announce {
+            Announce::Arp => Announcement::Arp,
+            _ => Announcement::None,
+        });
+    }
+    let asn = parse_asn(
+        "--bgp-asn",
+        bgp.bgp_asn.as_deref().ok_or(BgpError::NoLocalAs)?,
+    )?;
+    let peers = bgp
+        .bgp_peers
+        .iter()
+        .map(|peer| peer.parse())
+        .collect::<Result<Vec<_>, _>>()?;
+    if peers.is_empty() {
+        return Err(BgpError::NoPeers.into());
+    }
+    let first = &args.interfaces[0];
+    let router_id = match bgp.bgp_router_id {
+        Some(id) => id,
+        None => *lb::iface::ipv4_addresses(first)
+            .with_context(|| format!("reading the addresses of {first}"))?
+            .first()
+            .ok_or_else(|| BgpError::NoRouterId(first.clone()))?,
+    };
+    let bird = find_binary(&bgp.bird)?;
+    let bfd = (!bgp.bfd_interval.is_zero()).then_some(Bfd {
+        interval: bgp.bfd_interval,
+        multiplier: bgp.bfd_multiplier,
+    });
+    Ok(Announcement::Bgp {
+        settings: BgpSettings {
+            asn,
+            router_id,
+            peers,
+            hold_time: bgp.bgp_hold_time,
+            bfd,
+        },
+        bird,
+    })
+}
+
 fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "info",
@@ -109,6 +173,7 @@ fn init_logging(verbose: u8) {
 }
 
 fn run_agent(args: AgentArgs) -> Result<()> {
+    let announcement = announcement(&args)?;
     let mut pools = Vec::new();
     if let Some(cidr) = &args.vip_pool {
         pools.push(Pool::from_cidr("default", cidr).context("--vip-pool")?);
@@ -152,7 +217,7 @@ fn run_agent(args: AgentArgs) -> Result<()> {
             answer_neighbors: args.announce == Announce::Arp,
             forwarding: args.forwarding,
         },
-        announce: args.announce,
+        announcement,
     };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -76,6 +76,58 @@ fn agent_rejects_bad_settings_before_touching_the_kernel() {
 }
 
 #[test]
+fn agent_rejects_bad_bgp_settings_before_touching_the_kernel() {
+    let pins = format!("/sys/fs/bpf/lb-cli-bgp-{}", std::process::id());
+    let bgp = |extra: &[&'static str]| -> Vec<String> {
+        let mut args = vec!["--bpffs", pins.as_str(), "--announce", "bgp"];
+        args.extend_from_slice(extra);
+        args.into_iter().map(str::to_owned).collect()
+    };
+    for (extra, needle) in [
+        (
+            bgp(&["--bgp-asn", "64512", "--bgp-peer", "10.1.0.1"]),
+            "--bgp-peer 10.1.0.1: no AS: write ADDR@ASN",
+        ),
+        (
+            bgp(&["--bgp-asn", "4294967296", "--bgp-peer", "10.1.0.1@64500"]),
+            "--bgp-asn 4294967296: an AS number is 1 to 4294967295",
+        ),
+        (
+            bgp(&["--bgp-asn", "64512", "--bgp-peer", "10.1.0.1@0"]),
+            "--bgp-peer 10.1.0.1@0: an AS number is 1 to 4294967295",
+        ),
+        (
+            bgp(&["--bgp-peer", "10.1.0.1@64500"]),
+            "--announce bgp needs --bgp-asn",
+        ),
+        (
+            bgp(&[
+                "--bgp-asn",
+                "64512",
+                "--bgp-peer",
+                "10.1.0.1@64500",
+                "--bird",
+                "/nonexistent/bird",
+            ]),
+            "/nonexistent/bird not found: install bird2 (apt-get install bird2) or pass --bird PATH",
+        ),
+        (
+            vec![
+                "--bpffs".to_owned(),
+                pins.clone(),
+                "--bgp-asn".to_owned(),
+                "64512".to_owned(),
+            ],
+            "--bgp-asn is for --announce bgp",
+        ),
+    ] {
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        assert_error(&agent("lo", &extra), 1, needle);
+    }
+    assert!(!Path::new(&pins).exists(), "pins left behind at {pins}");
+}
+
+#[test]
 fn inspection_says_when_nothing_is_loaded() {
     for command in ["services", "backends", "stats"] {
         assert_error(

@@ -16,9 +16,9 @@ pub const REQUIRED_PACKAGES: &[&str] = &[
     // sysctl, and nsenter/setpriv for the test beds.
     "procps",
     "util-linux",
-    // The scale-out tests' router (and the agent's `--announce bgp`), and the
-    // nodes' kube-proxy rule.
+    // `--announce bgp` runs BIRD; the BGP tests' router runs one too.
     "bird2",
+    // The nodes of the multi-host tests DNAT like kube-proxy, with iptables.
     "iptables",
 ];
 

@@ -15,16 +15,6 @@ use std::{
 use lb_common::checksum;
 use tracing::{debug, warn};
 
-/// How the agent makes VIPs reachable on the segment.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Announce {
-    /// Answer ARP and Neighbor Solicitations for VIPs, and announce new ones.
-    #[default]
-    Arp,
-    /// Nothing: routes to the VIPs are someone else's business.
-    None,
-}
-
 /// Announcements per new VIP, this far apart: one can be lost, and a switch
 /// that just learnt a port may drop the first.
 const REPEATS: u32 = 3;
