@@ -100,14 +100,25 @@ fn the_router_learns_the_vip_while_its_service_has_healthy_backends() {
     drop(servers);
 }
 
-/// `lb bgp --json` shows the session with the router and, while it is
-/// announced, the VIP's prefix.
+/// `lb bgp --json` shows the session with the router established with BFD
+/// up and, while it is announced, the VIP's prefix.
 fn check_bgp_listing(agent: &Agent, announcing: bool) {
-    let listing = agent.query("bgp").expect("lb bgp").to_string();
-    assert!(listing.contains(&ROUTER_IP.to_string()), "{listing}");
-    assert_eq!(
-        listing.contains(&format!("{VIP}/32")),
-        announcing,
-        "{listing}"
-    );
+    let listing = agent.query("bgp").expect("lb bgp");
+    let sessions = listing["sessions"].as_array().expect("sessions");
+    let router = ROUTER_IP.to_string();
+    let session = sessions
+        .iter()
+        .find(|s| s["peer"].as_str() == Some(router.as_str()))
+        .unwrap_or_else(|| panic!("no session with the router: {listing}"));
+    assert_eq!(session["state"], "Established", "{listing}");
+    assert_eq!(session["bfd"], "Up", "{listing}");
+    let vip = format!("{VIP}/32");
+    let announced: Vec<&str> = listing["announced"]
+        .as_array()
+        .expect("announced")
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect();
+    let expected: &[&str] = if announcing { &[vip.as_str()] } else { &[] };
+    assert_eq!(announced, expected, "{listing}");
 }
