@@ -134,6 +134,13 @@ impl Agent {
     /// Runs `lb <args...> --bpffs <this agent's>` (no `--json`, for commands
     /// that act rather than list, like `drain`) and returns its output.
     pub fn command(&self, args: &[&str]) -> Result<String> {
+        let stdout = self.run(args)?;
+        Ok(String::from_utf8_lossy(&stdout).into_owned())
+    }
+
+    /// Runs `lb <args...> --bpffs <this agent's>`; returns its standard
+    /// output, or its standard error as the error.
+    fn run(&self, args: &[&str]) -> Result<Vec<u8>> {
         let output = Command::new(lb_binary()?)
             .args(args)
             .arg("--bpffs")
@@ -146,7 +153,7 @@ impl Agent {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        Ok(output.stdout)
     }
 
     pub fn bpffs(&self) -> &Path {
@@ -172,20 +179,8 @@ impl Agent {
 
     /// Runs `lb <args...> --json --bpffs <this agent's>`.
     pub fn query_with(&self, args: &[&str]) -> Result<Value> {
-        let output = Command::new(lb_binary()?)
-            .args(args)
-            .args(["--json", "--bpffs"])
-            .arg(&self.bpffs)
-            .output()
-            .with_context(|| format!("running lb {args:?}"))?;
-        if !output.status.success() {
-            bail!(
-                "lb {args:?} failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        serde_json::from_slice(&output.stdout)
-            .with_context(|| format!("parsing lb {args:?} --json"))
+        let args: Vec<&str> = args.iter().copied().chain(["--json"]).collect();
+        serde_json::from_slice(&self.run(&args)?).with_context(|| format!("parsing lb {args:?}"))
     }
 
     /// The global counter `name` of `lb stats --json`; an error if the

@@ -4,13 +4,13 @@
 //! gratuitous ARP the client learns without asking.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddrV4},
     time::{Duration, Instant},
 };
 
 use lb_tests::{
     agent::{Agent, backends_of},
-    manifests::{self, ServicePort},
+    manifests::{self, ManifestFile},
     netns::NetNs,
     servers,
     topology::{HOST_IFACE, LB_CLIENT_IFACE, Layout, Topology, VIP_RANGE},
@@ -23,38 +23,14 @@ const NODE_PORT: u16 = 31000;
 const TIMEOUT: Duration = Duration::from_secs(3);
 const READY: Duration = Duration::from_secs(20);
 
-fn port() -> [ServicePort<'static>; 1] {
-    [ServicePort {
-        name: "http",
-        port: 80,
-        protocol: "TCP",
-        node_port: NODE_PORT,
-        target_port: None,
-    }]
-}
-
 /// The Services at `vips` (one per VIP) and the topology's nodes.
 fn manifest(topology: &Topology, vips: &[Ipv4Addr]) -> String {
-    let mut docs: Vec<String> = vips
+    let vips: Vec<IpAddr> = vips.iter().map(|&vip| vip.into()).collect();
+    let nodes = topology
+        .nodes
         .iter()
-        .enumerate()
-        .map(|(i, vip)| {
-            manifests::load_balancer_service_yaml(&format!("web-{i}"), "demo", vip, &port())
-        })
-        .collect();
-    docs.extend(
-        topology
-            .nodes
-            .iter()
-            .map(|n| manifests::ready_node_yaml(&n.name, &[n.ip])),
-    );
-    manifests::documents(&docs)
-}
-
-fn write(path: &std::path::Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).expect("write manifest");
-    std::fs::rename(tmp, path).expect("rename manifest");
+        .map(|n| (n.name.as_str(), n.ip.into()));
+    manifests::http_services_and_nodes(&vips, NODE_PORT, nodes)
 }
 
 /// The MAC `ns` has for `ip` in its neighbour table, if any.
@@ -71,16 +47,15 @@ fn a_client_on_the_segment_arps_for_the_vip_and_hears_of_new_ones() {
         .ip(&format!("route add {VIP_RANGE} dev {HOST_IFACE}"))
         .expect("on-link route");
     let lb_mac = fmt_mac(topology.lb.mac(LB_CLIENT_IFACE).expect("lb MAC"));
-    let dir = std::env::temp_dir().join(format!("lb-arp-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("manifest dir");
-    let file = dir.join("cluster.yaml");
-    write(&file, &manifest(&topology, &[VIP]));
+    let manifests =
+        ManifestFile::new("announce-arp", &manifest(&topology, &[VIP])).expect("manifests");
     let _servers: Vec<_> = topology
         .nodes
         .iter()
         .map(|n| servers::tcp_name_server(&n.ns, NODE_PORT, &n.name).expect("server"))
         .collect();
-    let agent = Agent::start(&topology.lb, &topology.lb_ifaces(), &file, &[]).expect("agent");
+    let agent =
+        Agent::start(&topology.lb, &topology.lb_ifaces(), manifests.path(), &[]).expect("agent");
     agent
         .wait_for_backends(READY, |rows| {
             backends_of(rows, &format!("{VIP}:80/tcp")).len() == 2
@@ -118,7 +93,9 @@ fn a_client_on_the_segment_arps_for_the_vip_and_hears_of_new_ones() {
         .sysctl(&format!("net.ipv4.conf.{HOST_IFACE}.arp_accept"), "1")
         .expect("arp_accept");
     assert_eq!(neighbour_mac(&topology.client, LATER_VIP), None);
-    write(&file, &manifest(&topology, &[VIP, LATER_VIP]));
+    manifests
+        .write(&manifest(&topology, &[VIP, LATER_VIP]))
+        .expect("add a Service");
     let deadline = Instant::now() + READY;
     while neighbour_mac(&topology.client, LATER_VIP).is_none() {
         assert!(
@@ -129,5 +106,4 @@ fn a_client_on_the_segment_arps_for_the_vip_and_hears_of_new_ones() {
     }
     assert_eq!(neighbour_mac(&topology.client, LATER_VIP), Some(lb_mac));
     drop(agent);
-    let _ = std::fs::remove_dir_all(dir);
 }

@@ -10,7 +10,7 @@ use std::{
 
 use lb_tests::{
     agent::{Agent, backends_of},
-    manifests::{self, ManifestFile, ServicePort},
+    manifests::{self, ManifestFile},
     servers,
     topology::{HOST_IFACE, LB_CLIENT_IFACE, Layout, Topology, VIP6_RANGE, vip6},
     xdp_bed::fmt_mac,
@@ -25,27 +25,12 @@ const READY: Duration = Duration::from_secs(20);
 
 /// IPv6-only Services at `vips` and the nodes at their IPv6 addresses.
 fn manifest(topology: &Topology, vips: &[Ipv6Addr]) -> String {
-    let port = ServicePort {
-        name: "http",
-        port: 80,
-        protocol: "TCP",
-        node_port: NODE_PORT,
-        target_port: None,
-    };
-    let mut docs: Vec<String> = vips
+    let vips: Vec<IpAddr> = vips.iter().map(|&vip| vip.into()).collect();
+    let nodes = topology
+        .nodes
         .iter()
-        .enumerate()
-        .map(|(i, vip)| {
-            manifests::load_balancer_service_yaml(&format!("web6-{i}"), "demo", vip, &[port])
-        })
-        .collect();
-    docs.extend(
-        topology
-            .nodes
-            .iter()
-            .map(|n| manifests::ready_node_yaml(&n.name, &[n.ip6])),
-    );
-    manifests::documents(&docs)
+        .map(|n| (n.name.as_str(), n.ip6.into()));
+    manifests::http_services_and_nodes(&vips, NODE_PORT, nodes)
 }
 
 fn neighbour_mac(topology: &Topology, ip: Ipv6Addr) -> Option<String> {

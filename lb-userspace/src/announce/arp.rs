@@ -147,10 +147,12 @@ impl Announcer {
             return;
         }
         let interfaces = self.interfaces.clone();
-        tokio::spawn(async move {
+        // A thread of its own: thousands of VIPs (an agent's start) take a
+        // while to send, and the agent's loop must not wait for them.
+        std::thread::spawn(move || {
             for round in 0..REPEATS {
                 if round > 0 {
-                    tokio::time::sleep(INTERVAL).await;
+                    std::thread::sleep(INTERVAL);
                 }
                 for vip in &new {
                     for (name, ifindex, mac) in &interfaces {

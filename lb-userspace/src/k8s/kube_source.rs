@@ -23,7 +23,7 @@ use kube::{
 use serde::de::DeserializeOwned;
 use tokio::{
     sync::watch,
-    time::{Instant, sleep, sleep_until},
+    time::{Instant, sleep_until},
 };
 use tracing::{info, warn};
 
@@ -69,6 +69,10 @@ pub struct KubeSource {
     ready: bool,
     forced: bool,
     next_resync: Instant,
+    /// A change was seen: the objects are read once this has passed. Kept
+    /// here, not in `changed`'s future, so that a caller that drops the
+    /// future (another branch of its `select!` won) loses no change.
+    debounced_until: Option<Instant>,
 }
 
 impl KubeSource {
@@ -94,6 +98,7 @@ impl KubeSource {
             ready: false,
             forced: false,
             next_resync: Instant::now() + RESYNC,
+            debounced_until: None,
         })
     }
 
@@ -111,17 +116,23 @@ impl KubeSource {
             self.ready = true;
             info!("initial lists received");
         } else if !std::mem::take(&mut self.forced) {
-            tokio::select! {
-                changed = self.changes.changed() => {
-                    if changed.is_err() {
-                        // Without watch tasks there will be no change again.
-                        future::pending::<()>().await;
+            if self.debounced_until.is_none() {
+                tokio::select! {
+                    changed = self.changes.changed() => {
+                        if changed.is_err() {
+                            // Without watch tasks there will be no change again.
+                            future::pending::<()>().await;
+                        }
+                        self.debounced_until = Some(Instant::now() + DEBOUNCE);
                     }
-                    sleep(DEBOUNCE).await;
+                    () = sleep_until(self.next_resync) => {}
                 }
-                () = sleep_until(self.next_resync) => {}
+            }
+            if let Some(deadline) = self.debounced_until {
+                sleep_until(deadline).await;
             }
         }
+        self.debounced_until = None;
         self.changes.mark_unchanged();
         self.next_resync = Instant::now() + RESYNC;
         ClusterObjects {

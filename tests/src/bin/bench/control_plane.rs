@@ -216,7 +216,13 @@ fn slice_change_latency(bed: &KubeAgent, scale: &Scale, index: usize) -> Result<
     bed.server.apply(&slice(scale, index, 1))?;
     while backends() as usize != ENDPOINTS + 1 {
         if changed.elapsed() > TIMEOUT {
-            bail!("{} never got its new backend", service_name(index));
+            let log = bed.agent.log();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            bail!(
+                "{} never got its new backend; agent log: {}",
+                service_name(index),
+                tail.join("\n")
+            );
         }
         std::thread::sleep(Duration::from_micros(200));
     }
