@@ -147,6 +147,7 @@ impl HealthChecker {
                 spec.backends = backends;
             } else {
                 tracing::debug!(%frontend, "every backend fails its health check; keeping them all");
+                state.failing.insert(*frontend);
             }
         }
         state
@@ -422,10 +423,15 @@ mod tests {
             weights(&state, frontend(53, Protocol::Udp)),
             [(ip(1), 1), (ip(2), 1), (ip(3), 1)]
         );
-        // Nothing healthy left: all three keep serving.
+        // Nothing healthy left: all three keep serving, and the service is
+        // marked failing, so its VIP is not announced.
         assert_eq!(
             weights(&state, frontend(443, Protocol::Tcp)),
             [(ip(1), 1), (ip(2), 1), (ip(3), 1)]
+        );
+        assert_eq!(
+            state.failing,
+            BTreeSet::from([frontend(443, Protocol::Tcp)])
         );
         // Dead, but draining: it keeps its flows.
         assert_eq!(

@@ -2,7 +2,7 @@
 //! (manifests or a Kubernetes API server) and of how it is programmed.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt,
     net::{IpAddr, SocketAddr},
 };
@@ -94,6 +94,22 @@ impl ServiceSpec {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredState {
     pub services: BTreeMap<Frontend, ServiceSpec>,
+    /// Services every backend of which fails its health check: served all
+    /// the same (fail open), but not worth announcing to routers.
+    pub failing: BTreeSet<Frontend>,
+}
+
+impl DesiredState {
+    /// The VIPs worth announcing: of services that are `served` and have a
+    /// backend that takes new flows and does not fail its health check.
+    pub fn healthy_vips(&self, served: impl Fn(&Frontend) -> bool) -> BTreeSet<IpAddr> {
+        self.services
+            .values()
+            .filter(|spec| served(&spec.frontend) && !self.failing.contains(&spec.frontend))
+            .filter(|spec| spec.backends.iter().any(|b| b.weight > 0))
+            .map(|spec| spec.frontend.vip)
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -173,6 +173,7 @@ mod tests {
     fn desired(specs: &[ServiceSpec]) -> DesiredState {
         DesiredState {
             services: specs.iter().map(|s| (s.frontend, s.clone())).collect(),
+            ..DesiredState::default()
         }
     }
 

@@ -98,6 +98,62 @@ impl Agent {
         Ok(())
     }
 
+    /// SIGKILLs the agent and the BIRD it runs with `--announce bgp`, as
+    /// when the host crashes (no withdrawal, no BGP notification).
+    pub fn kill_with_bird(&mut self) -> Result<()> {
+        self.kill()?;
+        match self.bird_pid() {
+            Some(pid) => kill(pid, libc::SIGKILL).context("killing the agent's BIRD"),
+            None => bail!(
+                "no BIRD runs for this agent (no live pid in {})",
+                self.bird_dir().join("bird.pid").display()
+            ),
+        }
+    }
+
+    /// Where the agent keeps its BIRD's files (`bird.conf`, `bird.ctl`,
+    /// `bird.pid`): `/run/lb/` and the bpffs path with `/` made `-`.
+    pub fn bird_dir(&self) -> PathBuf {
+        let name = self
+            .bpffs
+            .to_string_lossy()
+            .trim_matches('/')
+            .replace('/', "-");
+        Path::new("/run/lb").join(name)
+    }
+
+    /// The control socket of the agent's BIRD, for `birdc -s`.
+    pub fn bird_socket(&self) -> PathBuf {
+        self.bird_dir().join("bird.ctl")
+    }
+
+    /// The pid of the agent's BIRD if its pid file names a live BIRD
+    /// (a stale file may name a pid since reused by something else).
+    pub fn bird_pid(&self) -> Option<libc::pid_t> {
+        let text = std::fs::read_to_string(self.bird_dir().join("bird.pid")).ok()?;
+        let pid: libc::pid_t = text.trim().parse().ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        (comm.trim() == "bird").then_some(pid)
+    }
+
+    /// Runs `lb <args...> --bpffs <this agent's>` (no `--json`, for commands
+    /// that act rather than list, like `drain`) and returns its output.
+    pub fn command(&self, args: &[&str]) -> Result<String> {
+        let output = Command::new(lb_binary()?)
+            .args(args)
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .output()
+            .with_context(|| format!("running lb {args:?}"))?;
+        if !output.status.success() {
+            bail!(
+                "lb {args:?} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
     pub fn bpffs(&self) -> &Path {
         &self.bpffs
     }
@@ -137,6 +193,15 @@ impl Agent {
             .with_context(|| format!("parsing lb {args:?} --json"))
     }
 
+    /// The global counter `name` of `lb stats --json`; an error if the
+    /// listing has no such counter, so a renamed one fails loudly.
+    pub fn counter(&self, name: &str) -> Result<u64> {
+        let stats = self.query("stats")?;
+        stats["totals"][name]
+            .as_u64()
+            .with_context(|| format!("no counter {name:?} in {stats}"))
+    }
+
     /// Waits until `ready` holds for `lb backends --json`, e.g. until every
     /// service has its backends.
     pub fn wait_for_backends(
@@ -150,6 +215,9 @@ impl Agent {
                 && ready(&rows)
             {
                 return Ok(rows);
+            }
+            if let Some(status) = self.child.as_ref().and_then(ChildGuard::exit_status) {
+                bail!("agent exited ({status}); its log:\n{}", self.log());
             }
             if Instant::now() > deadline {
                 bail!(
@@ -173,6 +241,11 @@ impl Drop for Agent {
                 .arg(&self.bpffs)
                 .output();
         }
+        // `lb down` stops BIRD; should it have failed, a BIRD left behind
+        // would keep the test's namespace alive.
+        if let Some(pid) = self.bird_pid() {
+            let _ = kill(pid, libc::SIGKILL);
+        }
     }
 }
 
@@ -181,4 +254,12 @@ pub fn backends_of<'a>(rows: &'a [Value], service: &str) -> Vec<&'a Value> {
     rows.iter()
         .filter(|row| row["service"].as_str() == Some(service))
         .collect()
+}
+
+fn kill(pid: libc::pid_t, signal: i32) -> Result<()> {
+    // SAFETY: plain syscall; the caller checked that the pid is a BIRD.
+    if unsafe { libc::kill(pid, signal) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("kill {pid}"));
+    }
+    Ok(())
 }

@@ -4,13 +4,16 @@
 //! integration tests, the demo and benchmarks.
 
 pub mod agent;
+pub mod bird;
 pub mod fake_apiserver;
 pub mod kube_agent;
 pub mod manifests;
 pub mod neighbor_packets;
 pub mod netns;
 pub mod packets;
+pub mod scale_out;
 pub mod servers;
 pub mod specs;
+pub mod streams;
 pub mod topology;
 pub mod xdp_bed;

@@ -1,7 +1,12 @@
 //! Kubernetes manifests as `kubectl get -o yaml` shows them, for the agent's
 //! manifest directory: the objects of `lb::k8s::fixtures`, written as YAML.
 
-use std::{fmt::Display, net::IpAddr};
+use std::{
+    fmt::Display,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+};
 
 use k8s_openapi::{
     api::core::v1::ServicePort as K8sServicePort, apimachinery::pkg::util::intstr::IntOrString,
@@ -10,6 +15,50 @@ use lb::k8s::fixtures::{self, ip_families};
 use serde::Serialize;
 
 use crate::topology::Node;
+
+static NEXT_FILE: AtomicU32 = AtomicU32::new(0);
+
+/// A manifest file of its own for one agent or test, in a directory removed
+/// when the guard is dropped.
+#[derive(Debug)]
+pub struct ManifestFile {
+    dir: PathBuf,
+    file: PathBuf,
+}
+
+impl ManifestFile {
+    /// Writes `text` to a new file whose name includes `tag`.
+    pub fn new(tag: &str, text: &str) -> std::io::Result<ManifestFile> {
+        let dir = std::env::temp_dir().join(format!(
+            "lb-tests-{tag}-{}-{}",
+            std::process::id(),
+            NEXT_FILE.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let file = dir.join("cluster.yaml");
+        let manifests = ManifestFile { dir, file };
+        manifests.write(text)?;
+        Ok(manifests)
+    }
+
+    /// Replaces the contents: written aside, then renamed, so the agent
+    /// (which re-reads on change) never sees half a file.
+    pub fn write(&self, text: &str) -> std::io::Result<()> {
+        let tmp = self.dir.join(".cluster.yaml.tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(tmp, &self.file)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.file
+    }
+}
+
+impl Drop for ManifestFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
 
 /// One port of a Service.
 #[derive(Clone, Copy, Debug)]

@@ -13,7 +13,7 @@ mod ping;
 use std::{
     ffi::{OsStr, OsString},
     fs::File,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     os::fd::AsRawFd,
     process::{Command, Stdio},
     sync::{
@@ -217,6 +217,15 @@ impl NetNs {
             Ok(XdpPass(ebpf))
         })?
         .with_context(|| format!("in {}", self.name))
+    }
+
+    /// The MAC this namespace's neighbour table (ARP or NDP) has for `ip` on
+    /// `dev`, if it has one (an entry still being resolved, or failed, has none).
+    pub fn neighbour_mac(&self, dev: &str, ip: IpAddr) -> Option<String> {
+        let out = self.ip(&format!("neigh show {ip} dev {dev}")).ok()?;
+        let mut words = out.split_whitespace();
+        words.find(|w| *w == "lladdr")?;
+        words.next().map(str::to_owned)
     }
 
     /// Sets a sysctl of this namespace (`sysctl -qw key=value`).

@@ -330,6 +330,11 @@ impl LineClient {
         &self.greeting
     }
 
+    /// The client's own port: which connection this is, for messages.
+    pub fn local_port(&self) -> u16 {
+        self.writer.local_addr().map_or(0, |addr| addr.port())
+    }
+
     /// Sends `line` and returns the answer (`"{name} {line}"`).
     pub fn ask(&mut self, line: &str) -> Result<String> {
         ensure!(!line.contains('\n'), "one line at a time: {line:?}");

@@ -49,7 +49,7 @@ pub const LB_NODE_IFACE: &str = "lbn0";
 /// One-arm: the load balancer's only interface.
 pub const LB_ONE_ARM_IFACE: &str = "lb0";
 
-const BRIDGE: &str = "br0";
+pub(crate) const BRIDGE: &str = "br0";
 /// Fabric end of the veth whose other end is the load balancer's.
 const FABRIC_LB_PORT: &str = "flb0";
 /// One-arm: fabric end of the client's veth.
@@ -132,22 +132,8 @@ impl Topology {
 
     /// Plugs one more node into the fabric; servers on it are up to the caller.
     pub fn add_node(&mut self) -> Result<&Node> {
-        let index = u8::try_from(self.nodes.len() + 1)
-            .ok()
-            .filter(|index| *index <= 245)
-            .context("too many nodes for 10.1.0.0/24")?;
-        let name = format!("node-{index}");
-        let ns = NetNs::new(&name)?;
-        let (ip, ip6) = (node_ip(index), node_ip6(index));
-        let port = format!("n{index}");
-        veth(&ns, HOST_IFACE, &self.fabric, &port)?;
-        self.fabric
-            .ip(&format!("link set {port} master {BRIDGE}"))?;
-        add_addresses(&ns, HOST_IFACE, ip, ip6)?;
-        add_default_routes(&ns, LB_NODE_IP, LB_NODE_IP6)?;
-        // Full checksums on the wire, as a physical NIC delivers them.
-        ns.set_offload(HOST_IFACE, Offload::TxChecksum, false)?;
-        self.nodes.push(Node { name, ns, ip, ip6 });
+        let node = plug_node(&self.fabric, self.nodes.len() + 1)?;
+        self.nodes.push(node);
         Ok(self.nodes.last().expect("a node was just added"))
     }
 
@@ -214,8 +200,29 @@ impl Topology {
     }
 }
 
+/// Node `index` (1-based) plugged into the bridge of `fabric`, with default
+/// routes via [`LB_NODE_IP`] and [`LB_NODE_IP6`]. Other topologies on the
+/// same addressing plan (see `scale_out`) put their gateway there too.
+pub(crate) fn plug_node(fabric: &NetNs, index: usize) -> Result<Node> {
+    let index = u8::try_from(index)
+        .ok()
+        .filter(|index| (1..=245).contains(index))
+        .context("too many nodes for 10.1.0.0/24")?;
+    let name = format!("node-{index}");
+    let ns = NetNs::new(&name)?;
+    let (ip, ip6) = (node_ip(index), node_ip6(index));
+    let port = format!("n{index}");
+    veth(&ns, HOST_IFACE, fabric, &port)?;
+    fabric.ip(&format!("link set {port} master {BRIDGE}"))?;
+    add_addresses(&ns, HOST_IFACE, ip, ip6)?;
+    add_default_routes(&ns, LB_NODE_IP, LB_NODE_IP6)?;
+    // Full checksums on the wire, as a physical NIC delivers them.
+    ns.set_offload(HOST_IFACE, Offload::TxChecksum, false)?;
+    Ok(Node { name, ns, ip, ip6 })
+}
+
 /// Gives `iface` its IPv4 and its IPv6 address, with the topology's prefix lengths.
-fn add_addresses(ns: &NetNs, iface: &str, ip: Ipv4Addr, ip6: Ipv6Addr) -> Result<()> {
+pub(crate) fn add_addresses(ns: &NetNs, iface: &str, ip: Ipv4Addr, ip6: Ipv6Addr) -> Result<()> {
     ns.ip(&format!("addr add {ip}/{PREFIX_LEN} dev {iface}"))?;
     // Without duplicate address detection the address is usable at once
     // instead of after a second; the topology hands out every address once.
@@ -223,7 +230,7 @@ fn add_addresses(ns: &NetNs, iface: &str, ip: Ipv4Addr, ip6: Ipv6Addr) -> Result
     Ok(())
 }
 
-fn add_default_routes(ns: &NetNs, gateway: Ipv4Addr, gateway6: Ipv6Addr) -> Result<()> {
+pub(crate) fn add_default_routes(ns: &NetNs, gateway: Ipv4Addr, gateway6: Ipv6Addr) -> Result<()> {
     ns.ip(&format!("route add default via {gateway}"))?;
     ns.ip(&format!("-6 route add default via {gateway6}"))?;
     Ok(())

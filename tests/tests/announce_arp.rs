@@ -59,10 +59,7 @@ fn write(path: &std::path::Path, text: &str) {
 
 /// The MAC `ns` has for `ip` in its neighbour table, if any.
 fn neighbour_mac(ns: &NetNs, ip: Ipv4Addr) -> Option<String> {
-    let out = ns.ip(&format!("neigh show {ip} dev {HOST_IFACE}")).ok()?;
-    let mut words = out.split_whitespace();
-    words.find(|w| *w == "lladdr")?;
-    words.next().map(str::to_owned)
+    ns.neighbour_mac(HOST_IFACE, ip.into())
 }
 
 #[test]

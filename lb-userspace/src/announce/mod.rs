@@ -70,8 +70,8 @@ impl Announcer {
     }
 
     /// Brings the announcements in line with what is served: ARP announces
-    /// every VIP programmed; BGP each VIP with a backend that is healthy
-    /// (weight above zero) in a Service that was programmed.
+    /// every VIP programmed; BGP each VIP with a backend that takes new flows
+    /// and passes its health check, in a Service that was programmed.
     pub fn update(
         &mut self,
         dataplane: &Dataplane,
@@ -82,15 +82,9 @@ impl Announcer {
             Self::Arp(announcer) => {
                 announcer.update(dataplane.services().map(|s| s.spec.frontend.vip).collect());
             }
-            Self::Bgp(speaker) => speaker.update(
-                state
-                    .services
-                    .values()
-                    .filter(|spec| !failed.contains_key(&spec.frontend))
-                    .filter(|spec| spec.backends.iter().any(|b| b.weight > 0))
-                    .map(|spec| spec.frontend.vip)
-                    .collect(),
-            ),
+            Self::Bgp(speaker) => {
+                speaker.update(state.healthy_vips(|frontend| !failed.contains_key(frontend)));
+            }
             Self::None => {}
         }
     }

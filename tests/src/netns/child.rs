@@ -98,6 +98,11 @@ impl ChildGuard {
         Ok(())
     }
 
+    /// How the process ended, if it has.
+    pub fn exit_status(&self) -> Option<std::process::ExitStatus> {
+        self.child().try_wait().ok().flatten()
+    }
+
     /// Polls the log until it contains `needle`; fails early if the process exits.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;

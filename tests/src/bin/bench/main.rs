@@ -1,14 +1,17 @@
 //! `lb-bench` (run by `cargo xtask bench`): lb's data path measured side by side
 //! with what users would run instead, in one run, as ratios.
 //!
-//! Three parts: the in-kernel cost per packet against reference XDP programs
+//! The parts: the in-kernel cost per packet against reference XDP programs
 //! ([`kernel`]), end to end through network namespaces against iptables DNAT and
-//! HAProxy ([`e2e`]), and the quality of the Maglev tables ([`maglev`]). The
-//! results are printed as tables and written to BENCHMARKS.md.
+//! HAProxy ([`e2e`]), the quality of the Maglev tables ([`maglev`]), the
+//! agent at scale ([`control_plane`]) and the stall of long-lived streams when
+//! one of two lb hosts dies ([`failover`]). The results are printed as tables
+//! and written to BENCHMARKS.md.
 
 mod contestants;
 mod control_plane;
 mod e2e;
+mod failover;
 mod flood;
 mod httpd;
 mod interrupt;
@@ -59,6 +62,8 @@ enum Part {
     Maglev,
     /// The agent against a fake API server with 10,000 Services.
     ControlPlane,
+    /// Streams over two lb hosts (BGP, BFD, DSR) while one of them dies.
+    Failover,
 }
 
 fn main() {
@@ -80,7 +85,8 @@ fn run(args: &Args) -> Result<()> {
         bail!("--runs must be at least 1");
     }
     let wants = |part: Part| args.only.is_none_or(|only| only == part);
-    if (wants(Part::Kernel) || wants(Part::E2e) || wants(Part::ControlPlane)) && !is_root() {
+    let needs_root = [Part::Kernel, Part::E2e, Part::ControlPlane, Part::Failover];
+    if needs_root.into_iter().any(wants) && !is_root() {
         bail!(
             "lb-bench needs root for BPF and network namespaces (maglev alone does not: --only maglev)"
         );
@@ -112,6 +118,11 @@ fn run(args: &Args) -> Result<()> {
     }
     if wants(Part::ControlPlane) {
         sections.push(control_plane_section(args.quick)?);
+        interrupt::check()?;
+    }
+    if wants(Part::Failover) {
+        // One kill per run: each is a figure's sample.
+        sections.push(failover::run(runs).context("failover benchmark")?);
     }
     let runtime = format!("{:.0} s", started.elapsed().as_secs_f64());
     println!("\n{}", report::text(&sections));

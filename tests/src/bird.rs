@@ -1,0 +1,160 @@
+//! BIRD 2 as the test's own router: an eBGP speaker that learns VIPs from the
+//! lb hosts, checks them with BFD and installs them, several next hops merged
+//! into one ECMP route, in its namespace's kernel table.
+//!
+//! The daemon runs in the foreground under a [`ChildGuard`], so it logs into
+//! the guard's log and dies with it; `birdc` talks to it through a socket in
+//! the guard's own directory, from any namespace.
+
+use std::{
+    ffi::OsStr,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::netns::{ChildGuard, NetNs};
+
+pub const BIRD: &str = "/usr/sbin/bird";
+/// The router's AS, as in the issue.
+pub const ROUTER_ASN: u32 = 64500;
+/// The lb hosts' AS.
+pub const LB_ASN: u32 = 64512;
+
+static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
+
+/// A running BIRD; dropping it stops the daemon (SIGTERM, which closes its
+/// sessions) and removes its files.
+#[derive(Debug)]
+pub struct Bird {
+    daemon: ChildGuard,
+    dir: PathBuf,
+}
+
+impl Bird {
+    /// Starts BIRD in `ns` with `config` and waits until it answers on its socket.
+    pub fn start(ns: &NetNs, config: &str) -> Result<Bird> {
+        let dir = std::env::temp_dir().join(format!(
+            "lb-tests-bird-{}-{}",
+            ns.name(),
+            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let conf = dir.join("bird.conf");
+        std::fs::write(&conf, config).with_context(|| format!("writing {}", conf.display()))?;
+        let (socket, pid) = (dir.join("bird.ctl"), dir.join("bird.pid"));
+        let args: [&OsStr; 7] = [
+            "-f".as_ref(),
+            "-c".as_ref(),
+            conf.as_ref(),
+            "-s".as_ref(),
+            socket.as_ref(),
+            "-P".as_ref(),
+            pid.as_ref(),
+        ];
+        let daemon = ns.spawn(BIRD, &args)?;
+        let bird = Bird { daemon, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while birdc(&bird.socket(), "show status").is_err() {
+            if Instant::now() > deadline {
+                bail!(
+                    "BIRD in {} does not answer; log:\n{}",
+                    ns.name(),
+                    bird.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(bird)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("bird.ctl")
+    }
+
+    /// Runs one `birdc` command against this daemon.
+    pub fn birdc(&self, command: &str) -> Result<String> {
+        birdc(&self.socket(), command)
+    }
+
+    pub fn log(&self) -> String {
+        self.daemon.log()
+    }
+}
+
+impl Drop for Bird {
+    fn drop(&mut self) {
+        // The daemon goes with its guard; then its files.
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `birdc -s SOCKET COMMAND...` and returns its output; `command` is
+/// split on whitespace.
+pub fn birdc(socket: &Path, command: &str) -> Result<String> {
+    let output = Command::new("birdc")
+        .arg("-s")
+        .arg(socket)
+        .args(command.split_whitespace())
+        .output()
+        .context("running birdc")?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    // birdc exits 0 also when it cannot connect; it says so on stdout.
+    if !output.status.success() || text.contains("Unable to connect") {
+        bail!(
+            "birdc -s {} {command}: {text}{}",
+            socket.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(text)
+}
+
+/// Whether BIRD at `socket` has a BFD session to `peer` that is Up.
+pub fn bfd_up(socket: &Path, peer: Ipv4Addr) -> Result<bool> {
+    let sessions = birdc(socket, "show bfd sessions")?;
+    let peer = peer.to_string();
+    Ok(sessions.lines().any(|line| {
+        let mut words = line.split_whitespace();
+        words.next() == Some(peer.as_str()) && words.any(|w| w == "Up")
+    }))
+}
+
+/// The router's configuration: eBGP from AS [`ROUTER_ASN`] to every one of
+/// `peers` (AS [`LB_ASN`]), everything learnt exported to the kernel with
+/// equal routes merged into one multipath route, BFD at 100 ms x 3 on every
+/// session.
+pub fn router_config(router_id: Ipv4Addr, peers: &[Ipv4Addr]) -> String {
+    let mut config = format!(
+        "router id {router_id};
+log stderr {{ info, remote, warning, error, auth, fatal, bug }};
+protocol device {{ }}
+protocol kernel {{
+  ipv4 {{ import none; export all; }};
+  merge paths on;
+}}
+protocol bfd {{
+  interface \"*\" {{ min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }};
+}}
+template bgp lbhost {{
+  local {router_id} as {ROUTER_ASN};
+  ipv4 {{ import all; export none; }};
+  bfd on;
+  # A peer that died and comes back is taken again at once, not after minutes.
+  connect delay time 1;
+  connect retry time 1;
+  error wait time 1, 5;
+}}
+"
+    );
+    for (index, peer) in peers.iter().enumerate() {
+        config.push_str(&format!(
+            "protocol bgp lb{index} from lbhost {{ neighbor {peer} as {LB_ASN}; }}\n"
+        ));
+    }
+    config
+}

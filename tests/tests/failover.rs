@@ -1,0 +1,100 @@
+//! Two lb hosts active-active behind a router that spreads the VIP over both
+//! (ECMP, learnt over BGP with BFD), forwarding by direct server return to
+//! three nodes that answer the client themselves. Sixty long-lived streams
+//! run across both hosts while one host dies, has its agent restarted or is
+//! drained: no stream may break or stall for 3 s, because the surviving host
+//! sends a stream it never saw to the node the other host chose (Maglev).
+
+use std::{
+    net::{SocketAddr, SocketAddrV4},
+    time::Duration,
+};
+
+use lb_tests::{
+    scale_out::{ActiveActive, PORT, VIP, host_ip, wait_programmed},
+    servers,
+    streams::{self, Streams},
+};
+
+const STREAMS: usize = 60;
+const LINE_INTERVAL: Duration = Duration::from_millis(100);
+const MAX_STALL: Duration = Duration::from_secs(3);
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+fn vip() -> SocketAddr {
+    SocketAddrV4::new(VIP, PORT).into()
+}
+
+fn start(tag: &str) -> ActiveActive {
+    ActiveActive::start(tag, "dsr").expect("two lb hosts announcing the VIP")
+}
+
+/// Starts the streams and checks that both hosts carry some: every stream
+/// is one flow on exactly one of them.
+fn streams_on_both_hosts(bed: &ActiveActive) -> Streams {
+    let streams = Streams::start(&bed.net.client, vip(), STREAMS, LINE_INTERVAL).expect("streams");
+    std::thread::sleep(Duration::from_millis(500));
+    let flows = bed.flows_per_host().expect("lb flows");
+    assert!(
+        flows.iter().all(|&n| n > 0),
+        "the router does not spread the streams: flows per host {flows:?}"
+    );
+    assert_eq!(flows.iter().sum::<usize>(), STREAMS, "flows per host");
+    streams
+}
+
+/// Lets the streams run on for a while, stops them and checks them; then
+/// new connections must get through what is left.
+fn check_streams_and_new_connections(bed: &ActiveActive, streams: Streams) {
+    std::thread::sleep(Duration::from_secs(2));
+    let longest = streams::check(&streams.stop(), MAX_STALL).expect("streams");
+    println!("longest stall: {longest:?}");
+    let tally = servers::connect_many(&bed.net.client, vip(), 30, TIMEOUT);
+    assert_eq!(tally.values().sum::<usize>(), 30);
+}
+
+#[test]
+fn no_stream_breaks_when_an_lb_host_dies() {
+    let mut bed = start("failover-death");
+    let streams = streams_on_both_hosts(&bed);
+    bed.kill_host(0).expect("host 1 dies");
+    assert_eq!(
+        bed.net.wait_for_next_hops(VIP, 1).expect("route"),
+        [host_ip(2)]
+    );
+    check_streams_and_new_connections(&bed, streams);
+}
+
+#[test]
+fn no_stream_breaks_when_an_agent_restarts() {
+    let mut bed = start("failover-restart");
+    let bird = bed.agents[0].bird_pid().expect("the agent runs BIRD");
+    let streams = streams_on_both_hosts(&bed);
+    bed.agents[0]
+        .restart(&bed.net.hosts[0].ns)
+        .expect("restart");
+    // BIRD and the pinned data path carry on while no agent runs.
+    assert_eq!(bed.net.next_hops(VIP).expect("route").len(), 2);
+    wait_programmed(&bed.agents[0]).expect("the restarted agent programs the service");
+    assert_eq!(
+        bed.agents[0].bird_pid(),
+        Some(bird),
+        "the restarted agent took the running BIRD over"
+    );
+    assert_eq!(bed.net.next_hops(VIP).expect("route").len(), 2);
+    check_streams_and_new_connections(&bed, streams);
+}
+
+#[test]
+fn no_stream_breaks_when_an_lb_host_is_drained() {
+    let mut bed = start("failover-drain");
+    let streams = streams_on_both_hosts(&bed);
+    bed.agents[0].command(&["drain"]).expect("lb drain");
+    assert_eq!(
+        bed.net.wait_for_next_hops(VIP, 1).expect("route"),
+        [host_ip(2)]
+    );
+    // Withdrawn: now it may stop.
+    drop(bed.agents.remove(0));
+    check_streams_and_new_connections(&bed, streams);
+}
