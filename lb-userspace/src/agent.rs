@@ -10,12 +10,14 @@ use tracing::{info, warn};
 use crate::{
     announce::{Announcement, Announcer, bird::Bird},
     catalog::Catalog,
-    dataplane::{Dataplane, DataplaneConfig},
+    dataplane::{Dataplane, DataplaneConfig, Forwarding},
     health::{HealthChecker, HealthConfig},
     k8s::{Translation, Translator, source::Source},
     metrics::{self, Health},
     model::{DesiredState, Frontend},
-    reconcile, xdp_log,
+    reconcile,
+    routes::{Reach, Routes},
+    xdp_log,
 };
 
 pub struct AgentOptions {
@@ -138,6 +140,40 @@ async fn sync_until_signalled(
     }
 }
 
+/// With direct server return a packet keeps its VIP and gets only the node's
+/// MAC: a node the kernel routes through a gateway (or not at all) cannot be
+/// reached that way. Its Services are refused, with the reason; the rest of
+/// the state is returned.
+fn without_routed_nodes(state: &DesiredState) -> (DesiredState, Vec<(Frontend, String)>) {
+    let routes = match Routes::read() {
+        Ok(routes) => routes,
+        Err(e) => {
+            warn!(error = %e, "reading the routing table; not checking that nodes are on-link");
+            return (state.clone(), Vec::new());
+        }
+    };
+    let mut kept = state.clone();
+    let mut refused = Vec::new();
+    for (frontend, spec) in &state.services {
+        let problem = spec.backends.iter().find_map(|backend| {
+            let node = format!("node {} ({})", backend.node, backend.ip);
+            match routes.reach(backend.ip) {
+                Reach::OnLink => None,
+                Reach::Gateway(gateway) => Some(format!(
+                    "{node} is reached through gateway {gateway}: direct server return needs \
+                     every node on a segment lb is attached to"
+                )),
+                Reach::Unreachable => Some(format!("no route to {node}")),
+            }
+        });
+        if let Some(reason) = problem {
+            kept.services.remove(frontend);
+            refused.push((*frontend, reason));
+        }
+    }
+    (kept, refused)
+}
+
 /// Applies `state` to the data path. Services that cannot be programmed are
 /// logged when that changes, not at every sync.
 fn program(
@@ -146,7 +182,16 @@ fn program(
     state: &DesiredState,
     failed: &mut BTreeMap<Frontend, String>,
 ) {
-    let report = reconcile::apply(dataplane, state);
+    let mut report = match options.dataplane.forwarding {
+        Forwarding::Nat => reconcile::apply(dataplane, state),
+        Forwarding::Dsr => {
+            let (state, refused) = without_routed_nodes(state);
+            let mut report = reconcile::apply(dataplane, &state);
+            report.failed.extend(refused);
+            report
+        }
+    };
+    report.failed.sort();
     for (frontend, reason) in &report.failed {
         if failed.get(frontend) != Some(reason) {
             warn!(%frontend, %reason, "service not programmed");

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod model;
 pub mod pins;
 pub mod reconcile;
+pub mod routes;
 pub mod rundir;
 pub mod show;
 pub mod units;
