@@ -1,5 +1,5 @@
 //! Kubernetes manifests as `kubectl get -o yaml` shows them, for the agent's
-//! manifest directory.
+//! manifest directory: the objects of `lb::k8s::fixtures`, written as YAML.
 
 use std::{
     fmt::Display,
@@ -7,6 +7,12 @@ use std::{
     path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
 };
+
+use k8s_openapi::{
+    api::core::v1::ServicePort as K8sServicePort, apimachinery::pkg::util::intstr::IntOrString,
+};
+use lb::k8s::fixtures::{self, ip_families};
+use serde::Serialize;
 
 use crate::topology::Node;
 
@@ -65,6 +71,10 @@ pub struct ServicePort<'a> {
     pub target_port: Option<u16>,
 }
 
+fn yaml(object: &impl Serialize) -> String {
+    serde_yaml::to_string(object).expect("Kubernetes objects serialize")
+}
+
 /// A Service of type LoadBalancer at `vip` with `ports`. When `vip` is an
 /// address, the Service is of its family, as the API server records it
 /// (`spec.ipFamilies`); anything else is written as it is, for tests of bad input.
@@ -74,58 +84,33 @@ pub fn load_balancer_service_yaml(
     vip: impl Display,
     ports: &[ServicePort<'_>],
 ) -> String {
+    let ports = ports.iter().map(|port| K8sServicePort {
+        name: Some(port.name.to_owned()),
+        port: port.port.into(),
+        protocol: Some(port.protocol.to_owned()),
+        node_port: Some(port.node_port.into()),
+        target_port: port
+            .target_port
+            .map(|target| IntOrString::Int(target.into())),
+        ..Default::default()
+    });
+    let mut service = fixtures::load_balancer_service(namespace, name, ports.collect());
     let vip = vip.to_string();
-    let families = match vip.parse::<IpAddr>() {
-        Ok(IpAddr::V4(_)) => "  ipFamilyPolicy: SingleStack\n  ipFamilies:\n  - IPv4\n",
-        Ok(IpAddr::V6(_)) => "  ipFamilyPolicy: SingleStack\n  ipFamilies:\n  - IPv6\n",
-        Err(_) => "",
-    };
-    let mut yaml = format!(
-        "apiVersion: v1
-kind: Service
-metadata:
-  name: {name}
-  namespace: {namespace}
-spec:
-  type: LoadBalancer
-{families}  loadBalancerIP: {vip}
-  ports:
-"
-    );
-    for port in ports {
-        yaml.push_str(&format!(
-            "  - name: {}
-    port: {}
-    protocol: {}
-",
-            port.name, port.port, port.protocol
-        ));
-        if let Some(target) = port.target_port {
-            yaml.push_str(&format!("    targetPort: {target}\n"));
-        }
-        yaml.push_str(&format!("    nodePort: {}\n", port.node_port));
+    if let Ok(ip) = vip.parse::<IpAddr>() {
+        let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+        service = ip_families(service, "SingleStack", &[family]);
     }
-    yaml
+    service.spec.get_or_insert_default().load_balancer_ip = Some(vip);
+    yaml(&service)
 }
 
 /// A Ready Node with an InternalIP of each of `ips`.
 pub fn ready_node_yaml(name: &str, ips: &[impl Display]) -> String {
-    let addresses: String = ips
+    let (first, others) = ips.split_first().expect("a node has an address");
+    let node = others
         .iter()
-        .map(|ip| format!("  - type: InternalIP\n    address: {ip}\n"))
-        .collect();
-    format!(
-        "apiVersion: v1
-kind: Node
-metadata:
-  name: {name}
-status:
-  addresses:
-{addresses}  conditions:
-  - type: Ready
-    status: \"True\"
-"
-    )
+        .fold(fixtures::node(name, first), fixtures::with_internal_ip);
+    yaml(&node)
 }
 
 /// Documents joined into one multi-document YAML stream.
@@ -134,6 +119,33 @@ pub fn documents<S: AsRef<str>>(docs: &[S]) -> String {
         .map(AsRef::as_ref)
         .collect::<Vec<_>>()
         .join("---\n")
+}
+
+/// One Service per VIP of `vips` (`web-<i>`, TCP port 80 to `node_port`),
+/// and a Ready Node for each (name, address) of `nodes`.
+pub fn http_services_and_nodes<'a>(
+    vips: &[IpAddr],
+    node_port: u16,
+    nodes: impl IntoIterator<Item = (&'a str, IpAddr)>,
+) -> String {
+    let port = ServicePort {
+        name: "http",
+        port: 80,
+        protocol: "TCP",
+        node_port,
+        target_port: None,
+    };
+    let mut docs: Vec<String> = vips
+        .iter()
+        .enumerate()
+        .map(|(i, vip)| load_balancer_service_yaml(&format!("web-{i}"), "demo", vip, &[port]))
+        .collect();
+    docs.extend(
+        nodes
+            .into_iter()
+            .map(|(name, ip)| ready_node_yaml(name, &[ip])),
+    );
+    documents(&docs)
 }
 
 /// `service` followed by a Ready Node for each of `nodes`, at both its
@@ -150,10 +162,12 @@ pub fn service_and_nodes(service: String, nodes: &[Node]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::core::v1::Service;
+
     use super::*;
 
     #[test]
-    fn service_ports_and_nodes_are_yaml_documents() {
+    fn services_and_nodes_load_as_the_objects_they_were_built_from() {
         let service = load_balancer_service_yaml(
             "web",
             "demo",
@@ -166,17 +180,42 @@ mod tests {
                 target_port: Some(8080),
             }],
         );
-        assert!(service.ends_with(
-            "  ports:\n  - name: http\n    port: 80\n    protocol: TCP\n    targetPort: 8080\n    nodePort: 31000\n"
-        ));
-        assert!(service.contains("  ipFamilies:\n  - IPv4\n  loadBalancerIP: 198.51.100.10\n"));
         let node = ready_node_yaml("node-1", &["10.1.0.11", "2001:db8:1::11"]);
-        assert!(node.contains(
-            "  addresses:\n  - type: InternalIP\n    address: 10.1.0.11\n  \
-             - type: InternalIP\n    address: 2001:db8:1::11\n  conditions:\n"
-        ));
-        let yaml = documents(&[service, node]);
-        assert_eq!(yaml.matches("---\n").count(), 1);
-        assert!(yaml.contains("kind: Node\nmetadata:\n  name: node-1\n"));
+        let text = documents(&[service, node]);
+        let loaded = lb::k8s::load_bytes(std::path::Path::new("test"), text.as_bytes());
+        assert!(loaded.skipped.is_empty(), "{:?}", loaded.skipped);
+        let objects = loaded.objects;
+        let Service { metadata, spec, .. } = &*objects.services[0];
+        assert_eq!(metadata.name.as_deref(), Some("web"));
+        assert_eq!(metadata.namespace.as_deref(), Some("demo"));
+        let spec = spec.as_ref().expect("spec");
+        assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
+        assert_eq!(spec.load_balancer_ip.as_deref(), Some("198.51.100.10"));
+        assert_eq!(spec.ip_families, Some(vec!["IPv4".to_owned()]));
+        let port = &spec.ports.as_ref().expect("ports")[0];
+        assert_eq!(
+            (port.name.as_deref(), port.port, port.protocol.as_deref()),
+            (Some("http"), 80, Some("TCP"))
+        );
+        assert_eq!(port.node_port, Some(31000));
+        assert_eq!(port.target_port, Some(IntOrString::Int(8080)));
+        let addresses = objects.nodes[0]
+            .status
+            .as_ref()
+            .and_then(|status| status.addresses.as_ref())
+            .expect("addresses");
+        let internal: Vec<&str> = addresses
+            .iter()
+            .filter(|a| a.type_ == "InternalIP")
+            .map(|a| a.address.as_str())
+            .collect();
+        assert_eq!(internal, ["10.1.0.11", "2001:db8:1::11"]);
+    }
+
+    #[test]
+    fn a_bad_vip_is_written_as_it_is() {
+        let service = load_balancer_service_yaml("web", "demo", "not-an-ip", &[]);
+        assert!(service.contains("loadBalancerIP: not-an-ip\n"), "{service}");
+        assert!(!service.contains("ipFamilies"), "{service}");
     }
 }

@@ -118,6 +118,8 @@ fn talk(mut client: LineClient, interval: Duration, stop: &AtomicBool) -> Stream
 /// Checks that no stream broke, none stalled for `max_stall` or longer and
 /// every one kept talking; returns the longest stall of all.
 pub fn check(reports: &[StreamReport], max_stall: Duration) -> Result<Duration> {
+    // With no stream every check below would hold.
+    ensure!(!reports.is_empty(), "no stream to check");
     let broken: Vec<String> = reports
         .iter()
         .filter_map(|r| {

@@ -221,8 +221,9 @@ fn invalid_manifests_are_skipped_and_the_valid_ones_served() -> Result<()> {
     // Valid YAML, but not a Service: its ports are not a list.
     let bad_service = "apiVersion: v1\nkind: Service\nmetadata:\n  name: bad-ports\n\
                        spec:\n  type: LoadBalancer\n  ports: eighty\n";
-    let no_node_port =
-        service("no-node-port", "198.51.100.24", 80).replace("    nodePort: 31000\n", "");
+    let with_node_port = service("no-node-port", "198.51.100.24", 80);
+    let no_node_port = with_node_port.replace("    nodePort: 31000\n", "");
+    ensure!(no_node_port != with_node_port, "no nodePort line to remove");
     let mixed = manifests::documents(&[bad_service, &service("api", VIP_API, 8080)]);
     enum Expect {
         Served,
