@@ -71,10 +71,13 @@ counters! {
     /// resolved (the agent's health checks keep nodes' neighbour entries
     /// fresh); the kernel could only route the packet by its VIP.
     DROP_NO_NEIGHBOR = 24, "drop_no_neighbor";
+    /// Passed: a unicast frame for another host's MAC, which a NIC in
+    /// promiscuous mode (a bridge port, a packet capture) hands up too.
+    PASS_OTHER_HOST = 25, "pass_other_host";
 }
 
 /// The outcome counters: every packet ends in exactly one of them.
-pub const OUTCOMES: [u32; 19] = [
+pub const OUTCOMES: [u32; 20] = [
     FORWARD_TX,
     FORWARD_REDIRECT,
     REPLY_TX,
@@ -94,13 +97,14 @@ pub const OUTCOMES: [u32; 19] = [
     NDP_REPLY,
     DROP_NOT_ADJACENT,
     DROP_NO_NEIGHBOR,
+    PASS_OTHER_HOST,
 ];
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn indexes_are_dense() {
-        assert_eq!(super::COUNT, 25);
+        assert_eq!(super::COUNT, 26);
         assert_eq!(super::NAMES[super::FLOW_REHASHED as usize], "flow_rehashed");
     }
 }

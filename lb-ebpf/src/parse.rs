@@ -9,7 +9,7 @@ use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
 
-use crate::verdict::Verdict;
+use crate::{maps::iface_mac, verdict::Verdict};
 
 const ETH_P_IPV4_BE: u16 = 0x0800u16.to_be();
 const ETH_P_IPV6_BE: u16 = 0x86ddu16.to_be();
@@ -138,6 +138,10 @@ impl Ip {
     pub fn parse(ctx: &Frame, ip: &mut MaybeUninit<Ip>) -> Result<(), Verdict> {
         let eth: *const EthHdr = ptr_at(ctx, 0).map_err(|_| Verdict::PassNotIp)?;
         // SAFETY: `ptr_at` checked the header lies inside the packet.
+        if !for_this_host(ctx, unsafe { (*eth).dst_addr }) {
+            return Err(Verdict::PassOtherHost);
+        }
+        // SAFETY: as above.
         ip.write(match unsafe { (*eth).ether_type } {
             ETH_P_IPV4_BE => Self::parse_v4(ctx)?,
             ETH_P_IPV6_BE => Self::parse_v6(ctx)?,
@@ -213,6 +217,18 @@ impl Ip {
             dst,
         })
     }
+}
+
+/// Whether a frame to `dst` is addressed to this host: broadcast, multicast,
+/// or the receiving interface's MAC. A NIC in promiscuous mode (a bridge
+/// port, a capture) hands up frames for other hosts too, and serving those
+/// would take another lb host's traffic (on a segment that floods a dead
+/// host's frames, before the router notices). An interface the agent did
+/// not register (tests that run the program unattached) is not filtered.
+#[inline(always)]
+fn for_this_host(ctx: &Frame, dst: [u8; 6]) -> bool {
+    // The group bit: broadcast and multicast.
+    dst[0] & 1 != 0 || iface_mac(ctx.ingress_ifindex()).is_none_or(|mac| mac == dst)
 }
 
 /// An IPv6 address from the packet as an [`Addr`].

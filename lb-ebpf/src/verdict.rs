@@ -18,6 +18,7 @@ pub enum Verdict {
     DropInternal,
     DropNotAdjacent,
     DropNoNeighbor,
+    PassOtherHost,
 }
 
 impl Verdict {
@@ -36,6 +37,7 @@ impl Verdict {
             Self::DropInternal => counters::DROP_INTERNAL,
             Self::DropNotAdjacent => counters::DROP_NOT_ADJACENT,
             Self::DropNoNeighbor => counters::DROP_NO_NEIGHBOR,
+            Self::PassOtherHost => counters::PASS_OTHER_HOST,
         }
     }
 

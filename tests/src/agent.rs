@@ -112,14 +112,9 @@ impl Agent {
     }
 
     /// Where the agent keeps its BIRD's files (`bird.conf`, `bird.ctl`,
-    /// `bird.pid`): `/run/lb/` and the bpffs path with `/` made `-`.
+    /// `bird.pid`).
     pub fn bird_dir(&self) -> PathBuf {
-        let name = self
-            .bpffs
-            .to_string_lossy()
-            .trim_matches('/')
-            .replace('/', "-");
-        Path::new("/run/lb").join(name)
+        lb::rundir::dir(&self.bpffs)
     }
 
     /// The control socket of the agent's BIRD, for `birdc -s`.

@@ -132,6 +132,10 @@ pub fn router_config(router_id: Ipv4Addr, peers: &[Ipv4Addr]) -> String {
     let mut config = format!(
         "router id {router_id};
 log stderr {{ info, remote, warning, error, auth, fatal, bug }};
+# Milliseconds, so that a route withdrawn and announced again within a
+# second shows a new time.
+timeformat route iso long ms;
+timeformat protocol iso long ms;
 protocol device {{ }}
 protocol kernel {{
   ipv4 {{ import none; export all; }};

@@ -29,66 +29,76 @@ const HEALTH: [&str; 8] = [
     "1",
 ];
 
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what} within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(100));
+/// One lb host announcing the Service to the router, its node servers and
+/// its manifests. Fields drop in order: the agent (whose `lb down` stops its
+/// BIRD) before the namespaces.
+struct Bed {
+    agent: Agent,
+    servers: Vec<ServerGuard>,
+    manifests: ManifestFile,
+    net: ScaleOut,
+}
+
+impl Bed {
+    /// Returns once the router has the VIP via the host.
+    fn new(tag: &str) -> Bed {
+        let net = ScaleOut::new(1, 3).expect("topology");
+        let servers = net.serve().expect("servers");
+        let manifests = ManifestFile::new(tag, &net.manifest()).expect("manifests");
+        let mut args = net.bgp_args(0);
+        args.extend(HEALTH.map(str::to_owned));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let agent = net.start_agent(0, manifests.path(), &args).expect("agent");
+        wait_programmed(&agent).expect("agent programs the service");
+        assert_eq!(
+            net.wait_for_next_hops(VIP, 1).expect("announced"),
+            [host_ip(1)]
+        );
+        Bed {
+            agent,
+            servers,
+            manifests,
+            net,
+        }
     }
 }
 
 #[test]
-fn the_router_learns_the_vip_while_its_service_has_healthy_backends() {
-    let net = ScaleOut::new(1, 3).expect("topology");
-    let mut servers: Vec<ServerGuard> = net.serve().expect("servers");
-    let manifests = ManifestFile::new("bgp", &net.manifest()).expect("manifests");
-    let mut args = net.bgp_args(0);
-    args.extend(HEALTH.map(str::to_owned));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = net.start_agent(0, manifests.path(), &args).expect("agent");
-    wait_programmed(&agent).expect("agent programs the service");
-
-    assert_eq!(
-        net.wait_for_next_hops(VIP, 1).expect("announced"),
-        [host_ip(1)]
-    );
-    let router = net.router_bird().socket();
-    wait_until(
-        "BFD session up on the router",
-        Duration::from_secs(10),
-        || bird::bfd_up(&router, host_ip(1)).expect("birdc"),
-    );
+fn the_router_learns_the_vip_with_bfd_while_its_service_exists() {
+    let bed = Bed::new("bgp-service");
+    let router = bed.net.router_bird().socket();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !bird::bfd_up(&router, host_ip(1)).expect("router's birdc") {
+        assert!(Instant::now() < deadline, "no BFD session up on the router");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(
-        bird::bfd_up(&agent.bird_socket(), ROUTER_IP).expect("agent's birdc"),
+        bird::bfd_up(&bed.agent.bird_socket(), ROUTER_IP).expect("agent's birdc"),
         "BFD up on the agent's side"
     );
-    check_bgp_listing(&agent, true);
+    check_bgp_listing(&bed.agent, true);
 
-    // Every node stops answering: nothing healthy is left to send to.
-    servers.clear();
-    net.wait_for_next_hops(VIP, 0)
-        .expect("withdrawn once no backend is healthy");
-    check_bgp_listing(&agent, false);
-    servers = net.start_servers().expect("servers");
-    net.wait_for_next_hops(VIP, 1)
-        .expect("announced again once backends are healthy");
-
-    // The Service goes away.
-    let nodes_only: Vec<String> = net
+    // The Service goes away, then comes back.
+    let nodes_only: Vec<String> = bed
+        .net
         .nodes
         .iter()
         .map(|n| manifests::ready_node_yaml(&n.name, &[n.ip]))
         .collect();
-    manifests
+    bed.manifests
         .write(&manifests::documents(&nodes_only))
         .expect("manifests");
-    net.wait_for_next_hops(VIP, 0)
+    bed.net
+        .wait_for_next_hops(VIP, 0)
         .expect("withdrawn with its Service");
-    manifests.write(&net.manifest()).expect("manifests");
-    net.wait_for_next_hops(VIP, 1)
+    check_bgp_listing(&bed.agent, false);
+    bed.manifests.write(&bed.net.manifest()).expect("manifests");
+    bed.net
+        .wait_for_next_hops(VIP, 1)
         .expect("announced with its Service back");
 
     // `lb down` withdraws and stops BIRD, which outlives the agent otherwise.
+    let Bed { agent, net, .. } = bed;
     let bird = agent.bird_pid().expect("the agent's BIRD runs");
     drop(agent);
     net.wait_for_next_hops(VIP, 0)
@@ -97,17 +107,42 @@ fn the_router_learns_the_vip_while_its_service_has_healthy_backends() {
         !Path::new(&format!("/proc/{bird}")).exists(),
         "BIRD still runs after lb down"
     );
-    drop(servers);
 }
 
-/// `lb bgp --json` shows the session with the router and, while it is
-/// announced, the VIP's prefix.
+#[test]
+fn the_vip_is_withdrawn_while_no_backend_is_healthy() {
+    let mut bed = Bed::new("bgp-health");
+    // Every node stops answering: nothing healthy is left to send to.
+    bed.servers.clear();
+    bed.net
+        .wait_for_next_hops(VIP, 0)
+        .expect("withdrawn once no backend is healthy");
+    check_bgp_listing(&bed.agent, false);
+    bed.servers = bed.net.start_servers().expect("servers");
+    bed.net
+        .wait_for_next_hops(VIP, 1)
+        .expect("announced again once backends are healthy");
+}
+
+/// `lb bgp --json` shows the session with the router established with BFD
+/// up and, while it is announced, the VIP's prefix.
 fn check_bgp_listing(agent: &Agent, announcing: bool) {
-    let listing = agent.query("bgp").expect("lb bgp").to_string();
-    assert!(listing.contains(&ROUTER_IP.to_string()), "{listing}");
-    assert_eq!(
-        listing.contains(&format!("{VIP}/32")),
-        announcing,
-        "{listing}"
-    );
+    let listing = agent.query("bgp").expect("lb bgp");
+    let sessions = listing["sessions"].as_array().expect("sessions");
+    let router = ROUTER_IP.to_string();
+    let session = sessions
+        .iter()
+        .find(|s| s["peer"].as_str() == Some(router.as_str()))
+        .unwrap_or_else(|| panic!("no session with the router: {listing}"));
+    assert_eq!(session["state"], "Established", "{listing}");
+    assert_eq!(session["bfd"], "Up", "{listing}");
+    let vip = format!("{VIP}/32");
+    let announced: Vec<&str> = listing["announced"]
+        .as_array()
+        .expect("announced")
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect();
+    let expected: &[&str] = if announcing { &[vip.as_str()] } else { &[] };
+    assert_eq!(announced, expected, "{listing}");
 }

@@ -53,7 +53,11 @@ fn load(bed: &XdpBed, forwarding: Forwarding, answer_neighbors: bool) -> Datapla
         (bed.node_if, bed.node_if_mac),
     ] {
         dataplane.add_tx_port(ifindex).expect("tx port");
-        dataplane.add_iface(ifindex, mac).expect("iface");
+        // Registered, an interface takes only frames to its own MAC; the
+        // forwarding fixtures' frames go to `packets::LB_MAC`, a stand-in.
+        if answer_neighbors {
+            dataplane.add_iface(ifindex, mac).expect("iface");
+        }
     }
     dataplane
 }
@@ -106,7 +110,7 @@ fn arp_and_neighbor_solicitations_for_vips_are_answered() {
         let dataplane = {
             let mut dataplane = load(&bed, Forwarding::Nat, true);
             for spec in [
-                service(VIP, 80, Protocol::Tcp, three_nodes()),
+                service(VIP, 80, Protocol::Tcp, vec![node(1, 31000)]),
                 service(VIP6, 80, Protocol::Tcp, vec![node6(1, 31000)]),
             ] {
                 dataplane.set_service(&spec).expect("set_service");
@@ -115,6 +119,12 @@ fn arp_and_neighbor_solicitations_for_vips_are_answered() {
         };
         let (mac, asker) = (bed.client_if_mac, CLIENT_MAC);
         let asker6 = CLIENT6;
+        // A SYN to the VIP, sent to `dst_mac`.
+        let syn_to = |dst_mac: [u8; 6]| {
+            let mut frame = packets::tcp_syn(sock(CLIENT, 43000), sock(VIP, 80));
+            frame[..6].copy_from_slice(&dst_mac);
+            frame
+        };
         let fixtures = [
             Fixture {
                 description: "an ARP request for a VIP gets the interface's MAC",
@@ -170,11 +180,31 @@ fn arp_and_neighbor_solicitations_for_vips_are_answered() {
                 action: XDP_PASS,
                 output: None,
             },
+            Fixture {
+                description: "a frame for another host's MAC (promiscuous NIC) passes untouched",
+                input: syn_to(packets::LB_MAC),
+                ifindex: bed.client_if,
+                action: XDP_PASS,
+                output: None,
+            },
+            Fixture {
+                description: "the same frame to this interface's MAC is served",
+                input: syn_to(mac),
+                ifindex: bed.client_if,
+                action: XDP_REDIRECT,
+                output: Some(packets::forwarded(&packets::expect_dnat(
+                    &syn_to(mac),
+                    SocketAddr::V4(sock(node_ip(1), 31000)),
+                    bed.node_if_mac,
+                    node_mac(1),
+                ))),
+            },
         ];
         check(&dataplane, &fixtures);
         let global = dataplane.maps().global_counters().expect("counters");
         assert_eq!(global[counters::ARP_REPLY as usize], 2);
         assert_eq!(global[counters::NDP_REPLY as usize], 1);
+        assert_eq!(global[counters::PASS_OTHER_HOST as usize], 1);
         let mut dataplane = dataplane;
         // A removed VIP is no longer answered.
         dataplane

@@ -182,6 +182,13 @@ impl ScaleOut {
         .into()
     }
 
+    /// The routes to `vip` the router's BIRD has learnt, each with the time
+    /// it was learnt: equal answers at two moments mean that nothing was
+    /// withdrawn or announced again between them.
+    pub fn learnt_routes(&self, vip: Ipv4Addr) -> Result<String> {
+        self.router_bird.birdc(&format!("show route for {vip}/32"))
+    }
+
     /// Waits until the router's route to `vip` has `count` next hops (0: no
     /// route) and returns them.
     pub fn wait_for_next_hops(&self, vip: Ipv4Addr, count: usize) -> Result<Vec<Ipv4Addr>> {
