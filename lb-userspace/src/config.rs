@@ -117,7 +117,6 @@ fn file_args(agent: &Command, text: &str, given: &ArgMatches) -> Result<Vec<Stri
 }
 
 fn find_arg<'a>(agent: &'a Command, key: &str) -> Result<&'a Arg, Problem> {
-    let longs = || agent.get_arguments().filter_map(Arg::get_long);
     if let Some(arg) = agent
         .get_arguments()
         .find(|arg| arg.get_long() == Some(key))
@@ -125,7 +124,9 @@ fn find_arg<'a>(agent: &'a Command, key: &str) -> Result<&'a Arg, Problem> {
         return Ok(arg);
     }
     // The same measure and threshold as clap's own suggestions.
-    let suggestion = longs()
+    let suggestion = agent
+        .get_arguments()
+        .filter_map(Arg::get_long)
         .map(|long| (strsim::jaro(key, long), long))
         .filter(|(confidence, _)| *confidence > 0.7)
         .max_by(|a, b| a.0.total_cmp(&b.0))
