@@ -58,7 +58,12 @@ pub enum Command {
         shell: clap_complete::Shell,
     },
     /// Print the man page (roff).
-    Man,
+    Man {
+        /// Instead, write lb.1 and a page for each command (lb-agent.1, ...)
+        /// into this directory, as a package installs them.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug)]

@@ -59,10 +59,10 @@ enum Command {
     },
     /// Build the Debian package of lb (cargo-deb) and print its path
     ///
-    /// Runs setup, `cargo build --release -p lb-userspace`, writes the man page and the bash,
+    /// Runs setup, `cargo build --release -p lb-userspace`, writes the man pages and the bash,
     /// zsh and fish completions the built `lb` prints, then `cargo deb --no-build`: /usr/bin/lb,
     /// the systemd unit lb.service (deploy/debian), the commented default /etc/lb/lb.yaml (a
-    /// conffile), the man page and completions; checks it as `cargo xtask test` does. The .deb
+    /// conffile), the man pages and completions; checks it as `cargo xtask test` does. The .deb
     /// lands in target/release/package/deb/.
     Package,
     /// Build the release binaries and run the demo (lb-demo)

@@ -67,8 +67,10 @@ pub fn build(profile: Profile) -> Result<PathBuf> {
     // which cargo-deb reads from the profile's directory.
     let generated = profile.dir().join("package");
     fs::create_dir_all(&generated).with_context(|| format!("creating {}", generated.display()))?;
+    let man = generated.join("man");
+    fs::create_dir_all(&man).with_context(|| format!("creating {}", man.display()))?;
+    util::run(cmd(&lb).arg("man").arg("--dir").arg(&man))?;
     let outputs = [
-        (vec!["man"], "lb.1"),
         (vec!["completions", "bash"], "lb.bash"),
         (vec!["completions", "zsh"], "_lb"),
         (vec!["completions", "fish"], "lb.fish"),

@@ -16,6 +16,7 @@ const FILES: &[&str] = &[
     "./etc/lb/lb.yaml",
     "./usr/lib/systemd/system/lb.service",
     "./usr/share/man/man1/lb.1",
+    "./usr/share/man/man1/lb-agent.1",
     "./usr/share/bash-completion/completions/lb",
     "./usr/share/zsh/vendor-completions/_lb",
     "./usr/share/fish/vendor_completions.d/lb.fish",
