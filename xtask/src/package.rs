@@ -66,17 +66,13 @@ pub fn build(profile: Profile) -> Result<PathBuf> {
     // Cargo.toml's assets name these files under target/release/package/,
     // which cargo-deb reads from the profile's directory.
     let generated = profile.dir().join("package");
-    fs::create_dir_all(&generated).with_context(|| format!("creating {}", generated.display()))?;
+    // Afresh, so that no page of a command since removed is packaged.
     let man = generated.join("man");
+    let _ = fs::remove_dir_all(&man);
     fs::create_dir_all(&man).with_context(|| format!("creating {}", man.display()))?;
     util::run(cmd(&lb).arg("man").arg("--dir").arg(&man))?;
-    let outputs = [
-        (vec!["completions", "bash"], "lb.bash"),
-        (vec!["completions", "zsh"], "_lb"),
-        (vec!["completions", "fish"], "lb.fish"),
-    ];
-    for (args, file) in outputs {
-        let text = util::stdout(cmd(&lb).args(&args))?;
+    for (shell, file) in [("bash", "lb.bash"), ("zsh", "_lb"), ("fish", "lb.fish")] {
+        let text = util::stdout(cmd(&lb).args(["completions", shell]))?;
         let path = generated.join(file);
         fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
