@@ -58,7 +58,12 @@ pub enum Command {
         shell: clap_complete::Shell,
     },
     /// Print the man page (roff).
-    Man,
+    Man {
+        /// Instead, write lb.1 and a page for each command (lb-agent.1, ...)
+        /// into this directory, as a package installs them.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -125,6 +130,12 @@ pub enum TraceProtocol {
 #[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["manifests", "kubeconfig", "in_cluster"])))]
 pub struct AgentArgs {
+    /// Read flags from this YAML file: its keys are the long flag names
+    /// (`iface`, `vip-pool`, ...) with the values the flags take, a list for a
+    /// repeatable flag, true or false for a switch. Flags on the command line
+    /// win; a repeatable one given there replaces the file's list.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
     /// Interface to attach to (repeat for two-arm: client side and node side).
     #[arg(long = "iface", required = true, value_name = "IF")]
     pub interfaces: Vec<String>,

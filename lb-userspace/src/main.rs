@@ -11,6 +11,7 @@ use lb::{
     },
     catalog::Catalog,
     cli::{AgentArgs, Cli, Command, PinArgs},
+    config,
     dataplane::DataplaneConfig,
     health::HealthConfig,
     k8s::{
@@ -25,12 +26,20 @@ use lb::{
 use tracing_subscriber::EnvFilter;
 
 fn main() {
-    let cli = Cli::parse();
+    let argv = match config::with_config_file(std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(e) => fail(&e.into()),
+    };
+    let cli = Cli::parse_from(argv);
     init_logging(cli.verbose);
     if let Err(e) = run(cli) {
-        eprintln!("lb: {}", one_line(&e));
-        std::process::exit(1);
+        fail(&e);
     }
+}
+
+fn fail(error: &anyhow::Error) -> ! {
+    eprintln!("lb: {}", one_line(error));
+    std::process::exit(1);
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -48,10 +57,12 @@ fn run(cli: Cli) -> Result<()> {
             clap_complete::generate(shell, &mut Cli::command(), "lb", &mut std::io::stdout());
             Ok(())
         }
-        Command::Man => {
+        Command::Man { dir: None } => {
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
             Ok(())
         }
+        Command::Man { dir: Some(dir) } => clap_mangen::generate_to(Cli::command(), &dir)
+            .with_context(|| format!("writing the man pages to {}", dir.display())),
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod bird;
 pub mod fake_apiserver;
+pub mod http;
 pub mod kube_agent;
 pub mod manifests;
 pub mod neighbor_packets;

@@ -127,6 +127,61 @@ fn agent_rejects_bad_bgp_settings_before_touching_the_kernel() {
     assert!(!Path::new(&pins).exists(), "pins left behind at {pins}");
 }
 
+/// A config file of its own for `lb agent --config`, removed when dropped.
+struct ConfigFile(String);
+
+impl ConfigFile {
+    fn new(tag: &str, yaml: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("lb-cli-{tag}-{}.yaml", std::process::id()));
+        std::fs::write(&path, yaml).expect("config file");
+        Self(path.display().to_string())
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn agent_config_file_errors_name_the_file_and_key_in_one_line() {
+    let pins = format!("/sys/fs/bpf/lb-cli-config-{}", std::process::id());
+    for (tag, yaml, want) in [
+        (
+            "unknown",
+            "ifaces: [lo]\n",
+            r#"unknown key "ifaces" (did you mean "iface"?)"#,
+        ),
+        (
+            "value",
+            "ring-size: x\n",
+            r#"ring-size: invalid value "x": invalid digit found in string"#,
+        ),
+    ] {
+        let yaml = format!("iface: [lo]\nmanifests: {EXAMPLE}\nbpffs: {pins}\n{yaml}");
+        let config = ConfigFile::new(tag, &yaml);
+        let (status, stderr) = lb(&["agent", "--config", &config.0]);
+        assert_eq!(status, 1, "{yaml}: {stderr}");
+        assert_eq!(stderr, format!("lb: {}: {want}\n", config.0), "{yaml}");
+    }
+    assert!(!Path::new(&pins).exists(), "pins left behind at {pins}");
+}
+
+#[test]
+fn agent_takes_flags_from_its_config_file_and_the_command_line_wins() {
+    let pins = format!("/sys/fs/bpf/lb-cli-config-ok-{}", std::process::id());
+    let config = ConfigFile::new(
+        "works",
+        &format!("iface: [nosuch0]\nmanifests: {EXAMPLE}\nbpffs: {pins}\n"),
+    );
+    let from_file = ["agent", "--config", &config.0];
+    assert_error(&from_file, 1, "interface nosuch0 does not exist");
+    let overridden = [&from_file[..], &["--iface", "nosuch1"]].concat();
+    assert_error(&overridden, 1, "interface nosuch1 does not exist");
+    assert!(!Path::new(&pins).exists(), "pins left behind at {pins}");
+}
+
 #[test]
 fn inspection_says_when_nothing_is_loaded() {
     for command in ["services", "backends", "stats"] {

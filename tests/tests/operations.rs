@@ -4,8 +4,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{Read as _, Write as _},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -230,31 +229,9 @@ fn trace_predicts_where_real_connections_land() {
     assert!(!report["pinned_backend"].is_null(), "{report}");
 }
 
-/// A plain HTTP GET from inside `ns`.
+/// A plain HTTP GET of the agent's metrics server from inside `ns`.
 fn http_get(ns: &NetNs, path: &'static str) -> (u16, String) {
-    ns.enter(move || {
-        let mut stream = TcpStream::connect_timeout(&METRICS.parse().expect("addr"), TIMEOUT)
-            .expect("connect to the metrics server");
-        stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n"
-        )
-        .expect("send");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("read");
-        let status = response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        (status, body)
-    })
-    .expect("lb namespace")
+    lb_tests::http::get(ns, METRICS.parse().expect("addr"), path).expect("GET from the agent")
 }
 
 type Labels = BTreeMap<String, String>;

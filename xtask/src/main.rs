@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod fuzz;
+mod package;
 mod setup;
 mod test;
 mod util;
@@ -28,8 +29,9 @@ enum Command {
     ///
     /// Installs the missing Debian packages (required: iproute2 ethtool iputils-ping curl
     /// procps util-linux bird2 iptables; for benchmarks, where a failure is only a warning:
-    /// netcat-openbsd nftables haproxy wrk iperf3 bpftool hping3), the nightly components rust-src and clippy, and
-    /// bpf-linker 0.13.0 built against nightly's libLLVM; mounts bpffs at /sys/fs/bpf.
+    /// netcat-openbsd nftables haproxy wrk iperf3 bpftool hping3), the nightly components rust-src and clippy,
+    /// bpf-linker 0.13.0 built against nightly's libLLVM, and cargo-deb 3.8.0; mounts bpffs at
+    /// /sys/fs/bpf.
     /// Idempotent, and silent when nothing is missing. Installing packages and mounting bpffs
     /// need root.
     Setup,
@@ -39,7 +41,10 @@ enum Command {
     /// `cargo fmt --all -- --check`,
     /// `cargo clippy --workspace --all-targets -- -D warnings`,
     /// `cargo +nightly clippy -p lb-ebpf --target bpfel-unknown-none -Z build-std=core` (with
-    /// `-D warnings`), and `cargo test --workspace`. Needs root.
+    /// `-D warnings`), and `cargo test --workspace`; then builds the Debian package from the
+    /// debug binary and checks it (contents, control fields, conffiles, `lb --version` of the
+    /// unpacked binary, `systemd-analyze verify` of the unit where systemd is present). Needs
+    /// root.
     ///
     /// With `--fuzz`, then runs every cargo-fuzz target under fuzz/ for a bounded time
     /// (`cargo +nightly fuzz run TARGET -- -max_total_time=SECONDS`), installing g++ (for
@@ -52,6 +57,14 @@ enum Command {
         #[arg(long, value_name = "SECONDS", default_value_t = 30, requires = "fuzz")]
         fuzz_seconds: u32,
     },
+    /// Build the Debian package of lb (cargo-deb) and print its path
+    ///
+    /// Runs setup, `cargo build --release -p lb-userspace`, writes the man pages and the bash,
+    /// zsh and fish completions the built `lb` prints, then `cargo deb --no-build`: /usr/bin/lb,
+    /// the systemd unit lb.service (deploy/debian), the commented default /etc/lb/lb.yaml (a
+    /// conffile), the man pages and completions; checks it as `cargo xtask test` does. The .deb
+    /// lands in target/release/package/deb/.
+    Package,
     /// Build the release binaries and run the demo (lb-demo)
     ///
     /// Runs setup, `cargo build --release -p lb-userspace -p lb-tests --bins`, then
@@ -85,6 +98,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Setup => setup::run().map(|()| 0),
         Command::Test { fuzz, fuzz_seconds } => test::run(fuzz.then_some(fuzz_seconds)).map(|()| 0),
+        Command::Package => package::run().map(|()| 0),
         Command::Demo { args } => demo::run(&args),
         Command::Bench { args } => bench::run(&args),
     };

@@ -43,6 +43,9 @@ const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "clippy"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// cargo-deb, for `cargo xtask package`: 3.8.0 builds with the stable toolchain here.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
 /// Where setup links nightly's libLLVM so that bpf-linker can be built against it.
 const LLVM_PREFIX: &str = ".local/lb-llvm";
 
@@ -53,6 +56,7 @@ pub fn run() -> Result<()> {
     apt_packages(root).context("installing Debian packages")?;
     nightly_components().context("installing nightly toolchain components")?;
     bpf_linker().context("installing bpf-linker")?;
+    cargo_deb().context("installing cargo-deb")?;
     bpffs(root).context("mounting bpffs")?;
     Ok(())
 }
@@ -272,13 +276,32 @@ fn nightly_components() -> Result<()> {
     )
 }
 
-fn bpf_linker() -> Result<()> {
+/// Whether `cargo install --list` has `crate_name` at `version`.
+fn installed(crate_name: &str, version: &str) -> Result<bool> {
     let installed = util::stdout(cmd("cargo").args(["install", "--list"]))?;
-    let wanted = format!("bpf-linker v{BPF_LINKER_VERSION}");
-    if installed
+    let wanted = format!("{crate_name} v{version}");
+    Ok(installed
         .lines()
-        .any(|line| line.split(':').next() == Some(wanted.as_str()))
-    {
+        .any(|line| line.split(':').next() == Some(wanted.as_str())))
+}
+
+fn cargo_deb() -> Result<()> {
+    if installed("cargo-deb", CARGO_DEB_VERSION)? {
+        return Ok(());
+    }
+    println!("setup: cargo install cargo-deb {CARGO_DEB_VERSION} --locked (takes two minutes)");
+    util::run(cmd("cargo").args([
+        "install",
+        "--quiet",
+        "--locked",
+        "cargo-deb",
+        "--version",
+        CARGO_DEB_VERSION,
+    ]))
+}
+
+fn bpf_linker() -> Result<()> {
+    if installed("bpf-linker", BPF_LINKER_VERSION)? {
         return Ok(());
     }
 

@@ -3,7 +3,9 @@
 use anyhow::{Context as _, Result};
 
 use crate::{
-    fuzz, setup,
+    fuzz,
+    package::{self, Profile},
+    setup,
     util::{self, cmd},
 };
 
@@ -77,7 +79,11 @@ pub fn run(fuzz_seconds: Option<u32>) -> Result<()> {
         );
         util::run(&mut command).with_context(|| format!("step `{}` failed", step.name))?;
     }
-    println!("==> all {} steps passed", STEPS.len());
+    // The package of the binary the steps built: quick, and it checks the
+    // packaging itself, which the release package shares.
+    println!("==> [package] cargo deb of target/debug/lb, then its checks");
+    package::check(&package::build(Profile::Dev)?).context("step `package` failed")?;
+    println!("==> all {} steps and the package check passed", STEPS.len());
     if let Some(seconds) = fuzz_seconds {
         fuzz::run(seconds).context("fuzzing failed")?;
     }
