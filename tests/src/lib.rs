@@ -11,6 +11,7 @@ pub mod kube_agent;
 pub mod manifests;
 pub mod neighbor_packets;
 pub mod netns;
+pub mod on_link;
 pub mod packets;
 pub mod scale_out;
 pub mod servers;

@@ -4,106 +4,46 @@
 //! gratuitous ARP the client learns without asking.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddrV4},
-    time::{Duration, Instant},
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
 };
 
-use lb_tests::{
-    agent::{Agent, backends_of},
-    manifests::{self, ManifestFile},
-    netns::NetNs,
-    servers,
-    topology::{HOST_IFACE, LB_CLIENT_IFACE, Layout, Topology, VIP_RANGE},
-    xdp_bed::fmt_mac,
-};
+use lb_tests::{on_link::OnLink, topology::HOST_IFACE};
 
-const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
-const LATER_VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
-const NODE_PORT: u16 = 31000;
-const TIMEOUT: Duration = Duration::from_secs(3);
-const READY: Duration = Duration::from_secs(20);
-
-/// The Services at `vips` (one per VIP) and the topology's nodes.
-fn manifest(topology: &Topology, vips: &[Ipv4Addr]) -> String {
-    let vips: Vec<IpAddr> = vips.iter().map(|&vip| vip.into()).collect();
-    let nodes = topology
-        .nodes
-        .iter()
-        .map(|n| (n.name.as_str(), n.ip.into()));
-    manifests::http_services_and_nodes(&vips, NODE_PORT, nodes)
-}
-
-/// The MAC `ns` has for `ip` in its neighbour table, if any.
-fn neighbour_mac(ns: &NetNs, ip: Ipv4Addr) -> Option<String> {
-    ns.neighbour_mac(HOST_IFACE, ip.into())
-}
+const VIP: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10));
+const LATER_VIP: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 11));
+const NOT_A_VIP: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 12));
 
 #[test]
 fn a_client_on_the_segment_arps_for_the_vip_and_hears_of_new_ones() {
-    let topology = Topology::new(Layout::TwoArm, 2).expect("topology");
-    // Only an on-link route to the VIPs: the client must ARP for them.
-    topology
-        .client
-        .ip(&format!("route add {VIP_RANGE} dev {HOST_IFACE}"))
-        .expect("on-link route");
-    let lb_mac = fmt_mac(topology.lb.mac(LB_CLIENT_IFACE).expect("lb MAC"));
-    let manifests =
-        ManifestFile::new("announce-arp", &manifest(&topology, &[VIP])).expect("manifests");
-    let _servers: Vec<_> = topology
-        .nodes
-        .iter()
-        .map(|n| servers::tcp_name_server(&n.ns, NODE_PORT, &n.name).expect("server"))
-        .collect();
-    let agent =
-        Agent::start(&topology.lb, &topology.lb_ifaces(), manifests.path(), &[]).expect("agent");
-    agent
-        .wait_for_backends(READY, |rows| {
-            backends_of(rows, &format!("{VIP}:80/tcp")).len() == 2
-        })
-        .expect("backends programmed");
-
-    let name = topology
-        .client
-        .enter(|| servers::tcp_ask_name(SocketAddrV4::new(VIP, 80), TIMEOUT))
-        .expect("client namespace")
+    let bed = OnLink::start("announce-arp", &[VIP]).expect("bed");
+    let name = bed
+        .ask(VIP, Duration::from_secs(3))
         .expect("a TCP connection through the VIP");
     assert!(name.starts_with("node-"), "answered by {name:?}");
-    assert_eq!(neighbour_mac(&topology.client, VIP), Some(lb_mac.clone()));
-    let stats = agent.query("stats").expect("lb stats");
+    assert_eq!(bed.neighbour_mac(VIP), Some(bed.lb_mac.clone()));
     assert!(
-        stats["totals"]["arp_reply"].as_u64().unwrap_or(0) > 0,
-        "the data path answered the ARP: {stats}"
+        bed.agent.counter("arp_reply").expect("lb stats") > 0,
+        "the data path answered the ARP"
     );
     // An address lb does not serve gets no answer from it.
-    let unanswered = Ipv4Addr::new(198, 51, 100, 12);
     assert!(
-        topology
-            .client
-            .ping(unanswered, Duration::from_secs(1))
-            .is_err(),
-        "{unanswered} answered"
+        bed.ask(NOT_A_VIP, Duration::from_secs(1)).is_err(),
+        "{NOT_A_VIP} answered"
     );
-    assert_eq!(neighbour_mac(&topology.client, unanswered), None);
+    assert_eq!(bed.neighbour_mac(NOT_A_VIP), None);
 
     // A Service appears: its VIP is announced before anyone asks. (Only now
     // does the client take gratuitous ARPs for addresses it has no entry
     // for: the one at the agent's start would have spared it the ARP above.)
-    topology
+    bed.topology
         .client
         .sysctl(&format!("net.ipv4.conf.{HOST_IFACE}.arp_accept"), "1")
         .expect("arp_accept");
-    assert_eq!(neighbour_mac(&topology.client, LATER_VIP), None);
-    manifests
-        .write(&manifest(&topology, &[VIP, LATER_VIP]))
-        .expect("add a Service");
-    let deadline = Instant::now() + READY;
-    while neighbour_mac(&topology.client, LATER_VIP).is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "no gratuitous ARP for {LATER_VIP}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(neighbour_mac(&topology.client, LATER_VIP), Some(lb_mac));
-    drop(agent);
+    assert_eq!(bed.neighbour_mac(LATER_VIP), None);
+    bed.serve(&[VIP, LATER_VIP]).expect("add a Service");
+    assert_eq!(
+        bed.wait_for_neighbour(LATER_VIP).expect("a gratuitous ARP"),
+        bed.lb_mac
+    );
 }
