@@ -73,6 +73,32 @@ impl OnLink {
             .enter(move || servers::tcp_ask_name(addr, timeout))?
     }
 
+    /// The client connects to `vip` after resolving it to lb's MAC (the
+    /// data path's `counter`, `arp_reply` or `ndp_reply`, grew), and gets no
+    /// answer from `not_a_vip`, an address of the range lb does not serve.
+    pub fn check_resolved(&self, vip: IpAddr, not_a_vip: IpAddr, counter: &str) -> Result<()> {
+        let name = self
+            .ask(vip, Duration::from_secs(3))
+            .context("a TCP connection through the VIP")?;
+        ensure!(name.starts_with("node-"), "answered by {name:?}");
+        ensure!(
+            self.neighbour_mac(vip).as_ref() == Some(&self.lb_mac),
+            "the client resolved {vip} to {:?}, not lb's {}",
+            self.neighbour_mac(vip),
+            self.lb_mac
+        );
+        ensure!(self.agent.counter(counter)? > 0, "{counter} did not grow");
+        ensure!(
+            self.ask(not_a_vip, Duration::from_secs(1)).is_err(),
+            "{not_a_vip} answered"
+        );
+        ensure!(
+            self.neighbour_mac(not_a_vip).is_none(),
+            "{not_a_vip} was resolved"
+        );
+        Ok(())
+    }
+
     /// The MAC the client has for `ip`, if any.
     pub fn neighbour_mac(&self, ip: IpAddr) -> Option<String> {
         self.topology.client.neighbour_mac(HOST_IFACE, ip)

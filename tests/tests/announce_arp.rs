@@ -3,10 +3,7 @@
 //! lb interface's MAC; a VIP that appears later is announced with a
 //! gratuitous ARP the client learns without asking.
 
-use std::{
-    net::{IpAddr, Ipv4Addr},
-    time::Duration,
-};
+use std::net::{IpAddr, Ipv4Addr};
 
 use lb_tests::{on_link::OnLink, topology::HOST_IFACE};
 
@@ -17,21 +14,8 @@ const NOT_A_VIP: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 12));
 #[test]
 fn a_client_on_the_segment_arps_for_the_vip_and_hears_of_new_ones() {
     let bed = OnLink::start("announce-arp", &[VIP]).expect("bed");
-    let name = bed
-        .ask(VIP, Duration::from_secs(3))
-        .expect("a TCP connection through the VIP");
-    assert!(name.starts_with("node-"), "answered by {name:?}");
-    assert_eq!(bed.neighbour_mac(VIP), Some(bed.lb_mac.clone()));
-    assert!(
-        bed.agent.counter("arp_reply").expect("lb stats") > 0,
-        "the data path answered the ARP"
-    );
-    // An address lb does not serve gets no answer from it.
-    assert!(
-        bed.ask(NOT_A_VIP, Duration::from_secs(1)).is_err(),
-        "{NOT_A_VIP} answered"
-    );
-    assert_eq!(bed.neighbour_mac(NOT_A_VIP), None);
+    bed.check_resolved(VIP, NOT_A_VIP, "arp_reply")
+        .expect("the VIP resolved by ARP and served, another address not");
 
     // A Service appears: its VIP is announced before anyone asks. (Only now
     // does the client take gratuitous ARPs for addresses it has no entry

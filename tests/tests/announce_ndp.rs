@@ -3,7 +3,7 @@
 //! and the XDP program answers with the lb interface's MAC; a VIP that
 //! appears later is announced with an unsolicited Neighbor Advertisement.
 
-use std::{net::IpAddr, time::Duration};
+use std::net::IpAddr;
 
 use lb_tests::{
     on_link::OnLink,
@@ -17,21 +17,8 @@ const NOT_A_VIP: IpAddr = IpAddr::V6(vip6(12));
 #[test]
 fn a_client_on_the_segment_solicits_the_vip_and_hears_of_new_ones() {
     let bed = OnLink::start("announce-ndp", &[VIP]).expect("bed");
-    let name = bed
-        .ask(VIP, Duration::from_secs(3))
-        .expect("a TCP connection through the VIP");
-    assert!(name.starts_with("node-"), "answered by {name:?}");
-    assert_eq!(bed.neighbour_mac(VIP), Some(bed.lb_mac.clone()));
-    assert!(
-        bed.agent.counter("ndp_reply").expect("lb stats") > 0,
-        "the data path answered the solicitation"
-    );
-    // An address lb does not serve gets no answer from it.
-    assert!(
-        bed.ask(NOT_A_VIP, Duration::from_secs(1)).is_err(),
-        "{NOT_A_VIP} answered"
-    );
-    assert_eq!(bed.neighbour_mac(NOT_A_VIP), None);
+    bed.check_resolved(VIP, NOT_A_VIP, "ndp_reply")
+        .expect("the VIP resolved by NDP and served, another address not");
 
     // A Service appears: its VIP is advertised before anyone asks. Linux
     // creates an entry from an unsolicited advertisement only on a router
