@@ -19,12 +19,12 @@ use crate::{
 /// How long `lb drain` waits for BIRD to announce nothing.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn running(bird: &Bird, args_bpffs: &std::path::Path) -> Result<()> {
+fn running(bird: &Bird, bpffs: &std::path::Path) -> Result<()> {
     ensure!(
         bird.running(),
         "no BIRD answers at {} (is an agent with --announce bgp and --bpffs {} running?)",
         bird.socket().display(),
-        args_bpffs.display()
+        bpffs.display()
     );
     Ok(())
 }

@@ -6,19 +6,6 @@ pub mod bgp;
 pub mod bird;
 pub mod commands;
 
-/// How the agent makes VIPs reachable on the segment.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Announce {
-    /// Answer ARP and Neighbor Solicitations for VIPs, and announce new ones
-    /// with gratuitous ARP / unsolicited Neighbor Advertisements.
-    #[default]
-    Arp,
-    /// Announce each VIP with a healthy backend over BGP (BIRD 2).
-    Bgp,
-    /// Nothing: routes to the VIPs are someone else's business.
-    None,
-}
-
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
@@ -31,6 +18,19 @@ use crate::{
     dataplane::Dataplane,
     model::{DesiredState, Frontend},
 };
+
+/// How the agent makes VIPs reachable on the segment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Announce {
+    /// Answer ARP and Neighbor Solicitations for VIPs, and announce new ones
+    /// with gratuitous ARP / unsolicited Neighbor Advertisements.
+    #[default]
+    Arp,
+    /// Announce each VIP with a healthy backend over BGP (BIRD 2).
+    Bgp,
+    /// Nothing: routes to the VIPs are someone else's business.
+    None,
+}
 
 /// What the agent announces with, as configured.
 pub enum Announcement {
