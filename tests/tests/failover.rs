@@ -79,7 +79,7 @@ fn no_stream_breaks_when_an_lb_host_dies() {
 fn no_stream_breaks_when_an_agent_restarts() {
     let mut bed = start("failover-restart");
     let bird = bed.agents[0].bird_pid().expect("the agent runs BIRD");
-    let learnt = bed.net.learnt_routes(VIP).expect("router's routes");
+    let learnt = bed.net.settled_routes(VIP).expect("router's routes");
     let streams = streams_on_both_hosts(&bed);
     bed.agents[0]
         .restart(&bed.net.hosts[0].ns)

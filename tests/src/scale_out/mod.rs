@@ -189,6 +189,26 @@ impl ScaleOut {
         self.router_bird.birdc(&format!("show route for {vip}/32"))
     }
 
+    /// The learnt routes to `vip` once they stopped changing (two reads
+    /// half a second apart agree): a session that just came up may still
+    /// replace its route within milliseconds of the first announcement.
+    pub fn settled_routes(&self, vip: Ipv4Addr) -> Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut last = self.learnt_routes(vip)?;
+        loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = self.learnt_routes(vip)?;
+            if now == last {
+                return Ok(now);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the routes to {vip} keep changing:\n{now}"
+            );
+            last = now;
+        }
+    }
+
     /// Waits until the router's route to `vip` has `count` next hops (0: no
     /// route) and returns them.
     pub fn wait_for_next_hops(&self, vip: Ipv4Addr, count: usize) -> Result<Vec<Ipv4Addr>> {
