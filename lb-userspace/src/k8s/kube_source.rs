@@ -139,6 +139,7 @@ impl KubeSource {
             services: self.services.state(),
             nodes: self.nodes.state(),
             endpoint_slices: self.slices.state(),
+            ..ClusterObjects::default()
         }
     }
 

@@ -1,4 +1,5 @@
-//! Loading Services, Nodes and EndpointSlices from manifest files, so lb can
+//! Loading Services, Nodes, EndpointSlices, Namespaces and MetalLB's
+//! configuration objects from manifest files, so lb can
 //! run (and be tested) without an API server.
 
 use std::{
@@ -153,6 +154,15 @@ fn split_documents(text: &str) -> Vec<(usize, &str)> {
     docs
 }
 
+/// Parses `value` as a `K` onto `objects`.
+fn push<K: serde::de::DeserializeOwned>(
+    value: Value,
+    objects: &mut Vec<Arc<K>>,
+) -> Result<(), serde_yaml::Error> {
+    objects.push(Arc::new(serde_yaml::from_value(value)?));
+    Ok(())
+}
+
 /// Adds one file's documents to `loaded`, prefixing skip reasons with the file.
 struct FileLoader<'a> {
     path: &'a Path,
@@ -161,32 +171,40 @@ struct FileLoader<'a> {
 
 impl FileLoader<'_> {
     fn add(&mut self, at: &str, value: Value) {
-        let Some(kind) = value.get("kind").and_then(Value::as_str) else {
+        let Some(kind) = value.get("kind").and_then(Value::as_str).map(str::to_owned) else {
             return;
         };
-        match kind {
-            "Service" => match serde_yaml::from_value(value) {
-                Ok(service) => self.loaded.objects.services.push(Arc::new(service)),
-                Err(err) => self.skip(at, format!("invalid Service: {err}")),
-            },
-            "Node" => match serde_yaml::from_value(value) {
-                Ok(node) => self.loaded.objects.nodes.push(Arc::new(node)),
-                Err(err) => self.skip(at, format!("invalid Node: {err}")),
-            },
-            "EndpointSlice" => match serde_yaml::from_value(value) {
-                Ok(slice) => self.loaded.objects.endpoint_slices.push(Arc::new(slice)),
-                Err(err) => self.skip(at, format!("invalid EndpointSlice: {err}")),
-            },
-            "List" => match value.get("items") {
-                Some(Value::Sequence(items)) => {
-                    for (index, item) in items.iter().enumerate() {
-                        self.add(&format!("{at} item {}", index + 1), item.clone());
+        let api_version = value.get("apiVersion").and_then(Value::as_str);
+        let metallb = api_version.is_some_and(|version| version.starts_with("metallb.io/"));
+        let objects = &mut self.loaded.objects;
+        let result = match kind.as_str() {
+            "Service" => push(value, &mut objects.services),
+            "Node" => push(value, &mut objects.nodes),
+            "EndpointSlice" => push(value, &mut objects.endpoint_slices),
+            "Namespace" => push(value, &mut objects.namespaces),
+            "Secret" => push(value, &mut objects.metallb.secrets),
+            "IPAddressPool" if metallb => push(value, &mut objects.metallb.pools),
+            "L2Advertisement" if metallb => push(value, &mut objects.metallb.l2_advertisements),
+            "BGPAdvertisement" if metallb => push(value, &mut objects.metallb.bgp_advertisements),
+            "BGPPeer" if metallb => push(value, &mut objects.metallb.bgp_peers),
+            "BFDProfile" if metallb => push(value, &mut objects.metallb.bfd_profiles),
+            "Community" if metallb => push(value, &mut objects.metallb.communities),
+            "List" => {
+                match value.get("items") {
+                    Some(Value::Sequence(items)) => {
+                        for (index, item) in items.iter().enumerate() {
+                            self.add(&format!("{at} item {}", index + 1), item.clone());
+                        }
                     }
+                    Some(Value::Null) | None => {}
+                    Some(_) => self.skip(at, "List items is not a sequence"),
                 }
-                Some(Value::Null) | None => {}
-                Some(_) => self.skip(at, "List items is not a sequence"),
-            },
-            _ => {}
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        if let Err(err) = result {
+            self.skip(at, format!("invalid {kind}: {err}"));
         }
     }
 

@@ -5,6 +5,7 @@ pub mod family;
 pub mod fixtures;
 pub mod kube_source;
 pub mod manifests;
+pub mod metallb;
 pub mod objects;
 pub mod pools;
 pub mod source;
@@ -12,6 +13,6 @@ mod status;
 pub mod translate;
 
 pub use manifests::{Loaded, ManifestError, load_bytes, load_path};
-pub use objects::ClusterObjects;
+pub use objects::{ClusterObjects, MetallbObjects};
 pub use status::ingress_ips;
 pub use translate::{NODE_WEIGHT_ANNOTATION, Translation, Translator};

@@ -4,8 +4,12 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::{
-    core::v1::{Node, Service},
+    core::v1::{Namespace, Node, Secret, Service},
     discovery::v1::EndpointSlice,
+};
+
+use super::metallb::objects::{
+    BFDProfile, BGPAdvertisement, BGPPeer, Community, IPAddressPool, L2Advertisement,
 };
 
 /// The Kubernetes objects lb reads, from any source. Shared, so that a
@@ -16,4 +20,20 @@ pub struct ClusterObjects {
     pub nodes: Vec<Arc<Node>>,
     /// discovery.k8s.io/v1 slices: which nodes run a Service's endpoints.
     pub endpoint_slices: Vec<Arc<EndpointSlice>>,
+    /// Their labels are what IPAddressPools' `namespaceSelectors` match.
+    pub namespaces: Vec<Arc<Namespace>>,
+    pub metallb: MetallbObjects,
+}
+
+/// MetalLB's configuration, as found in its namespace.
+#[derive(Debug, Clone, Default)]
+pub struct MetallbObjects {
+    pub pools: Vec<Arc<IPAddressPool>>,
+    pub l2_advertisements: Vec<Arc<L2Advertisement>>,
+    pub bgp_advertisements: Vec<Arc<BGPAdvertisement>>,
+    pub bgp_peers: Vec<Arc<BGPPeer>>,
+    pub bfd_profiles: Vec<Arc<BFDProfile>>,
+    pub communities: Vec<Arc<Community>>,
+    /// BGPPeers' `passwordSecret`s.
+    pub secrets: Vec<Arc<Secret>>,
 }

@@ -225,6 +225,11 @@ impl Pools {
         }
     }
 
+    /// The pool `addr` is in, if any.
+    pub fn pool_of(&self, addr: IpAddr) -> Option<&Pool> {
+        self.pools.iter().find(|pool| pool.contains(addr))
+    }
+
     /// The owner's `family` address in pool `name` (the default when `None`):
     /// the one it holds if that is in the pool, else the lowest free one (then
     /// it gives up any address of that family it held elsewhere).

@@ -83,6 +83,9 @@ pub struct Translation {
     /// load balancer of ours), with each address, so a stale status can be
     /// cleared.
     pub released: Vec<(String, IpAddr)>,
+    /// The pool each VIP is in, by name (none for a requested address outside
+    /// every pool): what decides how it is announced.
+    pub vip_pools: BTreeMap<IpAddr, String>,
     pub checks: BTreeMap<Frontend, HealthCheck>,
     /// Objects (or parts of them) not served, so one bad object does not take
     /// the others down with it.
@@ -171,6 +174,11 @@ impl Translator {
                 };
                 for &vip in &vips {
                     translation.serve(port.on(vip, &backends), service, &mut skips);
+                }
+            }
+            for &vip in &vips {
+                if let Some(pool) = self.pools.pool_of(vip) {
+                    translation.vip_pools.insert(vip, pool.name().to_owned());
                 }
             }
             translation.vips.insert(service.owner.clone(), vips);
