@@ -5,6 +5,7 @@ pub mod arp;
 pub mod bgp;
 pub mod bird;
 pub mod commands;
+pub mod plan;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
