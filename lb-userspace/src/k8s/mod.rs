@@ -8,6 +8,7 @@ pub mod manifests;
 pub mod metallb;
 pub mod objects;
 pub mod pools;
+pub mod selector;
 pub mod source;
 mod status;
 pub mod translate;

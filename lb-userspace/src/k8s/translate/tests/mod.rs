@@ -85,7 +85,7 @@ fn objects(services: Vec<Service>, nodes: Vec<Node>) -> ClusterObjects {
     ClusterObjects {
         services: services.into_iter().map(Arc::new).collect(),
         nodes: nodes.into_iter().map(Arc::new).collect(),
-        endpoint_slices: Vec::new(),
+        ..ClusterObjects::default()
     }
 }
 
