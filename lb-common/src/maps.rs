@@ -44,9 +44,12 @@ pub const BACKEND_ACTIVE: u8 = 1;
 
 /// `Settings::flags`: answer ICMP echo requests to a VIP (else they pass).
 pub const SETTING_ANSWER_ECHO: u32 = 1;
-/// `Settings::flags`: answer ARP requests and IPv6 Neighbor Solicitations for
-/// a VIP with the receiving interface's MAC (`--announce arp`).
-pub const SETTING_ANSWER_NEIGHBORS: u32 = 1 << 1;
+/// `Settings::flags` bit an agent of the same layout from before per-VIP
+/// neighbor answers set to answer ARP and Neighbor Solicitations for every
+/// VIP on every interface. The program no longer reads it and agents no
+/// longer set it: found in pinned settings, it tells an agent taking over
+/// that the VIPs' interface masks (`VIPS`) were never written.
+pub const LEGACY_SETTING_ANSWER_NEIGHBORS: u32 = 1 << 1;
 /// `Settings::flags`: direct server return. Packets for a service keep their
 /// destination (VIP, port) and only get the chosen node's MAC; the node
 /// answers the client itself, so there is nothing to reverse-NAT.
@@ -246,7 +249,34 @@ pub struct Iface {
     /// The interface's MAC: the answer to ARP and Neighbor Solicitations for
     /// a VIP that arrive on it.
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// Its bit in a VIP's [`NeighborMask`]: 0 to [`MAX_NEIGHBOR_SLOTS`] - 1.
+    pub slot: u8,
+    pub _pad: u8,
+}
+
+/// The value of `VIPS`: the interfaces (bit [`Iface::slot`]) on which ARP
+/// requests and Neighbor Solicitations for the VIP are answered. 0 for a
+/// VIP announced otherwise (BGP) or not at all.
+pub type NeighborMask = u32;
+
+/// Interfaces a [`NeighborMask`] can name.
+pub const MAX_NEIGHBOR_SLOTS: u8 = 32;
+
+/// Every interface: what VIPs inherited from an agent that answered for
+/// every VIP everywhere get until the first sync writes their real masks.
+pub const ALL_NEIGHBOR_SLOTS: NeighborMask = NeighborMask::MAX;
+
+/// Whether `mask` answers on the interface with `slot`. Slots past the
+/// mask's width answer nowhere (the agent never hands them out).
+#[inline(always)]
+pub const fn answers_on(mask: NeighborMask, slot: u8) -> bool {
+    slot < MAX_NEIGHBOR_SLOTS && mask & (1 << slot) != 0
+}
+
+/// The mask bit of the interface with `slot` (below [`MAX_NEIGHBOR_SLOTS`]).
+#[inline(always)]
+pub const fn neighbor_bit(slot: u8) -> NeighborMask {
+    1 << (slot % MAX_NEIGHBOR_SLOTS)
 }
 
 /// One CPU's count of flows inserted in the current one-second window.
@@ -295,6 +325,15 @@ mod tests {
         assert_eq!(size_of::<Iface>(), 8);
         assert_eq!(size_of::<Traffic>(), 16);
         assert_eq!(size_of::<Settings>(), 8);
+    }
+
+    #[test]
+    fn a_slots_bit_answers_on_that_slot_only() {
+        let mask = neighbor_bit(0) | neighbor_bit(31);
+        assert!(answers_on(mask, 0) && answers_on(mask, 31));
+        assert!(!answers_on(mask, 1) && !answers_on(mask, 30));
+        assert!(!answers_on(ALL_NEIGHBOR_SLOTS, MAX_NEIGHBOR_SLOTS));
+        assert!(!answers_on(0, 0));
     }
 
     #[test]

@@ -9,8 +9,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     Addr, Backend, Flow, FlowBudget, FlowKey, Iface, MAX_BACKENDS, MAX_FLOWS, MAX_IFACES,
-    MAX_SERVICES, MAX_TX_PORTS, SETTING_ANSWER_ECHO, SETTING_ANSWER_NEIGHBORS, SETTING_DSR,
-    ServiceInfo, ServiceKey, Settings, Traffic, counters,
+    MAX_SERVICES, MAX_TX_PORTS, NeighborMask, SETTING_ANSWER_ECHO, SETTING_DSR, ServiceInfo,
+    ServiceKey, Settings, Traffic, answers_on, counters,
 };
 
 /// Per-CPU LRU lists: flow inserts on one CPU do not contend with another's.
@@ -46,10 +46,11 @@ static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::
 #[map]
 static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
-/// Every VIP with at least one service: ICMP echo, ARP and Neighbor
-/// Solicitations addressed to the VIP itself.
+/// Every VIP with at least one service (ICMP echo addressed to the VIP
+/// itself), with the interfaces ARP and Neighbor Solicitations for it are
+/// answered on.
 #[map]
-static VIPS: HashMap<Addr, u32> = HashMap::with_max_entries(MAX_SERVICES, 0);
+static VIPS: HashMap<Addr, NeighborMask> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
 /// (node IP, NodePort, protocol) of every backend to the service it serves:
 /// how a node's reply finds the VIP it must leave with.
@@ -170,12 +171,6 @@ pub fn answer_echo() -> bool {
     settings().flags & SETTING_ANSWER_ECHO != 0
 }
 
-/// Whether ARP requests and Neighbor Solicitations for VIPs are answered.
-#[inline(always)]
-pub fn answer_neighbors() -> bool {
-    settings().flags & SETTING_ANSWER_NEIGHBORS != 0
-}
-
 /// Whether services are served by direct server return.
 #[inline(always)]
 pub fn direct_server_return() -> bool {
@@ -205,4 +200,14 @@ pub fn cache_hop(dst: &Addr, hop: &CachedHop) {
 pub fn iface_mac(ifindex: u32) -> Option<[u8; 6]> {
     // SAFETY: the value is copied out before the map can change it.
     unsafe { IFACES.get(ifindex) }.map(|iface| iface.mac)
+}
+
+/// The MAC to answer ARP and Neighbor Solicitations for `vip` with when they
+/// arrive on `ifindex`: that interface's, if the VIP is answered there.
+#[inline(always)]
+pub fn neighbor_answer(vip: &Addr, ifindex: u32) -> Option<[u8; 6]> {
+    // SAFETY: both values are copied out before the maps can change them.
+    let mask = *unsafe { VIPS.get(vip) }?;
+    let iface = unsafe { IFACES.get(ifindex) }?;
+    answers_on(mask, iface.slot).then_some(iface.mac)
 }

@@ -1,5 +1,6 @@
 //! Answers ARP requests and IPv6 Neighbor Solicitations for VIPs with the MAC
-//! of the interface they arrived on (`--announce arp`), so a router or client
+//! of the interface they arrived on, where the VIP is announced at layer 2 on
+//! that interface (its mask in `VIPS`), so a router or client
 //! on the segment reaches a VIP that no interface carries. Requests for any
 //! other address, and anything unusual, pass to the kernel as they came.
 
@@ -9,7 +10,7 @@ use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
 use crate::{
     forward::set_macs,
-    maps::{answer_neighbors, count, iface_mac, is_vip},
+    maps::{count, neighbor_answer},
     parse::{Frame, Ip, ptr_at},
     verdict::Verdict,
 };
@@ -80,12 +81,11 @@ pub fn answer_arp(ctx: &Frame) -> Result<u32, Verdict> {
             || request.plen != 4
             || request.oper != ARP_REQUEST_BE
             || request.spa == request.tpa
-            || !answer_neighbors()
-            || !is_vip(&ipv4_mapped(u32::from_ne_bytes(request.tpa)))
         {
             return Err(Verdict::PassNotIp);
         }
-        let mac = iface_mac(ctx.ingress_ifindex()).ok_or(Verdict::PassNotIp)?;
+        let vip = ipv4_mapped(u32::from_ne_bytes(request.tpa));
+        let mac = neighbor_answer(&vip, ctx.ingress_ifindex()).ok_or(Verdict::PassNotIp)?;
         let (asker_mac, asker_ip, vip) = (request.sha, request.spa, request.tpa);
         request.oper = ARP_REPLY_BE;
         request.tha = asker_mac;
@@ -138,15 +138,13 @@ pub fn answer_solicitation(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
         let solicitation = &mut *message;
         let target = crate::parse::words(solicitation.target);
         if solicitation.type_code != [NEIGHBOR_SOLICITATION, 0]
-            || !answer_neighbors()
-            || !is_vip(&target)
             || option.is_some_and(|option| {
                 (*option).kind_len != [OPTION_SOURCE_LINK_ADDRESS, OPTION_LINK_ADDRESS_UNITS]
             })
         {
             return Err(Verdict::PassOtherProto);
         }
-        let mac = iface_mac(ctx.ingress_ifindex()).ok_or(Verdict::PassOtherProto)?;
+        let mac = neighbor_answer(&target, ctx.ingress_ifindex()).ok_or(Verdict::PassOtherProto)?;
         let asker_mac = (*eth).src_addr;
         // The pseudo-header's sum does not depend on which address is which:
         // only the old destination being replaced by the VIP changes it.

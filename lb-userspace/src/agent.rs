@@ -8,7 +8,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::{
-    announce::{Announcement, Announcer, bird::Bird},
+    announce::{Announcement, Announcer, bird::Bird, plan::AnnouncementPlan, planner::Planner},
     catalog::Catalog,
     dataplane::{Dataplane, DataplaneConfig, Forwarding},
     health::{HealthChecker, HealthConfig},
@@ -96,14 +96,18 @@ async fn sync_until_signalled(
     let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut hangup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     let mut checker = HealthChecker::start(options.health.clone());
-    let announcement = std::mem::replace(&mut options.announcement, Announcement::None);
     let bpffs = options.dataplane.pin_dir.clone().unwrap_or_default();
-    let mut announcer = Announcer::start(announcement, &options.interfaces, &bpffs)
+    let mut announcer = Announcer::start(&options.interfaces, &bpffs)
         .context("reading the interfaces' addresses")?;
+    let announcement = &mut options.announcement;
+    if let Some(bgp) = announcement.bgp.take() {
+        announcer.set_bgp(bgp);
+    }
+    let mut planner = Planner::new(announcement.mode, announcement.explicit);
     // Drains and failed BGP updates are looked at again this often.
     let mut refresh = tokio::time::interval(std::time::Duration::from_secs(1));
     // What health verdicts are applied to when they change.
-    let mut last: Option<Translation> = None;
+    let mut last: Option<(Translation, AnnouncementPlan)> = None;
     // Services that could not be programmed last time, and why.
     let mut failed = BTreeMap::new();
     loop {
@@ -114,12 +118,13 @@ async fn sync_until_signalled(
             objects = options.source.changed() => match objects {
                 Ok(objects) => {
                     let translation = options.translator.translate(&objects);
+                    let plan = planner.plan(&objects, &translation);
                     checker.watch(&translation);
                     let state = checker.apply(&translation);
                     program(dataplane, options, &state, &mut failed);
-                    announcer.update(dataplane, &state, &failed);
+                    announce(dataplane, options, &mut announcer, &state, &failed, &plan);
                     options.source.report(&translation).await;
-                    last = Some(translation);
+                    last = Some((translation, plan));
                     health.set_ready();
                 }
                 // With nothing served yet there is no good state to keep:
@@ -130,10 +135,10 @@ async fn sync_until_signalled(
                 // The last good state keeps serving.
                 Err(e) => warn!(error = %e, "source not read; keeping the last good state"),
             },
-            () = checker.changed() => if let Some(translation) = &last {
+            () = checker.changed() => if let Some((translation, plan)) = &last {
                 let state = checker.apply(translation);
                 program(dataplane, options, &state, &mut failed);
-                announcer.update(dataplane, &state, &failed);
+                announce(dataplane, options, &mut announcer, &state, &failed, plan);
             },
             _ = refresh.tick() => announcer.refresh(),
         }
@@ -206,8 +211,23 @@ fn program(
         failed = report.failed.len(),
         "synced"
     );
+}
+
+/// Announces what `plan` says of what was programmed, then writes the
+/// catalog (names for the CLI, what is announced over BGP for the metrics).
+fn announce(
+    dataplane: &mut Dataplane,
+    options: &AgentOptions,
+    announcer: &mut Announcer,
+    state: &DesiredState,
+    failed: &BTreeMap<Frontend, String>,
+    plan: &AnnouncementPlan,
+) {
+    announcer.update(dataplane, state, failed, plan);
+    let mut catalog = Catalog::of(dataplane);
+    catalog.bgp_announced = announcer.bgp_announced();
     if let Some(bpffs) = &options.dataplane.pin_dir
-        && let Err(e) = Catalog::of(dataplane).write(bpffs)
+        && let Err(e) = catalog.write(bpffs)
     {
         warn!(error = %e, "writing the catalog for the CLI");
     }

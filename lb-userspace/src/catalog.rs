@@ -3,7 +3,9 @@
 //! what it finds in the pinned maps (and works without it, with addresses only).
 
 use std::{
+    collections::BTreeSet,
     fs, io,
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
@@ -18,12 +20,19 @@ use crate::{
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Catalog {
     pub services: Vec<ServiceSpec>,
+    /// The VIPs BIRD was told to announce (the maps say which are answered
+    /// at layer 2). Missing in an older agent's catalog.
+    #[serde(default)]
+    pub bgp_announced: BTreeSet<IpAddr>,
 }
 
 impl Catalog {
     pub fn of(dataplane: &Dataplane) -> Self {
         let services = dataplane.services().map(|s| s.spec.clone()).collect();
-        Self { services }
+        Self {
+            services,
+            bgp_announced: BTreeSet::new(),
+        }
     }
 
     /// The catalog file of the agent pinning under `bpffs`.
@@ -85,11 +94,13 @@ mod tests {
                 frontend,
                 backends: vec![backend.clone()],
             }],
+            bgp_announced: BTreeSet::from([frontend.vip]),
         };
         let text = serde_json::to_vec(&catalog).unwrap();
         let read: Catalog = serde_json::from_slice(&text).unwrap();
         let service = read.service(&frontend).expect("the service");
         assert_eq!(service, &catalog.services[0]);
+        assert_eq!(read.bgp_announced, catalog.bgp_announced);
         assert_eq!(service.backend(backend.ip, backend.port), Some(&backend));
         let tcp = Frontend {
             protocol: Protocol::Tcp,

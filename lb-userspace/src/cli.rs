@@ -149,6 +149,13 @@ pub struct AgentArgs {
     /// Watch the Kubernetes API server with the pod's service account.
     #[arg(long)]
     pub in_cluster: bool,
+    /// The namespace MetalLB's configuration (IPAddressPools,
+    /// L2Advertisements, BGPAdvertisements, BGPPeers, BFDProfiles,
+    /// Communities, and the Secrets of BGP passwords) is read from, on an API
+    /// server. Without MetalLB's CRDs installed there is none, and the flags
+    /// decide.
+    #[arg(long, value_name = "NAMESPACE", default_value = crate::k8s::metallb::objects::DEFAULT_NAMESPACE)]
+    pub metallb_namespace: String,
     /// Serve Services of this spec.loadBalancerClass (and those without one).
     #[arg(long, value_name = "CLASS", default_value = crate::k8s::translate::DEFAULT_LOAD_BALANCER_CLASS)]
     pub load_balancer_class: String,
@@ -214,8 +221,11 @@ pub struct AgentArgs {
     /// appears; `bgp` announces each VIP with a healthy backend to the
     /// --bgp-peer routers through a BIRD 2 daemon the agent runs (several lb
     /// hosts behind ECMP); `none` leaves routing to the VIPs to others.
-    #[arg(long, value_enum, default_value_t = Announce::Arp)]
-    pub announce: Announce,
+    /// Default `arp`. Only while MetalLB's configuration has no
+    /// L2Advertisement or BGPAdvertisement: when it has, those decide for
+    /// each VIP by its pool (and a --announce given is reported as overruled).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub announce: Option<Announce>,
     #[command(flatten)]
     pub bgp: BgpArgs,
     /// How packets reach the chosen node: `nat` rewrites them to (node IP,

@@ -5,7 +5,7 @@ use clap::{CommandFactory as _, Parser as _};
 use lb::{
     agent::{self, AgentOptions},
     announce::{
-        self, Announce, Announcement,
+        self, Announce, Announcement, BgpStart,
         bgp::{Bfd, BgpError, BgpSettings, parse_asn},
         bird::{Bird, find_binary},
     },
@@ -117,21 +117,31 @@ fn one_line(error: &anyhow::Error) -> String {
 /// The announcement the flags ask for, checked before anything is loaded, so
 /// an agent restarted with bad settings leaves the running data path alone.
 fn announcement(args: &AgentArgs) -> Result<Announcement> {
+    let mode = args.announce.unwrap_or_default();
     let bgp = &args.bgp;
-    if args.announce != Announce::Bgp {
-        let given = [
-            ("--bgp-asn", bgp.bgp_asn.is_some()),
-            ("--bgp-peer", !bgp.bgp_peers.is_empty()),
-            ("--bgp-router-id", bgp.bgp_router_id.is_some()),
-        ];
-        if let Some((flag, _)) = given.iter().find(|(_, given)| *given) {
-            return Err(BgpError::NotBgp(flag).into());
-        }
-        return Ok(match args.announce {
-            Announce::Arp => Announcement::Arp,
-            _ => Announcement::None,
-        });
+    let given = [
+        ("--bgp-asn", bgp.bgp_asn.is_some()),
+        ("--bgp-peer", !bgp.bgp_peers.is_empty()),
+        ("--bgp-router-id", bgp.bgp_router_id.is_some()),
+    ];
+    if mode != Announce::Bgp
+        && let Some((flag, _)) = given.iter().find(|(_, given)| *given)
+    {
+        return Err(BgpError::NotBgp(flag).into());
     }
+    Ok(Announcement {
+        mode,
+        explicit: args.announce.is_some(),
+        bgp: match mode {
+            Announce::Bgp => Some(bgp_start(args)?),
+            _ => None,
+        },
+    })
+}
+
+/// The BGP sessions of `--announce bgp`.
+fn bgp_start(args: &AgentArgs) -> Result<BgpStart> {
+    let bgp = &args.bgp;
     let asn = parse_asn(
         "--bgp-asn",
         bgp.bgp_asn.as_deref().ok_or(BgpError::NoLocalAs)?,
@@ -157,7 +167,7 @@ fn announcement(args: &AgentArgs) -> Result<Announcement> {
         interval: bgp.bfd_interval,
         multiplier: bgp.bfd_multiplier,
     });
-    Ok(Announcement::Bgp {
+    Ok(BgpStart {
         settings: BgpSettings {
             asn,
             router_id,
@@ -205,6 +215,7 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         (None, false) => None,
     };
     let manifests = args.manifests;
+    let metallb_namespace = args.metallb_namespace;
     let options = |source| AgentOptions {
         interfaces: args.interfaces,
         source,
@@ -225,7 +236,6 @@ fn run_agent(args: AgentArgs) -> Result<()> {
             ring_size: args.ring_size,
             max_services: args.max_services,
             pin_dir: Some(args.bpffs),
-            answer_neighbors: args.announce == Announce::Arp,
             forwarding: args.forwarding,
         },
         announcement,
@@ -238,7 +248,7 @@ fn run_agent(args: AgentArgs) -> Result<()> {
             // The Kubernetes source starts its watches, so it needs the runtime.
             let source = match (kubernetes, manifests) {
                 (Some(config), _) => Source::Kubernetes(Box::new(
-                    KubeSource::connect(&config)
+                    KubeSource::connect(&config, &metallb_namespace)
                         .await
                         .context("connecting to the Kubernetes API")?,
                 )),

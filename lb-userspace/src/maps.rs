@@ -15,8 +15,8 @@ use aya::{
 use lb_common::{
     Addr, Backend, Flow, FlowKey, Iface, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_FLOW_BUDGET,
     MAP_FLOWS, MAP_GLOBAL_STATS, MAP_IFACES, MAP_MAGLEV, MAP_NODE_PORTS, MAP_SERVICE_STATS,
-    MAP_SERVICES, MAP_SETTINGS, MAP_TX_PORTS, MAP_VIPS, ServiceInfo, ServiceKey, Settings, Traffic,
-    counters,
+    MAP_SERVICES, MAP_SETTINGS, MAP_TX_PORTS, MAP_VIPS, NeighborMask, ServiceInfo, ServiceKey,
+    Settings, Traffic, counters,
 };
 
 /// Every map the program declares; the order is the pin order.
@@ -79,7 +79,8 @@ pub struct Maps {
     pub backend_stats: PerCpuArray<MapData, Traffic>,
     pub global_stats: PerCpuArray<MapData, u64>,
     pub settings: Array<MapData, Settings>,
-    pub vips: HashMap<MapData, Addr, u32>,
+    /// Every VIP, with the interfaces ARP and NDP for it are answered on.
+    pub vips: HashMap<MapData, Addr, NeighborMask>,
     /// (node IP, NodePort, protocol) to the frontend key it serves.
     pub node_ports: HashMap<MapData, ServiceKey, ServiceKey>,
     /// The attached interfaces, by ifindex.

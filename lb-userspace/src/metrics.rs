@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeMap,
     convert::Infallible,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -109,6 +109,17 @@ struct Scrape {
     services: Vec<ServiceRow>,
     backends: Vec<BackendRow>,
     global: BTreeMap<&'static str, u64>,
+    announced: Vec<Announced>,
+}
+
+/// How a VIP is announced now.
+#[derive(Debug)]
+struct Announced {
+    vip: IpAddr,
+    /// ARP and Neighbor Solicitations for it are answered on an interface.
+    l2: bool,
+    /// BIRD was told to announce it.
+    bgp: bool,
 }
 
 /// The labels of a service's series.
@@ -124,11 +135,27 @@ fn service_labels(name: &str, frontend: &Frontend) -> Labels {
 impl Scrape {
     fn read(bpffs: &Path) -> anyhow::Result<Self> {
         let maps = Maps::open_pinned(bpffs)?;
-        let snapshot = Snapshot::take(&maps, Catalog::read(bpffs))?;
+        let mut catalog = Catalog::read(bpffs);
+        let bgp = std::mem::take(&mut catalog.bgp_announced);
+        let announced = maps
+            .vips
+            .iter()
+            .map(|entry| {
+                let (addr, mask) = entry?;
+                let vip = lb_common::ip_of(addr);
+                Ok(Announced {
+                    vip,
+                    l2: mask != 0,
+                    bgp: bgp.contains(&vip),
+                })
+            })
+            .collect::<Result<_, aya::maps::MapError>>()?;
+        let snapshot = Snapshot::take(&maps, catalog)?;
         Ok(Self {
             services: inspect::services(&maps, &snapshot)?,
             backends: inspect::backends(&maps, &snapshot, None)?,
             global: inspect::global(&maps)?,
+            announced,
         })
     }
 
@@ -222,6 +249,22 @@ impl Scrape {
             "lb_packets",
             "Packets the XDP program handled, by outcome.",
             &outcomes,
+        )?;
+        let announced: Vec<(Labels, f64)> = self
+            .announced
+            .iter()
+            .flat_map(|a| {
+                let labels = |mode: &str| vec![("vip", a.vip.to_string()), ("mode", mode.into())];
+                [(labels("l2"), a.l2), (labels("bgp"), a.bgp)]
+            })
+            .map(|(labels, on)| (labels, if on { 1.0 } else { 0.0 }))
+            .collect();
+        gauge(
+            encoder,
+            "lb_vip_announced",
+            "Whether a VIP is announced: at layer 2 (ARP / NDP answered on some interface, \
+             mode=\"l2\"), over BGP (mode=\"bgp\").",
+            &announced,
         )?;
         for (name, help) in [
             (
@@ -364,6 +407,11 @@ mod tests {
             services: vec![service],
             backends: vec![backend],
             global: BTreeMap::new(),
+            announced: vec![Announced {
+                vip: frontend.vip,
+                l2: false,
+                bgp: true,
+            }],
         });
         let labels = r#"service="demo/web6:dns",vip="2001:db8::1",port="80",protocol="udp""#;
         for line in [
@@ -371,6 +419,8 @@ mod tests {
             format!(
                 r#"lb_backend_packets_total{{{labels},backend="node-1",address="[2001:db8:1::11]:31053"}} 5"#
             ),
+            r#"lb_vip_announced{vip="2001:db8::1",mode="l2"} 0.0"#.to_owned(),
+            r#"lb_vip_announced{vip="2001:db8::1",mode="bgp"} 1.0"#.to_owned(),
         ] {
             assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
         }

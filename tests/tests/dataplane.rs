@@ -1,14 +1,17 @@
 //! The domain API against the real kernel maps: what `set_service` and
 //! `remove_service` leave behind, and how the reconciler diffs.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use lb::{
     dataplane::{Dataplane, DataplaneConfig, DataplaneError, service_key},
     model::{BackendSpec, DesiredState, Protocol, ServiceSpec},
     reconcile,
 };
-use lb_common::BACKEND_ACTIVE;
+use lb_common::{ALL_NEIGHBOR_SLOTS, BACKEND_ACTIVE, LEGACY_SETTING_ANSWER_NEIGHBORS, addr_of};
 use lb_tests::specs;
 
 const RING_SIZE: u32 = 251;
@@ -179,4 +182,57 @@ fn reconcile_touches_only_what_changed() {
     desired.services.remove(&a.frontend);
     let report = reconcile::apply(&mut dataplane, &desired);
     assert_eq!(report.removed, vec![a.frontend]);
+}
+
+/// An agent taking over pinned state answers ARP and NDP for the VIPs as the
+/// earlier agent did until its first sync: the masks that agent wrote, or,
+/// from an agent that answered for every VIP everywhere (the legacy
+/// setting, masks never written), every interface.
+#[test]
+fn a_takeover_keeps_answering_neighbors_as_the_earlier_agent_did() {
+    let bpffs =
+        std::path::PathBuf::from(format!("/sys/fs/bpf/lb-test-masks-{}", std::process::id()));
+    let config = DataplaneConfig {
+        ring_size: RING_SIZE,
+        max_services: 4,
+        pin_dir: Some(bpffs.clone()),
+        ..Default::default()
+    };
+    let (answered, bgp_only) = (spec(10, &[(1, 1)]), spec(11, &[(1, 1)]));
+    let (vip, other) = (answered.frontend.vip, bgp_only.frontend.vip);
+    let mut first = Dataplane::load(config.clone()).expect("load");
+    first.add_iface(7, [2, 0, 0, 0, 0, 7]).expect("iface");
+    for spec in [&answered, &bgp_only] {
+        first.set_service(spec).expect("set_service");
+    }
+    let answers = BTreeMap::from([(vip, BTreeSet::from([7]))]);
+    first.set_neighbor_answers(&answers).expect("answers");
+    let mask = first.neighbor_mask(vip);
+    assert_ne!(mask, 0);
+    drop(first);
+
+    let second = Dataplane::load(config.clone()).expect("takeover");
+    assert_eq!(
+        (second.neighbor_mask(vip), second.neighbor_mask(other)),
+        (mask, 0)
+    );
+    drop(second);
+
+    // What an agent from before the masks left: the setting, masks 0.
+    let mut maps = lb::maps::Maps::open_pinned(&bpffs).expect("pinned maps");
+    let legacy = lb_common::Settings {
+        flags: LEGACY_SETTING_ANSWER_NEIGHBORS,
+        new_flow_limit: 0,
+    };
+    maps.settings.set(0, legacy, 0).expect("settings");
+    for ip in [vip, other] {
+        maps.vips.insert(addr_of(ip), 0, 0).expect("vips");
+    }
+    drop(maps);
+    let third = Dataplane::load(config).expect("takeover of a legacy agent's state");
+    assert_eq!(
+        (third.neighbor_mask(vip), third.neighbor_mask(other)),
+        (ALL_NEIGHBOR_SLOTS, ALL_NEIGHBOR_SLOTS)
+    );
+    third.remove_pins().expect("remove pins");
 }

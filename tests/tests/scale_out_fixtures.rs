@@ -4,7 +4,10 @@
 //! return, a node's reply translated by a host that never saw its flow, and
 //! the same Maglev choice on two hosts whatever order they learnt things in.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
+};
 
 use lb::{
     dataplane::{Dataplane, DataplaneConfig, Forwarding},
@@ -27,6 +30,8 @@ const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 const VIP_ROUTED: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
 /// A VIP whose only node's MAC is not resolved.
 const VIP_UNRESOLVED: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 12);
+/// A VIP announced at layer 2 on no interface (over BGP, say).
+const VIP_BGP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 13);
 const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 0x10);
 /// A node two hops away: routed through node 1.
 const ROUTED_NODE: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 5);
@@ -43,7 +48,6 @@ fn load(bed: &XdpBed, forwarding: Forwarding, answer_neighbors: bool) -> Datapla
         max_services: 8,
         pin_dir: None,
         new_flow_limit: 0,
-        answer_neighbors,
         forwarding,
         ..Default::default()
     })
@@ -115,6 +119,11 @@ fn arp_and_neighbor_solicitations_for_vips_are_answered() {
             ] {
                 dataplane.set_service(&spec).expect("set_service");
             }
+            let both = BTreeSet::from([bed.client_if, bed.node_if]);
+            let answers = [VIP.into(), VIP6.into()].map(|vip: IpAddr| (vip, both.clone()));
+            dataplane
+                .set_neighbor_answers(&answers.into())
+                .expect("answers");
             dataplane
         };
         let (mac, asker) = (bed.client_if_mac, CLIENT_MAC);
@@ -224,20 +233,90 @@ fn arp_and_neighbor_solicitations_for_vips_are_answered() {
 }
 
 #[test]
-fn without_arp_announcement_requests_pass() {
-    in_bed("lbnoarp", |_, bed| {
-        let mut dataplane = load(&bed, Forwarding::Nat, false);
+fn neighbors_are_answered_only_on_the_vips_interfaces() {
+    in_bed("lbl2mask", |_, bed| {
+        let mut dataplane = load(&bed, Forwarding::Nat, true);
+        for spec in [
+            service(VIP, 80, Protocol::Tcp, vec![node(1, 31000)]),
+            service(VIP_BGP, 80, Protocol::Tcp, vec![node(1, 31000)]),
+            service(VIP6, 80, Protocol::Tcp, vec![node6(1, 31000)]),
+        ] {
+            dataplane.set_service(&spec).expect("set_service");
+        }
+        // VIP_BGP is announced some other way: no interface answers for it.
+        let answers = BTreeMap::from([
+            (IpAddr::from(VIP), BTreeSet::from([bed.client_if])),
+            (IpAddr::from(VIP6), BTreeSet::from([bed.node_if])),
+        ]);
+        dataplane.set_neighbor_answers(&answers).expect("answers");
+        // A later update of the Service keeps its VIP's interfaces.
         dataplane
             .set_service(&service(VIP, 80, Protocol::Tcp, three_nodes()))
-            .expect("set_service");
+            .expect("update");
+        let (asker, asker6) = (CLIENT_MAC, CLIENT6);
+        let arp = |vip, ifindex, answered_with: Option<[u8; 6]>| {
+            let input = nd::arp_request(asker, CLIENT, vip);
+            match answered_with {
+                Some(mac) => (
+                    input,
+                    ifindex,
+                    XDP_TX,
+                    Some(nd::arp_reply(mac, vip, asker, CLIENT)),
+                ),
+                None => (input, ifindex, XDP_PASS, None),
+            }
+        };
+        let ns = |ifindex, answered_with: Option<[u8; 6]>| {
+            let input = nd::neighbor_solicitation(asker, asker6, VIP6);
+            let flags = NA_SOLICITED | NA_OVERRIDE;
+            let answer =
+                |mac| nd::neighbor_advertisement((asker, asker6), (mac, VIP6), VIP6, flags);
+            match answered_with {
+                Some(mac) => (input, ifindex, XDP_TX, Some(answer(mac))),
+                None => (input, ifindex, XDP_PASS, None),
+            }
+        };
+        let fixtures = [
+            (
+                "an ARP request for a VIP on its interface is answered",
+                arp(VIP, bed.client_if, Some(bed.client_if_mac)),
+            ),
+            (
+                "on another interface it passes",
+                arp(VIP, bed.node_if, None),
+            ),
+            (
+                "a VIP answered nowhere (mask 0) passes",
+                arp(VIP_BGP, bed.client_if, None),
+            ),
+            (
+                "a Neighbor Solicitation for a VIP on its interface is answered",
+                ns(bed.node_if, Some(bed.node_if_mac)),
+            ),
+            ("on another interface it passes", ns(bed.client_if, None)),
+        ]
+        .map(|(description, (input, ifindex, action, output))| Fixture {
+            description,
+            input,
+            ifindex,
+            action,
+            output,
+        });
+        check(&dataplane, &fixtures);
+        // Answered nowhere any more.
+        dataplane
+            .set_neighbor_answers(&BTreeMap::new())
+            .expect("no answers");
+        let (input, ifindex, action, output) = arp(VIP, bed.client_if, None);
+        let description = "a VIP no longer announced at layer 2 passes";
         check(
             &dataplane,
             &[Fixture {
-                description: "ARP for a VIP passes with --announce other than arp",
-                input: nd::arp_request(CLIENT_MAC, CLIENT, VIP),
-                ifindex: bed.client_if,
-                action: XDP_PASS,
-                output: None,
+                description,
+                input,
+                ifindex,
+                action,
+                output,
             }],
         );
     });

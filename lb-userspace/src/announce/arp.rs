@@ -1,12 +1,13 @@
-//! `--announce arp`: the data path answers ARP and Neighbor Solicitations for
-//! VIPs; the agent tells the segment at once when a VIP appears (agent start,
-//! a new Service, a takeover), with a gratuitous ARP or an unsolicited
-//! Neighbor Advertisement on every interface, so neighbours that cached
+//! Layer 2 announcements (`--announce arp`, MetalLB's L2Advertisements): the
+//! data path answers ARP and Neighbor Solicitations for VIPs on their
+//! interfaces; the agent tells the segment at once when a VIP appears there
+//! (agent start, a new Service, a takeover), with a gratuitous ARP or an
+//! unsolicited Neighbor Advertisement on each of them, so neighbours that cached
 //! another MAC for the address move over without waiting for their entry to
 //! expire.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::Duration,
@@ -14,6 +15,8 @@ use std::{
 
 use lb_common::checksum;
 use tracing::{debug, warn};
+
+use super::plan::L2Announcement;
 
 /// Announcements per new VIP, this far apart: one can be lost, and a switch
 /// that just learnt a port may drop the first.
@@ -111,12 +114,14 @@ fn send_frame(ifindex: u32, frame: &[u8]) -> io::Result<()> {
     if sent < 0 { Err(error) } else { Ok(()) }
 }
 
-/// Keeps track of the VIPs announced and announces the ones that appear.
+/// Keeps track of the VIPs announced on each interface and announces them
+/// where they appear.
 #[derive(Default)]
 pub struct Announcer {
     /// (name, ifindex, MAC) of every interface lb is attached to.
     interfaces: Vec<(String, u32, [u8; 6])>,
-    announced: BTreeSet<IpAddr>,
+    /// (VIP, ifindex) pairs announced.
+    announced: BTreeSet<(IpAddr, u32)>,
 }
 
 impl Announcer {
@@ -137,16 +142,41 @@ impl Announcer {
         })
     }
 
-    /// Announces each VIP of `vips` not announced before, in the background;
-    /// forgets the ones that are gone, so they are announced again if they
-    /// come back.
-    pub fn update(&mut self, vips: BTreeSet<IpAddr>) {
-        let new: Vec<IpAddr> = vips.difference(&self.announced).copied().collect();
-        self.announced = vips;
+    /// The ifindexes of the interfaces `l2` names (all of them when it names
+    /// none), and the names that are not interfaces lb is attached to.
+    pub fn ifindexes<'a>(&self, l2: &'a L2Announcement) -> (BTreeSet<u32>, Vec<&'a str>) {
+        let attached = |name: &str| self.interfaces.iter().find(|(n, _, _)| n == name);
+        if l2.interfaces.is_empty() {
+            return (self.interfaces.iter().map(|(_, i, _)| *i).collect(), vec![]);
+        }
+        let (known, unknown): (Vec<&str>, Vec<&str>) = l2
+            .interfaces
+            .iter()
+            .map(String::as_str)
+            .partition(|name| attached(name).is_some());
+        let ifindexes = known.iter().filter_map(|n| attached(n)).map(|(_, i, _)| *i);
+        (ifindexes.collect(), unknown)
+    }
+
+    /// Announces each VIP of `vips` on each of its interfaces (by ifindex)
+    /// it was not announced on before, in the background; forgets the ones
+    /// that are gone, so they are announced again if they come back.
+    pub fn update(&mut self, vips: &BTreeMap<IpAddr, BTreeSet<u32>>) {
+        let wanted: BTreeSet<(IpAddr, u32)> = vips
+            .iter()
+            .flat_map(|(vip, ifindexes)| ifindexes.iter().map(|ifindex| (*vip, *ifindex)))
+            .collect();
+        let new: Vec<(IpAddr, String, u32, [u8; 6])> = wanted
+            .difference(&self.announced)
+            .filter_map(|(vip, ifindex)| {
+                let (name, _, mac) = self.interfaces.iter().find(|(_, i, _)| i == ifindex)?;
+                Some((*vip, name.clone(), *ifindex, *mac))
+            })
+            .collect();
+        self.announced = wanted;
         if new.is_empty() {
             return;
         }
-        let interfaces = self.interfaces.clone();
         // A thread of its own: thousands of VIPs (an agent's start) take a
         // while to send, and the agent's loop must not wait for them.
         std::thread::spawn(move || {
@@ -154,12 +184,10 @@ impl Announcer {
                 if round > 0 {
                     std::thread::sleep(INTERVAL);
                 }
-                for vip in &new {
-                    for (name, ifindex, mac) in &interfaces {
-                        match send_frame(*ifindex, &announcement(*mac, *vip)) {
-                            Ok(()) => debug!(%vip, iface = %name, "announced"),
-                            Err(e) => warn!(%vip, iface = %name, error = %e, "announcing"),
-                        }
+                for (vip, name, ifindex, mac) in &new {
+                    match send_frame(*ifindex, &announcement(*mac, *vip)) {
+                        Ok(()) => debug!(%vip, iface = %name, "announced"),
+                        Err(e) => warn!(%vip, iface = %name, error = %e, "announcing"),
                     }
                 }
             }

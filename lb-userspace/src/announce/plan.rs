@@ -7,6 +7,8 @@ use std::{
     net::IpAddr,
 };
 
+use super::Announce;
+
 /// How the VIPs are announced, per VIP. A VIP absent from `vips` is served
 /// but announced by no one (MetalLB does the same with an address of a pool
 /// no advertisement selects).
@@ -39,9 +41,47 @@ pub struct BgpAnnouncement {
     /// for an aggregate covering it.
     pub prefix_len: u8,
     pub local_pref: Option<u32>,
-    /// Standard (`65535:65282`) and large (`large:1:2:3`) communities, as
-    /// validated values.
+    /// Standard (`65535:65282`) and large (`large:1:2:3`) communities, or
+    /// names of Community aliases, as the BGPAdvertisement writes them: the
+    /// BGP configuration resolves and checks them.
     pub communities: BTreeSet<String>,
     /// The BGP peers (by name) it goes to; `None`: every peer.
     pub peers: Option<BTreeSet<String>>,
+}
+
+impl AnnouncementPlan {
+    /// The plan of the `--announce` flag, used when there is no MetalLB
+    /// advertisement: every VIP at layer 2 on every interface (`arp`), or to
+    /// every BGP peer as a host route (`bgp`), or nothing.
+    pub fn of_flag(mode: Announce, vips: impl IntoIterator<Item = IpAddr>) -> Self {
+        let announcement = |vip: IpAddr| match mode {
+            Announce::Arp => Some(VipAnnouncement {
+                l2: Some(L2Announcement::default()),
+                bgp: Vec::new(),
+            }),
+            Announce::Bgp => Some(VipAnnouncement {
+                l2: None,
+                bgp: vec![BgpAnnouncement::host_route(vip)],
+            }),
+            Announce::None => None,
+        };
+        Self {
+            vips: vips
+                .into_iter()
+                .filter_map(|vip| Some((vip, announcement(vip)?)))
+                .collect(),
+        }
+    }
+}
+
+impl BgpAnnouncement {
+    /// The VIP alone (/32, /128), to every peer, with no attributes.
+    pub fn host_route(vip: IpAddr) -> Self {
+        Self {
+            prefix_len: if vip.is_ipv4() { 32 } else { 128 },
+            local_pref: None,
+            communities: BTreeSet::new(),
+            peers: None,
+        }
+    }
 }

@@ -57,7 +57,7 @@ fn file_values_are_used_when_the_command_line_says_nothing() {
     assert!(!args.answer_ping);
     assert_eq!(args.pools.len(), 2);
     assert_eq!(args.health_interval, std::time::Duration::from_secs(5));
-    assert_eq!(args.announce, crate::announce::Announce::None);
+    assert_eq!(args.announce, Some(crate::announce::Announce::None));
     // Keys the file leaves out keep their defaults.
     assert_eq!(args.bpffs, PathBuf::from(crate::cli::DEFAULT_BPFFS));
 }

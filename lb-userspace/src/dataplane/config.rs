@@ -3,9 +3,7 @@
 
 use std::path::PathBuf;
 
-use lb_common::{
-    MAX_FLOWS, MAX_SERVICES, SETTING_ANSWER_ECHO, SETTING_ANSWER_NEIGHBORS, SETTING_DSR, Settings,
-};
+use lb_common::{MAX_FLOWS, MAX_SERVICES, SETTING_ANSWER_ECHO, SETTING_DSR, Settings};
 
 use super::DataplaneError;
 use crate::maglev;
@@ -37,8 +35,6 @@ pub struct DataplaneConfig {
     pub new_flow_limit: u32,
     /// Entries of the flow table (LRU, split between the CPUs).
     pub max_flows: u32,
-    /// Answer ARP requests and Neighbor Solicitations for VIPs (`--announce arp`).
-    pub answer_neighbors: bool,
     /// How packets reach the chosen node.
     pub forwarding: Forwarding,
 }
@@ -82,7 +78,6 @@ impl DataplaneConfig {
         let flag = |on: bool, flag: u32| if on { flag } else { 0 };
         Settings {
             flags: flag(self.answer_ping, SETTING_ANSWER_ECHO)
-                | flag(self.answer_neighbors, SETTING_ANSWER_NEIGHBORS)
                 | flag(self.forwarding == Forwarding::Dsr, SETTING_DSR),
             new_flow_limit: self.new_flow_limit,
         }
@@ -98,7 +93,6 @@ impl Default for DataplaneConfig {
             answer_ping: false,
             new_flow_limit: DEFAULT_NEW_FLOW_LIMIT,
             max_flows: MAX_FLOWS,
-            answer_neighbors: false,
             forwarding: Forwarding::Nat,
         }
     }

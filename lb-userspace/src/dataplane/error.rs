@@ -72,6 +72,11 @@ pub enum DataplaneError {
         ring_size: u32,
         max_services: u32,
     },
+    #[error(
+        "more than {0} interfaces: a VIP's mask of the interfaces answering ARP and NDP for it \
+         has room for {0}"
+    )]
+    TooManyInterfaces(u8),
     #[error("counting CPUs: {0}")]
     Cpus(#[source] std::io::Error),
 }

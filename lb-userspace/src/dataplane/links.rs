@@ -9,7 +9,7 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use lb_common::{Iface, MAP_TX_PORTS};
+use lb_common::MAP_TX_PORTS;
 
 use super::{Dataplane, DataplaneError, xdp_program};
 use crate::maps::{MapsError, map_error};
@@ -65,17 +65,6 @@ impl Dataplane {
         self.add_tx_port(ifindex)?;
         self.add_iface(ifindex, mac)?;
         Ok(ifindex)
-    }
-
-    /// Tells the program the MAC of interface `ifindex`, which it answers ARP
-    /// and Neighbor Solicitations for VIPs with (done by `attach`; tests that
-    /// run the program without attaching it call this directly).
-    pub fn add_iface(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<(), DataplaneError> {
-        self.maps
-            .ifaces
-            .insert(ifindex, Iface { mac, _pad: [0; 2] }, 0)
-            .map_err(|e| map_error(lb_common::MAP_IFACES, e))?;
-        Ok(())
     }
 
     /// Lets the program redirect to `ifindex` (done by `attach`; tests that run

@@ -4,6 +4,7 @@
 mod config;
 mod error;
 mod links;
+mod neighbors;
 mod objects;
 mod recover;
 mod services;
@@ -15,10 +16,10 @@ pub use error::DataplaneError;
 pub use objects::{ATTRIBUTION_OBJECT, PROGRAM_OBJECT, REFERENCE_OBJECT};
 pub use services::service_key;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use aya::{Ebpf, EbpfLoader, programs::Xdp, util::nr_cpus};
-use lb_common::{MAP_MAGLEV, PROGRAM_NAME};
+use lb_common::{MAP_MAGLEV, NeighborMask, PROGRAM_NAME};
 
 use crate::{
     maps::{ALL_MAPS, Maps, MapsError, map_error},
@@ -57,6 +58,10 @@ pub struct Dataplane {
     free_service_ids: Vec<u32>,
     free_backend_ids: Vec<u32>,
     nr_cpus: usize,
+    /// Each added interface's bit in the VIPs' neighbor masks, by ifindex.
+    iface_slots: BTreeMap<u32, u8>,
+    /// What each VIP's `VIPS` entry says (absent: 0, answered nowhere).
+    neighbor_masks: BTreeMap<IpAddr, NeighborMask>,
 }
 
 impl Dataplane {
@@ -109,8 +114,11 @@ impl Dataplane {
             config,
             services: BTreeMap::new(),
             nr_cpus,
+            iface_slots: BTreeMap::new(),
+            neighbor_masks: BTreeMap::new(),
         };
         dataplane.recover()?;
+        dataplane.recover_neighbor_masks()?;
         let settings = dataplane.config.settings();
         dataplane
             .maps

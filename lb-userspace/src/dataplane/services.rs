@@ -38,11 +38,7 @@ impl Dataplane {
         let result = self.program_service(&mut service, spec);
         self.services.insert(spec.frontend, service);
         result?;
-        self.maps
-            .vips
-            .insert(lb_common::addr_of(spec.frontend.vip), 0, 0)
-            .map_err(|e| map_error(lb_common::MAP_VIPS, e))?;
-        Ok(())
+        self.write_neighbor_mask(spec.frontend.vip)
     }
 
     pub(super) fn program_service(

@@ -1,14 +1,17 @@
-//! Services, Nodes and EndpointSlices read from a Kubernetes API server through
+//! Services, Nodes and EndpointSlices, Namespaces, and MetalLB's
+//! configuration in its namespace, read from a Kubernetes API server through
 //! kube-rs reflectors: each kind is listed once, then watched, with kube's
 //! backoff on errors, resumption from the last resourceVersion on dropped
 //! connections and a fresh list on 410 Gone. The stores swap a re-list in
 //! whole, so a restarting watch never shows a half-empty cluster.
 
+mod optional;
+
 use std::{fmt::Debug, hash::Hash, path::PathBuf, time::Duration};
 
 use futures::{StreamExt as _, future};
 use k8s_openapi::api::{
-    core::v1::{Node, Service},
+    core::v1::{Namespace, Node, Secret, Service},
     discovery::v1::EndpointSlice,
 };
 use kube::{
@@ -27,7 +30,16 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use super::{objects::ClusterObjects, status::StatusWriter, translate::Translation};
+use super::{
+    metallb::objects::{
+        BFDProfile, BGPAdvertisement, BGPPeer, Community, IPAddressPool, L2Advertisement,
+        from_value,
+    },
+    objects::{ClusterObjects, MetallbObjects},
+    status::StatusWriter,
+    translate::Translation,
+};
+use optional::{OptionalKind, Scope, core};
 
 /// How long to wait for more changes after one, so that a burst (a rollout,
 /// a re-list) costs one reconciliation instead of hundreds.
@@ -61,6 +73,10 @@ pub struct KubeSource {
     services: Store<Service>,
     nodes: Store<Node>,
     slices: Store<EndpointSlice>,
+    namespaces: OptionalKind,
+    metallb: MetallbKinds,
+    /// Objects skipped as malformed, as logged last time.
+    skipped: Vec<String>,
     /// Bumped by the watch tasks on every change.
     changes: watch::Receiver<()>,
     status: StatusWriter,
@@ -78,7 +94,10 @@ pub struct KubeSource {
 impl KubeSource {
     /// Builds the client and starts watching (needs a Tokio runtime). An API
     /// server that is down is not an error: the watches retry until it is up.
-    pub async fn connect(config: &KubeConfigSource) -> Result<Self, KubeError> {
+    pub async fn connect(
+        config: &KubeConfigSource,
+        metallb_namespace: &str,
+    ) -> Result<Self, KubeError> {
         let config = match config {
             KubeConfigSource::File(path) => {
                 let kubeconfig = Kubeconfig::read_from(path)?;
@@ -92,7 +111,14 @@ impl KubeSource {
         Ok(Self {
             services: reflect(Api::all(client.clone()), changed.clone()),
             nodes: reflect(Api::all(client.clone()), changed.clone()),
-            slices: reflect(Api::all(client.clone()), changed),
+            slices: reflect(Api::all(client.clone()), changed.clone()),
+            namespaces: OptionalKind::start::<Namespace>(
+                client.clone(),
+                Scope::Cluster,
+                changed.clone(),
+            ),
+            metallb: MetallbKinds::start(&client, metallb_namespace, &changed),
+            skipped: Vec::new(),
             changes,
             status: StatusWriter::new(client),
             ready: false,
@@ -113,6 +139,8 @@ impl KubeSource {
                 self.slices.wait_until_ready(),
             )
             .await;
+            self.namespaces.ready().await;
+            self.metallb.ready().await;
             self.ready = true;
             info!("initial lists received");
         } else if !std::mem::take(&mut self.forced) {
@@ -135,12 +163,19 @@ impl KubeSource {
         self.debounced_until = None;
         self.changes.mark_unchanged();
         self.next_resync = Instant::now() + RESYNC;
-        ClusterObjects {
+        let mut skipped = Vec::new();
+        let objects = ClusterObjects {
             services: self.services.state(),
             nodes: self.nodes.state(),
             endpoint_slices: self.slices.state(),
-            ..ClusterObjects::default()
+            namespaces: self.namespaces.objects(core, &mut skipped),
+            metallb: self.metallb.objects(&mut skipped),
+        };
+        for reason in skipped.iter().filter(|r| !self.skipped.contains(r)) {
+            warn!("skipping {reason}");
         }
+        self.skipped = skipped;
+        objects
     }
 
     pub(super) fn refresh(&mut self) {
@@ -152,6 +187,67 @@ impl KubeSource {
     pub(super) async fn report(&mut self, translation: &Translation) {
         if !self.status.write(&self.services, translation).await {
             self.next_resync = Instant::now() + RETRY;
+        }
+    }
+}
+
+/// MetalLB's configuration objects, and the Secrets BGPPeers' passwords are
+/// in, in MetalLB's namespace.
+struct MetallbKinds {
+    pools: OptionalKind,
+    l2_advertisements: OptionalKind,
+    bgp_advertisements: OptionalKind,
+    bgp_peers: OptionalKind,
+    bfd_profiles: OptionalKind,
+    communities: OptionalKind,
+    secrets: OptionalKind,
+}
+
+impl MetallbKinds {
+    fn start(client: &Client, namespace: &str, changed: &watch::Sender<()>) -> Self {
+        fn start<K: Resource<DynamicType = ()>>(
+            client: &Client,
+            namespace: &str,
+            changed: &watch::Sender<()>,
+        ) -> OptionalKind {
+            OptionalKind::start::<K>(client.clone(), Scope::Namespace(namespace), changed.clone())
+        }
+        Self {
+            pools: start::<IPAddressPool>(client, namespace, changed),
+            l2_advertisements: start::<L2Advertisement>(client, namespace, changed),
+            bgp_advertisements: start::<BGPAdvertisement>(client, namespace, changed),
+            bgp_peers: start::<BGPPeer>(client, namespace, changed),
+            bfd_profiles: start::<BFDProfile>(client, namespace, changed),
+            communities: start::<Community>(client, namespace, changed),
+            secrets: start::<Secret>(client, namespace, changed),
+        }
+    }
+
+    fn kinds(&self) -> [&OptionalKind; 7] {
+        [
+            &self.pools,
+            &self.l2_advertisements,
+            &self.bgp_advertisements,
+            &self.bgp_peers,
+            &self.bfd_profiles,
+            &self.communities,
+            &self.secrets,
+        ]
+    }
+
+    async fn ready(&self) {
+        future::join_all(self.kinds().map(OptionalKind::ready)).await;
+    }
+
+    fn objects(&self, skipped: &mut Vec<String>) -> MetallbObjects {
+        MetallbObjects {
+            pools: self.pools.objects(from_value, skipped),
+            l2_advertisements: self.l2_advertisements.objects(from_value, skipped),
+            bgp_advertisements: self.bgp_advertisements.objects(from_value, skipped),
+            bgp_peers: self.bgp_peers.objects(from_value, skipped),
+            bfd_profiles: self.bfd_profiles.objects(from_value, skipped),
+            communities: self.communities.objects(from_value, skipped),
+            secrets: self.secrets.objects(core, skipped),
         }
     }
 }

@@ -11,7 +11,7 @@ use std::{
 
 use serde_yaml::Value;
 
-use super::objects::ClusterObjects;
+use super::{metallb, objects::ClusterObjects};
 
 /// What [`load_path`] found.
 #[derive(Debug, Clone, Default)]
@@ -158,8 +158,19 @@ fn split_documents(text: &str) -> Vec<(usize, &str)> {
 fn push<K: serde::de::DeserializeOwned>(
     value: Value,
     objects: &mut Vec<Arc<K>>,
-) -> Result<(), serde_yaml::Error> {
+) -> Result<(), Box<dyn std::error::Error>> {
     objects.push(Arc::new(serde_yaml::from_value(value)?));
+    Ok(())
+}
+
+/// Parses `value` as the MetalLB object `K` onto `objects`.
+fn push_metallb<K: serde::de::DeserializeOwned>(
+    value: Value,
+    objects: &mut Vec<Arc<K>>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    objects.push(Arc::new(metallb::objects::from_value(
+        serde_json::to_value(value)?,
+    )?));
     Ok(())
 }
 
@@ -183,12 +194,16 @@ impl FileLoader<'_> {
             "EndpointSlice" => push(value, &mut objects.endpoint_slices),
             "Namespace" => push(value, &mut objects.namespaces),
             "Secret" => push(value, &mut objects.metallb.secrets),
-            "IPAddressPool" if metallb => push(value, &mut objects.metallb.pools),
-            "L2Advertisement" if metallb => push(value, &mut objects.metallb.l2_advertisements),
-            "BGPAdvertisement" if metallb => push(value, &mut objects.metallb.bgp_advertisements),
-            "BGPPeer" if metallb => push(value, &mut objects.metallb.bgp_peers),
-            "BFDProfile" if metallb => push(value, &mut objects.metallb.bfd_profiles),
-            "Community" if metallb => push(value, &mut objects.metallb.communities),
+            "IPAddressPool" if metallb => push_metallb(value, &mut objects.metallb.pools),
+            "L2Advertisement" if metallb => {
+                push_metallb(value, &mut objects.metallb.l2_advertisements)
+            }
+            "BGPAdvertisement" if metallb => {
+                push_metallb(value, &mut objects.metallb.bgp_advertisements)
+            }
+            "BGPPeer" if metallb => push_metallb(value, &mut objects.metallb.bgp_peers),
+            "BFDProfile" if metallb => push_metallb(value, &mut objects.metallb.bfd_profiles),
+            "Community" if metallb => push_metallb(value, &mut objects.metallb.communities),
             "List" => {
                 match value.get("items") {
                     Some(Value::Sequence(items)) => {

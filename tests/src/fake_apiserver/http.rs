@@ -5,7 +5,10 @@
 use std::{
     convert::Infallible,
     io,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -38,6 +41,8 @@ pub struct Shared {
     pub token: String,
     /// How often a watch that allows them gets a BOOKMARK.
     pub bookmark_interval: Duration,
+    /// MetalLB's kinds exist.
+    pub metallb_crds: AtomicBool,
 }
 
 impl Shared {
@@ -72,14 +77,17 @@ struct Target {
 }
 
 impl Target {
+    /// What the server answers for a resource it does not have.
+    fn not_found(path: &str) -> ApiError {
+        ApiError::unsupported(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        )
+    }
+
     fn parse(path: &str) -> Result<Self, ApiError> {
-        let not_found = || {
-            ApiError::unsupported(
-                404,
-                "NotFound",
-                format!("the server could not find the requested resource ({path})"),
-            )
-        };
+        let not_found = || Self::not_found(path);
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         let (api_version, rest) = match segments.as_slice() {
             ["api", version, rest @ ..] => ((*version).to_owned(), rest),
@@ -132,6 +140,9 @@ async fn route(
         return Err(ApiError::unsupported(401, "Unauthorized", "Unauthorized"));
     }
     let target = Target::parse(request.uri().path())?;
+    if target.kind.is_metallb() && !shared.metallb_crds.load(Ordering::Relaxed) {
+        return Err(Target::not_found(request.uri().path()));
+    }
     let query = Query::parse(request.uri().query().unwrap_or_default())?;
     let method = request.method().clone();
     let content_type = request

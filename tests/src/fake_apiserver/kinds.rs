@@ -8,52 +8,140 @@ pub enum Kind {
     EndpointSlice,
     /// events.k8s.io/v1, which kube-rs's event recorder writes.
     Event,
+    Namespace,
+    Secret,
+    // MetalLB's, served only while its CRDs are installed.
+    IPAddressPool,
+    L2Advertisement,
+    BGPAdvertisement,
+    BGPPeer,
+    BFDProfile,
+    Community,
+}
+
+/// What the REST paths and JSON of a kind need.
+struct Definition {
+    name: &'static str,
+    /// `group/version`, or `version` for the core group.
+    api_version: &'static str,
+    plural: &'static str,
+    namespaced: bool,
+    /// `.../status` is a subresource (and the main resource ignores status).
+    has_status: bool,
+    /// A custom resource of MetalLB's CRDs.
+    metallb: bool,
+}
+
+const fn core(name: &'static str, plural: &'static str, namespaced: bool) -> Definition {
+    Definition {
+        name,
+        api_version: "v1",
+        plural,
+        namespaced,
+        has_status: false,
+        metallb: false,
+    }
+}
+
+const fn metallb(
+    name: &'static str,
+    api_version: &'static str,
+    plural: &'static str,
+) -> Definition {
+    Definition {
+        name,
+        api_version,
+        plural,
+        namespaced: true,
+        has_status: false,
+        metallb: true,
+    }
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Service, Kind::Node, Kind::EndpointSlice, Kind::Event];
+    pub const ALL: [Kind; 12] = [
+        Kind::Service,
+        Kind::Node,
+        Kind::EndpointSlice,
+        Kind::Event,
+        Kind::Namespace,
+        Kind::Secret,
+        Kind::IPAddressPool,
+        Kind::L2Advertisement,
+        Kind::BGPAdvertisement,
+        Kind::BGPPeer,
+        Kind::BFDProfile,
+        Kind::Community,
+    ];
+
+    fn definition(self) -> Definition {
+        match self {
+            Kind::Service => Definition {
+                has_status: true,
+                ..core("Service", "services", true)
+            },
+            Kind::Node => Definition {
+                has_status: true,
+                ..core("Node", "nodes", false)
+            },
+            Kind::EndpointSlice => Definition {
+                api_version: "discovery.k8s.io/v1",
+                ..core("EndpointSlice", "endpointslices", true)
+            },
+            Kind::Event => Definition {
+                api_version: "events.k8s.io/v1",
+                ..core("Event", "events", true)
+            },
+            Kind::Namespace => core("Namespace", "namespaces", false),
+            Kind::Secret => core("Secret", "secrets", true),
+            Kind::IPAddressPool => metallb("IPAddressPool", "metallb.io/v1beta1", "ipaddresspools"),
+            Kind::L2Advertisement => {
+                metallb("L2Advertisement", "metallb.io/v1beta1", "l2advertisements")
+            }
+            Kind::BGPAdvertisement => metallb(
+                "BGPAdvertisement",
+                "metallb.io/v1beta1",
+                "bgpadvertisements",
+            ),
+            Kind::BGPPeer => metallb("BGPPeer", "metallb.io/v1beta2", "bgppeers"),
+            Kind::BFDProfile => metallb("BFDProfile", "metallb.io/v1beta1", "bfdprofiles"),
+            Kind::Community => metallb("Community", "metallb.io/v1beta1", "communities"),
+        }
+    }
 
     pub fn name(self) -> &'static str {
-        match self {
-            Kind::Service => "Service",
-            Kind::Node => "Node",
-            Kind::EndpointSlice => "EndpointSlice",
-            Kind::Event => "Event",
-        }
+        self.definition().name
     }
 
     /// `group/version`, or `version` for the core group.
     pub fn api_version(self) -> &'static str {
-        match self {
-            Kind::Service | Kind::Node => "v1",
-            Kind::EndpointSlice => "discovery.k8s.io/v1",
-            Kind::Event => "events.k8s.io/v1",
-        }
+        self.definition().api_version
     }
 
     /// The path segment: `services`, `nodes`...
     pub fn plural(self) -> &'static str {
-        match self {
-            Kind::Service => "services",
-            Kind::Node => "nodes",
-            Kind::EndpointSlice => "endpointslices",
-            Kind::Event => "events",
-        }
+        self.definition().plural
     }
 
     pub fn namespaced(self) -> bool {
-        self != Kind::Node
+        self.definition().namespaced
     }
 
     /// Whether `.../status` is a subresource (and the main resource ignores
     /// status changes).
     pub fn has_status(self) -> bool {
-        matches!(self, Kind::Service | Kind::Node)
+        self.definition().has_status
     }
 
-    /// The kind of a k8s-openapi type, if the fake serves it.
-    pub fn of<K: k8s_openapi::Resource>() -> Option<Kind> {
-        Self::from_path(K::API_VERSION, K::URL_PATH_SEGMENT)
+    /// Whether MetalLB's CRDs define it (so it exists only with them).
+    pub fn is_metallb(self) -> bool {
+        self.definition().metallb
+    }
+
+    /// The kind of a Kubernetes type (k8s-openapi's, or a custom resource's),
+    /// if the fake serves it.
+    pub fn of<K: kube::Resource<DynamicType = ()>>() -> Option<Kind> {
+        Self::from_path(&K::api_version(&()), &K::plural(&()))
     }
 
     pub fn from_path(api_version: &str, plural: &str) -> Option<Kind> {

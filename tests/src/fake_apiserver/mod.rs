@@ -5,7 +5,8 @@
 //! objects in memory and controls a real server lacks: compact the watch
 //! history, drop every watch connection, stop and restart on the same port.
 //!
-//! It serves Services, Nodes, EndpointSlices and events.k8s.io Events. The
+//! It serves Services, Nodes, EndpointSlices, events.k8s.io Events,
+//! Namespaces, Secrets and, once their CRDs are installed, MetalLB's kinds. The
 //! agent under test gets a kubeconfig pointing at it ([`FakeApiServer::write_kubeconfig`]).
 //! Plain HTTP by default; with [`Options::tls`], HTTPS with a certificate
 //! made at start ([`FakeApiServer::ca_pem`]), as in-cluster config needs.
@@ -21,7 +22,10 @@ use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener},
     ops::RangeInclusive,
     path::Path,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -29,7 +33,7 @@ use anyhow::{Context as _, Result, anyhow};
 use base64::Engine as _;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use k8s_openapi::Resource;
+use kube::Resource as KubeResource;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 use socket2::{Domain, Socket, Type};
@@ -58,6 +62,9 @@ pub struct Options {
     /// Serve HTTPS (a CA and a certificate for 127.0.0.1 made at start)
     /// instead of plain HTTP.
     pub tls: bool,
+    /// MetalLB's CRDs are installed (see [`FakeApiServer::install_metallb_crds`]):
+    /// without them, its kinds are 404 Not Found, as on a cluster without MetalLB.
+    pub metallb_crds: bool,
 }
 
 impl Default for Options {
@@ -67,6 +74,7 @@ impl Default for Options {
             bookmark_interval: Duration::from_secs(1),
             node_ports: 30000..=32767,
             tls: false,
+            metallb_crds: false,
         }
     }
 }
@@ -101,6 +109,7 @@ impl FakeApiServer {
             store: Mutex::new(store),
             token: TOKEN.to_owned(),
             bookmark_interval: options.bookmark_interval,
+            metallb_crds: AtomicBool::new(options.metallb_crds),
         });
         let mut server = Self {
             shared,
@@ -135,6 +144,11 @@ impl FakeApiServer {
     /// HTTPS.
     pub fn ca_pem(&self) -> Option<&str> {
         self.tls.as_ref().map(|tls| tls.ca_pem.as_str())
+    }
+
+    /// Installs MetalLB's CRDs: its kinds are served from now on.
+    pub fn install_metallb_crds(&self) {
+        self.shared.metallb_crds.store(true, Ordering::Relaxed);
     }
 
     /// Writes a kubeconfig whose current context is this server.
@@ -388,8 +402,14 @@ impl Cluster<'_> {
 }
 
 fn kind<K: Resource>() -> Result<Kind> {
-    Kind::of::<K>().ok_or_else(|| anyhow!("the fake API server does not serve {}", K::KIND))
+    Kind::of::<K>().ok_or_else(|| anyhow!("the fake API server does not serve {}", K::kind(&())))
 }
+
+/// A type of object tests read and write: k8s-openapi's, and custom
+/// resources (MetalLB's objects).
+pub trait Resource: KubeResource<DynamicType = ()> {}
+
+impl<K: KubeResource<DynamicType = ()>> Resource for K {}
 
 fn namespace(kind: Kind, namespace: Option<&str>) -> String {
     match kind.namespaced() {

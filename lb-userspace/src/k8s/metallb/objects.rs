@@ -17,6 +17,22 @@ use serde::{Deserialize, Serialize};
 /// way; lb reads its configuration objects from there by default.
 pub const DEFAULT_NAMESPACE: &str = "metallb-system";
 
+/// A MetalLB object from its JSON form. MetalLB's objects may leave `spec`
+/// out (an L2Advertisement of every pool on every interface is only a name,
+/// as MetalLB's documentation writes it), which the typed objects cannot:
+/// a missing or null `spec` is read as an empty one.
+pub fn from_value<K: serde::de::DeserializeOwned>(
+    mut value: serde_json::Value,
+) -> Result<K, serde_json::Error> {
+    if let Some(object) = value.as_object_mut() {
+        let spec = object.entry("spec").or_insert(serde_json::Value::Null);
+        if spec.is_null() {
+            *spec = serde_json::Value::Object(serde_json::Map::new());
+        }
+    }
+    serde_json::from_value(value)
+}
+
 /// A pool of addresses Services get their external IPs from.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(

@@ -1,0 +1,104 @@
+//! Which interfaces answer ARP and Neighbor Solicitations for each VIP: each
+//! attached interface gets a slot, each VIP a mask of slots (`VIPS`).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use lb_common::{
+    ALL_NEIGHBOR_SLOTS, Iface, LEGACY_SETTING_ANSWER_NEIGHBORS, MAP_IFACES, MAP_SETTINGS, MAP_VIPS,
+    MAX_NEIGHBOR_SLOTS, NeighborMask, neighbor_bit,
+};
+
+use super::{Dataplane, DataplaneError};
+use crate::maps::map_error;
+
+impl Dataplane {
+    /// Tells the program the MAC of interface `ifindex`, which it answers ARP
+    /// and Neighbor Solicitations for VIPs with, and gives the interface its
+    /// slot in the VIPs' masks (done by `attach`; tests that run the program
+    /// without attaching it call this directly).
+    pub fn add_iface(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<(), DataplaneError> {
+        let next = self.iface_slots.len();
+        let slot = match self.iface_slots.get(&ifindex) {
+            Some(slot) => *slot,
+            None => u8::try_from(next)
+                .ok()
+                .filter(|slot| *slot < MAX_NEIGHBOR_SLOTS)
+                .ok_or(DataplaneError::TooManyInterfaces(MAX_NEIGHBOR_SLOTS))?,
+        };
+        self.maps
+            .ifaces
+            .insert(ifindex, Iface { mac, slot, _pad: 0 }, 0)
+            .map_err(|e| map_error(MAP_IFACES, e))?;
+        self.iface_slots.insert(ifindex, slot);
+        Ok(())
+    }
+
+    /// Answers ARP and Neighbor Solicitations for each VIP of `answers` on
+    /// the interfaces (by ifindex) it lists, and for every other VIP nowhere.
+    /// Interfaces not added are ignored.
+    pub fn set_neighbor_answers(
+        &mut self,
+        answers: &BTreeMap<IpAddr, BTreeSet<u32>>,
+    ) -> Result<(), DataplaneError> {
+        self.neighbor_masks = answers
+            .iter()
+            .map(|(vip, ifindexes)| {
+                let mask = ifindexes
+                    .iter()
+                    .filter_map(|ifindex| self.iface_slots.get(ifindex))
+                    .fold(0, |mask, slot| mask | neighbor_bit(*slot));
+                (*vip, mask)
+            })
+            .collect();
+        let vips: BTreeSet<IpAddr> = self.services.keys().map(|f| f.vip).collect();
+        for vip in vips {
+            self.write_neighbor_mask(vip)?;
+        }
+        Ok(())
+    }
+
+    /// The interfaces ARP and NDP for `vip` are answered on (bits of slots).
+    pub fn neighbor_mask(&self, vip: IpAddr) -> NeighborMask {
+        self.neighbor_masks.get(&vip).copied().unwrap_or(0)
+    }
+
+    /// Writes `vip`'s entry in `VIPS`, which makes it a VIP for the program.
+    pub(super) fn write_neighbor_mask(&mut self, vip: IpAddr) -> Result<(), DataplaneError> {
+        let mask = self.neighbor_mask(vip);
+        self.maps
+            .vips
+            .insert(lb_common::addr_of(vip), mask, 0)
+            .map_err(|e| map_error(MAP_VIPS, e))?;
+        Ok(())
+    }
+
+    /// Keeps answering for the VIPs of pinned state as the earlier agent had
+    /// them answered until this one's first sync says otherwise, so that a
+    /// restart or an upgrade loses no neighbour: the masks it wrote, or, from
+    /// an agent that answered for every VIP everywhere (it set
+    /// `LEGACY_SETTING_ANSWER_NEIGHBORS` and left the masks 0), every
+    /// interface. Called before the settings are overwritten.
+    pub(super) fn recover_neighbor_masks(&mut self) -> Result<(), DataplaneError> {
+        let legacy = self
+            .maps
+            .settings
+            .get(&0, 0)
+            .map_err(|e| map_error(MAP_SETTINGS, e))?
+            .flags
+            & LEGACY_SETTING_ANSWER_NEIGHBORS
+            != 0;
+        for entry in self.maps.vips.iter() {
+            let (addr, mask) = entry.map_err(|e| map_error(MAP_VIPS, e))?;
+            let mask = if legacy { ALL_NEIGHBOR_SLOTS } else { mask };
+            self.neighbor_masks.insert(lb_common::ip_of(addr), mask);
+        }
+        let vips: Vec<IpAddr> = self.neighbor_masks.keys().copied().collect();
+        for vip in vips {
+            self.write_neighbor_mask(vip)?;
+        }
+        Ok(())
+    }
+}
