@@ -9,6 +9,7 @@ pub mod fake_apiserver;
 pub mod http;
 pub mod kube_agent;
 pub mod manifests;
+pub mod metallb;
 pub mod neighbor_packets;
 pub mod netns;
 pub mod on_link;

@@ -9,7 +9,8 @@ use std::{
 };
 
 use k8s_openapi::{
-    api::core::v1::ServicePort as K8sServicePort, apimachinery::pkg::util::intstr::IntOrString,
+    api::core::v1::{Service, ServicePort as K8sServicePort},
+    apimachinery::pkg::util::intstr::IntOrString,
 };
 use lb::k8s::fixtures::{self, ip_families};
 use serde::Serialize;
@@ -84,6 +85,16 @@ pub fn load_balancer_service_yaml(
     vip: impl Display,
     ports: &[ServicePort<'_>],
 ) -> String {
+    yaml(&load_balancer_service(name, namespace, vip, ports))
+}
+
+/// The Service [`load_balancer_service_yaml`] writes, as an object.
+pub fn load_balancer_service(
+    name: &str,
+    namespace: &str,
+    vip: impl Display,
+    ports: &[ServicePort<'_>],
+) -> Service {
     let ports = ports.iter().map(|port| K8sServicePort {
         name: Some(port.name.to_owned()),
         port: port.port.into(),
@@ -101,7 +112,7 @@ pub fn load_balancer_service_yaml(
         service = ip_families(service, "SingleStack", &[family]);
     }
     service.spec.get_or_insert_default().load_balancer_ip = Some(vip);
-    yaml(&service)
+    service
 }
 
 /// A Ready Node with an InternalIP of each of `ips`.
@@ -121,24 +132,25 @@ pub fn documents<S: AsRef<str>>(docs: &[S]) -> String {
         .join("---\n")
 }
 
-/// One Service per VIP of `vips` (`web-<i>`, TCP port 80 to `node_port`),
+/// One Service per (VIP, NodePort) of `services` (`web-<i>`, TCP port 80),
 /// and a Ready Node for each (name, address) of `nodes`.
 pub fn http_services_and_nodes<'a>(
-    vips: &[IpAddr],
-    node_port: u16,
+    services: impl IntoIterator<Item = (IpAddr, u16)>,
     nodes: impl IntoIterator<Item = (&'a str, IpAddr)>,
 ) -> String {
-    let port = ServicePort {
-        name: "http",
-        port: 80,
-        protocol: "TCP",
-        node_port,
-        target_port: None,
-    };
-    let mut docs: Vec<String> = vips
-        .iter()
+    let mut docs: Vec<String> = services
+        .into_iter()
         .enumerate()
-        .map(|(i, vip)| load_balancer_service_yaml(&format!("web-{i}"), "demo", vip, &[port]))
+        .map(|(i, (vip, node_port))| {
+            let port = ServicePort {
+                name: "http",
+                port: 80,
+                protocol: "TCP",
+                node_port,
+                target_port: None,
+            };
+            load_balancer_service_yaml(&format!("web-{i}"), "demo", vip, &[port])
+        })
         .collect();
     docs.extend(
         nodes
@@ -162,8 +174,6 @@ pub fn service_and_nodes(service: String, nodes: &[Node]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::Service;
-
     use super::*;
 
     #[test]

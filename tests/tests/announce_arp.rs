@@ -20,14 +20,17 @@ fn a_client_on_the_segment_arps_for_the_vip_and_hears_of_new_ones() {
     // A Service appears: its VIP is announced before anyone asks. (Only now
     // does the client take gratuitous ARPs for addresses it has no entry
     // for: the one at the agent's start would have spared it the ARP above.)
-    bed.topology
+    bed.segment
+        .topology
         .client
         .sysctl(&format!("net.ipv4.conf.{HOST_IFACE}.arp_accept"), "1")
         .expect("arp_accept");
-    assert_eq!(bed.neighbour_mac(LATER_VIP), None);
+    assert_eq!(bed.segment.neighbour_mac(LATER_VIP), None);
     bed.serve(&[VIP, LATER_VIP]).expect("add a Service");
     assert_eq!(
-        bed.wait_for_neighbour(LATER_VIP).expect("a gratuitous ARP"),
-        bed.lb_mac
+        bed.segment
+            .wait_for_neighbour(LATER_VIP)
+            .expect("a gratuitous ARP"),
+        bed.segment.lb_mac
     );
 }

@@ -24,16 +24,18 @@ fn a_client_on_the_segment_solicits_the_vip_and_hears_of_new_ones() {
     // creates an entry from an unsolicited advertisement only on a router
     // told to (RFC 9131), and routers are who needs it: make the client one.
     for (key, value) in [("forwarding", "1"), ("accept_untracked_na", "1")] {
-        bed.topology
+        bed.segment
+            .topology
             .client
             .sysctl(&format!("net.ipv6.conf.{HOST_IFACE}.{key}"), value)
             .expect(key);
     }
-    assert_eq!(bed.neighbour_mac(LATER_VIP), None);
+    assert_eq!(bed.segment.neighbour_mac(LATER_VIP), None);
     bed.serve(&[VIP, LATER_VIP]).expect("add a Service");
     assert_eq!(
-        bed.wait_for_neighbour(LATER_VIP)
+        bed.segment
+            .wait_for_neighbour(LATER_VIP)
             .expect("an unsolicited Neighbor Advertisement"),
-        bed.lb_mac
+        bed.segment.lb_mac
     );
 }
