@@ -31,7 +31,7 @@ fn translator(pools: &[&str]) -> Translator {
         .iter()
         .map(|text| Pool::parse(text).unwrap())
         .collect();
-    Translator::new(TranslateConfig::default(), Pools::new(pools).unwrap())
+    Translator::new(TranslateConfig::default(), Pools::from_flags(pools).unwrap())
 }
 
 fn pool() -> Translator {
