@@ -20,15 +20,16 @@ pub fn pools(objects: &[Arc<IPAddressPool>]) -> (Vec<Pool>, Vec<(String, String)
     for object in objects {
         let namespace = object.metadata.namespace.as_deref().unwrap_or("default");
         let name = object.metadata.name.as_deref().unwrap_or("<unnamed>");
-        let result = pool(object).and_then(|pool| {
-            match valid.iter().find(|other| other.overlaps(&pool)) {
-                Some(other) => Err(format!(
-                    "spec.addresses overlap those of IPAddressPool {}",
-                    other.name()
-                )),
-                None => Ok(pool),
-            }
-        });
+        let result =
+            pool(object).and_then(
+                |pool| match valid.iter().find(|other| other.overlaps(&pool)) {
+                    Some(other) => Err(format!(
+                        "spec.addresses overlap those of IPAddressPool {}",
+                        other.name()
+                    )),
+                    None => Ok(pool),
+                },
+            );
         match result {
             Ok(pool) => valid.push(pool),
             Err(reason) => skipped.push((format!("{namespace}/{name}"), reason)),
@@ -62,7 +63,8 @@ fn allocation(allocation: &ServiceAllocation) -> Result<Allocation, String> {
         list.iter()
             .enumerate()
             .map(|(index, selector)| {
-                Selector::new(selector).map_err(|reason| format!("{field}.{name}[{index}]: {reason}"))
+                Selector::new(selector)
+                    .map_err(|reason| format!("{field}.{name}[{index}]: {reason}"))
             })
             .collect::<Result<Vec<_>, _>>()
     };

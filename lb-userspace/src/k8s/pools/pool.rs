@@ -121,8 +121,7 @@ impl Pool {
 
     /// Whether the pool never hands out `addr`, though in its ranges.
     pub(super) fn avoids(&self, addr: IpAddr) -> bool {
-        self.avoid_buggy_ips
-            && matches!(addr, IpAddr::V4(v4) if matches!(v4.octets()[3], 0 | 255))
+        self.avoid_buggy_ips && matches!(addr, IpAddr::V4(v4) if matches!(v4.octets()[3], 0 | 255))
     }
 
     /// Whether the pool has addresses of `family` at all (free or not).
@@ -130,7 +129,10 @@ impl Pool {
         self.ranges_of(family).next().is_some()
     }
 
-    pub(super) fn ranges_of(&self, family: Family) -> impl Iterator<Item = &RangeInclusive<IpAddr>> {
+    pub(super) fn ranges_of(
+        &self,
+        family: Family,
+    ) -> impl Iterator<Item = &RangeInclusive<IpAddr>> {
         let ranges = self.ranges.iter();
         ranges.filter(move |range| Family::of(*range.start()) == family)
     }

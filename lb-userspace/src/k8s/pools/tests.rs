@@ -60,8 +60,14 @@ fn cidrs_skip_network_and_broadcast_except_in_tiny_prefixes() {
 
     // The very top of the address space must not overflow the search.
     let mut top = pools(&["top=255.255.255.254/31"]);
-    assert_eq!(top.allocate(&who("a/a"), None, V4), Ok(ip("255.255.255.254")));
-    assert_eq!(top.allocate(&who("a/b"), None, V4), Ok(ip("255.255.255.255")));
+    assert_eq!(
+        top.allocate(&who("a/a"), None, V4),
+        Ok(ip("255.255.255.254"))
+    );
+    assert_eq!(
+        top.allocate(&who("a/b"), None, V4),
+        Ok(ip("255.255.255.255"))
+    );
     assert!(matches!(
         top.allocate(&who("a/c"), None, V4),
         Err(PoolError::Exhausted { .. })
@@ -164,13 +170,19 @@ fn ranges_and_named_pools() {
             family: V4
         })
     );
-    assert_eq!(p.allocate(&who("ns/e"), Some("internal"), V4), Ok(ip("10.9.0.1")));
+    assert_eq!(
+        p.allocate(&who("ns/e"), Some("internal"), V4),
+        Ok(ip("10.9.0.1"))
+    );
     assert_eq!(
         p.allocate(&who("ns/f"), Some("nope"), V4),
         Err(PoolError::UnknownPool("nope".into()))
     );
     // Switching pools moves the owner and frees its old address.
-    assert_eq!(p.allocate(&who("ns/a"), Some("internal"), V4), Ok(ip("10.9.0.2")));
+    assert_eq!(
+        p.allocate(&who("ns/a"), Some("internal"), V4),
+        Ok(ip("10.9.0.2"))
+    );
     assert_eq!(
         p.allocate(&who("ns/g"), Some("public"), V4),
         Ok(ip("198.51.100.20"))
@@ -212,7 +224,9 @@ fn allocation_is_sticky_and_claims_conflict() {
     assert_eq!(p.allocate(&who("ns/h"), None, V6), Ok(ip("2001:db8::1")));
     assert_eq!(p.allocate(&who("ns/i"), None, V6), Ok(ip("2001:db8::3")));
     assert_eq!(
-        p.claim(&who("ns/h"), ip("2001:db8::2")).unwrap_err().to_string(),
+        p.claim(&who("ns/h"), ip("2001:db8::2"))
+            .unwrap_err()
+            .to_string(),
         "address 2001:db8::2 is already held by ns/a"
     );
 }

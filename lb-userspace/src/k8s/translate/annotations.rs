@@ -89,7 +89,9 @@ impl<'a> LoadBalancer<'a> {
             false => String::new(),
         };
         let listeners = self.listeners();
-        let listeners = listeners.into_iter().map(|(port, protocol)| (port, protocol.to_owned()));
+        let listeners = listeners
+            .into_iter()
+            .map(|(port, protocol)| (port, protocol.to_owned()));
         Ok(Some(Sharing {
             key: key.value.to_owned(),
             backend,

@@ -264,7 +264,11 @@ fn plan<'a>(service: &LoadBalancer<'a>, pools: &Pools) -> Result<Plan<'a>, Strin
     let pool = service.setting(&POOL)?.map(|pool| pool.value);
     let candidates = pools.candidates(pool, &service.claimant().service);
     if policy == Policy::PreferDualStack {
-        families = supplied(families, &requested, candidates.as_deref().unwrap_or_default());
+        families = supplied(
+            families,
+            &requested,
+            candidates.as_deref().unwrap_or_default(),
+        );
     }
     let statuses = ingress_ips(service.service);
     // An address outside the Service's pools is not kept: the pools (or its
@@ -390,7 +394,9 @@ fn sharers<'c, 's, 'a>(
                 .listeners()
                 .is_disjoint(&candidate.service.listeners())
             {
-                Some(format!("VIP {vip} is already used by {owner} on an overlapping port"))
+                Some(format!(
+                    "VIP {vip} is already used by {owner} on an overlapping port"
+                ))
             } else {
                 None
             }
