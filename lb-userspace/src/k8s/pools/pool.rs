@@ -149,27 +149,23 @@ impl Pool {
             return Ok(());
         };
         let name = &self.name;
-        let no_labels = BTreeMap::new();
-        let namespace_labels = service.namespace_labels.unwrap_or(&no_labels);
+        let selects = |selectors: &[Selector], labels: Option<&BTreeMap<String, String>>| {
+            const NO_LABELS: &BTreeMap<String, String> = &BTreeMap::new();
+            let labels = labels.unwrap_or(NO_LABELS);
+            selectors.iter().any(|selector| selector.matches(labels))
+        };
         let by_namespace =
             !allocation.namespaces.is_empty() || !allocation.namespace_selectors.is_empty();
         if by_namespace
             && !allocation.namespaces.contains(service.namespace)
-            && !allocation
-                .namespace_selectors
-                .iter()
-                .any(|selector| selector.matches(namespace_labels))
+            && !selects(&allocation.namespace_selectors, service.namespace_labels)
         {
             return Err(format!(
                 "pool {name} is reserved for other namespaces (serviceAllocation)"
             ));
         }
-        let labels = service.labels.unwrap_or(&no_labels);
         if !allocation.service_selectors.is_empty()
-            && !allocation
-                .service_selectors
-                .iter()
-                .any(|selector| selector.matches(labels))
+            && !selects(&allocation.service_selectors, service.labels)
         {
             return Err(format!(
                 "pool {name} is reserved for Services its serviceSelectors select"

@@ -24,6 +24,14 @@ fn service_yaml(namespace: &str, name: &str, port: u16, protocol: &str, metadata
     )
 }
 
+/// An IPAddressPool in MetalLB's namespace; `spec` is indented by two.
+fn ip_address_pool(name: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata:\n  name: {name}\n  \
+         namespace: metallb-system\nspec:{spec}"
+    )
+}
+
 fn vips(translation: &Translation) -> Vec<(String, Vec<IpAddr>)> {
     translation.vips.clone().into_iter().collect()
 }
@@ -32,22 +40,22 @@ fn addresses(list: &[&str]) -> Vec<IpAddr> {
     list.iter().map(|text| ip(text)).collect()
 }
 
-const FIRST_POOL: &str = "
-apiVersion: metallb.io/v1beta1
-kind: IPAddressPool
-metadata:
-  name: first-pool
-  namespace: metallb-system
-spec:
+fn first_pool() -> String {
+    [ip_address_pool(
+        "first-pool",
+        "
   addresses:
   - 192.168.10.0/24
   - 192.168.9.1-192.168.9.5
   - fc00:f853:0ccd:e799::/124
-";
+",
+    )]
+    .concat()
+}
 
 #[test]
 fn a_cidr_is_handed_out_from_its_first_address_in_the_order_listed() {
-    let mut yaml = FIRST_POOL.to_owned();
+    let mut yaml = first_pool();
     for name in ["a", "b"] {
         yaml += &service_yaml("default", name, 80, "TCP", "");
     }
@@ -83,27 +91,24 @@ fn a_cidr_is_handed_out_from_its_first_address_in_the_order_listed() {
 
 #[test]
 fn auto_assign_false_pools_serve_only_services_naming_them() {
-    let mut yaml = "
-apiVersion: metallb.io/v1beta1
-kind: IPAddressPool
-metadata:
-  name: cheap
-  namespace: metallb-system
-spec:
+    let mut yaml = [
+        ip_address_pool(
+            "cheap",
+            "
   addresses:
   - 192.168.144.0/20
----
-apiVersion: metallb.io/v1beta1
-kind: IPAddressPool
-metadata:
-  name: expensive
-  namespace: metallb-system
-spec:
+",
+        ),
+        ip_address_pool(
+            "expensive",
+            "
   addresses:
   - 42.176.25.64/30
   autoAssign: false
-"
-    .to_owned();
+",
+        ),
+    ]
+    .concat();
     yaml += &service_yaml("default", "plain", 80, "TCP", "");
     let named = "  annotations:\n    metallb.universe.tf/address-pool: expensive\n";
     yaml += &service_yaml("default", "public", 80, "TCP", named);
@@ -119,18 +124,15 @@ spec:
 
 #[test]
 fn avoid_buggy_ips_skips_dot_zero_and_dot_255() {
-    let mut yaml = "
-apiVersion: metallb.io/v1beta1
-kind: IPAddressPool
-metadata:
-  name: p
-  namespace: metallb-system
-spec:
+    let mut yaml = [ip_address_pool(
+        "p",
+        "
   addresses:
   - 192.168.10.254-192.168.11.1
   avoidBuggyIPs: true
-"
-    .to_owned();
+",
+    )]
+    .concat();
     for name in ["a", "b", "c"] {
         yaml += &service_yaml("default", name, 80, "TCP", "");
     }
@@ -153,13 +155,11 @@ spec:
     );
 }
 
-const RESERVED_POOLS: &str = "
-apiVersion: metallb.io/v1beta1
-kind: IPAddressPool
-metadata:
-  name: ns-pool
-  namespace: metallb-system
-spec:
+fn reserved_pools() -> String {
+    [
+        ip_address_pool(
+            "ns-pool",
+            "
   addresses:
   - 10.0.1.0/24
   serviceAllocation:
@@ -169,13 +169,11 @@ spec:
     namespaceSelectors:
     - matchLabels:
         team: blue
----
-apiVersion: metallb.io/v1beta1
-kind: IPAddressPool
-metadata:
-  name: svc-pool
-  namespace: metallb-system
-spec:
+",
+        ),
+        ip_address_pool(
+            "svc-pool",
+            "
   addresses:
   - 10.0.2.0/24
   serviceAllocation:
@@ -185,15 +183,16 @@ spec:
       - key: app
         operator: In
         values: [foo]
----
-apiVersion: metallb.io/v1beta1
-kind: IPAddressPool
-metadata:
-  name: shared
-  namespace: metallb-system
-spec:
+",
+        ),
+        ip_address_pool(
+            "shared",
+            "
   addresses:
   - 10.0.3.0/24
+",
+        ),
+        "
 ---
 apiVersion: v1
 kind: Namespace
@@ -201,11 +200,15 @@ metadata:
   name: blue-ns
   labels:
     team: blue
-";
+"
+        .to_owned(),
+    ]
+    .concat()
+}
 
 #[test]
 fn reserved_pools_by_priority_namespace_and_labels() {
-    let mut yaml = RESERVED_POOLS.to_owned();
+    let mut yaml = reserved_pools();
     let foo = "  labels:\n    app: foo\n";
     yaml += &service_yaml("test-ns", "labelled", 80, "TCP", foo);
     yaml += &service_yaml("test-ns", "plain", 80, "TCP", "");
@@ -237,17 +240,14 @@ fn reserved_pools_by_priority_namespace_and_labels() {
 
 #[test]
 fn services_with_one_sharing_key_share_an_address_on_different_ports() {
-    let mut yaml = "
-apiVersion: metallb.io/v1beta1
-kind: IPAddressPool
-metadata:
-  name: p
-  namespace: metallb-system
-spec:
+    let mut yaml = [ip_address_pool(
+        "p",
+        "
   addresses:
   - 192.168.1.0/30
-"
-    .to_owned();
+",
+    )]
+    .concat();
     let key =
         |key: &str| format!("  annotations:\n    metallb.universe.tf/allow-shared-ip: {key}\n");
     yaml += &service_yaml("dns", "tcp", 53, "TCP", &key("dns"));
@@ -276,16 +276,14 @@ spec:
 
 #[test]
 fn sharing_with_policy_local_needs_the_same_selector() {
-    let pools = "
-apiVersion: metallb.io/v1beta1
-kind: IPAddressPool
-metadata:
-  name: p
-  namespace: metallb-system
-spec:
+    let pools = [ip_address_pool(
+        "p",
+        "
   addresses:
   - 192.168.1.0/30
-";
+",
+    )]
+    .concat();
     let key = "  annotations:\n    metallb.io/allow-shared-ip: k\n";
     let yaml = [
         pools.to_owned(),
@@ -314,40 +312,31 @@ spec:
 
 #[test]
 fn invalid_pools_are_skipped_by_name_and_field_and_the_rest_serve() {
-    let mut yaml = "
-apiVersion: metallb.io/v1beta1
-kind: IPAddressPool
-metadata:
-  name: a-good
-  namespace: metallb-system
-spec:
+    let mut yaml = [
+        ip_address_pool(
+            "a-good",
+            "
   addresses:
   - 10.0.0.0/24
----
-apiVersion: metallb.io/v1beta1
-kind: IPAddressPool
-metadata:
-  name: b-overlapping
-  namespace: metallb-system
-spec:
+",
+        ),
+        ip_address_pool(
+            "b-overlapping",
+            "
   addresses:
   - 10.0.0.128/25
----
-apiVersion: metallb.io/v1beta1
-kind: IPAddressPool
-metadata:
-  name: c-bad-cidr
-  namespace: metallb-system
-spec:
+",
+        ),
+        ip_address_pool(
+            "c-bad-cidr",
+            "
   addresses:
   - 10.1.0.0/33
----
-apiVersion: metallb.io/v1beta1
-kind: IPAddressPool
-metadata:
-  name: d-bad-selector
-  namespace: metallb-system
-spec:
+",
+        ),
+        ip_address_pool(
+            "d-bad-selector",
+            "
   addresses:
   - 10.2.0.0/24
   serviceAllocation:
@@ -355,16 +344,16 @@ spec:
     - matchExpressions:
       - key: app
         operator: In
----
-apiVersion: metallb.io/v1beta1
-kind: IPAddressPool
-metadata:
-  name: e-empty
-  namespace: metallb-system
-spec:
+",
+        ),
+        ip_address_pool(
+            "e-empty",
+            "
   autoAssign: true
-"
-    .to_owned();
+",
+        ),
+    ]
+    .concat();
     yaml += &service_yaml("default", "web", 80, "TCP", "");
     let named = "  annotations:\n    metallb.io/address-pool: c-bad-cidr\n";
     yaml += &service_yaml("default", "named", 80, "TCP", named);
@@ -390,7 +379,7 @@ fn spellings_of_one_setting_must_agree() {
     let same =
         "  annotations:\n    metallb.io/address-pool: a\n    metallb.universe.tf/address-pool: a\n";
     let yaml = [
-        FIRST_POOL.replace("first-pool", "a"),
+        first_pool().replace("first-pool", "a"),
         service_yaml("ns", "both", 80, "TCP", both),
         service_yaml("ns", "same", 80, "TCP", same),
     ]
@@ -411,7 +400,7 @@ fn spellings_of_one_setting_must_agree() {
 #[test]
 fn without_ip_address_pools_the_flags_pools_serve_again() {
     let mut translator = pool();
-    let yaml = [FIRST_POOL, &service_yaml("ns", "web", 80, "TCP", "")].concat();
+    let yaml = [first_pool(), service_yaml("ns", "web", 80, "TCP", "")].concat();
     let mut objects = cluster(&yaml);
     assert_eq!(
         translator.translate(&objects).vips["ns/web"],
