@@ -207,7 +207,7 @@ fn run_agent(args: AgentArgs) -> Result<()> {
             load_balancer_class: args.load_balancer_class,
             node_address_type: args.node_address_type,
         },
-        Pools::new(pools).context("--pool")?,
+        Pools::from_flags(pools).context("--pool")?,
     );
     let kubernetes = match (args.kubeconfig, args.in_cluster) {
         (Some(path), _) => Some(KubeConfigSource::File(path)),

@@ -164,17 +164,11 @@ impl OnLink {
     /// An agent serving one Service per VIP of `vips` (all of one family),
     /// ready once the first has both nodes.
     pub fn start(tag: &str, vips: &[IpAddr]) -> Result<OnLink> {
-        Self::start_with(tag, vips, &[], &[])
+        Self::start_with(tag, vips, &[])
     }
 
-    /// The same, with `documents` added to the manifests and `flags` to the
-    /// agent's command line.
-    pub fn start_with(
-        tag: &str,
-        vips: &[IpAddr],
-        documents: &[String],
-        flags: &[&str],
-    ) -> Result<OnLink> {
+    /// The same, with `documents` added to the manifests.
+    pub fn start_with(tag: &str, vips: &[IpAddr], documents: &[String]) -> Result<OnLink> {
         let first = *vips.first().context("at least one VIP")?;
         let segment = Segment::new(first.is_ipv6())?;
         let mut text = segment.manifest(vips);
@@ -183,7 +177,7 @@ impl OnLink {
         }
         let manifests = ManifestFile::new(tag, &text)?;
         let topology = &segment.topology;
-        let agent = Agent::start(&topology.lb, &topology.lb_ifaces(), manifests.path(), flags)?;
+        let agent = Agent::start(&topology.lb, &topology.lb_ifaces(), manifests.path(), &[])?;
         segment.wait_until_served(&agent, first)?;
         Ok(OnLink {
             agent,

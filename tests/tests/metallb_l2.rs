@@ -4,9 +4,6 @@
 //! advertisement naming no existing pool is skipped with its reason, and the
 //! rest keep working. From an API server (where MetalLB's CRDs may come
 //! later, and a change of an advertisement takes effect) and from manifests.
-//!
-//! The pools are given as flags named like the IPAddressPools (allocation
-//! from IPAddressPools themselves is tested with the allocation rules).
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -25,6 +22,8 @@ use lb_tests::{
 
 const L2_VIP: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1));
 const BGP_VIP: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 9));
+/// The pools before MetalLB's CRDs are installed, named and sized like the
+/// IPAddressPools that replace them.
 const POOL_FLAGS: [&str; 4] = [
     "--pool",
     "l2-pool=198.51.100.0/29",
@@ -137,7 +136,7 @@ fn l2_advertisements_from_manifests_choose_the_vips_answered_by_arp() -> Result<
     let mut documents: Vec<String> = pools.iter().map(yaml).collect();
     documents.extend(l2.iter().map(yaml));
     documents.push(yaml(&bgp));
-    let bed = OnLink::start_with("metallb-l2", &[L2_VIP, BGP_VIP], &documents, &POOL_FLAGS)?;
+    let bed = OnLink::start_with("metallb-l2", &[L2_VIP, BGP_VIP], &documents)?;
     bed.segment.wait_until_served(&bed.agent, BGP_VIP)?;
     bed.segment
         .check_answered(&bed.agent, L2_VIP, "arp_reply")

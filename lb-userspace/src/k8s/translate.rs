@@ -6,6 +6,7 @@
 //! Cluster` every usable node serves; with `Local` only nodes that run a ready
 //! endpoint of the Service (kube-proxy drops traffic on the others).
 
+mod annotations;
 mod backends;
 mod vips;
 
@@ -18,7 +19,11 @@ use std::{
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec as K8sServiceSpec};
 
-use super::{objects::ClusterObjects, pools::Pools};
+use super::{
+    metallb,
+    objects::ClusterObjects,
+    pools::{Claimant, Pools, ServiceIdentity, Sharing},
+};
 use crate::model::{DesiredState, Frontend, ServiceSpec};
 
 /// Annotation on a Node giving its Maglev weight (positive integer; default 1),
@@ -30,6 +35,10 @@ pub const NODE_WEIGHT_ANNOTATION: &str = "lb.dev/weight";
 pub const ADDRESS_ANNOTATION: &str = "lb.dev/address";
 /// Annotation on a Service naming the pool to allocate its VIP from.
 pub const POOL_ANNOTATION: &str = "lb.dev/pool";
+/// Annotation on a Service giving a sharing key: Services with the same key
+/// may share a VIP if they listen on different ports (MetalLB's
+/// `allow-shared-ip`, whose spellings work too).
+pub const SHARING_ANNOTATION: &str = "lb.dev/allow-shared-ip";
 /// The `spec.loadBalancerClass` lb answers to by default; Services without a
 /// class are served too, as the cluster's default load balancer.
 pub const DEFAULT_LOAD_BALANCER_CLASS: &str = "lb.dev/xdp";
@@ -59,7 +68,12 @@ impl Default for TranslateConfig {
 #[derive(Debug, Clone, Default)]
 pub struct Translator {
     pub config: TranslateConfig,
+    /// The pools in use and the addresses handed out.
     pub pools: Pools,
+    /// The pools the flags give, used while no IPAddressPool exists.
+    flag_pools: Pools,
+    /// Flags and IPAddressPools both give pools: said once, until it changes.
+    clash_reported: bool,
 }
 
 /// How the backends of one service port are health checked.
@@ -132,7 +146,36 @@ impl Problem {
 
 impl Translator {
     pub fn new(config: TranslateConfig, pools: Pools) -> Self {
-        Self { config, pools }
+        Self {
+            config,
+            flag_pools: pools.clone(),
+            pools,
+            clash_reported: false,
+        }
+    }
+
+    /// Uses the IPAddressPools when there are any (as MetalLB would: only
+    /// addresses in them are served), else the flags' pools.
+    fn configure_pools(&mut self, objects: &ClusterObjects, skips: &mut Skips) {
+        let objects = &objects.metallb.pools;
+        if objects.is_empty() {
+            self.clash_reported = false;
+            self.pools.reconfigure(self.flag_pools.clone(), false);
+            return;
+        }
+        let (pools, skipped) = metallb::pools::pools(objects);
+        for (name, reason) in skipped {
+            skips.push("IPAddressPool", &name, Problem::Invalid, reason);
+        }
+        if !self.flag_pools.pools().is_empty() && !self.clash_reported {
+            tracing::warn!(
+                "IPAddressPools exist, so the pools of --vip-pool and --pool are not used: \
+                 remove those flags, or the IPAddressPools"
+            );
+            self.clash_reported = true;
+        }
+        let pools = Pools::new(pools).expect("overlapping IPAddressPools are skipped");
+        self.pools.reconfigure(pools, true);
     }
 
     /// Computes what the data path should serve.
@@ -142,17 +185,25 @@ impl Translator {
     /// with an address of that family. Each VIP: the address of its family
     /// the `lb.dev/address` annotation names, else `spec.loadBalancerIP`, else
     /// the first `status.loadBalancer.ingress[].ip` of its family (unless it
-    /// lies outside the Service's pool), else allocated from the pool the
-    /// `lb.dev/pool` annotation names (the first pool by default). Requested
-    /// addresses are claimed before anything is allocated, so allocations never
-    /// collide with them. Two Services may share a VIP only if both request it
-    /// and their (port, protocol) sets are disjoint; otherwise the one already
-    /// holding it keeps it. Owners no longer served are released.
+    /// lies outside the Service's pools), else allocated from the pool the
+    /// `lb.dev/pool` annotation names, else from the pools it may have
+    /// automatically (MetalLB's rules; with the flags' pools, the first one).
+    /// MetalLB's annotations work too. Requested addresses are claimed before
+    /// anything is allocated, so allocations never collide with them. Two
+    /// Services may share a VIP if their (port, protocol) sets are disjoint and
+    /// both request it or both have the same sharing key; otherwise the one
+    /// already holding it keeps it. Owners no longer served are released.
     pub fn translate(&mut self, objects: &ClusterObjects) -> Translation {
         let mut skips = Skips::default();
+        self.configure_pools(objects, &mut skips);
         let nodes = backends::usable_nodes(&objects.nodes, &self.config, &mut skips);
         let endpoints = backends::index_endpoints(&objects.endpoint_slices);
-        let services = self.load_balancers(&objects.services, &mut skips);
+        let namespaces: BTreeMap<&str, &BTreeMap<String, String>> = objects
+            .namespaces
+            .iter()
+            .filter_map(|ns| Some((ns.metadata.name.as_deref()?, ns.metadata.labels.as_ref()?)))
+            .collect();
+        let services = self.load_balancers(&objects.services, &namespaces, &mut skips);
         let live: BTreeSet<&str> = services.iter().map(|s| s.owner.as_str()).collect();
         let released = self.pools.retain_owners(&live);
         for (owner, vip) in &released {
@@ -192,6 +243,7 @@ impl Translator {
     fn load_balancers<'a>(
         &self,
         services: &'a [Arc<Service>],
+        namespaces: &BTreeMap<&str, &'a BTreeMap<String, String>>,
         skips: &mut Skips,
     ) -> Vec<LoadBalancer<'a>> {
         let mut found = Vec::new();
@@ -211,14 +263,24 @@ impl Translator {
                 skips.service(&owner, Problem::Invalid, "no metadata.name");
                 continue;
             };
-            found.push(LoadBalancer {
+            let mut service = LoadBalancer {
                 owner: format!("{namespace}/{name}"),
                 namespace,
                 name,
                 service,
                 spec,
                 ports: spec.ports.as_deref().unwrap_or_default(),
-            });
+                namespace_labels: namespaces.get(namespace).copied(),
+                sharing: None,
+            };
+            match service.sharing() {
+                Ok(sharing) => service.sharing = sharing,
+                Err(reason) => {
+                    skips.service(&service.owner, Problem::Invalid, reason);
+                    continue;
+                }
+            }
+            found.push(service);
         }
         found.sort_by(|a, b| a.owner.cmp(&b.owner));
         found
@@ -258,7 +320,7 @@ impl Skips {
         self.push("Node", name, Problem::Invalid, reason);
     }
 
-    fn push(
+    pub(super) fn push(
         &mut self,
         kind: &'static str,
         name: &str,
@@ -285,15 +347,23 @@ struct LoadBalancer<'a> {
     service: &'a Service,
     spec: &'a K8sServiceSpec,
     ports: &'a [ServicePort],
+    /// The labels of its Namespace, if that is known.
+    namespace_labels: Option<&'a BTreeMap<String, String>>,
+    sharing: Option<Sharing>,
 }
 
 impl<'a> LoadBalancer<'a> {
-    fn annotation(&self, key: &str) -> Option<&'a str> {
-        let annotations = self.service.metadata.annotations.as_ref()?;
-        annotations
-            .get(key)
-            .map(|value| value.trim())
-            .filter(|value| !value.is_empty())
+    /// The Service as it asks the pools for addresses.
+    fn claimant(&self) -> Claimant<'_> {
+        Claimant {
+            owner: &self.owner,
+            service: ServiceIdentity {
+                namespace: self.namespace,
+                namespace_labels: self.namespace_labels,
+                labels: self.service.metadata.labels.as_ref(),
+            },
+            sharing: self.sharing.as_ref(),
+        }
     }
 
     fn is_local(&self) -> bool {

@@ -3,3 +3,4 @@
 pub mod advertisements;
 pub mod crds;
 pub mod objects;
+pub mod pools;

@@ -53,7 +53,11 @@ pub struct IPAddressPoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_assign: Option<bool>,
     /// Never hand out IPv4 addresses ending in .0 or .255.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "avoidBuggyIPs",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub avoid_buggy_ips: Option<bool>,
     /// Reserves the pool for some Services, and orders it before others.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -2,7 +2,10 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use super::{ADDRESS_ANNOTATION, LoadBalancer, POOL_ANNOTATION, Problem, Skips};
+use super::{
+    LoadBalancer, Problem, Skips,
+    annotations::{ADDRESSES, POOL},
+};
 use crate::k8s::{
     family::Family,
     ingress_ips,
@@ -105,7 +108,7 @@ pub(super) fn assign<'s, 'a>(
     }
     for ((index, family), pool) in demand.unassigned {
         let outcome = pools
-            .allocate(&services[index].owner, pool, family)
+            .allocate(&services[index].claimant(), pool, family)
             .map_err(|err| allocation_failure(family, err));
         outcomes.insert((index, family), outcome);
     }
@@ -258,16 +261,20 @@ fn plan<'a>(service: &LoadBalancer<'a>, pools: &Pools) -> Result<Plan<'a>, Strin
     let policy = Policy::of(service)?;
     let mut families = policy.families(&listed_families(service)?);
     let requested = requested(service, &families)?;
-    let pool = service.annotation(POOL_ANNOTATION);
-    let selected = pools.pool(pool);
+    let pool = service.setting(&POOL)?.map(|pool| pool.value);
+    let candidates = pools.candidates(pool, &service.claimant().service);
     if policy == Policy::PreferDualStack {
-        families = supplied(families, &requested, selected.as_ref().ok().copied());
+        families = supplied(
+            families,
+            &requested,
+            candidates.as_deref().unwrap_or_default(),
+        );
     }
     let statuses = ingress_ips(service.service);
-    // An address outside the Service's pool is not kept: the pool (or its
-    // annotation) changed, and the Service moves into it.
-    let in_pool = |vip: &IpAddr| match selected {
-        Ok(selected) => selected.contains(*vip),
+    // An address outside the Service's pools is not kept: the pools (or its
+    // annotation) changed, and the Service moves into them.
+    let in_pool = |vip: &IpAddr| match &candidates {
+        Ok(candidates) => candidates.iter().any(|pool| pool.contains(*vip)),
         Err(_) => pool.is_none(),
     };
     let want = |family: Family| {
@@ -285,14 +292,14 @@ fn plan<'a>(service: &LoadBalancer<'a>, pools: &Pools) -> Result<Plan<'a>, Strin
 }
 
 /// The `families` a PreferDualStack Service can get: those it requests an
-/// address of or its pool supplies. With none, the first, to report why.
-fn supplied(families: Vec<Family>, requested: &[IpAddr], pool: Option<&Pool>) -> Vec<Family> {
+/// address of or one of its pools supplies. With none, the first, to report why.
+fn supplied(families: Vec<Family>, requested: &[IpAddr], pools: &[&Pool]) -> Vec<Family> {
     let first = families[..1].to_vec();
     let supplied: Vec<Family> = families
         .into_iter()
         .filter(|&family| {
             requested.iter().any(|vip| Family::of(*vip) == family)
-                || pool.is_some_and(|pool| pool.supplies(family))
+                || pools.iter().any(|pool| pool.supplies(family))
         })
         .collect();
     if supplied.is_empty() { first } else { supplied }
@@ -313,12 +320,13 @@ fn listed_families(service: &LoadBalancer) -> Result<Vec<Family>, String> {
 }
 
 /// The addresses the Service names, at most one per family and each of a
-/// family it is served in: the `lb.dev/address` annotation (comma-separated),
-/// else `spec.loadBalancerIP`.
+/// family it is served in: the `lb.dev/address` annotation or MetalLB's
+/// `loadBalancerIPs` (comma-separated), else `spec.loadBalancerIP`.
 fn requested(service: &LoadBalancer, families: &[Family]) -> Result<Vec<IpAddr>, String> {
     let (source, parts): (String, Vec<&str>) =
-        if let Some(text) = service.annotation(ADDRESS_ANNOTATION) {
-            let source = format!("annotation {ADDRESS_ANNOTATION}={text:?}");
+        if let Some(annotated) = service.setting(&ADDRESSES)? {
+            let text = annotated.value;
+            let source = format!("annotation {}={text:?}", annotated.name);
             (source, text.split(',').map(str::trim).collect())
         } else if let Some(text) = service
             .spec
@@ -374,15 +382,21 @@ fn sharers<'c, 's, 'a>(
 ) -> Vec<&'c Contender<'s, 'a>> {
     let mut sharers: Vec<&Contender> = Vec::new();
     for candidate in candidates {
-        let listeners = candidate.service.listeners();
         let blocker = sharers.iter().find_map(|holder| {
             let owner = &holder.service.owner;
-            if !(candidate.asks && holder.asks) {
+            if !(candidate.asks && holder.asks || same_key(candidate.service, holder.service)) {
                 Some(format!(
-                    "VIP {vip} is already used by {owner}; only Services that both request it may share it"
+                    "VIP {vip} is already used by {owner}; only Services that both request it, \
+                     or have the same sharing key (allow-shared-ip), may share it"
                 ))
-            } else if !holder.service.listeners().is_disjoint(&listeners) {
-                Some(format!("VIP {vip} is already used by {owner} on an overlapping port"))
+            } else if !holder
+                .service
+                .listeners()
+                .is_disjoint(&candidate.service.listeners())
+            {
+                Some(format!(
+                    "VIP {vip} is already used by {owner} on an overlapping port"
+                ))
             } else {
                 None
             }
@@ -401,14 +415,28 @@ fn sharers<'c, 's, 'a>(
     sharers
 }
 
-/// Records `vip` in the pools for the Services sharing it. The pools know one
-/// owner per address, so the sharer already holding it stays its owner and a
-/// new sharer is not mistaken for a conflict.
+/// Whether both Services agree to share an address by key.
+fn same_key(a: &LoadBalancer, b: &LoadBalancer) -> bool {
+    match (&a.sharing, &b.sharing) {
+        (Some(a), Some(b)) => a.key == b.key && a.backend == b.backend,
+        _ => false,
+    }
+}
+
+/// Records `vip` in the pools for the Services sharing it: the sharer
+/// already holding it stays its holder (so a new sharer is not mistaken for
+/// a conflict), the others join it.
 fn claim(pools: &mut Pools, vip: IpAddr, sharers: &[&Contender]) -> Result<(), PoolError> {
     let family = Family::of(vip);
     let holding = sharers
         .iter()
-        .find(|sharer| pools.lookup(&sharer.service.owner, family) == Some(vip));
-    let owner = holding.unwrap_or(&sharers[0]).service.owner.as_str();
-    pools.claim(owner, vip)
+        .position(|sharer| pools.lookup(&sharer.service.owner, family) == Some(vip))
+        .unwrap_or(0);
+    pools.claim(&sharers[holding].service.claimant(), vip)?;
+    for (index, sharer) in sharers.iter().enumerate() {
+        if index != holding {
+            pools.join(&sharer.service.claimant(), vip);
+        }
+    }
+    Ok(())
 }

@@ -9,7 +9,7 @@ use crate::{
     k8s::{
         family::Family,
         fixtures::{
-            annotated, ip_families, load_balancer_service, node, service_port as port,
+            self, annotated, ip_families, load_balancer_service, node, service_port as port,
             with_internal_ip,
         },
         manifests::load_path,
@@ -19,6 +19,7 @@ use crate::{
 };
 
 mod backends;
+mod metallb;
 mod vips;
 
 fn ip<T: std::str::FromStr<Err: std::fmt::Debug>>(text: &str) -> T {
@@ -31,7 +32,10 @@ fn translator(pools: &[&str]) -> Translator {
         .iter()
         .map(|text| Pool::parse(text).unwrap())
         .collect();
-    Translator::new(TranslateConfig::default(), Pools::new(pools).unwrap())
+    Translator::new(
+        TranslateConfig::default(),
+        Pools::from_flags(pools).unwrap(),
+    )
 }
 
 fn pool() -> Translator {

@@ -87,7 +87,7 @@ fn shared_vip_for_disjoint_ports() {
     assert_eq!(
         skipped(&translation),
         [
-            "Service ns/quiet: VIP 198.51.100.4 is already used by ns/dns; only Services that both request it may share it"
+            "Service ns/quiet: VIP 198.51.100.4 is already used by ns/dns; only Services that both request it, or have the same sharing key (allow-shared-ip), may share it"
         ]
     );
 }
@@ -269,7 +269,7 @@ fn the_holder_of_an_address_keeps_it() {
     assert_eq!(
         skipped(&translation),
         [
-            "Service ns/a: VIP 198.51.100.9 is already used by ns/b; only Services that both request it may share it"
+            "Service ns/a: VIP 198.51.100.9 is already used by ns/b; only Services that both request it, or have the same sharing key (allow-shared-ip), may share it"
         ]
     );
 

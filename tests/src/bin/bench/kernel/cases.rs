@@ -42,7 +42,7 @@ const SELF_CLIENT_PORT: u16 = 41000;
 /// Ring size of the many-services scenario: the Maglev map then takes
 /// MAX_SERVICES x 2 slots x 1021 entries x 4 bytes.
 const SMALL_RING: u32 = 1021;
-const MANY_SERVICES: usize = 1000;
+const MANY_SERVICES: usize = 10_000;
 /// Flow-table fill per CPU beyond its share, so every per-CPU LRU list is full.
 const FILL_EXTRA: f64 = 0.02;
 
@@ -189,6 +189,8 @@ pub fn measure_all(bed: &Bed, options: Options) -> Result<Section> {
             "established batched",
         ],
     );
+    // The established per-call cost with one service and with many.
+    let mut established = Vec::new();
     for services in [1, MANY_SERVICES] {
         eprintln!("kernel: {services} service(s), M = {SMALL_RING}");
         let dataplane = many_services_dataplane(bed, services)?;
@@ -200,7 +202,14 @@ pub fn measure_all(bed: &Bed, options: Options) -> Result<Section> {
             occupancy,
             &results,
         ));
+        established.push(per_call(&results, "established TCP flow"));
     }
+    let mut goals = vec![super::ratio_goal(
+        format!("established per call with {MANY_SERVICES} services <= 1.1x with one (flat)"),
+        established[1],
+        established[0],
+        1.1,
+    )];
     scaling.row(vec![
         "100,000 services".to_owned(),
         "not possible".to_owned(),
@@ -248,6 +257,12 @@ pub fn measure_all(bed: &Bed, options: Options) -> Result<Section> {
             occupancy,
             &results,
         ));
+        goals.push(super::ratio_goal(
+            "new TCP flow, flow table full: per call <= 7x the floor".to_owned(),
+            per_call(&results, "new TCP flow"),
+            per_call(&results, FLOOR),
+            7.0,
+        ));
     }
     notes.push(format!(
         "One batched call with `repeat` = 2 took {:.0} µs of CPU (median): the fixed cost \
@@ -275,6 +290,7 @@ pub fn measure_all(bed: &Bed, options: Options) -> Result<Section> {
         &mut log,
     )?;
     let mut section = super::section(options, &main, scaling, notes)?;
+    section.goals.extend(goals);
     section.tables.push(attached);
     section.tables.push(attribution);
     Ok(section)
@@ -412,6 +428,12 @@ fn attribution(
         ]);
     }
     Ok(table)
+}
+
+/// The median per-call figure of case `name`.
+fn per_call(results: &[CaseResult], name: &str) -> Option<f64> {
+    let result = results.iter().find(|r| r.name == name)?;
+    result.per_call.map(|f| f.median)
 }
 
 fn scaling_row(scenario: &str, occupancy: usize, results: &[CaseResult]) -> Vec<String> {
