@@ -97,13 +97,11 @@ async fn sync_until_signalled(
     let mut hangup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     let mut checker = HealthChecker::start(options.health.clone());
     let bpffs = options.dataplane.pin_dir.clone().unwrap_or_default();
-    let mut announcer = Announcer::start(&options.interfaces, &bpffs)
-        .context("reading the interfaces' addresses")?;
-    let announcement = &mut options.announcement;
-    if let Some(bgp) = announcement.bgp.take() {
-        announcer.set_bgp(bgp);
-    }
+    let announcement = &options.announcement;
     let mut planner = Planner::new(announcement.mode, announcement.explicit);
+    let bgp = options.announcement.bgp.clone();
+    let mut announcer = Announcer::start(&options.interfaces, &bpffs, bgp)
+        .context("reading the interfaces' addresses")?;
     // Drains and failed BGP updates are looked at again this often.
     let mut refresh = tokio::time::interval(std::time::Duration::from_secs(1));
     // What health verdicts are applied to when they change.
@@ -119,6 +117,7 @@ async fn sync_until_signalled(
                 Ok(objects) => {
                     let translation = options.translator.translate(&objects);
                     let plan = planner.plan(&objects, &translation);
+                    announcer.configure(&objects.metallb);
                     checker.watch(&translation);
                     let state = checker.apply(&translation);
                     program(dataplane, options, &state, &mut failed);

@@ -6,7 +6,7 @@ use lb::{
     agent::{self, AgentOptions},
     announce::{
         self, Announce, Announcement, BgpStart,
-        bgp::{Bfd, BgpError, BgpSettings, parse_asn},
+        bgp::{Bfd, BgpError, BgpSettings, FlagSettings, Session, parse_asn},
         bird::{Bird, find_binary},
     },
     catalog::Catalog,
@@ -129,18 +129,29 @@ fn announcement(args: &AgentArgs) -> Result<Announcement> {
     {
         return Err(BgpError::NotBgp(flag).into());
     }
+    let flags = match mode {
+        Announce::Bgp => Some(flag_sessions(args)?),
+        _ => None,
+    };
+    // Found now when the flags ask for BGP: a missing BIRD stops the agent
+    // before anything is loaded. BGPPeer objects look for it when they come.
+    let bird = match flags {
+        Some(_) => find_binary(&bgp.bird)?,
+        None => bgp.bird.clone(),
+    };
     Ok(Announcement {
         mode,
         explicit: args.announce.is_some(),
-        bgp: match mode {
-            Announce::Bgp => Some(bgp_start(args)?),
-            _ => None,
+        bgp: BgpStart {
+            flags,
+            bird,
+            router_id: bgp.bgp_router_id,
         },
     })
 }
 
 /// The BGP sessions of `--announce bgp`.
-fn bgp_start(args: &AgentArgs) -> Result<BgpStart> {
+fn flag_sessions(args: &AgentArgs) -> Result<BgpSettings> {
     let bgp = &args.bgp;
     let asn = parse_asn(
         "--bgp-asn",
@@ -162,20 +173,19 @@ fn bgp_start(args: &AgentArgs) -> Result<BgpStart> {
             .first()
             .ok_or_else(|| BgpError::NoRouterId(first.clone()))?,
     };
-    let bird = find_binary(&bgp.bird)?;
-    let bfd = (!bgp.bfd_interval.is_zero()).then_some(Bfd {
-        interval: bgp.bfd_interval,
-        multiplier: bgp.bfd_multiplier,
-    });
-    Ok(BgpStart {
-        settings: BgpSettings {
-            asn,
-            router_id,
-            peers,
-            hold_time: bgp.bgp_hold_time,
-            bfd,
-        },
-        bird,
+    let flags = FlagSettings {
+        asn,
+        hold_time: bgp.bgp_hold_time,
+        bfd: (!bgp.bfd_interval.is_zero())
+            .then(|| Bfd::symmetric(bgp.bfd_interval, bgp.bfd_multiplier)),
+    };
+    Ok(BgpSettings {
+        router_id: Some(router_id),
+        sessions: peers
+            .iter()
+            .enumerate()
+            .map(|(index, peer)| Session::of_flag(index, peer, &flags))
+            .collect(),
     })
 }
 

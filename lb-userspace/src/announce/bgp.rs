@@ -1,18 +1,12 @@
-//! `--announce bgp`: the settings of the BGP sessions, checked before
-//! anything is loaded, and the BIRD configuration they make.
+//! The BGP sessions: what BIRD is configured with, from the `--bgp-*` flags
+//! (checked before anything is loaded) or from MetalLB's BGPPeers.
 
 use std::{
-    collections::BTreeSet,
-    fmt::Write as _,
+    fmt,
     net::{IpAddr, Ipv4Addr},
-    path::Path,
     str::FromStr,
     time::Duration,
 };
-
-/// Names of BIRD's protocols, which `lb bgp` and the tests read back.
-pub const STATIC_V4: &str = "lb_vips4";
-pub const STATIC_V6: &str = "lb_vips6";
 
 #[derive(thiserror::Error, Debug, PartialEq, Eq)]
 pub enum BgpError {
@@ -71,90 +65,116 @@ pub fn parse_asn(flag: &'static str, text: &str) -> Result<u32, BgpError> {
         })
 }
 
-/// Bidirectional Forwarding Detection on every session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Bfd {
-    pub interval: Duration,
-    pub multiplier: u32,
-}
-
-/// Everything BIRD is configured from, besides the VIPs.
+/// The BGP sessions BIRD runs, from the flags or from BGPPeer objects.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BgpSettings {
-    pub asn: u32,
-    pub router_id: Ipv4Addr,
-    pub peers: Vec<BgpPeer>,
+    /// `None`: BIRD picks one of this host's IPv4 addresses.
+    pub router_id: Option<Ipv4Addr>,
+    pub sessions: Vec<Session>,
+}
+
+/// One BGP session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    /// The name advertisements pick it by (a BGPPeer's name; `peerN` for
+    /// the `N`th `--bgp-peer`); BIRD's protocol is `lb_` and the name.
+    pub name: String,
+    pub address: IpAddr,
+    pub port: u16,
+    pub peer_as: PeerAs,
+    pub local_as: u32,
+    pub source_address: Option<IpAddr>,
+    /// Seconds; 0: no hold timer, and no keepalives.
     pub hold_time: u16,
-    /// `None`: BFD off.
+    /// Seconds; `None`: a third of the hold time.
+    pub keepalive_time: Option<u16>,
+    /// This session's own router id, else BIRD's.
+    pub router_id: Option<Ipv4Addr>,
+    pub bfd: Option<Bfd>,
+    /// TCP MD5 signatures (RFC 2385).
+    pub password: Option<String>,
+    /// An eBGP peer that is not on a segment of this host.
+    pub multihop: bool,
+}
+
+/// The peer's AS: a number, or whichever the peer says, the same as ours
+/// (`internal`) or another (`external`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerAs {
+    Number(u32),
+    Internal,
+    External,
+}
+
+impl fmt::Display for PeerAs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Number(asn) => write!(f, "as {asn}"),
+            Self::Internal => f.write_str("internal"),
+            Self::External => f.write_str("external"),
+        }
+    }
+}
+
+impl Session {
+    /// The session of the `index`th `--bgp-peer`, as the flags set it up.
+    pub fn of_flag(index: usize, peer: &BgpPeer, flags: &FlagSettings) -> Self {
+        Self {
+            name: format!("peer{}", index + 1),
+            address: peer.address,
+            port: BGP_PORT,
+            peer_as: PeerAs::Number(peer.asn),
+            local_as: flags.asn,
+            source_address: None,
+            hold_time: flags.hold_time,
+            keepalive_time: None,
+            router_id: None,
+            bfd: flags.bfd,
+            password: None,
+            multihop: false,
+        }
+    }
+
+    /// Whether both ends are in one AS.
+    pub fn internal(&self) -> bool {
+        match self.peer_as {
+            PeerAs::Number(asn) => asn == self.local_as,
+            PeerAs::Internal => true,
+            PeerAs::External => false,
+        }
+    }
+}
+
+pub const BGP_PORT: u16 = 179;
+
+/// What the `--bgp-*` and `--bfd-*` flags set for every session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlagSettings {
+    pub asn: u32,
+    pub hold_time: u16,
     pub bfd: Option<Bfd>,
 }
 
-impl BgpSettings {
-    /// BIRD's configuration; the VIPs' routes are in `routes`, included, so
-    /// they can be withdrawn without this configuration (`lb drain`, `lb down`).
-    pub fn bird_config(&self, routes: &Path, log: &Path) -> String {
-        let mut conf = format!(
-            "# Written by lb agent, rewritten on every change: do not edit.\n\
-             router id {};\n\
-             log \"{}\" all;\n\
-             protocol device {{}}\n",
-            self.router_id,
-            log.display()
-        );
-        if let Some(bfd) = self.bfd {
-            let ms = bfd.interval.as_millis();
-            let _ = writeln!(
-                conf,
-                "protocol bfd lb_bfd {{ interface \"*\" {{ min rx interval {ms} ms; \
-                 min tx interval {ms} ms; multiplier {}; }}; }}",
-                bfd.multiplier
-            );
-        }
-        let _ = writeln!(conf, "include \"{}\";", routes.display());
-        for (index, peer) in self.peers.iter().enumerate() {
-            let (family, routes) = match peer.address {
-                IpAddr::V4(_) => ("ipv4", STATIC_V4),
-                IpAddr::V6(_) => ("ipv6", STATIC_V6),
-            };
-            let _ = writeln!(
-                conf,
-                "protocol bgp {} {{ local as {}; neighbor {} as {}; hold time {}; {}\
-                 {family} {{ import none; export where proto = \"{routes}\"; next hop self; }}; }}",
-                peer_name(index),
-                self.asn,
-                peer.address,
-                peer.asn,
-                self.hold_time,
-                if self.bfd.is_some() { "bfd on; " } else { "" },
-            );
-        }
-        conf
-    }
+/// Bidirectional Forwarding Detection on a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bfd {
+    pub receive_interval: Duration,
+    pub transmit_interval: Duration,
+    pub multiplier: u32,
+    /// Wait for the peer to start the session.
+    pub passive: bool,
 }
 
-/// BIRD's name of the session with the `index`th peer.
-pub fn peer_name(index: usize) -> String {
-    format!("lb_peer{}", index + 1)
-}
-
-/// The static routes BIRD announces: one /32 or /128 per VIP. Blackhole:
-/// they are only announced; no route enters this host's kernel table.
-pub fn routes(vips: &BTreeSet<IpAddr>) -> String {
-    let mut v4 = String::new();
-    let mut v6 = String::new();
-    for vip in vips {
-        match vip {
-            IpAddr::V4(ip) => {
-                let _ = write!(v4, " route {ip}/32 blackhole;");
-            }
-            IpAddr::V6(ip) => {
-                let _ = write!(v6, " route {ip}/128 blackhole;");
-            }
+impl Bfd {
+    /// The same interval both ways, as `--bfd-interval` sets it.
+    pub fn symmetric(interval: Duration, multiplier: u32) -> Self {
+        Self {
+            receive_interval: interval,
+            transmit_interval: interval,
+            multiplier,
+            passive: false,
         }
     }
-    format!(
-        "protocol static {STATIC_V4} {{ ipv4;{v4} }}\nprotocol static {STATIC_V6} {{ ipv6;{v6} }}\n"
-    )
 }
 
 #[cfg(test)]
@@ -190,62 +210,5 @@ mod tests {
             "router@64500".parse::<BgpPeer>(),
             Err(BgpError::PeerAddress { .. })
         ));
-    }
-
-    #[test]
-    fn the_configuration_has_every_session_with_bfd() {
-        let settings = BgpSettings {
-            asn: 64512,
-            router_id: Ipv4Addr::new(10, 1, 0, 2),
-            peers: vec![
-                "10.1.0.1@64500".parse().unwrap(),
-                "2001:db8:1::1@64500".parse().unwrap(),
-            ],
-            hold_time: 90,
-            bfd: Some(Bfd {
-                interval: Duration::from_millis(100),
-                multiplier: 3,
-            }),
-        };
-        let conf = settings.bird_config(
-            Path::new("/run/lb/x/routes.conf"),
-            Path::new("/run/lb/x/bird.log"),
-        );
-        assert_eq!(
-            conf,
-            "# Written by lb agent, rewritten on every change: do not edit.\n\
-             router id 10.1.0.2;\n\
-             log \"/run/lb/x/bird.log\" all;\n\
-             protocol device {}\n\
-             protocol bfd lb_bfd { interface \"*\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }; }\n\
-             include \"/run/lb/x/routes.conf\";\n\
-             protocol bgp lb_peer1 { local as 64512; neighbor 10.1.0.1 as 64500; hold time 90; bfd on; \
-             ipv4 { import none; export where proto = \"lb_vips4\"; next hop self; }; }\n\
-             protocol bgp lb_peer2 { local as 64512; neighbor 2001:db8:1::1 as 64500; hold time 90; bfd on; \
-             ipv6 { import none; export where proto = \"lb_vips6\"; next hop self; }; }\n"
-        );
-        let without = BgpSettings {
-            bfd: None,
-            ..settings
-        };
-        let conf = without.bird_config(Path::new("r"), Path::new("l"));
-        assert!(!conf.contains("bfd"), "{conf}");
-    }
-
-    #[test]
-    fn routes_are_host_routes_per_family() {
-        let vips: BTreeSet<IpAddr> = ["198.51.100.10", "2001:db8:ff::10", "198.51.100.11"]
-            .iter()
-            .map(|v| v.parse().unwrap())
-            .collect();
-        assert_eq!(
-            routes(&vips),
-            "protocol static lb_vips4 { ipv4; route 198.51.100.10/32 blackhole; route 198.51.100.11/32 blackhole; }\n\
-             protocol static lb_vips6 { ipv6; route 2001:db8:ff::10/128 blackhole; }\n"
-        );
-        assert_eq!(
-            routes(&BTreeSet::new()),
-            "protocol static lb_vips4 { ipv4; }\nprotocol static lb_vips6 { ipv6; }\n"
-        );
     }
 }

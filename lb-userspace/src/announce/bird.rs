@@ -17,7 +17,10 @@ use std::{
 
 use serde::Serialize;
 
-use super::bgp::{self, BgpSettings};
+use super::{
+    bgp::BgpSettings,
+    bird_config::{self, Exports},
+};
 use crate::rundir;
 
 /// How long BIRD may take to open its control socket, or to exit.
@@ -106,31 +109,42 @@ impl Bird {
         self.command("show status").is_ok()
     }
 
-    /// Configures BIRD for `settings` announcing `vips`: reconfigures the
+    /// Configures BIRD for `settings` announcing `exports`: reconfigures the
     /// running one (an earlier agent's, too), or starts one.
     pub fn apply(
         &self,
         binary: &Path,
         settings: &BgpSettings,
-        vips: &BTreeSet<IpAddr>,
+        exports: &Exports,
     ) -> Result<(), BirdError> {
         fs::create_dir_all(&self.dir).map_err(|source| BirdError::Write {
             path: self.dir.clone(),
             source,
         })?;
-        self.write("routes.conf", &bgp::routes(vips))?;
-        let config = settings.bird_config(&self.file("routes.conf"), &self.file("bird.log"));
-        self.write("bird.conf", &config)?;
+        self.write_routes(settings, exports)?;
+        self.write("bird.conf", &bird_config::bird_config(settings, &self.dir))?;
         if self.running() {
             return self.configure();
         }
         self.start(binary)
     }
 
-    /// Announces exactly `vips`, with the configuration as it is.
-    pub fn announce(&self, vips: &BTreeSet<IpAddr>) -> Result<(), BirdError> {
-        self.write("routes.conf", &bgp::routes(vips))?;
+    /// Announces exactly `exports`, with the sessions of `settings` as they
+    /// are.
+    pub fn announce(&self, settings: &BgpSettings, exports: &Exports) -> Result<(), BirdError> {
+        self.write_routes(settings, exports)?;
         self.configure()
+    }
+
+    /// Withdraws every route, whatever the sessions.
+    pub fn withdraw(&self) -> Result<(), BirdError> {
+        self.write("routes.conf", &bird_config::routes(&BTreeSet::new()))?;
+        self.configure()
+    }
+
+    fn write_routes(&self, settings: &BgpSettings, exports: &Exports) -> Result<(), BirdError> {
+        self.write("exports.conf", &bird_config::exports(settings, exports))?;
+        self.write("routes.conf", &bird_config::routes(&exports.prefixes()))
     }
 
     /// Withdraws everything, then shuts BIRD down and removes its files.
@@ -140,7 +154,7 @@ impl Bird {
             let _ = fs::remove_dir_all(&self.dir);
             return Ok(false);
         }
-        self.announce(&BTreeSet::new())?;
+        self.withdraw()?;
         std::thread::sleep(WITHDRAW_GRACE);
         let pid = fs::read_to_string(self.file("bird.pid")).ok();
         self.command("down")?;
@@ -236,7 +250,7 @@ impl Bird {
             session.bfd = bfd_state(&bfd, &session.peer);
         }
         let mut announced = BTreeSet::new();
-        for name in [bgp::STATIC_V4, bgp::STATIC_V6] {
+        for name in [bird_config::STATIC_V4, bird_config::STATIC_V6] {
             let routes = self.command(&format!("show route protocol {name}"))?;
             announced.extend(prefixes(&routes));
         }
@@ -287,7 +301,8 @@ pub struct BgpStatus {
 
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]
 pub struct Session {
-    /// BIRD's protocol name (`lb_peer1`, ...).
+    /// The session's name: the BGPPeer's, or `peerN` for the `N`th
+    /// `--bgp-peer` (BIRD's protocol name without its `lb_`).
     pub name: String,
     pub peer: String,
     pub peer_as: String,
@@ -303,8 +318,12 @@ fn parse_sessions(text: &str) -> Vec<Session> {
     for line in text.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
         if !line.starts_with(' ') && words.get(1) == Some(&"BGP") {
+            let protocol = words[0];
             sessions.push(Session {
-                name: words[0].to_owned(),
+                name: protocol
+                    .strip_prefix(bird_config::SESSION_PREFIX)
+                    .unwrap_or(protocol)
+                    .to_owned(),
                 ..Session::default()
             });
             continue;
@@ -379,7 +398,7 @@ mod tests {
         assert_eq!(
             sessions,
             [Session {
-                name: "lb_peer1".to_owned(),
+                name: "peer1".to_owned(),
                 peer: "10.1.0.1".to_owned(),
                 peer_as: "64500".to_owned(),
                 state: "Established".to_owned(),

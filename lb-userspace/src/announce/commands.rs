@@ -2,7 +2,6 @@
 //! and `lb drain`; `lb down` stops BIRD through [`Bird::stop`].
 
 use std::{
-    collections::BTreeSet,
     fs,
     time::{Duration, Instant},
 };
@@ -83,7 +82,7 @@ pub fn drain(args: &DrainArgs) -> Result<()> {
     running(&bird, bpffs)?;
     fs::write(&marker, "").with_context(|| format!("writing {}", marker.display()))?;
     // Withdrawn here too, so draining works while no agent runs.
-    bird.announce(&BTreeSet::new()).context("withdrawing")?;
+    bird.withdraw().context("withdrawing")?;
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     loop {
         let announced = bird.status().context("asking BIRD")?.announced;

@@ -5,23 +5,29 @@
 pub mod arp;
 pub mod bgp;
 pub mod bird;
+pub mod bird_config;
 pub mod commands;
+pub mod community;
 pub mod plan;
 pub mod planner;
+pub mod speaker;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
-    path::{Path, PathBuf},
+    path::Path,
 };
 
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::{
     dataplane::Dataplane,
+    k8s::objects::MetallbObjects,
     model::{DesiredState, Frontend},
 };
 use plan::{AnnouncementPlan, BgpAnnouncement};
+pub use speaker::BgpStart;
+use speaker::Speaker;
 
 /// How the agent makes VIPs reachable on the segment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -43,49 +49,31 @@ pub struct Announcement {
     /// `--announce` was given (command line or config file): advertisements
     /// overruling it are worth a word.
     pub explicit: bool,
-    /// The BGP sessions of `--announce bgp`.
-    pub bgp: Option<BgpStart>,
-}
-
-/// What BIRD is started with.
-pub struct BgpStart {
-    pub settings: bgp::BgpSettings,
-    /// The BIRD binary, found before anything was loaded.
-    pub bird: PathBuf,
+    pub bgp: BgpStart,
 }
 
 /// Keeps the segment and the routers told of the VIPs, as the plan says:
 /// layer 2 and BGP side by side.
 pub struct Announcer {
     l2: arp::Announcer,
-    /// `None` until BGP sessions are configured.
-    bgp: Option<Speaker>,
-    bpffs: PathBuf,
+    bgp: Speaker,
     /// Interface names the plan asks for that lb is not attached to, and
     /// VIPs to announce over BGP without sessions: said once per change.
     problems: BTreeSet<String>,
 }
 
 impl Announcer {
-    pub fn start(interfaces: &[String], bpffs: &Path) -> std::io::Result<Self> {
+    pub fn start(interfaces: &[String], bpffs: &Path, bgp: BgpStart) -> std::io::Result<Self> {
         Ok(Self {
             l2: arp::Announcer::new(interfaces)?,
-            bgp: None,
-            bpffs: bpffs.to_owned(),
+            bgp: Speaker::new(bpffs, bgp),
             problems: BTreeSet::new(),
         })
     }
 
-    /// Starts announcing over BGP with these sessions, or, when BGP runs
-    /// already, reconfigures BIRD for them at the next update.
-    pub fn set_bgp(&mut self, start: BgpStart) {
-        self.bgp = Some(Speaker {
-            bird: bird::Bird::of(&self.bpffs),
-            binary: start.bird,
-            settings: start.settings,
-            announced: None,
-            wanted: None,
-        });
+    /// Takes the BGP sessions MetalLB's objects set up, if any.
+    pub fn configure(&mut self, metallb: &MetallbObjects) {
+        self.bgp.configure(metallb);
     }
 
     /// Brings the announcements in line with `plan` and what is served:
@@ -124,12 +112,12 @@ impl Announcer {
                 (!routes.is_empty()).then(|| (vip, routes.clone()))
             })
             .collect();
-        match &mut self.bgp {
-            Some(speaker) => speaker.update(routes),
-            None => problems.extend(routes.keys().map(|vip| {
+        if !self.bgp.has_sessions() {
+            problems.extend(routes.keys().map(|vip| {
                 format!("{vip}: to be announced over BGP, but no BGP session is configured")
-            })),
+            }));
         }
+        self.bgp.update(routes);
         for problem in problems.difference(&self.problems) {
             warn!("not announced as asked: {problem}");
         }
@@ -138,58 +126,11 @@ impl Announcer {
 
     /// Checks again what only time changes (`lb drain`, a BIRD that failed).
     pub fn refresh(&mut self) {
-        if let Some(speaker) = &mut self.bgp
-            && let Some(wanted) = speaker.wanted.clone()
-        {
-            speaker.update(wanted);
-        }
+        self.bgp.refresh();
     }
 
     /// The VIPs BIRD announces, as far as the agent knows.
     pub fn bgp_announced(&self) -> BTreeSet<IpAddr> {
-        let announced = self.bgp.as_ref().and_then(|s| s.announced.as_ref());
-        announced.cloned().unwrap_or_default()
-    }
-}
-
-/// The agent's side of its BIRD.
-pub struct Speaker {
-    bird: bird::Bird,
-    binary: PathBuf,
-    settings: bgp::BgpSettings,
-    /// What BIRD was last told to announce; `None` until it was configured.
-    announced: Option<BTreeSet<IpAddr>>,
-    /// The routes the plan and the data path say should be announced.
-    wanted: Option<BTreeMap<IpAddr, Vec<BgpAnnouncement>>>,
-}
-
-impl Speaker {
-    fn update(&mut self, wanted: BTreeMap<IpAddr, Vec<BgpAnnouncement>>) {
-        let vips = if self.bird.draining() {
-            BTreeSet::new()
-        } else {
-            wanted.keys().copied().collect()
-        };
-        self.wanted = Some(wanted);
-        if self.announced.as_ref() == Some(&vips) {
-            return;
-        }
-        // The first time, the whole configuration (taking over a running
-        // BIRD, or starting one); then only the routes change.
-        let result = match self.announced {
-            None => self.bird.apply(&self.binary, &self.settings, &vips),
-            Some(_) => self.bird.announce(&vips),
-        };
-        match result {
-            Ok(()) => {
-                info!(vips = vips.len(), "BGP announcements updated");
-                self.announced = Some(vips);
-            }
-            // Tried again at the next refresh.
-            Err(e) => {
-                warn!(error = %e, "announcing over BGP");
-                self.announced = None;
-            }
-        }
+        self.bgp.announced()
     }
 }

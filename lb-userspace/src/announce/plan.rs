@@ -41,9 +41,8 @@ pub struct BgpAnnouncement {
     /// for an aggregate covering it.
     pub prefix_len: u8,
     pub local_pref: Option<u32>,
-    /// Standard (`65535:65282`) and large (`large:1:2:3`) communities, or
-    /// names of Community aliases, as the BGPAdvertisement writes them: the
-    /// BGP configuration resolves and checks them.
+    /// Standard (`65535:65282`) and large (`large:1:2:3`) communities, as
+    /// values (Community aliases resolved).
     pub communities: BTreeSet<String>,
     /// The BGP peers (by name) it goes to; `None`: every peer.
     pub peers: Option<BTreeSet<String>>,

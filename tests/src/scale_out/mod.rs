@@ -93,6 +93,19 @@ impl ScaleOut {
     /// Builds the segment with `host_count` lb hosts and `node_count` nodes;
     /// the router peers with every host.
     pub fn new(host_count: usize, node_count: usize) -> Result<ScaleOut> {
+        Self::with_router(host_count, node_count, |_, peers| {
+            Ok(bird::router_config(ROUTER_IP, peers))
+        })
+    }
+
+    /// [`new`](Self::new) with a router of the caller's: `setup` prepares
+    /// its namespace (wired, before BIRD starts) and returns its BIRD's
+    /// configuration for the lb hosts' addresses.
+    pub fn with_router(
+        host_count: usize,
+        node_count: usize,
+        setup: impl FnOnce(&NetNs, &[Ipv4Addr]) -> Result<String>,
+    ) -> Result<ScaleOut> {
         ensure!(
             (1..=FABRIC_HOST_PORTS.len()).contains(&host_count),
             "1 to {} lb hosts",
@@ -114,7 +127,7 @@ impl ScaleOut {
             .map(|index| topology::plug_node(&fabric, index))
             .collect::<Result<_>>()?;
         let peers: Vec<Ipv4Addr> = hosts.iter().map(|host| host.ip).collect();
-        let router_bird = Bird::start(&router, &bird::router_config(ROUTER_IP, &peers))?;
+        let router_bird = Bird::start(&router, &setup(&router, &peers)?)?;
         Ok(ScaleOut {
             router_bird,
             client,

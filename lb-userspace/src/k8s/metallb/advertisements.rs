@@ -10,7 +10,10 @@ use std::{
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
-use super::objects::{BGPAdvertisementSpec, IPAddressPool, L2AdvertisementSpec};
+use super::{
+    communities::Aliases,
+    objects::{BGPAdvertisementSpec, IPAddressPool, L2AdvertisementSpec},
+};
 use crate::{
     announce::plan::{AnnouncementPlan, BgpAnnouncement, L2Announcement},
     k8s::{
@@ -51,13 +54,17 @@ pub fn plan(metallb: &MetallbObjects, vip_pools: &BTreeMap<IpAddr, String>) -> A
             Err(reason) => skipped.push(object.skipped(reason)),
         }
     }
-    let mut bgp = BTreeMap::<&str, Vec<&BGPAdvertisementSpec>>::new();
+    let (aliases, bad_aliases) = Aliases::of(&metallb.communities);
+    skipped.extend(bad_aliases);
+    let mut bgp = BTreeMap::<&str, Vec<(&BGPAdvertisementSpec, BTreeSet<String>)>>::new();
     for advertisement in &metallb.bgp_advertisements {
         let object = Object::new("BGPAdvertisement", &advertisement.metadata);
-        match bgp_advertisement(&advertisement.spec, &pools) {
-            Ok(selected) => {
+        match bgp_advertisement(&advertisement.spec, &pools, &aliases) {
+            Ok((selected, communities)) => {
                 for pool in selected {
-                    bgp.entry(pool).or_default().push(&advertisement.spec);
+                    bgp.entry(pool)
+                        .or_default()
+                        .push((&advertisement.spec, communities.clone()));
                 }
             }
             Err(reason) => skipped.push(object.skipped(reason)),
@@ -70,7 +77,7 @@ pub fn plan(metallb: &MetallbObjects, vip_pools: &BTreeMap<IpAddr, String>) -> A
             .get(pool.as_str())
             .into_iter()
             .flatten()
-            .map(|spec| bgp_announcement(spec, *vip))
+            .map(|(spec, communities)| bgp_announcement(spec, communities, *vip))
             .collect();
         routes.sort();
         routes.dedup();
@@ -170,10 +177,12 @@ fn l2_advertisement<'a>(
     Ok((selected, spec.interfaces.iter().cloned().collect()))
 }
 
+/// The pools an advertisement selects and its communities' values.
 fn bgp_advertisement<'a>(
     spec: &'a BGPAdvertisementSpec,
     pools: &Pools<'a>,
-) -> Result<BTreeSet<&'a str>, String> {
+    aliases: &Aliases,
+) -> Result<(BTreeSet<&'a str>, BTreeSet<String>), String> {
     for (field, length, max) in [
         ("aggregationLength", spec.aggregation_length, 32),
         ("aggregationLengthV6", spec.aggregation_length_v6, 128),
@@ -182,13 +191,21 @@ fn bgp_advertisement<'a>(
             return Err(format!("spec.{field}: {length} is not 0 to {max}"));
         }
     }
-    pools.select(&spec.ip_address_pools, &spec.ip_address_pool_selectors)
+    let communities = aliases.resolve(&spec.communities)?;
+    let selected = pools.select(&spec.ip_address_pools, &spec.ip_address_pool_selectors)?;
+    Ok((
+        selected,
+        communities.iter().map(ToString::to_string).collect(),
+    ))
 }
 
-/// The route one BGPAdvertisement makes for `vip`. Communities are passed on
-/// as written (values or Community names): the BGP configuration resolves
-/// and checks them.
-fn bgp_announcement(spec: &BGPAdvertisementSpec, vip: IpAddr) -> BgpAnnouncement {
+/// The route one BGPAdvertisement makes for `vip`, with its communities'
+/// values.
+fn bgp_announcement(
+    spec: &BGPAdvertisementSpec,
+    communities: &BTreeSet<String>,
+    vip: IpAddr,
+) -> BgpAnnouncement {
     let length = match vip {
         IpAddr::V4(_) => spec.aggregation_length.unwrap_or(32),
         IpAddr::V6(_) => spec.aggregation_length_v6.unwrap_or(128),
@@ -197,7 +214,7 @@ fn bgp_announcement(spec: &BGPAdvertisementSpec, vip: IpAddr) -> BgpAnnouncement
         // Checked in range by `bgp_advertisement`.
         prefix_len: u8::try_from(length).unwrap_or(u8::MAX),
         local_pref: spec.local_pref,
-        communities: spec.communities.iter().cloned().collect(),
+        communities: communities.clone(),
         peers: (!spec.peers.is_empty()).then(|| spec.peers.iter().cloned().collect()),
     }
 }

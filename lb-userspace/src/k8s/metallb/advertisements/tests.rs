@@ -156,7 +156,14 @@ spec:
   ipAddressPools: [second-pool]
   aggregationLength: 32
   localPref: 100
-  communities: [no-advertise]
+  communities: [no-advertise, 'large:64512:1:2']
+---
+apiVersion: metallb.io/v1beta1
+kind: Community
+metadata: {name: communities, namespace: metallb-system}
+spec:
+  communities:
+  - {name: no-advertise, value: '65535:65282'}
 ---
 apiVersion: metallb.io/v1beta1
 kind: BGPAdvertisement
@@ -171,7 +178,8 @@ spec:
     let local = |prefix_len| BgpAnnouncement {
         prefix_len,
         local_pref: Some(100),
-        communities: BTreeSet::from(["no-advertise".to_owned()]),
+        // The alias resolved through the Community object.
+        communities: BTreeSet::from(["65535:65282".to_owned(), "large:64512:1:2".to_owned()]),
         peers: None,
     };
     let external = |prefix_len| BgpAnnouncement {
@@ -231,6 +239,11 @@ metadata: {name: too-long6, namespace: metallb-system}
 spec: {aggregationLengthV6: -1}
 ---
 apiVersion: metallb.io/v1beta1
+kind: BGPAdvertisement
+metadata: {name: no-alias, namespace: metallb-system}
+spec: {communities: ['65535:65281', NO_EXPORT]}
+---
+apiVersion: metallb.io/v1beta1
 kind: L2Advertisement
 metadata: {name: good, namespace: metallb-system}
 spec: {ipAddressPools: [third-pool]}",
@@ -243,6 +256,8 @@ spec: {ipAddressPools: [third-pool]}",
             "L2Advertisement metallb-system/bad-selector: spec.ipAddressPoolSelectors[0]: matchExpressions[0]: operator In needs values",
             "BGPAdvertisement metallb-system/too-long: spec.aggregationLength: 33 is not 0 to 32",
             "BGPAdvertisement metallb-system/too-long6: spec.aggregationLengthV6: -1 is not 0 to 128",
+            "BGPAdvertisement metallb-system/no-alias: spec.communities[1]: \"NO_EXPORT\" is neither a \
+             community value (65535:65282, large:1:2:3) nor the name of one in a Community object",
         ]
     );
     let plan = advertised.plan.expect("a plan from the good one");
