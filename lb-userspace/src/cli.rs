@@ -41,7 +41,8 @@ pub enum Command {
     Stats(StatsArgs),
     /// Tell which backend a new flow would get, and whether a flow entry pins it already.
     Trace(TraceArgs),
-    /// Show the BGP sessions of `--announce bgp` and the prefixes announced.
+    /// Show the BGP sessions (named as their BGPPeers, or `peerN` for the
+    /// `N`th `--bgp-peer`) and the prefixes announced.
     /// JSON: {"sessions": [{"name", "peer", "peer_as", "state", "bfd"}],
     /// "announced": ["198.51.100.10/32", ...], "draining": false}.
     Bgp(InspectArgs),

@@ -10,9 +10,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+use serde::{Deserialize as _, Serialize, de::DeserializeOwned};
+
+use k8s_openapi::api::core::v1::{Node, Secret, Service};
+use kube::Resource;
+use lb::k8s::metallb::objects::{BFDProfile, BGPAdvertisement, BGPPeer, Community, IPAddressPool};
 use lb_tests::{
     agent::Agent,
     bird,
+    fake_apiserver::{FakeApiServer, Options},
+    kube_agent::KubeAgent,
     manifests::{self, ManifestFile, ServicePort},
     scale_out::{NODE_PORT, PORT, ROUTER_IP, ScaleOut, host_ip},
     topology::HOST_IFACE,
@@ -23,6 +30,8 @@ use lb_tests::{
 const ROUTER_B: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 2);
 const HOST_B: Ipv4Addr = host_ip(2);
 const PASSWORD: &str = "s3cret md5";
+/// As the API server keeps a Secret's data.
+const PASSWORD_BASE64: &str = "czNjcmV0IG1kNQ==";
 /// router-a's session listens here, not on BGP's port.
 const PORT_A: u16 = 1790;
 
@@ -78,7 +87,7 @@ apiVersion: v1
 kind: Secret
 metadata: {{name: router-a-password, namespace: metallb-system}}
 type: kubernetes.io/basic-auth
-stringData: {{password: '{PASSWORD}'}}
+data: {{password: {PASSWORD_BASE64}}}
 ---
 apiVersion: metallb.io/v1beta1
 kind: BFDProfile
@@ -157,6 +166,32 @@ fn services(net: &ScaleOut) -> String {
             .map(|n| manifests::ready_node_yaml(&n.name, &[n.ip])),
     );
     manifests::documents(&docs)
+}
+
+/// Applies every document of `text` (YAML) to the fake API server, as
+/// `kubectl apply` would.
+fn apply(server: &FakeApiServer, text: &str) -> anyhow::Result<()> {
+    fn typed<K: Resource<DynamicType = ()> + Serialize + DeserializeOwned>(
+        server: &FakeApiServer,
+        value: serde_yaml::Value,
+    ) -> anyhow::Result<()> {
+        server.apply(&serde_yaml::from_value::<K>(value)?).map(drop)
+    }
+    for document in serde_yaml::Deserializer::from_str(text) {
+        let value = serde_yaml::Value::deserialize(document)?;
+        match value["kind"].as_str().unwrap_or_default() {
+            "Service" => typed::<Service>(server, value)?,
+            "Node" => typed::<Node>(server, value)?,
+            "Secret" => typed::<Secret>(server, value)?,
+            "IPAddressPool" => typed::<IPAddressPool>(server, value)?,
+            "BGPPeer" => typed::<BGPPeer>(server, value)?,
+            "BFDProfile" => typed::<BFDProfile>(server, value)?,
+            "Community" => typed::<Community>(server, value)?,
+            "BGPAdvertisement" => typed::<BGPAdvertisement>(server, value)?,
+            other => anyhow::bail!("no kind {other:?} here"),
+        }
+    }
+    Ok(())
 }
 
 /// Polls the router's `show route all protocol NAME` until `done` says so.
@@ -288,4 +323,26 @@ fn a_missing_bird_is_said_once() {
         1,
         "{log}"
     );
+}
+
+/// The same configuration from the (fake) API server, the password from a
+/// Secret's data as the API server keeps it.
+#[test]
+fn bgp_peers_and_advertisements_from_the_api_server() -> anyhow::Result<()> {
+    let net = bed();
+    let bed = KubeAgent::start(
+        &net.hosts[0].ns,
+        &[HOST_IFACE],
+        Options::default(),
+        &["--health-interval", "0"],
+    )?;
+    bed.server.install_metallb_crds();
+    apply(&bed.server, &services(&net))?;
+    apply(&bed.server, &metallb_objects())?;
+    let a = routes_until(&net, "router_a", |r| {
+        r.contains("198.51.100.10/32") && r.contains("198.51.100.11/32")
+    });
+    assert!(a.contains("BGP.local_pref: 150"), "{a}");
+    routes_until(&net, "router_b", |r| r.contains("198.51.100.0/24"));
+    Ok(())
 }
