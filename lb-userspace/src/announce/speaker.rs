@@ -117,14 +117,11 @@ impl Speaker {
             },
             None => return,
         };
-        let draining = self.bird.draining();
-        let (exports, problems) = match draining {
-            true => Default::default(),
-            false => Exports::of(&self.wanted, &settings.sessions),
-        };
-        let vips = match draining {
-            true => BTreeSet::new(),
-            false => self.wanted.keys().copied().collect(),
+        let (exports, problems, vips) = if self.bird.draining() {
+            Default::default()
+        } else {
+            let (exports, problems) = Exports::of(&self.wanted, &settings.sessions);
+            (exports, problems, self.wanted.keys().copied().collect())
         };
         let desired = Applied {
             settings,

@@ -19,7 +19,7 @@ use crate::{
 };
 
 /// MetalLB's defaults.
-const HOLD_TIME: Duration = Duration::from_secs(90);
+const HOLD_TIME_SECONDS: u16 = 90;
 const BFD_INTERVAL_MS: u32 = 300;
 const BFD_MULTIPLIER: u32 = 3;
 
@@ -144,7 +144,7 @@ fn timers(spec: &BGPPeerSpec) -> Result<(u16, Option<u16>), String> {
             .map_err(|_| format!("{field}: {text:?} is longer than 65535s"))
     };
     let hold = seconds("spec.holdTime", spec.hold_time.as_deref())?;
-    let hold = hold.unwrap_or(HOLD_TIME.as_secs() as u16);
+    let hold = hold.unwrap_or(HOLD_TIME_SECONDS);
     if hold != 0 && hold < 3 {
         return Err(format!("spec.holdTime: {hold}s: 0 or at least 3s"));
     }
