@@ -3,7 +3,8 @@
 //! of a pool only a BGPAdvertisement selects are not answered; an
 //! advertisement naming no existing pool is skipped with its reason, and the
 //! rest keep working. From an API server (where MetalLB's CRDs may come
-//! later, and a change of an advertisement takes effect) and from manifests.
+//! later, and a change of an advertisement, its pools or its interfaces,
+//! takes effect) and from manifests.
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -18,6 +19,7 @@ use lb_tests::{
     manifests::{ServicePort, load_balancer_service},
     metallb::{bgp_advertisement, l2_advertisement, pool, yaml},
     on_link::{NODE_PORTS, OnLink, READY, Segment},
+    topology::LB_NODE_IFACE,
 };
 
 const L2_VIP: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1));
@@ -127,6 +129,16 @@ fn l2_advertisements_from_the_api_server_choose_the_vips_answered_by_arp() -> Re
     })?;
     segment.check_answered(&bed.agent, BGP_VIP, "arp_reply")?;
     assert!(announced_l2(&segment, BGP_VIP)?);
+
+    // Restricted to the nodes' side, the client's side no longer answers.
+    let nodes_side = l2_advertisement("l2", &["l2-pool", "bgp-pool"], &[LB_NODE_IFACE]);
+    bed.server.apply(&nodes_side)?;
+    bed.wait_for("the client's side silent", READY, || {
+        segment.forget_neighbours().ok()?;
+        segment.check_unanswered(L2_VIP).ok()
+    })?;
+    segment.check_unanswered(BGP_VIP)?;
+    assert!(announced_l2(&segment, L2_VIP)?, "still announced, on lbn0");
     Ok(())
 }
 

@@ -167,6 +167,14 @@ spec:
 ---
 apiVersion: metallb.io/v1beta1
 kind: BGPAdvertisement
+metadata: {name: local-again, namespace: metallb-system}
+spec:
+  ipAddressPoolSelectors: [{matchLabels: {example: 'true'}}]
+  localPref: 100
+  communities: [no-advertise]
+---
+apiVersion: metallb.io/v1beta1
+kind: BGPAdvertisement
 metadata: {name: external, namespace: metallb-system}
 spec:
   ipAddressPools: [second-pool]
@@ -188,6 +196,7 @@ spec:
         communities: BTreeSet::new(),
         peers: Some(BTreeSet::from(["peer-a".to_owned()])),
     };
+    // The same route twice (local, local-again) is announced once.
     assert_eq!(routes(SECOND), [external(24), local(32)]);
     assert_eq!(routes(SECOND6), [external(64), local(128)]);
     assert!(plan.vips[&ip(SECOND)].l2.is_none());
