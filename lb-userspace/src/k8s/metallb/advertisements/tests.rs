@@ -171,7 +171,7 @@ metadata: {name: local-again, namespace: metallb-system}
 spec:
   ipAddressPoolSelectors: [{matchLabels: {example: 'true'}}]
   localPref: 100
-  communities: [no-advertise]
+  communities: ['large:64512:1:2', '65535:65282']
 ---
 apiVersion: metallb.io/v1beta1
 kind: BGPAdvertisement
