@@ -139,6 +139,12 @@ fn l2_advertisements_from_the_api_server_choose_the_vips_answered_by_arp() -> Re
     })?;
     segment.check_unanswered(BGP_VIP)?;
     assert!(announced_l2(&segment, L2_VIP)?, "still announced, on lbn0");
+
+    // Said once, not at every sync since.
+    let log = bed.agent.log();
+    for once in [SKIPPED, "--announce arp is overruled"] {
+        assert_eq!(log.matches(once).count(), 1, "{once:?} in\n{log}");
+    }
     Ok(())
 }
 
