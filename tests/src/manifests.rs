@@ -72,6 +72,19 @@ pub struct ServicePort<'a> {
     pub target_port: Option<u16>,
 }
 
+impl ServicePort<'static> {
+    /// A TCP port named `http`, to the pods' port of the same number.
+    pub const fn http(port: u16, node_port: u16) -> Self {
+        Self {
+            name: "http",
+            port,
+            protocol: "TCP",
+            node_port,
+            target_port: None,
+        }
+    }
+}
+
 fn yaml(object: &impl Serialize) -> String {
     serde_yaml::to_string(object).expect("Kubernetes objects serialize")
 }
@@ -142,13 +155,7 @@ pub fn http_services_and_nodes<'a>(
         .into_iter()
         .enumerate()
         .map(|(i, (vip, node_port))| {
-            let port = ServicePort {
-                name: "http",
-                port: 80,
-                protocol: "TCP",
-                node_port,
-                target_port: None,
-            };
+            let port = ServicePort::http(80, node_port);
             load_balancer_service_yaml(&format!("web-{i}"), "demo", vip, &[port])
         })
         .collect();

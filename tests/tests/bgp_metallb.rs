@@ -146,13 +146,7 @@ spec:
 
 /// Two Services, 198.51.100.10 and .11, on every node.
 fn services(net: &ScaleOut) -> String {
-    let port = ServicePort {
-        name: "http",
-        port: PORT,
-        protocol: "TCP",
-        node_port: NODE_PORT,
-        target_port: None,
-    };
+    let port = ServicePort::http(PORT, NODE_PORT);
     let web = manifests::load_balancer_service_yaml("web", "edge", "198.51.100.10", &[port]);
     let port = ServicePort {
         node_port: NODE_PORT + 1,

@@ -87,13 +87,7 @@ fn dashboard_queries_name_only_metrics_the_agent_exports() {
     assert_eq!(datasource["query"], "prometheus", "{datasource}");
 
     let topology = Topology::new(Layout::TwoArm, 1).expect("topology");
-    let http = ServicePort {
-        name: "http",
-        port: 80,
-        protocol: "TCP",
-        node_port: 31000,
-        target_port: None,
-    };
+    let http = ServicePort::http(80, 31000);
     let service = manifests::load_balancer_service_yaml("web", "dash", VIP, &[http]);
     let manifests = ManifestFile::new(
         "dashboard",

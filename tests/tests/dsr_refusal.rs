@@ -17,13 +17,7 @@ const READY: Duration = Duration::from_secs(20);
 
 /// The Service and nodes 1 and 2, and the far node if `far`.
 fn manifest(far: bool) -> String {
-    let port = ServicePort {
-        name: "http",
-        port: 80,
-        protocol: "TCP",
-        node_port: 31000,
-        target_port: None,
-    };
+    let port = ServicePort::http(80, 31000);
     let mut docs = vec![manifests::load_balancer_service_yaml(
         "web",
         "demo",

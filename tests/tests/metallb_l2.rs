@@ -87,13 +87,7 @@ fn l2_advertisements_from_the_api_server_choose_the_vips_answered_by_arp() -> Re
         .into_iter()
         .zip(NODE_PORTS)
     {
-        let port = ServicePort {
-            name: "http",
-            port: 80,
-            protocol: "TCP",
-            node_port,
-            target_port: None,
-        };
+        let port = ServicePort::http(80, node_port);
         bed.server
             .apply(&load_balancer_service(name, "demo", vip, &[port]))?;
         segment.wait_until_served(&bed.agent, vip)?;

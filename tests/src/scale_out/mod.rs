@@ -146,13 +146,7 @@ impl ScaleOut {
     /// The Service `web` (TCP [`VIP`]:[`PORT`] to [`NODE_PORT`]) and every
     /// node, Ready: what the agents read.
     pub fn manifest(&self) -> String {
-        let port = ServicePort {
-            name: "http",
-            port: PORT,
-            protocol: "TCP",
-            node_port: NODE_PORT,
-            target_port: None,
-        };
+        let port = ServicePort::http(PORT, NODE_PORT);
         let service = manifests::load_balancer_service_yaml("web", "edge", VIP, &[port]);
         manifests::service_and_nodes(service, &self.nodes)
     }

@@ -220,13 +220,7 @@ fn start_lb(topology: &Topology, scratch: &Scratch) -> Result<Engine> {
 /// One Service of type LoadBalancer with an HTTP and a UDP port, and the nodes.
 fn manifest_yaml(topology: &Topology) -> String {
     let ports = [
-        ServicePort {
-            name: "http",
-            port: HTTP_PORT,
-            protocol: "TCP",
-            node_port: NODE_HTTP_PORT,
-            target_port: None,
-        },
+        ServicePort::http(HTTP_PORT, NODE_HTTP_PORT),
         ServicePort {
             name: "flood",
             port: UDP_PORT,
