@@ -17,7 +17,9 @@ use super::{
 use crate::{
     announce::plan::{AnnouncementPlan, BgpAnnouncement, L2Announcement},
     k8s::{
+        family::Family,
         objects::MetallbObjects,
+        pools::Pool,
         selector::Selector,
         translate::{Problem, Skipped},
     },
@@ -92,21 +94,51 @@ pub fn plan(metallb: &MetallbObjects, vip_pools: &BTreeMap<IpAddr, String>) -> A
     }
 }
 
-/// The IPAddressPools' labels, by name.
-struct Pools<'a>(BTreeMap<&'a str, &'a BTreeMap<String, String>>);
+/// The IPAddressPools' labels, by name, and the valid ones' addresses.
+struct Pools<'a> {
+    labels: BTreeMap<&'a str, &'a BTreeMap<String, String>>,
+    valid: BTreeMap<String, Pool>,
+}
 
 impl<'a> Pools<'a> {
     fn of(pools: &'a [std::sync::Arc<IPAddressPool>]) -> Self {
         static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
-        Self(
-            pools
-                .iter()
-                .filter_map(|pool| {
-                    let name = pool.metadata.name.as_deref()?;
-                    Some((name, pool.metadata.labels.as_ref().unwrap_or(&NO_LABELS)))
-                })
-                .collect(),
-        )
+        let labels = pools
+            .iter()
+            .filter_map(|pool| {
+                let name = pool.metadata.name.as_deref()?;
+                Some((name, pool.metadata.labels.as_ref().unwrap_or(&NO_LABELS)))
+            })
+            .collect();
+        // The invalid ones are reported where the pools are made.
+        let (valid, _) = super::pools::pools(pools);
+        let valid = valid
+            .into_iter()
+            .map(|p| (p.name().to_owned(), p))
+            .collect();
+        Self { labels, valid }
+    }
+
+    /// Whether routes of `length` for the addresses of `pool` cover nothing
+    /// outside it (MetalLB's rule): if not, why.
+    fn check_aggregation(
+        &self,
+        pool: &str,
+        field: &str,
+        length: i32,
+        family: Family,
+    ) -> Result<(), String> {
+        let longest = self
+            .valid
+            .get(pool)
+            .and_then(|pool| pool.longest_prefix(family));
+        match longest {
+            Some(longest) if length < i32::from(longest) => Err(format!(
+                "spec.{field}: {length} is shorter than /{longest}, a block of IPAddressPool \
+                 {pool}'s addresses: the route would cover addresses outside it"
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The pools an advertisement selects: those it names and those its
@@ -117,11 +149,11 @@ impl<'a> Pools<'a> {
         selectors: &[LabelSelector],
     ) -> Result<BTreeSet<&'a str>, String> {
         if names.is_empty() && selectors.is_empty() {
-            return Ok(self.0.keys().copied().collect());
+            return Ok(self.labels.keys().copied().collect());
         }
         let mut selected = BTreeSet::new();
         for (index, name) in names.iter().enumerate() {
-            let (name, _) = self.0.get_key_value(name.as_str()).ok_or_else(|| {
+            let (name, _) = self.labels.get_key_value(name.as_str()).ok_or_else(|| {
                 format!("spec.ipAddressPools[{index}]: no IPAddressPool named {name:?}")
             })?;
             selected.insert(*name);
@@ -130,7 +162,7 @@ impl<'a> Pools<'a> {
             let selector = Selector::new(selector)
                 .map_err(|reason| format!("spec.ipAddressPoolSelectors[{index}]: {reason}"))?;
             selected.extend(
-                self.0
+                self.labels
                     .iter()
                     .filter(|(_, labels)| selector.matches(labels))
                     .map(|(name, _)| *name),
@@ -183,16 +215,28 @@ fn bgp_advertisement<'a>(
     pools: &Pools<'a>,
     aliases: &Aliases,
 ) -> Result<(BTreeSet<&'a str>, BTreeSet<String>), String> {
-    for (field, length, max) in [
-        ("aggregationLength", spec.aggregation_length, 32),
-        ("aggregationLengthV6", spec.aggregation_length_v6, 128),
-    ] {
-        if let Some(length) = length.filter(|length| !(0..=max).contains(length)) {
-            return Err(format!("spec.{field}: {length} is not 0 to {max}"));
-        }
-    }
     let communities = aliases.resolve(&spec.communities)?;
     let selected = pools.select(&spec.ip_address_pools, &spec.ip_address_pool_selectors)?;
+    for (field, length, family) in [
+        ("aggregationLength", spec.aggregation_length, Family::V4),
+        (
+            "aggregationLengthV6",
+            spec.aggregation_length_v6,
+            Family::V6,
+        ),
+    ] {
+        let max = match family {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        };
+        let Some(length) = length else { continue };
+        if !(0..=max).contains(&length) {
+            return Err(format!("spec.{field}: {length} is not 0 to {max}"));
+        }
+        for pool in &selected {
+            pools.check_aggregation(pool, field, length, family)?;
+        }
+    }
     Ok((
         selected,
         communities.iter().map(ToString::to_string).collect(),

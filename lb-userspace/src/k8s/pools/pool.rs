@@ -137,6 +137,43 @@ impl Pool {
         ranges.filter(move |range| Family::of(*range.start()) == family)
     }
 
+    /// The longest prefix among the CIDR blocks its `family` ranges split
+    /// into: an aggregate route shorter than that would cover addresses
+    /// outside the pool.
+    pub fn longest_prefix(&self, family: Family) -> Option<u8> {
+        let bits = match family {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        };
+        let mut longest = None;
+        for range in self.ranges_of(family) {
+            let (mut at, end) = (number(*range.start()), number(*range.end()));
+            loop {
+                // The largest block starting at `at`: as aligned as `at` is,
+                // and no longer than what is left of the range.
+                let left = end - at;
+                let aligned = if at == 0 {
+                    bits
+                } else {
+                    at.trailing_zeros().min(bits)
+                };
+                let fits = if left == u128::MAX {
+                    128
+                } else {
+                    127 - (left + 1).leading_zeros()
+                };
+                let size = aligned.min(fits);
+                let prefix = (bits - size) as u8;
+                longest = longest.max(Some(prefix));
+                match at.checked_add(1u128.checked_shl(size).unwrap_or(0)) {
+                    Some(next) if size < 128 && next <= end && next != 0 => at = next,
+                    _ => break,
+                }
+            }
+        }
+        longest
+    }
+
     pub fn overlaps(&self, other: &Pool) -> bool {
         self.ranges
             .iter()

@@ -296,3 +296,25 @@ fn parse_names_bad_input() {
         "b=10.0.1.0/24,2001:db8:1::/64"
     ]));
 }
+
+#[test]
+fn longest_prefix_of_the_cidr_blocks_a_pool_splits_into() {
+    let longest = |ranges: &[&str], family| {
+        Pool::new("p", ranges, Hosts::All)
+            .unwrap()
+            .longest_prefix(family)
+    };
+    assert_eq!(longest(&["192.168.10.0/24"], V4), Some(24));
+    assert_eq!(longest(&["192.168.10.0/24", "10.0.0.0/16"], V4), Some(24));
+    // 0-7 is a /29; 1-5 splits into /32, /31, /32.
+    assert_eq!(longest(&["10.0.0.0-10.0.0.7"], V4), Some(29));
+    assert_eq!(longest(&["10.0.0.1-10.0.0.5"], V4), Some(32));
+    assert_eq!(
+        longest(&["10.0.0.4-10.0.0.7", "2001:db8::/64"], V4),
+        Some(30)
+    );
+    assert_eq!(longest(&["2001:db8::/64"], V6), Some(64));
+    assert_eq!(longest(&["0.0.0.0/0"], V4), Some(0));
+    assert_eq!(longest(&["::/0"], V6), Some(0));
+    assert_eq!(longest(&["10.0.0.0/24"], V6), None);
+}

@@ -15,7 +15,7 @@ spec: {addresses: [192.168.1.240-192.168.1.250]}
 apiVersion: metallb.io/v1beta1
 kind: IPAddressPool
 metadata: {name: second-pool, namespace: metallb-system, labels: {example: 'true'}}
-spec: {addresses: [192.168.10.0/24, 'fc00:f853:0ccd:e799::/124']}
+spec: {addresses: [192.168.10.0/24, 'fc00:f853:0ccd:e799::/64']}
 ---
 apiVersion: metallb.io/v1beta1
 kind: IPAddressPool
@@ -249,6 +249,11 @@ spec: {aggregationLengthV6: -1}
 ---
 apiVersion: metallb.io/v1beta1
 kind: BGPAdvertisement
+metadata: {name: too-short, namespace: metallb-system}
+spec: {aggregationLength: 24, ipAddressPools: [first-pool]}
+---
+apiVersion: metallb.io/v1beta1
+kind: BGPAdvertisement
 metadata: {name: no-alias, namespace: metallb-system}
 spec: {communities: ['65535:65281', NO_EXPORT]}
 ---
@@ -265,6 +270,9 @@ spec: {ipAddressPools: [third-pool]}",
             "L2Advertisement metallb-system/bad-selector: spec.ipAddressPoolSelectors[0]: matchExpressions[0]: operator In needs values",
             "BGPAdvertisement metallb-system/too-long: spec.aggregationLength: 33 is not 0 to 32",
             "BGPAdvertisement metallb-system/too-long6: spec.aggregationLengthV6: -1 is not 0 to 128",
+            "BGPAdvertisement metallb-system/too-short: spec.aggregationLength: 24 is shorter than \
+             /32, a block of IPAddressPool first-pool's addresses: the route would cover \
+             addresses outside it",
             "BGPAdvertisement metallb-system/no-alias: spec.communities[1]: \"NO_EXPORT\" is neither a \
              community value (65535:65282, large:1:2:3) nor the name of one in a Community object",
         ]
