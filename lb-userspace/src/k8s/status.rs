@@ -4,6 +4,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    hash::{DefaultHasher, Hash as _, Hasher as _},
     net::IpAddr,
     sync::Arc,
 };
@@ -30,9 +31,15 @@ const CONCURRENT_WRITES: usize = 16;
 /// The name Events give as their reporting controller.
 const CONTROLLER: &str = "lb";
 
+/// Recorders the Services are spread over. kube's Recorder scans every Event
+/// it remembers (to make a repeat of one a series) on each publish, so one for
+/// all made assigning thousands of VIPs quadratic. What it remembers is keyed
+/// by the Service, so splitting them by Service forgets nothing.
+const RECORDERS: usize = 64;
+
 pub(super) struct StatusWriter {
     client: Client,
-    recorder: Recorder,
+    recorders: Vec<Recorder>,
     /// Problems already reported, so that each gets one Event while it lasts
     /// rather than one per reconciliation.
     reported: BTreeSet<(String, Problem, String)>,
@@ -48,7 +55,9 @@ impl StatusWriter {
             instance: std::env::var("HOSTNAME").ok(),
         };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorders: (0..RECORDERS)
+                .map(|_| Recorder::new(client.clone(), reporter.clone()))
+                .collect(),
             client,
             reported: BTreeSet::new(),
             to_clear: BTreeMap::new(),
@@ -178,11 +187,10 @@ impl StatusWriter {
             action: "AssignVIP".to_owned(),
             secondary: None,
         };
-        if let Err(error) = self
-            .recorder
-            .publish(&event, &service.object_ref(&()))
-            .await
-        {
+        let mut hasher = DefaultHasher::new();
+        (&service.metadata.namespace, &service.metadata.name).hash(&mut hasher);
+        let recorder = &self.recorders[hasher.finish() as usize % RECORDERS];
+        if let Err(error) = recorder.publish(&event, &service.object_ref(&())).await {
             warn!(%error, reason, "event not recorded");
         }
     }
