@@ -106,6 +106,8 @@ async fn sync_until_signalled(
     let mut last: Option<Translation> = None;
     // Services that could not be programmed last time, and why.
     let mut failed = BTreeMap::new();
+    // The catalog on disk may not match the data path.
+    let mut catalog_stale = true;
     loop {
         tokio::select! {
             _ = terminate.recv() => return Ok(()),
@@ -116,7 +118,7 @@ async fn sync_until_signalled(
                     let translation = options.translator.translate(&objects);
                     checker.watch(&translation);
                     let state = checker.apply(&translation);
-                    program(dataplane, options, &state, &mut failed);
+                    program(dataplane, options, &state, &mut failed, &mut catalog_stale);
                     announcer.update(dataplane, &state, &failed);
                     options.source.report(&translation).await;
                     last = Some(translation);
@@ -132,7 +134,7 @@ async fn sync_until_signalled(
             },
             () = checker.changed() => if let Some(translation) = &last {
                 let state = checker.apply(translation);
-                program(dataplane, options, &state, &mut failed);
+                program(dataplane, options, &state, &mut failed, &mut catalog_stale);
                 announcer.update(dataplane, &state, &failed);
             },
             _ = refresh.tick() => announcer.refresh(),
@@ -181,6 +183,7 @@ fn program(
     options: &AgentOptions,
     state: &DesiredState,
     failed: &mut BTreeMap<Frontend, String>,
+    catalog_stale: &mut bool,
 ) {
     let mut report = match options.dataplane.forwarding {
         Forwarding::Nat => reconcile::apply(dataplane, state),
@@ -206,9 +209,18 @@ fn program(
         failed = report.failed.len(),
         "synced"
     );
+    // Written only when it changed: with 10,000 services a write takes
+    // milliseconds, which every round paid for nothing.
+    let changed = [&report.added, &report.updated, &report.removed]
+        .iter()
+        .any(|frontends| !frontends.is_empty());
     if let Some(bpffs) = &options.dataplane.pin_dir
-        && let Err(e) = Catalog::of(dataplane).write(bpffs)
+        && (changed || *catalog_stale)
     {
-        warn!(error = %e, "writing the catalog for the CLI");
+        let written = Catalog::of(dataplane).write(bpffs);
+        if let Err(e) = &written {
+            warn!(error = %e, "writing the catalog for the CLI");
+        }
+        *catalog_stale = written.is_err();
     }
 }
