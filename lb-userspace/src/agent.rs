@@ -1,7 +1,10 @@
 //! The agent: loads and attaches the data path, then keeps it in step with its
 //! source of Kubernetes objects until SIGINT or SIGTERM.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use anyhow::{Context as _, Result};
 use tokio::signal::unix::{SignalKind, signal};
@@ -108,6 +111,10 @@ async fn sync_until_signalled(
     let mut last: Option<(Translation, AnnouncementPlan)> = None;
     // Services that could not be programmed last time, and why.
     let mut failed = BTreeMap::new();
+    let mut catalog = CatalogOnDisk {
+        stale: true,
+        bgp_announced: BTreeSet::new(),
+    };
     loop {
         tokio::select! {
             _ = terminate.recv() => return Ok(()),
@@ -120,8 +127,9 @@ async fn sync_until_signalled(
                     announcer.configure(&objects.metallb);
                     checker.watch(&translation);
                     let state = checker.apply(&translation);
-                    program(dataplane, options, &state, &mut failed);
-                    announce(dataplane, options, &mut announcer, &state, &failed, &plan);
+                    program(dataplane, options, &state, &mut failed, &mut catalog);
+                    let served = (&*state, &failed);
+                    announce(dataplane, options, &mut announcer, served, &plan, &mut catalog);
                     options.source.report(&translation).await;
                     last = Some((translation, plan));
                     health.set_ready();
@@ -136,8 +144,9 @@ async fn sync_until_signalled(
             },
             () = checker.changed() => if let Some((translation, plan)) = &last {
                 let state = checker.apply(translation);
-                program(dataplane, options, &state, &mut failed);
-                announce(dataplane, options, &mut announcer, &state, &failed, plan);
+                program(dataplane, options, &state, &mut failed, &mut catalog);
+                let served = (&*state, &failed);
+                announce(dataplane, options, &mut announcer, served, plan, &mut catalog);
             },
             _ = refresh.tick() => announcer.refresh(),
         }
@@ -185,6 +194,7 @@ fn program(
     options: &AgentOptions,
     state: &DesiredState,
     failed: &mut BTreeMap<Frontend, String>,
+    catalog: &mut CatalogOnDisk,
 ) {
     let mut report = match options.dataplane.forwarding {
         Forwarding::Nat => reconcile::apply(dataplane, state),
@@ -210,24 +220,43 @@ fn program(
         failed = report.failed.len(),
         "synced"
     );
+    catalog.stale |= [&report.added, &report.updated, &report.removed]
+        .iter()
+        .any(|frontends| !frontends.is_empty());
 }
 
 /// Announces what `plan` says of what was programmed, then writes the
-/// catalog (names for the CLI, what is announced over BGP for the metrics).
+/// catalog (names for the CLI, what is announced over BGP for the metrics)
+/// if that changed: with 10,000 services a write takes milliseconds, which
+/// every round would pay for nothing.
 fn announce(
     dataplane: &mut Dataplane,
     options: &AgentOptions,
     announcer: &mut Announcer,
-    state: &DesiredState,
-    failed: &BTreeMap<Frontend, String>,
+    (state, failed): (&DesiredState, &BTreeMap<Frontend, String>),
     plan: &AnnouncementPlan,
+    on_disk: &mut CatalogOnDisk,
 ) {
     announcer.update(dataplane, state, failed, plan);
-    let mut catalog = Catalog::of(dataplane);
-    catalog.bgp_announced = announcer.bgp_announced();
+    let bgp_announced = announcer.bgp_announced();
     if let Some(bpffs) = &options.dataplane.pin_dir
-        && let Err(e) = catalog.write(bpffs)
+        && (on_disk.stale || bgp_announced != on_disk.bgp_announced)
     {
-        warn!(error = %e, "writing the catalog for the CLI");
+        let mut catalog = Catalog::of(dataplane);
+        catalog.bgp_announced = bgp_announced.clone();
+        let written = catalog.write(bpffs);
+        if let Err(e) = &written {
+            warn!(error = %e, "writing the catalog for the CLI");
+        }
+        on_disk.stale = written.is_err();
+        on_disk.bgp_announced = bgp_announced;
     }
+}
+
+/// What the catalog file last written says, so it is written only when
+/// that changes.
+struct CatalogOnDisk {
+    /// The data path changed since, or the last write failed.
+    stale: bool,
+    bgp_announced: BTreeSet<IpAddr>,
 }

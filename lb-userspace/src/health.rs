@@ -10,6 +10,7 @@
 //! a connect proves nothing there.
 
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
     time::Duration,
@@ -117,13 +118,14 @@ impl HealthChecker {
     /// The translation's state with the verdicts applied: failing backends get
     /// weight 0, dead ones are left out (unless the translation drains them). A service all of whose backends would
     /// get no new flows keeps them all (fail open): sending traffic to nodes
-    /// that may be down beats dropping all of it.
-    pub fn apply(&self, translation: &Translation) -> DesiredState {
+    /// that may be down beats dropping all of it. Without verdicts, the
+    /// translation's state itself: a copy of a large cluster's costs time.
+    pub fn apply<'t>(&self, translation: &'t Translation) -> Cow<'t, DesiredState> {
         let verdicts = self.verdicts.borrow();
-        let mut state = translation.state.clone();
         if verdicts.is_empty() {
-            return state;
+            return Cow::Borrowed(&translation.state);
         }
+        let mut state = translation.state.clone();
         for (frontend, spec) in &mut state.services {
             let Some(check) = checked(translation, frontend) else {
                 continue;
@@ -150,7 +152,7 @@ impl HealthChecker {
                 state.failing.insert(*frontend);
             }
         }
-        state
+        Cow::Owned(state)
     }
 }
 
@@ -439,7 +441,7 @@ mod tests {
             [(ip(1), 1), (ip(2), 0), (ip(3), 1)]
         );
         assert_eq!(
-            checker_with(Verdicts::new()).apply(&translation),
+            *checker_with(Verdicts::new()).apply(&translation),
             translation.state
         );
     }

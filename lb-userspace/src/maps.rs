@@ -6,6 +6,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
+mod batch;
+
+pub use batch::set_range;
+
 use crate::pins::{PinDir, PinsError};
 
 use aya::{

@@ -11,7 +11,7 @@ use lb_common::{
 use super::{Dataplane, DataplaneError, ProgrammedBackend, ProgrammedService};
 use crate::{
     maglev::{self, MaglevBackend},
-    maps::map_error,
+    maps::{self, map_error},
     model::{BackendSpec, Frontend, Protocol, ServiceSpec},
 };
 
@@ -81,14 +81,16 @@ impl Dataplane {
                     .collect::<Vec<_>>(),
                 self.config.ring_size,
             )?;
-            for (offset, index) in (0u32..).zip(&table) {
-                let backend = &mut backends[*index as usize];
-                backend.ring_entries += 1;
-                self.maps
-                    .maglev
-                    .set(ring_base + offset, backend.id, 0)
-                    .map_err(|e| map_error(MAP_MAGLEV, e))?;
-            }
+            let ring: Vec<u32> = table
+                .iter()
+                .map(|&index| {
+                    let backend = &mut backends[index as usize];
+                    backend.ring_entries += 1;
+                    backend.id
+                })
+                .collect();
+            maps::set_range(&mut self.maps.maglev, ring_base, &ring)
+                .map_err(|e| map_error(MAP_MAGLEV, e))?;
         }
         let key = service_key(&spec.frontend);
         let info = ServiceInfo {

@@ -41,9 +41,11 @@ use super::{
 };
 use optional::{OptionalKind, Scope, core};
 
-/// How long to wait for more changes after one, so that a burst (a rollout,
-/// a re-list) costs one reconciliation instead of hundreds.
-const DEBOUNCE: Duration = Duration::from_millis(100);
+/// The objects are read at most this often, so that a burst of changes (a
+/// rollout, a re-list) costs one reconciliation per interval instead of one
+/// per change. A change after a quiet spell is read at once: waiting for more
+/// would only delay it.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// How often to reconcile without a change, as a safety net.
 const RESYNC: Duration = Duration::from_secs(300);
 /// How soon to try again after a status or event write failed.
@@ -85,10 +87,12 @@ pub struct KubeSource {
     ready: bool,
     forced: bool,
     next_resync: Instant,
+    /// When the objects were last read.
+    last_read: Instant,
     /// A change was seen: the objects are read once this has passed. Kept
     /// here, not in `changed`'s future, so that a caller that drops the
     /// future (another branch of its `select!` won) loses no change.
-    debounced_until: Option<Instant>,
+    read_at: Option<Instant>,
 }
 
 impl KubeSource {
@@ -124,7 +128,8 @@ impl KubeSource {
             ready: false,
             forced: false,
             next_resync: Instant::now() + RESYNC,
-            debounced_until: None,
+            last_read: Instant::now(),
+            read_at: None,
         })
     }
 
@@ -144,25 +149,26 @@ impl KubeSource {
             self.ready = true;
             info!("initial lists received");
         } else if !std::mem::take(&mut self.forced) {
-            if self.debounced_until.is_none() {
+            if self.read_at.is_none() {
                 tokio::select! {
                     changed = self.changes.changed() => {
                         if changed.is_err() {
                             // Without watch tasks there will be no change again.
                             future::pending::<()>().await;
                         }
-                        self.debounced_until = Some(Instant::now() + DEBOUNCE);
+                        self.read_at = Some(self.last_read + MIN_INTERVAL);
                     }
                     () = sleep_until(self.next_resync) => {}
                 }
             }
-            if let Some(deadline) = self.debounced_until {
+            if let Some(deadline) = self.read_at {
                 sleep_until(deadline).await;
             }
         }
-        self.debounced_until = None;
+        self.read_at = None;
         self.changes.mark_unchanged();
-        self.next_resync = Instant::now() + RESYNC;
+        self.last_read = Instant::now();
+        self.next_resync = self.last_read + RESYNC;
         let mut skipped = Vec::new();
         let objects = ClusterObjects {
             services: self.services.state(),

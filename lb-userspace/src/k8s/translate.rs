@@ -197,7 +197,7 @@ impl Translator {
         let mut skips = Skips::default();
         self.configure_pools(objects, &mut skips);
         let nodes = backends::usable_nodes(&objects.nodes, &self.config, &mut skips);
-        let endpoints = backends::index_endpoints(&objects.endpoint_slices);
+        let endpoints = backends::index_endpoints(&objects.endpoint_slices, &nodes);
         let namespaces: BTreeMap<&str, &BTreeMap<String, String>> = objects
             .namespaces
             .iter()

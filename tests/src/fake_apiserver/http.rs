@@ -288,16 +288,16 @@ fn percent_decode(text: &str) -> String {
 }
 
 /// One page of a list. The continue token names the revision of the first
-/// page and the last key served, so later pages go on after it.
+/// page and the namespace and name of the last object served, so later pages
+/// go on after it.
 fn list(store: &mut Store, target: &Target, query: &Query) -> Result<Value, ApiError> {
     store.stats.lists += 1;
     let (revision, after) = match &query.continue_token {
         None => (store.revision(), None),
         Some(token) => {
-            let (revision, key) = token
-                .split_once('/')
-                .and_then(|(revision, key)| Some((revision.parse::<u64>().ok()?, key.to_owned())))
-                .ok_or_else(|| ApiError::bad_request("invalid continue token"))?;
+            let invalid = || ApiError::bad_request("invalid continue token");
+            let (revision, key) = token.split_once('/').ok_or_else(invalid)?;
+            let revision = revision.parse::<u64>().map_err(|_| invalid())?;
             if revision < store.oldest() {
                 return Err(ApiError::unsupported(
                     410,
@@ -305,32 +305,23 @@ fn list(store: &mut Store, target: &Target, query: &Query) -> Result<Value, ApiE
                     "The provided continue parameter is too old to display a consistent list result.",
                 ));
             }
-            (revision, Some(key))
+            (revision, Some(key.split_once('/').ok_or_else(invalid)?))
         }
     };
-    let items = store.list(target.kind, target.namespace.as_deref());
-    let key_of = |item: &Value| {
-        let metadata = &item["metadata"];
-        format!(
-            "{}/{}",
-            metadata["namespace"].as_str().unwrap_or_default(),
-            metadata["name"].as_str().unwrap_or_default()
-        )
-    };
-    let mut remaining: Vec<Value> = items
-        .into_iter()
-        .filter(|item| after.as_ref().is_none_or(|after| key_of(item) > *after))
-        .collect();
-    let more = query.limit.is_some_and(|limit| remaining.len() > limit);
-    if let Some(limit) = query.limit {
-        remaining.truncate(limit);
-    }
+    let limit = query.limit.unwrap_or(usize::MAX);
+    let (mut items, more) = store.page(target.kind, target.namespace.as_deref(), after, limit);
     let mut metadata = json!({ "resourceVersion": revision.to_string() });
-    if more && let Some(last) = remaining.last() {
-        metadata["continue"] = json!(format!("{revision}/{}", key_of(last)));
+    if more && let Some(last) = items.last() {
+        let last = &last["metadata"];
+        let (namespace, name) = (last["namespace"].as_str(), last["name"].as_str());
+        metadata["continue"] = json!(format!(
+            "{revision}/{}/{}",
+            namespace.unwrap_or_default(),
+            name.unwrap_or_default()
+        ));
     }
     // Items of a typed list carry no apiVersion or kind.
-    for item in &mut remaining {
+    for item in &mut items {
         if let Some(map) = item.as_object_mut() {
             map.remove("apiVersion");
             map.remove("kind");
@@ -340,7 +331,7 @@ fn list(store: &mut Store, target: &Target, query: &Query) -> Result<Value, ApiE
         "kind": format!("{}List", target.kind.name()),
         "apiVersion": target.kind.api_version(),
         "metadata": metadata,
-        "items": remaining,
+        "items": items,
     }))
 }
 

@@ -2,7 +2,10 @@
 //! counter (etcd's revision), a bounded history of changes for watches to
 //! resume from (the watch cache), and the watches themselves.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    ops::Bound,
+};
 
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -96,11 +99,35 @@ impl Store {
 
     /// Objects of `kind` (in `namespace`, or all), sorted by namespace and name.
     pub fn list(&self, kind: Kind, namespace: Option<&str>) -> Vec<Value> {
-        self.objects
-            .iter()
-            .filter(|((k, ns, _), _)| *k == kind && namespace.is_none_or(|n| n == ns))
-            .map(|(_, object)| object.clone())
-            .collect()
+        self.page(kind, namespace, None, usize::MAX).0
+    }
+
+    /// At most `limit` objects of `kind` (in `namespace`, or all) that sort
+    /// after `after` (namespace, name), and whether more follow. Read as a
+    /// range of the key order, so that a page costs what it holds, as it does
+    /// in etcd, and listing a large collection page by page stays linear.
+    pub fn page(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> (Vec<Value>, bool) {
+        let start = match after {
+            Some((ns, name)) => Bound::Excluded((kind, ns.to_owned(), name.to_owned())),
+            None => Bound::Included((
+                kind,
+                namespace.unwrap_or_default().to_owned(),
+                String::new(),
+            )),
+        };
+        let mut matching = self
+            .objects
+            .range((start, Bound::Unbounded))
+            .take_while(|((k, ns, _), _)| *k == kind && namespace.is_none_or(|n| n == ns))
+            .map(|(_, object)| object);
+        let page: Vec<Value> = matching.by_ref().take(limit).cloned().collect();
+        (page, matching.next().is_some())
     }
 
     pub fn create(

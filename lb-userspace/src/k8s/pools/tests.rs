@@ -318,3 +318,31 @@ fn longest_prefix_of_the_cidr_blocks_a_pool_splits_into() {
     assert_eq!(longest(&["::/0"], V6), Some(0));
     assert_eq!(longest(&["10.0.0.0/24"], V6), None);
 }
+
+#[test]
+fn a_sharer_finds_the_lowest_address_it_may_share_after_others_filled_the_pool() {
+    let mut p = pools(&["a=198.51.100.0/28"]);
+    let sharing = |port| Sharing {
+        key: "k".into(),
+        backend: String::new(),
+        listeners: BTreeSet::from([(port, "TCP".to_owned())]),
+    };
+    let (http, https) = (sharing(80), sharing(443));
+    let sharer = |owner, sharing| Claimant {
+        sharing: Some(sharing),
+        ..who(owner)
+    };
+    assert_eq!(
+        p.allocate(&sharer("ns/a", &http), None, V4),
+        Ok(ip("198.51.100.1"))
+    );
+    for (owner, last) in [("ns/b", 2), ("ns/c", 3)] {
+        let want = ip(&format!("198.51.100.{last}"));
+        assert_eq!(p.allocate(&who(owner), None, V4), Ok(want));
+    }
+    assert_eq!(
+        p.allocate(&sharer("ns/d", &https), None, V4),
+        Ok(ip("198.51.100.1"))
+    );
+    assert_eq!(p.allocate(&who("ns/e"), None, V4), Ok(ip("198.51.100.4")));
+}

@@ -1,6 +1,10 @@
 //! Which nodes serve a Service, and each of its ports as the data path serves it.
 
-use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    sync::Arc,
+};
 
 use k8s_openapi::api::{
     core::v1::{Node, ServicePort},
@@ -111,11 +115,22 @@ pub(super) enum Local {
     Ready,
 }
 
-/// Per Service (namespace, name), what each node runs of its endpoints.
-pub(super) type EndpointIndex<'a> = BTreeMap<(&'a str, &'a str), BTreeMap<&'a str, Local>>;
+/// Per Service (namespace, name), what each usable node runs of its
+/// endpoints. Nodes by their index among the usable ones, which is their
+/// name order: a Service's backends then need no lookup by name.
+pub(super) type EndpointIndex<'a> = HashMap<(&'a str, &'a str), BTreeMap<usize, Local>>;
 
 /// Indexes the EndpointSlices by Service and node, once per translation.
-pub(super) fn index_endpoints(slices: &[Arc<EndpointSlice>]) -> EndpointIndex<'_> {
+/// Endpoints on nodes that are not usable are left out.
+pub(super) fn index_endpoints<'a>(
+    slices: &'a [Arc<EndpointSlice>],
+    usable: &[Member],
+) -> EndpointIndex<'a> {
+    let by_name: HashMap<&str, usize> = usable
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.name, i))
+        .collect();
     let mut index = EndpointIndex::new();
     for slice in slices {
         let labels = slice.metadata.labels.as_ref();
@@ -125,7 +140,7 @@ pub(super) fn index_endpoints(slices: &[Arc<EndpointSlice>]) -> EndpointIndex<'_
         let namespace = slice.metadata.namespace.as_deref().unwrap_or("default");
         let nodes = index.entry((namespace, service.as_str())).or_default();
         for endpoint in slice.endpoints.iter().flatten() {
-            let Some(node) = endpoint.node_name.as_deref() else {
+            let Some(&node) = endpoint.node_name.as_deref().and_then(|n| by_name.get(n)) else {
                 continue;
             };
             // Unset conditions mean ready and serving, and not terminating
@@ -173,13 +188,12 @@ pub(super) fn for_service<'n, 'a>(
     let local = endpoints.get(&(service.namespace, service.name));
     let local = local.into_iter().flatten();
     local
-        .filter_map(|(name, state)| {
-            let index = nodes.binary_search_by_key(name, |node| node.name).ok()?;
+        .map(|(&index, state)| {
             let node = &nodes[index];
-            Some(match state {
+            match state {
                 Local::Ready => backend(node, node.weight),
                 Local::Draining => backend(node, 0),
-            })
+            }
         })
         .collect()
 }

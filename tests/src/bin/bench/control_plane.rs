@@ -127,7 +127,7 @@ pub fn run(quick: bool) -> Result<Vec<(String, String)>> {
             mib(final_memory),
         ),
         (
-            "slice change to map update, p50 (100 ms debounce included)".into(),
+            "slice change to map update, p50".into(),
             ms(percentile(&latencies, 0.5)),
         ),
         (
