@@ -23,6 +23,7 @@ pub const MAP_VIPS: &str = "VIPS";
 pub const MAP_NODE_PORTS: &str = "NODE_PORTS";
 pub const MAP_FLOW_BUDGET: &str = "FLOW_BUDGET";
 pub const MAP_IFACES: &str = "IFACES";
+pub const MAP_KEY_FILTER: &str = "KEY_FILTER";
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "lb_xdp";
 
@@ -38,6 +39,11 @@ pub const MAX_FLOWS: u32 = 1 << 20;
 pub const MAX_TX_PORTS: u32 = 64;
 /// Interfaces the program may be attached to (entries of `IFACES`).
 pub const MAX_IFACES: u32 = 64;
+
+/// `KEY_FILTER` holds this many bits for each of the two maps it stands
+/// before, `SERVICES` then `NODE_PORTS`, in 64-bit words.
+pub const KEY_FILTER_BITS: u32 = 1 << 16;
+pub const KEY_FILTER_WORDS: u32 = 2 * KEY_FILTER_BITS / 64;
 
 /// A backend slot whose `flags` lack this bit is free: flows pointing at it re-hash.
 pub const BACKEND_ACTIVE: u8 = 1;
@@ -143,6 +149,35 @@ impl ServiceKey {
     #[inline(always)]
     pub const fn of_source(key: &FlowKey) -> Self {
         Self::new(key.src_ip, key.src_port, key.proto)
+    }
+}
+
+/// Which map a `KEY_FILTER` bit stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyFilter {
+    /// `SERVICES`: a packet's destination.
+    Services,
+    /// `NODE_PORTS`: a packet's source.
+    NodePorts,
+}
+
+impl KeyFilter {
+    /// The `KEY_FILTER` word and the bit in it for `key`: a bit is set for
+    /// every key the map holds (userspace sets it before the entry is
+    /// written and clears it only once no entry needs it), so a clear bit
+    /// proves the key absent without a hash-map lookup. A cheap fold of the
+    /// key, not a good hash: a collision only costs the lookup it would have
+    /// saved.
+    #[inline(always)]
+    pub fn position(self, key: &ServiceKey) -> (u32, u64) {
+        let [a, b, c, d] = key.vip;
+        let folded = a ^ b ^ c ^ d ^ (u32::from(key.port) << 8) ^ u32::from(key.proto);
+        let bit = folded.wrapping_mul(0x9e37_79b1) >> (32 - KEY_FILTER_BITS.trailing_zeros());
+        let base = match self {
+            Self::Services => 0,
+            Self::NodePorts => KEY_FILTER_BITS / 64,
+        };
+        (base + bit / 64, 1 << (bit % 64))
     }
 }
 
@@ -334,6 +369,21 @@ mod tests {
         assert!(!answers_on(mask, 1) && !answers_on(mask, 30));
         assert!(!answers_on(ALL_NEIGHBOR_SLOTS, MAX_NEIGHBOR_SLOTS));
         assert!(!answers_on(0, 0));
+    }
+
+    #[test]
+    fn key_filter_positions_stay_in_their_half() {
+        for port in [0u16, 80, 443, 31000, u16::MAX] {
+            for last in [1u32, 0xc633_640a, u32::MAX] {
+                let key = ServiceKey::new(ipv4_mapped(last), port.to_be(), PROTO_TCP);
+                let (services, bit) = KeyFilter::Services.position(&key);
+                let (node_ports, same_bit) = KeyFilter::NodePorts.position(&key);
+                assert!(services < KEY_FILTER_WORDS / 2);
+                assert_eq!(node_ports, services + KEY_FILTER_WORDS / 2);
+                assert_eq!(bit, same_bit);
+                assert_eq!(bit.count_ones(), 1);
+            }
+        }
     }
 
     #[test]

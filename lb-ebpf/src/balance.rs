@@ -4,7 +4,6 @@
 //! leave with a VIP. Every lb host with the same services computes the same
 //! Maglev choice, so a flow that moves between hosts keeps its node.
 
-use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use aya_log_ebpf::debug;
 use lb_common::{BACKEND_ACTIVE, Backend, Flow, FlowKey, ServiceInfo, ServiceKey, counters};
 
@@ -67,7 +66,8 @@ pub fn flow_backend(key: &FlowKey) -> Option<&'static Backend> {
 /// otherwise the Maglev choice, which is then pinned. A connection's first
 /// packet (`opens`) skips the flow lookup: an entry for its 5-tuple can only
 /// be a retransmitted SYN's, which the same choice overwrites, or a closed
-/// connection's, which must not decide the new one's node.
+/// connection's, which must not decide the new one's node. `now` is
+/// [`crate::forward::clock`]'s.
 #[inline(always)]
 pub fn select_backend(
     ctx: &Frame,
@@ -75,11 +75,8 @@ pub fn select_backend(
     opens: bool,
     service: ServiceInfo,
     bytes: u64,
+    now: u64,
 ) -> Result<Backend, Verdict> {
-    // The coarse clock (a tick's resolution) is enough for "last seen" and
-    // the one-second budget window, and much cheaper than `bpf_ktime_get_ns`.
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let pinned = if opens { None } else { maps::flow_mut(key) };
     if let Some(flow) = pinned {
         // SAFETY: the pointer is valid for this program run; concurrent updates of

@@ -142,16 +142,32 @@ impl NextHop {
     }
 }
 
+/// The time the data path keeps: flows' "last seen", the new-flow budget's
+/// window and the next-hop cache's age. The coarse clock (a tick's
+/// resolution) is enough for all three and much cheaper than
+/// `bpf_ktime_get_ns`; a forwarded packet reads it once and passes it on,
+/// since every helper call costs a call and a return.
+#[inline(always)]
+pub fn clock() -> u64 {
+    // SAFETY: `bpf_ktime_get_coarse_ns` has no preconditions.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
 /// The next hop of a packet from `src` to `dst` (the addresses it will have
 /// when sent), looked up before anything is rewritten: a destination that is
 /// this host's own (`NOT_FWDED`) is the kernel's, and the packet must reach it
-/// as it came. A hop the FIB gave for `dst` less than [`HOP_CACHE_NS`] ago,
-/// for a packet no longer than one it approved then, is taken from the
-/// cache: the FIB lookup is the largest single cost of a forwarded packet.
+/// as it came. A hop the FIB gave for `dst` less than [`HOP_CACHE_NS`] ago
+/// (`now` is [`clock`]'s), for a packet no longer than one it approved then,
+/// is taken from the cache: the FIB lookup is the largest single cost of a
+/// forwarded packet.
 #[inline(always)]
-pub fn next_hop(ctx: &Frame, route: &Route, src: &Addr, dst: &Addr) -> Result<NextHop, Verdict> {
-    // SAFETY: `bpf_ktime_get_coarse_ns` has no preconditions.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+pub fn next_hop(
+    ctx: &Frame,
+    route: &Route,
+    src: &Addr,
+    dst: &Addr,
+    now: u64,
+) -> Result<NextHop, Verdict> {
     if let Some(cached) = maps::cached_hop(dst) {
         // SAFETY: the entry stays valid for this program run (RCU); a
         // concurrent refresh may mix old and new fields, each of which was
@@ -193,7 +209,7 @@ pub const HOP_CACHE_NS: u64 = 1_000_000_000;
 /// A next hop the FIB gave, kept in `NEXT_HOPS` by destination.
 #[repr(C)]
 pub struct CachedHop {
-    /// `bpf_ktime_get_coarse_ns` of the lookup.
+    /// [`clock`] at the lookup.
     pub refreshed_ns: u64,
     pub ifindex: u32,
     /// The longest IP packet (total length) the FIB's MTU check approved.

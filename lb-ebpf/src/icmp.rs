@@ -204,7 +204,7 @@ pub fn translate_error(
         Some(End::Destination) => (&ip.src, &rewrite.new_ip),
         None => (&ip.src, &ip.dst),
     };
-    let hop = forward::next_hop(ctx, &Route::of(ip, [0, 0]), src, dst)?;
+    let hop = forward::next_hop(ctx, &Route::of(ip, [0, 0]), src, dst, forward::clock())?;
     error.rewrite_quoted(ctx, quote, &rewrite)?;
     if let Some(end) = outer {
         error.rewrite_outer(ctx, end, &rewrite.new_ip)?;

@@ -84,12 +84,14 @@ fn serve_transport(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
     let packet = Packet::parse(ctx, ip)?;
     let key = &packet.key;
     // The end of the packet that changes, and to what.
-    let (to_backend, new_ip, new_port, tracked) =
+    let (to_backend, new_ip, new_port, tracked, now) =
         match maps::service(&ServiceKey::of_destination(key)) {
             Some(service) => {
                 check_ttl(ip.ttl)?;
-                let backend = balance::select_backend(ctx, key, packet.opens, service, ctx.len())?;
-                (true, backend.ip, backend.port, true)
+                let now = forward::clock();
+                let backend =
+                    balance::select_backend(ctx, key, packet.opens, service, ctx.len(), now)?;
+                (true, backend.ip, backend.port, true, now)
             }
             None => {
                 let reply = balance::reply_of(key).ok_or(Verdict::PassNotService)?;
@@ -99,6 +101,7 @@ fn serve_transport(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
                     reply.frontend.vip,
                     reply.frontend.port,
                     reply.tracked,
+                    forward::clock(),
                 )
             }
         };
@@ -111,7 +114,7 @@ fn serve_transport(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
         (&new_ip, &key.dst_ip)
     };
     let route = Route::of(ip, [key.src_port, key.dst_port]);
-    let hop = forward::next_hop(ctx, &route, src, dst)?;
+    let hop = forward::next_hop(ctx, &route, src, dst, now)?;
     let direction = if !to_backend {
         nat::rewrite_source(ctx, &packet, &new_ip, new_port)?;
         if !tracked {

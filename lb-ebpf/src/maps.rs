@@ -8,9 +8,9 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Addr, Backend, Flow, FlowBudget, FlowKey, Iface, MAX_BACKENDS, MAX_FLOWS, MAX_IFACES,
-    MAX_SERVICES, MAX_TX_PORTS, NeighborMask, SETTING_ANSWER_ECHO, SETTING_DSR, ServiceInfo,
-    ServiceKey, Settings, Traffic, answers_on, counters,
+    Addr, Backend, Flow, FlowBudget, FlowKey, Iface, KEY_FILTER_WORDS, KeyFilter, MAX_BACKENDS,
+    MAX_FLOWS, MAX_IFACES, MAX_SERVICES, MAX_TX_PORTS, NeighborMask, SETTING_ANSWER_ECHO,
+    SETTING_DSR, ServiceInfo, ServiceKey, Settings, Traffic, answers_on, counters,
 };
 
 /// Per-CPU LRU lists: flow inserts on one CPU do not contend with another's.
@@ -56,6 +56,13 @@ static VIPS: HashMap<Addr, NeighborMask> = HashMap::with_max_entries(MAX_SERVICE
 /// how a node's reply finds the VIP it must leave with.
 #[map]
 static NODE_PORTS: HashMap<ServiceKey, ServiceKey> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+
+/// Bits standing for the keys of `SERVICES` and `NODE_PORTS` (see
+/// `KeyFilter::position`). Most packets that are not ours (the host's own
+/// traffic) are told apart by two array reads, which the verifier inlines,
+/// instead of two hash-map lookups, each a call into the kernel.
+#[map]
+static KEY_FILTER: Array<u64> = Array::with_max_entries(KEY_FILTER_WORDS, 0);
 
 /// Flows each CPU inserted in the current second, against `Settings::new_flow_limit`.
 #[map]
@@ -106,8 +113,18 @@ pub fn account(service_id: u32, backend_id: u32, bytes: u64) {
     add_traffic(&BACKEND_STATS, backend_id, bytes);
 }
 
+/// Whether `map` may hold `key`; `false` proves it does not.
+#[inline(always)]
+fn may_hold(map: KeyFilter, key: &ServiceKey) -> bool {
+    let (word, bit) = map.position(key);
+    KEY_FILTER.get(word).is_none_or(|word| word & bit != 0)
+}
+
 #[inline(always)]
 pub fn service(key: &ServiceKey) -> Option<ServiceInfo> {
+    if !may_hold(KeyFilter::Services, key) {
+        return None;
+    }
     // SAFETY: the value is copied out before the map can change it.
     unsafe { SERVICES.get(key) }.copied()
 }
@@ -142,6 +159,9 @@ pub fn insert_flow(key: &FlowKey, flow: &Flow) {
 /// subprogram call.
 #[inline(always)]
 pub fn frontend_of_node_port(node_port: &ServiceKey) -> Option<ServiceKey> {
+    if !may_hold(KeyFilter::NodePorts, node_port) {
+        return None;
+    }
     // SAFETY: the value is copied out before the map can change it.
     let frontend = unsafe { NODE_PORTS.get(node_port) }?;
     let [a, b, c, d] = frontend.vip;

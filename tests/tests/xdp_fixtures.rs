@@ -10,7 +10,7 @@ use lb::{
     dataplane::{Dataplane, DataplaneConfig},
     model::{Frontend, Protocol},
 };
-use lb_common::{FlowKey, counters};
+use lb_common::{FlowKey, KeyFilter, ServiceKey, counters};
 use lb_tests::{
     netns::NetNs,
     packets,
@@ -738,4 +738,90 @@ fn next_hop_cache_in_namespace(ns: &NetNs, bench: &XdpBed) {
     .expect("restore node 1's MAC");
     std::thread::sleep(std::time::Duration::from_millis(1100));
     assert_eq!(dst_mac(b""), node_mac(1), "past the bound: refreshed");
+}
+
+/// Services that come and go are served, and their NodePorts' replies
+/// reverse-NAT-ed, exactly while they are programmed, also when their keys
+/// share a bit of the data path's key filter (which spares packets that are
+/// not ours the `SERVICES` and `NODE_PORTS` lookups): removing one service
+/// must not hide the other's entries.
+#[test]
+fn services_sharing_key_filter_bits_come_and_go() {
+    let (ns, bench) = bench();
+    ns.enter(move || key_filter_in_namespace(&bench))
+        .expect("enter namespace");
+}
+
+/// Two ports whose keys, with `ip` and TCP, share a bit of `map`'s filter.
+fn sharing_ports(map: KeyFilter, ip: Ipv4Addr) -> (u16, u16) {
+    let key = |port: u16| {
+        ServiceKey::new(
+            lb_common::addr_of(ip.into()),
+            port.to_be(),
+            lb_common::PROTO_TCP,
+        )
+    };
+    let mut seen = std::collections::HashMap::new();
+    (1000..u16::MAX)
+        .find_map(|port| {
+            seen.insert(map.position(&key(port)), port)
+                .map(|other| (other, port))
+        })
+        .expect("65535 ports in 65536 bits collide")
+}
+
+fn key_filter_in_namespace(bench: &XdpBed) {
+    let mut dataplane = load(bench);
+    let client = sock(CLIENT, 40000);
+    let (port_a, port_b) = sharing_ports(KeyFilter::Services, VIP);
+    let (node_port_a, node_port_b) = sharing_ports(KeyFilter::NodePorts, node_ip(1));
+    let a = service(VIP, port_a, Protocol::Tcp, vec![node(1, node_port_a)]);
+    let b = service(VIP, port_b, Protocol::Tcp, vec![node(1, node_port_b)]);
+    // Whether a request to `port` is forwarded, and whether a reply from
+    // `node_port` leaves with the VIP.
+    let served = |dataplane: &Dataplane, port: u16, node_port: u16| -> (bool, bool) {
+        let request = packets::tcp_ack(client, sock(VIP, port), b"");
+        let (request, _) = run(dataplane, &request, bench.client_if);
+        let reply = packets::tcp_ack(sock(node_ip(1), node_port), client, b"");
+        let (reply, _) = run(dataplane, &reply, bench.node_if);
+        for action in [request, reply] {
+            assert!(
+                action == XDP_REDIRECT || action == XDP_PASS,
+                "action {action}"
+            );
+        }
+        (request == XDP_REDIRECT, reply == XDP_REDIRECT)
+    };
+    dataplane.set_service(&a).expect("set a");
+    dataplane.set_service(&b).expect("set b");
+    assert_eq!(served(&dataplane, port_a, node_port_a), (true, true), "a");
+    assert_eq!(served(&dataplane, port_b, node_port_b), (true, true), "b");
+    dataplane.remove_service(&b.frontend).expect("remove b");
+    assert_eq!(
+        served(&dataplane, port_a, node_port_a),
+        (true, true),
+        "a, b removed"
+    );
+    assert_eq!(
+        served(&dataplane, port_b, node_port_b),
+        (false, false),
+        "b removed"
+    );
+    dataplane.remove_service(&a.frontend).expect("remove a");
+    assert_eq!(
+        served(&dataplane, port_a, node_port_a),
+        (false, false),
+        "a removed"
+    );
+    dataplane.set_service(&b).expect("set b again");
+    assert_eq!(
+        served(&dataplane, port_b, node_port_b),
+        (true, true),
+        "b again"
+    );
+    assert_eq!(
+        served(&dataplane, port_a, node_port_a),
+        (false, false),
+        "a still removed"
+    );
 }

@@ -3,6 +3,7 @@
 
 mod config;
 mod error;
+mod filter;
 mod links;
 mod neighbors;
 mod objects;
@@ -50,6 +51,7 @@ pub struct ProgrammedService {
 pub struct Dataplane {
     ebpf: Ebpf,
     maps: Maps,
+    key_filter: filter::KeyFilterBits,
     pins: Option<PinDir>,
     /// The pinned state existed before this load (an earlier agent's).
     inherited: bool,
@@ -93,6 +95,7 @@ impl Dataplane {
         let program = xdp_program(&mut ebpf)?;
         program.load().map_err(DataplaneError::Program)?;
         let maps = Maps::take(&mut ebpf)?;
+        let key_filter = filter::KeyFilterBits::take(&mut ebpf)?;
         // A reused pin keeps the size it was created with.
         let pinned = maps.maglev.len();
         if pinned != ring_entries {
@@ -107,6 +110,7 @@ impl Dataplane {
         let mut dataplane = Self {
             ebpf,
             maps,
+            key_filter,
             pins,
             inherited,
             free_service_ids: Vec::new(),

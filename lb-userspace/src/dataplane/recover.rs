@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use lb_common::{BACKEND_ACTIVE, MAP_NODE_PORTS, MAX_BACKENDS, ServiceInfo, ServiceKey};
 
 use super::{
-    Dataplane, DataplaneError, ProgrammedBackend, ProgrammedService, service_key,
+    Dataplane, DataplaneError, ProgrammedBackend, ProgrammedService, filter, service_key,
     services::node_port_key,
 };
 use crate::{
@@ -102,7 +102,13 @@ impl Dataplane {
                 self.free_backend_ids.push(id);
             }
         }
-        self.forget_stale_node_ports()
+        self.forget_stale_node_ports()?;
+        let keys: Vec<_> = self
+            .services
+            .values()
+            .flat_map(|service| filter::keys_of(&service.spec))
+            .collect();
+        Ok(self.key_filter.add(&keys)?)
     }
 
     /// Drops the `NODE_PORTS` entries of backends no recovered service has.

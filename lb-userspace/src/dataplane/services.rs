@@ -8,7 +8,7 @@ use lb_common::{
     BACKEND_ACTIVE, Backend, MAP_MAGLEV, MAP_NODE_PORTS, ServiceInfo, ServiceKey, Traffic,
 };
 
-use super::{Dataplane, DataplaneError, ProgrammedBackend, ProgrammedService};
+use super::{Dataplane, DataplaneError, ProgrammedBackend, ProgrammedService, filter};
 use crate::{
     maglev::{self, MaglevBackend},
     maps::{self, map_error},
@@ -19,25 +19,35 @@ impl Dataplane {
     /// Adds a service or updates its backends. Live flows keep their backend
     /// unless it was removed; the new Maglev table replaces the old one at once.
     pub fn set_service(&mut self, spec: &ServiceSpec) -> Result<(), DataplaneError> {
-        let mut service = match self.services.remove(&spec.frontend) {
-            Some(service) => service,
+        let (mut service, old_keys) = match self.services.remove(&spec.frontend) {
+            Some(service) => {
+                let keys = filter::keys_of(&service.spec);
+                (service, keys)
+            }
             None => {
                 let id = self
                     .free_service_ids
                     .pop()
                     .ok_or(DataplaneError::ServicesFull(self.config.max_services))?;
                 self.reset_traffic(id, true)?;
-                ProgrammedService {
+                let service = ProgrammedService {
                     spec: spec.clone(),
                     id,
                     slot: 1,
                     backends: Vec::new(),
-                }
+                };
+                (service, Vec::new())
             }
         };
-        let result = self.program_service(&mut service, spec);
+        // Should programming fail, the new keys keep their bits: a bit too
+        // many only costs a lookup, one too few would hide an entry.
+        let added = self.key_filter.add(&filter::keys_of(spec));
+        let result = added
+            .map_err(DataplaneError::from)
+            .and_then(|()| self.program_service(&mut service, spec));
         self.services.insert(spec.frontend, service);
         result?;
+        self.key_filter.remove(&old_keys)?;
         self.write_neighbor_mask(spec.frontend.vip)
     }
 
@@ -132,6 +142,7 @@ impl Dataplane {
         for backend in &service.backends {
             self.free_backend(backend, frontend)?;
         }
+        self.key_filter.remove(&filter::keys_of(&service.spec))?;
         self.free_service_ids.push(service.id);
         if !self.services.keys().any(|f| f.vip == frontend.vip) {
             match self.maps.vips.remove(&lb_common::addr_of(frontend.vip)) {

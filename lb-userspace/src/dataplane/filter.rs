@@ -1,0 +1,86 @@
+//! `KEY_FILTER`: the bits that let the data path skip the `SERVICES` and
+//! `NODE_PORTS` lookups of packets that are not ours. Derived from what is
+//! programmed, so not pinned: every load starts it empty and `recover`
+//! fills it before the program is attached.
+
+use aya::{
+    Ebpf,
+    maps::{Array, MapData},
+};
+use lb_common::{KEY_FILTER_BITS, KEY_FILTER_WORDS, KeyFilter, MAP_KEY_FILTER, ServiceKey};
+
+use super::{service_key, services::node_port_key};
+use crate::{
+    maps::{MapsError, map_error},
+    model::ServiceSpec,
+};
+
+/// The map and, per bit, how many programmed keys need it: keys may share a
+/// bit, and a bit is cleared only when none does.
+pub(super) struct KeyFilterBits {
+    map: Array<MapData, u64>,
+    /// What the map holds.
+    words: Vec<u64>,
+    users: Vec<u32>,
+}
+
+impl KeyFilterBits {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
+        let map = ebpf
+            .take_map(MAP_KEY_FILTER)
+            .ok_or(MapsError::Missing(MAP_KEY_FILTER))?;
+        Ok(Self {
+            map: Array::try_from(map).map_err(|e| map_error(MAP_KEY_FILTER, e))?,
+            words: vec![0; KEY_FILTER_WORDS as usize],
+            users: vec![0; 2 * KEY_FILTER_BITS as usize],
+        })
+    }
+
+    /// Sets the bits of `keys`; before their entries are written, so that no
+    /// packet finds an entry's bit clear.
+    pub fn add(&mut self, keys: &[(KeyFilter, ServiceKey)]) -> Result<(), MapsError> {
+        self.change(keys, true)
+    }
+
+    /// Releases the bits of `keys`, once their entries are gone.
+    pub fn remove(&mut self, keys: &[(KeyFilter, ServiceKey)]) -> Result<(), MapsError> {
+        self.change(keys, false)
+    }
+
+    fn change(&mut self, keys: &[(KeyFilter, ServiceKey)], add: bool) -> Result<(), MapsError> {
+        for (map, key) in keys {
+            let (word, bit) = map.position(key);
+            let user = &mut self.users[(word * 64 + bit.trailing_zeros()) as usize];
+            let old = self.words[word as usize];
+            let new = if add {
+                *user += 1;
+                old | bit
+            } else {
+                *user = user.saturating_sub(1);
+                if *user == 0 { old & !bit } else { old }
+            };
+            if new != old {
+                self.map
+                    .set(word, new, 0)
+                    .map_err(|e| map_error(MAP_KEY_FILTER, e))?;
+                self.words[word as usize] = new;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The keys a service is programmed under: its frontend in `SERVICES`, its
+/// backends' NodePorts in `NODE_PORTS`.
+pub(super) fn keys_of(spec: &ServiceSpec) -> Vec<(KeyFilter, ServiceKey)> {
+    let frontend = &spec.frontend;
+    let backends = spec.backends.iter().map(|backend| {
+        (
+            KeyFilter::NodePorts,
+            node_port_key(backend, frontend.protocol),
+        )
+    });
+    std::iter::once((KeyFilter::Services, service_key(frontend)))
+        .chain(backends)
+        .collect()
+}
