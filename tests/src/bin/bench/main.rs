@@ -142,7 +142,7 @@ fn run(args: &Args) -> Result<()> {
 
 /// The control-plane figures as a report section.
 fn control_plane_section(quick: bool) -> Result<Section> {
-    let figures = control_plane::run(quick).context("control-plane benchmark")?;
+    let (figures, goals) = control_plane::run(quick).context("control-plane benchmark")?;
     let mut table = report::Table::new(
         if quick {
             "Control plane: 1,000 Services over 100 Nodes (--quick)"
@@ -170,7 +170,7 @@ fn control_plane_section(quick: bool) -> Result<Section> {
         ],
         tables: vec![table],
         notes: Vec::new(),
-        goals: Vec::new(),
+        goals,
     })
 }
 

@@ -207,7 +207,7 @@ pub fn measure_all(bed: &Bed, options: Options) -> Result<Section> {
     let mut goals = vec![super::ratio_goal(
         format!("established per call with {MANY_SERVICES} services <= 1.1x with one (flat)"),
         established[1],
-        established[0],
+        (established[0], "one service"),
         1.1,
     )];
     scaling.row(vec![
@@ -260,7 +260,7 @@ pub fn measure_all(bed: &Bed, options: Options) -> Result<Section> {
         goals.push(super::ratio_goal(
             "new TCP flow, flow table full: per call <= 7x the floor".to_owned(),
             per_call(&results, "new TCP flow"),
-            per_call(&results, FLOOR),
+            (per_call(&results, FLOOR), "floor"),
             7.0,
         ));
     }
