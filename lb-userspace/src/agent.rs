@@ -123,7 +123,7 @@ async fn sync_until_signalled(
             objects = options.source.changed() => match objects {
                 Ok(objects) => {
                     let translation = options.translator.translate(&objects);
-                    let plan = planner.plan(&objects, &translation);
+                    let plan = planner.plan(&objects, options.translator.pools.pools(), &translation);
                     announcer.configure(&objects.metallb);
                     checker.watch(&translation);
                     let state = checker.apply(&translation);

@@ -6,7 +6,9 @@
 use tracing::{info, warn};
 
 use super::{Announce, plan::AnnouncementPlan};
-use crate::k8s::{ClusterObjects, Translation, metallb::advertisements, translate::Skipped};
+use crate::k8s::{
+    ClusterObjects, Translation, metallb::advertisements, pools::Pool, translate::Skipped,
+};
 
 pub struct Planner {
     mode: Announce,
@@ -27,12 +29,14 @@ impl Planner {
         }
     }
 
+    /// `pools`: those the translation allocated from.
     pub fn plan(
         &mut self,
         objects: &ClusterObjects,
+        pools: &[Pool],
         translation: &Translation,
     ) -> AnnouncementPlan {
-        let advertised = advertisements::plan(&objects.metallb, &translation.vip_pools);
+        let advertised = advertisements::plan(&objects.metallb, pools, &translation.vip_pools);
         for skipped in advertised
             .skipped
             .iter()

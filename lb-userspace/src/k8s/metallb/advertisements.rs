@@ -35,13 +35,18 @@ pub struct Advertised {
 }
 
 /// The plan for the VIPs of `vip_pools` (each VIP's pool, by name) that
-/// `metallb`'s advertisements make. An invalid advertisement is skipped with
-/// the field at fault; the others still count.
-pub fn plan(metallb: &MetallbObjects, vip_pools: &BTreeMap<IpAddr, String>) -> Advertised {
+/// `metallb`'s advertisements make; `in_use` are the pools the VIPs were
+/// allocated from. An invalid advertisement is skipped with the field at
+/// fault; the others still count.
+pub fn plan(
+    metallb: &MetallbObjects,
+    in_use: &[Pool],
+    vip_pools: &BTreeMap<IpAddr, String>,
+) -> Advertised {
     if metallb.l2_advertisements.is_empty() && metallb.bgp_advertisements.is_empty() {
         return Advertised::default();
     }
-    let pools = Pools::of(&metallb.pools);
+    let pools = Pools::of(&metallb.pools, in_use);
     let mut plan = AnnouncementPlan::default();
     let mut skipped = Vec::new();
     let mut l2 = BTreeMap::<&str, Interfaces>::new();
@@ -94,14 +99,14 @@ pub fn plan(metallb: &MetallbObjects, vip_pools: &BTreeMap<IpAddr, String>) -> A
     }
 }
 
-/// The IPAddressPools' labels, by name, and the valid ones' addresses.
+/// The IPAddressPools' labels, by name, and the addresses of those in use.
 struct Pools<'a> {
     labels: BTreeMap<&'a str, &'a BTreeMap<String, String>>,
-    valid: BTreeMap<String, Pool>,
+    in_use: &'a [Pool],
 }
 
 impl<'a> Pools<'a> {
-    fn of(pools: &'a [std::sync::Arc<IPAddressPool>]) -> Self {
+    fn of(pools: &'a [std::sync::Arc<IPAddressPool>], in_use: &'a [Pool]) -> Self {
         static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
         let labels = pools
             .iter()
@@ -110,13 +115,7 @@ impl<'a> Pools<'a> {
                 Some((name, pool.metadata.labels.as_ref().unwrap_or(&NO_LABELS)))
             })
             .collect();
-        // The invalid ones are reported where the pools are made.
-        let (valid, _) = super::pools::pools(pools);
-        let valid = valid
-            .into_iter()
-            .map(|p| (p.name().to_owned(), p))
-            .collect();
-        Self { labels, valid }
+        Self { labels, in_use }
     }
 
     /// Whether routes of `length` for the addresses of `pool` cover nothing
@@ -128,10 +127,8 @@ impl<'a> Pools<'a> {
         length: i32,
         family: Family,
     ) -> Result<(), String> {
-        let longest = self
-            .valid
-            .get(pool)
-            .and_then(|pool| pool.longest_prefix(family));
+        let pool_in_use = self.in_use.iter().find(|p| p.name() == pool);
+        let longest = pool_in_use.and_then(|pool| pool.longest_prefix(family));
         match longest {
             Some(longest) if length < i32::from(longest) => Err(format!(
                 "spec.{field}: {length} is shorter than /{longest}, a block of IPAddressPool \

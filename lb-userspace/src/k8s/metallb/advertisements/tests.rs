@@ -47,7 +47,8 @@ fn advertised(advertisements: &str) -> Advertised {
     .into_iter()
     .map(|(vip, pool)| (ip(vip), pool.to_owned()))
     .collect();
-    plan(&loaded.objects.metallb, &vip_pools)
+    let (in_use, _) = crate::k8s::metallb::pools::pools(&loaded.objects.metallb.pools);
+    plan(&loaded.objects.metallb, &in_use, &vip_pools)
 }
 
 fn plan_of(advertisements: &str) -> AnnouncementPlan {
