@@ -39,7 +39,9 @@ pub struct Speaker {
     /// What BIRD was last configured with; `None` until it was.
     applied: Option<Applied>,
     /// The routes the plan and the data path say should be announced.
-    wanted: BTreeMap<IpAddr, Vec<BgpAnnouncement>>,
+    /// `None` until the first sync says what is served: until then a BIRD
+    /// taken over from an earlier agent keeps announcing what it did.
+    wanted: Option<BTreeMap<IpAddr, Vec<BgpAnnouncement>>>,
     /// The problems last logged, so each is said once.
     said: BTreeSet<String>,
 }
@@ -60,7 +62,7 @@ impl Speaker {
             objects: None,
             skipped: Vec::new(),
             applied: None,
-            wanted: BTreeMap::new(),
+            wanted: None,
             said: BTreeSet::new(),
         }
     }
@@ -101,13 +103,16 @@ impl Speaker {
     /// Announces `wanted` (each healthy VIP's announcements), unless
     /// draining.
     pub fn update(&mut self, wanted: BTreeMap<IpAddr, Vec<BgpAnnouncement>>) {
-        self.wanted = wanted;
+        self.wanted = Some(wanted);
         self.refresh();
     }
 
     /// Brings BIRD in line again: what only time changes (`lb drain`, a BIRD
     /// that failed or was missing) is seen here.
     pub fn refresh(&mut self) {
+        let Some(wanted) = &self.wanted else {
+            return;
+        };
         let settings = match self.settings() {
             Some(settings) => settings.clone(),
             // Sessions gone: BIRD, if it runs for us, keeps none.
@@ -120,8 +125,8 @@ impl Speaker {
         let (exports, problems, vips) = if self.bird.draining() {
             Default::default()
         } else {
-            let (exports, problems) = Exports::of(&self.wanted, &settings.sessions);
-            (exports, problems, self.wanted.keys().copied().collect())
+            let (exports, problems) = Exports::of(wanted, &settings.sessions);
+            (exports, problems, wanted.keys().copied().collect())
         };
         let desired = Applied {
             settings,
