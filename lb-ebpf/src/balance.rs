@@ -4,10 +4,13 @@
 //! leave with a VIP. Every lb host with the same services computes the same
 //! Maglev choice, so a flow that moves between hosts keeps its node.
 
+use core::mem::MaybeUninit;
+
 use aya_log_ebpf::debug;
 use lb_common::{BACKEND_ACTIVE, Backend, Flow, FlowKey, ServiceInfo, ServiceKey, counters};
 
 use crate::{
+    keys,
     maps::{self, count},
     parse::Frame,
     verdict::Verdict,
@@ -15,12 +18,15 @@ use crate::{
 
 /// The Maglev choice for `key`: the backend its service's live ring gives.
 #[inline(always)]
-fn maglev_backend(key: &FlowKey, service: &ServiceInfo) -> Result<(u32, Backend), Verdict> {
+fn maglev_backend(
+    key: &FlowKey,
+    service: &ServiceInfo,
+) -> Result<(u32, &'static Backend), Verdict> {
     if service.backend_count == 0 || service.ring_size == 0 {
         return Err(Verdict::DropNoBackend);
     }
     let backend_id = maps::ring_entry(service.ring_slot(key)).ok_or(Verdict::DropInternal)?;
-    let backend = *maps::backend(backend_id).ok_or(Verdict::DropInternal)?;
+    let backend = maps::backend(backend_id).ok_or(Verdict::DropInternal)?;
     if backend.flags & BACKEND_ACTIVE == 0 {
         return Err(Verdict::DropInternal);
     }
@@ -62,7 +68,7 @@ pub fn flow_backend(key: &FlowKey) -> Option<&'static Backend> {
     flow.still_on(backend).then_some(backend)
 }
 
-/// Returns the backend of `key`'s flow: the pinned one while it is still in place,
+/// Returns the backend (id and slot) of `key`'s flow: the pinned one while it is still in place,
 /// otherwise the Maglev choice, which is then pinned. A connection's first
 /// packet (`opens`) skips the flow lookup: an entry for its 5-tuple can only
 /// be a retransmitted SYN's, which the same choice overwrites, or a closed
@@ -76,7 +82,7 @@ pub fn select_backend(
     service: ServiceInfo,
     bytes: u64,
     now: u64,
-) -> Result<Backend, Verdict> {
+) -> Result<(u32, &'static Backend), Verdict> {
     let pinned = if opens { None } else { maps::flow_mut(key) };
     if let Some(flow) = pinned {
         // SAFETY: the pointer is valid for this program run; concurrent updates of
@@ -88,7 +94,7 @@ pub fn select_backend(
             flow.last_seen_ns = now;
             flow.packets += 1;
             maps::account(service.id, flow.backend_id, bytes);
-            return Ok(*backend);
+            return Ok((flow.backend_id, backend));
         }
         count(counters::FLOW_REHASHED);
         debug!(ctx, "flow re-hashed: backend {} is gone", flow.backend_id);
@@ -97,7 +103,7 @@ pub fn select_backend(
     maps::account(service.id, backend_id, bytes);
     if !take_flow_budget(now) {
         count(counters::NEW_FLOWS_UNTRACKED);
-        return Ok(backend);
+        return Ok((backend_id, backend));
     }
     maps::insert_flow(
         key,
@@ -112,7 +118,7 @@ pub fn select_backend(
         },
     );
     count(counters::NEW_FLOWS);
-    Ok(backend)
+    Ok((backend_id, backend))
 }
 
 /// The frontend a node's reply is reverse-NAT-ed to, and whether this host
@@ -133,18 +139,20 @@ pub fn reply_of(reply: &FlowKey) -> Option<ReplyOf> {
     if maps::direct_server_return() {
         return None;
     }
-    let frontend = maps::frontend_of_node_port(&ServiceKey::of_source(reply))?;
-    let request = FlowKey::new(
-        reply.dst_ip,
-        frontend.vip,
-        reply.dst_port,
-        frontend.port,
+    let mut node_port = MaybeUninit::uninit();
+    let node_port = keys::service_key(&mut node_port, &reply.src_ip, reply.src_port, reply.proto);
+    let frontend = maps::frontend_of_node_port(node_port)?;
+    let mut request = MaybeUninit::uninit();
+    let request = keys::flow_key(
+        &mut request,
+        [&reply.dst_ip, &frontend.vip],
+        [reply.dst_port, frontend.port],
         reply.proto,
     );
-    let tracked = flow_backend(&request);
+    let tracked = flow_backend(request);
     let backend = match tracked {
-        Some(backend) => *backend,
-        None => maglev_backend(&request, &maps::service(&frontend)?).ok()?.1,
+        Some(backend) => backend,
+        None => maglev_backend(request, &maps::service(&frontend)?).ok()?.1,
     };
     (backend.ip == reply.src_ip && backend.port == reply.src_port).then_some(ReplyOf {
         frontend,

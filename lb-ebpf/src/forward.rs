@@ -2,7 +2,7 @@
 //! tables, then XDP_TX on the ingress interface or XDP_REDIRECT through the
 //! devmap.
 
-use core::{mem::size_of, ptr::copy_nonoverlapping};
+use core::mem::size_of;
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -61,17 +61,32 @@ fn zeroed_fib_params() -> Result<&'static mut FibParams, Verdict> {
     Ok(unsafe { &mut *block })
 }
 
-/// Sets the Ethernet addresses of the frame at `eth`, which `ptr_at` checked.
-/// Copied as non-overlapping bytes, which the compiler writes out inline
-/// (plain assignment becomes a `memmove` subprogram call).
+/// Sets the Ethernet addresses of the frame at `eth`, which `ptr_at` checked,
+/// a 16-bit word at a time (a byte array would be copied byte by byte). An
+/// XDP frame starts at least 2-byte aligned (drivers reserve a headroom of
+/// 256 bytes and lb never moves the start), so the words are aligned.
 #[inline(always)]
-pub fn set_macs(eth: *mut EthHdr, dst: [u8; 6], src: [u8; 6]) {
-    // SAFETY: `eth` points at a whole Ethernet header inside the packet;
-    // `dst` and `src` are locals, so nothing overlaps.
-    unsafe {
-        copy_nonoverlapping(dst.as_ptr(), (*eth).dst_addr.as_mut_ptr(), 6);
-        copy_nonoverlapping(src.as_ptr(), (*eth).src_addr.as_mut_ptr(), 6);
+pub fn set_macs(eth: *mut EthHdr, dst: &Mac, src: &Mac) {
+    let words = eth.cast::<u16>();
+    for i in 0..3 {
+        // SAFETY: `eth` points at a whole, 2-byte aligned Ethernet header
+        // inside the packet; the destination MAC is its first 6 bytes, the
+        // source the next 6.
+        unsafe {
+            words.add(i).write(dst[i]);
+            words.add(3 + i).write(src[i]);
+        }
     }
+}
+
+/// A MAC from its bytes as [`Mac`] words.
+#[inline(always)]
+pub fn mac_words(mac: [u8; 6]) -> Mac {
+    [
+        u16::from_ne_bytes([mac[0], mac[1]]),
+        u16::from_ne_bytes([mac[2], mac[3]]),
+        u16::from_ne_bytes([mac[4], mac[5]]),
+    ]
 }
 
 /// Whether a packet may be forwarded by this hop; the caller checks before it
@@ -122,8 +137,8 @@ pub struct NextHop {
     /// The destination is on the egress link, not behind a gateway.
     on_link: bool,
     ifindex: u32,
-    dmac: [u8; 6],
-    smac: [u8; 6],
+    dmac: Mac,
+    smac: Mac,
 }
 
 impl NextHop {
@@ -153,25 +168,40 @@ pub fn clock() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
+/// Where a destination's next hop is cached.
+#[derive(Clone, Copy)]
+pub enum HopCache {
+    /// The slot of the backend (by id) the packet goes to: an array read,
+    /// no hash lookup. The slot names its address, so a backend id reused
+    /// for another node misses.
+    Backend(u32),
+    /// Keyed by destination address (a reply's client, an ICMP error's).
+    Destination,
+}
+
 /// The next hop of a packet from `src` to `dst` (the addresses it will have
 /// when sent), looked up before anything is rewritten: a destination that is
 /// this host's own (`NOT_FWDED`) is the kernel's, and the packet must reach it
 /// as it came. A hop the FIB gave for `dst` less than [`HOP_CACHE_NS`] ago
 /// (`now` is [`clock`]'s), for a packet no longer than one it approved then,
-/// is taken from the cache: the FIB lookup is the largest single cost of a
+/// is taken from `cache`: the FIB lookup is the largest single cost of a
 /// forwarded packet.
 #[inline(always)]
 pub fn next_hop(
     ctx: &Frame,
     route: &Route,
-    src: &Addr,
-    dst: &Addr,
+    [src, dst]: [&Addr; 2],
+    cache: HopCache,
     now: u64,
 ) -> Result<NextHop, Verdict> {
-    if let Some(cached) = maps::cached_hop(dst) {
-        // SAFETY: the entry stays valid for this program run (RCU); a
-        // concurrent refresh may mix old and new fields, each of which was
-        // right within the bound.
+    let cached = match cache {
+        HopCache::Backend(id) => maps::backend_hop(id, dst),
+        HopCache::Destination => maps::cached_hop(dst),
+    };
+    if let Some(cached) = cached {
+        // SAFETY: the entry stays valid for this program run (an array slot,
+        // or a hash entry under RCU); a concurrent refresh may mix old and
+        // new fields, each of which was right within the bound.
         let cached = unsafe { &*cached };
         if now.wrapping_sub(cached.refreshed_ns) < HOP_CACHE_NS && route.total_len <= cached.max_len
         {
@@ -186,18 +216,19 @@ pub fn next_hop(
     }
     let hop = fib_next_hop(ctx, route, src, dst)?;
     if hop.resolved {
-        maps::cache_hop(
-            dst,
-            &CachedHop {
-                refreshed_ns: now,
-                ifindex: hop.ifindex,
-                max_len: route.total_len,
-                on_link: u8::from(hop.on_link),
-                _pad: 0,
-                dmac: hop.dmac,
-                smac: hop.smac,
-            },
-        );
+        let fresh = CachedHop {
+            refreshed_ns: now,
+            ifindex: hop.ifindex,
+            max_len: route.total_len,
+            on_link: u8::from(hop.on_link),
+            _pad: 0,
+            dmac: hop.dmac,
+            smac: hop.smac,
+        };
+        match cache {
+            HopCache::Backend(id) => maps::set_backend_hop(id, dst, &fresh),
+            HopCache::Destination => maps::cache_hop(dst, &fresh),
+        }
     }
     Ok(hop)
 }
@@ -206,8 +237,13 @@ pub fn next_hop(
 /// whose MAC (or route) changed may still get packets the old way.
 pub const HOP_CACHE_NS: u64 = 1_000_000_000;
 
+/// A MAC address as three 16-bit words in network order: copied as words,
+/// where a `[u8; 6]` is copied byte by byte.
+pub type Mac = [u16; 3];
+
 /// A next hop the FIB gave, kept in `NEXT_HOPS` by destination.
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct CachedHop {
     /// [`clock`] at the lookup.
     pub refreshed_ns: u64,
@@ -216,8 +252,16 @@ pub struct CachedHop {
     pub max_len: u16,
     pub on_link: u8,
     pub _pad: u8,
-    pub dmac: [u8; 6],
-    pub smac: [u8; 6],
+    pub dmac: Mac,
+    pub smac: Mac,
+}
+
+/// A backend's slot in `BACKEND_HOPS`: its next hop and the address it is
+/// for, since a backend id may be reused for another node.
+#[repr(C)]
+pub struct BackendHop {
+    pub node: Addr,
+    pub hop: CachedHop,
 }
 
 /// The kernel's FIB and neighbour tables' answer for the packet.
@@ -254,8 +298,8 @@ fn fib_next_hop(ctx: &Frame, route: &Route, src: &Addr, dst: &Addr) -> Result<Ne
                 resolved: false,
                 on_link: false,
                 ifindex: 0,
-                dmac: [0; 6],
-                smac: [0; 6],
+                dmac: [0; 3],
+                smac: [0; 3],
             });
         }
         BPF_FIB_LKUP_RET_NOT_FWDED => return Err(Verdict::PassNotService),
@@ -269,12 +313,19 @@ fn fib_next_hop(ctx: &Frame, route: &Route, src: &Addr, dst: &Addr) -> Result<Ne
             Family::V6 => fib.__bindgen_anon_4.ipv6_dst == *dst,
         }
     };
+    // SAFETY: both MACs lie at even offsets of the 4-byte aligned block.
+    let (dmac, smac) = unsafe {
+        (
+            (&raw const fib.dmac).cast::<Mac>().read(),
+            (&raw const fib.smac).cast::<Mac>().read(),
+        )
+    };
     Ok(NextHop {
         resolved: true,
         on_link,
         ifindex: fib.ifindex,
-        dmac: fib.dmac,
-        smac: fib.smac,
+        dmac,
+        smac,
     })
 }
 
@@ -293,7 +344,7 @@ pub fn send(
     }
     nat::decrement_ttl(ctx, family)?;
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
-    set_macs(eth, hop.dmac, hop.smac);
+    set_macs(eth, &hop.dmac, &hop.smac);
     let (tx_counter, redirect_counter) = direction.counters();
     if hop.ifindex == ctx.ingress_ifindex() {
         count(tx_counter);

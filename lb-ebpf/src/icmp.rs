@@ -9,7 +9,7 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     balance,
-    forward::{self, Direction, Route, check_ttl},
+    forward::{self, Direction, HopCache, Route, check_ttl},
     maps::{answer_echo, count, is_vip},
     nat::{self, End},
     parse::{self, Family, Frame, Ip, ptr_at},
@@ -96,7 +96,7 @@ pub fn echo_reply(
             u16::from_ne_bytes(new),
         );
         let (to, from) = ((*eth).dst_addr, (*eth).src_addr);
-        forward::set_macs(eth, from, to);
+        forward::set_macs(eth, &forward::mac_words(from), &forward::mac_words(to));
     }
     count(counters::ICMP_ECHO_REPLY);
     Ok(xdp_action::XDP_TX)
@@ -204,7 +204,13 @@ pub fn translate_error(
         Some(End::Destination) => (&ip.src, &rewrite.new_ip),
         None => (&ip.src, &ip.dst),
     };
-    let hop = forward::next_hop(ctx, &Route::of(ip, [0, 0]), src, dst, forward::clock())?;
+    let hop = forward::next_hop(
+        ctx,
+        &Route::of(ip, [0, 0]),
+        [src, dst],
+        HopCache::Destination,
+        forward::clock(),
+    )?;
     error.rewrite_quoted(ctx, quote, &rewrite)?;
     if let Some(end) = outer {
         error.rewrite_outer(ctx, end, &rewrite.new_ip)?;

@@ -7,6 +7,7 @@ mod balance;
 mod forward;
 mod icmp;
 mod icmp6;
+mod keys;
 mod maps;
 mod nat;
 mod neighbor;
@@ -17,10 +18,10 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use aya_log_ebpf::warn;
-use lb_common::{PROTO_ICMP, PROTO_ICMPV6, ServiceKey, counters};
+use lb_common::{PROTO_ICMP, PROTO_ICMPV6, counters};
 
 use crate::{
-    forward::{Direction, Route, check_ttl},
+    forward::{Direction, HopCache, Route, check_ttl},
     maps::count,
     parse::{Family, Frame, Ip, Packet},
     verdict::Verdict,
@@ -81,42 +82,52 @@ fn try_lb_xdp(ctx: &Frame) -> Result<u32, Verdict> {
 /// is on the stack once.
 #[inline(never)]
 fn serve_transport(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
-    let packet = Packet::parse(ctx, ip)?;
+    let mut packet = MaybeUninit::uninit();
+    Packet::parse(ctx, ip, &mut packet)?;
+    // SAFETY: `parse` returned `Ok`, so it wrote the packet.
+    let packet = unsafe { packet.assume_init_ref() };
     let key = &packet.key;
-    // The end of the packet that changes, and to what.
-    let (to_backend, new_ip, new_port, tracked, now) =
-        match maps::service(&ServiceKey::of_destination(key)) {
-            Some(service) => {
-                check_ttl(ip.ttl)?;
-                let now = forward::clock();
-                let backend =
-                    balance::select_backend(ctx, key, packet.opens, service, ctx.len(), now)?;
-                (true, backend.ip, backend.port, true, now)
-            }
-            None => {
-                let reply = balance::reply_of(key).ok_or(Verdict::PassNotService)?;
-                check_ttl(ip.ttl)?;
-                (
-                    false,
-                    reply.frontend.vip,
-                    reply.frontend.port,
-                    reply.tracked,
-                    forward::clock(),
-                )
-            }
-        };
+    let mut service_key = MaybeUninit::uninit();
+    // The end of the packet that changes, and to what; where its next hop
+    // is cached.
+    let (cache, new_ip, new_port, tracked, now) = match maps::service(keys::service_key(
+        &mut service_key,
+        &key.dst_ip,
+        key.dst_port,
+        key.proto,
+    )) {
+        Some(service) => {
+            check_ttl(ip.ttl)?;
+            let now = forward::clock();
+            let (id, backend) =
+                balance::select_backend(ctx, key, packet.opens, service, ctx.len(), now)?;
+            (HopCache::Backend(id), backend.ip, backend.port, true, now)
+        }
+        None => {
+            let reply = balance::reply_of(key).ok_or(Verdict::PassNotService)?;
+            check_ttl(ip.ttl)?;
+            (
+                HopCache::Destination,
+                reply.frontend.vip,
+                reply.frontend.port,
+                reply.tracked,
+                forward::clock(),
+            )
+        }
+    };
     // Looked up before anything is rewritten: a reply addressed to this host
     // (a health check, the host's own connection to a NodePort) is the
     // kernel's, and must reach it as it came.
-    let (src, dst) = if to_backend {
-        (&key.src_ip, &new_ip)
+    let to_backend = matches!(cache, HopCache::Backend(_));
+    let ends = if to_backend {
+        [&key.src_ip, &new_ip]
     } else {
-        (&new_ip, &key.dst_ip)
+        [&new_ip, &key.dst_ip]
     };
     let route = Route::of(ip, [key.src_port, key.dst_port]);
-    let hop = forward::next_hop(ctx, &route, src, dst, now)?;
+    let hop = forward::next_hop(ctx, &route, ends, cache, now)?;
     let direction = if !to_backend {
-        nat::rewrite_source(ctx, &packet, &new_ip, new_port)?;
+        nat::rewrite_source(ctx, packet, &new_ip, new_port)?;
         if !tracked {
             count(counters::REPLIES_UNTRACKED);
         }
@@ -125,7 +136,7 @@ fn serve_transport(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
         hop.check_direct()?;
         Direction::ToBackend
     } else {
-        nat::rewrite_destination(ctx, &packet, &new_ip, new_port)?;
+        nat::rewrite_destination(ctx, packet, &new_ip, new_port)?;
         Direction::ToBackend
     };
     forward::send(ctx, ip.family, &hop, direction)

@@ -1,7 +1,10 @@
 //! Maps shared with userspace, and thin accessors over them. What the data
 //! path decides with them lives in `balance`.
 
-use crate::forward::CachedHop;
+use crate::{
+    forward::{BackendHop, CachedHop},
+    nat::copy_addr,
+};
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
     macros::map,
@@ -82,6 +85,11 @@ pub static FIB_PARAMS: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entri
 #[map]
 static NEXT_HOPS: LruHashMap<Addr, CachedHop> =
     LruHashMap::with_max_entries(MAX_NEXT_HOPS, BPF_F_NO_COMMON_LRU);
+
+/// The next hop of each backend, by backend id: what most forwarded packets
+/// need, by an array read instead of a `NEXT_HOPS` lookup. A cache like it.
+#[map]
+static BACKEND_HOPS: Array<BackendHop> = Array::with_max_entries(MAX_BACKENDS, 0);
 
 /// Interfaces packets may be redirected to, keyed by ifindex.
 #[map]
@@ -207,6 +215,30 @@ pub fn is_vip(addr: &Addr) -> bool {
 #[inline(always)]
 pub fn cached_hop(dst: &Addr) -> Option<*const CachedHop> {
     NEXT_HOPS.get_ptr(dst)
+}
+
+/// The cached next hop of backend `id` at `node`, to read in place.
+#[inline(always)]
+pub fn backend_hop(id: u32, node: &Addr) -> Option<*const CachedHop> {
+    let slot = BACKEND_HOPS.get_ptr(id)?;
+    // SAFETY: a valid slot of the array.
+    unsafe { ((*slot).node == *node).then_some(&raw const (*slot).hop) }
+}
+
+/// Caches the next hop of backend `id` at `node`, in place: readers on other
+/// CPUs may see a mix of this and the previous hop (see `forward::next_hop`).
+/// The hop is written before the address, so a reader never pairs `node`
+/// with the hop of a node that had the slot before.
+#[inline(always)]
+pub fn set_backend_hop(id: u32, node: &Addr, hop: &CachedHop) {
+    if let Some(slot) = BACKEND_HOPS.get_ptr_mut(id) {
+        // SAFETY: a valid slot of the array; `copy_addr` copies word by word.
+        unsafe {
+            // Volatile, as `copy_addr`'s stores are: kept in this order.
+            (&raw mut (*slot).hop).write_volatile(*hop);
+            copy_addr(&raw mut (*slot).node, node);
+        }
+    }
 }
 
 #[inline(always)]

@@ -9,7 +9,7 @@ use lb_common::{Addr, checksum, counters, ipv4_mapped};
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
 use crate::{
-    forward::set_macs,
+    forward::{mac_words, set_macs},
     maps::{count, neighbor_answer},
     parse::{Frame, Ip, ptr_at},
     verdict::Verdict,
@@ -92,7 +92,7 @@ pub fn answer_arp(ctx: &Frame) -> Result<u32, Verdict> {
         request.tpa = asker_ip;
         request.sha = mac;
         request.spa = vip;
-        set_macs(eth, asker_mac, mac);
+        set_macs(eth, &mac_words(asker_mac), &mac_words(mac));
     }
     count(counters::ARP_REPLY);
     Ok(xdp_action::XDP_TX)
@@ -172,7 +172,7 @@ pub fn answer_solicitation(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
         }
         solicitation.check = check;
         set_addresses(ctx, &target, &ip.src)?;
-        set_macs(eth, asker_mac, mac);
+        set_macs(eth, &mac_words(asker_mac), &mac_words(mac));
     }
     count(counters::NDP_REPLY);
     Ok(xdp_action::XDP_TX)

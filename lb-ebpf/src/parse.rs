@@ -9,7 +9,7 @@ use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
 
-use crate::{maps::iface_mac, verdict::Verdict};
+use crate::{keys::flow_key, maps::iface_mac, verdict::Verdict};
 
 const ETH_P_IPV4_BE: u16 = 0x0800u16.to_be();
 const ETH_P_IPV6_BE: u16 = 0x86ddu16.to_be();
@@ -112,20 +112,26 @@ pub enum Family {
 
 /// The IP header of a packet that is neither malformed nor a fragment; for
 /// IPv6, with the extension headers walked to the upper-layer header.
+///
+/// `repr(C)` with the addresses first, as in [`FlowKey`]: in Rust's own
+/// layout the one-byte fields come first and the compiler merges the copy of
+/// several fields into one unaligned block, which BPF copies byte by byte
+/// (and the word loads that follow stall on those byte stores).
+#[repr(C)]
 pub struct Ip {
-    pub family: Family,
+    pub src: Addr,
+    pub dst: Addr,
     /// Offset of the upper-layer (TCP, UDP, ICMP) header.
     pub l4_offset: usize,
     /// Bytes from the upper-layer header to the end of the IP packet.
     pub l4_len: usize,
     /// IPv4 total length or IPv6 header plus payload, host order.
     pub total_len: u16,
+    pub family: Family,
     /// Upper-layer protocol.
     pub proto: u8,
     pub ttl: u8,
     pub tos: u8,
-    pub src: Addr,
-    pub dst: Addr,
 }
 
 impl Ip {
@@ -279,22 +285,25 @@ fn skip_extensions(ctx: &Frame, first: u8) -> Result<(u8, usize), Verdict> {
     }
 }
 
-/// A TCP or UDP packet the program may own.
+/// A TCP or UDP packet the program may own. `repr(C)`, key first: see [`Ip`].
+#[repr(C)]
 pub struct Packet {
-    pub family: Family,
     pub key: FlowKey,
     /// Offset of the L4 header.
     pub l4_offset: usize,
     /// Offset of the L4 checksum.
     pub l4_check_offset: usize,
+    pub family: Family,
     /// A TCP SYN without ACK: the first packet of a connection, which no
     /// flow entry may claim yet.
     pub opens: bool,
 }
 
 impl Packet {
+    /// Parses the transport header of `ip`'s packet into `out`, which is
+    /// initialised when this returns `Ok` (written in place: see `keys`).
     #[inline(always)]
-    pub fn parse(ctx: &Frame, ip: &Ip) -> Result<Self, Verdict> {
+    pub fn parse(ctx: &Frame, ip: &Ip, out: &mut MaybeUninit<Packet>) -> Result<(), Verdict> {
         let (l4_min_len, check_offset) = match ip.proto {
             PROTO_TCP => (TCP_MIN_LEN, TCP_CHECK_OFFSET),
             PROTO_UDP => (UDP_LEN, UDP_CHECK_OFFSET),
@@ -308,18 +317,27 @@ impl Packet {
         // The checksum must be inside the packet too before anyone rewrites it.
         ptr_at::<u16>(ctx, l4_offset + check_offset)?;
         // SAFETY: checked by `ptr_at`.
-        let [src_port, dst_port] = unsafe { *ports };
+        let ports = unsafe { *ports };
         let opens = ip.proto == PROTO_TCP && {
             let flags: *const u8 = ptr_at(ctx, l4_offset + TCP_FLAGS_OFFSET)?;
             // SAFETY: checked by `ptr_at`.
             unsafe { *flags & (TCP_SYN | TCP_ACK) == TCP_SYN }
         };
-        Ok(Self {
-            family: ip.family,
-            key: FlowKey::new(ip.src, ip.dst, src_port, dst_port, ip.proto),
-            l4_offset,
-            l4_check_offset: l4_offset + check_offset,
-            opens,
-        })
+        let packet = out.as_mut_ptr();
+        // SAFETY: every field is written through a pointer into `out`, the
+        // key by `keys::flow_key`, which initialises all of it.
+        unsafe {
+            flow_key(
+                &mut *(&raw mut (*packet).key).cast::<MaybeUninit<FlowKey>>(),
+                [&ip.src, &ip.dst],
+                ports,
+                ip.proto,
+            );
+            (&raw mut (*packet).l4_offset).write(l4_offset);
+            (&raw mut (*packet).l4_check_offset).write(l4_offset + check_offset);
+            (&raw mut (*packet).family).write(ip.family);
+            (&raw mut (*packet).opens).write(opens);
+        }
+        Ok(())
     }
 }

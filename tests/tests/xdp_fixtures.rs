@@ -740,6 +740,43 @@ fn next_hop_cache_in_namespace(ns: &NetNs, bench: &XdpBed) {
     assert_eq!(dst_mac(b""), node_mac(1), "past the bound: refreshed");
 }
 
+/// A backend's next hop is cached in its slot, and a slot freed by one node
+/// and taken by another (the agent reuses the last freed id first) must not
+/// send the new node's packets to the old node's MAC.
+#[test]
+fn a_backend_slot_reused_for_another_node_does_not_keep_the_old_next_hop() {
+    let (ns, bench) = bench();
+    ns.enter(move || reused_backend_slot_in_namespace(&bench))
+        .expect("enter namespace");
+}
+
+fn reused_backend_slot_in_namespace(bench: &XdpBed) {
+    let mut dataplane = load(bench);
+    let dst_mac = |dataplane: &Dataplane, port: u16| {
+        let (action, output) = run(
+            dataplane,
+            &packets::tcp_ack(sock(CLIENT, 42000), sock(VIP, port), b""),
+            bench.client_if,
+        );
+        assert_eq!(action, XDP_REDIRECT);
+        <[u8; 6]>::try_from(&output[..6]).expect("a MAC")
+    };
+    dataplane
+        .set_service(&service(VIP, 80, Protocol::Tcp, vec![node(1, 31000)]))
+        .expect("set_service");
+    assert_eq!(dst_mac(&dataplane, 80), node_mac(1), "node 1, now cached");
+    // Node 2 replaces node 1 (node 1's slot is freed last), then another
+    // service's backend on node 2 takes that slot.
+    dataplane
+        .set_service(&service(VIP, 80, Protocol::Tcp, vec![node(2, 31000)]))
+        .expect("replace node 1");
+    dataplane
+        .set_service(&service(VIP, 81, Protocol::Tcp, vec![node(2, 31001)]))
+        .expect("set_service on 81");
+    assert_eq!(dst_mac(&dataplane, 81), node_mac(2), "the reused slot");
+    assert_eq!(dst_mac(&dataplane, 80), node_mac(2), "the new slot");
+}
+
 /// Services that come and go are served, and their NodePorts' replies
 /// reverse-NAT-ed, exactly while they are programmed, also when their keys
 /// share a bit of the data path's key filter (which spares packets that are
