@@ -47,8 +47,8 @@ pub fn handle(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
                 let quoted = &(*error).quoted;
                 Quote {
                     proto: quoted.next_hdr,
-                    src: parse::words(quoted.src_addr),
-                    dst: parse::words(quoted.dst_addr),
+                    src: parse::words(&quoted.src_addr),
+                    dst: parse::words(&quoted.dst_addr),
                     ports: (*error).quoted_ports,
                     l4_check_offset: icmp::quoted_l4_check_offset(
                         ip,

@@ -88,8 +88,10 @@ fn serve_transport(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
     let packet = unsafe { packet.assume_init_ref() };
     let key = &packet.key;
     let mut service_key = MaybeUninit::uninit();
-    // The end of the packet that changes, and to what; where its next hop
+    // The end of the packet that changes, and to what (the address by
+    // reference: copied, it is stored a byte at a time); where its next hop
     // is cached.
+    let reply;
     let (cache, new_ip, new_port, tracked, now) = match maps::service(keys::service_key(
         &mut service_key,
         &key.dst_ip,
@@ -101,14 +103,14 @@ fn serve_transport(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
             let now = forward::clock();
             let (id, backend) =
                 balance::select_backend(ctx, key, packet.opens, service, ctx.len(), now)?;
-            (HopCache::Backend(id), backend.ip, backend.port, true, now)
+            (HopCache::Backend(id), &backend.ip, backend.port, true, now)
         }
         None => {
-            let reply = balance::reply_of(key).ok_or(Verdict::PassNotService)?;
+            reply = balance::reply_of(key).ok_or(Verdict::PassNotService)?;
             check_ttl(ip.ttl)?;
             (
                 HopCache::Destination,
-                reply.frontend.vip,
+                &reply.frontend.vip,
                 reply.frontend.port,
                 reply.tracked,
                 forward::clock(),
@@ -120,14 +122,14 @@ fn serve_transport(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
     // kernel's, and must reach it as it came.
     let to_backend = matches!(cache, HopCache::Backend(_));
     let ends = if to_backend {
-        [&key.src_ip, &new_ip]
+        [&key.src_ip, new_ip]
     } else {
-        [&new_ip, &key.dst_ip]
+        [new_ip, &key.dst_ip]
     };
     let route = Route::of(ip, [key.src_port, key.dst_port]);
     let hop = forward::next_hop(ctx, &route, ends, cache, now)?;
     let direction = if !to_backend {
-        nat::rewrite_source(ctx, packet, &new_ip, new_port)?;
+        nat::rewrite_source(ctx, packet, new_ip, new_port)?;
         if !tracked {
             count(counters::REPLIES_UNTRACKED);
         }
@@ -136,7 +138,7 @@ fn serve_transport(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
         hop.check_direct()?;
         Direction::ToBackend
     } else {
-        nat::rewrite_destination(ctx, packet, &new_ip, new_port)?;
+        nat::rewrite_destination(ctx, packet, new_ip, new_port)?;
         Direction::ToBackend
     };
     forward::send(ctx, ip.family, &hop, direction)

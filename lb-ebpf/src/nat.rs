@@ -4,7 +4,7 @@ use lb_common::{Addr, PROTO_UDP, checksum, ipv4_mapped};
 use network_types::eth::EthHdr;
 
 use crate::{
-    parse::{Family, Frame, Packet, ptr_at},
+    parse::{Family, Frame, Packet, ptr_at, read_word, write_word},
     verdict::Verdict,
 };
 
@@ -60,19 +60,14 @@ pub fn rewrite_address(ctx: &Frame, family: Family, end: End, new: &Addr) -> Res
                 End::Source => IPV4_SRC_OFFSET,
                 End::Destination => IPV4_DST_OFFSET,
             };
-            let address: *mut u32 = ptr_at(ctx, offset)?;
+            let address: *mut [u16; 2] = ptr_at(ctx, offset)?;
             let ip_check: *mut u16 = ptr_at(ctx, IPV4_CHECK_OFFSET)?;
-            // SAFETY: both pointers were bounds-checked by `ptr_at`; the header
-            // is 4-byte aligned after a 14-byte Ethernet header only by
-            // accident, so all accesses are unaligned.
+            // SAFETY: both pointers were bounds-checked by `ptr_at`; both
+            // fields lie at even offsets (see `parse::read_word`).
             unsafe {
-                let old = address.read_unaligned();
-                address.write_unaligned(new[3]);
-                ip_check.write_unaligned(checksum::replace_u32(
-                    ip_check.read_unaligned(),
-                    old,
-                    new[3],
-                ));
+                let old = read_word(address);
+                write_word(address, new[3]);
+                ip_check.write(checksum::replace_u32(ip_check.read(), old, new[3]));
                 Ok(ipv4_mapped(old))
             }
         }
@@ -81,31 +76,35 @@ pub fn rewrite_address(ctx: &Frame, family: Family, end: End, new: &Addr) -> Res
                 End::Source => IPV6_SRC_OFFSET,
                 End::Destination => IPV6_DST_OFFSET,
             };
-            let address: *mut Addr = ptr_at(ctx, offset)?;
+            let address: *mut [[u16; 2]; 4] = ptr_at(ctx, offset)?;
             let mut old = [0; 4];
-            // SAFETY: bounds-checked by `ptr_at`; `old` and `new` are ours.
-            unsafe {
-                copy_addr(&mut old, address);
-                copy_addr(address, new);
+            for (i, word) in old.iter_mut().enumerate() {
+                // SAFETY: bounds-checked by `ptr_at`, at an even offset (see
+                // `parse::read_word`).
+                unsafe {
+                    let at = address.cast::<[u16; 2]>().add(i);
+                    *word = read_word(at);
+                    write_word(at, new[i]);
+                }
             }
             Ok(old)
         }
     }
 }
 
-/// Copies an address word by word, unaligned: left to the compiler, a
-/// 16-byte copy from or into the packet becomes a `memmove` subprogram call
-/// (a byte loop in BPF).
+/// Copies an address (not in the packet) word by word: left to the
+/// compiler, a 16-byte copy is often a block copy it cannot prove aligned,
+/// which BPF does a byte at a time (or a `memmove` subprogram call).
 ///
 /// # Safety
-/// `dst` and `src` must be valid for 16 bytes.
+/// `dst` and `src` must be valid and aligned for an `Addr`.
 #[inline(always)]
 pub unsafe fn copy_addr(dst: *mut Addr, src: *const Addr) {
     let (dst, src) = (dst.cast::<u32>(), src.cast::<u32>());
     for i in 0..4 {
         // SAFETY: within the 16 bytes the caller vouches for; volatile keeps
-        // the four moves from being merged back into a `memmove`.
-        unsafe { dst.add(i).write_volatile(src.add(i).read_unaligned()) };
+        // the four moves from being merged back into a block copy.
+        unsafe { dst.add(i).write_volatile(src.add(i).read()) };
     }
 }
 
@@ -118,13 +117,14 @@ pub fn decrement_ttl(ctx: &Frame, family: Family) -> Result<(), Verdict> {
             // TTL and protocol share one checksummed 16-bit word.
             let ttl_proto: *mut [u8; 2] = ptr_at(ctx, IPV4_TTL_OFFSET)?;
             let ip_check: *mut u16 = ptr_at(ctx, IPV4_CHECK_OFFSET)?;
-            // SAFETY: both pointers were bounds-checked by `ptr_at`.
+            // SAFETY: both pointers were bounds-checked by `ptr_at`; the
+            // checksum lies at an even offset (see `parse::read_word`).
             unsafe {
                 let old = *ttl_proto;
                 let new = [old[0].wrapping_sub(1), old[1]];
                 *ttl_proto = new;
-                ip_check.write_unaligned(checksum::replace_u16(
-                    ip_check.read_unaligned(),
+                ip_check.write(checksum::replace_u16(
+                    ip_check.read(),
                     u16::from_ne_bytes(old),
                     u16::from_ne_bytes(new),
                 ));
@@ -176,11 +176,12 @@ fn rewrite(
     let port_field: *mut u16 = ptr_at(ctx, port_offset)?;
     let l4_check: *mut u16 = ptr_at(ctx, packet.l4_check_offset)?;
     let old_ip = rewrite_address(ctx, packet.family, end, new_ip)?;
-    // SAFETY: both pointers were bounds-checked by `ptr_at`.
+    // SAFETY: both pointers were bounds-checked by `ptr_at`; both fields
+    // lie at even offsets (see `parse::read_word`).
     unsafe {
-        let old_port = port_field.read_unaligned();
-        port_field.write_unaligned(new_port);
-        let old_l4 = l4_check.read_unaligned();
+        let old_port = port_field.read();
+        port_field.write(new_port);
+        let old_l4 = l4_check.read();
         // A zero UDP checksum means "none" and must stay zero (RFC 768; over
         // IPv6 it is invalid, and stays as invalid as it came).
         if packet.key.proto == PROTO_UDP && old_l4 == 0 {
@@ -192,7 +193,7 @@ fn rewrite(
         if packet.key.proto == PROTO_UDP && l4 == 0 {
             l4 = 0xffff;
         }
-        l4_check.write_unaligned(l4);
+        l4_check.write(l4);
     }
     Ok(())
 }

@@ -136,7 +136,7 @@ pub fn answer_solicitation(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
     // SAFETY: all bounds-checked by `ptr_at`.
     unsafe {
         let solicitation = &mut *message;
-        let target = crate::parse::words(solicitation.target);
+        let target = crate::parse::words(&solicitation.target);
         if solicitation.type_code != [NEIGHBOR_SOLICITATION, 0]
             || option.is_some_and(|option| {
                 (*option).kind_len != [OPTION_SOURCE_LINK_ADDRESS, OPTION_LINK_ADDRESS_UNITS]

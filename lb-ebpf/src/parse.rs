@@ -9,7 +9,7 @@ use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
 
-use crate::{keys::flow_key, maps::iface_mac, verdict::Verdict};
+use crate::{keys::flow_key, maps::iface_mac, nat::copy_addr, verdict::Verdict};
 
 const ETH_P_IPV4_BE: u16 = 0x0800u16.to_be();
 const ETH_P_IPV6_BE: u16 = 0x86ddu16.to_be();
@@ -148,12 +148,33 @@ impl Ip {
             return Err(Verdict::PassOtherHost);
         }
         // SAFETY: as above.
-        ip.write(match unsafe { (*eth).ether_type } {
+        let parsed = match unsafe { (*eth).ether_type } {
             ETH_P_IPV4_BE => Self::parse_v4(ctx)?,
             ETH_P_IPV6_BE => Self::parse_v6(ctx)?,
             _ => return Err(Verdict::PassNotIp),
-        });
+        };
+        parsed.write_to(ip);
         Ok(())
+    }
+
+    /// Writes the header into `out` a field at a time, addresses as words:
+    /// moved whole, the compiler stores the addresses byte by byte, and the
+    /// caller's word loads of them stall (see `keys`).
+    #[inline(always)]
+    fn write_to(&self, out: &mut MaybeUninit<Ip>) {
+        let out = out.as_mut_ptr();
+        // SAFETY: every field is written through a pointer into `out`.
+        unsafe {
+            copy_addr(&raw mut (*out).src, &self.src);
+            copy_addr(&raw mut (*out).dst, &self.dst);
+            (&raw mut (*out).l4_offset).write_volatile(self.l4_offset);
+            (&raw mut (*out).l4_len).write_volatile(self.l4_len);
+            (&raw mut (*out).total_len).write_volatile(self.total_len);
+            (&raw mut (*out).family).write_volatile(self.family);
+            (&raw mut (*out).proto).write_volatile(self.proto);
+            (&raw mut (*out).ttl).write_volatile(self.ttl);
+            (&raw mut (*out).tos).write_volatile(self.tos);
+        }
     }
 
     #[inline(always)]
@@ -181,8 +202,8 @@ impl Ip {
             proto: ip.proto,
             ttl: ip.ttl,
             tos: ip.tos,
-            src: ipv4_mapped(u32::from_ne_bytes(ip.src_addr)),
-            dst: ipv4_mapped(u32::from_ne_bytes(ip.dst_addr)),
+            src: ipv4_mapped(packet_word(&ip.src_addr)),
+            dst: ipv4_mapped(packet_word(&ip.dst_addr)),
         })
     }
 
@@ -200,7 +221,7 @@ impl Ip {
         if payload_len == 0 || Ipv6Hdr::LEN + payload_len > frame_ip_len {
             return Err(Verdict::PassMalformed);
         }
-        let (src, dst) = (words(ip.src_addr), words(ip.dst_addr));
+        let (src, dst) = (words(&ip.src_addr), words(&ip.dst_addr));
         // Addresses of the mapped form never travel in IPv6 packets (RFC 4291
         // 2.5.5.2); letting them through would alias IPv4 keys.
         if is_ipv4_mapped(&src) || is_ipv4_mapped(&dst) {
@@ -237,17 +258,44 @@ fn for_this_host(ctx: &Frame, dst: [u8; 6]) -> bool {
     dst[0] & 1 != 0 || iface_mac(ctx.ingress_ifindex()).is_none_or(|mac| mac == dst)
 }
 
+/// The 32-bit packet word at `word` (as it lies, network order) from two
+/// 16-bit loads. Every field lb reads or writes lies at an even offset, and
+/// a frame starts 2-byte aligned (see `forward::set_macs`), so 16-bit
+/// accesses are aligned; `read_unaligned` would load the bytes one by one.
+///
+/// # Safety
+/// `word` must point at 4 readable bytes of the packet at an even offset.
+#[inline(always)]
+pub unsafe fn read_word(word: *const [u16; 2]) -> u32 {
+    // SAFETY: as the caller vouches.
+    let [low, high] = unsafe { word.read() };
+    u32::from(low) | (u32::from(high) << 16)
+}
+
+/// Writes the 32-bit packet word at `word` as two 16-bit stores.
+///
+/// # Safety
+/// As for [`read_word`], and writable.
+#[inline(always)]
+pub unsafe fn write_word(word: *mut [u16; 2], value: u32) {
+    // SAFETY: as the caller vouches.
+    unsafe { word.write([value as u16, (value >> 16) as u16]) };
+}
+
+/// A 32-bit word of the packet from its bytes (see [`read_word`]).
+#[inline(always)]
+pub fn packet_word(bytes: &[u8; 4]) -> u32 {
+    // SAFETY: 4 readable bytes of the packet at an even offset.
+    unsafe { read_word((bytes as *const [u8; 4]).cast()) }
+}
+
 /// An IPv6 address from the packet as an [`Addr`].
 #[inline(always)]
-pub fn words(bytes: [u8; 16]) -> Addr {
+pub fn words(bytes: &[u8; 16]) -> Addr {
     let mut addr = [0u32; 4];
     for (i, word) in addr.iter_mut().enumerate() {
-        *word = u32::from_ne_bytes([
-            bytes[4 * i],
-            bytes[4 * i + 1],
-            bytes[4 * i + 2],
-            bytes[4 * i + 3],
-        ]);
+        // SAFETY: a 4-byte window of the 16, at an even offset.
+        *word = packet_word(unsafe { &*bytes.as_ptr().add(4 * i).cast::<[u8; 4]>() });
     }
     addr
 }
