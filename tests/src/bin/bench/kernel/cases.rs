@@ -276,7 +276,7 @@ pub fn measure_all(bed: &Bed, options: Options) -> Result<Section> {
     eprintln!("kernel: attribution (one operation per program)");
     let mut attribution_object =
         Ebpf::load(ATTRIBUTION_OBJECT).context("loading the attribution programs")?;
-    let attribution = attribution(
+    let (attribution, lru_note) = attribution(
         bed,
         &mut attribution_object,
         floor,
@@ -293,6 +293,7 @@ pub fn measure_all(bed: &Bed, options: Options) -> Result<Section> {
         &mut flows,
         &mut log,
     )?;
+    notes.push(lru_note);
     let mut section = super::section(options, &main, scaling, notes)?;
     section.goals.extend(goals);
     section.tables.push(attached);
@@ -345,6 +346,9 @@ fn attached_pass(
     ))
 }
 
+const LRU_PER_CPU: &str = "one new entry in a 1M LRU hash, per-CPU lists";
+const LRU_COMMON: &str = "one new entry in a 1M LRU hash, common list";
+
 /// The programs of `lb-ebpf/src/attribution.rs`, each one operation of the
 /// data path and XDP_TX, and what each adds to the floor.
 const ATTRIBUTION: [(&str, &str); 7] = [
@@ -354,14 +358,8 @@ const ATTRIBUTION: [(&str, &str); 7] = [
     ),
     ("attr_clock", "one bpf_ktime_get_ns"),
     ("attr_clock_coarse", "one bpf_ktime_get_coarse_ns"),
-    (
-        "attr_lru_insert_per_cpu",
-        "one new entry in a 1M LRU hash, per-CPU lists",
-    ),
-    (
-        "attr_lru_insert_common",
-        "one new entry in a 1M LRU hash, common list",
-    ),
+    ("attr_lru_insert_per_cpu", LRU_PER_CPU),
+    ("attr_lru_insert_common", LRU_COMMON),
     (
         "attr_hash_lookup_key40",
         "one hash lookup, 40-byte key (a flow)",
@@ -372,6 +370,8 @@ const ATTRIBUTION: [(&str, &str); 7] = [
     ),
 ];
 
+/// Measures the attribution programs: their table, and the note on the
+/// flow table's LRU variant.
 fn attribution(
     bed: &Bed,
     object: &mut Ebpf,
@@ -379,7 +379,7 @@ fn attribution(
     options: Options,
     flows: &mut FlowSource,
     log: &mut Log,
-) -> Result<Table> {
+) -> Result<(Table, String)> {
     for (name, _) in ATTRIBUTION {
         let program: &mut Xdp = object
             .program_mut(name)
@@ -431,7 +431,31 @@ fn attribution(
             minus(result.batched, floor.batched),
         ]);
     }
-    Ok(table)
+    Ok((table, lru_choice(&results)))
+}
+
+/// Which LRU variant the flow table uses, and why, from the two insert rows.
+fn lru_choice(results: &[CaseResult]) -> String {
+    let [per_cpu, common] = [LRU_PER_CPU, LRU_COMMON].map(|name| per_call(results, name));
+    let measured = match (per_cpu, common) {
+        (Some(per_cpu), Some(common)) => format!(
+            "here one insert with per-CPU lists took {:.0}% of one with the common list \
+             (per call)",
+            100.0 * per_cpu / common
+        ),
+        _ => "the two insert rows were not measured".to_owned(),
+    };
+    format!(
+        "FLOWS is an LRU hash with per-CPU lists (BPF_F_NO_COMMON_LRU): {measured}; on one \
+         CPU either insert costs mostly the new entry's cold memory, and the two differ by \
+         little and noisily. What decides is many cores: a common list is one lock that every \
+         CPU takes when its local free list runs dry and it must take entries back from the \
+         shared inactive list, so under a flood of new flows inserts on all cores queue on \
+         it, while per-CPU lists share no lock on insert (Katran keeps a flow table per CPU \
+         for the same reason). The price is that each CPU evicts only among the flows it \
+         inserted, MAX_FLOWS / CPUs of them; RSS spreads flows evenly over the CPUs, so \
+         that is each CPU's fair share."
+    )
 }
 
 /// The median per-call figure of case `name`.
