@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
 use crate::{
+    announce::bird::{Bird, Session},
     catalog::Catalog,
     inspect::{self, BackendRow, ServiceRow, Snapshot},
     maps::Maps,
@@ -110,6 +111,8 @@ struct Scrape {
     backends: Vec<BackendRow>,
     global: BTreeMap<&'static str, u64>,
     announced: Vec<Announced>,
+    /// The agent's BIRD's sessions; none while no BIRD runs.
+    bgp_sessions: Vec<Session>,
 }
 
 /// How a VIP is announced now.
@@ -151,11 +154,17 @@ impl Scrape {
             })
             .collect::<Result<_, aya::maps::MapError>>()?;
         let snapshot = Snapshot::take(&maps, catalog)?;
+        // No BIRD (no BGP, or not started yet) answers at once: no sessions.
+        let bgp_sessions = Bird::of(bpffs)
+            .status()
+            .map(|status| status.sessions)
+            .unwrap_or_default();
         Ok(Self {
             services: inspect::services(&maps, &snapshot)?,
             backends: inspect::backends(&maps, &snapshot, None)?,
             global: inspect::global(&maps)?,
             announced,
+            bgp_sessions,
         })
     }
 
@@ -266,6 +275,7 @@ impl Scrape {
              mode=\"l2\"), over BGP (mode=\"bgp\").",
             &announced,
         )?;
+        self.encode_sessions(encoder)?;
         for (name, help) in [
             (
                 "new_flows",
@@ -281,6 +291,41 @@ impl Scrape {
             counter(encoder, &format!("lb_{name}"), help, &[(Vec::new(), value)])?;
         }
         Ok(())
+    }
+
+    /// One series per BGP session (MetalLB exports the same pair as
+    /// `metallb_bgp_session_up` and `metallb_bfd_session_up`), so an alert
+    /// can fire on a session that is down.
+    fn encode_sessions(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let labels = |session: &Session| {
+            vec![
+                ("session", session.name.clone()),
+                ("peer", session.peer.clone()),
+            ]
+        };
+        let up = |on: bool| if on { 1.0 } else { 0.0 };
+        let bgp: Vec<(Labels, f64)> = self
+            .bgp_sessions
+            .iter()
+            .map(|s| (labels(s), up(s.state == "Established")))
+            .collect();
+        gauge(
+            encoder,
+            "lb_bgp_session_up",
+            "Whether the BGP session with a peer is established.",
+            &bgp,
+        )?;
+        let bfd: Vec<(Labels, f64)> = self
+            .bgp_sessions
+            .iter()
+            .filter_map(|s| Some((labels(s), up(s.bfd.as_deref()? == "Up"))))
+            .collect();
+        gauge(
+            encoder,
+            "lb_bfd_session_up",
+            "Whether the BFD session guarding a BGP session is up (sessions with BFD only).",
+            &bfd,
+        )
     }
 }
 
@@ -412,6 +457,21 @@ mod tests {
                 l2: false,
                 bgp: true,
             }],
+            bgp_sessions: vec![
+                Session {
+                    name: "router".into(),
+                    peer: "2001:db8::fe".into(),
+                    state: "Established".into(),
+                    bfd: Some("Up".into()),
+                    ..Session::default()
+                },
+                Session {
+                    name: "peer2".into(),
+                    peer: "192.0.2.254".into(),
+                    state: "Active".into(),
+                    ..Session::default()
+                },
+            ],
         });
         let labels = r#"service="demo/web6:dns",vip="2001:db8::1",port="80",protocol="udp""#;
         for line in [
@@ -421,8 +481,15 @@ mod tests {
             ),
             r#"lb_vip_announced{vip="2001:db8::1",mode="l2"} 0.0"#.to_owned(),
             r#"lb_vip_announced{vip="2001:db8::1",mode="bgp"} 1.0"#.to_owned(),
+            r#"lb_bgp_session_up{session="router",peer="2001:db8::fe"} 1.0"#.to_owned(),
+            r#"lb_bgp_session_up{session="peer2",peer="192.0.2.254"} 0.0"#.to_owned(),
+            r#"lb_bfd_session_up{session="router",peer="2001:db8::fe"} 1.0"#.to_owned(),
         ] {
             assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
         }
+        assert!(
+            !text.contains(r#"lb_bfd_session_up{session="peer2""#),
+            "a session without BFD has no BFD series:\n{text}"
+        );
     }
 }

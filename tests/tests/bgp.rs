@@ -10,7 +10,7 @@ use std::{
 
 use lb_tests::{
     agent::Agent,
-    bird,
+    bird, http,
     manifests::{self, ManifestFile},
     scale_out::{ROUTER_IP, ScaleOut, VIP, host_ip, wait_programmed},
     servers::ServerGuard,
@@ -77,6 +77,7 @@ fn the_router_learns_the_vip_with_bfd_while_its_service_exists() {
         "BFD up on the agent's side"
     );
     check_bgp_listing(&bed.agent, true);
+    check_session_metrics(&bed.net);
 
     // The Service goes away, then comes back.
     let nodes_only: Vec<String> = bed
@@ -122,6 +123,21 @@ fn the_vip_is_withdrawn_while_no_backend_is_healthy() {
     bed.net
         .wait_for_next_hops(VIP, 1)
         .expect("announced again once backends are healthy");
+}
+
+/// The agent's metrics say its session with the router and that session's
+/// BFD are up, as its BIRD does.
+fn check_session_metrics(net: &ScaleOut) {
+    let address = "127.0.0.1:9641".parse().expect("address");
+    let (_, metrics) = http::get(&net.hosts[0].ns, address, "/metrics").expect("metrics");
+    let peer = format!("peer=\"{ROUTER_IP}\"}}");
+    for name in ["lb_bgp_session_up", "lb_bfd_session_up"] {
+        let line = metrics
+            .lines()
+            .find(|line| line.starts_with(&format!("{name}{{")) && line.contains(&peer))
+            .unwrap_or_else(|| panic!("no {name} for the router in\n{metrics}"));
+        assert!(line.ends_with(" 1.0"), "{line}");
+    }
 }
 
 /// `lb bgp --json` shows the session with the router established with BFD
