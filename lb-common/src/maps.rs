@@ -24,6 +24,7 @@ pub const MAP_NODE_PORTS: &str = "NODE_PORTS";
 pub const MAP_FLOW_BUDGET: &str = "FLOW_BUDGET";
 pub const MAP_IFACES: &str = "IFACES";
 pub const MAP_KEY_FILTER: &str = "KEY_FILTER";
+pub const MAP_IFACES_BY_INDEX: &str = "IFACES_BY_INDEX";
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "lb_xdp";
 
@@ -288,6 +289,21 @@ pub struct Iface {
     pub slot: u8,
     pub _pad: u8,
 }
+
+impl Iface {
+    /// Whether this `IFACES_BY_INDEX` slot holds an interface: an empty slot
+    /// is all zero, and no interface has the all-zero MAC.
+    #[inline(always)]
+    pub fn is_set(&self) -> bool {
+        self.mac != [0; 6]
+    }
+}
+
+/// `IFACES_BY_INDEX` repeats `IFACES` as an array by ifindex for the
+/// ifindexes below this: the check every packet makes (is the frame for this
+/// host?) is then an array read, not a hash lookup. A larger ifindex is
+/// looked up in `IFACES`.
+pub const IFACES_BY_INDEX_LEN: u32 = 4096;
 
 /// The value of `VIPS`: the interfaces (bit [`Iface::slot`]) on which ARP
 /// requests and Neighbor Solicitations for the VIP are answered. 0 for a

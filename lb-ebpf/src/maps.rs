@@ -11,9 +11,10 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Addr, Backend, Flow, FlowBudget, FlowKey, Iface, KEY_FILTER_WORDS, KeyFilter, MAX_BACKENDS,
-    MAX_FLOWS, MAX_IFACES, MAX_SERVICES, MAX_TX_PORTS, NeighborMask, SETTING_ANSWER_ECHO,
-    SETTING_DSR, ServiceInfo, ServiceKey, Settings, Traffic, answers_on, counters,
+    Addr, Backend, Flow, FlowBudget, FlowKey, IFACES_BY_INDEX_LEN, Iface, KEY_FILTER_WORDS,
+    KeyFilter, MAX_BACKENDS, MAX_FLOWS, MAX_IFACES, MAX_SERVICES, MAX_TX_PORTS, NeighborMask,
+    SETTING_ANSWER_ECHO, SETTING_DSR, ServiceInfo, ServiceKey, Settings, Traffic, answers_on,
+    counters,
 };
 
 /// Per-CPU LRU lists: flow inserts on one CPU do not contend with another's.
@@ -74,6 +75,11 @@ static FLOW_BUDGET: PerCpuArray<FlowBudget> = PerCpuArray::with_max_entries(1, 0
 /// The interfaces the program is attached to, by ifindex.
 #[map]
 static IFACES: HashMap<u32, Iface> = HashMap::with_max_entries(MAX_IFACES, 0);
+
+/// `IFACES` by ifindex (see `IFACES_BY_INDEX_LEN`); derived from it by the
+/// agent at every load, so not pinned.
+#[map]
+static IFACES_BY_INDEX: Array<Iface> = Array::with_max_entries(IFACES_BY_INDEX_LEN, 0);
 
 /// Each CPU's parameter block for `bpf_fib_lookup` (see `forward`).
 /// Scratch space: nothing outlives one packet, so it is not pinned.
@@ -247,11 +253,20 @@ pub fn cache_hop(dst: &Addr, hop: &CachedHop) {
     let _ = NEXT_HOPS.insert(dst, hop, 0);
 }
 
+/// The attached interface `ifindex`, by an array read where it can be.
+#[inline(always)]
+fn iface(ifindex: u32) -> Option<&'static Iface> {
+    if ifindex < IFACES_BY_INDEX_LEN {
+        return IFACES_BY_INDEX.get(ifindex).filter(|iface| iface.is_set());
+    }
+    // SAFETY: read before the map can change it (RCU).
+    unsafe { IFACES.get(ifindex) }
+}
+
 /// The MAC of the attached interface `ifindex`.
 #[inline(always)]
 pub fn iface_mac(ifindex: u32) -> Option<[u8; 6]> {
-    // SAFETY: the value is copied out before the map can change it.
-    unsafe { IFACES.get(ifindex) }.map(|iface| iface.mac)
+    iface(ifindex).map(|iface| iface.mac)
 }
 
 /// The MAC to answer ARP and Neighbor Solicitations for `vip` with when they
@@ -260,6 +275,6 @@ pub fn iface_mac(ifindex: u32) -> Option<[u8; 6]> {
 pub fn neighbor_answer(vip: &Addr, ifindex: u32) -> Option<[u8; 6]> {
     // SAFETY: both values are copied out before the maps can change them.
     let mask = *unsafe { VIPS.get(vip) }?;
-    let iface = unsafe { IFACES.get(ifindex) }?;
+    let iface = iface(ifindex)?;
     answers_on(mask, iface.slot).then_some(iface.mac)
 }

@@ -23,7 +23,8 @@ use lb_common::{
     Settings, Traffic, counters,
 };
 
-/// Every map the program declares; the order is the pin order.
+/// The maps that are pinned (the program's others are caches or derived from
+/// these, and start afresh at every load); the order is the pin order.
 pub const ALL_MAPS: [&str; 13] = [
     MAP_SERVICES,
     MAP_BACKENDS,

@@ -108,6 +108,55 @@ fn in_bed(name: &str, f: impl FnOnce(&NetNs, XdpBed) + Send + 'static) {
     ns.enter(move || f(&inner, bed)).expect("enter namespace");
 }
 
+/// An interface whose ifindex lies past `IFACES_BY_INDEX` (an array by
+/// ifindex the program reads instead of the `IFACES` hash) is looked up in
+/// `IFACES`: its frames are still told apart by MAC, its ARP still answered.
+#[test]
+fn an_interface_with_a_large_ifindex_is_found_in_the_hash() {
+    in_bed("lbbigif", |ns, bed| {
+        let ifindex = lb_common::IFACES_BY_INDEX_LEN + 904;
+        ns.ip(&format!(
+            "link add name big0 index {ifindex} type veth peer name big1"
+        ))
+        .expect("veth with a large ifindex");
+        ns.ip("link set big0 up").expect("up");
+        ns.ip("link set big1 up").expect("up");
+        assert_eq!(ns.ifindex("big0").expect("ifindex"), ifindex);
+        let mac = [0x02, 0, 0, 0, 0xb1, 0x90];
+        let mut dataplane = load(&bed, Forwarding::Nat, true);
+        dataplane.add_iface(ifindex, mac).expect("iface");
+        dataplane
+            .set_service(&service(VIP, 80, Protocol::Tcp, vec![node(1, 31000)]))
+            .expect("set_service");
+        dataplane
+            .set_neighbor_answers(&[(VIP.into(), BTreeSet::from([ifindex]))].into())
+            .expect("answers");
+        let mut other_host = packets::tcp_syn(sock(CLIENT, 43000), sock(VIP, 80));
+        other_host[..6].copy_from_slice(&packets::LB_MAC);
+        check(
+            &dataplane,
+            &[
+                Fixture {
+                    description: "an ARP request for a VIP gets the interface's MAC",
+                    input: nd::arp_request(CLIENT_MAC, CLIENT, VIP),
+                    ifindex,
+                    action: XDP_TX,
+                    output: Some(nd::arp_reply(mac, VIP, CLIENT_MAC, CLIENT)),
+                },
+                Fixture {
+                    description: "a frame for another host's MAC passes untouched",
+                    input: other_host,
+                    ifindex,
+                    action: XDP_PASS,
+                    output: None,
+                },
+            ],
+        );
+        let global = dataplane.maps().global_counters().expect("counters");
+        assert_eq!(global[counters::PASS_OTHER_HOST as usize], 1);
+    });
+}
+
 #[test]
 fn arp_and_neighbor_solicitations_for_vips_are_answered() {
     in_bed("lbarp", |_, bed| {

@@ -4,6 +4,7 @@
 mod config;
 mod error;
 mod filter;
+mod ifaces_by_index;
 mod links;
 mod neighbors;
 mod objects;
@@ -52,6 +53,7 @@ pub struct Dataplane {
     ebpf: Ebpf,
     maps: Maps,
     key_filter: filter::KeyFilterBits,
+    ifaces_by_index: ifaces_by_index::IfacesByIndex,
     pins: Option<PinDir>,
     /// The pinned state existed before this load (an earlier agent's).
     inherited: bool,
@@ -96,6 +98,7 @@ impl Dataplane {
         program.load().map_err(DataplaneError::Program)?;
         let maps = Maps::take(&mut ebpf)?;
         let key_filter = filter::KeyFilterBits::take(&mut ebpf)?;
+        let ifaces_by_index = ifaces_by_index::IfacesByIndex::take(&mut ebpf, &maps.ifaces)?;
         // A reused pin keeps the size it was created with.
         let pinned = maps.maglev.len();
         if pinned != ring_entries {
@@ -111,6 +114,7 @@ impl Dataplane {
             ebpf,
             maps,
             key_filter,
+            ifaces_by_index,
             pins,
             inherited,
             free_service_ids: Vec::new(),

@@ -28,10 +28,12 @@ impl Dataplane {
                 .filter(|slot| *slot < MAX_NEIGHBOR_SLOTS)
                 .ok_or(DataplaneError::TooManyInterfaces(MAX_NEIGHBOR_SLOTS))?,
         };
+        let iface = Iface { mac, slot, _pad: 0 };
         self.maps
             .ifaces
-            .insert(ifindex, Iface { mac, slot, _pad: 0 }, 0)
+            .insert(ifindex, iface, 0)
             .map_err(|e| map_error(MAP_IFACES, e))?;
+        self.ifaces_by_index.set(ifindex, iface)?;
         self.iface_slots.insert(ifindex, slot);
         Ok(())
     }
