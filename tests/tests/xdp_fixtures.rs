@@ -700,17 +700,7 @@ fn next_hop_cache_in_namespace(ns: &NetNs, bench: &XdpBed) {
     dataplane
         .set_service(&service(VIP, 80, Protocol::Tcp, vec![node(1, 31000)]))
         .expect("set_service");
-    let client = sock(CLIENT, 42000);
-    let vip = sock(VIP, 80);
-    let dst_mac = |payload: &[u8]| {
-        let (action, output) = run(
-            &dataplane,
-            &packets::tcp_ack(client, vip, payload),
-            bench.client_if,
-        );
-        assert_eq!(action, XDP_REDIRECT);
-        <[u8; 6]>::try_from(&output[..6]).expect("a MAC")
-    };
+    let dst_mac = |payload: &[u8]| forwarded_mac(&dataplane, bench, 80, payload);
     assert_eq!(dst_mac(b""), node_mac(1), "first packet: from the FIB");
     let moved = [0x02, 0, 0, 0, 0x0e, 0x01];
     ns.ip(&format!(
@@ -740,6 +730,18 @@ fn next_hop_cache_in_namespace(ns: &NetNs, bench: &XdpBed) {
     assert_eq!(dst_mac(b""), node_mac(1), "past the bound: refreshed");
 }
 
+/// The destination MAC of a client's packet to VIP:`port` with `payload`,
+/// which the program must forward.
+fn forwarded_mac(dataplane: &Dataplane, bench: &XdpBed, port: u16, payload: &[u8]) -> [u8; 6] {
+    let (action, output) = run(
+        dataplane,
+        &packets::tcp_ack(sock(CLIENT, 42000), sock(VIP, port), payload),
+        bench.client_if,
+    );
+    assert_eq!(action, XDP_REDIRECT);
+    <[u8; 6]>::try_from(&output[..6]).expect("a MAC")
+}
+
 /// A backend's next hop is cached in its slot, and a slot freed by one node
 /// and taken by another (the agent reuses the last freed id first) must not
 /// send the new node's packets to the old node's MAC.
@@ -752,15 +754,7 @@ fn a_backend_slot_reused_for_another_node_does_not_keep_the_old_next_hop() {
 
 fn reused_backend_slot_in_namespace(bench: &XdpBed) {
     let mut dataplane = load(bench);
-    let dst_mac = |dataplane: &Dataplane, port: u16| {
-        let (action, output) = run(
-            dataplane,
-            &packets::tcp_ack(sock(CLIENT, 42000), sock(VIP, port), b""),
-            bench.client_if,
-        );
-        assert_eq!(action, XDP_REDIRECT);
-        <[u8; 6]>::try_from(&output[..6]).expect("a MAC")
-    };
+    let dst_mac = |dataplane: &Dataplane, port: u16| forwarded_mac(dataplane, bench, port, b"");
     dataplane
         .set_service(&service(VIP, 80, Protocol::Tcp, vec![node(1, 31000)]))
         .expect("set_service");
