@@ -68,12 +68,12 @@ pub fn flow_backend(key: &FlowKey) -> Option<&'static Backend> {
     flow.still_on(backend).then_some(backend)
 }
 
-/// Returns the backend (id and slot) of `key`'s flow: the pinned one while it is still in place,
-/// otherwise the Maglev choice, which is then pinned. A connection's first
-/// packet (`opens`) skips the flow lookup: an entry for its 5-tuple can only
-/// be a retransmitted SYN's, which the same choice overwrites, or a closed
-/// connection's, which must not decide the new one's node. `now` is
-/// [`crate::forward::clock`]'s.
+/// Returns the backend (id and slot) of `key`'s flow: the pinned one while
+/// it is still in place, otherwise the Maglev choice, which is then pinned.
+/// A connection's first packet (`opens`) skips the flow lookup: an entry for
+/// its 5-tuple can only be a retransmitted SYN's, which the same choice
+/// overwrites, or a closed connection's, which must not decide the new one's
+/// node. `now` is [`crate::forward::clock`]'s.
 #[inline(always)]
 pub fn select_backend(
     ctx: &Frame,

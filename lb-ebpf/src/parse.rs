@@ -113,10 +113,8 @@ pub enum Family {
 /// The IP header of a packet that is neither malformed nor a fragment; for
 /// IPv6, with the extension headers walked to the upper-layer header.
 ///
-/// `repr(C)` with the addresses first, as in [`FlowKey`]: in Rust's own
-/// layout the one-byte fields come first and the compiler merges the copy of
-/// several fields into one unaligned block, which BPF copies byte by byte
-/// (and the word loads that follow stall on those byte stores).
+/// `repr(C)`: the addresses first, as in a [`FlowKey`], the one-byte fields
+/// packed at the end; it is written a field at a time (`write_to`).
 #[repr(C)]
 pub struct Ip {
     pub src: Addr,
@@ -333,7 +331,7 @@ fn skip_extensions(ctx: &Frame, first: u8) -> Result<(u8, usize), Verdict> {
     }
 }
 
-/// A TCP or UDP packet the program may own. `repr(C)`, key first: see [`Ip`].
+/// A TCP or UDP packet the program may own; `repr(C)` as [`Ip`], key first.
 #[repr(C)]
 pub struct Packet {
     pub key: FlowKey,
