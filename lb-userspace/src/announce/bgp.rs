@@ -147,6 +147,28 @@ impl Session {
 
 pub const BGP_PORT: u16 = 179;
 
+#[cfg(test)]
+impl Session {
+    /// A session as MetalLB sets one up when a BGPPeer gives only its AS
+    /// numbers and address: port 179, a 90 s hold time, nothing else.
+    pub fn with_metallb_defaults(name: &str, address: &str, peer_as: u32, local_as: u32) -> Self {
+        Self {
+            name: name.to_owned(),
+            address: address.parse().expect("an IP address"),
+            port: 179,
+            peer_as: PeerAs::Number(peer_as),
+            local_as,
+            source_address: None,
+            hold_time: 90,
+            keepalive_time: None,
+            router_id: None,
+            bfd: None,
+            password: None,
+            multihop: false,
+        }
+    }
+}
+
 /// What the `--bgp-*` and `--bfd-*` flags set for every session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlagSettings {

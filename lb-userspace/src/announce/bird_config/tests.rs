@@ -17,20 +17,7 @@ fn ip(text: &str) -> IpAddr {
 
 /// A session with MetalLB's defaults.
 fn session(name: &str, address: &str, peer_as: u32) -> Session {
-    Session {
-        name: name.to_owned(),
-        address: ip(address),
-        port: 179,
-        peer_as: PeerAs::Number(peer_as),
-        local_as: 64512,
-        source_address: None,
-        hold_time: 90,
-        keepalive_time: None,
-        router_id: None,
-        bfd: None,
-        password: None,
-        multihop: false,
-    }
+    Session::with_metallb_defaults(name, address, peer_as, 64512)
 }
 
 fn announcement(

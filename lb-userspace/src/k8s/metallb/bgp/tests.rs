@@ -63,20 +63,7 @@ fn the_documented_peer_gets_metallb_defaults() {
     let session = peer("{myASN: 64500, peerASN: 64501, peerAddress: 10.0.0.1}").unwrap();
     assert_eq!(
         session,
-        Session {
-            name: "sample".to_owned(),
-            address: "10.0.0.1".parse().unwrap(),
-            port: 179,
-            peer_as: PeerAs::Number(64501),
-            local_as: 64500,
-            source_address: None,
-            hold_time: 90,
-            keepalive_time: None,
-            router_id: None,
-            bfd: None,
-            password: None,
-            multihop: false,
-        }
+        Session::with_metallb_defaults("sample", "10.0.0.1", 64501, 64500)
     );
 }
 
