@@ -13,6 +13,8 @@ use std::{
     path::Path,
 };
 
+use ipnet::IpNet;
+
 use super::{
     bgp::{BgpSettings, Session},
     community::Community,
@@ -36,23 +38,11 @@ impl Prefix {
     /// The prefix of length `len` covering `vip` (at most the address's
     /// length).
     pub fn covering(vip: IpAddr, len: u8) -> Self {
-        match vip {
-            IpAddr::V4(ip) => {
-                let len = len.min(32);
-                let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-                Self {
-                    address: IpAddr::V4((u32::from(ip) & mask).into()),
-                    len,
-                }
-            }
-            IpAddr::V6(ip) => {
-                let len = len.min(128);
-                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-                Self {
-                    address: IpAddr::V6((u128::from(ip) & mask).into()),
-                    len,
-                }
-            }
+        let max = IpNet::from(vip).max_prefix_len();
+        let network = IpNet::new_assert(vip, len.min(max)).trunc();
+        Self {
+            address: network.addr(),
+            len: network.prefix_len(),
         }
     }
 }
