@@ -139,17 +139,11 @@ impl ServiceKey {
     }
 
     /// The service a packet is addressed to: its destination (address, port,
-    /// protocol). Key of `SERVICES`.
+    /// protocol). Key of `SERVICES`. (The data path writes the same key in
+    /// place, field by field: `lb-ebpf/src/keys.rs`.)
     #[inline(always)]
     pub const fn of_destination(key: &FlowKey) -> Self {
         Self::new(key.dst_ip, key.dst_port, key.proto)
-    }
-
-    /// Where a packet comes from: for a reply of a node, its (node IP,
-    /// NodePort, protocol), the key of `NODE_PORTS`.
-    #[inline(always)]
-    pub const fn of_source(key: &FlowKey) -> Self {
-        Self::new(key.src_ip, key.src_port, key.proto)
     }
 }
 
