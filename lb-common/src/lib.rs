@@ -7,7 +7,9 @@
 
 pub mod checksum;
 pub mod counters;
+pub mod family;
 pub mod hash;
 pub mod maps;
 
+pub use family::*;
 pub use maps::*;

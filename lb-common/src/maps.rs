@@ -10,17 +10,21 @@ pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMPV6: u8 = 58;
 
 /// Map names, shared so userspace finds what the program declares.
-pub const MAP_SERVICES: &str = "SERVICES";
+/// The per-family pairs (see `family`): IPv4 first.
+pub const MAP_SERVICES4: &str = "SERVICES4";
+pub const MAP_SERVICES6: &str = "SERVICES6";
 pub const MAP_BACKENDS: &str = "BACKENDS";
 pub const MAP_MAGLEV: &str = "MAGLEV";
-pub const MAP_FLOWS: &str = "FLOWS";
+pub const MAP_FLOWS4: &str = "FLOWS4";
+pub const MAP_FLOWS6: &str = "FLOWS6";
 pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_GLOBAL_STATS: &str = "GLOBAL_STATS";
 pub const MAP_TX_PORTS: &str = "TX_PORTS";
 pub const MAP_SETTINGS: &str = "SETTINGS";
 pub const MAP_VIPS: &str = "VIPS";
-pub const MAP_NODE_PORTS: &str = "NODE_PORTS";
+pub const MAP_NODE_PORTS4: &str = "NODE_PORTS4";
+pub const MAP_NODE_PORTS6: &str = "NODE_PORTS6";
 pub const MAP_FLOW_BUDGET: &str = "FLOW_BUDGET";
 pub const MAP_IFACES: &str = "IFACES";
 pub const MAP_KEY_FILTER: &str = "KEY_FILTER";
@@ -30,12 +34,15 @@ pub const PROGRAM_NAME: &str = "lb_xdp";
 
 /// Version of the map layout (keys, values, sizes). Pinned state lives in a
 /// directory named after it, so an agent never reads maps of another layout.
-pub const LAYOUT_VERSION: u32 = 3;
+/// v4 split `SERVICES`, `NODE_PORTS` and `FLOWS` by family; the agent
+/// upgrades v3 state in place.
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Compile-time capacities; the Maglev map's size is set at load time from
 /// `max_services * 2 * ring_size`.
 pub const MAX_SERVICES: u32 = 16384;
 pub const MAX_BACKENDS: u32 = 65536;
+/// Entries of each family's flow table (as Cilium sizes its ct4 and ct6 maps).
 pub const MAX_FLOWS: u32 = 1 << 20;
 pub const MAX_TX_PORTS: u32 = 64;
 /// Interfaces the program may be attached to (entries of `IFACES`).
@@ -92,7 +99,8 @@ pub const fn is_ipv4_mapped(addr: &Addr) -> bool {
     addr[0] == 0 && addr[1] == 0 && addr[2] == MAPPED_MARK
 }
 
-/// The map form of an address of either family.
+/// The map form of an address of either family (IPv4 ones as the
+/// family-neutral keys hold them: `family` has the compact forms).
 pub fn addr_of(ip: core::net::IpAddr) -> Addr {
     match ip {
         core::net::IpAddr::V4(v4) => ipv4_mapped(u32::from_ne_bytes(v4.octets())),
@@ -139,8 +147,8 @@ impl ServiceKey {
     }
 
     /// The service a packet is addressed to: its destination (address, port,
-    /// protocol). Key of `SERVICES`. (The data path writes the same key in
-    /// place, field by field: `lb-ebpf/src/keys.rs`.)
+    /// protocol): key of `SERVICES6`, and of `SERVICES4` in its compact form.
+    /// (The data path writes both in place: `lb-ebpf/src/keys.rs`.)
     #[inline(always)]
     pub const fn of_destination(key: &FlowKey) -> Self {
         Self::new(key.dst_ip, key.dst_port, key.proto)
@@ -165,8 +173,15 @@ impl KeyFilter {
     /// saved.
     #[inline(always)]
     pub fn position(self, key: &ServiceKey) -> (u32, u64) {
-        let [a, b, c, d] = key.vip;
-        let folded = a ^ b ^ c ^ d ^ (u32::from(key.port) << 8) ^ u32::from(key.proto);
+        self.position_of(&key.vip, key.port, key.proto)
+    }
+
+    /// [`Self::position`] of the key of (`addr`, `port`, `proto`), which the
+    /// data path checks before it builds the key of either family.
+    #[inline(always)]
+    pub fn position_of(self, addr: &Addr, port: u16, proto: u8) -> (u32, u64) {
+        let [a, b, c, d] = *addr;
+        let folded = a ^ b ^ c ^ d ^ (u32::from(port) << 8) ^ u32::from(proto);
         let bit = folded.wrapping_mul(0x9e37_79b1) >> (32 - KEY_FILTER_BITS.trailing_zeros());
         let base = match self {
             Self::Services => 0,
@@ -215,7 +230,8 @@ pub struct Backend {
     pub _pad: u8,
 }
 
-/// A packet's 5-tuple as it arrives; key of the flow table.
+/// A packet's 5-tuple as it arrives: key of `FLOWS6`, and of `FLOWS4` in
+/// its compact form (`family`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {

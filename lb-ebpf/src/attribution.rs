@@ -12,7 +12,7 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
-use lb_common::{Addr, Flow, FlowKey, MAX_FLOWS};
+use lb_common::{Flow, FlowKey, FlowKey4, MAX_FLOWS};
 
 /// Per-CPU LRU lists, as lb's flow table.
 const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
@@ -21,19 +21,20 @@ const AF_INET: u8 = 2;
 /// whose neighbour is resolved. Network order.
 const FIB_DESTINATION: u32 = u32::from_ne_bytes([10, 1, 0, 11]);
 
+/// Keyed by IPv4 flows, as lb's `FLOWS4`.
 #[map]
-static LRU_PER_CPU: LruHashMap<FlowKey, Flow> =
+static LRU_PER_CPU: LruHashMap<FlowKey4, Flow> =
     LruHashMap::with_max_entries(MAX_FLOWS, BPF_F_NO_COMMON_LRU);
 
 #[map]
-static LRU_COMMON: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+static LRU_COMMON: LruHashMap<FlowKey4, Flow> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
 /// One entry each, written by the bench: the lookups hit.
 #[map]
 static HASH_KEY40: HashMap<FlowKey, u32> = HashMap::with_max_entries(1024, 0);
 
 #[map]
-static HASH_KEY16: HashMap<Addr, u32> = HashMap::with_max_entries(1024, 0);
+static HASH_KEY16: HashMap<FlowKey4, u32> = HashMap::with_max_entries(1024, 0);
 
 /// Each CPU's count of inserts, which makes every inserted key new.
 #[map]
@@ -87,7 +88,7 @@ pub fn attr_lru_insert_common(_ctx: XdpContext) -> u32 {
     tx_if(insert(&LRU_COMMON))
 }
 
-/// One hash lookup with a 40-byte key (lb's flow key).
+/// One hash lookup with a 40-byte key (lb's IPv6 flow key).
 #[xdp]
 pub fn attr_hash_lookup_key40(_ctx: XdpContext) -> u32 {
     let key = FlowKey::new([0, 0, 0, 1], [0, 0, 0, 2], 3, 4, 6);
@@ -95,17 +96,17 @@ pub fn attr_hash_lookup_key40(_ctx: XdpContext) -> u32 {
     tx_if(unsafe { HASH_KEY40.get(key) }.is_some())
 }
 
-/// One hash lookup with a 16-byte key (an address).
+/// One hash lookup with a 16-byte key (lb's IPv4 flow key).
 #[xdp]
 pub fn attr_hash_lookup_key16(_ctx: XdpContext) -> u32 {
-    let key: Addr = [0, 0, 0, 1];
+    let key = ipv4_flow(1);
     // SAFETY: only presence is read.
     tx_if(unsafe { HASH_KEY16.get(key) }.is_some())
 }
 
 /// Inserts a flow under a key no earlier call used.
 #[inline(always)]
-fn insert(map: &LruHashMap<FlowKey, Flow>) -> bool {
+fn insert(map: &LruHashMap<FlowKey4, Flow>) -> bool {
     let Some(count) = INSERTS.get_ptr_mut(0) else {
         return false;
     };
@@ -114,8 +115,21 @@ fn insert(map: &LruHashMap<FlowKey, Flow>) -> bool {
         *count = (*count).wrapping_add(1);
         *count
     };
-    let key = FlowKey::new([0, 0, 0, n], [0, 0, 0, 2], 3, 4, 6);
-    map.insert(key, Flow::default(), 0).is_ok()
+    map.insert(ipv4_flow(n), Flow::default(), 0).is_ok()
+}
+
+/// The IPv4 flow key from source address `src` to 0.0.0.2 (the bench
+/// writes `ipv4_flow(1)` into `HASH_KEY16`).
+#[inline(always)]
+fn ipv4_flow(src: u32) -> FlowKey4 {
+    FlowKey4 {
+        src_ip: src,
+        dst_ip: 2,
+        src_port: 3,
+        dst_port: 4,
+        proto: 6,
+        _pad: [0; 3],
+    }
 }
 
 /// XDP_TX when the one thing worked, so the bench knows it was measured;

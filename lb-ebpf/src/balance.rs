@@ -139,9 +139,7 @@ pub fn reply_of(reply: &FlowKey) -> Option<ReplyOf> {
     if maps::direct_server_return() {
         return None;
     }
-    let mut node_port = MaybeUninit::uninit();
-    let node_port = keys::service_key(&mut node_port, &reply.src_ip, reply.src_port, reply.proto);
-    let frontend = maps::frontend_of_node_port(node_port)?;
+    let frontend = maps::frontend_of_node_port(&reply.src_ip, reply.src_port, reply.proto)?;
     let mut request = MaybeUninit::uninit();
     let request = keys::flow_key(
         &mut request,
@@ -152,7 +150,14 @@ pub fn reply_of(reply: &FlowKey) -> Option<ReplyOf> {
     let tracked = flow_backend(request);
     let backend = match tracked {
         Some(backend) => backend,
-        None => maglev_backend(request, &maps::service(&frontend)?).ok()?.1,
+        None => {
+            maglev_backend(
+                request,
+                &maps::service(&frontend.vip, frontend.port, frontend.proto)?,
+            )
+            .ok()?
+            .1
+        }
     };
     (backend.ip == reply.src_ip && backend.port == reply.src_port).then_some(ReplyOf {
         frontend,

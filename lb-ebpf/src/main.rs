@@ -87,36 +87,31 @@ fn serve_transport(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
     // SAFETY: `parse` returned `Ok`, so it wrote the packet.
     let packet = unsafe { packet.assume_init_ref() };
     let key = &packet.key;
-    let mut service_key = MaybeUninit::uninit();
     // The end of the packet that changes, and to what (the address by
     // reference: copied, it is stored a byte at a time); where its next hop
     // is cached.
     let reply;
-    let (cache, new_ip, new_port, tracked, now) = match maps::service(keys::service_key(
-        &mut service_key,
-        &key.dst_ip,
-        key.dst_port,
-        key.proto,
-    )) {
-        Some(service) => {
-            check_ttl(ip.ttl)?;
-            let now = forward::clock();
-            let (id, backend) =
-                balance::select_backend(ctx, key, packet.opens, service, ctx.len(), now)?;
-            (HopCache::Backend(id), &backend.ip, backend.port, true, now)
-        }
-        None => {
-            reply = balance::reply_of(key).ok_or(Verdict::PassNotService)?;
-            check_ttl(ip.ttl)?;
-            (
-                HopCache::Destination,
-                &reply.frontend.vip,
-                reply.frontend.port,
-                reply.tracked,
-                forward::clock(),
-            )
-        }
-    };
+    let (cache, new_ip, new_port, tracked, now) =
+        match maps::service(&key.dst_ip, key.dst_port, key.proto) {
+            Some(service) => {
+                check_ttl(ip.ttl)?;
+                let now = forward::clock();
+                let (id, backend) =
+                    balance::select_backend(ctx, key, packet.opens, service, ctx.len(), now)?;
+                (HopCache::Backend(id), &backend.ip, backend.port, true, now)
+            }
+            None => {
+                reply = balance::reply_of(key).ok_or(Verdict::PassNotService)?;
+                check_ttl(ip.ttl)?;
+                (
+                    HopCache::Destination,
+                    &reply.frontend.vip,
+                    reply.frontend.port,
+                    reply.tracked,
+                    forward::clock(),
+                )
+            }
+        };
     // Looked up before anything is rewritten: a reply addressed to this host
     // (a health check, the host's own connection to a NodePort) is the
     // kernel's, and must reach it as it came.

@@ -1,8 +1,11 @@
 //! Maps shared with userspace, and thin accessors over them. What the data
 //! path decides with them lives in `balance`.
 
+use core::mem::MaybeUninit;
+
 use crate::{
     forward::{BackendHop, CachedHop},
+    keys,
     nat::copy_addr,
 };
 use aya_ebpf::{
@@ -11,10 +14,10 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Addr, Backend, Flow, FlowBudget, FlowKey, IFACES_BY_INDEX_LEN, Iface, KEY_FILTER_WORDS,
-    KeyFilter, MAX_BACKENDS, MAX_FLOWS, MAX_IFACES, MAX_SERVICES, MAX_TX_PORTS, NeighborMask,
-    SETTING_ANSWER_ECHO, SETTING_DSR, ServiceInfo, ServiceKey, Settings, Traffic, answers_on,
-    counters,
+    Addr, Backend, Flow, FlowBudget, FlowKey, FlowKey4, IFACES_BY_INDEX_LEN, Iface,
+    KEY_FILTER_WORDS, KeyFilter, MAX_BACKENDS, MAX_FLOWS, MAX_IFACES, MAX_SERVICES, MAX_TX_PORTS,
+    NeighborMask, SETTING_ANSWER_ECHO, SETTING_DSR, ServiceInfo, ServiceKey, ServiceKey4, Settings,
+    Traffic, answers_on, counters, ipv4_mapped, is_ipv4_mapped,
 };
 
 /// Per-CPU LRU lists: flow inserts on one CPU do not contend with another's.
@@ -24,8 +27,12 @@ const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 /// their gateways' routes) replies go to.
 const MAX_NEXT_HOPS: u32 = 65536;
 
+/// The services, one map per family (see `lb_common::family`).
 #[map]
-static SERVICES: HashMap<ServiceKey, ServiceInfo> = HashMap::with_max_entries(MAX_SERVICES, 0);
+static SERVICES4: HashMap<ServiceKey4, ServiceInfo> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+#[map]
+static SERVICES6: HashMap<ServiceKey, ServiceInfo> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
 #[map]
 static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
@@ -34,8 +41,13 @@ static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 #[map]
 static MAGLEV: Array<u32> = Array::with_max_entries(1, 0);
 
+/// The flow tables, one per family; the loader may size them.
 #[map]
-static FLOWS: LruHashMap<FlowKey, Flow> =
+static FLOWS4: LruHashMap<FlowKey4, Flow> =
+    LruHashMap::with_max_entries(MAX_FLOWS, BPF_F_NO_COMMON_LRU);
+
+#[map]
+static FLOWS6: LruHashMap<FlowKey, Flow> =
     LruHashMap::with_max_entries(MAX_FLOWS, BPF_F_NO_COMMON_LRU);
 
 #[map]
@@ -59,7 +71,10 @@ static VIPS: HashMap<Addr, NeighborMask> = HashMap::with_max_entries(MAX_SERVICE
 /// (node IP, NodePort, protocol) of every backend to the service it serves:
 /// how a node's reply finds the VIP it must leave with.
 #[map]
-static NODE_PORTS: HashMap<ServiceKey, ServiceKey> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+static NODE_PORTS4: HashMap<ServiceKey4, ServiceKey4> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+
+#[map]
+static NODE_PORTS6: HashMap<ServiceKey, ServiceKey> = HashMap::with_max_entries(MAX_BACKENDS, 0);
 
 /// Bits standing for the keys of `SERVICES` and `NODE_PORTS` (see
 /// `KeyFilter::position`). Most packets that are not ours (the host's own
@@ -127,20 +142,49 @@ pub fn account(service_id: u32, backend_id: u32, bytes: u64) {
     add_traffic(&BACKEND_STATS, backend_id, bytes);
 }
 
-/// Whether `map` may hold `key`; `false` proves it does not.
+/// Whether `map` may hold the key of (`addr`, `port`, `proto`); `false`
+/// proves it does not.
 #[inline(always)]
-fn may_hold(map: KeyFilter, key: &ServiceKey) -> bool {
-    let (word, bit) = map.position(key);
+fn may_hold(map: KeyFilter, addr: &Addr, port: u16, proto: u8) -> bool {
+    let (word, bit) = map.position_of(addr, port, proto);
     KEY_FILTER.get(word).is_none_or(|word| word & bit != 0)
 }
 
+/// The entry for (`addr`, `port` network order, `proto`) in the map pair
+/// `filter` stands for, read by `read4` or `read6` (see `lb_common::family`).
 #[inline(always)]
-pub fn service(key: &ServiceKey) -> Option<ServiceInfo> {
-    if !may_hold(KeyFilter::Services, key) {
+fn lookup_by_family<V4, V6, T>(
+    filter: KeyFilter,
+    (map4, map6): (&HashMap<ServiceKey4, V4>, &HashMap<ServiceKey, V6>),
+    (addr, port, proto): (&Addr, u16, u8),
+    read4: impl FnOnce(&V4) -> T,
+    read6: impl FnOnce(&V6) -> T,
+) -> Option<T> {
+    if !may_hold(filter, addr, port, proto) {
         return None;
     }
-    // SAFETY: the value is copied out before the map can change it.
-    unsafe { SERVICES.get(key) }.copied()
+    // SAFETY (both): the value is read before the map can change it.
+    if is_ipv4_mapped(addr) {
+        let mut key = MaybeUninit::uninit();
+        let key = keys::service_key4(&mut key, addr[3], port, proto);
+        unsafe { map4.get(key) }.map(read4)
+    } else {
+        let mut key = MaybeUninit::uninit();
+        let key = keys::service_key(&mut key, addr, port, proto);
+        unsafe { map6.get(key) }.map(read6)
+    }
+}
+
+/// The service at (`addr`, `port` network order, `proto`).
+#[inline(always)]
+pub fn service(addr: &Addr, port: u16, proto: u8) -> Option<ServiceInfo> {
+    lookup_by_family(
+        KeyFilter::Services,
+        (&SERVICES4, &SERVICES6),
+        (addr, port, proto),
+        |info| *info,
+        |info| *info,
+    )
 }
 
 #[inline(always)]
@@ -157,7 +201,12 @@ pub fn ring_entry(slot: u32) -> Option<u32> {
 /// The live entry of a flow, to update in place.
 #[inline(always)]
 pub fn flow_mut(key: &FlowKey) -> Option<*mut Flow> {
-    FLOWS.get_ptr_mut(key)
+    if is_ipv4_mapped(&key.src_ip) {
+        let mut key4 = MaybeUninit::uninit();
+        FLOWS4.get_ptr_mut(keys::flow_key4(&mut key4, key))
+    } else {
+        FLOWS6.get_ptr_mut(key)
+    }
 }
 
 /// Records a flow. A full table evicts the least recently used flow, so this
@@ -165,21 +214,29 @@ pub fn flow_mut(key: &FlowKey) -> Option<*mut Flow> {
 /// gets the same Maglev choice and tries again.
 #[inline(always)]
 pub fn insert_flow(key: &FlowKey, flow: &Flow) {
-    let _ = FLOWS.insert(key, flow, 0);
+    let _ = if is_ipv4_mapped(&key.src_ip) {
+        let mut key4 = MaybeUninit::uninit();
+        FLOWS4.insert(keys::flow_key4(&mut key4, key), flow, 0)
+    } else {
+        FLOWS6.insert(key, flow, 0)
+    };
 }
 
-/// The frontend (VIP, port, protocol) served by the backend at `node_port`.
-/// Copied field by field: copied whole, the value becomes a `memmove`
-/// subprogram call.
+/// The frontend (VIP, port, protocol) served by the backend at (`addr`,
+/// `port`, `proto`). Copied field by field: copied whole, the value becomes
+/// a `memmove` subprogram call.
 #[inline(always)]
-pub fn frontend_of_node_port(node_port: &ServiceKey) -> Option<ServiceKey> {
-    if !may_hold(KeyFilter::NodePorts, node_port) {
-        return None;
-    }
-    // SAFETY: the value is copied out before the map can change it.
-    let frontend = unsafe { NODE_PORTS.get(node_port) }?;
-    let [a, b, c, d] = frontend.vip;
-    Some(ServiceKey::new([a, b, c, d], frontend.port, frontend.proto))
+pub fn frontend_of_node_port(addr: &Addr, port: u16, proto: u8) -> Option<ServiceKey> {
+    lookup_by_family(
+        KeyFilter::NodePorts,
+        (&NODE_PORTS4, &NODE_PORTS6),
+        (addr, port, proto),
+        |frontend| ServiceKey::new(ipv4_mapped(frontend.vip), frontend.port, frontend.proto),
+        |frontend| {
+            let [a, b, c, d] = frontend.vip;
+            ServiceKey::new([a, b, c, d], frontend.port, frontend.proto)
+        },
+    )
 }
 
 /// This CPU's new-flow budget.

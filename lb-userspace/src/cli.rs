@@ -212,8 +212,9 @@ pub struct AgentArgs {
     /// flood cannot evict established flows. 0 records every flow.
     #[arg(long, default_value_t = DEFAULT_NEW_FLOW_LIMIT)]
     pub new_flow_limit: u32,
-    /// Entries of the flow table, shared out between the CPUs' LRU lists.
-    /// Pinned tables keep the size they were created with.
+    /// Entries of each family's flow table (IPv4 and IPv6 flows are kept
+    /// apart), shared out between the CPUs' LRU lists. Pinned tables keep
+    /// the size they were created with.
     #[arg(long, default_value_t = lb_common::MAX_FLOWS)]
     pub max_flows: u32,
     /// How VIPs become reachable: `arp` answers ARP and IPv6 Neighbor

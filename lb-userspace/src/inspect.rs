@@ -136,18 +136,14 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn take(maps: &Maps, catalog: Catalog) -> Result<Self, MapsError> {
-        let entries: Vec<(ServiceKey, ServiceInfo)> = maps
+        let mut services: Vec<(Frontend, ServiceInfo)> = maps
             .services
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(|e| map_error(lb_common::MAP_SERVICES, e))?;
-        let mut services: Vec<(Frontend, ServiceInfo)> = entries
+            .entries()?
             .into_iter()
             .filter_map(|(key, info)| Some((frontend_of(&key)?, info)))
             .collect();
         services.sort_by_key(|(frontend, _)| *frontend);
-        // Entries can vanish (LRU) while we walk: skip those, keep the rest.
-        let flows = maps.flows.iter().filter_map(Result::ok).collect();
+        let flows = maps.flows.entries()?;
         Ok(Self {
             services,
             flows,
@@ -423,7 +419,7 @@ pub fn trace(
             .and_then(|s| s.backend(addr.ip(), addr.port()))
             .map(|b| b.node.clone());
     }
-    let pinned = maps.flows.get(&key, 0).ok().filter(|flow| {
+    let pinned = maps.flows.get(&key)?.filter(|flow| {
         maps.backends
             .get(&flow.backend_id, 0)
             .is_ok_and(|backend| flow.still_on(&backend))

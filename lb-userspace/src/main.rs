@@ -69,7 +69,7 @@ fn run(cli: Cli) -> Result<()> {
 /// Removes the pinned state: links first, so the program detaches.
 fn down(args: &PinArgs) -> Result<()> {
     let pins = PinDir::new(&args.bpffs);
-    pins.check_layout()?;
+    pins.check_known_layouts()?;
     if Bird::of(&args.bpffs).stop().context("stopping BIRD")? {
         println!("BIRD withdrew its announcements and stopped");
     }

@@ -7,8 +7,10 @@ use std::{
 };
 
 mod batch;
+mod by_family;
 
 pub use batch::set_range;
+pub use by_family::FamilyMaps;
 
 use crate::pins::{PinDir, PinsError};
 
@@ -18,18 +20,25 @@ use aya::{
 };
 use lb_common::{
     Addr, Backend, Flow, FlowKey, Iface, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_FLOW_BUDGET,
-    MAP_FLOWS, MAP_GLOBAL_STATS, MAP_IFACES, MAP_MAGLEV, MAP_NODE_PORTS, MAP_SERVICE_STATS,
-    MAP_SERVICES, MAP_SETTINGS, MAP_TX_PORTS, MAP_VIPS, NeighborMask, ServiceInfo, ServiceKey,
-    Settings, Traffic, counters,
+    MAP_FLOWS4, MAP_FLOWS6, MAP_GLOBAL_STATS, MAP_IFACES, MAP_MAGLEV, MAP_NODE_PORTS4,
+    MAP_NODE_PORTS6, MAP_SERVICE_STATS, MAP_SERVICES4, MAP_SERVICES6, MAP_SETTINGS, MAP_TX_PORTS,
+    MAP_VIPS, NeighborMask, ServiceInfo, ServiceKey, Settings, Traffic, counters,
 };
+
+/// The per-family pairs, IPv4 first.
+pub const SERVICES: [&str; 2] = [MAP_SERVICES4, MAP_SERVICES6];
+pub const NODE_PORTS: [&str; 2] = [MAP_NODE_PORTS4, MAP_NODE_PORTS6];
+pub const FLOWS: [&str; 2] = [MAP_FLOWS4, MAP_FLOWS6];
 
 /// The maps that are pinned (the program's others are caches or derived from
 /// these, and start afresh at every load); the order is the pin order.
-pub const ALL_MAPS: [&str; 13] = [
-    MAP_SERVICES,
+pub const ALL_MAPS: [&str; 16] = [
+    MAP_SERVICES4,
+    MAP_SERVICES6,
     MAP_BACKENDS,
     MAP_MAGLEV,
-    MAP_FLOWS,
+    MAP_FLOWS4,
+    MAP_FLOWS6,
     MAP_IFACES,
     MAP_SERVICE_STATS,
     MAP_BACKEND_STATS,
@@ -37,7 +46,8 @@ pub const ALL_MAPS: [&str; 13] = [
     MAP_TX_PORTS,
     MAP_SETTINGS,
     MAP_VIPS,
-    MAP_NODE_PORTS,
+    MAP_NODE_PORTS4,
+    MAP_NODE_PORTS6,
     MAP_FLOW_BUDGET,
 ];
 
@@ -58,6 +68,8 @@ pub enum MapsError {
     NotPinned { dir: PathBuf, name: &'static str },
     #[error("permission denied opening {}: run as root (CAP_BPF)", path.display())]
     Permission { path: PathBuf },
+    #[error("map {name}: a key and its value must be of one address family")]
+    MixedFamilies { name: &'static str },
     #[error(transparent)]
     Layout(#[from] PinsError),
 }
@@ -76,10 +88,10 @@ pub struct MaglevChoice {
 
 /// The maps userspace reads and writes.
 pub struct Maps {
-    pub services: HashMap<MapData, ServiceKey, ServiceInfo>,
+    pub services: FamilyMaps<ServiceKey, ServiceInfo>,
     pub backends: Array<MapData, Backend>,
     pub maglev: Array<MapData, u32>,
-    pub flows: HashMap<MapData, FlowKey, Flow>,
+    pub flows: FamilyMaps<FlowKey, Flow>,
     pub service_stats: PerCpuArray<MapData, Traffic>,
     pub backend_stats: PerCpuArray<MapData, Traffic>,
     pub global_stats: PerCpuArray<MapData, u64>,
@@ -87,7 +99,7 @@ pub struct Maps {
     /// Every VIP, with the interfaces ARP and NDP for it are answered on.
     pub vips: HashMap<MapData, Addr, NeighborMask>,
     /// (node IP, NodePort, protocol) to the frontend key it serves.
-    pub node_ports: HashMap<MapData, ServiceKey, ServiceKey>,
+    pub node_ports: FamilyMaps<ServiceKey, ServiceKey>,
     /// The attached interfaces, by ifindex.
     pub ifaces: HashMap<MapData, u32, Iface>,
 }
@@ -105,16 +117,16 @@ impl Maps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(MapsError::Missing(name));
         Ok(Self {
-            services: typed(MAP_SERVICES, take(MAP_SERVICES)?)?,
+            services: FamilyMaps::new(SERVICES, [take(SERVICES[0])?, take(SERVICES[1])?])?,
             backends: typed(MAP_BACKENDS, take(MAP_BACKENDS)?)?,
             maglev: typed(MAP_MAGLEV, take(MAP_MAGLEV)?)?,
-            flows: typed(MAP_FLOWS, take(MAP_FLOWS)?)?,
+            flows: FamilyMaps::new(FLOWS, [take(FLOWS[0])?, take(FLOWS[1])?])?,
             service_stats: typed(MAP_SERVICE_STATS, take(MAP_SERVICE_STATS)?)?,
             backend_stats: typed(MAP_BACKEND_STATS, take(MAP_BACKEND_STATS)?)?,
             global_stats: typed(MAP_GLOBAL_STATS, take(MAP_GLOBAL_STATS)?)?,
             settings: typed(MAP_SETTINGS, take(MAP_SETTINGS)?)?,
             vips: typed(MAP_VIPS, take(MAP_VIPS)?)?,
-            node_ports: typed(MAP_NODE_PORTS, take(MAP_NODE_PORTS)?)?,
+            node_ports: FamilyMaps::new(NODE_PORTS, [take(NODE_PORTS[0])?, take(NODE_PORTS[1])?])?,
             ifaces: typed(MAP_IFACES, take(MAP_IFACES)?)?,
         })
     }
@@ -124,17 +136,20 @@ impl Maps {
         let pins = PinDir::new(root);
         pins.check_layout()?;
         let dir = &pins;
+        let pair = |names: [&'static str; 2]| -> Result<[Map; 2], MapsError> {
+            Ok([open_pin(dir, names[0])?, open_pin(dir, names[1])?])
+        };
         Ok(Self {
-            services: typed(MAP_SERVICES, open_pin(dir, MAP_SERVICES)?)?,
+            services: FamilyMaps::new(SERVICES, pair(SERVICES)?)?,
             backends: typed(MAP_BACKENDS, open_pin(dir, MAP_BACKENDS)?)?,
             maglev: typed(MAP_MAGLEV, open_pin(dir, MAP_MAGLEV)?)?,
-            flows: typed(MAP_FLOWS, open_pin(dir, MAP_FLOWS)?)?,
+            flows: FamilyMaps::new(FLOWS, pair(FLOWS)?)?,
             service_stats: typed(MAP_SERVICE_STATS, open_pin(dir, MAP_SERVICE_STATS)?)?,
             backend_stats: typed(MAP_BACKEND_STATS, open_pin(dir, MAP_BACKEND_STATS)?)?,
             global_stats: typed(MAP_GLOBAL_STATS, open_pin(dir, MAP_GLOBAL_STATS)?)?,
             settings: typed(MAP_SETTINGS, open_pin(dir, MAP_SETTINGS)?)?,
             vips: typed(MAP_VIPS, open_pin(dir, MAP_VIPS)?)?,
-            node_ports: typed(MAP_NODE_PORTS, open_pin(dir, MAP_NODE_PORTS)?)?,
+            node_ports: FamilyMaps::new(NODE_PORTS, pair(NODE_PORTS)?)?,
             ifaces: typed(MAP_IFACES, open_pin(dir, MAP_IFACES)?)?,
         })
     }
@@ -143,10 +158,8 @@ impl Maps {
     /// computed as the data path computes it. `None` when `key` is not
     /// addressed to a service with backends.
     pub fn maglev_choice(&self, key: &FlowKey) -> Result<Option<MaglevChoice>, MapsError> {
-        let info = match self.services.get(&ServiceKey::of_destination(key), 0) {
-            Ok(info) => info,
-            Err(MapError::KeyNotFound) => return Ok(None),
-            Err(source) => return Err(map_error(MAP_SERVICES, source)),
+        let Some(info) = self.services.get(&ServiceKey::of_destination(key))? else {
+            return Ok(None);
         };
         if info.backend_count == 0 || info.ring_size == 0 {
             return Ok(None);

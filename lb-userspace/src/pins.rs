@@ -4,6 +4,8 @@
 //!
 //! Layout: `<bpffs>/v<LAYOUT_VERSION>/<MAP>` for every map and
 //! `<bpffs>/v<LAYOUT_VERSION>/link-<iface>` for every attached interface.
+//! State of layout [`UPGRADES_FROM`] is upgraded by the agent when it starts
+//! (`dataplane::upgrade`); any other layout is refused.
 
 use std::{
     ffi::CString,
@@ -14,6 +16,9 @@ use std::{
 
 use lb_common::LAYOUT_VERSION;
 
+/// The older layout an agent upgrades in place: the one just before this.
+pub const UPGRADES_FROM: u32 = LAYOUT_VERSION - 1;
+
 #[derive(thiserror::Error, Debug)]
 pub enum PinsError {
     #[error(
@@ -23,6 +28,13 @@ pub enum PinsError {
         root.display(), root.display()
     )]
     OtherLayout { root: PathBuf, found: String },
+    #[error(
+        "{} holds pinned state of map layout v{UPGRADES_FROM} (an older lb), this lb uses \
+         v{LAYOUT_VERSION}: start this lb's agent, which upgrades it in place keeping flows, or \
+         read it with the older lb",
+        root.display()
+    )]
+    NotUpgradedYet { root: PathBuf },
     #[error(
         "{} is not on a bpffs{}: mount one (`mount -t bpf bpf {}`) or point --bpffs at a \
          directory on a bpffs mounted elsewhere",
@@ -113,6 +125,11 @@ impl PinDir {
         self.root.join(format!("v{LAYOUT_VERSION}"))
     }
 
+    /// Directory of the layout the agent upgrades ([`UPGRADES_FROM`]).
+    pub fn upgradable_state(&self) -> PathBuf {
+        self.root.join(format!("v{UPGRADES_FROM}"))
+    }
+
     pub fn map(&self, name: &str) -> PathBuf {
         self.state().join(name)
     }
@@ -121,10 +138,11 @@ impl PinDir {
         self.state().join(format!("link-{iface}"))
     }
 
-    /// Fails when state of another layout is pinned under the root; otherwise
-    /// makes sure the state directory exists.
+    /// Fails when state of another layout than this one or the one it
+    /// upgrades is pinned under the root; otherwise makes sure the state
+    /// directory exists. For the agent, which upgrades what it finds.
     pub fn prepare(&self) -> Result<(), PinsError> {
-        self.check_layout()?;
+        self.check_known_layouts()?;
         let state = self.state();
         fs::create_dir_all(&state).map_err(|source| PinsError::Io {
             path: state,
@@ -133,18 +151,32 @@ impl PinDir {
     }
 
     /// Fails when the root does not lie on a bpffs or holds state of another
-    /// layout version. Everything that reads or writes pinned state (the
-    /// agent, the inspection commands, `lb down`, the metrics) passes here
-    /// first, so each says the same when the root is no bpffs.
+    /// layout version, or only state the agent has yet to upgrade.
+    /// Everything that reads pinned state (the inspection commands, the
+    /// metrics) passes here first, so each says the same when the root is
+    /// no bpffs.
     pub fn check_layout(&self) -> Result<(), PinsError> {
+        self.check_known_layouts()?;
+        if self.upgradable_state().is_dir() && !self.exists() {
+            return Err(PinsError::NotUpgradedYet {
+                root: self.root.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Fails when the root does not lie on a bpffs or holds state of a
+    /// layout this lb neither uses nor upgrades. Enough for `lb down`, which
+    /// removes the state of both.
+    pub fn check_known_layouts(&self) -> Result<(), PinsError> {
         check_bpffs(&self.root)?;
         let Ok(entries) = fs::read_dir(&self.root) else {
             return Ok(());
         };
-        let current = format!("v{LAYOUT_VERSION}");
+        let known = [LAYOUT_VERSION, UPGRADES_FROM].map(|version| format!("v{version}"));
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('v') && name[1..].parse::<u32>().is_ok() && name != current {
+            if name.starts_with('v') && name[1..].parse::<u32>().is_ok() && !known.contains(&name) {
                 return Err(PinsError::OtherLayout {
                     root: self.root.clone(),
                     found: name[1..].to_owned(),
@@ -159,31 +191,37 @@ impl PinDir {
         self.state().is_dir()
     }
 
-    /// Removes every pin: links first (detaching the program from interfaces
-    /// no process holds it on), then maps. Returns what was removed.
+    /// Removes every pin, of this layout and of one not yet upgraded: links
+    /// first (detaching the program from interfaces no process holds it on),
+    /// then maps. Returns what was removed.
     pub fn remove(&self) -> Result<Vec<PathBuf>, PinsError> {
-        let state = self.state();
-        let mut removed = Vec::new();
-        let Ok(entries) = fs::read_dir(&state) else {
-            return Ok(removed);
-        };
-        let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-        // Links before maps: the program stops seeing packets before its maps go.
-        paths.sort_by_key(|p| {
-            !p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("link-"))
-        });
-        for path in paths {
-            fs::remove_file(&path).map_err(|source| PinsError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            removed.push(path);
-        }
-        for dir in [state, self.root.clone()] {
-            // Only empty directories go: another layout's state stays.
-            let _ = fs::remove_dir(dir);
-        }
+        let mut removed = remove_dir_pins(&self.upgradable_state())?;
+        removed.extend(remove_dir_pins(&self.state())?);
+        // Only an empty root goes: another layout's state stays.
+        let _ = fs::remove_dir(&self.root);
         Ok(removed)
     }
+}
+
+/// Removes the pins in `state`, links first, then the directory.
+fn remove_dir_pins(state: &Path) -> Result<Vec<PathBuf>, PinsError> {
+    let mut removed = Vec::new();
+    let Ok(entries) = fs::read_dir(state) else {
+        return Ok(removed);
+    };
+    let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    // Links before maps: the program stops seeing packets before its maps go.
+    paths.sort_by_key(|p| {
+        !p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("link-"))
+    });
+    for path in paths {
+        fs::remove_file(&path).map_err(|source| PinsError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        removed.push(path);
+    }
+    let _ = fs::remove_dir(state);
+    Ok(removed)
 }

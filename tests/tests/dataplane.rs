@@ -47,7 +47,8 @@ fn ring(dataplane: &Dataplane, spec: &ServiceSpec) -> BTreeMap<u32, u32> {
     let info = dataplane
         .maps()
         .services
-        .get(&service_key(&spec.frontend), 0)
+        .get(&service_key(&spec.frontend))
+        .expect("SERVICES4")
         .expect("service entry");
     assert_eq!(info.ring_size, RING_SIZE);
     let mut counts = BTreeMap::new();
@@ -66,7 +67,8 @@ fn updates_swap_whole_rings_and_retire_removed_backends() {
     let first_base = dataplane
         .maps()
         .services
-        .get(&service_key(&three.frontend), 0)
+        .get(&service_key(&three.frontend))
+        .expect("SERVICES4")
         .expect("entry")
         .ring_base;
     let before = ring(&dataplane, &three);
@@ -82,7 +84,8 @@ fn updates_swap_whole_rings_and_retire_removed_backends() {
     let info = dataplane
         .maps()
         .services
-        .get(&service_key(&two.frontend), 0)
+        .get(&service_key(&two.frontend))
+        .expect("SERVICES4")
         .expect("entry");
     assert_ne!(info.ring_base, first_base, "the update wrote the idle slot");
     let after = ring(&dataplane, &two);
@@ -115,8 +118,9 @@ fn updates_swap_whole_rings_and_retire_removed_backends() {
         dataplane
             .maps()
             .services
-            .get(&service_key(&two.frontend), 0)
-            .is_err()
+            .get(&service_key(&two.frontend))
+            .expect("SERVICES4")
+            .is_none()
     );
     for id in after.keys() {
         assert_eq!(dataplane.maps().backends.get(id, 0).expect("slot").flags, 0);
@@ -148,7 +152,8 @@ fn a_service_without_weight_has_no_backends_in_the_kernel() {
     let info = dataplane
         .maps()
         .services
-        .get(&service_key(&idle.frontend), 0)
+        .get(&service_key(&idle.frontend))
+        .expect("SERVICES4")
         .expect("entry");
     assert_eq!(
         info.backend_count, 0,

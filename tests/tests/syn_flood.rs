@@ -67,7 +67,14 @@ fn flood(bed: &XdpBed, new_flow_limit: u32) -> FloodResult {
     let (action, _) =
         xdp_bed::run(program, &packets::tcp_syn(client, VIP), bed.client_if).expect("run");
     assert_eq!(action, XDP_REDIRECT, "the established connection's SYN");
-    assert!(dataplane.maps().flows.get(&flow_key(client), 0).is_ok());
+    assert!(
+        dataplane
+            .maps()
+            .flows
+            .get(&flow_key(client))
+            .expect("FLOWS4")
+            .is_some()
+    );
     for i in 0..FLOOD {
         let (action, _) =
             xdp_bed::run(program, &packets::tcp_syn(spoofed(i), VIP), bed.client_if).expect("run");
@@ -75,7 +82,12 @@ fn flood(bed: &XdpBed, new_flow_limit: u32) -> FloodResult {
         assert_eq!(action, XDP_REDIRECT, "flood SYN {i}");
     }
     FloodResult {
-        established_kept: dataplane.maps().flows.get(&flow_key(client), 0).is_ok(),
+        established_kept: dataplane
+            .maps()
+            .flows
+            .get(&flow_key(client))
+            .expect("FLOWS4")
+            .is_some(),
         dataplane,
     }
 }
@@ -132,7 +144,12 @@ fn limited_flood(bed: &XdpBed) {
         let (_, dnat) =
             xdp_bed::run(program, &packets::tcp_syn(client, VIP), bed.client_if).expect("run");
         let chosen = Ipv4Addr::new(dnat[30], dnat[31], dnat[32], dnat[33]);
-        let tracked = dataplane.maps().flows.get(&flow_key(client), 0).is_ok();
+        let tracked = dataplane
+            .maps()
+            .flows
+            .get(&flow_key(client))
+            .expect("FLOWS4")
+            .is_some();
         for node in [node_ip(1), node_ip(2)] {
             let reply = packets::tcp_ack(SocketAddrV4::new(node, NODE_PORT), client, b"x");
             let (action, output) = xdp_bed::run(program, &reply, bed.node_if).expect("run");

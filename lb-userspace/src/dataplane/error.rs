@@ -1,6 +1,6 @@
 //! What can go wrong loading, attaching and programming the data path.
 
-use std::path::PathBuf;
+use std::{net::IpAddr, path::PathBuf};
 
 use aya::programs::ProgramError;
 use lb_common::{MAX_BACKENDS, MAX_SERVICES};
@@ -40,6 +40,11 @@ pub enum DataplaneError {
     ServicesFull(u32),
     #[error("no room for another backend ({MAX_BACKENDS} in use)")]
     BackendsFull,
+    #[error(
+        "{frontend}: backend {backend} is of the other address family (lb does not translate \
+         between IPv4 and IPv6)"
+    )]
+    MixedFamilies { frontend: String, backend: IpAddr },
     #[error(transparent)]
     Pins(#[from] PinsError),
     #[error("pinning the link of {iface} at {}: {source}", path.display())]

@@ -10,6 +10,7 @@ mod neighbors;
 mod objects;
 mod recover;
 mod services;
+mod upgrade;
 
 pub use config::{
     DEFAULT_MAX_SERVICES, DEFAULT_NEW_FLOW_LIMIT, DataplaneConfig, Forwarding, MIN_FLOWS,
@@ -73,12 +74,21 @@ impl Dataplane {
     pub fn load(config: DataplaneConfig) -> Result<Self, DataplaneError> {
         let ring_entries = config.ring_entries()?;
         let pins = config.pin_dir.as_ref().map(PinDir::new);
-        let inherited = pins.as_ref().is_some_and(PinDir::exists);
+        let mut inherited = pins.as_ref().is_some_and(PinDir::exists);
+        let mut upgrading = false;
+        if let Some(pins) = &pins {
+            // Upgraded before anything is created: refused, it leaves all as it was.
+            pins.check_known_layouts()?;
+            upgrading = upgrade::move_kept_pins(pins, &config)?;
+            inherited |= upgrading;
+            pins.prepare()?;
+        }
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(MAP_MAGLEV, ring_entries);
-        loader.map_max_entries(lb_common::MAP_FLOWS, config.max_flows);
+        for flows in crate::maps::FLOWS {
+            loader.map_max_entries(flows, config.max_flows);
+        }
         if let Some(pins) = &pins {
-            pins.prepare()?;
             // Existing pins are reused: flows, rings and counters carry over.
             for name in ALL_MAPS {
                 loader.map_pin_path(name, pins.map(name));
@@ -96,7 +106,7 @@ impl Dataplane {
         };
         let program = xdp_program(&mut ebpf)?;
         program.load().map_err(DataplaneError::Program)?;
-        let maps = Maps::take(&mut ebpf)?;
+        let mut maps = Maps::take(&mut ebpf)?;
         let key_filter = filter::KeyFilterBits::take(&mut ebpf)?;
         let ifaces_by_index = ifaces_by_index::IfacesByIndex::take(&mut ebpf, &maps.ifaces)?;
         // A reused pin keeps the size it was created with.
@@ -108,6 +118,9 @@ impl Dataplane {
                 ring_size: config.ring_size,
                 max_services: config.max_services,
             });
+        }
+        if let Some(pins) = pins.as_ref().filter(|_| upgrading) {
+            upgrade::copy_split_maps(pins, &mut maps)?;
         }
         let nr_cpus = nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
         let mut dataplane = Self {

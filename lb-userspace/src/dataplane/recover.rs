@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use lb_common::{BACKEND_ACTIVE, MAP_NODE_PORTS, MAX_BACKENDS, ServiceInfo, ServiceKey};
+use lb_common::{BACKEND_ACTIVE, MAX_BACKENDS, ServiceKey};
 
 use super::{
     Dataplane, DataplaneError, ProgrammedBackend, ProgrammedService, filter, service_key,
@@ -19,12 +19,7 @@ impl Dataplane {
     /// reused). Names and weights are not in the maps: the first reconcile
     /// rewrites every service, keeping each backend's id, so flows stay put.
     pub(super) fn recover(&mut self) -> Result<(), DataplaneError> {
-        let entries: Vec<(ServiceKey, ServiceInfo)> = self
-            .maps
-            .services
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(|e| map_error(lb_common::MAP_SERVICES, e))?;
+        let entries = self.maps.services.entries()?;
         let ring_size = self.config.ring_size;
         let mut used_backends = BTreeSet::new();
         for (key, info) in entries {
@@ -129,18 +124,13 @@ impl Dataplane {
         let stale: Vec<ServiceKey> = self
             .maps
             .node_ports
-            .iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| map_error(MAP_NODE_PORTS, e))?
+            .entries()?
             .into_iter()
             .filter(|entry| !live.contains(entry))
             .map(|(node_port, _)| node_port)
             .collect();
         for node_port in stale {
-            self.maps
-                .node_ports
-                .remove(&node_port)
-                .map_err(|e| map_error(MAP_NODE_PORTS, e))?;
+            self.maps.node_ports.remove(&node_port)?;
         }
         Ok(())
     }

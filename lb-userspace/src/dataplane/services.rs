@@ -4,9 +4,7 @@
 use std::{collections::HashMap, net::IpAddr};
 
 use aya::maps::PerCpuValues;
-use lb_common::{
-    BACKEND_ACTIVE, Backend, MAP_MAGLEV, MAP_NODE_PORTS, ServiceInfo, ServiceKey, Traffic,
-};
+use lb_common::{BACKEND_ACTIVE, Backend, MAP_MAGLEV, ServiceInfo, ServiceKey, Traffic};
 
 use super::{Dataplane, DataplaneError, ProgrammedBackend, ProgrammedService, filter};
 use crate::{
@@ -19,6 +17,16 @@ impl Dataplane {
     /// Adds a service or updates its backends. Live flows keep their backend
     /// unless it was removed; the new Maglev table replaces the old one at once.
     pub fn set_service(&mut self, spec: &ServiceSpec) -> Result<(), DataplaneError> {
+        if let Some(backend) = spec
+            .backends
+            .iter()
+            .find(|backend| backend.ip.is_ipv4() != spec.frontend.vip.is_ipv4())
+        {
+            return Err(DataplaneError::MixedFamilies {
+                frontend: spec.frontend.to_string(),
+                backend: backend.ip,
+            });
+        }
         let (mut service, old_keys) = match self.services.remove(&spec.frontend) {
             Some(service) => {
                 let keys = filter::keys_of(&service.spec);
@@ -112,14 +120,10 @@ impl Dataplane {
         for backend in &backends {
             self.maps
                 .node_ports
-                .insert(node_port_key(&backend.spec, spec.frontend.protocol), key, 0)
-                .map_err(|e| map_error(MAP_NODE_PORTS, e))?;
+                .insert(node_port_key(&backend.spec, spec.frontend.protocol), key)?;
         }
         // The swap: from here on new flows use the new ring.
-        self.maps
-            .services
-            .insert(key, info, 0)
-            .map_err(|e| map_error(lb_common::MAP_SERVICES, e))?;
+        self.maps.services.insert(key, info)?;
         // Only now retire removed backends, so their flows re-hash onto the new ring.
         for removed in old.into_values() {
             self.free_backend(&removed, &spec.frontend)?;
@@ -135,10 +139,7 @@ impl Dataplane {
         let Some(service) = self.services.remove(frontend) else {
             return Ok(());
         };
-        match self.maps.services.remove(&service_key(frontend)) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(e) => return Err(map_error(lb_common::MAP_SERVICES, e).into()),
-        }
+        self.maps.services.remove(&service_key(frontend))?;
         for backend in &service.backends {
             self.free_backend(backend, frontend)?;
         }
@@ -191,14 +192,8 @@ impl Dataplane {
     ) -> Result<(), DataplaneError> {
         self.retire_slot(backend.id)?;
         let node_port = node_port_key(&backend.spec, frontend.protocol);
-        match self.maps.node_ports.get(&node_port, 0) {
-            Ok(owner) if owner == service_key(frontend) => self
-                .maps
-                .node_ports
-                .remove(&node_port)
-                .map_err(|e| map_error(MAP_NODE_PORTS, e))?,
-            Ok(_) | Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(e) => return Err(map_error(MAP_NODE_PORTS, e).into()),
+        if self.maps.node_ports.get(&node_port)? == Some(service_key(frontend)) {
+            self.maps.node_ports.remove(&node_port)?;
         }
         Ok(())
     }

@@ -223,7 +223,7 @@ fn populate(server: &FakeApiServer, scale: &Scale) -> Result<()> {
 }
 
 fn programmed_count(bed: &KubeAgent) -> usize {
-    Maps::open_pinned(bed.agent.bpffs()).map_or(0, |maps| maps.services.keys().count())
+    Maps::open_pinned(bed.agent.bpffs()).map_or(0, |maps| maps.services.count())
 }
 
 /// Adds an endpoint on one more node to a programmed Service and times until
@@ -242,7 +242,9 @@ fn slice_change_latency(bed: &KubeAgent, scale: &Scale, index: usize) -> Result<
     let maps = Maps::open_pinned(bed.agent.bpffs())?;
     let backends = || {
         maps.services
-            .get(&key, 0)
+            .get(&key)
+            .ok()
+            .flatten()
             .map_or(0, |info| info.backend_count)
     };
     if backends() as usize != ENDPOINTS {

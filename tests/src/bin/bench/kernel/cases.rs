@@ -6,14 +6,14 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use anyhow::{Context, Result, bail, ensure};
 use aya::{
     Ebpf,
-    maps::{HashMap, Map, MapData, MapInfo},
+    maps::HashMap,
     programs::{Xdp, XdpMode},
 };
 use lb::{
     dataplane::{ATTRIBUTION_OBJECT, Dataplane, DataplaneConfig, Forwarding, REFERENCE_OBJECT},
     model::{Protocol, ServiceSpec},
 };
-use lb_common::{Flow, FlowKey, MAP_FLOWS, MAX_FLOWS, MAX_SERVICES, counters};
+use lb_common::{FlowKey, MAX_FLOWS, MAX_SERVICES, counters};
 use lb_tests::{packets, specs};
 
 use super::{
@@ -196,7 +196,7 @@ pub fn measure_all(bed: &Bed, options: Options) -> Result<Section> {
         let dataplane = many_services_dataplane(bed, services)?;
         let mut cases = scaling_cases(bed, &dataplane, floor)?;
         let results = measure(&mut cases, options, &mut flows, &mut log)?;
-        let occupancy = count_flows(&dataplane)?;
+        let occupancy = dataplane.maps().flows.count();
         scaling.row(scaling_row(
             &format!("{services} service(s), M = {SMALL_RING}, max services {MAX_SERVICES}"),
             occupancy,
@@ -239,9 +239,9 @@ pub fn measure_all(bed: &Bed, options: Options) -> Result<Section> {
     if options.full_flow_table {
         eprintln!("kernel: filling the flow table ({MAX_FLOWS} entries)");
         let dataplane = &main_dataplane;
-        let before = count_flows(dataplane)?;
+        let before = dataplane.maps().flows.count();
         let inserted = fill_flows(bed, dataplane)?;
-        let filled = count_flows(dataplane)?;
+        let filled = dataplane.maps().flows.count();
         notes.push(format!(
             "Full flow table: FLOWS held {before} entries after the main scenario; \
              {inserted} more new flows were run through the program (SYNs from unique \
@@ -253,7 +253,7 @@ pub fn measure_all(bed: &Bed, options: Options) -> Result<Section> {
         ));
         let mut cases = scaling_cases(bed, dataplane, floor)?;
         let results = measure(&mut cases, options, &mut flows, &mut log)?;
-        let occupancy = count_flows(dataplane)?;
+        let occupancy = dataplane.maps().flows.count();
         scaling.row(scaling_row(
             "4 services, M = 16381, flow table full",
             occupancy,
@@ -346,8 +346,8 @@ fn attached_pass(
     ))
 }
 
-const LRU_PER_CPU: &str = "one new entry in a 1M LRU hash, per-CPU lists";
-const LRU_COMMON: &str = "one new entry in a 1M LRU hash, common list";
+const LRU_PER_CPU: &str = "one new IPv4 flow in a 1M LRU hash, per-CPU lists";
+const LRU_COMMON: &str = "one new IPv4 flow in a 1M LRU hash, common list";
 
 /// The programs of `lb-ebpf/src/attribution.rs`, each one operation of the
 /// data path and XDP_TX, and what each adds to the floor.
@@ -362,11 +362,11 @@ const ATTRIBUTION: [(&str, &str); 7] = [
     ("attr_lru_insert_common", LRU_COMMON),
     (
         "attr_hash_lookup_key40",
-        "one hash lookup, 40-byte key (a flow)",
+        "one hash lookup, 40-byte key (an IPv6 flow)",
     ),
     (
         "attr_hash_lookup_key16",
-        "one hash lookup, 16-byte key (an address)",
+        "one hash lookup, 16-byte key (an IPv4 flow)",
     ),
 ];
 
@@ -391,9 +391,17 @@ fn attribution(
     let mut key40: HashMap<_, FlowKey, u32> =
         HashMap::try_from(object.map_mut("HASH_KEY40").context("no map HASH_KEY40")?)?;
     key40.insert(FlowKey::new([0, 0, 0, 1], [0, 0, 0, 2], 3, 4, 6), 1, 0)?;
-    let mut key16: HashMap<_, lb_common::Addr, u32> =
+    let mut key16: HashMap<_, lb_common::FlowKey4, u32> =
         HashMap::try_from(object.map_mut("HASH_KEY16").context("no map HASH_KEY16")?)?;
-    key16.insert([0, 0, 0, 1], 1, 0)?;
+    let ipv4_flow = lb_common::FlowKey4 {
+        src_ip: 1,
+        dst_ip: 2,
+        src_port: 3,
+        dst_port: 4,
+        proto: 6,
+        _pad: [0; 3],
+    };
+    key16.insert(ipv4_flow, 1, 0)?;
     let packet = packets::tcp_ack(sock(CLIENT, CLIENT_PORT), sock(VIP, TCP_PORT), b"");
     let mut cases = vec![reference_case(FLOOR.to_owned(), floor, bed, &packet)];
     for (name, what) in ATTRIBUTION {
@@ -981,24 +989,4 @@ fn fill_flows(bed: &Bed, dataplane: &Dataplane) -> Result<u64> {
     });
     lb_tests::xdp_bed::pin_to_cpu(cpus - 1)?;
     results.into_iter().sum()
-}
-
-/// Entries in FLOWS, by iterating its keys (the map is not among the ones the
-/// data path API exposes, so it is opened by id from the program's map list).
-fn count_flows(dataplane: &Dataplane) -> Result<usize> {
-    let ids = dataplane
-        .program()?
-        .info()?
-        .map_ids()?
-        .context("the kernel does not list the program's maps")?;
-    for id in ids {
-        let info = MapInfo::from_id(id)?;
-        if info.name_as_str() != Some(MAP_FLOWS) {
-            continue;
-        }
-        let map = Map::from_map_data(MapData::from_id(id)?)?;
-        let flows: HashMap<MapData, FlowKey, Flow> = map.try_into()?;
-        return Ok(flows.keys().filter(Result::is_ok).count());
-    }
-    bail!("the program has no {MAP_FLOWS} map")
 }

@@ -1,0 +1,375 @@
+//! The per-family maps of layout v4: each family's flows in its own table
+//! under the key `lb_common` defines (16 bytes for IPv4, 40 for IPv6), read
+//! by the real program through BPF_PROG_TEST_RUN; and pinned state of layout
+//! v3, where one map held both families, upgraded in place by the agent's
+//! data path, keeping services, counters and flows.
+
+use std::{
+    fs,
+    net::{IpAddr, SocketAddr},
+    os::fd::{FromRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{HashMap, Map, MapData, MapInfo};
+use lb::{
+    dataplane::{Dataplane, DataplaneConfig, DataplaneError},
+    maps::{FLOWS, Maps, MapsError},
+    model::Protocol,
+    pins::PinsError,
+};
+use lb_common::{Flow, FlowKey, FlowKey4, PROTO_TCP, ServiceInfo, ServiceKey, addr_of};
+use lb_tests::{
+    packets,
+    specs::{node, node6, service},
+    xdp_bed::{self, CLIENT, CLIENT6, XDP_REDIRECT, XdpBed, node_ip, node_ip6},
+};
+
+const VIP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 20));
+const VIP6: IpAddr = IpAddr::V6(std::net::Ipv6Addr::new(
+    0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 0x20,
+));
+const RING_SIZE: u32 = 1021;
+/// `bpf(2)`'s command and map types (uapi `linux/bpf.h`).
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+/// `BPF_F_NO_COMMON_LRU`: per-CPU LRU lists, as v3's flow table had.
+const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+
+/// One family's case: its VIP, two backends (nodes 1 and 2), and a client.
+struct Family {
+    vip: IpAddr,
+    backends: [IpAddr; 2],
+    client: SocketAddr,
+}
+
+fn families() -> [Family; 2] {
+    [
+        Family {
+            vip: VIP,
+            backends: [node_ip(1).into(), node_ip(2).into()],
+            client: SocketAddr::new(CLIENT.into(), 40000),
+        },
+        Family {
+            vip: VIP6,
+            backends: [node_ip6(1).into(), node_ip6(2).into()],
+            client: SocketAddr::new(CLIENT6.into(), 40000),
+        },
+    ]
+}
+
+impl Family {
+    fn spec(&self) -> lb::model::ServiceSpec {
+        let backends = if self.vip.is_ipv4() {
+            vec![node(1, 31000), node(2, 31000)]
+        } else {
+            vec![node6(1, 31000), node6(2, 31000)]
+        };
+        service(self.vip, 80, Protocol::Tcp, backends)
+    }
+
+    fn vip_port(&self) -> SocketAddr {
+        SocketAddr::new(self.vip, 80)
+    }
+
+    fn flow_key(&self) -> FlowKey {
+        FlowKey::new(
+            addr_of(self.client.ip()),
+            addr_of(self.vip),
+            self.client.port().to_be(),
+            80u16.to_be(),
+            PROTO_TCP,
+        )
+    }
+}
+
+fn config(pin_dir: Option<PathBuf>, ring_size: u32) -> DataplaneConfig {
+    DataplaneConfig {
+        ring_size,
+        max_services: 4,
+        pin_dir,
+        new_flow_limit: 0,
+        ..Default::default()
+    }
+}
+
+fn load(bed: &XdpBed, config: DataplaneConfig) -> Result<Dataplane, DataplaneError> {
+    let mut dataplane = Dataplane::load(config)?;
+    dataplane.add_tx_port(bed.client_if)?;
+    dataplane.add_tx_port(bed.node_if)?;
+    Ok(dataplane)
+}
+
+/// Sends `input` from the clients' side; returns the address it was sent to.
+fn forwarded_to(dataplane: &Dataplane, bed: &XdpBed, input: &[u8]) -> IpAddr {
+    let program = dataplane.program().expect("program");
+    let (action, output) = xdp_bed::run(program, input, bed.client_if).expect("test run");
+    assert_eq!(action, XDP_REDIRECT);
+    let (tuple, _) = packets::owned_tuple(&output).expect("a TCP packet");
+    tuple.dst.ip()
+}
+
+/// Opens one of the program's maps by name, bypassing the API: what the
+/// kernel holds, not what the API makes of it.
+fn raw_map(dataplane: &Dataplane, name: &str) -> Map {
+    let ids = dataplane
+        .program()
+        .expect("program")
+        .info()
+        .expect("program info")
+        .map_ids()
+        .expect("map ids")
+        .expect("the kernel lists the maps");
+    let id = ids
+        .into_iter()
+        .find(|&id| MapInfo::from_id(id).expect("map info").name_as_str() == Some(name))
+        .unwrap_or_else(|| panic!("the program has no map {name}"));
+    Map::from_map_data(MapData::from_id(id).expect("map")).expect("map type")
+}
+
+/// Repins a flow to the backend the Maglev ring did not choose, so that
+/// where its next packet goes shows which entry the data path read.
+fn repin_elsewhere(dataplane: &Dataplane, family: &Family, flow: &mut Flow) -> IpAddr {
+    let service = dataplane
+        .service(&family.spec().frontend)
+        .expect("programmed");
+    let other = service
+        .backends
+        .iter()
+        .find(|backend| addr_of(backend.spec.ip) != flow.backend_ip)
+        .expect("a second backend");
+    flow.backend_id = other.id;
+    flow.backend_ip = addr_of(other.spec.ip);
+    flow.backend_port = other.spec.port.to_be();
+    other.spec.ip
+}
+
+#[test]
+fn each_family_keeps_its_flows_in_its_own_table_by_its_compact_key() {
+    let (ns, bed) = XdpBed::new("lbfam").expect("netns");
+    ns.enter(move || family_tables(&bed)).expect("enter");
+}
+
+fn family_tables(bed: &XdpBed) {
+    let mut dataplane = load(bed, config(None, RING_SIZE)).expect("load");
+    for family in families() {
+        dataplane.set_service(&family.spec()).expect("set_service");
+        let chosen = forwarded_to(
+            &dataplane,
+            bed,
+            &packets::tcp_syn(family.client, family.vip_port()),
+        );
+        assert!(family.backends.contains(&chosen));
+        let key = family.flow_key();
+        let [flows4, flows6] = FLOWS.map(|name| raw_map(&dataplane, name));
+        let mut flows4: HashMap<_, FlowKey4, Flow> = flows4.try_into().expect("FLOWS4");
+        let mut flows6: HashMap<_, FlowKey, Flow> = flows6.try_into().expect("FLOWS6");
+        let moved_to = if family.vip.is_ipv4() {
+            let key4 = FlowKey4 {
+                src_ip: key.src_ip[3],
+                dst_ip: key.dst_ip[3],
+                src_port: key.src_port,
+                dst_port: key.dst_port,
+                proto: key.proto,
+                _pad: [0; 3],
+            };
+            let mut flow = flows4.get(&key4, 0).expect("the flow, in FLOWS4");
+            assert_eq!(flows6.keys().count(), 0, "an IPv4 flow in FLOWS6");
+            assert_eq!(flow.backend_ip, addr_of(chosen));
+            let moved_to = repin_elsewhere(&dataplane, &family, &mut flow);
+            flows4.insert(key4, flow, 0).expect("repin");
+            moved_to
+        } else {
+            let mut flow = flows6.get(&key, 0).expect("the flow, in FLOWS6");
+            assert_eq!(flows4.keys().count(), 1, "an IPv6 flow in FLOWS4");
+            assert_eq!(flow.backend_ip, addr_of(chosen));
+            let moved_to = repin_elsewhere(&dataplane, &family, &mut flow);
+            flows6.insert(key, flow, 0).expect("repin");
+            moved_to
+        };
+        let ack = packets::tcp_ack(family.client, family.vip_port(), b"x");
+        assert_eq!(
+            forwarded_to(&dataplane, bed, &ack),
+            moved_to,
+            "{}: the next packet follows the entry under its key",
+            family.vip
+        );
+    }
+}
+
+/// A bpffs directory of the test's own, removed when dropped.
+struct PinRoot(PathBuf);
+
+impl PinRoot {
+    fn new(name: &str) -> Self {
+        let root = PathBuf::from(format!("/sys/fs/bpf/lb-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        Self(root)
+    }
+
+    fn dir(&self, version: u32) -> PathBuf {
+        self.0.join(format!("v{version}"))
+    }
+}
+
+impl Drop for PinRoot {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn pinned_state_of_layout_v3_is_upgraded_in_place_keeping_services_and_flows() {
+    let (ns, bed) = XdpBed::new("lbupg").expect("netns");
+    ns.enter(move || upgrade(&bed)).expect("enter");
+}
+
+fn upgrade(bed: &XdpBed) {
+    let root = PinRoot::new("upgrade-test");
+    let families = families();
+    let moved_to = write_v3_state(bed, &root, &families);
+    let v3_pins = pin_names(&root.dir(3));
+
+    // Readers refuse state the agent has not upgraded yet, and say so.
+    let refused = Maps::open_pinned(&root.0).err().expect("v3 state refused");
+    assert!(
+        matches!(refused, MapsError::Layout(PinsError::NotUpgradedYet { .. })),
+        "{refused}"
+    );
+    // An agent with other settings leaves the old state as it was.
+    let mismatch = load(bed, config(Some(root.0.clone()), 251)).err();
+    assert!(
+        matches!(mismatch, Some(DataplaneError::ConfigMismatch { .. })),
+        "{mismatch:?}"
+    );
+    assert_eq!(pin_names(&root.dir(3)), v3_pins, "v3 state was touched");
+    assert!(!root.dir(4).exists(), "a v4 directory was left behind");
+
+    let dataplane = load(bed, config(Some(root.0.clone()), RING_SIZE)).expect("upgrade");
+    assert!(!root.dir(3).exists(), "the v3 state stayed");
+    assert!(dataplane.inherited_state());
+    for (family, moved_to) in families.iter().zip(moved_to) {
+        let frontend = family.spec().frontend;
+        let service = dataplane.service(&frontend).expect("service recovered");
+        assert_eq!(service.backends.len(), 2, "{frontend}: backends recovered");
+        let traffic = dataplane.maps().service_traffic(service.id).expect("stats");
+        assert_eq!(traffic.packets, 1, "{frontend}: counters kept");
+        let ack = packets::tcp_ack(family.client, family.vip_port(), b"x");
+        assert_eq!(
+            forwarded_to(&dataplane, bed, &ack),
+            moved_to,
+            "{frontend}: the flow kept its backend"
+        );
+    }
+    dataplane.remove_pins().expect("remove pins");
+}
+
+/// The pins in `dir`, sorted.
+fn pin_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .expect("state directory")
+        .map(|entry| entry.expect("entry").file_name().to_string_lossy().into())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Leaves under `root` the state an agent of layout v3 would have pinned
+/// serving `families` after one connection each, whose flow entry names
+/// the backend Maglev did not choose; returns those backends. The maps v4
+/// kept are the v4 program's own (their layout is v3's); `SERVICES`,
+/// `NODE_PORTS` and `FLOWS` are created as v3 had them, with the same
+/// entries under the family-neutral keys.
+fn write_v3_state(bed: &XdpBed, root: &PinRoot, families: &[Family]) -> Vec<IpAddr> {
+    let mut dataplane = load(bed, config(Some(root.0.clone()), RING_SIZE)).expect("load");
+    let mut moved_to = Vec::new();
+    for family in families {
+        dataplane.set_service(&family.spec()).expect("set_service");
+        forwarded_to(
+            &dataplane,
+            bed,
+            &packets::tcp_syn(family.client, family.vip_port()),
+        );
+    }
+    let maps = dataplane.maps();
+    let services = maps.services.entries().expect("services");
+    let node_ports = maps.node_ports.entries().expect("node ports");
+    let mut flows = maps.flows.entries().expect("flows");
+    for family in families {
+        let (_, flow) = flows
+            .iter_mut()
+            .find(|(key, _)| *key == family.flow_key())
+            .expect("the family's flow");
+        moved_to.push(repin_elsewhere(&dataplane, family, flow));
+    }
+    drop(dataplane);
+    fs::rename(root.dir(4), root.dir(3)).expect("v4 state to v3");
+    for name in [
+        "SERVICES4",
+        "SERVICES6",
+        "NODE_PORTS4",
+        "NODE_PORTS6",
+        "FLOWS4",
+        "FLOWS6",
+    ] {
+        fs::remove_file(root.dir(3).join(name)).expect("unpin a v4 map");
+    }
+    let v3 = root.dir(3);
+    pin_v3_map::<ServiceKey, ServiceInfo>(&v3, "SERVICES", BPF_MAP_TYPE_HASH, 16384, 0, &services);
+    pin_v3_map::<ServiceKey, ServiceKey>(
+        &v3,
+        "NODE_PORTS",
+        BPF_MAP_TYPE_HASH,
+        65536,
+        0,
+        &node_ports,
+    );
+    let lru = BPF_F_NO_COMMON_LRU;
+    pin_v3_map::<FlowKey, Flow>(&v3, "FLOWS", BPF_MAP_TYPE_LRU_HASH, 4096, lru, &flows);
+    moved_to
+}
+
+/// Creates a hash map of v3's shape, fills it with `entries` and pins it
+/// at `dir/name`.
+fn pin_v3_map<K: aya::Pod, V: aya::Pod>(
+    dir: &Path,
+    name: &str,
+    map_type: u32,
+    max_entries: u32,
+    flags: u32,
+    entries: &[(K, V)],
+) {
+    let mut attr = [0u32; 32];
+    attr[..5].copy_from_slice(&[
+        map_type,
+        size_of::<K>() as u32,
+        size_of::<V>() as u32,
+        max_entries,
+        flags,
+    ]);
+    // SAFETY: BPF_MAP_CREATE with a zero-padded attribute block it may read.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            attr.as_ptr(),
+            size_of_val(&attr),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE {name}: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a new descriptor nothing else owns.
+    let map = MapData::from_fd(unsafe { OwnedFd::from_raw_fd(fd as i32) }).expect("map");
+    map.pin(dir.join(name)).expect("pin");
+    let mut map: HashMap<_, K, V> = Map::from_map_data(map)
+        .expect("map type")
+        .try_into()
+        .expect("a hash map");
+    for (key, value) in entries {
+        map.insert(key, value, 0).expect("insert");
+    }
+}
