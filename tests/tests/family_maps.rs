@@ -18,7 +18,9 @@ use lb::{
     model::Protocol,
     pins::PinsError,
 };
-use lb_common::{Flow, FlowKey, FlowKey4, PROTO_TCP, ServiceInfo, ServiceKey, addr_of};
+use lb_common::{
+    ByFamily as _, Flow, FlowKey, FlowKey4, PROTO_TCP, ServiceInfo, ServiceKey, addr_of,
+};
 use lb_tests::{
     packets,
     specs::{node, node6, service},
@@ -166,14 +168,8 @@ fn family_tables(bed: &XdpBed) {
         let mut flows4: HashMap<_, FlowKey4, Flow> = flows4.try_into().expect("FLOWS4");
         let mut flows6: HashMap<_, FlowKey, Flow> = flows6.try_into().expect("FLOWS6");
         let moved_to = if family.vip.is_ipv4() {
-            let key4 = FlowKey4 {
-                src_ip: key.src_ip[3],
-                dst_ip: key.dst_ip[3],
-                src_port: key.src_port,
-                dst_port: key.dst_port,
-                proto: key.proto,
-                _pad: [0; 3],
-            };
+            // The data path writes its key; userspace derives it (`to_v4`).
+            let key4 = key.to_v4().expect("an IPv4 flow");
             let mut flow = flows4.get(&key4, 0).expect("the flow, in FLOWS4");
             assert_eq!(flows6.keys().count(), 0, "an IPv4 flow in FLOWS6");
             assert_eq!(flow.backend_ip, addr_of(chosen));

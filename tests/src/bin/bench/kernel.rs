@@ -221,24 +221,23 @@ const GOALS: [(&str, f64, Option<f64>, &str); 6] = [
         "established TCP flow, DSR",
         1.7,
         Some(3.0),
-        "as the NAT case without the rewrite: a SERVICES lookup (20-byte key) and a FLOWS \
-         lookup (40-byte key, LRU) are about half of the program's time, the rest its own \
-         instructions (parsing, the next hop from the backend's slot, counters, MACs) \
-         and two BPF subprogram calls",
+        "as the NAT case without the rewrite: a SERVICES4 lookup (8-byte key) and a FLOWS4 \
+         lookup (16-byte key, LRU), the rest the program's own instructions (parsing, the \
+         next hop from the backend's slot, counters, MACs) and two BPF subprogram calls",
     ),
     (
         "reply, reverse NAT",
         1.9,
         Some(4.0),
-        "three hash lookups: NODE_PORTS (20-byte key), FLOWS for the request the reply \
-         answers (40-byte key) and the client's next hop in NEXT_HOPS (16-byte key, LRU); \
-         then the rewrite with its checksums",
+        "three hash lookups: NODE_PORTS4 (8-byte key), FLOWS4 for the request the reply \
+         answers (16-byte key, LRU) and the client's next hop in NEXT_HOPS (16-byte key, \
+         LRU); then the rewrite with its checksums",
     ),
     (
         "new TCP flow (Maglev lookup + flow insert)",
         4.5,
         None,
-        "the insert into the 1M-entry LRU flow table: the new entry's memory is cold, \
+        "the insert into the 1M-entry LRU flow table (FLOWS4): the new entry's memory is cold, \
          and the attribution row for one insert alone is above the whole goal",
     ),
     (
@@ -251,11 +250,10 @@ const GOALS: [(&str, f64, Option<f64>, &str); 6] = [
 ];
 
 /// What an established NAT packet costs besides the floor.
-const ESTABLISHED: &str = "a SERVICES lookup (20-byte key) and a FLOWS lookup (40-byte key, \
-    LRU) are about half of the program's time (perf: the kernel's jhash, bucket walk and \
-    key compare), the rest its own instructions (parsing, the rewrite and its checksums, \
-    the next hop from the backend's slot, counters, MACs) and two BPF subprogram calls; \
-    IPv4 keys of 16 and 8 bytes would shorten both lookups";
+const ESTABLISHED: &str = "a SERVICES4 lookup (8-byte key) and a FLOWS4 lookup (16-byte key, \
+    LRU), each the kernel's jhash, bucket walk and key compare, the rest the program's own \
+    instructions (parsing, the rewrite and its checksums, the next hop from the backend's \
+    slot, counters, MACs) and two BPF subprogram calls";
 
 /// A goal that `ns` stays within `max` times `floor` ns (the XDP_TX floor, or
 /// the `reference` named); a miss says by how much, and `why` where the time

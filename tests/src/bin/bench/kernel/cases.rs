@@ -181,7 +181,7 @@ pub fn measure_all(bed: &Bed, options: Options) -> Result<Section> {
         "In-kernel cost vs. services loaded and flow-table occupancy (ns per packet)",
         &[
             "scenario",
-            "flows in FLOWS afterwards",
+            "flows in FLOWS4 afterwards",
             "XDP_TX floor per call",
             "established per call",
             "new flow per call",
@@ -243,10 +243,10 @@ pub fn measure_all(bed: &Bed, options: Options) -> Result<Section> {
         let inserted = fill_flows(bed, dataplane)?;
         let filled = dataplane.maps().flows.count();
         notes.push(format!(
-            "Full flow table: FLOWS held {before} entries after the main scenario; \
+            "Full flow table: FLOWS4 held {before} entries after the main scenario; \
              {inserted} more new flows were run through the program (SYNs from unique \
              clients, on every CPU, because the LRU lists are per CPU with \
-             MAX_FLOWS / CPUs = {} entries each), after which FLOWS held {filled} of \
+             MAX_FLOWS / CPUs = {} entries each), after which FLOWS4 held {filled} of \
              MAX_FLOWS = {MAX_FLOWS} entries (counted by iterating the map). Every new \
              flow measured there evicts the least recently used one.",
             MAX_FLOWS as usize / cpus()
@@ -454,9 +454,9 @@ fn lru_choice(results: &[CaseResult]) -> String {
         _ => "the two insert rows were not measured".to_owned(),
     };
     format!(
-        "FLOWS is an LRU hash with per-CPU lists (BPF_F_NO_COMMON_LRU): {measured}; on one \
-         CPU either insert costs mostly the new entry's cold memory, and the two differ by \
-         little and noisily. What decides is many cores: a common list is one lock that every \
+        "FLOWS4 and FLOWS6 are LRU hashes with per-CPU lists (BPF_F_NO_COMMON_LRU): \
+         {measured}; on one CPU either insert costs mostly the new entry's cold memory, and \
+         the two differ by little and noisily. What decides is many cores: a common list is one lock that every \
          CPU takes when its local free list runs dry and it must take entries back from the \
          shared inactive list, so under a flood of new flows inserts on all cores queue on \
          it, while per-CPU lists share no lock on insert (Katran keeps a flow table per CPU \
