@@ -147,6 +147,22 @@ fn repin_elsewhere(dataplane: &Dataplane, family: &Family, flow: &mut Flow) -> I
     other.spec.ip
 }
 
+/// Repins the flow under `key` in `table`, which must hold it on `chosen`,
+/// elsewhere (see `repin_elsewhere`).
+fn repin_in<K: aya::Pod>(
+    table: &mut HashMap<MapData, K, Flow>,
+    key: &K,
+    chosen: IpAddr,
+    dataplane: &Dataplane,
+    family: &Family,
+) -> IpAddr {
+    let mut flow = table.get(key, 0).expect("the flow, in its family's table");
+    assert_eq!(flow.backend_ip, addr_of(chosen));
+    let moved_to = repin_elsewhere(dataplane, family, &mut flow);
+    table.insert(key, flow, 0).expect("repin");
+    moved_to
+}
+
 #[test]
 fn each_family_keeps_its_flows_in_its_own_table_by_its_compact_key() {
     let (ns, bed) = XdpBed::new("lbfam").expect("netns");
@@ -168,21 +184,13 @@ fn family_tables(bed: &XdpBed) {
         let mut flows4: HashMap<_, FlowKey4, Flow> = flows4.try_into().expect("FLOWS4");
         let mut flows6: HashMap<_, FlowKey, Flow> = flows6.try_into().expect("FLOWS6");
         let moved_to = if family.vip.is_ipv4() {
+            assert_eq!(flows6.keys().count(), 0, "an IPv4 flow in FLOWS6");
             // The data path writes its key; userspace derives it (`to_v4`).
             let key4 = key.to_v4().expect("an IPv4 flow");
-            let mut flow = flows4.get(&key4, 0).expect("the flow, in FLOWS4");
-            assert_eq!(flows6.keys().count(), 0, "an IPv4 flow in FLOWS6");
-            assert_eq!(flow.backend_ip, addr_of(chosen));
-            let moved_to = repin_elsewhere(&dataplane, &family, &mut flow);
-            flows4.insert(key4, flow, 0).expect("repin");
-            moved_to
+            repin_in(&mut flows4, &key4, chosen, &dataplane, &family)
         } else {
-            let mut flow = flows6.get(&key, 0).expect("the flow, in FLOWS6");
             assert_eq!(flows4.keys().count(), 1, "an IPv6 flow in FLOWS4");
-            assert_eq!(flow.backend_ip, addr_of(chosen));
-            let moved_to = repin_elsewhere(&dataplane, &family, &mut flow);
-            flows6.insert(key, flow, 0).expect("repin");
-            moved_to
+            repin_in(&mut flows6, &key, chosen, &dataplane, &family)
         };
         let ack = packets::tcp_ack(family.client, family.vip_port(), b"x");
         assert_eq!(
