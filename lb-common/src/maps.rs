@@ -45,6 +45,10 @@ pub const MAX_BACKENDS: u32 = 65536;
 /// Entries of each family's flow table (as Cilium sizes its ct4 and ct6 maps).
 pub const MAX_FLOWS: u32 = 1 << 20;
 pub const MAX_TX_PORTS: u32 = 64;
+
+// A flow records its backend's id in 16 bits and its service's id plus one
+// in 16 bits (`Flow`).
+const _: () = assert!(MAX_BACKENDS <= 1 << 16 && MAX_SERVICES < u16::MAX as u32);
 /// Interfaces the program may be attached to (entries of `IFACES`).
 pub const MAX_IFACES: u32 = 64;
 
@@ -227,7 +231,10 @@ pub struct Backend {
     pub port: u16,
     /// `BACKEND_ACTIVE` when the slot is in use.
     pub flags: u8,
-    pub _pad: u8,
+    /// Bumped (wrapping) each time userspace hands the slot to a backend,
+    /// and copied into the flows pinned to it: a flow never follows its
+    /// slot into a later owner, even one at the same (node IP, NodePort).
+    pub generation: u8,
 }
 
 /// A packet's 5-tuple as it arrives: key of `FLOWS6`, and of `FLOWS4` in
@@ -264,12 +271,22 @@ impl FlowKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
-    pub backend_id: u32,
+    /// The backend's slot: ids are below `MAX_BACKENDS` (2^16). Layout v3
+    /// had a `u32` here and padding in `service`; on these little-endian
+    /// machines its flows read as generation 0 and no service.
+    pub backend_id: u16,
+    /// The slot's [`Backend::generation`] when the flow was pinned.
+    pub backend_generation: u8,
+    pub _pad: u8,
     /// Copy of the backend's address: a recycled backend id with another
-    /// address does not capture the flow.
+    /// address does not capture the flow (a second guard beside the
+    /// generation, which wraps).
     pub backend_ip: Addr,
     pub backend_port: u16,
-    pub _pad: [u8; 2],
+    /// The id of the flow's service plus one, so that an established packet
+    /// needs no service lookup; 0 for a flow that does not say (pinned by
+    /// layout v3), whose packets look the service up.
+    pub service: u16,
     /// `bpf_ktime_get_ns` when the flow was created and last seen.
     pub created_ns: u64,
     pub last_seen_ns: u64,
@@ -278,13 +295,26 @@ pub struct Flow {
 
 impl Flow {
     /// Whether `backend` (the slot `backend_id` names) still is the backend
-    /// this flow was pinned to: in use and not recycled for another address.
-    /// The data path and `lb trace` decide with this one rule.
+    /// this flow was pinned to: in use and not handed to another backend
+    /// since. The data path and `lb trace` decide with this one rule.
     #[inline(always)]
     pub fn still_on(&self, backend: &Backend) -> bool {
         backend.flags & BACKEND_ACTIVE != 0
+            && backend.generation == self.backend_generation
             && backend.ip == self.backend_ip
             && backend.port == self.backend_port
+    }
+
+    /// The id of the flow's service, if it records one.
+    #[inline(always)]
+    pub fn service_id(&self) -> Option<u32> {
+        u32::from(self.service).checked_sub(1)
+    }
+
+    /// The [`Self::service`] field for service `id`.
+    #[inline(always)]
+    pub const fn service_field(id: u32) -> u16 {
+        (id + 1) as u16
     }
 }
 

@@ -1,6 +1,7 @@
 //! The balancing policy: the backend a packet of a service goes to (its
 //! pinned flow while that backend serves, else the Maglev choice, which is
-//! then pinned), the per-CPU new-flow budget, and which replies of a node may
+//! then pinned, with its service so that later packets need no service
+//! lookup), the per-CPU new-flow budget, and which replies of a node may
 //! leave with a VIP. Every lb host with the same services computes the same
 //! Maglev choice, so a flow that moves between hosts keeps its node.
 
@@ -10,9 +11,10 @@ use aya_log_ebpf::debug;
 use lb_common::{BACKEND_ACTIVE, Backend, Flow, FlowKey, ServiceInfo, ServiceKey, counters};
 
 use crate::{
+    forward::{check_ttl, clock},
     keys,
     maps::{self, count},
-    parse::Frame,
+    parse::{Frame, Packet},
     verdict::Verdict,
 };
 
@@ -64,61 +66,95 @@ fn take_flow_budget(now: u64) -> bool {
 pub fn flow_backend(key: &FlowKey) -> Option<&'static Backend> {
     // SAFETY: the entry stays valid for this program run (RCU).
     let flow = unsafe { &*maps::flow_mut(key)? };
-    let backend = maps::backend(flow.backend_id)?;
+    let backend = maps::backend(u32::from(flow.backend_id))?;
     flow.still_on(backend).then_some(backend)
 }
 
-/// Returns the backend (id and slot) of `key`'s flow: the pinned one while
-/// it is still in place, otherwise the Maglev choice, which is then pinned.
-/// A connection's first packet (`opens`) skips the flow lookup: an entry for
+/// Where a packet for one of our services goes: the backend (id and slot)
+/// and the time it was seen; `Ok(None)` when it is for no service.
+///
+/// An established packet whose flow entry records its service and a
+/// backend that still serves needs nothing else: no service lookup. Every
+/// other packet looks its service up, and then takes its flow's backend if
+/// that still serves, else the Maglev choice, which is then pinned. A
+/// connection's first packet (`opens`) skips the flow lookup: an entry for
 /// its 5-tuple can only be a retransmitted SYN's, which the same choice
-/// overwrites, or a closed connection's, which must not decide the new one's
-/// node. `now` is [`crate::forward::clock`]'s.
+/// overwrites, or a closed connection's, which must not decide the new
+/// one's node. So does a packet the key filter shows is for no service.
+/// The TTL is checked once the packet is known to be ours.
 #[inline(always)]
-pub fn select_backend(
+pub fn backend_of(
     ctx: &Frame,
-    key: &FlowKey,
-    opens: bool,
-    service: ServiceInfo,
-    bytes: u64,
-    now: u64,
-) -> Result<(u32, &'static Backend), Verdict> {
-    let pinned = if opens { None } else { maps::flow_mut(key) };
-    if let Some(flow) = pinned {
-        // SAFETY: the pointer is valid for this program run; concurrent updates of
-        // the statistics fields may race, which only loses a count.
+    packet: &Packet,
+    ttl: u8,
+) -> Result<Option<(u32, &'static Backend, u64)>, Verdict> {
+    let key = &packet.key;
+    let bytes = ctx.len();
+    let entry = if packet.opens || !maps::may_be_service(&key.dst_ip, key.dst_port, key.proto) {
+        None
+    } else {
+        maps::flow_mut(key)
+    };
+    let mut stale = false;
+    if let Some(flow) = entry {
+        // SAFETY: the entry stays valid for this program run (RCU); racing
+        // updates of its statistics fields only lose a count.
         let flow = unsafe { &mut *flow };
-        if let Some(backend) = maps::backend(flow.backend_id)
+        let backend_id = u32::from(flow.backend_id);
+        if let Some(backend) = maps::backend(backend_id)
             && flow.still_on(backend)
         {
+            let service_id = match flow.service_id() {
+                Some(id) => id,
+                // Pinned by layout v3: the service is looked up once.
+                None => {
+                    let Some(service) = maps::service(&key.dst_ip, key.dst_port, key.proto) else {
+                        return Ok(None);
+                    };
+                    flow.service = Flow::service_field(service.id);
+                    service.id
+                }
+            };
+            check_ttl(ttl)?;
+            let now = clock();
             flow.last_seen_ns = now;
             flow.packets += 1;
-            maps::account(service.id, flow.backend_id, bytes);
-            return Ok((flow.backend_id, backend));
+            maps::account(service_id, backend_id, bytes);
+            return Ok(Some((backend_id, backend, now)));
         }
-        count(counters::FLOW_REHASHED);
-        debug!(ctx, "flow re-hashed: backend {} is gone", flow.backend_id);
+        stale = true;
     }
+    let Some(service) = maps::service(&key.dst_ip, key.dst_port, key.proto) else {
+        return Ok(None);
+    };
+    check_ttl(ttl)?;
+    if stale {
+        count(counters::FLOW_REHASHED);
+        debug!(ctx, "flow re-hashed: its backend is gone");
+    }
+    let now = clock();
     let (backend_id, backend) = maglev_backend(key, &service)?;
     maps::account(service.id, backend_id, bytes);
     if !take_flow_budget(now) {
         count(counters::NEW_FLOWS_UNTRACKED);
-        return Ok((backend_id, backend));
+        return Ok(Some((backend_id, backend, now)));
     }
     maps::insert_flow(
         key,
         &Flow {
-            backend_id,
+            backend_id: backend_id as u16,
+            backend_generation: backend.generation,
+            _pad: 0,
             backend_ip: backend.ip,
             backend_port: backend.port,
-            _pad: [0; 2],
+            service: Flow::service_field(service.id),
             created_ns: now,
             last_seen_ns: now,
             packets: 1,
         },
     );
     count(counters::NEW_FLOWS);
-    Ok((backend_id, backend))
+    Ok(Some((backend_id, backend, now)))
 }
 
 /// The frontend a node's reply is reverse-NAT-ed to, and whether this host

@@ -91,27 +91,20 @@ fn serve_transport(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
     // reference: copied, it is stored a byte at a time); where its next hop
     // is cached.
     let reply;
-    let (cache, new_ip, new_port, tracked, now) =
-        match maps::service(&key.dst_ip, key.dst_port, key.proto) {
-            Some(service) => {
-                check_ttl(ip.ttl)?;
-                let now = forward::clock();
-                let (id, backend) =
-                    balance::select_backend(ctx, key, packet.opens, service, ctx.len(), now)?;
-                (HopCache::Backend(id), &backend.ip, backend.port, true, now)
-            }
-            None => {
-                reply = balance::reply_of(key).ok_or(Verdict::PassNotService)?;
-                check_ttl(ip.ttl)?;
-                (
-                    HopCache::Destination,
-                    &reply.frontend.vip,
-                    reply.frontend.port,
-                    reply.tracked,
-                    forward::clock(),
-                )
-            }
-        };
+    let (cache, new_ip, new_port, tracked, now) = match balance::backend_of(ctx, packet, ip.ttl)? {
+        Some((id, backend, now)) => (HopCache::Backend(id), &backend.ip, backend.port, true, now),
+        None => {
+            reply = balance::reply_of(key).ok_or(Verdict::PassNotService)?;
+            check_ttl(ip.ttl)?;
+            (
+                HopCache::Destination,
+                &reply.frontend.vip,
+                reply.frontend.port,
+                reply.tracked,
+                forward::clock(),
+            )
+        }
+    };
     // Looked up before anything is rewritten: a reply addressed to this host
     // (a health check, the host's own connection to a NodePort) is the
     // kernel's, and must reach it as it came.

@@ -175,6 +175,13 @@ fn lookup_by_family<V4, V6, T>(
     }
 }
 
+/// Whether (`addr`, `port` network order, `proto`) may be a service's;
+/// `false` proves it is not, without a lookup.
+#[inline(always)]
+pub fn may_be_service(addr: &Addr, port: u16, proto: u8) -> bool {
+    may_hold(KeyFilter::Services, addr, port, proto)
+}
+
 /// The service at (`addr`, `port` network order, `proto`).
 #[inline(always)]
 pub fn service(addr: &Addr, port: u16, proto: u8) -> Option<ServiceInfo> {

@@ -178,7 +178,7 @@ impl Snapshot {
             *per_service
                 .entry(ServiceKey::of_destination(key))
                 .or_insert(0) += 1;
-            *per_backend.entry(flow.backend_id).or_insert(0) += 1;
+            *per_backend.entry(u32::from(flow.backend_id)).or_insert(0) += 1;
         }
         (per_service, per_backend)
     }
@@ -246,7 +246,7 @@ pub fn backends(
                     .backend(ip_of(flow.backend_ip), u16::from_be(flow.backend_port))
                     .is_some()
             {
-                ids.entry(flow.backend_id).or_insert(0);
+                ids.entry(u32::from(flow.backend_id)).or_insert(0);
             }
         }
         // Drained backends without flows are only in the catalog: find their
@@ -421,7 +421,7 @@ pub fn trace(
     }
     let pinned = maps.flows.get(&key)?.filter(|flow| {
         maps.backends
-            .get(&flow.backend_id, 0)
+            .get(&u32::from(flow.backend_id), 0)
             .is_ok_and(|backend| flow.still_on(&backend))
     });
     report.pinned_backend =

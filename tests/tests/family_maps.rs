@@ -11,7 +11,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{HashMap, Map, MapData, MapInfo};
+use aya::maps::{Array, HashMap, Map, MapData, MapInfo};
 use lb::{
     dataplane::{Dataplane, DataplaneConfig, DataplaneError},
     maps::{FLOWS, Maps, MapsError},
@@ -19,7 +19,7 @@ use lb::{
     pins::PinsError,
 };
 use lb_common::{
-    ByFamily as _, Flow, FlowKey, FlowKey4, PROTO_TCP, ServiceInfo, ServiceKey, addr_of,
+    Backend, ByFamily as _, Flow, FlowKey, FlowKey4, PROTO_TCP, ServiceInfo, ServiceKey, addr_of,
 };
 use lb_tests::{
     packets,
@@ -141,7 +141,13 @@ fn repin_elsewhere(dataplane: &Dataplane, family: &Family, flow: &mut Flow) -> I
         .iter()
         .find(|backend| addr_of(backend.spec.ip) != flow.backend_ip)
         .expect("a second backend");
-    flow.backend_id = other.id;
+    flow.backend_id = other.id as u16;
+    flow.backend_generation = dataplane
+        .maps()
+        .backends
+        .get(&other.id, 0)
+        .expect("slot")
+        .generation;
     flow.backend_ip = addr_of(other.spec.ip);
     flow.backend_port = other.spec.port.to_be();
     other.spec.ip
@@ -265,6 +271,12 @@ fn upgrade(bed: &XdpBed) {
             moved_to,
             "{frontend}: the flow kept its backend"
         );
+        let flow = dataplane.maps().flows.get(&family.flow_key());
+        assert_eq!(
+            flow.expect("flows").expect("the flow").service_id(),
+            Some(service.id),
+            "{frontend}: its first packet recorded its service in the flow"
+        );
     }
     dataplane.remove_pins().expect("remove pins");
 }
@@ -306,6 +318,30 @@ fn write_v3_state(bed: &XdpBed, root: &PinRoot, families: &[Family]) -> Vec<IpAd
             .find(|(key, _)| *key == family.flow_key())
             .expect("the family's flow");
         moved_to.push(repin_elsewhere(&dataplane, family, flow));
+    }
+    // v3 had no generations and no service in its flows: all zero bytes.
+    for (_, flow) in &mut flows {
+        flow.backend_generation = 0;
+        flow.service = 0;
+    }
+    let mut backends: Array<_, Backend> =
+        Map::from_map_data(MapData::from_pin(root.dir(4).join("BACKENDS")).expect("BACKENDS"))
+            .expect("map type")
+            .try_into()
+            .expect("an array");
+    for id in 0..backends.len() {
+        let backend = backends.get(&id, 0).expect("slot");
+        let generation = 0;
+        backends
+            .set(
+                id,
+                Backend {
+                    generation,
+                    ..backend
+                },
+                0,
+            )
+            .expect("slot");
     }
     drop(dataplane);
     fs::rename(root.dir(4), root.dir(3)).expect("v4 state to v3");

@@ -563,13 +563,7 @@ fn stickiness_in_namespace(bench: &XdpBed) {
         Ipv4Addr::new(output[30], output[31], output[32], output[33])
     };
     let predict = |dataplane: &Dataplane, client: SocketAddrV4| -> Ipv4Addr {
-        let key = FlowKey::new(
-            lb_common::addr_of((*client.ip()).into()),
-            lb_common::addr_of(VIP_SPREAD.into()),
-            client.port().to_be(),
-            80u16.to_be(),
-            lb_common::PROTO_TCP,
-        );
+        let key = flow_key(client, sock(VIP_SPREAD, 80));
         let choice = dataplane
             .maps()
             .maglev_choice(&key)
@@ -769,6 +763,73 @@ fn reused_backend_slot_in_namespace(bench: &XdpBed) {
         .expect("set_service on 81");
     assert_eq!(dst_mac(&dataplane, 81), node_mac(2), "the reused slot");
     assert_eq!(dst_mac(&dataplane, 80), node_mac(2), "the new slot");
+}
+
+/// An established packet whose flow entry records its service goes where
+/// the entry says without a service lookup; the guard is the slot's
+/// generation. A removed service's flow must not follow its freed slot into
+/// the next service that takes it, even one at the same (node, NodePort):
+/// the key filter would not stop it when another service's key keeps the
+/// removed one's bit set.
+#[test]
+fn a_removed_services_flow_does_not_follow_its_slot_into_another_service() {
+    let (ns, bench) = bench();
+    ns.enter(move || removed_service_flow_in_namespace(&bench))
+        .expect("enter namespace");
+}
+
+fn removed_service_flow_in_namespace(bench: &XdpBed) {
+    let mut dataplane = load(bench);
+    let client = sock(CLIENT, 43000);
+    let (port, sharing) = sharing_ports(KeyFilter::Services, VIP);
+    let keeps_the_bit = service(VIP, sharing, Protocol::Tcp, vec![node(2, 31002)]);
+    let removed = service(VIP, port, Protocol::Tcp, vec![node(1, 31000)]);
+    dataplane.set_service(&keeps_the_bit).expect("set_service");
+    dataplane.set_service(&removed).expect("set_service");
+    let (action, _) = run(
+        &dataplane,
+        &packets::tcp_syn(client, sock(VIP, port)),
+        bench.client_if,
+    );
+    assert_eq!(action, XDP_REDIRECT, "the connection opens");
+    let established = packets::tcp_ack(client, sock(VIP, port), b"x");
+    assert_eq!(
+        run(&dataplane, &established, bench.client_if).0,
+        XDP_REDIRECT
+    );
+    dataplane
+        .remove_service(&removed.frontend)
+        .expect("remove_service");
+    // The next service takes the freed slot, at the same node and NodePort.
+    let next = service(VIP_SPREAD, 80, Protocol::Tcp, vec![node(1, 31000)]);
+    dataplane.set_service(&next).expect("set_service");
+    let (taken, freed) = (
+        dataplane
+            .service(&next.frontend)
+            .expect("programmed")
+            .backends[0]
+            .id,
+        dataplane
+            .maps()
+            .flows
+            .get(&flow_key(client, sock(VIP, port))),
+    );
+    let freed = freed.expect("FLOWS4").expect("the removed service's flow");
+    assert_eq!(taken, u32::from(freed.backend_id), "the slot was reused");
+    let (action, output) = run(&dataplane, &established, bench.client_if);
+    assert_eq!(action, XDP_PASS, "{:?}", packets::owned_tuple(&output));
+    assert_eq!(output, established, "passed untouched");
+}
+
+/// The flow key of a TCP packet from `client` to `dst`.
+fn flow_key(client: SocketAddrV4, dst: SocketAddrV4) -> FlowKey {
+    FlowKey::new(
+        lb_common::addr_of((*client.ip()).into()),
+        lb_common::addr_of((*dst.ip()).into()),
+        client.port().to_be(),
+        dst.port().to_be(),
+        lb_common::PROTO_TCP,
+    )
 }
 
 /// Services that come and go are served, and their NodePorts' replies

@@ -22,7 +22,7 @@ pub use services::service_key;
 use std::{collections::BTreeMap, net::IpAddr};
 
 use aya::{Ebpf, EbpfLoader, programs::Xdp, util::nr_cpus};
-use lb_common::{MAP_MAGLEV, NeighborMask, PROGRAM_NAME};
+use lb_common::{MAP_MAGLEV, MAX_BACKENDS, NeighborMask, PROGRAM_NAME};
 
 use crate::{
     maps::{ALL_MAPS, Maps, MapsError, map_error},
@@ -62,6 +62,8 @@ pub struct Dataplane {
     services: BTreeMap<Frontend, ProgrammedService>,
     free_service_ids: Vec<u32>,
     free_backend_ids: Vec<u32>,
+    /// Each backend slot's `Backend::generation`, by id.
+    backend_generations: Vec<u8>,
     nr_cpus: usize,
     /// Each added interface's bit in the VIPs' neighbor masks, by ifindex.
     iface_slots: BTreeMap<u32, u8>,
@@ -132,6 +134,7 @@ impl Dataplane {
             inherited,
             free_service_ids: Vec::new(),
             free_backend_ids: Vec::new(),
+            backend_generations: vec![0; MAX_BACKENDS as usize],
             config,
             services: BTreeMap::new(),
             nr_cpus,

@@ -44,6 +44,7 @@ impl Dataplane {
                     .backends
                     .get(&id, 0)
                     .map_err(|e| map_error(lb_common::MAP_BACKENDS, e))?;
+                self.backend_generations[id as usize] = backend.generation;
                 if backend.flags & BACKEND_ACTIVE == 0 {
                     continue;
                 }
@@ -91,6 +92,7 @@ impl Dataplane {
                 .backends
                 .get(&id, 0)
                 .map_err(|e| map_error(lb_common::MAP_BACKENDS, e))?;
+            self.backend_generations[id as usize] = backend.generation;
             if backend.flags & BACKEND_ACTIVE != 0 {
                 self.retire_slot(id)?;
             } else {

@@ -160,11 +160,13 @@ impl Dataplane {
             .pop()
             .ok_or(DataplaneError::BackendsFull)?;
         self.reset_traffic(id, false)?;
+        let generation = &mut self.backend_generations[id as usize];
+        *generation = generation.wrapping_add(1);
         let backend = Backend {
             ip: lb_common::addr_of(spec.ip),
             port: spec.port.to_be(),
             flags: BACKEND_ACTIVE,
-            _pad: 0,
+            generation: *generation,
         };
         self.maps
             .backends
@@ -173,11 +175,16 @@ impl Dataplane {
         Ok(id)
     }
 
-    /// Frees a backend slot: flows pinned to it re-hash.
+    /// Frees a backend slot: flows pinned to it re-hash. The slot keeps its
+    /// generation, which its next owner bumps.
     pub(super) fn retire_slot(&mut self, id: u32) -> Result<(), DataplaneError> {
+        let free = Backend {
+            generation: self.backend_generations[id as usize],
+            ..Backend::default()
+        };
         self.maps
             .backends
-            .set(id, Backend::default(), 0)
+            .set(id, free, 0)
             .map_err(|e| map_error(lb_common::MAP_BACKENDS, e))?;
         self.free_backend_ids.push(id);
         Ok(())

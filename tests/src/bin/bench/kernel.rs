@@ -221,9 +221,10 @@ const GOALS: [(&str, f64, Option<f64>, &str); 6] = [
         "established TCP flow, DSR",
         1.7,
         Some(3.0),
-        "as the NAT case without the rewrite: a SERVICES4 lookup (8-byte key) and a FLOWS4 \
-         lookup (16-byte key, LRU), the rest the program's own instructions (parsing, the \
-         next hop from the backend's slot, counters, MACs) and two BPF subprogram calls",
+        "as the NAT case without the rewrite: one FLOWS4 lookup (16-byte key, LRU), whose \
+         entry names the service and the backend, the rest the program's own instructions \
+         (parsing, the key filter, the next hop from the backend's slot, counters, MACs) and \
+         two BPF subprogram calls",
     ),
     (
         "reply, reverse NAT",
@@ -250,10 +251,11 @@ const GOALS: [(&str, f64, Option<f64>, &str); 6] = [
 ];
 
 /// What an established NAT packet costs besides the floor.
-const ESTABLISHED: &str = "a SERVICES4 lookup (8-byte key) and a FLOWS4 lookup (16-byte key, \
-    LRU), each the kernel's jhash, bucket walk and key compare, the rest the program's own \
-    instructions (parsing, the rewrite and its checksums, the next hop from the backend's \
-    slot, counters, MACs) and two BPF subprogram calls";
+const ESTABLISHED: &str = "one FLOWS4 lookup (16-byte key, LRU: the kernel's jhash, bucket \
+    walk and key compare), whose entry names the service and the backend, so no SERVICES4 \
+    lookup; the rest the program's own instructions (parsing, the key filter, the rewrite and \
+    its checksums, the next hop from the backend's slot, counters, MACs) and two BPF \
+    subprogram calls";
 
 /// A goal that `ns` stays within `max` times `floor` ns (the XDP_TX floor, or
 /// the `reference` named); a miss says by how much, and `why` where the time
