@@ -80,8 +80,9 @@ pub fn flow_backend(key: &FlowKey) -> Option<&'static Backend> {
 /// connection's first packet (`opens`) skips the flow lookup: an entry for
 /// its 5-tuple can only be a retransmitted SYN's, which the same choice
 /// overwrites, or a closed connection's, which must not decide the new
-/// one's node. So does a packet the key filter shows is for no service.
-/// The TTL is checked once the packet is known to be ours.
+/// one's node. A packet the key filter shows is for no service (most of
+/// the host's own traffic) is told so by it alone. The TTL is checked once
+/// the packet is known to be ours.
 #[inline(always)]
 pub fn backend_of(
     ctx: &Frame,
@@ -89,8 +90,11 @@ pub fn backend_of(
     ttl: u8,
 ) -> Result<Option<(u32, &'static Backend, u64)>, Verdict> {
     let key = &packet.key;
+    if !maps::may_be_service(&key.dst_ip, key.dst_port, key.proto) {
+        return Ok(None);
+    }
     let bytes = ctx.len();
-    let entry = if packet.opens || !maps::may_be_service(&key.dst_ip, key.dst_port, key.proto) {
+    let entry = if packet.opens {
         None
     } else {
         maps::flow_mut(key)
@@ -172,10 +176,12 @@ pub struct ReplyOf {
 /// server return nodes answer clients themselves: no reply is ours.
 #[inline(always)]
 pub fn reply_of(reply: &FlowKey) -> Option<ReplyOf> {
+    // The NodePort first: for most packets that are not ours its key filter
+    // answers, before the settings are read.
+    let frontend = maps::frontend_of_node_port(&reply.src_ip, reply.src_port, reply.proto)?;
     if maps::direct_server_return() {
         return None;
     }
-    let frontend = maps::frontend_of_node_port(&reply.src_ip, reply.src_port, reply.proto)?;
     let mut request = MaybeUninit::uninit();
     let request = keys::flow_key(
         &mut request,
