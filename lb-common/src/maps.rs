@@ -49,6 +49,7 @@ pub const MAX_TX_PORTS: u32 = 64;
 // A flow records its backend's id in 16 bits and its service's id plus one
 // in 16 bits (`Flow`).
 const _: () = assert!(MAX_BACKENDS <= 1 << 16 && MAX_SERVICES < u16::MAX as u32);
+
 /// Interfaces the program may be attached to (entries of `IFACES`).
 pub const MAX_IFACES: u32 = 64;
 

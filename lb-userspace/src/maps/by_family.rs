@@ -93,9 +93,11 @@ where
         Ok(entries)
     }
 
-    /// How many keys both maps hold, counted by walking them.
+    /// How many keys both maps hold, counted by walking them (a key that
+    /// goes while they are walked is not counted).
     pub fn count(&self) -> usize {
-        self.v4.keys().count() + self.v6.keys().count()
+        let v4 = self.v4.keys().filter(Result::is_ok).count();
+        v4 + self.v6.keys().filter(Result::is_ok).count()
     }
 
     fn name_of(&self, key: &K) -> &'static str {
