@@ -33,7 +33,7 @@ pub struct DataplaneConfig {
     pub answer_ping: bool,
     /// `Settings::new_flow_limit`: flow inserts per CPU per second, 0 for none.
     pub new_flow_limit: u32,
-    /// Entries of the flow table (LRU, split between the CPUs).
+    /// Entries of each family's flow table (LRU, split between the CPUs).
     pub max_flows: u32,
     /// How packets reach the chosen node.
     pub forwarding: Forwarding,
