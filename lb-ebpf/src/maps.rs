@@ -151,18 +151,14 @@ fn may_hold(map: KeyFilter, addr: &Addr, port: u16, proto: u8) -> bool {
 }
 
 /// The entry for (`addr`, `port` network order, `proto`) in the map pair
-/// `filter` stands for, read by `read4` or `read6` (see `lb_common::family`).
+/// (`map4`, `map6`), read by `read4` or `read6` (see `lb_common::family`).
 #[inline(always)]
 fn lookup_by_family<V4, V6, T>(
-    filter: KeyFilter,
     (map4, map6): (&HashMap<ServiceKey4, V4>, &HashMap<ServiceKey, V6>),
     (addr, port, proto): (&Addr, u16, u8),
     read4: impl FnOnce(&V4) -> T,
     read6: impl FnOnce(&V6) -> T,
 ) -> Option<T> {
-    if !may_hold(filter, addr, port, proto) {
-        return None;
-    }
     // SAFETY (both): the value is read before the map can change it.
     if is_ipv4_mapped(addr) {
         let mut key = MaybeUninit::uninit();
@@ -182,11 +178,12 @@ pub fn may_be_service(addr: &Addr, port: u16, proto: u8) -> bool {
     may_hold(KeyFilter::Services, addr, port, proto)
 }
 
-/// The service at (`addr`, `port` network order, `proto`).
+/// The service at (`addr`, `port` network order, `proto`). No key filter
+/// here: its callers asked it already ([`may_be_service`]) or hold a key
+/// of a programmed service.
 #[inline(always)]
 pub fn service(addr: &Addr, port: u16, proto: u8) -> Option<ServiceInfo> {
     lookup_by_family(
-        KeyFilter::Services,
         (&SERVICES4, &SERVICES6),
         (addr, port, proto),
         |info| *info,
@@ -234,8 +231,10 @@ pub fn insert_flow(key: &FlowKey, flow: &Flow) {
 /// a `memmove` subprogram call.
 #[inline(always)]
 pub fn frontend_of_node_port(addr: &Addr, port: u16, proto: u8) -> Option<ServiceKey> {
+    if !may_hold(KeyFilter::NodePorts, addr, port, proto) {
+        return None;
+    }
     lookup_by_family(
-        KeyFilter::NodePorts,
         (&NODE_PORTS4, &NODE_PORTS6),
         (addr, port, proto),
         |frontend| ServiceKey::new(ipv4_mapped(frontend.vip), frontend.port, frontend.proto),
