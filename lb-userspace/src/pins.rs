@@ -138,11 +138,10 @@ impl PinDir {
         self.state().join(format!("link-{iface}"))
     }
 
-    /// Fails when state of another layout than this one or the one it
-    /// upgrades is pinned under the root; otherwise makes sure the state
-    /// directory exists. For the agent, which upgrades what it finds.
-    pub fn prepare(&self) -> Result<(), PinsError> {
-        self.check_known_layouts()?;
+    /// Makes sure the state directory exists. The agent calls it once it
+    /// has checked the layouts ([`Self::check_known_layouts`]) and upgraded
+    /// what it found.
+    pub fn create_state_dir(&self) -> Result<(), PinsError> {
         let state = self.state();
         fs::create_dir_all(&state).map_err(|source| PinsError::Io {
             path: state,

@@ -14,7 +14,7 @@ use std::{
 use aya::maps::{Array, HashMap, Map, MapData, MapInfo};
 use lb::{
     dataplane::{Dataplane, DataplaneConfig, DataplaneError},
-    maps::{FLOWS, Maps, MapsError},
+    maps::{FLOWS, Maps, MapsError, NODE_PORTS, SERVICES},
     model::Protocol,
     pins::PinsError,
 };
@@ -345,14 +345,7 @@ fn write_v3_state(bed: &XdpBed, root: &PinRoot, families: &[Family]) -> Vec<IpAd
     }
     drop(dataplane);
     fs::rename(root.dir(4), root.dir(3)).expect("v4 state to v3");
-    for name in [
-        "SERVICES4",
-        "SERVICES6",
-        "NODE_PORTS4",
-        "NODE_PORTS6",
-        "FLOWS4",
-        "FLOWS6",
-    ] {
+    for name in [SERVICES, NODE_PORTS, FLOWS].concat() {
         fs::remove_file(root.dir(3).join(name)).expect("unpin a v4 map");
     }
     let v3 = root.dir(3);

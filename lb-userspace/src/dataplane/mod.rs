@@ -83,7 +83,7 @@ impl Dataplane {
             pins.check_known_layouts()?;
             upgrading = upgrade::move_kept_pins(pins, &config)?;
             inherited |= upgrading;
-            pins.prepare()?;
+            pins.create_state_dir()?;
         }
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(MAP_MAGLEV, ring_entries);
