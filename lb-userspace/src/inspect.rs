@@ -4,13 +4,13 @@
 //! the agent runs or not.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, hash_map::Entry},
     net::{IpAddr, SocketAddr},
     time::Duration,
 };
 
 use lb_common::{
-    Flow, FlowKey, PROTO_TCP, PROTO_UDP, ServiceInfo, ServiceKey, addr_of, counters, ip_of,
+    Backend, Flow, FlowKey, PROTO_TCP, PROTO_UDP, ServiceInfo, ServiceKey, addr_of, counters, ip_of,
 };
 use serde::{Serialize, Serializer};
 
@@ -126,6 +126,13 @@ pub fn monotonic_ns() -> u64 {
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
+/// Active flows per service key and per backend id.
+#[derive(Default)]
+struct ActiveFlows {
+    per_service: HashMap<ServiceKey, u64>,
+    per_backend: HashMap<u32, u64>,
+}
+
 /// A snapshot of the maps the listings are computed from.
 pub struct Snapshot {
     pub services: Vec<(Frontend, ServiceInfo)>,
@@ -167,20 +174,37 @@ impl Snapshot {
         self.now_ns.saturating_sub(flow.last_seen_ns) <= ACTIVE_WINDOW.as_nanos() as u64
     }
 
-    /// Active flows per service key and per backend id.
-    fn active_flow_counts(&self) -> (HashMap<ServiceKey, u64>, HashMap<u32, u64>) {
-        let mut per_service = HashMap::new();
-        let mut per_backend = HashMap::new();
+    /// The active flows per service and backend. A flow counts only
+    /// while its backend slot still holds it (`Flow::still_on`): once the
+    /// slot changed hands the data path re-hashes it at its next packet, so
+    /// it is no flow of the slot's new owner.
+    fn active_flows(&self, maps: &Maps) -> Result<ActiveFlows, MapsError> {
+        let mut active = ActiveFlows::default();
+        // Few slots serve many flows: each is read once.
+        let mut slots: HashMap<u32, Backend> = HashMap::new();
         for (key, flow) in &self.flows {
             if !self.is_active(flow) {
                 continue;
             }
-            *per_service
+            let id = u32::from(flow.backend_id);
+            let slot = match slots.entry(id) {
+                Entry::Occupied(slot) => *slot.get(),
+                Entry::Vacant(slot) => *slot.insert(
+                    maps.backends
+                        .get(&id, 0)
+                        .map_err(|e| map_error(lb_common::MAP_BACKENDS, e))?,
+                ),
+            };
+            if !flow.still_on(&slot) {
+                continue;
+            }
+            *active
+                .per_service
                 .entry(ServiceKey::of_destination(key))
                 .or_insert(0) += 1;
-            *per_backend.entry(u32::from(flow.backend_id)).or_insert(0) += 1;
+            *active.per_backend.entry(id).or_insert(0) += 1;
         }
-        (per_service, per_backend)
+        Ok(active)
     }
 
     fn name_of(&self, frontend: &Frontend) -> String {
@@ -201,7 +225,7 @@ impl Snapshot {
 }
 
 pub fn services(maps: &Maps, snapshot: &Snapshot) -> Result<Vec<ServiceRow>, MapsError> {
-    let (active, _) = snapshot.active_flow_counts();
+    let active = snapshot.active_flows(maps)?.per_service;
     let mut rows = Vec::new();
     for (frontend, info) in &snapshot.services {
         let traffic = maps.service_traffic(info.id)?;
@@ -228,7 +252,7 @@ pub fn backends(
     snapshot: &Snapshot,
     filter: Option<&str>,
 ) -> Result<Vec<BackendRow>, MapsError> {
-    let (_, active) = snapshot.active_flow_counts();
+    let active = snapshot.active_flows(maps)?.per_backend;
     let mut rows = Vec::new();
     let mut slot_index = None;
     for (frontend, info) in &snapshot.services {

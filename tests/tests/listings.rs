@@ -1,0 +1,105 @@
+//! What `lb services` and `lb backends` (and the metrics built from the same
+//! listings) count as a backend's active flows, read from the real maps after
+//! the real program recorded the flows through BPF_PROG_TEST_RUN.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use lb::{
+    catalog::Catalog,
+    dataplane::{Dataplane, DataplaneConfig},
+    inspect::{self, Snapshot},
+    model::{Frontend, Protocol, ServiceSpec},
+};
+use lb_tests::{
+    packets,
+    specs::{node, service},
+    xdp_bed::{self, CLIENT, XDP_REDIRECT, XdpBed},
+};
+
+fn spec(vip_last: u8) -> ServiceSpec {
+    let vip = IpAddr::V4(Ipv4Addr::new(198, 51, 100, vip_last));
+    service(vip, 80, Protocol::Tcp, vec![node(1, 31000)])
+}
+
+/// Opens a flow of `spec`'s service from the client's port `port`.
+fn open_flow(dataplane: &Dataplane, bed: &XdpBed, spec: &ServiceSpec, port: u16) {
+    let client = SocketAddr::new(CLIENT.into(), port);
+    let vip = SocketAddr::new(spec.frontend.vip, spec.frontend.port);
+    let program = dataplane.program().expect("program");
+    let (action, _) =
+        xdp_bed::run(program, &packets::tcp_syn(client, vip), bed.client_if).expect("test run");
+    assert_eq!(action, XDP_REDIRECT);
+}
+
+/// The backend slot and active flows `lb backends` lists for `frontend`'s
+/// one backend, and the active flows `lb services` lists for it.
+fn listed(dataplane: &Dataplane, frontend: &Frontend) -> (u32, u64, u64) {
+    let maps = dataplane.maps();
+    let snapshot = Snapshot::take(maps, Catalog::of(dataplane)).expect("snapshot");
+    let backends = inspect::backends(maps, &snapshot, None).expect("backends");
+    let [backend] = backends
+        .iter()
+        .filter(|row| row.frontend == *frontend)
+        .collect::<Vec<_>>()[..]
+    else {
+        panic!("{frontend} should list one backend: {backends:?}");
+    };
+    let services = inspect::services(maps, &snapshot).expect("services");
+    let service = services
+        .iter()
+        .find(|row| row.frontend == *frontend)
+        .expect("the service is listed");
+    (backend.id, backend.active_flows, service.active_flows)
+}
+
+#[test]
+fn a_slots_active_flows_are_its_current_owners_only() {
+    let (ns, bed) = XdpBed::new("lblist").expect("netns");
+    ns.enter(move || slot_changes_hands(&bed)).expect("enter");
+}
+
+fn slot_changes_hands(bed: &XdpBed) {
+    let mut dataplane = Dataplane::load(DataplaneConfig {
+        ring_size: 251,
+        max_services: 4,
+        pin_dir: None,
+        new_flow_limit: 0,
+        ..Default::default()
+    })
+    .expect("load");
+    dataplane.add_tx_port(bed.client_if).expect("tx port");
+    dataplane.add_tx_port(bed.node_if).expect("tx port");
+
+    let first = spec(30);
+    dataplane.set_service(&first).expect("first service");
+    open_flow(&dataplane, bed, &first, 40000);
+    let (slot, backend_flows, service_flows) = listed(&dataplane, &first.frontend);
+    assert_eq!(
+        (backend_flows, service_flows),
+        (1, 1),
+        "the flow just opened"
+    );
+
+    // The slot, freed, goes to the next backend programmed: the same node
+    // and NodePort, for another service.
+    dataplane
+        .remove_service(&first.frontend)
+        .expect("remove the first");
+    let second = spec(31);
+    dataplane.set_service(&second).expect("second service");
+    let (second_slot, backend_flows, service_flows) = listed(&dataplane, &second.frontend);
+    assert_eq!(second_slot, slot, "the freed slot is reused");
+    assert_eq!(
+        (backend_flows, service_flows),
+        (0, 0),
+        "the first service's flow is no flow of the slot's new owner"
+    );
+
+    open_flow(&dataplane, bed, &second, 40001);
+    let (_, backend_flows, service_flows) = listed(&dataplane, &second.frontend);
+    assert_eq!(
+        (backend_flows, service_flows),
+        (1, 1),
+        "its own flow counts"
+    );
+}
