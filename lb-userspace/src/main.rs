@@ -25,6 +25,13 @@ use lb::{
 };
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc, not glibc's malloc: the agent re-translates every Service on
+/// each change, and with 10,000 of them glibc's allocator (its chunk
+/// consolidation on free) took a third of each round (BENCHMARKS.md,
+/// control plane).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     let argv = match config::with_config_file(std::env::args_os().collect()) {
         Ok(argv) => argv,

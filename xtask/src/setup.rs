@@ -20,6 +20,8 @@ pub const REQUIRED_PACKAGES: &[&str] = &[
     "bird2",
     // The nodes of the multi-host tests DNAT like kube-proxy, with iptables.
     "iptables",
+    // The agent's allocator, jemalloc, is C built with make.
+    "make",
 ];
 
 /// Debian packages the benchmarks (and some comparisons) use. Failing to install one of them
