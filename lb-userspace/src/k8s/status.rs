@@ -96,17 +96,31 @@ impl StatusWriter {
         for owner in self.to_clear.keys() {
             changes.extend(lookup(services, owner).map(|service| (service, &[][..])));
         }
-        let written: Vec<bool> = stream::iter(changes)
-            .map(|(service, vips)| self.set_ingress(service, vips))
+        // Every status first, then the Events saying so: a Service's address
+        // is what its users wait for, the Event only tells of it.
+        let this = &*self;
+        let written: Vec<(Arc<Service>, &[IpAddr], bool)> = stream::iter(changes)
+            .map(|(service, vips)| async move {
+                let written = this.set_ingress(&service, vips).await;
+                (service, vips, written)
+            })
             .buffer_unordered(CONCURRENT_WRITES)
             .collect()
             .await;
+        let assigned = written
+            .iter()
+            .filter(|(_, vips, written)| *written && !vips.is_empty());
+        stream::iter(assigned)
+            .for_each_concurrent(CONCURRENT_WRITES, |(service, vips, _)| {
+                this.announce_assigned(service, vips)
+            })
+            .await;
         self.report_problems(services, translation).await;
-        written.into_iter().all(|ok| ok)
+        written.iter().all(|(_, _, written)| *written)
     }
 
     /// Sets the Service's ingress to `vips`, or clears it when there are none.
-    async fn set_ingress(&self, service: Arc<Service>, vips: &[IpAddr]) -> bool {
+    async fn set_ingress(&self, service: &Service, vips: &[IpAddr]) -> bool {
         let (Some(namespace), Some(name)) = (
             service.metadata.namespace.as_deref(),
             service.metadata.name.as_deref(),
@@ -129,21 +143,25 @@ impl StatusWriter {
             warn!(service = %format!("{namespace}/{name}"), %error, "status not written");
             return false;
         }
-        let service_name = format!("{namespace}/{name}");
         if vips.is_empty() {
-            info!(service = %service_name, "VIPs released");
-            return true;
+            info!(service = %format!("{namespace}/{name}"), "VIPs released");
         }
+        true
+    }
+
+    /// Logs and records as an Event that the Service's status now lists `vips`.
+    async fn announce_assigned(&self, service: &Service, vips: &[IpAddr]) {
+        let namespace = service.metadata.namespace.as_deref().unwrap_or_default();
+        let name = service.metadata.name.as_deref().unwrap_or_default();
         let listed: Vec<String> = vips.iter().map(ToString::to_string).collect();
         let listed = listed.join(", ");
-        info!(service = %service_name, vips = %listed, "VIPs assigned");
+        info!(service = %format!("{namespace}/{name}"), vips = %listed, "VIPs assigned");
         let note = match vips.len() {
             1 => format!("Assigned IP {listed}"),
             _ => format!("Assigned IPs {listed}"),
         };
-        self.publish(&service, EventType::Normal, "IPAllocated", note)
+        self.publish(service, EventType::Normal, "IPAllocated", note)
             .await;
-        true
     }
 
     /// A Warning Event for every problem not reported yet.
