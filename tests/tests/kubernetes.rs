@@ -18,13 +18,14 @@ use k8s_openapi::api::{
 };
 use lb_tests::{
     fake_apiserver::{
-        FakeApiServer, Options,
+        Authorizer, FakeApiServer, Options,
         fixtures::{
             Pod, annotated, endpoint_slice, ip_families, load_balancer, local, node, not_ready,
             with_internal_ip,
         },
     },
     kube_agent::{KubeAgent, ServiceAccount},
+    metallb::pool,
     netns::{NetNs, veth},
 };
 
@@ -197,6 +198,39 @@ fn vips_are_allocated_written_to_status_and_released() -> Result<()> {
     })?;
     bed.server.apply(&load_balancer(NS, "f", &[(80, 30085)]))?;
     assert_eq!(bed.wait_for_vip(NS, "f", READY)?, ip("198.51.100.1"));
+    Ok(())
+}
+
+/// The RBAC the README points to grants every request the agent makes: with
+/// the API server enforcing it, a Service gets its VIP from an IPAddressPool
+/// (MetalLB's namespace), its status and its Event, gives the VIP up when it
+/// stops being a load balancer, and nothing the agent asked for (lists and
+/// watches of every kind it reads, Secrets included) was refused.
+#[test]
+fn the_example_rbac_grants_every_request_of_the_agent() -> Result<()> {
+    let manifest = include_str!("../../examples/kubernetes/rbac.yaml");
+    let options = Options {
+        rbac: Some(Authorizer::from_manifest(manifest)?),
+        metallb_crds: true,
+        ..Options::default()
+    };
+    let bed = bed(options, &[])?;
+    bed.server.apply(&pool("pool", &["198.51.100.0/29"]))?;
+    bed.server.apply(&node("node-1", node_ip(1)))?;
+    let service = load_balancer(NS, "a", &[(80, 30080)]);
+    bed.server.apply(&service)?;
+    // MetalLB's pools hand out their first address too (no avoidBuggyIPs).
+    assert_eq!(bed.wait_for_vip(NS, "a", READY)?, ip("198.51.100.0"));
+    wait_for_event(&bed, "a", "IPAllocated", "Assigned IP 198.51.100.0")?;
+    let mut cluster_ip = service;
+    cluster_ip.spec.as_mut().unwrap().type_ = Some("ClusterIP".into());
+    bed.server.apply(&cluster_ip)?;
+    bed.wait_for("the VIP released", READY, || {
+        bed.vip(NS, "a")
+            .is_ok_and(|vip| vip.is_none())
+            .then_some(())
+    })?;
+    assert_eq!(bed.server.denied(), Vec::<String>::new());
     Ok(())
 }
 

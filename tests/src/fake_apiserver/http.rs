@@ -29,6 +29,7 @@ use tokio::{
 use super::{
     kinds::Kind,
     objects::ApiError,
+    rbac::{self, Authorizer},
     store::{Key, Store, WatchItem, event_line},
 };
 
@@ -43,6 +44,10 @@ pub struct Shared {
     pub bookmark_interval: Duration,
     /// MetalLB's kinds exist.
     pub metallb_crds: AtomicBool,
+    /// RBAC, when the server enforces it.
+    pub authorizer: Option<Authorizer>,
+    /// What RBAC refused, as the server said it.
+    pub denied: Mutex<Vec<String>>,
 }
 
 impl Shared {
@@ -145,6 +150,9 @@ async fn route(
     }
     let query = Query::parse(request.uri().query().unwrap_or_default())?;
     let method = request.method().clone();
+    if let Some(authorizer) = &shared.authorizer {
+        authorize(authorizer, shared, &method, &target, query.watch)?;
+    }
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -201,6 +209,49 @@ async fn route(
             format!("{method} is not supported here"),
         )),
     }
+}
+
+/// Refuses, 403 Forbidden, what RBAC does not grant.
+fn authorize(
+    authorizer: &Authorizer,
+    shared: &Shared,
+    method: &Method,
+    target: &Target,
+    watch: bool,
+) -> Result<(), ApiError> {
+    let verb = match (method, target.name.is_some()) {
+        (&Method::GET, true) => "get",
+        (&Method::GET, false) if watch => "watch",
+        (&Method::GET, false) => "list",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, _) => "delete",
+        // Refused further on as not supported.
+        _ => return Ok(()),
+    };
+    let api_version = target.kind.api_version();
+    let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
+    let plural = target.kind.plural();
+    let resource = match target.status {
+        true => format!("{plural}/status"),
+        false => plural.to_owned(),
+    };
+    let request = rbac::Request {
+        verb,
+        group,
+        resource: &resource,
+        namespace: target.namespace.as_deref(),
+        name: target.name.as_deref(),
+    };
+    authorizer.check(&request).map_err(|message| {
+        shared
+            .denied
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(message.clone());
+        ApiError::unsupported(403, "Forbidden", message)
+    })
 }
 
 fn parse(body: &[u8]) -> Result<Value, ApiError> {

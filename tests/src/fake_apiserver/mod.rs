@@ -10,11 +10,14 @@
 //! agent under test gets a kubeconfig pointing at it ([`FakeApiServer::write_kubeconfig`]).
 //! Plain HTTP by default; with [`Options::tls`], HTTPS with a certificate
 //! made at start ([`FakeApiServer::ca_pem`]), as in-cluster config needs.
+//! With [`Options::rbac`], requests are authorized as the API server's RBAC
+//! authorizer would, by the rules a manifest binds to its ServiceAccount.
 
 pub mod fixtures;
 mod http;
 mod kinds;
 mod objects;
+mod rbac;
 mod store;
 mod tls;
 
@@ -41,6 +44,7 @@ use tokio::{runtime::Runtime, task::AbortHandle};
 
 pub use kinds::Kind;
 pub use objects::ApiError;
+pub use rbac::Authorizer;
 pub use store::Stats;
 
 use crate::netns::NetNs;
@@ -65,6 +69,9 @@ pub struct Options {
     /// MetalLB's CRDs are installed (see [`FakeApiServer::install_metallb_crds`]):
     /// without them, its kinds are 404 Not Found, as on a cluster without MetalLB.
     pub metallb_crds: bool,
+    /// Enforce RBAC: requests it does not grant are 403 Forbidden (see
+    /// [`FakeApiServer::denied`]). Without it, the token may do anything.
+    pub rbac: Option<Authorizer>,
 }
 
 impl Default for Options {
@@ -75,6 +82,7 @@ impl Default for Options {
             node_ports: 30000..=32767,
             tls: false,
             metallb_crds: false,
+            rbac: None,
         }
     }
 }
@@ -110,6 +118,8 @@ impl FakeApiServer {
             token: TOKEN.to_owned(),
             bookmark_interval: options.bookmark_interval,
             metallb_crds: AtomicBool::new(options.metallb_crds),
+            authorizer: options.rbac,
+            denied: Mutex::default(),
         });
         let mut server = Self {
             shared,
@@ -304,6 +314,16 @@ users:
 
     pub fn stats(&self) -> Stats {
         self.store().stats.clone()
+    }
+
+    /// The requests RBAC refused (see [`Options::rbac`]), as the server
+    /// answered them.
+    pub fn denied(&self) -> Vec<String> {
+        self.shared
+            .denied
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 }
 
