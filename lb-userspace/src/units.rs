@@ -2,23 +2,17 @@
 
 use std::time::Duration;
 
-/// Parses `500ms`, `2s`, `1m` or a bare number of seconds.
+/// Parses a flag's duration: as Go writes one (`500ms`, `2s`, `1m30s`:
+/// Kubernetes objects, and so MetalLB's, carry them so) or a bare number of
+/// seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 500ms, 2s or 1m"))?;
-    let seconds = match unit {
-        "ms" => number / 1000.0,
-        "" | "s" => number,
-        "m" => number * 60.0,
-        _ => return Err(format!("{text:?}: unknown unit {unit:?} (ms, s or m)")),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+    match text.parse::<f64>() {
+        Ok(seconds) if text.bytes().all(|b| b.is_ascii_digit() || b == b'.') => {
+            Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+        }
+        _ => parse_go_duration(text),
+    }
 }
 
 /// Parses a duration as Go writes it, which Kubernetes objects carry:
@@ -68,8 +62,9 @@ mod tests {
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        for bad in ["", "s", "2h", "-1s", "1e3"] {
+        for bad in ["", "s", "2d", "-1s", "1e3", "inf", "NaN"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
