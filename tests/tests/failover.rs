@@ -11,7 +11,7 @@ use std::{
 };
 
 use lb_tests::{
-    scale_out::{ActiveActive, PORT, VIP, host_ip, wait_programmed},
+    scale_out::{ActiveActive, Detection, PORT, VIP, host_ip, wait_programmed},
     servers,
     streams::{self, Streams},
 };
@@ -25,8 +25,8 @@ fn vip() -> SocketAddr {
     SocketAddrV4::new(VIP, PORT).into()
 }
 
-fn start(tag: &str) -> ActiveActive {
-    ActiveActive::start(tag, "dsr").expect("two lb hosts announcing the VIP")
+fn start(tag: &str, detection: Detection) -> ActiveActive {
+    ActiveActive::start(tag, "dsr", detection).expect("two lb hosts announcing the VIP")
 }
 
 /// Starts the streams and checks that both hosts carry some: every stream
@@ -65,7 +65,7 @@ fn check_streams_and_new_connections(
 
 #[test]
 fn no_stream_breaks_when_an_lb_host_dies() {
-    let mut bed = start("failover-death");
+    let mut bed = start("failover-death", Detection::Fast);
     let streams = streams_on_both_hosts(&bed);
     bed.kill_host(0).expect("host 1 dies");
     assert_eq!(
@@ -77,7 +77,7 @@ fn no_stream_breaks_when_an_lb_host_dies() {
 
 #[test]
 fn no_stream_breaks_when_an_agent_restarts() {
-    let mut bed = start("failover-restart");
+    let mut bed = start("failover-restart", Detection::Tolerant);
     let bird = bed.agents[0].bird_pid().expect("the agent runs BIRD");
     let learnt = bed.net.settled_routes(VIP).expect("router's routes");
     let streams = streams_on_both_hosts(&bed);
@@ -104,7 +104,7 @@ fn no_stream_breaks_when_an_agent_restarts() {
 
 #[test]
 fn no_stream_breaks_when_an_lb_host_is_drained() {
-    let mut bed = start("failover-drain");
+    let mut bed = start("failover-drain", Detection::Tolerant);
     let streams = streams_on_both_hosts(&bed);
     bed.agents[0].command(&["drain"]).expect("lb drain");
     assert_eq!(

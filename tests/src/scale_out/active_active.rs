@@ -17,6 +17,29 @@ use crate::{
 /// How long the agents get to program the Service and the router to learn it.
 const READY: Duration = Duration::from_secs(20);
 
+/// How soon a host gone without a word is noticed: its BFD timers.
+#[derive(Clone, Copy, Debug)]
+pub enum Detection {
+    /// BFD at 100 ms x 3, as the router runs it: 300 ms, what the failover
+    /// measurements are of.
+    Fast,
+    /// The hosts ask for BFD at 1 s x 10 (detection 3 s at the hosts, 10 s
+    /// at the router): for tests that a restart or a drain leaves the
+    /// sessions alone, so that BFD packets a loaded machine delays by a few
+    /// hundred ms are not taken for what the test looks for. A BGP session
+    /// that closes, or a withdrawal, shows at once whatever BFD does.
+    Tolerant,
+}
+
+impl Detection {
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            Self::Fast => &[],
+            Self::Tolerant => &["--bfd-interval", "1s", "--bfd-multiplier", "10"],
+        }
+    }
+}
+
 /// Fields drop in order: agents (whose `lb down` stops their BIRD) before
 /// the namespaces.
 pub struct ActiveActive {
@@ -30,7 +53,7 @@ impl ActiveActive {
     /// Two hosts with agents forwarding by `forwarding` (`nat` or `dsr`),
     /// three nodes; returns once the router has both next hops and BFD is
     /// up on both sessions.
-    pub fn start(tag: &str, forwarding: &str) -> Result<ActiveActive> {
+    pub fn start(tag: &str, forwarding: &str, detection: Detection) -> Result<ActiveActive> {
         let net = ScaleOut::new(2, 3)?;
         let servers = net.serve()?;
         let manifests = ManifestFile::new(tag, &net.manifest())?;
@@ -38,6 +61,7 @@ impl ActiveActive {
             .map(|i| {
                 let mut args = net.bgp_args(i);
                 args.extend(["--forwarding".to_owned(), forwarding.to_owned()]);
+                args.extend(detection.args().iter().map(|&arg| arg.to_owned()));
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
                 net.start_agent(i, manifests.path(), &args)
             })
@@ -62,7 +86,7 @@ impl ActiveActive {
     }
 
     /// Waits until the router's BFD sessions with both hosts are up, so a
-    /// dead host is noticed in 300 ms.
+    /// dead host is noticed as `Detection` says.
     fn wait_for_bfd(&self) -> Result<()> {
         let socket = self.net.router_bird().socket();
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -15,7 +15,7 @@
 
 mod active_active;
 
-pub use active_active::{ActiveActive, wait_programmed};
+pub use active_active::{ActiveActive, Detection, wait_programmed};
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},

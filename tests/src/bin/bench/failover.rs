@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Result, ensure};
 use lb_tests::{
-    scale_out::{ActiveActive, PORT, VIP},
+    scale_out::{ActiveActive, Detection, PORT, VIP},
     streams::Streams,
 };
 
@@ -55,7 +55,7 @@ pub fn run(kills: usize) -> Result<Section> {
 
 /// Streams over both hosts, host `victim` dies, the streams run on.
 fn kill_once(victim: usize) -> Result<Round> {
-    let mut bed = ActiveActive::start("bench-failover", "dsr")?;
+    let mut bed = ActiveActive::start("bench-failover", "dsr", Detection::Fast)?;
     let vip = SocketAddrV4::new(VIP, PORT).into();
     let streams = Streams::start(&bed.net.client, vip, STREAMS, LINE_INTERVAL)?;
     std::thread::sleep(Duration::from_secs(1));
