@@ -1,5 +1,6 @@
 //! Kubernetes objects: where they come from (manifests or an API server),
 //! translating them into the desired state, and reporting back.
+mod events;
 pub mod family;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;

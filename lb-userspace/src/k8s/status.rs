@@ -1,10 +1,10 @@
 //! What lb tells the cluster: each Service's VIPs in `status.loadBalancer`
 //! (through the status subresource, only when it differs) and Events on the
-//! Service when it gets an address or cannot be served.
+//! Service when it gets an address or cannot be served (handed to the
+//! `events` task once the round's statuses are written).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    hash::{DefaultHasher, Hash as _, Hasher as _},
     net::IpAddr,
     sync::Arc,
 };
@@ -12,35 +12,28 @@ use std::{
 use futures::{StreamExt as _, stream};
 use k8s_openapi::api::core::v1::Service;
 use kube::{
-    Api, Client, Resource as _,
+    Api, Client,
     api::{Patch, PatchParams},
     runtime::{
-        events::{Event, EventType, Recorder, Reporter},
+        events::EventType,
         reflector::{ObjectRef, Store},
     },
 };
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::translate::{Problem, Translation};
+use super::{
+    events::EventRecorder,
+    translate::{Problem, Translation},
+};
 
-/// Status writes in flight at once (each followed by its Event): enough to
-/// assign 10,000 VIPs in about a second, still a bound on what lb asks of
-/// the API server.
+/// Status writes in flight at once: enough to assign 10,000 VIPs in about a
+/// second, still a bound on what lb asks of the API server.
 const CONCURRENT_WRITES: usize = 64;
-
-/// The name Events give as their reporting controller.
-const CONTROLLER: &str = "lb";
-
-/// Recorders the Services are spread over. kube's Recorder scans every Event
-/// it remembers (to make a repeat of one a series) on each publish, so one for
-/// all made assigning thousands of VIPs quadratic. What it remembers is keyed
-/// by the Service, so splitting them by Service forgets nothing.
-const RECORDERS: usize = 64;
 
 pub(super) struct StatusWriter {
     client: Client,
-    recorders: Vec<Recorder>,
+    events: EventRecorder,
     /// Problems already reported, so that each gets one Event while it lasts
     /// rather than one per reconciliation.
     reported: BTreeSet<(String, Problem, String)>,
@@ -50,15 +43,10 @@ pub(super) struct StatusWriter {
 }
 
 impl StatusWriter {
+    /// A writer with its Event recorder (needs a Tokio runtime).
     pub(super) fn new(client: Client) -> Self {
-        let reporter = Reporter {
-            controller: CONTROLLER.to_owned(),
-            instance: std::env::var("HOSTNAME").ok(),
-        };
         Self {
-            recorders: (0..RECORDERS)
-                .map(|_| Recorder::new(client.clone(), reporter.clone()))
-                .collect(),
+            events: EventRecorder::start(&client),
             client,
             reported: BTreeSet::new(),
             to_clear: BTreeMap::new(),
@@ -96,8 +84,6 @@ impl StatusWriter {
         for owner in self.to_clear.keys() {
             changes.extend(lookup(services, owner).map(|service| (service, &[][..])));
         }
-        // Every status first, then the Events saying so: a Service's address
-        // is what its users wait for, the Event only tells of it.
         let this = &*self;
         let written: Vec<(Arc<Service>, &[IpAddr], bool)> = stream::iter(changes)
             .map(|(service, vips)| async move {
@@ -107,15 +93,14 @@ impl StatusWriter {
             .buffer_unordered(CONCURRENT_WRITES)
             .collect()
             .await;
-        let assigned = written
-            .iter()
-            .filter(|(_, vips, written)| *written && !vips.is_empty());
-        stream::iter(assigned)
-            .for_each_concurrent(CONCURRENT_WRITES, |(service, vips, _)| {
-                this.announce_assigned(service, vips)
-            })
-            .await;
-        self.report_problems(services, translation).await;
+        // The Events once every status is written: they only tell of the
+        // addresses, which are what the Services' users wait for.
+        for (service, vips, _) in written.iter().filter(|(_, _, written)| *written) {
+            if !vips.is_empty() {
+                self.announce_assigned(service, vips);
+            }
+        }
+        self.report_problems(services, translation);
         written.iter().all(|(_, _, written)| *written)
     }
 
@@ -149,8 +134,9 @@ impl StatusWriter {
         true
     }
 
-    /// Logs and records as an Event that the Service's status now lists `vips`.
-    async fn announce_assigned(&self, service: &Service, vips: &[IpAddr]) {
+    /// Logs, and records as an Event, that the Service's status now lists
+    /// `vips`.
+    fn announce_assigned(&self, service: &Service, vips: &[IpAddr]) {
         let namespace = service.metadata.namespace.as_deref().unwrap_or_default();
         let name = service.metadata.name.as_deref().unwrap_or_default();
         let listed: Vec<String> = vips.iter().map(ToString::to_string).collect();
@@ -160,12 +146,12 @@ impl StatusWriter {
             1 => format!("Assigned IP {listed}"),
             _ => format!("Assigned IPs {listed}"),
         };
-        self.publish(service, EventType::Normal, "IPAllocated", note)
-            .await;
+        self.events
+            .publish(service, EventType::Normal, "IPAllocated", note);
     }
 
     /// A Warning Event for every problem not reported yet.
-    async fn report_problems(&mut self, services: &Store<Service>, translation: &Translation) {
+    fn report_problems(&mut self, services: &Store<Service>, translation: &Translation) {
         let current: BTreeSet<(String, Problem, String)> = translation
             .skipped
             .iter()
@@ -185,32 +171,14 @@ impl StatusWriter {
             }
             let (owner, kind, reason) = &problem;
             if let Some(service) = lookup(services, owner) {
-                self.publish(
+                self.events.publish(
                     &service,
                     EventType::Warning,
                     kind.event_reason(),
                     reason.clone(),
-                )
-                .await;
+                );
             }
             self.reported.insert(problem);
-        }
-    }
-
-    /// Events are best effort: one that cannot be recorded is logged, not retried.
-    async fn publish(&self, service: &Service, type_: EventType, reason: &str, note: String) {
-        let event = Event {
-            type_,
-            reason: reason.to_owned(),
-            note: Some(note),
-            action: "AssignVIP".to_owned(),
-            secondary: None,
-        };
-        let mut hasher = DefaultHasher::new();
-        (&service.metadata.namespace, &service.metadata.name).hash(&mut hasher);
-        let recorder = &self.recorders[hasher.finish() as usize % RECORDERS];
-        if let Err(error) = recorder.publish(&event, &service.object_ref(&())).await {
-            warn!(%error, reason, "event not recorded");
         }
     }
 }

@@ -53,6 +53,8 @@ pub struct Stats {
     pub status_writes: u64,
     /// Writes refused with 409 Conflict.
     pub conflicts: u64,
+    /// Events created (a repeat of one is a patch, not counted).
+    pub events_created: u64,
 }
 
 pub struct Store {
@@ -142,6 +144,9 @@ impl Store {
             return Err(ApiError::already_exists(&key));
         }
         self.allocations.admit(kind, &mut object, None)?;
+        if kind == Kind::Event {
+            self.stats.events_created += 1;
+        }
         Ok(self.commit(key, "ADDED", object))
     }
 

@@ -163,7 +163,9 @@ fn control_plane_section(quick: bool) -> Result<Section> {
              cluster and `--ring-size 251` (a 20 MB Maglev map for 10,000 service ports), so \
              every Service gets its VIP, its status and its place in the data path. \
              Latency: an EndpointSlice \
-             change in the API server until the Maglev map changed. Each change follows the \
+             change in the API server until the Maglev map changed, measured once the agent's \
+             start is over (its IPAllocated Events, which it records after the statuses, all \
+             in). Each change follows the \
              last as soon as the map has it, a burst to the agent: it reads the cluster at most \
              every 100 ms, so most of each latency is that wait. Memory: the agent's VmHWM."
                 .to_owned(),

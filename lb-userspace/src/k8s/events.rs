@@ -1,0 +1,90 @@
+//! Kubernetes Events on Services, recorded by a task of their own: they are
+//! best effort, and a burst of them (one per Service when 10,000 get their
+//! VIPs at start) must not hold up the agent's next change.
+
+use std::hash::{DefaultHasher, Hash as _, Hasher as _};
+
+use futures::{StreamExt as _, stream};
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use kube::{
+    Client, Resource as _,
+    runtime::events::{Event, EventType, Recorder, Reporter},
+};
+use tokio::{
+    sync::mpsc::{UnboundedSender, unbounded_channel},
+    task::JoinHandle,
+};
+use tracing::warn;
+
+/// The name Events give as their reporting controller.
+const CONTROLLER: &str = "lb";
+
+/// Events being recorded at once.
+const CONCURRENT_EVENTS: usize = 64;
+
+/// Recorders the Services are spread over. kube's Recorder scans every Event
+/// it remembers (to make a repeat of one a series) on each publish, so one for
+/// all made assigning thousands of VIPs quadratic. What it remembers is keyed
+/// by the Service, so splitting them by Service forgets nothing.
+const RECORDERS: usize = 64;
+
+/// An Event to record: the recorder of its Service, the Event, the Service.
+type Pending = (usize, Event, ObjectReference);
+
+/// Hands Events to the recording task.
+pub(super) struct EventRecorder {
+    pending: UnboundedSender<Pending>,
+    task: JoinHandle<()>,
+}
+
+impl EventRecorder {
+    /// Starts the recording task (needs a Tokio runtime).
+    pub(super) fn start(client: &Client) -> Self {
+        let reporter = Reporter {
+            controller: CONTROLLER.to_owned(),
+            instance: std::env::var("HOSTNAME").ok(),
+        };
+        let recorders: Vec<Recorder> = (0..RECORDERS)
+            .map(|_| Recorder::new(client.clone(), reporter.clone()))
+            .collect();
+        let (pending, mut received) = unbounded_channel::<Pending>();
+        let task = tokio::spawn(async move {
+            stream::poll_fn(|cx| received.poll_recv(cx))
+                .for_each_concurrent(CONCURRENT_EVENTS, |(index, event, service)| {
+                    let recorder = &recorders[index];
+                    async move {
+                        if let Err(error) = recorder.publish(&event, &service).await {
+                            warn!(%error, reason = event.reason, "event not recorded");
+                        }
+                    }
+                })
+                .await;
+        });
+        Self { pending, task }
+    }
+
+    /// Records an Event on `service` soon; one that cannot be recorded is
+    /// logged, not retried.
+    pub(super) fn publish(&self, service: &Service, type_: EventType, reason: &str, note: String) {
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: "AssignVIP".to_owned(),
+            secondary: None,
+        };
+        let mut hasher = DefaultHasher::new();
+        (&service.metadata.namespace, &service.metadata.name).hash(&mut hasher);
+        let recorder = hasher.finish() as usize % RECORDERS;
+        // Fails only once the task ended, which it does only when dropped.
+        let _ = self
+            .pending
+            .send((recorder, event, service.object_ref(&())));
+    }
+}
+
+impl Drop for EventRecorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
