@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::{
     dataplane::Dataplane,
@@ -19,6 +19,9 @@ use crate::{
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Catalog {
+    /// Sorted by frontend (as read, whatever the file's order), so that a
+    /// listing of many flows finds each one's service by binary search.
+    #[serde(deserialize_with = "sorted_by_frontend")]
     pub services: Vec<ServiceSpec>,
     /// The VIPs BIRD was told to announce (the maps say which are answered
     /// at layer 2). Missing in an older agent's catalog.
@@ -28,6 +31,7 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn of(dataplane: &Dataplane) -> Self {
+        // The data path lists its services by frontend.
         let services = dataplane.services().map(|s| s.spec.clone()).collect();
         Self {
             services,
@@ -66,8 +70,20 @@ impl Catalog {
     }
 
     pub fn service(&self, frontend: &Frontend) -> Option<&ServiceSpec> {
-        self.services.iter().find(|s| s.frontend == *frontend)
+        let index = self
+            .services
+            .binary_search_by_key(frontend, |s| s.frontend)
+            .ok()?;
+        Some(&self.services[index])
     }
+}
+
+fn sorted_by_frontend<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<ServiceSpec>, D::Error> {
+    let mut services = Vec::<ServiceSpec>::deserialize(deserializer)?;
+    services.sort_by_key(|s| s.frontend);
+    Ok(services)
 }
 
 #[cfg(test)]
@@ -107,5 +123,31 @@ mod tests {
             ..frontend
         };
         assert_eq!(read.service(&tcp), None);
+    }
+
+    #[test]
+    fn services_are_found_whatever_order_the_file_lists_them_in() {
+        let frontends: Vec<Frontend> = (1..=20u8)
+            .rev()
+            .map(|last| Frontend {
+                vip: IpAddr::from([198, 51, 100, last]),
+                port: 80,
+                protocol: Protocol::Tcp,
+            })
+            .collect();
+        let services = frontends.iter().map(|&frontend| ServiceSpec {
+            name: format!("demo/web-{}:http", frontend.vip),
+            frontend,
+            backends: Vec::new(),
+        });
+        let written = Catalog {
+            services: services.collect(),
+            bgp_announced: BTreeSet::new(),
+        };
+        let read: Catalog = serde_json::from_slice(&serde_json::to_vec(&written).unwrap()).unwrap();
+        for frontend in &frontends {
+            let found = read.service(frontend).map(|s| s.frontend);
+            assert_eq!(found, Some(*frontend));
+        }
     }
 }
