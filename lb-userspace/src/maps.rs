@@ -9,6 +9,7 @@ use std::{
 mod batch;
 mod by_family;
 
+use batch::get_range;
 pub use batch::set_range;
 pub use by_family::FamilyMaps;
 
@@ -188,11 +189,9 @@ impl Maps {
         if info.backend_count == 0 {
             return Ok(entries);
         }
-        for slot in info.ring_base..info.ring_base + info.ring_size {
-            let id = self
-                .maglev
-                .get(&slot, 0)
-                .map_err(|e| map_error(MAP_MAGLEV, e))?;
+        let ring = get_range(&self.maglev, info.ring_base, info.ring_size)
+            .map_err(|e| map_error(MAP_MAGLEV, e))?;
+        for id in ring {
             *entries.entry(id).or_default() += 1;
         }
         Ok(entries)

@@ -56,6 +56,10 @@ fn ring(dataplane: &Dataplane, spec: &ServiceSpec) -> BTreeMap<u32, u32> {
         let id = dataplane.maps().maglev.get(&slot, 0).expect("ring entry");
         *counts.entry(id).or_insert(0) += 1;
     }
+    // What the listings read in one batch (from the map's first entry, or
+    // after the one before the ring) is what the entries say one by one.
+    let batched = dataplane.maps().ring_entries(&info).expect("batch read");
+    assert_eq!(batched, counts, "ring at {}", info.ring_base);
     counts
 }
 

@@ -1,6 +1,8 @@
-//! Many entries of an array map in one system call (`BPF_MAP_UPDATE_BATCH`,
-//! Linux 5.6): a Maglev ring has hundreds of entries, and a `bpf()` call for
-//! each was most of the time programming thousands of services took.
+//! Many entries of an array map in one system call (`BPF_MAP_UPDATE_BATCH`
+//! and `BPF_MAP_LOOKUP_BATCH`, Linux 5.6): a Maglev ring has hundreds to
+//! thousands of entries, and a `bpf()` call for each was most of the time
+//! programming thousands of services took, and reading them back for a
+//! listing or a metrics scrape.
 
 use std::{
     io,
@@ -14,6 +16,7 @@ use aya::{
 };
 
 /// `enum bpf_cmd` in the kernel's `linux/bpf.h`.
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
 /// The `batch` member of the kernel's `union bpf_attr`.
@@ -35,16 +38,7 @@ pub fn set_range<V: Pod>(
     first: u32,
     values: &[V],
 ) -> Result<(), MapError> {
-    let count = u32::try_from(values.len()).map_err(|_| MapError::OutOfBounds {
-        index: u32::MAX,
-        max_entries: map.len(),
-    })?;
-    if u64::from(first) + u64::from(count) > u64::from(map.len()) {
-        return Err(MapError::OutOfBounds {
-            index: first.saturating_add(count),
-            max_entries: map.len(),
-        });
-    }
+    let count = check_range(map, first, values.len())?;
     let keys: Vec<u32> = (first..first + count).collect();
     let mut attr = BatchAttr {
         in_batch: 0,
@@ -58,17 +52,87 @@ pub fn set_range<V: Pod>(
     };
     // SAFETY: `attr` points at `count` keys and values that outlive the
     // call; the kernel reads them and writes back only `attr.count`.
+    unsafe { batch(BPF_MAP_UPDATE_BATCH, &mut attr, "bpf_map_update_batch") }
+}
+
+/// The `count` entries of `map` at consecutive indices from `first` on.
+pub fn get_range<V: Pod>(
+    map: &Array<MapData, V>,
+    first: u32,
+    count: u32,
+) -> Result<Vec<V>, MapError> {
+    let count = check_range(map, first, count as usize)?;
+    let mut keys = vec![0u32; count as usize];
+    let mut values: Vec<V> = Vec::with_capacity(count as usize);
+    // A batch starts at the key after the one `in_batch` points at, or at
+    // the first key without one.
+    let before = first.wrapping_sub(1);
+    let mut last = 0u32;
+    let mut attr = BatchAttr {
+        in_batch: if first == 0 {
+            0
+        } else {
+            &raw const before as u64
+        },
+        out_batch: &raw mut last as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count,
+        map_fd: map.map().fd().as_fd().as_raw_fd() as u32,
+        elem_flags: 0,
+        flags: 0,
+    };
+    // SAFETY: `attr` points at room for `count` keys and values (and one key
+    // each for `in_batch` and `out_batch`) that outlive the call; the kernel
+    // writes at most that many and says in `attr.count` how many it wrote.
+    unsafe { batch(BPF_MAP_LOOKUP_BATCH, &mut attr, "bpf_map_lookup_batch")? };
+    if attr.count != count {
+        return Err(MapError::OutOfBounds {
+            index: first + attr.count,
+            max_entries: map.len(),
+        });
+    }
+    // SAFETY: the kernel wrote `count` values, and any bytes are a `Pod`.
+    unsafe { values.set_len(count as usize) };
+    Ok(values)
+}
+
+/// `len` as a count of entries that fits in `map` from `first` on.
+fn check_range<V: Pod>(map: &Array<MapData, V>, first: u32, len: usize) -> Result<u32, MapError> {
+    let count = u32::try_from(len).map_err(|_| MapError::OutOfBounds {
+        index: u32::MAX,
+        max_entries: map.len(),
+    })?;
+    if u64::from(first) + u64::from(count) > u64::from(map.len()) {
+        return Err(MapError::OutOfBounds {
+            index: first.saturating_add(count),
+            max_entries: map.len(),
+        });
+    }
+    Ok(count)
+}
+
+/// Runs the batch command `command` on `attr`.
+///
+/// # Safety
+/// `attr`'s pointers must be valid for what `command` reads and writes.
+unsafe fn batch(
+    command: libc::c_long,
+    attr: &mut BatchAttr,
+    call: &'static str,
+) -> Result<(), MapError> {
+    // SAFETY: as the caller vouches.
     let result = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_MAP_UPDATE_BATCH,
-            &mut attr as *mut BatchAttr,
+            command,
+            attr as *mut BatchAttr,
             size_of::<BatchAttr>(),
         )
     };
     if result < 0 {
         return Err(MapError::SyscallError(SyscallError {
-            call: "bpf_map_update_batch",
+            call,
             io_error: io::Error::last_os_error(),
         }));
     }
