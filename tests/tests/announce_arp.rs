@@ -1,9 +1,13 @@
 //! `--announce arp` end to end: the client has only an on-link route to the
 //! VIP range, so it must ARP for a VIP, and the XDP program answers with the
 //! lb interface's MAC; a VIP that appears later is announced with a
-//! gratuitous ARP the client learns without asking.
+//! gratuitous ARP the client learns without asking, and one that goes is no
+//! longer announced.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::{Duration, Instant},
+};
 
 use lb_tests::{on_link::OnLink, topology::HOST_IFACE};
 
@@ -33,4 +37,30 @@ fn a_client_on_the_segment_arps_for_the_vip_and_hears_of_new_ones() {
             .expect("a gratuitous ARP"),
         bed.segment.lb_mac
     );
+
+    // The Service goes before its VIP's announcements are all sent (three,
+    // a second apart): those still due must not go out, or the client would
+    // learn lb's MAC for an address lb no longer answers.
+    bed.serve(&[VIP]).expect("remove the Service");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while served(&bed).contains(&LATER_VIP) {
+        assert!(Instant::now() < deadline, "{LATER_VIP} still served");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bed.segment.forget_neighbours().expect("flush");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        bed.segment.neighbour_mac(LATER_VIP),
+        None,
+        "announced after it stopped being answered"
+    );
+}
+
+/// The VIPs `lb services` lists.
+fn served(bed: &OnLink) -> Vec<IpAddr> {
+    let rows = bed.agent.query("services").expect("lb services");
+    let rows = rows.as_array().expect("rows");
+    rows.iter()
+        .filter_map(|row| row["vip"].as_str()?.parse().ok())
+        .collect()
 }

@@ -10,6 +10,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
@@ -120,8 +121,11 @@ fn send_frame(ifindex: u32, frame: &[u8]) -> io::Result<()> {
 pub struct Announcer {
     /// (name, ifindex, MAC) of every interface lb is attached to.
     interfaces: Vec<(String, u32, [u8; 6])>,
-    /// (VIP, ifindex) pairs announced.
-    announced: BTreeSet<(IpAddr, u32)>,
+    /// (VIP, ifindex) pairs announced, shared with the threads repeating
+    /// announcements: a pair that is no longer answered is not announced
+    /// again (a repeat after it stopped would point clients at lb for a VIP
+    /// it no longer answers there).
+    announced: Arc<Mutex<BTreeSet<(IpAddr, u32)>>>,
 }
 
 impl Announcer {
@@ -138,7 +142,7 @@ impl Announcer {
             .collect::<io::Result<_>>()?;
         Ok(Self {
             interfaces,
-            announced: BTreeSet::new(),
+            announced: Arc::default(),
         })
     }
 
@@ -166,25 +170,31 @@ impl Announcer {
             .iter()
             .flat_map(|(vip, ifindexes)| ifindexes.iter().map(|ifindex| (*vip, *ifindex)))
             .collect();
+        let mut announced = lock(&self.announced);
         let new: Vec<(IpAddr, String, u32, [u8; 6])> = wanted
-            .difference(&self.announced)
+            .difference(&announced)
             .filter_map(|(vip, ifindex)| {
                 let (name, _, mac) = self.interfaces.iter().find(|(_, i, _)| i == ifindex)?;
                 Some((*vip, name.clone(), *ifindex, *mac))
             })
             .collect();
-        self.announced = wanted;
+        *announced = wanted;
+        drop(announced);
         if new.is_empty() {
             return;
         }
         // A thread of its own: thousands of VIPs (an agent's start) take a
         // while to send, and the agent's loop must not wait for them.
+        let announced = Arc::clone(&self.announced);
         std::thread::spawn(move || {
             for round in 0..REPEATS {
                 if round > 0 {
                     std::thread::sleep(INTERVAL);
                 }
                 for (vip, name, ifindex, mac) in &new {
+                    if !lock(&announced).contains(&(*vip, *ifindex)) {
+                        continue;
+                    }
                     match send_frame(*ifindex, &announcement(*mac, *vip)) {
                         Ok(()) => debug!(%vip, iface = %name, "announced"),
                         Err(e) => warn!(%vip, iface = %name, error = %e, "announcing"),
@@ -193,6 +203,13 @@ impl Announcer {
             }
         });
     }
+}
+
+/// The pairs announced; a thread that panicked holding them left them whole.
+fn lock(announced: &Mutex<BTreeSet<(IpAddr, u32)>>) -> MutexGuard<'_, BTreeSet<(IpAddr, u32)>> {
+    announced
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
