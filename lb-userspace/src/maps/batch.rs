@@ -32,6 +32,23 @@ struct BatchAttr {
     flags: u64,
 }
 
+impl BatchAttr {
+    /// A batch of `count` entries of `map`, their keys and values at the
+    /// addresses `keys` and `values`, from the map's start.
+    fn of<V: Pod>(map: &Array<MapData, V>, keys: u64, values: u64, count: u32) -> Self {
+        Self {
+            in_batch: 0,
+            out_batch: 0,
+            keys,
+            values,
+            count,
+            map_fd: map.map().fd().as_fd().as_raw_fd() as u32,
+            elem_flags: 0,
+            flags: 0,
+        }
+    }
+}
+
 /// Sets `values` at consecutive indices of `map`, from `first` on.
 pub fn set_range<V: Pod>(
     map: &mut Array<MapData, V>,
@@ -40,16 +57,7 @@ pub fn set_range<V: Pod>(
 ) -> Result<(), MapError> {
     let count = check_range(map, first, values.len())?;
     let keys: Vec<u32> = (first..first + count).collect();
-    let mut attr = BatchAttr {
-        in_batch: 0,
-        out_batch: 0,
-        keys: keys.as_ptr() as u64,
-        values: values.as_ptr() as u64,
-        count,
-        map_fd: map.map().fd().as_fd().as_raw_fd() as u32,
-        elem_flags: 0,
-        flags: 0,
-    };
+    let mut attr = BatchAttr::of(map, keys.as_ptr() as u64, values.as_ptr() as u64, count);
     // SAFETY: `attr` points at `count` keys and values that outlive the
     // call; the kernel reads them and writes back only `attr.count`.
     unsafe { batch(BPF_MAP_UPDATE_BATCH, &mut attr, "bpf_map_update_batch") }
@@ -75,12 +83,12 @@ pub fn get_range<V: Pod>(
             &raw const before as u64
         },
         out_batch: &raw mut last as u64,
-        keys: keys.as_mut_ptr() as u64,
-        values: values.as_mut_ptr() as u64,
-        count,
-        map_fd: map.map().fd().as_fd().as_raw_fd() as u32,
-        elem_flags: 0,
-        flags: 0,
+        ..BatchAttr::of(
+            map,
+            keys.as_mut_ptr() as u64,
+            values.as_mut_ptr() as u64,
+            count,
+        )
     };
     // SAFETY: `attr` points at room for `count` keys and values (and one key
     // each for `in_batch` and `out_batch`) that outlive the call; the kernel
