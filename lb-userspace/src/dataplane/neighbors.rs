@@ -65,14 +65,11 @@ impl Dataplane {
             .filter(|vip| mask_of(vip) != self.neighbor_mask(*vip))
             .collect();
         for vip in changed {
-            // One at a time, so that should a write fail, `neighbor_masks`
-            // still says what the map holds for every VIP.
-            let before = self.neighbor_mask(vip);
-            self.neighbor_masks.insert(vip, mask_of(&vip));
-            if let Err(e) = self.write_neighbor_mask(vip) {
-                self.neighbor_masks.insert(vip, before);
-                return Err(e);
-            }
+            // Recorded once written, so that should a write fail,
+            // `neighbor_masks` still says what the map holds for every VIP.
+            let mask = mask_of(&vip);
+            self.write_mask(vip, mask)?;
+            self.neighbor_masks.insert(vip, mask);
         }
         self.neighbor_masks = masks;
         Ok(())
@@ -83,9 +80,13 @@ impl Dataplane {
         self.neighbor_masks.get(&vip).copied().unwrap_or(0)
     }
 
-    /// Writes `vip`'s entry in `VIPS`, which makes it a VIP for the program.
+    /// Writes `vip`'s entry in `VIPS` with the mask recorded for it.
     pub(super) fn write_neighbor_mask(&mut self, vip: IpAddr) -> Result<(), DataplaneError> {
-        let mask = self.neighbor_mask(vip);
+        self.write_mask(vip, self.neighbor_mask(vip))
+    }
+
+    /// Writes `vip`'s entry in `VIPS`, which makes it a VIP for the program.
+    fn write_mask(&mut self, vip: IpAddr, mask: NeighborMask) -> Result<(), DataplaneError> {
         self.maps
             .vips
             .insert(lb_common::addr_of(vip), mask, 0)
