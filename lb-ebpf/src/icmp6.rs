@@ -97,10 +97,10 @@ impl ErrorRewriter for Ipv6Error {
 
     #[inline(always)]
     fn rewrite_outer(&self, ctx: &Frame, end: End, new: &Addr) -> Result<(), Verdict> {
-        let old = nat::rewrite_address(ctx, Family::V6, end, new)?;
+        let delta = nat::rewrite_address(ctx, Family::V6, end, new)?;
         let error = self.0;
         // SAFETY: `error` was bounds-checked when it was made.
-        unsafe { (*error).icmp.check = checksum::replace_u128((*error).icmp.check, &old, new) };
+        unsafe { (*error).icmp.check = delta.apply((*error).icmp.check) };
         Ok(())
     }
 }

@@ -1,6 +1,9 @@
 //! Address and port rewriting with incremental checksum updates (RFC 1624).
 
-use lb_common::{Addr, PROTO_UDP, checksum, ipv4_mapped};
+use lb_common::{
+    Addr, PROTO_UDP,
+    checksum::{self, Delta},
+};
 use network_types::eth::EthHdr;
 
 use crate::{
@@ -49,11 +52,16 @@ pub fn swap_addresses(ctx: &Frame, family: Family) -> Result<(), Verdict> {
 }
 
 /// Rewrites one address of the IP header, keeping an IPv4 header checksum
-/// right; returns the old address. The L4 checksum is the caller's (ICMPv4
-/// does not cover the IP header, TCP, UDP and ICMPv6 do through their
-/// pseudo-header).
+/// right; returns the difference the change makes to a checksum covering
+/// the address. The L4 checksum is the caller's (ICMPv4 does not cover the
+/// IP header, TCP, UDP and ICMPv6 do through their pseudo-header).
 #[inline(always)]
-pub fn rewrite_address(ctx: &Frame, family: Family, end: End, new: &Addr) -> Result<Addr, Verdict> {
+pub fn rewrite_address(
+    ctx: &Frame,
+    family: Family,
+    end: End,
+    new: &Addr,
+) -> Result<Delta, Verdict> {
     match family {
         Family::V4 => {
             let offset = match end {
@@ -65,10 +73,10 @@ pub fn rewrite_address(ctx: &Frame, family: Family, end: End, new: &Addr) -> Res
             // SAFETY: both pointers were bounds-checked by `ptr_at`; both
             // fields lie at even offsets (see `parse::read_word`).
             unsafe {
-                let old = read_word(address);
+                let delta = Delta::default().u32(read_word(address), new[3]);
                 write_word(address, new[3]);
-                ip_check.write(checksum::replace_u32(ip_check.read(), old, new[3]));
-                Ok(ipv4_mapped(old))
+                ip_check.write(delta.apply(ip_check.read()));
+                Ok(delta)
             }
         }
         Family::V6 => {
@@ -77,17 +85,17 @@ pub fn rewrite_address(ctx: &Frame, family: Family, end: End, new: &Addr) -> Res
                 End::Destination => IPV6_DST_OFFSET,
             };
             let address: *mut [[u16; 2]; 4] = ptr_at(ctx, offset)?;
-            let mut old = [0; 4];
-            for (i, word) in old.iter_mut().enumerate() {
+            let mut delta = Delta::default();
+            for (i, &word) in new.iter().enumerate() {
                 // SAFETY: bounds-checked by `ptr_at`, at an even offset (see
                 // `parse::read_word`).
                 unsafe {
                     let at = address.cast::<[u16; 2]>().add(i);
-                    *word = read_word(at);
-                    write_word(at, new[i]);
+                    delta = delta.u32(read_word(at), word);
+                    write_word(at, word);
                 }
             }
-            Ok(old)
+            Ok(delta)
         }
     }
 }
@@ -175,7 +183,7 @@ fn rewrite(
     // Every pointer is checked before anything is written: no half rewrite.
     let port_field: *mut u16 = ptr_at(ctx, port_offset)?;
     let l4_check: *mut u16 = ptr_at(ctx, packet.l4_check_offset)?;
-    let old_ip = rewrite_address(ctx, packet.family, end, new_ip)?;
+    let address_delta = rewrite_address(ctx, packet.family, end, new_ip)?;
     // SAFETY: both pointers were bounds-checked by `ptr_at`; both fields
     // lie at even offsets (see `parse::read_word`).
     unsafe {
@@ -187,8 +195,7 @@ fn rewrite(
         if packet.key.proto == PROTO_UDP && old_l4 == 0 {
             return Ok(());
         }
-        let mut l4 =
-            checksum::replace_address_and_port(old_l4, &old_ip, new_ip, old_port, new_port);
+        let mut l4 = address_delta.u16(old_port, new_port).apply(old_l4);
         // A computed zero is sent as all ones for UDP, since zero means "none".
         if packet.key.proto == PROTO_UDP && l4 == 0 {
             l4 = 0xffff;
