@@ -4,51 +4,45 @@
 use aya_ebpf::bindings::xdp_action;
 use lb_common::counters;
 
+/// Each variant's value is its counter's index, so counting a verdict needs
+/// no table.
 #[derive(Clone, Copy)]
+#[repr(u32)]
 pub enum Verdict {
-    PassNotIp,
-    PassFragment,
-    PassOtherProto,
-    PassMalformed,
-    PassNotService,
-    PassFibMiss,
-    PassFibOther,
-    PassTtlExpired,
-    DropNoBackend,
-    DropInternal,
-    DropNotAdjacent,
-    DropNoNeighbor,
-    PassOtherHost,
+    PassNotIp = counters::PASS_NOT_IP,
+    PassFragment = counters::PASS_FRAGMENT,
+    PassOtherProto = counters::PASS_OTHER_PROTO,
+    PassMalformed = counters::PASS_MALFORMED,
+    PassNotService = counters::PASS_NOT_SERVICE,
+    PassFibMiss = counters::FIB_MISS,
+    PassFibOther = counters::FIB_OTHER,
+    PassTtlExpired = counters::PASS_TTL_EXPIRED,
+    DropNoBackend = counters::DROP_NO_BACKEND,
+    DropInternal = counters::DROP_INTERNAL,
+    DropNotAdjacent = counters::DROP_NOT_ADJACENT,
+    DropNoNeighbor = counters::DROP_NO_NEIGHBOR,
+    PassOtherHost = counters::PASS_OTHER_HOST,
 }
+
+/// The verdicts that drop, as a set of counter indexes; a `u32` holds them all.
+const _: () = assert!(counters::COUNT <= u32::BITS);
+const DROPS: u32 = 1 << counters::DROP_NO_BACKEND
+    | 1 << counters::DROP_INTERNAL
+    | 1 << counters::DROP_NOT_ADJACENT
+    | 1 << counters::DROP_NO_NEIGHBOR;
 
 impl Verdict {
     #[inline(always)]
     pub fn counter(self) -> u32 {
-        match self {
-            Self::PassNotIp => counters::PASS_NOT_IP,
-            Self::PassFragment => counters::PASS_FRAGMENT,
-            Self::PassOtherProto => counters::PASS_OTHER_PROTO,
-            Self::PassMalformed => counters::PASS_MALFORMED,
-            Self::PassNotService => counters::PASS_NOT_SERVICE,
-            Self::PassFibMiss => counters::FIB_MISS,
-            Self::PassFibOther => counters::FIB_OTHER,
-            Self::PassTtlExpired => counters::PASS_TTL_EXPIRED,
-            Self::DropNoBackend => counters::DROP_NO_BACKEND,
-            Self::DropInternal => counters::DROP_INTERNAL,
-            Self::DropNotAdjacent => counters::DROP_NOT_ADJACENT,
-            Self::DropNoNeighbor => counters::DROP_NO_NEIGHBOR,
-            Self::PassOtherHost => counters::PASS_OTHER_HOST,
-        }
+        self as u32
     }
 
     #[inline(always)]
     pub fn action(self) -> u32 {
-        match self {
-            Self::DropNoBackend
-            | Self::DropInternal
-            | Self::DropNotAdjacent
-            | Self::DropNoNeighbor => xdp_action::XDP_DROP,
-            _ => xdp_action::XDP_PASS,
+        if DROPS & (1 << self.counter()) != 0 {
+            xdp_action::XDP_DROP
+        } else {
+            xdp_action::XDP_PASS
         }
     }
 }
