@@ -320,7 +320,9 @@ impl Flow {
 }
 
 /// An interface the program is attached to; `IFACES` is keyed by ifindex.
-#[repr(C)]
+/// Aligned as a word, so that the data path reads its MAC with one load
+/// (see [`Self::mac_word`]); map values are word aligned anyway.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Iface {
     /// The interface's MAC: the answer to ARP and Neighbor Solicitations for
@@ -336,9 +338,30 @@ impl Iface {
     /// is all zero, and no interface has the all-zero MAC.
     #[inline(always)]
     pub fn is_set(&self) -> bool {
-        self.mac != [0; 6]
+        self.mac_word() != 0
+    }
+
+    /// The MAC as [`mac_word`] gives it.
+    #[inline(always)]
+    pub fn mac_word(&self) -> u64 {
+        // SAFETY: `Iface` is 8 bytes, word aligned and has no padding but
+        // the explicit field; read as bytes, the compiler loads them one by
+        // one.
+        let word = unsafe { (self as *const Self).cast::<u64>().read() };
+        word & MAC_WORD_MASK
     }
 }
+
+/// The bytes of a MAC in a word, as in memory: the data path compares a
+/// frame's destination with an interface's MAC as one number, not six bytes.
+#[inline(always)]
+pub fn mac_word(mac: [u8; 6]) -> u64 {
+    let [a, b, c, d, e, f] = mac;
+    u64::from_ne_bytes([a, b, c, d, e, f, 0, 0])
+}
+
+/// The bytes of a word that hold a MAC (see [`mac_word`]).
+const MAC_WORD_MASK: u64 = u64::from_ne_bytes([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0]);
 
 /// `IFACES_BY_INDEX` repeats `IFACES` as an array by ifindex for the
 /// ifindexes below this: the check every packet makes (is the frame for this

@@ -326,10 +326,11 @@ fn iface(ifindex: u32) -> Option<&'static Iface> {
     unsafe { IFACES.get(ifindex) }
 }
 
-/// The MAC of the attached interface `ifindex`.
+/// The MAC of the attached interface `ifindex`, as `lb_common::mac_word`
+/// gives it.
 #[inline(always)]
-pub fn iface_mac(ifindex: u32) -> Option<[u8; 6]> {
-    iface(ifindex).map(|iface| iface.mac)
+pub fn iface_mac_word(ifindex: u32) -> Option<u64> {
+    iface(ifindex).map(Iface::mac_word)
 }
 
 /// The MAC to answer ARP and Neighbor Solicitations for `vip` with when they

@@ -3,13 +3,13 @@
 use core::mem::{MaybeUninit, size_of};
 
 use aya_ebpf::{EbpfContext, programs::XdpContext};
-use lb_common::{Addr, FlowKey, PROTO_TCP, PROTO_UDP, ipv4_mapped, is_ipv4_mapped};
+use lb_common::{Addr, FlowKey, PROTO_TCP, PROTO_UDP, ipv4_mapped, is_ipv4_mapped, mac_word};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
 
-use crate::{keys::flow_key, maps::iface_mac, nat::copy_addr, verdict::Verdict};
+use crate::{keys::flow_key, maps::iface_mac_word, nat::copy_addr, verdict::Verdict};
 
 const ETH_P_IPV4_BE: u16 = 0x0800u16.to_be();
 const ETH_P_IPV6_BE: u16 = 0x86ddu16.to_be();
@@ -32,7 +32,7 @@ const TCP_FLAGS_OFFSET: usize = 13;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 
-/// The packet being processed, with its bounds read once.
+/// The packet being processed, with its bounds and interface read once.
 ///
 /// Reading `data`/`data_end` from the context again after a write to the
 /// packet gives the verifier a fresh pointer it has no bounds for, while the
@@ -42,13 +42,23 @@ pub struct Frame {
     ctx: XdpContext,
     start: usize,
     end: usize,
+    /// Read once: the verifier turns each read into three dependent loads
+    /// (queue, device, index), and a forwarded packet needs it up to three
+    /// times.
+    ifindex: u32,
 }
 
 impl Frame {
     #[inline(always)]
     pub fn new(ctx: XdpContext) -> Self {
         let (start, end) = (ctx.data(), ctx.data_end());
-        Self { ctx, start, end }
+        let ifindex = ctx.ingress_ifindex() as u32;
+        Self {
+            ctx,
+            start,
+            end,
+            ifindex,
+        }
     }
 
     #[inline(always)]
@@ -63,7 +73,7 @@ impl Frame {
 
     #[inline(always)]
     pub fn ingress_ifindex(&self) -> u32 {
-        self.ctx.ingress_ifindex() as u32
+        self.ifindex
     }
 
     /// Bytes of the frame, Ethernet header included.
@@ -253,7 +263,7 @@ impl Ip {
 #[inline(always)]
 fn for_this_host(ctx: &Frame, dst: [u8; 6]) -> bool {
     // The group bit: broadcast and multicast.
-    dst[0] & 1 != 0 || iface_mac(ctx.ingress_ifindex()).is_none_or(|mac| mac == dst)
+    dst[0] & 1 != 0 || iface_mac_word(ctx.ingress_ifindex()).is_none_or(|mac| mac == mac_word(dst))
 }
 
 /// The 32-bit packet word at `word` (as it lies, network order) from two
