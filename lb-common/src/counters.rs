@@ -1,7 +1,8 @@
 //! Indexes of the global per-CPU counters (`GLOBAL_STATS`).
 //!
 //! Every packet the program sees ends in exactly one outcome counter
-//! ([`OUTCOMES`]), so those add up to `RX`.
+//! ([`OUTCOMES`]), so those add up to `RX`, which readers derive from them
+//! ([`derive_rx`]) rather than the program counting every packet twice.
 
 macro_rules! counters {
     ($($(#[doc = $doc:literal])* $name:ident = $index:literal, $label:literal;)*) => {
@@ -14,7 +15,8 @@ macro_rules! counters {
 }
 
 counters! {
-    /// Packets the program saw.
+    /// Packets the program saw: the sum of the outcomes, filled in by
+    /// [`derive_rx`] (the program leaves this slot alone).
     RX = 0, "rx";
     /// Flows created (Maglev lookup and flow insert).
     NEW_FLOWS = 1, "new_flows";
@@ -100,8 +102,31 @@ pub const OUTCOMES: [u32; 20] = [
     PASS_OTHER_HOST,
 ];
 
+/// Fills in `RX` of the global counters `values` (indexed like them) as the
+/// sum of their outcomes.
+pub fn derive_rx(values: &mut [u64]) {
+    let rx = OUTCOMES
+        .iter()
+        .map(|&outcome| values.get(outcome as usize).copied().unwrap_or(0))
+        .fold(0u64, u64::wrapping_add);
+    if let Some(slot) = values.get_mut(RX as usize) {
+        *slot = rx;
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rx_is_the_sum_of_the_outcomes() {
+        let mut values = [0u64; super::COUNT as usize];
+        values[super::RX as usize] = 99;
+        values[super::FORWARD_REDIRECT as usize] = 5;
+        values[super::PASS_NOT_SERVICE as usize] = 2;
+        values[super::NEW_FLOWS as usize] = 7;
+        super::derive_rx(&mut values);
+        assert_eq!(values[super::RX as usize], 7, "outcomes only");
+    }
+
     #[test]
     fn indexes_are_dense() {
         assert_eq!(super::COUNT, 26);

@@ -209,7 +209,7 @@ impl Maps {
 
     /// Global counters summed over CPUs, indexed like `lb_common::counters`.
     pub fn global_counters(&self) -> Result<Vec<u64>, MapsError> {
-        (0..counters::COUNT)
+        let mut totals = (0..counters::COUNT)
             .map(|index| {
                 let values = self
                     .global_stats
@@ -217,7 +217,9 @@ impl Maps {
                     .map_err(|source| map_error(MAP_GLOBAL_STATS, source))?;
                 Ok(values.iter().sum())
             })
-            .collect()
+            .collect::<Result<Vec<u64>, MapsError>>()?;
+        counters::derive_rx(&mut totals);
+        Ok(totals)
     }
 }
 
