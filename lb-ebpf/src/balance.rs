@@ -14,7 +14,7 @@ use crate::{
     forward::{check_ttl, clock},
     keys,
     maps::{self, count},
-    parse::{Frame, Packet},
+    parse::{Frame, Ip, Packet},
     verdict::Verdict,
 };
 
@@ -58,6 +58,16 @@ fn take_flow_budget(now: u64) -> bool {
     }
     budget.inserted += 1;
     true
+}
+
+/// Whether a TCP or UDP packet of `ip` with `ports` (source, destination)
+/// may be ours at all: for a service, or a node's reply from a NodePort.
+/// `false` proves it is neither by the key filters alone, as for most of
+/// the host's own traffic.
+#[inline(always)]
+pub fn may_be_ours(ip: &Ip, [src_port, dst_port]: [u16; 2]) -> bool {
+    maps::may_be_service(&ip.dst, dst_port, ip.proto)
+        || maps::may_be_node_port(&ip.src, src_port, ip.proto)
 }
 
 /// The backend a tracked flow is pinned to, if that backend still serves.

@@ -23,7 +23,7 @@ use lb_common::{PROTO_ICMP, PROTO_ICMPV6, counters};
 use crate::{
     forward::{Direction, HopCache, Route, check_ttl},
     maps::count,
-    parse::{Family, Frame, Ip, Packet},
+    parse::{Family, Frame, Ip, Packet, Transport},
     verdict::Verdict,
 };
 
@@ -70,7 +70,15 @@ fn try_lb_xdp(ctx: &Frame) -> Result<u32, Verdict> {
             neighbor::answer_solicitation(ctx, ip)
         }
         (Family::V6, PROTO_ICMPV6) => icmp6::handle(ctx, ip),
-        _ => serve_transport(ctx, ip),
+        _ => {
+            // What is for no service and from no NodePort passes here, before
+            // `serve_transport`'s call and its parse of the packet.
+            let transport = Transport::parse(ctx, ip)?;
+            if !balance::may_be_ours(ip, transport.ports) {
+                return Err(Verdict::PassNotService);
+            }
+            serve_transport(ctx, ip)
+        }
     }
 }
 

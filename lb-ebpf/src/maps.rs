@@ -178,6 +178,13 @@ pub fn may_be_service(addr: &Addr, port: u16, proto: u8) -> bool {
     may_hold(KeyFilter::Services, addr, port, proto)
 }
 
+/// Whether (`addr`, `port` network order, `proto`) may be a backend's
+/// NodePort; `false` proves it is not, without a lookup.
+#[inline(always)]
+pub fn may_be_node_port(addr: &Addr, port: u16, proto: u8) -> bool {
+    may_hold(KeyFilter::NodePorts, addr, port, proto)
+}
+
 /// The service at (`addr`, `port` network order, `proto`). No key filter
 /// here: its callers asked it already ([`may_be_service`]) or hold a key
 /// of a programmed service.
@@ -231,7 +238,7 @@ pub fn insert_flow(key: &FlowKey, flow: &Flow) {
 /// a `memmove` subprogram call.
 #[inline(always)]
 pub fn frontend_of_node_port(addr: &Addr, port: u16, proto: u8) -> Option<ServiceKey> {
-    if !may_hold(KeyFilter::NodePorts, addr, port, proto) {
+    if !may_be_node_port(addr, port, proto) {
         return None;
     }
     lookup_by_family(

@@ -341,6 +341,37 @@ fn skip_extensions(ctx: &Frame, first: u8) -> Result<(u8, usize), Verdict> {
     }
 }
 
+/// The ports of a TCP or UDP header that lies in the packet up to its
+/// checksum, which is where the checksum is.
+pub struct Transport {
+    /// Source and destination port, network order.
+    pub ports: [u16; 2],
+    /// Offset of the L4 checksum.
+    pub check_offset: usize,
+}
+
+impl Transport {
+    #[inline(always)]
+    pub fn parse(ctx: &Frame, ip: &Ip) -> Result<Self, Verdict> {
+        let (l4_min_len, check_offset) = match ip.proto {
+            PROTO_TCP => (TCP_MIN_LEN, TCP_CHECK_OFFSET),
+            PROTO_UDP => (UDP_LEN, UDP_CHECK_OFFSET),
+            _ => return Err(Verdict::PassOtherProto),
+        };
+        if ip.l4_len < l4_min_len {
+            return Err(Verdict::PassMalformed);
+        }
+        let ports: *const [u16; 2] = ptr_at(ctx, ip.l4_offset)?;
+        // The checksum must be inside the packet too before anyone rewrites it.
+        ptr_at::<u16>(ctx, ip.l4_offset + check_offset)?;
+        Ok(Self {
+            // SAFETY: checked by `ptr_at`.
+            ports: unsafe { *ports },
+            check_offset: ip.l4_offset + check_offset,
+        })
+    }
+}
+
 /// A TCP or UDP packet the program may own; `repr(C)` as [`Ip`], key first.
 #[repr(C)]
 pub struct Packet {
@@ -360,20 +391,11 @@ impl Packet {
     /// initialised when this returns `Ok` (written in place: see `keys`).
     #[inline(always)]
     pub fn parse(ctx: &Frame, ip: &Ip, out: &mut MaybeUninit<Packet>) -> Result<(), Verdict> {
-        let (l4_min_len, check_offset) = match ip.proto {
-            PROTO_TCP => (TCP_MIN_LEN, TCP_CHECK_OFFSET),
-            PROTO_UDP => (UDP_LEN, UDP_CHECK_OFFSET),
-            _ => return Err(Verdict::PassOtherProto),
-        };
-        if ip.l4_len < l4_min_len {
-            return Err(Verdict::PassMalformed);
-        }
+        let Transport {
+            ports,
+            check_offset,
+        } = Transport::parse(ctx, ip)?;
         let l4_offset = ip.l4_offset;
-        let ports: *const [u16; 2] = ptr_at(ctx, l4_offset)?;
-        // The checksum must be inside the packet too before anyone rewrites it.
-        ptr_at::<u16>(ctx, l4_offset + check_offset)?;
-        // SAFETY: checked by `ptr_at`.
-        let ports = unsafe { *ports };
         let opens = ip.proto == PROTO_TCP && {
             let flags: *const u8 = ptr_at(ctx, l4_offset + TCP_FLAGS_OFFSET)?;
             // SAFETY: checked by `ptr_at`.
@@ -390,7 +412,7 @@ impl Packet {
                 ip.proto,
             );
             (&raw mut (*packet).l4_offset).write(l4_offset);
-            (&raw mut (*packet).l4_check_offset).write(l4_offset + check_offset);
+            (&raw mut (*packet).l4_check_offset).write(check_offset);
             (&raw mut (*packet).family).write(ip.family);
             (&raw mut (*packet).opens).write(opens);
         }
