@@ -4,8 +4,10 @@
 //! the agent runs or not.
 
 use std::{
-    collections::{BTreeMap, HashMap, hash_map::Entry},
+    cell::{OnceCell, RefCell},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::{IpAddr, SocketAddr},
+    rc::Rc,
     time::Duration,
 };
 
@@ -126,6 +128,10 @@ pub fn monotonic_ns() -> u64 {
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
+/// A backend a flow is pinned to: its slot id, and the address and port
+/// the flow recorded.
+type PinnedBackend = (u32, IpAddr, u16);
+
 /// Active flows per service key and per backend id.
 #[derive(Default)]
 struct ActiveFlows {
@@ -133,12 +139,22 @@ struct ActiveFlows {
     per_backend: HashMap<u32, u64>,
 }
 
-/// A snapshot of the maps the listings are computed from.
+/// A snapshot of the maps the listings are computed from. What the
+/// listings derive from it (active flows, rings, backend slots) is computed
+/// once per snapshot, however many listings ask: a metrics scrape takes
+/// both the services' and the backends'.
 pub struct Snapshot {
     pub services: Vec<(Frontend, ServiceInfo)>,
     pub flows: Vec<(FlowKey, Flow)>,
     pub catalog: Catalog,
     pub now_ns: u64,
+    active: OnceCell<ActiveFlows>,
+    /// Backends (id and the address the flow recorded) each service's flows
+    /// are pinned to.
+    pinned: OnceCell<HashMap<ServiceKey, BTreeSet<PinnedBackend>>>,
+    /// Ring entries per backend id, by service id.
+    rings: RefCell<HashMap<u32, Rc<BTreeMap<u32, u32>>>>,
+    slots: RefCell<HashMap<u32, Backend>>,
 }
 
 impl Snapshot {
@@ -156,6 +172,10 @@ impl Snapshot {
             flows,
             catalog,
             now_ns: monotonic_ns(),
+            active: OnceCell::new(),
+            pinned: OnceCell::new(),
+            rings: RefCell::default(),
+            slots: RefCell::default(),
         })
     }
 
@@ -174,28 +194,45 @@ impl Snapshot {
         self.now_ns.saturating_sub(flow.last_seen_ns) <= ACTIVE_WINDOW.as_nanos() as u64
     }
 
+    /// Backend slot `id`, read from `maps` once per snapshot: few slots
+    /// serve many flows.
+    fn slot(&self, maps: &Maps, id: u32) -> Result<Backend, MapsError> {
+        if let Some(slot) = self.slots.borrow().get(&id) {
+            return Ok(*slot);
+        }
+        let slot = maps
+            .backends
+            .get(&id, 0)
+            .map_err(|e| map_error(lb_common::MAP_BACKENDS, e))?;
+        self.slots.borrow_mut().insert(id, slot);
+        Ok(slot)
+    }
+
+    /// The Maglev ring of the service `info` as entries per backend id.
+    fn ring(&self, maps: &Maps, info: &ServiceInfo) -> Result<Rc<BTreeMap<u32, u32>>, MapsError> {
+        if let Some(ring) = self.rings.borrow().get(&info.id) {
+            return Ok(Rc::clone(ring));
+        }
+        let ring = Rc::new(maps.ring_entries(info)?);
+        self.rings.borrow_mut().insert(info.id, Rc::clone(&ring));
+        Ok(ring)
+    }
+
     /// The active flows per service and backend. A flow counts only
     /// while its backend slot still holds it (`Flow::still_on`): once the
     /// slot changed hands the data path re-hashes it at its next packet, so
     /// it is no flow of the slot's new owner.
-    fn active_flows(&self, maps: &Maps) -> Result<ActiveFlows, MapsError> {
+    fn active_flows(&self, maps: &Maps) -> Result<&ActiveFlows, MapsError> {
+        if let Some(active) = self.active.get() {
+            return Ok(active);
+        }
         let mut active = ActiveFlows::default();
-        // Few slots serve many flows: each is read once.
-        let mut slots: HashMap<u32, Backend> = HashMap::new();
         for (key, flow) in &self.flows {
             if !self.is_active(flow) {
                 continue;
             }
             let id = u32::from(flow.backend_id);
-            let slot = match slots.entry(id) {
-                Entry::Occupied(slot) => *slot.get(),
-                Entry::Vacant(slot) => *slot.insert(
-                    maps.backends
-                        .get(&id, 0)
-                        .map_err(|e| map_error(lb_common::MAP_BACKENDS, e))?,
-                ),
-            };
-            if !flow.still_on(&slot) {
+            if !flow.still_on(&self.slot(maps, id)?) {
                 continue;
             }
             *active
@@ -204,7 +241,29 @@ impl Snapshot {
                 .or_insert(0) += 1;
             *active.per_backend.entry(id).or_insert(0) += 1;
         }
-        Ok(active)
+        Ok(self.active.get_or_init(|| active))
+    }
+
+    /// The backends the flows of the service at `frontend` are pinned to.
+    fn pinned(&self, frontend: &Frontend) -> impl Iterator<Item = &PinnedBackend> {
+        self.pinned
+            .get_or_init(|| {
+                let mut pinned: HashMap<ServiceKey, BTreeSet<_>> = HashMap::new();
+                for (key, flow) in &self.flows {
+                    pinned
+                        .entry(ServiceKey::of_destination(key))
+                        .or_default()
+                        .insert((
+                            u32::from(flow.backend_id),
+                            ip_of(flow.backend_ip),
+                            u16::from_be(flow.backend_port),
+                        ));
+                }
+                pinned
+            })
+            .get(&service_key(frontend))
+            .into_iter()
+            .flatten()
     }
 
     fn name_of(&self, frontend: &Frontend) -> String {
@@ -225,11 +284,11 @@ impl Snapshot {
 }
 
 pub fn services(maps: &Maps, snapshot: &Snapshot) -> Result<Vec<ServiceRow>, MapsError> {
-    let active = snapshot.active_flows(maps)?.per_service;
+    let active = &snapshot.active_flows(maps)?.per_service;
     let mut rows = Vec::new();
     for (frontend, info) in &snapshot.services {
         let traffic = maps.service_traffic(info.id)?;
-        let healthy = maps.ring_entries(info)?.len() as u32;
+        let healthy = snapshot.ring(maps, info)?.len() as u32;
         let entry = snapshot.catalog.service(frontend);
         rows.push(ServiceRow {
             name: entry.map(|e| e.name.clone()).unwrap_or_default(),
@@ -252,7 +311,7 @@ pub fn backends(
     snapshot: &Snapshot,
     filter: Option<&str>,
 ) -> Result<Vec<BackendRow>, MapsError> {
-    let active = snapshot.active_flows(maps)?.per_backend;
+    let active = &snapshot.active_flows(maps)?.per_backend;
     let mut rows = Vec::new();
     let mut slot_index = None;
     for (frontend, info) in &snapshot.services {
@@ -260,29 +319,27 @@ pub fn backends(
             continue;
         }
         let entry = snapshot.catalog.service(frontend);
-        let in_ring = maps.ring_entries(info)?;
+        let mut ids: BTreeMap<u32, u32> = (*snapshot.ring(maps, info)?).clone();
         // Catalog backends missing from the ring are draining; find their ids
-        // through the flow table (the only place that still points at them).
-        let mut ids: BTreeMap<u32, u32> = in_ring.clone();
-        for (_, flow) in &snapshot.flows {
-            if let Some(entry) = entry
-                && entry
-                    .backend(ip_of(flow.backend_ip), u16::from_be(flow.backend_port))
-                    .is_some()
-            {
-                ids.entry(u32::from(flow.backend_id)).or_insert(0);
+        // through the service's flows (the only place that still points at
+        // them).
+        if let Some(entry) = entry {
+            for &(id, address, port) in snapshot.pinned(frontend) {
+                if entry.backend(address, port).is_some() {
+                    ids.entry(id).or_insert(0);
+                }
             }
         }
         // Drained backends without flows are only in the catalog: find their
         // slots by address.
         if let Some(entry) = entry {
+            let mut listed = HashSet::new();
+            for id in ids.keys() {
+                let slot = snapshot.slot(maps, *id)?;
+                listed.insert((ip_of(slot.ip), u16::from_be(slot.port)));
+            }
             for known in &entry.backends {
-                let listed = ids.keys().any(|id| {
-                    maps.backends.get(id, 0).is_ok_and(|b| {
-                        ip_of(b.ip) == known.ip && u16::from_be(b.port) == known.port
-                    })
-                });
-                if !listed
+                if !listed.contains(&(known.ip, known.port))
                     && let Some(id) = slot_index
                         .get_or_insert_with(|| active_slots(maps))
                         .get(&(known.ip, known.port))
@@ -292,10 +349,7 @@ pub fn backends(
             }
         }
         for (id, ring) in ids {
-            let backend = maps
-                .backends
-                .get(&id, 0)
-                .map_err(|e| map_error(lb_common::MAP_BACKENDS, e))?;
+            let backend = snapshot.slot(maps, id)?;
             if backend.flags & lb_common::BACKEND_ACTIVE == 0 {
                 continue;
             }

@@ -15,11 +15,22 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 
 /// `GET path` from `address` inside `ns`: the status and the body.
 pub fn get(ns: &NetNs, address: SocketAddr, path: &str) -> Result<(u16, String)> {
+    get_within(ns, address, path, TIMEOUT)
+}
+
+/// [`get`], waiting up to `timeout` for the answer to begin and for each
+/// read after.
+pub fn get_within(
+    ns: &NetNs,
+    address: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, String)> {
     let request = format!("GET {path} HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n");
     let response = ns.enter(move || -> Result<String> {
         let mut stream = TcpStream::connect_timeout(&address, TIMEOUT)
             .with_context(|| format!("connecting to {address}"))?;
-        stream.set_read_timeout(Some(TIMEOUT))?;
+        stream.set_read_timeout(Some(timeout))?;
         stream.write_all(request.as_bytes())?;
         let mut response = String::new();
         stream.read_to_string(&mut response)?;

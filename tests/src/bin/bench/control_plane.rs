@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 
 use crate::report::{Goal, Verdict};
 use k8s_openapi::api::core::v1::Service;
@@ -24,6 +24,7 @@ use lb::{
     maps::Maps,
     model::{Frontend, Protocol},
 };
+use lb_common::{Flow, FlowKey};
 use lb_tests::{
     fake_apiserver::{
         FakeApiServer, Options,
@@ -37,6 +38,10 @@ const NAMESPACE: &str = "bench";
 const ENDPOINTS: usize = 3;
 const MAX_SERVICES: usize = lb_common::MAX_SERVICES as usize;
 const TIMEOUT: Duration = Duration::from_secs(300);
+/// Flows pinned for the scrape: a tenth of the default flow table.
+const FLOWS: usize = 100_000;
+/// The agent's default metrics address, inside its namespace.
+const METRICS_ADDRESS: &str = "127.0.0.1:9641";
 
 struct Scale {
     services: usize,
@@ -122,6 +127,8 @@ pub fn run(quick: bool) -> Result<(Rows, Vec<Goal>)> {
         latencies.push(slice_change_latency(&bed, &scale, index)?);
     }
     latencies.sort();
+    let flows = pin_flows(&bed, FLOWS)?;
+    let scrape = scrape_time(&ns)?;
     let final_memory = peak_memory(&bed)?;
     let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
     let s = |d: Duration| format!("{:.2} s", d.as_secs_f64());
@@ -175,6 +182,10 @@ pub fn run(quick: bool) -> Result<(Rows, Vec<Goal>)> {
         (
             "slice change to map update, largest".into(),
             ms(latencies.last().copied().unwrap_or_default()),
+        ),
+        (
+            format!("Prometheus scrape of the agent's /metrics, {flows} flows pinned"),
+            s(scrape),
         ),
     ];
     Ok((rows, goals))
@@ -287,6 +298,59 @@ fn slice_change_latency(bed: &KubeAgent, scale: &Scale, index: usize) -> Result<
         std::thread::sleep(Duration::from_micros(200));
     }
     Ok(changed.elapsed())
+}
+
+/// Pins `count` active flows, spread over the programmed services, each to
+/// a backend of its service's ring, as if that many clients were connected:
+/// the listings count them.
+fn pin_flows(bed: &KubeAgent, count: usize) -> Result<usize> {
+    let mut maps = Maps::open_pinned(bed.agent.bpffs())?;
+    let services = maps.services.entries()?;
+    ensure!(!services.is_empty(), "no service to pin flows to");
+    let now = lb::inspect::monotonic_ns();
+    for i in 0..count {
+        let (key, info) = &services[i % services.len()];
+        let Some((&id, _)) = maps.ring_entries(info)?.first_key_value() else {
+            continue;
+        };
+        let backend = maps.backends.get(&id, 0)?;
+        let client = Ipv4Addr::from(0x0a00_0000 + i as u32);
+        let flow_key = FlowKey::new(
+            lb_common::ipv4_mapped(u32::from_ne_bytes(client.octets())),
+            key.vip,
+            40_000u16.to_be(),
+            key.port,
+            key.proto,
+        );
+        let flow = Flow {
+            backend_id: id as u16,
+            backend_generation: backend.generation,
+            _pad: 0,
+            backend_ip: backend.ip,
+            backend_port: backend.port,
+            service: Flow::service_field(info.id),
+            created_ns: now,
+            last_seen_ns: now,
+            packets: 1,
+        };
+        maps.flows.insert(flow_key, flow)?;
+    }
+    Ok(maps.flows.count())
+}
+
+/// How long one scrape of the agent's metrics takes: every service's and
+/// backend's row, read from the maps (the rings, the counters, the flow
+/// table).
+fn scrape_time(ns: &NetNs) -> Result<Duration> {
+    let started = Instant::now();
+    let (status, body) =
+        lb_tests::http::get_within(ns, METRICS_ADDRESS.parse()?, "/metrics", TIMEOUT)?;
+    let took = started.elapsed();
+    ensure!(
+        status == 200 && body.contains("lb_backend_maglev_share{"),
+        "a scrape answered {status} without the backends' rows"
+    );
+    Ok(took)
 }
 
 /// VmHWM of the agent, in bytes.
