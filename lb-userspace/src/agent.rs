@@ -117,8 +117,8 @@ async fn sync_until_signalled(
     };
     loop {
         tokio::select! {
-            _ = terminate.recv() => return Ok(()),
-            _ = interrupt.recv() => return Ok(()),
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
             _ = hangup.recv() => options.source.refresh(),
             objects = options.source.changed() => match objects {
                 Ok(objects) => {
@@ -151,7 +151,14 @@ async fn sync_until_signalled(
             _ = refresh.tick() => announcer.refresh(),
         }
     }
+    options.source.close(EVENTS_GRACE).await;
+    Ok(())
 }
+
+/// How long a stopping agent waits for the Events of its last rounds (a
+/// start's 10,000 take about a second here): less than the 30 s Kubernetes
+/// gives a Pod between SIGTERM and SIGKILL.
+const EVENTS_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// With direct server return a packet keeps its VIP and gets only the node's
 /// MAC: a node the kernel routes through a gateway (or not at all) cannot be

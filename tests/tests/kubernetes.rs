@@ -493,6 +493,48 @@ fn agent_restart_keeps_every_vip() -> Result<()> {
     Ok(())
 }
 
+/// The Events of an agent's last round are recorded after its statuses, by a
+/// task of their own; an agent stopped (SIGTERM) just after the statuses
+/// still records them before it exits.
+#[test]
+fn an_agent_stopped_after_its_statuses_records_their_events() -> Result<()> {
+    const SERVICES: u16 = 1000;
+    let ns = NetNs::new("k8s-stop")?;
+    veth(&ns, "lb0", &ns, "peer0")?;
+    let server = FakeApiServer::start(Some(&ns), Options::default())?;
+    server.apply(&node("node-1", node_ip(1)))?;
+    for index in 0..SERVICES {
+        server.apply(&load_balancer(
+            NS,
+            &format!("s{index}"),
+            &[(80, 30000 + i32::from(index))],
+        ))?;
+    }
+    let extra = [
+        "--health-interval",
+        "0",
+        "--ring-size",
+        "251",
+        "--vip-pool",
+        "198.18.0.0/20",
+    ];
+    let kube = KubeAgent::with_server(server, &ns, &["lb0"], &extra)?;
+    kube.wait_for("every status written", READY, || {
+        (kube.server.stats().status_writes >= u64::from(SERVICES)).then_some(())
+    })?;
+    kube.agent.signal(libc::SIGTERM)?;
+    kube.wait_for("the agent to exit", READY, || {
+        kube.pid().is_none().then_some(())
+    })?;
+    let stats = kube.server.stats();
+    assert!(
+        stats.events_created >= u64::from(SERVICES),
+        "{} Events for {SERVICES} VIPs assigned",
+        stats.events_created
+    );
+    Ok(())
+}
+
 #[test]
 fn a_dual_stack_service_gets_a_vip_of_each_family() -> Result<()> {
     let mut bed = bed(

@@ -2,7 +2,10 @@
 //! best effort, and a burst of them (one per Service when 10,000 get their
 //! VIPs at start) must not hold up the agent's next change.
 
-use std::hash::{DefaultHasher, Hash as _, Hasher as _};
+use std::{
+    hash::{DefaultHasher, Hash as _, Hasher as _},
+    time::Duration,
+};
 
 use futures::{StreamExt as _, stream};
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
@@ -33,7 +36,8 @@ type Pending = (usize, Event, ObjectReference);
 
 /// Hands Events to the recording task.
 pub(super) struct EventRecorder {
-    pending: UnboundedSender<Pending>,
+    /// `None` once flushed: the task then ends when the queue is empty.
+    pending: Option<UnboundedSender<Pending>>,
     task: JoinHandle<()>,
 }
 
@@ -60,7 +64,24 @@ impl EventRecorder {
                 })
                 .await;
         });
-        Self { pending, task }
+        Self {
+            pending: Some(pending),
+            task,
+        }
+    }
+
+    /// Records the Events still queued, for at most `grace`: what is left
+    /// then is dropped, and the log says so. The agent calls this as it
+    /// stops, so that the Events of its last round are not lost.
+    pub(super) async fn flush(&mut self, grace: Duration) {
+        // Closing the queue ends the task once it recorded what is queued.
+        self.pending = None;
+        if tokio::time::timeout(grace, &mut self.task).await.is_err() {
+            warn!(
+                grace_seconds = grace.as_secs_f64(),
+                "Events still queued at exit were not recorded"
+            );
+        }
     }
 
     /// Records an Event on `service` soon; one that cannot be recorded is
@@ -76,10 +97,11 @@ impl EventRecorder {
         let mut hasher = DefaultHasher::new();
         (&service.metadata.namespace, &service.metadata.name).hash(&mut hasher);
         let recorder = hasher.finish() as usize % RECORDERS;
-        // Fails only once the task ended, which it does only when dropped.
-        let _ = self
-            .pending
-            .send((recorder, event, service.object_ref(&())));
+        // Fails only once the task ended, which it does only when dropped
+        // or flushed; after a flush nothing is recorded any more.
+        if let Some(pending) = &self.pending {
+            let _ = pending.send((recorder, event, service.object_ref(&())));
+        }
     }
 }
 

@@ -133,6 +133,11 @@ impl KubeSource {
         })
     }
 
+    /// Records the Events still queued, for at most `grace`.
+    pub(super) async fn flush(&mut self, grace: Duration) {
+        self.status.flush(grace).await;
+    }
+
     /// Waits for a change (or a refresh, or the periodic resync) and returns
     /// the objects as they are now.
     pub(super) async fn changed(&mut self) -> ClusterObjects {

@@ -44,6 +44,15 @@ impl Source {
         }
     }
 
+    /// Finishes what the source still owes the cluster as the agent stops:
+    /// a Kubernetes source records its queued Events, for at most `grace`.
+    pub async fn close(&mut self, grace: Duration) {
+        match self {
+            Self::Manifests(_) => {}
+            Self::Kubernetes(source) => source.flush(grace).await,
+        }
+    }
+
     /// Tells the source what was made of its objects (a Kubernetes source writes
     /// the assigned VIPs back into the Services' status).
     pub async fn report(&mut self, translation: &Translation) {

@@ -7,6 +7,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     sync::Arc,
+    time::Duration,
 };
 
 use futures::{StreamExt as _, stream};
@@ -51,6 +52,11 @@ impl StatusWriter {
             reported: BTreeSet::new(),
             to_clear: BTreeMap::new(),
         }
+    }
+
+    /// Records the Events still queued, for at most `grace`.
+    pub(super) async fn flush(&mut self, grace: Duration) {
+        self.events.flush(grace).await;
     }
 
     /// Brings every Service's status in line with `translation` and reports new
