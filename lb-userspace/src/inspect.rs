@@ -329,10 +329,8 @@ pub fn backends(
                     ids.entry(id).or_insert(0);
                 }
             }
-        }
-        // Drained backends without flows are only in the catalog: find their
-        // slots by address.
-        if let Some(entry) = entry {
+            // Drained backends without flows are only in the catalog: find
+            // their slots by address.
             let mut listed = HashSet::new();
             for id in ids.keys() {
                 let slot = snapshot.slot(maps, *id)?;
