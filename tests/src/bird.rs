@@ -114,6 +114,78 @@ pub fn birdc(socket: &Path, command: &str) -> Result<String> {
     Ok(text)
 }
 
+/// `show route` output, each route's "learnt at" time taken apart from the
+/// rest. BIRD keeps that time on its monotonic clock and shows it as the wall
+/// time now minus the route's age, the two clocks read at slightly different
+/// moments, so one route shows a millisecond either way from one `show` to
+/// the next: the times are compared within [`LearntRoutes::TIME_JITTER`],
+/// everything else exactly.
+#[derive(Debug, Clone)]
+pub struct LearntRoutes {
+    /// The output with every time replaced by `<time>`.
+    shape: String,
+    /// The times, in milliseconds since midnight, in order of appearance.
+    times: Vec<i64>,
+}
+
+impl LearntRoutes {
+    /// How far the shown time of a route that was not announced again may
+    /// move; an announcement again comes at least seconds later in the tests.
+    pub const TIME_JITTER: i64 = 5;
+
+    /// Takes `show route` output printed with `timeformat route iso long ms`.
+    pub fn parse(output: &str) -> LearntRoutes {
+        let mut times = Vec::new();
+        let shape = output
+            .split_inclusive(char::is_whitespace)
+            .map(|word| {
+                let bare = word.trim_end().trim_end_matches(']');
+                match time_of_day_ms(bare) {
+                    Some(time) => {
+                        times.push(time);
+                        word.replacen(bare, "<time>", 1)
+                    }
+                    None => word.to_owned(),
+                }
+            })
+            .collect();
+        LearntRoutes { shape, times }
+    }
+
+    /// Whether `other` shows the same routes, none learnt again since.
+    pub fn same_as(&self, other: &LearntRoutes) -> bool {
+        self.shape == other.shape
+            && self
+                .times
+                .iter()
+                .zip(&other.times)
+                .all(|(a, b)| (a - b).abs() <= Self::TIME_JITTER)
+    }
+}
+
+impl std::fmt::Display for LearntRoutes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (times {:?} ms)", self.shape, self.times)
+    }
+}
+
+/// `HH:MM:SS.mmm` as milliseconds since midnight.
+fn time_of_day_ms(word: &str) -> Option<i64> {
+    let (hms, ms) = word.split_once('.')?;
+    let mut parts = hms.split(':');
+    let mut field = |digits: usize| {
+        parts
+            .next()
+            .filter(|part| part.len() == digits)
+            .and_then(|part| part.parse::<i64>().ok())
+    };
+    let (h, m, s) = (field(2)?, field(2)?, field(2)?);
+    if parts.next().is_some() || ms.len() != 3 {
+        return None;
+    }
+    Some(((h * 60 + m) * 60 + s) * 1000 + ms.parse::<i64>().ok()?)
+}
+
 /// Whether BIRD at `socket` has a BFD session to `peer` that is Up.
 pub fn bfd_up(socket: &Path, peer: Ipv4Addr) -> Result<bool> {
     let sessions = birdc(socket, "show bfd sessions")?;
@@ -161,4 +233,41 @@ template bgp lbhost {{
         ));
     }
     config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHOWN: &str = "Table master4:
+10.0.0.100/32        unicast [lb0 2026-12-05 05:04:01.210] * (100) [AS64512i]
+	via 10.0.1.11 on r0
+                     unicast [lb1 2026-12-05 05:04:02.999] (100) [AS64512i]
+	via 10.0.1.12 on r0
+";
+
+    #[test]
+    fn routes_shown_a_millisecond_apart_are_the_same() {
+        let before = LearntRoutes::parse(SHOWN);
+        assert_eq!(before.times, [18_241_210, 18_242_999]);
+        let jittered = LearntRoutes::parse(&SHOWN.replace("01.210", "01.211"));
+        assert!(before.same_as(&jittered));
+    }
+
+    #[test]
+    fn a_route_learnt_again_or_gone_is_not_the_same() {
+        let before = LearntRoutes::parse(SHOWN);
+        let again = LearntRoutes::parse(&SHOWN.replace("05:04:01.210", "05:04:03.500"));
+        assert!(!before.same_as(&again));
+        let gone = LearntRoutes::parse(&SHOWN.replace("10.0.1.12", "10.0.1.13"));
+        assert!(!before.same_as(&gone));
+        let hop_lost = LearntRoutes::parse(
+            SHOWN
+                .split_inclusive('\n')
+                .take(3)
+                .collect::<String>()
+                .as_str(),
+        );
+        assert!(!before.same_as(&hop_lost));
+    }
 }

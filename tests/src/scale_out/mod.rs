@@ -27,7 +27,7 @@ use anyhow::{Context, Result, ensure};
 
 use crate::{
     agent::Agent,
-    bird::{self, Bird, LB_ASN, ROUTER_ASN},
+    bird::{self, Bird, LB_ASN, LearntRoutes, ROUTER_ASN},
     manifests::{self, ServicePort},
     netns::{NetNs, Offload, XdpPass, veth},
     servers::{self, ServerGuard},
@@ -190,22 +190,25 @@ impl ScaleOut {
     }
 
     /// The routes to `vip` the router's BIRD has learnt, each with the time
-    /// it was learnt: equal answers at two moments mean that nothing was
+    /// it was learnt: the same answer at two moments means that nothing was
     /// withdrawn or announced again between them.
-    pub fn learnt_routes(&self, vip: Ipv4Addr) -> Result<String> {
-        self.router_bird.birdc(&format!("show route for {vip}/32"))
+    pub fn learnt_routes(&self, vip: Ipv4Addr) -> Result<LearntRoutes> {
+        let shown = self
+            .router_bird
+            .birdc(&format!("show route for {vip}/32"))?;
+        Ok(LearntRoutes::parse(&shown))
     }
 
     /// The learnt routes to `vip` once they stopped changing (two reads
     /// half a second apart agree): a session that just came up may still
     /// replace its route within milliseconds of the first announcement.
-    pub fn settled_routes(&self, vip: Ipv4Addr) -> Result<String> {
+    pub fn settled_routes(&self, vip: Ipv4Addr) -> Result<LearntRoutes> {
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut last = self.learnt_routes(vip)?;
         loop {
             std::thread::sleep(Duration::from_millis(500));
             let now = self.learnt_routes(vip)?;
-            if now == last {
+            if now.same_as(&last) {
                 return Ok(now);
             }
             ensure!(
