@@ -60,14 +60,29 @@ fn take_flow_budget(now: u64) -> bool {
     true
 }
 
-/// Whether a TCP or UDP packet of `ip` with `ports` (source, destination)
-/// may be ours at all: for a service, or a node's reply from a NodePort.
-/// `false` proves it is neither by the key filters alone, as for most of
-/// the host's own traffic.
+/// What a TCP or UDP packet may be to lb, by the key filters alone.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// For a service (and, should the filter have been wrong, perhaps a
+    /// node's reply).
+    Service,
+    /// Not for a service; perhaps a node's reply from a NodePort.
+    NodePortReply,
+}
+
+/// What a TCP or UDP packet of `ip` with `ports` (source, destination) may
+/// be to lb: for a service, or a node's reply from a NodePort.
+/// `PassNotService` when the key filters prove it is neither, as for most
+/// of the host's own traffic.
 #[inline(always)]
-pub fn may_be_ours(ip: &Ip, [src_port, dst_port]: [u16; 2]) -> bool {
-    maps::may_be_service(&ip.dst, dst_port, ip.proto)
-        || maps::may_be_node_port(&ip.src, src_port, ip.proto)
+pub fn claim(ip: &Ip, [src_port, dst_port]: [u16; 2]) -> Result<Claim, Verdict> {
+    if maps::may_be_service(&ip.dst, dst_port, ip.proto) {
+        Ok(Claim::Service)
+    } else if maps::may_be_node_port(&ip.src, src_port, ip.proto) {
+        Ok(Claim::NodePortReply)
+    } else {
+        Err(Verdict::PassNotService)
+    }
 }
 
 /// The backend a tracked flow is pinned to, if that backend still serves.
@@ -90,17 +105,18 @@ pub fn flow_backend(key: &FlowKey) -> Option<&'static Backend> {
 /// connection's first packet (`opens`) skips the flow lookup: an entry for
 /// its 5-tuple can only be a retransmitted SYN's, which the same choice
 /// overwrites, or a closed connection's, which must not decide the new
-/// one's node. A packet the key filter shows is for no service (most of
-/// the host's own traffic) is told so by it alone. The TTL is checked once
-/// the packet is known to be ours.
+/// one's node. A packet the key filter showed is for no service (`claim`)
+/// is told so by it alone. The TTL is checked once the packet is known to
+/// be ours.
 #[inline(always)]
 pub fn backend_of(
     ctx: &Frame,
     packet: &Packet,
+    claim: Claim,
     ttl: u8,
 ) -> Result<Option<(u32, &'static Backend, u64)>, Verdict> {
     let key = &packet.key;
-    if !maps::may_be_service(&key.dst_ip, key.dst_port, key.proto) {
+    if claim != Claim::Service {
         return Ok(None);
     }
     let bytes = ctx.len();

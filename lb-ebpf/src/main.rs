@@ -21,6 +21,7 @@ use aya_log_ebpf::warn;
 use lb_common::{PROTO_ICMP, PROTO_ICMPV6, counters};
 
 use crate::{
+    balance::Claim,
     forward::{Direction, HopCache, Route, check_ttl},
     maps::count,
     parse::{Family, Frame, Ip, Packet, Transport},
@@ -73,11 +74,9 @@ fn try_lb_xdp(ctx: &Frame) -> Result<u32, Verdict> {
         _ => {
             // What is for no service and from no NodePort passes here, before
             // `serve_transport`'s call and its parse of the packet.
-            let transport = Transport::parse(ctx, ip)?;
-            if !balance::may_be_ours(ip, transport.ports) {
-                return Err(Verdict::PassNotService);
-            }
-            serve_transport(ctx, ip)
+            let ports = Transport::parse(ctx, ip)?.ports;
+            let claim = balance::claim(ip, Transport::split(ports))?;
+            serve_transport(ctx, ip, ports, claim)
         }
     }
 }
@@ -88,11 +87,12 @@ fn try_lb_xdp(ctx: &Frame) -> Result<u32, Verdict> {
 /// allows 512 bytes of stack for a whole call chain, and this path's locals
 /// (16-byte addresses in every key) do not fit in the entry point's frame
 /// too. Both directions share one next-hop lookup, so its parameter block
-/// is on the stack once.
+/// is on the stack once. What the entry point parsed and filtered comes as
+/// scalars (a reference to its stack would not pass the verifier).
 #[inline(never)]
-fn serve_transport(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
+fn serve_transport(ctx: &Frame, ip: &Ip, ports: u32, claim: Claim) -> Result<u32, Verdict> {
     let mut packet = MaybeUninit::uninit();
-    Packet::parse(ctx, ip, &mut packet)?;
+    Packet::parse(ctx, ip, Transport::split(ports), &mut packet)?;
     // SAFETY: `parse` returned `Ok`, so it wrote the packet.
     let packet = unsafe { packet.assume_init_ref() };
     let key = &packet.key;
@@ -100,20 +100,23 @@ fn serve_transport(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
     // reference: copied, it is stored a byte at a time); where its next hop
     // is cached.
     let reply;
-    let (cache, new_ip, new_port, tracked, now) = match balance::backend_of(ctx, packet, ip.ttl)? {
-        Some((id, backend, now)) => (HopCache::Backend(id), &backend.ip, backend.port, true, now),
-        None => {
-            reply = balance::reply_of(key).ok_or(Verdict::PassNotService)?;
-            check_ttl(ip.ttl)?;
-            (
-                HopCache::Destination,
-                &reply.frontend.vip,
-                reply.frontend.port,
-                reply.tracked,
-                forward::clock(),
-            )
-        }
-    };
+    let (cache, new_ip, new_port, tracked, now) =
+        match balance::backend_of(ctx, packet, claim, ip.ttl)? {
+            Some((id, backend, now)) => {
+                (HopCache::Backend(id), &backend.ip, backend.port, true, now)
+            }
+            None => {
+                reply = balance::reply_of(key).ok_or(Verdict::PassNotService)?;
+                check_ttl(ip.ttl)?;
+                (
+                    HopCache::Destination,
+                    &reply.frontend.vip,
+                    reply.frontend.port,
+                    reply.tracked,
+                    forward::clock(),
+                )
+            }
+        };
     // Looked up before anything is rewritten: a reply addressed to this host
     // (a health check, the host's own connection to a NodePort) is the
     // kernel's, and must reach it as it came.

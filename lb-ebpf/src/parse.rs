@@ -342,22 +342,17 @@ fn skip_extensions(ctx: &Frame, first: u8) -> Result<(u8, usize), Verdict> {
 }
 
 /// The ports of a TCP or UDP header that lies in the packet up to its
-/// checksum, which is where the checksum is.
+/// checksum.
 pub struct Transport {
-    /// Source and destination port, network order.
-    pub ports: [u16; 2],
-    /// Offset of the L4 checksum.
-    pub check_offset: usize,
+    /// Source and destination port as they lie in the packet, one word (see
+    /// [`read_word`]): a scalar, which a subprogram may take as an argument.
+    pub ports: u32,
 }
 
 impl Transport {
     #[inline(always)]
     pub fn parse(ctx: &Frame, ip: &Ip) -> Result<Self, Verdict> {
-        let (l4_min_len, check_offset) = match ip.proto {
-            PROTO_TCP => (TCP_MIN_LEN, TCP_CHECK_OFFSET),
-            PROTO_UDP => (UDP_LEN, UDP_CHECK_OFFSET),
-            _ => return Err(Verdict::PassOtherProto),
-        };
+        let (l4_min_len, check_offset) = transport_layout(ip.proto)?;
         if ip.l4_len < l4_min_len {
             return Err(Verdict::PassMalformed);
         }
@@ -365,10 +360,26 @@ impl Transport {
         // The checksum must be inside the packet too before anyone rewrites it.
         ptr_at::<u16>(ctx, ip.l4_offset + check_offset)?;
         Ok(Self {
-            // SAFETY: checked by `ptr_at`.
-            ports: unsafe { *ports },
-            check_offset: ip.l4_offset + check_offset,
+            // SAFETY: checked by `ptr_at`, at an even offset.
+            ports: unsafe { read_word(ports) },
         })
+    }
+
+    /// The ports (source, destination; network order) of [`Transport::ports`].
+    #[inline(always)]
+    pub fn split(ports: u32) -> [u16; 2] {
+        [ports as u16, (ports >> 16) as u16]
+    }
+}
+
+/// The shortest header of transport protocol `proto` and its checksum's
+/// offset in it; only TCP and UDP are lb's.
+#[inline(always)]
+fn transport_layout(proto: u8) -> Result<(usize, usize), Verdict> {
+    match proto {
+        PROTO_TCP => Ok((TCP_MIN_LEN, TCP_CHECK_OFFSET)),
+        PROTO_UDP => Ok((UDP_LEN, UDP_CHECK_OFFSET)),
+        _ => Err(Verdict::PassOtherProto),
     }
 }
 
@@ -387,15 +398,20 @@ pub struct Packet {
 }
 
 impl Packet {
-    /// Parses the transport header of `ip`'s packet into `out`, which is
-    /// initialised when this returns `Ok` (written in place: see `keys`).
+    /// Builds the packet of `ip`, whose transport header [`Transport::parse`]
+    /// accepted with `ports` (as split), into `out`, which is initialised when this
+    /// returns `Ok` (written in place: see `keys`). The ports come as they
+    /// were parsed, not parsed again: this runs in a subprogram of its own,
+    /// which takes them as scalars.
     #[inline(always)]
-    pub fn parse(ctx: &Frame, ip: &Ip, out: &mut MaybeUninit<Packet>) -> Result<(), Verdict> {
-        let Transport {
-            ports,
-            check_offset,
-        } = Transport::parse(ctx, ip)?;
+    pub fn parse(
+        ctx: &Frame,
+        ip: &Ip,
+        ports: [u16; 2],
+        out: &mut MaybeUninit<Packet>,
+    ) -> Result<(), Verdict> {
         let l4_offset = ip.l4_offset;
+        let check_offset = l4_offset + transport_layout(ip.proto)?.1;
         let opens = ip.proto == PROTO_TCP && {
             let flags: *const u8 = ptr_at(ctx, l4_offset + TCP_FLAGS_OFFSET)?;
             // SAFETY: checked by `ptr_at`.
