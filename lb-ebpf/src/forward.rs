@@ -196,7 +196,7 @@ pub fn next_hop(
 ) -> Result<NextHop, Verdict> {
     let cached = match cache {
         HopCache::Backend(id) => maps::backend_hop(id, dst),
-        HopCache::Destination => maps::cached_hop(dst),
+        HopCache::Destination => maps::cached_hop(route.family, dst),
     };
     if let Some(cached) = cached {
         // SAFETY: the entry stays valid for this program run (an array slot,
@@ -227,7 +227,7 @@ pub fn next_hop(
         };
         match cache {
             HopCache::Backend(id) => maps::set_backend_hop(id, dst, &fresh),
-            HopCache::Destination => maps::cache_hop(dst, &fresh),
+            HopCache::Destination => maps::cache_hop(route.family, dst, &fresh),
         }
     }
     Ok(hop)
@@ -241,7 +241,7 @@ pub const HOP_CACHE_NS: u64 = 1_000_000_000;
 /// where a `[u8; 6]` is copied byte by byte.
 pub type Mac = [u16; 3];
 
-/// A next hop the FIB gave, kept in `NEXT_HOPS` by destination.
+/// A next hop the FIB gave, kept in `NEXT_HOPS4`/`NEXT_HOPS6` by destination.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct CachedHop {

@@ -7,6 +7,7 @@ use crate::{
     forward::{BackendHop, CachedHop},
     keys,
     nat::copy_addr,
+    parse::Family,
 };
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
@@ -102,13 +103,19 @@ static IFACES_BY_INDEX: Array<Iface> = Array::with_max_entries(IFACES_BY_INDEX_L
 pub static FIB_PARAMS: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
 
 /// Next hops by destination address, refreshed from the FIB (see
-/// `forward::next_hop`). A cache: not pinned, a new program starts empty.
+/// `forward::next_hop`), one map per family: an IPv4 client's is found by
+/// its 4-byte address, a quarter of the key to hash and compare. A cache:
+/// not pinned, a new program starts empty.
 #[map]
-static NEXT_HOPS: LruHashMap<Addr, CachedHop> =
+static NEXT_HOPS4: LruHashMap<u32, CachedHop> =
+    LruHashMap::with_max_entries(MAX_NEXT_HOPS, BPF_F_NO_COMMON_LRU);
+
+#[map]
+static NEXT_HOPS6: LruHashMap<Addr, CachedHop> =
     LruHashMap::with_max_entries(MAX_NEXT_HOPS, BPF_F_NO_COMMON_LRU);
 
 /// The next hop of each backend, by backend id: what most forwarded packets
-/// need, by an array read instead of a `NEXT_HOPS` lookup. A cache like it.
+/// need, by an array read instead of a `NEXT_HOPS4`/`NEXT_HOPS6` lookup. A cache like it.
 #[map]
 static BACKEND_HOPS: Array<BackendHop> = Array::with_max_entries(MAX_BACKENDS, 0);
 
@@ -287,10 +294,13 @@ pub fn is_vip(addr: &Addr) -> bool {
     unsafe { VIPS.get(addr) }.is_some()
 }
 
-/// The cached next hop of `dst`, to read in place.
+/// The cached next hop of `dst` (of `family`), to read in place.
 #[inline(always)]
-pub fn cached_hop(dst: &Addr) -> Option<*const CachedHop> {
-    NEXT_HOPS.get_ptr(dst)
+pub fn cached_hop(family: Family, dst: &Addr) -> Option<*const CachedHop> {
+    match family {
+        Family::V4 => NEXT_HOPS4.get_ptr(dst[3]),
+        Family::V6 => NEXT_HOPS6.get_ptr(dst),
+    }
 }
 
 /// The cached next hop of backend `id` at `node`, to read in place.
@@ -318,9 +328,12 @@ pub fn set_backend_hop(id: u32, node: &Addr, hop: &CachedHop) {
 }
 
 #[inline(always)]
-pub fn cache_hop(dst: &Addr, hop: &CachedHop) {
+pub fn cache_hop(family: Family, dst: &Addr, hop: &CachedHop) {
     // A failed insert only costs the next packet another FIB lookup.
-    let _ = NEXT_HOPS.insert(dst, hop, 0);
+    let _ = match family {
+        Family::V4 => NEXT_HOPS4.insert(dst[3], hop, 0),
+        Family::V6 => NEXT_HOPS6.insert(dst, hop, 0),
+    };
 }
 
 /// The attached interface `ifindex`, by an array read where it can be.

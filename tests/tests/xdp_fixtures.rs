@@ -4,7 +4,7 @@
 //! The program runs inside a namespace whose FIB and neighbour tables are known
 //! (permanent neighbours), so MAC rewriting is deterministic.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 
 use lb::{
     dataplane::{Dataplane, DataplaneConfig},
@@ -16,8 +16,8 @@ use lb_tests::{
     packets,
     specs::{node, node6, service},
     xdp_bed::{
-        self, CLIENT, CLIENT_MAC, CLIENT6, NODE_DEV, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
-        XdpBed, node_ip, node_ip6, node_mac,
+        self, CLIENT, CLIENT_DEV, CLIENT_MAC, CLIENT6, NODE_DEV, XDP_DROP, XDP_PASS, XDP_REDIRECT,
+        XDP_TX, XdpBed, node_ip, node_ip6, node_mac,
     },
 };
 
@@ -764,6 +764,76 @@ fn reused_backend_slot_in_namespace(bench: &XdpBed) {
         .expect("set_service on 81");
     assert_eq!(dst_mac(&dataplane, 81), node_mac(2), "the reused slot");
     assert_eq!(dst_mac(&dataplane, 80), node_mac(2), "the new slot");
+}
+
+/// Replies' next hops are cached by client address, per family: replies to
+/// two clients on the same link go each to its own MAC, the first from the
+/// FIB and the second from the cache, and a client whose MAC changes gets
+/// its replies at the new MAC once the cache's bound has passed.
+#[test]
+fn replies_to_each_client_take_that_clients_cached_next_hop() {
+    let (ns, bench) = bench();
+    let ns = std::sync::Arc::new(ns);
+    let inner = ns.clone();
+    ns.enter(move || reply_hops_in_namespace(&inner, &bench))
+        .expect("enter namespace");
+}
+
+fn reply_hops_in_namespace(ns: &NetNs, bench: &XdpBed) {
+    const OTHER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
+    let other = Ipv4Addr::new(10, 0, 0, 3);
+    let other6 = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 3);
+    for ip in [IpAddr::from(other), other6.into()] {
+        xdp_bed::add_neighbour(ns, ip, OTHER_MAC, CLIENT_DEV).expect("second client");
+    }
+    let mut dataplane = load(bench);
+    for spec in [
+        service(VIP, 80, Protocol::Tcp, vec![node(1, 31000)]),
+        service(VIP6, 80, Protocol::Tcp, vec![node6(1, 31000)]),
+    ] {
+        dataplane.set_service(&spec).expect("set_service");
+    }
+    let reply_mac = |from: SocketAddr, to: SocketAddr| {
+        let reply = packets::tcp_ack(from, to, b"HTTP/1.0 200 OK\r\n");
+        let (action, output) = run(&dataplane, &reply, bench.node_if);
+        assert_eq!(action, XDP_REDIRECT, "the reply to {to} is reverse-NAT-ed");
+        <[u8; 6]>::try_from(&output[..6]).expect("a MAC")
+    };
+    let families = [
+        (
+            SocketAddr::from(sock(node_ip(1), 31000)),
+            IpAddr::from(CLIENT),
+            IpAddr::from(other),
+        ),
+        (sock6(node_ip6(1), 31000), CLIENT6.into(), other6.into()),
+    ];
+    for (node, client, other) in families {
+        for round in ["from the FIB", "from the cache"] {
+            for (ip, mac) in [(client, CLIENT_MAC), (other, OTHER_MAC)] {
+                assert_eq!(
+                    reply_mac(node, SocketAddr::new(ip, 40000)),
+                    mac,
+                    "the reply to {ip}, {round}"
+                );
+            }
+        }
+    }
+    let moved = [0x02, 0, 0, 0, 0x0e, 0x03];
+    for ip in [IpAddr::from(other), other6.into()] {
+        ns.ip(&format!(
+            "neigh replace {ip} lladdr {} dev {CLIENT_DEV} nud permanent",
+            xdp_bed::fmt_mac(moved)
+        ))
+        .expect("move the second client");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    for (node, _, other) in families {
+        assert_eq!(
+            reply_mac(node, SocketAddr::new(other, 40000)),
+            moved,
+            "the reply to {other} past the bound: refreshed"
+        );
+    }
 }
 
 /// An established packet whose flow entry records its service goes where

@@ -231,7 +231,7 @@ const GOALS: [(&str, f64, Option<f64>, &str); 6] = [
         1.9,
         Some(4.0),
         "three hash lookups: NODE_PORTS4 (8-byte key), FLOWS4 for the request the reply \
-         answers (16-byte key, LRU) and the client's next hop in NEXT_HOPS (16-byte key, \
+         answers (16-byte key, LRU) and the client's next hop in NEXT_HOPS4 (4-byte key, \
          LRU); then the rewrite with its checksums",
     ),
     (
