@@ -76,6 +76,11 @@ impl EventRecorder {
     pub(super) async fn flush(&mut self, grace: Duration) {
         // Closing the queue ends the task once it recorded what is queued.
         self.pending = None;
+        // A finished task has nothing left to record (and a handle awaited
+        // once must not be awaited again: a second flush returns here).
+        if self.task.is_finished() {
+            return;
+        }
         if tokio::time::timeout(grace, &mut self.task).await.is_err() {
             warn!(
                 grace_seconds = grace.as_secs_f64(),
@@ -108,5 +113,22 @@ impl EventRecorder {
 impl Drop for EventRecorder {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The agent flushes once as it stops; a second flush (a second stop
+    /// path) must return, not await the finished task's handle again.
+    #[tokio::test]
+    async fn a_second_flush_returns() {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().expect("url"));
+        let client = Client::try_from(config).expect("client");
+        let mut events = EventRecorder::start(&client);
+        events.flush(Duration::from_secs(5)).await;
+        events.flush(Duration::from_secs(5)).await;
+        assert!(events.task.is_finished());
     }
 }
