@@ -352,13 +352,17 @@ pub struct Transport {
 impl Transport {
     #[inline(always)]
     pub fn parse(ctx: &Frame, ip: &Ip) -> Result<Self, Verdict> {
-        let (l4_min_len, check_offset) = transport_layout(ip.proto)?;
+        let l4_min_len = match ip.proto {
+            PROTO_TCP => TCP_MIN_LEN,
+            PROTO_UDP => UDP_LEN,
+            _ => return Err(Verdict::PassOtherProto),
+        };
         if ip.l4_len < l4_min_len {
             return Err(Verdict::PassMalformed);
         }
         let ports: *const [u16; 2] = ptr_at(ctx, ip.l4_offset)?;
         // The checksum must be inside the packet too before anyone rewrites it.
-        ptr_at::<u16>(ctx, ip.l4_offset + check_offset)?;
+        ptr_at::<u16>(ctx, ip.l4_offset + l4_check_offset(ip.proto))?;
         Ok(Self {
             // SAFETY: checked by `ptr_at`, at an even offset.
             ports: unsafe { read_word(ports) },
@@ -369,17 +373,6 @@ impl Transport {
     #[inline(always)]
     pub fn split(ports: u32) -> [u16; 2] {
         [ports as u16, (ports >> 16) as u16]
-    }
-}
-
-/// The shortest header of transport protocol `proto` and its checksum's
-/// offset in it; only TCP and UDP are lb's.
-#[inline(always)]
-fn transport_layout(proto: u8) -> Result<(usize, usize), Verdict> {
-    match proto {
-        PROTO_TCP => Ok((TCP_MIN_LEN, TCP_CHECK_OFFSET)),
-        PROTO_UDP => Ok((UDP_LEN, UDP_CHECK_OFFSET)),
-        _ => Err(Verdict::PassOtherProto),
     }
 }
 
@@ -411,7 +404,7 @@ impl Packet {
         out: &mut MaybeUninit<Packet>,
     ) -> Result<(), Verdict> {
         let l4_offset = ip.l4_offset;
-        let check_offset = l4_offset + transport_layout(ip.proto)?.1;
+        let check_offset = l4_offset + l4_check_offset(ip.proto);
         let opens = ip.proto == PROTO_TCP && {
             let flags: *const u8 = ptr_at(ctx, l4_offset + TCP_FLAGS_OFFSET)?;
             // SAFETY: checked by `ptr_at`.
