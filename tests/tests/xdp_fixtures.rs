@@ -676,6 +676,16 @@ fn stickiness_in_namespace(bench: &XdpBed) {
     assert!(global[counters::FLOW_REHASHED as usize] > 0);
 }
 
+/// Runs `test` in a fresh bench's namespace, with the namespace at hand to
+/// change its neighbours while the test runs.
+fn in_bench_with_ns(test: fn(&NetNs, &XdpBed)) {
+    let (ns, bench) = bench();
+    let ns = std::sync::Arc::new(ns);
+    let inner = ns.clone();
+    ns.enter(move || test(&inner, &bench))
+        .expect("enter namespace");
+}
+
 /// The next hop of a node is cached for at most the cache's bound: a node
 /// whose MAC changes gets packets at the new MAC once that has passed (stale
 /// entry refreshed), at once for a packet longer than any the cached lookup
@@ -683,11 +693,7 @@ fn stickiness_in_namespace(bench: &XdpBed) {
 /// (a hit: the FIB is not asked).
 #[test]
 fn a_node_whose_mac_changes_gets_packets_at_its_new_mac_within_the_cache_bound() {
-    let (ns, bench) = bench();
-    let ns = std::sync::Arc::new(ns);
-    let inner = ns.clone();
-    ns.enter(move || next_hop_cache_in_namespace(&inner, &bench))
-        .expect("enter namespace");
+    in_bench_with_ns(next_hop_cache_in_namespace);
 }
 
 fn next_hop_cache_in_namespace(ns: &NetNs, bench: &XdpBed) {
@@ -772,11 +778,7 @@ fn reused_backend_slot_in_namespace(bench: &XdpBed) {
 /// its replies at the new MAC once the cache's bound has passed.
 #[test]
 fn replies_to_each_client_take_that_clients_cached_next_hop() {
-    let (ns, bench) = bench();
-    let ns = std::sync::Arc::new(ns);
-    let inner = ns.clone();
-    ns.enter(move || reply_hops_in_namespace(&inner, &bench))
-        .expect("enter namespace");
+    in_bench_with_ns(reply_hops_in_namespace);
 }
 
 fn reply_hops_in_namespace(ns: &NetNs, bench: &XdpBed) {
