@@ -773,9 +773,9 @@ fn reused_backend_slot_in_namespace(bench: &XdpBed) {
 }
 
 /// Replies' next hops are cached by client address, per family: replies to
-/// two clients on the same link go each to its own MAC, the first from the
-/// FIB and the second from the cache, and a client whose MAC changes gets
-/// its replies at the new MAC once the cache's bound has passed.
+/// two clients on the same link go each to its own MAC, from the FIB and
+/// then from the cache, and a client whose MAC changes gets its replies at
+/// the old MAC only until the cache's bound has passed.
 #[test]
 fn replies_to_each_client_take_that_clients_cached_next_hop() {
     in_bench_with_ns(reply_hops_in_namespace);
@@ -827,6 +827,13 @@ fn reply_hops_in_namespace(ns: &NetNs, bench: &XdpBed) {
             xdp_bed::fmt_mac(moved)
         ))
         .expect("move the second client");
+    }
+    for (node, _, other) in families {
+        assert_eq!(
+            reply_mac(node, SocketAddr::new(other, 40000)),
+            OTHER_MAC,
+            "the reply to {other} within the bound: from the cache"
+        );
     }
     std::thread::sleep(std::time::Duration::from_millis(1100));
     for (node, _, other) in families {
