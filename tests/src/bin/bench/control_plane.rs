@@ -305,15 +305,18 @@ fn slice_change_latency(bed: &KubeAgent, scale: &Scale, index: usize) -> Result<
 /// the listings count them.
 fn pin_flows(bed: &KubeAgent, count: usize) -> Result<usize> {
     let mut maps = Maps::open_pinned(bed.agent.bpffs())?;
-    let services = maps.services.entries()?;
+    // Each service with a backend in its ring, and that backend (slot id
+    // and slot), read once.
+    let mut services = Vec::new();
+    for (key, info) in maps.services.entries()? {
+        if let Some((&id, _)) = maps.ring_entries(&info)?.first_key_value() {
+            services.push((key, info, id, maps.backends.get(&id, 0)?));
+        }
+    }
     ensure!(!services.is_empty(), "no service to pin flows to");
     let now = lb::inspect::monotonic_ns();
     for i in 0..count {
-        let (key, info) = &services[i % services.len()];
-        let Some((&id, _)) = maps.ring_entries(info)?.first_key_value() else {
-            continue;
-        };
-        let backend = maps.backends.get(&id, 0)?;
+        let (key, info, id, backend) = &services[i % services.len()];
         let client = Ipv4Addr::from(0x0a00_0000 + i as u32);
         let flow_key = FlowKey::new(
             lb_common::ipv4_mapped(u32::from_ne_bytes(client.octets())),
@@ -323,7 +326,7 @@ fn pin_flows(bed: &KubeAgent, count: usize) -> Result<usize> {
             key.proto,
         );
         let flow = Flow {
-            backend_id: id as u16,
+            backend_id: *id as u16,
             backend_generation: backend.generation,
             _pad: 0,
             backend_ip: backend.ip,
