@@ -13,7 +13,7 @@ use lb::{
     dataplane::{ATTRIBUTION_OBJECT, Dataplane, DataplaneConfig, Forwarding, REFERENCE_OBJECT},
     model::{Protocol, ServiceSpec},
 };
-use lb_common::{FlowKey, MAX_FLOWS, MAX_SERVICES, counters};
+use lb_common::{Flow, FlowKey, FlowKey4, MAX_FLOWS, MAX_SERVICES, counters};
 use lb_tests::{packets, specs};
 
 use super::{
@@ -351,7 +351,7 @@ const LRU_COMMON: &str = "one new IPv4 flow in a 1M LRU hash, common list";
 
 /// The programs of `lb-ebpf/src/attribution.rs`, each one operation of the
 /// data path and XDP_TX, and what each adds to the floor.
-const ATTRIBUTION: [(&str, &str); 7] = [
+const ATTRIBUTION: [(&str, &str); 8] = [
     (
         "attr_fib_lookup",
         "one bpf_fib_lookup (IPv4, resolved neighbour)",
@@ -367,6 +367,10 @@ const ATTRIBUTION: [(&str, &str); 7] = [
     (
         "attr_hash_lookup_key16",
         "one hash lookup, 16-byte key (an IPv4 flow)",
+    ),
+    (
+        "attr_flow_lookup",
+        "one hash lookup, 16-byte key, in a 1M-entry LRU hash with per-CPU lists (as FLOWS4)",
     ),
 ];
 
@@ -391,9 +395,9 @@ fn attribution(
     let mut key40: HashMap<_, FlowKey, u32> =
         HashMap::try_from(object.map_mut("HASH_KEY40").context("no map HASH_KEY40")?)?;
     key40.insert(FlowKey::new([0, 0, 0, 1], [0, 0, 0, 2], 3, 4, 6), 1, 0)?;
-    let mut key16: HashMap<_, lb_common::FlowKey4, u32> =
+    let mut key16: HashMap<_, FlowKey4, u32> =
         HashMap::try_from(object.map_mut("HASH_KEY16").context("no map HASH_KEY16")?)?;
-    let ipv4_flow = lb_common::FlowKey4 {
+    let ipv4_flow = FlowKey4 {
         src_ip: 1,
         dst_ip: 2,
         src_port: 3,
@@ -402,6 +406,9 @@ fn attribution(
         _pad: [0; 3],
     };
     key16.insert(ipv4_flow, 1, 0)?;
+    let mut flow_table: HashMap<_, FlowKey4, Flow> =
+        HashMap::try_from(object.map_mut("FLOW_TABLE").context("no map FLOW_TABLE")?)?;
+    flow_table.insert(ipv4_flow, Flow::default(), 0)?;
     let packet = packets::tcp_ack(sock(CLIENT, CLIENT_PORT), sock(VIP, TCP_PORT), b"");
     let mut cases = vec![reference_case(FLOOR.to_owned(), floor, bed, &packet)];
     for (name, what) in ATTRIBUTION {
