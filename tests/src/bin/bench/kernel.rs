@@ -253,10 +253,11 @@ const GOALS: [(&str, f64, Option<f64>, &str); 6] = [
 
 /// What an established NAT packet costs besides the floor.
 const ESTABLISHED: &str = "one FLOWS4 lookup (16-byte key, LRU: the kernel's jhash, bucket \
-    walk and key compare; as cheap in the 1M-entry table as in a small one, see the attribution \
-    rows), whose entry names the service and the backend, so no SERVICES4 lookup; the rest the program's own instructions (parsing, the key filter, the rewrite and \
-    its checksums, the next hop from the backend's slot, counters, MACs) and two BPF \
-    subprogram calls";
+    walk and key compare; the attribution rows give it in a table of FLOWS4's size and in a \
+    small one), whose entry names the service and the backend, so no SERVICES4 lookup; the \
+    rest the program's own instructions (parsing, the key filter, the rewrite and its \
+    checksums, the next hop from the backend's slot, counters, MACs) and two BPF subprogram \
+    calls";
 
 /// A goal that `ns` stays within `max` times `floor` ns (the XDP_TX floor, or
 /// the `reference` named); a miss says by how much, and `why` where the time
