@@ -1,7 +1,8 @@
 //! The 5-tuple hash that picks a Maglev slot. The kernel and `lb trace` both call
 //! this, so a prediction made in userspace is the choice the data path makes.
+//! Also the slot of a client's cached next hop, which tests predict.
 
-use crate::FlowKey;
+use crate::{Addr, FlowKey};
 
 const SEED: u32 = 0x9747_b28c;
 
@@ -41,6 +42,21 @@ pub fn flow_hash(key: &FlowKey) -> u32 {
     finalize(h ^ 37)
 }
 
+/// Slots per CPU of the data path's cache of clients' next hops
+/// (`CLIENT_HOPS`), a power of two.
+pub const CLIENT_HOP_SLOTS: u32 = 1 << CLIENT_HOP_SLOT_BITS;
+const CLIENT_HOP_SLOT_BITS: u32 = 12;
+
+/// The slot of the client at `addr` (network order) in the cache of clients'
+/// next hops: Fibonacci hashing of its words folded together and read in
+/// host order, so that the clients of one subnet, which differ in their
+/// last bytes, take distinct slots.
+#[inline(always)]
+pub fn client_hop_slot(addr: &Addr) -> u32 {
+    let folded = u32::from_be(addr[0] ^ addr[1] ^ addr[2] ^ addr[3]);
+    folded.wrapping_mul(0x9e37_79b9) >> (32 - CLIENT_HOP_SLOT_BITS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +83,16 @@ mod tests {
             buckets.iter().all(|&n| (70..=130).contains(&n)),
             "{buckets:?}"
         );
+    }
+
+    #[test]
+    fn the_clients_of_one_subnet_take_distinct_hop_slots() {
+        let mut taken = [false; CLIENT_HOP_SLOTS as usize];
+        for host in 0..=255u8 {
+            let addr = crate::ipv4_mapped(u32::from_ne_bytes([10, 0, 7, host]));
+            let slot = client_hop_slot(&addr) as usize;
+            assert!(!taken[slot], "10.0.7.{host} shares slot {slot}");
+            taken[slot] = true;
+        }
     }
 }

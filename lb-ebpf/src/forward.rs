@@ -168,14 +168,16 @@ pub fn clock() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// Where a destination's next hop is cached.
+/// Where a destination's next hop is cached: either way in a [`HopSlot`],
+/// an array read that the verifier inlines, no hash lookup.
 #[derive(Clone, Copy)]
 pub enum HopCache {
-    /// The slot of the backend (by id) the packet goes to: an array read,
-    /// no hash lookup. The slot names its address, so a backend id reused
-    /// for another node misses.
+    /// The slot of the backend (by id) the packet goes to, shared by all
+    /// CPUs. A backend id reused for another node misses.
     Backend(u32),
-    /// Keyed by destination address (a reply's client, an ICMP error's).
+    /// This CPU's slot for the destination address (a reply's client, an
+    /// ICMP error's), by `lb_common::hash::client_hop_slot`. Clients that
+    /// share a slot take turns in it, each evicting the other.
     Destination,
 }
 
@@ -194,11 +196,7 @@ pub fn next_hop(
     cache: HopCache,
     now: u64,
 ) -> Result<NextHop, Verdict> {
-    let cached = match cache {
-        HopCache::Backend(id) => maps::backend_hop(id, dst),
-        HopCache::Destination => maps::cached_hop(route.family, dst),
-    };
-    if let Some(cached) = cached {
+    if let Some(cached) = maps::cached_hop(cache, dst) {
         // SAFETY: the entry stays valid for this program run (an array slot,
         // or a hash entry under RCU); a concurrent refresh may mix old and
         // new fields, each of which was right within the bound.
@@ -225,10 +223,7 @@ pub fn next_hop(
             dmac: hop.dmac,
             smac: hop.smac,
         };
-        match cache {
-            HopCache::Backend(id) => maps::set_backend_hop(id, dst, &fresh),
-            HopCache::Destination => maps::cache_hop(route.family, dst, &fresh),
-        }
+        maps::cache_hop(cache, dst, &fresh);
     }
     Ok(hop)
 }
@@ -241,7 +236,7 @@ pub const HOP_CACHE_NS: u64 = 1_000_000_000;
 /// where a `[u8; 6]` is copied byte by byte.
 pub type Mac = [u16; 3];
 
-/// A next hop the FIB gave, kept in `NEXT_HOPS4`/`NEXT_HOPS6` by destination.
+/// A next hop the FIB gave, kept in a [`HopSlot`].
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct CachedHop {
@@ -256,11 +251,12 @@ pub struct CachedHop {
     pub smac: Mac,
 }
 
-/// A backend's slot in `BACKEND_HOPS`: its next hop and the address it is
-/// for, since a backend id may be reused for another node.
+/// A slot of `BACKEND_HOPS` or `CLIENT_HOPS`: a next hop and the address it
+/// is for, since a slot may be taken by another destination (a backend id
+/// reused for another node, another client of the same slot).
 #[repr(C)]
-pub struct BackendHop {
-    pub node: Addr,
+pub struct HopSlot {
+    pub dst: Addr,
     pub hop: CachedHop,
 }
 

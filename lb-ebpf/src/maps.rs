@@ -4,10 +4,9 @@
 use core::mem::MaybeUninit;
 
 use crate::{
-    forward::{BackendHop, CachedHop},
+    forward::{CachedHop, HopCache, HopSlot},
     keys,
     nat::copy_addr,
-    parse::Family,
 };
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
@@ -18,15 +17,13 @@ use lb_common::{
     Addr, Backend, Flow, FlowBudget, FlowKey, FlowKey4, IFACES_BY_INDEX_LEN, Iface,
     KEY_FILTER_WORDS, KeyFilter, MAX_BACKENDS, MAX_FLOWS, MAX_IFACES, MAX_SERVICES, MAX_TX_PORTS,
     NeighborMask, SETTING_ANSWER_ECHO, SETTING_DSR, ServiceInfo, ServiceKey, ServiceKey4, Settings,
-    Traffic, answers_on, counters, ipv4_mapped, is_ipv4_mapped,
+    Traffic, answers_on, counters,
+    hash::{CLIENT_HOP_SLOTS, client_hop_slot},
+    ipv4_mapped, is_ipv4_mapped,
 };
 
 /// Per-CPU LRU lists: flow inserts on one CPU do not contend with another's.
 const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
-
-/// Destinations whose next hop is cached: every node, and the clients (or
-/// their gateways' routes) replies go to.
-const MAX_NEXT_HOPS: u32 = 65536;
 
 /// The services, one map per family (see `lb_common::family`).
 #[map]
@@ -102,22 +99,20 @@ static IFACES_BY_INDEX: Array<Iface> = Array::with_max_entries(IFACES_BY_INDEX_L
 #[map]
 pub static FIB_PARAMS: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
 
-/// Next hops by destination address, refreshed from the FIB (see
-/// `forward::next_hop`), one map per family: an IPv4 client's is found by
-/// its 4-byte address, a quarter of the key to hash and compare. A cache:
-/// not pinned, a new program starts empty.
-#[map]
-static NEXT_HOPS4: LruHashMap<u32, CachedHop> =
-    LruHashMap::with_max_entries(MAX_NEXT_HOPS, BPF_F_NO_COMMON_LRU);
-
-#[map]
-static NEXT_HOPS6: LruHashMap<Addr, CachedHop> =
-    LruHashMap::with_max_entries(MAX_NEXT_HOPS, BPF_F_NO_COMMON_LRU);
-
 /// The next hop of each backend, by backend id: what most forwarded packets
-/// need, by an array read instead of a `NEXT_HOPS4`/`NEXT_HOPS6` lookup. A cache like it.
+/// need. A cache, refreshed from the FIB (see `forward::next_hop`): not
+/// pinned, a new program starts empty.
 #[map]
-static BACKEND_HOPS: Array<BackendHop> = Array::with_max_entries(MAX_BACKENDS, 0);
+static BACKEND_HOPS: Array<HopSlot> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// The next hops of the clients replies (and ICMP errors) go to, each CPU's
+/// own, direct-mapped by address (`client_hop_slot`): an array read the
+/// verifier inlines where a hash map would cost a helper call, hashing and
+/// an LRU; per CPU, so a slot is never written by two CPUs at once and
+/// never pairs one client's address with another's hop. RSS keeps a
+/// client's flows on few CPUs. A cache like `BACKEND_HOPS`.
+#[map]
+static CLIENT_HOPS: PerCpuArray<HopSlot> = PerCpuArray::with_max_entries(CLIENT_HOP_SLOTS, 0);
 
 /// Interfaces packets may be redirected to, keyed by ifindex.
 #[map]
@@ -294,46 +289,37 @@ pub fn is_vip(addr: &Addr) -> bool {
     unsafe { VIPS.get(addr) }.is_some()
 }
 
-/// The cached next hop of `dst` (of `family`), to read in place.
+/// The slot where `cache` keeps the next hop of `dst`.
 #[inline(always)]
-pub fn cached_hop(family: Family, dst: &Addr) -> Option<*const CachedHop> {
-    match family {
-        Family::V4 => NEXT_HOPS4.get_ptr(dst[3]),
-        Family::V6 => NEXT_HOPS6.get_ptr(dst),
+fn hop_slot(cache: HopCache, dst: &Addr) -> Option<*mut HopSlot> {
+    match cache {
+        HopCache::Backend(id) => BACKEND_HOPS.get_ptr_mut(id),
+        HopCache::Destination => CLIENT_HOPS.get_ptr_mut(client_hop_slot(dst)),
     }
 }
 
-/// The cached next hop of backend `id` at `node`, to read in place.
+/// The cached next hop of `dst`, to read in place, if its slot holds `dst`'s.
 #[inline(always)]
-pub fn backend_hop(id: u32, node: &Addr) -> Option<*const CachedHop> {
-    let slot = BACKEND_HOPS.get_ptr(id)?;
+pub fn cached_hop(cache: HopCache, dst: &Addr) -> Option<*const CachedHop> {
+    let slot = hop_slot(cache, dst)?;
     // SAFETY: a valid slot of the array.
-    unsafe { ((*slot).node == *node).then_some(&raw const (*slot).hop) }
+    unsafe { ((*slot).dst == *dst).then_some(&raw const (*slot).hop) }
 }
 
-/// Caches the next hop of backend `id` at `node`, in place: readers on other
-/// CPUs may see a mix of this and the previous hop (see `forward::next_hop`).
-/// The hop is written before the address, so a reader never pairs `node`
-/// with the hop of a node that had the slot before.
+/// Caches the next hop of `dst`, in place: readers on other CPUs may see a
+/// mix of this and the previous hop of a shared slot (see
+/// `forward::next_hop`). The hop is written before the address, so a reader
+/// never pairs `dst` with the hop of a destination that had the slot before.
 #[inline(always)]
-pub fn set_backend_hop(id: u32, node: &Addr, hop: &CachedHop) {
-    if let Some(slot) = BACKEND_HOPS.get_ptr_mut(id) {
+pub fn cache_hop(cache: HopCache, dst: &Addr, hop: &CachedHop) {
+    if let Some(slot) = hop_slot(cache, dst) {
         // SAFETY: a valid slot of the array; `copy_addr` copies word by word.
         unsafe {
             // Volatile, as `copy_addr`'s stores are: kept in this order.
             (&raw mut (*slot).hop).write_volatile(*hop);
-            copy_addr(&raw mut (*slot).node, node);
+            copy_addr(&raw mut (*slot).dst, dst);
         }
     }
-}
-
-#[inline(always)]
-pub fn cache_hop(family: Family, dst: &Addr, hop: &CachedHop) {
-    // A failed insert only costs the next packet another FIB lookup.
-    let _ = match family {
-        Family::V4 => NEXT_HOPS4.insert(dst[3], hop, 0),
-        Family::V6 => NEXT_HOPS6.insert(dst, hop, 0),
-    };
 }
 
 /// The attached interface `ifindex`, by an array read where it can be.

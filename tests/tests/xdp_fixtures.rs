@@ -10,7 +10,7 @@ use lb::{
     dataplane::{Dataplane, DataplaneConfig},
     model::{Frontend, Protocol},
 };
-use lb_common::{FlowKey, KeyFilter, ServiceKey, counters};
+use lb_common::{FlowKey, KeyFilter, ServiceKey, counters, hash::client_hop_slot, ipv4_mapped};
 use lb_tests::{
     netns::NetNs,
     packets,
@@ -772,10 +772,10 @@ fn reused_backend_slot_in_namespace(bench: &XdpBed) {
     assert_eq!(dst_mac(&dataplane, 80), node_mac(2), "the new slot");
 }
 
-/// Replies' next hops are cached by client address, per family: replies to
-/// two clients on the same link go each to its own MAC, from the FIB and
-/// then from the cache, and a client whose MAC changes gets its replies at
-/// the old MAC only until the cache's bound has passed.
+/// Replies' next hops are cached by client address: replies to two clients
+/// on the same link go each to its own MAC, from the FIB and then from the
+/// cache, and a client whose MAC changes gets its replies at the old MAC
+/// only until the cache's bound has passed; for both families.
 #[test]
 fn replies_to_each_client_take_that_clients_cached_next_hop() {
     in_bench_with_ns(reply_hops_in_namespace);
@@ -783,6 +783,8 @@ fn replies_to_each_client_take_that_clients_cached_next_hop() {
 
 fn reply_hops_in_namespace(ns: &NetNs, bench: &XdpBed) {
     const OTHER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
+    // Each CPU caches its own: every reply must run on the same one.
+    xdp_bed::pin_to_cpu(0).expect("pin to one CPU");
     let other = Ipv4Addr::new(10, 0, 0, 3);
     let other6 = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 3);
     for ip in [IpAddr::from(other), other6.into()] {
@@ -795,12 +797,7 @@ fn reply_hops_in_namespace(ns: &NetNs, bench: &XdpBed) {
     ] {
         dataplane.set_service(&spec).expect("set_service");
     }
-    let reply_mac = |from: SocketAddr, to: SocketAddr| {
-        let reply = packets::tcp_ack(from, to, b"HTTP/1.0 200 OK\r\n");
-        let (action, output) = run(&dataplane, &reply, bench.node_if);
-        assert_eq!(action, XDP_REDIRECT, "the reply to {to} is reverse-NAT-ed");
-        <[u8; 6]>::try_from(&output[..6]).expect("a MAC")
-    };
+    let reply_mac = |from, to| reply_mac(&dataplane, bench, from, to);
     let families = [
         (
             SocketAddr::from(sock(node_ip(1), 31000)),
@@ -843,6 +840,52 @@ fn reply_hops_in_namespace(ns: &NetNs, bench: &XdpBed) {
             "the reply to {other} past the bound: refreshed"
         );
     }
+}
+
+/// Clients whose addresses share a slot of the (per-CPU, direct-mapped)
+/// cache of clients' next hops take turns in it: each one's replies go to
+/// its own MAC, never to the one the slot's other client left there.
+#[test]
+fn replies_to_clients_that_share_a_hop_slot_each_take_their_own_next_hop() {
+    in_bench_with_ns(shared_hop_slot_in_namespace);
+}
+
+fn shared_hop_slot_in_namespace(ns: &NetNs, bench: &XdpBed) {
+    const SHARER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x04];
+    xdp_bed::pin_to_cpu(0).expect("pin to one CPU");
+    let slot = |ip: Ipv4Addr| client_hop_slot(&ipv4_mapped(u32::from_ne_bytes(ip.octets())));
+    // The clients of one subnet take distinct slots: a sharer lies beyond it,
+    // routed onto the clients' link.
+    let sharer = (u32::from(Ipv4Addr::new(10, 64, 0, 1))..)
+        .map(Ipv4Addr::from)
+        .find(|&ip| slot(ip) == slot(CLIENT))
+        .expect("an address in CLIENT's slot");
+    ns.ip(&format!("route add {sharer}/32 dev {CLIENT_DEV}"))
+        .expect("route to the sharer");
+    xdp_bed::add_neighbour(ns, sharer, SHARER_MAC, CLIENT_DEV).expect("the sharer's MAC");
+    let mut dataplane = load(bench);
+    dataplane
+        .set_service(&service(VIP, 80, Protocol::Tcp, vec![node(1, 31000)]))
+        .expect("set_service");
+    let node = SocketAddr::from(sock(node_ip(1), 31000));
+    for round in 1..=2 {
+        for (client, mac) in [(CLIENT, CLIENT_MAC), (sharer, SHARER_MAC)] {
+            assert_eq!(
+                reply_mac(&dataplane, bench, node, sock(client, 40000).into()),
+                mac,
+                "round {round}: the reply to {client}"
+            );
+        }
+    }
+}
+
+/// The destination MAC of a node's reply from `from` to `to`, which the
+/// program must reverse-NAT and send on.
+fn reply_mac(dataplane: &Dataplane, bench: &XdpBed, from: SocketAddr, to: SocketAddr) -> [u8; 6] {
+    let reply = packets::tcp_ack(from, to, b"HTTP/1.0 200 OK\r\n");
+    let (action, output) = run(dataplane, &reply, bench.node_if);
+    assert_eq!(action, XDP_REDIRECT, "the reply to {to} is reverse-NAT-ed");
+    <[u8; 6]>::try_from(&output[..6]).expect("a MAC")
 }
 
 /// An established packet whose flow entry records its service goes where

@@ -230,9 +230,9 @@ const GOALS: [(&str, f64, Option<f64>, &str); 6] = [
         "reply, reverse NAT",
         1.9,
         Some(4.0),
-        "three hash lookups: NODE_PORTS4 (8-byte key), FLOWS4 for the request the reply \
-         answers (16-byte key, LRU) and the client's next hop in NEXT_HOPS4 (4-byte key, \
-         LRU); then the rewrite with its checksums",
+        "two hash lookups: NODE_PORTS4 (8-byte key) and FLOWS4 for the request the reply \
+         answers (16-byte key, LRU); the client's next hop from this CPU's slot for it \
+         (CLIENT_HOPS, an array read); then the rewrite with its checksums",
     ),
     (
         "new TCP flow (Maglev lookup + flow insert)",
