@@ -39,7 +39,13 @@ pub struct AgentOptions {
 }
 
 pub async fn run(mut options: AgentOptions) -> Result<()> {
-    let mut dataplane = Dataplane::load(options.dataplane.clone())?;
+    // On a thread of its own: the verifier and the preallocation of the flow
+    // tables take about half a second, in which this thread's runtime reads
+    // the cluster (the source's watches started when it connected).
+    let config = options.dataplane.clone();
+    let mut dataplane = tokio::task::spawn_blocking(move || Dataplane::load(config))
+        .await
+        .context("the thread loading the data path")??;
     if dataplane.inherited_state() {
         info!(
             services = dataplane.services().count(),

@@ -139,10 +139,11 @@ pub fn run(quick: bool) -> Result<(Rows, Vec<Goal>)> {
             format!("{cluster}: every VIP in status and the data path full <= 2 s"),
             statuses.max(full),
             PROGRAMMED_GOAL,
-            "most of it is the 10,000 status writes (64 at a time, before the Events), which \
-             the agent and the fake API server share 2 CPUs for; the data path is full in \
-             about two thirds of the time, of which loading the program (the verifier) and \
-             preallocating the two 1M-entry flow tables take about a third of a second",
+            "in order: loading the program (the verifier) and preallocating the two \
+             1M-entry flow tables, about half a second, while the agent reads the cluster; \
+             programming the services, about half a second of system calls; then the 10,000 \
+             status writes (64 at a time, before the Events), most of the rest, which the \
+             agent and the fake API server share 2 CPUs for",
         ),
         goal(
             format!("{cluster}: EndpointSlice change to map update, p99 <= 150 ms"),
