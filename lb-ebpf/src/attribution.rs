@@ -7,7 +7,9 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{bpf_fib_lookup as FibParams, xdp_action},
-    helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    helpers::generated::{
+        bpf_fib_lookup, bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns,
+    },
     macros::{map, xdp},
     maps::{HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
@@ -80,6 +82,15 @@ pub fn attr_clock(_ctx: XdpContext) -> u32 {
 pub fn attr_clock_coarse(_ctx: XdpContext) -> u32 {
     // SAFETY: no preconditions.
     core::hint::black_box(unsafe { bpf_ktime_get_coarse_ns() });
+    xdp_action::XDP_TX
+}
+
+/// One read of jiffies, which the verifier inlines as a load: the cheapest
+/// clock, in ticks rather than nanoseconds.
+#[xdp]
+pub fn attr_clock_jiffies(_ctx: XdpContext) -> u32 {
+    // SAFETY: no preconditions.
+    core::hint::black_box(unsafe { bpf_jiffies64() });
     xdp_action::XDP_TX
 }
 

@@ -356,13 +356,14 @@ const LRU_COMMON: &str = "one new IPv4 flow in a 1M LRU hash (not full), common 
 
 /// The programs of `lb-ebpf/src/attribution.rs`, each one operation of the
 /// data path and XDP_TX, and what each adds to the floor.
-const ATTRIBUTION: [(&str, &str); 8] = [
+const ATTRIBUTION: [(&str, &str); 9] = [
     (
         "attr_fib_lookup",
         "one bpf_fib_lookup (IPv4, resolved neighbour)",
     ),
     ("attr_clock", "one bpf_ktime_get_ns"),
     ("attr_clock_coarse", "one bpf_ktime_get_coarse_ns"),
+    ("attr_clock_jiffies", "one bpf_jiffies64"),
     ("attr_lru_insert_per_cpu", LRU_PER_CPU),
     ("attr_lru_insert_common", LRU_COMMON),
     (
