@@ -197,9 +197,9 @@ pub fn next_hop(
     now: u64,
 ) -> Result<NextHop, Verdict> {
     if let Some(cached) = maps::cached_hop(cache, dst) {
-        // SAFETY: the entry stays valid for this program run (an array slot,
-        // or a hash entry under RCU); a concurrent refresh may mix old and
-        // new fields, each of which was right within the bound.
+        // SAFETY: an array slot, valid for this program run; a concurrent
+        // refresh of a shared slot may mix old and new fields, each of which
+        // was right within the bound.
         let cached = unsafe { &*cached };
         if now.wrapping_sub(cached.refreshed_ns) < HOP_CACHE_NS && route.total_len <= cached.max_len
         {

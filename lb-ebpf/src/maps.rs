@@ -109,8 +109,9 @@ static BACKEND_HOPS: Array<HopSlot> = Array::with_max_entries(MAX_BACKENDS, 0);
 /// own, direct-mapped by address (`client_hop_slot`): an array read the
 /// verifier inlines where a hash map would cost a helper call, hashing and
 /// an LRU; per CPU, so a slot is never written by two CPUs at once and
-/// never pairs one client's address with another's hop. RSS keeps a
-/// client's flows on few CPUs. A cache like `BACKEND_HOPS`.
+/// never pairs one client's address with another's hop. The price: a client
+/// costs a FIB lookup on each CPU its replies arrive on, at most once per
+/// `HOP_CACHE_NS` each. A cache like `BACKEND_HOPS`.
 #[map]
 static CLIENT_HOPS: PerCpuArray<HopSlot> = PerCpuArray::with_max_entries(CLIENT_HOP_SLOTS, 0);
 
