@@ -6,10 +6,12 @@
 #![no_std]
 
 pub mod checksum;
+pub mod clock;
 pub mod counters;
 pub mod family;
 pub mod hash;
 pub mod maps;
 
+pub use clock::TickClock;
 pub use family::*;
 pub use maps::*;

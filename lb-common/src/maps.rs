@@ -29,8 +29,12 @@ pub const MAP_FLOW_BUDGET: &str = "FLOW_BUDGET";
 pub const MAP_IFACES: &str = "IFACES";
 pub const MAP_KEY_FILTER: &str = "KEY_FILTER";
 pub const MAP_IFACES_BY_INDEX: &str = "IFACES_BY_INDEX";
+pub const MAP_TICK_CLOCK: &str = "TICK_CLOCK";
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "lb_xdp";
+/// The program that samples the data path's clocks for the agent (see
+/// `clock`); run by `BPF_PROG_TEST_RUN`, never attached.
+pub const CLOCK_SAMPLE_PROGRAM: &str = "lb_clock_sample";
 
 /// Version of the map layout (keys, values, sizes). Pinned state lives in a
 /// directory named after it, so an agent never reads maps of another layout.
@@ -415,6 +419,7 @@ mod pod {
     use super::*;
     // SAFETY: all of these are `#[repr(C)]`, `Copy`, and padded explicitly.
     unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for crate::TickClock {}
     unsafe impl aya::Pod for ServiceInfo {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}

@@ -7,7 +7,7 @@ use core::mem::size_of;
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{bpf_fib_lookup as FibParams, xdp_action},
-    helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns},
+    helpers::generated::{bpf_fib_lookup, bpf_jiffies64, bpf_ktime_get_coarse_ns},
 };
 use lb_common::{Addr, counters};
 use network_types::eth::EthHdr;
@@ -157,15 +157,29 @@ impl NextHop {
     }
 }
 
-/// The time the data path keeps: flows' "last seen", the new-flow budget's
-/// window and the next-hop cache's age. The coarse clock (a tick's
-/// resolution) is enough for all three and much cheaper than
-/// `bpf_ktime_get_ns`; a forwarded packet reads it once and passes it on,
-/// since every helper call costs a call and a return.
+/// The time the data path keeps, in `CLOCK_MONOTONIC` nanoseconds: flows'
+/// "last seen", the new-flow budget's window and the next-hop cache's age.
+/// A tick's resolution is enough for all three: jiffies, a load once the
+/// verifier has inlined `bpf_jiffies64`, turned into nanoseconds by the
+/// agent's `TICK_CLOCK`; until the agent has set that, the coarse clock, a
+/// helper call. A forwarded packet reads it once and passes it on.
 #[inline(always)]
 pub fn clock() -> u64 {
-    // SAFETY: `bpf_ktime_get_coarse_ns` has no preconditions.
-    unsafe { bpf_ktime_get_coarse_ns() }
+    match maps::tick_clock() {
+        // SAFETY: `bpf_jiffies64` has no preconditions.
+        Some(clock) => clock.ns(unsafe { bpf_jiffies64() }),
+        // SAFETY: `bpf_ktime_get_coarse_ns` has no preconditions.
+        None => unsafe { bpf_ktime_get_coarse_ns() },
+    }
+}
+
+/// Records one sample of both clocks for the agent's `TICK_CLOCK`.
+#[inline(always)]
+pub fn sample_clocks() {
+    // SAFETY (both): no preconditions.
+    let jiffies = unsafe { bpf_jiffies64() };
+    let coarse_ns = unsafe { bpf_ktime_get_coarse_ns() };
+    maps::record_clock_sample(jiffies, coarse_ns);
 }
 
 /// Where a destination's next hop is cached: either way in a [`HopSlot`],

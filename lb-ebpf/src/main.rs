@@ -16,7 +16,7 @@ mod verdict;
 
 use core::mem::MaybeUninit;
 
-use aya_ebpf::{macros::xdp, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use aya_log_ebpf::warn;
 use lb_common::{PROTO_ICMP, PROTO_ICMPV6, counters};
 
@@ -43,6 +43,14 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
             verdict.action()
         }
     }
+}
+
+/// Samples the data path's two clocks for the agent, which runs it with
+/// `BPF_PROG_TEST_RUN` at every load (see `lb_common::clock`). Never attached.
+#[xdp]
+pub fn lb_clock_sample(_ctx: XdpContext) -> u32 {
+    forward::sample_clocks();
+    xdp_action::XDP_PASS
 }
 
 /// Rare and a bug if it happens: worth a line in the agent's log. A

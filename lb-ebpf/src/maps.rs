@@ -17,7 +17,7 @@ use lb_common::{
     Addr, Backend, Flow, FlowBudget, FlowKey, FlowKey4, IFACES_BY_INDEX_LEN, Iface,
     KEY_FILTER_WORDS, KeyFilter, MAX_BACKENDS, MAX_FLOWS, MAX_IFACES, MAX_SERVICES, MAX_TX_PORTS,
     NeighborMask, SETTING_ANSWER_ECHO, SETTING_DSR, ServiceInfo, ServiceKey, ServiceKey4, Settings,
-    Traffic, answers_on, counters,
+    TickClock, Traffic, answers_on, counters,
     hash::{CLIENT_HOP_SLOTS, client_hop_slot},
     ipv4_mapped, is_ipv4_mapped,
 };
@@ -114,6 +114,11 @@ static BACKEND_HOPS: Array<HopSlot> = Array::with_max_entries(MAX_BACKENDS, 0);
 /// `HOP_CACHE_NS` each. A cache like `BACKEND_HOPS`.
 #[map]
 static CLIENT_HOPS: PerCpuArray<HopSlot> = PerCpuArray::with_max_entries(CLIENT_HOP_SLOTS, 0);
+
+/// How the data path tells time (see `lb_common::clock`); set by the agent at
+/// every load, so not pinned.
+#[map]
+static TICK_CLOCK: Array<TickClock> = Array::with_max_entries(1, 0);
 
 /// Interfaces packets may be redirected to, keyed by ifindex.
 #[map]
@@ -319,6 +324,25 @@ pub fn cache_hop(cache: HopCache, dst: &Addr, hop: &CachedHop) {
             // Volatile, as `copy_addr`'s stores are: kept in this order.
             (&raw mut (*slot).hop).write_volatile(*hop);
             copy_addr(&raw mut (*slot).dst, dst);
+        }
+    }
+}
+
+/// The clock the agent set, if it did.
+#[inline(always)]
+pub fn tick_clock() -> Option<&'static TickClock> {
+    TICK_CLOCK.get(0).filter(|clock| clock.is_set())
+}
+
+/// Records `jiffies` and `coarse_ns`, read together, for the agent.
+#[inline(always)]
+pub fn record_clock_sample(jiffies: u64, coarse_ns: u64) {
+    if let Some(clock) = TICK_CLOCK.get_ptr_mut(0) {
+        // SAFETY: a valid slot of the array; the data path reads only the
+        // other two fields.
+        unsafe {
+            (*clock).sample_jiffies = jiffies;
+            (*clock).sample_ns = coarse_ns;
         }
     }
 }

@@ -117,7 +117,8 @@ fn frontend_of(key: &ServiceKey) -> Option<Frontend> {
     })
 }
 
-/// Nanoseconds of CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
+/// Nanoseconds of CLOCK_MONOTONIC, the clock the data path records flows by
+/// (see `lb_common::clock`).
 pub fn monotonic_ns() -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,

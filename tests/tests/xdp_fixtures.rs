@@ -6,11 +6,15 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 
+use aya::maps::Array;
 use lb::{
     dataplane::{Dataplane, DataplaneConfig},
     model::{Frontend, Protocol},
 };
-use lb_common::{FlowKey, KeyFilter, ServiceKey, counters, hash::client_hop_slot, ipv4_mapped};
+use lb_common::{
+    FlowKey, KeyFilter, MAP_TICK_CLOCK, ServiceKey, TickClock, counters, hash::client_hop_slot,
+    ipv4_mapped,
+};
 use lb_tests::{
     netns::NetNs,
     packets,
@@ -953,6 +957,68 @@ fn flow_key(client: SocketAddrV4, dst: SocketAddrV4) -> FlowKey {
         dst.port().to_be(),
         lb_common::PROTO_TCP,
     )
+}
+
+/// The data path tells time by jiffies, turned into `CLOCK_MONOTONIC`
+/// nanoseconds by the clock the agent sets at every load: a new flow records
+/// a time of that clock (a whole number of ticks past its offset, which the
+/// coarse clock's readings are not), within a tick of what the coarse clock
+/// read around the packet, as userspace compares it.
+#[test]
+fn flows_record_the_monotonic_time_by_the_tick_clock() {
+    let (ns, bench) = bench();
+    ns.enter(move || tick_clock_in_namespace(&bench))
+        .expect("enter namespace");
+}
+
+fn tick_clock_in_namespace(bench: &XdpBed) {
+    let mut dataplane = load(bench);
+    dataplane
+        .set_service(&service(VIP, 80, Protocol::Tcp, vec![node(1, 31000)]))
+        .expect("set_service");
+    let clock: Array<_, TickClock> = Array::try_from(
+        dataplane
+            .ebpf_mut()
+            .map(MAP_TICK_CLOCK)
+            .expect("TICK_CLOCK"),
+    )
+    .expect("an array");
+    let clock = clock.get(&0, 0).expect("TICK_CLOCK's entry");
+    let tick = coarse_clock(libc::clock_getres);
+    assert_eq!(clock.ns_per_tick, tick, "a tick as the coarse clock has it");
+    let client = sock(CLIENT, 43000);
+    let before = coarse_clock(libc::clock_gettime);
+    let syn = packets::tcp_syn(client, sock(VIP, 80));
+    assert_eq!(run(&dataplane, &syn, bench.client_if).0, XDP_REDIRECT);
+    let after = coarse_clock(libc::clock_gettime);
+    let created = dataplane
+        .maps()
+        .flows
+        .get(&flow_key(client, sock(VIP, 80)))
+        .expect("FLOWS4")
+        .expect("the new flow")
+        .created_ns;
+    assert_eq!(
+        created.wrapping_sub(clock.offset_ns) % tick,
+        0,
+        "{created} ns is no time of the tick clock {clock:?}"
+    );
+    assert!(
+        (before - tick..=after + tick).contains(&created),
+        "created at {created} ns, the coarse clock read {before} and {after}"
+    );
+}
+
+/// `CLOCK_MONOTONIC_COARSE` as `call` (`clock_gettime`, `clock_getres`) gives
+/// it, in nanoseconds.
+fn coarse_clock(call: unsafe extern "C" fn(libc::clockid_t, *mut libc::timespec) -> i32) -> u64 {
+    let mut time = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `time` is a valid, writable timespec.
+    assert_eq!(unsafe { call(libc::CLOCK_MONOTONIC_COARSE, &mut time) }, 0);
+    time.tv_sec as u64 * 1_000_000_000 + time.tv_nsec as u64
 }
 
 /// Services that come and go are served, and their NodePorts' replies

@@ -14,6 +14,8 @@ pub enum DataplaneError {
     Load(#[source] aya::EbpfError),
     #[error("the XDP program: {0}")]
     Program(#[source] ProgramError),
+    #[error("the tick length for the data path's clock (clock_getres): {0}")]
+    ClockResolution(#[source] std::io::Error),
     #[error("interface {0} does not exist")]
     NoSuchInterface(String),
     #[error("attaching XDP to {iface}: {source}")]

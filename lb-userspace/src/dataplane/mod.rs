@@ -10,6 +10,7 @@ mod neighbors;
 mod objects;
 mod recover;
 mod services;
+mod tick_clock;
 mod upgrade;
 
 pub use config::{
@@ -108,6 +109,7 @@ impl Dataplane {
         };
         let program = xdp_program(&mut ebpf)?;
         program.load().map_err(DataplaneError::Program)?;
+        tick_clock::set(&mut ebpf)?;
         let mut maps = Maps::take(&mut ebpf)?;
         let key_filter = filter::KeyFilterBits::take(&mut ebpf)?;
         let ifaces_by_index = ifaces_by_index::IfacesByIndex::take(&mut ebpf, &maps.ifaces)?;
