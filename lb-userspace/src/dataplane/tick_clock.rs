@@ -1,8 +1,8 @@
 //! `TICK_CLOCK`: how the data path turns jiffies into `CLOCK_MONOTONIC`
 //! nanoseconds (see `lb_common::clock`). Set at every load, before the
 //! program is attached, from a sample `lb_clock_sample` takes of both
-//! clocks; the program that samples only shares the map, it never sees a
-//! packet. Not pinned: every load sets it again.
+//! clocks (run once on a dummy frame, never attached; it shares the map
+//! with `lb_xdp`). Not pinned: every load sets it again.
 
 use aya::{
     Ebpf, TestRun as _,
