@@ -120,13 +120,8 @@ fn frontend_of(key: &ServiceKey) -> Option<Frontend> {
 /// Nanoseconds of CLOCK_MONOTONIC, the clock the data path records flows by
 /// (see `lb_common::clock`).
 pub fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid timespec to write into.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+    // It cannot fail for this clock; 0 reads as "long ago".
+    crate::clock::nanoseconds(libc::clock_gettime, libc::CLOCK_MONOTONIC).unwrap_or(0)
 }
 
 /// A backend a flow is pinned to: its slot id, and the address and port

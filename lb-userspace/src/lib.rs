@@ -7,6 +7,7 @@ pub mod agent;
 pub mod announce;
 pub mod catalog;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod dataplane;
 pub mod health;

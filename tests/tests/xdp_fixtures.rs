@@ -1011,14 +1011,8 @@ fn tick_clock_in_namespace(bench: &XdpBed) {
 
 /// `CLOCK_MONOTONIC_COARSE` as `call` (`clock_gettime`, `clock_getres`) gives
 /// it, in nanoseconds.
-fn coarse_clock(call: unsafe extern "C" fn(libc::clockid_t, *mut libc::timespec) -> i32) -> u64 {
-    let mut time = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `time` is a valid, writable timespec.
-    assert_eq!(unsafe { call(libc::CLOCK_MONOTONIC_COARSE, &mut time) }, 0);
-    time.tv_sec as u64 * 1_000_000_000 + time.tv_nsec as u64
+fn coarse_clock(call: lb::clock::ClockCall) -> u64 {
+    lb::clock::nanoseconds(call, libc::CLOCK_MONOTONIC_COARSE).expect("the coarse clock")
 }
 
 /// Services that come and go are served, and their NodePorts' replies

@@ -45,15 +45,7 @@ pub(super) fn set(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
 /// The kernel's jiffy in nanoseconds: the resolution of the coarse clocks,
 /// which advance once a tick.
 fn tick_length() -> std::io::Result<u64> {
-    let mut resolution = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `resolution` is a valid, writable timespec.
-    if unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut resolution) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let ns = resolution.tv_sec as u64 * 1_000_000_000 + resolution.tv_nsec as u64;
+    let ns = crate::clock::nanoseconds(libc::clock_getres, libc::CLOCK_MONOTONIC_COARSE)?;
     if ns == 0 {
         return Err(std::io::Error::other(
             "CLOCK_MONOTONIC_COARSE reports no resolution",
