@@ -1,6 +1,6 @@
-//! The IPv4 forms of the keys. `SERVICES`, `NODE_PORTS` and `FLOWS` are each
-//! a pair of maps, one per address family: IPv4 keys in their compact form
-//! (8 and 16 bytes) in the `*4` map, IPv6 keys in the family-neutral form
+//! The IPv4 forms of the keys. `SERVICES` and `FLOWS` are each a pair of
+//! maps, one per address family (as `NODE_PORTS` is, whose values take the
+//! same forms): IPv4 keys in their compact form (8 and 16 bytes) in the `*4` map, IPv6 keys in the family-neutral form
 //! ([`ServiceKey`], [`FlowKey`]: 20 and 40 bytes) in the `*6` map. The kernel
 //! hashes and compares a whole key on every lookup, and most traffic is IPv4.
 //!
@@ -10,8 +10,8 @@
 
 use crate::{FlowKey, ServiceKey, ipv4_mapped, is_ipv4_mapped};
 
-/// A [`ServiceKey`] of an IPv4 address: key of `SERVICES4` and `NODE_PORTS4`,
-/// and value of the latter.
+/// A [`ServiceKey`] of an IPv4 address: key of `SERVICES4`, and value of
+/// `NODE_PORTS4` (whose entries are by NodePort, see `node_port_slot`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ServiceKey4 {

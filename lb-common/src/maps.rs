@@ -57,10 +57,31 @@ const _: () = assert!(MAX_BACKENDS <= 1 << 16 && MAX_SERVICES < u16::MAX as u32)
 /// Interfaces the program may be attached to (entries of `IFACES`).
 pub const MAX_IFACES: u32 = 64;
 
-/// `KEY_FILTER` holds this many bits for each of the two maps it stands
-/// before, `SERVICES` then `NODE_PORTS`, in 64-bit words.
+/// `KEY_FILTER` holds this many bits for each of the two kinds of key it
+/// stands for, `SERVICES`'s then the backends' (node IP, NodePort), in
+/// 64-bit words.
 pub const KEY_FILTER_BITS: u32 = 1 << 16;
 pub const KEY_FILTER_WORDS: u32 = 2 * KEY_FILTER_BITS / 64;
+
+/// Entries of `NODE_PORTS4` and `NODE_PORTS6`: one for every TCP and every
+/// UDP port.
+pub const NODE_PORT_SLOTS: u32 = 2 << 16;
+
+/// The entry of the NodePort `port` (network order) of `proto` in
+/// `NODE_PORTS4` and `NODE_PORTS6`; `None` for a protocol lb does not
+/// serve. A NodePort is the same on every node (Kubernetes allocates it
+/// cluster-wide), so the node is not part of it: the data path finds the
+/// frontend of a node's reply by an array read, and checks the node by the
+/// flow the reply answers.
+#[inline(always)]
+pub fn node_port_slot(port: u16, proto: u8) -> Option<u32> {
+    let port = u32::from(u16::from_be(port));
+    match proto {
+        PROTO_TCP => Some(port),
+        PROTO_UDP => Some(1 << 16 | port),
+        _ => None,
+    }
+}
 
 /// A backend slot whose `flags` lack this bit is free: flows pointing at it re-hash.
 pub const BACKEND_ACTIVE: u8 = 1;
@@ -169,7 +190,7 @@ impl ServiceKey {
 pub enum KeyFilter {
     /// `SERVICES`: a packet's destination.
     Services,
-    /// `NODE_PORTS`: a packet's source.
+    /// A backend's (node IP, NodePort), before `NODE_PORTS`: a packet's source.
     NodePorts,
 }
 
@@ -434,6 +455,27 @@ mod pod {
 mod tests {
     use super::*;
     use core::mem::size_of;
+
+    #[test]
+    fn each_protocol_and_node_port_has_an_entry_of_its_own() {
+        let slot = |port: u16, proto| node_port_slot(port.to_be(), proto);
+        let ports = [0, 1, 80, 30000, 32767, u16::MAX];
+        let protos = [PROTO_TCP, PROTO_UDP];
+        for (i, port) in ports.into_iter().enumerate() {
+            for (j, proto) in protos.into_iter().enumerate() {
+                let entry = slot(port, proto).expect("a served protocol");
+                assert!(entry < NODE_PORT_SLOTS, "{entry} past the array");
+                for (k, other_port) in ports.into_iter().enumerate() {
+                    for (l, other_proto) in protos.into_iter().enumerate() {
+                        if (i, j) != (k, l) {
+                            assert_ne!(Some(entry), slot(other_port, other_proto));
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(slot(80, PROTO_ICMP), None);
+    }
 
     #[test]
     fn layouts_have_no_implicit_padding() {

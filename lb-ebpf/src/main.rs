@@ -33,12 +33,19 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
     // No count of every packet: each ends in one outcome counter, and
     // readers add those up (`counters::derive_rx`).
     let ctx = Frame::new(ctx);
-    match try_lb_xdp(&ctx) {
+    settle(&ctx, try_lb_xdp(&ctx))
+}
+
+/// The action for a packet's outcome, counting the verdict of one that was
+/// not handled.
+#[inline(always)]
+fn settle(ctx: &Frame, outcome: Result<u32, Verdict>) -> u32 {
+    match outcome {
         Ok(action) => action,
         Err(verdict) => {
             count(verdict.counter());
             if let Verdict::DropInternal = verdict {
-                log_internal_drop(&ctx);
+                log_internal_drop(ctx);
             }
             verdict.action()
         }
@@ -84,7 +91,7 @@ fn try_lb_xdp(ctx: &Frame) -> Result<u32, Verdict> {
             // `serve_transport`'s call and its parse of the packet.
             let ports = Transport::parse(ctx, ip)?.ports;
             let claim = balance::claim(ip, Transport::split(ports))?;
-            serve_transport(ctx, ip, ports, claim)
+            Ok(serve_transport(ctx, ip, ports, claim))
         }
     }
 }
@@ -96,9 +103,17 @@ fn try_lb_xdp(ctx: &Frame) -> Result<u32, Verdict> {
 /// (16-byte addresses in every key) do not fit in the entry point's frame
 /// too. Both directions share one next-hop lookup, so its parameter block
 /// is on the stack once. What the entry point parsed and filtered comes as
-/// scalars (a reference to its stack would not pass the verifier).
+/// scalars (a reference to its stack would not pass the verifier). It
+/// settles its own outcome and returns the action: a `Result` comes back
+/// through the caller's stack, and LLVM may leave a pointer to it in R0,
+/// which the verifier refuses at the return.
 #[inline(never)]
-fn serve_transport(ctx: &Frame, ip: &Ip, ports: u32, claim: Claim) -> Result<u32, Verdict> {
+fn serve_transport(ctx: &Frame, ip: &Ip, ports: u32, claim: Claim) -> u32 {
+    settle(ctx, try_serve_transport(ctx, ip, ports, claim))
+}
+
+#[inline(always)]
+fn try_serve_transport(ctx: &Frame, ip: &Ip, ports: u32, claim: Claim) -> Result<u32, Verdict> {
     let mut packet = MaybeUninit::uninit();
     Packet::parse(ctx, ip, Transport::split(ports), &mut packet)?;
     // SAFETY: `parse` returned `Ok`, so it wrote the packet.

@@ -16,10 +16,10 @@ use aya_ebpf::{
 use lb_common::{
     Addr, Backend, Flow, FlowBudget, FlowKey, FlowKey4, IFACES_BY_INDEX_LEN, Iface,
     KEY_FILTER_WORDS, KeyFilter, MAX_BACKENDS, MAX_FLOWS, MAX_IFACES, MAX_SERVICES, MAX_TX_PORTS,
-    NeighborMask, SETTING_ANSWER_ECHO, SETTING_DSR, ServiceInfo, ServiceKey, ServiceKey4, Settings,
-    TickClock, Traffic, answers_on, counters,
+    NODE_PORT_SLOTS, NeighborMask, SETTING_ANSWER_ECHO, SETTING_DSR, ServiceInfo, ServiceKey,
+    ServiceKey4, Settings, TickClock, Traffic, answers_on, counters,
     hash::{CLIENT_HOP_SLOTS, client_hop_slot},
-    ipv4_mapped, is_ipv4_mapped,
+    ipv4_mapped, is_ipv4_mapped, node_port_slot,
 };
 
 /// Per-CPU LRU lists: flow inserts on one CPU do not contend with another's.
@@ -66,13 +66,15 @@ static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 #[map]
 static VIPS: HashMap<Addr, NeighborMask> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
-/// (node IP, NodePort, protocol) of every backend to the service it serves:
-/// how a node's reply finds the VIP it must leave with.
+/// The frontend each backend NodePort serves, by `node_port_slot`: how a
+/// node's reply finds the VIP it must leave with, by an array read the
+/// verifier inlines where a hash map would cost a helper call. An entry of
+/// protocol 0 is empty. Derived by the agent at every load, so not pinned.
 #[map]
-static NODE_PORTS4: HashMap<ServiceKey4, ServiceKey4> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+static NODE_PORTS4: Array<ServiceKey4> = Array::with_max_entries(NODE_PORT_SLOTS, 0);
 
 #[map]
-static NODE_PORTS6: HashMap<ServiceKey, ServiceKey> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+static NODE_PORTS6: Array<ServiceKey> = Array::with_max_entries(NODE_PORT_SLOTS, 0);
 
 /// Bits standing for the keys of `SERVICES` and `NODE_PORTS` (see
 /// `KeyFilter::position`). Most packets that are not ours (the host's own
@@ -158,27 +160,6 @@ fn may_hold(map: KeyFilter, addr: &Addr, port: u16, proto: u8) -> bool {
     KEY_FILTER.get(word).is_none_or(|word| word & bit != 0)
 }
 
-/// The entry for (`addr`, `port` network order, `proto`) in the map pair
-/// (`map4`, `map6`), read by `read4` or `read6` (see `lb_common::family`).
-#[inline(always)]
-fn lookup_by_family<V4, V6, T>(
-    (map4, map6): (&HashMap<ServiceKey4, V4>, &HashMap<ServiceKey, V6>),
-    (addr, port, proto): (&Addr, u16, u8),
-    read4: impl FnOnce(&V4) -> T,
-    read6: impl FnOnce(&V6) -> T,
-) -> Option<T> {
-    // SAFETY (both): the value is read before the map can change it.
-    if is_ipv4_mapped(addr) {
-        let mut key = MaybeUninit::uninit();
-        let key = keys::service_key4(&mut key, addr[3], port, proto);
-        unsafe { map4.get(key) }.map(read4)
-    } else {
-        let mut key = MaybeUninit::uninit();
-        let key = keys::service_key(&mut key, addr, port, proto);
-        unsafe { map6.get(key) }.map(read6)
-    }
-}
-
 /// Whether (`addr`, `port` network order, `proto`) may be a service's;
 /// `false` proves it is not, without a lookup.
 #[inline(always)]
@@ -193,17 +174,22 @@ pub fn may_be_node_port(addr: &Addr, port: u16, proto: u8) -> bool {
     may_hold(KeyFilter::NodePorts, addr, port, proto)
 }
 
-/// The service at (`addr`, `port` network order, `proto`). No key filter
-/// here: its callers asked it already ([`may_be_service`]) or hold a key
-/// of a programmed service.
+/// The service at (`addr`, `port` network order, `proto`), from the map of
+/// its family (see `lb_common::family`). No key filter here: its callers
+/// asked it already ([`may_be_service`]) or hold a key of a programmed
+/// service.
 #[inline(always)]
 pub fn service(addr: &Addr, port: u16, proto: u8) -> Option<ServiceInfo> {
-    lookup_by_family(
-        (&SERVICES4, &SERVICES6),
-        (addr, port, proto),
-        |info| *info,
-        |info| *info,
-    )
+    // SAFETY (both): the value is copied before the map can change it.
+    if is_ipv4_mapped(addr) {
+        let mut key = MaybeUninit::uninit();
+        let key = keys::service_key4(&mut key, addr[3], port, proto);
+        unsafe { SERVICES4.get(key) }.copied()
+    } else {
+        let mut key = MaybeUninit::uninit();
+        let key = keys::service_key(&mut key, addr, port, proto);
+        unsafe { SERVICES6.get(key) }.copied()
+    }
 }
 
 #[inline(always)]
@@ -242,22 +228,28 @@ pub fn insert_flow(key: &FlowKey, flow: &Flow) {
 }
 
 /// The frontend (VIP, port, protocol) served by the backend at (`addr`,
-/// `port`, `proto`). Copied field by field: copied whole, the value becomes
-/// a `memmove` subprogram call.
+/// `port`, `proto`), if the key filter does not rule it out. Only the
+/// NodePort picks the entry (`node_port_slot`): the caller checks the node.
+/// Copied field by field: copied whole, the value becomes a `memmove`
+/// subprogram call.
 #[inline(always)]
 pub fn frontend_of_node_port(addr: &Addr, port: u16, proto: u8) -> Option<ServiceKey> {
     if !may_be_node_port(addr, port, proto) {
         return None;
     }
-    lookup_by_family(
-        (&NODE_PORTS4, &NODE_PORTS6),
-        (addr, port, proto),
-        |frontend| ServiceKey::new(ipv4_mapped(frontend.vip), frontend.port, frontend.proto),
-        |frontend| {
-            let [a, b, c, d] = frontend.vip;
-            ServiceKey::new([a, b, c, d], frontend.port, frontend.proto)
-        },
-    )
+    let slot = node_port_slot(port, proto)?;
+    if is_ipv4_mapped(addr) {
+        let frontend = NODE_PORTS4.get(slot).filter(|f| f.proto != 0)?;
+        Some(ServiceKey::new(
+            ipv4_mapped(frontend.vip),
+            frontend.port,
+            frontend.proto,
+        ))
+    } else {
+        let frontend = NODE_PORTS6.get(slot).filter(|f| f.proto != 0)?;
+        let [a, b, c, d] = frontend.vip;
+        Some(ServiceKey::new([a, b, c, d], frontend.port, frontend.proto))
+    }
 }
 
 /// This CPU's new-flow budget.

@@ -28,12 +28,11 @@ use lb_common::{
 
 /// The per-family pairs, IPv4 first.
 pub const SERVICES: [&str; 2] = [MAP_SERVICES4, MAP_SERVICES6];
-pub const NODE_PORTS: [&str; 2] = [MAP_NODE_PORTS4, MAP_NODE_PORTS6];
 pub const FLOWS: [&str; 2] = [MAP_FLOWS4, MAP_FLOWS6];
 
 /// The maps that are pinned (the program's others are caches or derived from
 /// these, and start afresh at every load); the order is the pin order.
-pub const ALL_MAPS: [&str; 16] = [
+pub const ALL_MAPS: [&str; 14] = [
     MAP_SERVICES4,
     MAP_SERVICES6,
     MAP_BACKENDS,
@@ -47,10 +46,13 @@ pub const ALL_MAPS: [&str; 16] = [
     MAP_TX_PORTS,
     MAP_SETTINGS,
     MAP_VIPS,
-    MAP_NODE_PORTS4,
-    MAP_NODE_PORTS6,
     MAP_FLOW_BUDGET,
 ];
+
+/// Maps an earlier agent of this layout pinned that are no longer pinned:
+/// `NODE_PORTS4` and `NODE_PORTS6` were hash maps by (node IP, NodePort,
+/// protocol) and are now arrays derived at every load. A load removes them.
+pub const FORMERLY_PINNED: [&str; 2] = [MAP_NODE_PORTS4, MAP_NODE_PORTS6];
 
 #[derive(thiserror::Error, Debug)]
 pub enum MapsError {
@@ -99,8 +101,6 @@ pub struct Maps {
     pub settings: Array<MapData, Settings>,
     /// Every VIP, with the interfaces ARP and NDP for it are answered on.
     pub vips: HashMap<MapData, Addr, NeighborMask>,
-    /// (node IP, NodePort, protocol) to the frontend key it serves.
-    pub node_ports: FamilyMaps<ServiceKey, ServiceKey>,
     /// The attached interfaces, by ifindex.
     pub ifaces: HashMap<MapData, u32, Iface>,
 }
@@ -127,7 +127,6 @@ impl Maps {
             global_stats: typed(MAP_GLOBAL_STATS, take(MAP_GLOBAL_STATS)?)?,
             settings: typed(MAP_SETTINGS, take(MAP_SETTINGS)?)?,
             vips: typed(MAP_VIPS, take(MAP_VIPS)?)?,
-            node_ports: FamilyMaps::new(NODE_PORTS, [take(NODE_PORTS[0])?, take(NODE_PORTS[1])?])?,
             ifaces: typed(MAP_IFACES, take(MAP_IFACES)?)?,
         })
     }
@@ -150,7 +149,6 @@ impl Maps {
             global_stats: typed(MAP_GLOBAL_STATS, open_pin(dir, MAP_GLOBAL_STATS)?)?,
             settings: typed(MAP_SETTINGS, open_pin(dir, MAP_SETTINGS)?)?,
             vips: typed(MAP_VIPS, open_pin(dir, MAP_VIPS)?)?,
-            node_ports: FamilyMaps::new(NODE_PORTS, pair(NODE_PORTS)?)?,
             ifaces: typed(MAP_IFACES, open_pin(dir, MAP_IFACES)?)?,
         })
     }

@@ -185,6 +185,21 @@ impl PinDir {
         Ok(())
     }
 
+    /// Removes the pins of the maps `names` from the state directory, where
+    /// they exist.
+    pub fn remove_maps(&self, names: &[&str]) -> Result<(), PinsError> {
+        for name in names {
+            let path = self.map(name);
+            match fs::remove_file(&path) {
+                Err(source) if source.kind() != io::ErrorKind::NotFound => {
+                    return Err(PinsError::Io { path, source });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Whether an agent ever pinned state here.
     pub fn exists(&self) -> bool {
         self.state().is_dir()

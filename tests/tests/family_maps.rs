@@ -13,8 +13,8 @@ use std::{
 
 use aya::maps::{Array, HashMap, Map, MapData, MapInfo};
 use lb::{
-    dataplane::{Dataplane, DataplaneConfig, DataplaneError},
-    maps::{FLOWS, Maps, MapsError, NODE_PORTS, SERVICES},
+    dataplane::{Dataplane, DataplaneConfig, DataplaneError, service_key},
+    maps::{FLOWS, Maps, MapsError, SERVICES},
     model::Protocol,
     pins::PinsError,
 };
@@ -271,11 +271,68 @@ fn upgrade(bed: &XdpBed) {
             moved_to,
             "{frontend}: the flow kept its backend"
         );
+        // The NodePorts' way back is derived from the services, not copied.
+        assert_eq!(
+            reply_source(&dataplane, bed, family, moved_to),
+            family.vip_port(),
+            "{frontend}: the reply's source"
+        );
         let flow = dataplane.maps().flows.get(&family.flow_key());
         assert_eq!(
             flow.expect("flows").expect("the flow").service_id(),
             Some(service.id),
             "{frontend}: its first packet recorded its service in the flow"
+        );
+    }
+    dataplane.remove_pins().expect("remove pins");
+}
+
+/// The source a reply from `node`'s NodePort to `family`'s client leaves with.
+fn reply_source(dataplane: &Dataplane, bed: &XdpBed, family: &Family, node: IpAddr) -> SocketAddr {
+    let reply = packets::tcp_ack(SocketAddr::new(node, 31000), family.client, b"y");
+    let program = dataplane.program().expect("program");
+    let (action, output) = xdp_bed::run(program, &reply, bed.node_if).expect("test run");
+    assert_eq!(action, XDP_REDIRECT, "{}: the reply", family.vip);
+    packets::owned_tuple(&output).expect("a TCP packet").0.src
+}
+
+/// Agents of layout v4 before the NodePorts' frontends became arrays
+/// derived at every load pinned them as hash maps, `NODE_PORTS4` and
+/// `NODE_PORTS6`: a load removes those pins, and replies find their
+/// frontends in the arrays it derived from the services it took over.
+#[test]
+fn formerly_pinned_node_ports_are_unpinned_and_replies_still_served() {
+    let (ns, bed) = XdpBed::new("lbnpp").expect("netns");
+    ns.enter(move || formerly_pinned(&bed)).expect("enter");
+}
+
+fn formerly_pinned(bed: &XdpBed) {
+    let root = PinRoot::new("formerly-pinned");
+    let families = families();
+    let mut dataplane = load(bed, config(Some(root.0.clone()), RING_SIZE)).expect("load");
+    let mut nodes = Vec::new();
+    for family in &families {
+        dataplane.set_service(&family.spec()).expect("set_service");
+        let syn = packets::tcp_syn(family.client, family.vip_port());
+        nodes.push(forwarded_to(&dataplane, bed, &syn));
+    }
+    drop(dataplane);
+    let formerly = ["NODE_PORTS4", "NODE_PORTS6"];
+    for name in formerly {
+        pin_old_map::<u64, u64>(&root.dir(4), name, BPF_MAP_TYPE_HASH, 16, 0, &[]);
+    }
+    let dataplane = load(bed, config(Some(root.0.clone()), RING_SIZE)).expect("reload");
+    let pins = pin_names(&root.dir(4));
+    for name in formerly {
+        assert!(
+            !pins.iter().any(|pin| pin == name),
+            "{name} is still pinned"
+        );
+    }
+    for (family, node) in families.iter().zip(nodes) {
+        assert_eq!(
+            reply_source(&dataplane, bed, family, node),
+            family.vip_port()
         );
     }
     dataplane.remove_pins().expect("remove pins");
@@ -310,7 +367,18 @@ fn write_v3_state(bed: &XdpBed, root: &PinRoot, families: &[Family]) -> Vec<IpAd
     }
     let maps = dataplane.maps();
     let services = maps.services.entries().expect("services");
-    let node_ports = maps.node_ports.entries().expect("node ports");
+    let node_ports: Vec<(ServiceKey, ServiceKey)> = families
+        .iter()
+        .flat_map(|family| {
+            let spec = family.spec();
+            let frontend = service_key(&spec.frontend);
+            spec.backends.into_iter().map(move |backend| {
+                let node_port =
+                    ServiceKey::new(addr_of(backend.ip), backend.port.to_be(), PROTO_TCP);
+                (node_port, frontend)
+            })
+        })
+        .collect();
     let mut flows = maps.flows.entries().expect("flows");
     for family in families {
         let (_, flow) = flows
@@ -345,12 +413,12 @@ fn write_v3_state(bed: &XdpBed, root: &PinRoot, families: &[Family]) -> Vec<IpAd
     }
     drop(dataplane);
     fs::rename(root.dir(4), root.dir(3)).expect("v4 state to v3");
-    for name in [SERVICES, NODE_PORTS, FLOWS].concat() {
+    for name in [SERVICES, FLOWS].concat() {
         fs::remove_file(root.dir(3).join(name)).expect("unpin a v4 map");
     }
     let v3 = root.dir(3);
-    pin_v3_map::<ServiceKey, ServiceInfo>(&v3, "SERVICES", BPF_MAP_TYPE_HASH, 16384, 0, &services);
-    pin_v3_map::<ServiceKey, ServiceKey>(
+    pin_old_map::<ServiceKey, ServiceInfo>(&v3, "SERVICES", BPF_MAP_TYPE_HASH, 16384, 0, &services);
+    pin_old_map::<ServiceKey, ServiceKey>(
         &v3,
         "NODE_PORTS",
         BPF_MAP_TYPE_HASH,
@@ -359,13 +427,13 @@ fn write_v3_state(bed: &XdpBed, root: &PinRoot, families: &[Family]) -> Vec<IpAd
         &node_ports,
     );
     let lru = BPF_F_NO_COMMON_LRU;
-    pin_v3_map::<FlowKey, Flow>(&v3, "FLOWS", BPF_MAP_TYPE_LRU_HASH, 4096, lru, &flows);
+    pin_old_map::<FlowKey, Flow>(&v3, "FLOWS", BPF_MAP_TYPE_LRU_HASH, 4096, lru, &flows);
     moved_to
 }
 
-/// Creates a hash map of v3's shape, fills it with `entries` and pins it
-/// at `dir/name`.
-fn pin_v3_map<K: aya::Pod, V: aya::Pod>(
+/// Creates a hash map of an older layout's shape, fills it with `entries`
+/// and pins it at `dir/name`.
+fn pin_old_map<K: aya::Pod, V: aya::Pod>(
     dir: &Path,
     name: &str,
     map_type: u32,

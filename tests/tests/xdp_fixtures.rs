@@ -1100,3 +1100,93 @@ fn key_filter_in_namespace(bench: &XdpBed) {
         "a still removed"
     );
 }
+
+/// A node's reply finds the frontend it leaves with by its NodePort and
+/// protocol alone (`lb_common::node_port_slot`), which the agent keeps by
+/// what each programmed service claims: one NodePort number of TCP and of
+/// UDP serves two frontends; a service that loses a backend keeps its
+/// NodePort for the others; of two services claiming one NodePort (one
+/// freed in Kubernetes and given to another before lb removed the first),
+/// the later is served, and the earlier again once the later goes.
+#[test]
+fn node_port_replies_leave_with_the_frontend_that_claims_the_node_port() {
+    let (ns, bench) = bench();
+    ns.enter(move || node_port_claims_in_namespace(&bench))
+        .expect("enter namespace");
+}
+
+fn node_port_claims_in_namespace(bench: &XdpBed) {
+    let mut dataplane = load(bench);
+    let client = sock(CLIENT, 40000);
+    // The source a reply from (`node`, `node_port`) leaves with; `None` when
+    // it passes to the kernel.
+    let left_with = |dataplane: &Dataplane, node: u8, node_port: u16, proto: Protocol| {
+        let from = sock(node_ip(node), node_port);
+        let reply = match proto {
+            Protocol::Tcp => packets::tcp_ack(from, client, b"r"),
+            Protocol::Udp => packets::udp(from, client, b"r"),
+        };
+        let (action, output) = run(dataplane, &reply, bench.node_if);
+        if action == XDP_PASS {
+            assert_eq!(output, reply, "passed untouched");
+            return None;
+        }
+        assert_eq!(action, XDP_REDIRECT);
+        let (tuple, _) = packets::owned_tuple(&output).expect("a TCP or UDP packet");
+        Some(tuple.src)
+    };
+    let at = |ip: Ipv4Addr, port: u16| Some(SocketAddr::from(sock(ip, port)));
+
+    let tcp = service(VIP, 80, Protocol::Tcp, vec![node(1, 31500)]);
+    let udp = service(VIP, 53, Protocol::Udp, vec![node(1, 31500)]);
+    for spec in [&tcp, &udp] {
+        dataplane.set_service(spec).expect("set_service");
+    }
+    assert_eq!(left_with(&dataplane, 1, 31500, Protocol::Tcp), at(VIP, 80));
+    assert_eq!(left_with(&dataplane, 1, 31500, Protocol::Udp), at(VIP, 53));
+
+    let mut spread = service(
+        VIP_SPREAD,
+        80,
+        Protocol::Tcp,
+        vec![node(1, 31600), node(2, 31600)],
+    );
+    dataplane.set_service(&spread).expect("set_service");
+    spread.backends.remove(0);
+    dataplane.set_service(&spread).expect("one backend less");
+    assert_eq!(
+        left_with(&dataplane, 2, 31600, Protocol::Tcp),
+        at(VIP_SPREAD, 80),
+        "the remaining backend's NodePort"
+    );
+
+    let (vip_earlier, vip_later) = (
+        Ipv4Addr::new(198, 51, 100, 14),
+        Ipv4Addr::new(198, 51, 100, 15),
+    );
+    let earlier = service(vip_earlier, 80, Protocol::Tcp, vec![node(3, 31700)]);
+    let later = service(vip_later, 8080, Protocol::Tcp, vec![node(3, 31700)]);
+    dataplane.set_service(&earlier).expect("set earlier");
+    dataplane.set_service(&later).expect("set later");
+    assert_eq!(
+        left_with(&dataplane, 3, 31700, Protocol::Tcp),
+        at(vip_later, 8080),
+        "the later claim"
+    );
+    dataplane
+        .remove_service(&later.frontend)
+        .expect("remove later");
+    assert_eq!(
+        left_with(&dataplane, 3, 31700, Protocol::Tcp),
+        at(vip_earlier, 80),
+        "the earlier claim, back"
+    );
+    dataplane
+        .remove_service(&earlier.frontend)
+        .expect("remove earlier");
+    assert_eq!(
+        left_with(&dataplane, 3, 31700, Protocol::Tcp),
+        None,
+        "no claim"
+    );
+}

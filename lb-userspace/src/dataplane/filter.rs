@@ -1,5 +1,5 @@
-//! `KEY_FILTER`: the bits that let the data path skip the `SERVICES` and
-//! `NODE_PORTS` lookups of packets that are not ours. Derived from what is
+//! `KEY_FILTER`: the bits that let the data path skip the `SERVICES`
+//! lookup, and the reply path, for packets that are not ours. Derived from what is
 //! programmed, so not pinned: every load starts it empty and `recover`
 //! fills it before the program is attached.
 
@@ -70,8 +70,8 @@ impl KeyFilterBits {
     }
 }
 
-/// The keys a service is programmed under: its frontend in `SERVICES`, its
-/// backends' NodePorts in `NODE_PORTS`.
+/// The keys a service is programmed under: its frontend in `SERVICES`, and
+/// each backend's (node IP, NodePort), where its replies come from.
 pub(super) fn keys_of(spec: &ServiceSpec) -> Vec<(KeyFilter, ServiceKey)> {
     let frontend = &spec.frontend;
     let backends = spec.backends.iter().map(|backend| {

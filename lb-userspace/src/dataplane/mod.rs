@@ -7,6 +7,7 @@ mod filter;
 mod ifaces_by_index;
 mod links;
 mod neighbors;
+mod node_ports;
 mod objects;
 mod recover;
 mod services;
@@ -26,7 +27,7 @@ use aya::{Ebpf, EbpfLoader, programs::Xdp, util::nr_cpus};
 use lb_common::{MAP_MAGLEV, MAX_BACKENDS, NeighborMask, PROGRAM_NAME};
 
 use crate::{
-    maps::{ALL_MAPS, Maps, MapsError, map_error},
+    maps::{ALL_MAPS, FORMERLY_PINNED, Maps, MapsError, map_error},
     model::{BackendSpec, Frontend, ServiceSpec},
     pins::PinDir,
 };
@@ -55,6 +56,7 @@ pub struct Dataplane {
     ebpf: Ebpf,
     maps: Maps,
     key_filter: filter::KeyFilterBits,
+    node_ports: node_ports::NodePortFrontends,
     ifaces_by_index: ifaces_by_index::IfacesByIndex,
     pins: Option<PinDir>,
     /// The pinned state existed before this load (an earlier agent's).
@@ -112,6 +114,7 @@ impl Dataplane {
         tick_clock::set(&mut ebpf)?;
         let mut maps = Maps::take(&mut ebpf)?;
         let key_filter = filter::KeyFilterBits::take(&mut ebpf)?;
+        let node_ports = node_ports::NodePortFrontends::take(&mut ebpf)?;
         let ifaces_by_index = ifaces_by_index::IfacesByIndex::take(&mut ebpf, &maps.ifaces)?;
         // A reused pin keeps the size it was created with.
         let pinned = maps.maglev.len();
@@ -123,14 +126,20 @@ impl Dataplane {
                 max_services: config.max_services,
             });
         }
-        if let Some(pins) = pins.as_ref().filter(|_| upgrading) {
-            upgrade::copy_split_maps(pins, &mut maps)?;
+        if let Some(pins) = &pins {
+            if upgrading {
+                upgrade::copy_split_maps(pins, &mut maps)?;
+            }
+            // Only once this load has succeeded: the program they were
+            // pinned for holds them, not their pins.
+            pins.remove_maps(&FORMERLY_PINNED)?;
         }
         let nr_cpus = nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
         let mut dataplane = Self {
             ebpf,
             maps,
             key_filter,
+            node_ports,
             ifaces_by_index,
             pins,
             inherited,

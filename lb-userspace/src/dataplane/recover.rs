@@ -1,14 +1,11 @@
 //! Taking over the pinned state an earlier agent left: what is programmed,
 //! rebuilt from the maps.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
-use lb_common::{BACKEND_ACTIVE, MAX_BACKENDS, ServiceKey};
+use lb_common::{BACKEND_ACTIVE, MAX_BACKENDS};
 
-use super::{
-    Dataplane, DataplaneError, ProgrammedBackend, ProgrammedService, filter, service_key,
-    services::node_port_key,
-};
+use super::{Dataplane, DataplaneError, ProgrammedBackend, ProgrammedService, filter};
 use crate::{
     maps::map_error,
     model::{BackendSpec, Frontend, Protocol, ServiceSpec},
@@ -99,41 +96,15 @@ impl Dataplane {
                 self.free_backend_ids.push(id);
             }
         }
-        self.forget_stale_node_ports()?;
+        for service in self.services.values() {
+            self.node_ports
+                .claim(&service.spec.frontend, &service.spec.backends)?;
+        }
         let keys: Vec<_> = self
             .services
             .values()
             .flat_map(|service| filter::keys_of(&service.spec))
             .collect();
         Ok(self.key_filter.add(&keys)?)
-    }
-
-    /// Drops the `NODE_PORTS` entries of backends no recovered service has.
-    pub(super) fn forget_stale_node_ports(&mut self) -> Result<(), DataplaneError> {
-        let live: HashSet<(ServiceKey, ServiceKey)> = self
-            .services
-            .values()
-            .flat_map(|service| {
-                let frontend = service.spec.frontend;
-                service.backends.iter().map(move |b| {
-                    (
-                        node_port_key(&b.spec, frontend.protocol),
-                        service_key(&frontend),
-                    )
-                })
-            })
-            .collect();
-        let stale: Vec<ServiceKey> = self
-            .maps
-            .node_ports
-            .entries()?
-            .into_iter()
-            .filter(|entry| !live.contains(entry))
-            .map(|(node_port, _)| node_port)
-            .collect();
-        for node_port in stale {
-            self.maps.node_ports.remove(&node_port)?;
-        }
-        Ok(())
     }
 }

@@ -117,17 +117,15 @@ impl Dataplane {
             ring_size: self.config.ring_size,
             backend_count: if live { backends.len() as u32 } else { 0 },
         };
-        for backend in &backends {
-            self.maps
-                .node_ports
-                .insert(node_port_key(&backend.spec, spec.frontend.protocol), key)?;
-        }
+        self.node_ports.claim(&spec.frontend, &spec.backends)?;
         // The swap: from here on new flows use the new ring.
         self.maps.services.insert(key, info)?;
         // Only now retire removed backends, so their flows re-hash onto the new ring.
         for removed in old.into_values() {
-            self.free_backend(&removed, &spec.frontend)?;
+            self.retire_slot(removed.id)?;
         }
+        self.node_ports
+            .release_unused(&spec.frontend, &spec.backends)?;
         service.slot = slot;
         service.spec = spec.clone();
         service.backends = backends;
@@ -141,8 +139,9 @@ impl Dataplane {
         };
         self.maps.services.remove(&service_key(frontend))?;
         for backend in &service.backends {
-            self.free_backend(backend, frontend)?;
+            self.retire_slot(backend.id)?;
         }
+        self.node_ports.release_unused(frontend, &[])?;
         self.key_filter.remove(&filter::keys_of(&service.spec))?;
         self.free_service_ids.push(service.id);
         if !self.services.keys().any(|f| f.vip == frontend.vip) {
@@ -190,21 +189,6 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Retires a backend of `frontend`: its slot, and its NodePort's way back
-    /// to the frontend unless another service took that NodePort since.
-    pub(super) fn free_backend(
-        &mut self,
-        backend: &ProgrammedBackend,
-        frontend: &Frontend,
-    ) -> Result<(), DataplaneError> {
-        self.retire_slot(backend.id)?;
-        let node_port = node_port_key(&backend.spec, frontend.protocol);
-        if self.maps.node_ports.get(&node_port)? == Some(service_key(frontend)) {
-            self.maps.node_ports.remove(&node_port)?;
-        }
-        Ok(())
-    }
-
     /// Zeroes a recycled slot's counters so a new owner starts from zero.
     pub(super) fn reset_traffic(&mut self, id: u32, service: bool) -> Result<(), DataplaneError> {
         let zeros = PerCpuValues::try_from(vec![Traffic::default(); self.nr_cpus])
@@ -228,7 +212,7 @@ pub fn service_key(frontend: &Frontend) -> ServiceKey {
     )
 }
 
-/// The `NODE_PORTS` key of a backend: where its replies come from.
+/// The key of a backend's NodePort in `KEY_FILTER`: where its replies come from.
 pub(super) fn node_port_key(backend: &BackendSpec, protocol: Protocol) -> ServiceKey {
     service_key(&Frontend {
         vip: backend.ip,

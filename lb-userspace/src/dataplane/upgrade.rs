@@ -5,8 +5,10 @@
 //! Before the new program is loaded, every other pin (the maps whose layout
 //! did not change, and the XDP links) moves to the new directory: bpffs
 //! renames it, and the loader then reuses it as if an agent of this layout
-//! had left it. Once the new maps exist, the entries of the three old maps
-//! are copied into them and the old directory goes. The old program keeps
+//! had left it. Once the new maps exist, the entries of the old `SERVICES`
+//! and `FLOWS` are copied into them and the old directory goes (`NODE_PORTS`
+//! is not copied: its entries are now derived from the services at every
+//! load). The old program keeps
 //! serving from the old maps (it holds them, not their pins) until `attach`
 //! swaps the program on each link; a flow it records in that window is not
 //! copied, and its next packet gets the same Maglev choice from the new one.
@@ -79,12 +81,11 @@ pub(super) fn move_kept_pins(
     Ok(true)
 }
 
-/// Copies the entries of v3's `SERVICES`, `NODE_PORTS` and `FLOWS` into
-/// their per-family pairs in `maps`, then removes the v3 directory.
+/// Copies the entries of v3's `SERVICES` and `FLOWS` into their per-family
+/// pairs in `maps`, then removes the v3 directory, `NODE_PORTS` with it.
 pub(super) fn copy_split_maps(pins: &PinDir, maps: &mut Maps) -> Result<(), DataplaneError> {
     let old = pins.upgradable_state();
     copy::<ServiceKey, ServiceInfo>(&old, SERVICES, &mut maps.services)?;
-    copy::<ServiceKey, ServiceKey>(&old, NODE_PORTS, &mut maps.node_ports)?;
     copy::<FlowKey, Flow>(&old, FLOWS, &mut maps.flows)?;
     let kept = fs::read_dir(&old).map_err(|source| io_error(&old, source))?;
     for entry in kept {

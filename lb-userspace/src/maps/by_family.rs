@@ -9,7 +9,7 @@ use lb_common::ByFamily;
 
 use super::{MapsError, map_error, typed};
 
-/// `SERVICES`, `NODE_PORTS` or `FLOWS`: the IPv4 map with compact keys and
+/// `SERVICES` or `FLOWS`: the IPv4 map with compact keys and
 /// the IPv6 map with neutral ones.
 pub struct FamilyMaps<K: ByFamily, V: ByFamily> {
     v4: HashMap<MapData, K::V4, V::V4>,

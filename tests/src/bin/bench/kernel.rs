@@ -230,8 +230,8 @@ const GOALS: [(&str, f64, Option<f64>, &str); 6] = [
         "reply, reverse NAT",
         1.9,
         Some(4.0),
-        "two hash lookups: NODE_PORTS4 (8-byte key) and FLOWS4 for the request the reply \
-         answers (16-byte key, LRU); the client's next hop from this CPU's slot for it \
+        "one hash lookup, FLOWS4 for the request the reply answers (16-byte key, LRU), after \
+         the frontend from its NodePort (NODE_PORTS4, an array read); the client's next hop from this CPU's slot for it \
          (CLIENT_HOPS, an array read); then the rewrite with its checksums",
     ),
     (
