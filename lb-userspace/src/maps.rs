@@ -112,22 +112,32 @@ where
     T::try_from(map).map_err(|source| MapsError::Map { name, source })
 }
 
+/// Takes the map `name` out of a loaded program, typed as `T`.
+pub(crate) fn take_typed<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, MapsError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    typed(name, ebpf.take_map(name).ok_or(MapsError::Missing(name))?)
+}
+
 impl Maps {
     /// Takes the maps out of a loaded program; `ebpf` keeps the rest (the devmap
     /// and flow tables, which userspace does not write).
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(MapsError::Missing(name));
+        let services = FamilyMaps::new(SERVICES, [take(SERVICES[0])?, take(SERVICES[1])?])?;
+        let flows = FamilyMaps::new(FLOWS, [take(FLOWS[0])?, take(FLOWS[1])?])?;
         Ok(Self {
-            services: FamilyMaps::new(SERVICES, [take(SERVICES[0])?, take(SERVICES[1])?])?,
-            backends: typed(MAP_BACKENDS, take(MAP_BACKENDS)?)?,
-            maglev: typed(MAP_MAGLEV, take(MAP_MAGLEV)?)?,
-            flows: FamilyMaps::new(FLOWS, [take(FLOWS[0])?, take(FLOWS[1])?])?,
-            service_stats: typed(MAP_SERVICE_STATS, take(MAP_SERVICE_STATS)?)?,
-            backend_stats: typed(MAP_BACKEND_STATS, take(MAP_BACKEND_STATS)?)?,
-            global_stats: typed(MAP_GLOBAL_STATS, take(MAP_GLOBAL_STATS)?)?,
-            settings: typed(MAP_SETTINGS, take(MAP_SETTINGS)?)?,
-            vips: typed(MAP_VIPS, take(MAP_VIPS)?)?,
-            ifaces: typed(MAP_IFACES, take(MAP_IFACES)?)?,
+            services,
+            backends: take_typed(ebpf, MAP_BACKENDS)?,
+            maglev: take_typed(ebpf, MAP_MAGLEV)?,
+            flows,
+            service_stats: take_typed(ebpf, MAP_SERVICE_STATS)?,
+            backend_stats: take_typed(ebpf, MAP_BACKEND_STATS)?,
+            global_stats: take_typed(ebpf, MAP_GLOBAL_STATS)?,
+            settings: take_typed(ebpf, MAP_SETTINGS)?,
+            vips: take_typed(ebpf, MAP_VIPS)?,
+            ifaces: take_typed(ebpf, MAP_IFACES)?,
         })
     }
 

@@ -11,7 +11,7 @@ use lb_common::{KEY_FILTER_BITS, KEY_FILTER_WORDS, KeyFilter, MAP_KEY_FILTER, Se
 
 use super::{service_key, services::node_port_key};
 use crate::{
-    maps::{MapsError, map_error},
+    maps::{MapsError, map_error, take_typed},
     model::ServiceSpec,
 };
 
@@ -26,11 +26,8 @@ pub(super) struct KeyFilterBits {
 
 impl KeyFilterBits {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
-        let map = ebpf
-            .take_map(MAP_KEY_FILTER)
-            .ok_or(MapsError::Missing(MAP_KEY_FILTER))?;
         Ok(Self {
-            map: Array::try_from(map).map_err(|e| map_error(MAP_KEY_FILTER, e))?,
+            map: take_typed(ebpf, MAP_KEY_FILTER)?,
             words: vec![0; KEY_FILTER_WORDS as usize],
             users: vec![0; 2 * KEY_FILTER_BITS as usize],
         })

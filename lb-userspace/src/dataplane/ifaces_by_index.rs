@@ -10,7 +10,7 @@ use aya::{
 };
 use lb_common::{IFACES_BY_INDEX_LEN, Iface, MAP_IFACES, MAP_IFACES_BY_INDEX};
 
-use crate::maps::{MapsError, map_error};
+use crate::maps::{MapsError, map_error, take_typed};
 
 pub(super) struct IfacesByIndex {
     map: Array<MapData, Iface>,
@@ -19,11 +19,8 @@ pub(super) struct IfacesByIndex {
 impl IfacesByIndex {
     /// Takes the program's array and copies every interface of `ifaces` in.
     pub fn take(ebpf: &mut Ebpf, ifaces: &HashMap<MapData, u32, Iface>) -> Result<Self, MapsError> {
-        let map = ebpf
-            .take_map(MAP_IFACES_BY_INDEX)
-            .ok_or(MapsError::Missing(MAP_IFACES_BY_INDEX))?;
         let mut index = Self {
-            map: Array::try_from(map).map_err(|e| map_error(MAP_IFACES_BY_INDEX, e))?,
+            map: take_typed(ebpf, MAP_IFACES_BY_INDEX)?,
         };
         for entry in ifaces.iter() {
             let (ifindex, iface) = entry.map_err(|e| map_error(MAP_IFACES, e))?;

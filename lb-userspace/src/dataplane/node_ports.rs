@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use aya::{
-    Ebpf, Pod,
+    Ebpf,
     maps::{Array, MapData},
 };
 use lb_common::{
@@ -22,7 +22,7 @@ use lb_common::{
 
 use super::service_key;
 use crate::{
-    maps::{MapsError, map_error},
+    maps::{MapsError, map_error, take_typed},
     model::{BackendSpec, Frontend},
 };
 
@@ -41,8 +41,8 @@ pub(super) struct NodePortFrontends {
 impl NodePortFrontends {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
         Ok(Self {
-            v4: take_array(ebpf, MAP_NODE_PORTS4)?,
-            v6: take_array(ebpf, MAP_NODE_PORTS6)?,
+            v4: take_typed(ebpf, MAP_NODE_PORTS4)?,
+            v6: take_typed(ebpf, MAP_NODE_PORTS6)?,
             claims: BTreeMap::new(),
             claimed: BTreeMap::new(),
         })
@@ -115,11 +115,6 @@ impl NodePortFrontends {
                 .map_err(|e| map_error(MAP_NODE_PORTS6, e)),
         }
     }
-}
-
-fn take_array<V: Pod>(ebpf: &mut Ebpf, name: &'static str) -> Result<Array<MapData, V>, MapsError> {
-    let map = ebpf.take_map(name).ok_or(MapsError::Missing(name))?;
-    Array::try_from(map).map_err(|e| map_error(name, e))
 }
 
 /// The entries of the NodePorts of `backends`, which serve `frontend`.
