@@ -31,6 +31,17 @@ static LRU_PER_CPU: LruHashMap<FlowKey4, Flow> =
 #[map]
 static LRU_COMMON: LruHashMap<FlowKey4, Flow> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
+/// A plain hash of the same size, preallocated: no LRU lists to keep.
+#[map]
+static PLAIN: HashMap<FlowKey4, Flow> = HashMap::with_max_entries(MAX_FLOWS, 0);
+
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// A plain hash whose entries are allocated at insert.
+#[map]
+static PLAIN_NO_PREALLOC: HashMap<FlowKey4, Flow> =
+    HashMap::with_max_entries(MAX_FLOWS, BPF_F_NO_PREALLOC);
+
 /// Sized and flagged as lb's `FLOWS4`, with one entry (the bench writes
 /// `ipv4_flow(1)`): what an established IPv4 packet's flow lookup costs
 /// against the small table of `HASH_KEY16`.
@@ -106,6 +117,23 @@ pub fn attr_lru_insert_common(_ctx: XdpContext) -> u32 {
     tx_if(insert(&LRU_COMMON))
 }
 
+/// One insert of a new flow into a preallocated 1M-entry plain hash.
+#[xdp]
+pub fn attr_hash_insert(_ctx: XdpContext) -> u32 {
+    tx_if(insert_plain(&PLAIN))
+}
+
+/// One insert of a new flow into a 1M-entry plain hash that allocates.
+#[xdp]
+pub fn attr_hash_insert_no_prealloc(_ctx: XdpContext) -> u32 {
+    tx_if(insert_plain(&PLAIN_NO_PREALLOC))
+}
+
+#[inline(always)]
+fn insert_plain(map: &HashMap<FlowKey4, Flow>) -> bool {
+    next_key().is_some_and(|n| map.insert(ipv4_flow(n), Flow::default(), 0).is_ok())
+}
+
 /// One hash lookup with a 40-byte key (lb's IPv6 flow key).
 #[xdp]
 pub fn attr_hash_lookup_key40(_ctx: XdpContext) -> u32 {
@@ -133,15 +161,18 @@ pub fn attr_flow_lookup(_ctx: XdpContext) -> u32 {
 /// Inserts a flow under a key no earlier call used.
 #[inline(always)]
 fn insert(map: &LruHashMap<FlowKey4, Flow>) -> bool {
-    let Some(count) = INSERTS.get_ptr_mut(0) else {
-        return false;
-    };
+    next_key().is_some_and(|n| map.insert(ipv4_flow(n), Flow::default(), 0).is_ok())
+}
+
+/// A source address no earlier insert on this CPU used.
+#[inline(always)]
+fn next_key() -> Option<u32> {
+    let count = INSERTS.get_ptr_mut(0)?;
     // SAFETY: per-CPU slot, no concurrent writer.
-    let n = unsafe {
+    Some(unsafe {
         *count = (*count).wrapping_add(1);
         *count
-    };
-    map.insert(ipv4_flow(n), Flow::default(), 0).is_ok()
+    })
 }
 
 /// The IPv4 flow key from source address `src` to 0.0.0.2 (the bench

@@ -14,6 +14,7 @@ pub mod neighbor_packets;
 pub mod netns;
 pub mod on_link;
 pub mod packets;
+pub mod pin_root;
 pub mod scale_out;
 pub mod servers;
 pub mod specs;

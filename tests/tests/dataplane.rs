@@ -12,7 +12,7 @@ use lb::{
     reconcile,
 };
 use lb_common::{ALL_NEIGHBOR_SLOTS, BACKEND_ACTIVE, LEGACY_SETTING_ANSWER_NEIGHBORS, addr_of};
-use lb_tests::specs;
+use lb_tests::{pin_root::PinRoot, specs};
 
 const RING_SIZE: u32 = 251;
 
@@ -199,12 +199,11 @@ fn reconcile_touches_only_what_changed() {
 /// setting, masks never written), every interface.
 #[test]
 fn a_takeover_keeps_answering_neighbors_as_the_earlier_agent_did() {
-    let bpffs =
-        std::path::PathBuf::from(format!("/sys/fs/bpf/lb-test-masks-{}", std::process::id()));
+    let bpffs = PinRoot::new("test-masks");
     let config = DataplaneConfig {
         ring_size: RING_SIZE,
         max_services: 4,
-        pin_dir: Some(bpffs.clone()),
+        pin_dir: Some(bpffs.path().clone()),
         ..Default::default()
     };
     let (answered, bgp_only) = (spec(10, &[(1, 1)]), spec(11, &[(1, 1)]));
@@ -228,7 +227,7 @@ fn a_takeover_keeps_answering_neighbors_as_the_earlier_agent_did() {
     drop(second);
 
     // What an agent from before the masks left: the setting, masks 0.
-    let mut maps = lb::maps::Maps::open_pinned(&bpffs).expect("pinned maps");
+    let mut maps = lb::maps::Maps::open_pinned(bpffs.path()).expect("pinned maps");
     let legacy = lb_common::Settings {
         flags: LEGACY_SETTING_ANSWER_NEIGHBORS,
         new_flow_limit: 0,

@@ -23,6 +23,7 @@ use lb_common::{
 };
 use lb_tests::{
     packets,
+    pin_root::PinRoot,
     specs::{node, node6, service},
     xdp_bed::{self, CLIENT, CLIENT6, XDP_REDIRECT, XdpBed, node_ip, node_ip6},
 };
@@ -208,27 +209,6 @@ fn family_tables(bed: &XdpBed) {
     }
 }
 
-/// A bpffs directory of the test's own, removed when dropped.
-struct PinRoot(PathBuf);
-
-impl PinRoot {
-    fn new(name: &str) -> Self {
-        let root = PathBuf::from(format!("/sys/fs/bpf/lb-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        Self(root)
-    }
-
-    fn dir(&self, version: u32) -> PathBuf {
-        self.0.join(format!("v{version}"))
-    }
-}
-
-impl Drop for PinRoot {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn pinned_state_of_layout_v3_is_upgraded_in_place_keeping_services_and_flows() {
     let (ns, bed) = XdpBed::new("lbupg").expect("netns");
@@ -242,13 +222,13 @@ fn upgrade(bed: &XdpBed) {
     let v3_pins = pin_names(&root.dir(3));
 
     // Readers refuse state the agent has not upgraded yet, and say so.
-    let refused = Maps::open_pinned(&root.0).err().expect("v3 state refused");
+    let refused = Maps::open_pinned(root.path()).err().expect("v3 state refused");
     assert!(
         matches!(refused, MapsError::Layout(PinsError::NotUpgradedYet { .. })),
         "{refused}"
     );
     // An agent with other settings leaves the old state as it was.
-    let mismatch = load(bed, config(Some(root.0.clone()), 251)).err();
+    let mismatch = load(bed, config(Some(root.path().clone()), 251)).err();
     assert!(
         matches!(mismatch, Some(DataplaneError::ConfigMismatch { .. })),
         "{mismatch:?}"
@@ -256,7 +236,7 @@ fn upgrade(bed: &XdpBed) {
     assert_eq!(pin_names(&root.dir(3)), v3_pins, "v3 state was touched");
     assert!(!root.dir(4).exists(), "a v4 directory was left behind");
 
-    let dataplane = load(bed, config(Some(root.0.clone()), RING_SIZE)).expect("upgrade");
+    let dataplane = load(bed, config(Some(root.path().clone()), RING_SIZE)).expect("upgrade");
     assert!(!root.dir(3).exists(), "the v3 state stayed");
     assert!(dataplane.inherited_state());
     for (family, moved_to) in families.iter().zip(moved_to) {
@@ -309,7 +289,7 @@ fn formerly_pinned_node_ports_are_unpinned_and_replies_still_served() {
 fn formerly_pinned(bed: &XdpBed) {
     let root = PinRoot::new("formerly-pinned");
     let families = families();
-    let mut dataplane = load(bed, config(Some(root.0.clone()), RING_SIZE)).expect("load");
+    let mut dataplane = load(bed, config(Some(root.path().clone()), RING_SIZE)).expect("load");
     let mut nodes = Vec::new();
     for family in &families {
         dataplane.set_service(&family.spec()).expect("set_service");
@@ -321,7 +301,7 @@ fn formerly_pinned(bed: &XdpBed) {
     for name in formerly {
         pin_old_map::<u64, u64>(&root.dir(4), name, BPF_MAP_TYPE_HASH, 16, 0, &[]);
     }
-    let dataplane = load(bed, config(Some(root.0.clone()), RING_SIZE)).expect("reload");
+    let dataplane = load(bed, config(Some(root.path().clone()), RING_SIZE)).expect("reload");
     let pins = pin_names(&root.dir(4));
     for name in formerly {
         assert!(
@@ -355,7 +335,7 @@ fn pin_names(dir: &Path) -> Vec<String> {
 /// `NODE_PORTS` and `FLOWS` are created as v3 had them, with the same
 /// entries under the family-neutral keys.
 fn write_v3_state(bed: &XdpBed, root: &PinRoot, families: &[Family]) -> Vec<IpAddr> {
-    let mut dataplane = load(bed, config(Some(root.0.clone()), RING_SIZE)).expect("load");
+    let mut dataplane = load(bed, config(Some(root.path().clone()), RING_SIZE)).expect("load");
     let mut moved_to = Vec::new();
     for family in families {
         dataplane.set_service(&family.spec()).expect("set_service");

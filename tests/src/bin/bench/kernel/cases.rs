@@ -276,7 +276,7 @@ pub fn measure_all(bed: &Bed, options: Options) -> Result<Section> {
     eprintln!("kernel: attribution (one operation per program)");
     let mut attribution_object =
         Ebpf::load(ATTRIBUTION_OBJECT).context("loading the attribution programs")?;
-    let (attribution, lru_note) = attribution(
+    let (attribution, flow_table_note) = attribution(
         bed,
         &mut attribution_object,
         floor,
@@ -298,7 +298,7 @@ pub fn measure_all(bed: &Bed, options: Options) -> Result<Section> {
         &mut flows,
         &mut log,
     )?;
-    notes.push(lru_note);
+    notes.push(flow_table_note);
     let mut section = super::section(options, &main, scaling, notes)?;
     section.goals.extend(goals);
     section.tables.push(attached);
@@ -356,7 +356,11 @@ const LRU_COMMON: &str = "one new IPv4 flow in a 1M LRU hash (not full), common 
 
 /// The programs of `lb-ebpf/src/attribution.rs`, each one operation of the
 /// data path and XDP_TX, and what each adds to the floor.
-const ATTRIBUTION: [(&str, &str); 9] = [
+const HASH_PREALLOC: &str = "one new IPv4 flow in a 1M plain hash (not full), preallocated";
+const HASH_NO_PREALLOC: &str =
+    "one new IPv4 flow in a 1M plain hash (not full), allocated at insert";
+
+const ATTRIBUTION: [(&str, &str); 11] = [
     (
         "attr_fib_lookup",
         "one bpf_fib_lookup (IPv4, resolved neighbour)",
@@ -366,6 +370,8 @@ const ATTRIBUTION: [(&str, &str); 9] = [
     ("attr_clock_jiffies", "one bpf_jiffies64"),
     ("attr_lru_insert_per_cpu", LRU_PER_CPU),
     ("attr_lru_insert_common", LRU_COMMON),
+    ("attr_hash_insert", HASH_PREALLOC),
+    ("attr_hash_insert_no_prealloc", HASH_NO_PREALLOC),
     (
         "attr_hash_lookup_key40",
         "one hash lookup, 40-byte key (an IPv6 flow)",
@@ -381,7 +387,7 @@ const ATTRIBUTION: [(&str, &str); 9] = [
 ];
 
 /// Measures the attribution programs: their table, and the note on the
-/// flow table's LRU variant.
+/// flow table's kind.
 fn attribution(
     bed: &Bed,
     object: &mut Ebpf,
@@ -422,7 +428,7 @@ fn attribution(
         // A batched run inserts `repeat` flows per call and fills the table
         // within a run, after which every insert evicts (that cost is the
         // full-table scenario's): per call only, as lb's new flows.
-        if [LRU_PER_CPU, LRU_COMMON].contains(&what) {
+        if [LRU_PER_CPU, LRU_COMMON, HASH_PREALLOC, HASH_NO_PREALLOC].contains(&what) {
             case.batched = None;
         }
         cases.push(case);
@@ -455,18 +461,18 @@ fn attribution(
             minus(result.batched, floor.batched),
         ]);
     }
-    Ok((table, lru_choice(&results)))
+    Ok((table, flow_table_choice(&results)))
 }
 
 /// That the insert rows measured inserts into tables with room: every key
-/// the two insert programs made (`INSERTS`, each a new one) is still in
+/// the insert programs made (`INSERTS`, each a new one) is still in
 /// their maps, so no insert evicted.
 fn check_no_eviction(object: &Ebpf) -> Result<()> {
     let inserts: PerCpuArray<_, u32> =
         PerCpuArray::try_from(object.map("INSERTS").context("no map INSERTS")?)?;
     let made: u64 = inserts.get(&0, 0)?.iter().map(|&n| u64::from(n)).sum();
     let mut held = 0;
-    for name in ["LRU_PER_CPU", "LRU_COMMON"] {
+    for name in ["LRU_PER_CPU", "LRU_COMMON", "PLAIN", "PLAIN_NO_PREALLOC"] {
         let map: HashMap<_, FlowKey4, Flow> =
             HashMap::try_from(object.map(name).with_context(|| format!("no map {name}"))?)?;
         held += map.keys().collect::<Result<Vec<_>, _>>()?.len() as u64;
@@ -478,27 +484,33 @@ fn check_no_eviction(object: &Ebpf) -> Result<()> {
     Ok(())
 }
 
-/// Which LRU variant the flow table uses, and why, from the two insert rows.
-fn lru_choice(results: &[CaseResult]) -> String {
-    let [per_cpu, common] = [LRU_PER_CPU, LRU_COMMON].map(|name| per_call(results, name));
-    let measured = match (per_cpu, common) {
-        (Some(per_cpu), Some(common)) => format!(
-            "here one insert with per-CPU lists took {:.0}% of one with the common list \
-             (per call)",
-            100.0 * per_cpu / common
-        ),
-        _ => "the two insert rows were not measured".to_owned(),
+/// Which kind of hash the flow table is, and why, from the insert rows.
+fn flow_table_choice(results: &[CaseResult]) -> String {
+    let [per_cpu, common, plain, allocating] =
+        [LRU_PER_CPU, LRU_COMMON, HASH_PREALLOC, HASH_NO_PREALLOC]
+            .map(|name| per_call(results, name));
+    let percent = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => format!("{:.0}%", 100.0 * a / b),
+        _ => "(not measured)".to_owned(),
     };
     format!(
-        "FLOWS4 and FLOWS6 are LRU hashes with per-CPU lists (BPF_F_NO_COMMON_LRU): \
-         {measured}; on one CPU either insert costs mostly the new entry's cold memory, and \
-         the two differ by little and noisily. What decides is many cores: a common list is one lock that every \
+        "FLOWS4 and FLOWS6 are LRU hashes with per-CPU lists (BPF_F_NO_COMMON_LRU). Here one \
+         insert with per-CPU lists took {} of one with the common list, a plain preallocated \
+         hash's insert {} of it and one that allocates at insert {} (per call). On one CPU \
+         every insert into a 1M-entry table costs mostly cold memory (the new entry and its \
+         bucket), which no kernel hash map avoids: a plain hash would save the LRU's list \
+         upkeep but would need the agent to expire idle flows, and when full it refuses new \
+         flows where an LRU evicts the least recently used. Between the LRU variants, what \
+         decides is many cores: a common list is one lock that every \
          CPU takes when its local free list runs dry and it must take entries back from the \
          shared inactive list, so under a flood of new flows inserts on all cores queue on \
          it, while per-CPU lists share no lock on insert (Katran keeps a flow table per CPU \
          for the same reason). The price is that each CPU evicts only among the flows it \
          inserted, MAX_FLOWS / CPUs of them; RSS spreads flows evenly over the CPUs, so \
-         that is each CPU's fair share."
+         that is each CPU's fair share.",
+        percent(per_cpu, common),
+        percent(plain, common),
+        percent(allocating, common),
     )
 }
 
