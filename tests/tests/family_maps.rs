@@ -222,7 +222,9 @@ fn upgrade(bed: &XdpBed) {
     let v3_pins = pin_names(&root.dir(3));
 
     // Readers refuse state the agent has not upgraded yet, and say so.
-    let refused = Maps::open_pinned(root.path()).err().expect("v3 state refused");
+    let refused = Maps::open_pinned(root.path())
+        .err()
+        .expect("v3 state refused");
     assert!(
         matches!(refused, MapsError::Layout(PinsError::NotUpgradedYet { .. })),
         "{refused}"
