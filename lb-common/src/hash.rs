@@ -1,6 +1,7 @@
 //! The 5-tuple hash that picks a Maglev slot. The kernel and `lb trace` both call
 //! this, so a prediction made in userspace is the choice the data path makes.
-//! Also the slot of a client's cached next hop, which tests predict.
+//! Also the slots of the data path's direct-mapped caches (a client's next
+//! hop, a flow's entry), which tests predict.
 
 use crate::{Addr, FlowKey};
 
@@ -57,6 +58,26 @@ pub fn client_hop_slot(addr: &Addr) -> u32 {
     folded.wrapping_mul(0x9e37_79b9) >> (32 - CLIENT_HOP_SLOT_BITS)
 }
 
+/// Slots per CPU of the data path's cache of flow entries (`FLOW_CACHE4`,
+/// `FLOW_CACHE6`), a power of two.
+pub const FLOW_CACHE_SLOTS: u32 = 1 << FLOW_CACHE_SLOT_BITS;
+const FLOW_CACHE_SLOT_BITS: u32 = 13;
+
+/// The slot of the flow `key` in the cache of flow entries: each address
+/// folded to a word as for [`client_hop_slot`], with the ports, read in host
+/// order so that what varies most (a client's port and the last bytes of its
+/// address) sits in the low bits, which Fibonacci hashing spreads over
+/// every slot.
+#[inline(always)]
+pub fn flow_cache_slot(key: &FlowKey) -> u32 {
+    let fold = |addr: &Addr| u32::from_be(addr[0] ^ addr[1] ^ addr[2] ^ addr[3]);
+    let ports =
+        (u32::from(u16::from_be(key.dst_port)) << 16) | u32::from(u16::from_be(key.src_port));
+    let folded =
+        fold(&key.src_ip) ^ fold(&key.dst_ip).rotate_left(8) ^ ports ^ u32::from(key.proto);
+    folded.wrapping_mul(0x9e37_79b9) >> (32 - FLOW_CACHE_SLOT_BITS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +104,16 @@ mod tests {
             buckets.iter().all(|&n| (70..=130).contains(&n)),
             "{buckets:?}"
         );
+    }
+
+    #[test]
+    fn the_connections_of_one_client_take_distinct_flow_cache_slots() {
+        let mut taken = [false; FLOW_CACHE_SLOTS as usize];
+        for port in 40000..41024u16 {
+            let slot = flow_cache_slot(&key(port)) as usize;
+            assert!(!taken[slot], "port {port} shares slot {slot}");
+            taken[slot] = true;
+        }
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub const MAP_BACKENDS: &str = "BACKENDS";
 pub const MAP_MAGLEV: &str = "MAGLEV";
 pub const MAP_FLOWS4: &str = "FLOWS4";
 pub const MAP_FLOWS6: &str = "FLOWS6";
+pub const MAP_FLOW_CACHE4: &str = "FLOW_CACHE4";
+pub const MAP_FLOW_CACHE6: &str = "FLOW_CACHE6";
 pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_GLOBAL_STATS: &str = "GLOBAL_STATS";
@@ -331,6 +333,17 @@ impl Flow {
             && backend.port == self.backend_port
     }
 
+    /// Adds what a cached copy of this entry counted: its packets, and its
+    /// last-seen time if later. The data path gives a copy's counts back
+    /// with this, and readers add those of copies not given back yet.
+    #[inline(always)]
+    pub fn add_cached(&mut self, copy: &Flow) {
+        self.packets += copy.packets;
+        if copy.last_seen_ns > self.last_seen_ns {
+            self.last_seen_ns = copy.last_seen_ns;
+        }
+    }
+
     /// The id of the flow's service, if it records one.
     #[inline(always)]
     pub fn service_id(&self) -> Option<u32> {
@@ -427,6 +440,20 @@ pub struct FlowBudget {
     pub inserted: u64,
 }
 
+/// A slot of the data path's per-CPU caches of flow entries (`FLOW_CACHE4`
+/// keyed by [`crate::FlowKey4`], `FLOW_CACHE6` by [`FlowKey`]; slots by
+/// [`crate::hash::flow_cache_slot`]): the key of the flow it holds and a copy
+/// of the flow's entry, made at `refreshed_ns`, whose `packets` and
+/// `last_seen_ns` count what the copy served since. Readers of the flow
+/// table add those to the entry ([`Flow::add_cached`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CachedFlow<K> {
+    pub key: K,
+    pub flow: Flow,
+    pub refreshed_ns: u64,
+}
+
 /// Per-CPU packet and byte counters of a service or a backend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -445,6 +472,8 @@ mod pod {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for CachedFlow<FlowKey> {}
+    unsafe impl aya::Pod for CachedFlow<crate::FlowKey4> {}
     unsafe impl aya::Pod for Iface {}
     unsafe impl aya::Pod for Traffic {}
     unsafe impl aya::Pod for Settings {}

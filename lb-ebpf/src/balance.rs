@@ -11,6 +11,7 @@ use aya_log_ebpf::debug;
 use lb_common::{BACKEND_ACTIVE, Backend, Flow, FlowKey, ServiceInfo, ServiceKey, counters};
 
 use crate::{
+    flows,
     forward::{check_ttl, clock},
     keys,
     maps::{self, count},
@@ -88,9 +89,9 @@ pub fn claim(ip: &Ip, [src_port, dst_port]: [u16; 2]) -> Result<Claim, Verdict> 
 /// The backend a tracked flow is pinned to, if that backend still serves.
 /// Read in place: a copy of the whole entry would crowd the stack.
 #[inline(always)]
-pub fn flow_backend(key: &FlowKey) -> Option<&'static Backend> {
+pub fn flow_backend(key: &FlowKey, now: u64) -> Option<&'static Backend> {
     // SAFETY: the entry stays valid for this program run (RCU).
-    let flow = unsafe { &*maps::flow_mut(key)? };
+    let flow = unsafe { &*flows::entry(key, now)? };
     let backend = maps::backend(u32::from(flow.backend_id))?;
     flow.still_on(backend).then_some(backend)
 }
@@ -120,10 +121,11 @@ pub fn backend_of(
         return Ok(None);
     }
     let bytes = ctx.len();
+    let now = clock();
     let entry = if packet.opens {
         None
     } else {
-        maps::flow_mut(key)
+        flows::entry(key, now)
     };
     let mut stale = false;
     if let Some(flow) = entry {
@@ -146,7 +148,6 @@ pub fn backend_of(
                 }
             };
             check_ttl(ttl)?;
-            let now = clock();
             flow.last_seen_ns = now;
             flow.packets += 1;
             maps::account(service_id, backend_id, bytes);
@@ -162,14 +163,13 @@ pub fn backend_of(
         count(counters::FLOW_REHASHED);
         debug!(ctx, "flow re-hashed: its backend is gone");
     }
-    let now = clock();
     let (backend_id, backend) = maglev_backend(key, &service)?;
     maps::account(service.id, backend_id, bytes);
     if !take_flow_budget(now) {
         count(counters::NEW_FLOWS_UNTRACKED);
         return Ok(Some((backend_id, backend, now)));
     }
-    maps::insert_flow(
+    flows::insert(
         key,
         &Flow {
             backend_id: backend_id as u16,
@@ -201,7 +201,7 @@ pub struct ReplyOf {
 /// Maglev ring picks for it. Nothing else may borrow a VIP. With direct
 /// server return nodes answer clients themselves: no reply is ours.
 #[inline(always)]
-pub fn reply_of(reply: &FlowKey) -> Option<ReplyOf> {
+pub fn reply_of(reply: &FlowKey, now: u64) -> Option<ReplyOf> {
     // The NodePort first: for most packets that are not ours its key filter
     // answers, before the settings are read.
     let frontend = maps::frontend_of_node_port(&reply.src_ip, reply.src_port, reply.proto)?;
@@ -215,7 +215,7 @@ pub fn reply_of(reply: &FlowKey) -> Option<ReplyOf> {
         [reply.dst_port, frontend.port],
         reply.proto,
     );
-    let tracked = flow_backend(request);
+    let tracked = flow_backend(request, now);
     let backend = match tracked {
         Some(backend) => backend,
         None => {

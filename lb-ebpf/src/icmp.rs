@@ -171,7 +171,8 @@ pub fn translate_error(
     );
     // The end of the quote that changes, the outer address that changes
     // with it (if any), and where the error goes.
-    let (rewrite, outer, direction) = if let Some(reply) = balance::reply_of(&reverse) {
+    let now = forward::clock();
+    let (rewrite, outer, direction) = if let Some(reply) = balance::reply_of(&reverse, now) {
         // About a request we DNAT-ed (client -> node): the client must hear
         // of its VIP, and when the node itself complained, from the VIP.
         let rewrite = QuoteRewrite {
@@ -184,7 +185,7 @@ pub fn translate_error(
         let outer = (ip.src == quote.dst).then_some(End::Source);
         (rewrite, outer, Direction::ToClient)
     } else if ip.dst == quote.src
-        && let Some(backend) = balance::flow_backend(&reverse)
+        && let Some(backend) = balance::flow_backend(&reverse, now)
     {
         // About a reply we reverse-NAT-ed (VIP -> client): the node must hear of it.
         let rewrite = QuoteRewrite {
@@ -209,7 +210,7 @@ pub fn translate_error(
         &Route::of(ip, [0, 0]),
         [src, dst],
         HopCache::Destination,
-        forward::clock(),
+        now,
     )?;
     error.rewrite_quoted(ctx, quote, &rewrite)?;
     if let Some(end) = outer {

@@ -4,6 +4,7 @@
 #![no_main]
 
 mod balance;
+mod flows;
 mod forward;
 mod icmp;
 mod icmp6;
@@ -129,14 +130,15 @@ fn try_serve_transport(ctx: &Frame, ip: &Ip, ports: u32, claim: Claim) -> Result
                 (HopCache::Backend(id), &backend.ip, backend.port, true, now)
             }
             None => {
-                reply = balance::reply_of(key).ok_or(Verdict::PassNotService)?;
+                let now = forward::clock();
+                reply = balance::reply_of(key, now).ok_or(Verdict::PassNotService)?;
                 check_ttl(ip.ttl)?;
                 (
                     HopCache::Destination,
                     &reply.frontend.vip,
                     reply.frontend.port,
                     reply.tracked,
-                    forward::clock(),
+                    now,
                 )
             }
         };

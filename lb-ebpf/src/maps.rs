@@ -14,11 +14,11 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Addr, Backend, Flow, FlowBudget, FlowKey, FlowKey4, IFACES_BY_INDEX_LEN, Iface,
+    Addr, Backend, CachedFlow, Flow, FlowBudget, FlowKey, FlowKey4, IFACES_BY_INDEX_LEN, Iface,
     KEY_FILTER_WORDS, KeyFilter, MAX_BACKENDS, MAX_FLOWS, MAX_IFACES, MAX_SERVICES, MAX_TX_PORTS,
     NODE_PORT_SLOTS, NeighborMask, SETTING_ANSWER_ECHO, SETTING_DSR, ServiceInfo, ServiceKey,
     ServiceKey4, Settings, TickClock, Traffic, answers_on, counters,
-    hash::{CLIENT_HOP_SLOTS, client_hop_slot},
+    hash::{CLIENT_HOP_SLOTS, FLOW_CACHE_SLOTS, client_hop_slot},
     ipv4_mapped, is_ipv4_mapped, node_port_slot,
 };
 
@@ -39,14 +39,26 @@ static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 #[map]
 static MAGLEV: Array<u32> = Array::with_max_entries(1, 0);
 
-/// The flow tables, one per family; the loader may size them.
+/// The flow tables, one per family; the loader may size them. Read and
+/// written through `flows`.
 #[map]
-static FLOWS4: LruHashMap<FlowKey4, Flow> =
+pub static FLOWS4: LruHashMap<FlowKey4, Flow> =
     LruHashMap::with_max_entries(MAX_FLOWS, BPF_F_NO_COMMON_LRU);
 
 #[map]
-static FLOWS6: LruHashMap<FlowKey, Flow> =
+pub static FLOWS6: LruHashMap<FlowKey, Flow> =
     LruHashMap::with_max_entries(MAX_FLOWS, BPF_F_NO_COMMON_LRU);
+
+/// Each CPU's copies of the flow entries its packets used last,
+/// direct-mapped by `flow_cache_slot` (see `flows`). Pinned, as the counts
+/// the copies hold are the flows' until given back.
+#[map]
+pub static FLOW_CACHE4: PerCpuArray<CachedFlow<FlowKey4>> =
+    PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
+
+#[map]
+pub static FLOW_CACHE6: PerCpuArray<CachedFlow<FlowKey>> =
+    PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
 
 #[map]
 static SERVICE_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
@@ -201,30 +213,6 @@ pub fn backend(id: u32) -> Option<&'static Backend> {
 #[inline(always)]
 pub fn ring_entry(slot: u32) -> Option<u32> {
     MAGLEV.get(slot).copied()
-}
-
-/// The live entry of a flow, to update in place.
-#[inline(always)]
-pub fn flow_mut(key: &FlowKey) -> Option<*mut Flow> {
-    if is_ipv4_mapped(&key.src_ip) {
-        let mut key4 = MaybeUninit::uninit();
-        FLOWS4.get_ptr_mut(keys::flow_key4(&mut key4, key))
-    } else {
-        FLOWS6.get_ptr_mut(key)
-    }
-}
-
-/// Records a flow. A full table evicts the least recently used flow, so this
-/// cannot fail for lack of room; should it fail anyway, the flow's next packet
-/// gets the same Maglev choice and tries again.
-#[inline(always)]
-pub fn insert_flow(key: &FlowKey, flow: &Flow) {
-    let _ = if is_ipv4_mapped(&key.src_ip) {
-        let mut key4 = MaybeUninit::uninit();
-        FLOWS4.insert(keys::flow_key4(&mut key4, key), flow, 0)
-    } else {
-        FLOWS6.insert(key, flow, 0)
-    };
 }
 
 /// The frontend (VIP, port, protocol) served by the backend at (`addr`,

@@ -100,18 +100,29 @@ pub fn rewrite_address(
     }
 }
 
-/// Copies an address (not in the packet) word by word: left to the
-/// compiler, a 16-byte copy is often a block copy it cannot prove aligned,
-/// which BPF does a byte at a time (or a `memmove` subprogram call).
+/// Copies an address (not in the packet) word by word (see [`copy_words`]).
 ///
 /// # Safety
 /// `dst` and `src` must be valid and aligned for an `Addr`.
 #[inline(always)]
 pub unsafe fn copy_addr(dst: *mut Addr, src: *const Addr) {
-    let (dst, src) = (dst.cast::<u32>(), src.cast::<u32>());
-    for i in 0..4 {
-        // SAFETY: within the 16 bytes the caller vouches for; volatile keeps
-        // the four moves from being merged back into a block copy.
+    // SAFETY: the caller vouches for both; an address is four words.
+    unsafe { copy_words::<Addr, u32>(dst, src) }
+}
+
+/// Copies a `T` (not in the packet) as words `W`, in order: left to the
+/// compiler, a copy of a value is often a block copy it cannot prove
+/// aligned, which BPF does a byte at a time (or a `memmove` subprogram call).
+///
+/// # Safety
+/// `dst` and `src` must be valid and aligned for a `T` and a `W`, and `T`'s
+/// size a multiple of `W`'s.
+#[inline(always)]
+pub unsafe fn copy_words<T, W: Copy>(dst: *mut T, src: *const T) {
+    let (dst, src) = (dst.cast::<W>(), src.cast::<W>());
+    for i in 0..core::mem::size_of::<T>() / core::mem::size_of::<W>() {
+        // SAFETY: within both values; volatile keeps the moves from being
+        // merged back into a block copy.
         unsafe { dst.add(i).write_volatile(src.add(i).read()) };
     }
 }

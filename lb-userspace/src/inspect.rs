@@ -162,7 +162,10 @@ impl Snapshot {
             .filter_map(|(key, info)| Some((frontend_of(&key)?, info)))
             .collect();
         services.sort_by_key(|(frontend, _)| *frontend);
-        let flows = maps.flows.entries()?;
+        let mut flows = maps.flows.entries()?;
+        if let Some(caches) = &maps.flow_caches {
+            caches.add_to(&mut flows)?;
+        }
         Ok(Self {
             services,
             flows,

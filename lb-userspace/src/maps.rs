@@ -8,10 +8,12 @@ use std::{
 
 mod batch;
 mod by_family;
+mod flow_caches;
 
 use batch::get_range;
 pub use batch::set_range;
 pub use by_family::FamilyMaps;
+pub use flow_caches::FlowCaches;
 
 use crate::pins::{PinDir, PinsError};
 
@@ -21,9 +23,10 @@ use aya::{
 };
 use lb_common::{
     Addr, Backend, Flow, FlowKey, Iface, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_FLOW_BUDGET,
-    MAP_FLOWS4, MAP_FLOWS6, MAP_GLOBAL_STATS, MAP_IFACES, MAP_MAGLEV, MAP_NODE_PORTS4,
-    MAP_NODE_PORTS6, MAP_SERVICE_STATS, MAP_SERVICES4, MAP_SERVICES6, MAP_SETTINGS, MAP_TX_PORTS,
-    MAP_VIPS, NeighborMask, ServiceInfo, ServiceKey, Settings, Traffic, counters,
+    MAP_FLOW_CACHE4, MAP_FLOW_CACHE6, MAP_FLOWS4, MAP_FLOWS6, MAP_GLOBAL_STATS, MAP_IFACES,
+    MAP_MAGLEV, MAP_NODE_PORTS4, MAP_NODE_PORTS6, MAP_SERVICE_STATS, MAP_SERVICES4, MAP_SERVICES6,
+    MAP_SETTINGS, MAP_TX_PORTS, MAP_VIPS, NeighborMask, ServiceInfo, ServiceKey, Settings, Traffic,
+    counters,
 };
 
 /// The per-family pairs, IPv4 first.
@@ -32,13 +35,15 @@ pub const FLOWS: [&str; 2] = [MAP_FLOWS4, MAP_FLOWS6];
 
 /// The maps that are pinned (the program's others are caches or derived from
 /// these, and start afresh at every load); the order is the pin order.
-pub const ALL_MAPS: [&str; 14] = [
+pub const ALL_MAPS: [&str; 16] = [
     MAP_SERVICES4,
     MAP_SERVICES6,
     MAP_BACKENDS,
     MAP_MAGLEV,
     MAP_FLOWS4,
     MAP_FLOWS6,
+    MAP_FLOW_CACHE4,
+    MAP_FLOW_CACHE6,
     MAP_IFACES,
     MAP_SERVICE_STATS,
     MAP_BACKEND_STATS,
@@ -95,6 +100,9 @@ pub struct Maps {
     pub backends: Array<MapData, Backend>,
     pub maglev: Array<MapData, u32>,
     pub flows: FamilyMaps<FlowKey, Flow>,
+    /// The data path's copies of flow entries, whose counts readers add;
+    /// `None` from an agent that pinned none.
+    pub flow_caches: Option<FlowCaches>,
     pub service_stats: PerCpuArray<MapData, Traffic>,
     pub backend_stats: PerCpuArray<MapData, Traffic>,
     pub global_stats: PerCpuArray<MapData, u64>,
@@ -132,6 +140,10 @@ impl Maps {
             backends: take_typed(ebpf, MAP_BACKENDS)?,
             maglev: take_typed(ebpf, MAP_MAGLEV)?,
             flows,
+            flow_caches: Some(FlowCaches {
+                v4: take_typed(ebpf, MAP_FLOW_CACHE4)?,
+                v6: take_typed(ebpf, MAP_FLOW_CACHE6)?,
+            }),
             service_stats: take_typed(ebpf, MAP_SERVICE_STATS)?,
             backend_stats: take_typed(ebpf, MAP_BACKEND_STATS)?,
             global_stats: take_typed(ebpf, MAP_GLOBAL_STATS)?,
@@ -154,6 +166,7 @@ impl Maps {
             backends: typed(MAP_BACKENDS, open_pin(dir, MAP_BACKENDS)?)?,
             maglev: typed(MAP_MAGLEV, open_pin(dir, MAP_MAGLEV)?)?,
             flows: FamilyMaps::new(FLOWS, pair(FLOWS)?)?,
+            flow_caches: open_flow_caches(dir)?,
             service_stats: typed(MAP_SERVICE_STATS, open_pin(dir, MAP_SERVICE_STATS)?)?,
             backend_stats: typed(MAP_BACKEND_STATS, open_pin(dir, MAP_BACKEND_STATS)?)?,
             global_stats: typed(MAP_GLOBAL_STATS, open_pin(dir, MAP_GLOBAL_STATS)?)?,
@@ -245,6 +258,18 @@ fn sum_traffic(
 
 pub(crate) fn map_error(name: &'static str, source: MapError) -> MapsError {
     MapsError::Map { name, source }
+}
+
+/// The flow caches' pins, if the agent made them (earlier agents of this
+/// layout did not).
+fn open_flow_caches(pins: &PinDir) -> Result<Option<FlowCaches>, MapsError> {
+    if !pins.map(MAP_FLOW_CACHE4).exists() {
+        return Ok(None);
+    }
+    Ok(Some(FlowCaches {
+        v4: typed(MAP_FLOW_CACHE4, open_pin(pins, MAP_FLOW_CACHE4)?)?,
+        v6: typed(MAP_FLOW_CACHE6, open_pin(pins, MAP_FLOW_CACHE6)?)?,
+    }))
 }
 
 fn open_pin(pins: &PinDir, name: &'static str) -> Result<Map, MapsError> {

@@ -221,18 +221,21 @@ const GOALS: [(&str, f64, Option<f64>, &str); 6] = [
         "established TCP flow, DSR",
         1.7,
         Some(3.0),
-        "as the NAT case without the rewrite: one FLOWS4 lookup (16-byte key, LRU), whose \
-         entry names the service and the backend, the rest the program's own instructions \
-         (parsing, the key filter, the next hop from the backend's slot, counters, MACs) and \
-         two BPF subprogram calls",
+        "as the NAT case without the rewrite: no hash lookup, the flow's entry from this \
+         CPU's cached copy (FLOW_CACHE4, an array read and a key compare), which names the \
+         service and the backend; the rest the program's own instructions (parsing, the key \
+         filter, the next hop from the backend's slot, counters, MACs) and two BPF \
+         subprogram calls",
     ),
     (
         "reply, reverse NAT",
         1.9,
         Some(4.0),
-        "one hash lookup, FLOWS4 for the request the reply answers (16-byte key, LRU), after \
-         the frontend from its NodePort (NODE_PORTS4, an array read); the client's next hop from this CPU's slot for it \
-         (CLIENT_HOPS, an array read); then the rewrite with its checksums",
+        "no hash lookup: the frontend from its NodePort (NODE_PORTS4, an array read), the \
+         entry of the request the reply answers from this CPU's cached copy (FLOW_CACHE4, an \
+         array read and a key compare), the client's next hop from this CPU's slot for it \
+         (CLIENT_HOPS, an array read); then the rewrite with its checksums, and two BPF \
+         subprogram calls",
     ),
     (
         "new TCP flow (Maglev lookup + flow insert)",
@@ -252,12 +255,12 @@ const GOALS: [(&str, f64, Option<f64>, &str); 6] = [
 ];
 
 /// What an established NAT packet costs besides the floor.
-const ESTABLISHED: &str = "one FLOWS4 lookup (16-byte key, LRU: the kernel's jhash, bucket \
-    walk and key compare; the attribution rows give it in a table of FLOWS4's size and in a \
-    small one), whose entry names the service and the backend, so no SERVICES4 lookup; the \
-    rest the program's own instructions (parsing, the key filter, the rewrite and its \
-    checksums, the next hop from the backend's slot, counters, MACs) and two BPF subprogram \
-    calls";
+const ESTABLISHED: &str = "no hash lookup: the flow's entry from this CPU's cached copy \
+    (FLOW_CACHE4, an array read and a key compare, where the FLOWS4 lookup it spares costs \
+    what the attribution rows give), which names the service and the backend, so no \
+    SERVICES4 lookup either; the rest the program's own instructions (parsing, the key \
+    filter, the rewrite and its checksums, the next hop from the backend's slot, counters, \
+    MACs) and two BPF subprogram calls";
 
 /// A goal that `ns` stays within `max` times `floor` ns (the XDP_TX floor, or
 /// the `reference` named); a miss says by how much, and `why` where the time
