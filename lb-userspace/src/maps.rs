@@ -80,6 +80,8 @@ pub enum MapsError {
     MixedFamilies { name: &'static str },
     #[error(transparent)]
     Layout(#[from] PinsError),
+    #[error("counting CPUs: {0}")]
+    Cpus(#[source] std::io::Error),
 }
 
 /// Where a new flow lands: its hash, its slot in the service's ring, and the

@@ -11,7 +11,7 @@ use std::{
 
 use aya::{
     Pod,
-    maps::{Array, IterableMap as _, MapData, MapError},
+    maps::{Array, IterableMap as _, MapData, MapError, PerCpuArray},
     sys::SyscallError,
 };
 
@@ -35,14 +35,14 @@ struct BatchAttr {
 impl BatchAttr {
     /// A batch of `count` entries of `map`, their keys and values at the
     /// addresses `keys` and `values`, from the map's start.
-    fn of<V: Pod>(map: &Array<MapData, V>, keys: u64, values: u64, count: u32) -> Self {
+    fn of(map: &MapData, keys: u64, values: u64, count: u32) -> Self {
         Self {
             in_batch: 0,
             out_batch: 0,
             keys,
             values,
             count,
-            map_fd: map.map().fd().as_fd().as_raw_fd() as u32,
+            map_fd: map.fd().as_fd().as_raw_fd() as u32,
             elem_flags: 0,
             flags: 0,
         }
@@ -57,7 +57,12 @@ pub fn set_range<V: Pod>(
 ) -> Result<(), MapError> {
     let count = check_range(map, first, values.len())?;
     let keys: Vec<u32> = (first..first + count).collect();
-    let mut attr = BatchAttr::of(map, keys.as_ptr() as u64, values.as_ptr() as u64, count);
+    let mut attr = BatchAttr::of(
+        map.map(),
+        keys.as_ptr() as u64,
+        values.as_ptr() as u64,
+        count,
+    );
     // SAFETY: `attr` points at `count` keys and values that outlive the
     // call; the kernel reads them and writes back only `attr.count`.
     unsafe { batch(BPF_MAP_UPDATE_BATCH, &mut attr, "bpf_map_update_batch") }
@@ -84,7 +89,7 @@ pub fn get_range<V: Pod>(
         },
         out_batch: &raw mut last as u64,
         ..BatchAttr::of(
-            map,
+            map.map(),
             keys.as_mut_ptr() as u64,
             values.as_mut_ptr() as u64,
             count,
@@ -102,6 +107,49 @@ pub fn get_range<V: Pod>(
     }
     // SAFETY: the kernel wrote `count` values, and any bytes are a `Pod`.
     unsafe { values.set_len(count as usize) };
+    Ok(values)
+}
+
+/// Every entry of the per-CPU array `map` on each of `cpus` CPUs, in one
+/// call: CPU `c`'s value of entry `i` at `i * cpus + c`. The kernel lays
+/// the values out 8-byte aligned, so `V`'s size must be a multiple of 8.
+pub fn get_all_per_cpu<V: Pod>(
+    map: &PerCpuArray<MapData, V>,
+    cpus: usize,
+) -> Result<Vec<V>, MapError> {
+    if !size_of::<V>().is_multiple_of(8) {
+        return Err(MapError::InvalidValueSize {
+            size: size_of::<V>(),
+            expected: size_of::<V>().next_multiple_of(8),
+        });
+    }
+    let count = map.len();
+    let values_len = count as usize * cpus;
+    let mut keys = vec![0u32; count as usize];
+    let mut values: Vec<V> = Vec::with_capacity(values_len);
+    let mut last = 0u32;
+    let mut attr = BatchAttr {
+        out_batch: &raw mut last as u64,
+        ..BatchAttr::of(
+            map.map(),
+            keys.as_mut_ptr() as u64,
+            values.as_mut_ptr() as u64,
+            count,
+        )
+    };
+    // SAFETY: `attr` points at room for `count` keys, `count` values per
+    // CPU and one key for `out_batch`, all outliving the call; the kernel
+    // writes at most that and says in `attr.count` how many entries.
+    unsafe { batch(BPF_MAP_LOOKUP_BATCH, &mut attr, "bpf_map_lookup_batch")? };
+    if attr.count != count {
+        return Err(MapError::OutOfBounds {
+            index: attr.count,
+            max_entries: count,
+        });
+    }
+    // SAFETY: the kernel wrote every CPU's value of `count` entries, and any
+    // bytes are a `Pod`.
+    unsafe { values.set_len(values_len) };
     Ok(values)
 }
 

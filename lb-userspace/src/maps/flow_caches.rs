@@ -9,11 +9,12 @@ use std::collections::HashMap;
 
 use aya::{
     Pod,
-    maps::{MapData, MapError, PerCpuArray},
+    maps::{MapData, PerCpuArray},
+    util::nr_cpus,
 };
 use lb_common::{ByFamily, CachedFlow, Flow, FlowKey, FlowKey4, MAP_FLOW_CACHE4, MAP_FLOW_CACHE6};
 
-use super::{MapsError, map_error};
+use super::{MapsError, batch::get_all_per_cpu, map_error};
 
 pub struct FlowCaches {
     pub v4: PerCpuArray<MapData, CachedFlow<FlowKey4>>,
@@ -50,16 +51,13 @@ fn add_counts<K: Pod>(
 where
     CachedFlow<K>: Pod,
 {
-    for slot in 0..cache.len() {
-        let copies = cache
-            .get(&slot, 0)
-            .map_err(|e: MapError| map_error(name, e))?;
-        for copy in copies.iter().filter(|copy| copy.flow.packets != 0) {
-            counts
-                .entry(neutral(&copy.key))
-                .or_default()
-                .add_cached(&copy.flow);
-        }
+    let cpus = nr_cpus().map_err(|(_, e)| MapsError::Cpus(e))?;
+    let copies = get_all_per_cpu(cache, cpus).map_err(|e| map_error(name, e))?;
+    for copy in copies.iter().filter(|copy| copy.flow.packets != 0) {
+        counts
+            .entry(neutral(&copy.key))
+            .or_default()
+            .add_cached(&copy.flow);
     }
     Ok(())
 }
