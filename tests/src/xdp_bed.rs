@@ -13,6 +13,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use anyhow::{Context, Result};
 use aya::programs::{TestRun as _, TestRunOptions, TestRunResult, Xdp};
 
+use lb::dataplane::{Dataplane, DataplaneConfig, DataplaneError};
+
 use crate::netns::NetNs;
 
 /// XDP actions, as `BPF_PROG_TEST_RUN` reports them.
@@ -101,6 +103,17 @@ impl XdpBed {
             node_if_mac: ns.mac(NODE_DEV)?,
         };
         Ok((ns, bed))
+    }
+}
+
+impl XdpBed {
+    /// Loads the data path with `config`, free to redirect to both
+    /// interfaces (it is not attached: tests run it with `test_run`).
+    pub fn load(&self, config: DataplaneConfig) -> Result<Dataplane, DataplaneError> {
+        let mut dataplane = Dataplane::load(config)?;
+        dataplane.add_tx_port(self.client_if)?;
+        dataplane.add_tx_port(self.node_if)?;
+        Ok(dataplane)
     }
 }
 

@@ -97,13 +97,6 @@ fn config(pin_dir: Option<PathBuf>, ring_size: u32) -> DataplaneConfig {
     }
 }
 
-fn load(bed: &XdpBed, config: DataplaneConfig) -> Result<Dataplane, DataplaneError> {
-    let mut dataplane = Dataplane::load(config)?;
-    dataplane.add_tx_port(bed.client_if)?;
-    dataplane.add_tx_port(bed.node_if)?;
-    Ok(dataplane)
-}
-
 /// Sends `input` from the clients' side; returns the address it was sent to.
 fn forwarded_to(dataplane: &Dataplane, bed: &XdpBed, input: &[u8]) -> IpAddr {
     let program = dataplane.program().expect("program");
@@ -177,7 +170,7 @@ fn each_family_keeps_its_flows_in_its_own_table_by_its_compact_key() {
 }
 
 fn family_tables(bed: &XdpBed) {
-    let mut dataplane = load(bed, config(None, RING_SIZE)).expect("load");
+    let mut dataplane = bed.load(config(None, RING_SIZE)).expect("load");
     for family in families() {
         dataplane.set_service(&family.spec()).expect("set_service");
         let chosen = forwarded_to(
@@ -230,7 +223,7 @@ fn upgrade(bed: &XdpBed) {
         "{refused}"
     );
     // An agent with other settings leaves the old state as it was.
-    let mismatch = load(bed, config(Some(root.path().clone()), 251)).err();
+    let mismatch = bed.load(config(Some(root.path().clone()), 251)).err();
     assert!(
         matches!(mismatch, Some(DataplaneError::ConfigMismatch { .. })),
         "{mismatch:?}"
@@ -238,7 +231,9 @@ fn upgrade(bed: &XdpBed) {
     assert_eq!(pin_names(&root.dir(3)), v3_pins, "v3 state was touched");
     assert!(!root.dir(4).exists(), "a v4 directory was left behind");
 
-    let dataplane = load(bed, config(Some(root.path().clone()), RING_SIZE)).expect("upgrade");
+    let dataplane = bed
+        .load(config(Some(root.path().clone()), RING_SIZE))
+        .expect("upgrade");
     assert!(!root.dir(3).exists(), "the v3 state stayed");
     assert!(dataplane.inherited_state());
     for (family, moved_to) in families.iter().zip(moved_to) {
@@ -291,7 +286,9 @@ fn formerly_pinned_node_ports_are_unpinned_and_replies_still_served() {
 fn formerly_pinned(bed: &XdpBed) {
     let root = PinRoot::new("formerly-pinned");
     let families = families();
-    let mut dataplane = load(bed, config(Some(root.path().clone()), RING_SIZE)).expect("load");
+    let mut dataplane = bed
+        .load(config(Some(root.path().clone()), RING_SIZE))
+        .expect("load");
     let mut nodes = Vec::new();
     for family in &families {
         dataplane.set_service(&family.spec()).expect("set_service");
@@ -303,7 +300,9 @@ fn formerly_pinned(bed: &XdpBed) {
     for name in formerly {
         pin_old_map::<u64, u64>(&root.dir(4), name, BPF_MAP_TYPE_HASH, 16, 0, &[]);
     }
-    let dataplane = load(bed, config(Some(root.path().clone()), RING_SIZE)).expect("reload");
+    let dataplane = bed
+        .load(config(Some(root.path().clone()), RING_SIZE))
+        .expect("reload");
     let pins = pin_names(&root.dir(4));
     for name in formerly {
         assert!(
@@ -337,7 +336,9 @@ fn pin_names(dir: &Path) -> Vec<String> {
 /// `NODE_PORTS` and `FLOWS` are created as v3 had them, with the same
 /// entries under the family-neutral keys.
 fn write_v3_state(bed: &XdpBed, root: &PinRoot, families: &[Family]) -> Vec<IpAddr> {
-    let mut dataplane = load(bed, config(Some(root.path().clone()), RING_SIZE)).expect("load");
+    let mut dataplane = bed
+        .load(config(Some(root.path().clone()), RING_SIZE))
+        .expect("load");
     let mut moved_to = Vec::new();
     for family in families {
         dataplane.set_service(&family.spec()).expect("set_service");

@@ -25,17 +25,14 @@ const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 const REFRESH: Duration = Duration::from_millis(1100);
 
 fn load(bed: &XdpBed) -> Dataplane {
-    let mut dataplane = Dataplane::load(DataplaneConfig {
+    bed.load(DataplaneConfig {
         ring_size: 1021,
         max_services: 4,
         pin_dir: None,
         new_flow_limit: 0,
         ..Default::default()
     })
-    .expect("load");
-    dataplane.add_tx_port(bed.client_if).expect("tx port");
-    dataplane.add_tx_port(bed.node_if).expect("tx port");
-    dataplane
+    .expect("load")
 }
 
 fn client(port: u16) -> SocketAddrV4 {

@@ -59,16 +59,15 @@ fn a_slots_active_flows_are_its_current_owners_only() {
 }
 
 fn slot_changes_hands(bed: &XdpBed) {
-    let mut dataplane = Dataplane::load(DataplaneConfig {
-        ring_size: 251,
-        max_services: 4,
-        pin_dir: None,
-        new_flow_limit: 0,
-        ..Default::default()
-    })
-    .expect("load");
-    dataplane.add_tx_port(bed.client_if).expect("tx port");
-    dataplane.add_tx_port(bed.node_if).expect("tx port");
+    let mut dataplane = bed
+        .load(DataplaneConfig {
+            ring_size: 251,
+            max_services: 4,
+            pin_dir: None,
+            new_flow_limit: 0,
+            ..Default::default()
+        })
+        .expect("load");
 
     let first = spec(30);
     dataplane.set_service(&first).expect("first service");

@@ -77,31 +77,18 @@ pub fn get_range<V: Pod>(
     let count = check_range(map, first, count as usize)?;
     let mut keys = vec![0u32; count as usize];
     let mut values: Vec<V> = Vec::with_capacity(count as usize);
-    // A batch starts at the key after the one `in_batch` points at, or at
-    // the first key without one.
-    let before = first.wrapping_sub(1);
-    let mut last = 0u32;
-    let mut attr = BatchAttr {
-        in_batch: if first == 0 {
-            0
-        } else {
-            &raw const before as u64
-        },
-        out_batch: &raw mut last as u64,
-        ..BatchAttr::of(
+    // SAFETY: room for `count` keys and values.
+    let written = unsafe {
+        lookup_batch(
             map.map(),
-            keys.as_mut_ptr() as u64,
-            values.as_mut_ptr() as u64,
-            count,
-        )
+            first.checked_sub(1),
+            &mut keys,
+            values.as_mut_ptr().cast(),
+        )?
     };
-    // SAFETY: `attr` points at room for `count` keys and values (and one key
-    // each for `in_batch` and `out_batch`) that outlive the call; the kernel
-    // writes at most that many and says in `attr.count` how many it wrote.
-    unsafe { batch(BPF_MAP_LOOKUP_BATCH, &mut attr, "bpf_map_lookup_batch")? };
-    if attr.count != count {
+    if written != count {
         return Err(MapError::OutOfBounds {
-            index: first + attr.count,
+            index: first + written,
             max_entries: map.len(),
         });
     }
@@ -127,23 +114,11 @@ pub fn get_all_per_cpu<V: Pod>(
     let values_len = count as usize * cpus;
     let mut keys = vec![0u32; count as usize];
     let mut values: Vec<V> = Vec::with_capacity(values_len);
-    let mut last = 0u32;
-    let mut attr = BatchAttr {
-        out_batch: &raw mut last as u64,
-        ..BatchAttr::of(
-            map.map(),
-            keys.as_mut_ptr() as u64,
-            values.as_mut_ptr() as u64,
-            count,
-        )
-    };
-    // SAFETY: `attr` points at room for `count` keys, `count` values per
-    // CPU and one key for `out_batch`, all outliving the call; the kernel
-    // writes at most that and says in `attr.count` how many entries.
-    unsafe { batch(BPF_MAP_LOOKUP_BATCH, &mut attr, "bpf_map_lookup_batch")? };
-    if attr.count != count {
+    // SAFETY: room for `count` keys, and `count` values per CPU.
+    let written = unsafe { lookup_batch(map.map(), None, &mut keys, values.as_mut_ptr().cast())? };
+    if written != count {
         return Err(MapError::OutOfBounds {
-            index: attr.count,
+            index: written,
             max_entries: count,
         });
     }
@@ -151,6 +126,37 @@ pub fn get_all_per_cpu<V: Pod>(
     // bytes are a `Pod`.
     unsafe { values.set_len(values_len) };
     Ok(values)
+}
+
+/// Looks up as many entries of the array `map` as `keys` has room for, from
+/// the index after `after` (from the first without one), into `keys` and
+/// `values`; returns how many the kernel wrote.
+///
+/// # Safety
+/// `values` must have room for as many values as `keys` has keys (each
+/// CPU's, for a per-CPU map).
+unsafe fn lookup_batch(
+    map: &MapData,
+    after: Option<u32>,
+    keys: &mut [u32],
+    values: *mut u8,
+) -> Result<u32, MapError> {
+    let count = u32::try_from(keys.len()).map_err(|_| MapError::OutOfBounds {
+        index: u32::MAX,
+        max_entries: u32::MAX,
+    })?;
+    let mut last = 0u32;
+    let mut attr = BatchAttr {
+        in_batch: after.as_ref().map_or(0, |after| after as *const u32 as u64),
+        out_batch: &raw mut last as u64,
+        ..BatchAttr::of(map, keys.as_mut_ptr() as u64, values as u64, count)
+    };
+    // SAFETY: `attr` points at room for `count` keys and values (as the
+    // caller vouches) and one key each for `in_batch` and `out_batch`, all
+    // outliving the call; the kernel writes at most that many and says in
+    // `attr.count` how many it wrote.
+    unsafe { batch(BPF_MAP_LOOKUP_BATCH, &mut attr, "bpf_map_lookup_batch")? };
+    Ok(attr.count)
 }
 
 /// `len` as a count of entries that fits in `map` from `first` on.
