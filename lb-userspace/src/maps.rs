@@ -33,8 +33,9 @@ use lb_common::{
 pub const SERVICES: [&str; 2] = [MAP_SERVICES4, MAP_SERVICES6];
 pub const FLOWS: [&str; 2] = [MAP_FLOWS4, MAP_FLOWS6];
 
-/// The maps that are pinned (the program's others are caches or derived from
-/// these, and start afresh at every load); the order is the pin order.
+/// The maps that are pinned (the program's others are derived from these or
+/// caches nothing reads, and start afresh at every load); the order is the
+/// pin order.
 pub const ALL_MAPS: [&str; 16] = [
     MAP_SERVICES4,
     MAP_SERVICES6,
@@ -131,8 +132,9 @@ where
 }
 
 impl Maps {
-    /// Takes the maps out of a loaded program; `ebpf` keeps the rest (the devmap
-    /// and flow tables, which userspace does not write).
+    /// Takes the maps out of a loaded program; `ebpf` keeps the rest (the
+    /// devmap, scratch space and the next-hop caches, which userspace does
+    /// not read; the derived maps are taken by their writers).
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(MapsError::Missing(name));
         let services = FamilyMaps::new(SERVICES, [take(SERVICES[0])?, take(SERVICES[1])?])?;

@@ -319,6 +319,56 @@ fn formerly_pinned(bed: &XdpBed) {
     dataplane.remove_pins().expect("remove pins");
 }
 
+/// State an agent of this layout pinned before the flow caches existed is
+/// read without them and taken over, the caches then pinned beside it.
+#[test]
+fn state_pinned_before_the_flow_caches_is_read_and_taken_over() {
+    let (ns, bed) = XdpBed::new("lbfcp").expect("netns");
+    ns.enter(move || before_the_caches(&bed)).expect("enter");
+}
+
+fn before_the_caches(bed: &XdpBed) {
+    let root = PinRoot::new("before-caches");
+    let families = families();
+    let mut dataplane = bed
+        .load(config(Some(root.path().clone()), RING_SIZE))
+        .expect("load");
+    let mut nodes = Vec::new();
+    for family in &families {
+        dataplane.set_service(&family.spec()).expect("set_service");
+        let syn = packets::tcp_syn(family.client, family.vip_port());
+        nodes.push(forwarded_to(&dataplane, bed, &syn));
+    }
+    drop(dataplane);
+    let caches = ["FLOW_CACHE4", "FLOW_CACHE6"];
+    for name in caches {
+        fs::remove_file(root.dir(4).join(name)).expect("unpin a flow cache");
+    }
+    let maps = Maps::open_pinned(root.path()).expect("state without the caches");
+    assert!(maps.flow_caches.is_none(), "no caches to read");
+    assert_eq!(maps.flows.entries().expect("flows").len(), families.len());
+    drop(maps);
+
+    let dataplane = bed
+        .load(config(Some(root.path().clone()), RING_SIZE))
+        .expect("takeover");
+    let pins = pin_names(&root.dir(4));
+    for name in caches {
+        assert!(pins.iter().any(|pin| pin == name), "{name} is not pinned");
+    }
+    for (family, node) in families.iter().zip(nodes) {
+        let ack = packets::tcp_ack(family.client, family.vip_port(), b"x");
+        assert_eq!(forwarded_to(&dataplane, bed, &ack), node, "the flow stays");
+    }
+    assert!(
+        Maps::open_pinned(root.path())
+            .expect("state")
+            .flow_caches
+            .is_some()
+    );
+    dataplane.remove_pins().expect("remove pins");
+}
+
 /// The pins in `dir`, sorted.
 fn pin_names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
