@@ -63,13 +63,13 @@ pub fn insert(key: &FlowKey, flow: &Flow) {
         let _ = FLOWS4.insert(key4, flow, 0);
         if let Some(cached) = FLOW_CACHE4.get_ptr_mut(slot) {
             // SAFETY: as in `entry`.
-            unsafe { expire(cached, key4) };
+            unsafe { expire(cached, key4, flow.last_seen_ns) };
         }
     } else {
         let _ = FLOWS6.insert(key, flow, 0);
         if let Some(cached) = FLOW_CACHE6.get_ptr_mut(slot) {
             // SAFETY: as in `entry`.
-            unsafe { expire(cached, key) };
+            unsafe { expire(cached, key, flow.last_seen_ns) };
         }
     }
 }
@@ -113,16 +113,16 @@ unsafe fn through_cache<K>(
 }
 
 /// Makes the next packet of `key` refresh this CPU's copy, if `cached`
-/// holds one.
+/// holds one: dates the copy a whole interval before `now`.
 ///
 /// # Safety
 /// As for `through_cache`.
 #[inline(always)]
-unsafe fn expire<K>(cached: *mut CachedFlow<K>, key: &K) {
+unsafe fn expire<K>(cached: *mut CachedFlow<K>, key: &K, now: u64) {
     // SAFETY: the caller vouches for `cached`.
     unsafe {
         if same_key(&raw const (*cached).key, key) {
-            (*cached).refreshed_ns = 0;
+            (*cached).refreshed_ns = now.wrapping_sub(FLOW_REFRESH_NS);
         }
     }
 }
