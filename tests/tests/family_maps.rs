@@ -286,15 +286,7 @@ fn formerly_pinned_node_ports_are_unpinned_and_replies_still_served() {
 fn formerly_pinned(bed: &XdpBed) {
     let root = PinRoot::new("formerly-pinned");
     let families = families();
-    let mut dataplane = bed
-        .load(config(Some(root.path().clone()), RING_SIZE))
-        .expect("load");
-    let mut nodes = Vec::new();
-    for family in &families {
-        dataplane.set_service(&family.spec()).expect("set_service");
-        let syn = packets::tcp_syn(family.client, family.vip_port());
-        nodes.push(forwarded_to(&dataplane, bed, &syn));
-    }
+    let (dataplane, nodes) = serve_pinned(bed, &root, &families);
     drop(dataplane);
     let formerly = ["NODE_PORTS4", "NODE_PORTS6"];
     for name in formerly {
@@ -330,15 +322,7 @@ fn state_pinned_before_the_flow_caches_is_read_and_taken_over() {
 fn before_the_caches(bed: &XdpBed) {
     let root = PinRoot::new("before-caches");
     let families = families();
-    let mut dataplane = bed
-        .load(config(Some(root.path().clone()), RING_SIZE))
-        .expect("load");
-    let mut nodes = Vec::new();
-    for family in &families {
-        dataplane.set_service(&family.spec()).expect("set_service");
-        let syn = packets::tcp_syn(family.client, family.vip_port());
-        nodes.push(forwarded_to(&dataplane, bed, &syn));
-    }
+    let (dataplane, nodes) = serve_pinned(bed, &root, &families);
     drop(dataplane);
     let caches = ["FLOW_CACHE4", "FLOW_CACHE6"];
     for name in caches {
@@ -379,6 +363,21 @@ fn pin_names(dir: &Path) -> Vec<String> {
     names
 }
 
+/// A data path pinned under `root` serving `families`, after one connection
+/// each; returns it and each connection's node.
+fn serve_pinned(bed: &XdpBed, root: &PinRoot, families: &[Family]) -> (Dataplane, Vec<IpAddr>) {
+    let mut dataplane = bed
+        .load(config(Some(root.path().clone()), RING_SIZE))
+        .expect("load");
+    let mut nodes = Vec::new();
+    for family in families {
+        dataplane.set_service(&family.spec()).expect("set_service");
+        let syn = packets::tcp_syn(family.client, family.vip_port());
+        nodes.push(forwarded_to(&dataplane, bed, &syn));
+    }
+    (dataplane, nodes)
+}
+
 /// Leaves under `root` the state an agent of layout v3 would have pinned
 /// serving `families` after one connection each, whose flow entry names
 /// the backend Maglev did not choose; returns those backends. The maps v4
@@ -386,18 +385,8 @@ fn pin_names(dir: &Path) -> Vec<String> {
 /// `NODE_PORTS` and `FLOWS` are created as v3 had them, with the same
 /// entries under the family-neutral keys.
 fn write_v3_state(bed: &XdpBed, root: &PinRoot, families: &[Family]) -> Vec<IpAddr> {
-    let mut dataplane = bed
-        .load(config(Some(root.path().clone()), RING_SIZE))
-        .expect("load");
+    let (dataplane, _) = serve_pinned(bed, root, families);
     let mut moved_to = Vec::new();
-    for family in families {
-        dataplane.set_service(&family.spec()).expect("set_service");
-        forwarded_to(
-            &dataplane,
-            bed,
-            &packets::tcp_syn(family.client, family.vip_port()),
-        );
-    }
     let maps = dataplane.maps();
     let services = maps.services.entries().expect("services");
     let node_ports: Vec<(ServiceKey, ServiceKey)> = families
