@@ -23,10 +23,17 @@ pub struct FlowCaches {
 
 impl FlowCaches {
     /// What every CPU's copies hold, added up by flow.
-    pub fn counts(&self) -> Result<HashMap<FlowKey, Flow>, MapsError> {
+    fn counts(&self) -> Result<HashMap<FlowKey, Flow>, MapsError> {
+        let cpus = nr_cpus().map_err(|(_, e)| MapsError::Cpus(e))?;
         let mut counts = HashMap::new();
-        add_counts(&self.v4, MAP_FLOW_CACHE4, FlowKey::from_v4, &mut counts)?;
-        add_counts(&self.v6, MAP_FLOW_CACHE6, |key| *key, &mut counts)?;
+        add_counts(
+            &self.v4,
+            MAP_FLOW_CACHE4,
+            cpus,
+            FlowKey::from_v4,
+            &mut counts,
+        )?;
+        add_counts(&self.v6, MAP_FLOW_CACHE6, cpus, |key| *key, &mut counts)?;
         Ok(counts)
     }
 
@@ -45,13 +52,13 @@ impl FlowCaches {
 fn add_counts<K: Pod>(
     cache: &PerCpuArray<MapData, CachedFlow<K>>,
     name: &'static str,
+    cpus: usize,
     neutral: impl Fn(&K) -> FlowKey,
     counts: &mut HashMap<FlowKey, Flow>,
 ) -> Result<(), MapsError>
 where
     CachedFlow<K>: Pod,
 {
-    let cpus = nr_cpus().map_err(|(_, e)| MapsError::Cpus(e))?;
     let copies = get_all_per_cpu(cache, cpus).map_err(|e| map_error(name, e))?;
     for copy in copies.iter().filter(|copy| copy.flow.packets != 0) {
         counts
