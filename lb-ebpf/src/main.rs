@@ -34,21 +34,33 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
     // No count of every packet: each ends in one outcome counter, and
     // readers add those up (`counters::derive_rx`).
     let ctx = Frame::new(ctx);
-    settle(&ctx, try_lb_xdp(&ctx))
+    match settle(try_lb_xdp(&ctx)) {
+        DROPPED_INTERNAL => {
+            log_internal_drop(&ctx);
+            xdp_action::XDP_DROP
+        }
+        action => action,
+    }
 }
+
+/// What [`settle`] returns for a packet dropped as `Verdict::DropInternal`,
+/// which no XDP action is: the entry point logs it. Logged from a
+/// subprogram's own subprogram, its frame would add to the deepest call
+/// chain's stack (`serve_transport`'s).
+const DROPPED_INTERNAL: u32 = u32::MAX;
 
 /// The action for a packet's outcome, counting the verdict of one that was
 /// not handled.
 #[inline(always)]
-fn settle(ctx: &Frame, outcome: Result<u32, Verdict>) -> u32 {
+fn settle(outcome: Result<u32, Verdict>) -> u32 {
     match outcome {
         Ok(action) => action,
         Err(verdict) => {
             count(verdict.counter());
-            if let Verdict::DropInternal = verdict {
-                log_internal_drop(ctx);
+            match verdict {
+                Verdict::DropInternal => DROPPED_INTERNAL,
+                verdict => verdict.action(),
             }
-            verdict.action()
         }
     }
 }
@@ -110,7 +122,7 @@ fn try_lb_xdp(ctx: &Frame) -> Result<u32, Verdict> {
 /// which the verifier refuses at the return.
 #[inline(never)]
 fn serve_transport(ctx: &Frame, ip: &Ip, ports: u32, claim: Claim) -> u32 {
-    settle(ctx, try_serve_transport(ctx, ip, ports, claim))
+    settle(try_serve_transport(ctx, ip, ports, claim))
 }
 
 #[inline(always)]

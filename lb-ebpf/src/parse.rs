@@ -144,11 +144,8 @@ pub struct Ip {
 
 impl Ip {
     /// Parses the IP header into `ip`, which is initialised when this
-    /// returns `Ok`. A BPF subprogram of its own: the temporaries of both
-    /// families' parsers then stay off the stack of the paths that follow
-    /// (the verifier allows 512 bytes for a call chain); and so it returns a
-    /// scalar, as subprograms must, writing the header through `ip`.
-    #[inline(never)]
+    /// returns `Ok`.
+    #[inline(always)]
     pub fn parse(ctx: &Frame, ip: &mut MaybeUninit<Ip>) -> Result<(), Verdict> {
         let eth: *const EthHdr = ptr_at(ctx, 0).map_err(|_| Verdict::PassNotIp)?;
         // SAFETY: `ptr_at` checked the header lies inside the packet.
@@ -156,12 +153,22 @@ impl Ip {
             return Err(Verdict::PassOtherHost);
         }
         // SAFETY: as above.
-        let parsed = match unsafe { (*eth).ether_type } {
-            ETH_P_IPV4_BE => Self::parse_v4(ctx)?,
-            ETH_P_IPV6_BE => Self::parse_v6(ctx)?,
+        match unsafe { (*eth).ether_type } {
+            ETH_P_IPV4_BE => Self::parse_v4(ctx)?.write_to(ip),
+            ETH_P_IPV6_BE => Self::parse_v6_into(ctx, ip)?,
             _ => return Err(Verdict::PassNotIp),
-        };
-        parsed.write_to(ip);
+        }
+        Ok(())
+    }
+
+    /// IPv6's parser, a BPF subprogram of its own: the temporaries of its
+    /// extension-header walk then stay off the entry point's stack, which
+    /// the deepest call chain shares (the verifier allows it 512 bytes). As
+    /// a subprogram must, it returns a scalar, writing the header through
+    /// `ip`.
+    #[inline(never)]
+    fn parse_v6_into(ctx: &Frame, ip: &mut MaybeUninit<Ip>) -> Result<(), Verdict> {
+        Self::parse_v6(ctx)?.write_to(ip);
         Ok(())
     }
 

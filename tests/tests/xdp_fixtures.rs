@@ -4,16 +4,20 @@
 //! The program runs inside a namespace whose FIB and neighbour tables are known
 //! (permanent neighbours), so MAC rewriting is deterministic.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
+    sync::{Arc, Mutex},
+};
 
-use aya::maps::Array;
+use aya::maps::{Array, Map, MapData};
+use aya_log::EbpfLogger;
 use lb::{
     dataplane::{Dataplane, DataplaneConfig},
     model::{Frontend, Protocol},
 };
 use lb_common::{
-    FlowKey, KeyFilter, MAP_TICK_CLOCK, ServiceKey, TickClock, counters, hash::client_hop_slot,
-    ipv4_mapped,
+    BACKEND_ACTIVE, Backend, FlowKey, KeyFilter, MAP_BACKENDS, MAP_TICK_CLOCK, ServiceKey,
+    TickClock, counters, hash::client_hop_slot, ipv4_mapped,
 };
 use lb_tests::{
     netns::NetNs,
@@ -1189,4 +1193,85 @@ fn node_port_claims_in_namespace(bench: &XdpBed) {
         None,
         "no claim"
     );
+}
+
+/// A Maglev ring that points at a backend no longer in use is a bug of the
+/// agent's; the data path drops the packet, counts `drop_internal` and logs
+/// the reason, which the entry point does for every path (a log record
+/// written deeper in the call chain would cost that chain stack).
+#[test]
+fn a_ring_pointing_at_a_retired_backend_drops_counts_and_logs() {
+    let (ns, bench) = bench();
+    ns.enter(move || internal_drop_in_namespace(&bench))
+        .expect("enter namespace");
+}
+
+/// Keeps what the data path logged.
+#[derive(Clone, Default)]
+struct Records(Arc<Mutex<Vec<String>>>);
+
+impl log::Log for Records {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let mut records = self.0.lock().expect("records");
+        records.push(record.args().to_string());
+    }
+
+    fn flush(&self) {}
+}
+
+fn internal_drop_in_namespace(bench: &XdpBed) {
+    let mut dataplane = load(bench);
+    let spec = service(VIP, 80, Protocol::Tcp, vec![node(1, 31000)]);
+    dataplane.set_service(&spec).expect("set_service");
+    let records = Records::default();
+    let mut logger =
+        EbpfLogger::init_with_logger(dataplane.ebpf_mut(), records.clone()).expect("logger");
+    // Behind the agent's back, the ring's only backend leaves its slot.
+    let id = dataplane
+        .service(&spec.frontend)
+        .expect("programmed")
+        .backends[0]
+        .id;
+    let mut backends = program_map::<Backend>(&dataplane, MAP_BACKENDS);
+    let mut backend = backends.get(&id, 0).expect("the backend's slot");
+    backend.flags &= !BACKEND_ACTIVE;
+    backends.set(id, backend, 0).expect("retire the slot");
+
+    let before = dataplane.maps().global_counters().expect("counters");
+    let syn = packets::tcp_syn(sock(CLIENT, 44000), sock(VIP, 80));
+    assert_eq!(run(&dataplane, &syn, bench.client_if).0, XDP_DROP);
+    let after = dataplane.maps().global_counters().expect("counters");
+    let drops = counters::DROP_INTERNAL as usize;
+    assert_eq!(after[drops] - before[drops], 1, "one internal drop");
+    logger.flush();
+    let records = records.0.lock().expect("records");
+    assert!(
+        records
+            .iter()
+            .any(|r| r.contains("a Maglev ring points at a missing backend")),
+        "the drop was logged: {records:?}"
+    );
+}
+
+/// A second handle on the loaded program's array map `name`, found by the
+/// program's own map ids (other tests load programs with maps of that name).
+fn program_map<V: aya::Pod>(dataplane: &Dataplane, name: &str) -> Array<MapData, V> {
+    let ids = dataplane
+        .program()
+        .expect("program")
+        .info()
+        .expect("program info")
+        .map_ids()
+        .expect("map ids")
+        .expect("the program's maps");
+    let map = ids
+        .into_iter()
+        .map(|id| MapData::from_id(id).expect("open map"))
+        .find(|map| map.info().expect("map info").name_as_str() == Some(name))
+        .unwrap_or_else(|| panic!("{name} is one of the program's maps"));
+    Array::try_from(Map::Array(map)).expect("an array")
 }
