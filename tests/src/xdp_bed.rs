@@ -11,7 +11,10 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context, Result};
-use aya::programs::{TestRun as _, TestRunOptions, TestRunResult, Xdp};
+use aya::{
+    maps::{Map, MapData, MapInfo},
+    programs::{TestRun as _, TestRunOptions, TestRunResult, Xdp},
+};
 
 use lb::dataplane::{Dataplane, DataplaneConfig, DataplaneError};
 
@@ -115,6 +118,25 @@ impl XdpBed {
         dataplane.add_tx_port(self.node_if)?;
         Ok(dataplane)
     }
+}
+
+/// Opens one of `dataplane`'s maps by name, bypassing the API: what the
+/// kernel holds, not what the API makes of it. Found by the program's own
+/// map ids: other tests load programs with maps of the same names.
+pub fn raw_map(dataplane: &Dataplane, name: &str) -> Map {
+    let ids = dataplane
+        .program()
+        .expect("program")
+        .info()
+        .expect("program info")
+        .map_ids()
+        .expect("map ids")
+        .expect("the kernel lists the maps");
+    let id = ids
+        .into_iter()
+        .find(|&id| MapInfo::from_id(id).expect("map info").name_as_str() == Some(name))
+        .unwrap_or_else(|| panic!("the program has no map {name}"));
+    Map::from_map_data(MapData::from_id(id).expect("map")).expect("map type")
 }
 
 /// Adds a permanent neighbour `ip` at `mac` on `dev` of `ns`.

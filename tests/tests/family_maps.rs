@@ -11,7 +11,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{Array, HashMap, Map, MapData, MapInfo};
+use aya::maps::{Array, HashMap, Map, MapData};
 use lb::{
     dataplane::{Dataplane, DataplaneConfig, DataplaneError, service_key},
     maps::{FLOWS, Maps, MapsError, SERVICES},
@@ -25,7 +25,7 @@ use lb_tests::{
     packets,
     pin_root::PinRoot,
     specs::{node, node6, service},
-    xdp_bed::{self, CLIENT, CLIENT6, XDP_REDIRECT, XdpBed, node_ip, node_ip6},
+    xdp_bed::{self, CLIENT, CLIENT6, XDP_REDIRECT, XdpBed, node_ip, node_ip6, raw_map},
 };
 
 const VIP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 20));
@@ -104,24 +104,6 @@ fn forwarded_to(dataplane: &Dataplane, bed: &XdpBed, input: &[u8]) -> IpAddr {
     assert_eq!(action, XDP_REDIRECT);
     let (tuple, _) = packets::owned_tuple(&output).expect("a TCP packet");
     tuple.dst.ip()
-}
-
-/// Opens one of the program's maps by name, bypassing the API: what the
-/// kernel holds, not what the API makes of it.
-fn raw_map(dataplane: &Dataplane, name: &str) -> Map {
-    let ids = dataplane
-        .program()
-        .expect("program")
-        .info()
-        .expect("program info")
-        .map_ids()
-        .expect("map ids")
-        .expect("the kernel lists the maps");
-    let id = ids
-        .into_iter()
-        .find(|&id| MapInfo::from_id(id).expect("map info").name_as_str() == Some(name))
-        .unwrap_or_else(|| panic!("the program has no map {name}"));
-    Map::from_map_data(MapData::from_id(id).expect("map")).expect("map type")
 }
 
 /// Repins a flow to the backend the Maglev ring did not choose, so that

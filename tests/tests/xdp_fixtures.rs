@@ -9,7 +9,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use aya::maps::{Array, Map, MapData};
+use aya::maps::Array;
 use aya_log::EbpfLogger;
 use lb::{
     dataplane::{Dataplane, DataplaneConfig},
@@ -1236,7 +1236,8 @@ fn internal_drop_in_namespace(bench: &XdpBed) {
         .expect("programmed")
         .backends[0]
         .id;
-    let mut backends = program_map::<Backend>(&dataplane, MAP_BACKENDS);
+    let mut backends: Array<_, Backend> =
+        Array::try_from(xdp_bed::raw_map(&dataplane, MAP_BACKENDS)).expect("an array");
     let mut backend = backends.get(&id, 0).expect("the backend's slot");
     backend.flags &= !BACKEND_ACTIVE;
     backends.set(id, backend, 0).expect("retire the slot");
@@ -1255,23 +1256,4 @@ fn internal_drop_in_namespace(bench: &XdpBed) {
             .any(|r| r.contains("a Maglev ring points at a missing backend")),
         "the drop was logged: {records:?}"
     );
-}
-
-/// A second handle on the loaded program's array map `name`, found by the
-/// program's own map ids (other tests load programs with maps of that name).
-fn program_map<V: aya::Pod>(dataplane: &Dataplane, name: &str) -> Array<MapData, V> {
-    let ids = dataplane
-        .program()
-        .expect("program")
-        .info()
-        .expect("program info")
-        .map_ids()
-        .expect("map ids")
-        .expect("the program's maps");
-    let map = ids
-        .into_iter()
-        .map(|id| MapData::from_id(id).expect("open map"))
-        .find(|map| map.info().expect("map info").name_as_str() == Some(name))
-        .unwrap_or_else(|| panic!("{name} is one of the program's maps"));
-    Array::try_from(Map::Array(map)).expect("an array")
 }
