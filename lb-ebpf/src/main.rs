@@ -117,9 +117,10 @@ fn try_lb_xdp(ctx: &Frame) -> Result<u32, Verdict> {
 /// too. Both directions share one next-hop lookup, so its parameter block
 /// is on the stack once. What the entry point parsed and filtered comes as
 /// scalars (a reference to its stack would not pass the verifier). It
-/// settles its own outcome and returns the action: a `Result` comes back
-/// through the caller's stack, and LLVM may leave a pointer to it in R0,
-/// which the verifier refuses at the return.
+/// settles its own outcome and returns the action (or [`DROPPED_INTERNAL`],
+/// for the entry point to log): a `Result` comes back through the caller's
+/// stack, and LLVM may leave a pointer to it in R0, which the verifier
+/// refuses at the return.
 #[inline(never)]
 fn serve_transport(ctx: &Frame, ip: &Ip, ports: u32, claim: Claim) -> u32 {
     settle(try_serve_transport(ctx, ip, ports, claim))
