@@ -54,8 +54,21 @@ const CLIENT_HOP_SLOT_BITS: u32 = 12;
 /// last bytes, take distinct slots.
 #[inline(always)]
 pub fn client_hop_slot(addr: &Addr) -> u32 {
-    let folded = u32::from_be(addr[0] ^ addr[1] ^ addr[2] ^ addr[3]);
-    folded.wrapping_mul(0x9e37_79b9) >> (32 - CLIENT_HOP_SLOT_BITS)
+    fibonacci_slot(fold(addr), CLIENT_HOP_SLOT_BITS)
+}
+
+/// An address's words folded into one, read in host order: its last bytes,
+/// which differ most between clients, land in the low bits.
+#[inline(always)]
+fn fold(addr: &Addr) -> u32 {
+    u32::from_be(addr[0] ^ addr[1] ^ addr[2] ^ addr[3])
+}
+
+/// The slot of `word` in a table of 2^`bits` slots by Fibonacci hashing,
+/// which spreads words that differ in their low bits over every slot.
+#[inline(always)]
+fn fibonacci_slot(word: u32, bits: u32) -> u32 {
+    word.wrapping_mul(0x9e37_79b9) >> (32 - bits)
 }
 
 /// Slots per CPU of the data path's cache of flow entries (`FLOW_CACHE4`,
@@ -64,18 +77,16 @@ pub const FLOW_CACHE_SLOTS: u32 = 1 << FLOW_CACHE_SLOT_BITS;
 const FLOW_CACHE_SLOT_BITS: u32 = 13;
 
 /// The slot of the flow `key` in the cache of flow entries: each address
-/// folded to a word as for [`client_hop_slot`], with the ports, read in host
-/// order so that what varies most (a client's port and the last bytes of its
-/// address) sits in the low bits, which Fibonacci hashing spreads over
-/// every slot.
+/// folded to a word ([`fold`]), with the ports, read in host order so that
+/// what varies most (a client's port and the last bytes of its address)
+/// sits in the low bits, which Fibonacci hashing spreads over every slot.
 #[inline(always)]
 pub fn flow_cache_slot(key: &FlowKey) -> u32 {
-    let fold = |addr: &Addr| u32::from_be(addr[0] ^ addr[1] ^ addr[2] ^ addr[3]);
     let ports =
         (u32::from(u16::from_be(key.dst_port)) << 16) | u32::from(u16::from_be(key.src_port));
     let folded =
         fold(&key.src_ip) ^ fold(&key.dst_ip).rotate_left(8) ^ ports ^ u32::from(key.proto);
-    folded.wrapping_mul(0x9e37_79b9) >> (32 - FLOW_CACHE_SLOT_BITS)
+    fibonacci_slot(folded, FLOW_CACHE_SLOT_BITS)
 }
 
 #[cfg(test)]
