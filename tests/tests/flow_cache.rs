@@ -24,15 +24,24 @@ const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 /// Longer than the data path's `FLOW_REFRESH_NS`.
 const REFRESH: Duration = Duration::from_millis(1100);
 
-fn load(bed: &XdpBed) -> Dataplane {
-    bed.load(DataplaneConfig {
-        ring_size: 1021,
-        max_services: 4,
-        pin_dir: None,
-        new_flow_limit: 0,
-        ..Default::default()
+/// Runs `test` in a namespace of its own on one CPU (the cache is per CPU),
+/// with a data path loaded there.
+fn on_one_cpu(test: fn(&XdpBed, Dataplane)) {
+    let (ns, bed) = XdpBed::new("lbcache").expect("netns");
+    ns.enter(move || {
+        xdp_bed::pin_to_cpu(0).expect("pin to one CPU");
+        let dataplane = bed
+            .load(DataplaneConfig {
+                ring_size: 1021,
+                max_services: 4,
+                pin_dir: None,
+                new_flow_limit: 0,
+                ..Default::default()
+            })
+            .expect("load");
+        test(&bed, dataplane);
     })
-    .expect("load")
+    .expect("enter namespace");
 }
 
 fn client(port: u16) -> SocketAddrV4 {
@@ -96,11 +105,7 @@ fn as_read(dataplane: &Dataplane, client: SocketAddrV4) -> Flow {
 /// late, and none is lost when another flow takes the flow's cache slot.
 #[test]
 fn a_flows_packets_reach_its_entry_within_the_refresh_interval() {
-    let (ns, bed) = XdpBed::new("lbcache").expect("netns");
-    ns.enter(move || {
-        // One CPU: the cache is per CPU.
-        xdp_bed::pin_to_cpu(0).expect("pin to one CPU");
-        let mut dataplane = load(&bed);
+    on_one_cpu(|bed, mut dataplane| {
         dataplane
             .set_service(&service(VIP, 80, Protocol::Tcp, vec![node(1, 31000)]))
             .expect("set_service");
@@ -110,8 +115,8 @@ fn a_flows_packets_reach_its_entry_within_the_refresh_interval() {
             .find(|c| flow_cache_slot(&key(*c)) == flow_cache_slot(&key(first)))
             .expect("a client port whose flow shares the first's cache slot");
 
-        send(&dataplane, &bed, first, 0);
-        send(&dataplane, &bed, first, 5);
+        send(&dataplane, bed, first, 0);
+        send(&dataplane, bed, first, 5);
         // The SYN and the first packet after it are in the entry; the
         // copy made then served the other four.
         let cached = entry(&dataplane, first);
@@ -122,22 +127,22 @@ fn a_flows_packets_reach_its_entry_within_the_refresh_interval() {
             "readers add what the copy holds"
         );
 
-        send(&dataplane, &bed, sharer, 0);
-        send(&dataplane, &bed, sharer, 1);
+        send(&dataplane, bed, sharer, 0);
+        send(&dataplane, bed, sharer, 1);
         assert_eq!(
             entry(&dataplane, first).packets,
             6,
             "the copy gave its four back when the sharer took the slot"
         );
 
-        send(&dataplane, &bed, first, 4);
+        send(&dataplane, bed, first, 4);
         assert_eq!(
             entry(&dataplane, first).packets,
             7,
             "one counted, three cached"
         );
         std::thread::sleep(REFRESH);
-        send(&dataplane, &bed, first, 1);
+        send(&dataplane, bed, first, 1);
         let refreshed = entry(&dataplane, first);
         assert_eq!(
             refreshed.packets, 11,
@@ -149,8 +154,7 @@ fn a_flows_packets_reach_its_entry_within_the_refresh_interval() {
             refreshed.last_seen_ns,
             cached.last_seen_ns
         );
-    })
-    .expect("enter namespace");
+    });
 }
 
 /// A cached flow whose backend leaves goes to the Maglev choice among the
@@ -158,15 +162,12 @@ fn a_flows_packets_reach_its_entry_within_the_refresh_interval() {
 /// the copy, not only the entry.
 #[test]
 fn a_cached_flow_whose_backend_leaves_moves_once() {
-    let (ns, bed) = XdpBed::new("lbcache").expect("netns");
-    ns.enter(move || {
-        xdp_bed::pin_to_cpu(0).expect("pin to one CPU");
-        let mut dataplane = load(&bed);
+    on_one_cpu(|bed, mut dataplane| {
         let mut spec = service(VIP, 80, Protocol::Tcp, vec![node(1, 31000), node(2, 31000)]);
         dataplane.set_service(&spec).expect("set_service");
         let flow = client(40000);
-        send(&dataplane, &bed, flow, 0);
-        let pinned = send(&dataplane, &bed, flow, 2);
+        send(&dataplane, bed, flow, 0);
+        let pinned = send(&dataplane, bed, flow, 2);
         spec.backends.retain(|b| b.ip != pinned);
         dataplane.set_service(&spec).expect("update");
         let survivor = if pinned == node_ip(1) {
@@ -179,12 +180,11 @@ fn a_cached_flow_whose_backend_leaves_moves_once() {
             dataplane.maps().global_counters().expect("counters")[counters::FLOW_REHASHED as usize]
         };
         let before = rehashed();
-        assert_eq!(send(&dataplane, &bed, flow, 3), survivor);
+        assert_eq!(send(&dataplane, bed, flow, 3), survivor);
         assert_eq!(
             rehashed() - before,
             1,
             "re-hashed once, then served as pinned"
         );
-    })
-    .expect("enter namespace");
+    });
 }

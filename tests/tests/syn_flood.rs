@@ -51,16 +51,15 @@ struct FloodResult {
 
 /// Opens one connection, floods, and reports whether its flow survived.
 fn flood(bed: &XdpBed, new_flow_limit: u32) -> FloodResult {
-    let mut dataplane = Dataplane::load(DataplaneConfig {
-        ring_size: 1021,
-        max_services: 4,
-        max_flows: MIN_FLOWS,
-        new_flow_limit,
-        ..Default::default()
-    })
-    .expect("load");
-    dataplane.add_tx_port(bed.client_if).expect("tx port");
-    dataplane.add_tx_port(bed.node_if).expect("tx port");
+    let mut dataplane = bed
+        .load(DataplaneConfig {
+            ring_size: 1021,
+            max_services: 4,
+            max_flows: MIN_FLOWS,
+            new_flow_limit,
+            ..Default::default()
+        })
+        .expect("load");
     dataplane.set_service(&service()).expect("service");
     let program = dataplane.program().expect("program");
     let client = SocketAddrV4::new(xdp_bed::CLIENT, 50000);

@@ -86,18 +86,16 @@ fn run(dataplane: &Dataplane, input: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
 }
 
 fn load(bench: &XdpBed) -> Dataplane {
-    let mut dataplane = Dataplane::load(DataplaneConfig {
-        ring_size: RING_SIZE,
-        max_services: 8,
-        pin_dir: None,
-        answer_ping: true,
-        new_flow_limit: 0,
-        ..Default::default()
-    })
-    .expect("load");
-    dataplane.add_tx_port(bench.client_if).expect("tx port");
-    dataplane.add_tx_port(bench.node_if).expect("tx port");
-    dataplane
+    bench
+        .load(DataplaneConfig {
+            ring_size: RING_SIZE,
+            max_services: 8,
+            pin_dir: None,
+            answer_ping: true,
+            new_flow_limit: 0,
+            ..Default::default()
+        })
+        .expect("load")
 }
 
 #[test]

@@ -123,7 +123,7 @@ fn all_nodes(port: u16) -> Vec<(Ipv4Addr, u16)> {
 }
 
 fn load(bed: &Bed, ring_size: u32, max_services: u32, forwarding: Forwarding) -> Result<Dataplane> {
-    let mut dataplane = Dataplane::load(DataplaneConfig {
+    bed.load(DataplaneConfig {
         ring_size,
         max_services,
         pin_dir: None,
@@ -132,10 +132,7 @@ fn load(bed: &Bed, ring_size: u32, max_services: u32, forwarding: Forwarding) ->
         forwarding,
         ..Default::default()
     })
-    .context("loading lb's XDP program")?;
-    dataplane.add_tx_port(bed.client_if)?;
-    dataplane.add_tx_port(bed.node_if)?;
-    Ok(dataplane)
+    .context("loading lb's XDP program")
 }
 
 fn cpus() -> usize {
