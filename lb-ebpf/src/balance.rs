@@ -15,7 +15,7 @@ use crate::{
     forward::{check_ttl, clock},
     keys,
     maps::{self, count},
-    parse::{Frame, Ip, Packet},
+    parse::{Frame, Ip, Packet, Transport},
     verdict::Verdict,
 };
 
@@ -212,7 +212,7 @@ pub fn reply_of(reply: &FlowKey, now: u64) -> Option<ReplyOf> {
     let request = keys::flow_key(
         &mut request,
         [&reply.dst_ip, &frontend.vip],
-        [reply.dst_port, frontend.port],
+        Transport::join([reply.dst_port, frontend.port]),
         reply.proto,
     );
     let tracked = flow_backend(request, now);

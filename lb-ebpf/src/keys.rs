@@ -1,8 +1,12 @@
-//! Map keys written in place. Built as Rust values and moved, a key's bytes
-//! are copied by the compiler as one block whose alignment it often cannot
-//! prove; BPF then copies it a byte at a time, and the word loads of the
-//! map's hash stall on those byte stores. Written field by field here, every
-//! address is four word stores.
+//! Map keys written in place, every word of a key in one 32-bit store.
+//! Built as Rust values and moved, a key's bytes are copied by the compiler
+//! as one block whose alignment it often cannot prove, which BPF does a byte
+//! at a time. And a key's readers (the map's hash, the flow cache's compare,
+//! the data path's own hashes) load it a word at a time: a word load over
+//! narrower stores cannot take its value from the store buffer and waits
+//! for them to reach the cache. So the two ports share one word store, and
+//! the protocol with its padding another. (Written as two 16-bit stores,
+//! the ports word was where the flow cache's key compare stalled most.)
 
 use core::mem::MaybeUninit;
 
@@ -10,12 +14,13 @@ use lb_common::{Addr, FlowKey, FlowKey4, ServiceKey, ServiceKey4};
 
 use crate::nat::copy_addr;
 
-/// A flow key from its 5-tuple (ports network order), written into `out`.
+/// A flow key from its 5-tuple, written into `out`: the ports as the word
+/// `parse::Transport` reads from the packet (see `Transport::join`).
 #[inline(always)]
 pub fn flow_key<'a>(
     out: &'a mut MaybeUninit<FlowKey>,
     [src_ip, dst_ip]: [&Addr; 2],
-    [src_port, dst_port]: [u16; 2],
+    ports: u32,
     proto: u8,
 ) -> &'a FlowKey {
     let key = out.as_mut_ptr();
@@ -24,13 +29,8 @@ pub fn flow_key<'a>(
     unsafe {
         copy_addr(&raw mut (*key).src_ip, src_ip);
         copy_addr(&raw mut (*key).dst_ip, dst_ip);
-        (&raw mut (*key).src_port).write_volatile(src_port);
-        (&raw mut (*key).dst_port).write_volatile(dst_port);
-        (&raw mut (*key).proto).write_volatile(proto);
-        let pad = (&raw mut (*key)._pad).cast::<u8>();
-        for i in 0..3 {
-            pad.add(i).write_volatile(0);
-        }
+        write_word(&raw mut (*key).src_port, ports);
+        write_word(&raw mut (*key).proto, u32::from_ne_bytes([proto, 0, 0, 0]));
         out.assume_init_ref()
     }
 }
@@ -47,9 +47,7 @@ pub fn service_key<'a>(
     // SAFETY: as in `flow_key`.
     unsafe {
         copy_addr(&raw mut (*key).vip, addr);
-        (&raw mut (*key).port).write_volatile(port);
-        (&raw mut (*key).proto).write_volatile(proto);
-        (&raw mut (*key)._pad).write_volatile(0);
+        write_word(&raw mut (*key).port, port_proto_word(port, proto));
         out.assume_init_ref()
     }
 }
@@ -62,13 +60,12 @@ pub fn flow_key4<'a>(out: &'a mut MaybeUninit<FlowKey4>, flow: &FlowKey) -> &'a 
     unsafe {
         (&raw mut (*key).src_ip).write_volatile(flow.src_ip[3]);
         (&raw mut (*key).dst_ip).write_volatile(flow.dst_ip[3]);
-        (&raw mut (*key).src_port).write_volatile(flow.src_port);
-        (&raw mut (*key).dst_port).write_volatile(flow.dst_port);
-        (&raw mut (*key).proto).write_volatile(flow.proto);
-        let pad = (&raw mut (*key)._pad).cast::<u8>();
-        for i in 0..3 {
-            pad.add(i).write_volatile(0);
-        }
+        // The two keys end alike: ports, then protocol and padding.
+        write_word(
+            &raw mut (*key).src_port,
+            read_word(&raw const flow.src_port),
+        );
+        write_word(&raw mut (*key).proto, read_word(&raw const flow.proto));
         out.assume_init_ref()
     }
 }
@@ -85,9 +82,58 @@ pub fn service_key4(
     // SAFETY: as in `flow_key`.
     unsafe {
         (&raw mut (*key).vip).write_volatile(addr);
-        (&raw mut (*key).port).write_volatile(port);
-        (&raw mut (*key).proto).write_volatile(proto);
-        (&raw mut (*key)._pad).write_volatile(0);
+        write_word(&raw mut (*key).port, port_proto_word(port, proto));
         out.assume_init_ref()
     }
 }
+
+/// A service key's port and protocol, with the padding after them, as the
+/// word they share.
+#[inline(always)]
+fn port_proto_word(port: u16, proto: u8) -> u32 {
+    let [a, b] = port.to_ne_bytes();
+    u32::from_ne_bytes([a, b, proto, 0])
+}
+
+/// Writes the key word that begins at `field` in one store.
+///
+/// # Safety
+/// `field` must begin a word of a key being written (see the layout checks
+/// below).
+#[inline(always)]
+unsafe fn write_word<F>(field: *mut F, word: u32) {
+    // SAFETY: the caller vouches for the word.
+    unsafe { field.cast::<u32>().write_volatile(word) }
+}
+
+/// Reads the key word that begins at `field` in one load.
+///
+/// # Safety
+/// `field` must begin a word of an initialised key.
+#[inline(always)]
+unsafe fn read_word<F>(field: *const F) -> u32 {
+    // SAFETY: the caller vouches for the word.
+    unsafe { field.cast::<u32>().read() }
+}
+
+// The words the functions above write whole: each begins 4-byte aligned
+// and holds the fields they put in it.
+const _: () = {
+    use core::mem::{align_of, offset_of};
+    macro_rules! word_of {
+        ($key:ty, $first:ident, $($rest:ident @ $at:literal),*) => {
+            assert!(align_of::<$key>() >= 4 && offset_of!($key, $first) % 4 == 0);
+            $(assert!(offset_of!($key, $rest) == offset_of!($key, $first) + $at);)*
+        };
+    }
+    word_of!(FlowKey, src_port, dst_port @ 2);
+    word_of!(FlowKey, proto, _pad @ 1);
+    word_of!(FlowKey4, src_port, dst_port @ 2);
+    word_of!(FlowKey4, proto, _pad @ 1);
+    word_of!(ServiceKey, port, proto @ 2, _pad @ 3);
+    word_of!(ServiceKey4, port, proto @ 2, _pad @ 3);
+    assert!(size_of::<FlowKey>() == offset_of!(FlowKey, proto) + 4);
+    assert!(size_of::<FlowKey4>() == offset_of!(FlowKey4, proto) + 4);
+    assert!(size_of::<ServiceKey>() == offset_of!(ServiceKey, port) + 4);
+    assert!(size_of::<ServiceKey4>() == offset_of!(ServiceKey4, port) + 4);
+};

@@ -129,7 +129,7 @@ fn serve_transport(ctx: &Frame, ip: &Ip, ports: u32, claim: Claim) -> u32 {
 #[inline(always)]
 fn try_serve_transport(ctx: &Frame, ip: &Ip, ports: u32, claim: Claim) -> Result<u32, Verdict> {
     let mut packet = MaybeUninit::uninit();
-    Packet::parse(ctx, ip, Transport::split(ports), &mut packet)?;
+    Packet::parse(ctx, ip, ports, &mut packet)?;
     // SAFETY: `parse` returned `Ok`, so it wrote the packet.
     let packet = unsafe { packet.assume_init_ref() };
     let key = &packet.key;

@@ -118,7 +118,7 @@ pub fn is_solicitation(ctx: &Frame, ip: &Ip) -> bool {
 pub fn answer_solicitation(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
     const MESSAGE_LEN: usize = core::mem::size_of::<NeighborMessage>();
     const OPTION_LEN: usize = core::mem::size_of::<LinkAddressOption>();
-    let with_option = match ip.l4_len {
+    let with_option = match ip.l4_len() {
         MESSAGE_LEN => false,
         len if len == MESSAGE_LEN + OPTION_LEN => true,
         _ => return Err(Verdict::PassOtherProto),

@@ -131,8 +131,6 @@ pub struct Ip {
     pub dst: Addr,
     /// Offset of the upper-layer (TCP, UDP, ICMP) header.
     pub l4_offset: usize,
-    /// Bytes from the upper-layer header to the end of the IP packet.
-    pub l4_len: usize,
     /// IPv4 total length or IPv6 header plus payload, host order.
     pub total_len: u16,
     pub family: Family,
@@ -143,6 +141,14 @@ pub struct Ip {
 }
 
 impl Ip {
+    /// Bytes from the upper-layer header to the end of the IP packet. Not
+    /// a field: the entry point's frame holds an `Ip`, and the deepest call
+    /// chain's stack includes that frame.
+    #[inline(always)]
+    pub fn l4_len(&self) -> usize {
+        EthHdr::LEN + usize::from(self.total_len) - self.l4_offset
+    }
+
     /// Parses the IP header into `ip`, which is initialised when this
     /// returns `Ok`.
     #[inline(always)]
@@ -183,7 +189,6 @@ impl Ip {
             copy_addr(&raw mut (*out).src, &self.src);
             copy_addr(&raw mut (*out).dst, &self.dst);
             (&raw mut (*out).l4_offset).write_volatile(self.l4_offset);
-            (&raw mut (*out).l4_len).write_volatile(self.l4_len);
             (&raw mut (*out).total_len).write_volatile(self.total_len);
             (&raw mut (*out).family).write_volatile(self.family);
             (&raw mut (*out).proto).write_volatile(self.proto);
@@ -212,7 +217,6 @@ impl Ip {
         Ok(Self {
             family: Family::V4,
             l4_offset: EthHdr::LEN + header_len,
-            l4_len: usize::from(total_len) - header_len,
             total_len,
             proto: ip.proto,
             ttl: ip.ttl,
@@ -250,7 +254,6 @@ impl Ip {
         Ok(Self {
             family: Family::V6,
             l4_offset,
-            l4_len: ip_end - l4_offset,
             total_len: (Ipv6Hdr::LEN + payload_len) as u16,
             proto,
             ttl: ip.hop_limit,
@@ -364,7 +367,7 @@ impl Transport {
             PROTO_UDP => UDP_LEN,
             _ => return Err(Verdict::PassOtherProto),
         };
-        if ip.l4_len < l4_min_len {
+        if ip.l4_len() < l4_min_len {
             return Err(Verdict::PassMalformed);
         }
         let ports: *const [u16; 2] = ptr_at(ctx, ip.l4_offset)?;
@@ -379,7 +382,16 @@ impl Transport {
     /// The ports (source, destination; network order) of [`Transport::ports`].
     #[inline(always)]
     pub fn split(ports: u32) -> [u16; 2] {
-        [ports as u16, (ports >> 16) as u16]
+        let [a, b, c, d] = ports.to_ne_bytes();
+        [u16::from_ne_bytes([a, b]), u16::from_ne_bytes([c, d])]
+    }
+
+    /// The word [`Transport::ports`] would be for these ports (source,
+    /// destination; network order): what [`Transport::split`] splits.
+    #[inline(always)]
+    pub fn join([src_port, dst_port]: [u16; 2]) -> u32 {
+        let ([a, b], [c, d]) = (src_port.to_ne_bytes(), dst_port.to_ne_bytes());
+        u32::from_ne_bytes([a, b, c, d])
     }
 }
 
@@ -399,7 +411,7 @@ pub struct Packet {
 
 impl Packet {
     /// Builds the packet of `ip`, whose transport header [`Transport::parse`]
-    /// accepted with `ports` (as split), into `out`, which is initialised when this
+    /// accepted with `ports` (its word), into `out`, which is initialised when this
     /// returns `Ok` (written in place: see `keys`). The ports come as they
     /// were parsed, not parsed again: this runs in a subprogram of its own,
     /// which takes them as scalars.
@@ -407,7 +419,7 @@ impl Packet {
     pub fn parse(
         ctx: &Frame,
         ip: &Ip,
-        ports: [u16; 2],
+        ports: u32,
         out: &mut MaybeUninit<Packet>,
     ) -> Result<(), Verdict> {
         let l4_offset = ip.l4_offset;
