@@ -221,9 +221,9 @@ macro_rules! rest_of_forwarding {
          word, the clock, the cache slot, the backend, two traffic counters, the settings, \
          the next hop, the outcome counter), each a chain of dependent loads, over which a \
          profile spreads the time; dropping three of them (the clock, the traffic \
-         counters, the MAC check) saved about 5 ns a call. The transport path's BPF \
-         subprogram call is not where it goes: inlined (the ICMP paths removed so that the \
-         stack fits), the cases ran within noise of it"
+         counters, the MAC check) saved about 5 ns a call on the established case. The \
+         transport path's BPF subprogram call is not where it goes: inlined (the ICMP paths \
+         removed so that the stack fits), the cases ran within noise of it"
     };
 }
 
