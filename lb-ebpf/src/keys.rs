@@ -12,7 +12,7 @@ use core::mem::MaybeUninit;
 
 use lb_common::{Addr, FlowKey, FlowKey4, ServiceKey, ServiceKey4};
 
-use crate::nat::copy_addr;
+use crate::nat::{copy_addr, copy_words};
 
 /// A flow key from its 5-tuple, written into `out`: the ports as the word
 /// `parse::Transport` reads from the packet (see `Transport::join`).
@@ -60,12 +60,11 @@ pub fn flow_key4<'a>(out: &'a mut MaybeUninit<FlowKey4>, flow: &FlowKey) -> &'a 
     unsafe {
         (&raw mut (*key).src_ip).write_volatile(flow.src_ip[3]);
         (&raw mut (*key).dst_ip).write_volatile(flow.dst_ip[3]);
-        // The two keys end alike: ports, then protocol and padding.
-        write_word(
-            &raw mut (*key).src_port,
-            read_word(&raw const flow.src_port),
+        // The two keys end alike: the ports word, then the protocol's.
+        copy_words::<[u32; 2], u32>(
+            (&raw mut (*key).src_port).cast(),
+            (&raw const flow.src_port).cast(),
         );
-        write_word(&raw mut (*key).proto, read_word(&raw const flow.proto));
         out.assume_init_ref()
     }
 }
@@ -106,18 +105,9 @@ unsafe fn write_word<F>(field: *mut F, word: u32) {
     unsafe { field.cast::<u32>().write_volatile(word) }
 }
 
-/// Reads the key word that begins at `field` in one load.
-///
-/// # Safety
-/// `field` must begin a word of an initialised key.
-#[inline(always)]
-unsafe fn read_word<F>(field: *const F) -> u32 {
-    // SAFETY: the caller vouches for the word.
-    unsafe { field.cast::<u32>().read() }
-}
-
 // The words the functions above write whole: each begins 4-byte aligned
-// and holds the fields they put in it.
+// and holds the fields they put in it; a key's last two words are its ports
+// and its protocol's.
 const _: () = {
     use core::mem::{align_of, offset_of};
     macro_rules! word_of {
@@ -134,6 +124,8 @@ const _: () = {
     word_of!(ServiceKey4, port, proto @ 2, _pad @ 3);
     assert!(size_of::<FlowKey>() == offset_of!(FlowKey, proto) + 4);
     assert!(size_of::<FlowKey4>() == offset_of!(FlowKey4, proto) + 4);
+    assert!(offset_of!(FlowKey, proto) == offset_of!(FlowKey, src_port) + 4);
+    assert!(offset_of!(FlowKey4, proto) == offset_of!(FlowKey4, src_port) + 4);
     assert!(size_of::<ServiceKey>() == offset_of!(ServiceKey, port) + 4);
     assert!(size_of::<ServiceKey4>() == offset_of!(ServiceKey4, port) + 4);
 };

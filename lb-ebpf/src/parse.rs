@@ -382,16 +382,15 @@ impl Transport {
     /// The ports (source, destination; network order) of [`Transport::ports`].
     #[inline(always)]
     pub fn split(ports: u32) -> [u16; 2] {
-        let [a, b, c, d] = ports.to_ne_bytes();
-        [u16::from_ne_bytes([a, b]), u16::from_ne_bytes([c, d])]
+        [ports as u16, (ports >> 16) as u16]
     }
 
     /// The word [`Transport::ports`] would be for these ports (source,
-    /// destination; network order): what [`Transport::split`] splits.
+    /// destination; network order), as [`read_word`] composes it: what
+    /// [`Transport::split`] splits.
     #[inline(always)]
     pub fn join([src_port, dst_port]: [u16; 2]) -> u32 {
-        let ([a, b], [c, d]) = (src_port.to_ne_bytes(), dst_port.to_ne_bytes());
-        u32::from_ne_bytes([a, b, c, d])
+        u32::from(src_port) | (u32::from(dst_port) << 16)
     }
 }
 
