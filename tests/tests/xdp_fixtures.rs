@@ -523,6 +523,11 @@ fn fixtures_in_namespace(bench: &XdpBed) {
         4,
         "the replies and one ICMP error of each family"
     );
+    assert_eq!(
+        global[counters::REPLIES_UNTRACKED as usize],
+        0,
+        "each reply found the entry of the flow it answers"
+    );
     assert_eq!(global[counters::ICMP_TRANSLATED as usize], 4);
     assert_eq!(global[counters::ICMP_ECHO_REPLY as usize], 2);
     let outcomes: u64 = counters::OUTCOMES.iter().map(|&c| global[c as usize]).sum();
