@@ -29,7 +29,12 @@ pub const MAP_NODE_PORTS4: &str = "NODE_PORTS4";
 pub const MAP_NODE_PORTS6: &str = "NODE_PORTS6";
 pub const MAP_FLOW_BUDGET: &str = "FLOW_BUDGET";
 pub const MAP_IFACES: &str = "IFACES";
-pub const MAP_KEY_FILTER: &str = "KEY_FILTER";
+/// `KEY_FILTER` is the program's zero-initialized global data, its only
+/// one, which the loader makes a one-entry array map named after the
+/// section: the value is the whole filter ([`KeyFilterWords`]). A second
+/// such global would change the value's size, which the agent's typed view
+/// of the map refuses at load.
+pub const MAP_KEY_FILTER: &str = ".bss";
 pub const MAP_IFACES_BY_INDEX: &str = "IFACES_BY_INDEX";
 pub const MAP_TICK_CLOCK: &str = "TICK_CLOCK";
 /// Name of the XDP program in the object file.
@@ -64,6 +69,13 @@ pub const MAX_IFACES: u32 = 64;
 /// 64-bit words.
 pub const KEY_FILTER_BITS: u32 = 1 << 16;
 pub const KEY_FILTER_WORDS: u32 = 2 * KEY_FILTER_BITS / 64;
+
+/// `KEY_FILTER`'s words, as the data path reads them and userspace writes
+/// them: all at once.
+pub type KeyFilterWords = [u64; KEY_FILTER_WORDS as usize];
+
+// The data path bounds a word's index by a mask.
+const _: () = assert!(KEY_FILTER_WORDS.is_power_of_two());
 
 /// Entries of `NODE_PORTS4` and `NODE_PORTS6`: one for every TCP and every
 /// UDP port.

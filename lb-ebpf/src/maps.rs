@@ -15,9 +15,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     Addr, Backend, CachedFlow, Flow, FlowBudget, FlowKey, FlowKey4, IFACES_BY_INDEX_LEN, Iface,
-    KEY_FILTER_WORDS, KeyFilter, MAX_BACKENDS, MAX_FLOWS, MAX_IFACES, MAX_SERVICES, MAX_TX_PORTS,
-    NODE_PORT_SLOTS, NeighborMask, SETTING_ANSWER_ECHO, SETTING_DSR, ServiceInfo, ServiceKey,
-    ServiceKey4, Settings, TickClock, Traffic, answers_on, counters,
+    KEY_FILTER_WORDS, KeyFilter, KeyFilterWords, MAX_BACKENDS, MAX_FLOWS, MAX_IFACES, MAX_SERVICES,
+    MAX_TX_PORTS, NODE_PORT_SLOTS, NeighborMask, SETTING_ANSWER_ECHO, SETTING_DSR, ServiceInfo,
+    ServiceKey, ServiceKey4, Settings, TickClock, Traffic, answers_on, counters,
     hash::{CLIENT_HOP_SLOTS, FLOW_CACHE_SLOTS, client_hop_slot},
     ipv4_mapped, is_ipv4_mapped, node_port_slot,
 };
@@ -90,10 +90,12 @@ static NODE_PORTS6: Array<ServiceKey> = Array::with_max_entries(NODE_PORT_SLOTS,
 
 /// Bits standing for the keys of `SERVICES` and `NODE_PORTS` (see
 /// `KeyFilter::position`). Most packets that are not ours (the host's own
-/// traffic) are told apart by two array reads, which the verifier inlines,
-/// instead of two hash-map lookups, each a call into the kernel.
-#[map]
-static KEY_FILTER: Array<u64> = Array::with_max_entries(KEY_FILTER_WORDS, 0);
+/// traffic) are told apart by two reads of it, instead of two hash-map
+/// lookups, each a call into the kernel. Global data (`MAP_KEY_FILTER`),
+/// read at its address: an array map's lookup, even inlined, takes its
+/// index through the stack, and the load waits for it. Written whole by the
+/// agent at every change; derived from what is programmed, so not pinned.
+static mut KEY_FILTER: KeyFilterWords = [0; KEY_FILTER_WORDS as usize];
 
 /// Flows each CPU inserted in the current second, against `Settings::new_flow_limit`.
 #[map]
@@ -169,7 +171,16 @@ pub fn account(service_id: u32, backend_id: u32, bytes: u64) {
 #[inline(always)]
 fn may_hold(map: KeyFilter, addr: &Addr, port: u16, proto: u8) -> bool {
     let (word, bit) = map.position_of(addr, port, proto);
-    KEY_FILTER.get(word).is_none_or(|word| word & bit != 0)
+    // SAFETY: the mask keeps the index within the filter (the verifier
+    // checks it too). Volatile: the program never writes the filter, so
+    // the compiler would take it for the zeros it starts as.
+    let word = unsafe {
+        (&raw const KEY_FILTER)
+            .cast::<u64>()
+            .add((word & (KEY_FILTER_WORDS - 1)) as usize)
+            .read_volatile()
+    };
+    word & bit != 0
 }
 
 /// Whether (`addr`, `port` network order, `proto`) may be a service's;

@@ -1,13 +1,17 @@
 //! `KEY_FILTER`: the bits that let the data path skip the `SERVICES`
 //! lookup, and the reply path, for packets that are not ours. Derived from what is
 //! programmed, so not pinned: every load starts it empty and `recover`
-//! fills it before the program is attached.
+//! fills it before the program is attached. The program's global data, so
+//! one map value: a change writes the whole filter (16 KiB), in one update
+//! the data path sees word by word.
 
 use aya::{
     Ebpf,
     maps::{Array, MapData},
 };
-use lb_common::{KEY_FILTER_BITS, KEY_FILTER_WORDS, KeyFilter, MAP_KEY_FILTER, ServiceKey};
+use lb_common::{
+    KEY_FILTER_BITS, KEY_FILTER_WORDS, KeyFilter, KeyFilterWords, MAP_KEY_FILTER, ServiceKey,
+};
 
 use super::{service_key, services::node_port_key};
 use crate::{
@@ -18,9 +22,9 @@ use crate::{
 /// The map and, per bit, how many programmed keys need it: keys may share a
 /// bit, and a bit is cleared only when none does.
 pub(super) struct KeyFilterBits {
-    map: Array<MapData, u64>,
+    map: Array<MapData, KeyFilterWords>,
     /// What the map holds.
-    words: Vec<u64>,
+    words: Box<KeyFilterWords>,
     users: Vec<u32>,
 }
 
@@ -28,7 +32,7 @@ impl KeyFilterBits {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
         Ok(Self {
             map: take_typed(ebpf, MAP_KEY_FILTER)?,
-            words: vec![0; KEY_FILTER_WORDS as usize],
+            words: Box::new([0; KEY_FILTER_WORDS as usize]),
             users: vec![0; 2 * KEY_FILTER_BITS as usize],
         })
     }
@@ -45,6 +49,7 @@ impl KeyFilterBits {
     }
 
     fn change(&mut self, keys: &[(KeyFilter, ServiceKey)], add: bool) -> Result<(), MapsError> {
+        let mut changed = false;
         for (map, key) in keys {
             let (word, bit) = map.position(key);
             let user = &mut self.users[(word * 64 + bit.trailing_zeros()) as usize];
@@ -56,12 +61,13 @@ impl KeyFilterBits {
                 *user = user.saturating_sub(1);
                 if *user == 0 { old & !bit } else { old }
             };
-            if new != old {
-                self.map
-                    .set(word, new, 0)
-                    .map_err(|e| map_error(MAP_KEY_FILTER, e))?;
-                self.words[word as usize] = new;
-            }
+            changed |= new != old;
+            self.words[word as usize] = new;
+        }
+        if changed {
+            self.map
+                .set(0, self.words.as_ref(), 0)
+                .map_err(|e| map_error(MAP_KEY_FILTER, e))?;
         }
         Ok(())
     }
