@@ -29,13 +29,12 @@ pub const MAP_NODE_PORTS4: &str = "NODE_PORTS4";
 pub const MAP_NODE_PORTS6: &str = "NODE_PORTS6";
 pub const MAP_FLOW_BUDGET: &str = "FLOW_BUDGET";
 pub const MAP_IFACES: &str = "IFACES";
-/// `KEY_FILTER` is the program's zero-initialized global data, its only
-/// one, which the loader makes a one-entry array map named after the
-/// section: the value is the whole filter ([`KeyFilterWords`]). A second
-/// such global would change the value's size, which the agent's typed view
-/// of the map refuses at load.
-pub const MAP_KEY_FILTER: &str = ".bss";
-pub const MAP_IFACES_BY_INDEX: &str = "IFACES_BY_INDEX";
+/// `KEY_FILTER` and `IFACES_BY_INDEX` are the program's global data, each in
+/// a section of its own, which the loader makes a one-entry array map named
+/// after the section: the value is the whole array ([`KeyFilterWords`],
+/// [`IfacesByIndexEntries`]).
+pub const MAP_KEY_FILTER: &str = ".bss.key_filter";
+pub const MAP_IFACES_BY_INDEX: &str = ".bss.ifaces_by_index";
 pub const MAP_TICK_CLOCK: &str = "TICK_CLOCK";
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "lb_xdp";
@@ -415,9 +414,13 @@ const MAC_WORD_MASK: u64 = u64::from_ne_bytes([0xff, 0xff, 0xff, 0xff, 0xff, 0xf
 
 /// `IFACES_BY_INDEX` repeats `IFACES` as an array by ifindex for the
 /// ifindexes below this: the check every packet makes (is the frame for this
-/// host?) is then an array read, not a hash lookup. A larger ifindex is
+/// host?) is then a read of global data, not a hash lookup. A larger ifindex is
 /// looked up in `IFACES`.
 pub const IFACES_BY_INDEX_LEN: u32 = 4096;
+
+/// `IFACES_BY_INDEX`'s entries, as the data path reads them (one by one)
+/// and userspace writes them (all at once); an empty one is all zero.
+pub type IfacesByIndexEntries = [Iface; IFACES_BY_INDEX_LEN as usize];
 
 /// The value of `VIPS`: the interfaces (bit [`Iface::slot`]) on which ARP
 /// requests and Neighbor Solicitations for the VIP are answered. 0 for a

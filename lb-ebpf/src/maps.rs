@@ -15,9 +15,10 @@ use aya_ebpf::{
 };
 use lb_common::{
     Addr, Backend, CachedFlow, Flow, FlowBudget, FlowKey, FlowKey4, IFACES_BY_INDEX_LEN, Iface,
-    KEY_FILTER_WORDS, KeyFilter, KeyFilterWords, MAX_BACKENDS, MAX_FLOWS, MAX_IFACES, MAX_SERVICES,
-    MAX_TX_PORTS, NODE_PORT_SLOTS, NeighborMask, SETTING_ANSWER_ECHO, SETTING_DSR, ServiceInfo,
-    ServiceKey, ServiceKey4, Settings, TickClock, Traffic, answers_on, counters,
+    IfacesByIndexEntries, KEY_FILTER_WORDS, KeyFilter, KeyFilterWords, MAX_BACKENDS, MAX_FLOWS,
+    MAX_IFACES, MAX_SERVICES, MAX_TX_PORTS, NODE_PORT_SLOTS, NeighborMask, SETTING_ANSWER_ECHO,
+    SETTING_DSR, ServiceInfo, ServiceKey, ServiceKey4, Settings, TickClock, Traffic, answers_on,
+    counters,
     hash::{CLIENT_HOP_SLOTS, FLOW_CACHE_SLOTS, client_hop_slot},
     ipv4_mapped, is_ipv4_mapped, node_port_slot,
 };
@@ -95,6 +96,9 @@ static NODE_PORTS6: Array<ServiceKey> = Array::with_max_entries(NODE_PORT_SLOTS,
 /// read at its address: an array map's lookup, even inlined, takes its
 /// index through the stack, and the load waits for it. Written whole by the
 /// agent at every change; derived from what is programmed, so not pinned.
+/// Read volatile: the program never writes it, so the compiler would take
+/// it for the zeros it starts as.
+#[unsafe(link_section = ".bss.key_filter")]
 static mut KEY_FILTER: KeyFilterWords = [0; KEY_FILTER_WORDS as usize];
 
 /// Flows each CPU inserted in the current second, against `Settings::new_flow_limit`.
@@ -106,9 +110,14 @@ static FLOW_BUDGET: PerCpuArray<FlowBudget> = PerCpuArray::with_max_entries(1, 0
 static IFACES: HashMap<u32, Iface> = HashMap::with_max_entries(MAX_IFACES, 0);
 
 /// `IFACES` by ifindex (see `IFACES_BY_INDEX_LEN`); derived from it by the
-/// agent at every load, so not pinned.
-#[map]
-static IFACES_BY_INDEX: Array<Iface> = Array::with_max_entries(IFACES_BY_INDEX_LEN, 0);
+/// agent at every load, so not pinned. Global data, as `KEY_FILTER` is, and
+/// read as it is.
+#[unsafe(link_section = ".bss.ifaces_by_index")]
+static mut IFACES_BY_INDEX: IfacesByIndexEntries = [Iface {
+    mac: [0; 6],
+    slot: 0,
+    _pad: 0,
+}; IFACES_BY_INDEX_LEN as usize];
 
 /// Each CPU's parameter block for `bpf_fib_lookup` (see `forward`).
 /// Scratch space: nothing outlives one packet, so it is not pinned.
@@ -172,8 +181,7 @@ pub fn account(service_id: u32, backend_id: u32, bytes: u64) {
 fn may_hold(map: KeyFilter, addr: &Addr, port: u16, proto: u8) -> bool {
     let (word, bit) = map.position_of(addr, port, proto);
     // SAFETY: the mask keeps the index within the filter (the verifier
-    // checks it too). Volatile: the program never writes the filter, so
-    // the compiler would take it for the zeros it starts as.
+    // checks it too).
     let word = unsafe {
         (&raw const KEY_FILTER)
             .cast::<u64>()
@@ -338,21 +346,31 @@ pub fn record_clock_sample(jiffies: u64, coarse_ns: u64) {
     }
 }
 
-/// The attached interface `ifindex`, by an array read where it can be.
+/// The attached interface `ifindex`, from `IFACES_BY_INDEX` where it can be.
 #[inline(always)]
-fn iface(ifindex: u32) -> Option<&'static Iface> {
+fn iface(ifindex: u32) -> Option<Iface> {
     if ifindex < IFACES_BY_INDEX_LEN {
-        return IFACES_BY_INDEX.get(ifindex).filter(|iface| iface.is_set());
+        // SAFETY: within the array, whose entries are words, aligned, with
+        // no padding but their explicit field.
+        let iface: Iface = unsafe {
+            core::mem::transmute(
+                (&raw const IFACES_BY_INDEX)
+                    .cast::<u64>()
+                    .add(ifindex as usize)
+                    .read_volatile(),
+            )
+        };
+        return iface.is_set().then_some(iface);
     }
-    // SAFETY: read before the map can change it (RCU).
-    unsafe { IFACES.get(ifindex) }
+    // SAFETY: copied before the map can change it (RCU).
+    unsafe { IFACES.get(ifindex) }.copied()
 }
 
 /// The MAC of the attached interface `ifindex`, as `lb_common::mac_word`
 /// gives it.
 #[inline(always)]
 pub fn iface_mac_word(ifindex: u32) -> Option<u64> {
-    iface(ifindex).map(Iface::mac_word)
+    iface(ifindex).as_ref().map(Iface::mac_word)
 }
 
 /// The MAC to answer ARP and Neighbor Solicitations for `vip` with when they

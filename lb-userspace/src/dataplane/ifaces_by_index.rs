@@ -1,19 +1,24 @@
 //! `IFACES_BY_INDEX`: `IFACES` again as an array by ifindex (below
 //! `IFACES_BY_INDEX_LEN`), so that the check every packet makes, whether the
-//! frame is for this host, is an array read. Derived from `IFACES`, so not
-//! pinned: every load fills it from the (possibly inherited) `IFACES` before
-//! the program is attached.
+//! frame is for this host, is a read of global data. Derived from `IFACES`,
+//! so not pinned: every load fills it from the (possibly inherited) `IFACES`
+//! before the program is attached. Global data, so one map value: a change
+//! writes the whole array (32 KiB); interfaces change rarely.
 
 use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData},
 };
-use lb_common::{IFACES_BY_INDEX_LEN, Iface, MAP_IFACES, MAP_IFACES_BY_INDEX};
+use lb_common::{
+    IFACES_BY_INDEX_LEN, Iface, IfacesByIndexEntries, MAP_IFACES, MAP_IFACES_BY_INDEX,
+};
 
 use crate::maps::{MapsError, map_error, take_typed};
 
 pub(super) struct IfacesByIndex {
-    map: Array<MapData, Iface>,
+    map: Array<MapData, IfacesByIndexEntries>,
+    /// What the map holds.
+    entries: Box<IfacesByIndexEntries>,
 }
 
 impl IfacesByIndex {
@@ -21,22 +26,33 @@ impl IfacesByIndex {
     pub fn take(ebpf: &mut Ebpf, ifaces: &HashMap<MapData, u32, Iface>) -> Result<Self, MapsError> {
         let mut index = Self {
             map: take_typed(ebpf, MAP_IFACES_BY_INDEX)?,
+            entries: Box::new([Iface::default(); IFACES_BY_INDEX_LEN as usize]),
         };
         for entry in ifaces.iter() {
             let (ifindex, iface) = entry.map_err(|e| map_error(MAP_IFACES, e))?;
-            index.set(ifindex, iface)?;
+            if let Some(slot) = index.entries.get_mut(ifindex as usize) {
+                *slot = iface;
+            }
         }
+        index.write()?;
         Ok(index)
     }
 
     /// Mirrors an `IFACES` entry; an ifindex past the array is found in
     /// `IFACES` alone.
     pub fn set(&mut self, ifindex: u32, iface: Iface) -> Result<(), MapsError> {
-        if ifindex < IFACES_BY_INDEX_LEN {
-            self.map
-                .set(ifindex, iface, 0)
-                .map_err(|e| map_error(MAP_IFACES_BY_INDEX, e))?;
+        match self.entries.get_mut(ifindex as usize) {
+            Some(slot) if *slot != iface => {
+                *slot = iface;
+                self.write()
+            }
+            _ => Ok(()),
         }
-        Ok(())
+    }
+
+    fn write(&mut self) -> Result<(), MapsError> {
+        self.map
+            .set(0, self.entries.as_ref(), 0)
+            .map_err(|e| map_error(MAP_IFACES_BY_INDEX, e))
     }
 }
