@@ -2,8 +2,10 @@
 //! lookup, and the reply path, for packets that are not ours. Derived from what is
 //! programmed, so not pinned: every load starts it empty and `recover`
 //! fills it before the program is attached. The program's global data, so
-//! one map value: a change writes the whole filter (16 KiB), in one update
-//! the data path sees word by word.
+//! one map value: a change writes the whole filter (16 KiB), copied in while
+//! packets read it. That is safe however the copy goes: an unchanged word
+//! gets the bytes it holds, and a changing one changes only bits whose
+//! entries are not written yet (added) or gone already (removed).
 
 use aya::{
     Ebpf,
@@ -23,7 +25,7 @@ use crate::{
 /// bit, and a bit is cleared only when none does.
 pub(super) struct KeyFilterBits {
     map: Array<MapData, KeyFilterWords>,
-    /// What the map holds.
+    /// What the map holds, unless its last write failed.
     words: Box<KeyFilterWords>,
     users: Vec<u32>,
 }

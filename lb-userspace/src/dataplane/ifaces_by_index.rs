@@ -17,7 +17,7 @@ use crate::maps::{MapsError, map_error, take_typed};
 
 pub(super) struct IfacesByIndex {
     map: Array<MapData, IfacesByIndexEntries>,
-    /// What the map holds.
+    /// What the map holds, unless its last write failed.
     entries: Box<IfacesByIndexEntries>,
 }
 
