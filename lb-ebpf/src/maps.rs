@@ -96,8 +96,7 @@ static NODE_PORTS6: Array<ServiceKey> = Array::with_max_entries(NODE_PORT_SLOTS,
 /// read at its address: an array map's lookup, even inlined, takes its
 /// index through the stack, and the load waits for it. Written whole by the
 /// agent at every change; derived from what is programmed, so not pinned.
-/// Read volatile: the program never writes it, so the compiler would take
-/// it for the zeros it starts as.
+/// Read through [`global_word`].
 #[unsafe(link_section = ".bss.key_filter")]
 static mut KEY_FILTER: KeyFilterWords = [0; KEY_FILTER_WORDS as usize];
 
@@ -111,13 +110,26 @@ static IFACES: HashMap<u32, Iface> = HashMap::with_max_entries(MAX_IFACES, 0);
 
 /// `IFACES` by ifindex (see `IFACES_BY_INDEX_LEN`); derived from it by the
 /// agent at every load, so not pinned. Global data, as `KEY_FILTER` is, and
-/// read as it is.
+/// read through [`global_word`].
 #[unsafe(link_section = ".bss.ifaces_by_index")]
 static mut IFACES_BY_INDEX: IfacesByIndexEntries = [Iface {
     mac: [0; 6],
     slot: 0,
     _pad: 0,
 }; IFACES_BY_INDEX_LEN as usize];
+
+/// Word `index` of the global-data array at `array`, in one load. Volatile:
+/// the program never writes its global data (the agent does), so the
+/// compiler would take it for the zeros it starts as.
+///
+/// # Safety
+/// `array` must be a global whose entries are 8-byte words, and `index`
+/// within it.
+#[inline(always)]
+unsafe fn global_word<A>(array: *const A, index: u32) -> u64 {
+    // SAFETY: the caller vouches for the array and the index.
+    unsafe { array.cast::<u64>().add(index as usize).read_volatile() }
+}
 
 /// Each CPU's parameter block for `bpf_fib_lookup` (see `forward`).
 /// Scratch space: nothing outlives one packet, so it is not pinned.
@@ -182,12 +194,7 @@ fn may_hold(map: KeyFilter, addr: &Addr, port: u16, proto: u8) -> bool {
     let (word, bit) = map.position_of(addr, port, proto);
     // SAFETY: the mask keeps the index within the filter (the verifier
     // checks it too).
-    let word = unsafe {
-        (&raw const KEY_FILTER)
-            .cast::<u64>()
-            .add((word & (KEY_FILTER_WORDS - 1)) as usize)
-            .read_volatile()
-    };
+    let word = unsafe { global_word(&raw const KEY_FILTER, word & (KEY_FILTER_WORDS - 1)) };
     word & bit != 0
 }
 
@@ -352,14 +359,8 @@ fn iface(ifindex: u32) -> Option<Iface> {
     if ifindex < IFACES_BY_INDEX_LEN {
         // SAFETY: within the array, whose entries are words, aligned, with
         // no padding but their explicit field.
-        let iface: Iface = unsafe {
-            core::mem::transmute(
-                (&raw const IFACES_BY_INDEX)
-                    .cast::<u64>()
-                    .add(ifindex as usize)
-                    .read_volatile(),
-            )
-        };
+        let iface: Iface =
+            unsafe { core::mem::transmute(global_word(&raw const IFACES_BY_INDEX, ifindex)) };
         return iface.is_set().then_some(iface);
     }
     // SAFETY: copied before the map can change it (RCU).

@@ -7,34 +7,25 @@
 //! gets the bytes it holds, and a changing one changes only bits whose
 //! entries are not written yet (added) or gone already (removed).
 
-use aya::{
-    Ebpf,
-    maps::{Array, MapData},
-};
+use aya::Ebpf;
 use lb_common::{
     KEY_FILTER_BITS, KEY_FILTER_WORDS, KeyFilter, KeyFilterWords, MAP_KEY_FILTER, ServiceKey,
 };
 
-use super::{service_key, services::node_port_key};
-use crate::{
-    maps::{MapsError, map_error, take_typed},
-    model::ServiceSpec,
-};
+use super::{global_data::GlobalData, service_key, services::node_port_key};
+use crate::{maps::MapsError, model::ServiceSpec};
 
-/// The map and, per bit, how many programmed keys need it: keys may share a
-/// bit, and a bit is cleared only when none does.
+/// The filter and, per bit, how many programmed keys need it: keys may share
+/// a bit, and a bit is cleared only when none does.
 pub(super) struct KeyFilterBits {
-    map: Array<MapData, KeyFilterWords>,
-    /// What the map holds, unless its last write failed.
-    words: Box<KeyFilterWords>,
+    words: GlobalData<KeyFilterWords>,
     users: Vec<u32>,
 }
 
 impl KeyFilterBits {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
         Ok(Self {
-            map: take_typed(ebpf, MAP_KEY_FILTER)?,
-            words: Box::new([0; KEY_FILTER_WORDS as usize]),
+            words: GlobalData::take(ebpf, MAP_KEY_FILTER, [0; KEY_FILTER_WORDS as usize])?,
             users: vec![0; 2 * KEY_FILTER_BITS as usize],
         })
     }
@@ -51,11 +42,12 @@ impl KeyFilterBits {
     }
 
     fn change(&mut self, keys: &[(KeyFilter, ServiceKey)], add: bool) -> Result<(), MapsError> {
+        let words = self.words.value_mut();
         let mut changed = false;
         for (map, key) in keys {
             let (word, bit) = map.position(key);
             let user = &mut self.users[(word * 64 + bit.trailing_zeros()) as usize];
-            let old = self.words[word as usize];
+            let old = words[word as usize];
             let new = if add {
                 *user += 1;
                 old | bit
@@ -64,12 +56,10 @@ impl KeyFilterBits {
                 if *user == 0 { old & !bit } else { old }
             };
             changed |= new != old;
-            self.words[word as usize] = new;
+            words[word as usize] = new;
         }
         if changed {
-            self.map
-                .set(0, self.words.as_ref(), 0)
-                .map_err(|e| map_error(MAP_KEY_FILTER, e))?;
+            self.words.write()?;
         }
         Ok(())
     }

@@ -7,52 +7,43 @@
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData},
+    maps::{HashMap, MapData},
 };
 use lb_common::{
     IFACES_BY_INDEX_LEN, Iface, IfacesByIndexEntries, MAP_IFACES, MAP_IFACES_BY_INDEX,
 };
 
-use crate::maps::{MapsError, map_error, take_typed};
+use super::global_data::GlobalData;
+use crate::maps::{MapsError, map_error};
 
 pub(super) struct IfacesByIndex {
-    map: Array<MapData, IfacesByIndexEntries>,
-    /// What the map holds, unless its last write failed.
-    entries: Box<IfacesByIndexEntries>,
+    entries: GlobalData<IfacesByIndexEntries>,
 }
 
 impl IfacesByIndex {
     /// Takes the program's array and copies every interface of `ifaces` in.
     pub fn take(ebpf: &mut Ebpf, ifaces: &HashMap<MapData, u32, Iface>) -> Result<Self, MapsError> {
-        let mut index = Self {
-            map: take_typed(ebpf, MAP_IFACES_BY_INDEX)?,
-            entries: Box::new([Iface::default(); IFACES_BY_INDEX_LEN as usize]),
-        };
+        let empty = [Iface::default(); IFACES_BY_INDEX_LEN as usize];
+        let mut entries = GlobalData::take(ebpf, MAP_IFACES_BY_INDEX, empty)?;
         for entry in ifaces.iter() {
             let (ifindex, iface) = entry.map_err(|e| map_error(MAP_IFACES, e))?;
-            if let Some(slot) = index.entries.get_mut(ifindex as usize) {
+            if let Some(slot) = entries.value_mut().get_mut(ifindex as usize) {
                 *slot = iface;
             }
         }
-        index.write()?;
-        Ok(index)
+        entries.write()?;
+        Ok(Self { entries })
     }
 
     /// Mirrors an `IFACES` entry; an ifindex past the array is found in
     /// `IFACES` alone.
     pub fn set(&mut self, ifindex: u32, iface: Iface) -> Result<(), MapsError> {
-        match self.entries.get_mut(ifindex as usize) {
+        match self.entries.value_mut().get_mut(ifindex as usize) {
             Some(slot) if *slot != iface => {
                 *slot = iface;
-                self.write()
+                self.entries.write()
             }
             _ => Ok(()),
         }
-    }
-
-    fn write(&mut self) -> Result<(), MapsError> {
-        self.map
-            .set(0, self.entries.as_ref(), 0)
-            .map_err(|e| map_error(MAP_IFACES_BY_INDEX, e))
     }
 }

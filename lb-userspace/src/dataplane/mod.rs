@@ -4,6 +4,7 @@
 mod config;
 mod error;
 mod filter;
+mod global_data;
 mod ifaces_by_index;
 mod links;
 mod neighbors;
