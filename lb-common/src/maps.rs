@@ -29,12 +29,13 @@ pub const MAP_NODE_PORTS4: &str = "NODE_PORTS4";
 pub const MAP_NODE_PORTS6: &str = "NODE_PORTS6";
 pub const MAP_FLOW_BUDGET: &str = "FLOW_BUDGET";
 pub const MAP_IFACES: &str = "IFACES";
-/// `KEY_FILTER` and `IFACES_BY_INDEX` are the program's global data, each in
-/// a section of its own, which the loader makes a one-entry array map named
-/// after the section: the value is the whole array ([`KeyFilterWords`],
-/// [`IfacesByIndexEntries`]).
+/// `KEY_FILTER`, `IFACES_BY_INDEX` and `BACKENDS_CHANGED_NS` are the
+/// program's global data, each in a section of its own, which the loader
+/// makes a one-entry array map named after the section: the value is the
+/// whole global ([`KeyFilterWords`], [`IfacesByIndexEntries`], a `u64`).
 pub const MAP_KEY_FILTER: &str = ".bss.key_filter";
 pub const MAP_IFACES_BY_INDEX: &str = ".bss.ifaces_by_index";
+pub const MAP_BACKENDS_CHANGED: &str = ".bss.backends_changed";
 pub const MAP_TICK_CLOCK: &str = "TICK_CLOCK";
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "lb_xdp";
@@ -467,6 +468,18 @@ pub struct CachedFlow<K> {
     pub key: K,
     pub flow: Flow,
     pub refreshed_ns: u64,
+}
+
+impl<K> CachedFlow<K> {
+    /// Whether the copy's backend is known to serve it still, without a
+    /// look at `BACKENDS`: a copy is dated when it is refreshed, only if its
+    /// backend served it then (else it is dated expired), and
+    /// `backends_changed_ns` is the data path's clock after the agent's
+    /// latest change of a slot. A copy dated in that tick is checked again.
+    #[inline(always)]
+    pub fn checked_since(&self, backends_changed_ns: u64) -> bool {
+        self.refreshed_ns > backends_changed_ns
+    }
 }
 
 /// Per-CPU packet and byte counters of a service or a backend.

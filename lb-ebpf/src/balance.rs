@@ -8,7 +8,7 @@
 use core::mem::MaybeUninit;
 
 use aya_log_ebpf::debug;
-use lb_common::{BACKEND_ACTIVE, Backend, Flow, FlowKey, ServiceInfo, ServiceKey, counters};
+use lb_common::{Addr, BACKEND_ACTIVE, Backend, Flow, FlowKey, ServiceInfo, ServiceKey, counters};
 
 use crate::{
     flows,
@@ -18,6 +18,43 @@ use crate::{
     parse::{Frame, Ip, Packet, Transport},
     verdict::Verdict,
 };
+
+/// The backend a packet goes to: its slot and its address, read from the
+/// slot or from the flow entry pinned to it, which holds a copy.
+#[derive(Clone, Copy)]
+pub struct Target {
+    pub id: u32,
+    pub ip: &'static Addr,
+    /// Network order.
+    pub port: u16,
+}
+
+impl Target {
+    #[inline(always)]
+    fn of_slot(id: u32, backend: &'static Backend) -> Self {
+        Self {
+            id,
+            ip: &backend.ip,
+            port: backend.port,
+        }
+    }
+
+    #[inline(always)]
+    fn of_flow(flow: &'static Flow) -> Self {
+        Self {
+            id: u32::from(flow.backend_id),
+            ip: &flow.backend_ip,
+            port: flow.backend_port,
+        }
+    }
+}
+
+/// Whether the backend `flow` is pinned to still serves it: the rule
+/// (`Flow::still_on`) applied to its slot.
+#[inline(always)]
+fn still_serves(flow: &Flow) -> bool {
+    maps::backend(u32::from(flow.backend_id)).is_some_and(|backend| flow.still_on(backend))
+}
 
 /// The Maglev choice for `key`: the backend its service's live ring gives.
 #[inline(always)]
@@ -89,15 +126,23 @@ pub fn claim(ip: &Ip, [src_port, dst_port]: [u16; 2]) -> Result<Claim, Verdict> 
 /// The backend a tracked flow is pinned to, if that backend still serves.
 /// Read in place: a copy of the whole entry would crowd the stack.
 #[inline(always)]
-pub fn flow_backend(key: &FlowKey, now: u64) -> Option<&'static Backend> {
+pub fn flow_backend(key: &FlowKey, now: u64) -> Option<Target> {
     // SAFETY: the entry stays valid for this program run (RCU).
-    let flow = unsafe { &*flows::entry(key, now)? };
-    let backend = maps::backend(u32::from(flow.backend_id))?;
-    flow.still_on(backend).then_some(backend)
+    let flow = unsafe { &*flows::entry(key, now, still_serves)? };
+    Some(Target::of_flow(flow))
 }
 
-/// Where a packet for one of our services goes: the backend (id and slot)
-/// and the time it was seen; `Ok(None)` when it is for no service.
+/// [`flow_backend`] from the table alone (`flows::table_entry`), for ICMP
+/// errors.
+#[inline(always)]
+pub fn table_flow_backend(key: &FlowKey) -> Option<Target> {
+    // SAFETY: the entry stays valid for this program run (RCU).
+    let flow = unsafe { &*flows::table_entry(key)? };
+    still_serves(flow).then_some(Target::of_flow(flow))
+}
+
+/// Where a packet for one of our services goes: the backend (its slot and
+/// address) and the time it was seen; `Ok(None)` when it is for no service.
 ///
 /// An established packet whose flow entry records its service and a
 /// backend that still serves needs nothing else: no service lookup. Every
@@ -115,45 +160,43 @@ pub fn backend_of(
     packet: &Packet,
     claim: Claim,
     ttl: u8,
-) -> Result<Option<(u32, &'static Backend, u64)>, Verdict> {
+) -> Result<Option<(Target, u64)>, Verdict> {
     let key = &packet.key;
     if claim != Claim::Service {
         return Ok(None);
     }
     let bytes = ctx.len();
     let now = clock();
+    let mut stale = false;
     let entry = if packet.opens {
         None
     } else {
-        flows::entry(key, now)
+        flows::entry(key, now, |flow| {
+            stale = !still_serves(flow);
+            !stale
+        })
     };
-    let mut stale = false;
     if let Some(flow) = entry {
         // SAFETY: the entry stays valid for this program run (RCU); racing
         // updates of its statistics fields only lose a count.
         let flow = unsafe { &mut *flow };
-        let backend_id = u32::from(flow.backend_id);
-        if let Some(backend) = maps::backend(backend_id)
-            && flow.still_on(backend)
-        {
-            let service_id = match flow.service_id() {
-                Some(id) => id,
-                // Pinned by layout v3: the service is looked up once.
-                None => {
-                    let Some(service) = maps::service(&key.dst_ip, key.dst_port, key.proto) else {
-                        return Ok(None);
-                    };
-                    flow.service = Flow::service_field(service.id);
-                    service.id
-                }
-            };
-            check_ttl(ttl)?;
-            flow.last_seen_ns = now;
-            flow.packets += 1;
-            maps::account(service_id, backend_id, bytes);
-            return Ok(Some((backend_id, backend, now)));
-        }
-        stale = true;
+        let service_id = match flow.service_id() {
+            Some(id) => id,
+            // Pinned by layout v3: the service is looked up once.
+            None => {
+                let Some(service) = maps::service(&key.dst_ip, key.dst_port, key.proto) else {
+                    return Ok(None);
+                };
+                flow.service = Flow::service_field(service.id);
+                service.id
+            }
+        };
+        check_ttl(ttl)?;
+        flow.last_seen_ns = now;
+        flow.packets += 1;
+        let target = Target::of_flow(flow);
+        maps::account(service_id, target.id, bytes);
+        return Ok(Some((target, now)));
     }
     let Some(service) = maps::service(&key.dst_ip, key.dst_port, key.proto) else {
         return Ok(None);
@@ -164,19 +207,20 @@ pub fn backend_of(
         debug!(ctx, "flow re-hashed: its backend is gone");
     }
     let (backend_id, backend) = maglev_backend(key, &service)?;
-    maps::account(service.id, backend_id, bytes);
+    let target = Target::of_slot(backend_id, backend);
+    maps::account(service.id, target.id, bytes);
     if !take_flow_budget(now) {
         count(counters::NEW_FLOWS_UNTRACKED);
-        return Ok(Some((backend_id, backend, now)));
+        return Ok(Some((target, now)));
     }
     flows::insert(
         key,
         &Flow {
-            backend_id: backend_id as u16,
+            backend_id: target.id as u16,
             backend_generation: backend.generation,
             _pad: 0,
-            backend_ip: backend.ip,
-            backend_port: backend.port,
+            backend_ip: *target.ip,
+            backend_port: target.port,
             service: Flow::service_field(service.id),
             created_ns: now,
             last_seen_ns: now,
@@ -184,7 +228,7 @@ pub fn backend_of(
         },
     );
     count(counters::NEW_FLOWS);
-    Ok(Some((backend_id, backend, now)))
+    Ok(Some((target, now)))
 }
 
 /// The frontend a node's reply is reverse-NAT-ed to, and whether this host
@@ -199,9 +243,14 @@ pub struct ReplyOf {
 /// node the flow is pinned to here or, where this host has no entry (another
 /// lb host saw the flow begin, or it was not recorded), from the node the
 /// Maglev ring picks for it. Nothing else may borrow a VIP. With direct
-/// server return nodes answer clients themselves: no reply is ours.
+/// server return nodes answer clients themselves: no reply is ours. The
+/// pinned node comes from `tracked_backend` ([`flow_backend`], or for an
+/// ICMP error [`table_flow_backend`]).
 #[inline(always)]
-pub fn reply_of(reply: &FlowKey, now: u64) -> Option<ReplyOf> {
+pub fn reply_of(
+    reply: &FlowKey,
+    tracked_backend: impl Fn(&FlowKey) -> Option<Target>,
+) -> Option<ReplyOf> {
     // The NodePort first: for most packets that are not ours its key filter
     // answers, before the settings are read.
     let frontend = maps::frontend_of_node_port(&reply.src_ip, reply.src_port, reply.proto)?;
@@ -215,19 +264,16 @@ pub fn reply_of(reply: &FlowKey, now: u64) -> Option<ReplyOf> {
         Transport::join([reply.dst_port, frontend.port]),
         reply.proto,
     );
-    let tracked = flow_backend(request, now);
-    let backend = match tracked {
-        Some(backend) => backend,
+    let tracked = tracked_backend(request);
+    let (ip, port) = match tracked {
+        Some(backend) => (backend.ip, backend.port),
         None => {
-            maglev_backend(
-                request,
-                &maps::service(&frontend.vip, frontend.port, frontend.proto)?,
-            )
-            .ok()?
-            .1
+            let service = maps::service(&frontend.vip, frontend.port, frontend.proto)?;
+            let (_, backend) = maglev_backend(request, &service).ok()?;
+            (&backend.ip, backend.port)
         }
     };
-    (backend.ip == reply.src_ip && backend.port == reply.src_port).then_some(ReplyOf {
+    (*ip == reply.src_ip && port == reply.src_port).then_some(ReplyOf {
         frontend,
         tracked: tracked.is_some(),
     })

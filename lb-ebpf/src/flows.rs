@@ -14,9 +14,11 @@
 //! per interval. A copy that another flow's packet takes over gives its
 //! counts back first; an idle flow's copy keeps them, and readers of the
 //! table add what the copies hold (`Flow::add_cached`; the caches are
-//! pinned for them). A copy is checked as an entry is (`Flow::still_on`),
-//! so a retired backend is noticed at once; a flow the table lost stays
-//! served by a CPU's copy until its refresh.
+//! pinned for them). An entry's backend is checked when its copy is made,
+//! and a copy is checked again only after the agent changed a backend slot
+//! (`CachedFlow::checked_since`): most packets then need no `BACKENDS`
+//! read, and a retired backend is still noticed at once. A flow the table
+//! lost stays served by a CPU's copy until its refresh.
 
 use core::mem::{MaybeUninit, size_of};
 
@@ -24,29 +26,44 @@ use lb_common::{CachedFlow, Flow, FlowKey, FlowKey4, hash::flow_cache_slot, is_i
 
 use crate::{
     keys,
-    maps::{FLOW_CACHE4, FLOW_CACHE6, FLOWS4, FLOWS6},
+    maps::{self, FLOW_CACHE4, FLOW_CACHE6, FLOWS4, FLOWS6},
     nat::copy_words,
 };
 
 /// How long a cached copy serves before its entry is looked up again.
 pub const FLOW_REFRESH_NS: u64 = 1_000_000_000;
 
-/// The entry of flow `key` to decide with and count in, at `now`: this
-/// CPU's fresh copy of it, else the entry in the table (the copy is then
-/// refreshed from it); `None` when the table has none.
+/// The entry of flow `key` to decide with and count in, at `now`, if its
+/// backend still serves it (by `serves`, which is not asked about a copy
+/// checked since the last change of a slot): this CPU's fresh copy of it,
+/// else the entry in the table (the copy is then refreshed from it).
 #[inline(always)]
-pub fn entry(key: &FlowKey, now: u64) -> Option<*mut Flow> {
+pub fn entry(key: &FlowKey, now: u64, serves: impl FnMut(&Flow) -> bool) -> Option<*mut Flow> {
     let slot = flow_cache_slot(key);
     if is_ipv4_mapped(&key.src_ip) {
         let mut key4 = MaybeUninit::uninit();
         let key4 = keys::flow_key4(&mut key4, key);
         let cached = FLOW_CACHE4.get_ptr_mut(slot)?;
         // SAFETY: a slot of this CPU's array, with no concurrent writer.
-        unsafe { through_cache(cached, key4, |key| FLOWS4.get_ptr_mut(key), now) }
+        unsafe { through_cache(cached, key4, |key| FLOWS4.get_ptr_mut(key), now, serves) }
     } else {
         let cached = FLOW_CACHE6.get_ptr_mut(slot)?;
         // SAFETY: as above.
-        unsafe { through_cache(cached, key, |key| FLOWS6.get_ptr_mut(key), now) }
+        unsafe { through_cache(cached, key, |key| FLOWS6.get_ptr_mut(key), now, serves) }
+    }
+}
+
+/// The entry of flow `key` in the table, past this CPU's copy: for a packet
+/// that neither counts in the flow nor keeps it fresh (an ICMP error about
+/// it), and so needs no copy. The ICMP paths' stack has no room for the
+/// copy's handling.
+#[inline(always)]
+pub fn table_entry(key: &FlowKey) -> Option<*mut Flow> {
+    if is_ipv4_mapped(&key.src_ip) {
+        let mut key4 = MaybeUninit::uninit();
+        FLOWS4.get_ptr_mut(keys::flow_key4(&mut key4, key))
+    } else {
+        FLOWS6.get_ptr_mut(key)
     }
 }
 
@@ -85,30 +102,42 @@ unsafe fn through_cache<K>(
     key: &K,
     lookup: impl Fn(&K) -> Option<*mut Flow>,
     now: u64,
+    mut serves: impl FnMut(&Flow) -> bool,
 ) -> Option<*mut Flow> {
     // SAFETY: the caller vouches for `cached`; the entries are valid for
     // this program run (RCU), and racing updates of their counts from other
     // CPUs only lose a count.
     unsafe {
         let held = same_key(&raw const (*cached).key, key);
-        if held && now.wrapping_sub((*cached).refreshed_ns) < FLOW_REFRESH_NS {
-            return Some(&raw mut (*cached).flow);
+        let (flow, refreshed) =
+            if held && now.wrapping_sub((*cached).refreshed_ns) < FLOW_REFRESH_NS {
+                if (*cached).checked_since(maps::backends_changed_ns()) {
+                    return Some(&raw mut (*cached).flow);
+                }
+                (&raw mut (*cached).flow, false)
+            } else {
+                if !held && (*cached).flow.packets != 0 {
+                    if let Some(previous) = lookup(&(*cached).key) {
+                        (*previous).add_cached(&(*cached).flow);
+                    }
+                    (*cached).flow.packets = 0;
+                }
+                let entry = lookup(key)?;
+                if held {
+                    (*entry).add_cached(&(*cached).flow);
+                }
+                copy_words::<K, u32>(&raw mut (*cached).key, key);
+                copy_words::<Flow, u64>(&raw mut (*cached).flow, entry);
+                (*cached).flow.packets = 0;
+                (entry, true)
+            };
+        let live = serves(&*flow);
+        if refreshed {
+            // A copy whose backend is gone is dated expired: re-hashed, its
+            // flow gets a new entry, which its next packet looks up.
+            (*cached).refreshed_ns = if live { now } else { expired(now) };
         }
-        if !held && (*cached).flow.packets != 0 {
-            if let Some(previous) = lookup(&(*cached).key) {
-                (*previous).add_cached(&(*cached).flow);
-            }
-            (*cached).flow.packets = 0;
-        }
-        let entry = lookup(key)?;
-        if held {
-            (*entry).add_cached(&(*cached).flow);
-        }
-        copy_words::<K, u32>(&raw mut (*cached).key, key);
-        copy_words::<Flow, u64>(&raw mut (*cached).flow, entry);
-        (*cached).flow.packets = 0;
-        (*cached).refreshed_ns = now;
-        Some(entry)
+        live.then_some(flow)
     }
 }
 
@@ -122,9 +151,15 @@ unsafe fn expire<K>(cached: *mut CachedFlow<K>, key: &K, now: u64) {
     // SAFETY: the caller vouches for `cached`.
     unsafe {
         if same_key(&raw const (*cached).key, key) {
-            (*cached).refreshed_ns = now.wrapping_sub(FLOW_REFRESH_NS);
+            (*cached).refreshed_ns = expired(now);
         }
     }
+}
+
+/// A date at which a copy is due for refresh at `now`.
+#[inline(always)]
+fn expired(now: u64) -> u64 {
+    now.wrapping_sub(FLOW_REFRESH_NS)
 }
 
 /// Whether the keys at `a` and `b` are equal, word by word: a derived

@@ -42,9 +42,9 @@ struct IcmpError {
     quoted_ports: [u16; 2],
 }
 
-/// Handles an ICMPv4 packet: a BPF subprogram of its own (see
-/// `serve_transport`).
-#[inline(never)]
+/// Handles an ICMPv4 packet (the entry point calls it as a subprogram of
+/// its own, `serve_icmp`).
+#[inline(always)]
 pub fn handle(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
     let header: *mut IcmpHdr = ptr_at(ctx, ip.l4_offset)?;
     // SAFETY: bounds-checked by `ptr_at`.
@@ -172,33 +172,34 @@ pub fn translate_error(
     // The end of the quote that changes, the outer address that changes
     // with it (if any), and where the error goes.
     let now = forward::clock();
-    let (rewrite, outer, direction) = if let Some(reply) = balance::reply_of(&reverse, now) {
-        // About a request we DNAT-ed (client -> node): the client must hear
-        // of its VIP, and when the node itself complained, from the VIP.
-        let rewrite = QuoteRewrite {
-            which: Quoted::Destination,
-            old_ip: quote.dst,
-            new_ip: reply.frontend.vip,
-            old_port: quoted_dst_port,
-            new_port: reply.frontend.port,
+    let (rewrite, outer, direction) =
+        if let Some(reply) = balance::reply_of(&reverse, balance::table_flow_backend) {
+            // About a request we DNAT-ed (client -> node): the client must hear
+            // of its VIP, and when the node itself complained, from the VIP.
+            let rewrite = QuoteRewrite {
+                which: Quoted::Destination,
+                old_ip: quote.dst,
+                new_ip: reply.frontend.vip,
+                old_port: quoted_dst_port,
+                new_port: reply.frontend.port,
+            };
+            let outer = (ip.src == quote.dst).then_some(End::Source);
+            (rewrite, outer, Direction::ToClient)
+        } else if ip.dst == quote.src
+            && let Some(backend) = balance::table_flow_backend(&reverse)
+        {
+            // About a reply we reverse-NAT-ed (VIP -> client): the node must hear of it.
+            let rewrite = QuoteRewrite {
+                which: Quoted::Source,
+                old_ip: quote.src,
+                new_ip: *backend.ip,
+                old_port: quoted_src_port,
+                new_port: backend.port,
+            };
+            (rewrite, Some(End::Destination), Direction::ToBackend)
+        } else {
+            return Err(Verdict::PassNotService);
         };
-        let outer = (ip.src == quote.dst).then_some(End::Source);
-        (rewrite, outer, Direction::ToClient)
-    } else if ip.dst == quote.src
-        && let Some(backend) = balance::flow_backend(&reverse, now)
-    {
-        // About a reply we reverse-NAT-ed (VIP -> client): the node must hear of it.
-        let rewrite = QuoteRewrite {
-            which: Quoted::Source,
-            old_ip: quote.src,
-            new_ip: backend.ip,
-            old_port: quoted_src_port,
-            new_port: backend.port,
-        };
-        (rewrite, Some(End::Destination), Direction::ToBackend)
-    } else {
-        return Err(Verdict::PassNotService);
-    };
     check_ttl(ip.ttl)?;
     let (src, dst) = match outer {
         Some(End::Source) => (&rewrite.new_ip, &ip.dst),

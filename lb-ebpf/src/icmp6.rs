@@ -29,9 +29,9 @@ struct Icmp6Error {
     quoted_ports: [u16; 2],
 }
 
-/// Handles an ICMPv6 packet: a BPF subprogram of its own (see
-/// `serve_transport`).
-#[inline(never)]
+/// Handles an ICMPv6 packet (the entry point calls it as a subprogram of
+/// its own, `serve_icmp`).
+#[inline(always)]
 pub fn handle(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
     let header: *mut IcmpHdr = ptr_at(ctx, ip.l4_offset)?;
     // SAFETY: bounds-checked by `ptr_at`.

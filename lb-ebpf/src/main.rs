@@ -94,11 +94,11 @@ fn try_lb_xdp(ctx: &Frame) -> Result<u32, Verdict> {
     // first: that is a `memset` subprogram call per packet.)
     let ip = unsafe { ip.assume_init_ref() };
     match (ip.family, ip.proto) {
-        (Family::V4, PROTO_ICMP) => icmp::handle(ctx, ip),
+        (Family::V4, PROTO_ICMP) => Ok(serve_icmp::<false>(ctx, ip)),
         (Family::V6, PROTO_ICMPV6) if neighbor::is_solicitation(ctx, ip) => {
             neighbor::answer_solicitation(ctx, ip)
         }
-        (Family::V6, PROTO_ICMPV6) => icmp6::handle(ctx, ip),
+        (Family::V6, PROTO_ICMPV6) => Ok(serve_icmp::<true>(ctx, ip)),
         _ => {
             // What is for no service and from no NodePort passes here, before
             // `serve_transport`'s call and its parse of the packet.
@@ -126,6 +126,19 @@ fn serve_transport(ctx: &Frame, ip: &Ip, ports: u32, claim: Claim) -> u32 {
     settle(try_serve_transport(ctx, ip, ports, claim))
 }
 
+/// ICMP (`V6`: ICMPv6 but Neighbor Solicitations): echo requests to VIPs,
+/// errors about our flows. A BPF subprogram per family, for the same
+/// reasons as [`serve_transport`], and like it settling its own outcome;
+/// one for both would need the stack of both.
+#[inline(never)]
+fn serve_icmp<const V6: bool>(ctx: &Frame, ip: &Ip) -> u32 {
+    settle(if V6 {
+        icmp6::handle(ctx, ip)
+    } else {
+        icmp::handle(ctx, ip)
+    })
+}
+
 #[inline(always)]
 fn try_serve_transport(ctx: &Frame, ip: &Ip, ports: u32, claim: Claim) -> Result<u32, Verdict> {
     let mut packet = MaybeUninit::uninit();
@@ -139,12 +152,17 @@ fn try_serve_transport(ctx: &Frame, ip: &Ip, ports: u32, claim: Claim) -> Result
     let reply;
     let (cache, new_ip, new_port, tracked, now) =
         match balance::backend_of(ctx, packet, claim, ip.ttl)? {
-            Some((id, backend, now)) => {
-                (HopCache::Backend(id), &backend.ip, backend.port, true, now)
-            }
+            Some((backend, now)) => (
+                HopCache::Backend(backend.id),
+                backend.ip,
+                backend.port,
+                true,
+                now,
+            ),
             None => {
                 let now = forward::clock();
-                reply = balance::reply_of(key, now).ok_or(Verdict::PassNotService)?;
+                reply = balance::reply_of(key, |request| balance::flow_backend(request, now))
+                    .ok_or(Verdict::PassNotService)?;
                 check_ttl(ip.ttl)?;
                 (
                     HopCache::Destination,

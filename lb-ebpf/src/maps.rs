@@ -118,6 +118,13 @@ static mut IFACES_BY_INDEX: IfacesByIndexEntries = [Iface {
     _pad: 0,
 }; IFACES_BY_INDEX_LEN as usize];
 
+/// The data path's clock (`forward::clock`) after the agent's latest change
+/// of a `BACKENDS` slot: a flow's cached copy dated later needs no look at
+/// its slot (`CachedFlow::checked_since`). Written by the agent after each
+/// change and at every load, so not pinned; read through [`global_word`].
+#[unsafe(link_section = ".bss.backends_changed")]
+static mut BACKENDS_CHANGED_NS: u64 = 0;
+
 /// Word `index` of the global-data array at `array`, in one load. Volatile:
 /// the program never writes its global data (the agent does), so the
 /// compiler would take it for the zeros it starts as.
@@ -228,6 +235,13 @@ pub fn service(addr: &Addr, port: u16, proto: u8) -> Option<ServiceInfo> {
         let key = keys::service_key(&mut key, addr, port, proto);
         unsafe { SERVICES6.get(key) }.copied()
     }
+}
+
+/// [`BACKENDS_CHANGED_NS`].
+#[inline(always)]
+pub fn backends_changed_ns() -> u64 {
+    // SAFETY: a global of one word.
+    unsafe { global_word(&raw const BACKENDS_CHANGED_NS, 0) }
 }
 
 #[inline(always)]

@@ -23,10 +23,18 @@ use lb_tests::{
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 /// Longer than the data path's `FLOW_REFRESH_NS`.
 const REFRESH: Duration = Duration::from_millis(1100);
+/// A few of the data path's clock ticks (jiffies: 1 to 10 ms).
+const TICKS: Duration = Duration::from_millis(30);
 
 /// Runs `test` in a namespace of its own on one CPU (the cache is per CPU),
 /// with a data path loaded there.
 fn on_one_cpu(test: fn(&XdpBed, Dataplane)) {
+    with_flow_limit(0, test);
+}
+
+/// [`on_one_cpu`], with a data path that records at most `new_flow_limit`
+/// new flows a second.
+fn with_flow_limit(new_flow_limit: u32, test: fn(&XdpBed, Dataplane)) {
     let (ns, bed) = XdpBed::new("lbcache").expect("netns");
     ns.enter(move || {
         xdp_bed::pin_to_cpu(0).expect("pin to one CPU");
@@ -35,7 +43,7 @@ fn on_one_cpu(test: fn(&XdpBed, Dataplane)) {
                 ring_size: 1021,
                 max_services: 4,
                 pin_dir: None,
-                new_flow_limit: 0,
+                new_flow_limit,
                 ..Default::default()
             })
             .expect("load");
@@ -185,6 +193,47 @@ fn a_cached_flow_whose_backend_leaves_moves_once() {
             rehashed() - before,
             1,
             "re-hashed once, then served as pinned"
+        );
+    });
+}
+
+/// A copy refreshed from an entry whose backend left is not trusted as
+/// checked: when the flow budget leaves the re-hashed flow unrecorded, so
+/// that the table keeps the stale entry, the flow's later packets still
+/// stay off the backend that left.
+#[test]
+fn a_copy_refreshed_from_a_stale_entry_is_not_trusted() {
+    with_flow_limit(1, |bed, mut dataplane| {
+        let mut spec = service(VIP, 80, Protocol::Tcp, vec![node(1, 31000), node(2, 31000)]);
+        dataplane.set_service(&spec).expect("set_service");
+        let flow = client(40000);
+        send(&dataplane, bed, flow, 0);
+        let pinned = send(&dataplane, bed, flow, 1);
+        // The copy is due for a refresh, and the budget's window is over.
+        std::thread::sleep(REFRESH);
+        spec.backends.retain(|b| b.ip != pinned);
+        dataplane.set_service(&spec).expect("update");
+        // Past the clock tick of the update: a copy dated in that tick is
+        // checked again anyway.
+        std::thread::sleep(TICKS);
+        // Spends this window's budget.
+        send(&dataplane, bed, client(40001), 0);
+        let untracked = || {
+            dataplane.maps().global_counters().expect("counters")
+                [counters::NEW_FLOWS_UNTRACKED as usize]
+        };
+        let before = untracked();
+        let survivor = IpAddr::from(if pinned == node_ip(1) {
+            node_ip(2)
+        } else {
+            node_ip(1)
+        });
+        assert_eq!(send(&dataplane, bed, flow, 1), survivor, "re-hashed");
+        assert_eq!(untracked() - before, 1, "and not recorded");
+        assert_eq!(
+            send(&dataplane, bed, flow, 2),
+            survivor,
+            "later packets stay off the backend that left"
         );
     });
 }

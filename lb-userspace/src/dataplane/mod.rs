@@ -1,6 +1,7 @@
 //! The data path's domain API: load and attach the XDP program, then add, update
 //! and remove services. Front ends (the agent, tests, benchmarks) only talk to this.
 
+mod backends_changed;
 mod config;
 mod error;
 mod filter;
@@ -59,6 +60,7 @@ pub struct Dataplane {
     key_filter: filter::KeyFilterBits,
     node_ports: node_ports::NodePortFrontends,
     ifaces_by_index: ifaces_by_index::IfacesByIndex,
+    backends_changed: backends_changed::BackendsChanged,
     pins: Option<PinDir>,
     /// The pinned state existed before this load (an earlier agent's).
     inherited: bool,
@@ -112,11 +114,12 @@ impl Dataplane {
         };
         let program = xdp_program(&mut ebpf)?;
         program.load().map_err(DataplaneError::Program)?;
-        tick_clock::set(&mut ebpf)?;
+        let clock = tick_clock::set(&mut ebpf)?;
         let mut maps = Maps::take(&mut ebpf)?;
         let key_filter = filter::KeyFilterBits::take(&mut ebpf)?;
         let node_ports = node_ports::NodePortFrontends::take(&mut ebpf)?;
         let ifaces_by_index = ifaces_by_index::IfacesByIndex::take(&mut ebpf, &maps.ifaces)?;
+        let backends_changed = backends_changed::BackendsChanged::take(&mut ebpf, clock)?;
         // A reused pin keeps the size it was created with.
         let pinned = maps.maglev.len();
         if pinned != ring_entries {
@@ -142,6 +145,7 @@ impl Dataplane {
             key_filter,
             node_ports,
             ifaces_by_index,
+            backends_changed,
             pins,
             inherited,
             free_service_ids: Vec::new(),

@@ -78,6 +78,7 @@ impl Dataplane {
             .filter(|id| !used_services.contains(id))
             .collect();
         self.free_backend_ids = Vec::new();
+        let mut retired = false;
         for id in (0..MAX_BACKENDS).rev() {
             if used_backends.contains(&id) {
                 continue;
@@ -92,9 +93,13 @@ impl Dataplane {
             self.backend_generations[id as usize] = backend.generation;
             if backend.flags & BACKEND_ACTIVE != 0 {
                 self.retire_slot(id)?;
+                retired = true;
             } else {
                 self.free_backend_ids.push(id);
             }
+        }
+        if retired {
+            self.backends_changed.mark(&mut self.ebpf)?;
         }
         for service in self.services.values() {
             self.node_ports

@@ -121,9 +121,7 @@ impl Dataplane {
         // The swap: from here on new flows use the new ring.
         self.maps.services.insert(key, info)?;
         // Only now retire removed backends, so their flows re-hash onto the new ring.
-        for removed in old.into_values() {
-            self.retire_slot(removed.id)?;
-        }
+        self.retire_slots(old.into_values().map(|removed| removed.id))?;
         self.node_ports
             .release_unused(&spec.frontend, &spec.backends)?;
         service.slot = slot;
@@ -138,9 +136,7 @@ impl Dataplane {
             return Ok(());
         };
         self.maps.services.remove(&service_key(frontend))?;
-        for backend in &service.backends {
-            self.retire_slot(backend.id)?;
-        }
+        self.retire_slots(service.backends.iter().map(|backend| backend.id))?;
         self.node_ports.release_unused(frontend, &[])?;
         self.key_filter.remove(&filter::keys_of(&service.spec))?;
         self.free_service_ids.push(service.id);
@@ -174,8 +170,25 @@ impl Dataplane {
         Ok(id)
     }
 
-    /// Frees a backend slot: flows pinned to it re-hash. The slot keeps its
-    /// generation, which its next owner bumps.
+    /// Frees backend slots: flows pinned to them re-hash, from their next
+    /// packet on, on every CPU.
+    pub(super) fn retire_slots(
+        &mut self,
+        ids: impl IntoIterator<Item = u32>,
+    ) -> Result<(), DataplaneError> {
+        let mut retired = false;
+        for id in ids {
+            self.retire_slot(id)?;
+            retired = true;
+        }
+        if retired {
+            self.backends_changed.mark(&mut self.ebpf)?;
+        }
+        Ok(())
+    }
+
+    /// Frees a backend slot. The slot keeps its generation, which its next
+    /// owner bumps. The caller marks `backends_changed`.
     pub(super) fn retire_slot(&mut self, id: u32) -> Result<(), DataplaneError> {
         let free = Backend {
             generation: self.backend_generations[id as usize],
