@@ -19,7 +19,11 @@ pub const MAP_FLOWS4: &str = "FLOWS4";
 pub const MAP_FLOWS6: &str = "FLOWS6";
 pub const MAP_FLOW_CACHE4: &str = "FLOW_CACHE4";
 pub const MAP_FLOW_CACHE6: &str = "FLOW_CACHE6";
-pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
+/// What a service's backends counted before they were retired, by service
+/// id: a service's traffic is that plus its backends' `BACKEND_STATS`.
+/// The agent's alone (the data path counts per backend only), pinned so
+/// that it outlives the agent.
+pub const MAP_RETIRED_TRAFFIC: &str = "RETIRED_TRAFFIC";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_GLOBAL_STATS: &str = "GLOBAL_STATS";
 pub const MAP_TX_PORTS: &str = "TX_PORTS";
@@ -323,9 +327,9 @@ pub struct Flow {
     /// generation, which wraps).
     pub backend_ip: Addr,
     pub backend_port: u16,
-    /// The id of the flow's service plus one, so that an established packet
-    /// needs no service lookup; 0 for a flow that does not say (pinned by
-    /// layout v3), whose packets look the service up.
+    /// The id of the flow's service plus one, for readers of the table; 0
+    /// in a flow pinned by layout v3. The data path needs no service for an
+    /// established packet: it counts per backend.
     pub service: u16,
     /// `bpf_ktime_get_ns` when the flow was created and last seen.
     pub created_ns: u64,
@@ -354,12 +358,6 @@ impl Flow {
         if copy.last_seen_ns > self.last_seen_ns {
             self.last_seen_ns = copy.last_seen_ns;
         }
-    }
-
-    /// The id of the flow's service, if it records one.
-    #[inline(always)]
-    pub fn service_id(&self) -> Option<u32> {
-        u32::from(self.service).checked_sub(1)
     }
 
     /// The [`Self::service`] field for service `id`.
@@ -482,12 +480,23 @@ impl<K> CachedFlow<K> {
     }
 }
 
-/// Per-CPU packet and byte counters of a service or a backend.
+/// Packet and byte counters: of a backend on one CPU (`BACKEND_STATS`), or
+/// of a service's retired backends on all (`RETIRED_TRAFFIC`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Traffic {
     pub packets: u64,
     pub bytes: u64,
+}
+
+impl Traffic {
+    /// This and `other` together.
+    pub fn plus(self, other: Self) -> Self {
+        Self {
+            packets: self.packets + other.packets,
+            bytes: self.bytes + other.bytes,
+        }
+    }
 }
 
 #[cfg(feature = "user")]

@@ -1,7 +1,6 @@
 //! The balancing policy: the backend a packet of a service goes to (its
 //! pinned flow while that backend serves, else the Maglev choice, which is
-//! then pinned, with its service so that later packets need no service
-//! lookup), the per-CPU new-flow budget, and which replies of a node may
+//! then pinned, so that later packets need no service lookup), the per-CPU new-flow budget, and which replies of a node may
 //! leave with a VIP. Every lb host with the same services computes the same
 //! Maglev choice, so a flow that moves between hosts keeps its node.
 
@@ -144,10 +143,9 @@ pub fn table_flow_backend(key: &FlowKey) -> Option<Target> {
 /// Where a packet for one of our services goes: the backend (its slot and
 /// address) and the time it was seen; `Ok(None)` when it is for no service.
 ///
-/// An established packet whose flow entry records its service and a
-/// backend that still serves needs nothing else: no service lookup. Every
-/// other packet looks its service up, and then takes its flow's backend if
-/// that still serves, else the Maglev choice, which is then pinned. A
+/// An established packet whose flow entry's backend still serves needs
+/// nothing else: no service lookup. Every other packet looks its service
+/// up and takes the Maglev choice, which is then pinned. A
 /// connection's first packet (`opens`) skips the flow lookup: an entry for
 /// its 5-tuple can only be a retransmitted SYN's, which the same choice
 /// overwrites, or a closed connection's, which must not decide the new
@@ -180,22 +178,11 @@ pub fn backend_of(
         // SAFETY: the entry stays valid for this program run (RCU); racing
         // updates of its statistics fields only lose a count.
         let flow = unsafe { &mut *flow };
-        let service_id = match flow.service_id() {
-            Some(id) => id,
-            // Pinned by layout v3: the service is looked up once.
-            None => {
-                let Some(service) = maps::service(&key.dst_ip, key.dst_port, key.proto) else {
-                    return Ok(None);
-                };
-                flow.service = Flow::service_field(service.id);
-                service.id
-            }
-        };
         check_ttl(ttl)?;
         flow.last_seen_ns = now;
         flow.packets += 1;
         let target = Target::of_flow(flow);
-        maps::account(service_id, target.id, bytes);
+        maps::account(target.id, bytes);
         return Ok(Some((target, now)));
     }
     let Some(service) = maps::service(&key.dst_ip, key.dst_port, key.proto) else {
@@ -208,7 +195,7 @@ pub fn backend_of(
     }
     let (backend_id, backend) = maglev_backend(key, &service)?;
     let target = Target::of_slot(backend_id, backend);
-    maps::account(service.id, target.id, bytes);
+    maps::account(target.id, bytes);
     if !take_flow_budget(now) {
         count(counters::NEW_FLOWS_UNTRACKED);
         return Ok(Some((target, now)));

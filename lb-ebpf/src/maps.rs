@@ -61,8 +61,10 @@ pub static FLOW_CACHE4: PerCpuArray<CachedFlow<FlowKey4>> =
 pub static FLOW_CACHE6: PerCpuArray<CachedFlow<FlowKey>> =
     PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
 
+/// `lb_common::MAP_RETIRED_TRAFFIC`: the agent's, which the data path never
+/// reads or writes; declared here to be created and pinned with the rest.
 #[map]
-static SERVICE_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+static RETIRED_TRAFFIC: Array<Traffic> = Array::with_max_entries(MAX_SERVICES, 0);
 
 #[map]
 static BACKEND_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
@@ -176,22 +178,18 @@ pub fn count(index: u32) {
     }
 }
 
+/// Counts a packet sent to backend `id`: a service's traffic is its
+/// backends' (with what its retired backends counted, which the agent
+/// keeps), so a forwarded packet updates one counter, not two.
 #[inline(always)]
-fn add_traffic(map: &PerCpuArray<Traffic>, index: u32, bytes: u64) {
-    if let Some(traffic) = map.get_ptr_mut(index) {
+pub fn account(backend_id: u32, bytes: u64) {
+    if let Some(traffic) = BACKEND_STATS.get_ptr_mut(backend_id) {
         // SAFETY: per-CPU slot, no concurrent writer.
         unsafe {
             (*traffic).packets += 1;
             (*traffic).bytes += bytes;
         }
     }
-}
-
-/// Counts a packet of `service` sent to `backend`.
-#[inline(always)]
-pub fn account(service_id: u32, backend_id: u32, bytes: u64) {
-    add_traffic(&SERVICE_STATS, service_id, bytes);
-    add_traffic(&BACKEND_STATS, backend_id, bytes);
 }
 
 /// Whether `map` may hold the key of (`addr`, `port`, `proto`); `false`

@@ -284,9 +284,11 @@ impl Snapshot {
 
 pub fn services(maps: &Maps, snapshot: &Snapshot) -> Result<Vec<ServiceRow>, MapsError> {
     let active = &snapshot.active_flows(maps)?.per_service;
+    let mut slot_index = None;
     let mut rows = Vec::new();
     for (frontend, info) in &snapshot.services {
-        let traffic = maps.service_traffic(info.id)?;
+        let backends = service_backends(maps, snapshot, frontend, info, &mut slot_index)?;
+        let traffic = maps.service_traffic(info.id, backends.iter().map(|b| b.id))?;
         let healthy = snapshot.ring(maps, info)?.len() as u32;
         let entry = snapshot.catalog.service(frontend);
         rows.push(ServiceRow {
@@ -301,6 +303,61 @@ pub fn services(maps: &Maps, snapshot: &Snapshot) -> Result<Vec<ServiceRow>, Map
         });
     }
     Ok(rows)
+}
+
+/// An active backend slot of a service.
+struct ServiceBackend {
+    id: u32,
+    /// Entries of the service's live ring that point at it: 0 when it drains.
+    ring: u32,
+    slot: Backend,
+}
+
+/// The active backend slots of the service at `frontend`: those of its live
+/// Maglev ring plus, from the catalog, drained ones. `slot_index` caches
+/// the active slots by address across services.
+fn service_backends(
+    maps: &Maps,
+    snapshot: &Snapshot,
+    frontend: &Frontend,
+    info: &ServiceInfo,
+    slot_index: &mut Option<HashMap<(IpAddr, u16), u32>>,
+) -> Result<Vec<ServiceBackend>, MapsError> {
+    let mut ids: BTreeMap<u32, u32> = (*snapshot.ring(maps, info)?).clone();
+    // Catalog backends missing from the ring are draining; find their ids
+    // through the service's flows (the only place that still points at
+    // them).
+    if let Some(entry) = snapshot.catalog.service(frontend) {
+        for &(id, address, port) in snapshot.pinned(frontend) {
+            if entry.backend(address, port).is_some() {
+                ids.entry(id).or_insert(0);
+            }
+        }
+        // Drained backends without flows are only in the catalog: find
+        // their slots by address.
+        let mut listed = HashSet::new();
+        for id in ids.keys() {
+            let slot = snapshot.slot(maps, *id)?;
+            listed.insert((ip_of(slot.ip), u16::from_be(slot.port)));
+        }
+        for known in &entry.backends {
+            if !listed.contains(&(known.ip, known.port))
+                && let Some(id) = slot_index
+                    .get_or_insert_with(|| active_slots(maps))
+                    .get(&(known.ip, known.port))
+            {
+                ids.entry(*id).or_insert(0);
+            }
+        }
+    }
+    let mut backends = Vec::new();
+    for (id, ring) in ids {
+        let slot = snapshot.slot(maps, id)?;
+        if slot.flags & lb_common::BACKEND_ACTIVE != 0 {
+            backends.push(ServiceBackend { id, ring, slot });
+        }
+    }
+    Ok(backends)
 }
 
 /// Backends of every service (or of those `filter` selects). Backends come
@@ -318,38 +375,12 @@ pub fn backends(
             continue;
         }
         let entry = snapshot.catalog.service(frontend);
-        let mut ids: BTreeMap<u32, u32> = (*snapshot.ring(maps, info)?).clone();
-        // Catalog backends missing from the ring are draining; find their ids
-        // through the service's flows (the only place that still points at
-        // them).
-        if let Some(entry) = entry {
-            for &(id, address, port) in snapshot.pinned(frontend) {
-                if entry.backend(address, port).is_some() {
-                    ids.entry(id).or_insert(0);
-                }
-            }
-            // Drained backends without flows are only in the catalog: find
-            // their slots by address.
-            let mut listed = HashSet::new();
-            for id in ids.keys() {
-                let slot = snapshot.slot(maps, *id)?;
-                listed.insert((ip_of(slot.ip), u16::from_be(slot.port)));
-            }
-            for known in &entry.backends {
-                if !listed.contains(&(known.ip, known.port))
-                    && let Some(id) = slot_index
-                        .get_or_insert_with(|| active_slots(maps))
-                        .get(&(known.ip, known.port))
-                {
-                    ids.entry(*id).or_insert(0);
-                }
-            }
-        }
-        for (id, ring) in ids {
-            let backend = snapshot.slot(maps, id)?;
-            if backend.flags & lb_common::BACKEND_ACTIVE == 0 {
-                continue;
-            }
+        for ServiceBackend {
+            id,
+            ring,
+            slot: backend,
+        } in service_backends(maps, snapshot, frontend, info, &mut slot_index)?
+        {
             let (address, port) = (ip_of(backend.ip), u16::from_be(backend.port));
             let known = entry.and_then(|e| e.backend(address, port));
             let traffic = maps.backend_traffic(id)?;

@@ -24,9 +24,9 @@ use aya::{
 use lb_common::{
     Addr, Backend, Flow, FlowKey, Iface, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_FLOW_BUDGET,
     MAP_FLOW_CACHE4, MAP_FLOW_CACHE6, MAP_FLOWS4, MAP_FLOWS6, MAP_GLOBAL_STATS, MAP_IFACES,
-    MAP_MAGLEV, MAP_NODE_PORTS4, MAP_NODE_PORTS6, MAP_SERVICE_STATS, MAP_SERVICES4, MAP_SERVICES6,
-    MAP_SETTINGS, MAP_TX_PORTS, MAP_VIPS, NeighborMask, ServiceInfo, ServiceKey, Settings, Traffic,
-    counters,
+    MAP_MAGLEV, MAP_NODE_PORTS4, MAP_NODE_PORTS6, MAP_RETIRED_TRAFFIC, MAP_SERVICES4,
+    MAP_SERVICES6, MAP_SETTINGS, MAP_TX_PORTS, MAP_VIPS, NeighborMask, ServiceInfo, ServiceKey,
+    Settings, Traffic, counters,
 };
 
 /// The per-family pairs, IPv4 first.
@@ -46,7 +46,7 @@ pub const ALL_MAPS: [&str; 16] = [
     MAP_FLOW_CACHE4,
     MAP_FLOW_CACHE6,
     MAP_IFACES,
-    MAP_SERVICE_STATS,
+    MAP_RETIRED_TRAFFIC,
     MAP_BACKEND_STATS,
     MAP_GLOBAL_STATS,
     MAP_TX_PORTS,
@@ -59,6 +59,21 @@ pub const ALL_MAPS: [&str; 16] = [
 /// `NODE_PORTS4` and `NODE_PORTS6` were hash maps by (node IP, NodePort,
 /// protocol) and are now arrays derived at every load. A load removes them.
 pub const FORMERLY_PINNED: [&str; 2] = [MAP_NODE_PORTS4, MAP_NODE_PORTS6];
+
+/// The per-CPU map in which an earlier agent's program counted each
+/// service's packets, where now its backends' counts add up to them: a load
+/// derives `RETIRED_TRAFFIC` from it, then removes it.
+pub const SERVICE_STATS: &str = "SERVICE_STATS";
+
+/// Where a service's traffic is kept beside its backends' `BACKEND_STATS`.
+pub enum ServiceTraffic {
+    /// What its retired backends counted (`RETIRED_TRAFFIC`): its traffic is
+    /// that plus what its backends count.
+    Retired(Array<MapData, Traffic>),
+    /// An earlier agent's `SERVICE_STATS`, whose program counted each
+    /// service whole, as the CLI finds it before this agent's first load.
+    Whole(PerCpuArray<MapData, Traffic>),
+}
 
 #[derive(thiserror::Error, Debug)]
 pub enum MapsError {
@@ -106,7 +121,7 @@ pub struct Maps {
     /// The data path's copies of flow entries, whose counts readers add;
     /// `None` from an agent that pinned none.
     pub flow_caches: Option<FlowCaches>,
-    pub service_stats: PerCpuArray<MapData, Traffic>,
+    pub service_traffic: ServiceTraffic,
     pub backend_stats: PerCpuArray<MapData, Traffic>,
     pub global_stats: PerCpuArray<MapData, u64>,
     pub settings: Array<MapData, Settings>,
@@ -148,7 +163,7 @@ impl Maps {
                 v4: take_typed(ebpf, MAP_FLOW_CACHE4)?,
                 v6: take_typed(ebpf, MAP_FLOW_CACHE6)?,
             }),
-            service_stats: take_typed(ebpf, MAP_SERVICE_STATS)?,
+            service_traffic: ServiceTraffic::Retired(take_typed(ebpf, MAP_RETIRED_TRAFFIC)?),
             backend_stats: take_typed(ebpf, MAP_BACKEND_STATS)?,
             global_stats: take_typed(ebpf, MAP_GLOBAL_STATS)?,
             settings: take_typed(ebpf, MAP_SETTINGS)?,
@@ -171,7 +186,7 @@ impl Maps {
             maglev: typed(MAP_MAGLEV, open_pin(dir, MAP_MAGLEV)?)?,
             flows: FamilyMaps::new(FLOWS, pair(FLOWS)?)?,
             flow_caches: open_flow_caches(dir)?,
-            service_stats: typed(MAP_SERVICE_STATS, open_pin(dir, MAP_SERVICE_STATS)?)?,
+            service_traffic: open_service_traffic(dir)?,
             backend_stats: typed(MAP_BACKEND_STATS, open_pin(dir, MAP_BACKEND_STATS)?)?,
             global_stats: typed(MAP_GLOBAL_STATS, open_pin(dir, MAP_GLOBAL_STATS)?)?,
             settings: typed(MAP_SETTINGS, open_pin(dir, MAP_SETTINGS)?)?,
@@ -222,9 +237,35 @@ impl Maps {
         Ok(entries)
     }
 
-    /// Sum over CPUs of a service's counters.
-    pub fn service_traffic(&self, id: u32) -> Result<Traffic, MapsError> {
-        sum_traffic(&self.service_stats, id, MAP_SERVICE_STATS)
+    /// The traffic of service `id`, whose backends' slots are `backends`:
+    /// what they count, and what its retired backends counted.
+    pub fn service_traffic(
+        &self,
+        id: u32,
+        backends: impl IntoIterator<Item = u32>,
+    ) -> Result<Traffic, MapsError> {
+        match &self.service_traffic {
+            ServiceTraffic::Retired(retired) => {
+                let mut sum = retired
+                    .get(&id, 0)
+                    .map_err(|e| map_error(MAP_RETIRED_TRAFFIC, e))?;
+                for backend in backends {
+                    sum = sum.plus(self.backend_traffic(backend)?);
+                }
+                Ok(sum)
+            }
+            ServiceTraffic::Whole(stats) => sum_traffic(stats, id, SERVICE_STATS),
+        }
+    }
+
+    /// Sets what service `id`'s retired backends counted.
+    pub fn set_retired_traffic(&mut self, id: u32, traffic: Traffic) -> Result<(), MapsError> {
+        match &mut self.service_traffic {
+            ServiceTraffic::Retired(retired) => retired
+                .set(id, traffic, 0)
+                .map_err(|e| map_error(MAP_RETIRED_TRAFFIC, e)),
+            ServiceTraffic::Whole(_) => Err(MapsError::Missing(MAP_RETIRED_TRAFFIC)),
+        }
     }
 
     /// Sum over CPUs of a backend's counters.
@@ -254,10 +295,33 @@ fn sum_traffic(
     name: &'static str,
 ) -> Result<Traffic, MapsError> {
     let values = map.get(&id, 0).map_err(|source| map_error(name, source))?;
-    Ok(values.iter().fold(Traffic::default(), |sum, cpu| Traffic {
-        packets: sum.packets + cpu.packets,
-        bytes: sum.bytes + cpu.bytes,
-    }))
+    Ok(values
+        .iter()
+        .fold(Traffic::default(), |sum, cpu| sum.plus(*cpu)))
+}
+
+/// Where the pinned state keeps services' traffic: `RETIRED_TRAFFIC`, or
+/// before this agent's first load an earlier one's `SERVICE_STATS`.
+fn open_service_traffic(pins: &PinDir) -> Result<ServiceTraffic, MapsError> {
+    if !pins.map(MAP_RETIRED_TRAFFIC).exists()
+        && let Some(former) = former_service_stats(pins)?
+    {
+        return Ok(ServiceTraffic::Whole(former));
+    }
+    Ok(ServiceTraffic::Retired(typed(
+        MAP_RETIRED_TRAFFIC,
+        open_pin(pins, MAP_RETIRED_TRAFFIC)?,
+    )?))
+}
+
+/// An earlier agent's `SERVICE_STATS`, if the pinned state still has it.
+pub(crate) fn former_service_stats(
+    pins: &PinDir,
+) -> Result<Option<PerCpuArray<MapData, Traffic>>, MapsError> {
+    if !pins.map(SERVICE_STATS).exists() {
+        return Ok(None);
+    }
+    typed(SERVICE_STATS, open_pin(pins, SERVICE_STATS)?).map(Some)
 }
 
 pub(crate) fn map_error(name: &'static str, source: MapError) -> MapsError {

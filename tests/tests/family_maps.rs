@@ -11,7 +11,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{Array, HashMap, Map, MapData};
+use aya::{
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
+    util::nr_cpus,
+};
 use lb::{
     dataplane::{Dataplane, DataplaneConfig, DataplaneError, service_key},
     maps::{FLOWS, Maps, MapsError, SERVICES},
@@ -19,7 +22,8 @@ use lb::{
     pins::PinsError,
 };
 use lb_common::{
-    Backend, ByFamily as _, Flow, FlowKey, FlowKey4, PROTO_TCP, ServiceInfo, ServiceKey, addr_of,
+    Backend, ByFamily as _, Flow, FlowKey, FlowKey4, PROTO_TCP, ServiceInfo, ServiceKey, Traffic,
+    addr_of,
 };
 use lb_tests::{
     packets,
@@ -36,6 +40,7 @@ const RING_SIZE: u32 = 1021;
 /// `bpf(2)`'s command and map types (uapi `linux/bpf.h`).
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
 /// `BPF_F_NO_COMMON_LRU`: per-CPU LRU lists, as v3's flow table had.
 const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
@@ -222,7 +227,10 @@ fn upgrade(bed: &XdpBed) {
         let frontend = family.spec().frontend;
         let service = dataplane.service(&frontend).expect("service recovered");
         assert_eq!(service.backends.len(), 2, "{frontend}: backends recovered");
-        let traffic = dataplane.maps().service_traffic(service.id).expect("stats");
+        let traffic = dataplane
+            .service_traffic(&frontend)
+            .expect("stats")
+            .expect("service");
         assert_eq!(traffic.packets, 1, "{frontend}: counters kept");
         let ack = packets::tcp_ack(family.client, family.vip_port(), b"x");
         assert_eq!(
@@ -235,12 +243,6 @@ fn upgrade(bed: &XdpBed) {
             reply_source(&dataplane, bed, family, moved_to),
             family.vip_port(),
             "{frontend}: the reply's source"
-        );
-        let flow = dataplane.maps().flows.get(&family.flow_key());
-        assert_eq!(
-            flow.expect("flows").expect("the flow").service_id(),
-            Some(service.id),
-            "{frontend}: its first packet recorded its service in the flow"
         );
     }
     dataplane.remove_pins().expect("remove pins");
@@ -288,6 +290,86 @@ fn formerly_pinned(bed: &XdpBed) {
         assert_eq!(
             reply_source(&dataplane, bed, family, node),
             family.vip_port()
+        );
+    }
+    dataplane.remove_pins().expect("remove pins");
+}
+
+/// Agents of layout v4 before a service's traffic was its backends' pinned
+/// `SERVICE_STATS`, in which the data path counted each service whole: a
+/// load keeps each service's count (the part its backends do not hold as
+/// what its retired backends counted) and removes the pin.
+#[test]
+fn service_stats_of_an_earlier_agent_are_kept_and_unpinned() {
+    let (ns, bed) = XdpBed::new("lbsvs").expect("netns");
+    ns.enter(move || former_service_stats(&bed)).expect("enter");
+}
+
+fn former_service_stats(bed: &XdpBed) {
+    let root = PinRoot::new("service-stats");
+    let families = families();
+    let (dataplane, _) = serve_pinned(bed, &root, &families);
+    let ids: Vec<u32> = families
+        .iter()
+        .map(|family| {
+            dataplane
+                .service(&family.spec().frontend)
+                .expect("service")
+                .id
+        })
+        .collect();
+    drop(dataplane);
+    // What the earlier agent counted: the connection's SYN, and before it
+    // packets to backends it retired since.
+    let whole = Traffic {
+        packets: 42,
+        bytes: 4200,
+    };
+    let name = "SERVICE_STATS";
+    pin_old_map::<u32, Traffic>(&root.dir(4), name, BPF_MAP_TYPE_PERCPU_ARRAY, 16384, 0, &[]);
+    let pinned = MapData::from_pin(root.dir(4).join(name)).expect("pinned");
+    let mut stats: PerCpuArray<_, Traffic> = Map::from_map_data(pinned)
+        .expect("map type")
+        .try_into()
+        .expect("a per-CPU array");
+    let cpus = nr_cpus().expect("CPUs");
+    for id in ids {
+        // Split over two CPUs, as counted.
+        let mut values = vec![Traffic::default(); cpus];
+        values[0] = Traffic {
+            packets: 40,
+            bytes: 4000,
+        };
+        values[cpus - 1] = values[cpus - 1].plus(Traffic {
+            packets: 2,
+            bytes: 200,
+        });
+        let values = PerCpuValues::try_from(values).expect("values");
+        stats.set(id, values, 0).expect("set");
+    }
+    drop(stats);
+    let dataplane = bed
+        .load(config(Some(root.path().clone()), RING_SIZE))
+        .expect("reload");
+    assert!(
+        !pin_names(&root.dir(4)).iter().any(|pin| pin == name),
+        "{name} is still pinned"
+    );
+    for family in &families {
+        let frontend = family.spec().frontend;
+        let traffic = || {
+            dataplane
+                .service_traffic(&frontend)
+                .expect("traffic")
+                .expect("service")
+        };
+        assert_eq!(traffic(), whole, "{frontend}: the earlier count kept");
+        let ack = packets::tcp_ack(family.client, family.vip_port(), b"x");
+        forwarded_to(&dataplane, bed, &ack);
+        assert_eq!(
+            traffic().packets,
+            whole.packets + 1,
+            "{frontend}: a packet counted once"
         );
     }
     dataplane.remove_pins().expect("remove pins");
@@ -435,8 +517,8 @@ fn write_v3_state(bed: &XdpBed, root: &PinRoot, families: &[Family]) -> Vec<IpAd
     moved_to
 }
 
-/// Creates a hash map of an older layout's shape, fills it with `entries`
-/// and pins it at `dir/name`.
+/// Creates a map of an older layout's shape, pins it at `dir/name` and, a
+/// hash map, fills it with `entries`.
 fn pin_old_map<K: aya::Pod, V: aya::Pod>(
     dir: &Path,
     name: &str,
@@ -470,6 +552,9 @@ fn pin_old_map<K: aya::Pod, V: aya::Pod>(
     // SAFETY: a new descriptor nothing else owns.
     let map = MapData::from_fd(unsafe { OwnedFd::from_raw_fd(fd as i32) }).expect("map");
     map.pin(dir.join(name)).expect("pin");
+    if entries.is_empty() {
+        return;
+    }
     let mut map: HashMap<_, K, V> = Map::from_map_data(map)
         .expect("map type")
         .try_into()

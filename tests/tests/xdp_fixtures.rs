@@ -538,9 +538,9 @@ fn fixtures_in_namespace(bench: &XdpBed) {
     );
     assert_eq!(global[counters::RX as usize], outcomes, "rx derived");
     let http = dataplane
-        .maps()
-        .service_traffic(dataplane.service(&frontend(VIP, 80)).expect("svc").id)
-        .expect("traffic");
+        .service_traffic(&frontend(VIP, 80))
+        .expect("traffic")
+        .expect("svc");
     assert_eq!(http.packets, 4, "SYN, ACK, options SYN, one-arm SYN");
 }
 
@@ -665,8 +665,18 @@ fn stickiness_in_namespace(bench: &XdpBed) {
         "its next packet"
     );
     // Removing backend 1: its flows re-hash onto the survivors, others stay.
+    // What it counted stays the service's, whose traffic is its backends'.
+    let traffic = |dataplane: &Dataplane| {
+        dataplane
+            .service_traffic(&frontend(VIP_SPREAD, 80))
+            .expect("traffic")
+            .expect("service")
+            .packets
+    };
+    let counted = traffic(&dataplane);
     spec.backends.retain(|b| b.ip != node_ip(1));
     dataplane.set_service(&spec).expect("update");
+    assert_eq!(traffic(&dataplane), counted, "backend 1's count stayed");
     for (client, before) in clients.iter().zip(&first_choice) {
         let (_, output) = run(
             &dataplane,
@@ -683,6 +693,11 @@ fn stickiness_in_namespace(bench: &XdpBed) {
             );
         }
     }
+    assert_eq!(
+        traffic(&dataplane),
+        counted + clients.len() as u64,
+        "each packet since counted once"
+    );
     let global = dataplane.maps().global_counters().expect("counters");
     assert!(global[counters::FLOW_REHASHED as usize] > 0);
 }

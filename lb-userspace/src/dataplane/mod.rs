@@ -14,6 +14,7 @@ mod objects;
 mod recover;
 mod services;
 mod tick_clock;
+mod traffic;
 mod upgrade;
 
 pub use config::{
@@ -158,6 +159,9 @@ impl Dataplane {
             neighbor_masks: BTreeMap::new(),
         };
         dataplane.recover()?;
+        if let Some(pins) = dataplane.pins.clone() {
+            dataplane.retired_from_service_stats(&pins)?;
+        }
         dataplane.recover_neighbor_masks()?;
         let settings = dataplane.config.settings();
         dataplane

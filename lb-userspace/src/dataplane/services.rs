@@ -3,8 +3,7 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
-use aya::maps::PerCpuValues;
-use lb_common::{BACKEND_ACTIVE, Backend, MAP_MAGLEV, ServiceInfo, ServiceKey, Traffic};
+use lb_common::{BACKEND_ACTIVE, Backend, MAP_MAGLEV, ServiceInfo, ServiceKey};
 
 use super::{Dataplane, DataplaneError, ProgrammedBackend, ProgrammedService, filter};
 use crate::{
@@ -37,7 +36,7 @@ impl Dataplane {
                     .free_service_ids
                     .pop()
                     .ok_or(DataplaneError::ServicesFull(self.config.max_services))?;
-                self.reset_traffic(id, true)?;
+                self.reset_retired_traffic(id)?;
                 let service = ProgrammedService {
                     spec: spec.clone(),
                     id,
@@ -121,7 +120,10 @@ impl Dataplane {
         // The swap: from here on new flows use the new ring.
         self.maps.services.insert(key, info)?;
         // Only now retire removed backends, so their flows re-hash onto the new ring.
-        self.retire_slots(old.into_values().map(|removed| removed.id))?;
+        self.retire_slots(
+            old.into_values().map(|removed| removed.id),
+            Some(service.id),
+        )?;
         self.node_ports
             .release_unused(&spec.frontend, &spec.backends)?;
         service.slot = slot;
@@ -136,7 +138,7 @@ impl Dataplane {
             return Ok(());
         };
         self.maps.services.remove(&service_key(frontend))?;
-        self.retire_slots(service.backends.iter().map(|backend| backend.id))?;
+        self.retire_slots(service.backends.iter().map(|backend| backend.id), None)?;
         self.node_ports.release_unused(frontend, &[])?;
         self.key_filter.remove(&filter::keys_of(&service.spec))?;
         self.free_service_ids.push(service.id);
@@ -154,7 +156,7 @@ impl Dataplane {
             .free_backend_ids
             .pop()
             .ok_or(DataplaneError::BackendsFull)?;
-        self.reset_traffic(id, false)?;
+        self.reset_backend_traffic(id)?;
         let generation = &mut self.backend_generations[id as usize];
         *generation = generation.wrapping_add(1);
         let backend = Backend {
@@ -171,14 +173,19 @@ impl Dataplane {
     }
 
     /// Frees backend slots: flows pinned to them re-hash, from their next
-    /// packet on, on every CPU.
+    /// packet on, on every CPU. What they counted stays `owner`'s, the
+    /// service they leave (none when it goes too).
     pub(super) fn retire_slots(
         &mut self,
         ids: impl IntoIterator<Item = u32>,
+        owner: Option<u32>,
     ) -> Result<(), DataplaneError> {
         let mut retired = false;
         for id in ids {
             self.retire_slot(id)?;
+            if let Some(service) = owner {
+                self.keep_retired_traffic(service, id)?;
+            }
             retired = true;
         }
         if retired {
@@ -199,19 +206,6 @@ impl Dataplane {
             .set(id, free, 0)
             .map_err(|e| map_error(lb_common::MAP_BACKENDS, e))?;
         self.free_backend_ids.push(id);
-        Ok(())
-    }
-
-    /// Zeroes a recycled slot's counters so a new owner starts from zero.
-    pub(super) fn reset_traffic(&mut self, id: u32, service: bool) -> Result<(), DataplaneError> {
-        let zeros = PerCpuValues::try_from(vec![Traffic::default(); self.nr_cpus])
-            .map_err(DataplaneError::Cpus)?;
-        let (map, name) = if service {
-            (&mut self.maps.service_stats, lb_common::MAP_SERVICE_STATS)
-        } else {
-            (&mut self.maps.backend_stats, lb_common::MAP_BACKEND_STATS)
-        };
-        map.set(id, zeros, 0).map_err(|e| map_error(name, e))?;
         Ok(())
     }
 }

@@ -1,0 +1,96 @@
+//! Services' traffic: the data path counts each forwarded packet once, for
+//! its backend (`BACKEND_STATS`, per CPU), and a service's traffic is what
+//! its backends count plus what the backends it no longer has counted,
+//! which the agent keeps when it retires them (`RETIRED_TRAFFIC`).
+//!
+//! A packet that a CPU counts for a backend in the instant after the agent
+//! took its count (it looked the slot up before the retirement) is lost
+//! when the slot is reused. A reader between a slot's retirement and the
+//! keeping of its count sees the service short of it for that instant.
+
+use aya::maps::PerCpuValues;
+use lb_common::{MAP_BACKEND_STATS, Traffic};
+
+use super::{Dataplane, DataplaneError};
+use crate::{
+    maps::{MapsError, SERVICE_STATS, former_service_stats, map_error},
+    model::Frontend,
+    pins::PinDir,
+};
+
+impl Dataplane {
+    /// The traffic of the service at `frontend`, if it is programmed.
+    pub fn service_traffic(&self, frontend: &Frontend) -> Result<Option<Traffic>, MapsError> {
+        let Some(service) = self.services.get(frontend) else {
+            return Ok(None);
+        };
+        let backends = service.backends.iter().map(|backend| backend.id);
+        self.maps.service_traffic(service.id, backends).map(Some)
+    }
+
+    /// Zeroes a recycled backend slot's counters: its new owner starts from
+    /// zero.
+    pub(super) fn reset_backend_traffic(&mut self, id: u32) -> Result<(), DataplaneError> {
+        let zeros = PerCpuValues::try_from(vec![Traffic::default(); self.nr_cpus])
+            .map_err(DataplaneError::Cpus)?;
+        self.maps
+            .backend_stats
+            .set(id, zeros, 0)
+            .map_err(|e| map_error(MAP_BACKEND_STATS, e))?;
+        Ok(())
+    }
+
+    /// Zeroes what a recycled service id's retired backends counted.
+    pub(super) fn reset_retired_traffic(&mut self, service: u32) -> Result<(), DataplaneError> {
+        Ok(self.maps.set_retired_traffic(service, Traffic::default())?)
+    }
+
+    /// Adds what the retired slot `backend` counted to `service`'s.
+    pub(super) fn keep_retired_traffic(
+        &mut self,
+        service: u32,
+        backend: u32,
+    ) -> Result<(), DataplaneError> {
+        // The service's retired traffic with the slot's as its one backend.
+        let total = self.maps.service_traffic(service, [backend])?;
+        Ok(self.maps.set_retired_traffic(service, total)?)
+    }
+
+    /// Derives `RETIRED_TRAFFIC` from an earlier agent's `SERVICE_STATS`,
+    /// which counted each service whole, then unpins that: a service's
+    /// retired traffic is its whole less what its recovered backends count.
+    /// An agent that stops half way derives it again at its next load.
+    pub(super) fn retired_from_service_stats(
+        &mut self,
+        pins: &PinDir,
+    ) -> Result<(), DataplaneError> {
+        let Some(former) = former_service_stats(pins)? else {
+            return Ok(());
+        };
+        let services: Vec<(u32, Vec<u32>)> = self
+            .services
+            .values()
+            .map(|s| (s.id, s.backends.iter().map(|b| b.id).collect()))
+            .collect();
+        for (service, backends) in services {
+            let whole = former
+                .get(&service, 0)
+                .map_err(|e| map_error(SERVICE_STATS, e))?
+                .iter()
+                .fold(Traffic::default(), |sum, cpu| sum.plus(*cpu));
+            let mut counted = Traffic::default();
+            for backend in backends {
+                counted = counted.plus(self.maps.backend_traffic(backend)?);
+            }
+            self.maps.set_retired_traffic(
+                service,
+                Traffic {
+                    packets: whole.packets.saturating_sub(counted.packets),
+                    bytes: whole.bytes.saturating_sub(counted.bytes),
+                },
+            )?;
+        }
+        pins.remove_maps(&[SERVICE_STATS])?;
+        Ok(())
+    }
+}
