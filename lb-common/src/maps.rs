@@ -68,11 +68,10 @@ const _: () = assert!(MAX_BACKENDS <= 1 << 16 && MAX_SERVICES < u16::MAX as u32)
 /// Interfaces the program may be attached to (entries of `IFACES`).
 pub const MAX_IFACES: u32 = 64;
 
-/// `KEY_FILTER` holds this many bits for each of the two kinds of key it
-/// stands for, `SERVICES`'s then the backends' (node IP, NodePort), in
-/// 64-bit words.
+/// `KEY_FILTER` holds this many bits for each of the four kinds of key it
+/// stands for ([`KeyFilter`]), in 64-bit words.
 pub const KEY_FILTER_BITS: u32 = 1 << 16;
-pub const KEY_FILTER_WORDS: u32 = 2 * KEY_FILTER_BITS / 64;
+pub const KEY_FILTER_WORDS: u32 = 4 * KEY_FILTER_BITS / 64;
 
 /// `KEY_FILTER`'s words, as the data path reads them and userspace writes
 /// them: all at once.
@@ -203,13 +202,18 @@ impl ServiceKey {
     }
 }
 
-/// Which map a `KEY_FILTER` bit stands for.
+/// Which keys a `KEY_FILTER` bit stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyFilter {
     /// `SERVICES`: a packet's destination.
     Services,
     /// A backend's (node IP, NodePort), before `NODE_PORTS`: a packet's source.
     NodePorts,
+    /// The VIPs of `Services`, by address alone (port and protocol 0): a
+    /// packet's destination, told before its ports are read.
+    Vips,
+    /// The node IPs of `NodePorts`, by address alone: a packet's source.
+    Nodes,
 }
 
 impl KeyFilter {
@@ -231,10 +235,13 @@ impl KeyFilter {
         let [a, b, c, d] = *addr;
         let folded = a ^ b ^ c ^ d ^ (u32::from(port) << 8) ^ u32::from(proto);
         let bit = folded.wrapping_mul(0x9e37_79b1) >> (32 - KEY_FILTER_BITS.trailing_zeros());
-        let base = match self {
-            Self::Services => 0,
-            Self::NodePorts => KEY_FILTER_BITS / 64,
-        };
+        let base = KEY_FILTER_BITS / 64
+            * match self {
+                Self::Services => 0,
+                Self::NodePorts => 1,
+                Self::Vips => 2,
+                Self::Nodes => 3,
+            };
         (base + bit / 64, 1 << (bit % 64))
     }
 }

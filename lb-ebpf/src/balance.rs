@@ -100,22 +100,23 @@ fn take_flow_budget(now: u64) -> bool {
 /// What a TCP or UDP packet may be to lb, by the key filters alone.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
-    /// For a service (and, should the filter have been wrong, perhaps a
-    /// node's reply).
+    /// To a VIP: for a service, unless its port is none of the VIP's (or
+    /// the filter was wrong), when it may still be a node's reply.
     Service,
-    /// Not for a service; perhaps a node's reply from a NodePort.
+    /// To no VIP, from a node: perhaps a node's reply from a NodePort.
     NodePortReply,
 }
 
-/// What a TCP or UDP packet of `ip` with `ports` (source, destination) may
-/// be to lb: for a service, or a node's reply from a NodePort.
-/// `PassNotService` when the key filters prove it is neither, as for most
-/// of the host's own traffic.
+/// What a TCP or UDP packet of `ip` may be to lb, by the key filters'
+/// address bits, before its ports are read: for a service if it is to a VIP,
+/// else a node's reply from a NodePort if it is from a node.
+/// `PassNotService` when it is neither, as for most of the host's own
+/// traffic.
 #[inline(always)]
-pub fn claim(ip: &Ip, [src_port, dst_port]: [u16; 2]) -> Result<Claim, Verdict> {
-    if maps::may_be_service(&ip.dst, dst_port, ip.proto) {
+pub fn claim(ip: &Ip) -> Result<Claim, Verdict> {
+    if maps::may_be_vip(&ip.dst) {
         Ok(Claim::Service)
-    } else if maps::may_be_node_port(&ip.src, src_port, ip.proto) {
+    } else if maps::may_be_node(&ip.src) {
         Ok(Claim::NodePortReply)
     } else {
         Err(Verdict::PassNotService)
@@ -149,8 +150,9 @@ pub fn table_flow_backend(key: &FlowKey) -> Option<Target> {
 /// connection's first packet (`opens`) skips the flow lookup: an entry for
 /// its 5-tuple can only be a retransmitted SYN's, which the same choice
 /// overwrites, or a closed connection's, which must not decide the new
-/// one's node. A packet the key filter showed is for no service (`claim`)
-/// is told so by it alone. The TTL is checked once the packet is known to
+/// one's node. A packet to no VIP (`claim`), or with no flow and to no
+/// service by the key filter's bit for its (VIP, port, protocol), is told so
+/// without a service lookup. The TTL is checked once the packet is known to
 /// be ours.
 #[inline(always)]
 pub fn backend_of(
@@ -184,6 +186,9 @@ pub fn backend_of(
         let target = Target::of_flow(flow);
         maps::account(target.id, bytes);
         return Ok(Some((target, now)));
+    }
+    if !maps::may_be_service(&key.dst_ip, key.dst_port, key.proto) {
+        return Ok(None);
     }
     let Some(service) = maps::service(&key.dst_ip, key.dst_port, key.proto) else {
         return Ok(None);

@@ -100,10 +100,10 @@ fn try_lb_xdp(ctx: &Frame) -> Result<u32, Verdict> {
         }
         (Family::V6, PROTO_ICMPV6) => Ok(serve_icmp::<true>(ctx, ip)),
         _ => {
-            // What is for no service and from no NodePort passes here, before
-            // `serve_transport`'s call and its parse of the packet.
+            // What is to no VIP and from no node passes here, before its
+            // ports are read and `serve_transport` is called.
+            let claim = balance::claim(ip)?;
             let ports = Transport::parse(ctx, ip)?.ports;
-            let claim = balance::claim(ip, Transport::split(ports))?;
             Ok(serve_transport(ctx, ip, ports, claim))
         }
     }

@@ -91,10 +91,11 @@ static NODE_PORTS4: Array<ServiceKey4> = Array::with_max_entries(NODE_PORT_SLOTS
 #[map]
 static NODE_PORTS6: Array<ServiceKey> = Array::with_max_entries(NODE_PORT_SLOTS, 0);
 
-/// Bits standing for the keys of `SERVICES` and `NODE_PORTS` (see
-/// `KeyFilter::position`). Most packets that are not ours (the host's own
-/// traffic) are told apart by two reads of it, instead of two hash-map
-/// lookups, each a call into the kernel. Global data (`MAP_KEY_FILTER`),
+/// Bits standing for the keys of `SERVICES` and `NODE_PORTS`, and for their
+/// addresses alone (see `KeyFilter`). Most packets that are not ours (the
+/// host's own traffic) are told apart by two reads of it, by their
+/// addresses, before their ports are read; a packet to a VIP with no flow
+/// by one more, with its port, before the `SERVICES` lookup. Global data (`MAP_KEY_FILTER`),
 /// read at its address: an array map's lookup, even inlined, takes its
 /// index through the stack, and the load waits for it. Written whole by the
 /// agent at every change; derived from what is programmed, so not pinned.
@@ -208,6 +209,19 @@ fn may_hold(map: KeyFilter, addr: &Addr, port: u16, proto: u8) -> bool {
 #[inline(always)]
 pub fn may_be_service(addr: &Addr, port: u16, proto: u8) -> bool {
     may_hold(KeyFilter::Services, addr, port, proto)
+}
+
+/// Whether `addr` may be a VIP; `false` proves no service is at it.
+#[inline(always)]
+pub fn may_be_vip(addr: &Addr) -> bool {
+    may_hold(KeyFilter::Vips, addr, 0, 0)
+}
+
+/// Whether `addr` may be a backend's node; `false` proves no NodePort is
+/// at it.
+#[inline(always)]
+pub fn may_be_node(addr: &Addr) -> bool {
+    may_hold(KeyFilter::Nodes, addr, 0, 0)
 }
 
 /// Whether (`addr`, `port` network order, `proto`) may be a backend's

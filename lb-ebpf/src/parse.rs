@@ -379,15 +379,8 @@ impl Transport {
         })
     }
 
-    /// The ports (source, destination; network order) of [`Transport::ports`].
-    #[inline(always)]
-    pub fn split(ports: u32) -> [u16; 2] {
-        [ports as u16, (ports >> 16) as u16]
-    }
-
     /// The word [`Transport::ports`] would be for these ports (source,
-    /// destination; network order), as [`read_word`] composes it: what
-    /// [`Transport::split`] splits.
+    /// destination; network order), as [`read_word`] composes it.
     #[inline(always)]
     pub fn join([src_port, dst_port]: [u16; 2]) -> u32 {
         u32::from(src_port) | (u32::from(dst_port) << 16)

@@ -2,15 +2,13 @@
 //! lookup, and the reply path, for packets that are not ours. Derived from what is
 //! programmed, so not pinned: every load starts it empty and `recover`
 //! fills it before the program is attached. The program's global data, so
-//! one map value: a change writes the whole filter (16 KiB), copied in while
+//! one map value: a change writes the whole filter (32 KiB), copied in while
 //! packets read it. That is safe however the copy goes: an unchanged word
 //! gets the bytes it holds, and a changing one changes only bits whose
 //! entries are not written yet (added) or gone already (removed).
 
 use aya::Ebpf;
-use lb_common::{
-    KEY_FILTER_BITS, KEY_FILTER_WORDS, KeyFilter, KeyFilterWords, MAP_KEY_FILTER, ServiceKey,
-};
+use lb_common::{KEY_FILTER_WORDS, KeyFilter, KeyFilterWords, MAP_KEY_FILTER, ServiceKey};
 
 use super::{global_data::GlobalData, service_key, services::node_port_key};
 use crate::{maps::MapsError, model::ServiceSpec};
@@ -26,7 +24,7 @@ impl KeyFilterBits {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
         Ok(Self {
             words: GlobalData::take(ebpf, MAP_KEY_FILTER, [0; KEY_FILTER_WORDS as usize])?,
-            users: vec![0; 2 * KEY_FILTER_BITS as usize],
+            users: vec![0; KEY_FILTER_WORDS as usize * 64],
         })
     }
 
@@ -66,16 +64,23 @@ impl KeyFilterBits {
 }
 
 /// The keys a service is programmed under: its frontend in `SERVICES`, and
-/// each backend's (node IP, NodePort), where its replies come from.
+/// each backend's (node IP, NodePort), where its replies come from; and
+/// their addresses alone.
 pub(super) fn keys_of(spec: &ServiceSpec) -> Vec<(KeyFilter, ServiceKey)> {
-    let frontend = &spec.frontend;
-    let backends = spec.backends.iter().map(|backend| {
-        (
-            KeyFilter::NodePorts,
-            node_port_key(backend, frontend.protocol),
-        )
-    });
-    std::iter::once((KeyFilter::Services, service_key(frontend)))
-        .chain(backends)
-        .collect()
+    let frontend = service_key(&spec.frontend);
+    let mut keys = vec![
+        (KeyFilter::Services, frontend),
+        (KeyFilter::Vips, address_key(&frontend)),
+    ];
+    for backend in &spec.backends {
+        let node_port = node_port_key(backend, spec.frontend.protocol);
+        keys.push((KeyFilter::NodePorts, node_port));
+        keys.push((KeyFilter::Nodes, address_key(&node_port)));
+    }
+    keys
+}
+
+/// The key of `key`'s address alone, as the data path checks it.
+fn address_key(key: &ServiceKey) -> ServiceKey {
+    ServiceKey::new(key.vip, 0, 0)
 }
