@@ -572,16 +572,23 @@ mod tests {
     }
 
     #[test]
-    fn key_filter_positions_stay_in_their_half() {
+    fn key_filter_positions_stay_in_their_quarter() {
+        let kinds = [
+            KeyFilter::Services,
+            KeyFilter::NodePorts,
+            KeyFilter::Vips,
+            KeyFilter::Nodes,
+        ];
+        let quarter = KEY_FILTER_WORDS / 4;
         for port in [0u16, 80, 443, 31000, u16::MAX] {
             for last in [1u32, 0xc633_640a, u32::MAX] {
                 let key = ServiceKey::new(ipv4_mapped(last), port.to_be(), PROTO_TCP);
-                let (services, bit) = KeyFilter::Services.position(&key);
-                let (node_ports, same_bit) = KeyFilter::NodePorts.position(&key);
-                assert!(services < KEY_FILTER_WORDS / 2);
-                assert_eq!(node_ports, services + KEY_FILTER_WORDS / 2);
-                assert_eq!(bit, same_bit);
+                let (first, bit) = KeyFilter::Services.position(&key);
+                assert!(first < quarter);
                 assert_eq!(bit.count_ones(), 1);
+                for (index, kind) in (0..).zip(kinds) {
+                    assert_eq!(kind.position(&key), (first + index * quarter, bit));
+                }
             }
         }
     }
