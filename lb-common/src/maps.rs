@@ -334,9 +334,10 @@ pub struct Flow {
     /// generation, which wraps).
     pub backend_ip: Addr,
     pub backend_port: u16,
-    /// The id of the flow's service plus one, for readers of the table; 0
-    /// in a flow pinned by layout v3. The data path needs no service for an
-    /// established packet: it counts per backend.
+    /// The id of the flow's service plus one; 0 in a flow pinned by layout
+    /// v3. Written at insert as the layout has it, though nothing reads it
+    /// now: the data path counts per backend, and readers find a flow's
+    /// service by its key.
     pub service: u16,
     /// `bpf_ktime_get_ns` when the flow was created and last seen.
     pub created_ns: u64,

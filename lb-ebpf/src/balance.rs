@@ -1,8 +1,9 @@
 //! The balancing policy: the backend a packet of a service goes to (its
 //! pinned flow while that backend serves, else the Maglev choice, which is
-//! then pinned, so that later packets need no service lookup), the per-CPU new-flow budget, and which replies of a node may
-//! leave with a VIP. Every lb host with the same services computes the same
-//! Maglev choice, so a flow that moves between hosts keeps its node.
+//! then pinned, so that later packets need no service lookup), the per-CPU
+//! new-flow budget, and which replies of a node may leave with a VIP. Every
+//! lb host with the same services computes the same Maglev choice, so a
+//! flow that moves between hosts keeps its node.
 
 use core::mem::MaybeUninit;
 

@@ -95,9 +95,9 @@ static NODE_PORTS6: Array<ServiceKey> = Array::with_max_entries(NODE_PORT_SLOTS,
 /// addresses alone (see `KeyFilter`). Most packets that are not ours (the
 /// host's own traffic) are told apart by two reads of it, by their
 /// addresses, before their ports are read; a packet to a VIP with no flow
-/// by one more, with its port, before the `SERVICES` lookup. Global data (`MAP_KEY_FILTER`),
-/// read at its address: an array map's lookup, even inlined, takes its
-/// index through the stack, and the load waits for it. Written whole by the
+/// by one more, with its port, before the `SERVICES` lookup. Global data
+/// (`MAP_KEY_FILTER`), read at its address: an array map's lookup, even
+/// inlined, takes its index through the stack, and the load waits for it. Written whole by the
 /// agent at every change; derived from what is programmed, so not pinned.
 /// Read through [`global_word`].
 #[unsafe(link_section = ".bss.key_filter")]

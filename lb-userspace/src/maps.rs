@@ -246,16 +246,23 @@ impl Maps {
     ) -> Result<Traffic, MapsError> {
         match &self.service_traffic {
             ServiceTraffic::Retired(retired) => {
-                let mut sum = retired
+                let retired = retired
                     .get(&id, 0)
                     .map_err(|e| map_error(MAP_RETIRED_TRAFFIC, e))?;
-                for backend in backends {
-                    sum = sum.plus(self.backend_traffic(backend)?);
-                }
-                Ok(sum)
+                Ok(retired.plus(self.backends_traffic(backends)?))
             }
             ServiceTraffic::Whole(stats) => sum_traffic(stats, id, SERVICE_STATS),
         }
+    }
+
+    /// What the backend slots `ids` count, together.
+    pub fn backends_traffic(
+        &self,
+        ids: impl IntoIterator<Item = u32>,
+    ) -> Result<Traffic, MapsError> {
+        ids.into_iter().try_fold(Traffic::default(), |sum, id| {
+            Ok(sum.plus(self.backend_traffic(id)?))
+        })
     }
 
     /// Sets what service `id`'s retired backends counted.
@@ -289,7 +296,8 @@ impl Maps {
     }
 }
 
-fn sum_traffic(
+/// Sum over CPUs of entry `id` of the per-CPU counters `name`.
+pub(crate) fn sum_traffic(
     map: &PerCpuArray<MapData, Traffic>,
     id: u32,
     name: &'static str,

@@ -159,9 +159,7 @@ impl Dataplane {
             neighbor_masks: BTreeMap::new(),
         };
         dataplane.recover()?;
-        if let Some(pins) = dataplane.pins.clone() {
-            dataplane.retired_from_service_stats(&pins)?;
-        }
+        dataplane.retired_from_service_stats()?;
         dataplane.recover_neighbor_masks()?;
         let settings = dataplane.config.settings();
         dataplane

@@ -180,17 +180,17 @@ impl Dataplane {
         ids: impl IntoIterator<Item = u32>,
         owner: Option<u32>,
     ) -> Result<(), DataplaneError> {
-        let mut retired = false;
-        for id in ids {
+        let ids: Vec<u32> = ids.into_iter().collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        for &id in &ids {
             self.retire_slot(id)?;
-            if let Some(service) = owner {
-                self.keep_retired_traffic(service, id)?;
-            }
-            retired = true;
         }
-        if retired {
-            self.backends_changed.mark(&mut self.ebpf)?;
+        if let Some(service) = owner {
+            self.keep_retired_traffic(service, &ids)?;
         }
+        self.backends_changed.mark(&mut self.ebpf)?;
         Ok(())
     }
 

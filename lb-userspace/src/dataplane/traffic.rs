@@ -13,9 +13,8 @@ use lb_common::{MAP_BACKEND_STATS, Traffic};
 
 use super::{Dataplane, DataplaneError};
 use crate::{
-    maps::{MapsError, SERVICE_STATS, former_service_stats, map_error},
+    maps::{MapsError, SERVICE_STATS, former_service_stats, map_error, sum_traffic},
     model::Frontend,
-    pins::PinDir,
 };
 
 impl Dataplane {
@@ -45,14 +44,16 @@ impl Dataplane {
         Ok(self.maps.set_retired_traffic(service, Traffic::default())?)
     }
 
-    /// Adds what the retired slot `backend` counted to `service`'s.
+    /// Adds what the retired slots `backends` counted to `service`'s.
     pub(super) fn keep_retired_traffic(
         &mut self,
         service: u32,
-        backend: u32,
+        backends: &[u32],
     ) -> Result<(), DataplaneError> {
-        // The service's retired traffic with the slot's as its one backend.
-        let total = self.maps.service_traffic(service, [backend])?;
+        // The service's retired traffic with the slots as its backends.
+        let total = self
+            .maps
+            .service_traffic(service, backends.iter().copied())?;
         Ok(self.maps.set_retired_traffic(service, total)?)
     }
 
@@ -60,30 +61,20 @@ impl Dataplane {
     /// which counted each service whole, then unpins that: a service's
     /// retired traffic is its whole less what its recovered backends count.
     /// An agent that stops half way derives it again at its next load.
-    pub(super) fn retired_from_service_stats(
-        &mut self,
-        pins: &PinDir,
-    ) -> Result<(), DataplaneError> {
+    pub(super) fn retired_from_service_stats(&mut self) -> Result<(), DataplaneError> {
+        let Some(pins) = &self.pins else {
+            return Ok(());
+        };
         let Some(former) = former_service_stats(pins)? else {
             return Ok(());
         };
-        let services: Vec<(u32, Vec<u32>)> = self
-            .services
-            .values()
-            .map(|s| (s.id, s.backends.iter().map(|b| b.id).collect()))
-            .collect();
-        for (service, backends) in services {
-            let whole = former
-                .get(&service, 0)
-                .map_err(|e| map_error(SERVICE_STATS, e))?
-                .iter()
-                .fold(Traffic::default(), |sum, cpu| sum.plus(*cpu));
-            let mut counted = Traffic::default();
-            for backend in backends {
-                counted = counted.plus(self.maps.backend_traffic(backend)?);
-            }
+        for service in self.services.values() {
+            let whole = sum_traffic(&former, service.id, SERVICE_STATS)?;
+            let counted = self
+                .maps
+                .backends_traffic(service.backends.iter().map(|backend| backend.id))?;
             self.maps.set_retired_traffic(
-                service,
+                service.id,
                 Traffic {
                     packets: whole.packets.saturating_sub(counted.packets),
                     bytes: whole.bytes.saturating_sub(counted.bytes),
