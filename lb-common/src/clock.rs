@@ -3,10 +3,25 @@
 //! compares with. `bpf_ktime_get_coarse_ns` tells the same time at the same
 //! resolution (one tick) but is a helper call on every forwarded packet.
 
-/// `TICK_CLOCK`: jiffies to nanoseconds, `ns = jiffies * ns_per_tick +
-/// offset_ns` (wrapping). Set by the agent at every load, before the program
-/// is attached, from one sample of both clocks that `lb_clock_sample` takes;
-/// while it is not set the data path reads `bpf_ktime_get_coarse_ns`.
+/// The global `CLOCK` (`MAP_CLOCK`): the data path's clock and the time of
+/// the agent's latest change of a backend by it. Every forwarded packet
+/// reads both, and together they are one cache line, not one cold line
+/// each. Set by the agent at every load, before the program is attached;
+/// not pinned.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataPathClock {
+    pub tick: TickClock,
+    /// The data path's clock after the agent's latest change of a
+    /// `BACKENDS` slot: a flow's cached copy dated later needs no look at
+    /// its slot (`CachedFlow::checked_since`).
+    pub backends_changed_ns: u64,
+}
+
+/// Jiffies to nanoseconds, `ns = jiffies * ns_per_tick + offset_ns`
+/// (wrapping). Set by the agent from one sample of both clocks that
+/// `lb_clock_sample` takes; while it is not set the data path reads
+/// `bpf_ktime_get_coarse_ns`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TickClock {

@@ -12,6 +12,6 @@ pub mod family;
 pub mod hash;
 pub mod maps;
 
-pub use clock::TickClock;
+pub use clock::{DataPathClock, TickClock};
 pub use family::*;
 pub use maps::*;

@@ -33,14 +33,13 @@ pub const MAP_NODE_PORTS4: &str = "NODE_PORTS4";
 pub const MAP_NODE_PORTS6: &str = "NODE_PORTS6";
 pub const MAP_FLOW_BUDGET: &str = "FLOW_BUDGET";
 pub const MAP_IFACES: &str = "IFACES";
-/// `KEY_FILTER`, `IFACES_BY_INDEX` and `BACKENDS_CHANGED_NS` are the
-/// program's global data, each in a section of its own, which the loader
-/// makes a one-entry array map named after the section: the value is the
-/// whole global ([`KeyFilterWords`], [`IfacesByIndexEntries`], a `u64`).
+/// `KEY_FILTER`, `IFACES_BY_INDEX` and `CLOCK` are the program's global
+/// data, each in a section of its own, which the loader makes a one-entry
+/// array map named after the section: the value is the whole global
+/// ([`KeyFilterWords`], [`IfacesByIndexEntries`], [`DataPathClock`]).
 pub const MAP_KEY_FILTER: &str = ".bss.key_filter";
 pub const MAP_IFACES_BY_INDEX: &str = ".bss.ifaces_by_index";
-pub const MAP_BACKENDS_CHANGED: &str = ".bss.backends_changed";
-pub const MAP_TICK_CLOCK: &str = "TICK_CLOCK";
+pub const MAP_CLOCK: &str = ".bss.clock";
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "lb_xdp";
 /// The program that samples the data path's clocks for the agent (see
@@ -512,7 +511,7 @@ mod pod {
     use super::*;
     // SAFETY: all of these are `#[repr(C)]`, `Copy`, and padded explicitly.
     unsafe impl aya::Pod for ServiceKey {}
-    unsafe impl aya::Pod for crate::TickClock {}
+    unsafe impl aya::Pod for crate::DataPathClock {}
     unsafe impl aya::Pod for ServiceInfo {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}

@@ -161,7 +161,7 @@ impl NextHop {
 /// "last seen", the new-flow budget's window and the next-hop cache's age.
 /// A tick's resolution is enough for all three: jiffies, a load once the
 /// verifier has inlined `bpf_jiffies64`, turned into nanoseconds by the
-/// agent's `TICK_CLOCK`; until the agent has set that, the coarse clock, a
+/// agent's `CLOCK`; until the agent has set that, the coarse clock, a
 /// helper call. A forwarded packet reads it once and passes it on.
 #[inline(always)]
 pub fn clock() -> u64 {
@@ -173,7 +173,7 @@ pub fn clock() -> u64 {
     }
 }
 
-/// Records one sample of both clocks for the agent's `TICK_CLOCK`.
+/// Records one sample of both clocks for the agent (see `maps::CLOCK`).
 #[inline(always)]
 pub fn sample_clocks() {
     // SAFETY (both): no preconditions.

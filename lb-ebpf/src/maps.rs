@@ -1,7 +1,7 @@
 //! Maps shared with userspace, and thin accessors over them. What the data
 //! path decides with them lives in `balance`.
 
-use core::mem::MaybeUninit;
+use core::mem::{MaybeUninit, offset_of};
 
 use crate::{
     forward::{CachedHop, HopCache, HopSlot},
@@ -14,11 +14,11 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Addr, Backend, CachedFlow, Flow, FlowBudget, FlowKey, FlowKey4, IFACES_BY_INDEX_LEN, Iface,
-    IfacesByIndexEntries, KEY_FILTER_WORDS, KeyFilter, KeyFilterWords, MAX_BACKENDS, MAX_FLOWS,
-    MAX_IFACES, MAX_SERVICES, MAX_TX_PORTS, NODE_PORT_SLOTS, NeighborMask, SETTING_ANSWER_ECHO,
-    SETTING_DSR, ServiceInfo, ServiceKey, ServiceKey4, Settings, TickClock, Traffic, answers_on,
-    counters,
+    Addr, Backend, CachedFlow, DataPathClock, Flow, FlowBudget, FlowKey, FlowKey4,
+    IFACES_BY_INDEX_LEN, Iface, IfacesByIndexEntries, KEY_FILTER_WORDS, KeyFilter, KeyFilterWords,
+    MAX_BACKENDS, MAX_FLOWS, MAX_IFACES, MAX_SERVICES, MAX_TX_PORTS, NODE_PORT_SLOTS, NeighborMask,
+    SETTING_ANSWER_ECHO, SETTING_DSR, ServiceInfo, ServiceKey, ServiceKey4, Settings, TickClock,
+    Traffic, answers_on, counters,
     hash::{CLIENT_HOP_SLOTS, FLOW_CACHE_SLOTS, client_hop_slot},
     ipv4_mapped, is_ipv4_mapped, node_port_slot,
 };
@@ -121,12 +121,20 @@ static mut IFACES_BY_INDEX: IfacesByIndexEntries = [Iface {
     _pad: 0,
 }; IFACES_BY_INDEX_LEN as usize];
 
-/// The data path's clock (`forward::clock`) after the agent's latest change
-/// of a `BACKENDS` slot: a flow's cached copy dated later needs no look at
-/// its slot (`CachedFlow::checked_since`). Written by the agent after each
-/// change and at every load, so not pinned; read through [`global_word`].
-#[unsafe(link_section = ".bss.backends_changed")]
-static mut BACKENDS_CHANGED_NS: u64 = 0;
+/// The data path's clock and the time of the latest backend change by it
+/// (`lb_common::DataPathClock`). Written by the agent at every load and
+/// after each change, so not pinned; read a word at a time through
+/// [`clock_word`].
+#[unsafe(link_section = ".bss.clock")]
+static mut CLOCK: DataPathClock = DataPathClock {
+    tick: TickClock {
+        ns_per_tick: 0,
+        offset_ns: 0,
+        sample_jiffies: 0,
+        sample_ns: 0,
+    },
+    backends_changed_ns: 0,
+};
 
 /// Word `index` of the global-data array at `array`, in one load. Volatile:
 /// the program never writes its global data (the agent does), so the
@@ -161,11 +169,6 @@ static BACKEND_HOPS: Array<HopSlot> = Array::with_max_entries(MAX_BACKENDS, 0);
 /// `HOP_CACHE_NS` each. A cache like `BACKEND_HOPS`.
 #[map]
 static CLIENT_HOPS: PerCpuArray<HopSlot> = PerCpuArray::with_max_entries(CLIENT_HOP_SLOTS, 0);
-
-/// How the data path tells time (see `lb_common::clock`); set by the agent at
-/// every load, so not pinned.
-#[map]
-static TICK_CLOCK: Array<TickClock> = Array::with_max_entries(1, 0);
 
 /// Interfaces packets may be redirected to, keyed by ifindex.
 #[map]
@@ -249,11 +252,18 @@ pub fn service(addr: &Addr, port: u16, proto: u8) -> Option<ServiceInfo> {
     }
 }
 
-/// [`BACKENDS_CHANGED_NS`].
+/// `DataPathClock::backends_changed_ns`.
 #[inline(always)]
 pub fn backends_changed_ns() -> u64 {
-    // SAFETY: a global of one word.
-    unsafe { global_word(&raw const BACKENDS_CHANGED_NS, 0) }
+    clock_word(offset_of!(DataPathClock, backends_changed_ns))
+}
+
+/// The word of [`CLOCK`] at byte `offset`, in one load: volatile, as
+/// [`global_word`] is.
+#[inline(always)]
+fn clock_word(offset: usize) -> u64 {
+    // SAFETY: callers pass the offset of a `u64` field of the global.
+    unsafe { global_word(&raw const CLOCK, (offset / 8) as u32) }
 }
 
 #[inline(always)]
@@ -362,20 +372,26 @@ pub fn cache_hop(cache: HopCache, dst: &Addr, hop: &CachedHop) {
 
 /// The clock the agent set, if it did.
 #[inline(always)]
-pub fn tick_clock() -> Option<&'static TickClock> {
-    TICK_CLOCK.get(0).filter(|clock| clock.is_set())
+pub fn tick_clock() -> Option<TickClock> {
+    let clock = TickClock {
+        ns_per_tick: clock_word(
+            offset_of!(DataPathClock, tick) + offset_of!(TickClock, ns_per_tick),
+        ),
+        offset_ns: clock_word(offset_of!(DataPathClock, tick) + offset_of!(TickClock, offset_ns)),
+        sample_jiffies: 0,
+        sample_ns: 0,
+    };
+    clock.is_set().then_some(clock)
 }
 
 /// Records `jiffies` and `coarse_ns`, read together, for the agent.
 #[inline(always)]
 pub fn record_clock_sample(jiffies: u64, coarse_ns: u64) {
-    if let Some(clock) = TICK_CLOCK.get_ptr_mut(0) {
-        // SAFETY: a valid slot of the array; the data path reads only the
-        // other two fields.
-        unsafe {
-            (*clock).sample_jiffies = jiffies;
-            (*clock).sample_ns = coarse_ns;
-        }
+    // SAFETY: fields of the global; the data path reads only the others.
+    // Volatile, as the agent reads them (see `global_word`).
+    unsafe {
+        (&raw mut CLOCK.tick.sample_jiffies).write_volatile(jiffies);
+        (&raw mut CLOCK.tick.sample_ns).write_volatile(coarse_ns);
     }
 }
 

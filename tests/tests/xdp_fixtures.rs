@@ -16,8 +16,8 @@ use lb::{
     model::{Frontend, Protocol},
 };
 use lb_common::{
-    BACKEND_ACTIVE, Backend, FlowKey, KeyFilter, MAP_BACKENDS, MAP_TICK_CLOCK, ServiceKey,
-    TickClock, counters, hash::client_hop_slot, ipv4_mapped,
+    BACKEND_ACTIVE, Backend, FlowKey, KeyFilter, MAP_BACKENDS, ServiceKey, counters,
+    hash::client_hop_slot, ipv4_mapped,
 };
 use lb_tests::{
     netns::NetNs,
@@ -998,14 +998,7 @@ fn tick_clock_in_namespace(bench: &XdpBed) {
     dataplane
         .set_service(&service(VIP, 80, Protocol::Tcp, vec![node(1, 31000)]))
         .expect("set_service");
-    let clock: Array<_, TickClock> = Array::try_from(
-        dataplane
-            .ebpf_mut()
-            .map(MAP_TICK_CLOCK)
-            .expect("TICK_CLOCK"),
-    )
-    .expect("an array");
-    let clock = clock.get(&0, 0).expect("TICK_CLOCK's entry");
+    let clock = dataplane.clock().expect("CLOCK").tick;
     let tick = coarse_clock(libc::clock_getres);
     assert_eq!(clock.ns_per_tick, tick, "a tick as the coarse clock has it");
     let client = sock(CLIENT, 43000);

@@ -12,7 +12,8 @@ use crate::maps::{MapsError, map_error, take_typed};
 pub(super) struct GlobalData<V: Pod> {
     name: &'static str,
     map: Array<MapData, V>,
-    /// What the map holds, unless its last write failed.
+    /// What the map holds, unless its last write failed (or the program
+    /// wrote the global since: see [`Self::read`]).
     value: Box<V>,
 }
 
@@ -30,6 +31,12 @@ impl<V: Pod> GlobalData<V> {
     /// The copy, to change before [`Self::write`].
     pub fn value_mut(&mut self) -> &mut V {
         &mut self.value
+    }
+
+    /// What the map holds now, which differs from the copy where the
+    /// program writes its global too.
+    pub fn read(&self) -> Result<V, MapsError> {
+        self.map.get(&0, 0).map_err(|e| map_error(self.name, e))
     }
 
     /// Writes the copy into the map, whole.

@@ -64,7 +64,7 @@ impl Dataplane {
         }
         self.add_tx_port(ifindex)?;
         self.add_iface(ifindex, mac)?;
-        self.backends_changed.mark(&mut self.ebpf)?;
+        self.clock.mark_backends_changed(&mut self.ebpf)?;
         Ok(ifindex)
     }
 

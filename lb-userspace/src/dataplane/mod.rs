@@ -1,7 +1,7 @@
 //! The data path's domain API: load and attach the XDP program, then add, update
 //! and remove services. Front ends (the agent, tests, benchmarks) only talk to this.
 
-mod backends_changed;
+mod clock;
 mod config;
 mod error;
 mod filter;
@@ -13,7 +13,6 @@ mod node_ports;
 mod objects;
 mod recover;
 mod services;
-mod tick_clock;
 mod traffic;
 mod upgrade;
 
@@ -61,7 +60,7 @@ pub struct Dataplane {
     key_filter: filter::KeyFilterBits,
     node_ports: node_ports::NodePortFrontends,
     ifaces_by_index: ifaces_by_index::IfacesByIndex,
-    backends_changed: backends_changed::BackendsChanged,
+    clock: clock::Clock,
     pins: Option<PinDir>,
     /// The pinned state existed before this load (an earlier agent's).
     inherited: bool,
@@ -115,12 +114,11 @@ impl Dataplane {
         };
         let program = xdp_program(&mut ebpf)?;
         program.load().map_err(DataplaneError::Program)?;
-        let clock = tick_clock::set(&mut ebpf)?;
+        let clock = clock::Clock::set(&mut ebpf)?;
         let mut maps = Maps::take(&mut ebpf)?;
         let key_filter = filter::KeyFilterBits::take(&mut ebpf)?;
         let node_ports = node_ports::NodePortFrontends::take(&mut ebpf)?;
         let ifaces_by_index = ifaces_by_index::IfacesByIndex::take(&mut ebpf, &maps.ifaces)?;
-        let backends_changed = backends_changed::BackendsChanged::take(&mut ebpf, clock)?;
         // A reused pin keeps the size it was created with.
         let pinned = maps.maglev.len();
         if pinned != ring_entries {
@@ -146,7 +144,7 @@ impl Dataplane {
             key_filter,
             node_ports,
             ifaces_by_index,
-            backends_changed,
+            clock,
             pins,
             inherited,
             free_service_ids: Vec::new(),
@@ -182,6 +180,11 @@ impl Dataplane {
             .ok_or(DataplaneError::Maps(MapsError::Missing("program lb_xdp")))?
             .try_into()
             .map_err(DataplaneError::Program)
+    }
+
+    /// The data path's clock, as this load set it (`lb_common::DataPathClock`).
+    pub fn clock(&self) -> Result<lb_common::DataPathClock, DataplaneError> {
+        self.clock.read()
     }
 
     pub fn maps(&self) -> &Maps {

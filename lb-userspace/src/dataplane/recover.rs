@@ -99,7 +99,7 @@ impl Dataplane {
             }
         }
         if retired {
-            self.backends_changed.mark(&mut self.ebpf)?;
+            self.clock.mark_backends_changed(&mut self.ebpf)?;
         }
         for service in self.services.values() {
             self.node_ports

@@ -190,12 +190,12 @@ impl Dataplane {
         if let Some(service) = owner {
             self.keep_retired_traffic(service, &ids)?;
         }
-        self.backends_changed.mark(&mut self.ebpf)?;
+        self.clock.mark_backends_changed(&mut self.ebpf)?;
         Ok(())
     }
 
     /// Frees a backend slot. The slot keeps its generation, which its next
-    /// owner bumps. The caller marks `backends_changed`.
+    /// owner bumps. The caller marks backends changed (`Clock::mark_backends_changed`).
     pub(super) fn retire_slot(&mut self, id: u32) -> Result<(), DataplaneError> {
         let free = Backend {
             generation: self.backend_generations[id as usize],
