@@ -137,8 +137,9 @@ static mut CLOCK: DataPathClock = DataPathClock {
 };
 
 /// Word `index` of the global-data array at `array`, in one load. Volatile:
-/// the program never writes its global data (the agent does), so the
-/// compiler would take it for the zeros it starts as.
+/// the agent writes the words the data path reads (the program writes
+/// none of them), so the compiler would take them for the zeros they start
+/// as.
 ///
 /// # Safety
 /// `array` must be a global whose entries are 8-byte words, and `index`
