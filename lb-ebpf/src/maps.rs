@@ -97,9 +97,9 @@ static NODE_PORTS6: Array<ServiceKey> = Array::with_max_entries(NODE_PORT_SLOTS,
 /// addresses, before their ports are read; a packet to a VIP with no flow
 /// by one more, with its port, before the `SERVICES` lookup. Global data
 /// (`MAP_KEY_FILTER`), read at its address: an array map's lookup, even
-/// inlined, takes its index through the stack, and the load waits for it. Written whole by the
-/// agent at every change; derived from what is programmed, so not pinned.
-/// Read through [`global_word`].
+/// inlined, takes its index through the stack, and the load waits for it.
+/// Written whole by the agent at every change; derived from what is
+/// programmed, so not pinned. Read through [`global_word`].
 #[unsafe(link_section = ".bss.key_filter")]
 static mut KEY_FILTER: KeyFilterWords = [0; KEY_FILTER_WORDS as usize];
 
@@ -375,10 +375,8 @@ pub fn cache_hop(cache: HopCache, dst: &Addr, hop: &CachedHop) {
 #[inline(always)]
 pub fn tick_clock() -> Option<TickClock> {
     let clock = TickClock {
-        ns_per_tick: clock_word(
-            offset_of!(DataPathClock, tick) + offset_of!(TickClock, ns_per_tick),
-        ),
-        offset_ns: clock_word(offset_of!(DataPathClock, tick) + offset_of!(TickClock, offset_ns)),
+        ns_per_tick: clock_word(offset_of!(DataPathClock, tick.ns_per_tick)),
+        offset_ns: clock_word(offset_of!(DataPathClock, tick.offset_ns)),
         sample_jiffies: 0,
         sample_ns: 0,
     };
