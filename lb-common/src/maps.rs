@@ -42,6 +42,21 @@ pub const MAP_IFACES_BY_INDEX: &str = ".bss.ifaces_by_index";
 pub const MAP_CLOCK: &str = ".bss.clock";
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "lb_xdp";
+/// The programs `lb_xdp` tail-calls for what is neither TCP nor UDP, each
+/// at its index in the program array `SIDE_PATHS`: there each has a stack
+/// of its own, so the TCP and UDP path fits in the entry point's frame and
+/// needs no BPF subprogram call (a call's return is costly on CPUs with
+/// return-stack mitigations, and this path is most packets').
+pub const SIDE_PATH_PROGRAMS: [&str; 3] = ["lb_arp", "lb_icmp4", "lb_icmp6"];
+/// Their indexes in `SIDE_PATHS`: ARP requests, ICMP, ICMPv6 (Neighbor
+/// Solicitations included).
+pub const SIDE_PATH_ARP: u32 = 0;
+pub const SIDE_PATH_ICMP4: u32 = 1;
+pub const SIDE_PATH_ICMP6: u32 = 2;
+/// The program array of [`SIDE_PATH_PROGRAMS`]. Pinned: a program array loses its
+/// entries once no file descriptor or pin refers to it, and the attached
+/// program keeps serving after the agent exits.
+pub const MAP_SIDE_PATHS: &str = "SIDE_PATHS";
 /// The program that samples the data path's clocks for the agent (see
 /// `clock`); run by `BPF_PROG_TEST_RUN`, never attached.
 pub const CLOCK_SAMPLE_PROGRAM: &str = "lb_clock_sample";

@@ -42,8 +42,7 @@ struct IcmpError {
     quoted_ports: [u16; 2],
 }
 
-/// Handles an ICMPv4 packet (the entry point calls it as a subprogram of
-/// its own, `serve_icmp`).
+/// Handles an ICMPv4 packet (in the side path `lb_icmp4`).
 #[inline(always)]
 pub fn handle(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
     let header: *mut IcmpHdr = ptr_at(ctx, ip.l4_offset)?;

@@ -29,8 +29,8 @@ struct Icmp6Error {
     quoted_ports: [u16; 2],
 }
 
-/// Handles an ICMPv6 packet (the entry point calls it as a subprogram of
-/// its own, `serve_icmp`).
+/// Handles an ICMPv6 packet (in the side path `lb_icmp6`, as a subprogram
+/// of its own: `serve_icmp6`).
 #[inline(always)]
 pub fn handle(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
     let header: *mut IcmpHdr = ptr_at(ctx, ip.l4_offset)?;

@@ -11,14 +11,14 @@ use crate::{
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
     Addr, Backend, CachedFlow, DataPathClock, Flow, FlowBudget, FlowKey, FlowKey4,
     IFACES_BY_INDEX_LEN, Iface, IfacesByIndexEntries, KEY_FILTER_WORDS, KeyFilter, KeyFilterWords,
     MAX_BACKENDS, MAX_FLOWS, MAX_IFACES, MAX_SERVICES, MAX_TX_PORTS, NODE_PORT_SLOTS, NeighborMask,
-    SETTING_ANSWER_ECHO, SETTING_DSR, ServiceInfo, ServiceKey, ServiceKey4, Settings, TickClock,
-    Traffic, answers_on, counters,
+    SETTING_ANSWER_ECHO, SETTING_DSR, SIDE_PATH_PROGRAMS, ServiceInfo, ServiceKey, ServiceKey4,
+    Settings, TickClock, Traffic, answers_on, counters,
     hash::{CLIENT_HOP_SLOTS, FLOW_CACHE_SLOTS, client_hop_slot},
     ipv4_mapped, is_ipv4_mapped, node_port_slot,
 };
@@ -170,6 +170,12 @@ static BACKEND_HOPS: Array<HopSlot> = Array::with_max_entries(MAX_BACKENDS, 0);
 /// `HOP_CACHE_NS` each. A cache like `BACKEND_HOPS`.
 #[map]
 static CLIENT_HOPS: PerCpuArray<HopSlot> = PerCpuArray::with_max_entries(CLIENT_HOP_SLOTS, 0);
+
+/// The programs for what is neither TCP nor UDP, tail-called by the entry
+/// point (`lb_common::SIDE_PATH_PROGRAMS`); set by the agent at every load.
+#[map]
+pub static SIDE_PATHS: ProgramArray =
+    ProgramArray::with_max_entries(SIDE_PATH_PROGRAMS.len() as u32, 0);
 
 /// Interfaces packets may be redirected to, keyed by ifindex.
 #[map]

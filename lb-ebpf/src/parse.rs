@@ -150,9 +150,18 @@ impl Ip {
     }
 
     /// Parses the IP header into `ip`, which is initialised when this
-    /// returns `Ok`.
+    /// returns `Ok`. IPv6's extension-header walk is inlined if
+    /// `INLINE_V6`, else a BPF subprogram of its own. Each program takes
+    /// what keeps its deepest call chain within the verifier's 512 bytes:
+    /// the entry point and `lb_icmp4` (whose handler is inline, and which
+    /// never gets IPv6) inline it, as a subprogram's frame would stack on
+    /// theirs; `lb_icmp6`, whose handlers are subprograms, keeps the walk's
+    /// temporaries off its frame.
     #[inline(always)]
-    pub fn parse(ctx: &Frame, ip: &mut MaybeUninit<Ip>) -> Result<(), Verdict> {
+    pub fn parse<const INLINE_V6: bool>(
+        ctx: &Frame,
+        ip: &mut MaybeUninit<Ip>,
+    ) -> Result<(), Verdict> {
         let eth: *const EthHdr = ptr_at(ctx, 0).map_err(|_| Verdict::PassNotIp)?;
         // SAFETY: `ptr_at` checked the header lies inside the packet.
         if !for_this_host(ctx, unsafe { (*eth).dst_addr }) {
@@ -161,17 +170,15 @@ impl Ip {
         // SAFETY: as above.
         match unsafe { (*eth).ether_type } {
             ETH_P_IPV4_BE => Self::parse_v4(ctx)?.write_to(ip),
+            ETH_P_IPV6_BE if INLINE_V6 => Self::parse_v6(ctx)?.write_to(ip),
             ETH_P_IPV6_BE => Self::parse_v6_into(ctx, ip)?,
             _ => return Err(Verdict::PassNotIp),
         }
         Ok(())
     }
 
-    /// IPv6's parser, a BPF subprogram of its own: the temporaries of its
-    /// extension-header walk then stay off the entry point's stack, which
-    /// the deepest call chain shares (the verifier allows it 512 bytes). As
-    /// a subprogram must, it returns a scalar, writing the header through
-    /// `ip`.
+    /// IPv6's parser as a BPF subprogram (see `parse`). As a subprogram
+    /// must, it returns a scalar, writing the header through `ip`.
     #[inline(never)]
     fn parse_v6_into(ctx: &Frame, ip: &mut MaybeUninit<Ip>) -> Result<(), Verdict> {
         Self::parse_v6(ctx)?.write_to(ip);
@@ -405,8 +412,7 @@ impl Packet {
     /// Builds the packet of `ip`, whose transport header [`Transport::parse`]
     /// accepted with `ports` (its word), into `out`, which is initialised when this
     /// returns `Ok` (written in place: see `keys`). The ports come as they
-    /// were parsed, not parsed again: this runs in a subprogram of its own,
-    /// which takes them as scalars.
+    /// were parsed, not parsed again.
     #[inline(always)]
     pub fn parse(
         ctx: &Frame,

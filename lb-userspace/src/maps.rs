@@ -25,8 +25,8 @@ use lb_common::{
     Addr, Backend, Flow, FlowKey, Iface, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_FLOW_BUDGET,
     MAP_FLOW_CACHE4, MAP_FLOW_CACHE6, MAP_FLOWS4, MAP_FLOWS6, MAP_GLOBAL_STATS, MAP_IFACES,
     MAP_MAGLEV, MAP_NODE_PORTS4, MAP_NODE_PORTS6, MAP_RETIRED_TRAFFIC, MAP_SERVICES4,
-    MAP_SERVICES6, MAP_SETTINGS, MAP_TX_PORTS, MAP_VIPS, NeighborMask, ServiceInfo, ServiceKey,
-    Settings, Traffic, counters,
+    MAP_SERVICES6, MAP_SETTINGS, MAP_SIDE_PATHS, MAP_TX_PORTS, MAP_VIPS, NeighborMask, ServiceInfo,
+    ServiceKey, Settings, Traffic, counters,
 };
 
 /// The per-family pairs, IPv4 first.
@@ -36,7 +36,7 @@ pub const FLOWS: [&str; 2] = [MAP_FLOWS4, MAP_FLOWS6];
 /// The maps that are pinned (the program's others are derived from these or
 /// caches nothing reads, and start afresh at every load); the order is the
 /// pin order.
-pub const ALL_MAPS: [&str; 16] = [
+pub const ALL_MAPS: [&str; 17] = [
     MAP_SERVICES4,
     MAP_SERVICES6,
     MAP_BACKENDS,
@@ -53,6 +53,7 @@ pub const ALL_MAPS: [&str; 16] = [
     MAP_SETTINGS,
     MAP_VIPS,
     MAP_FLOW_BUDGET,
+    MAP_SIDE_PATHS,
 ];
 
 /// Maps an earlier agent of this layout pinned that are no longer pinned:

@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lb_common::MAP_SIDE_PATHS;
 use lb_tests::{
     agent::{Agent, backends_of},
     manifests::{self, ServicePort},
@@ -62,6 +63,11 @@ impl Bed {
     }
 
     fn with_vips(tag: &str, vips: &[IpAddr]) -> Self {
+        Self::with_agent_args(tag, vips, &[])
+    }
+
+    /// Serves `ops/web` on `vips`, the agent run with `args` too.
+    fn with_agent_args(tag: &str, vips: &[IpAddr], args: &[&str]) -> Self {
         let topology = Topology::new(Layout::TwoArm, 3).expect("topology");
         let manifests =
             std::env::temp_dir().join(format!("lb-ops-{tag}-{}.yaml", std::process::id()));
@@ -72,7 +78,7 @@ impl Bed {
             .map(|n| servers::tcp_name_server(&n.ns, NODE_PORT, &n.name).expect("server"))
             .collect();
         let agent =
-            Agent::start(&topology.lb, &topology.lb_ifaces(), &manifests, &[]).expect("agent");
+            Agent::start(&topology.lb, &topology.lb_ifaces(), &manifests, args).expect("agent");
         let bed = Self {
             topology,
             agent,
@@ -394,7 +400,9 @@ fn xdp_attached(ns: &NetNs, iface: &str) -> bool {
 
 #[test]
 fn connections_survive_an_agent_killed_and_restarted() {
-    let mut bed = Bed::new("restart");
+    // Pings to the VIP are answered by a side path of the program
+    // (`lb_icmp4`), which must outlive the agent as the program does.
+    let mut bed = Bed::with_agent_args("restart", &[VIP.into()], &["--answer-ping"]);
     let vip = SocketAddrV4::new(VIP, 80);
     let long_lived = bed.in_client(move || LineClient::connect(vip, TIMEOUT).expect("connect"));
     let node = long_lived.greeting().to_owned();
@@ -429,15 +437,37 @@ fn connections_survive_an_agent_killed_and_restarted() {
         "half a second of new connections left no flow to carry over"
     );
 
+    bed.topology
+        .client
+        .ping(VIP, TIMEOUT)
+        .expect("lb answers a ping to the VIP");
     bed.agent.kill().expect("SIGKILL");
     std::thread::sleep(Duration::from_millis(1000));
     assert!(
         xdp_attached(&bed.topology.lb, "lbc0"),
         "the program stays attached"
     );
+    bed.topology
+        .client
+        .ping(VIP, TIMEOUT)
+        .expect("with the agent gone, lb still answers a ping to the VIP");
+    // State pinned by an agent from before the side paths has no program
+    // array: the next agent makes one.
+    let side_paths = lb::pins::PinDir::new(bed.agent.bpffs()).map(MAP_SIDE_PATHS);
+    std::fs::remove_file(&side_paths).expect("unpinning the side paths");
     bed.agent.restart(&bed.topology.lb).expect("restart");
     bed.wait_programmed();
     std::thread::sleep(Duration::from_millis(500));
+    // Until the new agent's program is attached, the old one's side paths
+    // are gone with their pin.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while let Err(e) = bed.topology.client.ping(VIP, Duration::from_secs(1)) {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted agent's side paths answer no ping to the VIP: {e:#}"
+        );
+    }
+    assert!(side_paths.exists(), "the agent pins its side paths");
 
     let mut long_lived = long_lived;
     let answer = bed

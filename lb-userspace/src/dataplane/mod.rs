@@ -11,6 +11,7 @@ mod links;
 mod neighbors;
 mod node_ports;
 mod objects;
+mod programs;
 mod recover;
 mod services;
 mod traffic;
@@ -112,8 +113,7 @@ impl Dataplane {
                 return Err(DataplaneError::Load(e));
             }
         };
-        let program = xdp_program(&mut ebpf)?;
-        program.load().map_err(DataplaneError::Program)?;
+        programs::load(&mut ebpf)?;
         let clock = clock::Clock::set(&mut ebpf)?;
         let mut maps = Maps::take(&mut ebpf)?;
         let key_filter = filter::KeyFilterBits::take(&mut ebpf)?;
@@ -165,6 +165,7 @@ impl Dataplane {
             .settings
             .set(0, settings, 0)
             .map_err(|e| map_error(lb_common::MAP_SETTINGS, e))?;
+        programs::set_side_paths(&mut dataplane.ebpf)?;
         Ok(dataplane)
     }
 
