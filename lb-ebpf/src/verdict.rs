@@ -1,8 +1,12 @@
 //! Why a packet was not forwarded: each reason maps to one XDP action and
-//! one outcome counter.
+//! one outcome counter; and how every program turns a packet's outcome
+//! into its action.
 
 use aya_ebpf::bindings::xdp_action;
+use aya_log_ebpf::warn;
 use lb_common::counters;
+
+use crate::{maps::count, parse::Frame};
 
 /// Each variant's value is its counter's index, so counting a verdict needs
 /// no table.
@@ -45,4 +49,34 @@ impl Verdict {
             xdp_action::XDP_PASS
         }
     }
+}
+
+/// The XDP action for a packet's outcome, logging one dropped as
+/// `Verdict::DropInternal` (see [`settle`]).
+#[inline(always)]
+pub fn finish(ctx: &Frame, outcome: Result<u32, Verdict>) -> u32 {
+    if let Err(Verdict::DropInternal) = outcome {
+        log_internal_drop(ctx);
+    }
+    settle(outcome)
+}
+
+/// The XDP action for a packet's outcome, counting the verdict of one that
+/// was not handled.
+#[inline(always)]
+pub fn settle(outcome: Result<u32, Verdict>) -> u32 {
+    match outcome {
+        Ok(action) => action,
+        Err(verdict) => {
+            count(verdict.counter());
+            verdict.action()
+        }
+    }
+}
+
+/// Rare and a bug if it happens: worth a line in the agent's log. A
+/// subprogram, so the log record's stack is not the entry point's.
+#[inline(never)]
+fn log_internal_drop(ctx: &Frame) {
+    warn!(ctx, "dropped: a Maglev ring points at a missing backend");
 }

@@ -1,0 +1,85 @@
+//! The side paths: what is neither TCP nor UDP (ARP, ICMP, ICMPv6), each
+//! an XDP program of its own that the entry point tail-calls through
+//! `SIDE_PATHS` (`lb_common::SIDE_PATH_PROGRAMS`). Each then has a stack of
+//! its own, so the TCP and UDP path fits in the entry point's frame and
+//! makes no BPF subprogram call.
+
+use core::mem::MaybeUninit;
+
+use aya_ebpf::{macros::xdp, programs::XdpContext};
+
+use crate::{
+    icmp, icmp6,
+    maps::SIDE_PATHS,
+    neighbor,
+    parse::{Frame, Ip},
+    verdict::{self, Verdict},
+};
+
+/// Hands the packet to side path `index` (`lb_common::SIDE_PATH_PROGRAMS`),
+/// which does not return here. Should it be missing (no agent set it), the
+/// packet passes as `missing`, untouched.
+#[inline(always)]
+pub fn enter(ctx: &Frame, index: u32, missing: Verdict) -> Result<u32, Verdict> {
+    // SAFETY: the side paths are XDP programs, run on this same context.
+    unsafe { SIDE_PATHS.tail_call(ctx, index) };
+    Err(missing)
+}
+
+/// ARP requests for VIPs (`SIDE_PATH_ARP`): `lb_xdp` tail-calls it for
+/// every frame that is not IP.
+#[xdp]
+pub fn lb_arp(ctx: XdpContext) -> u32 {
+    let ctx = Frame::new(ctx);
+    verdict::finish(&ctx, neighbor::answer_arp(&ctx))
+}
+
+/// ICMP (`SIDE_PATH_ICMP4`): echo requests to VIPs, errors about our flows.
+#[xdp]
+pub fn lb_icmp4(ctx: XdpContext) -> u32 {
+    let ctx = Frame::new(ctx);
+    verdict::finish(&ctx, with_ip::<true>(&ctx, icmp::handle))
+}
+
+/// ICMPv6 (`SIDE_PATH_ICMP6`): Neighbor Solicitations for VIPs, and what
+/// `lb_icmp4` does for ICMP.
+#[xdp]
+pub fn lb_icmp6(ctx: XdpContext) -> u32 {
+    let ctx = Frame::new(ctx);
+    verdict::finish(
+        &ctx,
+        with_ip::<false>(&ctx, |ctx, ip| {
+            if neighbor::is_solicitation(ctx, ip) {
+                neighbor::answer_solicitation(ctx, ip)
+            } else {
+                Ok(serve_icmp6(ctx, ip))
+            }
+        }),
+    )
+}
+
+/// ICMPv6 but Neighbor Solicitations, a BPF subprogram: beside the
+/// solicitation's (a subprogram too) its locals would not fit one frame.
+/// It returns its outcome settled: a `Result` comes back through the
+/// caller's stack, and LLVM may leave a pointer to it in R0, which the
+/// verifier refuses at the return. An ICMP path never drops as
+/// `Verdict::DropInternal` (a failed Maglev lookup passes the error on),
+/// so there is nothing to log.
+#[inline(never)]
+fn serve_icmp6(ctx: &Frame, ip: &Ip) -> u32 {
+    verdict::settle(icmp6::handle(ctx, ip))
+}
+
+/// Runs `handle` on the packet's IP header, parsed again (`INLINE_V6` as
+/// for `Ip::parse`): a side path is a program of its own, which the entry
+/// point passes nothing.
+#[inline(always)]
+fn with_ip<const INLINE_V6: bool>(
+    ctx: &Frame,
+    handle: impl FnOnce(&Frame, &Ip) -> Result<u32, Verdict>,
+) -> Result<u32, Verdict> {
+    let mut ip = MaybeUninit::uninit();
+    Ip::parse::<INLINE_V6>(ctx, &mut ip)?;
+    // SAFETY: `parse` returned `Ok`, so it wrote the header.
+    handle(ctx, unsafe { ip.assume_init_ref() })
+}
