@@ -13,14 +13,10 @@
 //! since the program replaced kept dating copies by its own rules until
 //! then.
 
-use aya::{
-    Ebpf, TestRun as _,
-    programs::{TestRunOptions, Xdp},
-};
+use aya::{Ebpf, TestRun as _, programs::TestRunOptions};
 use lb_common::{CLOCK_SAMPLE_PROGRAM, DataPathClock, MAP_CLOCK, TickClock};
 
-use super::{DataplaneError, global_data::GlobalData};
-use crate::maps::MapsError;
+use super::{DataplaneError, global_data::GlobalData, programs};
 
 pub(super) struct Clock {
     global: GlobalData<DataPathClock>,
@@ -31,7 +27,7 @@ impl Clock {
     /// records that backends changed now.
     pub fn set(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
         let ns_per_tick = tick_length().map_err(DataplaneError::ClockResolution)?;
-        sample_program(ebpf)?
+        programs::xdp(ebpf, CLOCK_SAMPLE_PROGRAM)?
             .load()
             .map_err(DataplaneError::Program)?;
         let mut clock = Self {
@@ -65,7 +61,7 @@ impl Clock {
     /// loaded `lb_clock_sample`.
     fn sample(&self, ebpf: &mut Ebpf) -> Result<(u64, u64), DataplaneError> {
         // An XDP run needs at least an Ethernet header's worth of packet.
-        sample_program(ebpf)?
+        programs::xdp(ebpf, CLOCK_SAMPLE_PROGRAM)?
             .test_run(TestRunOptions {
                 data_in: Some(&[0; 64]),
                 ..Default::default()
@@ -74,13 +70,6 @@ impl Clock {
         let sampled = self.read()?.tick;
         Ok((sampled.sample_jiffies, sampled.sample_ns))
     }
-}
-
-fn sample_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
-    ebpf.program_mut(CLOCK_SAMPLE_PROGRAM)
-        .ok_or(MapsError::Missing(CLOCK_SAMPLE_PROGRAM))?
-        .try_into()
-        .map_err(DataplaneError::Program)
 }
 
 /// The kernel's jiffy in nanoseconds: the resolution of the coarse clocks,

@@ -9,9 +9,9 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use lb_common::MAP_TX_PORTS;
+use lb_common::{MAP_TX_PORTS, PROGRAM_NAME};
 
-use super::{Dataplane, DataplaneError, xdp_program};
+use super::{Dataplane, DataplaneError, programs};
 use crate::maps::{MapsError, map_error};
 
 impl Dataplane {
@@ -24,7 +24,7 @@ impl Dataplane {
         let ifindex = crate::iface::ifindex(iface).map_err(no_such_interface)?;
         let mac = crate::iface::mac(iface).map_err(no_such_interface)?;
         let link_path = self.pins.as_ref().map(|pins| pins.link(iface));
-        let program = xdp_program(&mut self.ebpf)?;
+        let program = programs::xdp(&mut self.ebpf, PROGRAM_NAME)?;
         let attach_error = |source| DataplaneError::Attach {
             iface: iface.to_owned(),
             source,

@@ -214,11 +214,3 @@ impl Dataplane {
         Ok(())
     }
 }
-
-/// The `lb_xdp` program of a loaded object.
-fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
-    ebpf.program_mut(PROGRAM_NAME)
-        .ok_or(DataplaneError::Maps(MapsError::Missing("program lb_xdp")))?
-        .try_into()
-        .map_err(DataplaneError::Program)
-}

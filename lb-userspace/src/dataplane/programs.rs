@@ -53,12 +53,7 @@ fn load_xdp(program: &mut Program) -> Result<(), DataplaneError> {
 /// this last, once the maps the new side paths read are set.
 pub fn set_side_paths(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
     for (index, name) in (0..).zip(SIDE_PATH_PROGRAMS) {
-        let program: &Xdp = ebpf
-            .program(name)
-            .ok_or(MapsError::Missing(name))?
-            .try_into()
-            .map_err(DataplaneError::Program)?;
-        let fd = program
+        let fd = xdp(ebpf, name)?
             .fd()
             .and_then(|fd| fd.try_clone().map_err(Into::into))
             .map_err(DataplaneError::Program)?;
@@ -70,4 +65,15 @@ pub fn set_side_paths(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
             .map_err(|e| map_error(MAP_SIDE_PATHS, e))?;
     }
     Ok(())
+}
+
+/// The loaded object's XDP program `name`.
+pub(super) fn xdp<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut Xdp, DataplaneError> {
+    ebpf.program_mut(name)
+        .ok_or(MapsError::Missing(name))?
+        .try_into()
+        .map_err(DataplaneError::Program)
 }
