@@ -25,6 +25,8 @@ use lb_common::{
 
 /// Per-CPU LRU lists: flow inserts on one CPU do not contend with another's.
 const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+/// An array userspace can `mmap`.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// The services, one map per family (see `lb_common::family`).
 #[map]
@@ -36,9 +38,10 @@ static SERVICES6: HashMap<ServiceKey, ServiceInfo> = HashMap::with_max_entries(M
 #[map]
 static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
-/// All services' Maglev rings back to back; sized by the loader.
+/// All services' Maglev rings back to back; sized by the loader, and
+/// mapped by the agent, which writes the rings into its memory.
 #[map]
-static MAGLEV: Array<u32> = Array::with_max_entries(1, 0);
+static MAGLEV: Array<u32> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// The flow tables, one per family; the loader may size them. Read and
 /// written through `flows`.

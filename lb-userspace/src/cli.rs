@@ -187,7 +187,8 @@ pub struct AgentArgs {
     /// Passed checks in a row that bring a failing backend back.
     #[arg(long, value_name = "N", default_value_t = 2)]
     pub health_rise: u32,
-    /// Maglev table size per service (a prime); each service costs 8 bytes per entry.
+    /// Maglev table size per service (a prime); each service port reserves two
+    /// rings of it, 8 bytes an entry.
     #[arg(long, default_value_t = DEFAULT_RING_SIZE)]
     pub ring_size: u32,
     /// How many services the Maglev map has room for.

@@ -9,11 +9,13 @@ use std::{
 mod batch;
 mod by_family;
 mod flow_caches;
+mod mapped;
 
 use batch::get_range;
 pub use batch::set_range;
 pub use by_family::FamilyMaps;
 pub use flow_caches::FlowCaches;
+pub use mapped::MappedArray;
 
 use crate::pins::{PinDir, PinsError};
 

@@ -2,9 +2,11 @@
 //! under the key `lb_common` defines (16 bytes for IPv4, 40 for IPv6), read
 //! by the real program through BPF_PROG_TEST_RUN; and pinned state of layout
 //! v3, where one map held both families, upgraded in place by the agent's
-//! data path, keeping services, counters and flows.
+//! data path, keeping services, counters and flows; and maps pinned by
+//! earlier agents of this layout, taken over as they are.
 
 use std::{
+    collections::BTreeMap,
     fs,
     net::{IpAddr, SocketAddr},
     os::fd::{FromRawFd as _, OwnedFd},
@@ -40,6 +42,7 @@ const RING_SIZE: u32 = 1021;
 /// `bpf(2)`'s command and map types (uapi `linux/bpf.h`).
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
 /// `BPF_F_NO_COMMON_LRU`: per-CPU LRU lists, as v3's flow table had.
@@ -414,6 +417,58 @@ fn before_the_caches(bed: &XdpBed) {
             .flow_caches
             .is_some()
     );
+    dataplane.remove_pins().expect("remove pins");
+}
+
+/// A `MAGLEV` an earlier agent pinned without `BPF_F_MMAPABLE` cannot be
+/// mapped: it is kept, and the rings are written into it with system calls.
+#[test]
+fn a_maglev_map_pinned_unmappable_is_kept_and_its_rings_written() {
+    let (ns, bed) = XdpBed::new("lbmgl").expect("netns");
+    ns.enter(move || unmappable_maglev(&bed)).expect("enter");
+}
+
+fn unmappable_maglev(bed: &XdpBed) {
+    let root = PinRoot::new("unmappable-maglev");
+    let families = families();
+    // Two rings per service, as the data path lays them out.
+    let entries = config(None, RING_SIZE).max_services * 2 * RING_SIZE;
+    fs::create_dir_all(root.dir(4)).expect("state directory");
+    pin_old_map::<u32, u32>(&root.dir(4), "MAGLEV", BPF_MAP_TYPE_ARRAY, entries, 0, &[]);
+    let (dataplane, nodes) = serve_pinned(bed, &root, &families);
+    let maglev = MapData::from_pin(root.dir(4).join("MAGLEV")).expect("MAGLEV");
+    assert_eq!(
+        maglev.info().expect("info").map_flags(),
+        0,
+        "MAGLEV replaced"
+    );
+    for (family, node) in families.iter().zip(nodes) {
+        let frontend = family.spec().frontend;
+        let service = dataplane.service(&frontend).expect("programmed");
+        let programmed: BTreeMap<u32, u32> = service
+            .backends
+            .iter()
+            .map(|backend| (backend.id, backend.ring_entries))
+            .collect();
+        let info = dataplane
+            .maps()
+            .services
+            .get(&service_key(&frontend))
+            .expect("lookup")
+            .expect("the service's entry");
+        let ring = dataplane.maps().ring_entries(&info).expect("ring");
+        assert_eq!(ring, programmed, "{frontend}: the ring in the map");
+        let chosen = dataplane
+            .maps()
+            .maglev_choice(&family.flow_key())
+            .expect("lookup")
+            .expect("a choice");
+        assert_eq!(
+            addr_of(node),
+            chosen.backend.ip,
+            "{frontend}: the SYN's node"
+        );
+    }
     dataplane.remove_pins().expect("remove pins");
 }
 

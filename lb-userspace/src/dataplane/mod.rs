@@ -30,7 +30,7 @@ use aya::{Ebpf, EbpfLoader, programs::Xdp, util::nr_cpus};
 use lb_common::{MAP_MAGLEV, MAX_BACKENDS, NeighborMask, PROGRAM_NAME};
 
 use crate::{
-    maps::{ALL_MAPS, FORMERLY_PINNED, Maps, MapsError, map_error},
+    maps::{ALL_MAPS, FORMERLY_PINNED, MappedArray, Maps, MapsError, map_error},
     model::{BackendSpec, Frontend, ServiceSpec},
     pins::PinDir,
 };
@@ -58,6 +58,10 @@ pub struct ProgrammedService {
 pub struct Dataplane {
     ebpf: Ebpf,
     maps: Maps,
+    /// `MAGLEV`'s memory, which the rings are written into; `None` for a
+    /// map an older agent pinned without `BPF_F_MMAPABLE`, written with
+    /// system calls instead.
+    maglev_memory: Option<MappedArray<u32>>,
     key_filter: filter::KeyFilterBits,
     node_ports: node_ports::NodePortFrontends,
     ifaces_by_index: ifaces_by_index::IfacesByIndex,
@@ -129,6 +133,15 @@ impl Dataplane {
                 max_services: config.max_services,
             });
         }
+        let maglev_memory = MappedArray::new(&maps.maglev)
+            .inspect_err(|e| {
+                tracing::info!(
+                    error = %e,
+                    "the pinned Maglev map cannot be mapped (an older agent created it): \
+                     its rings are written with system calls"
+                );
+            })
+            .ok();
         if let Some(pins) = &pins {
             if upgrading {
                 upgrade::copy_split_maps(pins, &mut maps)?;
@@ -141,6 +154,7 @@ impl Dataplane {
         let mut dataplane = Self {
             ebpf,
             maps,
+            maglev_memory,
             key_filter,
             node_ports,
             ifaces_by_index,

@@ -106,8 +106,7 @@ impl Dataplane {
                     backend.id
                 })
                 .collect();
-            maps::set_range(&mut self.maps.maglev, ring_base, &ring)
-                .map_err(|e| map_error(MAP_MAGLEV, e))?;
+            self.write_ring(ring_base, &ring)?;
         }
         let key = service_key(&spec.frontend);
         let info = ServiceInfo {
@@ -130,6 +129,15 @@ impl Dataplane {
         service.spec = spec.clone();
         service.backends = backends;
         Ok(())
+    }
+
+    /// Writes `ring` into `MAGLEV` from `ring_base` on.
+    fn write_ring(&mut self, ring_base: u32, ring: &[u32]) -> Result<(), DataplaneError> {
+        match &mut self.maglev_memory {
+            Some(memory) => memory.set_range(ring_base, ring),
+            None => maps::set_range(&mut self.maps.maglev, ring_base, ring),
+        }
+        .map_err(|e| map_error(MAP_MAGLEV, e).into())
     }
 
     /// Stops serving a frontend; its flows are left to expire from the LRU.

@@ -1,8 +1,8 @@
 //! Many entries of an array map in one system call (`BPF_MAP_UPDATE_BATCH`
 //! and `BPF_MAP_LOOKUP_BATCH`, Linux 5.6): a Maglev ring has hundreds to
 //! thousands of entries, and a `bpf()` call for each was most of the time
-//! programming thousands of services took, and reading them back for a
-//! listing or a metrics scrape.
+//! reading them back for a listing or a metrics scrape took. Rings are
+//! written this way only into a map that cannot be mapped (see `mapped`).
 
 use std::{
     io,
@@ -55,7 +55,7 @@ pub fn set_range<V: Pod>(
     first: u32,
     values: &[V],
 ) -> Result<(), MapError> {
-    let count = check_range(map, first, values.len())?;
+    let count = check_range(map.len(), first, values.len())?;
     let keys: Vec<u32> = (first..first + count).collect();
     let mut attr = BatchAttr::of(
         map.map(),
@@ -74,7 +74,7 @@ pub fn get_range<V: Pod>(
     first: u32,
     count: u32,
 ) -> Result<Vec<V>, MapError> {
-    let count = check_range(map, first, count as usize)?;
+    let count = check_range(map.len(), first, count as usize)?;
     let mut keys = vec![0u32; count as usize];
     let mut values: Vec<V> = Vec::with_capacity(count as usize);
     // SAFETY: room for `count` keys and values.
@@ -159,16 +159,17 @@ unsafe fn lookup_batch(
     Ok(attr.count)
 }
 
-/// `len` as a count of entries that fits in `map` from `first` on.
-fn check_range<V: Pod>(map: &Array<MapData, V>, first: u32, len: usize) -> Result<u32, MapError> {
+/// `len` as a count of entries that fits in an array of `max_entries`
+/// from `first` on.
+pub(super) fn check_range(max_entries: u32, first: u32, len: usize) -> Result<u32, MapError> {
     let count = u32::try_from(len).map_err(|_| MapError::OutOfBounds {
         index: u32::MAX,
-        max_entries: map.len(),
+        max_entries,
     })?;
-    if u64::from(first) + u64::from(count) > u64::from(map.len()) {
+    if u64::from(first) + u64::from(count) > u64::from(max_entries) {
         return Err(MapError::OutOfBounds {
             index: first.saturating_add(count),
-            max_entries: map.len(),
+            max_entries,
         });
     }
     Ok(count)

@@ -6,7 +6,7 @@
 //!
 //! The agent runs with `--max-services` sized to the cluster and a small
 //! `--ring-size 251`, so the Maglev map of all 10,000 Services stays at
-//! 20 MB and every Service is programmed (a service port beyond
+//! 40 MB and every Service is programmed (a service port beyond
 //! `lb_common::MAX_SERVICES` would be reported as not programmed). Health checks are off (a million (node, NodePort) pairs
 //! is not what they are for).
 

@@ -160,7 +160,7 @@ fn control_plane_section(quick: bool) -> Result<Section> {
             "The real `lb agent --kubeconfig` against the in-process fake API server, which \
              holds the Services (externalTrafficPolicy Local, 3 endpoints each), their \
              EndpointSlices and the Nodes. The agent runs with `--max-services` sized to the \
-             cluster and `--ring-size 251` (a 20 MB Maglev map for 10,000 service ports), so \
+             cluster and `--ring-size 251` (a 40 MB Maglev map for 10,000 service ports), so \
              every Service gets its VIP, its status and its place in the data path. \
              Latency: an EndpointSlice \
              change in the API server until the Maglev map changed, measured once the agent's \
