@@ -226,6 +226,11 @@ impl Maps {
         }))
     }
 
+    /// Every slot of `BACKENDS`, by id, read in one system call.
+    pub fn backend_slots(&self) -> Result<Vec<Backend>, MapsError> {
+        get_range(&self.backends, 0, self.backends.len()).map_err(|e| map_error(MAP_BACKENDS, e))
+    }
+
     /// Backend ids in a service's live Maglev ring, with their entry counts.
     pub fn ring_entries(&self, info: &ServiceInfo) -> Result<BTreeMap<u32, u32>, MapsError> {
         let mut entries = BTreeMap::new();

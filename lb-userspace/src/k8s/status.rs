@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::Service;
 use kube::{
     Api, Client,
     api::{Patch, PatchParams},
+    core::Request,
     runtime::{
         events::EventType,
         reflector::{ObjectRef, Store},
@@ -127,10 +128,19 @@ impl StatusWriter {
         let ingress = (!ingress.is_empty()).then_some(ingress);
         let patch = json!({ "status": { "loadBalancer": { "ingress": ingress } } });
         let api: Api<Service> = Api::namespaced(self.client.clone(), namespace);
-        if let Err(error) = api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
+        // `Api::patch_status`, but the Service the server answers with is not
+        // parsed: the watch brings it anyway, and parsing 10,000 of them was
+        // much of a start's status round.
+        let written = match Request::new(api.resource_url()).patch_subresource(
+            "status",
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        ) {
+            Ok(request) => self.client.request_text(request).await.map(drop),
+            Err(e) => Err(kube::Error::BuildRequest(e)),
+        };
+        if let Err(error) = written {
             warn!(service = %format!("{namespace}/{name}"), %error, "status not written");
             return false;
         }

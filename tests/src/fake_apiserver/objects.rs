@@ -159,11 +159,11 @@ pub fn prepare_update(
     Ok(())
 }
 
-/// Equal but for the resourceVersion: such a write changes nothing.
-pub fn same(old: &Value, new: &Value) -> bool {
-    let mut new = new.clone();
+/// Equal but for the resourceVersion: such a write changes nothing. Gives
+/// `new` `old`'s resourceVersion (which a write replaces).
+pub fn same(old: &Value, new: &mut Value) -> bool {
     new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
-    *old == new
+    *old == *new
 }
 
 /// `apiVersion` and `kind` must name the resource (or be left out).

@@ -23,8 +23,8 @@ pub type Key = (Kind, String, String);
 struct Change {
     revision: u64,
     key: Key,
-    type_: &'static str,
-    object: Value,
+    /// The watch event, as sent.
+    line: Bytes,
 }
 
 /// What a watch's connection gets next.
@@ -158,7 +158,10 @@ impl Store {
         mut object: Value,
         status: bool,
     ) -> Result<Value, ApiError> {
-        let old = self.get(key)?;
+        let old = self
+            .objects
+            .get(key)
+            .ok_or_else(|| ApiError::not_found(key))?;
         if let Some(version) = object
             .pointer("/metadata/resourceVersion")
             .and_then(Value::as_str)
@@ -167,12 +170,12 @@ impl Store {
             self.stats.conflicts += 1;
             return Err(ApiError::conflict(key));
         }
-        objects::prepare_update(key.0, &old, &mut object, status)?;
+        objects::prepare_update(key.0, old, &mut object, status)?;
         if !status {
-            self.allocations.admit(key.0, &mut object, Some(&old))?;
+            self.allocations.admit(key.0, &mut object, Some(old))?;
         }
-        if objects::same(&old, &object) {
-            return Ok(old);
+        if objects::same(old, &mut object) {
+            return Ok(object);
         }
         if status {
             self.stats.status_writes += 1;
@@ -212,8 +215,7 @@ impl Store {
         self.history.push_back(Change {
             revision: self.revision,
             key,
-            type_,
-            object: object.clone(),
+            line,
         });
         while self.history.len() > self.history_limit {
             let dropped = self.history.pop_front().expect("history is not empty");
@@ -251,7 +253,7 @@ impl Store {
                 .history
                 .iter()
                 .filter(|change| change.revision > since && watcher.matches(&change.key))
-                .map(|change| event_line(change.type_, &change.object))
+                .map(|change| change.line.clone())
                 .collect(),
             None => self
                 .list(kind, namespace)
@@ -287,8 +289,13 @@ impl Watcher {
 }
 
 pub fn event_line(type_: &str, object: &Value) -> Bytes {
-    let mut line = serde_json::to_vec(&json!({ "type": type_, "object": object }))
-        .expect("JSON values serialize");
+    #[derive(serde::Serialize)]
+    struct Event<'a> {
+        #[serde(rename = "type")]
+        type_: &'a str,
+        object: &'a Value,
+    }
+    let mut line = serde_json::to_vec(&Event { type_, object }).expect("JSON values serialize");
     line.push(b'\n');
     Bytes::from(line)
 }

@@ -66,6 +66,13 @@ enum Part {
     Failover,
 }
 
+/// jemalloc, as the agent has: the fake API server in this process shares
+/// the CPUs with the agent it serves, and with glibc's allocator its copies
+/// of 10,000 Services took CPU time that a real API server, on machines of
+/// its own, would not.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     let args = Args::parse();
     interrupt::install();
