@@ -255,9 +255,7 @@ fn announce(
     if let Some(bpffs) = &options.dataplane.pin_dir
         && (on_disk.stale || bgp_announced != on_disk.bgp_announced)
     {
-        let mut catalog = Catalog::of(dataplane);
-        catalog.bgp_announced = bgp_announced.clone();
-        let written = catalog.write(bpffs);
+        let written = Catalog::write_of(dataplane, &bgp_announced, bpffs);
         if let Err(e) = &written {
             warn!(error = %e, "writing the catalog for the CLI");
         }

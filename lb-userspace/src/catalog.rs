@@ -44,14 +44,30 @@ impl Catalog {
         Path::new(rundir::RUN_ROOT).join(format!("{}.json", rundir::name(bpffs)))
     }
 
-    /// Writes atomically: readers see the old or the new catalog, never half.
-    pub fn write(&self, bpffs: &Path) -> io::Result<()> {
+    /// Writes the catalog of what `dataplane` serves, with `bgp_announced`,
+    /// atomically: readers see the old or the new catalog, never half. The
+    /// specs are serialized where they are, as compact JSON: a pretty-printed
+    /// copy of 10,000 took 30 ms of every sync.
+    pub fn write_of(
+        dataplane: &Dataplane,
+        bgp_announced: &BTreeSet<IpAddr>,
+        bpffs: &Path,
+    ) -> io::Result<()> {
+        #[derive(Serialize)]
+        struct Borrowed<'a> {
+            services: Vec<&'a ServiceSpec>,
+            bgp_announced: &'a BTreeSet<IpAddr>,
+        }
+        let catalog = Borrowed {
+            services: dataplane.services().map(|s| &s.spec).collect(),
+            bgp_announced,
+        };
         let path = Self::path(bpffs);
         fs::create_dir_all(rundir::RUN_ROOT)?;
         let tmp = path.with_extension("json.tmp");
         fs::write(
             &tmp,
-            serde_json::to_vec_pretty(self).map_err(io::Error::other)?,
+            serde_json::to_vec(&catalog).map_err(io::Error::other)?,
         )?;
         fs::rename(tmp, path)
     }

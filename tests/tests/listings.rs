@@ -1,6 +1,6 @@
 //! What `lb services` and `lb backends` (and the metrics built from the same
-//! listings) count as a backend's active flows, read from the real maps after
-//! the real program recorded the flows through BPF_PROG_TEST_RUN.
+//! listings) count as a backend's active flows and traffic, read from the real
+//! maps after the real program recorded the flows through BPF_PROG_TEST_RUN.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -88,6 +88,15 @@ fn slot_changes_hands(bed: &XdpBed) {
     dataplane.set_service(&second).expect("second service");
     let (second_slot, backend_flows, service_flows) = listed(&dataplane, &second.frontend);
     assert_eq!(second_slot, slot, "the freed slot is reused");
+    let packets = dataplane
+        .service_traffic(&second.frontend)
+        .expect("traffic")
+        .expect("programmed")
+        .packets;
+    assert_eq!(
+        packets, 0,
+        "the first service's SYN is not counted for the slot's new owner"
+    );
     assert_eq!(
         (backend_flows, service_flows),
         (0, 0),

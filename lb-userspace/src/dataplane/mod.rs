@@ -75,6 +75,10 @@ pub struct Dataplane {
     free_backend_ids: Vec<u32>,
     /// Each backend slot's `Backend::generation`, by id.
     backend_generations: Vec<u8>,
+    /// Which backend slots and service ids need their counters zeroed
+    /// when handed out.
+    counted_backends: traffic::MaybeCounted,
+    counted_services: traffic::MaybeCounted,
     nr_cpus: usize,
     /// Each added interface's bit in the VIPs' neighbor masks, by ifindex.
     iface_slots: BTreeMap<u32, u8>,
@@ -164,6 +168,8 @@ impl Dataplane {
             free_service_ids: Vec::new(),
             free_backend_ids: Vec::new(),
             backend_generations: vec![0; MAX_BACKENDS as usize],
+            counted_backends: traffic::MaybeCounted::new(MAX_BACKENDS as usize, inherited),
+            counted_services: traffic::MaybeCounted::new(config.max_services as usize, inherited),
             config,
             services: BTreeMap::new(),
             nr_cpus,
