@@ -174,7 +174,9 @@ fn control_plane_section(quick: bool) -> Result<Section> {
              start is over (its IPAllocated Events, which it records after the statuses, all \
              in). Each change follows the \
              last as soon as the map has it, a burst to the agent: it reads the cluster at most \
-             every 100 ms, so most of each latency is that wait. Memory: the agent's VmHWM."
+             every 100 ms, so most of each latency is that wait. Memory: the agent's VmHWM, \
+             which counts the 40 MB Maglev map the agent maps and writes (kernel memory the \
+             map holds whether mapped or not)."
                 .to_owned(),
         ],
         tables: vec![table],
