@@ -8,14 +8,14 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     announce::{Announcement, Announcer, bird::Bird, plan::AnnouncementPlan, planner::Planner},
     catalog::Catalog,
     dataplane::{Dataplane, DataplaneConfig, Forwarding},
     health::{HealthChecker, HealthConfig},
-    k8s::{Translation, Translator, source::Source},
+    k8s::{Translator, source::Source},
     metrics::{self, Health},
     model::{DesiredState, Frontend},
     reconcile,
@@ -113,8 +113,9 @@ async fn sync_until_signalled(
         .context("reading the interfaces' addresses")?;
     // Drains and failed BGP updates are looked at again this often.
     let mut refresh = tokio::time::interval(std::time::Duration::from_secs(1));
-    // What health verdicts are applied to when they change.
-    let mut last: Option<(Translation, AnnouncementPlan)> = None;
+    // What health verdicts are applied to when they change, with the
+    // translator's last translation.
+    let mut last_plan: Option<AnnouncementPlan> = None;
     // Services that could not be programmed last time, and why.
     let mut failed = BTreeMap::new();
     let mut catalog = CatalogOnDisk {
@@ -128,27 +129,34 @@ async fn sync_until_signalled(
             _ = hangup.recv() => options.source.refresh(),
             objects = options.source.changed() => match objects {
                 Ok(objects) => {
-                    let translation = options.translator.translate(&objects);
-                    let plan = planner.plan(&objects, options.translator.pools.pools(), &translation);
+                    options.translator.translate(&objects);
+                    let translation = options.translator.translation();
+                    debug!(
+                        services = objects.services.len(),
+                        translated = translation.translated,
+                        "translated"
+                    );
+                    let plan = planner.plan(&objects, options.translator.pools.pools(), translation);
                     announcer.configure(&objects.metallb);
-                    checker.watch(&translation);
-                    let state = checker.apply(&translation);
+                    checker.watch(translation);
+                    let state = checker.apply(translation);
                     program(dataplane, options, &state, &mut failed, &mut catalog);
                     let served = (&*state, &failed);
                     announce(dataplane, options, &mut announcer, served, &plan, &mut catalog);
-                    options.source.report(&translation).await;
-                    last = Some((translation, plan));
+                    options.source.report(translation).await;
+                    last_plan = Some(plan);
                     health.set_ready();
                 }
                 // With nothing served yet there is no good state to keep:
                 // say so and stop, rather than run empty.
-                Err(e) if last.is_none() => {
+                Err(e) if last_plan.is_none() => {
                     return Err(e).context("the first read of the source failed");
                 }
                 // The last good state keeps serving.
                 Err(e) => warn!(error = %e, "source not read; keeping the last good state"),
             },
-            () = checker.changed() => if let Some((translation, plan)) = &last {
+            () = checker.changed() => if let Some(plan) = &last_plan {
+                let translation = options.translator.translation();
                 let state = checker.apply(translation);
                 program(dataplane, options, &state, &mut failed, &mut catalog);
                 let served = (&*state, &failed);

@@ -8,6 +8,7 @@
 
 mod annotations;
 mod backends;
+mod memo;
 mod vips;
 
 use std::{
@@ -74,6 +75,9 @@ pub struct Translator {
     flag_pools: Pools,
     /// Flags and IPAddressPools both give pools: said once, until it changes.
     clash_reported: bool,
+    /// The last translation, and what it was made from.
+    translation: Translation,
+    made_from: Option<memo::Memo>,
 }
 
 /// How the backends of one service port are health checked.
@@ -104,6 +108,9 @@ pub struct Translation {
     /// Objects (or parts of them) not served, so one bad object does not take
     /// the others down with it.
     pub skipped: Vec<Skipped>,
+    /// How many Services this round translated: every one, or, when only
+    /// EndpointSlices changed, those the changed slices belong to.
+    pub translated: usize,
 }
 
 /// Why an object (or a port of it) is not served.
@@ -151,6 +158,8 @@ impl Translator {
             flag_pools: pools.clone(),
             pools,
             clash_reported: false,
+            translation: Translation::default(),
+            made_from: None,
         }
     }
 
@@ -193,16 +202,33 @@ impl Translator {
     /// Services may share a VIP if their (port, protocol) sets are disjoint and
     /// both request it or both have the same sharing key; otherwise the one
     /// already holding it keeps it. Owners no longer served are released.
-    pub fn translate(&mut self, objects: &ClusterObjects) -> Translation {
+    ///
+    /// When only EndpointSlices changed since the last call, only the
+    /// backends of the Services they belong to are translated again.
+    pub fn translate(&mut self, objects: &ClusterObjects) -> &Translation {
+        match &mut self.made_from {
+            Some(memo) if memo.made_of_the_same_but_slices(objects) => {
+                memo.update_backends(objects, &self.config, &mut self.translation);
+            }
+            _ => {
+                self.translation = self.translate_all(objects);
+                self.made_from = Some(memo::Memo::new(objects));
+            }
+        }
+        &self.translation
+    }
+
+    /// What the last [`Self::translate`] computed.
+    pub fn translation(&self) -> &Translation {
+        &self.translation
+    }
+
+    fn translate_all(&mut self, objects: &ClusterObjects) -> Translation {
         let mut skips = Skips::default();
         self.configure_pools(objects, &mut skips);
         let nodes = backends::usable_nodes(&objects.nodes, &self.config, &mut skips);
         let endpoints = backends::index_endpoints(&objects.endpoint_slices, &nodes);
-        let namespaces: BTreeMap<&str, &BTreeMap<String, String>> = objects
-            .namespaces
-            .iter()
-            .filter_map(|ns| Some((ns.metadata.name.as_deref()?, ns.metadata.labels.as_ref()?)))
-            .collect();
+        let namespaces = namespace_labels(objects);
         let services = self.load_balancers(&objects.services, &namespaces, &mut skips);
         let live: BTreeSet<&str> = services.iter().map(|s| s.owner.as_str()).collect();
         let released = self.pools.retain_owners(&live);
@@ -235,6 +261,7 @@ impl Translator {
             translation.vips.insert(service.owner.clone(), vips);
         }
         translation.skipped = skips.0;
+        translation.translated = services.len();
         translation
     }
 
@@ -246,45 +273,63 @@ impl Translator {
         namespaces: &BTreeMap<&str, &'a BTreeMap<String, String>>,
         skips: &mut Skips,
     ) -> Vec<LoadBalancer<'a>> {
-        let mut found = Vec::new();
-        for service in services {
-            let Some(spec) = service.spec.as_ref().filter(|spec| {
-                spec.type_.as_deref() == Some("LoadBalancer")
-                    && spec
-                        .load_balancer_class
-                        .as_deref()
-                        .is_none_or(|class| class == self.config.load_balancer_class)
-            }) else {
-                continue;
-            };
-            let namespace = service.metadata.namespace.as_deref().unwrap_or("default");
-            let Some(name) = service.metadata.name.as_deref() else {
-                let owner = format!("{namespace}/<unnamed>");
-                skips.service(&owner, Problem::Invalid, "no metadata.name");
-                continue;
-            };
-            let mut service = LoadBalancer {
-                owner: format!("{namespace}/{name}"),
-                namespace,
-                name,
-                service,
-                spec,
-                ports: spec.ports.as_deref().unwrap_or_default(),
-                namespace_labels: namespaces.get(namespace).copied(),
-                sharing: None,
-            };
-            match service.sharing() {
-                Ok(sharing) => service.sharing = sharing,
-                Err(reason) => {
-                    skips.service(&service.owner, Problem::Invalid, reason);
-                    continue;
-                }
-            }
-            found.push(service);
-        }
+        let mut found: Vec<LoadBalancer> = services
+            .iter()
+            .filter_map(|service| load_balancer(&self.config, service, namespaces, skips))
+            .collect();
         found.sort_by(|a, b| a.owner.cmp(&b.owner));
         found
     }
+}
+
+/// `service` as lb serves it, if it is a LoadBalancer of our class and
+/// valid as a whole (its ports are checked one by one later).
+fn load_balancer<'a>(
+    config: &TranslateConfig,
+    service: &'a Service,
+    namespaces: &BTreeMap<&str, &'a BTreeMap<String, String>>,
+    skips: &mut Skips,
+) -> Option<LoadBalancer<'a>> {
+    let spec = service.spec.as_ref().filter(|spec| {
+        spec.type_.as_deref() == Some("LoadBalancer")
+            && spec
+                .load_balancer_class
+                .as_deref()
+                .is_none_or(|class| class == config.load_balancer_class)
+    })?;
+    let namespace = service.metadata.namespace.as_deref().unwrap_or("default");
+    let Some(name) = service.metadata.name.as_deref() else {
+        let owner = format!("{namespace}/<unnamed>");
+        skips.service(&owner, Problem::Invalid, "no metadata.name");
+        return None;
+    };
+    let mut service = LoadBalancer {
+        owner: format!("{namespace}/{name}"),
+        namespace,
+        name,
+        service,
+        spec,
+        ports: spec.ports.as_deref().unwrap_or_default(),
+        namespace_labels: namespaces.get(namespace).copied(),
+        sharing: None,
+    };
+    match service.sharing() {
+        Ok(sharing) => service.sharing = sharing,
+        Err(reason) => {
+            skips.service(&service.owner, Problem::Invalid, reason);
+            return None;
+        }
+    }
+    Some(service)
+}
+
+/// Each labelled Namespace's labels, by name.
+fn namespace_labels(objects: &ClusterObjects) -> BTreeMap<&str, &BTreeMap<String, String>> {
+    objects
+        .namespaces
+        .iter()
+        .filter_map(|ns| Some((ns.metadata.name.as_deref()?, ns.metadata.labels.as_ref()?)))
+        .collect()
 }
 
 impl Translation {

@@ -31,7 +31,9 @@ fn not_ready_and_unschedulable_nodes_excluded() {
         schedulable,
     ];
     let service = with_lb_ip(service("a", vec![tcp(80, 30080)]), "198.51.100.1");
-    let translation = Translator::default().translate(&objects(vec![service], nodes));
+    let translation = Translator::default()
+        .translate(&objects(vec![service], nodes))
+        .clone();
     assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
     let spec = &translation.state.services[&frontend("198.51.100.1", 80, Protocol::Tcp)];
     assert_eq!(backend_nodes(spec), [("b-schedulable", 1), ("c-ready", 1)]);
@@ -59,7 +61,9 @@ fn node_without_internal_ip_skipped() {
         node("v6-only", "fd00::1"),
     ];
     let service = with_lb_ip(service("a", vec![tcp(80, 30080)]), "198.51.100.1");
-    let translation = Translator::default().translate(&objects(vec![service], nodes));
+    let translation = Translator::default()
+        .translate(&objects(vec![service], nodes))
+        .clone();
     // An IPv6-only node is fine, but serves no IPv4 VIP.
     assert_eq!(
         skipped(&translation),
@@ -79,7 +83,9 @@ fn weight_annotation() {
         with_weight(node("negative", "10.1.0.5"), "-2"),
     ];
     let service = with_lb_ip(service("a", vec![tcp(80, 30080)]), "198.51.100.1");
-    let translation = Translator::default().translate(&objects(vec![service], nodes));
+    let translation = Translator::default()
+        .translate(&objects(vec![service], nodes))
+        .clone();
     let want = [
         "Node zero: annotation lb.dev/weight=\"0\" is not a positive integer",
         "Node word: annotation lb.dev/weight=\"heavy\" is not a positive integer",
@@ -118,7 +124,7 @@ fn local_policy_follows_endpoint_slices() {
     ]
     .map(Arc::new)
     .into();
-    let translation = Translator::default().translate(&objects);
+    let translation = Translator::default().translate(&objects).clone();
     assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
     let web = frontend("198.51.100.1", 80, Protocol::Tcp);
     let spec = &translation.state.services[&web];
@@ -132,6 +138,64 @@ fn local_policy_follows_endpoint_slices() {
     assert_eq!(translation.checks[&empty], HealthCheck::NodePort);
     let cluster = &translation.state.services[&frontend("198.51.100.3", 80, Protocol::Tcp)];
     assert_eq!(cluster.backends.len(), 5);
+}
+
+fn local(name: &str, vip: &str, node_port: i32) -> Service {
+    let mut service = with_lb_ip(service(name, vec![tcp(80, node_port)]), vip);
+    service.spec.as_mut().unwrap().external_traffic_policy = Some("Local".to_owned());
+    service
+}
+
+/// The names of the nodes serving port 80 of `vip`.
+fn nodes_serving(translation: &Translation, vip: &str) -> Vec<String> {
+    let spec = &translation.state.services[&frontend(vip, 80, Protocol::Tcp)];
+    let nodes = backend_nodes(spec).into_iter();
+    nodes.map(|(node, _)| node.to_owned()).collect()
+}
+
+/// A round in which only EndpointSlices changed translates only the
+/// Services they belong to, into what translating everything gives.
+#[test]
+fn a_slice_change_translates_only_its_services_again() {
+    let services = vec![
+        local("web", "198.51.100.1", 30080),
+        local("api", "198.51.100.2", 30081),
+        local("db", "198.51.100.3", 30082),
+        with_lb_ip(service("cluster", vec![tcp(80, 30083)]), "198.51.100.4"),
+    ];
+    let nodes = (1..=4)
+        .map(|i| node(&format!("n{i}"), format!("10.1.0.{i}")))
+        .collect();
+    let mut objects = objects(services, nodes);
+    let ready = |node| (node, None, None, None);
+    let on = |service, node| Arc::new(slice(service, &[ready(node)]));
+    objects.endpoint_slices = vec![on("web", "n1"), on("api", "n2"), on("db", "n3")];
+    let mut translator = Translator::default();
+    assert_eq!(translator.translate(&objects).translated, 4);
+    // web's slice changes, api's goes, db gets a second one.
+    objects.endpoint_slices[0] = on("web", "n4");
+    objects.endpoint_slices.remove(1);
+    objects.endpoint_slices.push(on("db", "n1"));
+    let translation = translator.translate(&objects);
+    assert_eq!(translation.translated, 3);
+    assert_eq!(nodes_serving(translation, "198.51.100.1"), ["n4"]);
+    assert!(nodes_serving(translation, "198.51.100.2").is_empty());
+    assert_eq!(nodes_serving(translation, "198.51.100.3"), ["n1", "n3"]);
+    assert_eq!(nodes_serving(translation, "198.51.100.4").len(), 4);
+    let everything = Translator::default().translate(&objects).clone();
+    assert_eq!(translation.state, everything.state);
+    assert_eq!(translation.vips, everything.vips);
+    assert_eq!(translation.checks, everything.checks);
+    // Nothing changed: nothing to translate.
+    assert_eq!(translator.translate(&objects).translated, 0);
+    // A Service changed: everything is translated again.
+    objects.services[3] = Arc::new(local("cluster", "198.51.100.4", 30083));
+    let translation = translator.translate(&objects);
+    assert_eq!(translation.translated, 4);
+    assert_eq!(
+        nodes_serving(translation, "198.51.100.4"),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
@@ -158,5 +222,5 @@ fn node_address_type_is_configurable() {
     let spec = &translation.state.services[&frontend("198.51.100.1", 80, Protocol::Tcp)];
     assert_eq!(spec.backends.len(), 1);
     assert_eq!(spec.backends[0].ip, ip::<IpAddr>("192.0.2.1"));
-    assert_eq!(skipped(&translation), ["Node n2: no ExternalIP address"]);
+    assert_eq!(skipped(translation), ["Node n2: no ExternalIP address"]);
 }

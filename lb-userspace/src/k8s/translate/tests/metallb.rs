@@ -73,7 +73,7 @@ fn a_cidr_is_handed_out_from_its_first_address_in_the_order_listed() {
         &["IPv4", "IPv6"],
     ));
     // The flags' pool is not used while IPAddressPools exist.
-    let translation = pool().translate(&objects);
+    let translation = pool().translate(&objects).clone();
     assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
     assert_eq!(
         vips(&translation),
@@ -112,7 +112,7 @@ fn auto_assign_false_pools_serve_only_services_naming_them() {
     yaml += &service_yaml("default", "plain", 80, "TCP", "");
     let named = "  annotations:\n    metallb.universe.tf/address-pool: expensive\n";
     yaml += &service_yaml("default", "public", 80, "TCP", named);
-    let translation = Translator::default().translate(&cluster(&yaml));
+    let translation = Translator::default().translate(&cluster(&yaml)).clone();
     assert_eq!(
         vips(&translation),
         [
@@ -138,7 +138,7 @@ fn avoid_buggy_ips_skips_dot_zero_and_dot_255() {
     }
     let asks = "  annotations:\n    metallb.io/loadBalancerIPs: 192.168.11.0\n";
     yaml += &service_yaml("default", "d", 80, "TCP", asks);
-    let translation = Translator::default().translate(&cluster(&yaml));
+    let translation = Translator::default().translate(&cluster(&yaml)).clone();
     assert_eq!(
         vips(&translation),
         [
@@ -218,7 +218,7 @@ fn reserved_pools_by_priority_namespace_and_labels() {
     yaml += &service_yaml("other", "intruder", 80, "TCP", intruder);
     let named = "  annotations:\n    metallb.io/address-pool: ns-pool\n";
     yaml += &service_yaml("other", "named", 80, "TCP", named);
-    let translation = Translator::default().translate(&cluster(&yaml));
+    let translation = Translator::default().translate(&cluster(&yaml)).clone();
     assert_eq!(
         vips(&translation),
         [
@@ -259,7 +259,7 @@ fn services_with_one_sharing_key_share_an_address_on_different_ports() {
     yaml += &service_yaml("web", "no-key", 443, "TCP", "");
     let new_spelling = "  annotations:\n    metallb.io/allow-shared-ip: web\n";
     yaml += &service_yaml("web", "z", 8080, "TCP", new_spelling);
-    let translation = Translator::default().translate(&cluster(&yaml));
+    let translation = Translator::default().translate(&cluster(&yaml)).clone();
     assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
     assert_eq!(
         vips(&translation),
@@ -299,7 +299,7 @@ fn sharing_with_policy_local_needs_the_same_selector() {
         service.spec.as_mut().unwrap().selector = Some(selector(app));
         objects.services[index] = Arc::new(service);
     }
-    let translation = Translator::default().translate(&objects);
+    let translation = Translator::default().translate(&objects).clone();
     assert_eq!(
         vips(&translation),
         [
@@ -357,7 +357,7 @@ fn invalid_pools_are_skipped_by_name_and_field_and_the_rest_serve() {
     yaml += &service_yaml("default", "web", 80, "TCP", "");
     let named = "  annotations:\n    metallb.io/address-pool: c-bad-cidr\n";
     yaml += &service_yaml("default", "named", 80, "TCP", named);
-    let translation = Translator::default().translate(&cluster(&yaml));
+    let translation = Translator::default().translate(&cluster(&yaml)).clone();
     assert_eq!(
         vips(&translation),
         [("default/web".to_owned(), addresses(&["10.0.0.0"]))]
@@ -384,7 +384,7 @@ fn spellings_of_one_setting_must_agree() {
         service_yaml("ns", "same", 80, "TCP", same),
     ]
     .concat();
-    let translation = Translator::default().translate(&cluster(&yaml));
+    let translation = Translator::default().translate(&cluster(&yaml)).clone();
     assert_eq!(
         vips(&translation),
         [("ns/same".to_owned(), addresses(&["192.168.10.0"]))]

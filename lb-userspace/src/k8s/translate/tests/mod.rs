@@ -158,7 +158,7 @@ fn only_load_balancers_served() {
     let mut pool = pool();
     let translation = pool.translate(&objects(vec![cluster_ip, untyped, public], vec![]));
     assert_eq!(
-        served(&translation),
+        served(translation),
         [("ns/public:p80".to_owned(), ip("198.51.100.5"))]
     );
     assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
@@ -181,8 +181,9 @@ fn ports_and_protocols() {
     ];
     let mut service = with_lb_ip(service("web", ports), "198.51.100.1");
     service.metadata.namespace = None;
-    let translation =
-        Translator::default().translate(&objects(vec![service], vec![node("n", "10.1.0.1")]));
+    let translation = Translator::default()
+        .translate(&objects(vec![service], vec![node("n", "10.1.0.1")]))
+        .clone();
     let want = [
         "Service default/web: port 9000/sctp: protocol SCTP is not supported",
         "Service default/web: port 443/tcp has no nodePort",
@@ -244,13 +245,13 @@ fn load_balancer_class_selects_services() {
         ("ns/ours:p80".to_owned(), ip("198.51.100.1")),
         ("ns/unset:p80".to_owned(), ip("198.51.100.2")),
     ];
-    assert_eq!(served(&translation), want);
+    assert_eq!(served(translation), want);
     assert_eq!(pool.pools.lookup("ns/theirs", Family::V4), None);
 
     // Another class name configured: only unclassed Services and that class.
     let mut other = self::pool();
     other.config.load_balancer_class = "example.com/other".to_owned();
-    let names: Vec<String> = served(&other.translate(&objects(services, vec![])))
+    let names: Vec<String> = served(other.translate(&objects(services, vec![])))
         .into_iter()
         .map(|(name, _)| name)
         .collect();

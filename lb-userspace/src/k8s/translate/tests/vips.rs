@@ -22,7 +22,7 @@ fn vip_precedence() {
         ("ns/both:p80".to_owned(), ip("198.51.100.2")),
         ("ns/pooled:p80".to_owned(), ip("198.51.100.3")),
     ];
-    assert_eq!(served(&translation), want);
+    assert_eq!(served(translation), want);
 }
 
 #[test]
@@ -31,7 +31,7 @@ fn requested_vip_outside_pool_served() {
     let mut pool = pool();
     let translation = pool.translate(&objects(vec![service], vec![]));
     assert_eq!(
-        served(&translation),
+        served(translation),
         [("ns/a:p80".to_owned(), ip("203.0.113.7"))]
     );
 }
@@ -42,7 +42,9 @@ fn no_usable_vip_skipped() {
         service("a", vec![tcp(80, 30080)]),
         with_lb_ip(service("b", vec![tcp(80, 30081)]), "198.51.100.300"),
     ];
-    let translation = Translator::default().translate(&objects(services.clone(), vec![]));
+    let translation = Translator::default()
+        .translate(&objects(services.clone(), vec![]))
+        .clone();
     assert!(translation.state.services.is_empty());
     let want = [
         "Service ns/b: spec.loadBalancerIP \"198.51.100.300\" is not an IP address",
@@ -55,7 +57,7 @@ fn no_usable_vip_skipped() {
     let services = vec![services[0].clone(), holder];
     let translation = tiny.translate(&objects(services, vec![]));
     assert_eq!(
-        skipped(&translation),
+        skipped(translation),
         ["Service ns/a: no IPv4 VIP: VIP pool default has no free IPv4 address left"]
     );
 }
@@ -83,9 +85,9 @@ fn shared_vip_for_disjoint_ports() {
         ("ns/dns:p53".to_owned(), ip("198.51.100.4")),
         ("ns/web:p80".to_owned(), ip("198.51.100.4")),
     ];
-    assert_eq!(served(&translation), want);
+    assert_eq!(served(translation), want);
     assert_eq!(
-        skipped(&translation),
+        skipped(translation),
         [
             "Service ns/quiet: VIP 198.51.100.4 is already used by ns/dns; only Services that both request it, or have the same sharing key (allow-shared-ip), may share it"
         ]
@@ -104,11 +106,11 @@ fn shared_vip_for_overlapping_ports_refused() {
     let mut pool = pool();
     let translation = pool.translate(&objects(services, vec![]));
     assert_eq!(
-        served(&translation),
+        served(translation),
         [("ns/a:p80".to_owned(), ip("198.51.100.4"))]
     );
     assert_eq!(
-        skipped(&translation),
+        skipped(translation),
         ["Service ns/b: VIP 198.51.100.4 is already used by ns/a on an overlapping port"]
     );
     assert_eq!(
@@ -125,11 +127,11 @@ fn requested_vip_held_by_allocation_refused() {
     let b = with_lb_ip(service("b", vec![tcp(80, 30081)]), "198.51.100.1");
     let translation = pool.translate(&objects(vec![a, b], vec![]));
     assert_eq!(
-        served(&translation),
+        served(translation),
         [("ns/a:p80".to_owned(), ip("198.51.100.1"))]
     );
     assert_eq!(
-        skipped(&translation),
+        skipped(translation),
         ["Service ns/b: address 198.51.100.1 is already held by ns/a"]
     );
 }
@@ -146,7 +148,7 @@ fn services_swapping_vips() {
         ("ns/b:p80".to_owned(), ip("198.51.100.1")),
         ("ns/a:p80".to_owned(), ip("198.51.100.2")),
     ];
-    assert_eq!(served(&translation), want);
+    assert_eq!(served(translation), want);
 }
 
 #[test]
@@ -160,11 +162,11 @@ fn deleted_service_releases_pool_address() {
         ("ns/a:p80".to_owned(), ip("198.51.100.1")),
         ("ns/b:p80".to_owned(), ip("198.51.100.2")),
     ];
-    assert_eq!(served(&first), want);
+    assert_eq!(served(first), want);
 
     let second = pool.translate(&objects(vec![b.clone()], vec![]));
     assert_eq!(
-        served(&second),
+        served(second),
         [("ns/b:p80".to_owned(), ip("198.51.100.2"))]
     );
     assert_eq!(pool.pools.lookup("ns/a", Family::V4), None);
@@ -174,7 +176,7 @@ fn deleted_service_releases_pool_address() {
         ("ns/c:p80".to_owned(), ip("198.51.100.1")),
         ("ns/b:p80".to_owned(), ip("198.51.100.2")),
     ];
-    assert_eq!(served(&third), want);
+    assert_eq!(served(third), want);
 }
 
 #[test]
@@ -192,14 +194,14 @@ fn address_annotation_wins_over_load_balancer_ip() {
     let mut pool = pool();
     let translation = pool.translate(&objects(vec![both, bad], vec![]));
     assert_eq!(
-        served(&translation),
+        served(translation),
         [("ns/both:p80".to_owned(), ip("198.51.100.7"))]
     );
     assert_eq!(
-        skipped(&translation),
+        skipped(translation),
         ["Service ns/bad: annotation lb.dev/address=\"nope\" is not an IP address"]
     );
-    assert_eq!(problems(&translation), [("ns/bad", Problem::Invalid)]);
+    assert_eq!(problems(translation), [("ns/bad", Problem::Invalid)]);
     assert_eq!(translation.vips.len(), 1);
 }
 
@@ -225,18 +227,18 @@ fn pools_are_chosen_by_annotation() {
         ("ns/d", "198.51.100.21"),
     ];
     assert_eq!(
-        vips(&translation),
+        vips(translation),
         want.map(|(owner, vip)| (owner, vec![ip(vip)]))
     );
     assert_eq!(
-        skipped(&translation),
+        skipped(translation),
         [
             "Service ns/c: no IPv4 VIP: no VIP pool named \"nope\"",
             "Service ns/e: no IPv4 VIP: VIP pool public has no free IPv4 address left",
         ]
     );
     assert_eq!(
-        problems(&translation),
+        problems(translation),
         [
             ("ns/c", Problem::Invalid),
             ("ns/e", Problem::AllocationFailed)
@@ -262,12 +264,12 @@ fn the_holder_of_an_address_keeps_it() {
     let mut fresh = pool();
     let translation = fresh.translate(&objects(vec![a.clone(), b.clone()], vec![]));
     assert_eq!(
-        served(&translation),
+        served(translation),
         [("ns/b:p80".to_owned(), ip("198.51.100.9"))]
     );
-    assert_eq!(problems(&translation), [("ns/a", Problem::AddressConflict)]);
+    assert_eq!(problems(translation), [("ns/a", Problem::AddressConflict)]);
     assert_eq!(
-        skipped(&translation),
+        skipped(translation),
         [
             "Service ns/a: VIP 198.51.100.9 is already used by ns/b; only Services that both request it, or have the same sharing key (allow-shared-ip), may share it"
         ]
@@ -281,7 +283,7 @@ fn the_holder_of_an_address_keeps_it() {
     let translation = running.translate(&objects(vec![c, d], vec![]));
     assert_eq!(translation.vips["ns/c"], [ip::<IpAddr>("198.51.100.1")]);
     assert_eq!(translation.vips.get("ns/d"), None);
-    assert_eq!(problems(&translation), [("ns/d", Problem::AddressConflict)]);
+    assert_eq!(problems(translation), [("ns/d", Problem::AddressConflict)]);
 }
 
 #[test]
@@ -322,11 +324,11 @@ fn dual_stack_service_served_on_a_vip_of_each_family() {
     let translation = translator.translate(&objects(vec![web], nodes));
     // The bad port is reported once, not once per VIP.
     assert_eq!(
-        skipped(&translation),
+        skipped(translation),
         ["Service ns/web: port 9000/sctp: protocol SCTP is not supported"]
     );
     assert_eq!(
-        vips(&translation),
+        vips(translation),
         [("ns/web", vec![ip("198.51.100.1"), ip("2001:db8::1")])]
     );
     let served: Vec<Frontend> = translation.state.services.keys().copied().collect();
@@ -371,7 +373,7 @@ fn single_stack_ipv6_and_the_ipv4_default() {
         ),
         service("unset", vec![tcp(80, 30082)]),
     ];
-    let translation = dual_pool().translate(&objects(services, vec![]));
+    let translation = dual_pool().translate(&objects(services, vec![])).clone();
     assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
     let want = [
         ("ns/first", vec![ip("2001:db8::1")]),
@@ -396,14 +398,14 @@ fn require_dual_stack_without_an_ipv6_pool_not_served() {
     assert!(translation.state.services.is_empty());
     assert!(translation.vips.is_empty());
     assert_eq!(
-        skipped(&translation),
+        skipped(translation),
         [
             "Service ns/both: not served, as ipFamilyPolicy RequireDualStack needs a VIP of each family: no IPv6 VIP: VIP pool default has no IPv6 range",
             "Service ns/six: no IPv6 VIP: VIP pool default has no IPv6 range",
         ]
     );
     assert_eq!(
-        problems(&translation),
+        problems(translation),
         [
             ("ns/both", Problem::AllocationFailed),
             ("ns/six", Problem::AllocationFailed)
@@ -421,7 +423,9 @@ fn prefer_dual_stack_takes_the_families_it_can_get() {
         )
     };
     // An IPv4 pool: IPv4 only, and nothing to complain about.
-    let translation = pool().translate(&objects(vec![prefer("a", &["IPv4", "IPv6"])], vec![]));
+    let translation = pool()
+        .translate(&objects(vec![prefer("a", &["IPv4", "IPv6"])], vec![]))
+        .clone();
     assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
     assert_eq!(vips(&translation), [("ns/a", vec![ip("198.51.100.1")])]);
 
@@ -432,7 +436,7 @@ fn prefer_dual_stack_takes_the_families_it_can_get() {
         prefer("b", &["IPv4"]),
         prefer("c", &[]),
     ];
-    let translation = dual_pool().translate(&objects(services, vec![]));
+    let translation = dual_pool().translate(&objects(services, vec![])).clone();
     assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
     let want = [
         ("ns/a", vec![ip("198.51.100.1"), ip("2001:db8::1")]),
@@ -452,9 +456,9 @@ fn prefer_dual_stack_takes_the_families_it_can_get() {
         ("ns/a", vec![ip("198.51.100.1"), ip("2001:db8::1")]),
         ("ns/b", vec![ip("198.51.100.2")]),
     ];
-    assert_eq!(vips(&translation), want);
+    assert_eq!(vips(translation), want);
     assert_eq!(
-        skipped(&translation),
+        skipped(translation),
         ["Service ns/b: no IPv6 VIP: VIP pool default has no free IPv6 address left"]
     );
 }
@@ -493,7 +497,7 @@ fn address_annotation_names_one_address_per_family() {
         "198.51.100.13,nope",
     );
     let services = vec![both, half, mapped, two_v4, wrong_family, garbage];
-    let translation = dual_pool().translate(&objects(services, vec![]));
+    let translation = dual_pool().translate(&objects(services, vec![])).clone();
     let want = [
         ("ns/both", vec![ip("198.51.100.7"), ip("2001:db8::7")]),
         ("ns/half", vec![ip("198.51.100.8"), ip("2001:db8::1")]),
@@ -529,7 +533,7 @@ fn unknown_ip_family_fields_skipped() {
             &["IPv6", "IPv6"],
         ),
     ];
-    let translation = dual_pool().translate(&objects(services, vec![]));
+    let translation = dual_pool().translate(&objects(services, vec![])).clone();
     assert!(translation.vips.is_empty());
     assert_eq!(
         skipped(&translation),
@@ -564,7 +568,7 @@ fn restart_keeps_both_vips_and_dropping_a_family_frees_it() {
         ("ns/other", vec![ip("198.51.100.1"), ip("2001:db8::1")]),
         ("ns/web", vec![ip("198.51.100.9"), ip("2001:db8::9")]),
     ];
-    assert_eq!(vips(&translation), want);
+    assert_eq!(vips(translation), want);
 
     // web turns single-stack: its IPv6 address goes to whoever asks next.
     let single = ip_families(web, "SingleStack", &["IPv4"]);
@@ -621,7 +625,9 @@ fn sharing_and_conflicts_are_per_address() {
         ADDRESS_ANNOTATION,
         "198.51.100.5,2001:db8::4",
     );
-    let translation = dual_pool().translate(&objects(vec![web, dns, late], vec![]));
+    let translation = dual_pool()
+        .translate(&objects(vec![web, dns, late], vec![]))
+        .clone();
     let want = [
         ("ns/dns", vec![ip("198.51.100.4"), ip("2001:db8::4")]),
         ("ns/web", vec![ip("198.51.100.4"), ip("2001:db8::4")]),
