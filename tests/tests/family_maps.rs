@@ -24,8 +24,8 @@ use lb::{
     pins::PinsError,
 };
 use lb_common::{
-    Backend, ByFamily as _, Flow, FlowKey, FlowKey4, PROTO_TCP, ServiceInfo, ServiceKey, Traffic,
-    addr_of,
+    Addr, Backend, ByFamily as _, Flow, FlowKey, FlowKey4, PROTO_TCP, ServiceInfo, ServiceKey,
+    Traffic, addr_of,
 };
 use lb_tests::{
     packets,
@@ -190,6 +190,59 @@ fn family_tables(bed: &XdpBed) {
             family.vip
         );
     }
+}
+
+/// Flow tables many batches long (a listing and a metrics scrape read them
+/// a batch of entries at a time) are read whole: every flow of each family
+/// once, each with its own value.
+#[test]
+fn flow_tables_larger_than_a_batch_are_read_whole() {
+    let (ns, bed) = XdpBed::new("lbbat").expect("netns");
+    ns.enter(move || read_whole(&bed)).expect("enter");
+}
+
+fn read_whole(bed: &XdpBed) {
+    const V4_FLOWS: u16 = 10_000;
+    const V6_FLOWS: u16 = 5_000;
+    let dataplane = bed.load(config(None, RING_SIZE)).expect("load");
+    let [flows4, flows6] = FLOWS.map(|name| raw_map(&dataplane, name));
+    let mut flows4: HashMap<_, FlowKey4, Flow> = flows4.try_into().expect("FLOWS4");
+    let mut flows6: HashMap<_, FlowKey, Flow> = flows6.try_into().expect("FLOWS6");
+    let key = |client: IpAddr, vip: IpAddr, port: u16| {
+        FlowKey::new(
+            addr_of(client),
+            addr_of(vip),
+            port.to_be(),
+            80u16.to_be(),
+            PROTO_TCP,
+        )
+    };
+    let flow = |port: u16| Flow {
+        packets: u64::from(port),
+        ..Flow::default()
+    };
+    for port in 0..V4_FLOWS {
+        let key4 = key(IpAddr::V4(CLIENT), VIP, port).to_v4().expect("IPv4");
+        flows4.insert(key4, flow(port), 0).expect("insert");
+    }
+    for port in 0..V6_FLOWS {
+        flows6
+            .insert(key(IpAddr::V6(CLIENT6), VIP6, port), flow(port), 0)
+            .expect("insert");
+    }
+    let entries = dataplane.maps().flows.entries().expect("entries");
+    let mut read: BTreeMap<(Addr, u16), u64> = BTreeMap::new();
+    for (key, flow) in entries {
+        let port = u16::from_be(key.src_port);
+        assert_eq!(flow.packets, u64::from(port), "the value of {key:?}");
+        assert!(
+            read.insert((key.src_ip, port), flow.packets).is_none(),
+            "{key:?} twice"
+        );
+    }
+    let per_client = |client: IpAddr| read.keys().filter(|(ip, _)| *ip == addr_of(client)).count();
+    assert_eq!(per_client(IpAddr::V4(CLIENT)), usize::from(V4_FLOWS));
+    assert_eq!(per_client(IpAddr::V6(CLIENT6)), usize::from(V6_FLOWS));
 }
 
 #[test]

@@ -1,6 +1,7 @@
-//! Many entries of an array map in one system call (`BPF_MAP_UPDATE_BATCH`
-//! and `BPF_MAP_LOOKUP_BATCH`, Linux 5.6): a Maglev ring has hundreds to
-//! thousands of entries, and a `bpf()` call for each was most of the time
+//! Many entries of a map in one system call (`BPF_MAP_UPDATE_BATCH` and
+//! `BPF_MAP_LOOKUP_BATCH`, Linux 5.6): a Maglev ring has hundreds to
+//! thousands of entries, a flow table up to millions, and a `bpf()` call for
+//! each (two, for a hash map's next key and its value) was most of the time
 //! reading them back for a listing or a metrics scrape took. Rings are
 //! written this way only into a map that cannot be mapped (see `mapped`).
 
@@ -11,7 +12,7 @@ use std::{
 
 use aya::{
     Pod,
-    maps::{Array, IterableMap as _, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, IterableMap as _, MapData, MapError, PerCpuArray},
     sys::SyscallError,
 };
 
@@ -126,6 +127,55 @@ pub fn get_all_per_cpu<V: Pod>(
     // bytes are a `Pod`.
     unsafe { values.set_len(values_len) };
     Ok(values)
+}
+
+/// Every entry of the hash map `map`, `CHUNK` at a time. An entry added or
+/// removed meanwhile (a flow the LRU evicts) may be missed; none is read
+/// twice.
+pub fn get_all_entries<K: Pod, V: Pod>(
+    map: &HashMap<MapData, K, V>,
+) -> Result<Vec<(K, V)>, MapError> {
+    const CHUNK: u32 = 4096;
+    let mut keys: Vec<K> = Vec::new();
+    let mut values: Vec<V> = Vec::new();
+    // Where the last call stopped: a bucket index (a `u32` for hash maps).
+    let mut next: Option<u32> = None;
+    loop {
+        keys.reserve(CHUNK as usize);
+        values.reserve(CHUNK as usize);
+        let mut stopped = 0u32;
+        let mut attr = BatchAttr {
+            in_batch: next.as_ref().map_or(0, |next| next as *const u32 as u64),
+            out_batch: &raw mut stopped as u64,
+            ..BatchAttr::of(
+                map.map(),
+                keys.spare_capacity_mut().as_mut_ptr() as u64,
+                values.spare_capacity_mut().as_mut_ptr() as u64,
+                CHUNK,
+            )
+        };
+        // SAFETY: `attr` points at room for `CHUNK` keys and values and at
+        // one `u32` each for `in_batch` and `out_batch`, all outliving the
+        // call; the kernel writes at most that many and says in `attr.count`
+        // how many it wrote, also when it ends with ENOENT.
+        let result = unsafe { batch(BPF_MAP_LOOKUP_BATCH, &mut attr, "bpf_map_lookup_batch") };
+        let written = (attr.count as usize).min(CHUNK as usize);
+        // SAFETY: the kernel wrote `written` keys and values, and any bytes
+        // are a `Pod`.
+        unsafe {
+            keys.set_len(keys.len() + written);
+            values.set_len(values.len() + written);
+        }
+        match result {
+            Ok(()) => next = Some(stopped),
+            Err(MapError::SyscallError(SyscallError { io_error, .. }))
+                if io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                return Ok(keys.into_iter().zip(values).collect());
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }
 
 /// Looks up as many entries of the array `map` as `keys` has room for, from

@@ -7,7 +7,7 @@ use aya::{
 };
 use lb_common::ByFamily;
 
-use super::{MapsError, map_error, typed};
+use super::{MapsError, batch, map_error, typed};
 
 /// `SERVICES` or `FLOWS`: the IPv4 map with compact keys and
 /// the IPv6 map with neutral ones.
@@ -71,25 +71,15 @@ where
         }
     }
 
-    /// Every entry of both maps, IPv4 first, keys in their neutral form.
-    /// An entry removed while the maps are walked (a flow the LRU evicts) is
-    /// skipped; any other failure ends the walk.
+    /// Every entry of both maps, IPv4 first, keys in their neutral form,
+    /// read in batches (see `batch::get_all_entries`).
     pub fn entries(&self) -> Result<Vec<(K, V)>, MapsError> {
-        let v4 = self
-            .v4
+        let v4 = batch::get_all_entries(&self.v4).map_err(|e| map_error(self.names[0], e))?;
+        let mut entries: Vec<(K, V)> = v4
             .iter()
-            .map(|entry| entry.map(|(key, value)| (K::from_v4(&key), V::from_v4(&value))));
-        let mut entries = Vec::new();
-        for (entry, name) in v4
-            .map(|entry| (entry, self.names[0]))
-            .chain(self.v6.iter().map(|entry| (entry, self.names[1])))
-        {
-            match entry {
-                Ok(entry) => entries.push(entry),
-                Err(MapError::KeyNotFound) => {}
-                Err(source) => return Err(map_error(name, source)),
-            }
-        }
+            .map(|(key, value)| (K::from_v4(key), V::from_v4(value)))
+            .collect();
+        entries.extend(batch::get_all_entries(&self.v6).map_err(|e| map_error(self.names[1], e))?);
         Ok(entries)
     }
 
