@@ -399,13 +399,33 @@ fn find_case<'a>(results: &'a [CaseResult], prefix: &str) -> Option<&'a CaseResu
     results.iter().find(|r| r.name.starts_with(prefix))
 }
 
+/// Says so when a pass's floor read above its parse-only reference per
+/// call: parse-only does more, so the machine was noisy during that pass,
+/// and its per-call ratios (and the verdicts judged on them) are too.
+fn noisy_floor_note(pass: &str, results: &[CaseResult]) -> Option<String> {
+    let per_call = |prefix: &str| {
+        let result = results.iter().find(|r| r.name.starts_with(prefix))?;
+        Some(result.per_call.as_ref()?.median)
+    };
+    let (floor, parse) = (per_call(cases::FLOOR)?, per_call(cases::PARSE)?);
+    (floor > parse).then(|| {
+        format!(
+            "In the {pass} pass the floor read {floor:.1} ns a call, above parse-only's \
+             {parse:.1} ns, which does more: the machine was noisy during it, and that pass's \
+             per-call ratios, and any verdict judged on them, are noise."
+        )
+    })
+}
+
 /// Puts the scenario tables and the per-packet goals together.
 pub fn section(
     options: Options,
     (main, attached): (&[CaseResult], &[CaseResult]),
     scaling: Table,
-    notes: Vec<String>,
+    mut notes: Vec<String>,
 ) -> Result<Section> {
+    notes.extend(noisy_floor_note("loaded", main));
+    notes.extend(noisy_floor_note("attached", attached));
     let find = |prefix: &str| {
         main.iter()
             .find(|r| r.name.starts_with(prefix))
