@@ -83,9 +83,11 @@ pub fn get_range<V: Pod>(
         lookup_batch(
             map.map(),
             first.checked_sub(1),
-            &mut keys,
+            keys.as_mut_ptr().cast(),
             values.as_mut_ptr().cast(),
+            count,
         )?
+        .written
     };
     if written != count {
         return Err(MapError::OutOfBounds {
@@ -116,7 +118,16 @@ pub fn get_all_per_cpu<V: Pod>(
     let mut keys = vec![0u32; count as usize];
     let mut values: Vec<V> = Vec::with_capacity(values_len);
     // SAFETY: room for `count` keys, and `count` values per CPU.
-    let written = unsafe { lookup_batch(map.map(), None, &mut keys, values.as_mut_ptr().cast())? };
+    let written = unsafe {
+        lookup_batch(
+            map.map(),
+            None,
+            keys.as_mut_ptr().cast(),
+            values.as_mut_ptr().cast(),
+            count,
+        )?
+        .written
+    };
     if written != count {
         return Err(MapError::OutOfBounds {
             index: written,
@@ -139,74 +150,83 @@ pub fn get_all_entries<K: Pod, V: Pod>(
     let mut keys: Vec<K> = Vec::new();
     let mut values: Vec<V> = Vec::new();
     // Where the last call stopped: a bucket index (a `u32` for hash maps).
-    let mut next: Option<u32> = None;
+    let mut after: Option<u32> = None;
     loop {
         keys.reserve(CHUNK as usize);
         values.reserve(CHUNK as usize);
-        let mut stopped = 0u32;
-        let mut attr = BatchAttr {
-            in_batch: next.as_ref().map_or(0, |next| next as *const u32 as u64),
-            out_batch: &raw mut stopped as u64,
-            ..BatchAttr::of(
+        // SAFETY: room for `CHUNK` more keys and values.
+        let looked = unsafe {
+            lookup_batch(
                 map.map(),
-                keys.spare_capacity_mut().as_mut_ptr() as u64,
-                values.spare_capacity_mut().as_mut_ptr() as u64,
+                after,
+                keys.spare_capacity_mut().as_mut_ptr().cast(),
+                values.spare_capacity_mut().as_mut_ptr().cast(),
                 CHUNK,
-            )
+            )?
         };
-        // SAFETY: `attr` points at room for `CHUNK` keys and values and at
-        // one `u32` each for `in_batch` and `out_batch`, all outliving the
-        // call; the kernel writes at most that many and says in `attr.count`
-        // how many it wrote, also when it ends with ENOENT.
-        let result = unsafe { batch(BPF_MAP_LOOKUP_BATCH, &mut attr, "bpf_map_lookup_batch") };
-        let written = (attr.count as usize).min(CHUNK as usize);
+        let written = (looked.written as usize).min(CHUNK as usize);
         // SAFETY: the kernel wrote `written` keys and values, and any bytes
         // are a `Pod`.
         unsafe {
             keys.set_len(keys.len() + written);
             values.set_len(values.len() + written);
         }
-        match result {
-            Ok(()) => next = Some(stopped),
-            Err(MapError::SyscallError(SyscallError { io_error, .. }))
-                if io_error.raw_os_error() == Some(libc::ENOENT) =>
-            {
-                return Ok(keys.into_iter().zip(values).collect());
-            }
-            Err(error) => return Err(error),
+        match looked.next {
+            Some(next) => after = Some(next),
+            None => return Ok(keys.into_iter().zip(values).collect()),
         }
     }
 }
 
-/// Looks up as many entries of the array `map` as `keys` has room for, from
-/// the index after `after` (from the first without one), into `keys` and
-/// `values`; returns how many the kernel wrote.
+/// What one `BPF_MAP_LOOKUP_BATCH` call read.
+struct Looked {
+    /// How many keys and values the kernel wrote.
+    written: u32,
+    /// Where to go on from (an array's last index, a hash map's bucket);
+    /// `None` at the map's end.
+    next: Option<u32>,
+}
+
+/// Looks up at most `count` entries of `map` (an array, or a hash map, whose
+/// batch positions are both a `u32`) into `keys` and `values`: from the
+/// first, or from the one after the position `after` an earlier call
+/// returned (for an array, an index).
 ///
 /// # Safety
-/// `values` must have room for as many values as `keys` has keys (each
+/// `keys` and `values` must have room for `count` keys and values (each
 /// CPU's, for a per-CPU map).
 unsafe fn lookup_batch(
     map: &MapData,
     after: Option<u32>,
-    keys: &mut [u32],
+    keys: *mut u8,
     values: *mut u8,
-) -> Result<u32, MapError> {
-    let count = u32::try_from(keys.len()).map_err(|_| MapError::OutOfBounds {
-        index: u32::MAX,
-        max_entries: u32::MAX,
-    })?;
-    let mut last = 0u32;
+    count: u32,
+) -> Result<Looked, MapError> {
+    let mut next = 0u32;
     let mut attr = BatchAttr {
         in_batch: after.as_ref().map_or(0, |after| after as *const u32 as u64),
-        out_batch: &raw mut last as u64,
-        ..BatchAttr::of(map, keys.as_mut_ptr() as u64, values as u64, count)
+        out_batch: &raw mut next as u64,
+        ..BatchAttr::of(map, keys as u64, values as u64, count)
     };
     // SAFETY: `attr` points at room for `count` keys and values (as the
-    // caller vouches) and one key each for `in_batch` and `out_batch`, all
+    // caller vouches) and one `u32` each for `in_batch` and `out_batch`, all
     // outliving the call; the kernel writes at most that many and says in
-    // `attr.count` how many it wrote.
-    unsafe { batch(BPF_MAP_LOOKUP_BATCH, &mut attr, "bpf_map_lookup_batch")? };
-    Ok(attr.count)
+    // `attr.count` how many it wrote, also when it ends with ENOENT.
+    match unsafe { batch(BPF_MAP_LOOKUP_BATCH, &mut attr, "bpf_map_lookup_batch") } {
+        Ok(()) => Ok(Looked {
+            written: attr.count,
+            next: Some(next),
+        }),
+        Err(MapError::SyscallError(SyscallError { io_error, .. }))
+            if io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(Looked {
+                written: attr.count,
+                next: None,
+            })
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// `len` as a count of entries that fits in an array of `max_entries`

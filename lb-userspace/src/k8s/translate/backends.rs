@@ -133,12 +133,10 @@ pub(super) fn index_endpoints<'a>(
         .collect();
     let mut index = EndpointIndex::new();
     for slice in slices {
-        let labels = slice.metadata.labels.as_ref();
-        let Some(service) = labels.and_then(|labels| labels.get(SERVICE_NAME_LABEL)) else {
+        let Some(service) = service_of(slice) else {
             continue;
         };
-        let namespace = slice.metadata.namespace.as_deref().unwrap_or("default");
-        let nodes = index.entry((namespace, service.as_str())).or_default();
+        let nodes = index.entry(service).or_default();
         for endpoint in slice.endpoints.iter().flatten() {
             let Some(&node) = endpoint.node_name.as_deref().and_then(|n| by_name.get(n)) else {
                 continue;
@@ -161,6 +159,13 @@ pub(super) fn index_endpoints<'a>(
         }
     }
     index
+}
+
+/// The (namespace, name) of the Service `slice` belongs to.
+pub(super) fn service_of(slice: &EndpointSlice) -> Option<(&str, &str)> {
+    let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    let namespace = slice.metadata.namespace.as_deref().unwrap_or("default");
+    Some((namespace, name))
 }
 
 /// A node serving a Service, with its Maglev weight (0: draining).

@@ -15,8 +15,8 @@ use k8s_openapi::api::{
 };
 
 use super::{
-    SERVICE_NAME_LABEL, Skips, TranslateConfig, Translation,
-    backends::{self, ServedPort},
+    Skips, TranslateConfig, Translation,
+    backends::{self, ServedPort, service_of},
     load_balancer, namespace_labels,
 };
 use crate::k8s::{
@@ -53,14 +53,12 @@ impl Memo {
     /// Whether `objects` differ from the memo's in EndpointSlices alone, so
     /// that the VIPs, the ports and every skip stay as they are.
     pub(super) fn made_of_the_same_but_slices(&self, objects: &ClusterObjects) -> bool {
-        let labels = namespace_labels(objects);
+        let held_labels = self.namespace_labels.iter();
         self.services.same(&objects.services)
             && self.nodes.same(&objects.nodes)
-            && labels.len() == self.namespace_labels.len()
-            && labels
+            && namespace_labels(objects)
                 .into_iter()
-                .zip(&self.namespace_labels)
-                .all(|((name, labels), (held, held_labels))| name == held && labels == held_labels)
+                .eq(held_labels.map(|(name, labels)| (name.as_str(), labels)))
             && pool_specs(&objects.metallb.pools) == pool_specs(&self.pools)
     }
 
@@ -147,13 +145,6 @@ fn translate_backends(
         }
         translation.translated += 1;
     }
-}
-
-/// The (namespace, name) of the Service `slice` belongs to.
-fn service_of(slice: &EndpointSlice) -> Option<(&str, &str)> {
-    let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
-    let namespace = slice.metadata.namespace.as_deref().unwrap_or("default");
-    Some((namespace, name))
 }
 
 /// What translation reads of IPAddressPools, in name order.
