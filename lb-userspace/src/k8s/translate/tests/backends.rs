@@ -1,10 +1,16 @@
 //! Backends: which nodes serve, at which address and weight, and
 //! `externalTrafficPolicy: Local`.
 
-use k8s_openapi::api::{core::v1::NodeAddress, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Namespace, NodeAddress},
+    discovery::v1::EndpointSlice,
+};
 
 use super::*;
-use crate::k8s::fixtures::{NodeEndpoint, endpoint_slice};
+use crate::k8s::{
+    fixtures::{NodeEndpoint, endpoint_slice},
+    metallb::objects::{IPAddressPool, IPAddressPoolSpec},
+};
 
 #[test]
 fn not_ready_and_unschedulable_nodes_excluded() {
@@ -196,6 +202,23 @@ fn a_slice_change_translates_only_its_services_again() {
         nodes_serving(translation, "198.51.100.4"),
         Vec::<String>::new()
     );
+    // So does anything else translation reads: a Node (a new object, even
+    // alike), a Namespace's labels, an IPAddressPool.
+    objects.nodes[0] = Arc::new((*objects.nodes[0]).clone());
+    assert_eq!(translator.translate(&objects).translated, 4);
+    let mut namespace = Namespace::default();
+    namespace.metadata.name = Some("ns".to_owned());
+    namespace.metadata.labels = Some([("team".to_owned(), "web".to_owned())].into());
+    objects.namespaces.push(Arc::new(namespace));
+    assert_eq!(translator.translate(&objects).translated, 4);
+    let spec = IPAddressPoolSpec {
+        addresses: vec!["198.51.100.0/28".to_owned()],
+        ..IPAddressPoolSpec::default()
+    };
+    let pool = IPAddressPool::new("public", spec);
+    objects.metallb.pools.push(Arc::new(pool));
+    assert_eq!(translator.translate(&objects).translated, 4);
+    assert_eq!(translator.translate(&objects).translated, 0);
 }
 
 #[test]
