@@ -27,19 +27,20 @@ pub const MAP_RETIRED_TRAFFIC: &str = "RETIRED_TRAFFIC";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_GLOBAL_STATS: &str = "GLOBAL_STATS";
 pub const MAP_TX_PORTS: &str = "TX_PORTS";
-pub const MAP_SETTINGS: &str = "SETTINGS";
 pub const MAP_VIPS: &str = "VIPS";
 pub const MAP_NODE_PORTS4: &str = "NODE_PORTS4";
 pub const MAP_NODE_PORTS6: &str = "NODE_PORTS6";
 pub const MAP_FLOW_BUDGET: &str = "FLOW_BUDGET";
 pub const MAP_IFACES: &str = "IFACES";
-/// `KEY_FILTER`, `IFACES_BY_INDEX` and `CLOCK` are the program's global
-/// data, each in a section of its own, which the loader makes a one-entry
-/// array map named after the section: the value is the whole global
-/// ([`KeyFilterWords`], [`IfacesByIndexEntries`], [`DataPathClock`]).
+/// `KEY_FILTER`, `IFACES_BY_INDEX`, `CLOCK` and `SETTINGS` are the
+/// program's global data, each in a section of its own, which the loader
+/// makes a one-entry array map named after the section: the value is the
+/// whole global ([`KeyFilterWords`], [`IfacesByIndexEntries`],
+/// [`DataPathClock`], [`Settings`]).
 pub const MAP_KEY_FILTER: &str = ".bss.key_filter";
 pub const MAP_IFACES_BY_INDEX: &str = ".bss.ifaces_by_index";
 pub const MAP_CLOCK: &str = ".bss.clock";
+pub const MAP_SETTINGS: &str = ".bss.settings";
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "lb_xdp";
 /// The programs `lb_xdp` tail-calls for what is neither TCP nor UDP, each
@@ -122,15 +123,17 @@ pub const SETTING_ANSWER_ECHO: u32 = 1;
 /// `Settings::flags` bit an agent of the same layout from before per-VIP
 /// neighbor answers set to answer ARP and Neighbor Solicitations for every
 /// VIP on every interface. The program no longer reads it and agents no
-/// longer set it: found in pinned settings, it tells an agent taking over
-/// that the VIPs' interface masks (`VIPS`) were never written.
+/// longer set it: found in the settings such an agent pinned (as the map
+/// `SETTINGS`), it tells an agent taking over that the VIPs' interface
+/// masks (`VIPS`) were never written.
 pub const LEGACY_SETTING_ANSWER_NEIGHBORS: u32 = 1 << 1;
 /// `Settings::flags`: direct server return. Packets for a service keep their
 /// destination (VIP, port) and only get the chosen node's MAC; the node
 /// answers the client itself, so there is nothing to reverse-NAT.
 pub const SETTING_DSR: u32 = 1 << 2;
 
-/// Run-time switches of the data path; `SETTINGS` has one entry.
+/// Run-time switches of the data path, set at every load (global data,
+/// [`MAP_SETTINGS`]). Agents before that pinned them, as a one-entry array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {

@@ -75,9 +75,6 @@ static BACKEND_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_B
 #[map]
 static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT, 0);
 
-#[map]
-static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
-
 /// Every VIP with at least one service (ICMP echo addressed to the VIP
 /// itself), with the interfaces ARP and Neighbor Solicitations for it are
 /// answered on.
@@ -105,6 +102,17 @@ static NODE_PORTS6: Array<ServiceKey> = Array::with_max_entries(NODE_PORT_SLOTS,
 /// programmed, so not pinned. Read through [`global_word`].
 #[unsafe(link_section = ".bss.key_filter")]
 static mut KEY_FILTER: KeyFilterWords = [0; KEY_FILTER_WORDS as usize];
+
+/// The data path's switches (`lb_common::MAP_SETTINGS`). Global data, as
+/// `KEY_FILTER` is: a forwarded packet reads them, and an array map's
+/// lookup would cost it a key through the stack. Written by the agent at
+/// every load, before the program is attached; read a field at a time
+/// through [`settings_field`].
+#[unsafe(link_section = ".bss.settings")]
+static mut SETTINGS: Settings = Settings {
+    flags: 0,
+    new_flow_limit: 0,
+};
 
 /// Flows each CPU inserted in the current second, against `Settings::new_flow_limit`.
 #[map]
@@ -318,27 +326,36 @@ pub fn flow_budget() -> Option<*mut FlowBudget> {
     FLOW_BUDGET.get_ptr_mut(0)
 }
 
+/// The field of [`SETTINGS`] at byte `offset`, in one load: volatile, as
+/// [`global_word`] is.
 #[inline(always)]
-fn settings() -> Settings {
-    SETTINGS.get(0).copied().unwrap_or_default()
+fn settings_field(offset: usize) -> u32 {
+    // SAFETY: callers pass the offset of a `u32` field of the global.
+    unsafe {
+        (&raw const SETTINGS)
+            .cast::<u8>()
+            .add(offset)
+            .cast::<u32>()
+            .read_volatile()
+    }
 }
 
 /// `Settings::new_flow_limit`: 0 for none.
 #[inline(always)]
 pub fn new_flow_limit() -> u32 {
-    settings().new_flow_limit
+    settings_field(offset_of!(Settings, new_flow_limit))
 }
 
 /// Whether echo requests to VIPs are answered.
 #[inline(always)]
 pub fn answer_echo() -> bool {
-    settings().flags & SETTING_ANSWER_ECHO != 0
+    settings_field(offset_of!(Settings, flags)) & SETTING_ANSWER_ECHO != 0
 }
 
 /// Whether services are served by direct server return.
 #[inline(always)]
 pub fn direct_server_return() -> bool {
-    settings().flags & SETTING_DSR != 0
+    settings_field(offset_of!(Settings, flags)) & SETTING_DSR != 0
 }
 
 #[inline(always)]

@@ -27,8 +27,8 @@ use lb_common::{
     Addr, Backend, Flow, FlowKey, Iface, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_FLOW_BUDGET,
     MAP_FLOW_CACHE4, MAP_FLOW_CACHE6, MAP_FLOWS4, MAP_FLOWS6, MAP_GLOBAL_STATS, MAP_IFACES,
     MAP_MAGLEV, MAP_NODE_PORTS4, MAP_NODE_PORTS6, MAP_RETIRED_TRAFFIC, MAP_SERVICES4,
-    MAP_SERVICES6, MAP_SETTINGS, MAP_SIDE_PATHS, MAP_TX_PORTS, MAP_VIPS, NeighborMask, ServiceInfo,
-    ServiceKey, Settings, Traffic, counters,
+    MAP_SERVICES6, MAP_SIDE_PATHS, MAP_TX_PORTS, MAP_VIPS, NeighborMask, ServiceInfo, ServiceKey,
+    Settings, Traffic, counters,
 };
 
 /// The per-family pairs, IPv4 first.
@@ -38,7 +38,7 @@ pub const FLOWS: [&str; 2] = [MAP_FLOWS4, MAP_FLOWS6];
 /// The maps that are pinned (the program's others are derived from these or
 /// caches nothing reads, and start afresh at every load); the order is the
 /// pin order.
-pub const ALL_MAPS: [&str; 17] = [
+pub const ALL_MAPS: [&str; 16] = [
     MAP_SERVICES4,
     MAP_SERVICES6,
     MAP_BACKENDS,
@@ -52,7 +52,6 @@ pub const ALL_MAPS: [&str; 17] = [
     MAP_BACKEND_STATS,
     MAP_GLOBAL_STATS,
     MAP_TX_PORTS,
-    MAP_SETTINGS,
     MAP_VIPS,
     MAP_FLOW_BUDGET,
     MAP_SIDE_PATHS,
@@ -60,8 +59,14 @@ pub const ALL_MAPS: [&str; 17] = [
 
 /// Maps an earlier agent of this layout pinned that are no longer pinned:
 /// `NODE_PORTS4` and `NODE_PORTS6` were hash maps by (node IP, NodePort,
-/// protocol) and are now arrays derived at every load. A load removes them.
-pub const FORMERLY_PINNED: [&str; 2] = [MAP_NODE_PORTS4, MAP_NODE_PORTS6];
+/// protocol) and are now arrays derived at every load; the settings were a
+/// one-entry array ([`PINNED_SETTINGS`]) and are now global data set at
+/// every load. A load removes them.
+pub const FORMERLY_PINNED: [&str; 3] = [MAP_NODE_PORTS4, MAP_NODE_PORTS6, PINNED_SETTINGS];
+
+/// The array in which earlier agents pinned `lb_common::Settings`: read
+/// once, for `LEGACY_SETTING_ANSWER_NEIGHBORS`, by the load that removes it.
+pub const PINNED_SETTINGS: &str = "SETTINGS";
 
 /// The per-CPU map in which an earlier agent's program counted each
 /// service's packets, where now its backends' counts add up to them: a load
@@ -127,7 +132,6 @@ pub struct Maps {
     pub service_traffic: ServiceTraffic,
     pub backend_stats: PerCpuArray<MapData, Traffic>,
     pub global_stats: PerCpuArray<MapData, u64>,
-    pub settings: Array<MapData, Settings>,
     /// Every VIP, with the interfaces ARP and NDP for it are answered on.
     pub vips: HashMap<MapData, Addr, NeighborMask>,
     /// The attached interfaces, by ifindex.
@@ -169,7 +173,6 @@ impl Maps {
             service_traffic: ServiceTraffic::Retired(take_typed(ebpf, MAP_RETIRED_TRAFFIC)?),
             backend_stats: take_typed(ebpf, MAP_BACKEND_STATS)?,
             global_stats: take_typed(ebpf, MAP_GLOBAL_STATS)?,
-            settings: take_typed(ebpf, MAP_SETTINGS)?,
             vips: take_typed(ebpf, MAP_VIPS)?,
             ifaces: take_typed(ebpf, MAP_IFACES)?,
         })
@@ -192,7 +195,6 @@ impl Maps {
             service_traffic: open_service_traffic(dir)?,
             backend_stats: typed(MAP_BACKEND_STATS, open_pin(dir, MAP_BACKEND_STATS)?)?,
             global_stats: typed(MAP_GLOBAL_STATS, open_pin(dir, MAP_GLOBAL_STATS)?)?,
-            settings: typed(MAP_SETTINGS, open_pin(dir, MAP_SETTINGS)?)?,
             vips: typed(MAP_VIPS, open_pin(dir, MAP_VIPS)?)?,
             ifaces: typed(MAP_IFACES, open_pin(dir, MAP_IFACES)?)?,
         })
@@ -354,6 +356,19 @@ fn open_flow_caches(pins: &PinDir) -> Result<Option<FlowCaches>, MapsError> {
         v4: typed(MAP_FLOW_CACHE4, open_pin(pins, MAP_FLOW_CACHE4)?)?,
         v6: typed(MAP_FLOW_CACHE6, open_pin(pins, MAP_FLOW_CACHE6)?)?,
     }))
+}
+
+/// The settings an earlier agent pinned ([`PINNED_SETTINGS`]), if it did.
+pub(crate) fn pinned_settings(pins: &PinDir) -> Result<Option<Settings>, MapsError> {
+    if !pins.map(PINNED_SETTINGS).exists() {
+        return Ok(None);
+    }
+    let settings: Array<MapData, Settings> =
+        typed(PINNED_SETTINGS, open_pin(pins, PINNED_SETTINGS)?)?;
+    settings
+        .get(&0, 0)
+        .map(Some)
+        .map_err(|e| map_error(PINNED_SETTINGS, e))
 }
 
 fn open_pin(pins: &PinDir, name: &'static str) -> Result<Map, MapsError> {

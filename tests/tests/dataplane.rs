@@ -6,13 +6,19 @@ use std::{
     net::Ipv4Addr,
 };
 
+use aya::maps::Array;
 use lb::{
     dataplane::{Dataplane, DataplaneConfig, DataplaneError, service_key},
     model::{BackendSpec, DesiredState, Protocol, ServiceSpec},
     reconcile,
 };
-use lb_common::{ALL_NEIGHBOR_SLOTS, BACKEND_ACTIVE, LEGACY_SETTING_ANSWER_NEIGHBORS, addr_of};
-use lb_tests::{pin_root::PinRoot, specs};
+use lb_common::{
+    ALL_NEIGHBOR_SLOTS, BACKEND_ACTIVE, LEGACY_SETTING_ANSWER_NEIGHBORS, Settings, addr_of,
+};
+use lb_tests::{
+    pin_root::{BPF_MAP_TYPE_ARRAY, PinRoot, pin_old_map},
+    specs,
+};
 
 const RING_SIZE: u32 = 251;
 
@@ -226,13 +232,19 @@ fn a_takeover_keeps_answering_neighbors_as_the_earlier_agent_did() {
     );
     drop(second);
 
-    // What an agent from before the masks left: the setting, masks 0.
-    let mut maps = lb::maps::Maps::open_pinned(bpffs.path()).expect("pinned maps");
-    let legacy = lb_common::Settings {
+    // What an agent from before the masks left: the setting, in the
+    // settings it pinned (agents since keep them in global data), masks 0.
+    let mut settings: Array<_, Settings> =
+        pin_old_map::<u32, Settings>(&bpffs.dir(4), "SETTINGS", BPF_MAP_TYPE_ARRAY, 1, 0)
+            .try_into()
+            .expect("an array");
+    let legacy = Settings {
         flags: LEGACY_SETTING_ANSWER_NEIGHBORS,
         new_flow_limit: 0,
     };
-    maps.settings.set(0, legacy, 0).expect("settings");
+    settings.set(0, legacy, 0).expect("settings");
+    drop(settings);
+    let mut maps = lb::maps::Maps::open_pinned(bpffs.path()).expect("pinned maps");
     for ip in [vip, other] {
         maps.vips.insert(addr_of(ip), 0, 0).expect("vips");
     }
@@ -241,6 +253,10 @@ fn a_takeover_keeps_answering_neighbors_as_the_earlier_agent_did() {
     assert_eq!(
         (third.neighbor_mask(vip), third.neighbor_mask(other)),
         (ALL_NEIGHBOR_SLOTS, ALL_NEIGHBOR_SLOTS)
+    );
+    assert!(
+        !bpffs.dir(4).join("SETTINGS").exists(),
+        "the legacy settings are still pinned"
     );
     third.remove_pins().expect("remove pins");
 }

@@ -9,7 +9,6 @@ use std::{
     collections::BTreeMap,
     fs,
     net::{IpAddr, SocketAddr},
-    os::fd::{FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -29,7 +28,10 @@ use lb_common::{
 };
 use lb_tests::{
     packets,
-    pin_root::PinRoot,
+    pin_root::{
+        BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY,
+        PinRoot, pin_old_map,
+    },
     specs::{node, node6, service},
     xdp_bed::{self, CLIENT, CLIENT6, XDP_REDIRECT, XdpBed, node_ip, node_ip6, raw_map},
 };
@@ -39,12 +41,6 @@ const VIP6: IpAddr = IpAddr::V6(std::net::Ipv6Addr::new(
     0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 0x20,
 ));
 const RING_SIZE: u32 = 1021;
-/// `bpf(2)`'s command and map types (uapi `linux/bpf.h`).
-const BPF_MAP_CREATE: libc::c_long = 0;
-const BPF_MAP_TYPE_HASH: u32 = 1;
-const BPF_MAP_TYPE_ARRAY: u32 = 2;
-const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
-const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
 /// `BPF_F_NO_COMMON_LRU`: per-CPU LRU lists, as v3's flow table had.
 const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
@@ -330,7 +326,7 @@ fn formerly_pinned(bed: &XdpBed) {
     drop(dataplane);
     let formerly = ["NODE_PORTS4", "NODE_PORTS6"];
     for name in formerly {
-        pin_old_map::<u64, u64>(&root.dir(4), name, BPF_MAP_TYPE_HASH, 16, 0, &[]);
+        pin_old_map::<u64, u64>(&root.dir(4), name, BPF_MAP_TYPE_HASH, 16, 0);
     }
     let dataplane = bed
         .load(config(Some(root.path().clone()), RING_SIZE))
@@ -382,7 +378,7 @@ fn former_service_stats(bed: &XdpBed) {
         bytes: 4200,
     };
     let name = "SERVICE_STATS";
-    pin_old_map::<u32, Traffic>(&root.dir(4), name, BPF_MAP_TYPE_PERCPU_ARRAY, 16384, 0, &[]);
+    pin_old_map::<u32, Traffic>(&root.dir(4), name, BPF_MAP_TYPE_PERCPU_ARRAY, 16384, 0);
     let pinned = MapData::from_pin(root.dir(4).join(name)).expect("pinned");
     let mut stats: PerCpuArray<_, Traffic> = Map::from_map_data(pinned)
         .expect("map type")
@@ -487,7 +483,7 @@ fn unmappable_maglev(bed: &XdpBed) {
     // Two rings per service, as the data path lays them out.
     let entries = config(None, RING_SIZE).max_services * 2 * RING_SIZE;
     fs::create_dir_all(root.dir(4)).expect("state directory");
-    pin_old_map::<u32, u32>(&root.dir(4), "MAGLEV", BPF_MAP_TYPE_ARRAY, entries, 0, &[]);
+    pin_old_map::<u32, u32>(&root.dir(4), "MAGLEV", BPF_MAP_TYPE_ARRAY, entries, 0);
     let (dataplane, nodes) = serve_pinned(bed, &root, &families);
     let maglev = MapData::from_pin(root.dir(4).join("MAGLEV")).expect("MAGLEV");
     assert_eq!(
@@ -611,8 +607,15 @@ fn write_v3_state(bed: &XdpBed, root: &PinRoot, families: &[Family]) -> Vec<IpAd
         fs::remove_file(root.dir(3).join(name)).expect("unpin a v4 map");
     }
     let v3 = root.dir(3);
-    pin_old_map::<ServiceKey, ServiceInfo>(&v3, "SERVICES", BPF_MAP_TYPE_HASH, 16384, 0, &services);
-    pin_old_map::<ServiceKey, ServiceKey>(
+    pin_old_hash::<ServiceKey, ServiceInfo>(
+        &v3,
+        "SERVICES",
+        BPF_MAP_TYPE_HASH,
+        16384,
+        0,
+        &services,
+    );
+    pin_old_hash::<ServiceKey, ServiceKey>(
         &v3,
         "NODE_PORTS",
         BPF_MAP_TYPE_HASH,
@@ -621,13 +624,12 @@ fn write_v3_state(bed: &XdpBed, root: &PinRoot, families: &[Family]) -> Vec<IpAd
         &node_ports,
     );
     let lru = BPF_F_NO_COMMON_LRU;
-    pin_old_map::<FlowKey, Flow>(&v3, "FLOWS", BPF_MAP_TYPE_LRU_HASH, 4096, lru, &flows);
+    pin_old_hash::<FlowKey, Flow>(&v3, "FLOWS", BPF_MAP_TYPE_LRU_HASH, 4096, lru, &flows);
     moved_to
 }
 
-/// Creates a map of an older layout's shape, pins it at `dir/name` and, a
-/// hash map, fills it with `entries`.
-fn pin_old_map<K: aya::Pod, V: aya::Pod>(
+/// [`pin_old_map`] for a hash map, filled with `entries`.
+fn pin_old_hash<K: aya::Pod, V: aya::Pod>(
     dir: &Path,
     name: &str,
     map_type: u32,
@@ -635,36 +637,7 @@ fn pin_old_map<K: aya::Pod, V: aya::Pod>(
     flags: u32,
     entries: &[(K, V)],
 ) {
-    let mut attr = [0u32; 32];
-    attr[..5].copy_from_slice(&[
-        map_type,
-        size_of::<K>() as u32,
-        size_of::<V>() as u32,
-        max_entries,
-        flags,
-    ]);
-    // SAFETY: BPF_MAP_CREATE with a zero-padded attribute block it may read.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_CREATE,
-            attr.as_ptr(),
-            size_of_val(&attr),
-        )
-    };
-    assert!(
-        fd >= 0,
-        "BPF_MAP_CREATE {name}: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: a new descriptor nothing else owns.
-    let map = MapData::from_fd(unsafe { OwnedFd::from_raw_fd(fd as i32) }).expect("map");
-    map.pin(dir.join(name)).expect("pin");
-    if entries.is_empty() {
-        return;
-    }
-    let mut map: HashMap<_, K, V> = Map::from_map_data(map)
-        .expect("map type")
+    let mut map: HashMap<_, K, V> = pin_old_map::<K, V>(dir, name, map_type, max_entries, flags)
         .try_into()
         .expect("a hash map");
     for (key, value) in entries {

@@ -27,10 +27,14 @@ pub use services::service_key;
 use std::{collections::BTreeMap, net::IpAddr};
 
 use aya::{Ebpf, EbpfLoader, programs::Xdp, util::nr_cpus};
-use lb_common::{MAP_MAGLEV, MAX_BACKENDS, NeighborMask, PROGRAM_NAME};
+use global_data::GlobalData;
+use lb_common::{
+    LEGACY_SETTING_ANSWER_NEIGHBORS, MAP_MAGLEV, MAP_SETTINGS, MAX_BACKENDS, NeighborMask,
+    PROGRAM_NAME,
+};
 
 use crate::{
-    maps::{ALL_MAPS, FORMERLY_PINNED, MappedArray, Maps, MapsError, map_error},
+    maps::{ALL_MAPS, FORMERLY_PINNED, MappedArray, Maps, MapsError, pinned_settings},
     model::{BackendSpec, Frontend, ServiceSpec},
     pins::PinDir,
 };
@@ -93,6 +97,7 @@ impl Dataplane {
         let pins = config.pin_dir.as_ref().map(PinDir::new);
         let mut inherited = pins.as_ref().is_some_and(PinDir::exists);
         let mut upgrading = false;
+        let mut legacy_neighbors = false;
         if let Some(pins) = &pins {
             // Upgraded before anything is created: refused, it leaves all as it was.
             pins.check_known_layouts()?;
@@ -123,6 +128,8 @@ impl Dataplane {
         };
         programs::load(&mut ebpf)?;
         let clock = clock::Clock::set(&mut ebpf)?;
+        // Written once: a load's settings hold for its program's life.
+        GlobalData::take(&mut ebpf, MAP_SETTINGS, config.settings())?.write()?;
         let mut maps = Maps::take(&mut ebpf)?;
         let key_filter = filter::KeyFilterBits::take(&mut ebpf)?;
         let node_ports = node_ports::NodePortFrontends::take(&mut ebpf)?;
@@ -150,6 +157,8 @@ impl Dataplane {
             if upgrading {
                 upgrade::copy_split_maps(pins, &mut maps)?;
             }
+            legacy_neighbors = pinned_settings(pins)?
+                .is_some_and(|settings| settings.flags & LEGACY_SETTING_ANSWER_NEIGHBORS != 0);
             // Only once this load has succeeded: the program they were
             // pinned for holds them, not their pins.
             pins.remove_maps(&FORMERLY_PINNED)?;
@@ -178,13 +187,7 @@ impl Dataplane {
         };
         dataplane.recover()?;
         dataplane.retired_from_service_stats()?;
-        dataplane.recover_neighbor_masks()?;
-        let settings = dataplane.config.settings();
-        dataplane
-            .maps
-            .settings
-            .set(0, settings, 0)
-            .map_err(|e| map_error(lb_common::MAP_SETTINGS, e))?;
+        dataplane.recover_neighbor_masks(legacy_neighbors)?;
         programs::set_side_paths(&mut dataplane.ebpf)?;
         Ok(dataplane)
     }

@@ -7,8 +7,7 @@ use std::{
 };
 
 use lb_common::{
-    ALL_NEIGHBOR_SLOTS, Iface, LEGACY_SETTING_ANSWER_NEIGHBORS, MAP_IFACES, MAP_SETTINGS, MAP_VIPS,
-    MAX_NEIGHBOR_SLOTS, NeighborMask, neighbor_bit,
+    ALL_NEIGHBOR_SLOTS, Iface, MAP_IFACES, MAP_VIPS, MAX_NEIGHBOR_SLOTS, NeighborMask, neighbor_bit,
 };
 
 use super::{Dataplane, DataplaneError};
@@ -99,16 +98,8 @@ impl Dataplane {
     /// restart or an upgrade loses no neighbour: the masks it wrote, or, from
     /// an agent that answered for every VIP everywhere (it set
     /// `LEGACY_SETTING_ANSWER_NEIGHBORS` and left the masks 0), every
-    /// interface. Called before the settings are overwritten.
-    pub(super) fn recover_neighbor_masks(&mut self) -> Result<(), DataplaneError> {
-        let legacy = self
-            .maps
-            .settings
-            .get(&0, 0)
-            .map_err(|e| map_error(MAP_SETTINGS, e))?
-            .flags
-            & LEGACY_SETTING_ANSWER_NEIGHBORS
-            != 0;
+    /// interface (`legacy`, from the settings it pinned).
+    pub(super) fn recover_neighbor_masks(&mut self, legacy: bool) -> Result<(), DataplaneError> {
         for entry in self.maps.vips.iter() {
             let (addr, mask) = entry.map_err(|e| map_error(MAP_VIPS, e))?;
             let mask = if legacy { ALL_NEIGHBOR_SLOTS } else { mask };

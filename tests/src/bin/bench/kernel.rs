@@ -217,10 +217,10 @@ pub fn case_table(
 macro_rules! rest_of_forwarding {
     () => {
         "the rest is the program's own work: parsing, the devmap redirect helper, the key \
-         filter's word, the interface's MAC and the clock with the time of the last backend \
-         change (global data, read at their addresses; the clock and that time share a cache \
-         line), and five map reads (for an established packet the cache slot, the backend's \
-         traffic counter, the settings, the next hop, the outcome counter; not the backend's \
+         filter's word, the interface's MAC, the settings and the clock with the time of the \
+         last backend change (global data, read at their addresses; the clock and that time \
+         share a cache line), and four map reads (for an established packet the cache slot, \
+         the backend's traffic counter, the next hop, the outcome counter; not the backend's \
          slot, as the cached copy was checked against it since the agent last changed one, \
          nor a service counter, as a service's traffic is its backends'), each a chain of \
          dependent loads, over which a profile spreads the time. Per call, most of it is the \
@@ -233,7 +233,8 @@ macro_rules! rest_of_forwarding {
          clock, the traffic counters and the MAC check (then a map read too) saved about 5 ns \
          a call on the established case. Reading the key filter as global data instead of an \
          array map's values saved 3-5 ns a call attached (0.5-0.9 ns batched), the interfaces \
-         another 0-2 ns batched, not reading the backend's slot 2-5 ns a call on the NAT and \
+         another 0-2 ns batched, the settings 2-5 ns a call and 3 ns batched on the DSR case \
+         (1-3 ns batched on the others), not reading the backend's slot 2-5 ns a call on the NAT and \
          reply cases (0.7-2.4 ns batched), counting per backend only about 2 ns batched on \
          the forwarded cases (within noise per call). The transport path runs in the entry \
          point's frame, with no BPF subprogram call: the ARP and ICMP paths are programs of \
