@@ -2,6 +2,7 @@
 //! source of Kubernetes objects until SIGINT or SIGTERM.
 
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
 };
@@ -177,35 +178,48 @@ const EVENTS_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// With direct server return a packet keeps its VIP and gets only the node's
 /// MAC: a node the kernel routes through a gateway (or not at all) cannot be
 /// reached that way. Its Services are refused, with the reason; the rest of
-/// the state is returned.
-fn without_routed_nodes(state: &DesiredState) -> (DesiredState, Vec<(Frontend, String)>) {
+/// the state is returned, without a copy when nothing is refused (every
+/// round asks, and a copy of 10,000 Services costs more than the round's
+/// translation). Each node's route is looked up once: Services share nodes.
+fn without_routed_nodes(state: &DesiredState) -> (Cow<'_, DesiredState>, Vec<(Frontend, String)>) {
     let routes = match Routes::read() {
         Ok(routes) => routes,
         Err(e) => {
             warn!(error = %e, "reading the routing table; not checking that nodes are on-link");
-            return (state.clone(), Vec::new());
+            return (Cow::Borrowed(state), Vec::new());
         }
     };
-    let mut kept = state.clone();
-    let mut refused = Vec::new();
-    for (frontend, spec) in &state.services {
-        let problem = spec.backends.iter().find_map(|backend| {
-            let node = format!("node {} ({})", backend.node, backend.ip);
-            match routes.reach(backend.ip) {
-                Reach::OnLink => None,
-                Reach::Gateway(gateway) => Some(format!(
-                    "{node} is reached through gateway {gateway}: direct server return needs \
-                     every node on a segment lb is attached to"
-                )),
-                Reach::Unreachable => Some(format!("no route to {node}")),
-            }
-        });
-        if let Some(reason) = problem {
-            kept.services.remove(frontend);
-            refused.push((*frontend, reason));
-        }
+    let mut reach = BTreeMap::new();
+    let refused: Vec<(Frontend, String)> = state
+        .services
+        .iter()
+        .filter_map(|(frontend, spec)| {
+            let problem = spec.backends.iter().find_map(|backend| {
+                let node = || format!("node {} ({})", backend.node, backend.ip);
+                match *reach
+                    .entry(backend.ip)
+                    .or_insert_with(|| routes.reach(backend.ip))
+                {
+                    Reach::OnLink => None,
+                    Reach::Gateway(gateway) => Some(format!(
+                        "{} is reached through gateway {gateway}: direct server return needs \
+                         every node on a segment lb is attached to",
+                        node()
+                    )),
+                    Reach::Unreachable => Some(format!("no route to {}", node())),
+                }
+            });
+            Some((*frontend, problem?))
+        })
+        .collect();
+    if refused.is_empty() {
+        return (Cow::Borrowed(state), refused);
     }
-    (kept, refused)
+    let mut kept = state.clone();
+    for (frontend, _) in &refused {
+        kept.services.remove(frontend);
+    }
+    (Cow::Owned(kept), refused)
 }
 
 /// Applies `state` to the data path. Services that cannot be programmed are
