@@ -141,7 +141,7 @@ pub fn run(quick: bool) -> Result<(Rows, Vec<Goal>)> {
             PROGRAMMED_GOAL,
             "in order: loading the data path, 0.8-1.1 s (of it, measured alone: creating the \
              maps 0.18 s, of which the two 1M-entry flow tables 0.08 and the per-CPU backend \
-             counters 0.05; verifying lb_xdp, 296,000 instructions processed, 0.46-0.49 s, \
+             counters 0.05; verifying lb_xdp, 319,000 instructions processed, 0.42-0.46 s, \
              while the side paths, 150,000 each, verify beside it on the other CPU), while \
              the agent reads the cluster; translating the 10,000 Services, 0.07-0.1 s; \
              programming them, 0.23-0.26 s (the rings are stores into the mapped Maglev map, \

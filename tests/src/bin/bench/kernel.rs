@@ -344,55 +344,80 @@ pub fn ratio_goal(
     }
 }
 
-/// One goal row per (case, method) of [`GOALS`]. A batched figure the
-/// loaded program's runs could not resolve (see `cases::resolved`) is judged
-/// by the attached pass's, whose calls need no XDP dispatcher swap.
+/// One goal row per (case, method) of [`GOALS`], judged by the loaded
+/// program's figure, as the goals were first measured; by the attached
+/// pass's instead where the loaded one has no verdict to give: a batched
+/// figure its runs could not resolve (see `cases::resolved`; the attached
+/// calls need no XDP dispatcher swap), or a per-call figure of a noisy
+/// loaded pass ([`noisy_floor`]) when the attached pass was quiet.
 fn per_packet_goals(main: &[CaseResult], attached: &[CaseResult]) -> Vec<Goal> {
-    let median = |figure: Option<Figure>| figure.map(|f| f.median);
-    let floor = find_case(main, cases::FLOOR);
+    let attached_per_call = judged_attached_per_call(main, attached);
     let mut goals = Vec::new();
     for (name, per_call, batched, why) in GOALS {
-        let case = main.iter().find(|r| r.name == name);
-        goals.push(ratio_goal(
-            format!("{name}: per call <= {per_call}x the floor"),
-            case.and_then(|c| median(c.per_call)),
-            (floor.and_then(|f| median(f.per_call)), "floor"),
-            per_call,
-            why,
-        ));
-        let Some(batched) = batched else { continue };
-        let goal = format!("{name}: batched <= {batched}x the floor");
-        let figure = case.and_then(|c| median(c.batched));
-        goals.push(match figure {
-            Some(_) => ratio_goal(
-                goal,
-                figure,
-                (floor.and_then(|f| median(f.batched)), "floor"),
-                batched,
-                why,
-            ),
-            None => {
-                let mut judged = ratio_goal(
-                    goal,
-                    attached
-                        .iter()
-                        .find(|r| r.name == name)
-                        .and_then(|c| median(c.batched)),
-                    (
-                        find_case(attached, cases::FLOOR).and_then(|f| median(f.batched)),
-                        "floor",
-                    ),
-                    batched,
-                    why,
-                );
-                judged
-                    .measured
-                    .push_str(" attached, where the loaded program's runs were unresolved");
-                judged
+        let methods = [
+            (Method::PerCall, Some(per_call)),
+            (Method::Batched, batched),
+        ];
+        for (method, max) in methods {
+            let Some(max) = max else { continue };
+            let goal = format!("{name}: {} <= {max}x the floor", method.label());
+            let (pass, instead) = match method {
+                Method::PerCall if attached_per_call => (
+                    attached,
+                    Some("where the loaded pass was noisy (see the notes)"),
+                ),
+                Method::Batched if method.of(named(main, name)).is_none() => (
+                    attached,
+                    Some("where the loaded program's runs were unresolved"),
+                ),
+                _ => (main, None),
+            };
+            let floor = (method.of(find_case(pass, cases::FLOOR)), "floor");
+            let mut judged = ratio_goal(goal, method.of(named(pass, name)), floor, max, why);
+            if let Some(instead) = instead {
+                judged.measured.push_str(&format!(" attached, {instead}"));
             }
-        });
+            goals.push(judged);
+        }
     }
     goals
+}
+
+/// Whether the per-call goals are judged by the attached pass: the loaded
+/// one was noisy ([`noisy_floor`]) and the attached one quiet.
+fn judged_attached_per_call(main: &[CaseResult], attached: &[CaseResult]) -> bool {
+    noisy_floor(main).is_some() && noisy_floor(attached).is_none()
+}
+
+/// How a case's figure was measured.
+#[derive(Clone, Copy)]
+enum Method {
+    PerCall,
+    Batched,
+}
+
+impl Method {
+    fn label(self) -> &'static str {
+        match self {
+            Self::PerCall => "per call",
+            Self::Batched => "batched",
+        }
+    }
+
+    /// The median of this method's figure for `case`.
+    fn of(self, case: Option<&CaseResult>) -> Option<f64> {
+        let case = case?;
+        let figure = match self {
+            Self::PerCall => case.per_call.as_ref(),
+            Self::Batched => case.batched.as_ref(),
+        };
+        Some(figure?.median)
+    }
+}
+
+/// The case of `results` named `name`.
+fn named<'a>(results: &'a [CaseResult], name: &str) -> Option<&'a CaseResult> {
+    results.iter().find(|r| r.name == name)
 }
 
 /// The case of `results` whose name starts with `prefix`.
@@ -400,20 +425,23 @@ fn find_case<'a>(results: &'a [CaseResult], prefix: &str) -> Option<&'a CaseResu
     results.iter().find(|r| r.name.starts_with(prefix))
 }
 
-/// Says so when a pass's floor read above its parse-only reference per
-/// call: parse-only does more, so the machine was noisy during that pass,
-/// and its per-call ratios (and the verdicts judged on them) are too.
+/// The floor and parse-only per call when the pass's floor read above its
+/// parse-only reference: parse-only does more, so the machine was noisy
+/// during that pass, and its per-call ratios (and the verdicts judged on
+/// them) are too.
+fn noisy_floor(results: &[CaseResult]) -> Option<(f64, f64)> {
+    let floor = Method::PerCall.of(find_case(results, cases::FLOOR))?;
+    let parse = Method::PerCall.of(find_case(results, cases::PARSE))?;
+    (floor > parse).then_some((floor, parse))
+}
+
+/// Says so when a pass was noisy ([`noisy_floor`]).
 fn noisy_floor_note(pass: &str, results: &[CaseResult]) -> Option<String> {
-    let per_call = |prefix: &str| {
-        let result = results.iter().find(|r| r.name.starts_with(prefix))?;
-        Some(result.per_call.as_ref()?.median)
-    };
-    let (floor, parse) = (per_call(cases::FLOOR)?, per_call(cases::PARSE)?);
-    (floor > parse).then(|| {
+    noisy_floor(results).map(|(floor, parse)| {
         format!(
             "In the {pass} pass the floor read {floor:.1} ns a call, above parse-only's \
              {parse:.1} ns, which does more: the machine was noisy during it, and that pass's \
-             per-call ratios, and any verdict judged on them, are noise."
+             per-call ratios are noise."
         )
     })
 }
@@ -427,6 +455,12 @@ pub fn section(
 ) -> Result<Section> {
     notes.extend(noisy_floor_note("loaded", main));
     notes.extend(noisy_floor_note("attached", attached));
+    if judged_attached_per_call(main, attached) {
+        notes.push(
+            "The attached pass was quiet, so the per-call goals are judged by its figures."
+                .to_owned(),
+        );
+    }
     let find = |prefix: &str| {
         main.iter()
             .find(|r| r.name.starts_with(prefix))
@@ -495,4 +529,63 @@ pub fn section(
         notes,
         goals,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn case(name: &str, per_call: f64) -> CaseResult {
+        let figure = |median| Figure {
+            median,
+            min: median,
+            max: median,
+        };
+        CaseResult {
+            name: name.to_owned(),
+            check: String::new(),
+            per_call: Some(figure(per_call)),
+            batched: Some(figure(per_call / 4.0)),
+            batched_kernel: None,
+        }
+    }
+
+    /// A pass whose floor, parse-only and established cases took these ns a call.
+    fn pass(floor: f64, parse: f64, established: f64) -> Vec<CaseResult> {
+        vec![
+            case(cases::FLOOR, floor),
+            case(cases::PARSE, parse),
+            case("established TCP flow", established),
+        ]
+    }
+
+    fn established_per_call(goals: &[Goal]) -> &Goal {
+        goals
+            .iter()
+            .find(|g| g.goal.starts_with("established TCP flow: per call"))
+            .expect("the goal")
+    }
+
+    #[test]
+    fn per_call_goals_are_judged_by_the_attached_pass_when_the_loaded_one_was_noisy() {
+        let attached = pass(100.0, 110.0, 250.0);
+        // Quiet (the floor below parse-only): judged by the loaded pass, 1.5x.
+        let goals = per_packet_goals(&pass(200.0, 210.0, 300.0), &attached);
+        let goal = established_per_call(&goals);
+        assert_eq!(goal.verdict, Verdict::Met, "{}", goal.measured);
+        assert!(!goal.measured.contains("attached"), "{}", goal.measured);
+        // Noisy: judged by the attached pass, 2.5x.
+        let goals = per_packet_goals(&pass(200.0, 150.0, 300.0), &attached);
+        let goal = established_per_call(&goals);
+        assert_eq!(goal.verdict, Verdict::Missed, "{}", goal.measured);
+        assert!(
+            goal.measured
+                .contains("attached, where the loaded pass was noisy"),
+            "{}",
+            goal.measured
+        );
+        // Both noisy: the loaded pass, as there is nothing better.
+        let goals = per_packet_goals(&pass(200.0, 150.0, 300.0), &pass(100.0, 90.0, 250.0));
+        assert_eq!(established_per_call(&goals).verdict, Verdict::Met);
+    }
 }
