@@ -366,7 +366,7 @@ fn per_packet_goals(main: &[CaseResult], attached: &[CaseResult]) -> Vec<Goal> {
                     attached,
                     Some("where the loaded pass was noisy (see the notes)"),
                 )
-            } else if method.of(named(main, name)).is_none() {
+            } else if matches!(method, Method::Batched) && method.of(named(main, name)).is_none() {
                 (
                     attached,
                     Some("where the loaded program's runs were unresolved"),
@@ -483,11 +483,7 @@ pub fn section(
                 .to_owned(),
         );
     }
-    let find = |prefix: &str| {
-        main.iter()
-            .find(|r| r.name.starts_with(prefix))
-            .with_context(|| format!("no case {prefix}"))
-    };
+    let find = |prefix: &str| find_case(main, prefix).with_context(|| format!("no case {prefix}"));
     let floor = find(cases::FLOOR)?;
     let parse = find(cases::PARSE)?;
     let table = case_table(
@@ -627,6 +623,24 @@ mod tests {
         }
         // A floor a little above parse-only is not noise.
         assert!(noise(&pass(100.0, 2.0, 99.0, 450.0)).is_none());
+        // A loaded per-call figure that is missing is not measured: only
+        // an unresolved batched one is taken from the attached pass.
+        let mut failed = pass(200.0, 2.0, 210.0, 300.0);
+        failed[2].per_call = None;
+        failed[2].batched = None;
+        let goals = per_packet_goals(&failed, &attached);
+        let [per_call, batched] = established(&goals);
+        assert_eq!(
+            per_call.verdict,
+            Verdict::NotMeasured,
+            "{}",
+            per_call.measured
+        );
+        assert!(
+            batched.measured.contains("runs were unresolved"),
+            "{}",
+            batched.measured
+        );
         // Both noisy: the loaded pass, as there is nothing better.
         let noisy_attached = pass(100.0, 30.0, 110.0, 450.0);
         let goals = per_packet_goals(&pass(200.0, 2.0, 150.0, 300.0), &noisy_attached);
