@@ -52,14 +52,15 @@ pub fn lb_clock_sample(_ctx: XdpContext) -> u32 {
 /// to a side path.
 #[inline(always)]
 fn try_lb_xdp(ctx: &Frame) -> Result<u32, Verdict> {
-    let mut ip = MaybeUninit::uninit();
-    match Ip::parse::<true>(ctx, &mut ip) {
-        Ok(()) => {}
+    let family = match Ip::family_of(ctx) {
+        Ok(family) => family,
         Err(Verdict::PassNotIp) => {
             return side_paths::enter(ctx, SIDE_PATH_ARP, Verdict::PassNotIp);
         }
         Err(verdict) => return Err(verdict),
-    }
+    };
+    let mut ip = MaybeUninit::uninit();
+    Ip::parse::<true>(ctx, family, &mut ip)?;
     // SAFETY: `parse` returned `Ok`, so it wrote the header. (Not zeroed
     // first: that is a `memset` subprogram call per packet.)
     let ip = unsafe { ip.assume_init_ref() };

@@ -114,6 +114,13 @@ static mut SETTINGS: Settings = Settings {
     new_flow_limit: 0,
 };
 
+/// Zero, where the verifier cannot see it: nothing writes it, and the
+/// verifier takes a writable global for unknown. A value it is added to is
+/// known to the verifier by its bounds alone, so that paths which computed
+/// the value differently go on in one state (see `parse::skip_extensions`).
+#[unsafe(link_section = ".bss.opaque_zero")]
+static mut OPAQUE_ZERO: u32 = 0;
+
 /// Flows each CPU inserted in the current second, against `Settings::new_flow_limit`.
 #[map]
 static FLOW_BUDGET: PerCpuArray<FlowBudget> = PerCpuArray::with_max_entries(1, 0);
@@ -338,6 +345,13 @@ fn settings_field(offset: usize) -> u32 {
             .cast::<u32>()
             .read_volatile()
     }
+}
+
+/// [`OPAQUE_ZERO`], in one load: volatile, so that the compiler keeps it.
+#[inline(always)]
+pub fn opaque_zero() -> u32 {
+    // SAFETY: reading a global that nothing writes.
+    unsafe { (&raw const OPAQUE_ZERO).read_volatile() }
 }
 
 /// `Settings::new_flow_limit`: 0 for none.

@@ -9,7 +9,12 @@ use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
 
-use crate::{keys::flow_key, maps::iface_mac_word, nat::copy_addr, verdict::Verdict};
+use crate::{
+    keys::flow_key,
+    maps::{iface_mac_word, opaque_zero},
+    nat::copy_addr,
+    verdict::Verdict,
+};
 
 const ETH_P_IPV4_BE: u16 = 0x0800u16.to_be();
 const ETH_P_IPV6_BE: u16 = 0x86ddu16.to_be();
@@ -149,19 +154,11 @@ impl Ip {
         EthHdr::LEN + usize::from(self.total_len) - self.l4_offset
     }
 
-    /// Parses the IP header into `ip`, which is initialised when this
-    /// returns `Ok`. IPv6's extension-header walk is inlined if
-    /// `INLINE_V6`, else a BPF subprogram of its own. Each program takes
-    /// what keeps its deepest call chain within the verifier's 512 bytes:
-    /// the entry point and `lb_icmp4` (whose handler is inline, and which
-    /// never gets IPv6) inline it, as a subprogram's frame would stack on
-    /// theirs; `lb_icmp6`, whose handlers are subprograms, keeps the walk's
-    /// temporaries off its frame.
+    /// The family of a frame addressed to this host, by its EtherType:
+    /// `PassNotIp` for one that is not IP (ARP), `PassOtherHost` for one
+    /// to another host.
     #[inline(always)]
-    pub fn parse<const INLINE_V6: bool>(
-        ctx: &Frame,
-        ip: &mut MaybeUninit<Ip>,
-    ) -> Result<(), Verdict> {
+    pub fn family_of(ctx: &Frame) -> Result<Family, Verdict> {
         let eth: *const EthHdr = ptr_at(ctx, 0).map_err(|_| Verdict::PassNotIp)?;
         // SAFETY: `ptr_at` checked the header lies inside the packet.
         if !for_this_host(ctx, unsafe { (*eth).dst_addr }) {
@@ -169,10 +166,30 @@ impl Ip {
         }
         // SAFETY: as above.
         match unsafe { (*eth).ether_type } {
-            ETH_P_IPV4_BE => Self::parse_v4(ctx)?.write_to(ip),
-            ETH_P_IPV6_BE if INLINE_V6 => Self::parse_v6(ctx)?.write_to(ip),
-            ETH_P_IPV6_BE => Self::parse_v6_into(ctx, ip)?,
-            _ => return Err(Verdict::PassNotIp),
+            ETH_P_IPV4_BE => Ok(Family::V4),
+            ETH_P_IPV6_BE => Ok(Family::V6),
+            _ => Err(Verdict::PassNotIp),
+        }
+    }
+
+    /// Parses the IP header of a frame of `family` (by `family_of`) into
+    /// `ip`, which is initialised when this returns `Ok`. IPv6's
+    /// extension-header walk is inlined if `INLINE_V6`, else a BPF
+    /// subprogram of its own. Each program takes what keeps its deepest
+    /// call chain within the verifier's 512 bytes: the entry point inlines
+    /// it, as a subprogram's frame would stack on its own; `lb_icmp6`,
+    /// whose handlers are subprograms, keeps the walk's temporaries off its
+    /// frame.
+    #[inline(always)]
+    pub fn parse<const INLINE_V6: bool>(
+        ctx: &Frame,
+        family: Family,
+        ip: &mut MaybeUninit<Ip>,
+    ) -> Result<(), Verdict> {
+        match family {
+            Family::V4 => Self::parse_v4(ctx)?.write_to(ip),
+            Family::V6 if INLINE_V6 => Self::parse_v6(ctx)?.write_to(ip),
+            Family::V6 => Self::parse_v6_into(ctx, ip)?,
         }
         Ok(())
     }
@@ -332,30 +349,45 @@ pub fn words(bytes: &[u8; 16]) -> Addr {
 #[inline(always)]
 fn skip_extensions(ctx: &Frame, first: u8) -> Result<(u8, usize), Verdict> {
     let mut next = first;
-    let mut offset = EthHdr::LEN + Ipv6Hdr::LEN;
+    // Bytes of the extension headers walked so far.
+    let mut walked = 0;
     for _ in 0..IPV6_MAX_EXTENSIONS {
         match next {
             IPV6_HOP_BY_HOP | IPV6_DEST_OPTIONS | IPV6_ROUTING => {}
             IPV6_FRAGMENT => return Err(Verdict::PassFragment),
-            _ => return Ok((next, offset)),
+            _ => return Ok((next, upper_layer_offset(walked))),
         }
         // Next header, length in 8-byte units beyond the first 8, and for a
         // routing header its type and segments left.
-        let header: *const [u8; 4] = ptr_at(ctx, offset)?;
+        let header: *const [u8; 4] = ptr_at(ctx, EthHdr::LEN + Ipv6Hdr::LEN + walked)?;
         // SAFETY: checked by `ptr_at`.
         let [following, len, _, segments_left] = unsafe { *header };
         if next == IPV6_ROUTING && segments_left != 0 {
             return Err(Verdict::PassOtherProto);
         }
         next = following;
-        offset += (usize::from(len) + 1) * 8;
+        walked += (usize::from(len) + 1) * 8;
     }
     match next {
         IPV6_HOP_BY_HOP | IPV6_DEST_OPTIONS | IPV6_ROUTING | IPV6_FRAGMENT => {
             Err(Verdict::PassOtherProto)
         }
-        _ => Ok((next, offset)),
+        _ => Ok((next, upper_layer_offset(walked))),
     }
+}
+
+/// The offset of the upper-layer header behind `walked` bytes of extension
+/// headers (at most 4 x 2,048, which the mask keeps), in a form the
+/// verifier knows only by its bounds, the same whatever the walk, and small
+/// enough that a packet pointer this far in can still be checked against
+/// the end. Known exactly (a constant without extension headers, a
+/// different range behind each count of them), each way out of the walk
+/// was a state of its own, which the verifier took through all that
+/// follows: four times the instructions, in the entry point and in the
+/// ICMPv6 path.
+#[inline(always)]
+fn upper_layer_offset(walked: usize) -> usize {
+    EthHdr::LEN + Ipv6Hdr::LEN + ((walked + opaque_zero() as usize) & 0x3fff)
 }
 
 /// The ports of a TCP or UDP header that lies in the packet up to its

@@ -260,3 +260,24 @@ fn a_takeover_keeps_answering_neighbors_as_the_earlier_agent_did() {
     );
     third.remove_pins().expect("remove pins");
 }
+
+/// The verifier walks every path of each program before the program loads,
+/// and an agent's start waits for it: a change that multiplies the states it
+/// walks shows here, as the IPv6 extension-header walk once did (each of its
+/// exits a state of its own, the entry point at 319,000 instructions).
+#[test]
+fn each_program_verifies_within_a_seventh_of_the_budget() {
+    const BOUND: u32 = 150_000;
+    let dataplane = load(16);
+    for (name, program) in dataplane.programs().expect("the programs") {
+        let verified = program
+            .info()
+            .expect("the program's info")
+            .verified_instruction_count()
+            .expect("the kernel's count of verified instructions");
+        assert!(
+            verified <= BOUND,
+            "{name}: the verifier processed {verified} instructions, more than {BOUND}"
+        );
+    }
+}

@@ -30,7 +30,7 @@ use aya::{Ebpf, EbpfLoader, programs::Xdp, util::nr_cpus};
 use global_data::GlobalData;
 use lb_common::{
     LEGACY_SETTING_ANSWER_NEIGHBORS, MAP_MAGLEV, MAP_SETTINGS, MAX_BACKENDS, NeighborMask,
-    PROGRAM_NAME,
+    PROGRAM_NAME, SIDE_PATH_PROGRAMS,
 };
 
 use crate::{
@@ -199,9 +199,22 @@ impl Dataplane {
 
     /// The loaded program, for `BPF_PROG_TEST_RUN`.
     pub fn program(&self) -> Result<&Xdp, DataplaneError> {
+        self.xdp(PROGRAM_NAME)
+    }
+
+    /// The entry point and the side paths (`lb_common::SIDE_PATH_PROGRAMS`),
+    /// loaded, by name.
+    pub fn programs(&self) -> Result<Vec<(&'static str, &Xdp)>, DataplaneError> {
+        std::iter::once(PROGRAM_NAME)
+            .chain(SIDE_PATH_PROGRAMS)
+            .map(|name| Ok((name, self.xdp(name)?)))
+            .collect()
+    }
+
+    fn xdp(&self, name: &'static str) -> Result<&Xdp, DataplaneError> {
         self.ebpf
-            .program(PROGRAM_NAME)
-            .ok_or(DataplaneError::Maps(MapsError::Missing("program lb_xdp")))?
+            .program(name)
+            .ok_or(MapsError::Missing(name))?
             .try_into()
             .map_err(DataplaneError::Program)
     }

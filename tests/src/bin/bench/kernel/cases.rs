@@ -311,20 +311,31 @@ pub fn measure_all(bed: &Bed, options: Options) -> Result<Section> {
 }
 
 /// How much of the verifier's budget loading the data path took: every path
-/// the program may take is explored, and a program whose exploration passes
+/// a program may take is explored, and a program whose exploration passes
 /// the budget does not load, so each change to the data path spends from it.
+/// The agent's start waits for the exploration, which takes time in
+/// proportion.
 fn verifier_note(dataplane: &Dataplane) -> Result<String> {
     const BUDGET: u32 = 1_000_000;
     let verified = dataplane
-        .program()?
-        .info()
-        .context("the program's info")?
-        .verified_instruction_count()
-        .context("the kernel reports no verified instruction count")?;
+        .programs()?
+        .into_iter()
+        .map(|(name, program)| {
+            let count = program
+                .info()
+                .with_context(|| format!("{name}'s info"))?
+                .verified_instruction_count()
+                .context("the kernel reports no verified instruction count")?;
+            Ok(format!(
+                "{name} {count} ({:.1}%)",
+                100.0 * f64::from(count) / f64::from(BUDGET)
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
     Ok(format!(
-        "Loading the data path, the verifier processed {verified} instructions of its budget \
-         of {BUDGET} per program ({:.0}%).",
-        100.0 * f64::from(verified) / f64::from(BUDGET)
+        "Loading the data path, the verifier processed, of its budget of {BUDGET} instructions \
+         per program: {}.",
+        verified.join(", ")
     ))
 }
 
