@@ -8,6 +8,7 @@
 //! one of two lb hosts dies ([`failover`]). The results are printed as tables
 //! and written to BENCHMARKS.md.
 
+mod announced;
 mod contestants;
 mod control_plane;
 mod e2e;
@@ -169,7 +170,9 @@ fn control_plane_section(quick: bool) -> Result<Section> {
              EndpointSlices and the Nodes. The agent runs with `--max-services` sized to the \
              cluster and `--ring-size 251` (a 40 MB Maglev map for 10,000 service ports), so \
              every Service gets its VIP, its status and its place in the data path. \
-             Latency: an EndpointSlice \
+             Announced: the agent announces with ARP (the default), and a packet socket on the \
+             far end of its interface notes when the last VIP was first heard of in a \
+             gratuitous ARP. Latency: an EndpointSlice \
              change in the API server until the Maglev map changed, measured once the agent's \
              start is over (its IPAllocated Events, which it records after the statuses, all \
              in). Each change follows the \
