@@ -3,13 +3,15 @@
 
 use std::{
     collections::HashSet,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, OwnedFd},
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 use lb_tests::netns::NetNs;
+
+use crate::packet_socket;
 
 const ETH_P_ARP: u16 = 0x0806;
 /// Room for a whole start's burst (10,000 frames of about a kilobyte each
@@ -83,60 +85,17 @@ fn gratuitous_arp(frame: &[u8]) -> Option<[u8; 4]> {
 /// An `AF_PACKET` socket that receives the ARP frames arriving on `ifindex`,
 /// its receives timing out after [`POLL`].
 fn arp_socket(ifindex: u32) -> Result<OwnedFd> {
-    let protocol = libc::c_int::from(ETH_P_ARP.to_be());
-    // SAFETY: plain syscall; the descriptor is owned right below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            protocol,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("AF_PACKET socket");
-    }
-    // SAFETY: a fresh descriptor nobody else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let socket = packet_socket::bound(ifindex, ETH_P_ARP)?;
     let timeout = libc::timeval {
         tv_sec: 0,
         tv_usec: POLL.as_micros() as libc::suseconds_t,
     };
-    set_option(&socket, libc::SO_RCVBUFFORCE, &RECEIVE_BUFFER)?;
-    set_option(&socket, libc::SO_RCVTIMEO, &timeout)?;
-    // SAFETY: all-zero is a valid sockaddr_ll.
-    let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    address.sll_family = libc::AF_PACKET as libc::c_ushort;
-    address.sll_protocol = ETH_P_ARP.to_be();
-    address.sll_ifindex = ifindex as libc::c_int;
-    // SAFETY: `address` is a valid sockaddr_ll of the given length.
-    let bound = unsafe {
-        libc::bind(
-            fd,
-            (&raw const address).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if bound != 0 {
-        return Err(std::io::Error::last_os_error()).context("binding the packet socket");
-    }
+    packet_socket::set_option(
+        &socket,
+        libc::SOL_SOCKET,
+        libc::SO_RCVBUFFORCE,
+        &RECEIVE_BUFFER,
+    )?;
+    packet_socket::set_option(&socket, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &timeout)?;
     Ok(socket)
-}
-
-/// Sets socket option `name` (at `SOL_SOCKET`) to `value`.
-fn set_option<T>(socket: &OwnedFd, name: libc::c_int, value: &T) -> Result<()> {
-    // SAFETY: `value` is valid for its size.
-    let set = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            name,
-            (value as *const T).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if set != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("socket option {name}"));
-    }
-    Ok(())
 }

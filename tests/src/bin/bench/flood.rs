@@ -11,12 +11,14 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
 use lb_tests::{netns::NetNs, packets};
+
+use crate::packet_socket;
 
 /// Frames per `sendmmsg` call.
 const BATCH: usize = 64;
@@ -71,7 +73,7 @@ pub fn send(
 
 fn send_thread(ifindex: i32, cpu: usize, frames: &[Vec<u8>], deadline: Instant) -> Result<u64> {
     pin_to_cpu(cpu % crate::stats::online_cpus());
-    let socket = packet_socket(ifindex)?;
+    let socket = sending_socket(ifindex)?;
     let mut iovecs: Vec<libc::iovec> = frames
         .iter()
         .map(|frame| libc::iovec {
@@ -117,45 +119,13 @@ fn send_thread(ifindex: i32, cpu: usize, frames: &[Vec<u8>], deadline: Instant) 
     Ok(sent)
 }
 
-/// An AF_PACKET socket bound to `ifindex` that only sends: protocol 0 keeps
-/// the kernel from copying every received frame to it.
-fn packet_socket(ifindex: i32) -> Result<OwnedFd> {
-    // SAFETY: plain syscall; the descriptor is owned right below.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("AF_PACKET socket");
-    }
-    // SAFETY: a fresh descriptor nobody else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+/// An AF_PACKET socket bound to `ifindex` that only sends (protocol 0
+/// keeps the kernel from copying every received frame to it), past the
+/// qdisc.
+fn sending_socket(ifindex: i32) -> Result<OwnedFd> {
+    let socket = packet_socket::bound(ifindex as u32, 0)?;
     let one: libc::c_int = 1;
-    // SAFETY: valid option pointer and length.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_PACKET,
-            libc::PACKET_QDISC_BYPASS,
-            (&raw const one).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("PACKET_QDISC_BYPASS");
-    }
-    // SAFETY: all-zero is a valid sockaddr_ll.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as libc::c_ushort;
-    addr.sll_ifindex = ifindex;
-    // SAFETY: `addr` is a valid sockaddr_ll of the given length.
-    let rc = unsafe {
-        libc::bind(
-            fd,
-            (&raw const addr).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("binding the packet socket");
-    }
+    packet_socket::set_option(&socket, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &one)?;
     Ok(socket)
 }
 

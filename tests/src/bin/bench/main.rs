@@ -18,6 +18,7 @@ mod httpd;
 mod interrupt;
 mod kernel;
 mod maglev;
+mod packet_socket;
 mod report;
 mod stats;
 mod wrk;
