@@ -142,9 +142,12 @@ async fn sync_until_signalled(
                     checker.watch(translation);
                     let state = checker.apply(translation);
                     program(dataplane, options, &state, &mut failed, &mut catalog);
-                    let served = (&*state, &failed);
-                    announce(dataplane, options, &mut announcer, served, &plan, &mut catalog);
+                    announcer.update(dataplane, &state, &failed, &plan);
+                    // The statuses before the catalog, which only names
+                    // services for the CLI: a start's takes tens of
+                    // milliseconds to write.
                     options.source.report(translation).await;
+                    write_catalog(dataplane, options, &announcer, &mut catalog);
                     last_plan = Some(plan);
                     health.set_ready();
                 }
@@ -160,8 +163,8 @@ async fn sync_until_signalled(
                 let translation = options.translator.translation();
                 let state = checker.apply(translation);
                 program(dataplane, options, &state, &mut failed, &mut catalog);
-                let served = (&*state, &failed);
-                announce(dataplane, options, &mut announcer, served, plan, &mut catalog);
+                announcer.update(dataplane, &state, &failed, plan);
+                write_catalog(dataplane, options, &announcer, &mut catalog);
             },
             _ = refresh.tick() => announcer.refresh(),
         }
@@ -260,19 +263,15 @@ fn program(
         .any(|frontends| !frontends.is_empty());
 }
 
-/// Announces what `plan` says of what was programmed, then writes the
-/// catalog (names for the CLI, what is announced over BGP for the metrics)
-/// if that changed: with 10,000 services a write takes milliseconds, which
-/// every round would pay for nothing.
-fn announce(
-    dataplane: &mut Dataplane,
+/// Writes the catalog (names for the CLI, what is announced over BGP for
+/// the metrics) if that changed: with 10,000 services a write takes tens of
+/// milliseconds, which every round would pay for nothing.
+fn write_catalog(
+    dataplane: &Dataplane,
     options: &AgentOptions,
-    announcer: &mut Announcer,
-    (state, failed): (&DesiredState, &BTreeMap<Frontend, String>),
-    plan: &AnnouncementPlan,
+    announcer: &Announcer,
     on_disk: &mut CatalogOnDisk,
 ) {
-    announcer.update(dataplane, state, failed, plan);
     let bgp_announced = announcer.bgp_announced();
     if let Some(bpffs) = &options.dataplane.pin_dir
         && (on_disk.stale || bgp_announced != on_disk.bgp_announced)

@@ -145,16 +145,16 @@ pub fn run(quick: bool) -> Result<(Rows, Vec<Goal>)> {
             format!("{cluster}: every VIP in status and the data path full <= 2 s"),
             statuses.max(full),
             PROGRAMMED_GOAL,
-            "in order: loading the data path, 0.5-0.65 s (creating the maps, 0.2-0.3 s, of \
+            "in order: loading the data path, 0.4-0.65 s (creating the maps, 0.2-0.3 s, of \
              which the per-CPU backend counters 0.05-0.1 and the two 1M-entry flow tables \
              0.05 each; then verifying the four programs side by side, 0.15-0.22 s: lb_xdp \
              79,000 instructions processed, the ICMP paths 12,000 and 31,000), while the \
              agent reads the cluster, which takes about as long; translating the 10,000 \
-             Services, 0.08-0.14 s; programming them, 0.22-0.33 s (the rings are stores into \
-             the mapped Maglev map, the rest about 8 system calls a service); announcing and \
-             the catalog, 0.04-0.06 s; then the 10,000 status writes (64 at a time, before \
-             the Events), 0.47-0.79 s, for which the agent (its one thread busy throughout) \
-             and the fake API server share 2 CPUs",
+             Services, 0.08-0.14 s; programming them, 0.21-0.33 s (the rings are stores into \
+             the mapped Maglev map, the rest about 8 system calls a service); announcing, \
+             0.03 s; then the 10,000 status writes (64 at a time, before the Events and the \
+             catalog for the CLI), 0.46-0.79 s, for which the agent (its one thread busy \
+             throughout) and the fake API server share 2 CPUs",
         ),
         goal(
             format!("{cluster}: EndpointSlice change to map update, p99 <= 150 ms"),
