@@ -27,7 +27,7 @@ use crate::{
     balance::Claim,
     forward::{Direction, HopCache, Route, check_ttl},
     maps::count,
-    parse::{Family, Frame, Ip, Packet, Transport},
+    parse::{Family, Frame, Ip, Packet, Transport, check_for_this_host},
     verdict::Verdict,
 };
 
@@ -52,12 +52,8 @@ pub fn lb_clock_sample(_ctx: XdpContext) -> u32 {
 /// to a side path.
 #[inline(always)]
 fn try_lb_xdp(ctx: &Frame) -> Result<u32, Verdict> {
-    let family = match Ip::family_of(ctx) {
-        Ok(family) => family,
-        Err(Verdict::PassNotIp) => {
-            return side_paths::enter(ctx, SIDE_PATH_ARP, Verdict::PassNotIp);
-        }
-        Err(verdict) => return Err(verdict),
+    let Some(family) = Ip::family_of(ctx) else {
+        return side_paths::enter(ctx, SIDE_PATH_ARP, Verdict::PassNotIp);
     };
     let mut ip = MaybeUninit::uninit();
     Ip::parse::<true>(ctx, family, &mut ip)?;
@@ -73,8 +69,9 @@ fn try_lb_xdp(ctx: &Frame) -> Result<u32, Verdict> {
         }
         _ => {
             // What is to no VIP and from no node passes here, before its
-            // ports are read.
+            // ports are read and before its MAC is looked at.
             let claim = balance::claim(ip)?;
+            check_for_this_host(ctx)?;
             let ports = Transport::parse(ctx, ip)?.ports;
             serve_transport(ctx, ip, ports, claim)
         }

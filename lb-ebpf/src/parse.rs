@@ -154,21 +154,16 @@ impl Ip {
         EthHdr::LEN + usize::from(self.total_len) - self.l4_offset
     }
 
-    /// The family of a frame addressed to this host, by its EtherType:
-    /// `PassNotIp` for one that is not IP (ARP), `PassOtherHost` for one
-    /// to another host.
+    /// The family of a frame, by its EtherType; `None` for one that is not
+    /// IP (ARP) or too short to say.
     #[inline(always)]
-    pub fn family_of(ctx: &Frame) -> Result<Family, Verdict> {
-        let eth: *const EthHdr = ptr_at(ctx, 0).map_err(|_| Verdict::PassNotIp)?;
+    pub fn family_of(ctx: &Frame) -> Option<Family> {
+        let eth: *const EthHdr = ptr_at(ctx, 0).ok()?;
         // SAFETY: `ptr_at` checked the header lies inside the packet.
-        if !for_this_host(ctx, unsafe { (*eth).dst_addr }) {
-            return Err(Verdict::PassOtherHost);
-        }
-        // SAFETY: as above.
         match unsafe { (*eth).ether_type } {
-            ETH_P_IPV4_BE => Ok(Family::V4),
-            ETH_P_IPV6_BE => Ok(Family::V6),
-            _ => Err(Verdict::PassNotIp),
+            ETH_P_IPV4_BE => Some(Family::V4),
+            ETH_P_IPV6_BE => Some(Family::V6),
+            _ => None,
         }
     }
 
@@ -288,16 +283,26 @@ impl Ip {
     }
 }
 
-/// Whether a frame to `dst` is addressed to this host: broadcast, multicast,
-/// or the receiving interface's MAC. A NIC in promiscuous mode (a bridge
-/// port, a capture) hands up frames for other hosts too, and serving those
-/// would take another lb host's traffic (on a segment that floods a dead
-/// host's frames, before the router notices). An interface the agent did
-/// not register (tests that run the program unattached) is not filtered.
+/// `PassOtherHost` unless the frame is addressed to this host: broadcast,
+/// multicast, or the receiving interface's MAC. A NIC in promiscuous mode (a
+/// bridge port, a capture) hands up frames for other hosts too, and serving
+/// those would take another lb host's traffic (on a segment that floods a
+/// dead host's frames, before the router notices). An interface the agent
+/// did not register (tests that run the program unattached) is not
+/// filtered. Asked only of a frame lb would serve: one for no VIP and from
+/// no node passes either way, without the interface's lookup.
 #[inline(always)]
-fn for_this_host(ctx: &Frame, dst: [u8; 6]) -> bool {
+pub fn check_for_this_host(ctx: &Frame) -> Result<(), Verdict> {
+    let eth: *const EthHdr = ptr_at(ctx, 0)?;
+    // SAFETY: `ptr_at` checked the header lies inside the packet.
+    let dst = unsafe { (*eth).dst_addr };
     // The group bit: broadcast and multicast.
-    dst[0] & 1 != 0 || iface_mac_word(ctx.ingress_ifindex()).is_none_or(|mac| mac == mac_word(dst))
+    let ours = dst[0] & 1 != 0
+        || iface_mac_word(ctx.ingress_ifindex()).is_none_or(|mac| mac == mac_word(dst));
+    if !ours {
+        return Err(Verdict::PassOtherHost);
+    }
+    Ok(())
 }
 
 /// The 32-bit packet word at `word` (as it lies, network order) from two

@@ -12,7 +12,7 @@ use crate::{
     icmp, icmp6,
     maps::SIDE_PATHS,
     neighbor,
-    parse::{Family, Frame, Ip},
+    parse::{Family, Frame, Ip, check_for_this_host},
     verdict::{self, Verdict},
 };
 
@@ -31,7 +31,10 @@ pub fn enter(ctx: &Frame, index: u32, missing: Verdict) -> Result<u32, Verdict> 
 #[xdp]
 pub fn lb_arp(ctx: XdpContext) -> u32 {
     let ctx = Frame::new(ctx);
-    verdict::finish(&ctx, neighbor::answer_arp(&ctx))
+    verdict::finish(
+        &ctx,
+        check_for_this_host(&ctx).and_then(|()| neighbor::answer_arp(&ctx)),
+    )
 }
 
 /// ICMP (`SIDE_PATH_ICMP4`): echo requests to VIPs, errors about our flows.
@@ -81,7 +84,8 @@ fn with_ip<const INLINE_V6: bool>(
     family: Family,
     handle: impl FnOnce(&Frame, &Ip) -> Result<u32, Verdict>,
 ) -> Result<u32, Verdict> {
-    if Ip::family_of(ctx)? != family {
+    check_for_this_host(ctx)?;
+    if Ip::family_of(ctx) != Some(family) {
         return Err(Verdict::PassOtherProto);
     }
     let mut ip = MaybeUninit::uninit();

@@ -213,6 +213,18 @@ fn arp_and_neighbor_solicitations_for_vips_are_answered() {
                 output: None,
             },
             Fixture {
+                description: "an ARP request for a VIP unicast to another host's MAC \
+                              (promiscuous NIC) is not answered",
+                input: {
+                    let mut request = nd::arp_request(asker, CLIENT, VIP);
+                    request[..6].copy_from_slice(&packets::LB_MAC);
+                    request
+                },
+                ifindex: bed.client_if,
+                action: XDP_PASS,
+                output: None,
+            },
+            Fixture {
                 description: "a Neighbor Solicitation for an IPv6 VIP gets a solicited advertisement",
                 input: nd::neighbor_solicitation(asker, asker6, VIP6),
                 ifindex: bed.client_if,
@@ -262,7 +274,7 @@ fn arp_and_neighbor_solicitations_for_vips_are_answered() {
         let global = dataplane.maps().global_counters().expect("counters");
         assert_eq!(global[counters::ARP_REPLY as usize], 2);
         assert_eq!(global[counters::NDP_REPLY as usize], 1);
-        assert_eq!(global[counters::PASS_OTHER_HOST as usize], 1);
+        assert_eq!(global[counters::PASS_OTHER_HOST as usize], 2);
         let mut dataplane = dataplane;
         // A removed VIP is no longer answered.
         dataplane
