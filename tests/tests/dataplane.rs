@@ -13,7 +13,8 @@ use lb::{
     reconcile,
 };
 use lb_common::{
-    ALL_NEIGHBOR_SLOTS, BACKEND_ACTIVE, LEGACY_SETTING_ANSWER_NEIGHBORS, Settings, addr_of,
+    ALL_NEIGHBOR_SLOTS, BACKEND_ACTIVE, LEGACY_SETTING_ANSWER_NEIGHBORS, SIDE_PATH_PROGRAMS,
+    Settings, addr_of,
 };
 use lb_tests::{
     pin_root::{BPF_MAP_TYPE_ARRAY, PinRoot, pin_old_map},
@@ -269,12 +270,11 @@ fn a_takeover_keeps_answering_neighbors_as_the_earlier_agent_did() {
 fn each_program_verifies_within_a_seventh_of_the_budget() {
     const BOUND: u32 = 150_000;
     let dataplane = load(16);
-    for (name, program) in dataplane.programs().expect("the programs") {
-        let verified = program
-            .info()
-            .expect("the program's info")
-            .verified_instruction_count()
-            .expect("the kernel's count of verified instructions");
+    let counts = dataplane
+        .verified_instructions()
+        .expect("the verifier's counts");
+    assert_eq!(counts.len(), 1 + SIDE_PATH_PROGRAMS.len(), "{counts:?}");
+    for (name, verified) in counts {
         assert!(
             verified <= BOUND,
             "{name}: the verifier processed {verified} instructions, more than {BOUND}"

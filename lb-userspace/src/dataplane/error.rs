@@ -14,6 +14,10 @@ pub enum DataplaneError {
     Load(#[source] aya::EbpfError),
     #[error("the XDP program: {0}")]
     Program(#[source] ProgramError),
+    #[error("the object has no program {0}")]
+    MissingProgram(&'static str),
+    #[error("{0}: the kernel reports no count of the instructions its verifier processed")]
+    NoVerifiedCount(&'static str),
     #[error("the tick length for the data path's clock (clock_getres): {0}")]
     ClockResolution(#[source] std::io::Error),
     #[error("interface {0} does not exist")]

@@ -34,7 +34,7 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{ALL_MAPS, FORMERLY_PINNED, MappedArray, Maps, MapsError, pinned_settings},
+    maps::{ALL_MAPS, FORMERLY_PINNED, MappedArray, Maps, pinned_settings},
     model::{BackendSpec, Frontend, ServiceSpec},
     pins::PinDir,
 };
@@ -202,19 +202,28 @@ impl Dataplane {
         self.xdp(PROGRAM_NAME)
     }
 
-    /// The entry point and the side paths (`lb_common::SIDE_PATH_PROGRAMS`),
-    /// loaded, by name.
-    pub fn programs(&self) -> Result<Vec<(&'static str, &Xdp)>, DataplaneError> {
+    /// How many instructions the verifier processed for the entry point and
+    /// each side path (`lb_common::SIDE_PATH_PROGRAMS`), by name: every
+    /// path a program may take is explored before it loads, so this is what
+    /// each change to the data path spends of the verifier's budget, and
+    /// what the agent's start waits for.
+    pub fn verified_instructions(&self) -> Result<Vec<(&'static str, u32)>, DataplaneError> {
         std::iter::once(PROGRAM_NAME)
             .chain(SIDE_PATH_PROGRAMS)
-            .map(|name| Ok((name, self.xdp(name)?)))
+            .map(|name| {
+                let info = self.xdp(name)?.info().map_err(DataplaneError::Program)?;
+                let count = info
+                    .verified_instruction_count()
+                    .ok_or(DataplaneError::NoVerifiedCount(name))?;
+                Ok((name, count))
+            })
             .collect()
     }
 
     fn xdp(&self, name: &'static str) -> Result<&Xdp, DataplaneError> {
         self.ebpf
             .program(name)
-            .ok_or(MapsError::Missing(name))?
+            .ok_or(DataplaneError::MissingProgram(name))?
             .try_into()
             .map_err(DataplaneError::Program)
     }

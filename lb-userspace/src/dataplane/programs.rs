@@ -29,7 +29,7 @@ pub fn load(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
         .iter()
         .find(|&&wanted| !programs.iter().any(|(name, _)| *name == wanted))
     {
-        return Err(MapsError::Missing(missing).into());
+        return Err(DataplaneError::MissingProgram(missing));
     }
     std::thread::scope(|scope| {
         let loads: Vec<_> = programs
@@ -73,7 +73,7 @@ pub(super) fn xdp<'a>(
     name: &'static str,
 ) -> Result<&'a mut Xdp, DataplaneError> {
     ebpf.program_mut(name)
-        .ok_or(MapsError::Missing(name))?
+        .ok_or(DataplaneError::MissingProgram(name))?
         .try_into()
         .map_err(DataplaneError::Program)
 }
