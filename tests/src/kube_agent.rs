@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 use k8s_openapi::api::core::v1::Service;
 use lb::{
     catalog::Catalog,
@@ -237,13 +237,17 @@ impl ServiceAccount {
     pub const DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
     /// Writes `server`'s token and CA to [`DIR`](Self::DIR) and `default` as
-    /// the namespace. `None` when that directory exists already (a real Pod,
-    /// or another test's): it is not ours to overwrite.
-    pub fn write(server: &FakeApiServer) -> Result<Option<Self>> {
+    /// the namespace. An error when that directory exists already (a real
+    /// Pod's, or left by a test that was killed): it is not ours to
+    /// overwrite, and the in-cluster path would go untested.
+    pub fn write(server: &FakeApiServer) -> Result<Self> {
         let dir = Path::new(Self::DIR);
-        if dir.exists() {
-            return Ok(None);
-        }
+        ensure!(
+            !dir.exists(),
+            "{} exists already and is not ours to overwrite: the in-cluster test needs it \
+             absent (remove it if a killed test run left it behind)",
+            dir.display()
+        );
         let mut created = dir;
         while let Some(parent) = created.parent()
             && !parent.exists()
@@ -255,7 +259,7 @@ impl ServiceAccount {
         };
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         server.write_service_account(dir, "default")?;
-        Ok(Some(account))
+        Ok(account)
     }
 }
 

@@ -664,9 +664,13 @@ impl World {
         if output == input {
             match (action, service, reply_of) {
                 (XDP_PASS, ..) => {}
-                // A service without (usable) backends drops.
-                (XDP_DROP, Some(_), _) => self.stats.dropped += 1,
-                _ => bail!("an unchanged packet must pass (or be dropped for a service)"),
+                // A service without backends drops; one with backends
+                // (all usable here, with resolved neighbours) never does.
+                (XDP_DROP, Some(spec), _) if spec.backends.is_empty() => self.stats.dropped += 1,
+                _ => bail!(
+                    "an unchanged packet must pass (or be dropped for a service without \
+                     backends)"
+                ),
             }
             self.stats.unchanged += 1;
             return Ok(Outcome::Unchanged);
