@@ -221,11 +221,13 @@ impl NetNs {
 
     /// The MAC this namespace's neighbour table (ARP or NDP) has for `ip` on
     /// `dev`, if it has one (an entry still being resolved, or failed, has none).
-    pub fn neighbour_mac(&self, dev: &str, ip: IpAddr) -> Option<String> {
-        let out = self.ip(&format!("neigh show {ip} dev {dev}")).ok()?;
+    pub fn neighbour_mac(&self, dev: &str, ip: IpAddr) -> Result<Option<String>> {
+        let out = self.ip(&format!("neigh show {ip} dev {dev}"))?;
         let mut words = out.split_whitespace();
-        words.find(|w| *w == "lladdr")?;
-        words.next().map(str::to_owned)
+        Ok(words
+            .find(|w| *w == "lladdr")
+            .and_then(|_| words.next())
+            .map(str::to_owned))
     }
 
     /// Sets a sysctl of this namespace (`sysctl -qw key=value`).
@@ -342,7 +344,8 @@ mod tests {
         a.ip("addr add 192.0.2.1/24 dev a0")?;
         b.ip("addr add 192.0.2.2/24 dev b0")?;
         assert!(a.ifindex("a0")? > 1);
-        assert_eq!(a.mac("a0")?.len(), 6);
+        let mac = a.mac("a0")?;
+        assert!(mac != [0; 6] && mac[0] & 1 == 0, "a0's MAC {mac:02x?}");
         assert_ne!(a.mac("a0")?, b.mac("b0")?);
         a.ping(Ipv4Addr::new(192, 0, 2, 2), Duration::from_secs(2))?;
         assert!(

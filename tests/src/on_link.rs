@@ -105,10 +105,10 @@ impl Segment {
             )
         })?;
         ensure!(name.starts_with("node-"), "answered by {name:?}");
+        let resolved = self.neighbour_mac(vip)?;
         ensure!(
-            self.neighbour_mac(vip).as_ref() == Some(&self.lb_mac),
-            "the client resolved {vip} to {:?}, not lb's {}",
-            self.neighbour_mac(vip),
+            resolved.as_ref() == Some(&self.lb_mac),
+            "the client resolved {vip} to {resolved:?}, not lb's {}",
             self.lb_mac
         );
         ensure!(agent.counter(counter)? > 0, "{counter} did not grow");
@@ -121,12 +121,12 @@ impl Segment {
             self.ask(ip, Duration::from_secs(1)).is_err(),
             "{ip} answered"
         );
-        ensure!(self.neighbour_mac(ip).is_none(), "{ip} was resolved");
+        ensure!(self.neighbour_mac(ip)?.is_none(), "{ip} was resolved");
         Ok(())
     }
 
     /// The MAC the client has for `ip`, if any.
-    pub fn neighbour_mac(&self, ip: IpAddr) -> Option<String> {
+    pub fn neighbour_mac(&self, ip: IpAddr) -> Result<Option<String>> {
         self.topology.client.neighbour_mac(HOST_IFACE, ip)
     }
 
@@ -143,7 +143,7 @@ impl Segment {
     pub fn wait_for_neighbour(&self, ip: IpAddr) -> Result<String> {
         let deadline = Instant::now() + READY;
         loop {
-            if let Some(mac) = self.neighbour_mac(ip) {
+            if let Some(mac) = self.neighbour_mac(ip)? {
                 return Ok(mac);
             }
             ensure!(Instant::now() < deadline, "the client never learnt {ip}");

@@ -29,7 +29,10 @@ fn a_client_on_the_segment_arps_for_the_vip_and_hears_of_new_ones() {
         .client
         .sysctl(&format!("net.ipv4.conf.{HOST_IFACE}.arp_accept"), "1")
         .expect("arp_accept");
-    assert_eq!(bed.segment.neighbour_mac(LATER_VIP), None);
+    assert_eq!(
+        bed.segment.neighbour_mac(LATER_VIP).expect("neighbours"),
+        None
+    );
     bed.serve(&[VIP, LATER_VIP]).expect("add a Service");
     assert_eq!(
         bed.segment
@@ -37,6 +40,7 @@ fn a_client_on_the_segment_arps_for_the_vip_and_hears_of_new_ones() {
             .expect("a gratuitous ARP"),
         bed.segment.lb_mac
     );
+    let first_announced = Instant::now();
 
     // The Service goes before its VIP's announcements are all sent (three,
     // a second apart): those still due must not go out, or the client would
@@ -47,10 +51,17 @@ fn a_client_on_the_segment_arps_for_the_vip_and_hears_of_new_ones() {
         assert!(Instant::now() < deadline, "{LATER_VIP} still served");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Else the last announcement was due before the removal, and the check
+    // below would prove nothing.
+    assert!(
+        first_announced.elapsed() < Duration::from_millis(1800),
+        "the removal took {:?} after the first announcement",
+        first_announced.elapsed()
+    );
     bed.segment.forget_neighbours().expect("flush");
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(
-        bed.segment.neighbour_mac(LATER_VIP),
+        bed.segment.neighbour_mac(LATER_VIP).expect("neighbours"),
         None,
         "announced after it stopped being answered"
     );

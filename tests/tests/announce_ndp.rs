@@ -30,7 +30,10 @@ fn a_client_on_the_segment_solicits_the_vip_and_hears_of_new_ones() {
             .sysctl(&format!("net.ipv6.conf.{HOST_IFACE}.{key}"), value)
             .expect(key);
     }
-    assert_eq!(bed.segment.neighbour_mac(LATER_VIP), None);
+    assert_eq!(
+        bed.segment.neighbour_mac(LATER_VIP).expect("neighbours"),
+        None
+    );
     bed.serve(&[VIP, LATER_VIP]).expect("add a Service");
     assert_eq!(
         bed.segment

@@ -173,7 +173,6 @@ fn two_arm_spreads_ipv6_connections_by_maglev() {
     let bed = Bed::new(Layout::TwoArm);
     const CONNECTIONS: usize = 300;
     let tally = bed.connect_many(CONNECTIONS);
-    assert_eq!(tally.values().sum::<usize>(), CONNECTIONS);
     assert_eq!(tally.len(), 3, "every node answers: {tally:?}");
     let shares = bed.maglev_shares();
     assert!(
