@@ -30,7 +30,9 @@ counters! {
     REPLY_REDIRECT = 5, "reply_redirect";
     /// Rewritten packets handed to the kernel because the FIB had no neighbour yet.
     FIB_MISS = 6, "fib_miss_pass";
-    /// Rewritten packets handed to the kernel: no route, or egress not in the devmap.
+    /// Handed to the kernel: no route (or not forwardable: too big for the
+    /// egress, a blackhole) untouched; egress not in the devmap translated,
+    /// with the Ethernet header and TTL it came with.
     FIB_OTHER = 7, "fib_other_pass";
     /// Passed: neither IPv4 nor IPv6 (ARP, VLAN-tagged...).
     PASS_NOT_IP = 8, "pass_not_ip";

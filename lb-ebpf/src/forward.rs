@@ -340,8 +340,12 @@ fn fib_next_hop(ctx: &Frame, route: &Route, src: &Addr, dst: &Addr) -> Result<Ne
 }
 
 /// Sends the packet, rewritten as it is to be, to `hop`, counting the hop in
-/// its TTL. When the neighbour is not resolved yet the packet goes to the
-/// kernel, which resolves it (ARP, ND) and forwards this packet itself.
+/// its TTL. When the neighbour is not resolved yet, or the egress is no port
+/// of the devmap (an interface lb is not attached to), the packet goes to
+/// the kernel as it is, Ethernet header and TTL untouched, and the kernel
+/// forwards it itself (resolving the neighbour first). So the redirect is
+/// asked for before the frame is readdressed: a frame passed with the next
+/// hop's MACs would be another host's to the kernel, which drops it.
 #[inline(always)]
 pub fn send(
     ctx: &Frame,
@@ -352,19 +356,18 @@ pub fn send(
     if !hop.resolved {
         return Err(Verdict::PassFibMiss);
     }
+    let (tx_counter, redirect_counter) = direction.counters();
+    let (action, counter) = if hop.ifindex == ctx.ingress_ifindex() {
+        (xdp_action::XDP_TX, tx_counter)
+    } else {
+        let action = TX_PORTS
+            .redirect(hop.ifindex, 0)
+            .map_err(|_| Verdict::PassFibOther)?;
+        (action, redirect_counter)
+    };
     nat::decrement_ttl(ctx, family)?;
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     set_macs(eth, &hop.dmac, &hop.smac);
-    let (tx_counter, redirect_counter) = direction.counters();
-    if hop.ifindex == ctx.ingress_ifindex() {
-        count(tx_counter);
-        return Ok(xdp_action::XDP_TX);
-    }
-    match TX_PORTS.redirect(hop.ifindex, 0) {
-        Ok(action) => {
-            count(redirect_counter);
-            Ok(action)
-        }
-        Err(_) => Err(Verdict::PassFibOther),
-    }
+    count(counter);
+    Ok(action)
 }

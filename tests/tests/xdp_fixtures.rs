@@ -1268,3 +1268,47 @@ fn internal_drop_in_namespace(bench: &XdpBed) {
         "the drop was logged: {records:?}"
     );
 }
+
+/// A packet whose next hop leaves through an interface the program may not
+/// redirect to (no devmap entry: an interface lb is not attached to) goes
+/// to the kernel translated, as for an unresolved neighbour, with its
+/// Ethernet header and TTL as they came: the kernel forwards it itself.
+/// Sent on with the next hop's MACs, the kernel would take it for another
+/// host's frame and drop it.
+#[test]
+fn a_packet_whose_egress_is_not_in_the_devmap_goes_to_the_kernel_translated() {
+    let (ns, bench) = bench();
+    ns.enter(move || egress_not_in_devmap_in_namespace(&bench))
+        .expect("enter namespace");
+}
+
+fn egress_not_in_devmap_in_namespace(bench: &XdpBed) {
+    let mut dataplane = Dataplane::load(DataplaneConfig {
+        ring_size: RING_SIZE,
+        max_services: 8,
+        pin_dir: None,
+        ..Default::default()
+    })
+    .expect("load");
+    // The clients' side only: the nodes' interface is not a port.
+    dataplane.add_tx_port(bench.client_if).expect("tx port");
+    let spec = service(VIP, 80, Protocol::Tcp, vec![node(1, 31000)]);
+    dataplane.set_service(&spec).expect("set_service");
+    let before = dataplane.maps().global_counters().expect("counters");
+    let syn = packets::tcp_syn(sock(CLIENT, 44000), sock(VIP, 80));
+    let (action, output) = run(&dataplane, &syn, bench.client_if);
+    assert_eq!(action, XDP_PASS);
+    assert_eq!(
+        output,
+        packets::expect_dnat(
+            &syn,
+            sock(node_ip(1), 31000),
+            packets::CLIENT_MAC,
+            packets::LB_MAC
+        ),
+        "translated, Ethernet header and TTL untouched"
+    );
+    let after = dataplane.maps().global_counters().expect("counters");
+    let other = counters::FIB_OTHER as usize;
+    assert_eq!(after[other] - before[other], 1, "counted as fib_other_pass");
+}
