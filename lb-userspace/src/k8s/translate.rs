@@ -183,7 +183,8 @@ impl Translator {
             );
             self.clash_reported = true;
         }
-        let pools = Pools::new(pools).expect("overlapping IPAddressPools are skipped");
+        let pools =
+            Pools::new(pools).expect("overlapping and same-named IPAddressPools are skipped");
         self.pools.reconfigure(pools, true);
     }
 

@@ -10,32 +10,43 @@ use crate::k8s::{
 };
 
 /// The valid pools, by name, and each object skipped with its
-/// `namespace/name` and why. A pool overlapping one before it (by name) is
-/// skipped, so one mistake does not take the other pools down.
+/// `namespace/name` and why. A pool overlapping one before it (by name and
+/// namespace), or named as one before it, is skipped, so one mistake does
+/// not take the other pools down.
 pub fn pools(objects: &[Arc<IPAddressPool>]) -> (Vec<Pool>, Vec<(String, String)>) {
     let mut objects: Vec<&IPAddressPool> = objects.iter().map(Arc::as_ref).collect();
-    objects.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    let mut valid: Vec<Pool> = Vec::new();
+    objects.sort_by(|a, b| {
+        (&a.metadata.name, &a.metadata.namespace).cmp(&(&b.metadata.name, &b.metadata.namespace))
+    });
+    // The valid pools, each with its object's namespace/name.
+    let mut valid: Vec<(String, Pool)> = Vec::new();
     let mut skipped = Vec::new();
     for object in objects {
         let namespace = object.metadata.namespace.as_deref().unwrap_or("default");
         let name = object.metadata.name.as_deref().unwrap_or("<unnamed>");
-        let result =
-            pool(object).and_then(
-                |pool| match valid.iter().find(|other| other.overlaps(&pool)) {
-                    Some(other) => Err(format!(
-                        "spec.addresses overlap those of IPAddressPool {}",
-                        other.name()
-                    )),
-                    None => Ok(pool),
-                },
-            );
+        let result = pool(object).and_then(|pool| {
+            // Services name a pool by its name alone (MetalLB's pools live
+            // in one namespace), so two of one name cannot both serve.
+            if let Some((other, _)) = valid.iter().find(|(_, other)| other.name() == pool.name()) {
+                return Err(format!(
+                    "another IPAddressPool is named {} ({other})",
+                    pool.name()
+                ));
+            }
+            match valid.iter().find(|(_, other)| other.overlaps(&pool)) {
+                Some((_, other)) => Err(format!(
+                    "spec.addresses overlap those of IPAddressPool {}",
+                    other.name()
+                )),
+                None => Ok(pool),
+            }
+        });
         match result {
-            Ok(pool) => valid.push(pool),
+            Ok(pool) => valid.push((format!("{namespace}/{name}"), pool)),
             Err(reason) => skipped.push((format!("{namespace}/{name}"), reason)),
         }
     }
-    (valid, skipped)
+    (valid.into_iter().map(|(_, pool)| pool).collect(), skipped)
 }
 
 fn pool(object: &IPAddressPool) -> Result<Pool, String> {

@@ -352,6 +352,15 @@ fn invalid_pools_are_skipped_by_name_and_field_and_the_rest_serve() {
   autoAssign: true
 ",
         ),
+        // MetalLB's pools are namespaced; lb's are named alone.
+        ip_address_pool(
+            "a-good",
+            "
+  addresses:
+  - 10.9.0.0/24
+",
+        )
+        .replace("namespace: metallb-system", "namespace: other"),
     ]
     .concat();
     yaml += &service_yaml("default", "web", 80, "TCP", "");
@@ -364,6 +373,7 @@ fn invalid_pools_are_skipped_by_name_and_field_and_the_rest_serve() {
     );
     let skipped = skipped(&translation);
     let want = [
+        "IPAddressPool other/a-good: another IPAddressPool is named a-good (metallb-system/a-good)",
         "IPAddressPool metallb-system/b-overlapping: spec.addresses overlap those of IPAddressPool a-good",
         "IPAddressPool metallb-system/c-bad-cidr: spec.addresses: \"10.1.0.0/33\": invalid IP address syntax, expected a CIDR or FIRST-LAST",
         "IPAddressPool metallb-system/d-bad-selector: spec.serviceAllocation.serviceSelectors[0]: matchExpressions[0]: operator In needs values",
