@@ -342,6 +342,19 @@ pub(crate) fn former_service_stats(
     typed(SERVICE_STATS, open_pin(pins, SERVICE_STATS)?).map(Some)
 }
 
+/// Whether `error` says the key is not in the map: a lookup's
+/// `KeyNotFound`, or the ENOENT of a delete (or of a batch read at the
+/// end), which aya reports as a failed call.
+pub(crate) fn is_absent(error: &MapError) -> bool {
+    match error {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(aya::sys::SyscallError { io_error, .. }) => {
+            io_error.raw_os_error() == Some(libc::ENOENT)
+        }
+        _ => false,
+    }
+}
+
 pub(crate) fn map_error(name: &'static str, source: MapError) -> MapsError {
     MapsError::Map { name, source }
 }

@@ -281,3 +281,45 @@ fn each_program_verifies_within_a_seventh_of_the_budget() {
         );
     }
 }
+
+/// A new service that cannot be programmed (here: more backends than ring
+/// entries) leaves nothing behind: no entry, no backend slot taken, its
+/// service id free again, and no programmed service the reconciler would
+/// take for done (or the announcer for served), so the next round tries
+/// again.
+#[test]
+fn a_new_service_that_fails_to_program_leaves_nothing_behind() {
+    let mut dataplane = load(1);
+    let backends = (0..=RING_SIZE)
+        .map(|i| {
+            let ip = Ipv4Addr::new(10, 2, (i / 250) as u8, (i % 250) as u8 + 1);
+            specs::backend(format!("node-{i}"), ip, 31000)
+        })
+        .collect();
+    let too_many = specs::service(Ipv4Addr::new(198, 51, 100, 20), 80, Protocol::Tcp, backends);
+    let error = dataplane
+        .set_service(&too_many)
+        .expect_err("more backends than ring entries");
+    assert!(matches!(error, DataplaneError::Maglev(_)), "{error}");
+    assert!(dataplane.service(&too_many.frontend).is_none());
+    assert_eq!(dataplane.services().count(), 0);
+    assert_eq!(
+        dataplane
+            .maps()
+            .services
+            .get(&service_key(&too_many.frontend))
+            .expect("SERVICES4"),
+        None
+    );
+    let active = dataplane
+        .maps()
+        .backends
+        .iter()
+        .filter(|entry| entry.as_ref().is_ok_and(|b| b.flags & BACKEND_ACTIVE != 0))
+        .count();
+    assert_eq!(active, 0, "backend slots left taken");
+    // The one service id is free again.
+    dataplane
+        .set_service(&spec(10, &[(1, 1)]))
+        .expect("another service");
+}

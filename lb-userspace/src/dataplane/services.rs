@@ -29,7 +29,7 @@ impl Dataplane {
         let (mut service, old_keys) = match self.services.remove(&spec.frontend) {
             Some(service) => {
                 let keys = filter::keys_of(&service.spec);
-                (service, keys)
+                (service, Some(keys))
             }
             None => {
                 let id = self
@@ -43,16 +43,26 @@ impl Dataplane {
                     slot: 1,
                     backends: Vec::new(),
                 };
-                (service, Vec::new())
+                (service, None)
             }
         };
-        // Should programming fail, the new keys keep their bits: a bit too
+        // Should an update fail, the new keys keep their bits: a bit too
         // many only costs a lookup, one too few would hide an entry.
         let added = self.key_filter.add(&filter::keys_of(spec));
         let result = added
             .map_err(DataplaneError::from)
             .and_then(|()| self.program_service(&mut service, spec));
         self.services.insert(spec.frontend, service);
+        let Some(old_keys) = old_keys else {
+            // A new service is served whole or not at all: a failed one is
+            // removed again (its slots, id and key bits freed), so that no
+            // one takes it for programmed and the next round tries anew.
+            if let Err(error) = result {
+                self.remove_service(&spec.frontend)?;
+                return Err(error);
+            }
+            return self.write_neighbor_mask(spec.frontend.vip);
+        };
         result?;
         self.key_filter.remove(&old_keys)?;
         self.write_neighbor_mask(spec.frontend.vip)
@@ -69,10 +79,46 @@ impl Dataplane {
             .map(|b| ((b.spec.ip, b.spec.port), b.clone()))
             .collect();
         let mut backends = Vec::with_capacity(spec.backends.len());
+        // The slots this call takes, freed again should the ring not be
+        // swapped in.
+        let mut taken = Vec::new();
+        let swapped = self.swap_in_ring(service, spec, &mut old, &mut backends, &mut taken);
+        if let Err(error) = swapped {
+            self.retire_slots(taken, None)?;
+            return Err(error);
+        }
+        // Only now retire removed backends, so their flows re-hash onto the new ring.
+        self.retire_slots(
+            old.into_values().map(|removed| removed.id),
+            Some(service.id),
+        )?;
+        self.node_ports
+            .release_unused(&spec.frontend, &spec.backends)?;
+        service.slot = 1 - service.slot;
+        service.spec = spec.clone();
+        service.backends = backends;
+        Ok(())
+    }
+
+    /// Takes a slot for each backend of `spec` not in `old` (removing those
+    /// that stay from `old`), writes the ring into the service's idle half
+    /// and swaps it in.
+    fn swap_in_ring(
+        &mut self,
+        service: &ProgrammedService,
+        spec: &ServiceSpec,
+        old: &mut HashMap<(IpAddr, u16), ProgrammedBackend>,
+        backends: &mut Vec<ProgrammedBackend>,
+        taken: &mut Vec<u32>,
+    ) -> Result<(), DataplaneError> {
         for backend in &spec.backends {
             let id = match old.remove(&(backend.ip, backend.port)) {
                 Some(existing) => existing.id,
-                None => self.allocate_backend(backend)?,
+                None => {
+                    let id = self.allocate_backend(backend)?;
+                    taken.push(id);
+                    id
+                }
             };
             backends.push(ProgrammedBackend {
                 spec: backend.clone(),
@@ -117,18 +163,7 @@ impl Dataplane {
         };
         self.node_ports.claim(&spec.frontend, &spec.backends)?;
         // The swap: from here on new flows use the new ring.
-        self.maps.services.insert(key, info)?;
-        // Only now retire removed backends, so their flows re-hash onto the new ring.
-        self.retire_slots(
-            old.into_values().map(|removed| removed.id),
-            Some(service.id),
-        )?;
-        self.node_ports
-            .release_unused(&spec.frontend, &spec.backends)?;
-        service.slot = slot;
-        service.spec = spec.clone();
-        service.backends = backends;
-        Ok(())
+        Ok(self.maps.services.insert(key, info)?)
     }
 
     /// Writes `ring` into `MAGLEV` from `ring_base` on.
@@ -152,7 +187,8 @@ impl Dataplane {
         self.free_service_ids.push(service.id);
         if !self.services.keys().any(|f| f.vip == frontend.vip) {
             match self.maps.vips.remove(&lb_common::addr_of(frontend.vip)) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Ok(()) => {}
+                Err(e) if maps::is_absent(&e) => {}
                 Err(e) => return Err(map_error(lb_common::MAP_VIPS, e).into()),
             }
         }

@@ -217,14 +217,10 @@ unsafe fn lookup_batch(
             written: attr.count,
             next: Some(next),
         }),
-        Err(MapError::SyscallError(SyscallError { io_error, .. }))
-            if io_error.raw_os_error() == Some(libc::ENOENT) =>
-        {
-            Ok(Looked {
-                written: attr.count,
-                next: None,
-            })
-        }
+        Err(error) if super::is_absent(&error) => Ok(Looked {
+            written: attr.count,
+            next: None,
+        }),
         Err(error) => Err(error),
     }
 }

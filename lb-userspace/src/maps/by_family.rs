@@ -66,7 +66,8 @@ where
             None => self.v6.remove(key),
         };
         match removed {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(error) if super::is_absent(&error) => Ok(()),
             Err(source) => Err(map_error(self.name_of(key), source)),
         }
     }
