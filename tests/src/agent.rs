@@ -41,6 +41,8 @@ pub struct Agent {
     child: Option<ChildGuard>,
     bpffs: PathBuf,
     args: Vec<String>,
+    /// Where the extra arguments start in `args`.
+    extra_at: usize,
 }
 
 impl Agent {
@@ -74,12 +76,14 @@ impl Agent {
         }
         args.extend(source.iter().map(|s| (*s).to_owned()));
         args.extend(["--bpffs".into(), bpffs.display().to_string()]);
+        let extra_at = args.len();
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let child = ns.spawn(lb_binary()?, &args)?;
         Ok(Self {
             child: Some(child),
             bpffs,
             args,
+            extra_at,
         })
     }
 
@@ -96,6 +100,14 @@ impl Agent {
         self.kill()?;
         self.child = Some(ns.spawn(lb_binary()?, &self.args)?);
         Ok(())
+    }
+
+    /// Starts the agent again after `kill`, with `extra` in place of the
+    /// extra arguments it had (same interfaces, source and pins).
+    pub fn restart_with(&mut self, ns: &NetNs, extra: &[&str]) -> Result<()> {
+        self.args.truncate(self.extra_at);
+        self.args.extend(extra.iter().map(|s| (*s).to_owned()));
+        self.restart(ns)
     }
 
     /// SIGKILLs the agent and the BIRD it runs with `--announce bgp`, as

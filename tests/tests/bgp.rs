@@ -98,6 +98,32 @@ fn the_router_learns_the_vip_with_bfd_while_its_service_exists() {
         .wait_for_next_hops(VIP, 1)
         .expect("announced with its Service back");
 
+    // A BIRD that dies is started again, and peers and announces anew.
+    let killed = bed.agent.bird_pid().expect("the agent's BIRD runs");
+    // SAFETY: a plain signal to a process of this test's agent.
+    assert_eq!(unsafe { libc::kill(killed, libc::SIGKILL) }, 0, "kill BIRD");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bed.agent.bird_pid().is_none_or(|pid| pid == killed) {
+        assert!(
+            Instant::now() < deadline,
+            "no BIRD started after the first died"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    while !bird::bfd_up(&bed.agent.bird_socket(), ROUTER_IP).unwrap_or(false) {
+        assert!(
+            Instant::now() < deadline,
+            "the new BIRD has no BFD session up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        bed.net
+            .wait_for_next_hops(VIP, 1)
+            .expect("announced by the new BIRD"),
+        [host_ip(1)]
+    );
+
     // `lb down` withdraws and stops BIRD, which outlives the agent otherwise.
     let Bed { agent, net, .. } = bed;
     let bird = agent.bird_pid().expect("the agent's BIRD runs");
@@ -123,6 +149,23 @@ fn the_vip_is_withdrawn_while_no_backend_is_healthy() {
     bed.net
         .wait_for_next_hops(VIP, 1)
         .expect("announced again once backends are healthy");
+}
+
+/// An agent started again without BGP, over the state of one that ran with
+/// it and died (its BIRD outlives it), configures that BIRD with no
+/// sessions: it must not go on announcing what nobody serves over BGP.
+#[test]
+fn an_agent_without_bgp_silences_the_bird_an_earlier_agent_left() {
+    let mut bed = Bed::new("bgp-leftover");
+    bed.agent.kill().expect("the agent dies, its BIRD does not");
+    let bird = bed.agent.bird_pid().expect("the BIRD left running");
+    bed.agent
+        .restart_with(&bed.net.hosts[0].ns, &[])
+        .expect("the agent starts again, without BGP");
+    bed.net
+        .wait_for_next_hops(VIP, 0)
+        .expect("withdrawn by the agent without BGP");
+    assert_eq!(bed.agent.bird_pid(), Some(bird), "the same BIRD runs on");
 }
 
 /// The agent's metrics say its session with the router and that session's

@@ -115,8 +115,10 @@ impl Speaker {
         };
         let settings = match self.settings() {
             Some(settings) => settings.clone(),
-            // Sessions gone: BIRD, if it runs for us, keeps none.
-            None if self.applied.is_some() => BgpSettings {
+            // Sessions gone, or none for this agent where an earlier one
+            // left its BIRD running: that BIRD keeps none, so it announces
+            // nothing the agent does not serve.
+            None if self.applied.is_some() || self.bird.running() => BgpSettings {
                 router_id: self.start.router_id,
                 sessions: Vec::new(),
             },
@@ -134,7 +136,13 @@ impl Speaker {
             vips,
         };
         if self.applied.as_ref() == Some(&desired) {
-            return;
+            // A BIRD with sessions that died (killed, out of memory) is
+            // started again, and told everything.
+            if desired.settings.sessions.is_empty() || self.bird.running() {
+                return;
+            }
+            warn!("BIRD stopped answering on its control socket: starting it again");
+            self.applied = None;
         }
         let result = self.binary().and_then(|binary| match &self.applied {
             // Only routes changed: the sessions are left alone.
