@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 use crate::{
     announce::{Announcement, Announcer, bird::Bird, plan::AnnouncementPlan, planner::Planner},
     catalog::Catalog,
-    dataplane::{Dataplane, DataplaneConfig, Forwarding},
+    dataplane::{Dataplane, DataplaneConfig, DataplaneError, Forwarding},
     health::{HealthChecker, HealthConfig},
     k8s::{Translator, source::Source},
     metrics::{self, Health},
@@ -43,6 +43,11 @@ pub async fn run(mut options: AgentOptions) -> Result<()> {
     // On a thread of its own: the verifier and the preallocation of the flow
     // tables take about half a second, in which this thread's runtime reads
     // the cluster (the source's watches started when it connected).
+    // Before the load: it takes over the pinned state, whose programs an
+    // interface that is only then found missing would leave replaced.
+    for iface in &options.interfaces {
+        crate::iface::ifindex(iface).map_err(|_| DataplaneError::NoSuchInterface(iface.clone()))?;
+    }
     let config = options.dataplane.clone();
     let mut dataplane = tokio::task::spawn_blocking(move || Dataplane::load(config))
         .await

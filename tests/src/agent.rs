@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 
 use crate::netns::{ChildGuard, NetNs};
@@ -120,6 +120,22 @@ impl Agent {
                 "no BIRD runs for this agent (no live pid in {})",
                 self.bird_dir().join("bird.pid").display()
             ),
+        }
+    }
+
+    /// Waits up to `timeout` for the agent to exit; its exit status.
+    pub fn wait_for_exit(&self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.as_ref().and_then(ChildGuard::exit_status) {
+                return Ok(status);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the agent still runs after {timeout:?}; its log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 

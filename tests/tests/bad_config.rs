@@ -92,7 +92,7 @@ impl Drop for Scratch {
 struct Bed {
     agent: Agent,
     // Dropped after the agent, which runs inside it.
-    _ns: NetNs,
+    ns: NetNs,
 }
 
 impl Bed {
@@ -100,7 +100,7 @@ impl Bed {
         let ns = NetNs::new(tag)?;
         veth(&ns, "lb0", &ns, "lb1")?;
         let agent = Agent::start(&ns, &["lb0"], manifests, &[])?;
-        Ok(Self { agent, _ns: ns })
+        Ok(Self { agent, ns })
     }
 
     /// `(name, vip, port)` of every service `lb services --json` lists, sorted.
@@ -408,6 +408,46 @@ fn assert_one_clear_line(
         );
     }
     Ok(())
+}
+
+/// An agent restarted over a serving agent's pinned state with an interface
+/// that does not exist (a typo) stops before it touches that state: the
+/// interface both name keeps the program attached there, and with it the
+/// earlier agent's settings (here: NAT, where the restart asks for DSR).
+#[test]
+fn agent_restarted_with_a_missing_interface_leaves_the_pinned_data_path_alone() -> Result<()> {
+    let scratch = Scratch::new("iface")?;
+    let path = scratch.write("lb.yaml", web())?;
+    let mut bed = Bed::start("lbcfg-iface", &path)?;
+    bed.wait_for_services(&[WEB])?;
+    let attached = xdp_program(&bed.ns, "lb0")?;
+    bed.agent.kill()?;
+    bed.agent
+        .restart_with(&bed.ns, &["--iface", "nosuch0", "--forwarding", "dsr"])?;
+    let status = bed.agent.wait_for_exit(TIMEOUT)?;
+    ensure!(
+        !status.success(),
+        "the agent started on a missing interface"
+    );
+    ensure!(
+        bed.agent.log().contains("interface nosuch0 does not exist"),
+        "{}",
+        bed.agent.log()
+    );
+    ensure!(
+        xdp_program(&bed.ns, "lb0")? == attached,
+        "lb0's program was replaced by the failed start's"
+    );
+    Ok(())
+}
+
+/// The id of the XDP program attached to `dev` in `ns`.
+fn xdp_program(ns: &NetNs, dev: &str) -> Result<u64> {
+    let text = ns.ip(&format!("-j link show dev {dev}"))?;
+    let links: serde_json::Value = serde_json::from_str(&text).context("ip -j link")?;
+    links[0]["xdp"]["prog"]["id"]
+        .as_u64()
+        .with_context(|| format!("no XDP program on {dev}: {text}"))
 }
 
 /// VIP pools that overlap, or reuse a name (`--vip-pool` is the pool

@@ -57,21 +57,36 @@ fn agent_names_a_missing_interface_and_leaves_no_pins() {
 
 #[test]
 fn agent_rejects_bad_settings_before_touching_the_kernel() {
-    for (extra, code, needle) in [
+    for (case, (extra, code, needle)) in [
         (&["--vip-pool", "198.51.100.0/33"][..], 1, "--vip-pool"),
         (
-            &["--ring-size", "100", "--bpffs", "/sys/fs/bpf/lb-cli-ring"][..],
+            &["--ring-size", "100"][..],
             1,
             "ring size 100 must be a prime",
         ),
         (&["--ring-size", "many"][..], 2, "invalid value 'many'"),
         (
-            &["--max-flows", "10", "--bpffs", "/sys/fs/bpf/lb-cli-flows"][..],
+            &["--max-flows", "10"][..],
             1,
             "max flows 10 must be at least 1024",
         ),
-    ] {
-        assert_error(&agent("lo", extra), code, needle);
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let pins = format!("/sys/fs/bpf/lb-cli-bad-{}-{case}", std::process::id());
+        let mut extra = extra.to_vec();
+        extra.extend(["--bpffs", pins.as_str()]);
+        assert_error(&agent("lo", &extra), code, needle);
+        assert!(!Path::new(&pins).exists(), "{extra:?}: pins left at {pins}");
+        let lo = Command::new("ip")
+            .args(["-j", "link", "show", "dev", "lo"])
+            .output()
+            .expect("ip link");
+        assert!(
+            !String::from_utf8_lossy(&lo.stdout).contains("\"xdp\""),
+            "{extra:?}: XDP attached to the host's lo"
+        );
     }
 }
 
