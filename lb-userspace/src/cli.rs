@@ -104,9 +104,9 @@ pub struct StatsArgs {
     /// Redraw every interval, like top (with --json: one JSON object per line).
     #[arg(long)]
     pub watch: bool,
-    /// Seconds between samples.
-    #[arg(long, default_value_t = 1.0)]
-    pub interval: f64,
+    /// Time between samples, 0.1s to 1h (plain seconds, or 500ms, 2s, 1m).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::units::parse_sample_interval)]
+    pub interval: std::time::Duration,
 }
 
 #[derive(Args, Debug)]
@@ -170,22 +170,22 @@ pub struct AgentArgs {
     #[arg(long = "pool", value_name = "NAME=RANGES")]
     pub pools: Vec<String>,
     /// Which Node address type to send traffic to.
-    #[arg(long, value_name = "TYPE", default_value = "InternalIP")]
+    #[arg(long, value_name = "TYPE", default_value = "InternalIP", value_parser = ["InternalIP", "ExternalIP"])]
     pub node_address_type: String,
     /// Time between health checks of each (node, NodePort); 0 switches them off.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = crate::units::parse_duration)]
     pub health_interval: std::time::Duration,
     /// How long one health check may take.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::units::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::units::parse_positive_duration)]
     pub health_timeout: std::time::Duration,
     /// Failed checks in a row after which a backend gets no new flows.
-    #[arg(long, value_name = "N", default_value_t = 3)]
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub health_fall: u32,
     /// Further failed checks after which a failing backend is removed (its flows re-hash).
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub health_dead: u32,
     /// Passed checks in a row that bring a failing backend back.
-    #[arg(long, value_name = "N", default_value_t = 2)]
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     pub health_rise: u32,
     /// Maglev table size per service (a prime); each service port reserves two
     /// rings of it, 8 bytes an entry.

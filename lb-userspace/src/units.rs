@@ -15,6 +15,24 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// [`parse_duration`], more than zero: for a time something may take.
+pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err(format!("{:?} must be more than 0", text.trim())),
+        duration => Ok(duration),
+    }
+}
+
+/// [`parse_duration`], from 0.1 s to an hour: the time between two samples
+/// of the counters (shorter, and the rates are noise).
+pub fn parse_sample_interval(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&duration) {
+        return Err(format!("{:?} is not between 0.1s and 1h", text.trim()));
+    }
+    Ok(duration)
+}
+
 /// Parses a duration as Go writes it, which Kubernetes objects carry:
 /// `90s`, `1m30s`, `1.5h`, `300ms`, or `0`.
 pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
@@ -66,6 +84,18 @@ mod tests {
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
         for bad in ["", "s", "2d", "-1s", "1e3", "inf", "NaN"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bounded_durations() {
+        assert_eq!(parse_positive_duration("1ms"), Ok(Duration::from_millis(1)));
+        assert!(parse_positive_duration("0").is_err());
+        assert!(parse_positive_duration("0s").is_err());
+        assert_eq!(parse_sample_interval("0.1"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_sample_interval("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["0.05", "0", "61m", "NaN", "-1"] {
+            assert!(parse_sample_interval(bad).is_err(), "{bad}");
         }
     }
 

@@ -70,6 +70,26 @@ fn agent_rejects_bad_settings_before_touching_the_kernel() {
             1,
             "max flows 10 must be at least 1024",
         ),
+        (
+            &["--node-address-type", "Hostname"][..],
+            2,
+            "invalid value 'Hostname' for '--node-address-type <TYPE>'",
+        ),
+        (
+            &["--health-timeout", "0"][..],
+            2,
+            "\"0\" must be more than 0",
+        ),
+        (
+            &["--health-fall", "0"][..],
+            2,
+            "'--health-fall <N>': 0 is not in 1..",
+        ),
+        (
+            &["--health-rise", "0"][..],
+            2,
+            "'--health-rise <N>': 0 is not in 1..",
+        ),
     ]
     .into_iter()
     .enumerate()
@@ -195,6 +215,23 @@ fn agent_takes_flags_from_its_config_file_and_the_command_line_wins() {
     let overridden = [&from_file[..], &["--iface", "nosuch1"]].concat();
     assert_error(&overridden, 1, "interface nosuch1 does not exist");
     assert!(!Path::new(&pins).exists(), "pins left behind at {pins}");
+}
+
+#[test]
+fn stats_names_a_bad_interval() {
+    for (interval, needle) in [
+        ("nan", "'--interval <DURATION>': \"nan\" is not a duration"),
+        (
+            "0.05",
+            "'--interval <DURATION>': \"0.05\" is not between 0.1s and 1h",
+        ),
+        (
+            "2h",
+            "'--interval <DURATION>': \"2h\" is not between 0.1s and 1h",
+        ),
+    ] {
+        assert_error(&["stats", "--interval", interval], 2, needle);
+    }
 }
 
 #[test]
