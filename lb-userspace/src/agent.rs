@@ -48,6 +48,11 @@ pub async fn run(mut options: AgentOptions) -> Result<()> {
     for iface in &options.interfaces {
         crate::iface::ifindex(iface).map_err(|_| DataplaneError::NoSuchInterface(iface.clone()))?;
     }
+    // Also before the load: an address in use (an agent still running)
+    // must not cost the pinned state its programs either.
+    let metrics = tokio::net::TcpListener::bind(options.metrics_address)
+        .await
+        .with_context(|| format!("--metrics-address {}", options.metrics_address))?;
     let config = options.dataplane.clone();
     let mut dataplane = tokio::task::spawn_blocking(move || Dataplane::load(config))
         .await
@@ -59,7 +64,7 @@ pub async fn run(mut options: AgentOptions) -> Result<()> {
         );
     }
     let result = match attach_all(&mut dataplane, &options.interfaces) {
-        Ok(()) => serve(&mut dataplane, &mut options).await,
+        Ok(()) => serve(&mut dataplane, &mut options, metrics).await,
         Err(e) => Err(e),
     };
     // A failed start must not destroy state an earlier agent left running.
@@ -90,10 +95,14 @@ fn attach_all(dataplane: &mut Dataplane, interfaces: &[String]) -> Result<()> {
     Ok(())
 }
 
-async fn serve(dataplane: &mut Dataplane, options: &mut AgentOptions) -> Result<()> {
+async fn serve(
+    dataplane: &mut Dataplane,
+    options: &mut AgentOptions,
+    metrics: tokio::net::TcpListener,
+) -> Result<()> {
     let bpffs = options.dataplane.pin_dir.clone().unwrap_or_default();
     let health = Health::new(bpffs);
-    let server = tokio::spawn(metrics::serve(options.metrics_address, health.clone()));
+    let server = tokio::spawn(metrics::serve(metrics, health.clone()));
     info!(address = %options.metrics_address, "serving metrics, /healthz and /readyz");
     let xdp_log = xdp_log::spawn(dataplane).context("forwarding the XDP program's log")?;
     let result = sync_until_signalled(dataplane, options, &health).await;

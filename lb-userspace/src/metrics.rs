@@ -329,16 +329,24 @@ impl Scrape {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` until the task is dropped.
-pub async fn serve(address: SocketAddr, health: Arc<Health>) -> std::io::Result<()> {
-    let listener = TcpListener::bind(address).await?;
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until the task
+/// is dropped. A failed accept (out of file descriptors, say) is logged and
+/// the next one tried after a pause: the endpoints outlive a bad moment.
+pub async fn serve(listener: TcpListener, health: Arc<Health>) {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(MapsCollector {
         bpffs: health.bpffs.clone(),
     }));
     let registry = Arc::new(registry);
     loop {
-        let (stream, peer) = listener.accept().await?;
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                warn!(error = %e, "accepting a metrics connection");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let (registry, health) = (registry.clone(), health.clone());
         tokio::spawn(async move {
             let service = service_fn(move |request| {

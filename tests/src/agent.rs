@@ -88,8 +88,11 @@ impl Agent {
     }
 
     /// Kills the agent with SIGKILL: no chance to clean up, as in a crash.
+    /// An agent that exited already is only forgotten.
     pub fn kill(&mut self) -> Result<()> {
-        if let Some(child) = self.child.take() {
+        if let Some(child) = self.child.take()
+            && child.exit_status().is_none()
+        {
             child.signal(libc::SIGKILL)?;
         }
         Ok(())

@@ -411,7 +411,8 @@ fn assert_one_clear_line(
 }
 
 /// An agent restarted over a serving agent's pinned state with an interface
-/// that does not exist (a typo) stops before it touches that state: the
+/// that does not exist (a typo), or with its metrics address taken, stops
+/// before it touches that state: the
 /// interface both name keeps the program attached there, and with it the
 /// earlier agent's settings (here: NAT, where the restart asks for DSR).
 #[test]
@@ -437,6 +438,23 @@ fn agent_restarted_with_a_missing_interface_leaves_the_pinned_data_path_alone() 
     ensure!(
         xdp_program(&bed.ns, "lb0")? == attached,
         "lb0's program was replaced by the failed start's"
+    );
+
+    // Likewise with its metrics address taken (an agent still running).
+    let _taken = bed
+        .ns
+        .enter(|| std::net::TcpListener::bind("127.0.0.1:9641"))??;
+    bed.agent.restart_with(&bed.ns, &["--forwarding", "dsr"])?;
+    let status = bed.agent.wait_for_exit(TIMEOUT)?;
+    ensure!(!status.success(), "the agent started without its metrics");
+    ensure!(
+        bed.agent.log().contains("--metrics-address 127.0.0.1:9641"),
+        "{}",
+        bed.agent.log()
+    );
+    ensure!(
+        xdp_program(&bed.ns, "lb0")? == attached,
+        "lb0's program was replaced by the start that could not serve metrics"
     );
     Ok(())
 }
