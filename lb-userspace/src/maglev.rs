@@ -91,7 +91,9 @@ fn fmix64(mut k: u64) -> u64 {
     k ^ (k >> 33)
 }
 
-fn name_hash(name: &str, seed: u64) -> u64 {
+/// A hash of `name` that every build of lb computes alike (see [`fnv1a`]):
+/// Maglev's permutations, and BIRD's names for long session names.
+pub(crate) fn name_hash(name: &str, seed: u64) -> u64 {
     fmix64(fnv1a(name.as_bytes(), FNV_OFFSET_BASIS ^ seed))
 }
 

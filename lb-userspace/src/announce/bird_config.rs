@@ -208,14 +208,37 @@ fn session_config(session: &Session) -> String {
 }
 
 fn export_filter(session: &str) -> String {
-    format!("lb_export_{session}")
+    symbol("lb_export_", session)
 }
 
 /// BIRD's name for a session: quoted, a name may hold `-` and `.`, but one
 /// that is a keyword of BIRD's (`ibgp`, `static`) still reads as that
 /// keyword, so each gets a prefix.
 fn protocol_name(session: &str) -> String {
-    format!("{SESSION_PREFIX}{session}")
+    symbol(SESSION_PREFIX, session)
+}
+
+/// The longest name (symbol) BIRD takes, in bytes.
+const SYMBOL_MAX: usize = 64;
+
+/// `prefix` and `name` as one BIRD symbol: whole where that fits in
+/// [`SYMBOL_MAX`], else `name` cut short and a hash of all of it after a
+/// `-h`. A BGPPeer's name may have 253 characters, and BIRD refuses the
+/// whole configuration, every session's, for one symbol too long.
+fn symbol(prefix: &str, name: &str) -> String {
+    let whole = format!("{prefix}{name}");
+    if whole.len() <= SYMBOL_MAX {
+        return whole;
+    }
+    let hash = format!("-h{:08x}", crate::maglev::name_hash(name, 0) as u32);
+    let room = SYMBOL_MAX - prefix.len() - hash.len();
+    let cut = name
+        .char_indices()
+        .map(|(at, c)| at + c.len_utf8())
+        .take_while(|&end| end <= room)
+        .last()
+        .unwrap_or(0);
+    format!("{prefix}{}{hash}", &name[..cut])
 }
 
 /// The static routes BIRD announces. Blackhole: they are only announced; no

@@ -267,3 +267,42 @@ fn prefixes_cover_their_vips() {
     assert_eq!(covering("2001:db8:ff::10", 64), "2001:db8:ff::/64");
     assert_eq!(covering("2001:db8:ff::10", 128), "2001:db8:ff::10/128");
 }
+
+/// BGPPeer names up to Kubernetes' 253 characters: BIRD takes symbols of
+/// 64 at most, and two long names that differ only at the end still get
+/// names of their own.
+#[test]
+fn long_session_names_fit_bird() {
+    let long = |last: char| format!("{}{last}", "peer.".repeat(50));
+    let settings = BgpSettings {
+        router_id: Some(Ipv4Addr::new(10, 1, 0, 2)),
+        sessions: vec![
+            session(&long('a'), "10.1.0.1", 64500),
+            session(&long('b'), "10.1.0.3", 64500),
+        ],
+    };
+    let names: Vec<String> = settings
+        .sessions
+        .iter()
+        .flat_map(|s| [protocol_name(&s.name), export_filter(&s.name)])
+        .collect();
+    for name in &names {
+        assert!(name.len() <= SYMBOL_MAX, "{name}");
+    }
+    assert_eq!(
+        names
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        4,
+        "{names:?}"
+    );
+    assert_eq!(protocol_name("peer1"), "lb_peer1", "short names stay whole");
+    let wanted = [(
+        ip("198.51.100.10"),
+        vec![BgpAnnouncement::host_route(ip("198.51.100.10"))],
+    )]
+    .into();
+    let (exports, _) = Exports::of(&wanted, &settings.sessions);
+    bird_accepts(&settings, &exports);
+}
