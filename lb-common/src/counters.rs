@@ -38,7 +38,12 @@ counters! {
     PASS_NOT_IP = 8, "pass_not_ip";
     /// Passed: IPv4 fragment or IPv6 fragment header.
     PASS_FRAGMENT = 9, "pass_fragment";
-    /// Passed: neither TCP nor UDP.
+    /// Passed: neither TCP nor UDP, to a VIP or from a node (to neither,
+    /// the key filters pass it first, as `pass_not_service`); ICMP or
+    /// ICMPv6 that is not lb's to answer or translate (an echo to no VIP or
+    /// to a group MAC, an error about no flow of ours, a Neighbor
+    /// Solicitation for no VIP); an IPv6 packet with a routing header still
+    /// to be followed, or a header chain too long to follow.
     PASS_OTHER_PROTO = 10, "pass_other_proto";
     /// Passed: truncated or malformed headers.
     PASS_MALFORMED = 11, "pass_malformed";

@@ -74,7 +74,8 @@ pub fn handle(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
 
 /// Turns an echo request around in place: the reply type, addresses and MACs
 /// swapped. Swapping the addresses leaves the IPv4 header checksum and the
-/// ICMPv6 pseudo-header sum as they were.
+/// ICMPv6 pseudo-header sum as they were. A request to a group MAC
+/// (broadcast, multicast) passes: its reply would come from that MAC.
 #[inline(always)]
 pub fn echo_reply(
     ctx: &Frame,
@@ -83,6 +84,10 @@ pub fn echo_reply(
     reply_type: u8,
 ) -> Result<u32, Verdict> {
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    // SAFETY: bounds-checked by `ptr_at`.
+    if unsafe { (*eth).dst_addr[0] } & 1 != 0 {
+        return Err(Verdict::PassOtherProto);
+    }
     nat::swap_addresses(ctx, family)?;
     // SAFETY: both pointers were bounds-checked by `ptr_at`.
     unsafe {

@@ -266,6 +266,18 @@ fn fixtures_in_namespace(bench: &XdpBed) {
             output: Expected::Bytes(packets::icmp_echo_reply(CLIENT, VIP)),
         },
         Fixture {
+            description: "ICMP echo to a VIP at the broadcast MAC passes: a reply would come \
+                          from it",
+            input: {
+                let mut request = packets::icmp_echo_request(CLIENT, VIP);
+                request[..6].fill(0xff);
+                request
+            },
+            ingress: Ingress::Clients,
+            action: XDP_PASS,
+            output: Expected::Unchanged,
+        },
+        Fixture {
             description: "ICMP echo to another address passes",
             input: packets::icmp_echo_request(CLIENT, node_ip(1)),
             ingress: Ingress::Clients,
