@@ -10,7 +10,7 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use crate::{
     balance,
     forward::{self, Direction, HopCache, Route, check_ttl},
-    maps::{answer_echo, count, is_vip},
+    maps::{self, answer_echo, count, is_vip},
     nat::{self, End},
     parse::{self, Family, Frame, Ip, ptr_at},
     verdict::Verdict,
@@ -192,7 +192,9 @@ pub fn translate_error(
         } else if ip.dst == quote.src
             && let Some(backend) = balance::table_flow_backend(&reverse)
         {
-            // About a reply we reverse-NAT-ed (VIP -> client): the node must hear of it.
+            // About a reply we reverse-NAT-ed (VIP -> client): the node must
+            // hear of it. With direct server return the node answered from
+            // the VIP itself, and hears of it as it came (see below).
             let rewrite = QuoteRewrite {
                 which: Quoted::Source,
                 old_ip: quote.src,
@@ -217,9 +219,15 @@ pub fn translate_error(
         HopCache::Destination,
         now,
     )?;
-    error.rewrite_quoted(ctx, quote, &rewrite)?;
-    if let Some(end) = outer {
-        error.rewrite_outer(ctx, end, &rewrite.new_ip)?;
+    // With direct server return only the MACs change, as for the flow's
+    // packets (no reply is ours then: an error to a node is about one). Not
+    // checked again to be adjacent, as the flow's packets are (the stack
+    // has no room): a node they reached is.
+    if !maps::direct_server_return() {
+        error.rewrite_quoted(ctx, quote, &rewrite)?;
+        if let Some(end) = outer {
+            error.rewrite_outer(ctx, end, &rewrite.new_ip)?;
+        }
     }
     count(counters::ICMP_TRANSLATED);
     forward::send(ctx, ip.family, &hop, direction)

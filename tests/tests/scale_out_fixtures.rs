@@ -420,6 +420,15 @@ fn direct_server_return_only_re_addresses_at_layer_two() {
         let client = sock(CLIENT, 40000);
         let syn = packets::tcp_syn(client, sock(VIP, 80));
         let ack = packets::tcp_ack(client, sock(VIP, 80), b"GET /");
+        // A router on the client's side could not pass on the node's reply,
+        // which left the node from VIP:port.
+        let too_big = packets::icmp_too_big(
+            Ipv4Addr::new(10, 0, 0, 1),
+            VIP,
+            &packets::tcp_ack(sock(VIP, 80), client, &[0; 1400]),
+            CLIENT_MAC,
+            bed.client_if_mac,
+        );
         let fixtures = [
             Fixture {
                 description: "a SYN to a VIP keeps VIP:port and gets the node's MAC",
@@ -432,6 +441,14 @@ fn direct_server_return_only_re_addresses_at_layer_two() {
                 description: "the flow's next packet goes the same way",
                 output: Some(re_addressed(&ack, node_mac(2), bed.node_if_mac)),
                 input: ack,
+                ifindex: bed.client_if,
+                action: XDP_REDIRECT,
+            },
+            Fixture {
+                description: "an ICMP error about a node's reply goes to that node as it \
+                              came: it answered from the VIP itself",
+                output: Some(re_addressed(&too_big, node_mac(2), bed.node_if_mac)),
+                input: too_big,
                 ifindex: bed.client_if,
                 action: XDP_REDIRECT,
             },
@@ -459,7 +476,8 @@ fn direct_server_return_only_re_addresses_at_layer_two() {
         ];
         check(&dataplane, &fixtures);
         let global = dataplane.maps().global_counters().expect("counters");
-        assert_eq!(global[counters::FORWARD_REDIRECT as usize], 2);
+        assert_eq!(global[counters::FORWARD_REDIRECT as usize], 3);
+        assert_eq!(global[counters::ICMP_TRANSLATED as usize], 1);
         assert_eq!(global[counters::DROP_NOT_ADJACENT as usize], 1);
         assert_eq!(global[counters::DROP_NO_NEIGHBOR as usize], 1);
         assert_eq!(global[counters::REPLY_REDIRECT as usize], 0);
