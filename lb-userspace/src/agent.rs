@@ -62,6 +62,7 @@ pub async fn run(mut options: AgentOptions) -> Result<()> {
             services = dataplane.services().count(),
             "took over the pinned state of an earlier agent"
         );
+        options.source.keep_inherited_state();
     }
     let result = match attach_all(&mut dataplane, &options.interfaces) {
         Ok(()) => serve(&mut dataplane, &mut options, metrics).await,
@@ -165,9 +166,9 @@ async fn sync_until_signalled(
                     last_plan = Some(plan);
                     health.set_ready();
                 }
-                // With nothing served yet there is no good state to keep:
-                // say so and stop, rather than run empty.
-                Err(e) if last_plan.is_none() => {
+                // With nothing served yet (nor inherited) there is no good
+                // state to keep: say so and stop, rather than run empty.
+                Err(e) if last_plan.is_none() && !dataplane.inherited_state() => {
                     return Err(e).context("the first read of the source failed");
                 }
                 // The last good state keeps serving.

@@ -338,6 +338,35 @@ fn running_agent_keeps_its_state_when_the_manifests_turn_to_garbage() -> Result<
     bed.wait_for_services(&[API, WEB])
 }
 
+/// The same for an agent restarted over the pinned state of one that
+/// served: that state is the last good one, and garbage it finds at its
+/// start (a file caught mid-write) must not take the services away.
+#[test]
+fn restarted_agent_keeps_the_inherited_state_when_the_manifests_are_garbage() -> Result<()> {
+    let scratch = Scratch::new("garbage-restart")?;
+    let path = scratch.write("lb.yaml", web_and_api())?;
+    let mut bed = Bed::start("lbcfg-garbage-restart", &path)?;
+    bed.wait_for_services(&[API, WEB])?;
+    bed.agent.kill()?;
+    // The API Service's document cut off mid-write; the web one whole.
+    let cut = format!(
+        "{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: api",
+        web()
+    );
+    scratch.write("lb.yaml", cut)?;
+    bed.agent.restart(&bed.ns)?;
+    bed.wait_for_log(0, &["WARN", &path.display().to_string()])?;
+    std::thread::sleep(Duration::from_secs(1));
+    ensure!(
+        bed.services()? == [owned(API), owned(WEB)],
+        "lb services lists {:?}; agent log:\n{}",
+        bed.services()?,
+        bed.agent.log()
+    );
+    scratch.write("lb.yaml", web())?;
+    bed.wait_for_services(&[WEB])
+}
+
 fn owned((name, vip, port): (&str, &str, u64)) -> (String, String, u64) {
     (name.to_owned(), vip.to_owned(), port)
 }

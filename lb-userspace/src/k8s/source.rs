@@ -36,6 +36,17 @@ impl Source {
         }
     }
 
+    /// Says that the data path serves what an earlier agent left pinned: a
+    /// good state to keep already, which manifests that do not parse (a file
+    /// caught mid-write at the start) must not take away.
+    pub fn keep_inherited_state(&mut self) {
+        match self {
+            Self::Manifests(source) => source.served = true,
+            // The API server's objects are whole or not listed at all.
+            Self::Kubernetes(_) => {}
+        }
+    }
+
     /// Makes the next `changed` return a fresh read even if nothing changed.
     pub fn refresh(&mut self) {
         match self {
@@ -71,7 +82,8 @@ pub struct ManifestSource {
     ticker: Option<Interval>,
     seen: Option<Fingerprint>,
     forced: bool,
-    /// A read has been handed out: from then on there is a good state to keep.
+    /// A read has been handed out, or the data path was inherited: from then
+    /// on there is a good state to keep.
     served: bool,
 }
 
