@@ -110,7 +110,14 @@ fn dashboard_queries_name_only_metrics_the_agent_exports() {
     assert_eq!(status, 200, "{metrics}");
     let exported = exported(&metrics);
 
-    for (place, expr) in queries(&dashboard) {
+    let queries = queries(&dashboard);
+    assert!(
+        queries
+            .iter()
+            .any(|(place, _)| place.starts_with("variable")),
+        "the dashboard's variables have no query: {queries:?}"
+    );
+    for (place, expr) in queries {
         let names = metric_names(&expr);
         assert!(!names.is_empty(), "{place}: no metric in {expr:?}");
         for name in names {

@@ -121,6 +121,27 @@ fn by_node(rows: &[Value], field: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// Waits until the backends' packet counts hold still for a few hundred
+/// milliseconds (delayed ACKs, closing packets and retransmissions have
+/// landed), so that reads made one after another see the same traffic.
+fn wait_until_idle(agent: &Agent) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let packets = || {
+        let rows = agent.query("backends").expect("lb backends");
+        by_node(rows.as_array().expect("rows"), "packets")
+    };
+    let mut last = packets();
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = packets();
+        if now == last {
+            return;
+        }
+        assert!(Instant::now() < deadline, "traffic never stopped: {now:?}");
+        last = now;
+    }
+}
+
 #[test]
 fn listings_agree_with_the_traffic_sent() {
     let bed = Bed::new("listings");
@@ -139,8 +160,8 @@ fn listings_agree_with_the_traffic_sent() {
         (clients, tally)
     });
 
-    // Let delayed ACKs land: from here on the connections are idle.
-    std::thread::sleep(Duration::from_millis(500));
+    // From here on the connections are idle.
+    wait_until_idle(&bed.agent);
     let services = bed.agent.query("services").expect("lb services");
     let service = &services[0];
     assert_eq!(service["name"], "ops/web:http");
@@ -300,8 +321,8 @@ fn metrics_match_the_cli() {
             }
         }
     });
-    // Let the closing packets arrive before the reads.
-    std::thread::sleep(Duration::from_millis(300));
+    // The closing packets arrive before the reads.
+    wait_until_idle(&bed.agent);
     let services = bed.agent.query("services").expect("lb services");
     let backends = bed.agent.query("backends").expect("lb backends");
     let (status, metrics) = http_get(&bed.topology.lb, "/metrics");
@@ -415,7 +436,8 @@ fn connections_survive_an_agent_killed_and_restarted() {
         bed.topology
             .client
             .spawn_thread(move || {
-                let deadline = Instant::now() + Duration::from_secs(30);
+                // A bound only should the test fail before it says stop.
+                let deadline = Instant::now() + Duration::from_secs(120);
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                     match servers::tcp_ask_name(vip, TIMEOUT) {
                         Ok(_) => made.fetch_add(1, Ordering::Relaxed),
@@ -456,6 +478,7 @@ fn connections_survive_an_agent_killed_and_restarted() {
     let side_paths = lb::pins::PinDir::new(bed.agent.bpffs()).map(MAP_SIDE_PATHS);
     std::fs::remove_file(&side_paths).expect("unpinning the side paths");
     bed.agent.restart(&bed.topology.lb).expect("restart");
+    let made_before_restart = made.load(Ordering::Relaxed);
     bed.wait_programmed();
     std::thread::sleep(Duration::from_millis(500));
     // Until the new agent's program is attached, the old one's side paths
@@ -482,6 +505,10 @@ fn connections_survive_an_agent_killed_and_restarted() {
     stream.join().expect("client thread");
     let (made, failed) = (made.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     assert!(made > 20, "only {made} connections were made");
+    assert!(
+        made > made_before_restart,
+        "no connection was made after the restart ({made} in all)"
+    );
     assert_eq!(
         failed,
         0,

@@ -373,8 +373,18 @@ protocol bgp {{
         bed.wait_for_next_hops(VIP, 2)?;
         let hops = bed.next_hops(VIP)?;
         assert!(hops.contains(&host_ip(1)) && hops.contains(&host_ip(2)));
+        // BFD comes up beside the BGP session, not necessarily before the
+        // routes it carried.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
         for host in &bed.hosts {
-            assert!(bird::bfd_up(&bed.router_bird().socket(), host.ip)?);
+            while !bird::bfd_up(&bed.router_bird().socket(), host.ip)? {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no BFD with {}",
+                    host.ip
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
 
         let vip = SocketAddrV4::new(VIP, PORT).into();
