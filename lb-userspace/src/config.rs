@@ -109,11 +109,29 @@ fn file_args(agent: &Command, text: &str, given: &ArgMatches) -> Result<Vec<Stri
         }
         let tokens = tokens(arg, key, value).map_err(bad)?;
         check(agent, &tokens).map_err(bad)?;
-        if given.value_source(arg.get_id().as_str()) != Some(ValueSource::CommandLine) {
+        if !given_on_command_line(agent, given, arg) {
             args.extend(tokens);
         }
     }
     Ok(args)
+}
+
+/// Whether the command line gives `arg`, or another of a group of
+/// alternatives `arg` belongs to (the source: `--manifests`,
+/// `--kubeconfig`, `--in-cluster`): the command line's choice wins there
+/// too, rather than clashing with the file's.
+fn given_on_command_line(agent: &Command, given: &ArgMatches, arg: &Arg) -> bool {
+    let on_command_line = |id: &str| given.value_source(id) == Some(ValueSource::CommandLine);
+    on_command_line(arg.get_id().as_str())
+        || agent
+            .get_groups()
+            .filter(|group| !(*group).clone().is_multiple())
+            .filter(|group| group.get_args().any(|member| member == arg.get_id()))
+            .any(|group| {
+                group
+                    .get_args()
+                    .any(|member| on_command_line(member.as_str()))
+            })
 }
 
 fn find_arg<'a>(agent: &'a Command, key: &str) -> Result<&'a Arg, Problem> {

@@ -214,6 +214,10 @@ fn agent_takes_flags_from_its_config_file_and_the_command_line_wins() {
     assert_error(&from_file, 1, "interface nosuch0 does not exist");
     let overridden = [&from_file[..], &["--iface", "nosuch1"]].concat();
     assert_error(&overridden, 1, "interface nosuch1 does not exist");
+    // Another source on the command line replaces the file's manifests
+    // (they are alternatives: given together, clap refuses them).
+    let other_source = [&from_file[..], &["--kubeconfig", "/nonexistent/kubeconfig"]].concat();
+    assert_error(&other_source, 1, "/nonexistent/kubeconfig");
     assert!(!Path::new(&pins).exists(), "pins left behind at {pins}");
 }
 
