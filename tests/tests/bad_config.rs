@@ -441,51 +441,46 @@ fn assert_one_clear_line(
 
 /// An agent restarted over a serving agent's pinned state with an interface
 /// that does not exist (a typo), or with its metrics address taken, stops
-/// before it touches that state: the
-/// interface both name keeps the program attached there, and with it the
-/// earlier agent's settings (here: NAT, where the restart asks for DSR).
+/// before it touches that state: the interface both name keeps the program
+/// attached there, and with it the earlier agent's settings (here: NAT,
+/// where the restart asks for DSR).
 #[test]
-fn agent_restarted_with_a_missing_interface_leaves_the_pinned_data_path_alone() -> Result<()> {
+fn agent_restarted_with_bad_settings_leaves_the_pinned_data_path_alone() -> Result<()> {
     let scratch = Scratch::new("iface")?;
     let path = scratch.write("lb.yaml", web())?;
     let mut bed = Bed::start("lbcfg-iface", &path)?;
     bed.wait_for_services(&[WEB])?;
     let attached = xdp_program(&bed.ns, "lb0")?;
     bed.agent.kill()?;
-    bed.agent
-        .restart_with(&bed.ns, &["--iface", "nosuch0", "--forwarding", "dsr"])?;
-    let status = bed.agent.wait_for_exit(TIMEOUT)?;
-    ensure!(
-        !status.success(),
-        "the agent started on a missing interface"
-    );
-    ensure!(
-        bed.agent.log().contains("interface nosuch0 does not exist"),
-        "{}",
-        bed.agent.log()
-    );
-    ensure!(
-        xdp_program(&bed.ns, "lb0")? == attached,
-        "lb0's program was replaced by the failed start's"
-    );
-
-    // Likewise with its metrics address taken (an agent still running).
+    let mut refused = |what: &str, extra: &[&str], said: &str| -> Result<()> {
+        bed.agent.restart_with(&bed.ns, extra)?;
+        let status = bed.agent.wait_for_exit(TIMEOUT)?;
+        ensure!(!status.success(), "{what}: the agent started");
+        ensure!(
+            bed.agent.log().contains(said),
+            "{what}: {}",
+            bed.agent.log()
+        );
+        ensure!(
+            xdp_program(&bed.ns, "lb0")? == attached,
+            "{what}: lb0's program was replaced by the failed start's"
+        );
+        Ok(())
+    };
+    refused(
+        "a missing interface",
+        &["--iface", "nosuch0", "--forwarding", "dsr"],
+        "interface nosuch0 does not exist",
+    )?;
+    // An agent still running would hold it.
     let _taken = bed
         .ns
         .enter(|| std::net::TcpListener::bind("127.0.0.1:9641"))??;
-    bed.agent.restart_with(&bed.ns, &["--forwarding", "dsr"])?;
-    let status = bed.agent.wait_for_exit(TIMEOUT)?;
-    ensure!(!status.success(), "the agent started without its metrics");
-    ensure!(
-        bed.agent.log().contains("--metrics-address 127.0.0.1:9641"),
-        "{}",
-        bed.agent.log()
-    );
-    ensure!(
-        xdp_program(&bed.ns, "lb0")? == attached,
-        "lb0's program was replaced by the start that could not serve metrics"
-    );
-    Ok(())
+    refused(
+        "the metrics address taken",
+        &["--forwarding", "dsr"],
+        "--metrics-address 127.0.0.1:9641",
+    )
 }
 
 /// The id of the XDP program attached to `dev` in `ns`.
