@@ -52,6 +52,10 @@ pub fn handle(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
             echo_reply(ctx, Family::V4, header, ECHO_REPLY)
         }
         DEST_UNREACHABLE | TIME_EXCEEDED | PARAMETER_PROBLEM => {
+            // The ports must lie in the packet, not in padding after it.
+            if ip.l4_len() < core::mem::size_of::<IcmpError>() {
+                return Err(Verdict::PassOtherProto);
+            }
             let error: *mut IcmpError = ptr_at(ctx, ip.l4_offset)?;
             // SAFETY: bounds-checked by `ptr_at`.
             let quoted = unsafe { &(*error).quoted };
@@ -118,10 +122,19 @@ pub struct Quote {
 }
 
 /// Offset of the L4 checksum of a quote whose IP header is `quoted_ip_len`
-/// bytes: beyond the part every error carries.
+/// bytes: beyond the part every error carries. 0 where the quote is too
+/// short to hold it: what follows the IP packet (Ethernet padding) is no
+/// part of the quote.
 #[inline(always)]
 pub fn quoted_l4_check_offset(ip: &Ip, quoted_ip_len: usize, proto: u8) -> usize {
-    ip.l4_offset + core::mem::size_of::<IcmpHdr>() + quoted_ip_len + parse::l4_check_offset(proto)
+    let offset = ip.l4_offset
+        + core::mem::size_of::<IcmpHdr>()
+        + quoted_ip_len
+        + parse::l4_check_offset(proto);
+    if offset + 2 > EthHdr::LEN + usize::from(ip.total_len) {
+        return 0;
+    }
+    offset
 }
 
 /// Which end of the quoted packet changes.
@@ -238,6 +251,9 @@ pub fn translate_error(
 /// returns the ICMP checksum, which covers it, updated to match.
 #[inline(always)]
 pub fn update_quoted_l4(ctx: &Frame, quote: &Quote, rewrite: &QuoteRewrite, icmp: u16) -> u16 {
+    if quote.l4_check_offset == 0 {
+        return icmp;
+    }
     let Ok(l4_check) = ptr_at::<u16>(ctx, quote.l4_check_offset) else {
         return icmp;
     };

@@ -222,6 +222,37 @@ fn fixtures_in_namespace(bench: &XdpBed) {
         bench.node_if_mac,
         node_mac(1),
     ));
+    // RFC 792's least quote (the IP header and 8 bytes: no TCP checksum),
+    // in a frame with bytes after the IP packet (Ethernet padding).
+    let short_quote = |frame: &[u8]| frame[..packets::ETH_LEN + 28].to_vec();
+    let trailer = [0xab; 12];
+    let with_trailer = |frame: Vec<u8>| [frame, trailer.to_vec()].concat();
+    let short_frag_needed_from_node = with_trailer(packets::icmp_too_big(
+        node_ip(1),
+        CLIENT,
+        &short_quote(&syn_to_node),
+        node_mac(1),
+        bench.node_if_mac,
+    ));
+    let short_frag_needed_to_client = with_trailer(packets::forwarded(&packets::icmp_too_big(
+        VIP,
+        CLIENT,
+        &short_quote(&packets::forwarded(&syn)),
+        bench.client_if_mac,
+        CLIENT_MAC,
+    )));
+    // A quote of the IP header alone, padded with what its ports were.
+    let ports_only_in_padding = [
+        packets::icmp_too_big(
+            node_ip(1),
+            CLIENT,
+            &syn_to_node[..packets::ETH_LEN + 20],
+            node_mac(1),
+            bench.node_if_mac,
+        ),
+        syn_to_node[packets::ETH_LEN + 20..packets::ETH_LEN + 32].to_vec(),
+    ]
+    .concat();
     let fixtures = vec![
         Fixture {
             description: "TCP SYN to a VIP is DNAT-ed and redirected to the node side",
@@ -250,6 +281,22 @@ fn fixtures_in_namespace(bench: &XdpBed) {
             ingress: Ingress::Nodes,
             action: XDP_REDIRECT,
             output: Expected::Bytes(frag_needed_to_client),
+        },
+        Fixture {
+            description: "ICMP frag-needed quoting 8 bytes past the IP header, in a padded \
+                          frame: translated, the padding left as it came",
+            input: short_frag_needed_from_node,
+            ingress: Ingress::Nodes,
+            action: XDP_REDIRECT,
+            output: Expected::Bytes(short_frag_needed_to_client),
+        },
+        Fixture {
+            description: "ICMP frag-needed whose quote ends before the ports (they are in the \
+                          padding after the packet): passes",
+            input: ports_only_in_padding,
+            ingress: Ingress::Nodes,
+            action: XDP_PASS,
+            output: Expected::Unchanged,
         },
         Fixture {
             description: "ICMP frag-needed from the client side about a reply: told to the node",
@@ -532,15 +579,15 @@ fn fixtures_in_namespace(bench: &XdpBed) {
     );
     assert_eq!(
         global[counters::REPLY_REDIRECT as usize],
-        4,
-        "the replies and one ICMP error of each family"
+        5,
+        "the replies, one ICMP error of each family and the padded one"
     );
     assert_eq!(
         global[counters::REPLIES_UNTRACKED as usize],
         0,
         "each reply found the entry of the flow it answers"
     );
-    assert_eq!(global[counters::ICMP_TRANSLATED as usize], 4);
+    assert_eq!(global[counters::ICMP_TRANSLATED as usize], 5);
     assert_eq!(global[counters::ICMP_ECHO_REPLY as usize], 2);
     let outcomes: u64 = counters::OUTCOMES.iter().map(|&c| global[c as usize]).sum();
     assert_eq!(
