@@ -40,9 +40,6 @@ pub struct AgentOptions {
 }
 
 pub async fn run(mut options: AgentOptions) -> Result<()> {
-    // On a thread of its own: the verifier and the preallocation of the flow
-    // tables take about half a second, in which this thread's runtime reads
-    // the cluster (the source's watches started when it connected).
     // Before the load: it takes over the pinned state, whose programs an
     // interface that is only then found missing would leave replaced.
     for iface in &options.interfaces {
@@ -53,6 +50,9 @@ pub async fn run(mut options: AgentOptions) -> Result<()> {
     let metrics = tokio::net::TcpListener::bind(options.metrics_address)
         .await
         .with_context(|| format!("--metrics-address {}", options.metrics_address))?;
+    // On a thread of its own: the verifier and the preallocation of the flow
+    // tables take about half a second, in which this thread's runtime reads
+    // the cluster (the source's watches started when it connected).
     let config = options.dataplane.clone();
     let mut dataplane = tokio::task::spawn_blocking(move || Dataplane::load(config))
         .await
