@@ -89,7 +89,7 @@ pub fn echo_reply(
 ) -> Result<u32, Verdict> {
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: bounds-checked by `ptr_at`.
-    if unsafe { (*eth).dst_addr[0] } & 1 != 0 {
+    if parse::is_group_address(unsafe { &(*eth).dst_addr }) {
         return Err(Verdict::PassOtherProto);
     }
     nat::swap_addresses(ctx, family)?;

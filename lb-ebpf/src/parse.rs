@@ -296,13 +296,18 @@ pub fn check_for_this_host(ctx: &Frame) -> Result<(), Verdict> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: `ptr_at` checked the header lies inside the packet.
     let dst = unsafe { (*eth).dst_addr };
-    // The group bit: broadcast and multicast.
-    let ours = dst[0] & 1 != 0
+    let ours = is_group_address(&dst)
         || iface_mac_word(ctx.ingress_ifindex()).is_none_or(|mac| mac == mac_word(dst));
     if !ours {
         return Err(Verdict::PassOtherHost);
     }
     Ok(())
+}
+
+/// Whether `mac` is a group address (broadcast, multicast): its group bit.
+#[inline(always)]
+pub fn is_group_address(mac: &[u8; 6]) -> bool {
+    mac[0] & 1 != 0
 }
 
 /// The 32-bit packet word at `word` (as it lies, network order) from two

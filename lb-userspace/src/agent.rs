@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 use crate::{
     announce::{Announcement, Announcer, bird::Bird, plan::AnnouncementPlan, planner::Planner},
     catalog::Catalog,
-    dataplane::{Dataplane, DataplaneConfig, DataplaneError, Forwarding},
+    dataplane::{Dataplane, DataplaneConfig, Forwarding},
     health::{HealthChecker, HealthConfig},
     k8s::{Translator, source::Source},
     metrics::{self, Health},
@@ -43,7 +43,7 @@ pub async fn run(mut options: AgentOptions) -> Result<()> {
     // Before the load: it takes over the pinned state, whose programs an
     // interface that is only then found missing would leave replaced.
     for iface in &options.interfaces {
-        crate::iface::ifindex(iface).map_err(|_| DataplaneError::NoSuchInterface(iface.clone()))?;
+        Dataplane::interface_index(iface)?;
     }
     // Also before the load: an address in use (an agent still running)
     // must not cost the pinned state its programs either.

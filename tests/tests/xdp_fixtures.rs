@@ -100,9 +100,7 @@ fn load(bench: &XdpBed) -> Dataplane {
 
 #[test]
 fn packet_fixtures() {
-    let (ns, bench) = bench();
-    ns.enter(move || fixtures_in_namespace(&bench))
-        .expect("enter namespace");
+    in_bench(fixtures_in_namespace);
 }
 
 fn fixtures_in_namespace(bench: &XdpBed) {
@@ -616,9 +614,7 @@ fn frontend(vip: Ipv4Addr, port: u16) -> Frontend {
 /// when the service gains backends.
 #[test]
 fn maglev_choice_matches_prediction_and_flows_stick() {
-    let (ns, bench) = bench();
-    ns.enter(move || stickiness_in_namespace(&bench))
-        .expect("enter namespace");
+    in_bench(stickiness_in_namespace);
 }
 
 fn stickiness_in_namespace(bench: &XdpBed) {
@@ -761,6 +757,12 @@ fn stickiness_in_namespace(bench: &XdpBed) {
     assert!(global[counters::FLOW_REHASHED as usize] > 0);
 }
 
+/// Runs `test` in a fresh bench's namespace.
+fn in_bench(test: fn(&XdpBed)) {
+    let (ns, bench) = bench();
+    ns.enter(move || test(&bench)).expect("enter namespace");
+}
+
 /// Runs `test` in a fresh bench's namespace, with the namespace at hand to
 /// change its neighbours while the test runs.
 fn in_bench_with_ns(test: fn(&NetNs, &XdpBed)) {
@@ -833,9 +835,7 @@ fn forwarded_mac(dataplane: &Dataplane, bench: &XdpBed, port: u16, payload: &[u8
 /// send the new node's packets to the old node's MAC.
 #[test]
 fn a_backend_slot_reused_for_another_node_does_not_keep_the_old_next_hop() {
-    let (ns, bench) = bench();
-    ns.enter(move || reused_backend_slot_in_namespace(&bench))
-        .expect("enter namespace");
+    in_bench(reused_backend_slot_in_namespace);
 }
 
 fn reused_backend_slot_in_namespace(bench: &XdpBed) {
@@ -981,9 +981,7 @@ fn reply_mac(dataplane: &Dataplane, bench: &XdpBed, from: SocketAddr, to: Socket
 /// removed one's bit set.
 #[test]
 fn a_removed_services_flow_does_not_follow_its_slot_into_another_service() {
-    let (ns, bench) = bench();
-    ns.enter(move || removed_service_flow_in_namespace(&bench))
-        .expect("enter namespace");
+    in_bench(removed_service_flow_in_namespace);
 }
 
 fn removed_service_flow_in_namespace(bench: &XdpBed) {
@@ -1047,9 +1045,7 @@ fn flow_key(client: SocketAddrV4, dst: SocketAddrV4) -> FlowKey {
 /// read around the packet, as userspace compares it.
 #[test]
 fn flows_record_the_monotonic_time_by_the_tick_clock() {
-    let (ns, bench) = bench();
-    ns.enter(move || tick_clock_in_namespace(&bench))
-        .expect("enter namespace");
+    in_bench(tick_clock_in_namespace);
 }
 
 fn tick_clock_in_namespace(bench: &XdpBed) {
@@ -1096,9 +1092,7 @@ fn coarse_clock(call: lb::clock::ClockCall) -> u64 {
 /// must not hide the other's entries.
 #[test]
 fn services_sharing_key_filter_bits_come_and_go() {
-    let (ns, bench) = bench();
-    ns.enter(move || key_filter_in_namespace(&bench))
-        .expect("enter namespace");
+    in_bench(key_filter_in_namespace);
 }
 
 /// Two ports whose keys, with `ip` and TCP, share a bit of `map`'s filter.
@@ -1184,9 +1178,7 @@ fn key_filter_in_namespace(bench: &XdpBed) {
 /// the later is served, and the earlier again once the later goes.
 #[test]
 fn node_port_replies_leave_with_the_frontend_that_claims_the_node_port() {
-    let (ns, bench) = bench();
-    ns.enter(move || node_port_claims_in_namespace(&bench))
-        .expect("enter namespace");
+    in_bench(node_port_claims_in_namespace);
 }
 
 fn node_port_claims_in_namespace(bench: &XdpBed) {
@@ -1271,9 +1263,7 @@ fn node_port_claims_in_namespace(bench: &XdpBed) {
 /// written deeper in the call chain would cost that chain stack).
 #[test]
 fn a_ring_pointing_at_a_retired_backend_drops_counts_and_logs() {
-    let (ns, bench) = bench();
-    ns.enter(move || internal_drop_in_namespace(&bench))
-        .expect("enter namespace");
+    in_bench(internal_drop_in_namespace);
 }
 
 /// Keeps what the data path logged.
@@ -1336,9 +1326,7 @@ fn internal_drop_in_namespace(bench: &XdpBed) {
 /// host's frame and drop it.
 #[test]
 fn a_packet_whose_egress_is_not_in_the_devmap_goes_to_the_kernel_translated() {
-    let (ns, bench) = bench();
-    ns.enter(move || egress_not_in_devmap_in_namespace(&bench))
-        .expect("enter namespace");
+    in_bench(egress_not_in_devmap_in_namespace);
 }
 
 fn egress_not_in_devmap_in_namespace(bench: &XdpBed) {

@@ -15,14 +15,19 @@ use super::{Dataplane, DataplaneError, programs};
 use crate::maps::{MapsError, map_error};
 
 impl Dataplane {
+    /// The index of interface `iface`; `NoSuchInterface` when there is none.
+    pub fn interface_index(iface: &str) -> Result<u32, DataplaneError> {
+        crate::iface::ifindex(iface).map_err(|_| DataplaneError::NoSuchInterface(iface.to_owned()))
+    }
+
     /// Attaches the program to `iface` and lets packets be redirected out of it.
     /// With pinned state the link is pinned too, so the program stays attached
     /// when the agent exits; a link pinned by an earlier agent is taken over
     /// with an atomic program replacement, without a gap.
     pub fn attach(&mut self, iface: &str) -> Result<u32, DataplaneError> {
-        let no_such_interface = |_| DataplaneError::NoSuchInterface(iface.to_owned());
-        let ifindex = crate::iface::ifindex(iface).map_err(no_such_interface)?;
-        let mac = crate::iface::mac(iface).map_err(no_such_interface)?;
+        let ifindex = Self::interface_index(iface)?;
+        let mac = crate::iface::mac(iface)
+            .map_err(|_| DataplaneError::NoSuchInterface(iface.to_owned()))?;
         let link_path = self.pins.as_ref().map(|pins| pins.link(iface));
         let program = programs::xdp(&mut self.ebpf, PROGRAM_NAME)?;
         let attach_error = |source| DataplaneError::Attach {
