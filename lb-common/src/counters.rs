@@ -1,4 +1,4 @@
-//! Indexes of the global per-CPU counters (`GLOBAL_STATS`).
+//! Indexes of the global per-CPU counters (`COUNTERS`).
 //!
 //! Every packet the program sees ends in exactly one outcome counter
 //! ([`OUTCOMES`]), so those add up to `RX`, which readers derive from them
@@ -83,10 +83,20 @@ counters! {
     /// Passed: a unicast frame for another host's MAC, which a NIC in
     /// promiscuous mode (a bridge port, a packet capture) hands up too.
     PASS_OTHER_HOST = 25, "pass_other_host";
+    /// Packets too big for the link to their next hop, with IPv4's Don't
+    /// Fragment set or IPv6, answered with an ICMP "fragmentation needed"
+    /// or ICMPv6 "packet too big" from the address they were sent to
+    /// (XDP_TX), so the sender's path MTU discovery works through lb.
+    TOO_BIG_ANSWERED = 26, "too_big_answered";
 }
 
+/// Slots of the counters' map: more than [`COUNT`], so that a counter added
+/// later fits the map an earlier agent pinned.
+pub const SLOTS: u32 = 64;
+const _: () = assert!(COUNT <= SLOTS);
+
 /// The outcome counters: every packet ends in exactly one of them.
-pub const OUTCOMES: [u32; 20] = [
+pub const OUTCOMES: [u32; 21] = [
     FORWARD_TX,
     FORWARD_REDIRECT,
     REPLY_TX,
@@ -107,6 +117,7 @@ pub const OUTCOMES: [u32; 20] = [
     DROP_NOT_ADJACENT,
     DROP_NO_NEIGHBOR,
     PASS_OTHER_HOST,
+    TOO_BIG_ANSWERED,
 ];
 
 /// Fills in `RX` of the global counters `values` (indexed like them) as the
@@ -136,7 +147,7 @@ mod tests {
 
     #[test]
     fn indexes_are_dense() {
-        assert_eq!(super::COUNT, 26);
+        assert_eq!(super::COUNT, 27);
         assert_eq!(super::NAMES[super::FLOW_REHASHED as usize], "flow_rehashed");
     }
 }

@@ -25,7 +25,9 @@ pub const MAP_FLOW_CACHE6: &str = "FLOW_CACHE6";
 /// that it outlives the agent.
 pub const MAP_RETIRED_TRAFFIC: &str = "RETIRED_TRAFFIC";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
-pub const MAP_GLOBAL_STATS: &str = "GLOBAL_STATS";
+/// The global counters, [`crate::counters::SLOTS`] of them. (Earlier agents
+/// pinned one for each counter they knew as `GLOBAL_STATS`.)
+pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_TX_PORTS: &str = "TX_PORTS";
 pub const MAP_VIPS: &str = "VIPS";
 pub const MAP_NODE_PORTS4: &str = "NODE_PORTS4";
@@ -48,16 +50,23 @@ pub const PROGRAM_NAME: &str = "lb_xdp";
 /// of its own, so the TCP and UDP path fits in the entry point's frame and
 /// needs no BPF subprogram call (a call's return is costly on CPUs with
 /// return-stack mitigations, and this path is most packets').
-pub const SIDE_PATH_PROGRAMS: [&str; 3] = ["lb_arp", "lb_icmp4", "lb_icmp6"];
+pub const SIDE_PATH_PROGRAMS: [&str; 4] = ["lb_arp", "lb_icmp4", "lb_icmp6", "lb_too_big"];
 /// Their indexes in `SIDE_PATHS`: ARP requests, ICMP, ICMPv6 (Neighbor
-/// Solicitations included).
+/// Solicitations included), and the answer to a packet too big for the
+/// link to its next hop.
 pub const SIDE_PATH_ARP: u32 = 0;
 pub const SIDE_PATH_ICMP4: u32 = 1;
 pub const SIDE_PATH_ICMP6: u32 = 2;
+pub const SIDE_PATH_TOO_BIG: u32 = 3;
+/// Slots of `SIDE_PATHS`: more than there are side paths, so that one added
+/// later fits the array an earlier agent pinned.
+pub const SIDE_PATH_SLOTS: u32 = 8;
+const _: () = assert!(SIDE_PATH_PROGRAMS.len() <= SIDE_PATH_SLOTS as usize);
 /// The program array of [`SIDE_PATH_PROGRAMS`]. Pinned: a program array loses its
 /// entries once no file descriptor or pin refers to it, and the attached
-/// program keeps serving after the agent exits.
-pub const MAP_SIDE_PATHS: &str = "SIDE_PATHS";
+/// program keeps serving after the agent exits. (Earlier agents pinned one
+/// of three slots as `SIDE_PATHS`.)
+pub const MAP_SIDE_PATHS: &str = "SIDE_PATH_ARRAY";
 /// The program that samples the data path's clocks for the agent (see
 /// `clock`); run by `BPF_PROG_TEST_RUN`, never attached.
 pub const CLOCK_SAMPLE_PROGRAM: &str = "lb_clock_sample";

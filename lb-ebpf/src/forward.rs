@@ -9,13 +9,14 @@ use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, xdp_action},
     helpers::generated::{bpf_fib_lookup, bpf_jiffies64, bpf_ktime_get_coarse_ns},
 };
-use lb_common::{Addr, counters};
+use lb_common::{Addr, SIDE_PATH_TOO_BIG, counters};
 use network_types::eth::EthHdr;
 
 use crate::{
     maps::{self, FIB_PARAMS, TX_PORTS, count},
     nat,
     parse::{Family, Frame, Ip, ptr_at},
+    side_paths,
     verdict::Verdict,
 };
 
@@ -201,7 +202,8 @@ pub enum HopCache {
 /// as it came. A hop the FIB gave for `dst` less than [`HOP_CACHE_NS`] ago
 /// (`now` is [`clock`]'s), for a packet no longer than one it approved then,
 /// is taken from `cache`: the FIB lookup is the largest single cost of a
-/// forwarded packet.
+/// forwarded packet. A packet too big for the next hop's link passes as
+/// `Verdict::PassFibOther` (see [`answer_too_big`]).
 #[inline(always)]
 pub fn next_hop(
     ctx: &Frame,
@@ -240,6 +242,22 @@ pub fn next_hop(
         maps::cache_hop(cache, dst, &fresh);
     }
     Ok(hop)
+}
+
+/// For a TCP or UDP packet that [`next_hop`] passed because the FIB found it
+/// too big for the link to its next hop, the side path that answers it
+/// (`lb_too_big`); for any other packet, `verdict`. The FIB tells "too big"
+/// by the link's MTU, which it writes where it read the packet's length, in
+/// this CPU's parameter block; on every other failure that length stays.
+/// ICMP errors do not come here: no ICMP error answers one (RFC 1122 3.2.2).
+#[inline(always)]
+pub fn answer_too_big(ctx: &Frame, route: &Route, verdict: Verdict) -> Verdict {
+    if matches!(verdict, Verdict::PassFibOther)
+        && maps::fib_mtu().is_some_and(|mtu| mtu < route.total_len)
+    {
+        return side_paths::enter(ctx, SIDE_PATH_TOO_BIG, verdict);
+    }
+    verdict
 }
 
 /// How long a next hop is taken from the cache: the bound on how long a node

@@ -29,7 +29,7 @@ const PLAIN_IPV4_VIHL: u8 = 0x45;
 pub struct IcmpHdr {
     pub type_code: [u8; 2],
     pub check: u16,
-    rest: [u8; 4],
+    pub rest: [u8; 4],
 }
 
 /// An ICMP error with the start of the packet it quotes. Its fields are

@@ -14,6 +14,7 @@ mod nat;
 mod neighbor;
 mod parse;
 mod side_paths;
+mod too_big;
 mod verdict;
 
 use core::mem::MaybeUninit;
@@ -53,7 +54,7 @@ pub fn lb_clock_sample(_ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn try_lb_xdp(ctx: &Frame) -> Result<u32, Verdict> {
     let Some(family) = Ip::family_of(ctx) else {
-        return side_paths::enter(ctx, SIDE_PATH_ARP, Verdict::PassNotIp);
+        return Err(side_paths::enter(ctx, SIDE_PATH_ARP, Verdict::PassNotIp));
     };
     let mut ip = MaybeUninit::uninit();
     Ip::parse::<true>(ctx, family, &mut ip)?;
@@ -61,12 +62,16 @@ fn try_lb_xdp(ctx: &Frame) -> Result<u32, Verdict> {
     // first: that is a `memset` subprogram call per packet.)
     let ip = unsafe { ip.assume_init_ref() };
     match (ip.family, ip.proto) {
-        (Family::V4, PROTO_ICMP) => {
-            side_paths::enter(ctx, SIDE_PATH_ICMP4, Verdict::PassOtherProto)
-        }
-        (Family::V6, PROTO_ICMPV6) => {
-            side_paths::enter(ctx, SIDE_PATH_ICMP6, Verdict::PassOtherProto)
-        }
+        (Family::V4, PROTO_ICMP) => Err(side_paths::enter(
+            ctx,
+            SIDE_PATH_ICMP4,
+            Verdict::PassOtherProto,
+        )),
+        (Family::V6, PROTO_ICMPV6) => Err(side_paths::enter(
+            ctx,
+            SIDE_PATH_ICMP6,
+            Verdict::PassOtherProto,
+        )),
         _ => {
             // What is to no VIP and from no node passes here, before its
             // ports are read and before its MAC is looked at.
@@ -126,7 +131,8 @@ fn serve_transport(ctx: &Frame, ip: &Ip, ports: u32, claim: Claim) -> Result<u32
         [new_ip, &key.dst_ip]
     };
     let route = Route::of(ip, [key.src_port, key.dst_port]);
-    let hop = forward::next_hop(ctx, &route, ends, cache, now)?;
+    let hop = forward::next_hop(ctx, &route, ends, cache, now)
+        .map_err(|verdict| forward::answer_too_big(ctx, &route, verdict))?;
     let direction = if !to_backend {
         nat::rewrite_source(ctx, packet, new_ip, new_port)?;
         if !tracked {

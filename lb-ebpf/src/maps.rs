@@ -17,7 +17,7 @@ use lb_common::{
     Addr, Backend, CachedFlow, DataPathClock, Flow, FlowBudget, FlowKey, FlowKey4,
     IFACES_BY_INDEX_LEN, Iface, IfacesByIndexEntries, KEY_FILTER_WORDS, KeyFilter, KeyFilterWords,
     MAX_BACKENDS, MAX_FLOWS, MAX_IFACES, MAX_SERVICES, MAX_TX_PORTS, NODE_PORT_SLOTS, NeighborMask,
-    SETTING_ANSWER_ECHO, SETTING_DSR, SIDE_PATH_PROGRAMS, ServiceInfo, ServiceKey, ServiceKey4,
+    SETTING_ANSWER_ECHO, SETTING_DSR, SIDE_PATH_SLOTS, ServiceInfo, ServiceKey, ServiceKey4,
     Settings, TickClock, Traffic, answers_on, counters,
     hash::{CLIENT_HOP_SLOTS, FLOW_CACHE_SLOTS, client_hop_slot},
     ipv4_mapped, is_ipv4_mapped, node_port_slot,
@@ -73,7 +73,7 @@ static RETIRED_TRAFFIC: Array<Traffic> = Array::with_max_entries(MAX_SERVICES, 0
 static BACKEND_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 #[map]
-static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT, 0);
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::SLOTS, 0);
 
 /// Every VIP with at least one service (ICMP echo addressed to the VIP
 /// itself), with the interfaces ARP and Neighbor Solicitations for it are
@@ -173,6 +173,16 @@ unsafe fn global_word<A>(array: *const A, index: u32) -> u64 {
 #[map]
 pub static FIB_PARAMS: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
 
+/// The MTU this CPU's last `bpf_fib_lookup` reported with
+/// `BPF_FIB_LKUP_RET_FRAG_NEEDED`, for the side path it tail-calls then,
+/// which runs on the same CPU before anything else can look up.
+#[inline(always)]
+pub fn fib_mtu() -> Option<u16> {
+    let block = FIB_PARAMS.get_ptr(0)?;
+    // SAFETY: a per-CPU value; both members of the union are a `u16`.
+    Some(unsafe { (*block).__bindgen_anon_1.mtu_result })
+}
+
 /// The next hop of each backend, by backend id: what most forwarded packets
 /// need. A cache, refreshed from the FIB (see `forward::next_hop`): not
 /// pinned, a new program starts empty.
@@ -192,8 +202,7 @@ static CLIENT_HOPS: PerCpuArray<HopSlot> = PerCpuArray::with_max_entries(CLIENT_
 /// The programs for what is neither TCP nor UDP, tail-called by the entry
 /// point (`lb_common::SIDE_PATH_PROGRAMS`); set by the agent at every load.
 #[map]
-pub static SIDE_PATHS: ProgramArray =
-    ProgramArray::with_max_entries(SIDE_PATH_PROGRAMS.len() as u32, 0);
+pub static SIDE_PATH_ARRAY: ProgramArray = ProgramArray::with_max_entries(SIDE_PATH_SLOTS, 0);
 
 /// Interfaces packets may be redirected to, keyed by ifindex.
 #[map]
@@ -201,7 +210,7 @@ pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
 
 #[inline(always)]
 pub fn count(index: u32) {
-    if let Some(counter) = GLOBAL_STATS.get_ptr_mut(index) {
+    if let Some(counter) = COUNTERS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, no concurrent writer.
         unsafe { *counter += 1 };
     }

@@ -81,6 +81,14 @@ impl Frame {
         self.ifindex
     }
 
+    /// The frame as it is after a helper moved its start or end
+    /// (`bpf_xdp_adjust_head`, `bpf_xdp_adjust_tail`), which leaves no
+    /// pointer into it valid.
+    #[inline(always)]
+    pub fn reload(&self) -> Self {
+        Self::new(XdpContext::new(self.ctx.ctx))
+    }
+
     /// Bytes of the frame, Ethernet header included.
     #[inline(always)]
     pub fn len(&self) -> u64 {

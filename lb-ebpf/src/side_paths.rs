@@ -1,6 +1,7 @@
-//! The side paths: what is neither TCP nor UDP (ARP, ICMP, ICMPv6), each
-//! an XDP program of its own that the entry point tail-calls through
-//! `SIDE_PATHS` (`lb_common::SIDE_PATH_PROGRAMS`). Each then has a stack of
+//! The side paths: what is neither TCP nor UDP (ARP, ICMP, ICMPv6), and the
+//! answer to a packet too big for its next hop, each an XDP program of its
+//! own that the entry point tail-calls through `SIDE_PATH_ARRAY`
+//! (`lb_common::SIDE_PATH_PROGRAMS`). Each then has a stack of
 //! its own, so the TCP and UDP path fits in the entry point's frame and
 //! makes no BPF subprogram call.
 
@@ -10,9 +11,10 @@ use aya_ebpf::{macros::xdp, programs::XdpContext};
 
 use crate::{
     icmp, icmp6,
-    maps::SIDE_PATHS,
+    maps::SIDE_PATH_ARRAY,
     neighbor,
     parse::{Family, Frame, Ip, check_for_this_host},
+    too_big,
     verdict::{self, Verdict},
 };
 
@@ -20,10 +22,10 @@ use crate::{
 /// which does not return here. Should it be missing (no agent set it), the
 /// packet passes as `missing`, untouched.
 #[inline(always)]
-pub fn enter(ctx: &Frame, index: u32, missing: Verdict) -> Result<u32, Verdict> {
+pub fn enter(ctx: &Frame, index: u32, missing: Verdict) -> Verdict {
     // SAFETY: the side paths are XDP programs, run on this same context.
-    unsafe { SIDE_PATHS.tail_call(ctx, index) };
-    Err(missing)
+    unsafe { SIDE_PATH_ARRAY.tail_call(ctx, index) };
+    missing
 }
 
 /// ARP requests for VIPs (`SIDE_PATH_ARP`): `lb_xdp` tail-calls it for
@@ -42,6 +44,15 @@ pub fn lb_arp(ctx: XdpContext) -> u32 {
 pub fn lb_icmp4(ctx: XdpContext) -> u32 {
     let ctx = Frame::new(ctx);
     verdict::finish(&ctx, with_ip::<true>(&ctx, Family::V4, icmp::handle))
+}
+
+/// A TCP or UDP packet too big for the link to its next hop
+/// (`SIDE_PATH_TOO_BIG`), which `lb_xdp` tail-calls when the FIB says so:
+/// answered with ICMP "fragmentation needed" or ICMPv6 "packet too big".
+#[xdp]
+pub fn lb_too_big(ctx: XdpContext) -> u32 {
+    let ctx = Frame::new(ctx);
+    verdict::finish(&ctx, too_big::answer(&ctx))
 }
 
 /// ICMPv6 (`SIDE_PATH_ICMP6`): Neighbor Solicitations for VIPs, and what

@@ -24,8 +24,8 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
 };
 use lb_common::{
-    Addr, Backend, Flow, FlowKey, Iface, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_FLOW_BUDGET,
-    MAP_FLOW_CACHE4, MAP_FLOW_CACHE6, MAP_FLOWS4, MAP_FLOWS6, MAP_GLOBAL_STATS, MAP_IFACES,
+    Addr, Backend, Flow, FlowKey, Iface, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_COUNTERS,
+    MAP_FLOW_BUDGET, MAP_FLOW_CACHE4, MAP_FLOW_CACHE6, MAP_FLOWS4, MAP_FLOWS6, MAP_IFACES,
     MAP_MAGLEV, MAP_NODE_PORTS4, MAP_NODE_PORTS6, MAP_RETIRED_TRAFFIC, MAP_SERVICES4,
     MAP_SERVICES6, MAP_SIDE_PATHS, MAP_TX_PORTS, MAP_VIPS, NeighborMask, ServiceInfo, ServiceKey,
     Settings, Traffic, counters,
@@ -50,7 +50,7 @@ pub const ALL_MAPS: [&str; 16] = [
     MAP_IFACES,
     MAP_RETIRED_TRAFFIC,
     MAP_BACKEND_STATS,
-    MAP_GLOBAL_STATS,
+    MAP_COUNTERS,
     MAP_TX_PORTS,
     MAP_VIPS,
     MAP_FLOW_BUDGET,
@@ -61,8 +61,20 @@ pub const ALL_MAPS: [&str; 16] = [
 /// `NODE_PORTS4` and `NODE_PORTS6` were hash maps by (node IP, NodePort,
 /// protocol) and are now arrays derived at every load; the settings were a
 /// one-entry array ([`PINNED_SETTINGS`]) and are now global data set at
-/// every load. A load removes them.
-pub const FORMERLY_PINNED: [&str; 3] = [MAP_NODE_PORTS4, MAP_NODE_PORTS6, PINNED_SETTINGS];
+/// every load; the counters ([`FORMER_COUNTERS`]) and the side paths'
+/// program array (`SIDE_PATHS`) had a slot for each that agent knew, and
+/// are now pinned under other names with room for more. A load removes them.
+pub const FORMERLY_PINNED: [&str; 5] = [
+    MAP_NODE_PORTS4,
+    MAP_NODE_PORTS6,
+    PINNED_SETTINGS,
+    FORMER_COUNTERS,
+    "SIDE_PATHS",
+];
+
+/// The counters as earlier agents pinned them, carried into `COUNTERS` by
+/// the load that removes them ([`Maps::carry_former_counters`]).
+pub const FORMER_COUNTERS: &str = "GLOBAL_STATS";
 
 /// The array in which earlier agents pinned `lb_common::Settings`: read
 /// once, for `LEGACY_SETTING_ANSWER_NEIGHBORS`, by the load that removes it.
@@ -172,7 +184,7 @@ impl Maps {
             }),
             service_traffic: ServiceTraffic::Retired(take_typed(ebpf, MAP_RETIRED_TRAFFIC)?),
             backend_stats: take_typed(ebpf, MAP_BACKEND_STATS)?,
-            global_stats: take_typed(ebpf, MAP_GLOBAL_STATS)?,
+            global_stats: take_typed(ebpf, MAP_COUNTERS)?,
             vips: take_typed(ebpf, MAP_VIPS)?,
             ifaces: take_typed(ebpf, MAP_IFACES)?,
         })
@@ -194,7 +206,7 @@ impl Maps {
             flow_caches: open_flow_caches(dir)?,
             service_traffic: open_service_traffic(dir)?,
             backend_stats: typed(MAP_BACKEND_STATS, open_pin(dir, MAP_BACKEND_STATS)?)?,
-            global_stats: typed(MAP_GLOBAL_STATS, open_pin(dir, MAP_GLOBAL_STATS)?)?,
+            global_stats: typed(MAP_COUNTERS, open_pin(dir, MAP_COUNTERS)?)?,
             vips: typed(MAP_VIPS, open_pin(dir, MAP_VIPS)?)?,
             ifaces: typed(MAP_IFACES, open_pin(dir, MAP_IFACES)?)?,
         })
@@ -290,6 +302,27 @@ impl Maps {
         sum_traffic(&self.backend_stats, id, MAP_BACKEND_STATS)
     }
 
+    /// Sets the counters to the counts of the counters an earlier agent pinned
+    /// as [`FORMER_COUNTERS`], if any, CPU by CPU, so that they keep counting
+    /// up from where they were. A set, not an addition: a load that stops
+    /// before it removes the former map does the same again.
+    pub(crate) fn carry_former_counters(&mut self, pins: &PinDir) -> Result<(), MapsError> {
+        if !pins.map(FORMER_COUNTERS).exists() {
+            return Ok(());
+        }
+        let former: PerCpuArray<MapData, u64> =
+            typed(FORMER_COUNTERS, open_pin(pins, FORMER_COUNTERS)?)?;
+        for index in 0..former.len().min(counters::COUNT) {
+            let counts = former
+                .get(&index, 0)
+                .map_err(|e| map_error(FORMER_COUNTERS, e))?;
+            self.global_stats
+                .set(index, counts, 0)
+                .map_err(|e| map_error(MAP_COUNTERS, e))?;
+        }
+        Ok(())
+    }
+
     /// Global counters summed over CPUs, indexed like `lb_common::counters`.
     pub fn global_counters(&self) -> Result<Vec<u64>, MapsError> {
         let mut totals = (0..counters::COUNT)
@@ -297,7 +330,7 @@ impl Maps {
                 let values = self
                     .global_stats
                     .get(&index, 0)
-                    .map_err(|source| map_error(MAP_GLOBAL_STATS, source))?;
+                    .map_err(|source| map_error(MAP_COUNTERS, source))?;
                 Ok(values.iter().sum())
             })
             .collect::<Result<Vec<u64>, MapsError>>()?;

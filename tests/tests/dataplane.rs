@@ -6,18 +6,18 @@ use std::{
     net::Ipv4Addr,
 };
 
-use aya::maps::Array;
+use aya::maps::{Array, PerCpuArray, PerCpuValues};
 use lb::{
     dataplane::{Dataplane, DataplaneConfig, DataplaneError, service_key},
     model::{BackendSpec, DesiredState, Protocol, ServiceSpec},
     reconcile,
 };
 use lb_common::{
-    ALL_NEIGHBOR_SLOTS, BACKEND_ACTIVE, LEGACY_SETTING_ANSWER_NEIGHBORS, SIDE_PATH_PROGRAMS,
-    Settings, addr_of,
+    ALL_NEIGHBOR_SLOTS, BACKEND_ACTIVE, LEGACY_SETTING_ANSWER_NEIGHBORS, MAP_COUNTERS,
+    MAP_SIDE_PATHS, SIDE_PATH_PROGRAMS, Settings, addr_of, counters,
 };
 use lb_tests::{
-    pin_root::{BPF_MAP_TYPE_ARRAY, PinRoot, pin_old_map},
+    pin_root::{BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY, PinRoot, pin_old_map},
     specs,
 };
 
@@ -260,6 +260,68 @@ fn a_takeover_keeps_answering_neighbors_as_the_earlier_agent_did() {
         "the legacy settings are still pinned"
     );
     third.remove_pins().expect("remove pins");
+}
+
+/// Earlier agents pinned the counters as `GLOBAL_STATS` and the side paths'
+/// program array as `SIDE_PATHS`, each with a slot for every counter or side
+/// path they knew, too few for this one's. A takeover carries the counts
+/// into the counters it pins under their new name, so that they keep
+/// counting up, and removes both former pins.
+#[test]
+fn a_takeover_carries_the_counters_an_earlier_agent_pinned_with_fewer_slots() {
+    const FORMER_SLOTS: u32 = 26;
+    let bpffs = PinRoot::new("test-counters");
+    let config = DataplaneConfig {
+        ring_size: RING_SIZE,
+        max_services: 4,
+        pin_dir: Some(bpffs.path().clone()),
+        ..Default::default()
+    };
+    drop(Dataplane::load(config.clone()).expect("load"));
+    // What an earlier agent left: its maps under their former names.
+    let dir = bpffs.dir(4);
+    for name in [MAP_COUNTERS, MAP_SIDE_PATHS] {
+        std::fs::remove_file(dir.join(name)).expect("unpin");
+    }
+    const PROG_ARRAY: u32 = 3;
+    drop(pin_old_map::<u32, u32>(
+        &dir,
+        "SIDE_PATHS",
+        PROG_ARRAY,
+        3,
+        0,
+    ));
+    let mut former: PerCpuArray<_, u64> = pin_old_map::<u32, u64>(
+        &dir,
+        "GLOBAL_STATS",
+        BPF_MAP_TYPE_PERCPU_ARRAY,
+        FORMER_SLOTS,
+        0,
+    )
+    .try_into()
+    .expect("a per-CPU array");
+    let cpus = aya::util::nr_cpus().expect("CPUs");
+    let counts: Vec<u64> = (1..=cpus as u64).collect();
+    let forwarded = PerCpuValues::try_from(counts.clone()).expect("values");
+    former
+        .set(counters::FORWARD_TX, forwarded, 0)
+        .expect("a count");
+    drop(former);
+
+    let second = Dataplane::load(config).expect("takeover of an earlier agent's state");
+    let totals = second.maps().global_counters().expect("counters");
+    assert_eq!(
+        totals[counters::FORWARD_TX as usize],
+        counts.iter().sum::<u64>(),
+        "the count carried over"
+    );
+    for former in ["GLOBAL_STATS", "SIDE_PATHS"] {
+        assert!(!dir.join(former).exists(), "{former} is still pinned");
+    }
+    for name in [MAP_COUNTERS, MAP_SIDE_PATHS] {
+        assert!(dir.join(name).exists(), "{name} is not pinned");
+    }
+    second.remove_pins().expect("remove pins");
 }
 
 /// The verifier walks every path of each program before the program loads,

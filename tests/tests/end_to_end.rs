@@ -12,7 +12,7 @@ use lb_tests::{
     agent::{Agent, backends_of},
     manifests::{self, ServicePort},
     servers::{self, LineClient, ServerGuard},
-    topology::{Layout, Node, Topology},
+    topology::{LB_ONE_ARM_IFACE, Layout, Node, Topology},
 };
 use serde_json::Value;
 
@@ -228,6 +228,49 @@ fn one_arm_serves_tcp_and_udp_through_one_interface() {
         .expect("UDP answer");
     assert!(udp_reply.starts_with("node-"), "UDP reply {udp_reply:?}");
     assert_xdp_carried(&agent, Layout::OneArm, 200);
+    drop(agent);
+    drop(guards);
+}
+
+/// Path MTU discovery through the VIP: the link from lb to the nodes is
+/// narrower than the client's, so the client's full-sized segments are too
+/// big for it. lb answers them with "fragmentation needed" from the VIP,
+/// quoting them as the client sent them; the client lowers its path MTU and
+/// sends again, and a request of many segments gets through. (The kernel's
+/// own answer would quote the packet translated, which the client cannot
+/// match, and the connection would stall.)
+#[test]
+fn path_mtu_discovery_works_through_the_vip() {
+    // One-arm: the answers go back out of the interface the packets came
+    // in on (XDP_TX), and only there does the far end of the veth wake for
+    // them (see `Topology::wire`).
+    let topology = Topology::new(Layout::OneArm, 1).expect("topology");
+    // The route's MTU, not the interface's: an interface of 1,280 bytes
+    // would refuse the nodes' full-sized replies too.
+    topology
+        .lb
+        .ip(&format!(
+            "route add {}/32 dev {LB_ONE_ARM_IFACE} mtu lock 1280",
+            topology.nodes[0].ip
+        ))
+        .expect("a narrower path to the nodes");
+    let manifests = ManifestDir::new("pmtu");
+    manifests.write(&topology);
+    let guards = start_servers(&topology);
+    let agent = Agent::start(&topology.lb, &topology.lb_ifaces(), manifests.path(), &[])
+        .expect("agent starts");
+    wait_for_nodes(&agent, 1);
+    let line = "x".repeat(20_000);
+    let request = line.clone();
+    let vip = SocketAddrV4::new(VIP, 80);
+    let answer = topology
+        .client
+        .enter(move || LineClient::connect(vip, TIMEOUT)?.ask(&request))
+        .expect("client namespace")
+        .expect("a request of many full-sized segments gets through");
+    assert_eq!(answer, format!("node-1 {line}"));
+    let answered = agent.counter("too_big_answered").expect("lb stats");
+    assert!(answered >= 1, "too_big_answered is {answered}");
     drop(agent);
     drop(guards);
 }

@@ -17,7 +17,10 @@
 //!   VIP:port of its flow; if the input's checksums were valid, the output's
 //!   are (`packets::verify_checksums`), and if they were not, the output's are
 //!   not either (damage is carried over, never repaired); a packet sent out
-//!   (TX or REDIRECT) carries the MAC of the neighbour it is sent to.
+//!   (TX or REDIRECT) carries the MAC of the neighbour it is sent to;
+//! - or, for an owned packet longer than the MTU of its next hop's link, an
+//!   answer (TX) with ICMP "fragmentation needed" or ICMPv6 "packet too big"
+//!   goes back where it came from, quoting its start, with valid checksums.
 //!
 //! The cases are exhaustive sweeps (every truncation, IHL and total length of
 //! valid packets) and then proptest's random cases: valid packets to VIPs, to
@@ -269,6 +272,7 @@ fn fuzz_in_namespace(client_if: u32, node_if: u32) -> Result<()> {
         ("passed unchanged", stats.unchanged, total / 4),
         ("IPv6 rewritten", stats.ipv6_rewritten, total / 20),
         ("dropped", stats.dropped, 1),
+        ("answered as too big", stats.too_big, 1),
     ] {
         ensure!(
             count >= at_least,
@@ -557,11 +561,56 @@ impl Mutation {
 
 // --- The oracle --------------------------------------------------------------
 
+/// Whether `output` is an ICMP "fragmentation needed" or ICMPv6 "packet too
+/// big" (both with option-less headers, as lb writes them).
+fn is_too_big_answer(output: &[u8]) -> bool {
+    match output.get(12..14) {
+        Some([0x08, 0x00]) => output.get(23) == Some(&1) && output.get(34..36) == Some(&[3, 4]),
+        Some([0x86, 0xdd]) => output.get(20) == Some(&58) && output.get(54) == Some(&2),
+        _ => false,
+    }
+}
+
+/// An answer to a packet too big for its next hop goes back where the packet
+/// came from (MACs and addresses turned around), with valid checksums,
+/// quotes the start of the packet, and gives an MTU the packet exceeds.
+fn check_too_big_answer(input: &[u8], output: &[u8]) -> Result<()> {
+    ensure!(
+        output[..6] == input[6..12] && output[6..12] == input[..6],
+        "the answer's MACs are not the packet's turned around"
+    );
+    let v6 = output[12] == 0x86;
+    let (src, dst, mtu, quote_at) = if v6 {
+        let mtu = u32::from_be_bytes(output[58..62].try_into()?);
+        (22..38, 38..54, mtu, 62)
+    } else {
+        let mtu = u32::from(u16::from_be_bytes(output[40..42].try_into()?));
+        (26..30, 30..34, mtu, 42)
+    };
+    ensure!(
+        output[src.clone()] == input[dst.clone()] && output[dst] == input[src],
+        "the answer's addresses are not the packet's turned around"
+    );
+    let quote = &output[quote_at..];
+    ensure!(
+        input[ETH_LEN..].starts_with(quote),
+        "the answer does not quote the packet"
+    );
+    let ip_len = (input.len() - ETH_LEN) as u32;
+    ensure!(
+        ip_len > mtu,
+        "a packet of {ip_len} bytes answered as over {mtu}"
+    );
+    packets::verify_checksums(output).context("the answer's checksums")
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Outcome {
     Unchanged,
     Dnat,
     ReverseNat,
+    /// Answered as too big for the link to its next hop.
+    TooBig,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -570,6 +619,7 @@ struct Stats {
     dropped: u64,
     dnat: u64,
     reverse_nat: u64,
+    too_big: u64,
     /// Rewrites whose input had valid checksums, so the output's were checked.
     checksum_checked: u64,
     /// Rewrites of packets with damaged checksums (or lengths), which the
@@ -581,7 +631,7 @@ struct Stats {
 
 impl Stats {
     fn total(&self) -> u64 {
-        self.unchanged + self.dnat + self.reverse_nat
+        self.unchanged + self.dnat + self.reverse_nat + self.too_big
     }
 }
 
@@ -678,6 +728,15 @@ impl World {
         let Some((tuple, l4)) = tuple else {
             bail!("changed a packet lb does not own");
         };
+        if action == XDP_TX && is_too_big_answer(output) {
+            ensure!(
+                service.is_some() || reply_of.is_some(),
+                "answered {tuple:?} as too big: neither to a service nor a reply of one"
+            );
+            check_too_big_answer(input, output)?;
+            self.stats.too_big += 1;
+            return Ok(Outcome::TooBig);
+        }
         ensure!(
             matches!(action, XDP_TX | XDP_REDIRECT | XDP_PASS),
             "a rewritten packet must be sent or passed"

@@ -536,36 +536,7 @@ fn fixtures_in_namespace(bench: &XdpBed) {
             output: Expected::Unchanged,
         });
     }
-    let mut failures = Vec::new();
-    for fixture in &fixtures {
-        let ifindex = match fixture.ingress {
-            Ingress::Clients => bench.client_if,
-            Ingress::Nodes => bench.node_if,
-        };
-        let (action, output) = run(&dataplane, &fixture.input, ifindex);
-        let expected = match &fixture.output {
-            Expected::Unchanged => &fixture.input,
-            Expected::Bytes(bytes) => bytes,
-        };
-        if action != fixture.action || &output != expected {
-            failures.push(format!(
-                "{} (len {}): action {action} (want {}), output {}",
-                fixture.description,
-                fixture.input.len(),
-                fixture.action,
-                if &output == expected { "ok" } else { "differs" }
-            ));
-        }
-        if let (Expected::Bytes(_), true) = (&fixture.output, action != XDP_DROP) {
-            packets::verify_checksums(&output)
-                .unwrap_or_else(|e| failures.push(format!("{}: {e}", fixture.description)));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "fixtures failed:\n{}",
-        failures.join("\n")
-    );
+    check_fixtures(&dataplane, bench, &fixtures);
     let global = dataplane.maps().global_counters().expect("counters");
     assert_eq!(global[counters::FIB_MISS as usize], 1, "one FIB miss");
     assert_eq!(global[counters::DROP_NO_BACKEND as usize], 1);
@@ -599,6 +570,41 @@ fn fixtures_in_namespace(bench: &XdpBed) {
         .expect("traffic")
         .expect("svc");
     assert_eq!(http.packets, 4, "SYN, ACK, options SYN, one-arm SYN");
+}
+
+/// Runs each fixture through the program; fails naming every one whose
+/// action or output differs, or whose output's checksums are wrong.
+fn check_fixtures(dataplane: &Dataplane, bench: &XdpBed, fixtures: &[Fixture]) {
+    let mut failures = Vec::new();
+    for fixture in fixtures {
+        let ifindex = match fixture.ingress {
+            Ingress::Clients => bench.client_if,
+            Ingress::Nodes => bench.node_if,
+        };
+        let (action, output) = run(dataplane, &fixture.input, ifindex);
+        let expected = match &fixture.output {
+            Expected::Unchanged => &fixture.input,
+            Expected::Bytes(bytes) => bytes,
+        };
+        if action != fixture.action || &output != expected {
+            failures.push(format!(
+                "{} (len {}): action {action} (want {}), output {}",
+                fixture.description,
+                fixture.input.len(),
+                fixture.action,
+                if &output == expected { "ok" } else { "differs" }
+            ));
+        }
+        if let (Expected::Bytes(_), true) = (&fixture.output, action != XDP_DROP) {
+            packets::verify_checksums(&output)
+                .unwrap_or_else(|e| failures.push(format!("{}: {e}", fixture.description)));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "fixtures failed:\n{}",
+        failures.join("\n")
+    );
 }
 
 fn frontend(vip: Ipv4Addr, port: u16) -> Frontend {
@@ -1358,4 +1364,106 @@ fn egress_not_in_devmap_in_namespace(bench: &XdpBed) {
     let after = dataplane.maps().global_counters().expect("counters");
     let other = counters::FIB_OTHER as usize;
     assert_eq!(after[other] - before[other], 1, "counted as fib_other_pass");
+}
+
+/// A packet too big for the link to its next hop (here 1,400 bytes, both
+/// ways) is answered from the address it was sent to with ICMP
+/// "fragmentation needed" or ICMPv6 "packet too big", giving that MTU and
+/// quoting the packet as its sender sent it (as much as fits 576 and 1,280
+/// bytes): the kernel could only quote it translated. A client's packet to
+/// a VIP is answered from the VIP; a node's reply from the client it is
+/// for. An IPv4 packet the sender lets be fragmented passes untouched.
+#[test]
+fn a_packet_too_big_for_its_next_hops_link_is_answered_with_the_links_mtu() {
+    in_bench_with_ns(too_big_in_namespace);
+}
+
+fn too_big_in_namespace(ns: &NetNs, bench: &XdpBed) {
+    for dev in [CLIENT_DEV, NODE_DEV] {
+        ns.ip(&format!("link set {dev} mtu 1400"))
+            .expect("a 1,400-byte link");
+    }
+    let mut dataplane = load(bench);
+    for spec in [
+        service(VIP, 80, Protocol::Tcp, vec![node(1, 31000)]),
+        service(VIP, 53, Protocol::Udp, vec![node(1, 31053)]),
+        service(VIP6, 80, Protocol::Tcp, vec![node6(1, 31000)]),
+    ] {
+        dataplane.set_service(&spec).expect("set_service");
+    }
+    let payload = [0x5a; 1400];
+    let client = sock(CLIENT, 45000);
+    let client6 = sock6(CLIENT6, 45000);
+    let answered = |description, input: Vec<u8>, from: IpAddr, to: IpAddr, ingress| Fixture {
+        description,
+        output: Expected::Bytes(packets::icmp_too_big(
+            from,
+            to,
+            &input,
+            packets::LB_MAC,
+            packets::CLIENT_MAC,
+        )),
+        input,
+        ingress,
+        action: XDP_TX,
+    };
+    let to_vip = packets::tcp_ack(client, sock(VIP, 80), &payload);
+    let udp_to_vip = packets::udp(client, sock(VIP, 53), &payload);
+    let to_vip6 = packets::tcp_ack(client6, sock6(VIP6, 80), &payload);
+    let reply = packets::tcp_ack(sock(node_ip(1), 31000), client, &payload);
+    let mut fragmentable = to_vip.clone();
+    fragmentable[packets::ETH_LEN + 6] &= !0x40;
+    packets::fix_checksums(&mut fragmentable);
+    let small = packets::tcp_ack(client, sock(VIP, 80), &payload[..1000]);
+    let before = dataplane.maps().global_counters().expect("counters");
+    let fixtures = [
+        answered(
+            "TCP to a VIP",
+            to_vip,
+            VIP.into(),
+            CLIENT.into(),
+            Ingress::Clients,
+        ),
+        answered(
+            "UDP to a VIP",
+            udp_to_vip,
+            VIP.into(),
+            CLIENT.into(),
+            Ingress::Clients,
+        ),
+        answered(
+            "TCP to an IPv6 VIP",
+            to_vip6,
+            VIP6.into(),
+            CLIENT6.into(),
+            Ingress::Clients,
+        ),
+        answered(
+            "a node's reply",
+            reply,
+            CLIENT.into(),
+            node_ip(1).into(),
+            Ingress::Nodes,
+        ),
+        Fixture {
+            description: "without Don't Fragment",
+            input: fragmentable,
+            ingress: Ingress::Clients,
+            action: XDP_PASS,
+            output: Expected::Unchanged,
+        },
+    ];
+    check_fixtures(&dataplane, bench, &fixtures);
+    let (action, _) = run(&dataplane, &small, bench.client_if);
+    assert_eq!(action, XDP_REDIRECT, "a packet that fits is forwarded");
+    let after = dataplane.maps().global_counters().expect("counters");
+    let delta = |counter: u32| after[counter as usize] - before[counter as usize];
+    assert_eq!(
+        (
+            delta(counters::TOO_BIG_ANSWERED),
+            delta(counters::FIB_OTHER)
+        ),
+        (4, 1),
+        "answered, and passed (too_big_answered, fib_other_pass)"
+    );
 }

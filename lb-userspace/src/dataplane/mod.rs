@@ -159,6 +159,7 @@ impl Dataplane {
             }
             legacy_neighbors = pinned_settings(pins)?
                 .is_some_and(|settings| settings.flags & LEGACY_SETTING_ANSWER_NEIGHBORS != 0);
+            maps.carry_former_counters(pins)?;
             // Only once this load has succeeded: the program they were
             // pinned for holds them, not their pins.
             pins.remove_maps(&FORMERLY_PINNED)?;
