@@ -30,9 +30,9 @@ counters! {
     REPLY_REDIRECT = 5, "reply_redirect";
     /// Rewritten packets handed to the kernel because the FIB had no neighbour yet.
     FIB_MISS = 6, "fib_miss_pass";
-    /// Handed to the kernel: no route (or not forwardable: too big for the
-    /// egress, a blackhole) untouched; egress not in the devmap translated,
-    /// with the Ethernet header and TTL it came with.
+    /// Handed to the kernel: no route (or not forwardable: a blackhole, too
+    /// big for the egress and not answered) untouched; egress not in the
+    /// devmap translated, with the Ethernet header and TTL it came with.
     FIB_OTHER = 7, "fib_other_pass";
     /// Passed: neither IPv4 nor IPv6 (ARP, VLAN-tagged...).
     PASS_NOT_IP = 8, "pass_not_ip";
@@ -88,6 +88,11 @@ counters! {
     /// or ICMPv6 "packet too big" from the address they were sent to
     /// (XDP_TX), so the sender's path MTU discovery works through lb.
     TOO_BIG_ANSWERED = 26, "too_big_answered";
+    /// Rewritten packets handed to the kernel to fragment: too big for the
+    /// link to their next hop, IPv4 without Don't Fragment. The kernel
+    /// fragments and forwards them, with the Ethernet header and TTL they
+    /// came with.
+    PASS_TO_FRAGMENT = 27, "pass_to_fragment";
 }
 
 /// Slots of the counters' map: more than [`COUNT`], so that a counter added
@@ -96,7 +101,7 @@ pub const SLOTS: u32 = 64;
 const _: () = assert!(COUNT <= SLOTS);
 
 /// The outcome counters: every packet ends in exactly one of them.
-pub const OUTCOMES: [u32; 21] = [
+pub const OUTCOMES: [u32; 22] = [
     FORWARD_TX,
     FORWARD_REDIRECT,
     REPLY_TX,
@@ -118,6 +123,7 @@ pub const OUTCOMES: [u32; 21] = [
     DROP_NO_NEIGHBOR,
     PASS_OTHER_HOST,
     TOO_BIG_ANSWERED,
+    PASS_TO_FRAGMENT,
 ];
 
 /// Fills in `RX` of the global counters `values` (indexed like them) as the
@@ -147,7 +153,7 @@ mod tests {
 
     #[test]
     fn indexes_are_dense() {
-        assert_eq!(super::COUNT, 27);
+        assert_eq!(super::COUNT, 28);
         assert_eq!(super::NAMES[super::FLOW_REHASHED as usize], "flow_rehashed");
     }
 }

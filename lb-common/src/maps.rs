@@ -33,6 +33,9 @@ pub const MAP_VIPS: &str = "VIPS";
 pub const MAP_NODE_PORTS4: &str = "NODE_PORTS4";
 pub const MAP_NODE_PORTS6: &str = "NODE_PORTS6";
 pub const MAP_FLOW_BUDGET: &str = "FLOW_BUDGET";
+/// Each CPU's `bpf_fib_lookup` parameter block, pinned so that a side path
+/// of one load reads what the entry point of another left in it.
+pub const MAP_FIB_PARAMS: &str = "FIB_PARAMS";
 pub const MAP_IFACES: &str = "IFACES";
 /// `KEY_FILTER`, `IFACES_BY_INDEX`, `CLOCK` and `SETTINGS` are the
 /// program's global data, each in a section of its own, which the loader
@@ -480,12 +483,31 @@ pub const fn neighbor_bit(slot: u8) -> NeighborMask {
     1 << (slot % MAX_NEIGHBOR_SLOTS)
 }
 
-/// One CPU's count of flows inserted in the current one-second window.
+/// One CPU's allowance of something per second (new flow entries, answers
+/// to packets too big): what it took in the current one-second window.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowBudget {
+pub struct Budget {
     pub window_start_ns: u64,
-    pub inserted: u64,
+    pub taken: u64,
+}
+
+impl Budget {
+    /// Takes one of `per_second` at `now_ns` (a monotonic clock); `false`
+    /// when this window's are all taken. A window starts at the first take
+    /// a second or more after the last one started.
+    #[inline(always)]
+    pub fn take(&mut self, now_ns: u64, per_second: u64) -> bool {
+        if now_ns.wrapping_sub(self.window_start_ns) >= 1_000_000_000 {
+            self.window_start_ns = now_ns;
+            self.taken = 0;
+        }
+        if self.taken >= per_second {
+            return false;
+        }
+        self.taken += 1;
+        true
+    }
 }
 
 /// A slot of the data path's per-CPU caches of flow entries (`FLOW_CACHE4`
@@ -548,11 +570,26 @@ mod pod {
     unsafe impl aya::Pod for Iface {}
     unsafe impl aya::Pod for Traffic {}
     unsafe impl aya::Pod for Settings {}
-    unsafe impl aya::Pod for FlowBudget {}
+    unsafe impl aya::Pod for Budget {}
 }
 
 #[cfg(test)]
 mod tests {
+    use super::Budget;
+
+    #[test]
+    fn a_budget_allows_its_count_a_second() {
+        let mut budget = Budget::default();
+        let start = 5_000_000_000;
+        let taken = (0..5).filter(|&i| budget.take(start + i, 3)).count();
+        assert_eq!(taken, 3, "three of five in one window");
+        assert!(
+            !budget.take(start + 999_999_999, 3),
+            "still the same window"
+        );
+        assert!(budget.take(start + 1_000_000_000, 3), "a new window");
+    }
+
     use super::*;
     use core::mem::size_of;
 

@@ -85,16 +85,7 @@ fn take_flow_budget(now: u64) -> bool {
         return true;
     };
     // SAFETY: per-CPU slot, no concurrent writer.
-    let budget = unsafe { &mut *budget };
-    if now.wrapping_sub(budget.window_start_ns) >= 1_000_000_000 {
-        budget.window_start_ns = now;
-        budget.inserted = 0;
-    }
-    if budget.inserted >= u64::from(limit) {
-        return false;
-    }
-    budget.inserted += 1;
-    true
+    unsafe { &mut *budget }.take(now, u64::from(limit))
 }
 
 /// What a TCP or UDP packet may be to lb, by the key filters alone.

@@ -10,7 +10,7 @@ use aya_ebpf::{
     helpers::generated::{bpf_fib_lookup, bpf_jiffies64, bpf_ktime_get_coarse_ns},
 };
 use lb_common::{Addr, SIDE_PATH_TOO_BIG, counters};
-use network_types::eth::EthHdr;
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     maps::{self, FIB_PARAMS, TX_PORTS, count},
@@ -135,6 +135,8 @@ impl Route {
 pub struct NextHop {
     /// The neighbour is resolved: the rest is valid.
     resolved: bool,
+    /// Not resolved, as the kernel is to fragment the packet on its way.
+    to_fragment: bool,
     /// The destination is on the egress link, not behind a gateway.
     on_link: bool,
     ifindex: u32,
@@ -148,6 +150,9 @@ impl NextHop {
     /// only route it by that VIP.
     #[inline(always)]
     pub fn check_direct(&self) -> Result<(), Verdict> {
+        if self.to_fragment {
+            return Err(Verdict::PassFibOther);
+        }
         if !self.resolved {
             return Err(Verdict::DropNoNeighbor);
         }
@@ -203,7 +208,7 @@ pub enum HopCache {
 /// (`now` is [`clock`]'s), for a packet no longer than one it approved then,
 /// is taken from `cache`: the FIB lookup is the largest single cost of a
 /// forwarded packet. A packet too big for the next hop's link passes as
-/// `Verdict::PassFibOther` (see [`answer_too_big`]).
+/// `Verdict::PassFibOther` (see [`too_big`]).
 #[inline(always)]
 pub fn next_hop(
     ctx: &Frame,
@@ -221,6 +226,7 @@ pub fn next_hop(
         {
             return Ok(NextHop {
                 resolved: true,
+                to_fragment: false,
                 on_link: cached.on_link != 0,
                 ifindex: cached.ifindex,
                 dmac: cached.dmac,
@@ -245,20 +251,41 @@ pub fn next_hop(
 }
 
 /// For a TCP or UDP packet that [`next_hop`] passed because the FIB found it
-/// too big for the link to its next hop, the side path that answers it
-/// (`lb_too_big`); for any other packet, `verdict`. The FIB tells "too big"
-/// by the link's MTU, which it writes where it read the packet's length, in
-/// this CPU's parameter block; on every other failure that length stays.
-/// ICMP errors do not come here: no ICMP error answers one (RFC 1122 3.2.2).
+/// too big for the link to its next hop: with IPv4's Don't Fragment clear, a
+/// hop that hands it to the kernel translated, to fragment and forward (with
+/// direct server return, which the kernel could not forward, it passes
+/// untouched); otherwise the side path that answers it (`lb_too_big`). For
+/// any other packet, `verdict`. The FIB tells "too big" by the link's MTU,
+/// which it writes where it read the packet's length, in this CPU's
+/// parameter block; on every other failure that length stays. ICMP errors
+/// do not come here: no ICMP error answers one (RFC 1122 3.2.2), and the
+/// kernel need not fragment one (it quotes at most 576 or 1,280 bytes).
 #[inline(always)]
-pub fn answer_too_big(ctx: &Frame, route: &Route, verdict: Verdict) -> Verdict {
-    if matches!(verdict, Verdict::PassFibOther)
-        && maps::fib_mtu().is_some_and(|mtu| mtu < route.total_len)
+pub fn too_big(ctx: &Frame, route: &Route, verdict: Verdict) -> Result<NextHop, Verdict> {
+    if !matches!(verdict, Verdict::PassFibOther)
+        || !maps::fib_mtu().is_some_and(|mtu| mtu < route.total_len)
     {
-        return side_paths::enter(ctx, SIDE_PATH_TOO_BIG, verdict);
+        return Err(verdict);
     }
-    verdict
+    if route.family == Family::V4 {
+        let header: *const Ipv4Hdr = ptr_at(ctx, EthHdr::LEN)?;
+        // SAFETY: bounds-checked by `ptr_at`.
+        if u16::from_be_bytes(unsafe { (*header).frags }) & DONT_FRAGMENT == 0 {
+            return Ok(NextHop {
+                resolved: false,
+                to_fragment: true,
+                on_link: false,
+                ifindex: 0,
+                dmac: [0; 3],
+                smac: [0; 3],
+            });
+        }
+    }
+    Err(side_paths::enter(ctx, SIDE_PATH_TOO_BIG, verdict))
 }
+
+/// IPv4's Don't Fragment flag, host order.
+pub const DONT_FRAGMENT: u16 = 0x4000;
 
 /// How long a next hop is taken from the cache: the bound on how long a node
 /// whose MAC (or route) changed may still get packets the old way.
@@ -324,6 +351,7 @@ fn fib_next_hop(ctx: &Frame, route: &Route, src: &Addr, dst: &Addr) -> Result<Ne
         BPF_FIB_LKUP_RET_NO_NEIGH => {
             return Ok(NextHop {
                 resolved: false,
+                to_fragment: false,
                 on_link: false,
                 ifindex: 0,
                 dmac: [0; 3],
@@ -350,6 +378,7 @@ fn fib_next_hop(ctx: &Frame, route: &Route, src: &Addr, dst: &Addr) -> Result<Ne
     };
     Ok(NextHop {
         resolved: true,
+        to_fragment: false,
         on_link,
         ifindex: fib.ifindex,
         dmac,
@@ -372,7 +401,11 @@ pub fn send(
     direction: Direction,
 ) -> Result<u32, Verdict> {
     if !hop.resolved {
-        return Err(Verdict::PassFibMiss);
+        return Err(if hop.to_fragment {
+            Verdict::PassToFragment
+        } else {
+            Verdict::PassFibMiss
+        });
     }
     let (tx_counter, redirect_counter) = direction.counters();
     let (action, counter) = if hop.ifindex == ctx.ingress_ifindex() {

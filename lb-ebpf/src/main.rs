@@ -131,8 +131,10 @@ fn serve_transport(ctx: &Frame, ip: &Ip, ports: u32, claim: Claim) -> Result<u32
         [new_ip, &key.dst_ip]
     };
     let route = Route::of(ip, [key.src_port, key.dst_port]);
-    let hop = forward::next_hop(ctx, &route, ends, cache, now)
-        .map_err(|verdict| forward::answer_too_big(ctx, &route, verdict))?;
+    let hop = match forward::next_hop(ctx, &route, ends, cache, now) {
+        Ok(hop) => hop,
+        Err(verdict) => forward::too_big(ctx, &route, verdict)?,
+    };
     let direction = if !to_backend {
         nat::rewrite_source(ctx, packet, new_ip, new_port)?;
         if !tracked {

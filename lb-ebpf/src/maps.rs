@@ -14,9 +14,9 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
-    Addr, Backend, CachedFlow, DataPathClock, Flow, FlowBudget, FlowKey, FlowKey4,
-    IFACES_BY_INDEX_LEN, Iface, IfacesByIndexEntries, KEY_FILTER_WORDS, KeyFilter, KeyFilterWords,
-    MAX_BACKENDS, MAX_FLOWS, MAX_IFACES, MAX_SERVICES, MAX_TX_PORTS, NODE_PORT_SLOTS, NeighborMask,
+    Addr, Backend, Budget, CachedFlow, DataPathClock, Flow, FlowKey, FlowKey4, IFACES_BY_INDEX_LEN,
+    Iface, IfacesByIndexEntries, KEY_FILTER_WORDS, KeyFilter, KeyFilterWords, MAX_BACKENDS,
+    MAX_FLOWS, MAX_IFACES, MAX_SERVICES, MAX_TX_PORTS, NODE_PORT_SLOTS, NeighborMask,
     SETTING_ANSWER_ECHO, SETTING_DSR, SIDE_PATH_SLOTS, ServiceInfo, ServiceKey, ServiceKey4,
     Settings, TickClock, Traffic, answers_on, counters,
     hash::{CLIENT_HOP_SLOTS, FLOW_CACHE_SLOTS, client_hop_slot},
@@ -123,7 +123,12 @@ static mut OPAQUE_ZERO: u32 = 0;
 
 /// Flows each CPU inserted in the current second, against `Settings::new_flow_limit`.
 #[map]
-static FLOW_BUDGET: PerCpuArray<FlowBudget> = PerCpuArray::with_max_entries(1, 0);
+static FLOW_BUDGET: PerCpuArray<Budget> = PerCpuArray::with_max_entries(1, 0);
+
+/// Packets each CPU answered as too big in the current second (see
+/// `too_big`). Not pinned: a new program starts a new second.
+#[map]
+static TOO_BIG_BUDGET: PerCpuArray<Budget> = PerCpuArray::with_max_entries(1, 0);
 
 /// The interfaces the program is attached to, by ifindex.
 #[map]
@@ -169,7 +174,10 @@ unsafe fn global_word<A>(array: *const A, index: u32) -> u64 {
 }
 
 /// Each CPU's parameter block for `bpf_fib_lookup` (see `forward`).
-/// Scratch space: nothing outlives one packet, so it is not pinned.
+/// Scratch space, but pinned (`lb_common::MAP_FIB_PARAMS`): the side path
+/// `lb_too_big` reads the MTU a lookup left in it, and a load sets its side
+/// paths in the pinned array while an earlier load's entry point may still
+/// serve, so both must see the same block.
 #[map]
 pub static FIB_PARAMS: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
 
@@ -338,8 +346,14 @@ pub fn frontend_of_node_port(addr: &Addr, port: u16, proto: u8) -> Option<Servic
 
 /// This CPU's new-flow budget.
 #[inline(always)]
-pub fn flow_budget() -> Option<*mut FlowBudget> {
+pub fn flow_budget() -> Option<*mut Budget> {
     FLOW_BUDGET.get_ptr_mut(0)
+}
+
+/// This CPU's budget of answers to packets too big.
+#[inline(always)]
+pub fn too_big_budget() -> Option<*mut Budget> {
+    TOO_BIG_BUDGET.get_ptr_mut(0)
 }
 
 /// The field of [`SETTINGS`] at byte `offset`, in one load: volatile, as

@@ -23,9 +23,10 @@ use network_types::{
 };
 
 use crate::{
+    forward,
     icmp::IcmpHdr,
     maps::{self, count},
-    parse::{Family, Frame, Ip, ptr_at},
+    parse::{Family, Frame, Ip, is_group_address, ptr_at},
     verdict::Verdict,
 };
 
@@ -33,29 +34,40 @@ const ICMP_LEN: usize = size_of::<IcmpHdr>();
 /// RFC 1812 4.3.2.3: an ICMP error quotes as much as fits in 576 bytes.
 const QUOTE4: usize = 576 - Ipv4Hdr::LEN - ICMP_LEN;
 /// RFC 4443 2.4 (c): as much as fits in the minimum IPv6 MTU.
-const QUOTE6: usize = 1280 - Ipv6Hdr::LEN - ICMP_LEN;
+const QUOTE6: usize = MIN_MTU6 as usize - Ipv6Hdr::LEN - ICMP_LEN;
+/// The smallest MTU of a link (RFC 791, RFC 8200 5).
+const MIN_MTU4: u16 = 68;
+const MIN_MTU6: u16 = 1280;
 /// Type and code of the answers.
 const FRAGMENTATION_NEEDED: [u8; 2] = [3, 4];
 const PACKET_TOO_BIG: [u8; 2] = [2, 0];
-/// An option-less IPv4 header, and the Don't Fragment flag.
+/// An option-less IPv4 header.
 const PLAIN_IPV4_VIHL: u8 = 0x45;
-const DONT_FRAGMENT: u16 = 0x4000;
 const IPV6_VERSION: [u8; 4] = [0x60, 0, 0, 0];
 const TTL: u8 = 64;
 /// The most `bpf_csum_diff` sums in one call.
 const CSUM_DIFF_MAX: usize = 512;
 
 /// Answers the packet, which the FIB found too big for its next hop's link
-/// (the lookup's MTU is still in this CPU's parameter block). An IPv4
-/// packet without Don't Fragment, or one shorter than the quote (a link
-/// MTU under 576 bytes), passes untouched, as `Verdict::PassFibOther`.
+/// (the lookup's MTU is still in this CPU's parameter block); an IPv4 packet
+/// comes here only with Don't Fragment (`forward::too_big`). It passes
+/// untouched, as `Verdict::PassFibOther`, when the answer must not go: to or
+/// from a group MAC, to a source that is no single host (RFC 1122 3.2.2, RFC
+/// 4443 2.4 (e)), over this CPU's [`ANSWERS_PER_SECOND`] (RFC 4443 2.4 (f)),
+/// or with an MTU that is no link's or not below the packet's length (a
+/// block another lookup wrote). So does an IPv4 packet shorter than the
+/// quote.
 #[inline(always)]
 pub fn answer(ctx: &Frame) -> Result<u32, Verdict> {
     let mtu = maps::fib_mtu().ok_or(Verdict::PassFibOther)?;
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
-    // SAFETY: bounds-checked by `ptr_at`. Turned around: the answer goes
-    // back to the MAC the packet came from.
-    let macs = unsafe { ((*eth).src_addr, (*eth).dst_addr) };
+    // SAFETY: bounds-checked by `ptr_at`.
+    let (src_mac, dst_mac) = unsafe { ((*eth).src_addr, (*eth).dst_addr) };
+    if is_group_address(&src_mac) || is_group_address(&dst_mac) {
+        return Err(Verdict::PassFibOther);
+    }
+    // Turned around: the answer goes back to the MAC the packet came from.
+    let macs = (src_mac, dst_mac);
     match Ip::family_of(ctx) {
         Some(Family::V4) => answer4(ctx, macs, mtu),
         Some(Family::V6) => answer6(ctx, macs, mtu),
@@ -63,18 +75,37 @@ pub fn answer(ctx: &Frame) -> Result<u32, Verdict> {
     }
 }
 
+/// Answers a CPU sends each second at most, as Linux's
+/// `net.ipv4.icmp_msgs_per_sec` allows its ICMP errors.
+pub const ANSWERS_PER_SECOND: u64 = 1000;
+
+/// Whether an answer may go: the packet's `length`, the link's `mtu` and the
+/// smallest MTU of the family agree, and this CPU has an answer left.
+#[inline(always)]
+fn may_answer(mtu: u16, min_mtu: u16, length: u16, unicast_source: bool) -> bool {
+    if !unicast_source || mtu < min_mtu || mtu >= length {
+        return false;
+    }
+    let Some(budget) = maps::too_big_budget() else {
+        return false;
+    };
+    // SAFETY: a per-CPU slot, no concurrent writer.
+    unsafe { &mut *budget }.take(forward::clock(), ANSWERS_PER_SECOND)
+}
+
 fn answer4(ctx: &Frame, macs: ([u8; 6], [u8; 6]), mtu: u16) -> Result<u32, Verdict> {
     let packet: *const Ipv4Hdr = ptr_at(ctx, EthHdr::LEN)?;
     // SAFETY: bounds-checked by `ptr_at`.
-    let (frags, total_len, src, dst) = unsafe {
+    let (total_len, src, dst) = unsafe {
         (
-            u16::from_be_bytes((*packet).frags),
             u16::from_be_bytes((*packet).tot_len),
             (*packet).src_addr,
             (*packet).dst_addr,
         )
     };
-    if frags & DONT_FRAGMENT == 0 || usize::from(total_len) < QUOTE4 {
+    // Not 0/8, loopback, multicast, reserved or broadcast.
+    let unicast = !matches!(src[0], 0 | 127 | 224..);
+    if usize::from(total_len) < QUOTE4 || !may_answer(mtu, MIN_MTU4, total_len, unicast) {
         return Err(Verdict::PassFibOther);
     }
     const HEADERS: usize = Ipv4Hdr::LEN + ICMP_LEN;
@@ -84,7 +115,7 @@ fn answer4(ctx: &Frame, macs: ([u8; 6], [u8; 6]), mtu: u16) -> Result<u32, Verdi
         tos: 0,
         tot_len: ((HEADERS + QUOTE4) as u16).to_be_bytes(),
         id: [0; 2],
-        frags: DONT_FRAGMENT.to_be_bytes(),
+        frags: forward::DONT_FRAGMENT.to_be_bytes(),
         ttl: TTL,
         proto: PROTO_ICMP,
         check: [0; 2],
@@ -112,7 +143,21 @@ fn answer4(ctx: &Frame, macs: ([u8; 6], [u8; 6]), mtu: u16) -> Result<u32, Verdi
 fn answer6(ctx: &Frame, macs: ([u8; 6], [u8; 6]), mtu: u16) -> Result<u32, Verdict> {
     let packet: *const Ipv6Hdr = ptr_at(ctx, EthHdr::LEN)?;
     // SAFETY: bounds-checked by `ptr_at`.
-    let (src, dst) = unsafe { ((*packet).src_addr, (*packet).dst_addr) };
+    let (payload_len, src, dst) = unsafe {
+        (
+            u16::from_be_bytes((*packet).payload_len),
+            (*packet).src_addr,
+            (*packet).dst_addr,
+        )
+    };
+    // Not unspecified, loopback or multicast.
+    // SAFETY: sixteen bytes as two words, any bits valid.
+    let [high, low]: [u64; 2] = unsafe { core::mem::transmute(src) };
+    let unicast = src[0] != 0xff && (high != 0 || u64::from_be(low) > 1);
+    let length = payload_len.saturating_add(Ipv6Hdr::LEN as u16);
+    if !may_answer(mtu, MIN_MTU6, length, unicast) {
+        return Err(Verdict::PassFibOther);
+    }
     const HEADERS: usize = Ipv6Hdr::LEN + ICMP_LEN;
     // Every IPv6 link carries 1280 bytes, so a packet too big for one is
     // longer than the quote.

@@ -26,6 +26,7 @@ pub enum Verdict {
     DropNotAdjacent = counters::DROP_NOT_ADJACENT,
     DropNoNeighbor = counters::DROP_NO_NEIGHBOR,
     PassOtherHost = counters::PASS_OTHER_HOST,
+    PassToFragment = counters::PASS_TO_FRAGMENT,
 }
 
 /// The verdicts that drop, as a set of counter indexes; a `u32` holds them all.

@@ -93,7 +93,9 @@ fn attach_all(dataplane: &mut Dataplane, interfaces: &[String]) -> Result<()> {
         let ifindex = dataplane.attach(iface)?;
         info!(iface, ifindex, "XDP program attached");
     }
-    Ok(())
+    dataplane
+        .retire_former_pins()
+        .context("retiring the maps an earlier agent pinned under former names")
 }
 
 async fn serve(

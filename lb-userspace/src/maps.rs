@@ -21,12 +21,12 @@ use crate::pins::{PinDir, PinsError};
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
 };
 use lb_common::{
     Addr, Backend, Flow, FlowKey, Iface, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_COUNTERS,
-    MAP_FLOW_BUDGET, MAP_FLOW_CACHE4, MAP_FLOW_CACHE6, MAP_FLOWS4, MAP_FLOWS6, MAP_IFACES,
-    MAP_MAGLEV, MAP_NODE_PORTS4, MAP_NODE_PORTS6, MAP_RETIRED_TRAFFIC, MAP_SERVICES4,
+    MAP_FIB_PARAMS, MAP_FLOW_BUDGET, MAP_FLOW_CACHE4, MAP_FLOW_CACHE6, MAP_FLOWS4, MAP_FLOWS6,
+    MAP_IFACES, MAP_MAGLEV, MAP_NODE_PORTS4, MAP_NODE_PORTS6, MAP_RETIRED_TRAFFIC, MAP_SERVICES4,
     MAP_SERVICES6, MAP_SIDE_PATHS, MAP_TX_PORTS, MAP_VIPS, NeighborMask, ServiceInfo, ServiceKey,
     Settings, Traffic, counters,
 };
@@ -38,7 +38,7 @@ pub const FLOWS: [&str; 2] = [MAP_FLOWS4, MAP_FLOWS6];
 /// The maps that are pinned (the program's others are derived from these or
 /// caches nothing reads, and start afresh at every load); the order is the
 /// pin order.
-pub const ALL_MAPS: [&str; 16] = [
+pub const ALL_MAPS: [&str; 17] = [
     MAP_SERVICES4,
     MAP_SERVICES6,
     MAP_BACKENDS,
@@ -55,25 +55,28 @@ pub const ALL_MAPS: [&str; 16] = [
     MAP_VIPS,
     MAP_FLOW_BUDGET,
     MAP_SIDE_PATHS,
+    MAP_FIB_PARAMS,
 ];
 
 /// Maps an earlier agent of this layout pinned that are no longer pinned:
 /// `NODE_PORTS4` and `NODE_PORTS6` were hash maps by (node IP, NodePort,
 /// protocol) and are now arrays derived at every load; the settings were a
 /// one-entry array ([`PINNED_SETTINGS`]) and are now global data set at
-/// every load; the counters ([`FORMER_COUNTERS`]) and the side paths'
-/// program array (`SIDE_PATHS`) had a slot for each that agent knew, and
-/// are now pinned under other names with room for more. A load removes them.
-pub const FORMERLY_PINNED: [&str; 5] = [
-    MAP_NODE_PORTS4,
-    MAP_NODE_PORTS6,
-    PINNED_SETTINGS,
-    FORMER_COUNTERS,
-    "SIDE_PATHS",
-];
+/// every load. A load removes them.
+pub const FORMERLY_PINNED: [&str; 3] = [MAP_NODE_PORTS4, MAP_NODE_PORTS6, PINNED_SETTINGS];
 
-/// The counters as earlier agents pinned them, carried into `COUNTERS` by
-/// the load that removes them ([`Maps::carry_former_counters`]).
+/// Maps an earlier agent of this layout pinned under other names, with a
+/// slot for each counter ([`FORMER_COUNTERS`]) or side path
+/// ([`FORMER_SIDE_PATHS`]) it knew, too few for this one's. The program
+/// that agent left counts into the one and tail-calls through the other
+/// until this load's is attached; then the counts are carried and both
+/// unpinned (`Dataplane::retire_former_pins`).
+pub const RETIRED_AFTER_ATTACH: [&str; 2] = [FORMER_COUNTERS, FORMER_SIDE_PATHS];
+
+/// The side paths' program array as earlier agents pinned it.
+pub const FORMER_SIDE_PATHS: &str = "SIDE_PATHS";
+
+/// The counters as earlier agents pinned them.
 pub const FORMER_COUNTERS: &str = "GLOBAL_STATS";
 
 /// The array in which earlier agents pinned `lb_common::Settings`: read
@@ -206,7 +209,7 @@ impl Maps {
             flow_caches: open_flow_caches(dir)?,
             service_traffic: open_service_traffic(dir)?,
             backend_stats: typed(MAP_BACKEND_STATS, open_pin(dir, MAP_BACKEND_STATS)?)?,
-            global_stats: typed(MAP_COUNTERS, open_pin(dir, MAP_COUNTERS)?)?,
+            global_stats: open_counters(dir)?,
             vips: typed(MAP_VIPS, open_pin(dir, MAP_VIPS)?)?,
             ifaces: typed(MAP_IFACES, open_pin(dir, MAP_IFACES)?)?,
         })
@@ -302,31 +305,45 @@ impl Maps {
         sum_traffic(&self.backend_stats, id, MAP_BACKEND_STATS)
     }
 
-    /// Sets the counters to the counts of the counters an earlier agent pinned
-    /// as [`FORMER_COUNTERS`], if any, CPU by CPU, so that they keep counting
-    /// up from where they were. A set, not an addition: a load that stops
-    /// before it removes the former map does the same again.
-    pub(crate) fn carry_former_counters(&mut self, pins: &PinDir) -> Result<(), MapsError> {
-        if !pins.map(FORMER_COUNTERS).exists() {
-            return Ok(());
-        }
-        let former: PerCpuArray<MapData, u64> =
-            typed(FORMER_COUNTERS, open_pin(pins, FORMER_COUNTERS)?)?;
+    /// Adds the counts of `former` (an earlier agent's counters, see
+    /// [`former_counters`]) to these, CPU by CPU, so that they keep
+    /// counting up.
+    pub(crate) fn add_counts(
+        &mut self,
+        former: &PerCpuArray<MapData, u64>,
+    ) -> Result<(), MapsError> {
         for index in 0..former.len().min(counters::COUNT) {
-            let counts = former
+            let carried = former
                 .get(&index, 0)
                 .map_err(|e| map_error(FORMER_COUNTERS, e))?;
+            let counts = self
+                .global_stats
+                .get(&index, 0)
+                .map_err(|e| map_error(MAP_COUNTERS, e))?;
+            let sums: Vec<u64> = counts
+                .iter()
+                .zip(carried.iter())
+                .map(|(count, carried)| count.wrapping_add(*carried))
+                .collect();
+            // As many values as CPUs, read from a map of this machine.
+            let sums = PerCpuValues::try_from(sums).expect("one value per CPU");
             self.global_stats
-                .set(index, counts, 0)
+                .set(index, sums, 0)
                 .map_err(|e| map_error(MAP_COUNTERS, e))?;
         }
         Ok(())
     }
 
     /// Global counters summed over CPUs, indexed like `lb_common::counters`.
+    /// An earlier agent's counters have no slot for a counter it did not
+    /// know: that one reads 0.
     pub fn global_counters(&self) -> Result<Vec<u64>, MapsError> {
+        let slots = self.global_stats.len();
         let mut totals = (0..counters::COUNT)
             .map(|index| {
+                if index >= slots {
+                    return Ok(0);
+                }
                 let values = self
                     .global_stats
                     .get(&index, 0)
@@ -363,6 +380,27 @@ fn open_service_traffic(pins: &PinDir) -> Result<ServiceTraffic, MapsError> {
         MAP_RETIRED_TRAFFIC,
         open_pin(pins, MAP_RETIRED_TRAFFIC)?,
     )?))
+}
+
+/// The counters an earlier agent pinned as [`FORMER_COUNTERS`], if the
+/// pinned state still has them.
+pub(crate) fn former_counters(
+    pins: &PinDir,
+) -> Result<Option<PerCpuArray<MapData, u64>>, MapsError> {
+    if !pins.map(FORMER_COUNTERS).exists() {
+        return Ok(None);
+    }
+    typed(FORMER_COUNTERS, open_pin(pins, FORMER_COUNTERS)?).map(Some)
+}
+
+/// The counters, or an earlier agent's while it still serves ([`former_counters`]).
+fn open_counters(pins: &PinDir) -> Result<PerCpuArray<MapData, u64>, MapsError> {
+    if !pins.map(MAP_COUNTERS).exists()
+        && let Some(former) = former_counters(pins)?
+    {
+        return Ok(former);
+    }
+    typed(MAP_COUNTERS, open_pin(pins, MAP_COUNTERS)?)
 }
 
 /// An earlier agent's `SERVICE_STATS`, if the pinned state still has it.

@@ -23,8 +23,8 @@ use std::{
     collections::BTreeMap,
     io::{self, BufRead, BufReader, ErrorKind, Read, Write},
     net::{
-        IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, SocketAddrV6, TcpListener, TcpStream,
-        UdpSocket,
+        IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener,
+        TcpStream, UdpSocket,
     },
     os::fd::AsRawFd,
     sync::{
@@ -372,8 +372,48 @@ fn unspecified_like(addr: SocketAddr) -> IpAddr {
 /// Sends one datagram and returns the answer.
 pub fn udp_ask(addr: impl Into<SocketAddr>, payload: &[u8], timeout: Duration) -> Result<String> {
     let addr = addr.into();
+    ask_over(udp_socket(addr)?, addr, payload, timeout)
+}
+
+/// As [`udp_ask`], with IPv4's Don't Fragment clear (`IP_PMTUDISC_DONT`), so
+/// that a router on the way may fragment the datagram.
+pub fn udp_ask_fragmentable(
+    addr: SocketAddrV4,
+    payload: &[u8],
+    timeout: Duration,
+) -> Result<String> {
+    let socket = udp_socket(addr.into())?;
+    let dont: libc::c_int = libc::IP_PMTUDISC_DONT;
+    // SAFETY: a socket this function owns, and an `int` option of its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            (&raw const dont).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    ensure!(
+        rc == 0,
+        "IP_MTU_DISCOVER: {}",
+        std::io::Error::last_os_error()
+    );
+    ask_over(socket, addr.into(), payload, timeout)
+}
+
+fn udp_socket(addr: SocketAddr) -> Result<UdpSocket> {
     let socket = UdpSocket::bind((unspecified_like(addr), 0)).context("binding")?;
     socket.connect(addr)?;
+    Ok(socket)
+}
+
+fn ask_over(
+    socket: UdpSocket,
+    addr: SocketAddr,
+    payload: &[u8],
+    timeout: Duration,
+) -> Result<String> {
     socket.set_read_timeout(Some(timeout))?;
     socket.send(payload).context("sending")?;
     let mut buf = vec![0u8; 65536];

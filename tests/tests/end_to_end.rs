@@ -238,7 +238,8 @@ fn one_arm_serves_tcp_and_udp_through_one_interface() {
 /// quoting them as the client sent them; the client lowers its path MTU and
 /// sends again, and a request of many segments gets through. (The kernel's
 /// own answer would quote the packet translated, which the client cannot
-/// match, and the connection would stall.)
+/// match, and the connection would stall.) A UDP datagram that may be
+/// fragmented goes to the kernel translated, to be fragmented.
 #[test]
 fn path_mtu_discovery_works_through_the_vip() {
     // One-arm: the answers go back out of the interface the packets came
@@ -260,6 +261,22 @@ fn path_mtu_discovery_works_through_the_vip() {
     let agent = Agent::start(&topology.lb, &topology.lb_ifaces(), manifests.path(), &[])
         .expect("agent starts");
     wait_for_nodes(&agent, 1);
+    // First (the client then learns the path's MTU to the VIP, and would
+    // fragment the datagram itself): a datagram the client lets be
+    // fragmented goes to the kernel translated, which fragments it on the
+    // narrower link.
+    let datagram = "y".repeat(1400);
+    let asked = datagram.clone();
+    let echo = topology
+        .client
+        .enter(move || {
+            servers::udp_ask_fragmentable(SocketAddrV4::new(VIP, 53), asked.as_bytes(), TIMEOUT)
+        })
+        .expect("client namespace")
+        .expect("a fragmentable datagram too big for the link gets through");
+    assert_eq!(echo, format!("node-1 {datagram}"));
+    let passed = agent.counter("pass_to_fragment").expect("lb stats");
+    assert!(passed >= 1, "pass_to_fragment is {passed}");
     let line = "x".repeat(20_000);
     let request = line.clone();
     let vip = SocketAddrV4::new(VIP, 80);

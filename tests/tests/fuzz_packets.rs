@@ -592,11 +592,22 @@ fn check_too_big_answer(input: &[u8], output: &[u8]) -> Result<()> {
         "the answer's addresses are not the packet's turned around"
     );
     let quote = &output[quote_at..];
+    // As much as fits the family's smallest MTU for errors.
+    let quote_len = if v6 { 1280 - 48 } else { 576 - 28 };
     ensure!(
-        input[ETH_LEN..].starts_with(quote),
-        "the answer does not quote the packet"
+        quote.len() == quote_len && input[ETH_LEN..].starts_with(quote),
+        "the answer does not quote the packet's first {quote_len} bytes"
     );
-    let ip_len = (input.len() - ETH_LEN) as u32;
+    let be16 = |at: usize| u32::from(u16::from_be_bytes([input[at], input[at + 1]]));
+    let ip_len = if v6 {
+        IPV6_HEADER_LEN as u32 + be16(ETH_LEN + 4)
+    } else {
+        ensure!(
+            input[ETH_LEN + 6] & 0x40 != 0,
+            "answered an IPv4 packet without Don't Fragment"
+        );
+        be16(ETH_LEN + 2)
+    };
     ensure!(
         ip_len > mtu,
         "a packet of {ip_len} bytes answered as over {mtu}"

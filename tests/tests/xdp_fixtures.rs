@@ -1372,7 +1372,8 @@ fn egress_not_in_devmap_in_namespace(bench: &XdpBed) {
 /// quoting the packet as its sender sent it (as much as fits 576 and 1,280
 /// bytes): the kernel could only quote it translated. A client's packet to
 /// a VIP is answered from the VIP; a node's reply from the client it is
-/// for. An IPv4 packet the sender lets be fragmented passes untouched.
+/// for. An IPv4 packet the sender lets be fragmented goes to the kernel
+/// translated, for it to fragment.
 #[test]
 fn a_packet_too_big_for_its_next_hops_link_is_answered_with_the_links_mtu() {
     in_bench_with_ns(too_big_in_namespace);
@@ -1411,9 +1412,29 @@ fn too_big_in_namespace(ns: &NetNs, bench: &XdpBed) {
     let udp_to_vip = packets::udp(client, sock(VIP, 53), &payload);
     let to_vip6 = packets::tcp_ack(client6, sock6(VIP6, 80), &payload);
     let reply = packets::tcp_ack(sock(node_ip(1), 31000), client, &payload);
-    let mut fragmentable = to_vip.clone();
-    fragmentable[packets::ETH_LEN + 6] &= !0x40;
-    packets::fix_checksums(&mut fragmentable);
+    let fragmentable = |frame: &[u8]| {
+        let mut frame = frame.to_vec();
+        frame[packets::ETH_LEN + 6] &= !0x40;
+        packets::fix_checksums(&mut frame);
+        frame
+    };
+    let (to_vip_fragmentable, reply_fragmentable) = (fragmentable(&to_vip), fragmentable(&reply));
+    // Translated, Ethernet header and TTL as they came: the kernel's to
+    // fragment and forward.
+    let for_the_kernel = |description, input: Vec<u8>, output, ingress| Fixture {
+        description,
+        input,
+        ingress,
+        action: XDP_PASS,
+        output: Expected::Bytes(output),
+    };
+    let mut to_broadcast = to_vip.clone();
+    to_broadcast[..6].copy_from_slice(&[0xff; 6]);
+    let from_multicast = packets::tcp_ack(
+        sock(Ipv4Addr::new(224, 1, 2, 3), 45000),
+        sock(VIP, 80),
+        &payload,
+    );
     let small = packets::tcp_ack(client, sock(VIP, 80), &payload[..1000]);
     let before = dataplane.maps().global_counters().expect("counters");
     let fixtures = [
@@ -1445,13 +1466,44 @@ fn too_big_in_namespace(ns: &NetNs, bench: &XdpBed) {
             node_ip(1).into(),
             Ingress::Nodes,
         ),
+        // No answer to or from a group address (RFC 1812 4.3.2.7, RFC 1122
+        // 3.2.2): the packet passes as it came.
         Fixture {
-            description: "without Don't Fragment",
-            input: fragmentable,
+            description: "sent to the broadcast MAC",
+            input: to_broadcast,
             ingress: Ingress::Clients,
             action: XDP_PASS,
             output: Expected::Unchanged,
         },
+        Fixture {
+            description: "from a multicast address",
+            input: from_multicast,
+            ingress: Ingress::Clients,
+            action: XDP_PASS,
+            output: Expected::Unchanged,
+        },
+        for_the_kernel(
+            "to a VIP without Don't Fragment",
+            to_vip_fragmentable.clone(),
+            packets::expect_dnat(
+                &to_vip_fragmentable,
+                sock(node_ip(1), 31000),
+                packets::CLIENT_MAC,
+                packets::LB_MAC,
+            ),
+            Ingress::Clients,
+        ),
+        for_the_kernel(
+            "a node's reply without Don't Fragment",
+            reply_fragmentable.clone(),
+            packets::expect_snat(
+                &reply_fragmentable,
+                sock(VIP, 80),
+                packets::CLIENT_MAC,
+                packets::LB_MAC,
+            ),
+            Ingress::Nodes,
+        ),
     ];
     check_fixtures(&dataplane, bench, &fixtures);
     let (action, _) = run(&dataplane, &small, bench.client_if);
@@ -1461,9 +1513,58 @@ fn too_big_in_namespace(ns: &NetNs, bench: &XdpBed) {
     assert_eq!(
         (
             delta(counters::TOO_BIG_ANSWERED),
+            delta(counters::PASS_TO_FRAGMENT),
             delta(counters::FIB_OTHER)
         ),
-        (4, 1),
-        "answered, and passed (too_big_answered, fib_other_pass)"
+        (4, 2, 2),
+        "answered, and passed to fragment (too_big_answered, pass_to_fragment, fib_other_pass)"
     );
+}
+
+/// Answers to packets too big are limited to `ANSWERS_PER_SECOND` (1,000)
+/// a second on each CPU (RFC 4443 2.4 (f)): past that, the packets pass as
+/// they came.
+#[test]
+fn answers_to_packets_too_big_are_limited_per_cpu_and_second() {
+    in_bench_with_ns(too_big_limit_in_namespace);
+}
+
+fn too_big_limit_in_namespace(ns: &NetNs, bench: &XdpBed) {
+    const LIMIT: usize = 1000;
+    ns.ip(&format!("link set {NODE_DEV} mtu 1400"))
+        .expect("a 1,400-byte link");
+    // One CPU's budget: this thread stays on CPU 0.
+    // SAFETY: a zeroed set with one CPU, for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pin to CPU 0"
+        );
+    }
+    let mut dataplane = load(bench);
+    dataplane
+        .set_service(&service(VIP, 80, Protocol::Tcp, vec![node(1, 31000)]))
+        .expect("set_service");
+    let too_big = packets::tcp_ack(sock(CLIENT, 46000), sock(VIP, 80), &[0x5a; 1400]);
+    let started = std::time::Instant::now();
+    let actions: Vec<u32> = (0..LIMIT + 100)
+        .map(|_| run(&dataplane, &too_big, bench.client_if).0)
+        .collect();
+    let seconds = started.elapsed().as_secs_f64();
+    let answered = actions.iter().filter(|&&action| action == XDP_TX).count();
+    let passed = actions.iter().filter(|&&action| action == XDP_PASS).count();
+    assert_eq!(answered + passed, actions.len(), "answered or passed");
+    if seconds < 1.0 {
+        assert_eq!((answered, passed), (LIMIT, 100), "within one second");
+    } else {
+        // A slow run spans more than one second's budget.
+        let windows = seconds.ceil() as usize + 1;
+        assert!(
+            (LIMIT..=LIMIT * windows).contains(&answered),
+            "{answered} answered in {seconds:.2} s"
+        );
+    }
 }

@@ -34,7 +34,10 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{ALL_MAPS, FORMERLY_PINNED, MappedArray, Maps, pinned_settings},
+    maps::{
+        ALL_MAPS, FORMERLY_PINNED, MappedArray, Maps, RETIRED_AFTER_ATTACH, former_counters,
+        pinned_settings,
+    },
     model::{BackendSpec, Frontend, ServiceSpec},
     pins::PinDir,
 };
@@ -159,7 +162,6 @@ impl Dataplane {
             }
             legacy_neighbors = pinned_settings(pins)?
                 .is_some_and(|settings| settings.flags & LEGACY_SETTING_ANSWER_NEIGHBORS != 0);
-            maps.carry_former_counters(pins)?;
             // Only once this load has succeeded: the program they were
             // pinned for holds them, not their pins.
             pins.remove_maps(&FORMERLY_PINNED)?;
@@ -244,6 +246,24 @@ impl Dataplane {
 
     pub fn service(&self, frontend: &Frontend) -> Option<&ProgrammedService> {
         self.services.get(frontend)
+    }
+
+    /// Once this load's program is attached on every interface: carries the
+    /// counts of an earlier agent's counters into this load's and unpins
+    /// them and that agent's side-path array ([`RETIRED_AFTER_ATTACH`]),
+    /// which its program, serving until then, used. Unpinned before the
+    /// counts are added (the map stays open): a carry that stops half way
+    /// loses counts rather than counting them twice.
+    pub fn retire_former_pins(&mut self) -> Result<(), DataplaneError> {
+        let Some(pins) = &self.pins else {
+            return Ok(());
+        };
+        let former = former_counters(pins)?;
+        pins.remove_maps(&RETIRED_AFTER_ATTACH)?;
+        if let Some(former) = former {
+            self.maps.add_counts(&former)?;
+        }
+        Ok(())
     }
 
     /// Whether this load took over pinned state an earlier agent left.
