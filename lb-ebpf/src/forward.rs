@@ -145,6 +145,20 @@ pub struct NextHop {
 }
 
 impl NextHop {
+    /// A hop the kernel is to take the packet to, translated: its neighbour
+    /// is not resolved yet, or it is `to_fragment` the packet.
+    #[inline(always)]
+    fn unresolved(to_fragment: bool) -> Self {
+        Self {
+            resolved: false,
+            to_fragment,
+            on_link: false,
+            ifindex: 0,
+            dmac: [0; 3],
+            smac: [0; 3],
+        }
+    }
+
     /// Whether direct server return can use this hop: the packet keeps its
     /// VIP, so only the node's own MAC takes it there, and the kernel could
     /// only route it by that VIP.
@@ -271,14 +285,7 @@ pub fn too_big(ctx: &Frame, route: &Route, verdict: Verdict) -> Result<NextHop, 
         let header: *const Ipv4Hdr = ptr_at(ctx, EthHdr::LEN)?;
         // SAFETY: bounds-checked by `ptr_at`.
         if u16::from_be_bytes(unsafe { (*header).frags }) & DONT_FRAGMENT == 0 {
-            return Ok(NextHop {
-                resolved: false,
-                to_fragment: true,
-                on_link: false,
-                ifindex: 0,
-                dmac: [0; 3],
-                smac: [0; 3],
-            });
+            return Ok(NextHop::unresolved(true));
         }
     }
     Err(side_paths::enter(ctx, SIDE_PATH_TOO_BIG, verdict))
@@ -349,14 +356,7 @@ fn fib_next_hop(ctx: &Frame, route: &Route, src: &Addr, dst: &Addr) -> Result<Ne
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {}
         BPF_FIB_LKUP_RET_NO_NEIGH => {
-            return Ok(NextHop {
-                resolved: false,
-                to_fragment: false,
-                on_link: false,
-                ifindex: 0,
-                dmac: [0; 3],
-                smac: [0; 3],
-            });
+            return Ok(NextHop::unresolved(false));
         }
         BPF_FIB_LKUP_RET_NOT_FWDED => return Err(Verdict::PassNotService),
         _ => return Err(Verdict::PassFibOther),

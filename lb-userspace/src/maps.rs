@@ -387,10 +387,7 @@ fn open_service_traffic(pins: &PinDir) -> Result<ServiceTraffic, MapsError> {
 pub(crate) fn former_counters(
     pins: &PinDir,
 ) -> Result<Option<PerCpuArray<MapData, u64>>, MapsError> {
-    if !pins.map(FORMER_COUNTERS).exists() {
-        return Ok(None);
-    }
-    typed(FORMER_COUNTERS, open_pin(pins, FORMER_COUNTERS)?).map(Some)
+    open_if_pinned(pins, FORMER_COUNTERS)
 }
 
 /// The counters, or an earlier agent's while it still serves ([`former_counters`]).
@@ -407,10 +404,18 @@ fn open_counters(pins: &PinDir) -> Result<PerCpuArray<MapData, u64>, MapsError> 
 pub(crate) fn former_service_stats(
     pins: &PinDir,
 ) -> Result<Option<PerCpuArray<MapData, Traffic>>, MapsError> {
-    if !pins.map(SERVICE_STATS).exists() {
+    open_if_pinned(pins, SERVICE_STATS)
+}
+
+/// The pinned map `name` as a `T`, if there is one.
+fn open_if_pinned<T>(pins: &PinDir, name: &'static str) -> Result<Option<T>, MapsError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    if !pins.map(name).exists() {
         return Ok(None);
     }
-    typed(SERVICE_STATS, open_pin(pins, SERVICE_STATS)?).map(Some)
+    typed(name, open_pin(pins, name)?).map(Some)
 }
 
 /// Whether `error` says the key is not in the map: a lookup's
@@ -444,11 +449,9 @@ fn open_flow_caches(pins: &PinDir) -> Result<Option<FlowCaches>, MapsError> {
 
 /// The settings an earlier agent pinned ([`PINNED_SETTINGS`]), if it did.
 pub(crate) fn pinned_settings(pins: &PinDir) -> Result<Option<Settings>, MapsError> {
-    if !pins.map(PINNED_SETTINGS).exists() {
+    let Some(settings) = open_if_pinned::<Array<MapData, Settings>>(pins, PINNED_SETTINGS)? else {
         return Ok(None);
-    }
-    let settings: Array<MapData, Settings> =
-        typed(PINNED_SETTINGS, open_pin(pins, PINNED_SETTINGS)?)?;
+    };
     settings
         .get(&0, 0)
         .map(Some)
