@@ -253,14 +253,15 @@ pub struct BgpArgs {
     /// BGP router id [default: the first IPv4 address of the first --iface].
     #[arg(long, value_name = "IPV4")]
     pub bgp_router_id: Option<std::net::Ipv4Addr>,
-    /// BGP hold time in seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = 90)]
+    /// BGP hold time in seconds: 0 (no keepalives) or 3 to 65535, as BIRD
+    /// and RFC 4271 take it.
+    #[arg(long, value_name = "SECONDS", default_value_t = 90, value_parser = parse_hold_time)]
     pub bgp_hold_time: u16,
     /// BFD transmit and receive interval on every BGP session; 0 switches BFD off.
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = crate::units::parse_duration)]
     pub bfd_interval: std::time::Duration,
-    /// BFD packets missed before a session is declared down.
-    #[arg(long, value_name = "N", default_value_t = 3)]
+    /// BFD packets missed before a session is declared down (1 to 255).
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=255))]
     pub bfd_multiplier: u32,
     /// The BIRD 2 binary (Debian package bird2).
     #[arg(long, value_name = "PATH", default_value = "bird")]
@@ -284,4 +285,13 @@ pub struct InspectArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A BGP hold time in seconds: 0, or 3 to 65535 (RFC 4271 4.2).
+fn parse_hold_time(text: &str) -> Result<u16, String> {
+    match text.trim().parse::<u16>() {
+        Ok(seconds) if seconds == 0 || seconds >= 3 => Ok(seconds),
+        Ok(seconds) => Err(format!("{seconds}s: 0 or 3 to 65535")),
+        Err(_) => Err(format!("{:?} is not 0 or 3 to 65535 seconds", text.trim())),
+    }
 }

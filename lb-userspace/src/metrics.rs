@@ -276,22 +276,35 @@ impl Scrape {
             &announced,
         )?;
         self.encode_sessions(encoder)?;
-        for (name, help) in [
-            (
-                "new_flows",
-                "Flows created (Maglev lookup and flow insert).",
-            ),
-            ("flow_rehashed", "Flows whose backend was gone, re-hashed."),
-            (
-                "icmp_translated",
-                "ICMP errors about a tracked flow translated like the flow.",
-            ),
-        ] {
+        for (name, help) in Self::EVENT_COUNTERS {
             let value = self.global.get(name).copied().unwrap_or(0);
             counter(encoder, &format!("lb_{name}"), help, &[(Vec::new(), value)])?;
         }
         Ok(())
     }
+
+    /// The global counters that are no packet's outcome (those are
+    /// `lb_packets_total{outcome}`), each exported as `lb_<name>_total`.
+    const EVENT_COUNTERS: [(&str, &str); 5] = [
+        (
+            "new_flows",
+            "Flows created (Maglev lookup and flow insert).",
+        ),
+        ("flow_rehashed", "Flows whose backend was gone, re-hashed."),
+        (
+            "icmp_translated",
+            "ICMP errors about a tracked flow translated like the flow.",
+        ),
+        (
+            "new_flows_untracked",
+            "New flows forwarded without a flow entry, over the CPU's new-flow limit.",
+        ),
+        (
+            "replies_untracked",
+            "Replies reverse-NAT-ed with no flow entry on this host (another lb host saw the \
+         flow begin).",
+        ),
+    ];
 
     /// One series per BGP session (MetalLB exports the same pair as
     /// `metallb_bgp_session_up` and `metallb_bfd_session_up`), so an alert
@@ -349,9 +362,25 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>) {
         };
         let (registry, health) = (registry.clone(), health.clone());
         tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let response = respond(&request, &registry, &health);
-                async move { Ok::<_, Infallible>(response) }
+            let service = service_fn(move |request: Request<_>| {
+                let (registry, health) = (registry.clone(), health.clone());
+                let path = request.uri().path().to_owned();
+                async move {
+                    // A scrape reads every map, flows included, and asks
+                    // BIRD: not on the agent's runtime thread, which the
+                    // reconciler, health checks and watches share.
+                    let response =
+                        tokio::task::spawn_blocking(move || respond(&path, &registry, &health))
+                            .await
+                            .unwrap_or_else(|_| {
+                                text_response(
+                                    StatusCode::INTERNAL_SERVER_ERROR,
+                                    "text/plain",
+                                    "scrape failed\n".into(),
+                                )
+                            });
+                    Ok::<_, Infallible>(response)
+                }
             });
             if let Err(e) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -363,8 +392,8 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>) {
     }
 }
 
-fn respond<B>(request: &Request<B>, registry: &Registry, health: &Health) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match request.uri().path() {
+fn respond(path: &str, registry: &Registry, health: &Health) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match path {
         "/metrics" => {
             let mut text = String::new();
             match prometheus_client::encoding::text::encode(&mut text, registry) {
@@ -391,6 +420,10 @@ fn respond<B>(request: &Request<B>, registry: &Registry, health: &Health) -> Res
         ),
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     };
+    text_response(status, content_type, body)
+}
+
+fn text_response(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     if let Ok(value) = content_type.parse() {
@@ -405,6 +438,23 @@ fn respond<B>(request: &Request<B>, registry: &Registry, health: &Health) -> Res
 mod tests {
     use super::*;
     use crate::model::Protocol;
+
+    /// Every global counter is exported: an outcome as
+    /// `lb_packets_total{outcome}`, any other as `lb_<name>_total` (`rx` is
+    /// their sum).
+    #[test]
+    fn every_counter_is_exported() {
+        for (index, name) in (0..).zip(counters::NAMES) {
+            let outcome = counters::OUTCOMES.contains(&index);
+            let event = Scrape::EVENT_COUNTERS
+                .iter()
+                .any(|(event, _)| *event == name);
+            assert!(
+                outcome || event || index == counters::RX,
+                "{name} is not exported"
+            );
+        }
+    }
 
     /// A collector that reports fixed rows the way a scrape of the maps does.
     #[derive(Debug)]

@@ -76,6 +76,16 @@ fn agent_rejects_bad_settings_before_touching_the_kernel() {
             "invalid value 'Hostname' for '--node-address-type <TYPE>'",
         ),
         (
+            &["--bgp-hold-time", "2"][..],
+            2,
+            "'--bgp-hold-time <SECONDS>': 2s: 0 or 3 to 65535",
+        ),
+        (
+            &["--bfd-multiplier", "0"][..],
+            2,
+            "'--bfd-multiplier <N>': 0 is not in 1..=255",
+        ),
+        (
             &["--health-timeout", "0"][..],
             2,
             "\"0\" must be more than 0",

@@ -1,5 +1,5 @@
 //! The Grafana dashboard shipped in deploy/grafana asks only for metrics a
-//! real agent exports.
+//! real agent exports, and shows every packet outcome.
 
 use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
@@ -68,6 +68,55 @@ fn exported(metrics: &str) -> BTreeSet<String> {
         .filter_map(|line| line.split(['{', ' ']).next())
         .map(str::to_owned)
         .collect()
+}
+
+/// The values an `outcome=~"..."` matcher of the dashboard's queries takes:
+/// alternatives that are names or have one `.*` in them.
+fn outcome_patterns(dashboard: &Value) -> Vec<String> {
+    const MATCHER: &str = "outcome=~\"";
+    queries(dashboard)
+        .into_iter()
+        .filter_map(|(_, expr)| {
+            let start = expr.find(MATCHER)? + MATCHER.len();
+            let end = expr[start..].find('"')? + start;
+            Some(expr[start..end].to_owned())
+        })
+        .flat_map(|alternatives| {
+            alternatives
+                .split('|')
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn matches(pattern: &str, name: &str) -> bool {
+    match pattern.split_once(".*") {
+        Some((prefix, suffix)) => {
+            name.len() >= prefix.len() + suffix.len()
+                && name.starts_with(prefix)
+                && name.ends_with(suffix)
+        }
+        None => pattern == name,
+    }
+}
+
+/// Every outcome a packet can have is on one of the outcome panels: a new
+/// one (an answer sent back, say) must not go unseen.
+#[test]
+fn every_outcome_is_on_the_dashboard() {
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(DASHBOARD).expect("dashboard"))
+            .expect("JSON");
+    let patterns = outcome_patterns(&dashboard);
+    assert!(matches("fib_.*_pass", "fib_miss_pass") && !matches("drop_.*", "pass_x"));
+    for outcome in lb_common::counters::OUTCOMES {
+        let name = lb_common::counters::NAMES[outcome as usize];
+        assert!(
+            patterns.iter().any(|pattern| matches(pattern, name)),
+            "outcome {name} is on no panel ({patterns:?})"
+        );
+    }
 }
 
 #[test]
