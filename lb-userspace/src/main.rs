@@ -223,6 +223,7 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         TranslateConfig {
             load_balancer_class: args.load_balancer_class,
             node_address_type: args.node_address_type,
+            forwarding: args.forwarding,
         },
         Pools::from_flags(pools).context("--pool")?,
     );

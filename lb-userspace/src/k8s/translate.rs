@@ -25,7 +25,10 @@ use super::{
     objects::ClusterObjects,
     pools::{Claimant, Pools, ServiceIdentity, Sharing},
 };
-use crate::model::{DesiredState, Frontend, ServiceSpec};
+use crate::{
+    dataplane::Forwarding,
+    model::{DesiredState, Frontend, ServiceSpec},
+};
 
 /// Annotation on a Node giving its Maglev weight (positive integer; default 1),
 /// so bigger nodes can take a bigger share of new connections.
@@ -53,6 +56,10 @@ pub struct TranslateConfig {
     pub load_balancer_class: String,
     /// Which of a Node's `status.addresses` types traffic is sent to.
     pub node_address_type: String,
+    /// How the data path hands packets to nodes: with NAT they arrive for
+    /// the NodePort, so kube-proxy's rules for the VIP (source ranges) do
+    /// not apply to them.
+    pub forwarding: Forwarding,
 }
 
 impl Default for TranslateConfig {
@@ -60,6 +67,7 @@ impl Default for TranslateConfig {
         Self {
             load_balancer_class: DEFAULT_LOAD_BALANCER_CLASS.to_owned(),
             node_address_type: "InternalIP".to_owned(),
+            forwarding: Forwarding::Nat,
         }
     }
 }
@@ -304,8 +312,19 @@ fn load_balancer<'a>(
         skips.service(&owner, Problem::Invalid, "no metadata.name");
         return None;
     };
+    let owner = format!("{namespace}/{name}");
+    if config.forwarding == Forwarding::Nat && has_source_ranges(service) {
+        skips.service(
+            &owner,
+            Problem::Invalid,
+            "spec.loadBalancerSourceRanges: not enforced with --forwarding nat (kube-proxy \
+             applies it to traffic for the VIP; lb hands the nodes traffic for the NodePort): \
+             refused rather than served to everyone; use --forwarding dsr, or drop it",
+        );
+        return None;
+    }
     let mut service = LoadBalancer {
-        owner: format!("{namespace}/{name}"),
+        owner,
         namespace,
         name,
         service,
@@ -323,6 +342,27 @@ fn load_balancer<'a>(
     }
     Some(service)
 }
+
+/// Whether `service` limits its clients by source address, in its spec or
+/// in the annotation that came before the field.
+fn has_source_ranges(service: &Service) -> bool {
+    let in_spec = service
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.load_balancer_source_ranges.as_ref())
+        .is_some_and(|ranges| !ranges.is_empty());
+    let annotated = service
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|annotations| annotations.get(SOURCE_RANGES_ANNOTATION))
+        .is_some_and(|ranges| !ranges.trim().is_empty());
+    in_spec || annotated
+}
+
+/// The annotation kube-proxy reads when `spec.loadBalancerSourceRanges` is
+/// empty.
+const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
 
 /// Each labelled Namespace's labels, by name.
 fn namespace_labels(objects: &ClusterObjects) -> BTreeMap<&str, &BTreeMap<String, String>> {

@@ -303,3 +303,47 @@ fn backend_ips(spec: &ServiceSpec) -> Vec<(&str, IpAddr)> {
     let backends = spec.backends.iter();
     backends.map(|b| (b.node.as_str(), b.ip)).collect()
 }
+
+/// `spec.loadBalancerSourceRanges` (or its annotation) is kube-proxy's to
+/// enforce on traffic for the VIP, which only direct server return hands the
+/// nodes: with NAT such a Service is refused, not served to every client.
+#[test]
+fn source_ranges_are_refused_with_nat_and_served_with_dsr() {
+    let mut limited = service("limited", vec![tcp(80, 31000)]);
+    limited.spec.as_mut().unwrap().load_balancer_source_ranges = Some(vec!["10.0.0.0/8".into()]);
+    let annotated = annotated(
+        service("annotated", vec![tcp(81, 31001)]),
+        "service.beta.kubernetes.io/load-balancer-source-ranges",
+        "10.0.0.0/8",
+    );
+    let open = service("open", vec![tcp(82, 31002)]);
+    let cluster = objects(
+        vec![limited, annotated, open],
+        vec![node("n1", "10.1.0.11")],
+    );
+    let names = |translation: &Translation| -> Vec<String> {
+        served(translation)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect()
+    };
+    let mut nat = pool();
+    let translation = nat.translate(&cluster);
+    assert_eq!(names(translation), ["ns/open:p82"]);
+    let refused = skipped(translation);
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(
+        refused
+            .iter()
+            .all(|reason| reason.contains("spec.loadBalancerSourceRanges: not enforced")),
+        "{refused:?}"
+    );
+    let mut dsr = Translator::new(
+        TranslateConfig {
+            forwarding: Forwarding::Dsr,
+            ..TranslateConfig::default()
+        },
+        Pools::from_flags(vec![Pool::parse("default=198.51.100.0/28").unwrap()]).unwrap(),
+    );
+    assert_eq!(names(dsr.translate(&cluster)).len(), 3);
+}
