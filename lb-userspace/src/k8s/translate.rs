@@ -105,9 +105,9 @@ pub struct Translation {
     /// The VIPs (IPv4 first) of every Service that got some, by
     /// `namespace/name`: what its `status.loadBalancer.ingress` should say.
     pub vips: BTreeMap<String, Vec<IpAddr>>,
-    /// Services that gave their VIPs up this round (deleted, or no longer a
-    /// load balancer of ours), with each address, so a stale status can be
-    /// cleared.
+    /// Services that gave VIPs up this round (deleted, no longer a load
+    /// balancer of ours, or moved to another address, got or not), with each
+    /// address, so a stale status can be cleared.
     pub released: Vec<(String, IpAddr)>,
     /// The pool each VIP is in, by name (none for a requested address outside
     /// every pool): what decides how it is announced.
@@ -244,11 +244,25 @@ impl Translator {
         for (owner, vip) in &released {
             tracing::info!(%vip, "released the VIP of {owner}, which lb no longer serves");
         }
+        let held_before: Vec<(String, IpAddr)> = self
+            .pools
+            .allocations()
+            .map(|(owner, addr)| (owner.to_owned(), addr))
+            .collect();
         let mut translation = Translation {
             released,
             ..Translation::default()
         };
-        for (service, vips) in vips::assign(&services, &mut self.pools, &mut skips) {
+        let assigned = vips::assign(&services, &mut self.pools, &mut skips);
+        // A Service that moved off an address (asking for another, taken or
+        // not) gives it up: its status must stop showing it.
+        let held: BTreeSet<(&str, IpAddr)> = self.pools.allocations().collect();
+        let given_up: Vec<(String, IpAddr)> = held_before
+            .into_iter()
+            .filter(|(owner, addr)| !held.contains(&(owner.as_str(), *addr)))
+            .collect();
+        translation.released.extend(given_up);
+        for (service, vips) in assigned {
             let backends = backends::for_service(service, &nodes, &endpoints);
             for port in service.ports {
                 let port = match backends::ServedPort::new(service, port) {

@@ -321,6 +321,13 @@ impl Pools {
         }
     }
 
+    /// Every (owner, address) allocated.
+    pub fn allocations(&self) -> impl Iterator<Item = (&str, IpAddr)> {
+        self.allocations
+            .iter()
+            .map(|((owner, _), addr)| (owner.as_str(), *addr))
+    }
+
     pub fn lookup(&self, owner: &str, family: Family) -> Option<IpAddr> {
         self.allocations.get(&(owner.to_owned(), family)).copied()
     }

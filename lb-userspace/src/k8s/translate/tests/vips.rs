@@ -640,3 +640,30 @@ fn sharing_and_conflicts_are_per_address() {
     );
     assert_eq!(translation.state.services.len(), 5);
 }
+
+/// A Service that moves off its address to one it cannot get (another
+/// Service holds it) gives the old one up: the status writer is told, so
+/// the Service's status stops showing an address another may now get.
+#[test]
+fn a_service_that_moves_off_its_address_gives_it_up() {
+    let nodes = || vec![node("n1", "10.1.0.11")];
+    let mut translator = pool();
+    let first = objects(
+        vec![
+            service("a", vec![tcp(80, 31000)]),
+            with_lb_ip(service("b", vec![tcp(80, 31001)]), "198.51.100.5"),
+        ],
+        nodes(),
+    );
+    let held = translator.translate(&first).vips["ns/a"].clone();
+    let moved = objects(
+        vec![
+            with_lb_ip(service("a", vec![tcp(80, 31000)]), "198.51.100.5"),
+            with_lb_ip(service("b", vec![tcp(80, 31001)]), "198.51.100.5"),
+        ],
+        nodes(),
+    );
+    let translation = translator.translate(&moved);
+    assert!(!translation.vips.contains_key("ns/a"), "b keeps .5");
+    assert_eq!(translation.released, vec![("ns/a".to_owned(), held[0])]);
+}
