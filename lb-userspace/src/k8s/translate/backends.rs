@@ -35,8 +35,13 @@ impl Member<'_> {
     }
 }
 
-/// Ready, schedulable nodes sorted by name, so equal sets compare equal.
-/// Nodes that are merely not ready are left out silently: that is routine.
+/// Ready nodes sorted by name, so equal sets compare equal. Nodes that are
+/// merely not ready are left out silently: that is routine. As Kubernetes'
+/// own service controller does since 1.30 (KEP-3458), a cordoned node stays
+/// (cordoning stops scheduling, not its kube-proxy: dropping it would re-hash
+/// its flows for nothing), and a node labelled
+/// `node.kubernetes.io/exclude-from-external-load-balancers` (kubeadm labels
+/// control-plane nodes so) is left out.
 pub(super) fn usable_nodes<'a>(
     nodes: &'a [Arc<Node>],
     config: &TranslateConfig,
@@ -48,8 +53,12 @@ pub(super) fn usable_nodes<'a>(
             skips.node("<unnamed>", "no metadata.name");
             continue;
         };
-        let unschedulable = node.spec.as_ref().and_then(|spec| spec.unschedulable) == Some(true);
-        if unschedulable || !is_ready(node) {
+        let excluded = node
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|labels| labels.contains_key(EXCLUDE_FROM_LOAD_BALANCERS));
+        if excluded || !is_ready(node) {
             continue;
         }
         match member(name, node, &config.node_address_type) {
@@ -60,6 +69,9 @@ pub(super) fn usable_nodes<'a>(
     members.sort_by_key(|member| member.name);
     members
 }
+
+/// The label that keeps a node out of every load balancer's backends.
+const EXCLUDE_FROM_LOAD_BALANCERS: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
 
 fn is_ready(node: &Node) -> bool {
     let conditions = node

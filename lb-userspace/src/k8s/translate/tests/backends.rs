@@ -13,7 +13,7 @@ use crate::k8s::{
 };
 
 #[test]
-fn not_ready_and_unschedulable_nodes_excluded() {
+fn not_ready_and_excluded_nodes_are_left_out_and_cordoned_ones_serve() {
     let mut not_ready = node("not-ready", "10.1.0.2");
     not_ready
         .status
@@ -29,12 +29,21 @@ fn not_ready_and_unschedulable_nodes_excluded() {
     cordoned.spec.as_mut().unwrap().unschedulable = Some(true);
     let mut schedulable = node("b-schedulable", "10.1.0.5");
     schedulable.spec.as_mut().unwrap().unschedulable = Some(false);
+    let mut control_plane = node("control-plane", "10.1.0.6");
+    control_plane.metadata.labels = Some(
+        [(
+            "node.kubernetes.io/exclude-from-external-load-balancers".to_owned(),
+            String::new(),
+        )]
+        .into(),
+    );
     let nodes = vec![
         node("c-ready", "10.1.0.1"),
         not_ready,
         no_conditions,
         cordoned,
         schedulable,
+        control_plane,
     ];
     let service = with_lb_ip(service("a", vec![tcp(80, 30080)]), "198.51.100.1");
     let translation = Translator::default()
@@ -42,7 +51,10 @@ fn not_ready_and_unschedulable_nodes_excluded() {
         .clone();
     assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
     let spec = &translation.state.services[&frontend("198.51.100.1", 80, Protocol::Tcp)];
-    assert_eq!(backend_nodes(spec), [("b-schedulable", 1), ("c-ready", 1)]);
+    assert_eq!(
+        backend_nodes(spec),
+        [("b-schedulable", 1), ("c-ready", 1), ("cordoned", 1)]
+    );
     assert_eq!(spec.backends[0].ip, ip::<IpAddr>("10.1.0.5"));
     assert_eq!(spec.backends[0].port, 30080);
 }
