@@ -716,3 +716,32 @@ fn in_cluster_config_reads_the_service_account_and_environment() -> Result<()> {
     drop(account);
     Ok(())
 }
+
+/// A MetalLB kind the agent has read that the API server then refuses for a
+/// while (404: its CRD replaced by an upgrade) keeps its last list: a new
+/// Service still gets an address of the IPAddressPool, where reading the
+/// kind as none would have left no pool to take one from.
+#[test]
+fn a_metallb_kind_refused_after_it_was_read_keeps_its_last_list() -> Result<()> {
+    let options = Options {
+        metallb_crds: true,
+        ..Options::default()
+    };
+    let bed = bed(options, &[])?;
+    bed.server.apply(&pool("pool", &["198.51.100.0/29"]))?;
+    bed.server.apply(&node("node-1", node_ip(1)))?;
+    bed.server.apply(&load_balancer(NS, "a", &[(80, 30080)]))?;
+    let vip = bed.wait_for_vip(NS, "a", READY)?;
+    bed.server.remove_metallb_crds();
+    bed.server.drop_watches();
+    bed.wait_for("the agent to see the refusal", READY, || {
+        let log = bed.agent.log();
+        (log.contains("refused after it was read") || log.contains("read as none")).then_some(())
+    })?;
+    // A round with what the agent now reads: a new Service gets the pool's
+    // next address (read as none, the kind would leave it none to take).
+    bed.server.apply(&load_balancer(NS, "b", &[(80, 30081)]))?;
+    assert_eq!(bed.wait_for_vip(NS, "b", READY)?, ip("198.51.100.1"));
+    assert_eq!(bed.vip(NS, "a")?, Some(vip), "the Service kept its VIP");
+    Ok(())
+}

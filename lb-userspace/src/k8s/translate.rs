@@ -238,7 +238,24 @@ impl Translator {
         let nodes = backends::usable_nodes(&objects.nodes, &self.config, &mut skips);
         let endpoints = backends::index_endpoints(&objects.endpoint_slices, &nodes);
         let namespaces = namespace_labels(objects);
-        let services = self.load_balancers(&objects.services, &namespaces, &mut skips);
+        let mut services = self.load_balancers(&objects.services, &namespaces, &mut skips);
+        // A Service none of whose ports can be served (no nodePort, only
+        // SCTP) holds no address, and its status shows none: the skips of
+        // its ports say why.
+        services.retain(|service| {
+            let servable = service
+                .ports
+                .iter()
+                .any(|port| backends::ServedPort::new(service, port).is_ok());
+            if !servable {
+                for port in service.ports {
+                    if let Err(reason) = backends::ServedPort::new(service, port) {
+                        skips.service(&service.owner, Problem::Invalid, reason);
+                    }
+                }
+            }
+            servable
+        });
         let live: BTreeSet<&str> = services.iter().map(|s| s.owner.as_str()).collect();
         let released = self.pools.retain_owners(&live);
         for (owner, vip) in &released {
@@ -253,16 +270,7 @@ impl Translator {
             released,
             ..Translation::default()
         };
-        let assigned = vips::assign(&services, &mut self.pools, &mut skips);
-        // A Service that moved off an address (asking for another, taken or
-        // not) gives it up: its status must stop showing it.
-        let held: BTreeSet<(&str, IpAddr)> = self.pools.allocations().collect();
-        let given_up: Vec<(String, IpAddr)> = held_before
-            .into_iter()
-            .filter(|(owner, addr)| !held.contains(&(owner.as_str(), *addr)))
-            .collect();
-        translation.released.extend(given_up);
-        for (service, vips) in assigned {
+        for (service, vips) in vips::assign(&services, &mut self.pools, &mut skips) {
             let backends = backends::for_service(service, &nodes, &endpoints);
             for port in service.ports {
                 let port = match backends::ServedPort::new(service, port) {
@@ -283,6 +291,14 @@ impl Translator {
             }
             translation.vips.insert(service.owner.clone(), vips);
         }
+        // A Service that moved off an address (asking for another, taken or
+        // not) gives it up: its status must stop showing it.
+        let held: BTreeSet<(&str, IpAddr)> = self.pools.allocations().collect();
+        let given_up: Vec<(String, IpAddr)> = held_before
+            .into_iter()
+            .filter(|(owner, addr)| !held.contains(&(owner.as_str(), *addr)))
+            .collect();
+        translation.released.extend(given_up);
         translation.skipped = skips.0;
         translation.translated = services.len();
         translation

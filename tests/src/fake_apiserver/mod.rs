@@ -161,6 +161,13 @@ impl FakeApiServer {
         self.shared.metallb_crds.store(true, Ordering::Relaxed);
     }
 
+    /// Takes MetalLB's CRDs away again: lists and watches of its kinds are
+    /// 404 from now on (as while an upgrade replaces them); watches already
+    /// open go on until [`FakeApiServer::drop_watches`].
+    pub fn remove_metallb_crds(&self) {
+        self.shared.metallb_crds.store(false, Ordering::Relaxed);
+    }
+
     /// Writes a kubeconfig whose current context is this server.
     pub fn write_kubeconfig(&self, path: &Path) -> Result<()> {
         let text = format!(

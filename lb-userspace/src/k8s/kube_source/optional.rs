@@ -5,7 +5,10 @@
 //! wait for it forever); the watch keeps trying with kube's backoff (at most
 //! 30 s apart), so a CRD installed or a permission granted later is picked
 //! up. Objects are read untyped and converted one by one, so a malformed
-//! one is skipped with its reason instead of failing the whole list.
+//! one is skipped with its reason instead of failing the whole list. A kind
+//! once read that is refused later (a CRD replaced by an upgrade, an API
+//! server restarting) keeps its last list: reading it as none would withdraw
+//! every route and address it configures for a moment's error.
 
 use std::{fmt::Display, sync::Arc};
 
@@ -60,11 +63,13 @@ impl OptionalKind {
         let stream = watcher(api, watcher::Config::default())
             .default_backoff()
             .reflect(writer);
+        let mut read_once = false;
         tokio::spawn(stream.for_each(move |event| {
             match event {
                 // The start of a list, which may still be refused.
                 Ok(watcher::Event::Init) => {}
                 Ok(event) => {
+                    read_once |= matches!(event, watcher::Event::InitDone);
                     if missing_tx.send_replace(false) {
                         info!(kind = %what, "readable now");
                     }
@@ -74,6 +79,11 @@ impl OptionalKind {
                     }
                 }
                 Err(error) => match refusal(&error) {
+                    Some(code) if read_once => warn!(
+                        kind = %what,
+                        code,
+                        "refused after it was read; keeping the last list, retrying"
+                    ),
                     Some(code) => {
                         if !missing_tx.send_replace(true) {
                             say_missing(&what, code);

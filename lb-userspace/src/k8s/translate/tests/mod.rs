@@ -347,3 +347,27 @@ fn source_ranges_are_refused_with_nat_and_served_with_dsr() {
     );
     assert_eq!(names(dsr.translate(&cluster)).len(), 3);
 }
+
+/// A Service none of whose ports can be served (no nodePort, as with
+/// `allocateLoadBalancerNodePorts: false`, or only SCTP) holds no address and
+/// gets none in its status: an external IP that carries nothing would mislead.
+#[test]
+fn a_service_with_no_servable_port_holds_no_address() {
+    let no_node_port = service("a-none", vec![port(80, Some("TCP"), None)]);
+    let sctp = service("b-sctp", vec![port(80, Some("SCTP"), Some(31000))]);
+    let web = service("c-web", vec![tcp(80, 31001)]);
+    let cluster = objects(vec![no_node_port, sctp, web], vec![node("n1", "10.1.0.11")]);
+    let translation = pool().translate(&cluster).clone();
+    assert_eq!(
+        translation.vips.keys().collect::<Vec<_>>(),
+        ["ns/c-web"],
+        "{:?}",
+        translation.skipped
+    );
+    assert_eq!(
+        translation.vips["ns/c-web"],
+        [ip::<IpAddr>("198.51.100.1")],
+        "the first address was not kept by a Service that cannot use it"
+    );
+    assert_eq!(skipped(&translation).len(), 2);
+}
