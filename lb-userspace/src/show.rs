@@ -2,7 +2,7 @@
 
 use std::{io::Write as _, net::SocketAddr, time::Instant};
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use serde::Serialize;
 
 use crate::{
@@ -17,6 +17,23 @@ fn open(args: &InspectArgs) -> Result<(Maps, Snapshot)> {
     let maps = Maps::open_pinned(&args.bpffs)?;
     let snapshot = Snapshot::take(&maps, Catalog::read(&args.bpffs))?;
     Ok((maps, snapshot))
+}
+
+/// Fails when `filter` (the service argument `what`) selects no service: an
+/// empty listing would read as "no backends" or "no flows".
+fn check_service_filter(snapshot: &Snapshot, what: &str, filter: Option<&str>) -> Result<()> {
+    if let Some(filter) = filter
+        && !snapshot
+            .services
+            .iter()
+            .any(|(frontend, _)| snapshot.service_matches(frontend, filter))
+    {
+        bail!(
+            "{what} {filter:?}: no service is VIP:PORT, VIP:PORT/PROTO or named so \
+             (`lb services` lists them)"
+        );
+    }
+    Ok(())
 }
 
 /// Prints `rows` as JSON, or as a table of `headers` with `cells` per row.
@@ -101,6 +118,7 @@ pub fn services(args: &InspectArgs) -> Result<()> {
 
 pub fn backends(args: &BackendsArgs) -> Result<()> {
     let (maps, snapshot) = open(&args.inspect)?;
+    check_service_filter(&snapshot, "SERVICE", args.service.as_deref())?;
     let rows = inspect::backends(&maps, &snapshot, args.service.as_deref())?;
     list(
         &rows,
@@ -132,6 +150,7 @@ pub fn backends(args: &BackendsArgs) -> Result<()> {
 
 pub fn flows(args: &FlowsArgs) -> Result<()> {
     let (_, snapshot) = open(&args.inspect)?;
+    check_service_filter(&snapshot, "--service", args.service.as_deref())?;
     let rows = inspect::flows(
         &snapshot,
         args.service.as_deref(),

@@ -175,6 +175,18 @@ fn listings_agree_with_the_traffic_sent() {
         .expect("lb flows");
     let flows = flows.as_array().expect("flow rows").clone();
     assert_eq!(flows.len(), CONNECTIONS, "one flow per connection");
+    // A service filter that selects nothing (here: the name without its
+    // port) is an error naming it, not an empty listing.
+    for args in [
+        &["flows", "--service", "ops/web"][..],
+        &["backends", "ops/web"],
+    ] {
+        let refused = bed.agent.query_with(args).expect_err("no such service");
+        assert!(
+            refused.to_string().contains("\"ops/web\": no service is"),
+            "{args:?}: {refused:#}"
+        );
+    }
     let mut flows_per_node: BTreeMap<String, u64> = BTreeMap::new();
     let mut packets_per_node: BTreeMap<String, u64> = BTreeMap::new();
     for flow in &flows {
