@@ -5,6 +5,7 @@ use std::{
     borrow::Cow,
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
+    path::Path,
 };
 
 use anyhow::{Context as _, Result};
@@ -62,7 +63,8 @@ pub async fn run(mut options: AgentOptions) -> Result<()> {
             services = dataplane.services().count(),
             "took over the pinned state of an earlier agent"
         );
-        options.source.keep_inherited_state();
+        let vips = inherited_vips(&dataplane, options.dataplane.pin_dir.as_deref());
+        options.source.keep_inherited_state(vips);
     }
     let result = match attach_all(&mut dataplane, &options.interfaces) {
         Ok(()) => serve(&mut dataplane, &mut options, metrics).await,
@@ -86,6 +88,35 @@ pub async fn run(mut options: AgentOptions) -> Result<()> {
         info!("exiting; the data path stays attached with its state pinned (`lb down` removes it)");
     }
     result
+}
+
+/// The VIPs the inherited data path serves each Service (`namespace/name`)
+/// on, IPv4 first: its services, named by the catalog the earlier agent
+/// wrote (the pins hold no names).
+fn inherited_vips(dataplane: &Dataplane, bpffs: Option<&Path>) -> BTreeMap<String, Vec<IpAddr>> {
+    let mut vips: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+    let Some(bpffs) = bpffs else {
+        return vips;
+    };
+    let catalog = Catalog::read(bpffs);
+    let served = catalog
+        .services
+        .iter()
+        .filter(|spec| dataplane.service(&spec.frontend).is_some());
+    for spec in served {
+        let owner = spec
+            .name
+            .rsplit_once(':')
+            .map_or(spec.name.as_str(), |(owner, _)| owner);
+        let addresses = vips.entry(owner.to_owned()).or_default();
+        if !addresses.contains(&spec.frontend.vip) {
+            addresses.push(spec.frontend.vip);
+        }
+    }
+    for addresses in vips.values_mut() {
+        addresses.sort_by_key(IpAddr::is_ipv6);
+    }
+    vips
 }
 
 fn attach_all(dataplane: &mut Dataplane, interfaces: &[String]) -> Result<()> {

@@ -97,9 +97,13 @@ struct Bed {
 
 impl Bed {
     fn start(tag: &str, manifests: &Path) -> Result<Self> {
+        Self::start_with(tag, manifests, &[])
+    }
+
+    fn start_with(tag: &str, manifests: &Path, extra: &[&str]) -> Result<Self> {
         let ns = NetNs::new(tag)?;
         veth(&ns, "lb0", &ns, "lb1")?;
-        let agent = Agent::start(&ns, &["lb0"], manifests, &[])?;
+        let agent = Agent::start(&ns, &["lb0"], manifests, extra)?;
         Ok(Self { agent, ns })
     }
 
@@ -365,6 +369,48 @@ fn restarted_agent_keeps_the_inherited_state_when_the_manifests_are_garbage() ->
     );
     scratch.write("lb.yaml", web())?;
     bed.wait_for_services(&[WEB])
+}
+
+/// Manifests carry no status, where an API server keeps each Service's
+/// address: an agent restarted over the pinned state of one that served
+/// keeps each Service on the pool address it had. Allocated afresh in name
+/// order, `api`, added after `web`, would take `web`'s address.
+#[test]
+fn a_restarted_agent_keeps_the_pool_addresses_of_manifest_services() -> Result<()> {
+    let scratch = Scratch::new("pool-restart")?;
+    let pooled = |names: &[(&str, u16)]| -> Result<String> {
+        let mut documents = vec![node()];
+        for &(name, port) in names {
+            let main = ServicePort {
+                name: "main",
+                port,
+                protocol: "TCP",
+                node_port: 31000,
+                target_port: None,
+            };
+            let mut service = manifests::load_balancer_service(name, "cfg", "", &[main]);
+            service.spec.as_mut().context("a spec")?.load_balancer_ip = None;
+            documents.push(serde_yaml::to_string(&service)?);
+        }
+        Ok(manifests::documents(&documents))
+    };
+    let path = scratch.write("lb.yaml", pooled(&[("web", 80)])?)?;
+    let pool = ["--vip-pool", "198.51.100.32/28"];
+    let mut bed = Bed::start_with("lbcfg-pool-restart", &path, &pool)?;
+    let web = ("cfg/web:main", "198.51.100.33", 80);
+    bed.wait_for_services(&[web])?;
+    scratch.write("lb.yaml", pooled(&[("web", 80), ("api", 8080)])?)?;
+    let api = ("cfg/api:main", "198.51.100.34", 8080);
+    bed.wait_for_services(&[api, web])?;
+    bed.agent.restart(&bed.ns)?;
+    bed.wait_for_log(0, &["synced"])?;
+    ensure!(
+        bed.services()? == [owned(api), owned(web)],
+        "lb services lists {:?} after the restart; agent log:\n{}",
+        bed.services()?,
+        bed.agent.log()
+    );
+    Ok(())
 }
 
 fn owned((name, vip, port): (&str, &str, u64)) -> (String, String, u64) {

@@ -2,10 +2,14 @@
 //! `ClusterObjects`, so translation and reconciliation are written once.
 
 use std::{
+    collections::BTreeMap,
+    net::IpAddr,
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
+use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServiceStatus};
 use tokio::time::{Interval, MissedTickBehavior, interval};
 
 use super::{
@@ -38,11 +42,19 @@ impl Source {
 
     /// Says that the data path serves what an earlier agent left pinned: a
     /// good state to keep already, which manifests that do not parse (a file
-    /// caught mid-write at the start) must not take away.
-    pub fn keep_inherited_state(&mut self) {
+    /// caught mid-write at the start) must not take away; and `vips`, the
+    /// addresses it served each Service (`namespace/name`) on. Manifests
+    /// carry no status, so the first read shows those as the status of each
+    /// Service that has none, and the Services keep their addresses as they
+    /// would from an API server's statuses.
+    pub fn keep_inherited_state(&mut self, vips: BTreeMap<String, Vec<IpAddr>>) {
         match self {
-            Self::Manifests(source) => source.served = true,
-            // The API server's objects are whole or not listed at all.
+            Self::Manifests(source) => {
+                source.served = true;
+                source.inherited_vips = vips;
+            }
+            // The API server's objects are whole or not listed at all, and
+            // the Services' statuses hold their addresses.
             Self::Kubernetes(_) => {}
         }
     }
@@ -85,6 +97,9 @@ pub struct ManifestSource {
     /// A read has been handed out, or the data path was inherited: from then
     /// on there is a good state to keep.
     served: bool,
+    /// The VIPs an earlier agent served each Service on, by `namespace/name`,
+    /// until the first read shows them as statuses.
+    inherited_vips: BTreeMap<String, Vec<IpAddr>>,
 }
 
 impl ManifestSource {
@@ -95,6 +110,7 @@ impl ManifestSource {
             seen: None,
             forced: true,
             served: false,
+            inherited_vips: BTreeMap::new(),
         }
     }
 
@@ -124,8 +140,50 @@ impl ManifestSource {
                 });
             }
             self.served = true;
-            return Ok(loaded.objects);
+            let mut objects = loaded.objects;
+            show_as_status(&mut objects, std::mem::take(&mut self.inherited_vips));
+            return Ok(objects);
         }
+    }
+}
+
+/// Gives each Service of `vips` (by `namespace/name`) that shows no status
+/// those addresses as its `status.loadBalancer.ingress`.
+fn show_as_status(objects: &mut ClusterObjects, vips: BTreeMap<String, Vec<IpAddr>>) {
+    if vips.is_empty() {
+        return;
+    }
+    for service in &mut objects.services {
+        let owner = format!(
+            "{}/{}",
+            service.metadata.namespace.as_deref().unwrap_or("default"),
+            service.metadata.name.as_deref().unwrap_or_default()
+        );
+        let Some(addresses) = vips.get(&owner) else {
+            continue;
+        };
+        let shown = service
+            .status
+            .as_ref()
+            .and_then(|status| status.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .is_some_and(|ingress| !ingress.is_empty());
+        if shown {
+            continue;
+        }
+        let ingress = addresses
+            .iter()
+            .map(|ip| LoadBalancerIngress {
+                ip: Some(ip.to_string()),
+                ..Default::default()
+            })
+            .collect();
+        Arc::make_mut(service).status = Some(ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus {
+                ingress: Some(ingress),
+            }),
+            ..Default::default()
+        });
     }
 }
 
