@@ -25,14 +25,18 @@ const TIMEOUT: Duration = Duration::from_secs(15);
 const NOBODY: &str = "65534";
 
 fn service(name: &str, vip: &str, port: u16) -> String {
-    let main = ServicePort {
+    manifests::load_balancer_service_yaml(name, "cfg", vip, &[main_port(port)])
+}
+
+/// The one port of the tests' Services, on NodePort 31000.
+fn main_port(port: u16) -> ServicePort<'static> {
+    ServicePort {
         name: "main",
         port,
         protocol: "TCP",
         node_port: 31000,
         target_port: None,
-    };
-    manifests::load_balancer_service_yaml(name, "cfg", vip, &[main])
+    }
 }
 
 fn node() -> String {
@@ -381,14 +385,7 @@ fn a_restarted_agent_keeps_the_pool_addresses_of_manifest_services() -> Result<(
     let pooled = |names: &[(&str, u16)]| -> Result<String> {
         let mut documents = vec![node()];
         for &(name, port) in names {
-            let main = ServicePort {
-                name: "main",
-                port,
-                protocol: "TCP",
-                node_port: 31000,
-                target_port: None,
-            };
-            let mut service = manifests::load_balancer_service(name, "cfg", "", &[main]);
+            let mut service = manifests::load_balancer_service(name, "cfg", "", &[main_port(port)]);
             service.spec.as_mut().context("a spec")?.load_balancer_ip = None;
             documents.push(serde_yaml::to_string(&service)?);
         }
