@@ -178,15 +178,18 @@ impl Snapshot {
         })
     }
 
-    /// Flows of the service at `frontend` created after `since_ns`.
-    pub fn flows_created_since(&self, frontend: &Frontend, since_ns: u64) -> usize {
-        let key = service_key(frontend);
-        self.flows
-            .iter()
-            .filter(|(flow_key, flow)| {
-                ServiceKey::of_destination(flow_key) == key && flow.created_ns > since_ns
-            })
-            .count()
+    /// Flows created after `since_ns`, by the service they are to: one pass
+    /// over the flows for every service.
+    pub fn flows_created_since(&self, since_ns: u64) -> HashMap<ServiceKey, usize> {
+        let mut created: HashMap<ServiceKey, usize> = HashMap::new();
+        for (flow_key, flow) in &self.flows {
+            if flow.created_ns > since_ns {
+                *created
+                    .entry(ServiceKey::of_destination(flow_key))
+                    .or_default() += 1;
+            }
+        }
+        created
     }
 
     fn is_active(&self, flow: &Flow) -> bool {
@@ -570,5 +573,39 @@ mod tests {
         }
         let other = ServiceKey::new(addr_of("198.51.100.1".parse().unwrap()), 80u16.to_be(), 1);
         assert_eq!(frontend_of(&other), None, "ICMP is no service protocol");
+    }
+
+    /// One pass counts, for every service, the flows created after a time.
+    #[test]
+    fn flows_created_since_are_counted_by_service() {
+        let frontend = |port: u16| Frontend {
+            vip: "198.51.100.1".parse().unwrap(),
+            port,
+            protocol: Protocol::Tcp,
+        };
+        let flow = |port: u16, created_ns: u64| {
+            let client = addr_of("10.0.0.2".parse().unwrap());
+            let vip = addr_of(frontend(port).vip);
+            let key = FlowKey::new(client, vip, 40000u16.to_be(), port.to_be(), 6);
+            let flow = Flow {
+                created_ns,
+                ..Flow::default()
+            };
+            (key, flow)
+        };
+        let snapshot = Snapshot {
+            services: Vec::new(),
+            flows: vec![flow(80, 10), flow(80, 20), flow(80, 30), flow(443, 30)],
+            catalog: Catalog::default(),
+            now_ns: 40,
+            active: OnceCell::new(),
+            pinned: OnceCell::new(),
+            rings: RefCell::default(),
+            slots: RefCell::default(),
+        };
+        let created = snapshot.flows_created_since(15);
+        assert_eq!(created.get(&service_key(&frontend(80))), Some(&2));
+        assert_eq!(created.get(&service_key(&frontend(443))), Some(&1));
+        assert_eq!(created.len(), 2);
     }
 }

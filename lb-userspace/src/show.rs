@@ -1,6 +1,6 @@
 //! The inspection commands: listings as tables for people and JSON for scripts.
 
-use std::{io::Write as _, net::SocketAddr, time::Instant};
+use std::{collections::HashMap, io::Write as _, net::SocketAddr, time::Instant};
 
 use anyhow::{Result, bail};
 use serde::Serialize;
@@ -8,9 +8,10 @@ use serde::Serialize;
 use crate::{
     catalog::Catalog,
     cli::{BackendsArgs, FlowsArgs, InspectArgs, StatsArgs, TraceArgs, TraceProtocol},
+    dataplane::service_key,
     inspect::{self, Snapshot},
     maps::Maps,
-    model::Protocol,
+    model::{Frontend, Protocol},
 };
 
 fn open(args: &InspectArgs) -> Result<(Maps, Snapshot)> {
@@ -186,6 +187,13 @@ pub fn flows(args: &FlowsArgs) -> Result<()> {
 }
 
 pub fn trace(args: &TraceArgs) -> Result<()> {
+    if args.client.is_ipv4() != args.vip.is_ipv4() {
+        bail!(
+            "CLIENT {} and VIP {} are of different IP families: no packet has both",
+            args.client,
+            args.vip
+        );
+    }
     let (maps, snapshot) = open(&args.inspect)?;
     let protocol = match args.proto {
         TraceProtocol::Tcp => Protocol::Tcp,
@@ -266,25 +274,31 @@ fn rates(before: &Sample, after: &Sample) -> Rates {
             .saturating_sub(before.global.get(name).copied().unwrap_or(0)) as f64
             / seconds
     };
+    // Indexed once: a sample lists every service and reads every flow.
+    let earlier: HashMap<(u32, Frontend), (u64, u64)> = before
+        .services
+        .iter()
+        .map(|s| ((s.id, s.frontend), (s.packets, s.bytes)))
+        .collect();
+    let created = after.snapshot.flows_created_since(before.snapshot.now_ns);
     let services = after
         .services
         .iter()
         .map(|now| {
-            let then = before
-                .services
-                .iter()
-                .find(|s| s.id == now.id && s.frontend == now.frontend);
-            let (packets, bytes) = then.map_or((0, 0), |t| (t.packets, t.bytes));
+            let (packets, bytes) = earlier
+                .get(&(now.id, now.frontend))
+                .copied()
+                .unwrap_or((0, 0));
             ServiceRate {
                 service: now.name.clone(),
                 vip: SocketAddr::new(now.frontend.vip, now.frontend.port),
                 protocol: now.frontend.protocol,
                 packets_per_second: now.packets.saturating_sub(packets) as f64 / seconds,
                 bits_per_second: now.bytes.saturating_sub(bytes) as f64 * 8.0 / seconds,
-                new_flows_per_second: after
-                    .snapshot
-                    .flows_created_since(&now.frontend, before.snapshot.now_ns)
-                    as f64
+                new_flows_per_second: created
+                    .get(&service_key(&now.frontend))
+                    .copied()
+                    .unwrap_or(0) as f64
                     / seconds,
                 active_flows: now.active_flows,
             }

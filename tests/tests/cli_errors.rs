@@ -248,6 +248,17 @@ fn stats_names_a_bad_interval() {
     }
 }
 
+/// A trace of a client and a VIP of different families describes no packet:
+/// refused before anything is read.
+#[test]
+fn trace_refuses_mixed_families() {
+    assert_error(
+        &["trace", "10.0.0.2:40000", "[2001:db8::10]:80"],
+        1,
+        "CLIENT 10.0.0.2:40000 and VIP [2001:db8::10]:80 are of different IP families",
+    );
+}
+
 #[test]
 fn inspection_says_when_nothing_is_loaded() {
     for command in ["services", "backends", "stats"] {
