@@ -83,6 +83,9 @@ pub struct Translator {
     flag_pools: Pools,
     /// Flags and IPAddressPools both give pools: said once, until it changes.
     clash_reported: bool,
+    /// What the last full translation skipped, as logged: a skip is logged
+    /// when it first appears, not again at every round while it lasts.
+    warned: BTreeSet<String>,
     /// The last translation, and what it was made from.
     translation: Translation,
     made_from: Option<memo::Memo>,
@@ -166,6 +169,7 @@ impl Translator {
             flag_pools: pools.clone(),
             pools,
             clash_reported: false,
+            warned: BTreeSet::new(),
             translation: Translation::default(),
             made_from: None,
         }
@@ -222,9 +226,26 @@ impl Translator {
             _ => {
                 self.translation = self.translate_all(objects);
                 self.made_from = Some(memo::Memo::new(objects));
+                self.warn_new_skips();
             }
         }
         &self.translation
+    }
+
+    /// Logs the skips of the last full translation that the one before did
+    /// not have. (A round of changed EndpointSlices only skips what the last
+    /// full one did.)
+    fn warn_new_skips(&mut self) {
+        let skipped: BTreeSet<String> = self
+            .translation
+            .skipped
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        for skip in skipped.difference(&self.warned) {
+            tracing::warn!("skipping {skip}");
+        }
+        self.warned = skipped;
     }
 
     /// What the last [`Self::translate`] computed.
@@ -423,7 +444,7 @@ impl Translation {
     }
 }
 
-/// Skip reasons, each also logged as it is found.
+/// Skip reasons (logged by the translator when new).
 #[derive(Default)]
 struct Skips(Vec<Skipped>);
 
@@ -443,14 +464,12 @@ impl Skips {
         problem: Problem,
         reason: impl fmt::Display,
     ) {
-        let skipped = Skipped {
+        self.0.push(Skipped {
             kind,
             name: name.to_owned(),
             problem,
             reason: reason.to_string(),
-        };
-        tracing::warn!("skipping {skipped}");
-        self.0.push(skipped);
+        });
     }
 }
 

@@ -371,3 +371,46 @@ fn a_service_with_no_servable_port_holds_no_address() {
     );
     assert_eq!(skipped(&translation).len(), 2);
 }
+
+/// A skip is logged when it first appears, not again at every round while
+/// it lasts (rounds follow every change in the cluster); one that goes and
+/// comes back is logged again.
+#[test]
+fn a_skip_is_logged_once_while_it_lasts() {
+    #[derive(Clone, Default)]
+    struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Capture {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let log = Capture::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let mut translator = pool();
+        let bad = || service("bad", vec![port(80, Some("SCTP"), Some(31000))]);
+        let good = || service("good", vec![tcp(80, 31001)]);
+        let nodes = |count: u8| {
+            (1..=count)
+                .map(|i| node(&format!("n{i}"), format!("10.1.0.{i}")))
+                .collect()
+        };
+        // Three full rounds with the bad Service (nodes join), one without,
+        // one with it again.
+        for count in 1..=3 {
+            translator.translate(&objects(vec![bad(), good()], nodes(count)));
+        }
+        translator.translate(&objects(vec![good()], nodes(3)));
+        translator.translate(&objects(vec![bad(), good()], nodes(3)));
+    });
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(text.matches("skipping Service ns/bad").count(), 2, "{text}");
+}
