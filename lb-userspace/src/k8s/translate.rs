@@ -278,19 +278,10 @@ impl Translator {
             servable
         });
         let live: BTreeSet<&str> = services.iter().map(|s| s.owner.as_str()).collect();
-        let released = self.pools.retain_owners(&live);
-        for (owner, vip) in &released {
+        for (owner, vip) in self.pools.retain_owners(&live) {
             tracing::info!(%vip, "released the VIP of {owner}, which lb no longer serves");
         }
-        let held_before: Vec<(String, IpAddr)> = self
-            .pools
-            .allocations()
-            .map(|(owner, addr)| (owner.to_owned(), addr))
-            .collect();
-        let mut translation = Translation {
-            released,
-            ..Translation::default()
-        };
+        let mut translation = Translation::default();
         for (service, vips) in vips::assign(&services, &mut self.pools, &mut skips) {
             let backends = backends::for_service(service, &nodes, &endpoints);
             for port in service.ports {
@@ -312,14 +303,10 @@ impl Translator {
             }
             translation.vips.insert(service.owner.clone(), vips);
         }
-        // A Service that moved off an address (asking for another, taken or
-        // not) gives it up: its status must stop showing it.
-        let held: BTreeSet<(&str, IpAddr)> = self.pools.allocations().collect();
-        let given_up: Vec<(String, IpAddr)> = held_before
-            .into_iter()
-            .filter(|(owner, addr)| !held.contains(&(owner.as_str(), *addr)))
-            .collect();
-        translation.released.extend(given_up);
+        // Services gone, no longer ours, or moved off an address (asking for
+        // another, taken or not) give it up: their statuses must stop
+        // showing it.
+        translation.released = self.pools.take_given_up();
         translation.skipped = skips.0;
         translation.translated = services.len();
         translation

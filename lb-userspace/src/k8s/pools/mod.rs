@@ -84,6 +84,9 @@ pub struct Pools {
     /// looking. Without it, handing out n addresses in a row walks the used
     /// ones n times. Forgotten when an address is freed or the pools change.
     taken_below: BTreeMap<IpAddr, IpAddr>,
+    /// Every (owner, address) released since [`Pools::take_given_up`] last
+    /// took them: what statuses must stop showing.
+    given_up: Vec<(String, IpAddr)>,
 }
 
 impl Pools {
@@ -310,9 +313,11 @@ impl Pools {
     }
 
     pub fn release_family(&mut self, owner: &str, family: Family) {
-        if let Some(addr) = self.allocations.remove(&(owner.to_owned(), family))
-            && let Some(holders) = self.holders.get_mut(&addr)
-        {
+        let Some(addr) = self.allocations.remove(&(owner.to_owned(), family)) else {
+            return;
+        };
+        self.given_up.push((owner.to_owned(), addr));
+        if let Some(holders) = self.holders.get_mut(&addr) {
             holders.remove(owner);
             if holders.is_empty() {
                 self.holders.remove(&addr);
@@ -321,11 +326,10 @@ impl Pools {
         }
     }
 
-    /// Every (owner, address) allocated.
-    pub fn allocations(&self) -> impl Iterator<Item = (&str, IpAddr)> {
-        self.allocations
-            .iter()
-            .map(|((owner, _), addr)| (owner.as_str(), *addr))
+    /// The addresses released since the last call, with their owners: a
+    /// Service gone, no longer served, or moved to another address.
+    pub fn take_given_up(&mut self) -> Vec<(String, IpAddr)> {
+        std::mem::take(&mut self.given_up)
     }
 
     pub fn lookup(&self, owner: &str, family: Family) -> Option<IpAddr> {
