@@ -11,6 +11,14 @@ pub fn fold(sum: u32) -> u16 {
     sum as u16
 }
 
+/// Folds a 64-bit accumulator of 32-bit partial sums (what `bpf_csum_diff`
+/// returns) into 16 bits with end-around carry.
+#[inline(always)]
+pub fn fold_wide(sum: u64) -> u16 {
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    fold(((sum & 0xffff_ffff) + (sum >> 32)) as u32)
+}
+
 /// The difference a set of field changes makes to a checksum, accumulated
 /// as RFC 1624's `~m + m'` terms and folded once when applied: each change
 /// costs a few additions, not a fold of its own, and the one difference an
@@ -115,6 +123,22 @@ pub fn internet_checksum(data: &[u8]) -> u16 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn wide_sums_fold_as_their_words_do() {
+        // Partial sums congruent to their words modulo 0xffff (2^16 is 1).
+        let partials = [0xffff_ffffu64, 0x1_0000_0001, 0x8000_8000, 0xdead_beef];
+        let total: u64 = partials.iter().sum();
+        let by_words = partials
+            .iter()
+            .map(|p| (p & 0xffff) + ((p >> 16) & 0xffff) + (p >> 32))
+            .sum::<u64>();
+        assert_eq!(
+            u64::from(super::fold_wide(total)) % 0xffff,
+            by_words % 0xffff
+        );
+        assert_eq!(super::fold_wide(0x1_2345_6789), super::fold(0x2345_678a));
+    }
+
     use super::*;
 
     // An IPv4 header (RFC 1071 style example) with its checksum at bytes 10..12.

@@ -126,7 +126,7 @@ fn answer4(ctx: &Frame, macs: ([u8; 6], [u8; 6]), mtu: u16) -> Result<u32, Verdi
     let ip: *mut Ipv4Hdr = ptr_at(&ctx, EthHdr::LEN)?;
     // SAFETY: bounds-checked by `ptr_at`.
     unsafe { ip.write(header) };
-    let check = !fold(sum::<{ Ipv4Hdr::LEN }>(&ctx, EthHdr::LEN)?.into());
+    let check = !checksum::fold_wide(sum::<{ Ipv4Hdr::LEN }>(&ctx, EthHdr::LEN)?.into());
     // SAFETY: as above.
     unsafe { (*ip).check = check.to_ne_bytes() };
     let mut rest = [0; 4];
@@ -236,7 +236,7 @@ fn write_icmp<const LEN: usize>(
     }
     let sum = sum::<LEN>(ctx, offset)?;
     // SAFETY: as above.
-    unsafe { (*icmp).check = !fold(u64::from(sum) + pseudo) };
+    unsafe { (*icmp).check = !checksum::fold_wide(u64::from(sum) + pseudo) };
     count(counters::TOO_BIG_ANSWERED);
     Ok(xdp_action::XDP_TX)
 }
@@ -263,10 +263,10 @@ fn make_room<const QUOTE: usize>(ctx: &Frame, headers: usize) -> Result<Frame, V
     Ok(grown.reload())
 }
 
-/// The one's complement sum, not folded, of the `LEN` bytes (a multiple of
-/// 4) of the frame at `offset`.
+/// The one's complement sum, folded, of the `LEN` bytes (a multiple of 4)
+/// of the frame at `offset`.
 #[inline(always)]
-fn sum<const LEN: usize>(ctx: &Frame, offset: usize) -> Result<u32, Verdict> {
+fn sum<const LEN: usize>(ctx: &Frame, offset: usize) -> Result<u16, Verdict> {
     let start: *mut [u8; LEN] = ptr_at(ctx, offset)?;
     let mut total = 0u64;
     let mut done = 0;
@@ -290,17 +290,5 @@ fn sum<const LEN: usize>(ctx: &Frame, offset: usize) -> Result<u32, Verdict> {
         total += u64::from(sum as u32);
         done += len;
     }
-    Ok(fold_wide(total))
-}
-
-/// Folds a sum of 32-bit partial sums to 16 bits.
-#[inline(always)]
-fn fold(sum: u64) -> u16 {
-    checksum::fold(fold_wide(sum))
-}
-
-#[inline(always)]
-fn fold_wide(sum: u64) -> u32 {
-    let sum = (sum & 0xffff_ffff) + (sum >> 32);
-    ((sum & 0xffff_ffff) + (sum >> 32)) as u32
+    Ok(checksum::fold_wide(total))
 }
