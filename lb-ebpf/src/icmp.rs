@@ -12,7 +12,7 @@ use crate::{
     forward::{self, Direction, HopCache, Route, check_ttl},
     maps::{self, answer_echo, count, is_vip},
     nat::{self, End},
-    parse::{self, Family, Frame, Ip, ptr_at},
+    parse::{self, Family, Frame, Ip, PLAIN_IPV4_VIHL, ptr_at},
     verdict::Verdict,
 };
 
@@ -21,8 +21,6 @@ const DEST_UNREACHABLE: u8 = 3;
 const ECHO_REQUEST: u8 = 8;
 const TIME_EXCEEDED: u8 = 11;
 const PARAMETER_PROBLEM: u8 = 12;
-/// An option-less IPv4 header: version 4, 5 words.
-const PLAIN_IPV4_VIHL: u8 = 0x45;
 
 /// The ICMP header, the same for ICMPv6.
 #[repr(C)]

@@ -16,8 +16,11 @@ use crate::{
     verdict::Verdict,
 };
 
-const ETH_P_IPV4_BE: u16 = 0x0800u16.to_be();
-const ETH_P_IPV6_BE: u16 = 0x86ddu16.to_be();
+/// The EtherTypes of IPv4 and IPv6, network order.
+pub const ETH_P_IPV4_BE: u16 = 0x0800u16.to_be();
+pub const ETH_P_IPV6_BE: u16 = 0x86ddu16.to_be();
+/// The first byte of an option-less IPv4 header: version 4, 5 words.
+pub const PLAIN_IPV4_VIHL: u8 = 0x45;
 /// More-fragments flag and fragment offset, network order.
 const IP_FRAGMENT_MASK_BE: u16 = 0x3fffu16.to_be();
 /// IPv6 extension headers skipped on the way to the transport header.

@@ -26,7 +26,9 @@ use crate::{
     forward,
     icmp::IcmpHdr,
     maps::{self, count},
-    parse::{Family, Frame, Ip, is_group_address, ptr_at},
+    parse::{
+        ETH_P_IPV4_BE, ETH_P_IPV6_BE, Family, Frame, Ip, PLAIN_IPV4_VIHL, is_group_address, ptr_at,
+    },
     verdict::Verdict,
 };
 
@@ -41,8 +43,6 @@ const MIN_MTU6: u16 = 1280;
 /// Type and code of the answers.
 const FRAGMENTATION_NEEDED: [u8; 2] = [3, 4];
 const PACKET_TOO_BIG: [u8; 2] = [2, 0];
-/// An option-less IPv4 header.
-const PLAIN_IPV4_VIHL: u8 = 0x45;
 const IPV6_VERSION: [u8; 4] = [0x60, 0, 0, 0];
 const TTL: u8 = 64;
 /// The most `bpf_csum_diff` sums in one call.
@@ -122,7 +122,7 @@ fn answer4(ctx: &Frame, macs: ([u8; 6], [u8; 6]), mtu: u16) -> Result<u32, Verdi
         src_addr: dst,
         dst_addr: src,
     };
-    write_eth(&ctx, macs, EtherType::V4)?;
+    write_eth(&ctx, macs, ETH_P_IPV4_BE)?;
     let ip: *mut Ipv4Hdr = ptr_at(&ctx, EthHdr::LEN)?;
     // SAFETY: bounds-checked by `ptr_at`.
     unsafe { ip.write(header) };
@@ -163,7 +163,7 @@ fn answer6(ctx: &Frame, macs: ([u8; 6], [u8; 6]), mtu: u16) -> Result<u32, Verdi
     // longer than the quote.
     let ctx = make_room::<QUOTE6>(ctx, HEADERS)?;
     let payload_len = (ICMP_LEN + QUOTE6) as u16;
-    write_eth(&ctx, macs, EtherType::V6)?;
+    write_eth(&ctx, macs, ETH_P_IPV6_BE)?;
     let ip: *mut Ipv6Hdr = ptr_at(&ctx, EthHdr::LEN)?;
     // SAFETY: bounds-checked by `ptr_at`.
     unsafe {
@@ -191,25 +191,15 @@ fn answer6(ctx: &Frame, macs: ([u8; 6], [u8; 6]), mtu: u16) -> Result<u32, Verdi
     )
 }
 
-/// The EtherType of the answer, network order.
-#[repr(u16)]
-enum EtherType {
-    V4 = 0x0800u16.to_be(),
-    V6 = 0x86ddu16.to_be(),
-}
-
-fn write_eth(
-    ctx: &Frame,
-    (dst, src): ([u8; 6], [u8; 6]),
-    ether_type: EtherType,
-) -> Result<(), Verdict> {
+/// Writes the answer's Ethernet header: `ether_type` in network order.
+fn write_eth(ctx: &Frame, (dst, src): ([u8; 6], [u8; 6]), ether_type: u16) -> Result<(), Verdict> {
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: bounds-checked by `ptr_at`.
     unsafe {
         eth.write(EthHdr {
             dst_addr: dst,
             src_addr: src,
-            ether_type: ether_type as u16,
+            ether_type,
         });
     }
     Ok(())
