@@ -178,6 +178,7 @@ async fn sync_until_signalled(
             _ = hangup.recv() => options.source.refresh(),
             objects = options.source.changed() => match objects {
                 Ok(objects) => {
+                    options.translator.set_role(options.source.role());
                     options.translator.translate(&objects);
                     let translation = options.translator.translation();
                     debug!(

@@ -157,6 +157,24 @@ pub struct AgentArgs {
     /// decide.
     #[arg(long, value_name = "NAMESPACE", default_value = crate::k8s::metallb::objects::DEFAULT_NAMESPACE)]
     pub metallb_namespace: String,
+    /// Elect one of the agents reading the same API server (by the Lease
+    /// `lb-controller` in --leader-election-namespace) to assign addresses
+    /// and write statuses and Events; the others serve the addresses the
+    /// statuses show. `false`: this agent assigns and writes on its own,
+    /// right only when it is the only one.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// The namespace of the leader election's Lease.
+    #[arg(long, value_name = "NAMESPACE", default_value = "lb-system")]
+    pub leader_election_namespace: String,
+    /// How long the Lease stays held after its holder stops renewing it
+    /// (when another agent takes over); it is renewed every sixth of that.
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = crate::units::parse_lease_duration)]
+    pub leader_election_lease_duration: std::time::Duration,
+    /// This agent's name in the Lease and in the Events it records, unique
+    /// among the agents (default: the host name).
+    #[arg(long, value_name = "NAME")]
+    pub identity: Option<String>,
     /// Serve Services of this spec.loadBalancerClass (and those without one).
     #[arg(long, value_name = "CLASS", default_value = crate::k8s::translate::DEFAULT_LOAD_BALANCER_CLASS)]
     pub load_balancer_class: String,

@@ -15,6 +15,7 @@ use lb::{
     dataplane::DataplaneConfig,
     health::HealthConfig,
     k8s::{
+        election::ElectionConfig,
         kube_source::{KubeConfigSource, KubeSource},
         pools::{Pool, Pools},
         source::{ManifestSource, Source},
@@ -234,6 +235,16 @@ fn run_agent(args: AgentArgs) -> Result<()> {
     };
     let manifests = args.manifests;
     let metallb_namespace = args.metallb_namespace;
+    let identity = match args.identity {
+        Some(identity) if identity.is_empty() => anyhow::bail!("--identity: must not be empty"),
+        Some(identity) => identity,
+        None => host_name().context("--identity: no host name to default to")?,
+    };
+    let election = args.leader_elect.then(|| ElectionConfig {
+        namespace: args.leader_election_namespace,
+        identity: identity.clone(),
+        lease_duration: args.leader_election_lease_duration,
+    });
     let options = |source| AgentOptions {
         interfaces: args.interfaces,
         source,
@@ -266,7 +277,7 @@ fn run_agent(args: AgentArgs) -> Result<()> {
             // The Kubernetes source starts its watches, so it needs the runtime.
             let source = match (kubernetes, manifests) {
                 (Some(config), _) => Source::Kubernetes(Box::new(
-                    KubeSource::connect(&config, &metallb_namespace)
+                    KubeSource::connect(&config, &metallb_namespace, &identity, election)
                         .await
                         .context("connecting to the Kubernetes API")?,
                 )),
@@ -277,4 +288,18 @@ fn run_agent(args: AgentArgs) -> Result<()> {
             };
             agent::run(options(source)).await
         })
+}
+
+/// The host's name (`uname -n`), which names this agent among several.
+fn host_name() -> Result<String> {
+    let mut buffer = [0u8; 256];
+    // SAFETY: the buffer outlives the call, which writes at most its length.
+    let result = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    if result != 0 {
+        return Err(std::io::Error::last_os_error()).context("gethostname");
+    }
+    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+    let name = String::from_utf8_lossy(&buffer[..end]).into_owned();
+    anyhow::ensure!(!name.is_empty(), "the host name is empty");
+    Ok(name)
 }

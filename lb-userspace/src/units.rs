@@ -33,6 +33,20 @@ pub fn parse_sample_interval(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// [`parse_duration`] in whole seconds from 2 s to a day: a Lease's duration
+/// (`spec.leaseDurationSeconds` holds seconds; its holder renews it every
+/// sixth of it).
+pub fn parse_lease_duration(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration.subsec_nanos() != 0 || !(2..=86_400).contains(&duration.as_secs()) {
+        return Err(format!(
+            "{:?} is not a whole number of seconds from 2s to 24h",
+            text.trim()
+        ));
+    }
+    Ok(duration)
+}
+
 /// Parses a duration as Go writes it, which Kubernetes objects carry:
 /// `90s`, `1m30s`, `1.5h`, `300ms`, or `0`.
 pub fn parse_go_duration(text: &str) -> Result<Duration, String> {

@@ -100,6 +100,17 @@ fn agent_rejects_bad_settings_before_touching_the_kernel() {
             2,
             "'--health-rise <N>': 0 is not in 1..",
         ),
+        (
+            &["--leader-election-lease-duration", "1500ms"][..],
+            2,
+            "\"1500ms\" is not a whole number of seconds from 2s to 24h",
+        ),
+        (
+            &["--leader-elect", "maybe"][..],
+            2,
+            "invalid value 'maybe' for '--leader-elect <BOOL>'",
+        ),
+        (&["--identity", ""][..], 1, "--identity: must not be empty"),
     ]
     .into_iter()
     .enumerate()

@@ -43,10 +43,10 @@ pub(super) struct EventRecorder {
 
 impl EventRecorder {
     /// Starts the recording task (needs a Tokio runtime).
-    pub(super) fn start(client: &Client) -> Self {
+    pub(super) fn start(client: &Client, instance: &str) -> Self {
         let reporter = Reporter {
             controller: CONTROLLER.to_owned(),
-            instance: std::env::var("HOSTNAME").ok(),
+            instance: Some(instance.to_owned()),
         };
         let recorders: Vec<Recorder> = (0..RECORDERS)
             .map(|_| Recorder::new(client.clone(), reporter.clone()))
@@ -126,7 +126,7 @@ mod tests {
     async fn a_second_flush_returns() {
         let config = kube::Config::new("http://127.0.0.1:9".parse().expect("url"));
         let client = Client::try_from(config).expect("client");
-        let mut events = EventRecorder::start(&client);
+        let mut events = EventRecorder::start(&client, "lb-test");
         events.flush(Duration::from_secs(5)).await;
         events.flush(Duration::from_secs(5)).await;
         assert!(events.task.is_finished());

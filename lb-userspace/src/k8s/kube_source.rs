@@ -31,6 +31,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use super::{
+    election::{ElectionConfig, Elector},
     metallb::objects::{
         BFDProfile, BGPAdvertisement, BGPPeer, Community, IPAddressPool, L2Advertisement,
         from_value,
@@ -82,6 +83,8 @@ pub struct KubeSource {
     /// Bumped by the watch tasks on every change.
     changes: watch::Receiver<()>,
     status: StatusWriter,
+    /// `None` when this agent writes without an election (one host).
+    elector: Option<Elector>,
     /// Until every store has finished its first list, nothing is reported: an
     /// empty store would look like every Service was deleted.
     ready: bool,
@@ -101,6 +104,8 @@ impl KubeSource {
     pub async fn connect(
         config: &KubeConfigSource,
         metallb_namespace: &str,
+        identity: &str,
+        election: Option<ElectionConfig>,
     ) -> Result<Self, KubeError> {
         let config = match config {
             KubeConfigSource::File(path) => {
@@ -122,9 +127,10 @@ impl KubeSource {
                 changed.clone(),
             ),
             metallb: MetallbKinds::start(&client, metallb_namespace, &changed),
+            elector: election.map(|election| Elector::start(client.clone(), election, changed)),
             skipped: Vec::new(),
             changes,
-            status: StatusWriter::new(client),
+            status: StatusWriter::new(client, identity),
             ready: false,
             forced: false,
             next_resync: Instant::now() + RESYNC,
@@ -133,9 +139,19 @@ impl KubeSource {
         })
     }
 
-    /// Records the Events still queued, for at most `grace`.
+    /// Records the Events still queued, for at most `grace`, and gives up
+    /// the leader Lease if this agent holds it.
     pub(super) async fn flush(&mut self, grace: Duration) {
         self.status.flush(grace).await;
+        if let Some(elector) = &mut self.elector {
+            elector.resign().await;
+        }
+    }
+
+    /// Whether this agent assigns addresses and writes statuses: it is
+    /// elected, or there is no election.
+    pub(super) fn assigns(&self) -> bool {
+        self.elector.as_ref().is_none_or(Elector::leading)
     }
 
     /// Waits for a change (or a refresh, or the periodic resync) and returns
@@ -151,6 +167,9 @@ impl KubeSource {
             .await;
             self.namespaces.ready().await;
             self.metallb.ready().await;
+            if let Some(elector) = &mut self.elector {
+                elector.settled().await;
+            }
             self.ready = true;
             info!("initial lists received");
         } else if !std::mem::take(&mut self.forced) {
@@ -196,6 +215,10 @@ impl KubeSource {
     /// Writes VIPs into the Services' status and Events for what went wrong;
     /// what fails is tried again soon.
     pub(super) async fn report(&mut self, translation: &Translation) {
+        // The elected agent writes for everyone.
+        if !self.assigns() {
+            return;
+        }
         if !self.status.write(&self.services, translation).await {
             self.next_resync = Instant::now() + RETRY;
         }

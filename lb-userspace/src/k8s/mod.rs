@@ -1,5 +1,6 @@
 //! Kubernetes objects: where they come from (manifests or an API server),
 //! translating them into the desired state, and reporting back.
+pub mod election;
 mod events;
 pub mod family;
 #[cfg(any(test, feature = "fixtures"))]

@@ -16,7 +16,7 @@ use super::{
     kube_source::KubeSource,
     manifests::{ManifestError, load_path},
     objects::ClusterObjects,
-    translate::Translation,
+    translate::{Role, Translation},
 };
 
 /// How often the manifests are checked for changes.
@@ -56,6 +56,15 @@ impl Source {
             // The API server's objects are whole or not listed at all, and
             // the Services' statuses hold their addresses.
             Self::Kubernetes(_) => {}
+        }
+    }
+
+    /// What this agent does about addresses: manifests are one agent's
+    /// alone; against an API server, only the elected agent assigns.
+    pub fn role(&self) -> Role {
+        match self {
+            Self::Kubernetes(source) if !source.assigns() => Role::Adopt,
+            _ => Role::Assign,
         }
     }
 

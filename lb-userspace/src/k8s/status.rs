@@ -45,10 +45,11 @@ pub(super) struct StatusWriter {
 }
 
 impl StatusWriter {
-    /// A writer with its Event recorder (needs a Tokio runtime).
-    pub(super) fn new(client: Client) -> Self {
+    /// A writer with its Event recorder (needs a Tokio runtime), whose
+    /// Events name `identity` as the instance reporting them.
+    pub(super) fn new(client: Client, identity: &str) -> Self {
         Self {
-            events: EventRecorder::start(&client),
+            events: EventRecorder::start(&client, identity),
             client,
             reported: BTreeSet::new(),
             to_clear: BTreeMap::new(),

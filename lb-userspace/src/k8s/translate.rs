@@ -72,11 +72,23 @@ impl Default for TranslateConfig {
     }
 }
 
+/// What the agent does about Services' addresses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Role {
+    /// Gives each Service its addresses (requested, held or allocated).
+    #[default]
+    Assign,
+    /// Serves each Service on the addresses its status shows, and waits for
+    /// the elected agent to assign those that show none.
+    Adopt,
+}
+
 /// Translates cluster objects, remembering VIP allocations from one round to the
 /// next so that Services keep their addresses.
 #[derive(Debug, Clone, Default)]
 pub struct Translator {
     pub config: TranslateConfig,
+    role: Role,
     /// The pools in use and the addresses handed out.
     pub pools: Pools,
     /// The pools the flags give, used while no IPAddressPool exists.
@@ -166,12 +178,22 @@ impl Translator {
     pub fn new(config: TranslateConfig, pools: Pools) -> Self {
         Self {
             config,
+            role: Role::Assign,
             flag_pools: pools.clone(),
             pools,
             clash_reported: false,
             warned: BTreeSet::new(),
             translation: Translation::default(),
             made_from: None,
+        }
+    }
+
+    /// Assigns addresses or adopts them from the next translation on.
+    pub fn set_role(&mut self, role: Role) {
+        if role != self.role {
+            self.role = role;
+            // The addresses change: every Service is translated again.
+            self.made_from = None;
         }
     }
 
@@ -282,7 +304,7 @@ impl Translator {
             tracing::info!(%vip, "released the VIP of {owner}, which lb no longer serves");
         }
         let mut translation = Translation::default();
-        for (service, vips) in vips::assign(&services, &mut self.pools, &mut skips) {
+        for (service, vips) in vips::assign(&services, self.role, &mut self.pools, &mut skips) {
             let backends = backends::for_service(service, &nodes, &endpoints);
             for port in service.ports {
                 let port = match backends::ServedPort::new(service, port) {

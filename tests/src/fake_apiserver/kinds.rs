@@ -10,6 +10,8 @@ pub enum Kind {
     Event,
     Namespace,
     Secret,
+    /// coordination.k8s.io/v1, which the agents elect their writer with.
+    Lease,
     // MetalLB's, served only while its CRDs are installed.
     IPAddressPool,
     L2Advertisement,
@@ -59,13 +61,14 @@ const fn metallb(
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Service,
         Kind::Node,
         Kind::EndpointSlice,
         Kind::Event,
         Kind::Namespace,
         Kind::Secret,
+        Kind::Lease,
         Kind::IPAddressPool,
         Kind::L2Advertisement,
         Kind::BGPAdvertisement,
@@ -94,6 +97,10 @@ impl Kind {
             },
             Kind::Namespace => core("Namespace", "namespaces", false),
             Kind::Secret => core("Secret", "secrets", true),
+            Kind::Lease => Definition {
+                api_version: "coordination.k8s.io/v1",
+                ..core("Lease", "leases", true)
+            },
             Kind::IPAddressPool => metallb("IPAddressPool", "metallb.io/v1beta1", "ipaddresspools"),
             Kind::L2Advertisement => {
                 metallb("L2Advertisement", "metallb.io/v1beta1", "l2advertisements")

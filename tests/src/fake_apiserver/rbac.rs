@@ -140,6 +140,8 @@ impl Documents {
             "Role" => self.roles.push(serde_yaml::from_value(value)?),
             "ClusterRoleBinding" => self.cluster_bindings.push(serde_yaml::from_value(value)?),
             "RoleBinding" => self.bindings.push(serde_yaml::from_value(value)?),
+            // The namespace the ServiceAccount lives in grants nothing.
+            "Namespace" => {}
             other => bail!("not an RBAC object: kind {other:?}"),
         }
         Ok(())

@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use super::{
-    LoadBalancer, Problem, Skips,
+    LoadBalancer, Problem, Role, Skips,
     annotations::{ADDRESSES, POOL},
 };
 use crate::k8s::{
@@ -95,13 +95,15 @@ struct Failure {
 type Outcomes = BTreeMap<Slot, Result<IpAddr, Failure>>;
 
 /// Gives each Service its VIPs (IPv4 first), claiming requested and held ones
-/// in the pools before allocating the rest.
+/// in the pools before allocating the rest; in `Role::Adopt`, only those its
+/// status shows.
 pub(super) fn assign<'s, 'a>(
     services: &'s [LoadBalancer<'a>],
+    role: Role,
     pools: &mut Pools,
     skips: &mut Skips,
 ) -> Vec<(&'s LoadBalancer<'a>, Vec<IpAddr>)> {
-    let demand = Demand::of(services, pools, skips);
+    let demand = Demand::of(services, role, pools, skips);
     let mut outcomes = Outcomes::new();
     for (vip, candidates) in demand.contenders {
         settle(vip, candidates, pools, &mut outcomes);
@@ -130,14 +132,19 @@ struct Demand<'s, 'a> {
 }
 
 impl<'s, 'a> Demand<'s, 'a> {
-    fn of(services: &'s [LoadBalancer<'a>], pools: &mut Pools, skips: &mut Skips) -> Self {
+    fn of(
+        services: &'s [LoadBalancer<'a>],
+        role: Role,
+        pools: &mut Pools,
+        skips: &mut Skips,
+    ) -> Self {
         let mut demand = Self {
             policies: Vec::new(),
             contenders: BTreeMap::new(),
             unassigned: Vec::new(),
         };
         for (index, service) in services.iter().enumerate() {
-            match plan(service, pools) {
+            match plan(service, role, pools) {
                 Ok(plan) => demand.add(index, service, plan, pools),
                 Err(reason) => skips.service(&service.owner, Problem::Invalid, reason),
             }
@@ -256,8 +263,11 @@ fn served_vips(
     (!vips.is_empty() && !missing).then_some(vips)
 }
 
-/// What the Service asks for, or why that makes no sense.
-fn plan<'a>(service: &LoadBalancer<'a>, pools: &Pools) -> Result<Plan<'a>, String> {
+/// What the Service asks for, or why that makes no sense. Adopting, a
+/// family its status shows no address of is not served (the elected agent
+/// has not assigned it yet), and one it shows is served whatever the pools
+/// say (the elected agent's pools decide).
+fn plan<'a>(service: &LoadBalancer<'a>, role: Role, pools: &Pools) -> Result<Plan<'a>, String> {
     let policy = Policy::of(service)?;
     let mut families = policy.families(&listed_families(service)?);
     let requested = requested(service, &families)?;
@@ -279,15 +289,21 @@ fn plan<'a>(service: &LoadBalancer<'a>, pools: &Pools) -> Result<Plan<'a>, Strin
     };
     let want = |family: Family| {
         let of_family = |vip: &&IpAddr| Family::of(**vip) == family;
-        if let Some(vip) = requested.iter().find(of_family) {
+        if role == Role::Adopt {
+            return statuses.iter().find(of_family).map(|vip| Want::Held(*vip));
+        }
+        Some(if let Some(vip) = requested.iter().find(of_family) {
             Want::Requested(*vip)
         } else if let Some(vip) = statuses.iter().find(of_family).filter(|vip| in_pool(vip)) {
             Want::Held(*vip)
         } else {
             Want::Allocate(pool)
-        }
+        })
     };
-    let wants = families.into_iter().map(|f| (f, want(f))).collect();
+    let wants = families
+        .into_iter()
+        .filter_map(|family| Some((family, want(family)?)))
+        .collect();
     Ok(Plan { policy, wants })
 }
 

@@ -667,3 +667,35 @@ fn a_service_that_moves_off_its_address_gives_it_up() {
     assert!(!translation.vips.contains_key("ns/a"), "b keeps .5");
     assert_eq!(translation.released, vec![("ns/a".to_owned(), held[0])]);
 }
+
+/// Not elected, an agent serves each Service on what its status shows (the
+/// elected agent's choice, in a pool of this agent's or not), allocates
+/// nothing, and takes no requested address the status does not show yet.
+/// Elected again, it assigns as before, keeping what the statuses show.
+#[test]
+fn adopting_serves_only_what_statuses_show() {
+    let shown = with_status_ips(service("shown", vec![tcp(80, 30080)]), &["198.51.100.7"]);
+    let elsewhere = with_status_ips(service("elsewhere", vec![tcp(80, 30081)]), &["203.0.113.9"]);
+    let waiting = service("waiting", vec![tcp(80, 30082)]);
+    let requested = with_lb_ip(service("requested", vec![tcp(80, 30083)]), "198.51.100.2");
+    let cluster = objects(vec![shown, elsewhere, waiting, requested], vec![]);
+    let mut pool = pool();
+    pool.set_role(Role::Adopt);
+    let translation = pool.translate(&cluster);
+    assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
+    let adopted = [
+        ("ns/shown:p80".to_owned(), ip("198.51.100.7")),
+        ("ns/elsewhere:p80".to_owned(), ip("203.0.113.9")),
+    ];
+    assert_eq!(served(translation), adopted);
+    pool.set_role(Role::Assign);
+    let translation = pool.translate(&cluster);
+    // An address outside this agent's pool moves into it.
+    let assigned = [
+        ("ns/elsewhere:p80".to_owned(), ip("198.51.100.1")),
+        ("ns/requested:p80".to_owned(), ip("198.51.100.2")),
+        ("ns/waiting:p80".to_owned(), ip("198.51.100.3")),
+        ("ns/shown:p80".to_owned(), ip("198.51.100.7")),
+    ];
+    assert_eq!(served(translation), assigned);
+}

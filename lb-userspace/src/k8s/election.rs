@@ -1,0 +1,347 @@
+//! Which of several agents reading one API server assigns addresses and
+//! writes statuses and Events: the holder of a `coordination.k8s.io` Lease,
+//! elected as Kubernetes' own controllers elect theirs. The others serve the
+//! addresses the statuses show. Without one writer, hosts that saw Services
+//! appear in another order would assign them differently and overwrite each
+//! other's statuses.
+//!
+//! The holder renews the Lease every retry period. Another agent takes it
+//! once it has seen the same record, unrenewed, for the Lease's duration by
+//! its own clock (renew times written by another host's clock are never
+//! compared with this one's). A holder that cannot renew within the renew
+//! deadline (two thirds of the duration) stops writing, before anyone may
+//! take over. A stopping holder gives the Lease up, so the next takes over at
+//! once.
+
+use std::time::Duration;
+
+use k8s_openapi::{
+    api::coordination::v1::{Lease, LeaseSpec},
+    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client,
+    api::{PostParams, Resource as _},
+};
+use tokio::{
+    sync::watch,
+    task::JoinHandle,
+    time::{Instant, sleep},
+};
+use tracing::{info, warn};
+
+/// The Lease's name, in the namespace the flags give.
+pub const LEASE_NAME: &str = "lb-controller";
+
+/// What the agent needs to take part in the election.
+#[derive(Clone, Debug)]
+pub struct ElectionConfig {
+    pub namespace: String,
+    /// Who this agent is in the Lease's `holderIdentity` (and Events'
+    /// `reportingInstance`): unique among the agents.
+    pub identity: String,
+    /// How long a Lease nobody renews stays held.
+    pub lease_duration: Duration,
+}
+
+impl ElectionConfig {
+    /// How often the Lease is renewed, or looked at by the others.
+    fn retry_period(&self) -> Duration {
+        self.lease_duration / 6
+    }
+
+    /// How long a holder that cannot renew keeps writing.
+    fn renew_deadline(&self) -> Duration {
+        self.lease_duration * 2 / 3
+    }
+}
+
+/// Where this agent stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Leadership {
+    /// No attempt has finished yet.
+    Unknown,
+    Leading,
+    Following,
+}
+
+/// The election task and what it concluded last.
+pub struct Elector {
+    standing: watch::Receiver<Leadership>,
+    task: JoinHandle<()>,
+    api: Api<Lease>,
+    identity: String,
+}
+
+impl Elector {
+    /// Starts taking part (needs a Tokio runtime); `changed` is bumped
+    /// whenever the standing changes.
+    pub fn start(client: Client, config: ElectionConfig, changed: watch::Sender<()>) -> Self {
+        let api: Api<Lease> = Api::namespaced(client, &config.namespace);
+        let (standing, receiver) = watch::channel(Leadership::Unknown);
+        let identity = config.identity.clone();
+        let task = tokio::spawn(campaign(api.clone(), config, standing, changed));
+        Self {
+            standing: receiver,
+            task,
+            api,
+            identity,
+        }
+    }
+
+    pub fn leading(&self) -> bool {
+        *self.standing.borrow() == Leadership::Leading
+    }
+
+    /// Waits for the first attempt's outcome, so that a start does not
+    /// mistake itself for a follower.
+    pub async fn settled(&mut self) {
+        // The task ends only with the runtime.
+        let _ = self
+            .standing
+            .wait_for(|standing| *standing != Leadership::Unknown)
+            .await;
+    }
+
+    /// Stops renewing and, if this agent holds the Lease, gives it up so that
+    /// another takes over without waiting for it to expire.
+    pub async fn resign(&mut self) {
+        self.task.abort();
+        if !self.leading() {
+            return;
+        }
+        if let Err(error) = self.give_up().await {
+            warn!(%error, "giving up the leader Lease; the others take over when it expires");
+        }
+    }
+
+    async fn give_up(&self) -> kube::Result<()> {
+        let Some(mut lease) = self.api.get_opt(LEASE_NAME).await? else {
+            return Ok(());
+        };
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        if spec.holder_identity.as_deref() != Some(&self.identity) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        self.api
+            .replace(LEASE_NAME, &PostParams::default(), &lease)
+            .await?;
+        info!("gave up the leader Lease");
+        Ok(())
+    }
+}
+
+/// The Lease's record as last seen, and when this agent first saw it so.
+struct Observed {
+    record: (Option<String>, Option<MicroTime>, Option<String>),
+    since: Instant,
+}
+
+/// Tries to take or renew the Lease every retry period, for ever.
+async fn campaign(
+    api: Api<Lease>,
+    config: ElectionConfig,
+    standing: watch::Sender<Leadership>,
+    changed: watch::Sender<()>,
+) {
+    let mut observed: Option<Observed> = None;
+    let mut renewed: Option<Instant> = None;
+    // Logged when it first appears, not at every retry while it lasts (a
+    // missing permission lasts until someone grants it).
+    let mut failing: Option<String> = None;
+    loop {
+        let leading = match attempt(&api, &config, &mut observed).await {
+            Ok(held) => {
+                if failing.take().is_some() {
+                    info!("the leader Lease can be read and written again");
+                }
+                renewed = held.then(Instant::now);
+                held
+            }
+            Err(error) => {
+                let message = error.to_string();
+                if failing.as_ref() != Some(&message) {
+                    warn!(
+                        %error,
+                        namespace = %config.namespace,
+                        lease = LEASE_NAME,
+                        "leader election: the Lease cannot be read or written"
+                    );
+                    failing = Some(message);
+                }
+                renewed.is_some_and(|at| at.elapsed() < config.renew_deadline())
+            }
+        };
+        let now = if leading {
+            Leadership::Leading
+        } else {
+            Leadership::Following
+        };
+        let before = standing.send_replace(now);
+        if before != now {
+            match now {
+                Leadership::Leading => info!(
+                    identity = %config.identity,
+                    "elected: this agent assigns addresses and writes statuses and Events"
+                ),
+                _ => info!(
+                    holder = observed
+                        .as_ref()
+                        .and_then(|o| o.record.0.as_deref())
+                        .unwrap_or("nobody"),
+                    "following: serving the addresses the Services' statuses show"
+                ),
+            }
+            changed.send_replace(());
+        }
+        sleep(config.retry_period()).await;
+    }
+}
+
+/// One look at the Lease: takes it if it is free or expired, renews it if it
+/// is this agent's. True if this agent holds it now.
+async fn attempt(
+    api: &Api<Lease>,
+    config: &ElectionConfig,
+    observed: &mut Option<Observed>,
+) -> kube::Result<bool> {
+    let now = MicroTime(Timestamp::now());
+    let Some(mut lease) = api.get_opt(LEASE_NAME).await? else {
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(LEASE_NAME.to_owned()),
+                namespace: Some(config.namespace.clone()),
+                ..Default::default()
+            },
+            spec: Some(held_by(LeaseSpec::default(), config, now)),
+        };
+        return written(api.create(&PostParams::default(), &lease).await, observed);
+    };
+    let spec = lease.spec.take().unwrap_or_default();
+    let record = (
+        spec.holder_identity
+            .clone()
+            .filter(|holder| !holder.is_empty()),
+        spec.renew_time.clone(),
+        lease.meta().resource_version.clone(),
+    );
+    let since = match observed.take() {
+        Some(seen) if seen.record == record => seen.since,
+        _ => Instant::now(),
+    };
+    let duration = spec
+        .lease_duration_seconds
+        .and_then(|seconds| u64::try_from(seconds).ok())
+        .map_or(config.lease_duration, Duration::from_secs);
+    let free = may_take(
+        record.0.as_deref(),
+        &config.identity,
+        since.elapsed(),
+        duration,
+    );
+    *observed = Some(Observed { record, since });
+    if !free {
+        return Ok(false);
+    }
+    lease.spec = Some(held_by(spec, config, now));
+    let replaced = api
+        .replace(LEASE_NAME, &PostParams::default(), &lease)
+        .await;
+    written(replaced, observed)
+}
+
+/// Whether this agent (`me`) may write itself into a Lease held by
+/// `holder`, whose record it has seen unchanged for `unchanged_for`.
+fn may_take(holder: Option<&str>, me: &str, unchanged_for: Duration, duration: Duration) -> bool {
+    match holder {
+        None => true,
+        Some(holder) if holder == me => true,
+        Some(_) => unchanged_for >= duration,
+    }
+}
+
+/// `spec` held by this agent from `now`: a new holder's acquire time and a
+/// transition more.
+fn held_by(mut spec: LeaseSpec, config: &ElectionConfig, now: MicroTime) -> LeaseSpec {
+    if spec.holder_identity.as_deref() != Some(&config.identity) {
+        spec.acquire_time = Some(now.clone());
+        spec.lease_transitions = Some(spec.lease_transitions.map_or(0, |n| n + 1));
+    }
+    spec.holder_identity = Some(config.identity.clone());
+    spec.lease_duration_seconds =
+        Some(i32::try_from(config.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX));
+    spec.renew_time = Some(now);
+    spec
+}
+
+/// The outcome of a write of the Lease: another agent's write in between
+/// (409) means this one does not hold it.
+fn written(result: kube::Result<Lease>, observed: &mut Option<Observed>) -> kube::Result<bool> {
+    match result {
+        Ok(lease) => {
+            let spec = lease.spec.clone().unwrap_or_default();
+            *observed = Some(Observed {
+                record: (
+                    spec.holder_identity,
+                    spec.renew_time,
+                    lease.meta().resource_version.clone(),
+                ),
+                since: Instant::now(),
+            });
+            Ok(true)
+        }
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_is_taken_only_when_free_own_or_unrenewed_for_its_duration() {
+        let duration = Duration::from_secs(15);
+        let cases = [
+            (None, Duration::ZERO, true),
+            (Some("me"), Duration::ZERO, true),
+            (Some("other"), Duration::ZERO, false),
+            (Some("other"), Duration::from_secs(14), false),
+            (Some("other"), Duration::from_secs(15), true),
+        ];
+        for (holder, unchanged_for, expected) in cases {
+            assert_eq!(
+                may_take(holder, "me", unchanged_for, duration),
+                expected,
+                "{holder:?} unchanged for {unchanged_for:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_new_holder_counts_a_transition_and_a_renewal_does_not() {
+        let config = ElectionConfig {
+            namespace: "lb-system".into(),
+            identity: "me".into(),
+            lease_duration: Duration::from_secs(15),
+        };
+        let first = held_by(LeaseSpec::default(), &config, MicroTime(Timestamp::now()));
+        assert_eq!(first.lease_transitions, Some(0));
+        assert_eq!(first.holder_identity.as_deref(), Some("me"));
+        assert_eq!(first.lease_duration_seconds, Some(15));
+        let renewed = held_by(first.clone(), &config, MicroTime(Timestamp::now()));
+        assert_eq!(renewed.lease_transitions, Some(0));
+        assert_eq!(renewed.acquire_time, first.acquire_time);
+        let other = ElectionConfig {
+            identity: "other".into(),
+            ..config
+        };
+        let taken = held_by(renewed, &other, MicroTime(Timestamp::now()));
+        assert_eq!(taken.lease_transitions, Some(1));
+        assert_eq!(taken.holder_identity.as_deref(), Some("other"));
+    }
+}

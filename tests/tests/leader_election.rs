@@ -1,0 +1,227 @@
+//! Several lb hosts against one API server: the real `lb agent` twice (each
+//! on its own interface, with its own pins), watching one fake API server.
+//! The holder of the Lease `lb-controller` assigns addresses and writes the
+//! statuses and Events; the other serves what the statuses show, assigns
+//! nothing while the holder renews, and takes over when the holder freezes
+//! (the Lease expires) or stops (it gives the Lease up).
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use k8s_openapi::api::{coordination::v1::Lease, events::v1::Event};
+use lb_tests::{
+    agent::Agent,
+    fake_apiserver::{
+        FakeApiServer, Options,
+        fixtures::{load_balancer, node},
+    },
+    kube_agent::KubeAgent,
+    netns::{NetNs, veth},
+};
+
+const READY: Duration = Duration::from_secs(20);
+const NS: &str = "shop";
+/// Short, so that a takeover after a freeze fits a test.
+const LEASE_DURATION: Duration = Duration::from_secs(4);
+
+/// The flags both agents get; `identity` names each.
+fn flags(identity: &str, metrics: &str) -> Vec<String> {
+    [
+        "--health-interval",
+        "0",
+        "--ring-size",
+        "251",
+        "--vip-pool",
+        "198.51.100.0/28",
+        "--leader-election-lease-duration",
+        "4s",
+        "--identity",
+        identity,
+        "--metrics-address",
+        metrics,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// Who holds the Lease, as the API server has it.
+fn holder(server: &FakeApiServer) -> Option<String> {
+    let lease = server
+        .get::<Lease>(Some("lb-system"), "lb-controller")
+        .ok()??;
+    lease.spec?.holder_identity
+}
+
+/// Each Service (`namespace/name`) the agent's data path serves, with its VIP.
+fn served(agent: &Agent) -> BTreeMap<String, IpAddr> {
+    let Ok(serde_json::Value::Array(rows)) = agent.query("services") else {
+        return BTreeMap::new();
+    };
+    rows.iter()
+        .filter_map(|row| {
+            let name = row["name"].as_str()?;
+            let owner = name.rsplit_once(':').map_or(name, |(owner, _)| owner);
+            Some((owner.to_owned(), row["vip"].as_str()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Each Service's VIP as its status shows it.
+fn statuses(kube: &KubeAgent, names: &[&str]) -> BTreeMap<String, IpAddr> {
+    names
+        .iter()
+        .filter_map(|name| {
+            let vip = kube.vip(NS, name).ok()??;
+            Some((format!("{NS}/{name}"), IpAddr::V4(vip)))
+        })
+        .collect()
+}
+
+/// The second host: an agent on `lb1` with a kubeconfig for `server`.
+struct Second {
+    agent: Agent,
+    kubeconfig: PathBuf,
+}
+
+impl Second {
+    fn start(ns: &NetNs, server: &FakeApiServer) -> Result<Self> {
+        let kubeconfig =
+            std::env::temp_dir().join(format!("lb-kubeconfig-{}-second.yaml", std::process::id()));
+        server.write_kubeconfig(&kubeconfig)?;
+        let path = kubeconfig.display().to_string();
+        let extra = flags("host-b", "127.0.0.1:9642");
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let agent = Agent::start_from(ns, &["lb1"], &["--kubeconfig", &path], &extra)?;
+        Ok(Self { agent, kubeconfig })
+    }
+
+    /// Waits as [`KubeAgent::wait_for`] does, with this agent's log too on
+    /// failure.
+    fn agent_wait<T>(
+        &self,
+        first: &KubeAgent,
+        what: &str,
+        mut check: impl FnMut() -> Option<T>,
+    ) -> Result<T> {
+        first
+            .wait_for(what, READY, &mut check)
+            .map_err(|e| e.context(format!("host-b's log:\n{}", self.agent.log())))
+    }
+}
+
+impl Drop for Second {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.kubeconfig);
+    }
+}
+
+#[test]
+fn one_elected_agent_assigns_and_the_other_takes_over() -> Result<()> {
+    let ns = NetNs::new("elect")?;
+    veth(&ns, "lb0", &ns, "peer0")?;
+    veth(&ns, "lb1", &ns, "peer1")?;
+    let extra = flags("host-a", "127.0.0.1:9641");
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let first = KubeAgent::start(&ns, &["lb0"], Options::default(), &extra)?;
+    let server = &first.server;
+    first.wait_for("host-a holding the Lease", READY, || {
+        (holder(server).as_deref() == Some("host-a")).then_some(())
+    })?;
+    let second = Second::start(&ns, server)?;
+    for index in 1..=2 {
+        let ip = std::net::Ipv4Addr::new(10, 1, 0, 10 + index);
+        server.apply(&node(&format!("node-{index}"), ip))?;
+    }
+    let mut names = vec!["s0", "s1", "s2", "s3", "s4", "s5"];
+    for (port, name) in (30080..).zip(&names) {
+        server.apply(&load_balancer(NS, name, &[(80, port)]))?;
+    }
+
+    // Every Service gets one address, which both hosts serve it on.
+    let assigned = first.wait_for("both hosts serving every status", READY, || {
+        let shown = statuses(&first, &names);
+        (shown.len() == names.len()
+            && served(&first.agent) == shown
+            && served(&second.agent) == shown)
+            .then_some(shown)
+    })?;
+    let mut vips: Vec<IpAddr> = assigned.values().copied().collect();
+    vips.sort();
+    vips.dedup();
+    assert_eq!(vips.len(), names.len(), "one address each: {assigned:?}");
+    // Only the holder records Events.
+    let events = first.wait_for("an IPAllocated Event per Service", READY, || {
+        let events = server.list::<Event>().ok()?;
+        (events.len() >= names.len()).then_some(events)
+    })?;
+    for event in &events {
+        assert_eq!(
+            event.reporting_instance.as_deref(),
+            Some("host-a"),
+            "{event:?}"
+        );
+    }
+
+    // The holder freezes: the other assigns nothing while the Lease holds,
+    // then takes it and assigns.
+    first.agent.signal(libc::SIGSTOP)?;
+    let frozen = Instant::now();
+    server.apply(&load_balancer(NS, "late", &[(80, 30090)]))?;
+    std::thread::sleep(LEASE_DURATION / 2);
+    assert_eq!(
+        first.vip(NS, "late")?,
+        None,
+        "assigned while the Lease held"
+    );
+    assert!(!served(&second.agent).contains_key("shop/late"));
+    assert_eq!(holder(server).as_deref(), Some("host-a"));
+    let late = second.agent_wait(&first, "host-b assigning after the Lease expired", || {
+        let vip = first.vip(NS, "late").ok()??;
+        let serving = served(&second.agent).get("shop/late") == Some(&IpAddr::V4(vip));
+        (serving && holder(server).as_deref() == Some("host-b")).then_some(vip)
+    })?;
+    // The holder last renewed at most a retry period (a sixth of the
+    // duration) before it froze.
+    assert!(
+        frozen.elapsed() >= LEASE_DURATION - LEASE_DURATION / 6,
+        "taken over {:?} after the freeze, before the Lease expired",
+        frozen.elapsed()
+    );
+    assert!(
+        !assigned.values().any(|vip| *vip == IpAddr::V4(late)),
+        "{late} was taken already: {assigned:?}"
+    );
+
+    // The former holder wakes up as a follower and serves the new address.
+    first.agent.signal(libc::SIGCONT)?;
+    names.push("late");
+    first.wait_for("host-a serving what host-b assigned", READY, || {
+        let shown = statuses(&first, &names);
+        (served(&first.agent) == shown && shown.len() == names.len()).then_some(())
+    })?;
+    assert_eq!(holder(server).as_deref(), Some("host-b"));
+
+    // The holder stops: it gives the Lease up, and the other takes over
+    // without waiting for it to expire.
+    let stopping = Instant::now();
+    second.agent.signal(libc::SIGTERM)?;
+    first.wait_for("host-a holding the Lease again", READY, || {
+        (holder(server).as_deref() == Some("host-a")).then_some(())
+    })?;
+    // Had it expired instead, that would have taken the Lease's duration
+    // from the last renewal, at most a retry period before the signal.
+    assert!(
+        stopping.elapsed() < LEASE_DURATION - LEASE_DURATION / 6,
+        "taken over {:?} after SIGTERM: the Lease was not given up",
+        stopping.elapsed()
+    );
+    second.agent.wait_for_exit(READY)?;
+    server.apply(&load_balancer(NS, "after", &[(80, 30091)]))?;
+    first.wait_for_vip(NS, "after", READY)?;
+    Ok(())
+}
