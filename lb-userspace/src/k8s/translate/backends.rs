@@ -153,15 +153,16 @@ pub(super) fn index_endpoints<'a>(
             let Some(&node) = endpoint.node_name.as_deref().and_then(|n| by_name.get(n)) else {
                 continue;
             };
-            // Unset conditions mean ready and serving, and not terminating
-            // (discovery.k8s.io/v1 EndpointConditions).
+            // Unset, ready means ready, serving means what ready says, and
+            // terminating means not (discovery.k8s.io/v1 EndpointConditions).
             let conditions = endpoint.conditions.as_ref();
             let flag =
                 |get: fn(&_) -> Option<bool>, unset| conditions.and_then(get).unwrap_or(unset);
             let terminating = flag(|c| c.terminating, false);
-            let state = if flag(|c| c.ready, true) && !terminating {
+            let ready = flag(|c| c.ready, true);
+            let state = if ready && !terminating {
                 Local::Ready
-            } else if flag(|c| c.serving, true) && terminating {
+            } else if flag(|c| c.serving, ready) && terminating {
                 Local::Draining
             } else {
                 continue;

@@ -134,9 +134,11 @@ fn local_policy_follows_endpoint_slices() {
     let mut objects = objects(vec![local, no_slices, cluster], nodes);
     objects.endpoint_slices = [
         // n1 ready (unset conditions count as ready), n2 ready and draining,
-        // n3 only draining, n4 neither serving nor ready.
+        // n3 only draining, n4 neither serving nor ready, n5 terminating and
+        // not ready, with serving unset (which then means what ready says).
         slice("web", &[("n1", None, None, None), ("n2", f, t, t)]),
         slice("web", &[("n2", t, t, f), ("n3", f, t, t), ("n4", f, f, t)]),
+        slice("web", &[("n5", f, None, t)]),
         // Endpoints of other Services count for nothing.
         slice("cluster", &[("n5", t, t, f)]),
     ]
