@@ -271,8 +271,26 @@ fn plan<'a>(service: &LoadBalancer<'a>, role: Role, pools: &Pools) -> Result<Pla
     let policy = Policy::of(service)?;
     let mut families = policy.families(&listed_families(service)?);
     let requested = requested(service, &families)?;
-    let pool = service.setting(&POOL)?.map(|pool| pool.value);
+    let named_pool = service.setting(&POOL)?;
+    let pool = named_pool.as_ref().map(|pool| pool.value);
     let candidates = pools.candidates(pool, &service.claimant().service);
+    // As MetalLB: an address asked for must lie in the pool named too.
+    if let Some(named) = &named_pool
+        && !requested.is_empty()
+    {
+        let candidates = candidates
+            .as_ref()
+            .map_err(|err| format!("annotation {}: {err}", named.name))?;
+        if let Some(vip) = requested
+            .iter()
+            .find(|vip| !candidates.iter().any(|pool| pool.contains(**vip)))
+        {
+            return Err(format!(
+                "{vip} is requested, but annotation {} names pool {:?}, which does not hold it",
+                named.name, named.value
+            ));
+        }
+    }
     if policy == Policy::PreferDualStack {
         families = supplied(
             families,

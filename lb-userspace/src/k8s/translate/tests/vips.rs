@@ -699,3 +699,31 @@ fn adopting_serves_only_what_statuses_show() {
     ];
     assert_eq!(served(translation), assigned);
 }
+
+/// An address asked for must lie in the pool the Service names (MetalLB's
+/// rule); a pool named that does not exist refuses it too.
+#[test]
+fn a_requested_address_must_lie_in_the_named_pool() {
+    let in_pool = |name, address, pool| {
+        let service = with_lb_ip(service(name, vec![tcp(80, 30080)]), address);
+        annotated(service, POOL_ANNOTATION, pool)
+    };
+    let services = vec![
+        in_pool("inside", "203.0.113.2", "public"),
+        in_pool("outside", "198.51.100.2", "public"),
+        in_pool("unknown", "203.0.113.3", "nosuch"),
+    ];
+    let mut translator = translator(&["default=198.51.100.0/28", "public=203.0.113.0/29"]);
+    let translation = translator.translate(&objects(services, vec![]));
+    assert_eq!(
+        served(translation),
+        [("ns/inside:p80".to_owned(), ip("203.0.113.2"))]
+    );
+    assert_eq!(
+        skipped(translation),
+        [
+            "Service ns/outside: 198.51.100.2 is requested, but annotation lb.dev/pool names pool \"public\", which does not hold it",
+            "Service ns/unknown: annotation lb.dev/pool: no VIP pool named \"nosuch\"",
+        ]
+    );
+}
