@@ -179,10 +179,16 @@ impl Pools {
         family: Family,
     ) -> Result<IpAddr, PoolError> {
         let candidates = self.candidates(name, &claimant.service)?;
-        if let Some(held) = self
-            .lookup(claimant.owner, family)
-            .filter(|&held| candidates.iter().any(|pool| pool.contains(held)))
-        {
+        // What it holds, unless its terms (key, ports) changed so that it
+        // can no longer share it: then it moves, and the others keep it.
+        if let Some(held) = self.lookup(claimant.owner, family).filter(|&held| {
+            candidates.iter().any(|pool| pool.contains(held))
+                && self
+                    .holders
+                    .get(&held)
+                    .is_some_and(|holders| shareable(holders, claimant))
+        }) {
+            self.insert(claimant, held);
             return Ok(held);
         }
         let names = || {
@@ -266,6 +272,7 @@ impl Pools {
     /// requested address changes.
     pub fn claim(&mut self, claimant: &Claimant, addr: IpAddr) -> Result<(), PoolError> {
         if self.lookup(claimant.owner, Family::of(addr)) == Some(addr) {
+            self.insert(claimant, addr);
             return Ok(());
         }
         match self.pool_of(addr) {
@@ -293,8 +300,19 @@ impl Pools {
     pub fn join(&mut self, claimant: &Claimant, addr: IpAddr) {
         if self.lookup(claimant.owner, Family::of(addr)) != Some(addr) {
             self.release_family(claimant.owner, Family::of(addr));
-            self.insert(claimant, addr);
         }
+        // Also when it holds the address already: its terms (ports, key)
+        // may have changed, and they decide who may share it next.
+        self.insert(claimant, addr);
+    }
+
+    /// Whether `owner` holds `addr` on the sharing terms `sharing`, as it
+    /// did when it last claimed it.
+    pub fn holds_on_terms(&self, owner: &str, addr: IpAddr, sharing: Option<&Sharing>) -> bool {
+        self.holders
+            .get(&addr)
+            .and_then(|holders| holders.get(owner))
+            .is_some_and(|recorded| recorded.as_ref() == sharing)
     }
 
     /// Frees every owner not in `live` (Services gone or no longer served) and

@@ -55,29 +55,34 @@ impl Policy {
 }
 
 /// Where one VIP of a Service comes from.
-enum Want<'a> {
+enum Want {
     /// An address it names (annotation or `spec.loadBalancerIP`).
     Requested(IpAddr),
     /// The address its status shows: it had it before (maybe from an earlier
     /// agent), so it keeps it.
     Held(IpAddr),
-    /// Any free address of the family from this pool (`None`: the default one).
-    Allocate(Option<&'a str>),
+    /// Any free address of the family from the Service's pools.
+    Allocate,
 }
 
 /// What a Service asks for: a VIP of each family it names, and how many of
 /// them it needs to be served.
 struct Plan<'a> {
     policy: Policy,
-    wants: Vec<(Family, Want<'a>)>,
+    /// The pool it names (`None`: those it may have automatically).
+    pool: Option<&'a str>,
+    wants: Vec<(Family, Want)>,
 }
 
 /// Who wins a contested address, best first: the Service the pools already
-/// give it to, then one whose status shows it, then one that merely asks;
-/// names break ties. So a Service never loses a working VIP to a newcomer.
+/// give it to, then one they give it to that changed its sharing terms
+/// (key, ports) since, then one whose status shows it, then one that merely
+/// asks; names break ties. So a Service never loses a working VIP to a
+/// newcomer, nor to a sharer that changed terms.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Standing {
     Owner,
+    Altered,
     Held,
     Requested,
 }
@@ -103,10 +108,11 @@ pub(super) fn assign<'s, 'a>(
     pools: &mut Pools,
     skips: &mut Skips,
 ) -> Vec<(&'s LoadBalancer<'a>, Vec<IpAddr>)> {
-    let demand = Demand::of(services, role, pools, skips);
+    let mut demand = Demand::of(services, role, pools, skips);
     let mut outcomes = Outcomes::new();
-    for (vip, candidates) in demand.contenders {
-        settle(vip, candidates, pools, &mut outcomes);
+    for (vip, candidates) in std::mem::take(&mut demand.contenders) {
+        let moving = settle(vip, candidates, pools, &mut outcomes);
+        demand.unassigned.extend(moving);
     }
     for ((index, family), pool) in demand.unassigned {
         let outcome = pools
@@ -171,26 +177,48 @@ impl<'s, 'a> Demand<'s, 'a> {
             let (vip, asks) = match want {
                 Want::Requested(vip) => (vip, true),
                 Want::Held(vip) => (vip, false),
-                Want::Allocate(pool) => {
-                    self.unassigned.push((slot, pool));
+                Want::Allocate => {
+                    self.unassigned.push((slot, plan.pool));
                     continue;
                 }
             };
-            let standing = standing(pools, &service.owner, vip, asks);
+            let standing = standing(pools, service, vip, asks);
             self.contenders.entry(vip).or_default().push(Contender {
                 standing,
                 asks,
                 slot,
+                pool: plan.pool,
                 service,
             });
         }
     }
 }
 
-/// Decides who gets `vip` of the Services that want it, and claims it for them.
-fn settle(vip: IpAddr, mut candidates: Vec<Contender>, pools: &mut Pools, outcomes: &mut Outcomes) {
+/// Decides who gets `vip` of the Services that want it, and claims it for
+/// them. Returns the slots to allocate afresh: those of holders that
+/// changed their sharing terms, cannot share any more, and asked for no
+/// address in particular (as MetalLB moves them).
+fn settle<'a>(
+    vip: IpAddr,
+    mut candidates: Vec<Contender<'_, 'a>>,
+    pools: &mut Pools,
+    outcomes: &mut Outcomes,
+) -> Vec<(Slot, Option<&'a str>)> {
     candidates.sort_by(|a, b| (a.standing, &a.service.owner).cmp(&(b.standing, &b.service.owner)));
-    let sharers = sharers(vip, &candidates, outcomes);
+    let (sharers, blocked) = sharers(vip, &candidates);
+    let mut moving = Vec::new();
+    for (candidate, reason) in blocked {
+        if candidate.standing == Standing::Altered && !candidate.asks {
+            pools.release_family(&candidate.service.owner, Family::of(vip));
+            moving.push((candidate.slot, candidate.pool));
+        } else {
+            let failure = Failure {
+                problem: Problem::AddressConflict,
+                reason,
+            };
+            outcomes.insert(candidate.slot, Err(failure));
+        }
+    }
     let claimed = claim(pools, vip, &sharers);
     for sharer in sharers {
         let outcome = match &claimed {
@@ -202,15 +230,23 @@ fn settle(vip: IpAddr, mut candidates: Vec<Contender>, pools: &mut Pools, outcom
         };
         outcomes.insert(sharer.slot, outcome);
     }
+    moving
 }
 
 /// How strong the Service's claim to `vip` is. Moving to another address of
 /// the family frees the old one, so Services swapping addresses do not look
 /// like a conflict.
-fn standing(pools: &mut Pools, owner: &str, vip: IpAddr, asks: bool) -> Standing {
+fn standing(pools: &mut Pools, service: &LoadBalancer, vip: IpAddr, asks: bool) -> Standing {
     let family = Family::of(vip);
+    let owner = service.owner.as_str();
     match pools.lookup(owner, family) {
-        Some(held) if held == vip => return Standing::Owner,
+        Some(held) if held == vip => {
+            return if pools.holds_on_terms(owner, vip, service.sharing.as_ref()) {
+                Standing::Owner
+            } else {
+                Standing::Altered
+            };
+        }
         Some(_) => pools.release_family(owner, family),
         None => {}
     }
@@ -315,14 +351,18 @@ fn plan<'a>(service: &LoadBalancer<'a>, role: Role, pools: &Pools) -> Result<Pla
         } else if let Some(vip) = statuses.iter().find(of_family).filter(|vip| in_pool(vip)) {
             Want::Held(*vip)
         } else {
-            Want::Allocate(pool)
+            Want::Allocate
         })
     };
     let wants = families
         .into_iter()
         .filter_map(|family| Some((family, want(family)?)))
         .collect();
-    Ok(Plan { policy, wants })
+    Ok(Plan {
+        policy,
+        pool,
+        wants,
+    })
 }
 
 /// The `families` a PreferDualStack Service can get: those it requests an
@@ -403,18 +443,22 @@ struct Contender<'s, 'a> {
     /// Requested rather than merely held: only such Services share.
     asks: bool,
     slot: Slot,
+    /// The pool the Service names, to allocate from if it must move.
+    pool: Option<&'a str>,
     service: &'s LoadBalancer<'a>,
 }
 
 /// The candidates for `vip` that get it, best standing first: the first one,
-/// then any that requested it, as all before did, and listen on other ports.
-/// The others fail with the reason.
+/// then any that requested it, as all before did, and listen on other ports;
+/// and the others, with the reason.
+type Blocked<'c, 's, 'a> = Vec<(&'c Contender<'s, 'a>, String)>;
+
 fn sharers<'c, 's, 'a>(
     vip: IpAddr,
     candidates: &'c [Contender<'s, 'a>],
-    outcomes: &mut Outcomes,
-) -> Vec<&'c Contender<'s, 'a>> {
+) -> (Vec<&'c Contender<'s, 'a>>, Blocked<'c, 's, 'a>) {
     let mut sharers: Vec<&Contender> = Vec::new();
+    let mut blocked = Vec::new();
     for candidate in candidates {
         let blocker = sharers.iter().find_map(|holder| {
             let owner = &holder.service.owner;
@@ -436,17 +480,11 @@ fn sharers<'c, 's, 'a>(
             }
         });
         match blocker {
-            Some(reason) => {
-                let failure = Failure {
-                    problem: Problem::AddressConflict,
-                    reason,
-                };
-                outcomes.insert(candidate.slot, Err(failure));
-            }
+            Some(reason) => blocked.push((candidate, reason)),
             None => sharers.push(candidate),
         }
     }
-    sharers
+    (sharers, blocked)
 }
 
 /// Whether both Services agree to share an address by key.

@@ -727,3 +727,48 @@ fn a_requested_address_must_lie_in_the_named_pool() {
         ]
     );
 }
+
+/// Of two Services sharing an address by key, the one that changes its
+/// terms (its key, or a port onto the other's) moves to another address,
+/// whatever the name order; the other keeps it. The same whether the
+/// statuses show the address (an API server) or not (manifests).
+#[test]
+fn a_sharer_that_changes_terms_moves_and_the_other_keeps_the_address() {
+    let sharer = |name, port, node_port, key| {
+        annotated(
+            service(name, vec![tcp(port, node_port)]),
+            SHARING_ANNOTATION,
+            key,
+        )
+    };
+    let b = sharer("b", 443, 30443, "k");
+    let changes = [
+        sharer("a", 80, 30080, "other"),
+        sharer("a", 443, 30080, "k"),
+    ];
+    for (changed, shown) in changes
+        .into_iter()
+        .flat_map(|c| [(c.clone(), false), (c, true)])
+    {
+        let mut pool = pool();
+        let first = pool.translate(&objects(
+            vec![sharer("a", 80, 30080, "k"), b.clone()],
+            vec![],
+        ));
+        assert!(first.skipped.is_empty(), "{:?}", first.skipped);
+        assert_eq!(first.vips["ns/a"], first.vips["ns/b"]);
+        let status = |service: Service| match shown {
+            true => with_status_ips(service, &["198.51.100.1"]),
+            false => service,
+        };
+        let round = objects(vec![status(changed.clone()), status(b.clone())], vec![]);
+        let translation = pool.translate(&round);
+        assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
+        assert_eq!(translation.vips["ns/b"], [ip::<IpAddr>("198.51.100.1")]);
+        assert_eq!(
+            translation.vips["ns/a"],
+            [ip::<IpAddr>("198.51.100.2")],
+            "{changed:?}, status shown: {shown}"
+        );
+    }
+}
