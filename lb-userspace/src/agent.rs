@@ -17,7 +17,7 @@ use crate::{
     catalog::Catalog,
     dataplane::{Dataplane, DataplaneConfig, Forwarding},
     health::{HealthChecker, HealthConfig},
-    k8s::{Translator, source::Source},
+    k8s::{Translator, source::Source, translate::Role},
     metrics::{self, Health},
     model::{DesiredState, Frontend},
     reconcile,
@@ -178,7 +178,9 @@ async fn sync_until_signalled(
             _ = hangup.recv() => options.source.refresh(),
             objects = options.source.changed() => match objects {
                 Ok(objects) => {
-                    options.translator.set_role(options.source.role());
+                    let role = options.source.role();
+                    options.translator.set_role(role);
+                    health.set_assigning(role == Role::Assign);
                     options.translator.translate(&objects);
                     let translation = options.translator.translation();
                     debug!(

@@ -40,6 +40,8 @@ pub struct Health {
     bpffs: PathBuf,
     /// Set once the first sync programmed the data path.
     ready: AtomicBool,
+    /// This agent assigns addresses and writes statuses (elected, or alone).
+    assigning: AtomicBool,
 }
 
 impl Health {
@@ -47,17 +49,22 @@ impl Health {
         Arc::new(Self {
             bpffs,
             ready: AtomicBool::new(false),
+            assigning: AtomicBool::new(false),
         })
     }
 
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Relaxed);
     }
+
+    pub fn set_assigning(&self, assigning: bool) {
+        self.assigning.store(assigning, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug)]
 struct MapsCollector {
-    bpffs: PathBuf,
+    health: Arc<Health>,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -92,13 +99,28 @@ fn gauge(
 
 impl Collector for MapsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        match Scrape::read(&self.bpffs) {
+        let assigning = self.health.assigning.load(Ordering::Relaxed);
+        gauge(
+            &mut encoder,
+            "lb_assigns_addresses",
+            "1 while this agent assigns addresses and writes statuses (elected, or alone)",
+            &[(Vec::new(), f64::from(u8::from(assigning)))],
+        )?;
+        let scrape = Scrape::read(&self.health.bpffs);
+        if let Err(e) = &scrape {
+            warn!(error = %e, "metrics: reading the pinned maps");
+        }
+        // Without it, a scrape that could not read the maps would look like
+        // one of a data path serving nothing.
+        gauge(
+            &mut encoder,
+            "lb_maps_readable",
+            "1 if this scrape could read the pinned maps, 0 if not (then no traffic series)",
+            &[(Vec::new(), f64::from(u8::from(scrape.is_ok())))],
+        )?;
+        match scrape {
             Ok(scrape) => scrape.encode(&mut encoder),
-            Err(e) => {
-                // A scrape with no lb_ series says "nothing loaded" well enough.
-                warn!(error = %e, "metrics: reading the pinned maps");
-                Ok(())
-            }
+            Err(_) => Ok(()),
         }
     }
 }
@@ -348,7 +370,7 @@ impl Scrape {
 pub async fn serve(listener: TcpListener, health: Arc<Health>) {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(MapsCollector {
-        bpffs: health.bpffs.clone(),
+        health: health.clone(),
     }));
     let registry = Arc::new(registry);
     loop {

@@ -20,6 +20,7 @@ use lb_tests::{
         FakeApiServer, Options,
         fixtures::{load_balancer, node},
     },
+    http,
     kube_agent::KubeAgent,
     netns::{NetNs, veth},
 };
@@ -28,6 +29,8 @@ const READY: Duration = Duration::from_secs(20);
 const NS: &str = "shop";
 /// Short, so that a takeover after a freeze fits a test.
 const LEASE_DURATION: Duration = Duration::from_secs(4);
+const FIRST_METRICS: &str = "127.0.0.1:9641";
+const SECOND_METRICS: &str = "127.0.0.1:9642";
 
 /// The flags both agents get; `identity` names each.
 fn flags(identity: &str, metrics: &str) -> Vec<String> {
@@ -71,6 +74,16 @@ fn served(agent: &Agent) -> BTreeMap<String, IpAddr> {
         .collect()
 }
 
+/// The value of the unlabelled gauge `name` on the agent's metrics.
+fn gauge(ns: &NetNs, metrics: &str, name: &str) -> Option<f64> {
+    let (status, body) = http::get(ns, metrics.parse().ok()?, "/metrics").ok()?;
+    if status != 200 {
+        return None;
+    }
+    body.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// Each Service's VIP as its status shows it.
 fn statuses(kube: &KubeAgent, names: &[&str]) -> BTreeMap<String, IpAddr> {
     names
@@ -94,7 +107,7 @@ impl Second {
             std::env::temp_dir().join(format!("lb-kubeconfig-{}-second.yaml", std::process::id()));
         server.write_kubeconfig(&kubeconfig)?;
         let path = kubeconfig.display().to_string();
-        let extra = flags("host-b", "127.0.0.1:9642");
+        let extra = flags("host-b", SECOND_METRICS);
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         let agent = Agent::start_from(ns, &["lb1"], &["--kubeconfig", &path], &extra)?;
         Ok(Self { agent, kubeconfig })
@@ -125,7 +138,7 @@ fn one_elected_agent_assigns_and_the_other_takes_over() -> Result<()> {
     let ns = NetNs::new("elect")?;
     veth(&ns, "lb0", &ns, "peer0")?;
     veth(&ns, "lb1", &ns, "peer1")?;
-    let extra = flags("host-a", "127.0.0.1:9641");
+    let extra = flags("host-a", FIRST_METRICS);
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let first = KubeAgent::start(&ns, &["lb0"], Options::default(), &extra)?;
     let server = &first.server;
@@ -154,6 +167,13 @@ fn one_elected_agent_assigns_and_the_other_takes_over() -> Result<()> {
     vips.sort();
     vips.dedup();
     assert_eq!(vips.len(), names.len(), "one address each: {assigned:?}");
+    // Each says on its metrics whether it assigns.
+    assert_eq!(gauge(&ns, FIRST_METRICS, "lb_assigns_addresses"), Some(1.0));
+    assert_eq!(
+        gauge(&ns, SECOND_METRICS, "lb_assigns_addresses"),
+        Some(0.0)
+    );
+    assert_eq!(gauge(&ns, SECOND_METRICS, "lb_maps_readable"), Some(1.0));
     // Only the holder records Events.
     let events = first.wait_for("an IPAllocated Event per Service", READY, || {
         let events = server.list::<Event>().ok()?;
@@ -205,6 +225,14 @@ fn one_elected_agent_assigns_and_the_other_takes_over() -> Result<()> {
         (served(&first.agent) == shown && shown.len() == names.len()).then_some(())
     })?;
     assert_eq!(holder(server).as_deref(), Some("host-b"));
+    // It may still think it holds the Lease until its next look at it.
+    first.wait_for("host-a saying it no longer assigns", READY, || {
+        (gauge(&ns, FIRST_METRICS, "lb_assigns_addresses") == Some(0.0)).then_some(())
+    })?;
+    assert_eq!(
+        gauge(&ns, SECOND_METRICS, "lb_assigns_addresses"),
+        Some(1.0)
+    );
 
     // The holder stops: it gives the Lease up, and the other takes over
     // without waiting for it to expire.
@@ -223,5 +251,15 @@ fn one_elected_agent_assigns_and_the_other_takes_over() -> Result<()> {
     second.agent.wait_for_exit(READY)?;
     server.apply(&load_balancer(NS, "after", &[(80, 30091)]))?;
     first.wait_for_vip(NS, "after", READY)?;
+
+    // A scrape that cannot read the pinned maps says so, rather than look
+    // like a data path serving nothing.
+    // (Pins of a layout this lb does not know make it refuse to read.)
+    let other_layout = first.agent.bpffs().join("v9999");
+    std::fs::create_dir(&other_layout)?;
+    let unreadable = gauge(&ns, FIRST_METRICS, "lb_maps_readable");
+    std::fs::remove_dir(&other_layout)?;
+    assert_eq!(unreadable, Some(0.0));
+    assert_eq!(gauge(&ns, FIRST_METRICS, "lb_maps_readable"), Some(1.0));
     Ok(())
 }
