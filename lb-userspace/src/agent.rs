@@ -197,7 +197,7 @@ async fn sync_until_signalled(
                     // The statuses before the catalog, which only names
                     // services for the CLI: a start's takes tens of
                     // milliseconds to write.
-                    options.source.report(translation).await;
+                    options.source.report(translation, role).await;
                     write_catalog(dataplane, options, &announcer, &mut catalog);
                     last_plan = Some(plan);
                     health.set_ready();

@@ -238,6 +238,8 @@ fn run_agent(args: AgentArgs) -> Result<()> {
     let identity = match args.identity {
         Some(identity) if identity.is_empty() => anyhow::bail!("--identity: must not be empty"),
         Some(identity) => identity,
+        // Only an API server's Lease and Events name the agent.
+        None if kubernetes.is_none() => String::new(),
         None => host_name().context("--identity: no host name to default to")?,
     };
     let election = args.leader_elect.then(|| ElectionConfig {

@@ -225,6 +225,26 @@ fn one_elected_agent_assigns_and_the_other_takes_over() -> Result<()> {
         (served(&first.agent) == shown && shown.len() == names.len()).then_some(())
     })?;
     assert_eq!(holder(server).as_deref(), Some("host-b"));
+    // The new holder recorded the new address; the former one, awake, did
+    // not.
+    let late_events = first.wait_for("the Event of late's address", READY, || {
+        let events = server.list::<Event>().ok()?;
+        let late: Vec<Event> = events
+            .into_iter()
+            .filter(|event| {
+                let regarding = event.regarding.as_ref();
+                regarding.and_then(|object| object.name.as_deref()) == Some("late")
+            })
+            .collect();
+        (!late.is_empty()).then_some(late)
+    })?;
+    for event in &late_events {
+        assert_eq!(
+            event.reporting_instance.as_deref(),
+            Some("host-b"),
+            "{event:?}"
+        );
+    }
     // It may still think it holds the Lease until its next look at it.
     first.wait_for("host-a saying it no longer assigns", READY, || {
         (gauge(&ns, FIRST_METRICS, "lb_assigns_addresses") == Some(0.0)).then_some(())

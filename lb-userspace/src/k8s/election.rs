@@ -29,7 +29,10 @@ use tokio::{
     task::JoinHandle,
     time::{Instant, sleep},
 };
-use tracing::{info, warn};
+use tracing::{error, info, warn};
+
+/// How long a stopping agent tries to give the Lease up.
+const GIVE_UP_WITHIN: Duration = Duration::from_secs(2);
 
 /// The Lease's name, in the namespace the flags give.
 pub const LEASE_NAME: &str = "lb-controller";
@@ -62,8 +65,20 @@ impl ElectionConfig {
 pub enum Leadership {
     /// No attempt has finished yet.
     Unknown,
-    Leading,
+    /// Holds the Lease until the renew deadline counted from the start of
+    /// the last renewal that succeeded: past it, it writes nothing, even if
+    /// the task that renews is stuck (or the process was stopped).
+    Leading {
+        until: Instant,
+    },
     Following,
+}
+
+impl Leadership {
+    /// Whether this agent may write at `now`.
+    fn holds_at(self, now: Instant) -> bool {
+        matches!(self, Self::Leading { until } if now < until)
+    }
 }
 
 /// The election task and what it concluded last.
@@ -91,7 +106,7 @@ impl Elector {
     }
 
     pub fn leading(&self) -> bool {
-        *self.standing.borrow() == Leadership::Leading
+        self.standing.borrow().holds_at(Instant::now())
     }
 
     /// Waits for the first attempt's outcome, so that a start does not
@@ -105,14 +120,24 @@ impl Elector {
     }
 
     /// Stops renewing and, if this agent holds the Lease, gives it up so that
-    /// another takes over without waiting for it to expire.
+    /// another takes over without waiting for it to expire (for at most a
+    /// couple of seconds: a stopping agent must not hang on the API server).
     pub async fn resign(&mut self) {
         self.task.abort();
+        // A renewal in flight would make the give-up a conflict.
+        let _ = (&mut self.task).await;
         if !self.leading() {
             return;
         }
-        if let Err(error) = self.give_up().await {
-            warn!(%error, "giving up the leader Lease; the others take over when it expires");
+        match tokio::time::timeout(GIVE_UP_WITHIN, self.give_up()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                warn!(%error, "giving up the leader Lease; the others take over when it expires");
+            }
+            Err(_) => warn!(
+                "giving up the leader Lease: the API server did not answer; the others take \
+                 over when it expires"
+            ),
         }
     }
 
@@ -149,52 +174,65 @@ async fn campaign(
     changed: watch::Sender<()>,
 ) {
     let mut observed: Option<Observed> = None;
-    let mut renewed: Option<Instant> = None;
+    let mut until: Option<Instant> = None;
     // Logged when it first appears, not at every retry while it lasts (a
     // missing permission lasts until someone grants it).
     let mut failing: Option<String> = None;
     loop {
-        let leading = match attempt(&api, &config, &mut observed).await {
+        let started = Instant::now();
+        // Bounded: a request hanging on a dead connection must not keep this
+        // agent from noticing it no longer holds the Lease.
+        let outcome = match tokio::time::timeout(
+            config.retry_period(),
+            attempt(&api, &config, &mut observed),
+        )
+        .await
+        {
+            Ok(result) => result.map_err(|error| error.to_string()),
+            Err(_) => Err(format!("no answer within {:?}", config.retry_period())),
+        };
+        match outcome {
             Ok(held) => {
                 if failing.take().is_some() {
                     info!("the leader Lease can be read and written again");
                 }
-                renewed = held.then(Instant::now);
-                held
+                until = held.then(|| started + config.renew_deadline());
             }
-            Err(error) => {
-                let message = error.to_string();
+            Err(message) => {
                 if failing.as_ref() != Some(&message) {
-                    warn!(
-                        %error,
+                    error!(
+                        error = %message,
                         namespace = %config.namespace,
                         lease = LEASE_NAME,
-                        "leader election: the Lease cannot be read or written"
+                        "leader election: the Lease cannot be read or written, so this agent \
+                         cannot be elected (it needs get, create and update on leases there: \
+                         examples/kubernetes/rbac.yaml; or run it alone with --leader-elect false)"
                     );
                     failing = Some(message);
                 }
-                renewed.is_some_and(|at| at.elapsed() < config.renew_deadline())
             }
-        };
-        let now = if leading {
-            Leadership::Leading
-        } else {
-            Leadership::Following
+        }
+        let now = match until.filter(|until| Instant::now() < *until) {
+            Some(until) => Leadership::Leading { until },
+            None => Leadership::Following,
         };
         let before = standing.send_replace(now);
-        if before != now {
-            match now {
-                Leadership::Leading => info!(
+        let was_leading = matches!(before, Leadership::Leading { .. });
+        let is_leading = matches!(now, Leadership::Leading { .. });
+        if before == Leadership::Unknown || was_leading != is_leading {
+            if is_leading {
+                info!(
                     identity = %config.identity,
                     "elected: this agent assigns addresses and writes statuses and Events"
-                ),
-                _ => info!(
+                );
+            } else {
+                info!(
                     holder = observed
                         .as_ref()
                         .and_then(|o| o.record.0.as_deref())
                         .unwrap_or("nobody"),
                     "following: serving the addresses the Services' statuses show"
-                ),
+                );
             }
             changed.send_replace(());
         }
@@ -320,6 +358,18 @@ mod tests {
                 "{holder:?} unchanged for {unchanged_for:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_holder_writes_only_until_its_renew_deadline() {
+        let now = Instant::now();
+        let until = now + Duration::from_secs(10);
+        let leading = Leadership::Leading { until };
+        assert!(leading.holds_at(now));
+        assert!(!leading.holds_at(until));
+        assert!(!leading.holds_at(until + Duration::from_secs(1)));
+        assert!(!Leadership::Following.holds_at(now));
+        assert!(!Leadership::Unknown.holds_at(now));
     }
 
     #[test]

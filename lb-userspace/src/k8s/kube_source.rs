@@ -38,7 +38,7 @@ use super::{
     },
     objects::{ClusterObjects, MetallbObjects},
     status::StatusWriter,
-    translate::Translation,
+    translate::{Role, Translation},
 };
 use optional::{OptionalKind, Scope, core};
 
@@ -83,8 +83,12 @@ pub struct KubeSource {
     /// Bumped by the watch tasks on every change.
     changes: watch::Receiver<()>,
     status: StatusWriter,
-    /// `None` when this agent writes without an election (one host).
+    /// The election, once this agent takes part: after its first lists, so
+    /// that an agent that cannot read the cluster never holds the Lease.
     elector: Option<Elector>,
+    /// What starting the election needs, until it starts (`None` without
+    /// one: this agent writes on its own).
+    candidacy: Option<(Client, ElectionConfig, watch::Sender<()>)>,
     /// Until every store has finished its first list, nothing is reported: an
     /// empty store would look like every Service was deleted.
     ready: bool,
@@ -127,7 +131,8 @@ impl KubeSource {
                 changed.clone(),
             ),
             metallb: MetallbKinds::start(&client, metallb_namespace, &changed),
-            elector: election.map(|election| Elector::start(client.clone(), election, changed)),
+            elector: None,
+            candidacy: election.map(|election| (client.clone(), election, changed)),
             skipped: Vec::new(),
             changes,
             status: StatusWriter::new(client, identity),
@@ -139,19 +144,22 @@ impl KubeSource {
         })
     }
 
-    /// Records the Events still queued, for at most `grace`, and gives up
-    /// the leader Lease if this agent holds it.
+    /// Gives up the leader Lease if this agent holds it (it writes no more
+    /// statuses), then records the Events still queued, for at most `grace`.
     pub(super) async fn flush(&mut self, grace: Duration) {
-        self.status.flush(grace).await;
         if let Some(elector) = &mut self.elector {
             elector.resign().await;
         }
+        self.status.flush(grace).await;
     }
 
     /// Whether this agent assigns addresses and writes statuses: it is
     /// elected, or there is no election.
     pub(super) fn assigns(&self) -> bool {
-        self.elector.as_ref().is_none_or(Elector::leading)
+        match &self.elector {
+            Some(elector) => elector.leading(),
+            None => self.candidacy.is_none(),
+        }
     }
 
     /// Waits for a change (or a refresh, or the periodic resync) and returns
@@ -167,7 +175,8 @@ impl KubeSource {
             .await;
             self.namespaces.ready().await;
             self.metallb.ready().await;
-            if let Some(elector) = &mut self.elector {
+            if let Some((client, config, changed)) = self.candidacy.take() {
+                let elector = self.elector.insert(Elector::start(client, config, changed));
                 elector.settled().await;
             }
             self.ready = true;
@@ -213,10 +222,11 @@ impl KubeSource {
     }
 
     /// Writes VIPs into the Services' status and Events for what went wrong;
-    /// what fails is tried again soon.
-    pub(super) async fn report(&mut self, translation: &Translation) {
-        // The elected agent writes for everyone.
-        if !self.assigns() {
+    /// what fails is tried again soon. Only a translation made as the elected
+    /// agent, which it still is, is written: the elected agent writes for
+    /// everyone.
+    pub(super) async fn report(&mut self, translation: &Translation, role: Role) {
+        if role != Role::Assign || !self.assigns() {
             return;
         }
         if !self.status.write(&self.services, translation).await {

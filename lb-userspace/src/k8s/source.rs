@@ -85,13 +85,14 @@ impl Source {
         }
     }
 
-    /// Tells the source what was made of its objects (a Kubernetes source writes
-    /// the assigned VIPs back into the Services' status).
-    pub async fn report(&mut self, translation: &Translation) {
+    /// Tells the source what was made of its objects, in `role`: a
+    /// Kubernetes source writes the assigned VIPs back into the Services'
+    /// status if that role, and this agent's now, is to assign.
+    pub async fn report(&mut self, translation: &Translation, role: Role) {
         match self {
             // Manifests are the operator's files: lb never writes them.
             Self::Manifests(_) => {}
-            Self::Kubernetes(source) => source.report(translation).await,
+            Self::Kubernetes(source) => source.report(translation, role).await,
         }
     }
 }

@@ -301,8 +301,8 @@ fn served_vips(
 
 /// What the Service asks for, or why that makes no sense. Adopting, a
 /// family its status shows no address of is not served (the elected agent
-/// has not assigned it yet), and one it shows is served whatever the pools
-/// say (the elected agent's pools decide).
+/// has not assigned it yet), and one it shows is wanted whatever this
+/// agent's pools say (the elected agent's decided).
 fn plan<'a>(service: &LoadBalancer<'a>, role: Role, pools: &Pools) -> Result<Plan<'a>, String> {
     let policy = Policy::of(service)?;
     let mut families = policy.families(&listed_families(service)?);
@@ -327,7 +327,9 @@ fn plan<'a>(service: &LoadBalancer<'a>, role: Role, pools: &Pools) -> Result<Pla
             ));
         }
     }
-    if policy == Policy::PreferDualStack {
+    // Adopting, the status says which families the elected agent could
+    // supply, whatever this agent's pools say.
+    if policy == Policy::PreferDualStack && role == Role::Assign {
         families = supplied(
             families,
             &requested,
@@ -344,7 +346,13 @@ fn plan<'a>(service: &LoadBalancer<'a>, role: Role, pools: &Pools) -> Result<Pla
     let want = |family: Family| {
         let of_family = |vip: &&IpAddr| Family::of(**vip) == family;
         if role == Role::Adopt {
-            return statuses.iter().find(of_family).map(|vip| Want::Held(*vip));
+            // Asked for, it may be shared as the elected agent shares it.
+            let shown = statuses.iter().find(of_family)?;
+            return Some(if requested.contains(shown) {
+                Want::Requested(*shown)
+            } else {
+                Want::Held(*shown)
+            });
         }
         Some(if let Some(vip) = requested.iter().find(of_family) {
             Want::Requested(*vip)

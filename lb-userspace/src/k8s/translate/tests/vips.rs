@@ -678,12 +678,27 @@ fn adopting_serves_only_what_statuses_show() {
     let elsewhere = with_status_ips(service("elsewhere", vec![tcp(80, 30081)]), &["203.0.113.9"]);
     let waiting = service("waiting", vec![tcp(80, 30082)]);
     let requested = with_lb_ip(service("requested", vec![tcp(80, 30083)]), "198.51.100.2");
-    let cluster = objects(vec![shown, elsewhere, waiting, requested], vec![]);
+    // Two that ask for one address, shared as the elected agent shares it.
+    let sharing = |name, port, node_port| {
+        let service = with_lb_ip(service(name, vec![tcp(port, node_port)]), "198.51.100.4");
+        with_status_ips(service, &["198.51.100.4"])
+    };
+    let services = vec![
+        shown,
+        elsewhere,
+        waiting,
+        requested,
+        sharing("web", 80, 30084),
+        sharing("dns", 53, 30085),
+    ];
+    let cluster = objects(services, vec![]);
     let mut pool = pool();
     pool.set_role(Role::Adopt);
     let translation = pool.translate(&cluster);
     assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
     let adopted = [
+        ("ns/dns:p53".to_owned(), ip("198.51.100.4")),
+        ("ns/web:p80".to_owned(), ip("198.51.100.4")),
         ("ns/shown:p80".to_owned(), ip("198.51.100.7")),
         ("ns/elsewhere:p80".to_owned(), ip("203.0.113.9")),
     ];
@@ -695,6 +710,8 @@ fn adopting_serves_only_what_statuses_show() {
         ("ns/elsewhere:p80".to_owned(), ip("198.51.100.1")),
         ("ns/requested:p80".to_owned(), ip("198.51.100.2")),
         ("ns/waiting:p80".to_owned(), ip("198.51.100.3")),
+        ("ns/dns:p53".to_owned(), ip("198.51.100.4")),
+        ("ns/web:p80".to_owned(), ip("198.51.100.4")),
         ("ns/shown:p80".to_owned(), ip("198.51.100.7")),
     ];
     assert_eq!(served(translation), assigned);
