@@ -32,6 +32,8 @@ pub struct AgentOptions {
     pub detach_on_exit: bool,
     /// Where to serve metrics, /healthz and /readyz.
     pub metrics_address: std::net::SocketAddr,
+    /// Export the per-backend series too.
+    pub backend_metrics: bool,
     pub source: Source,
     /// Class, pools and the VIPs handed out so far.
     pub translator: Translator,
@@ -136,7 +138,11 @@ async fn serve(
 ) -> Result<()> {
     let bpffs = options.dataplane.pin_dir.clone().unwrap_or_default();
     let health = Health::new(bpffs);
-    let server = tokio::spawn(metrics::serve(metrics, health.clone()));
+    let server = tokio::spawn(metrics::serve(
+        metrics,
+        health.clone(),
+        options.backend_metrics,
+    ));
     info!(address = %options.metrics_address, "serving metrics, /healthz and /readyz");
     let xdp_log = xdp_log::spawn(dataplane).context("forwarding the XDP program's log")?;
     let result = sync_until_signalled(dataplane, options, &health).await;

@@ -222,6 +222,13 @@ pub struct AgentArgs {
     /// Serve Prometheus metrics, /healthz and /readyz on this address.
     #[arg(long, default_value = "127.0.0.1:9641")]
     pub metrics_address: std::net::SocketAddr,
+    /// Export the per-backend series (lb_backend_*): one each per service
+    /// port and node serving it, which with externalTrafficPolicy Cluster is
+    /// every node, so thousands of Services over hundreds of nodes make
+    /// millions. `false` keeps to the per-service series (`lb backends`
+    /// still lists the backends).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub backend_metrics: bool,
     /// Answer ICMP echo requests (ping) to VIPs in the data path; by default
     /// they pass to the kernel.
     #[arg(long)]

@@ -260,6 +260,7 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         },
         detach_on_exit: args.detach_on_exit,
         metrics_address: args.metrics_address,
+        backend_metrics: args.backend_metrics,
         dataplane: DataplaneConfig {
             answer_ping: args.answer_ping,
             new_flow_limit: args.new_flow_limit,

@@ -65,6 +65,8 @@ impl Health {
 #[derive(Debug)]
 struct MapsCollector {
     health: Arc<Health>,
+    /// Export the per-backend series.
+    per_backend: bool,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -106,7 +108,7 @@ impl Collector for MapsCollector {
             "1 while this agent assigns addresses and writes statuses (elected, or alone)",
             &[(Vec::new(), f64::from(u8::from(assigning)))],
         )?;
-        let scrape = Scrape::read(&self.health.bpffs);
+        let scrape = Scrape::read(&self.health.bpffs, self.per_backend);
         if let Err(e) = &scrape {
             warn!(error = %e, "metrics: reading the pinned maps");
         }
@@ -158,7 +160,9 @@ fn service_labels(name: &str, frontend: &Frontend) -> Labels {
 }
 
 impl Scrape {
-    fn read(bpffs: &Path) -> anyhow::Result<Self> {
+    /// Reads what a scrape reports; the backends' rows only if `per_backend`
+    /// (they take a walk of every backend, and make most of the series).
+    fn read(bpffs: &Path, per_backend: bool) -> anyhow::Result<Self> {
         let maps = Maps::open_pinned(bpffs)?;
         let mut catalog = Catalog::read(bpffs);
         let bgp = std::mem::take(&mut catalog.bgp_announced);
@@ -183,7 +187,11 @@ impl Scrape {
             .unwrap_or_default();
         Ok(Self {
             services: inspect::services(&maps, &snapshot)?,
-            backends: inspect::backends(&maps, &snapshot, None)?,
+            backends: if per_backend {
+                inspect::backends(&maps, &snapshot, None)?
+            } else {
+                Vec::new()
+            },
             global: inspect::global(&maps)?,
             announced,
             bgp_sessions,
@@ -364,13 +372,14 @@ impl Scrape {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until the task
-/// is dropped. A failed accept (out of file descriptors, say) is logged and
+/// Serves `/metrics` (with the per-backend series if `per_backend`),
+/// `/healthz` and `/readyz` on `listener` until the task is dropped. A failed accept (out of file descriptors, say) is logged and
 /// the next one tried after a pause: the endpoints outlive a bad moment.
-pub async fn serve(listener: TcpListener, health: Arc<Health>) {
+pub async fn serve(listener: TcpListener, health: Arc<Health>, per_backend: bool) {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(MapsCollector {
         health: health.clone(),
+        per_backend,
     }));
     let registry = Arc::new(registry);
     loop {

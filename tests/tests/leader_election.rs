@@ -74,13 +74,18 @@ fn served(agent: &Agent) -> BTreeMap<String, IpAddr> {
         .collect()
 }
 
+/// The agent's metrics, as a scrape reads them; `None` if it fails.
+fn scrape(ns: &NetNs, metrics: &str) -> Option<String> {
+    match http::get(ns, metrics.parse().ok()?, "/metrics") {
+        Ok((200, body)) => Some(body),
+        _ => None,
+    }
+}
+
 /// The value of the unlabelled gauge `name` on the agent's metrics.
 fn gauge(ns: &NetNs, metrics: &str, name: &str) -> Option<f64> {
-    let (status, body) = http::get(ns, metrics.parse().ok()?, "/metrics").ok()?;
-    if status != 200 {
-        return None;
-    }
-    body.lines()
+    scrape(ns, metrics)?
+        .lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
@@ -107,7 +112,8 @@ impl Second {
             std::env::temp_dir().join(format!("lb-kubeconfig-{}-second.yaml", std::process::id()));
         server.write_kubeconfig(&kubeconfig)?;
         let path = kubeconfig.display().to_string();
-        let extra = flags("host-b", SECOND_METRICS);
+        let mut extra = flags("host-b", SECOND_METRICS);
+        extra.extend(["--backend-metrics", "false"].map(str::to_owned));
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         let agent = Agent::start_from(ns, &["lb1"], &["--kubeconfig", &path], &extra)?;
         Ok(Self { agent, kubeconfig })
@@ -174,6 +180,15 @@ fn one_elected_agent_assigns_and_the_other_takes_over() -> Result<()> {
         Some(0.0)
     );
     assert_eq!(gauge(&ns, SECOND_METRICS, "lb_maps_readable"), Some(1.0));
+    // The second was started with --backend-metrics false: the same
+    // per-service series, no per-backend ones.
+    for (metrics, backend_series) in [(FIRST_METRICS, true), (SECOND_METRICS, false)] {
+        let body = scrape(&ns, metrics).expect("a scrape");
+        let count = |prefix: &str| body.lines().filter(|l| l.starts_with(prefix)).count();
+        assert_eq!(count("lb_service_packets_total{"), names.len(), "{metrics}");
+        let backends = if backend_series { 2 * names.len() } else { 0 };
+        assert_eq!(count("lb_backend_packets_total{"), backends, "{metrics}");
+    }
     // Only the holder records Events.
     let events = first.wait_for("an IPAllocated Event per Service", READY, || {
         let events = server.list::<Event>().ok()?;
