@@ -17,7 +17,7 @@ use crate::{
     catalog::Catalog,
     dataplane::{Dataplane, DataplaneConfig, Forwarding},
     health::{HealthChecker, HealthConfig},
-    k8s::{Translator, source::Source, translate::Role},
+    k8s::{Translation, Translator, source::Source, translate::Role},
     metrics::{self, Health},
     model::{DesiredState, Frontend},
     reconcile,
@@ -106,11 +106,7 @@ fn inherited_vips(dataplane: &Dataplane, bpffs: Option<&Path>) -> BTreeMap<Strin
         .iter()
         .filter(|spec| dataplane.service(&spec.frontend).is_some());
     for spec in served {
-        let owner = spec
-            .name
-            .rsplit_once(':')
-            .map_or(spec.name.as_str(), |(owner, _)| owner);
-        let addresses = vips.entry(owner.to_owned()).or_default();
+        let addresses = vips.entry(spec.owner().to_owned()).or_default();
         if !addresses.contains(&spec.frontend.vip) {
             addresses.push(spec.frontend.vip);
         }
@@ -203,7 +199,8 @@ async fn sync_until_signalled(
                     // The statuses before the catalog, which only names
                     // services for the CLI: a start's takes tens of
                     // milliseconds to write.
-                    options.source.report(translation, role).await;
+                    let unprogrammed = unprogrammed(translation, &failed);
+                    options.source.report(translation, role, &unprogrammed).await;
                     write_catalog(dataplane, options, &announcer, &mut catalog);
                     last_plan = Some(plan);
                     health.set_ready();
@@ -228,6 +225,24 @@ async fn sync_until_signalled(
     }
     options.source.close(EVENTS_GRACE).await;
     Ok(())
+}
+
+/// The Services (`namespace/name`) with a port the data path could not
+/// serve, with the port and why, for their Events.
+fn unprogrammed(
+    translation: &Translation,
+    failed: &BTreeMap<Frontend, String>,
+) -> Vec<(String, String)> {
+    failed
+        .iter()
+        .filter_map(|(frontend, reason)| {
+            let owner = translation.state.services.get(frontend)?.owner();
+            Some((
+                owner.to_owned(),
+                format!("{frontend} is not served: {reason}"),
+            ))
+        })
+        .collect()
 }
 
 /// How long a stopping agent waits for the Events of its last rounds (a

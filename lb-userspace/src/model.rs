@@ -84,6 +84,13 @@ pub struct ServiceSpec {
 }
 
 impl ServiceSpec {
+    /// The Service's `namespace/name`, without the port.
+    pub fn owner(&self) -> &str {
+        self.name
+            .rsplit_once(':')
+            .map_or(self.name.as_str(), |(owner, _)| owner)
+    }
+
     /// The backend at (`ip`, `port`).
     pub fn backend(&self, ip: IpAddr, port: u16) -> Option<&BackendSpec> {
         self.backends.iter().find(|b| b.ip == ip && b.port == port)

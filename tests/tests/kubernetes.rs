@@ -234,6 +234,29 @@ fn the_example_rbac_grants_every_request_of_the_agent() -> Result<()> {
     Ok(())
 }
 
+/// A Service the data path cannot serve is told so in an Event: with direct
+/// server return, a node the lb host has no on-link route to (here none:
+/// node addresses carry no traffic in this bed).
+#[test]
+fn a_service_the_data_path_cannot_serve_gets_an_event() -> Result<()> {
+    let bed = bed(
+        Options::default(),
+        &["--vip-pool", "198.51.100.0/29", "--forwarding", "dsr"],
+    )?;
+    bed.server.apply(&node("node-1", node_ip(1)))?;
+    bed.server
+        .apply(&load_balancer(NS, "web", &[(80, 30080)]))?;
+    let vip = bed.wait_for_vip(NS, "web", READY)?;
+    wait_for_event(
+        &bed,
+        "web",
+        "NotProgrammed",
+        &format!("{vip}:80/tcp is not served: no route to node node-1 (10.1.0.11)"),
+    )?;
+    assert!(frontends(&bed).is_empty(), "{:?}", frontends(&bed));
+    Ok(())
+}
+
 #[test]
 fn conflicts_and_pool_exhaustion_raise_events() -> Result<()> {
     let bed = bed(

@@ -225,11 +225,20 @@ impl KubeSource {
     /// what fails is tried again soon. Only a translation made as the elected
     /// agent, which it still is, is written: the elected agent writes for
     /// everyone.
-    pub(super) async fn report(&mut self, translation: &Translation, role: Role) {
+    pub(super) async fn report(
+        &mut self,
+        translation: &Translation,
+        role: Role,
+        unprogrammed: &[(String, String)],
+    ) {
         if role != Role::Assign || !self.assigns() {
             return;
         }
-        if !self.status.write(&self.services, translation).await {
+        if !self
+            .status
+            .write(&self.services, translation, unprogrammed)
+            .await
+        {
             self.next_resync = Instant::now() + RETRY;
         }
     }

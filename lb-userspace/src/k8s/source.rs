@@ -85,14 +85,21 @@ impl Source {
         }
     }
 
-    /// Tells the source what was made of its objects, in `role`: a
+    /// Tells the source what was made of its objects, in `role`, and which
+    /// Services (`namespace/name`) the data path could not serve, and why: a
     /// Kubernetes source writes the assigned VIPs back into the Services'
-    /// status if that role, and this agent's now, is to assign.
-    pub async fn report(&mut self, translation: &Translation, role: Role) {
+    /// status, and Events of the problems, if that role, and this agent's
+    /// now, is to assign.
+    pub async fn report(
+        &mut self,
+        translation: &Translation,
+        role: Role,
+        unprogrammed: &[(String, String)],
+    ) {
         match self {
             // Manifests are the operator's files: lb never writes them.
             Self::Manifests(_) => {}
-            Self::Kubernetes(source) => source.report(translation, role).await,
+            Self::Kubernetes(source) => source.report(translation, role, unprogrammed).await,
         }
     }
 }

@@ -62,11 +62,13 @@ impl StatusWriter {
     }
 
     /// Brings every Service's status in line with `translation` and reports new
-    /// problems; false if some write failed.
+    /// problems, those of `unprogrammed` (`namespace/name`, why) too; false
+    /// if some write failed.
     pub(super) async fn write(
         &mut self,
         services: &Store<Service>,
         translation: &Translation,
+        unprogrammed: &[(String, String)],
     ) -> bool {
         let mut changes = Vec::new();
         for (owner, vips) in &translation.vips {
@@ -108,7 +110,7 @@ impl StatusWriter {
                 self.announce_assigned(service, vips);
             }
         }
-        self.report_problems(services, translation);
+        self.report_problems(services, translation, unprogrammed);
         written.iter().all(|(_, _, written)| *written)
     }
 
@@ -168,8 +170,13 @@ impl StatusWriter {
     }
 
     /// A Warning Event for every problem not reported yet.
-    fn report_problems(&mut self, services: &Store<Service>, translation: &Translation) {
-        let current: BTreeSet<(String, Problem, String)> = translation
+    fn report_problems(
+        &mut self,
+        services: &Store<Service>,
+        translation: &Translation,
+        unprogrammed: &[(String, String)],
+    ) {
+        let skipped = translation
             .skipped
             .iter()
             .filter(|skipped| skipped.kind == "Service")
@@ -179,8 +186,11 @@ impl StatusWriter {
                     skipped.problem,
                     skipped.reason.clone(),
                 )
-            })
-            .collect();
+            });
+        let unprogrammed = unprogrammed
+            .iter()
+            .map(|(owner, reason)| (owner.clone(), Problem::NotProgrammed, reason.clone()));
+        let current: BTreeSet<(String, Problem, String)> = skipped.chain(unprogrammed).collect();
         self.reported.retain(|problem| current.contains(problem));
         for problem in current {
             if self.reported.contains(&problem) {

@@ -162,6 +162,9 @@ pub enum Problem {
     AddressConflict,
     /// No address was free in the pool (or no pool is configured).
     AllocationFailed,
+    /// Translated, but the data path could not serve it (with direct server
+    /// return a node that is not on-link; a full map).
+    NotProgrammed,
 }
 
 impl Problem {
@@ -170,6 +173,7 @@ impl Problem {
             Self::Invalid => "InvalidConfiguration",
             Self::AddressConflict => "AddressConflict",
             Self::AllocationFailed => "AllocationFailed",
+            Self::NotProgrammed => "NotProgrammed",
         }
     }
 }
