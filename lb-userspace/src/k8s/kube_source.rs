@@ -232,6 +232,7 @@ impl KubeSource {
         unprogrammed: &[(String, String)],
     ) {
         if role != Role::Assign || !self.assigns() {
+            self.status.remember_released(translation);
             return;
         }
         if !self

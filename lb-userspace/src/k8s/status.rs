@@ -80,9 +80,7 @@ impl StatusWriter {
         }
         // A Service lb no longer serves (type or class changed) must not keep
         // advertising the addresses it gave up.
-        for (owner, vip) in &translation.released {
-            self.to_clear.entry(owner.clone()).or_default().insert(*vip);
-        }
+        self.remember_released(translation);
         self.to_clear.retain(|owner, vips| {
             let showing = lookup(services, owner).is_some_and(|service| {
                 ingress_ips(&service)
@@ -112,6 +110,15 @@ impl StatusWriter {
         }
         self.report_problems(services, translation, unprogrammed);
         written.iter().all(|(_, _, written)| *written)
+    }
+
+    /// Notes the addresses Services gave up in `translation`, whose statuses
+    /// are cleared at the next write that finds them still shown: also
+    /// while another agent writes, which may stop before it clears them.
+    pub(super) fn remember_released(&mut self, translation: &Translation) {
+        for (owner, vip) in &translation.released {
+            self.to_clear.entry(owner.clone()).or_default().insert(*vip);
+        }
     }
 
     /// Sets the Service's ingress to `vips`, or clears it when there are none.
