@@ -105,7 +105,7 @@ impl Collector for MapsCollector {
         gauge(
             &mut encoder,
             "lb_assigns_addresses",
-            "1 while this agent assigns addresses and writes statuses (elected, or alone)",
+            "1 while this agent assigns addresses (from manifests, alone, or elected among the agents of one API server, where it writes the statuses)",
             &[(Vec::new(), f64::from(u8::from(assigning)))],
         )?;
         let scrape = Scrape::read(&self.health.bpffs, self.per_backend);

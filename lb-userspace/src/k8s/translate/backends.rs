@@ -153,16 +153,17 @@ pub(super) fn index_endpoints<'a>(
             let Some(&node) = endpoint.node_name.as_deref().and_then(|n| by_name.get(n)) else {
                 continue;
             };
-            // Unset, ready means ready, serving means what ready says, and
-            // terminating means not (discovery.k8s.io/v1 EndpointConditions).
+            // Unset conditions mean ready and serving, and not terminating,
+            // as kube-proxy reads them: it is the node's kube-proxy that
+            // takes the traffic (the API's documentation would have an unset
+            // serving follow ready; the EndpointSlice controller sets both).
             let conditions = endpoint.conditions.as_ref();
             let flag =
                 |get: fn(&_) -> Option<bool>, unset| conditions.and_then(get).unwrap_or(unset);
             let terminating = flag(|c| c.terminating, false);
-            let ready = flag(|c| c.ready, true);
-            let state = if ready && !terminating {
+            let state = if flag(|c| c.ready, true) && !terminating {
                 Local::Ready
-            } else if flag(|c| c.serving, ready) && terminating {
+            } else if flag(|c| c.serving, true) && terminating {
                 Local::Draining
             } else {
                 continue;

@@ -111,7 +111,7 @@ pub(super) fn assign<'s, 'a>(
     let mut demand = Demand::of(services, role, pools, skips);
     let mut outcomes = Outcomes::new();
     for (vip, candidates) in std::mem::take(&mut demand.contenders) {
-        let moving = settle(vip, candidates, pools, &mut outcomes);
+        let moving = settle(vip, candidates, role, pools, &mut outcomes);
         demand.unassigned.extend(moving);
     }
     for ((index, family), pool) in demand.unassigned {
@@ -195,12 +195,15 @@ impl<'s, 'a> Demand<'s, 'a> {
 }
 
 /// Decides who gets `vip` of the Services that want it, and claims it for
-/// them. Returns the slots to allocate afresh: those of holders that
-/// changed their sharing terms, cannot share any more, and asked for no
-/// address in particular (as MetalLB moves them).
+/// them. Assigning, returns the slots to allocate afresh: those of Services
+/// that lost it and asked for no address in particular (one whose sharing
+/// terms changed, one whose status shows an address another holds), as
+/// MetalLB gives them another. One that asked for it is refused, and gives
+/// it up if it held it. Adopting, nothing moves: the elected agent decides.
 fn settle<'a>(
     vip: IpAddr,
     mut candidates: Vec<Contender<'_, 'a>>,
+    role: Role,
     pools: &mut Pools,
     outcomes: &mut Outcomes,
 ) -> Vec<(Slot, Option<&'a str>)> {
@@ -208,8 +211,11 @@ fn settle<'a>(
     let (sharers, blocked) = sharers(vip, &candidates);
     let mut moving = Vec::new();
     for (candidate, reason) in blocked {
-        if candidate.standing == Standing::Altered && !candidate.asks {
+        if role == Role::Assign && candidate.standing <= Standing::Altered {
+            // It held the address on other terms: they no longer fit.
             pools.release_family(&candidate.service.owner, Family::of(vip));
+        }
+        if role == Role::Assign && !candidate.asks {
             moving.push((candidate.slot, candidate.pool));
         } else {
             let failure = Failure {
@@ -357,7 +363,12 @@ fn plan<'a>(service: &LoadBalancer<'a>, role: Role, pools: &Pools) -> Result<Pla
         Some(if let Some(vip) = requested.iter().find(of_family) {
             Want::Requested(*vip)
         } else if let Some(vip) = statuses.iter().find(of_family).filter(|vip| in_pool(vip)) {
-            Want::Held(*vip)
+            // A status that does not show yet where the pools moved the
+            // Service (its write not seen yet, or failed) is out of date.
+            let moved = pools
+                .lookup(&service.owner, family)
+                .filter(|moved| in_pool(moved));
+            Want::Held(moved.unwrap_or(*vip))
         } else {
             Want::Allocate
         })

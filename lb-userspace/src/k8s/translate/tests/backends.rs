@@ -135,7 +135,7 @@ fn local_policy_follows_endpoint_slices() {
     objects.endpoint_slices = [
         // n1 ready (unset conditions count as ready), n2 ready and draining,
         // n3 only draining, n4 neither serving nor ready, n5 terminating and
-        // not ready, with serving unset (which then means what ready says).
+        // not ready with serving unset, which kube-proxy reads as serving.
         slice("web", &[("n1", None, None, None), ("n2", f, t, t)]),
         slice("web", &[("n2", t, t, f), ("n3", f, t, t), ("n4", f, f, t)]),
         slice("web", &[("n5", f, None, t)]),
@@ -148,7 +148,10 @@ fn local_policy_follows_endpoint_slices() {
     assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
     let web = frontend("198.51.100.1", 80, Protocol::Tcp);
     let spec = &translation.state.services[&web];
-    assert_eq!(backend_nodes(spec), [("n1", 1), ("n2", 1), ("n3", 0)]);
+    assert_eq!(
+        backend_nodes(spec),
+        [("n1", 1), ("n2", 1), ("n3", 0), ("n5", 0)]
+    );
     assert_eq!(
         translation.checks[&web],
         HealthCheck::HealthCheckNodePort(32000)

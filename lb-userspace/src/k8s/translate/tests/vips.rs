@@ -76,22 +76,19 @@ fn shared_vip_for_disjoint_ports() {
     let mut pool = pool();
     let first = pool.translate(&objects(services.clone(), vec![]));
     assert!(first.skipped.is_empty(), "{:?}", first.skipped);
-    // Shows the address in its status, but does not ask to share it.
+    // Shows the address in its status, but does not ask to share it: it
+    // gets another, as MetalLB gives one whose status it cannot keep.
     let quiet = with_status_ips(service("quiet", vec![tcp(25, 30025)]), &["198.51.100.4"]);
     let translation = pool.translate(&objects([services, vec![quiet]].concat(), vec![]));
     let want = [
         ("ns/other:p80".to_owned(), ip("198.51.100.1")),
+        ("ns/quiet:p25".to_owned(), ip("198.51.100.2")),
         ("ns/web:p53".to_owned(), ip("198.51.100.4")),
         ("ns/dns:p53".to_owned(), ip("198.51.100.4")),
         ("ns/web:p80".to_owned(), ip("198.51.100.4")),
     ];
     assert_eq!(served(translation), want);
-    assert_eq!(
-        skipped(translation),
-        [
-            "Service ns/quiet: VIP 198.51.100.4 is already used by ns/dns; only Services that both request it, or have the same sharing key (allow-shared-ip), may share it"
-        ]
-    );
+    assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
 }
 
 #[test]
@@ -748,7 +745,9 @@ fn a_requested_address_must_lie_in_the_named_pool() {
 /// Of two Services sharing an address by key, the one that changes its
 /// terms (its key, or a port onto the other's) moves to another address,
 /// whatever the name order; the other keeps it. The same whether the
-/// statuses show the address (an API server) or not (manifests).
+/// statuses show the address (an API server) or not (manifests), and in a
+/// later round whose status does not show the move yet. An agent that
+/// adopts moves nothing.
 #[test]
 fn a_sharer_that_changes_terms_moves_and_the_other_keeps_the_address() {
     let sharer = |name, port, node_port, key| {
@@ -758,34 +757,92 @@ fn a_sharer_that_changes_terms_moves_and_the_other_keeps_the_address() {
             key,
         )
     };
-    let b = sharer("b", 443, 30443, "k");
-    let changes = [
-        sharer("a", 80, 30080, "other"),
-        sharer("a", 443, 30080, "k"),
-    ];
-    for (changed, shown) in changes
-        .into_iter()
-        .flat_map(|c| [(c.clone(), false), (c, true)])
-    {
-        let mut pool = pool();
-        let first = pool.translate(&objects(
-            vec![sharer("a", 80, 30080, "k"), b.clone()],
-            vec![],
-        ));
-        assert!(first.skipped.is_empty(), "{:?}", first.skipped);
-        assert_eq!(first.vips["ns/a"], first.vips["ns/b"]);
-        let status = |service: Service| match shown {
-            true => with_status_ips(service, &["198.51.100.1"]),
-            false => service,
-        };
-        let round = objects(vec![status(changed.clone()), status(b.clone())], vec![]);
-        let translation = pool.translate(&round);
-        assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
-        assert_eq!(translation.vips["ns/b"], [ip::<IpAddr>("198.51.100.1")]);
-        assert_eq!(
-            translation.vips["ns/a"],
-            [ip::<IpAddr>("198.51.100.2")],
-            "{changed:?}, status shown: {shown}"
-        );
+    let shown = |service: Service, vip: &str| with_status_ips(service, &[vip]);
+    for (mover, stays) in [("a", "b"), ("b", "a")] {
+        let original = |name| sharer(name, if name == "a" { 80 } else { 443 }, 30080, "k");
+        let changes = [
+            sharer(mover, 80, 30080, "other"),
+            sharer(mover, if mover == "a" { 443 } else { 80 }, 30080, "k"),
+        ];
+        for (changed, with_status) in changes
+            .into_iter()
+            .flat_map(|c| [(c.clone(), false), (c, true)])
+        {
+            let what = format!("{mover} changed to {changed:?}, status shown: {with_status}");
+            let mut pool = pool();
+            let first = pool.translate(&objects(vec![original("a"), original("b")], vec![]));
+            assert!(first.skipped.is_empty(), "{:?}", first.skipped);
+            assert_eq!(first.vips["ns/a"], first.vips["ns/b"]);
+            let status = |service: Service| match with_status {
+                true => shown(service, "198.51.100.1"),
+                false => service,
+            };
+            let round = objects(
+                vec![status(changed.clone()), status(original(stays))],
+                vec![],
+            );
+            let translation = pool.translate(&round).clone();
+            assert!(
+                translation.skipped.is_empty(),
+                "{what}: {:?}",
+                translation.skipped
+            );
+            assert_eq!(
+                translation.vips[&format!("ns/{stays}")],
+                [ip::<IpAddr>("198.51.100.1")],
+                "{what}"
+            );
+            assert_eq!(
+                translation.vips[&format!("ns/{mover}")],
+                [ip::<IpAddr>("198.51.100.2")],
+                "{what}"
+            );
+            // The next round still shows the old status, and a newcomer
+            // arrives: the mover keeps its new address.
+            let newcomer = service("z", vec![tcp(80, 30090)]);
+            let round = objects(
+                vec![status(changed.clone()), status(original(stays)), newcomer],
+                vec![],
+            );
+            let translation = pool.translate(&round);
+            assert!(
+                translation.skipped.is_empty(),
+                "{what}: {:?}",
+                translation.skipped
+            );
+            assert_eq!(
+                translation.vips[&format!("ns/{mover}")],
+                [ip::<IpAddr>("198.51.100.2")],
+                "{what}"
+            );
+            assert_eq!(
+                translation.vips["ns/z"],
+                [ip::<IpAddr>("198.51.100.3")],
+                "{what}"
+            );
+        }
     }
+    // Adopting, the changed sharer keeps what its status shows until the
+    // elected agent moves it: it allocates nothing.
+    let mut follower = pool();
+    follower.set_role(Role::Adopt);
+    let before = objects(
+        vec![
+            shown(sharer("a", 80, 30080, "k"), "198.51.100.1"),
+            shown(sharer("b", 443, 30443, "k"), "198.51.100.1"),
+        ],
+        vec![],
+    );
+    assert!(follower.translate(&before).skipped.is_empty());
+    let round = objects(
+        vec![
+            shown(sharer("a", 80, 30080, "other"), "198.51.100.1"),
+            shown(sharer("b", 443, 30443, "k"), "198.51.100.1"),
+        ],
+        vec![],
+    );
+    let translation = follower.translate(&round);
+    assert_eq!(translation.vips.get("ns/a"), None);
+    assert_eq!(translation.vips["ns/b"], [ip::<IpAddr>("198.51.100.1")]);
+    assert_eq!(problems(translation), [("ns/a", Problem::AddressConflict)]);
 }
