@@ -107,13 +107,14 @@ struct Second {
 }
 
 impl Second {
-    fn start(ns: &NetNs, server: &FakeApiServer) -> Result<Self> {
-        let kubeconfig =
-            std::env::temp_dir().join(format!("lb-kubeconfig-{}-second.yaml", std::process::id()));
+    /// Starts it with `more` flags; `ns` names its kubeconfig, so tests that
+    /// run at once do not share one.
+    fn start(ns: &NetNs, server: &FakeApiServer, more: &[&str]) -> Result<Self> {
+        let kubeconfig = std::env::temp_dir().join(format!("lb-kubeconfig-{}.yaml", ns.name()));
         server.write_kubeconfig(&kubeconfig)?;
         let path = kubeconfig.display().to_string();
         let mut extra = flags("host-b", SECOND_METRICS);
-        extra.extend(["--backend-metrics", "false"].map(str::to_owned));
+        extra.extend(more.iter().map(|flag| (*flag).to_owned()));
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         let agent = Agent::start_from(ns, &["lb1"], &["--kubeconfig", &path], &extra)?;
         Ok(Self { agent, kubeconfig })
@@ -151,7 +152,7 @@ fn one_elected_agent_assigns_and_the_other_takes_over() -> Result<()> {
     first.wait_for("host-a holding the Lease", READY, || {
         (holder(server).as_deref() == Some("host-a")).then_some(())
     })?;
-    let second = Second::start(&ns, server)?;
+    let second = Second::start(&ns, server, &["--backend-metrics", "false"])?;
     for index in 1..=2 {
         let ip = std::net::Ipv4Addr::new(10, 1, 0, 10 + index);
         server.apply(&node(&format!("node-{index}"), ip))?;
@@ -308,5 +309,46 @@ fn one_elected_agent_assigns_and_the_other_takes_over() -> Result<()> {
     std::fs::remove_dir(&other_layout)?;
     assert_eq!(unreadable, Some(0.0));
     assert_eq!(gauge(&ns, FIRST_METRICS, "lb_maps_readable"), Some(1.0));
+    Ok(())
+}
+
+/// Each host tells what its own data path cannot serve, the follower too:
+/// here the follower forwards with direct server return and has no route to
+/// the node (node addresses carry no traffic in this bed), the holder NATs.
+/// The follower's Event names it as its reporting instance.
+#[test]
+fn a_follower_tells_what_its_own_data_path_cannot_serve() -> Result<()> {
+    let ns = NetNs::new("notprog")?;
+    veth(&ns, "lb0", &ns, "peer0")?;
+    veth(&ns, "lb1", &ns, "peer1")?;
+    let extra = flags("host-a", FIRST_METRICS);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let first = KubeAgent::start(&ns, &["lb0"], Options::default(), &extra)?;
+    let server = &first.server;
+    first.wait_for("host-a holding the Lease", READY, || {
+        (holder(server).as_deref() == Some("host-a")).then_some(())
+    })?;
+    let second = Second::start(&ns, server, &["--forwarding", "dsr"])?;
+    server.apply(&node("node-1", std::net::Ipv4Addr::new(10, 1, 0, 11)))?;
+    server.apply(&load_balancer(NS, "web", &[(80, 30080)]))?;
+    let vip = first.wait_for_vip(NS, "web", READY)?;
+    let reporters = second.agent_wait(&first, "host-b's NotProgrammed Event", || {
+        let events = server.list::<Event>().ok()?;
+        let reporters: Vec<String> = events
+            .iter()
+            .filter(|event| event.reason.as_deref() == Some("NotProgrammed"))
+            .filter(|event| {
+                let note = event.note.as_deref().unwrap_or_default();
+                note.contains(&format!(
+                    "{vip}:80/tcp is not served: no route to node node-1"
+                ))
+            })
+            .filter_map(|event| event.reporting_instance.clone())
+            .collect();
+        (!reporters.is_empty()).then_some(reporters)
+    })?;
+    assert_eq!(reporters, ["host-b"]);
+    assert!(served(&second.agent).is_empty());
+    assert_eq!(served(&first.agent).get("shop/web"), Some(&IpAddr::V4(vip)));
     Ok(())
 }

@@ -233,6 +233,10 @@ impl KubeSource {
     ) {
         if role != Role::Assign || !self.assigns() {
             self.status.remember_released(translation);
+            // What this host's data path could not serve is this host's to
+            // tell: its Events name it.
+            self.status
+                .report_problems(&self.services, None, unprogrammed);
             return;
         }
         if !self

@@ -89,7 +89,8 @@ impl Source {
     /// Services (`namespace/name`) the data path could not serve, and why: a
     /// Kubernetes source writes the assigned VIPs back into the Services'
     /// status, and Events of the problems, if that role, and this agent's
-    /// now, is to assign.
+    /// now, is to assign; else only Events of what its data path could not
+    /// serve.
     pub async fn report(
         &mut self,
         translation: &Translation,

@@ -108,7 +108,7 @@ impl StatusWriter {
                 self.announce_assigned(service, vips);
             }
         }
-        self.report_problems(services, translation, unprogrammed);
+        self.report_problems(services, Some(translation), unprogrammed);
         written.iter().all(|(_, _, written)| *written)
     }
 
@@ -177,14 +177,19 @@ impl StatusWriter {
     }
 
     /// A Warning Event for every problem not reported yet.
-    fn report_problems(
+    /// Records an Event for each problem not reported yet: the
+    /// translation's skips (only the elected agent has them to report) and
+    /// the Service ports this agent's own data path could not serve (every
+    /// agent reports those, as its Events' reporting instance).
+    pub(super) fn report_problems(
         &mut self,
         services: &Store<Service>,
-        translation: &Translation,
+        translation: Option<&Translation>,
         unprogrammed: &[(String, String)],
     ) {
         let skipped = translation
-            .skipped
+            .map(|translation| translation.skipped.as_slice())
+            .unwrap_or_default()
             .iter()
             .filter(|skipped| skipped.kind == "Service")
             .map(|skipped| {
