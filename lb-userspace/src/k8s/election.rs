@@ -160,9 +160,31 @@ impl Elector {
     }
 }
 
+/// What tells one write of the Lease from the next: its holder (none if
+/// empty), renew time and resourceVersion.
+#[derive(PartialEq)]
+struct Record {
+    holder: Option<String>,
+    renew_time: Option<MicroTime>,
+    version: Option<String>,
+}
+
+impl Record {
+    fn of(lease: &Lease) -> Self {
+        let spec = lease.spec.as_ref();
+        Self {
+            holder: spec
+                .and_then(|spec| spec.holder_identity.clone())
+                .filter(|holder| !holder.is_empty()),
+            renew_time: spec.and_then(|spec| spec.renew_time.clone()),
+            version: lease.meta().resource_version.clone(),
+        }
+    }
+}
+
 /// The Lease's record as last seen, and when this agent first saw it so.
 struct Observed {
-    record: (Option<String>, Option<MicroTime>, Option<String>),
+    record: Record,
     since: Instant,
 }
 
@@ -229,7 +251,7 @@ async fn campaign(
                 info!(
                     holder = observed
                         .as_ref()
-                        .and_then(|o| o.record.0.as_deref())
+                        .and_then(|o| o.record.holder.as_deref())
                         .unwrap_or("nobody"),
                     "following: serving the addresses the Services' statuses show"
                 );
@@ -259,14 +281,8 @@ async fn attempt(
         };
         return written(api.create(&PostParams::default(), &lease).await, observed);
     };
+    let record = Record::of(&lease);
     let spec = lease.spec.take().unwrap_or_default();
-    let record = (
-        spec.holder_identity
-            .clone()
-            .filter(|holder| !holder.is_empty()),
-        spec.renew_time.clone(),
-        lease.meta().resource_version.clone(),
-    );
     let since = match observed.take() {
         Some(seen) if seen.record == record => seen.since,
         _ => Instant::now(),
@@ -276,7 +292,7 @@ async fn attempt(
         .and_then(|seconds| u64::try_from(seconds).ok())
         .map_or(config.lease_duration, Duration::from_secs);
     let free = may_take(
-        record.0.as_deref(),
+        record.holder.as_deref(),
         &config.identity,
         since.elapsed(),
         duration,
@@ -321,13 +337,8 @@ fn held_by(mut spec: LeaseSpec, config: &ElectionConfig, now: MicroTime) -> Leas
 fn written(result: kube::Result<Lease>, observed: &mut Option<Observed>) -> kube::Result<bool> {
     match result {
         Ok(lease) => {
-            let spec = lease.spec.clone().unwrap_or_default();
             *observed = Some(Observed {
-                record: (
-                    spec.holder_identity,
-                    spec.renew_time,
-                    lease.meta().resource_version.clone(),
-                ),
+                record: Record::of(&lease),
                 since: Instant::now(),
             });
             Ok(true)

@@ -83,12 +83,7 @@ pub struct KubeSource {
     /// Bumped by the watch tasks on every change.
     changes: watch::Receiver<()>,
     status: StatusWriter,
-    /// The election, once this agent takes part: after its first lists, so
-    /// that an agent that cannot read the cluster never holds the Lease.
-    elector: Option<Elector>,
-    /// What starting the election needs, until it starts (`None` without
-    /// one: this agent writes on its own).
-    candidacy: Option<(Client, ElectionConfig, watch::Sender<()>)>,
+    election: Election,
     /// Until every store has finished its first list, nothing is reported: an
     /// empty store would look like every Service was deleted.
     ready: bool,
@@ -131,8 +126,10 @@ impl KubeSource {
                 changed.clone(),
             ),
             metallb: MetallbKinds::start(&client, metallb_namespace, &changed),
-            elector: None,
-            candidacy: election.map(|election| (client.clone(), election, changed)),
+            election: match election {
+                Some(config) => Election::Candidate(client.clone(), config, changed),
+                None => Election::Alone,
+            },
             skipped: Vec::new(),
             changes,
             status: StatusWriter::new(client, identity),
@@ -147,7 +144,7 @@ impl KubeSource {
     /// Gives up the leader Lease if this agent holds it (it writes no more
     /// statuses), then records the Events still queued, for at most `grace`.
     pub(super) async fn flush(&mut self, grace: Duration) {
-        if let Some(elector) = &mut self.elector {
+        if let Election::Running(elector) = &mut self.election {
             elector.resign().await;
         }
         self.status.flush(grace).await;
@@ -156,9 +153,10 @@ impl KubeSource {
     /// Whether this agent assigns addresses and writes statuses: it is
     /// elected, or there is no election.
     pub(super) fn assigns(&self) -> bool {
-        match &self.elector {
-            Some(elector) => elector.leading(),
-            None => self.candidacy.is_none(),
+        match &self.election {
+            Election::Alone => true,
+            Election::Candidate(..) => false,
+            Election::Running(elector) => elector.leading(),
         }
     }
 
@@ -175,8 +173,16 @@ impl KubeSource {
             .await;
             self.namespaces.ready().await;
             self.metallb.ready().await;
-            if let Some((client, config, changed)) = self.candidacy.take() {
-                let elector = self.elector.insert(Elector::start(client, config, changed));
+            // Started before any await: a caller that drops this future
+            // must find it running, not lost.
+            let election = std::mem::replace(&mut self.election, Election::Alone);
+            self.election = match election {
+                Election::Candidate(client, config, changed) => {
+                    Election::Running(Elector::start(client, config, changed))
+                }
+                other => other,
+            };
+            if let Election::Running(elector) = &mut self.election {
                 elector.settled().await;
             }
             self.ready = true;
@@ -247,6 +253,16 @@ impl KubeSource {
             self.next_resync = Instant::now() + RETRY;
         }
     }
+}
+
+/// Whether this agent takes part in an election of the one that writes.
+enum Election {
+    /// It writes on its own (`--leader-elect false`).
+    Alone,
+    /// It will take part once its first lists are in, so that an agent that
+    /// cannot read the cluster never holds the Lease: what starting needs.
+    Candidate(Client, ElectionConfig, watch::Sender<()>),
+    Running(Elector),
 }
 
 /// MetalLB's configuration objects, and the Secrets BGPPeers' passwords are
