@@ -176,8 +176,7 @@ impl StatusWriter {
             .publish(service, EventType::Normal, "IPAllocated", note);
     }
 
-    /// A Warning Event for every problem not reported yet.
-    /// Records an Event for each problem not reported yet: the
+    /// Records a Warning Event for each problem not reported yet: the
     /// translation's skips (only the elected agent has them to report) and
     /// the Service ports this agent's own data path could not serve (every
     /// agent reports those, as its Events' reporting instance).

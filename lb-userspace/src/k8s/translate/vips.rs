@@ -467,11 +467,12 @@ struct Contender<'s, 'a> {
     service: &'s LoadBalancer<'a>,
 }
 
+/// Candidates that do not get an address, each with the reason.
+type Blocked<'c, 's, 'a> = Vec<(&'c Contender<'s, 'a>, String)>;
+
 /// The candidates for `vip` that get it, best standing first: the first one,
 /// then any that requested it, as all before did, and listen on other ports;
 /// and the others, with the reason.
-type Blocked<'c, 's, 'a> = Vec<(&'c Contender<'s, 'a>, String)>;
-
 fn sharers<'c, 's, 'a>(
     vip: IpAddr,
     candidates: &'c [Contender<'s, 'a>],
