@@ -100,6 +100,29 @@ fn statuses(kube: &KubeAgent, names: &[&str]) -> BTreeMap<String, IpAddr> {
         .collect()
 }
 
+/// The first host, holding the Lease: an agent on `lb0` in a namespace
+/// that has `lb1` for the second, with the API server it watches. (Fields
+/// drop in order: the agent before its namespace.)
+struct Holder {
+    first: KubeAgent,
+    ns: NetNs,
+}
+
+impl Holder {
+    fn start(name: &str) -> Result<Self> {
+        let ns = NetNs::new(name)?;
+        veth(&ns, "lb0", &ns, "peer0")?;
+        veth(&ns, "lb1", &ns, "peer1")?;
+        let extra = flags("host-a", FIRST_METRICS);
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let first = KubeAgent::start(&ns, &["lb0"], Options::default(), &extra)?;
+        first.wait_for("host-a holding the Lease", READY, || {
+            (holder(&first.server).as_deref() == Some("host-a")).then_some(())
+        })?;
+        Ok(Self { first, ns })
+    }
+}
+
 /// The second host: an agent on `lb1` with a kubeconfig for `server`.
 struct Second {
     agent: Agent,
@@ -142,17 +165,10 @@ impl Drop for Second {
 
 #[test]
 fn one_elected_agent_assigns_and_the_other_takes_over() -> Result<()> {
-    let ns = NetNs::new("elect")?;
-    veth(&ns, "lb0", &ns, "peer0")?;
-    veth(&ns, "lb1", &ns, "peer1")?;
-    let extra = flags("host-a", FIRST_METRICS);
-    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let first = KubeAgent::start(&ns, &["lb0"], Options::default(), &extra)?;
+    let bed = Holder::start("elect")?;
+    let (first, ns) = (&bed.first, &bed.ns);
     let server = &first.server;
-    first.wait_for("host-a holding the Lease", READY, || {
-        (holder(server).as_deref() == Some("host-a")).then_some(())
-    })?;
-    let second = Second::start(&ns, server, &["--backend-metrics", "false"])?;
+    let second = Second::start(ns, server, &["--backend-metrics", "false"])?;
     for index in 1..=2 {
         let ip = std::net::Ipv4Addr::new(10, 1, 0, 10 + index);
         server.apply(&node(&format!("node-{index}"), ip))?;
@@ -164,7 +180,7 @@ fn one_elected_agent_assigns_and_the_other_takes_over() -> Result<()> {
 
     // Every Service gets one address, which both hosts serve it on.
     let assigned = first.wait_for("both hosts serving every status", READY, || {
-        let shown = statuses(&first, &names);
+        let shown = statuses(first, &names);
         (shown.len() == names.len()
             && served(&first.agent) == shown
             && served(&second.agent) == shown)
@@ -175,16 +191,13 @@ fn one_elected_agent_assigns_and_the_other_takes_over() -> Result<()> {
     vips.dedup();
     assert_eq!(vips.len(), names.len(), "one address each: {assigned:?}");
     // Each says on its metrics whether it assigns.
-    assert_eq!(gauge(&ns, FIRST_METRICS, "lb_assigns_addresses"), Some(1.0));
-    assert_eq!(
-        gauge(&ns, SECOND_METRICS, "lb_assigns_addresses"),
-        Some(0.0)
-    );
-    assert_eq!(gauge(&ns, SECOND_METRICS, "lb_maps_readable"), Some(1.0));
+    assert_eq!(gauge(ns, FIRST_METRICS, "lb_assigns_addresses"), Some(1.0));
+    assert_eq!(gauge(ns, SECOND_METRICS, "lb_assigns_addresses"), Some(0.0));
+    assert_eq!(gauge(ns, SECOND_METRICS, "lb_maps_readable"), Some(1.0));
     // The second was started with --backend-metrics false: the same
     // per-service series, no per-backend ones.
     for (metrics, backend_series) in [(FIRST_METRICS, true), (SECOND_METRICS, false)] {
-        let body = scrape(&ns, metrics).expect("a scrape");
+        let body = scrape(ns, metrics).expect("a scrape");
         let count = |prefix: &str| body.lines().filter(|l| l.starts_with(prefix)).count();
         assert_eq!(count("lb_service_packets_total{"), names.len(), "{metrics}");
         let backends = if backend_series { 2 * names.len() } else { 0 };
@@ -221,7 +234,7 @@ fn one_elected_agent_assigns_and_the_other_takes_over() -> Result<()> {
     );
     assert!(!served(&second.agent).contains_key("shop/late"));
     assert_eq!(holder(server).as_deref(), Some("host-a"));
-    let late = second.agent_wait(&first, "host-b assigning after the Lease expired", || {
+    let late = second.agent_wait(first, "host-b assigning after the Lease expired", || {
         let vip = first.vip(NS, "late").ok()??;
         let serving = served(&second.agent).get("shop/late") == Some(&IpAddr::V4(vip));
         (serving && holder(server).as_deref() == Some("host-b")).then_some(vip)
@@ -249,7 +262,7 @@ fn one_elected_agent_assigns_and_the_other_takes_over() -> Result<()> {
     first.agent.signal(libc::SIGCONT)?;
     names.push("late");
     first.wait_for("host-a serving what host-b assigned", READY, || {
-        let shown = statuses(&first, &names);
+        let shown = statuses(first, &names);
         (served(&first.agent) == shown && shown.len() == names.len()).then_some(())
     })?;
     assert_eq!(holder(server).as_deref(), Some("host-b"));
@@ -275,12 +288,9 @@ fn one_elected_agent_assigns_and_the_other_takes_over() -> Result<()> {
     }
     // It may still think it holds the Lease until its next look at it.
     first.wait_for("host-a saying it no longer assigns", READY, || {
-        (gauge(&ns, FIRST_METRICS, "lb_assigns_addresses") == Some(0.0)).then_some(())
+        (gauge(ns, FIRST_METRICS, "lb_assigns_addresses") == Some(0.0)).then_some(())
     })?;
-    assert_eq!(
-        gauge(&ns, SECOND_METRICS, "lb_assigns_addresses"),
-        Some(1.0)
-    );
+    assert_eq!(gauge(ns, SECOND_METRICS, "lb_assigns_addresses"), Some(1.0));
 
     // The holder stops: it gives the Lease up, and the other takes over
     // without waiting for it to expire.
@@ -305,10 +315,10 @@ fn one_elected_agent_assigns_and_the_other_takes_over() -> Result<()> {
     // (Pins of a layout this lb does not know make it refuse to read.)
     let other_layout = first.agent.bpffs().join("v9999");
     std::fs::create_dir(&other_layout)?;
-    let unreadable = gauge(&ns, FIRST_METRICS, "lb_maps_readable");
+    let unreadable = gauge(ns, FIRST_METRICS, "lb_maps_readable");
     std::fs::remove_dir(&other_layout)?;
     assert_eq!(unreadable, Some(0.0));
-    assert_eq!(gauge(&ns, FIRST_METRICS, "lb_maps_readable"), Some(1.0));
+    assert_eq!(gauge(ns, FIRST_METRICS, "lb_maps_readable"), Some(1.0));
     Ok(())
 }
 
@@ -318,21 +328,14 @@ fn one_elected_agent_assigns_and_the_other_takes_over() -> Result<()> {
 /// The follower's Event names it as its reporting instance.
 #[test]
 fn a_follower_tells_what_its_own_data_path_cannot_serve() -> Result<()> {
-    let ns = NetNs::new("notprog")?;
-    veth(&ns, "lb0", &ns, "peer0")?;
-    veth(&ns, "lb1", &ns, "peer1")?;
-    let extra = flags("host-a", FIRST_METRICS);
-    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let first = KubeAgent::start(&ns, &["lb0"], Options::default(), &extra)?;
+    let bed = Holder::start("notprog")?;
+    let (first, ns) = (&bed.first, &bed.ns);
     let server = &first.server;
-    first.wait_for("host-a holding the Lease", READY, || {
-        (holder(server).as_deref() == Some("host-a")).then_some(())
-    })?;
-    let second = Second::start(&ns, server, &["--forwarding", "dsr"])?;
+    let second = Second::start(ns, server, &["--forwarding", "dsr"])?;
     server.apply(&node("node-1", std::net::Ipv4Addr::new(10, 1, 0, 11)))?;
     server.apply(&load_balancer(NS, "web", &[(80, 30080)]))?;
     let vip = first.wait_for_vip(NS, "web", READY)?;
-    let reporters = second.agent_wait(&first, "host-b's NotProgrammed Event", || {
+    let reporters = second.agent_wait(first, "host-b's NotProgrammed Event", || {
         let events = server.list::<Event>().ok()?;
         let reporters: Vec<String> = events
             .iter()
