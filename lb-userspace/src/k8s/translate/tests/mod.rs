@@ -388,6 +388,11 @@ fn a_skip_is_logged_once_while_it_lasts() {
             Ok(())
         }
     }
+    // A second dispatcher, registered throughout: while only one is,
+    // tracing decides a call site's interest by the subscriber of whichever
+    // thread reaches it first, and another test's thread, which has none,
+    // would have this one's warnings cached as never wanted.
+    let _second = tracing::Dispatch::new(tracing_subscriber::registry());
     let log = Capture::default();
     let writer = log.clone();
     let subscriber = tracing_subscriber::fmt()
