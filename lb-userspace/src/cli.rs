@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     announce::Announce,
     dataplane::{DEFAULT_MAX_SERVICES, DEFAULT_NEW_FLOW_LIMIT, Forwarding},
+    k8s::translate::KUBE_PROXY_HEALTHZ_PORT,
     maglev::DEFAULT_RING_SIZE,
 };
 
@@ -190,6 +191,12 @@ pub struct AgentArgs {
     /// Which Node address type to send traffic to.
     #[arg(long, value_name = "TYPE", default_value = "InternalIP", value_parser = ["InternalIP", "ExternalIP"])]
     pub node_address_type: String,
+    /// The port of kube-proxy's /healthz on the nodes (its
+    /// --healthz-bind-address), where the nodes of a Service port without a
+    /// NodePort (allocateLoadBalancerNodePorts: false, served with
+    /// --forwarding dsr) are health checked.
+    #[arg(long, value_name = "PORT", default_value_t = KUBE_PROXY_HEALTHZ_PORT, value_parser = clap::value_parser!(u16).range(1..))]
+    pub kube_proxy_healthz_port: u16,
     /// Time between health checks of each (node, NodePort); 0 switches them off.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = crate::units::parse_duration)]
     pub health_interval: std::time::Duration,

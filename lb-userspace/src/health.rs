@@ -1,7 +1,8 @@
 //! Active health checks of backends: a TCP connect to each (node, NodePort), or
 //! for `externalTrafficPolicy: Local` an HTTP GET on the Service's
 //! healthCheckNodePort, where kube-proxy answers 200 only while the node has a
-//! local endpoint.
+//! local endpoint, or for a port without a NodePort (direct server return) an
+//! HTTP GET on kube-proxy's own health port.
 //!
 //! A backend failing `fall` checks in a row keeps its place with weight 0: no
 //! new flows, while established ones stay on it (the flow table wins). After
@@ -170,7 +171,7 @@ fn target(check: HealthCheck, ip: IpAddr, node_port: u16) -> Target {
             addr: SocketAddr::new(ip, node_port),
             http: false,
         },
-        HealthCheck::HealthCheckNodePort(port) => Target {
+        HealthCheck::HealthCheckNodePort(port) | HealthCheck::KubeProxy(port) => Target {
             addr: SocketAddr::new(ip, port),
             http: true,
         },

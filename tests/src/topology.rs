@@ -108,6 +108,33 @@ pub struct Topology {
     fabric_xdp: Option<XdpPass>,
 }
 
+impl Node {
+    /// What kube-proxy programs for a LoadBalancer ingress IP (ipMode VIP):
+    /// TCP to `vip:port` is DNAT-ed to the node's own `local_port`, where its
+    /// server listens (kube-proxy picks an endpoint; here the node is one).
+    pub fn take_vip(&self, vip: Ipv4Addr, port: u16, local_port: u16) -> Result<()> {
+        self.ns
+            .run(&[
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-d",
+                &format!("{vip}/32"),
+                "-p",
+                "tcp",
+                "--dport",
+                &port.to_string(),
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &format!("{}:{local_port}", self.ip),
+            ])
+            .map(drop)
+    }
+}
+
 impl Topology {
     pub fn new(layout: Layout, node_count: usize) -> Result<Topology> {
         let mut topology = Topology {

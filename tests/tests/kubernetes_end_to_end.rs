@@ -16,7 +16,7 @@ use lb_tests::{
     },
     kube_agent::KubeAgent,
     servers::{self, LineClient, ServerGuard},
-    topology::{Layout, Topology, VIP_RANGE},
+    topology::{Layout, Node, Topology, VIP_RANGE},
 };
 
 const NODE_PORT: u16 = 31000;
@@ -188,5 +188,63 @@ fn failing_health_checks_drain_a_node_then_remove_it() -> Result<()> {
     client.close();
     drop(bed);
     drop(guards);
+    Ok(())
+}
+
+/// With direct server return a Service needs no NodePorts
+/// (`allocateLoadBalancerNodePorts: false`): each node's kube-proxy takes the
+/// packet on the VIP itself and answers the client directly. The nodes are
+/// then checked on kube-proxy's own health port: one whose kube-proxy does
+/// not answer gets no new connection until it does.
+#[test]
+fn direct_server_return_serves_a_service_without_node_ports() -> Result<()> {
+    const POD_PORT: u16 = 8080;
+    const KUBE_PROXY_HEALTHZ: u16 = 10256;
+    let topology = Topology::new(Layout::TwoArm, 3)?;
+    let pods: Vec<ServerGuard> = topology
+        .nodes
+        .iter()
+        .map(|n| servers::tcp_name_server(&n.ns, POD_PORT, &n.name))
+        .collect::<Result<_>>()?;
+    // kube-proxy's health port answers on node-1 and node-2 only.
+    let healthz = |n: &Node| servers::http_name_server(&n.ns, KUBE_PROXY_HEALTHZ, &n.name);
+    let mut kube_proxies: Vec<ServerGuard> = topology.nodes[..2]
+        .iter()
+        .map(healthz)
+        .collect::<Result<_>>()?;
+    let flags = [
+        "--forwarding",
+        "dsr",
+        "--health-interval",
+        "200ms",
+        "--health-timeout",
+        "200ms",
+        "--health-fall",
+        "1",
+        "--health-dead",
+        "100",
+    ];
+    let bed = start_agent(&topology, &flags)?;
+    let mut web = load_balancer(NS, "web", &[(80, 0)]);
+    web.spec.as_mut().unwrap().allocate_load_balancer_node_ports = Some(false);
+    bed.server.apply(&web)?;
+    let vip = bed.wait_for_vip(NS, "web", READY)?;
+    for member in &topology.nodes {
+        member.take_vip(vip, 80, POD_PORT)?;
+    }
+    wait_for_live_backends(&bed, vip, 2)?;
+    let tally = connect_many(&topology, vip, 100);
+    assert_eq!(
+        tally.keys().collect::<Vec<_>>(),
+        ["node-1", "node-2"],
+        "{tally:?}"
+    );
+
+    kube_proxies.push(healthz(&topology.nodes[2])?);
+    wait_for_live_backends(&bed, vip, 3)?;
+    let tally = connect_many(&topology, vip, 150);
+    assert_eq!(tally.len(), 3, "every node serves: {tally:?}");
+    drop(bed);
+    drop((pods, kube_proxies));
     Ok(())
 }

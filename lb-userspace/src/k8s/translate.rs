@@ -1,8 +1,9 @@
 //! Turning Services, Nodes and EndpointSlices into the desired state of the
 //! data path.
 //!
-//! Traffic goes to nodes on the Service's NodePort, like a cloud load balancer:
-//! kube-proxy on the node takes it from there. With `externalTrafficPolicy:
+//! Traffic goes to nodes on the Service's NodePort, like a cloud load balancer,
+//! or with direct server return on the VIP itself (so a port needs no NodePort
+//! there): kube-proxy on the node takes it from there. With `externalTrafficPolicy:
 //! Cluster` every usable node serves; with `Local` only nodes that run a ready
 //! endpoint of the Service (kube-proxy drops traffic on the others).
 
@@ -20,6 +21,7 @@ use std::{
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec as K8sServiceSpec};
 
+use self::backends::ServedPort;
 use super::{
     metallb,
     objects::ClusterObjects,
@@ -60,7 +62,13 @@ pub struct TranslateConfig {
     /// the NodePort, so kube-proxy's rules for the VIP (source ranges) do
     /// not apply to them.
     pub forwarding: Forwarding,
+    /// The port of kube-proxy's `/healthz` on every node, which checks the
+    /// nodes of a Service port without a NodePort (direct server return).
+    pub kube_proxy_healthz_port: u16,
 }
+
+/// kube-proxy's default `--healthz-bind-address` port.
+pub const KUBE_PROXY_HEALTHZ_PORT: u16 = 10256;
 
 impl Default for TranslateConfig {
     fn default() -> Self {
@@ -68,6 +76,7 @@ impl Default for TranslateConfig {
             load_balancer_class: DEFAULT_LOAD_BALANCER_CLASS.to_owned(),
             node_address_type: "InternalIP".to_owned(),
             forwarding: Forwarding::Nat,
+            kube_proxy_healthz_port: KUBE_PROXY_HEALTHZ_PORT,
         }
     }
 }
@@ -111,6 +120,11 @@ pub enum HealthCheck {
     /// An HTTP GET on the Service's `healthCheckNodePort`, where kube-proxy
     /// answers 200 only while the node has a local endpoint (policy Local).
     HealthCheckNodePort(u16),
+    /// An HTTP GET on kube-proxy's own health port, for a port without a
+    /// NodePort (served with direct server return): it answers 200 while
+    /// kube-proxy keeps the node's rules, which take the VIP, in sync, as
+    /// cloud load balancers check nodes for policy Cluster.
+    KubeProxy(u16),
 }
 
 /// What [`Translator::translate`] computed.
@@ -293,10 +307,10 @@ impl Translator {
             let servable = service
                 .ports
                 .iter()
-                .any(|port| backends::ServedPort::new(service, port).is_ok());
+                .any(|port| ServedPort::new(service, port, &self.config).is_ok());
             if !servable {
                 for port in service.ports {
-                    if let Err(reason) = backends::ServedPort::new(service, port) {
+                    if let Err(reason) = ServedPort::new(service, port, &self.config) {
                         skips.service(&service.owner, Problem::Invalid, reason);
                     }
                 }
@@ -311,7 +325,7 @@ impl Translator {
         for (service, vips) in vips::assign(&services, self.role, &mut self.pools, &mut skips) {
             let backends = backends::for_service(service, &nodes, &endpoints);
             for port in service.ports {
-                let port = match backends::ServedPort::new(service, port) {
+                let port = match ServedPort::new(service, port, &self.config) {
                     Ok(port) => port,
                     Err(reason) => {
                         skips.service(&service.owner, Problem::Invalid, reason);
@@ -319,7 +333,8 @@ impl Translator {
                     }
                 };
                 for &vip in &vips {
-                    translation.serve(port.on(vip, &backends), service, &mut skips);
+                    let spec = port.on(vip, &backends);
+                    translation.serve(spec, port.check, service, &mut skips);
                 }
             }
             for &vip in &vips {
@@ -439,10 +454,16 @@ fn namespace_labels(objects: &ClusterObjects) -> BTreeMap<&str, &BTreeMap<String
 
 impl Translation {
     /// Adds one frontend of `service`, unless another Service serves it.
-    fn serve(&mut self, spec: ServiceSpec, service: &LoadBalancer, skips: &mut Skips) {
+    fn serve(
+        &mut self,
+        spec: ServiceSpec,
+        check: HealthCheck,
+        service: &LoadBalancer,
+        skips: &mut Skips,
+    ) {
         match self.state.services.entry(spec.frontend) {
             Entry::Vacant(entry) => {
-                self.checks.insert(spec.frontend, service.health_check());
+                self.checks.insert(spec.frontend, check);
                 entry.insert(spec);
             }
             Entry::Occupied(entry) => {
@@ -518,14 +539,18 @@ impl<'a> LoadBalancer<'a> {
         self.spec.external_traffic_policy.as_deref() == Some("Local")
     }
 
-    fn health_check(&self) -> HealthCheck {
+    /// How the nodes of a port are checked: kube-proxy's answer for the
+    /// Service (policy Local), else a connect to the port's NodePort, or
+    /// without one kube-proxy's own health.
+    fn health_check(&self, has_node_port: bool, config: &TranslateConfig) -> HealthCheck {
         let port = self
             .spec
             .health_check_node_port
             .and_then(backends::valid_port);
         match port {
             Some(port) if self.is_local() => HealthCheck::HealthCheckNodePort(port),
-            _ => HealthCheck::NodePort,
+            _ if has_node_port => HealthCheck::NodePort,
+            _ => HealthCheck::KubeProxy(config.kube_proxy_healthz_port),
         }
     }
 

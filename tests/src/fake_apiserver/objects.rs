@@ -342,8 +342,8 @@ impl Allocations {
         ip.to_string()
     }
 
-    /// Ports keep (or get) a nodePort on NodePort and LoadBalancer Services and
-    /// lose it on others; a Local LoadBalancer also gets a healthCheckNodePort.
+    /// Ports keep (or get, unless a LoadBalancer asks for none) a nodePort on
+    /// NodePort and LoadBalancer Services and lose it on others; a Local LoadBalancer also gets a healthCheckNodePort.
     /// Ports asked for are claimed before any is allocated, so that an
     /// allocation never takes one a later port asks for.
     fn assign_node_ports(
@@ -386,9 +386,13 @@ impl Allocations {
         let wanted_health = spec["healthCheckNodePort"]
             .as_u64()
             .or_else(|| old_spec.and_then(|s| s["healthCheckNodePort"].as_u64()));
+        // A LoadBalancer with `allocateLoadBalancerNodePorts: false` keeps the
+        // nodePorts asked for and gets no others.
+        let allocate = spec["type"] != json!("LoadBalancer")
+            || spec["allocateLoadBalancerNodePorts"] != json!(false);
         let mut fields: Vec<(String, &mut Value)> = Vec::new();
         for (index, port) in ports.iter_mut().enumerate() {
-            if external {
+            if external && (allocate || port.get("nodePort").is_some()) {
                 fields.push((
                     format!("spec.ports[{index}].nodePort"),
                     &mut port["nodePort"],
@@ -609,6 +613,21 @@ mod tests {
         let c = admitted(&mut allocations, c, None).unwrap();
         let ports: Vec<&Value> = (0..4).map(|i| &c["spec"]["ports"][i]["nodePort"]).collect();
         assert_eq!(ports, [30003, 30000, 30001, 30002]);
+    }
+
+    /// As the API server: a LoadBalancer that asks for no NodePorts gets none
+    /// but those it names, and still its healthCheckNodePort.
+    #[test]
+    fn a_load_balancer_may_go_without_node_ports() {
+        let mut allocations = Allocations::new(30000..=30003);
+        let lb = json!({"metadata": {"name": "a"}, "spec": {"type": "LoadBalancer",
+            "allocateLoadBalancerNodePorts": false, "externalTrafficPolicy": "Local",
+            "ports": [{"port": 80}, {"port": 443, "nodePort": 30003}]}});
+        let a = admitted(&mut allocations, lb, None).unwrap();
+        let spec = &a["spec"];
+        assert!(spec["ports"][0].get("nodePort").is_none(), "{spec}");
+        assert_eq!(spec["ports"][1]["nodePort"], 30003);
+        assert_eq!(spec["healthCheckNodePort"], 30000);
     }
 
     #[test]

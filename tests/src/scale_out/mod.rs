@@ -237,28 +237,11 @@ impl ScaleOut {
         }
     }
 
-    /// What kube-proxy programs for a LoadBalancer ingress IP (ipMode VIP):
-    /// on every node, TCP to `vip:port` is DNAT-ed to the node's own
-    /// `node_port`, where its server listens.
+    /// What kube-proxy programs for a LoadBalancer ingress IP on every node
+    /// (see [`Node::take_vip`]).
     pub fn expose(&self, vip: Ipv4Addr, port: u16, node_port: u16) -> Result<()> {
         for node in &self.nodes {
-            node.ns.run(&[
-                "iptables",
-                "-t",
-                "nat",
-                "-A",
-                "PREROUTING",
-                "-d",
-                &format!("{vip}/32"),
-                "-p",
-                "tcp",
-                "--dport",
-                &port.to_string(),
-                "-j",
-                "DNAT",
-                "--to-destination",
-                &format!("{}:{node_port}", node.ip),
-            ])?;
+            node.take_vip(vip, port, node_port)?;
         }
         Ok(())
     }

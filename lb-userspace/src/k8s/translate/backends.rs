@@ -11,8 +11,11 @@ use k8s_openapi::api::{
     discovery::v1::EndpointSlice,
 };
 
-use super::{LoadBalancer, NODE_WEIGHT_ANNOTATION, SERVICE_NAME_LABEL, Skips, TranslateConfig};
+use super::{
+    HealthCheck, LoadBalancer, NODE_WEIGHT_ANNOTATION, SERVICE_NAME_LABEL, Skips, TranslateConfig,
+};
 use crate::{
+    dataplane::Forwarding,
     k8s::family::Family,
     model::{BackendSpec, Frontend, Protocol, ServiceSpec},
 };
@@ -227,11 +230,19 @@ pub(super) struct ServedPort {
     name: String,
     number: u16,
     protocol: Protocol,
-    node_port: u16,
+    /// None with direct server return only: nodes then take the packet on
+    /// the VIP and the Service's own port.
+    node_port: Option<u16>,
+    /// How its nodes are health checked.
+    pub(super) check: HealthCheck,
 }
 
 impl ServedPort {
-    pub(super) fn new(service: &LoadBalancer, port: &ServicePort) -> Result<Self, String> {
+    pub(super) fn new(
+        service: &LoadBalancer,
+        port: &ServicePort,
+        config: &TranslateConfig,
+    ) -> Result<Self, String> {
         let protocol_name = protocol_name(port);
         let label = format!("port {}/{}", port.port, protocol_name.to_ascii_lowercase());
         let protocol = match protocol_name {
@@ -242,9 +253,17 @@ impl ServedPort {
         let number =
             valid_port(port.port).ok_or_else(|| format!("{label}: not a valid port number"))?;
         let node_port = match port.node_port {
-            None => return Err(format!("{label} has no nodePort")),
-            Some(node_port) => valid_port(node_port)
-                .ok_or_else(|| format!("{label}: nodePort {node_port} is not valid"))?,
+            Some(node_port) => Some(
+                valid_port(node_port)
+                    .ok_or_else(|| format!("{label}: nodePort {node_port} is not valid"))?,
+            ),
+            None if config.forwarding == Forwarding::Dsr => None,
+            None => {
+                return Err(format!(
+                    "{label} has no nodePort, where --forwarding nat sends its traffic \
+                     (--forwarding dsr serves it on the VIP)"
+                ));
+            }
         };
         let name = match port.name.as_deref() {
             Some(name) if !name.is_empty() => name.to_owned(),
@@ -255,18 +274,20 @@ impl ServedPort {
             number,
             protocol,
             node_port,
+            check: service.health_check(node_port.is_some(), config),
         })
     }
 
-    /// The port on `vip` as the data path serves it: to the NodePort of the
-    /// backends with an address of the VIP's family.
+    /// The port on `vip` as the data path serves it: to the NodePort (or,
+    /// without one, the port itself) of the backends with an address of the
+    /// VIP's family.
     pub(super) fn on(&self, vip: IpAddr, backends: &[Backend]) -> ServiceSpec {
         let family = Family::of(vip);
         let backends = backends.iter().filter_map(|backend| {
             Some(BackendSpec {
                 node: backend.node.name.to_owned(),
                 ip: backend.node.ip(family)?,
-                port: self.node_port,
+                port: self.node_port.unwrap_or(self.number),
                 weight: backend.weight,
             })
         });

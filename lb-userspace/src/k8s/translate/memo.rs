@@ -130,7 +130,7 @@ fn translate_backends(
         };
         let backends = backends::for_service(&service, &nodes, &endpoints);
         for port in service.ports {
-            let Ok(port) = ServedPort::new(&service, port) else {
+            let Ok(port) = ServedPort::new(&service, port, config) else {
                 continue;
             };
             for &vip in vips {

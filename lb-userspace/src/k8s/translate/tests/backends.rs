@@ -264,3 +264,63 @@ fn node_address_type_is_configurable() {
     assert_eq!(spec.backends[0].ip, ip::<IpAddr>("192.0.2.1"));
     assert_eq!(skipped(translation), ["Node n2: no ExternalIP address"]);
 }
+
+/// With direct server return a port needs no NodePort (as with
+/// `allocateLoadBalancerNodePorts: false`): nodes take the packet on the VIP
+/// and the port itself, and are checked on kube-proxy's own health port
+/// unless the Service has a healthCheckNodePort (policy Local); a port with
+/// a NodePort is still checked there. NAT refuses such a port.
+#[test]
+fn direct_server_return_serves_ports_without_a_node_port() {
+    let cluster = with_lb_ip(
+        service(
+            "cluster",
+            vec![port(80, Some("TCP"), None), tcp(443, 30443)],
+        ),
+        "198.51.100.1",
+    );
+    let mut local = with_lb_ip(
+        service("local", vec![port(53, Some("UDP"), None)]),
+        "198.51.100.2",
+    );
+    let spec = local.spec.as_mut().unwrap();
+    spec.external_traffic_policy = Some("Local".to_owned());
+    spec.health_check_node_port = Some(32000);
+    let mut objects = objects(vec![cluster, local], vec![node("n1", "10.1.0.1")]);
+    objects.endpoint_slices = vec![Arc::new(slice("local", &[("n1", None, None, None)]))];
+    let config = TranslateConfig {
+        forwarding: Forwarding::Dsr,
+        kube_proxy_healthz_port: 10999,
+        ..TranslateConfig::default()
+    };
+    let mut dsr = Translator::new(config, Pools::default());
+    let translation = dsr.translate(&objects).clone();
+    assert!(translation.skipped.is_empty(), "{:?}", translation.skipped);
+    let want = [
+        (
+            frontend("198.51.100.1", 80, Protocol::Tcp),
+            80,
+            HealthCheck::KubeProxy(10999),
+        ),
+        (
+            frontend("198.51.100.1", 443, Protocol::Tcp),
+            30443,
+            HealthCheck::NodePort,
+        ),
+        (
+            frontend("198.51.100.2", 53, Protocol::Udp),
+            53,
+            HealthCheck::HealthCheckNodePort(32000),
+        ),
+    ];
+    for (frontend, port, check) in want {
+        let backends = &translation.state.services[&frontend].backends;
+        let ports: Vec<u16> = backends.iter().map(|backend| backend.port).collect();
+        assert_eq!(ports, [port], "{frontend}");
+        assert_eq!(translation.checks[&frontend], check, "{frontend}");
+    }
+
+    let translation = Translator::default().translate(&objects).clone();
+    assert_eq!(served(&translation).len(), 1, "{:?}", translation.state);
+    assert_eq!(skipped(&translation).len(), 2, "{:?}", translation.skipped);
+}

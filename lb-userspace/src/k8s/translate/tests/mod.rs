@@ -186,7 +186,8 @@ fn ports_and_protocols() {
         .clone();
     let want = [
         "Service default/web: port 9000/sctp: protocol SCTP is not supported",
-        "Service default/web: port 443/tcp has no nodePort",
+        "Service default/web: port 443/tcp has no nodePort, where --forwarding nat sends its \
+         traffic (--forwarding dsr serves it on the VIP)",
     ];
     assert_eq!(skipped(&translation), want);
     let services = &translation.state.services;
