@@ -130,13 +130,13 @@ struct Second {
 }
 
 impl Second {
-    /// Starts it with `more` flags; `ns` names its kubeconfig, so tests that
-    /// run at once do not share one.
-    fn start(ns: &NetNs, server: &FakeApiServer, more: &[&str]) -> Result<Self> {
+    /// Starts it as `identity` with `more` flags; `ns` names its kubeconfig,
+    /// so tests that run at once do not share one.
+    fn start(ns: &NetNs, server: &FakeApiServer, identity: &str, more: &[&str]) -> Result<Self> {
         let kubeconfig = std::env::temp_dir().join(format!("lb-kubeconfig-{}.yaml", ns.name()));
         server.write_kubeconfig(&kubeconfig)?;
         let path = kubeconfig.display().to_string();
-        let mut extra = flags("host-b", SECOND_METRICS);
+        let mut extra = flags(identity, SECOND_METRICS);
         extra.extend(more.iter().map(|flag| (*flag).to_owned()));
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         let agent = Agent::start_from(ns, &["lb1"], &["--kubeconfig", &path], &extra)?;
@@ -168,7 +168,7 @@ fn one_elected_agent_assigns_and_the_other_takes_over() -> Result<()> {
     let bed = Holder::start("elect")?;
     let (first, ns) = (&bed.first, &bed.ns);
     let server = &first.server;
-    let second = Second::start(ns, server, &["--backend-metrics", "false"])?;
+    let second = Second::start(ns, server, "host-b", &["--backend-metrics", "false"])?;
     for index in 1..=2 {
         let ip = std::net::Ipv4Addr::new(10, 1, 0, 10 + index);
         server.apply(&node(&format!("node-{index}"), ip))?;
@@ -331,7 +331,7 @@ fn a_follower_tells_what_its_own_data_path_cannot_serve() -> Result<()> {
     let bed = Holder::start("notprog")?;
     let (first, ns) = (&bed.first, &bed.ns);
     let server = &first.server;
-    let second = Second::start(ns, server, &["--forwarding", "dsr"])?;
+    let second = Second::start(ns, server, "host-b", &["--forwarding", "dsr"])?;
     server.apply(&node("node-1", std::net::Ipv4Addr::new(10, 1, 0, 11)))?;
     server.apply(&load_balancer(NS, "web", &[(80, 30080)]))?;
     let vip = first.wait_for_vip(NS, "web", READY)?;
@@ -353,5 +353,48 @@ fn a_follower_tells_what_its_own_data_path_cannot_serve() -> Result<()> {
     assert_eq!(reporters, ["host-b"]);
     assert!(served(&second.agent).is_empty());
     assert_eq!(served(&first.agent).get("shop/web"), Some(&IpAddr::V4(vip)));
+    Ok(())
+}
+
+/// Two agents given one identity (a host name used twice) do not both
+/// write: each would take a Lease held under its own name as its own, from
+/// before a restart. The one whose write the other overwrites under that
+/// name stops leading and says why; one leads, and stays the only one.
+#[test]
+fn two_agents_given_one_identity_do_not_both_lead() -> Result<()> {
+    let bed = Holder::start("twins")?;
+    let (first, ns) = (&bed.first, &bed.ns);
+    let second = Second::start(ns, &first.server, "host-a", &[])?;
+    let assigning = || {
+        [FIRST_METRICS, SECOND_METRICS].map(|metrics| gauge(ns, metrics, "lb_assigns_addresses"))
+    };
+    let twin = "another agent renews the leader Lease under this agent's identity";
+    second.agent_wait(first, "one agent finding it has a twin", || {
+        [first.agent.log(), second.agent.log()]
+            .iter()
+            .any(|log| log.contains(twin))
+            .then_some(())
+    })?;
+    let settled = second.agent_wait(first, "one of the two assigning", || {
+        let now = assigning();
+        let values: Vec<f64> = now.iter().flatten().copied().collect();
+        (values.len() == 2 && values.iter().sum::<f64>() == 1.0).then_some(now)
+    })?;
+    // For several renewals of the Lease.
+    let until = Instant::now() + LEASE_DURATION * 2;
+    while Instant::now() < until {
+        assert_eq!(
+            assigning(),
+            settled,
+            "host-b's log:\n{}",
+            second.agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let follower = match settled[0] {
+        Some(0.0) => first.agent.log(),
+        _ => second.agent.log(),
+    };
+    assert!(follower.contains(twin), "{follower}");
     Ok(())
 }

@@ -12,6 +12,12 @@
 //! deadline (two thirds of the duration) stops writing, before anyone may
 //! take over. A stopping holder gives the Lease up, so the next takes over at
 //! once.
+//!
+//! An agent takes a Lease held under its own identity at once (it is its
+//! own, from before a restart), so two agents given one identity would both
+//! hold it. One that finds its last write overwritten under its own name
+//! knows it has such a twin: it stops leading, says so, and treats the
+//! Lease as another's until it goes unrenewed.
 
 use std::time::Duration;
 
@@ -186,6 +192,18 @@ impl Record {
 struct Observed {
     record: Record,
     since: Instant,
+    /// The record is this agent's own write.
+    written_here: bool,
+}
+
+/// What this agent knows of the Lease between attempts.
+#[derive(Default)]
+struct View {
+    observed: Option<Observed>,
+    /// Another agent renews the Lease under this agent's identity: from
+    /// when it overwrote this agent's write until this agent takes the
+    /// Lease again, once it has gone unrenewed.
+    twin: bool,
 }
 
 /// Tries to take or renew the Lease every retry period, for ever.
@@ -195,7 +213,7 @@ async fn campaign(
     standing: watch::Sender<Leadership>,
     changed: watch::Sender<()>,
 ) {
-    let mut observed: Option<Observed> = None;
+    let mut view = View::default();
     let mut until: Option<Instant> = None;
     // Logged when it first appears, not at every retry while it lasts (a
     // missing permission lasts until someone grants it).
@@ -204,15 +222,13 @@ async fn campaign(
         let started = Instant::now();
         // Bounded: a request hanging on a dead connection must not keep this
         // agent from noticing it no longer holds the Lease.
-        let outcome = match tokio::time::timeout(
-            config.retry_period(),
-            attempt(&api, &config, &mut observed),
-        )
-        .await
-        {
-            Ok(result) => result.map_err(|error| error.to_string()),
-            Err(_) => Err(format!("no answer within {:?}", config.retry_period())),
-        };
+        let outcome =
+            match tokio::time::timeout(config.retry_period(), attempt(&api, &config, &mut view))
+                .await
+            {
+                Ok(result) => result.map_err(|error| error.to_string()),
+                Err(_) => Err(format!("no answer within {:?}", config.retry_period())),
+            };
         match outcome {
             Ok(held) => {
                 if failing.take().is_some() {
@@ -249,7 +265,8 @@ async fn campaign(
                 );
             } else {
                 info!(
-                    holder = observed
+                    holder = view
+                        .observed
                         .as_ref()
                         .and_then(|o| o.record.holder.as_deref())
                         .unwrap_or("nobody"),
@@ -264,11 +281,7 @@ async fn campaign(
 
 /// One look at the Lease: takes it if it is free or expired, renews it if it
 /// is this agent's. True if this agent holds it now.
-async fn attempt(
-    api: &Api<Lease>,
-    config: &ElectionConfig,
-    observed: &mut Option<Observed>,
-) -> kube::Result<bool> {
+async fn attempt(api: &Api<Lease>, config: &ElectionConfig, view: &mut View) -> kube::Result<bool> {
     let now = MicroTime(Timestamp::now());
     let Some(mut lease) = api.get_opt(LEASE_NAME).await? else {
         let lease = Lease {
@@ -279,12 +292,22 @@ async fn attempt(
             },
             spec: Some(held_by(LeaseSpec::default(), config, now)),
         };
-        return written(api.create(&PostParams::default(), &lease).await, observed);
+        return written(api.create(&PostParams::default(), &lease).await, view);
     };
     let record = Record::of(&lease);
     let spec = lease.spec.take().unwrap_or_default();
-    let since = match observed.take() {
+    let mine = record.holder.as_deref() == Some(&config.identity);
+    let since = match view.observed.take() {
         Some(seen) if seen.record == record => seen.since,
+        Some(seen) if seen.written_here && mine && !view.twin => {
+            error!(
+                identity = %config.identity,
+                "another agent renews the leader Lease under this agent's identity: \
+                 following it; give each agent its own --identity"
+            );
+            view.twin = true;
+            Instant::now()
+        }
         _ => Instant::now(),
     };
     let duration = spec
@@ -294,10 +317,15 @@ async fn attempt(
     let free = may_take(
         record.holder.as_deref(),
         &config.identity,
+        view.twin,
         since.elapsed(),
         duration,
     );
-    *observed = Some(Observed { record, since });
+    view.observed = Some(Observed {
+        record,
+        since,
+        written_here: false,
+    });
     if !free {
         return Ok(false);
     }
@@ -305,15 +333,22 @@ async fn attempt(
     let replaced = api
         .replace(LEASE_NAME, &PostParams::default(), &lease)
         .await;
-    written(replaced, observed)
+    written(replaced, view)
 }
 
 /// Whether this agent (`me`) may write itself into a Lease held by
-/// `holder`, whose record it has seen unchanged for `unchanged_for`.
-fn may_take(holder: Option<&str>, me: &str, unchanged_for: Duration, duration: Duration) -> bool {
+/// `holder`, whose record it has seen unchanged for `unchanged_for`; with a
+/// `twin`, a Lease held as `me` is the twin's.
+fn may_take(
+    holder: Option<&str>,
+    me: &str,
+    twin: bool,
+    unchanged_for: Duration,
+    duration: Duration,
+) -> bool {
     match holder {
         None => true,
-        Some(holder) if holder == me => true,
+        Some(holder) if holder == me && !twin => true,
         Some(_) => unchanged_for >= duration,
     }
 }
@@ -334,13 +369,15 @@ fn held_by(mut spec: LeaseSpec, config: &ElectionConfig, now: MicroTime) -> Leas
 
 /// The outcome of a write of the Lease: another agent's write in between
 /// (409) means this one does not hold it.
-fn written(result: kube::Result<Lease>, observed: &mut Option<Observed>) -> kube::Result<bool> {
+fn written(result: kube::Result<Lease>, view: &mut View) -> kube::Result<bool> {
     match result {
         Ok(lease) => {
-            *observed = Some(Observed {
+            view.observed = Some(Observed {
                 record: Record::of(&lease),
                 since: Instant::now(),
+                written_here: true,
             });
+            view.twin = false;
             Ok(true)
         }
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
@@ -356,17 +393,21 @@ mod tests {
     fn a_lease_is_taken_only_when_free_own_or_unrenewed_for_its_duration() {
         let duration = Duration::from_secs(15);
         let cases = [
-            (None, Duration::ZERO, true),
-            (Some("me"), Duration::ZERO, true),
-            (Some("other"), Duration::ZERO, false),
-            (Some("other"), Duration::from_secs(14), false),
-            (Some("other"), Duration::from_secs(15), true),
+            (None, false, Duration::ZERO, true),
+            (Some("me"), false, Duration::ZERO, true),
+            (Some("other"), false, Duration::ZERO, false),
+            (Some("other"), false, Duration::from_secs(14), false),
+            (Some("other"), false, Duration::from_secs(15), true),
+            // Held as "me" by a twin: as another's.
+            (Some("me"), true, Duration::from_secs(14), false),
+            (Some("me"), true, Duration::from_secs(15), true),
+            (None, true, Duration::ZERO, true),
         ];
-        for (holder, unchanged_for, expected) in cases {
+        for (holder, twin, unchanged_for, expected) in cases {
             assert_eq!(
-                may_take(holder, "me", unchanged_for, duration),
+                may_take(holder, "me", twin, unchanged_for, duration),
                 expected,
-                "{holder:?} unchanged for {unchanged_for:?}"
+                "{holder:?} (twin: {twin}) unchanged for {unchanged_for:?}"
             );
         }
     }
