@@ -197,7 +197,7 @@ pub struct AgentArgs {
     /// --forwarding dsr) are health checked.
     #[arg(long, value_name = "PORT", default_value_t = KUBE_PROXY_HEALTHZ_PORT, value_parser = clap::value_parser!(u16).range(1..))]
     pub kube_proxy_healthz_port: u16,
-    /// Time between health checks of each (node, NodePort); 0 switches them off.
+    /// Time between health checks of the backends; 0 switches them off.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = crate::units::parse_duration)]
     pub health_interval: std::time::Duration,
     /// How long one health check may take.

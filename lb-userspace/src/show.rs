@@ -125,8 +125,8 @@ pub fn backends(args: &BackendsArgs) -> Result<()> {
         &rows,
         args.inspect.json,
         &[
-            "SERVICE", "NODE", "ADDRESS", "NODEPORT", "WEIGHT", "HEALTH", "SHARE", "PACKETS",
-            "BYTES", "FLOWS",
+            "SERVICE", "NODE", "ADDRESS", "PORT", "WEIGHT", "HEALTH", "SHARE", "PACKETS", "BYTES",
+            "FLOWS",
         ],
         |r| {
             vec![
