@@ -398,3 +398,28 @@ fn two_agents_given_one_identity_do_not_both_lead() -> Result<()> {
     assert!(follower.contains(twin), "{follower}");
     Ok(())
 }
+
+/// An edit of the Lease that renews nothing (a label, as tools add) is not
+/// taken for a twin's renewal: the holder keeps leading.
+#[test]
+fn a_label_on_the_lease_is_not_a_twin() -> Result<()> {
+    let bed = Holder::start("edited")?;
+    let (first, ns) = (&bed.first, &bed.ns);
+    first.server.cluster(|cluster| -> Result<()> {
+        let mut lease = cluster
+            .get::<Lease>(Some("lb-system"), "lb-controller")?
+            .expect("the holder's Lease");
+        lease.metadata.labels = Some([("team".to_owned(), "edge".to_owned())].into());
+        cluster.apply(&lease)?;
+        Ok(())
+    })?;
+    // For several renewals of the Lease.
+    let until = Instant::now() + LEASE_DURATION * 2;
+    while Instant::now() < until {
+        let assigning = gauge(ns, FIRST_METRICS, "lb_assigns_addresses");
+        assert_eq!(assigning, Some(1.0), "{}", first.agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(holder(&first.server).as_deref(), Some("host-a"));
+    Ok(())
+}

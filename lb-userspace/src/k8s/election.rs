@@ -67,7 +67,7 @@ impl ElectionConfig {
 }
 
 /// Where this agent stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Leadership {
     /// No attempt has finished yet.
     Unknown,
@@ -76,14 +76,17 @@ pub enum Leadership {
     /// the task that renews is stuck (or the process was stopped).
     Leading {
         until: Instant,
+        /// The Lease's resourceVersion after that renewal: giving it up is
+        /// for this agent only while nobody wrote it since.
+        version: Option<String>,
     },
     Following,
 }
 
 impl Leadership {
     /// Whether this agent may write at `now`.
-    fn holds_at(self, now: Instant) -> bool {
-        matches!(self, Self::Leading { until } if now < until)
+    fn holds_at(&self, now: Instant) -> bool {
+        matches!(self, Self::Leading { until, .. } if now < *until)
     }
 }
 
@@ -132,10 +135,12 @@ impl Elector {
         self.task.abort();
         // A renewal in flight would make the give-up a conflict.
         let _ = (&mut self.task).await;
-        if !self.leading() {
-            return;
-        }
-        match tokio::time::timeout(GIVE_UP_WITHIN, self.give_up()).await {
+        let version = match &*self.standing.borrow() {
+            standing if !standing.holds_at(Instant::now()) => return,
+            Leadership::Leading { version, .. } => version.clone(),
+            _ => return,
+        };
+        match tokio::time::timeout(GIVE_UP_WITHIN, self.give_up(version)).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
                 warn!(%error, "giving up the leader Lease; the others take over when it expires");
@@ -147,10 +152,15 @@ impl Elector {
         }
     }
 
-    async fn give_up(&self) -> kube::Result<()> {
+    /// Clears the holder of the Lease if it is as this agent last wrote it
+    /// (`version`): written since, it may be a twin's (see the module doc).
+    async fn give_up(&self, version: Option<String>) -> kube::Result<()> {
         let Some(mut lease) = self.api.get_opt(LEASE_NAME).await? else {
             return Ok(());
         };
+        if lease.meta().resource_version != version {
+            return Ok(());
+        }
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
         if spec.holder_identity.as_deref() != Some(&self.identity) {
             return Ok(());
@@ -214,7 +224,8 @@ async fn campaign(
     changed: watch::Sender<()>,
 ) {
     let mut view = View::default();
-    let mut until: Option<Instant> = None;
+    // The renew deadline, with the version written then.
+    let mut until: Option<(Instant, Option<String>)> = None;
     // Logged when it first appears, not at every retry while it lasts (a
     // missing permission lasts until someone grants it).
     let mut failing: Option<String> = None;
@@ -234,7 +245,11 @@ async fn campaign(
                 if failing.take().is_some() {
                     info!("the leader Lease can be read and written again");
                 }
-                until = held.then(|| started + config.renew_deadline());
+                until = held.then(|| {
+                    let observed = view.observed.as_ref();
+                    let version = observed.and_then(|seen| seen.record.version.clone());
+                    (started + config.renew_deadline(), version)
+                });
             }
             Err(message) => {
                 if failing.as_ref() != Some(&message) {
@@ -250,13 +265,13 @@ async fn campaign(
                 }
             }
         }
-        let now = match until.filter(|until| Instant::now() < *until) {
-            Some(until) => Leadership::Leading { until },
+        let now = match until.clone().filter(|(until, _)| Instant::now() < *until) {
+            Some((until, version)) => Leadership::Leading { until, version },
             None => Leadership::Following,
         };
+        let is_leading = matches!(now, Leadership::Leading { .. });
         let before = standing.send_replace(now);
         let was_leading = matches!(before, Leadership::Leading { .. });
-        let is_leading = matches!(now, Leadership::Leading { .. });
         if before == Leadership::Unknown || was_leading != is_leading {
             if is_leading {
                 info!(
@@ -292,23 +307,32 @@ async fn attempt(api: &Api<Lease>, config: &ElectionConfig, view: &mut View) -> 
             },
             spec: Some(held_by(LeaseSpec::default(), config, now)),
         };
+        // What was seen of a Lease since deleted says nothing of the new one.
+        view.observed = None;
         return written(api.create(&PostParams::default(), &lease).await, view);
     };
     let record = Record::of(&lease);
-    let spec = lease.spec.take().unwrap_or_default();
+    let mut spec = lease.spec.take().unwrap_or_default();
     let mine = record.holder.as_deref() == Some(&config.identity);
-    let since = match view.observed.take() {
-        Some(seen) if seen.record == record => seen.since,
-        Some(seen) if seen.written_here && mine && !view.twin => {
+    let (since, written_here) = match view.observed.take() {
+        Some(seen) if seen.record == record => (seen.since, seen.written_here),
+        // Renewed under this agent's name since it wrote: not an edit of
+        // the Lease's labels or annotations, which renews nothing.
+        Some(seen)
+            if seen.written_here
+                && mine
+                && !view.twin
+                && seen.record.renew_time != record.renew_time =>
+        {
             error!(
                 identity = %config.identity,
                 "another agent renews the leader Lease under this agent's identity: \
                  following it; give each agent its own --identity"
             );
             view.twin = true;
-            Instant::now()
+            (Instant::now(), false)
         }
-        _ => Instant::now(),
+        _ => (Instant::now(), false),
     };
     let duration = spec
         .lease_duration_seconds
@@ -324,10 +348,15 @@ async fn attempt(api: &Api<Lease>, config: &ElectionConfig, view: &mut View) -> 
     view.observed = Some(Observed {
         record,
         since,
-        written_here: false,
+        written_here,
     });
     if !free {
         return Ok(false);
+    }
+    if view.twin {
+        // Taken from the twin: a new holder, for the acquire time and the
+        // count of transitions.
+        spec.holder_identity = None;
     }
     lease.spec = Some(held_by(spec, config, now));
     let replaced = api
@@ -416,7 +445,10 @@ mod tests {
     fn a_holder_writes_only_until_its_renew_deadline() {
         let now = Instant::now();
         let until = now + Duration::from_secs(10);
-        let leading = Leadership::Leading { until };
+        let leading = Leadership::Leading {
+            until,
+            version: None,
+        };
         assert!(leading.holds_at(now));
         assert!(!leading.holds_at(until));
         assert!(!leading.holds_at(until + Duration::from_secs(1)));
