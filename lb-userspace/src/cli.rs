@@ -194,8 +194,9 @@ pub struct AgentArgs {
     /// The port of kube-proxy's /healthz on the nodes (its
     /// --healthz-bind-address), where the nodes of a Service port without a
     /// NodePort (allocateLoadBalancerNodePorts: false, served with
-    /// --forwarding dsr) are health checked.
-    #[arg(long, value_name = "PORT", default_value_t = KUBE_PROXY_HEALTHZ_PORT, value_parser = clap::value_parser!(u16).range(1..))]
+    /// --forwarding dsr) are health checked; 0 leaves such ports unchecked
+    /// (for a kube-proxy whose health port lb cannot reach).
+    #[arg(long, value_name = "PORT", default_value_t = KUBE_PROXY_HEALTHZ_PORT)]
     pub kube_proxy_healthz_port: u16,
     /// Time between health checks of the backends; 0 switches them off.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = crate::units::parse_duration)]

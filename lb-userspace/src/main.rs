@@ -225,7 +225,7 @@ fn run_agent(args: AgentArgs) -> Result<()> {
             load_balancer_class: args.load_balancer_class,
             node_address_type: args.node_address_type,
             forwarding: args.forwarding,
-            kube_proxy_healthz_port: args.kube_proxy_healthz_port,
+            kube_proxy_healthz_port: Some(args.kube_proxy_healthz_port).filter(|&port| port != 0),
         },
         Pools::from_flags(pools).context("--pool")?,
     );

@@ -63,7 +63,9 @@ impl fmt::Display for Frontend {
     }
 }
 
-/// One node serving a service port: (node IP, NodePort) with a Maglev weight.
+/// One node serving a service port: (node IP, the port the node takes the
+/// packet on: its NodePort, or with direct server return and none the
+/// service's port) with a Maglev weight.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct BackendSpec {
     /// Kubernetes Node name.

@@ -63,8 +63,9 @@ pub struct TranslateConfig {
     /// not apply to them.
     pub forwarding: Forwarding,
     /// The port of kube-proxy's `/healthz` on every node, which checks the
-    /// nodes of a Service port without a NodePort (direct server return).
-    pub kube_proxy_healthz_port: u16,
+    /// nodes of a Service port without a NodePort (direct server return);
+    /// `None`: such ports are not checked.
+    pub kube_proxy_healthz_port: Option<u16>,
 }
 
 /// kube-proxy's default `--healthz-bind-address` port.
@@ -76,7 +77,7 @@ impl Default for TranslateConfig {
             load_balancer_class: DEFAULT_LOAD_BALANCER_CLASS.to_owned(),
             node_address_type: "InternalIP".to_owned(),
             forwarding: Forwarding::Nat,
-            kube_proxy_healthz_port: KUBE_PROXY_HEALTHZ_PORT,
+            kube_proxy_healthz_port: Some(KUBE_PROXY_HEALTHZ_PORT),
         }
     }
 }
@@ -300,8 +301,8 @@ impl Translator {
         let endpoints = backends::index_endpoints(&objects.endpoint_slices, &nodes);
         let namespaces = namespace_labels(objects);
         let mut services = self.load_balancers(&objects.services, &namespaces, &mut skips);
-        // A Service none of whose ports can be served (no nodePort, only
-        // SCTP) holds no address, and its status shows none: the skips of
+        // A Service none of whose ports can be served (no nodePort under
+        // NAT, only SCTP) holds no address, and its status shows none: the skips of
         // its ports say why.
         services.retain(|service| {
             let servable = service
@@ -457,13 +458,15 @@ impl Translation {
     fn serve(
         &mut self,
         spec: ServiceSpec,
-        check: HealthCheck,
+        check: Option<HealthCheck>,
         service: &LoadBalancer,
         skips: &mut Skips,
     ) {
         match self.state.services.entry(spec.frontend) {
             Entry::Vacant(entry) => {
-                self.checks.insert(spec.frontend, check);
+                if let Some(check) = check {
+                    self.checks.insert(spec.frontend, check);
+                }
                 entry.insert(spec);
             }
             Entry::Occupied(entry) => {
@@ -541,16 +544,16 @@ impl<'a> LoadBalancer<'a> {
 
     /// How the nodes of a port are checked: kube-proxy's answer for the
     /// Service (policy Local), else a connect to the port's NodePort, or
-    /// without one kube-proxy's own health.
-    fn health_check(&self, has_node_port: bool, config: &TranslateConfig) -> HealthCheck {
+    /// without one kube-proxy's own health, unless switched off.
+    fn health_check(&self, has_node_port: bool, config: &TranslateConfig) -> Option<HealthCheck> {
         let port = self
             .spec
             .health_check_node_port
             .and_then(backends::valid_port);
         match port {
-            Some(port) if self.is_local() => HealthCheck::HealthCheckNodePort(port),
-            _ if has_node_port => HealthCheck::NodePort,
-            _ => HealthCheck::KubeProxy(config.kube_proxy_healthz_port),
+            Some(port) if self.is_local() => Some(HealthCheck::HealthCheckNodePort(port)),
+            _ if has_node_port => Some(HealthCheck::NodePort),
+            _ => config.kube_proxy_healthz_port.map(HealthCheck::KubeProxy),
         }
     }
 

@@ -233,8 +233,8 @@ pub(super) struct ServedPort {
     /// None with direct server return only: nodes then take the packet on
     /// the VIP and the Service's own port.
     node_port: Option<u16>,
-    /// How its nodes are health checked.
-    pub(super) check: HealthCheck,
+    /// How its nodes are health checked, if they are.
+    pub(super) check: Option<HealthCheck>,
 }
 
 impl ServedPort {

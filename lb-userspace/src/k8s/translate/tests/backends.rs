@@ -290,7 +290,7 @@ fn direct_server_return_serves_ports_without_a_node_port() {
     objects.endpoint_slices = vec![Arc::new(slice("local", &[("n1", None, None, None)]))];
     let config = TranslateConfig {
         forwarding: Forwarding::Dsr,
-        kube_proxy_healthz_port: 10999,
+        kube_proxy_healthz_port: Some(10999),
         ..TranslateConfig::default()
     };
     let mut dsr = Translator::new(config, Pools::default());
@@ -319,6 +319,19 @@ fn direct_server_return_serves_ports_without_a_node_port() {
         assert_eq!(ports, [port], "{frontend}");
         assert_eq!(translation.checks[&frontend], check, "{frontend}");
     }
+
+    // With kube-proxy's health port switched off such a port goes unchecked;
+    // the others are checked as before.
+    let config = TranslateConfig {
+        forwarding: Forwarding::Dsr,
+        kube_proxy_healthz_port: None,
+        ..TranslateConfig::default()
+    };
+    let translation = Translator::new(config, Pools::default())
+        .translate(&objects)
+        .clone();
+    let checks: Vec<u16> = translation.checks.keys().map(|f| f.port).collect();
+    assert_eq!(checks, [443, 53], "{:?}", translation.checks);
 
     let translation = Translator::default().translate(&objects).clone();
     assert_eq!(served(&translation).len(), 1, "{:?}", translation.state);
