@@ -54,8 +54,8 @@ pub async fn run(mut options: AgentOptions) -> Result<()> {
         .await
         .with_context(|| format!("--metrics-address {}", options.metrics_address))?;
     // On a thread of its own: the verifier and the preallocation of the flow
-    // tables take about half a second, in which this thread's runtime reads
-    // the cluster (the source's watches started when it connected).
+    // tables take about half a second, in which the runtime reads the
+    // cluster (the source's watches started when it connected).
     let config = options.dataplane.clone();
     let mut dataplane = tokio::task::spawn_blocking(move || Dataplane::load(config))
         .await

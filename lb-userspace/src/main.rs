@@ -273,7 +273,14 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         },
         announcement,
     };
-    tokio::runtime::Builder::new_current_thread()
+    // Two threads: the watches, which decode every object that changes (at a
+    // start, 10,000 Services coming back with their statuses), run beside
+    // the rounds, whose programming of the data path blocks in system
+    // calls. On one thread they took turns: with 10,000 Services every VIP
+    // was in status after 1.7 s, against 1.1 s on two. Not one per CPU: the
+    // host's CPUs are the data path's.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?

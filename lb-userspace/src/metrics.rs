@@ -398,7 +398,7 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>, per_backend: bool
                 let path = request.uri().path().to_owned();
                 async move {
                     // A scrape reads every map, flows included, and asks
-                    // BIRD: not on the agent's runtime thread, which the
+                    // BIRD: not on the runtime's threads, which the
                     // reconciler, health checks and watches share.
                     let response =
                         tokio::task::spawn_blocking(move || respond(&path, &registry, &health))

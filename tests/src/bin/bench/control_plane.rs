@@ -153,8 +153,8 @@ pub fn run(quick: bool) -> Result<(Rows, Vec<Goal>)> {
              Services, 0.08-0.14 s; programming them, 0.21-0.33 s (the rings are stores into \
              the mapped Maglev map, the rest about 8 system calls a service); announcing, \
              0.03 s; then the 10,000 status writes (64 at a time, before the Events and the \
-             catalog for the CLI), 0.46-0.79 s, for which the agent (its one thread busy \
-             throughout) and the fake API server share 2 CPUs",
+             catalog for the CLI), for which the agent (two runtime threads, one decoding \
+             the watches' events) and the fake API server share 2 CPUs",
         ),
         goal(
             format!("{cluster}: EndpointSlice change to map update, p99 <= 150 ms"),
