@@ -102,10 +102,16 @@ impl HealthChecker {
         }
     }
 
-    /// Checks the backends of `translation` from the next round on.
+    /// Checks the backends of `translation`: those new to the checker at
+    /// once, all from the next round on.
     pub fn watch(&self, translation: &Translation) {
         if self.enabled {
-            self.targets.send_replace(targets(translation));
+            let now = targets(translation);
+            self.targets.send_if_modified(|targets| {
+                let changed = *targets != now;
+                *targets = now;
+                changed
+            });
         }
     }
 
@@ -228,18 +234,31 @@ impl Record {
     }
 }
 
+/// Checks every target each interval, and a new one as soon as it comes:
+/// with direct server return, a node's first check is also what resolves
+/// its MAC, without which the data path cannot send it a packet.
 async fn check_forever(
     config: HealthConfig,
-    targets: watch::Receiver<BTreeSet<Target>>,
+    mut targets: watch::Receiver<BTreeSet<Target>>,
     verdicts: watch::Sender<Verdicts>,
 ) {
     let mut records: BTreeMap<Target, Record> = BTreeMap::new();
     let mut ticker = interval(config.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     while !verdicts.is_closed() {
-        ticker.tick().await;
-        let current = targets.borrow().clone();
+        let only_new = tokio::select! {
+            _ = ticker.tick() => false,
+            changed = targets.changed() => match changed {
+                Ok(()) => true,
+                // The checker is gone.
+                Err(_) => return,
+            },
+        };
+        let current = targets.borrow_and_update().clone();
         records.retain(|target, _| current.contains(target));
+        let current = current
+            .into_iter()
+            .filter(|target| !only_new || !records.contains_key(target));
         let results: Vec<(Target, bool)> = stream::iter(current)
             .map(|target| async move { (target, probe(target, config.timeout).await) })
             .buffer_unordered(MAX_CONCURRENT_PROBES)
@@ -528,5 +547,47 @@ mod tests {
         let spec = &state.services[&frontend(down.port(), Protocol::Tcp)];
         assert_eq!(spec.backends.len(), 1);
         assert_eq!(spec.backends[0].port, up.port());
+    }
+
+    /// A backend new to the checker is checked at once, not an interval
+    /// later: with direct server return its check is what resolves its MAC.
+    /// (Checked here on kube-proxy's health port: an HTTP GET.)
+    #[tokio::test]
+    async fn a_new_backend_is_checked_at_once() {
+        let down = closed_port();
+        let config = HealthConfig {
+            interval: Duration::from_secs(3600),
+            fall: 1,
+            ..config()
+        };
+        let mut checker = HealthChecker::start(config);
+        // The first round, with nothing to check yet, passes.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let frontend = frontend(80, Protocol::Tcp);
+        let backend = BackendSpec {
+            node: "node-1".into(),
+            ip: down.ip(),
+            port: 80,
+            weight: 1,
+        };
+        let spec = ServiceSpec {
+            name: "ns/s:80".into(),
+            frontend,
+            backends: vec![backend],
+        };
+        let mut translation = Translation::default();
+        translation.state.services.insert(frontend, spec);
+        let check = HealthCheck::KubeProxy(down.port());
+        translation.checks.insert(frontend, check);
+        checker.watch(&translation);
+        timeout(Duration::from_secs(5), checker.changed())
+            .await
+            .expect("checked within the interval");
+        let verdicts = checker.verdicts.borrow().clone();
+        let target = Target {
+            addr: down,
+            http: true,
+        };
+        assert_eq!(verdicts.get(&target), Some(&Verdict::Failing));
     }
 }
