@@ -15,8 +15,8 @@
 //!
 //! An agent takes a Lease held under its own identity at once (it is its
 //! own, from before a restart), so two agents given one identity would both
-//! hold it. One that finds its last write overwritten under its own name
-//! knows it has such a twin: it stops leading, says so, and treats the
+//! hold it. One that finds the Lease renewed under its own name since its
+//! own last write knows it has such a twin: it stops leading, says so, and treats the
 //! Lease as another's until it goes unrenewed.
 
 use std::time::Duration;
