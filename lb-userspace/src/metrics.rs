@@ -373,8 +373,9 @@ impl Scrape {
 }
 
 /// Serves `/metrics` (with the per-backend series if `per_backend`),
-/// `/healthz` and `/readyz` on `listener` until the task is dropped. A failed accept (out of file descriptors, say) is logged and
-/// the next one tried after a pause: the endpoints outlive a bad moment.
+/// `/healthz` and `/readyz` on `listener` until the task is dropped. A failed
+/// accept (out of file descriptors, say) is logged and the next one tried
+/// after a pause: the endpoints outlive a bad moment.
 pub async fn serve(listener: TcpListener, health: Arc<Health>, per_backend: bool) {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(MapsCollector {

@@ -136,8 +136,9 @@ impl Elector {
         // A renewal in flight would make the give-up a conflict.
         let _ = (&mut self.task).await;
         let version = match &*self.standing.borrow() {
-            standing if !standing.holds_at(Instant::now()) => return,
-            Leadership::Leading { version, .. } => version.clone(),
+            standing @ Leadership::Leading { version, .. } if standing.holds_at(Instant::now()) => {
+                version.clone()
+            }
             _ => return,
         };
         match tokio::time::timeout(GIVE_UP_WITHIN, self.give_up(version)).await {
