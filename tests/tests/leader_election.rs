@@ -89,6 +89,13 @@ fn gauge(ns: &NetNs, metrics: &str, name: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// Asserts that `host` is the reporting instance of every one of `events`.
+fn assert_reported_by(events: &[Event], host: &str) {
+    for event in events {
+        assert_eq!(event.reporting_instance.as_deref(), Some(host), "{event:?}");
+    }
+}
+
 /// Each Service's VIP as its status shows it.
 fn statuses(kube: &KubeAgent, names: &[&str]) -> BTreeMap<String, IpAddr> {
     names
@@ -208,13 +215,7 @@ fn one_elected_agent_assigns_and_the_other_takes_over() -> Result<()> {
         let events = server.list::<Event>().ok()?;
         (events.len() >= names.len()).then_some(events)
     })?;
-    for event in &events {
-        assert_eq!(
-            event.reporting_instance.as_deref(),
-            Some("host-a"),
-            "{event:?}"
-        );
-    }
+    assert_reported_by(&events, "host-a");
 
     // The holder freezes: the other assigns nothing while the Lease holds,
     // then takes it and assigns.
@@ -279,13 +280,7 @@ fn one_elected_agent_assigns_and_the_other_takes_over() -> Result<()> {
             .collect();
         (!late.is_empty()).then_some(late)
     })?;
-    for event in &late_events {
-        assert_eq!(
-            event.reporting_instance.as_deref(),
-            Some("host-b"),
-            "{event:?}"
-        );
-    }
+    assert_reported_by(&late_events, "host-b");
     // It may still think it holds the Lease until its next look at it.
     first.wait_for("host-a saying it no longer assigns", READY, || {
         (gauge(ns, FIRST_METRICS, "lb_assigns_addresses") == Some(0.0)).then_some(())
