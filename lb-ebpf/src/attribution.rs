@@ -11,7 +11,7 @@ use aya_ebpf::{
         bpf_fib_lookup, bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns,
     },
     macros::{map, xdp},
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use lb_common::{Flow, FlowKey, FlowKey4, MAX_FLOWS};
@@ -56,9 +56,33 @@ static HASH_KEY40: HashMap<FlowKey, u32> = HashMap::with_max_entries(1024, 0);
 #[map]
 static HASH_KEY16: HashMap<FlowKey4, u32> = HashMap::with_max_entries(1024, 0);
 
-/// Each CPU's count of inserts, which makes every inserted key new.
+/// A flow's key and entry in one 64-byte cache line: a slot of
+/// [`FLOW_SLOTS`].
+#[repr(C, align(64))]
+pub struct FlowSlot {
+    key: FlowKey4,
+    flow: Flow,
+}
+
+const _: () = assert!(core::mem::size_of::<FlowSlot>() == 64);
+
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// As many flows as lb's table, each in a slot of its own: a flow table
+/// that is an array, set-associative or direct-mapped, needs no bucket, no
+/// free list and no LRU lists, so its insert is the least any flow table's
+/// can be: one cold line read and written. Mappable, so that the values
+/// start page-aligned and every slot is one whole line.
 #[map]
-static INSERTS: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+static FLOW_SLOTS: Array<FlowSlot> = Array::with_max_entries(MAX_FLOWS, BPF_F_MMAPABLE);
+
+/// Each CPU's count of inserts, which makes every inserted key new: the
+/// hashes' at [`HASH_INSERTS`], `FLOW_SLOTS`' at [`SLOT_INSERTS`].
+#[map]
+static INSERTS: PerCpuArray<u32> = PerCpuArray::with_max_entries(2, 0);
+
+const HASH_INSERTS: u32 = 0;
+const SLOT_INSERTS: u32 = 1;
 
 /// One `bpf_fib_lookup`, as lb's forwarding makes it on a next-hop miss.
 #[xdp]
@@ -129,9 +153,35 @@ pub fn attr_hash_insert_no_prealloc(_ctx: XdpContext) -> u32 {
     tx_if(insert_plain(&PLAIN_NO_PREALLOC))
 }
 
+/// One new flow written into a slot of `FLOW_SLOTS` no earlier call used
+/// (a multiplicative hash of the count, a bijection on the slots, scatters
+/// them as flow hashes would), after reading the key it held, as an insert
+/// that must not overwrite a live flow of another key does.
+#[xdp]
+pub fn attr_slot_insert(_ctx: XdpContext) -> u32 {
+    let Some(n) = next_key(SLOT_INSERTS) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let Some(slot) = FLOW_SLOTS.get_ptr_mut(n.wrapping_mul(0x9e37_79b1) & (MAX_FLOWS - 1)) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let key = ipv4_flow(n);
+    // SAFETY: a slot of the array, valid for this program run.
+    unsafe {
+        if core::ptr::read_volatile(&raw const (*slot).key.src_ip) == key.src_ip {
+            return xdp_action::XDP_ABORTED;
+        }
+        slot.write(FlowSlot {
+            key,
+            flow: Flow::default(),
+        });
+    }
+    xdp_action::XDP_TX
+}
+
 #[inline(always)]
 fn insert_plain(map: &HashMap<FlowKey4, Flow>) -> bool {
-    next_key().is_some_and(|n| map.insert(ipv4_flow(n), Flow::default(), 0).is_ok())
+    next_key(HASH_INSERTS).is_some_and(|n| map.insert(ipv4_flow(n), Flow::default(), 0).is_ok())
 }
 
 /// One hash lookup with a 40-byte key (lb's IPv6 flow key).
@@ -161,13 +211,14 @@ pub fn attr_flow_lookup(_ctx: XdpContext) -> u32 {
 /// Inserts a flow under a key no earlier call used.
 #[inline(always)]
 fn insert(map: &LruHashMap<FlowKey4, Flow>) -> bool {
-    next_key().is_some_and(|n| map.insert(ipv4_flow(n), Flow::default(), 0).is_ok())
+    next_key(HASH_INSERTS).is_some_and(|n| map.insert(ipv4_flow(n), Flow::default(), 0).is_ok())
 }
 
-/// A source address no earlier insert on this CPU used.
+/// A source address no earlier insert of its kind (`HASH_INSERTS`,
+/// `SLOT_INSERTS`) on this CPU used.
 #[inline(always)]
-fn next_key() -> Option<u32> {
-    let count = INSERTS.get_ptr_mut(0)?;
+fn next_key(kind: u32) -> Option<u32> {
+    let count = INSERTS.get_ptr_mut(kind)?;
     // SAFETY: per-CPU slot, no concurrent writer.
     Some(unsafe {
         *count = (*count).wrapping_add(1);

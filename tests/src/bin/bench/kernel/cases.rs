@@ -388,8 +388,10 @@ const LRU_COMMON: &str = "one new IPv4 flow in a 1M LRU hash (not full), common 
 const HASH_PREALLOC: &str = "one new IPv4 flow in a 1M plain hash (not full), preallocated";
 const HASH_NO_PREALLOC: &str =
     "one new IPv4 flow in a 1M plain hash (not full), allocated at insert";
+pub const SLOT_INSERT: &str =
+    "one new IPv4 flow written into a free 64-byte slot of a 1M-slot array (no hash map)";
 
-const ATTRIBUTION: [(&str, &str); 11] = [
+const ATTRIBUTION: [(&str, &str); 12] = [
     (
         "attr_fib_lookup",
         "one bpf_fib_lookup (IPv4, resolved neighbour)",
@@ -401,6 +403,7 @@ const ATTRIBUTION: [(&str, &str); 11] = [
     ("attr_lru_insert_common", LRU_COMMON),
     ("attr_hash_insert", HASH_PREALLOC),
     ("attr_hash_insert_no_prealloc", HASH_NO_PREALLOC),
+    ("attr_slot_insert", SLOT_INSERT),
     (
         "attr_hash_lookup_key40",
         "one hash lookup, 40-byte key (an IPv6 flow)",
@@ -457,7 +460,15 @@ fn attribution(
         // A batched run inserts `repeat` flows per call and fills the table
         // within a run, after which every insert evicts (that cost is the
         // full-table scenario's): per call only, as lb's new flows.
-        if [LRU_PER_CPU, LRU_COMMON, HASH_PREALLOC, HASH_NO_PREALLOC].contains(&what) {
+        if [
+            LRU_PER_CPU,
+            LRU_COMMON,
+            HASH_PREALLOC,
+            HASH_NO_PREALLOC,
+            SLOT_INSERT,
+        ]
+        .contains(&what)
+        {
             case.batched = None;
         }
         cases.push(case);
@@ -493,9 +504,10 @@ fn attribution(
     Ok((table, flow_table_choice(&results)))
 }
 
-/// That the insert rows measured inserts into tables with room: every key
-/// the insert programs made (`INSERTS`, each a new one) is still in
-/// their maps, so no insert evicted.
+/// That the hash insert rows measured inserts into tables with room: every
+/// key the insert programs made (`INSERTS`' first count, each a new one) is
+/// still in their maps, so no insert evicted. (The slot insert aborts, and
+/// its row fails, if its slot was taken.)
 fn check_no_eviction(object: &Ebpf) -> Result<()> {
     let inserts: PerCpuArray<_, u32> =
         PerCpuArray::try_from(object.map("INSERTS").context("no map INSERTS")?)?;
@@ -515,9 +527,15 @@ fn check_no_eviction(object: &Ebpf) -> Result<()> {
 
 /// Which kind of hash the flow table is, and why, from the insert rows.
 fn flow_table_choice(results: &[CaseResult]) -> String {
-    let [per_cpu, common, plain, allocating] =
-        [LRU_PER_CPU, LRU_COMMON, HASH_PREALLOC, HASH_NO_PREALLOC]
-            .map(|name| per_call(results, name));
+    let [per_cpu, common, plain, allocating, slot, floor] = [
+        LRU_PER_CPU,
+        LRU_COMMON,
+        HASH_PREALLOC,
+        HASH_NO_PREALLOC,
+        SLOT_INSERT,
+        FLOOR,
+    ]
+    .map(|name| per_call(results, name));
     let percent = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) => format!("{:.0}%", 100.0 * a / b),
         _ => "(not measured)".to_owned(),
@@ -536,10 +554,34 @@ fn flow_table_choice(results: &[CaseResult]) -> String {
          it, while per-CPU lists share no lock on insert (Katran keeps a flow table per CPU \
          for the same reason). The price is that each CPU evicts only among the flows it \
          inserted, MAX_FLOWS / CPUs of them; RSS spreads flows evenly over the CPUs, so \
-         that is each CPU's fair share.",
+         that is each CPU's fair share. {}",
         percent(per_cpu, common),
         percent(plain, common),
         percent(allocating, common),
+        array_table(per_cpu, slot, floor),
+    )
+}
+
+/// What a flow table in an array would save a new flow, from the slot row:
+/// its insert is one cold line, the least any table's can be.
+fn array_table(per_cpu: Option<f64>, slot: Option<f64>, floor: Option<f64>) -> String {
+    let (Some(per_cpu), Some(slot), Some(floor)) = (per_cpu, slot, floor) else {
+        return String::new();
+    };
+    let allowed = (super::NEW_FLOW_GOAL - 1.0) * floor;
+    format!(
+        "A flow table in an array map (set-associative, as the Maglev paper's, or \
+         direct-mapped) would need no bucket, free list or LRU list, so an insert would be one \
+         cold line read and written: the slot row, {:.0} ns above the floor, {:.0} ns less \
+         than an insert into FLOWS4's kind. That is the least any flow table's insert can \
+         cost here, and alone it is {:.0}% of the {:.0} ns above the floor that the new-flow \
+         goal ({}x the floor) leaves for the whole path, which also reads the \
+         service, its Maglev ring's slot and the next hop.",
+        slot - floor,
+        per_cpu - slot,
+        100.0 * (slot - floor) / allowed,
+        allowed,
+        super::NEW_FLOW_GOAL,
     )
 }
 
