@@ -20,6 +20,7 @@ use crate::{
     k8s::{Translation, Translator, source::Source, translate::Role},
     metrics::{self, Health},
     model::{DesiredState, Frontend},
+    node_neighbors::{NodeNeighbors, Nodes},
     reconcile,
     routes::{Reach, Routes},
     xdp_log,
@@ -169,6 +170,7 @@ async fn sync_until_signalled(
     let mut last_plan: Option<AnnouncementPlan> = None;
     // Services that could not be programmed last time, and why.
     let mut failed = BTreeMap::new();
+    let mut neighbors = NodeNeighbors::default();
     let mut catalog = CatalogOnDisk {
         stale: true,
         bgp_announced: BTreeSet::new(),
@@ -194,7 +196,7 @@ async fn sync_until_signalled(
                     announcer.configure(&objects.metallb);
                     checker.watch(translation);
                     let state = checker.apply(translation);
-                    program(dataplane, options, &state, &mut failed, &mut catalog);
+                    program(dataplane, &mut neighbors, options, &state, &mut failed, &mut catalog);
                     announcer.update(dataplane, &state, &failed, &plan);
                     // The statuses before the catalog, which only names
                     // services for the CLI: a start's takes tens of
@@ -216,12 +218,16 @@ async fn sync_until_signalled(
             () = checker.changed() => if let Some(plan) = &last_plan {
                 let translation = options.translator.translation();
                 let state = checker.apply(translation);
-                program(dataplane, options, &state, &mut failed, &mut catalog);
+                program(dataplane, &mut neighbors, options, &state, &mut failed, &mut catalog);
                 announcer.update(dataplane, &state, &failed, plan);
                 write_catalog(dataplane, options, &announcer, &mut catalog);
             },
             _ = refresh.tick() => announcer.refresh(),
         }
+    }
+    if options.detach_on_exit {
+        // The data path that needed them goes too.
+        neighbors.keep(&Nodes::new());
     }
     options.source.close(EVENTS_GRACE).await;
     Ok(())
@@ -256,12 +262,20 @@ const EVENTS_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// the state is returned, without a copy when nothing is refused (every
 /// round asks, and a copy of 10,000 Services costs more than the round's
 /// translation). Each node's route is looked up once: Services share nodes.
-fn without_routed_nodes(state: &DesiredState) -> (Cow<'_, DesiredState>, Vec<(Frontend, String)>) {
+/// Also returns the nodes of the Services kept, with their interfaces, if
+/// the routes were read.
+fn without_routed_nodes(
+    state: &DesiredState,
+) -> (
+    Cow<'_, DesiredState>,
+    Vec<(Frontend, String)>,
+    Option<Nodes>,
+) {
     let routes = match Routes::read() {
         Ok(routes) => routes,
         Err(e) => {
             warn!(error = %e, "reading the routing table; not checking that nodes are on-link");
-            return (Cow::Borrowed(state), Vec::new());
+            return (Cow::Borrowed(state), Vec::new(), None);
         }
     };
     let mut reach = BTreeMap::new();
@@ -271,11 +285,11 @@ fn without_routed_nodes(state: &DesiredState) -> (Cow<'_, DesiredState>, Vec<(Fr
         .filter_map(|(frontend, spec)| {
             let problem = spec.backends.iter().find_map(|backend| {
                 let node = || format!("node {} ({})", backend.node, backend.ip);
-                match *reach
+                match reach
                     .entry(backend.ip)
                     .or_insert_with(|| routes.reach(backend.ip))
                 {
-                    Reach::OnLink => None,
+                    Reach::OnLink(_) => None,
                     Reach::Gateway(gateway) => Some(format!(
                         "{} is reached through gateway {gateway}: direct server return needs \
                          every node on a segment lb is attached to",
@@ -287,29 +301,48 @@ fn without_routed_nodes(state: &DesiredState) -> (Cow<'_, DesiredState>, Vec<(Fr
             Some((*frontend, problem?))
         })
         .collect();
-    if refused.is_empty() {
-        return (Cow::Borrowed(state), refused);
-    }
-    let mut kept = state.clone();
-    for (frontend, _) in &refused {
-        kept.services.remove(frontend);
-    }
-    (Cow::Owned(kept), refused)
+    let kept = if refused.is_empty() {
+        Cow::Borrowed(state)
+    } else {
+        let mut kept = state.clone();
+        for (frontend, _) in &refused {
+            kept.services.remove(frontend);
+        }
+        Cow::Owned(kept)
+    };
+    let nodes = kept
+        .services
+        .values()
+        .flat_map(|spec| &spec.backends)
+        .filter_map(|backend| match reach.get(&backend.ip)? {
+            Reach::OnLink(iface) => Some((backend.ip, iface.clone())),
+            _ => None,
+        })
+        .collect();
+    (kept, refused, Some(nodes))
 }
 
 /// Applies `state` to the data path. Services that cannot be programmed are
 /// logged when that changes, not at every sync.
 fn program(
     dataplane: &mut Dataplane,
+    neighbors: &mut NodeNeighbors,
     options: &AgentOptions,
     state: &DesiredState,
     failed: &mut BTreeMap<Frontend, String>,
     catalog: &mut CatalogOnDisk,
 ) {
     let mut report = match options.dataplane.forwarding {
-        Forwarding::Nat => reconcile::apply(dataplane, state),
+        Forwarding::Nat => {
+            neighbors.keep(&Nodes::new());
+            reconcile::apply(dataplane, state)
+        }
         Forwarding::Dsr => {
-            let (state, refused) = without_routed_nodes(state);
+            let (state, refused, nodes) = without_routed_nodes(state);
+            // Before the data path sends to them.
+            if let Some(nodes) = nodes {
+                neighbors.keep(&nodes);
+            }
             let mut report = reconcile::apply(dataplane, &state);
             report.failed.extend(refused);
             report

@@ -18,6 +18,8 @@ pub mod maglev;
 pub mod maps;
 pub mod metrics;
 pub mod model;
+pub mod netlink;
+pub mod node_neighbors;
 pub mod pins;
 pub mod reconcile;
 pub mod routes;

@@ -13,10 +13,10 @@ const RTF_UP: u32 = 0x1;
 const RTF_GATEWAY: u32 = 0x2;
 
 /// Where the kernel sends packets for an address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reach {
-    /// On a directly attached segment.
-    OnLink,
+    /// On a directly attached segment, that of this interface.
+    OnLink(String),
     /// Through this gateway.
     Gateway(IpAddr),
     /// No route at all.
@@ -29,6 +29,7 @@ struct Route {
     gateway: Option<IpAddr>,
     metric: u32,
     v6: bool,
+    iface: String,
 }
 
 /// The routes of both families.
@@ -70,12 +71,13 @@ impl Routes {
                 gateway: (flags & RTF_GATEWAY != 0).then(|| addr(gw).into()),
                 metric,
                 v6: false,
+                iface: fields[0].to_owned(),
             });
         }
         // dst dst_len src src_len next_hop metric refcnt use flags iface
         for line in v6.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let (Some(dst), Some(len), Some(next_hop), Some(metric), Some(flags)) = (
+            let (Some(dst), Some(len), Some(next_hop), Some(metric), Some(flags), Some(iface)) = (
                 fields
                     .first()
                     .and_then(|f| u128::from_str_radix(f, 16).ok()),
@@ -83,6 +85,7 @@ impl Routes {
                 fields.get(4).and_then(|f| u128::from_str_radix(f, 16).ok()),
                 fields.get(5).and_then(|f| hex(f)),
                 fields.get(8).and_then(|f| hex(f)),
+                fields.get(9),
             ) else {
                 continue;
             };
@@ -95,6 +98,7 @@ impl Routes {
                 gateway: (flags & RTF_GATEWAY != 0).then(|| Ipv6Addr::from(next_hop).into()),
                 metric,
                 v6: true,
+                iface: (*iface).to_owned(),
             });
         }
         Self(routes)
@@ -122,7 +126,9 @@ impl Routes {
                     .then(b.metric.cmp(&a.metric))
             })
             .map_or(Reach::Unreachable, |route| {
-                route.gateway.map_or(Reach::OnLink, Reach::Gateway)
+                route
+                    .gateway
+                    .map_or_else(|| Reach::OnLink(route.iface.clone()), Reach::Gateway)
             })
     }
 }
@@ -144,7 +150,8 @@ mod tests {
         let routes = Routes::parse(V4, V6);
         let v4 = |text: &str| IpAddr::V4(text.parse().unwrap());
         let v6 = |text: &str| IpAddr::V6(text.parse().unwrap());
-        assert_eq!(routes.reach(v4("10.1.0.11")), Reach::OnLink);
+        let on_eth0 = Reach::OnLink("eth0".to_owned());
+        assert_eq!(routes.reach(v4("10.1.0.11")), on_eth0);
         assert_eq!(
             routes.reach(v4("10.2.0.5")),
             Reach::Gateway(v4("10.1.0.11"))
@@ -155,7 +162,7 @@ mod tests {
         );
         // A route that is not up does not count: the default route takes it.
         assert_eq!(routes.reach(v4("10.3.0.1")), Reach::Gateway(v4("10.1.1.1")));
-        assert_eq!(routes.reach(v6("2001:db8:1::11")), Reach::OnLink);
+        assert_eq!(routes.reach(v6("2001:db8:1::11")), on_eth0);
         assert_eq!(
             routes.reach(v6("2001:db8:9::1")),
             Reach::Gateway(v6("2001:db8:1::1"))

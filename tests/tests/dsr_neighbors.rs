@@ -1,0 +1,128 @@
+//! With `--forwarding dsr` the data path can send only to a node whose MAC
+//! the kernel has resolved, and the packet keeps its VIP, so the kernel
+//! cannot resolve the node for it. The agent makes the nodes' neighbour
+//! entries managed (the kernel resolves them and keeps them resolved):
+//! connections through the VIP work with health checks off, which otherwise
+//! resolved the nodes as a side effect. An entry set by hand is left alone;
+//! the agent's entry of a node no longer served goes.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
+
+use lb_tests::{
+    agent::{Agent, backends_of},
+    manifests::{self, ManifestFile, ServicePort},
+    servers::{self, ServerGuard},
+    topology::{LB_NODE_IFACE, Layout, Topology, node_ip},
+};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+const POD_PORT: u16 = 8080;
+const READY: Duration = Duration::from_secs(20);
+/// `lb::node_neighbors::NEIGHBOR_PROTOCOL`, as `ip -d neigh` shows it.
+const OURS: &str = "proto 108";
+
+/// The Service and nodes `nodes` (1-based).
+fn manifest(nodes: &[u8]) -> String {
+    let port = ServicePort::http(80, 31000);
+    let mut docs = vec![manifests::load_balancer_service_yaml(
+        "web",
+        "demo",
+        VIP,
+        &[port],
+    )];
+    for &i in nodes {
+        docs.push(manifests::ready_node_yaml(
+            &format!("node-{i}"),
+            &[node_ip(i)],
+        ));
+    }
+    manifests::documents(&docs)
+}
+
+/// The lb host's neighbour entry of node `i`, as `ip -d neigh` prints it
+/// (empty without one).
+fn entry(topology: &Topology, i: u8) -> String {
+    let ip = IpAddr::V4(node_ip(i));
+    topology
+        .lb
+        .ip(&format!("-d neigh show {ip} dev {LB_NODE_IFACE}"))
+        .expect("ip neigh")
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn nodes_are_kept_resolved_without_health_checks() {
+    let topology = Topology::new(Layout::TwoArm, 3).expect("topology");
+    let _pods: Vec<ServerGuard> = topology
+        .nodes
+        .iter()
+        .map(|n| servers::tcp_name_server(&n.ns, POD_PORT, &n.name))
+        .collect::<anyhow::Result<_>>()
+        .expect("servers");
+    for node in &topology.nodes {
+        node.take_vip(VIP, 80, POD_PORT).expect("kube-proxy's rule");
+    }
+    // Node 3's entry is set by hand, with its real MAC.
+    let mac = topology.nodes[2].ns.mac("eth0").expect("node 3's MAC");
+    let mac = mac.map(|b| format!("{b:02x}")).join(":");
+    topology
+        .lb
+        .ip(&format!(
+            "neigh replace {} dev {LB_NODE_IFACE} lladdr {mac} nud permanent",
+            node_ip(3)
+        ))
+        .expect("a permanent entry");
+
+    let manifests = ManifestFile::new("dsr-neighbors", &manifest(&[1, 2, 3])).expect("manifests");
+    let agent = Agent::start(
+        &topology.lb,
+        &topology.lb_ifaces(),
+        manifests.path(),
+        &[
+            "--forwarding",
+            "dsr",
+            "--announce",
+            "none",
+            "--health-interval",
+            "0",
+        ],
+    )
+    .expect("agent");
+    let service = format!("{VIP}:80/tcp");
+    agent
+        .wait_for_backends(READY, |rows| backends_of(rows, &service).len() == 3)
+        .expect("served");
+
+    let tally = servers::connect_many(
+        &topology.client,
+        SocketAddrV4::new(VIP, 80),
+        60,
+        Duration::from_secs(3),
+    );
+    assert_eq!(tally.len(), 3, "every node answers: {tally:?}");
+    for i in [1, 2] {
+        let entry = entry(&topology, i);
+        assert!(
+            entry.contains("managed") && entry.contains(OURS),
+            "node {i}: {entry}"
+        );
+    }
+    let by_hand = entry(&topology, 3);
+    assert!(
+        by_hand.contains("PERMANENT") && !by_hand.contains("managed"),
+        "{by_hand}"
+    );
+
+    manifests.write(&manifest(&[1, 3])).expect("node 2 leaves");
+    agent
+        .wait_for_backends(READY, |rows| backends_of(rows, &service).len() == 2)
+        .expect("node 2 no longer served");
+    let gone = entry(&topology, 2);
+    assert!(!gone.contains(OURS), "node 2's entry stays: {gone}");
+    assert!(entry(&topology, 1).contains(OURS), "{}", agent.log());
+    assert!(entry(&topology, 3).contains("PERMANENT"));
+}
