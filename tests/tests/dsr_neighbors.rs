@@ -4,7 +4,8 @@
 //! entries managed (the kernel resolves them and keeps them resolved):
 //! connections through the VIP work with health checks off, which otherwise
 //! resolved the nodes as a side effect. An entry set by hand is left alone;
-//! the agent's entry of a node no longer served goes.
+//! the agent's entry of a node no longer served goes, and all of them go
+//! with the data path when the agent detaches on exit.
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddrV4},
@@ -89,6 +90,7 @@ fn nodes_are_kept_resolved_without_health_checks() {
             "none",
             "--health-interval",
             "0",
+            "--detach-on-exit",
         ],
     )
     .expect("agent");
@@ -124,5 +126,14 @@ fn nodes_are_kept_resolved_without_health_checks() {
     let gone = entry(&topology, 2);
     assert!(!gone.contains(OURS), "node 2's entry stays: {gone}");
     assert!(entry(&topology, 1).contains(OURS), "{}", agent.log());
+    assert!(entry(&topology, 3).contains("PERMANENT"));
+
+    // Detaching, the agent takes its entries with the data path.
+    agent.signal(libc::SIGTERM).expect("SIGTERM");
+    agent
+        .wait_for_exit(Duration::from_secs(10))
+        .expect("the agent stops");
+    let left = entry(&topology, 1);
+    assert!(!left.contains(OURS), "node 1's entry stays: {left}");
     assert!(entry(&topology, 3).contains("PERMANENT"));
 }
