@@ -36,7 +36,8 @@ counters! {
     FIB_OTHER = 7, "fib_other_pass";
     /// Passed: neither IPv4 nor IPv6 (ARP, VLAN-tagged...).
     PASS_NOT_IP = 8, "pass_not_ip";
-    /// Passed: IPv4 fragment or IPv6 fragment header.
+    /// Passed: an IPv6 fragment, or a later IPv4 fragment of a datagram
+    /// whose first was not seen (or of another protocol than TCP and UDP).
     PASS_FRAGMENT = 9, "pass_fragment";
     /// Passed: neither TCP nor UDP, to a VIP or from a node (to neither,
     /// the key filters pass it first, as `pass_not_service`); ICMP or

@@ -6,6 +6,7 @@
 mod balance;
 mod flows;
 mod forward;
+mod fragments;
 mod icmp;
 mod icmp6;
 mod keys;
@@ -28,7 +29,7 @@ use crate::{
     balance::Claim,
     forward::{Direction, HopCache, Route, check_ttl},
     maps::count,
-    parse::{Family, Frame, Ip, Packet, Transport, check_for_this_host},
+    parse::{Family, Frame, Ip, Packet, check_for_this_host},
     verdict::Verdict,
 };
 
@@ -77,7 +78,7 @@ fn try_lb_xdp(ctx: &Frame) -> Result<u32, Verdict> {
             // ports are read and before its MAC is looked at.
             let claim = balance::claim(ip)?;
             check_for_this_host(ctx)?;
-            let ports = Transport::parse(ctx, ip)?.ports;
+            let ports = fragments::ports(ctx, ip)?;
             serve_transport(ctx, ip, ports, claim)
         }
     }

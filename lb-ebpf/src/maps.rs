@@ -207,6 +207,39 @@ static BACKEND_HOPS: Array<HopSlot> = Array::with_max_entries(MAX_BACKENDS, 0);
 #[map]
 static CLIENT_HOPS: PerCpuArray<HopSlot> = PerCpuArray::with_max_entries(CLIENT_HOP_SLOTS, 0);
 
+/// IPv4 datagrams in fragments, as [`FragmentKey`], to the ports their first
+/// fragment had (as `parse::Transport` reads them): what their later
+/// fragments, which have no transport header, are balanced and translated
+/// by. Shared by all CPUs (a datagram's fragments may arrive on several),
+/// least recently used out. Not pinned: a datagram outlives no load.
+#[map]
+static FRAGMENTS4: LruHashMap<FragmentKey, u32> =
+    LruHashMap::with_max_entries(MAX_FRAGMENTED_DATAGRAMS, 0);
+
+/// Datagrams whose fragments are followed at once: the kernel's own
+/// reassembly keeps at most 4 MB of fragments per namespace
+/// (`ipfrag_high_thresh`), a few thousand datagrams.
+const MAX_FRAGMENTED_DATAGRAMS: u32 = 16384;
+
+/// A datagram's identity (RFC 791): source and destination address, then
+/// the identification (as it lies in the packet) and the protocol in one
+/// word.
+pub type FragmentKey = [u32; 3];
+
+/// The ports of the datagram `key`'s first fragment, if it was seen.
+#[inline(always)]
+pub fn fragment_ports(key: &FragmentKey) -> Option<u32> {
+    // SAFETY: a plain value, copied out.
+    unsafe { FRAGMENTS4.get(key) }.copied()
+}
+
+/// Remembers the ports of the datagram `key` from its first fragment. Should
+/// that fail, its later fragments pass to the kernel.
+#[inline(always)]
+pub fn remember_fragment_ports(key: &FragmentKey, ports: u32) {
+    let _ = FRAGMENTS4.insert(key, ports, 0);
+}
+
 /// The programs for what is neither TCP nor UDP, tail-called by the entry
 /// point (`lb_common::SIDE_PATH_PROGRAMS`); set by the agent at every load.
 #[map]

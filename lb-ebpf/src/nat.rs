@@ -191,6 +191,10 @@ fn rewrite(
     new_ip: &Addr,
     new_port: u16,
 ) -> Result<(), Verdict> {
+    if !packet.has_transport_header {
+        // The datagram's checksum is in its first fragment, rewritten there.
+        return rewrite_address(ctx, packet.family, end, new_ip).map(drop);
+    }
     // Every pointer is checked before anything is written: no half rewrite.
     let port_field: *mut u16 = ptr_at(ctx, port_offset)?;
     let l4_check: *mut u16 = ptr_at(ctx, packet.l4_check_offset)?;

@@ -21,8 +21,9 @@ pub const ETH_P_IPV4_BE: u16 = 0x0800u16.to_be();
 pub const ETH_P_IPV6_BE: u16 = 0x86ddu16.to_be();
 /// The first byte of an option-less IPv4 header: version 4, 5 words.
 pub const PLAIN_IPV4_VIHL: u8 = 0x45;
-/// More-fragments flag and fragment offset, network order.
-const IP_FRAGMENT_MASK_BE: u16 = 0x3fffu16.to_be();
+/// IPv4's fragment offset, and with it the more-fragments flag, host order.
+const IP_FRAGMENT_OFFSET: u16 = 0x1fff;
+const IP_FRAGMENT_MASK: u16 = 0x3fff;
 /// IPv6 extension headers skipped on the way to the transport header.
 const IPV6_HOP_BY_HOP: u8 = 0;
 const IPV6_ROUTING: u8 = 43;
@@ -136,8 +137,20 @@ pub enum Family {
     V6,
 }
 
-/// The IP header of a packet that is neither malformed nor a fragment; for
-/// IPv6, with the extension headers walked to the upper-layer header.
+/// Which part of its datagram an IP packet is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Fragment {
+    /// The whole datagram.
+    Whole,
+    /// An IPv4 TCP or UDP datagram's first fragment: it has the ports.
+    First,
+    /// An IPv4 TCP or UDP datagram's later fragment: no transport header.
+    Later,
+}
+
+/// The IP header of a packet that is not malformed, and no fragment but of
+/// an IPv4 TCP or UDP datagram; for IPv6, with the extension headers walked
+/// to the upper-layer header.
 ///
 /// `repr(C)`: the addresses first, as in a [`FlowKey`], the one-byte fields
 /// packed at the end; it is written a field at a time (`write_to`).
@@ -154,9 +167,19 @@ pub struct Ip {
     pub proto: u8,
     pub ttl: u8,
     pub tos: u8,
+    pub fragment: Fragment,
 }
 
 impl Ip {
+    /// `PassFragment` for a fragment: for paths that have no use for one.
+    #[inline(always)]
+    pub fn check_whole(&self) -> Result<(), Verdict> {
+        if self.fragment != Fragment::Whole {
+            return Err(Verdict::PassFragment);
+        }
+        Ok(())
+    }
+
     /// Bytes from the upper-layer header to the end of the IP packet. Not
     /// a field: the entry point's frame holds an `Ip`, and the deepest call
     /// chain's stack includes that frame.
@@ -224,6 +247,7 @@ impl Ip {
             (&raw mut (*out).proto).write_volatile(self.proto);
             (&raw mut (*out).ttl).write_volatile(self.ttl);
             (&raw mut (*out).tos).write_volatile(self.tos);
+            (&raw mut (*out).fragment).write_volatile(self.fragment);
         }
     }
 
@@ -241,10 +265,18 @@ impl Ip {
         if usize::from(total_len) > frame_ip_len || usize::from(total_len) < header_len {
             return Err(Verdict::PassMalformed);
         }
-        if u16::from_ne_bytes(ip.frags) & IP_FRAGMENT_MASK_BE != 0 {
+        let frags = u16::from_be_bytes(ip.frags);
+        let fragment = if frags & IP_FRAGMENT_MASK == 0 {
+            Fragment::Whole
+        } else if !matches!(ip.proto, PROTO_TCP | PROTO_UDP) {
             return Err(Verdict::PassFragment);
-        }
+        } else if frags & IP_FRAGMENT_OFFSET == 0 {
+            Fragment::First
+        } else {
+            Fragment::Later
+        };
         Ok(Self {
+            fragment,
             family: Family::V4,
             l4_offset: EthHdr::LEN + header_len,
             total_len,
@@ -282,6 +314,7 @@ impl Ip {
             return Err(Verdict::PassMalformed);
         }
         Ok(Self {
+            fragment: Fragment::Whole,
             family: Family::V6,
             l4_offset,
             total_len: (Ipv6Hdr::LEN + payload_len) as u16,
@@ -459,6 +492,9 @@ pub struct Packet {
     /// A TCP SYN without ACK: the first packet of a connection, which no
     /// flow entry may claim yet.
     pub opens: bool,
+    /// The packet holds its transport header (all but an IPv4 datagram's
+    /// later fragments, whose ports the key has from the first).
+    pub has_transport_header: bool,
 }
 
 impl Packet {
@@ -475,7 +511,8 @@ impl Packet {
     ) -> Result<(), Verdict> {
         let l4_offset = ip.l4_offset;
         let check_offset = l4_offset + l4_check_offset(ip.proto);
-        let opens = ip.proto == PROTO_TCP && {
+        let has_transport_header = ip.fragment != Fragment::Later;
+        let opens = has_transport_header && ip.proto == PROTO_TCP && {
             let flags: *const u8 = ptr_at(ctx, l4_offset + TCP_FLAGS_OFFSET)?;
             // SAFETY: checked by `ptr_at`.
             unsafe { *flags & (TCP_SYN | TCP_ACK) == TCP_SYN }
@@ -494,6 +531,7 @@ impl Packet {
             (&raw mut (*packet).l4_check_offset).write(check_offset);
             (&raw mut (*packet).family).write(ip.family);
             (&raw mut (*packet).opens).write(opens);
+            (&raw mut (*packet).has_transport_header).write(has_transport_header);
         }
         Ok(())
     }

@@ -202,6 +202,38 @@ pub fn ip_fragment(src: SocketAddrV4, dst: SocketAddrV4) -> Vec<u8> {
     )
 }
 
+/// `frame`, an option-less IPv4 datagram filling its frame, as its two
+/// fragments: the first with the first `first_len` bytes of the IP payload
+/// (a multiple of 8) and more-fragments set, the second with the rest at
+/// that offset; each with its total length and header checksum, Don't
+/// Fragment clear.
+pub fn ipv4_fragments(frame: &[u8], first_len: usize) -> [Vec<u8>; 2] {
+    assert!(
+        first_len.is_multiple_of(8),
+        "fragment offsets count 8 bytes"
+    );
+    let ip = ETH_LEN;
+    let header_len = usize::from(frame[ip] & 0x0f) * 4;
+    let payload = &frame[ip + header_len..];
+    let fragment = |bytes: &[u8], offset: usize, more: bool| {
+        let mut fragment = frame[..ip + header_len].to_vec();
+        fragment.extend_from_slice(bytes);
+        let total = u16::try_from(header_len + bytes.len()).expect("a small datagram");
+        fragment[ip + 2..ip + 4].copy_from_slice(&total.to_be_bytes());
+        let flags =
+            u16::try_from(offset / 8).expect("a small offset") | if more { 0x2000 } else { 0 };
+        fragment[ip + 6..ip + 8].copy_from_slice(&flags.to_be_bytes());
+        fragment[ip + 10..ip + 12].fill(0);
+        let sum = internet_checksum(&[&fragment[ip..ip + header_len]]);
+        fragment[ip + 10..ip + 12].copy_from_slice(&sum.to_be_bytes());
+        fragment
+    };
+    [
+        fragment(&payload[..first_len], 0, true),
+        fragment(&payload[first_len..], first_len, false),
+    ]
+}
+
 /// A broadcast "who has `target`" from the client.
 pub fn arp_request(sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
     let arp = ArpEthIpv4Packet {
@@ -716,7 +748,8 @@ pub struct Tuple {
 }
 
 /// The 5-tuple of a packet lb may own, with its L4 offset: untagged IPv4
-/// with a valid version and IHL, not a fragment; or untagged IPv6 whose
+/// with a valid version and IHL, not a datagram's later fragment (its first
+/// has the datagram's ports); or untagged IPv6 whose
 /// extension headers the data path walks, neither address IPv4-mapped; TCP or
 /// UDP, ports inside the frame. Lengths are not checked: a packet lb may own
 /// can still be malformed, and may then pass.
@@ -741,8 +774,9 @@ pub fn owned_tuple(frame: &[u8]) -> Option<(Tuple, usize)> {
             return None;
         }
         let header_len = usize::from(ip[0] & 0x0f) * 4;
-        let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
-        if header_len < 20 || fragment {
+        // A later fragment has no ports; the first has the datagram's.
+        let later_fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0;
+        if header_len < 20 || later_fragment {
             return None;
         }
         let addr = |at: usize| Ipv4Addr::new(ip[at], ip[at + 1], ip[at + 2], ip[at + 3]);
@@ -987,6 +1021,9 @@ mod tests {
             let (tuple, _) = owned_tuple(&frame).expect("a TCP or UDP packet");
             assert_eq!(tuple, Tuple { src, dst, proto });
         }
-        assert_eq!(owned_tuple(&ip_fragment(CLIENT, VIP)), None);
+        let first = ip_fragment(CLIENT, VIP);
+        assert_eq!(owned_tuple(&first).map(|(t, _)| t.dst), Some(VIP.into()));
+        let [_, later] = ipv4_fragments(&udp(CLIENT, VIP, &[7; 40]), 16);
+        assert_eq!(owned_tuple(&later), None);
     }
 }

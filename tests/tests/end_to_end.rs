@@ -232,6 +232,43 @@ fn one_arm_serves_tcp_and_udp_through_one_interface() {
     drop(guards);
 }
 
+/// A UDP datagram too big for the client's link, which the client's kernel
+/// fragments, reaches a node through the VIP, and the node's answer, as big
+/// and fragmented by the node, comes back from the VIP: lb sends each
+/// fragment where its datagram's first went, translated, and none passes
+/// to the kernel (which could route none of them).
+#[test]
+fn fragmented_datagrams_go_through_the_vip_both_ways() {
+    let topology = Topology::new(Layout::TwoArm, 2).expect("topology");
+    let manifests = ManifestDir::new("fragments");
+    manifests.write(&topology);
+    let guards = start_servers(&topology);
+    let agent = Agent::start(&topology.lb, &topology.lb_ifaces(), manifests.path(), &[])
+        .expect("agent starts");
+    wait_for_nodes(&agent, 2);
+    for i in 0..4 {
+        // Three fragments each way on 1,500-byte links.
+        let datagram = format!("{i}").repeat(4000);
+        let asked = datagram.clone();
+        let echo = topology
+            .client
+            .enter(move || {
+                servers::udp_ask_fragmentable(SocketAddrV4::new(VIP, 53), asked.as_bytes(), TIMEOUT)
+            })
+            .expect("client namespace")
+            .expect("a fragmented datagram and its fragmented answer get through");
+        assert!(
+            echo.starts_with("node-") && echo.ends_with(&datagram),
+            "answer of {} bytes: {}",
+            echo.len(),
+            &echo[..echo.len().min(40)]
+        );
+    }
+    assert_eq!(agent.counter("pass_fragment").expect("lb stats"), 0);
+    drop(agent);
+    drop(guards);
+}
+
 /// Path MTU discovery through the VIP: the link from lb to the nodes is
 /// narrower than the client's, so the client's full-sized segments are too
 /// big for it. lb answers them with "fragmentation needed" from the VIP,

@@ -6,9 +6,14 @@
 //! - the action is DROP, PASS, TX or REDIRECT, never ABORTED;
 //! - a packet lb does not own (not to a configured VIP:port/protocol, not a
 //!   node's reply to a flow it tracks or, for a flow it never saw (another lb
-//!   host's), from the node Maglev picks for it; or an IP fragment, a
+//!   host's), from the node Maglev picks for it; or an IPv6 fragment, a
 //!   VLAN-tagged frame, another protocol, ICMP echo while answering pings is
-//!   off) passes bit for bit unchanged;
+//!   off) passes bit for bit unchanged; an IPv4 datagram's first fragment is
+//!   owned as the whole datagram would be;
+//! - a later fragment of an IPv4 datagram (no ports) is unchanged, or has
+//!   only its MACs, TTL, header checksum and one address rewritten: DNAT to
+//!   a backend of a service on its destination, or reverse NAT from a node
+//!   to the VIP of a service it serves;
 //! - an owned packet is either left unchanged (PASS or DROP) or rewritten, and
 //!   a rewrite changes only MACs, one address, one port, the checksums and the
 //!   TTL (one less when sent on, unchanged when handed to the kernel); a
@@ -33,6 +38,7 @@ use std::{
     cell::RefCell,
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    ops::Range,
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -271,6 +277,7 @@ fn fuzz_in_namespace(client_if: u32, node_if: u32) -> Result<()> {
         ),
         ("passed unchanged", stats.unchanged, total / 4),
         ("IPv6 rewritten", stats.ipv6_rewritten, total / 20),
+        ("later fragments rewritten", stats.fragments_rewritten, 1),
         ("dropped", stats.dropped, 1),
         ("answered as too big", stats.too_big, 1),
     ] {
@@ -638,6 +645,8 @@ struct Stats {
     damaged_rewritten: u64,
     /// Rewrites of IPv6 packets (either way).
     ipv6_rewritten: u64,
+    /// Rewrites of IPv4 datagrams' later fragments (either way).
+    fragments_rewritten: u64,
 }
 
 impl Stats {
@@ -708,6 +717,9 @@ impl World {
     fn check(&mut self, input: &[u8], action: u32, output: &[u8]) -> Result<Outcome> {
         ensure!(action != XDP_ABORTED, "XDP_ABORTED");
         ensure!(action <= XDP_REDIRECT, "unknown XDP action");
+        if is_later_fragment(input) {
+            return self.check_later_fragment(input, action, output);
+        }
         let tuple = owned_tuple(input);
         let service = tuple.and_then(|(t, _)| {
             self.services.iter().find(|s| {
@@ -755,16 +767,7 @@ impl World {
         let v6 = tuple.src.is_ipv6();
         only_nat_fields_changed(input, output, l4, tuple.proto, v6)?;
         self.stats.ipv6_rewritten += u64::from(v6);
-        // A packet sent on was counted as a hop; one handed to the kernel
-        // (no neighbour yet) is counted by the kernel's forwarding.
-        let ttl_at = ETH_LEN + if v6 { 7 } else { 8 };
-        let (ttl_in, ttl_out) = (input[ttl_at], output[ttl_at]);
-        let hop = u8::from(action != XDP_PASS);
-        ensure!(ttl_in > 1, "rewrote a packet with TTL {ttl_in}");
-        ensure!(
-            ttl_out == ttl_in - hop,
-            "TTL {ttl_in} became {ttl_out} (action {action})"
-        );
+        check_hop(input, output, action, v6)?;
         let (out, _) = owned_tuple(output).context("the rewritten packet lost its 5-tuple")?;
         ensure!(out.proto == tuple.proto, "protocol changed");
         let outcome = if let Some(spec) = service {
@@ -803,15 +806,94 @@ impl World {
         } else {
             bail!("rewrote {tuple:?}: neither to a service nor a reply of one of its flows");
         };
+        self.check_sent(action, output, out.dst.ip())?;
+        self.check_checksums(input, output)?;
+        Ok(outcome)
+    }
+
+    /// A later fragment of an IPv4 datagram has no ports: lb may send it
+    /// where its datagram's first fragment went (which it remembers from
+    /// that fragment, which this world does not model), rewriting only its
+    /// addresses, TTL and header checksum: to a backend of a service on its
+    /// destination (DNAT), or from a node to a client with the VIP of a
+    /// service the node serves (reverse NAT).
+    fn check_later_fragment(
+        &mut self,
+        input: &[u8],
+        action: u32,
+        output: &[u8],
+    ) -> Result<Outcome> {
+        let address = |frame: &[u8], at: usize| -> IpAddr {
+            let bytes: [u8; 4] = frame[ETH_LEN + at..ETH_LEN + at + 4].try_into().expect("4");
+            Ipv4Addr::from(bytes).into()
+        };
+        let (src, dst, proto) = (address(input, 12), address(input, 16), input[ETH_LEN + 9]);
+        let on = |vip: IpAddr| {
+            self.services
+                .iter()
+                .filter(move |s| s.frontend.vip == vip && s.frontend.protocol.number() == proto)
+        };
+        if output == input {
+            match action {
+                XDP_PASS => {}
+                XDP_DROP if on(dst).any(|spec| spec.backends.is_empty()) => {
+                    self.stats.dropped += 1;
+                }
+                _ => bail!(
+                    "an unchanged fragment must pass (or be dropped for a service without backends)"
+                ),
+            }
+            self.stats.unchanged += 1;
+            return Ok(Outcome::Unchanged);
+        }
+        ensure!(
+            matches!(action, XDP_TX | XDP_REDIRECT | XDP_PASS),
+            "a rewritten fragment must be sent or passed"
+        );
+        only_changed(
+            input,
+            output,
+            &[0..12, ETH_LEN + 8..ETH_LEN + 9, ETH_LEN + 10..ETH_LEN + 20],
+        )?;
+        check_hop(input, output, action, false)?;
+        let (new_src, new_dst) = (address(output, 12), address(output, 16));
+        let outcome = if new_src == src {
+            ensure!(
+                on(dst).any(|spec| spec.backends.iter().any(|b| b.ip == new_dst)),
+                "open relay: a fragment to {dst} sent to {new_dst}"
+            );
+            self.stats.dnat += 1;
+            Outcome::Dnat
+        } else {
+            ensure!(new_dst == dst, "reverse NAT changed the destination");
+            ensure!(
+                on(new_src).any(|spec| spec.backends.iter().any(|b| b.ip == src)),
+                "a fragment from {src} made to come from {new_src}, no VIP it serves"
+            );
+            self.stats.reverse_nat += 1;
+            Outcome::ReverseNat
+        };
+        self.check_sent(action, output, new_dst)?;
+        self.check_checksums(input, output)?;
+        self.stats.fragments_rewritten += 1;
+        Ok(outcome)
+    }
+
+    /// A packet sent out (not passed) carries the MAC of `dst`'s neighbour.
+    fn check_sent(&self, action: u32, output: &[u8], dst: IpAddr) -> Result<()> {
         if action != XDP_PASS {
             let mac = self
                 .macs
-                .get(&out.dst.ip())
-                .with_context(|| format!("sent out to {}, no resolved neighbour", out.dst))?;
+                .get(&dst)
+                .with_context(|| format!("sent out to {dst}, no resolved neighbour"))?;
             ensure!(output[..6] == mac[..], "sent to the wrong MAC");
         }
-        // Incremental updates carry damage over: valid stays valid, and a
-        // damaged packet stays detectably damaged for its receiver.
+        Ok(())
+    }
+
+    /// Incremental updates carry damage over: valid stays valid, and a
+    /// damaged packet stays detectably damaged for its receiver.
+    fn check_checksums(&mut self, input: &[u8], output: &[u8]) -> Result<()> {
         match packets::verify_checksums(input) {
             Ok(()) => {
                 packets::verify_checksums(output)
@@ -826,8 +908,31 @@ impl World {
                 self.stats.damaged_rewritten += 1;
             }
         }
-        Ok(outcome)
+        Ok(())
     }
+}
+
+/// Whether `frame` is an IPv4 datagram's fragment other than its first.
+fn is_later_fragment(frame: &[u8]) -> bool {
+    let ip = ETH_LEN;
+    frame.len() >= ip + 20
+        && frame[12..14] == [0x08, 0x00]
+        && frame[ip] >> 4 == 4
+        && u16::from_be_bytes([frame[ip + 6], frame[ip + 7]]) & 0x1fff != 0
+}
+
+/// A packet sent on was counted as a hop; one handed to the kernel (no
+/// neighbour yet) is counted by the kernel's forwarding.
+fn check_hop(input: &[u8], output: &[u8], action: u32, v6: bool) -> Result<()> {
+    let ttl_at = ETH_LEN + if v6 { 7 } else { 8 };
+    let (ttl_in, ttl_out) = (input[ttl_at], output[ttl_at]);
+    let hop = u8::from(action != XDP_PASS);
+    ensure!(ttl_in > 1, "rewrote a packet with TTL {ttl_in}");
+    ensure!(
+        ttl_out == ttl_in - hop,
+        "TTL {ttl_in} became {ttl_out} (action {action})"
+    );
+    Ok(())
 }
 
 /// Fails unless `output` differs from `input` only in the MACs, the TTL (hop
@@ -840,24 +945,27 @@ fn only_nat_fields_changed(
     proto: u8,
     v6: bool,
 ) -> Result<()> {
-    ensure!(
-        input.len() == output.len(),
-        "length changed to {}",
-        output.len()
-    );
     let l4_check = l4 + if proto == PROTO_TCP { 16 } else { 6 };
     let ip_fields = if v6 {
         [ETH_LEN + 7..ETH_LEN + 8, ETH_LEN + 8..ETH_LEN + 40]
     } else {
         [ETH_LEN + 8..ETH_LEN + 9, ETH_LEN + 10..ETH_LEN + 20]
     };
-    let allowed = [
-        0..12,
-        ip_fields[0].clone(),
-        ip_fields[1].clone(),
-        l4..l4 + 4,
-        l4_check..l4_check + 2,
-    ];
+    let [ttl, addresses] = ip_fields;
+    only_changed(
+        input,
+        output,
+        &[0..12, ttl, addresses, l4..l4 + 4, l4_check..l4_check + 2],
+    )
+}
+
+/// Fails unless `output` differs from `input` only within `allowed`.
+fn only_changed(input: &[u8], output: &[u8], allowed: &[Range<usize>]) -> Result<()> {
+    ensure!(
+        input.len() == output.len(),
+        "length changed to {}",
+        output.len()
+    );
     for (at, (a, b)) in input.iter().zip(output).enumerate() {
         ensure!(
             a == b || allowed.iter().any(|range| range.contains(&at)),

@@ -177,6 +177,26 @@ fn fixtures_in_namespace(bench: &XdpBed) {
     ));
     let syn = packets::tcp_syn(client, vip_http);
     let ack = packets::tcp_ack(client, vip_http, b"GET / HTTP/1.0\r\n\r\n");
+    // A UDP datagram in two fragments, and the node's reply in two; 24 bytes
+    // of UDP in each first fragment.
+    let fragmented = sock(CLIENT, 40003);
+    let datagram = packets::udp(fragmented, sock(VIP, 53), &[0x5a; 56]);
+    let [first, later] = packets::ipv4_fragments(&datagram, 24);
+    let [first_to_node, later_to_node] = packets::ipv4_fragments(&to_node1(&datagram, 31053), 24);
+    let mut unseen = later.clone();
+    unseen[packets::ETH_LEN + 4] ^= 0xff; // another identification
+    packets::fix_checksums(&mut unseen);
+    let reply_datagram = packets::udp(sock(node_ip(1), 31053), fragmented, &[0xa5; 56]);
+    let [reply_first, reply_later] = packets::ipv4_fragments(&reply_datagram, 24);
+    let [reply_first_from_vip, reply_later_from_vip] = packets::ipv4_fragments(
+        &packets::forwarded(&packets::expect_snat(
+            &reply_datagram,
+            sock(VIP, 53),
+            bench.client_if_mac,
+            CLIENT_MAC,
+        )),
+        24,
+    );
     let options_syn = packets::tcp_syn_with_ip_options(sock(CLIENT, 40001), vip_http);
     let udp = packets::udp(client, sock(VIP, 53), b"query");
     let udp_no_csum = packets::udp_no_checksum(sock(CLIENT, 40002), sock(VIP, 53), b"query");
@@ -517,11 +537,39 @@ fn fixtures_in_namespace(bench: &XdpBed) {
             output: Expected::Unchanged,
         },
         Fixture {
-            description: "an IP fragment to a VIP passes",
-            input: packets::ip_fragment(client, sock(VIP, 53)),
+            description: "a datagram's first fragment is DNAT-ed as the datagram",
+            input: first,
+            ingress: Ingress::Clients,
+            action: XDP_REDIRECT,
+            output: Expected::Bytes(first_to_node),
+        },
+        Fixture {
+            description: "its later fragment follows, only its address rewritten",
+            input: later,
+            ingress: Ingress::Clients,
+            action: XDP_REDIRECT,
+            output: Expected::Bytes(later_to_node),
+        },
+        Fixture {
+            description: "a later fragment of a datagram not seen passes",
+            input: unseen,
             ingress: Ingress::Clients,
             action: XDP_PASS,
             output: Expected::Unchanged,
+        },
+        Fixture {
+            description: "a reply's first fragment is reverse-NAT-ed as the reply",
+            input: reply_first,
+            ingress: Ingress::Nodes,
+            action: XDP_REDIRECT,
+            output: Expected::Bytes(reply_first_from_vip),
+        },
+        Fixture {
+            description: "the reply's later fragment follows, only its address rewritten",
+            input: reply_later,
+            ingress: Ingress::Nodes,
+            action: XDP_REDIRECT,
+            output: Expected::Bytes(reply_later_from_vip),
         },
     ];
     let mut fixtures = fixtures;
@@ -548,8 +596,8 @@ fn fixtures_in_namespace(bench: &XdpBed) {
     );
     assert_eq!(
         global[counters::REPLY_REDIRECT as usize],
-        5,
-        "the replies, one ICMP error of each family and the padded one"
+        7,
+        "the replies, one ICMP error of each family, the padded one and the reply's fragments"
     );
     assert_eq!(
         global[counters::REPLIES_UNTRACKED as usize],

@@ -1,0 +1,60 @@
+//! IPv4 TCP and UDP datagrams in fragments. Only a datagram's first fragment
+//! has its transport header; the others are known by the datagram's
+//! identity (RFC 791: addresses, protocol, identification). So the first
+//! fragment's ports are remembered under that identity (`FRAGMENTS4`), and
+//! each later fragment takes them from there, to go where the first went,
+//! translated as it was (its addresses only: the datagram's checksum is in
+//! the first). A later fragment that arrives before its first, or at
+//! another lb host, passes to the kernel (`pass_fragment`), as fragments of
+//! IPv6 datagrams do.
+
+use core::mem::MaybeUninit;
+
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+
+use crate::{
+    maps::{self, FragmentKey},
+    parse::{Fragment, Frame, Ip, Transport, ptr_at},
+    verdict::Verdict,
+};
+
+/// The ports of a TCP or UDP packet (the word `Transport::ports`): from its
+/// transport header, or for a later fragment, from its datagram's first.
+#[inline(always)]
+pub fn ports(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
+    match ip.fragment {
+        Fragment::Whole => Ok(Transport::parse(ctx, ip)?.ports),
+        Fragment::First => {
+            let ports = Transport::parse(ctx, ip)?.ports;
+            let mut key = MaybeUninit::uninit();
+            maps::remember_fragment_ports(datagram(ctx, ip, &mut key)?, ports);
+            Ok(ports)
+        }
+        Fragment::Later => {
+            let mut key = MaybeUninit::uninit();
+            maps::fragment_ports(datagram(ctx, ip, &mut key)?).ok_or(Verdict::PassFragment)
+        }
+    }
+}
+
+/// The identity of the datagram `ip` is a fragment of, written into `out`
+/// a word at a time (see `keys`).
+#[inline(always)]
+fn datagram<'a>(
+    ctx: &Frame,
+    ip: &Ip,
+    out: &'a mut MaybeUninit<FragmentKey>,
+) -> Result<&'a FragmentKey, Verdict> {
+    let header: *const Ipv4Hdr = ptr_at(ctx, EthHdr::LEN)?;
+    // SAFETY: checked by `ptr_at`; the identification lies at an even offset.
+    let id = unsafe { (&raw const (*header).id).cast::<u16>().read() };
+    let key = out.as_mut_ptr().cast::<u32>();
+    // SAFETY: the three words of `out`, each written before it is read.
+    unsafe {
+        key.write(ip.src[3]);
+        key.add(1).write(ip.dst[3]);
+        key.add(2)
+            .write(u32::from(id) | (u32::from(ip.proto) << 16));
+        Ok(out.assume_init_ref())
+    }
+}
