@@ -31,6 +31,15 @@ static LRU_PER_CPU: LruHashMap<FlowKey4, Flow> =
 #[map]
 static LRU_COMMON: LruHashMap<FlowKey4, Flow> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
+/// The two LRU kinds again, which the bench fills before it measures: each
+/// insert then evicts, as every new flow does in a full flow table.
+#[map]
+static LRU_PER_CPU_FULL: LruHashMap<FlowKey4, Flow> =
+    LruHashMap::with_max_entries(MAX_FLOWS, BPF_F_NO_COMMON_LRU);
+
+#[map]
+static LRU_COMMON_FULL: LruHashMap<FlowKey4, Flow> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
 /// A plain hash of the same size, preallocated: no LRU lists to keep.
 #[map]
 static PLAIN: HashMap<FlowKey4, Flow> = HashMap::with_max_entries(MAX_FLOWS, 0);
@@ -76,13 +85,15 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 #[map]
 static FLOW_SLOTS: Array<FlowSlot> = Array::with_max_entries(MAX_FLOWS, BPF_F_MMAPABLE);
 
-/// Each CPU's count of inserts, which makes every inserted key new: the
-/// hashes' at [`HASH_INSERTS`], `FLOW_SLOTS`' at [`SLOT_INSERTS`].
+/// Each CPU's count of inserts, which makes every inserted key new: into
+/// the hashes with room at [`HASH_INSERTS`], `FLOW_SLOTS`' at
+/// [`SLOT_INSERTS`], the full hashes' at [`EVICTING_INSERTS`].
 #[map]
-static INSERTS: PerCpuArray<u32> = PerCpuArray::with_max_entries(2, 0);
+static INSERTS: PerCpuArray<u32> = PerCpuArray::with_max_entries(3, 0);
 
 const HASH_INSERTS: u32 = 0;
 const SLOT_INSERTS: u32 = 1;
+const EVICTING_INSERTS: u32 = 2;
 
 /// One `bpf_fib_lookup`, as lb's forwarding makes it on a next-hop miss.
 #[xdp]
@@ -132,13 +143,25 @@ pub fn attr_clock_jiffies(_ctx: XdpContext) -> u32 {
 /// One insert of a new flow into a 1M-entry LRU with per-CPU lists.
 #[xdp]
 pub fn attr_lru_insert_per_cpu(_ctx: XdpContext) -> u32 {
-    tx_if(insert(&LRU_PER_CPU))
+    tx_if(insert(&LRU_PER_CPU, HASH_INSERTS))
 }
 
 /// One insert of a new flow into a 1M-entry LRU with one common list.
 #[xdp]
 pub fn attr_lru_insert_common(_ctx: XdpContext) -> u32 {
-    tx_if(insert(&LRU_COMMON))
+    tx_if(insert(&LRU_COMMON, HASH_INSERTS))
+}
+
+/// One insert of a new flow into a full 1M-entry LRU with per-CPU lists.
+#[xdp]
+pub fn attr_lru_evict_per_cpu(_ctx: XdpContext) -> u32 {
+    tx_if(insert(&LRU_PER_CPU_FULL, EVICTING_INSERTS))
+}
+
+/// One insert of a new flow into a full 1M-entry LRU with one common list.
+#[xdp]
+pub fn attr_lru_evict_common(_ctx: XdpContext) -> u32 {
+    tx_if(insert(&LRU_COMMON_FULL, EVICTING_INSERTS))
 }
 
 /// One insert of a new flow into a preallocated 1M-entry plain hash.
@@ -208,14 +231,14 @@ pub fn attr_flow_lookup(_ctx: XdpContext) -> u32 {
     tx_if(unsafe { FLOW_TABLE.get(key) }.is_some())
 }
 
-/// Inserts a flow under a key no earlier call used.
+/// Inserts a flow under a key no earlier call of its `kind` used.
 #[inline(always)]
-fn insert(map: &LruHashMap<FlowKey4, Flow>) -> bool {
-    next_key(HASH_INSERTS).is_some_and(|n| map.insert(ipv4_flow(n), Flow::default(), 0).is_ok())
+fn insert(map: &LruHashMap<FlowKey4, Flow>, kind: u32) -> bool {
+    next_key(kind).is_some_and(|n| map.insert(ipv4_flow(n), Flow::default(), 0).is_ok())
 }
 
 /// A source address no earlier insert of its kind (`HASH_INSERTS`,
-/// `SLOT_INSERTS`) on this CPU used.
+/// `SLOT_INSERTS`, `EVICTING_INSERTS`) on this CPU used.
 #[inline(always)]
 fn next_key(kind: u32) -> Option<u32> {
     let count = INSERTS.get_ptr_mut(kind)?;

@@ -390,8 +390,16 @@ const HASH_NO_PREALLOC: &str =
     "one new IPv4 flow in a 1M plain hash (not full), allocated at insert";
 pub const SLOT_INSERT: &str =
     "one new IPv4 flow written into a free 64-byte slot of a 1M-slot array (no hash map)";
+const EVICT_PER_CPU: &str =
+    "one new IPv4 flow in a 1M LRU hash full for this CPU (evicts), per-CPU lists";
+const EVICT_COMMON: &str = "one new IPv4 flow in a full 1M LRU hash (evicts), common list";
+/// The rows whose table this CPU fills before they are measured.
+const EVICTING: [(&str, &str); 2] = [
+    ("attr_lru_evict_per_cpu", EVICT_PER_CPU),
+    ("attr_lru_evict_common", EVICT_COMMON),
+];
 
-const ATTRIBUTION: [(&str, &str); 12] = [
+const ATTRIBUTION: [(&str, &str); 14] = [
     (
         "attr_fib_lookup",
         "one bpf_fib_lookup (IPv4, resolved neighbour)",
@@ -404,6 +412,8 @@ const ATTRIBUTION: [(&str, &str); 12] = [
     ("attr_hash_insert", HASH_PREALLOC),
     ("attr_hash_insert_no_prealloc", HASH_NO_PREALLOC),
     ("attr_slot_insert", SLOT_INSERT),
+    EVICTING[0],
+    EVICTING[1],
     (
         "attr_hash_lookup_key40",
         "one hash lookup, 40-byte key (an IPv6 flow)",
@@ -454,6 +464,22 @@ fn attribution(
         HashMap::try_from(object.map_mut("FLOW_TABLE").context("no map FLOW_TABLE")?)?;
     flow_table.insert(ipv4_flow, Flow::default(), 0)?;
     let packet = packets::tcp_ack(sock(CLIENT, CLIENT_PORT), sock(VIP, TCP_PORT), b"");
+    // More inserts than the table holds, from this CPU: its free entries
+    // (all of them with a common list, its share with per-CPU lists) are
+    // gone, and every insert measured evicts.
+    for (name, _) in EVICTING {
+        let call = test_run(
+            reference(object, name)?,
+            &packet,
+            bed.client_if,
+            MAX_FLOWS + MAX_FLOWS / 8,
+        )?;
+        ensure!(
+            call.action == XDP_TX,
+            "filling the table of {name}: action {}",
+            call.action
+        );
+    }
     let mut cases = vec![reference_case(FLOOR.to_owned(), floor, bed, &packet)];
     for (name, what) in ATTRIBUTION {
         let mut case = reference_case(what.to_owned(), reference(object, name)?, bed, &packet);
@@ -466,6 +492,8 @@ fn attribution(
             HASH_PREALLOC,
             HASH_NO_PREALLOC,
             SLOT_INSERT,
+            EVICT_PER_CPU,
+            EVICT_COMMON,
         ]
         .contains(&what)
         {
@@ -536,6 +564,8 @@ fn flow_table_choice(results: &[CaseResult]) -> String {
         FLOOR,
     ]
     .map(|name| per_call(results, name));
+    let [evict_per_cpu, evict_common] =
+        [EVICT_PER_CPU, EVICT_COMMON].map(|name| per_call(results, name));
     let percent = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) => format!("{:.0}%", 100.0 * a / b),
         _ => "(not measured)".to_owned(),
@@ -543,7 +573,8 @@ fn flow_table_choice(results: &[CaseResult]) -> String {
     format!(
         "FLOWS4 and FLOWS6 are LRU hashes with per-CPU lists (BPF_F_NO_COMMON_LRU). Here one \
          insert with per-CPU lists took {} of one with the common list, a plain preallocated \
-         hash's insert {} of it and one that allocates at insert {} (per call). On one CPU \
+         hash's insert {} of it and one that allocates at insert {} (per call); into a full \
+         table, where every insert evicts, per-CPU lists took {} of the common list. On one CPU \
          every insert into a 1M-entry table costs mostly cold memory (the new entry and its \
          bucket), which no kernel hash map avoids: a plain hash would save the LRU's list \
          upkeep but would need the agent to expire idle flows, and when full it refuses new \
@@ -558,6 +589,7 @@ fn flow_table_choice(results: &[CaseResult]) -> String {
         percent(per_cpu, common),
         percent(plain, common),
         percent(allocating, common),
+        percent(evict_per_cpu, evict_common),
         array_table(per_cpu, slot, floor),
     )
 }
