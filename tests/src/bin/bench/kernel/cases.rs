@@ -269,7 +269,11 @@ pub fn measure_all(bed: &Bed, options: Options) -> Result<Section> {
             (per_call(&results, FLOOR), "floor"),
             7.0,
             "each insert first evicts this CPU's least recently used flow (a walk of the \
-             LRU's lists and the bucket lock of the evicted entry), then writes cold memory",
+             LRU's lists and the bucket lock of the evicted entry), then writes cold memory: \
+             the attribution row for one insert into a full LRU with per-CPU lists alone \
+             is above what the goal leaves above the floor, and the common list's is more; \
+             a flow table in an array would evict by overwriting, at the cost of its slot \
+             row",
         ));
     }
     notes.push(format!(
