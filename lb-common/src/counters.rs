@@ -36,8 +36,9 @@ counters! {
     FIB_OTHER = 7, "fib_other_pass";
     /// Passed: neither IPv4 nor IPv6 (ARP, VLAN-tagged...).
     PASS_NOT_IP = 8, "pass_not_ip";
-    /// Passed: an IPv6 fragment, or a later IPv4 fragment of a datagram
-    /// whose first was not seen (or of another protocol than TCP and UDP).
+    /// Passed: to a VIP or from a node, an IPv6 fragment, an IPv4 fragment of
+    /// another protocol than TCP and UDP, or a later IPv4 fragment of a
+    /// datagram whose first lb did not serve.
     PASS_FRAGMENT = 9, "pass_fragment";
     /// Passed: neither TCP nor UDP, to a VIP or from a node (to neither,
     /// the key filters pass it first, as `pass_not_service`); ICMP or
@@ -78,8 +79,9 @@ counters! {
     /// (DSR needs the node on a segment lb is attached to).
     DROP_NOT_ADJACENT = 23, "drop_not_adjacent";
     /// Dropped: direct server return to a node whose MAC the kernel has not
-    /// resolved (the agent's health checks keep nodes' neighbour entries
-    /// fresh); the kernel could only route the packet by its VIP.
+    /// resolved (the agent makes the nodes' neighbour entries managed, which
+    /// the kernel keeps resolved); the kernel could only route the packet by
+    /// its VIP.
     DROP_NO_NEIGHBOR = 24, "drop_no_neighbor";
     /// Passed: a unicast frame for another host's MAC, which a NIC in
     /// promiscuous mode (a bridge port, a packet capture) hands up too.

@@ -15,7 +15,7 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use crate::{
     maps::{self, FIB_PARAMS, TX_PORTS, count},
     nat,
-    parse::{Family, Frame, Ip, ptr_at},
+    parse::{Family, Frame, IP_FRAGMENT_MASK, Ip, ptr_at},
     side_paths,
     verdict::Verdict,
 };
@@ -268,8 +268,9 @@ pub fn next_hop(
 /// too big for the link to its next hop: with IPv4's Don't Fragment clear, a
 /// hop that hands it to the kernel translated, to fragment and forward (with
 /// direct server return, which the kernel could not forward, it passes
-/// untouched); otherwise the side path that answers it (`lb_too_big`). For
-/// any other packet, `verdict`. The FIB tells "too big" by the link's MTU,
+/// untouched); otherwise the side path that answers it (`lb_too_big`), but
+/// for an IPv4 fragment, which passes as `verdict`. For any other packet,
+/// `verdict`. The FIB tells "too big" by the link's MTU,
 /// which it writes where it read the packet's length, in this CPU's
 /// parameter block; on every other failure that length stays. ICMP errors
 /// do not come here: no ICMP error answers one (RFC 1122 3.2.2), and the
@@ -284,8 +285,15 @@ pub fn too_big(ctx: &Frame, route: &Route, verdict: Verdict) -> Result<NextHop, 
     if route.family == Family::V4 {
         let header: *const Ipv4Hdr = ptr_at(ctx, EthHdr::LEN)?;
         // SAFETY: bounds-checked by `ptr_at`.
-        if u16::from_be_bytes(unsafe { (*header).frags }) & DONT_FRAGMENT == 0 {
+        let frags = u16::from_be_bytes(unsafe { (*header).frags });
+        if frags & DONT_FRAGMENT == 0 {
             return Ok(NextHop::unresolved(true));
+        }
+        // No ICMP error answers a fragment but a datagram's first (RFC 1122
+        // 3.2.2), and lb's answer quotes the ports, which only a whole
+        // datagram is sure to have.
+        if frags & IP_FRAGMENT_MASK != 0 {
+            return Err(verdict);
         }
     }
     Err(side_paths::enter(ctx, SIDE_PATH_TOO_BIG, verdict))

@@ -1,12 +1,13 @@
 //! IPv4 TCP and UDP datagrams in fragments. Only a datagram's first fragment
 //! has its transport header; the others are known by the datagram's
-//! identity (RFC 791: addresses, protocol, identification). So the first
-//! fragment's ports are remembered under that identity (`FRAGMENTS4`), and
-//! each later fragment takes them from there, to go where the first went,
-//! translated as it was (its addresses only: the datagram's checksum is in
-//! the first). A later fragment that arrives before its first, or at
-//! another lb host, passes to the kernel (`pass_fragment`), as fragments of
-//! IPv6 datagrams do.
+//! identity (RFC 791: addresses, protocol, identification). So the ports of
+//! a first fragment lb serves are remembered under that identity
+//! (`FRAGMENTS4`), and each later fragment takes them from there, to be
+//! served as a packet of the same 5-tuple (which goes where the first
+//! went), translated as it was but for its addresses only (the datagram's
+//! checksum is in the first). A later fragment that arrives before its
+//! first, or at another lb host, passes to the kernel (`pass_fragment`), as
+//! fragments of IPv6 datagrams do.
 
 use core::mem::MaybeUninit;
 
@@ -22,19 +23,22 @@ use crate::{
 /// transport header, or for a later fragment, from its datagram's first.
 #[inline(always)]
 pub fn ports(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
-    match ip.fragment {
-        Fragment::Whole => Ok(Transport::parse(ctx, ip)?.ports),
-        Fragment::First => {
-            let ports = Transport::parse(ctx, ip)?.ports;
-            let mut key = MaybeUninit::uninit();
-            maps::remember_fragment_ports(datagram(ctx, ip, &mut key)?, ports);
-            Ok(ports)
-        }
-        Fragment::Later => {
-            let mut key = MaybeUninit::uninit();
-            maps::fragment_ports(datagram(ctx, ip, &mut key)?).ok_or(Verdict::PassFragment)
-        }
+    if ip.fragment != Fragment::Later {
+        return Ok(Transport::parse(ctx, ip)?.ports);
     }
+    let mut key = MaybeUninit::uninit();
+    maps::fragment_ports(datagram(ctx, ip, &mut key)?).ok_or(Verdict::PassFragment)
+}
+
+/// Remembers the `ports` of a packet lb serves, if it is a datagram's first
+/// fragment, for the later ones.
+#[inline(always)]
+pub fn remember(ctx: &Frame, ip: &Ip, ports: u32) -> Result<(), Verdict> {
+    if ip.fragment == Fragment::First {
+        let mut key = MaybeUninit::uninit();
+        maps::remember_fragment_ports(datagram(ctx, ip, &mut key)?, ports);
+    }
+    Ok(())
 }
 
 /// The identity of the datagram `ip` is a fragment of, written into `out`

@@ -12,7 +12,7 @@ use crate::{
     forward::{self, Direction, HopCache, Route, check_ttl},
     maps::{self, answer_echo, count, is_vip},
     nat::{self, End},
-    parse::{self, Family, Frame, Ip, PLAIN_IPV4_VIHL, ptr_at},
+    parse::{self, Family, Frame, IP_FRAGMENT_OFFSET, Ip, PLAIN_IPV4_VIHL, ptr_at},
     verdict::Verdict,
 };
 
@@ -57,7 +57,10 @@ pub fn handle(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
             let error: *mut IcmpError = ptr_at(ctx, ip.l4_offset)?;
             // SAFETY: bounds-checked by `ptr_at`.
             let quoted = unsafe { &(*error).quoted };
-            if quoted.vihl != PLAIN_IPV4_VIHL {
+            // A quoted later fragment has no ports where they would be.
+            if quoted.vihl != PLAIN_IPV4_VIHL
+                || u16::from_be_bytes(quoted.frags) & IP_FRAGMENT_OFFSET != 0
+            {
                 return Err(Verdict::PassOtherProto);
             }
             let quote = Quote {

@@ -122,6 +122,7 @@ fn serve_transport(ctx: &Frame, ip: &Ip, ports: u32, claim: Claim) -> Result<u32
                 )
             }
         };
+    fragments::remember(ctx, ip, ports)?;
     // Looked up before anything is rewritten: a reply addressed to this host
     // (a health check, the host's own connection to a NodePort) is the
     // kernel's, and must reach it as it came.

@@ -210,11 +210,12 @@ static CLIENT_HOPS: PerCpuArray<HopSlot> = PerCpuArray::with_max_entries(CLIENT_
 /// IPv4 datagrams in fragments, as [`FragmentKey`], to the ports their first
 /// fragment had (as `parse::Transport` reads them): what their later
 /// fragments, which have no transport header, are balanced and translated
-/// by. Shared by all CPUs (a datagram's fragments may arrive on several),
-/// least recently used out. Not pinned: a datagram outlives no load.
+/// by. Read by all CPUs (a datagram's fragments may arrive on several),
+/// least recently used out of each CPU's share, as `FLOWS4`. Not pinned: a
+/// datagram outlives no load.
 #[map]
 static FRAGMENTS4: LruHashMap<FragmentKey, u32> =
-    LruHashMap::with_max_entries(MAX_FRAGMENTED_DATAGRAMS, 0);
+    LruHashMap::with_max_entries(MAX_FRAGMENTED_DATAGRAMS, BPF_F_NO_COMMON_LRU);
 
 /// Datagrams whose fragments are followed at once: the kernel's own
 /// reassembly keeps at most 4 MB of fragments per namespace

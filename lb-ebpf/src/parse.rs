@@ -21,9 +21,10 @@ pub const ETH_P_IPV4_BE: u16 = 0x0800u16.to_be();
 pub const ETH_P_IPV6_BE: u16 = 0x86ddu16.to_be();
 /// The first byte of an option-less IPv4 header: version 4, 5 words.
 pub const PLAIN_IPV4_VIHL: u8 = 0x45;
-/// IPv4's fragment offset, and with it the more-fragments flag, host order.
-const IP_FRAGMENT_OFFSET: u16 = 0x1fff;
-const IP_FRAGMENT_MASK: u16 = 0x3fff;
+/// IPv4's fragment offset field, host order: not zero in a later fragment.
+pub const IP_FRAGMENT_OFFSET: u16 = 0x1fff;
+/// The fragment offset and the more-fragments flag: not zero in a fragment.
+pub const IP_FRAGMENT_MASK: u16 = 0x3fff;
 /// IPv6 extension headers skipped on the way to the transport header.
 const IPV6_HOP_BY_HOP: u8 = 0;
 const IPV6_ROUTING: u8 = 43;
@@ -171,15 +172,6 @@ pub struct Ip {
 }
 
 impl Ip {
-    /// `PassFragment` for a fragment: for paths that have no use for one.
-    #[inline(always)]
-    pub fn check_whole(&self) -> Result<(), Verdict> {
-        if self.fragment != Fragment::Whole {
-            return Err(Verdict::PassFragment);
-        }
-        Ok(())
-    }
-
     /// Bytes from the upper-layer header to the end of the IP packet. Not
     /// a field: the entry point's frame holds an `Ip`, and the deepest call
     /// chain's stack includes that frame.

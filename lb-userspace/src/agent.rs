@@ -222,7 +222,10 @@ async fn sync_until_signalled(
                 announcer.update(dataplane, &state, &failed, plan);
                 write_catalog(dataplane, options, &announcer, &mut catalog);
             },
-            _ = refresh.tick() => announcer.refresh(),
+            _ = refresh.tick() => {
+                announcer.refresh();
+                neighbors.recheck();
+            }
         }
     }
     if options.detach_on_exit {

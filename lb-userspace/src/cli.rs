@@ -51,8 +51,9 @@ pub enum Command {
     /// (the data path keeps forwarding what still arrives); returns once BIRD
     /// announces nothing. Then wait for traffic to move and stop the host.
     Drain(DrainArgs),
-    /// Detach the data path and remove its pinned state (stop the agent first);
-    /// a BIRD it ran withdraws its announcements and stops.
+    /// Detach the data path and remove its pinned state (stop the agent first)
+    /// and the nodes' managed neighbour entries; a BIRD it ran withdraws its
+    /// announcements and stops.
     Down(PinArgs),
     /// Print a shell completion script.
     Completions {

@@ -550,7 +550,7 @@ mod tests {
     }
 
     /// A backend new to the checker is checked at once, not an interval
-    /// later: with direct server return its check is what resolves its MAC.
+    /// later: a node that fails to answer must not get new flows for long.
     /// (Checked here on kube-proxy's health port: an HTTP GET.)
     #[tokio::test]
     async fn a_new_backend_is_checked_at_once() {

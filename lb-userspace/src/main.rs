@@ -83,6 +83,11 @@ fn down(args: &PinArgs) -> Result<()> {
     }
     let removed = pins.remove()?;
     Catalog::remove(&args.bpffs);
+    // Direct server return's managed entries for the nodes served the data
+    // path just removed.
+    if let Err(e) = lb::node_neighbors::remove_all() {
+        eprintln!("warning: removing the nodes' managed neighbour entries: {e}");
+    }
     if removed.is_empty() {
         println!("nothing pinned under {}", args.bpffs.display());
     } else {

@@ -4,6 +4,7 @@
 
 use std::{
     io,
+    mem::size_of,
     net::IpAddr,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
@@ -28,6 +29,13 @@ const NDA_FLAGS_EXT: u16 = 15;
 const NTF_EXT_MANAGED: u32 = 1;
 /// States an administrator sets by hand, which the kernel never changes.
 const NUD_STATIC: u16 = 0x40 | 0x80; // NUD_NOARP | NUD_PERMANENT
+/// Learnt by another control plane (EVPN), which the kernel keeps as is.
+const NTF_EXT_LEARNED: u8 = 0x10;
+/// How long the kernel may take to answer (it answers at once).
+const ANSWER_WITHIN: libc::timeval = libc::timeval {
+    tv_sec: 2,
+    tv_usec: 0,
+};
 
 /// An entry of the kernel's neighbour table (ARP for IPv4, NDP for IPv6).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +48,8 @@ pub struct Neighbor {
     /// Who made it (`NDA_PROTOCOL`, as `ip neigh ... protocol`); 0 unset.
     pub protocol: u8,
     pub managed: bool,
+    /// Another control plane's (`extern_learn`).
+    pub external: bool,
 }
 
 /// A `NETLINK_ROUTE` socket.
@@ -62,6 +72,20 @@ impl Netlink {
             }
             OwnedFd::from_raw_fd(fd)
         };
+        let timeout = ANSWER_WITHIN;
+        // SAFETY: a socket this function owns, and an option of its size.
+        let set = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast(),
+                size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if set != 0 {
+            return Err(io::Error::last_os_error());
+        }
         Ok(Self {
             socket,
             sequence: 0,
@@ -146,14 +170,18 @@ impl Netlink {
                     continue;
                 }
                 match kind {
-                    NLMSG_DONE => return Ok(replies),
-                    // An error code (0 acknowledges), then the request.
-                    NLMSG_ERROR => {
-                        let code = body.get(..4).map_or(0, |b| read_u32(b, 0) as i32);
-                        return if code == 0 {
-                            Ok(replies)
-                        } else {
-                            Err(io::Error::from_raw_os_error(-code))
+                    // An error code (0: acknowledged, or the dump is whole),
+                    // then (for an error) the request.
+                    NLMSG_DONE | NLMSG_ERROR => {
+                        let code = body.get(..4).map(|b| read_u32(b, 0) as i32);
+                        return match code {
+                            Some(0) => Ok(replies),
+                            None if kind == NLMSG_DONE => Ok(replies),
+                            Some(code) => Err(io::Error::from_raw_os_error(-code)),
+                            None => Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                "a netlink error without its code",
+                            )),
                         };
                     }
                     _ => replies.push(body.to_vec()),
@@ -196,6 +224,7 @@ fn parse_neighbor(payload: &[u8]) -> Option<Neighbor> {
     let header = payload.get(..NDMSG)?;
     let ifindex = read_u32(header, 4);
     let state = read_u16(header, 8);
+    let flags = header[10];
     let (mut ip, mut protocol, mut managed) = (None, 0, false);
     let mut attrs = &payload[NDMSG..];
     while attrs.len() >= 4 {
@@ -210,7 +239,7 @@ fn parse_neighbor(payload: &[u8]) -> Option<Neighbor> {
                 };
             }
             NDA_PROTOCOL => protocol = *data.first()?,
-            NDA_FLAGS_EXT => managed = read_u32(data, 0) & NTF_EXT_MANAGED != 0,
+            NDA_FLAGS_EXT => managed = read_u32(data.get(..4)?, 0) & NTF_EXT_MANAGED != 0,
             _ => {}
         }
         attrs = attrs.get(align(length.max(4))..).unwrap_or_default();
@@ -221,6 +250,7 @@ fn parse_neighbor(payload: &[u8]) -> Option<Neighbor> {
         fixed: state & NUD_STATIC != 0,
         protocol,
         managed,
+        external: flags & NTF_EXT_LEARNED != 0,
     })
 }
 
@@ -257,11 +287,17 @@ mod tests {
                 fixed: false,
                 protocol: 108,
                 managed: true,
+                external: false,
             }
         );
         message[8] = 0x80; // NUD_PERMANENT
         assert!(parse_neighbor(&message).unwrap().fixed);
-        // Cut inside an attribute: no entry, no panic.
+        // Cut inside an attribute, or one too short for its type: no
+        // entry, no panic.
         assert_eq!(parse_neighbor(&message[..NDMSG + 6]), None);
+        let mut short = ndmsg(7, "10.1.0.11".parse().unwrap());
+        push_attr(&mut short, NDA_DST, &[10, 1, 0, 11]);
+        push_attr(&mut short, NDA_FLAGS_EXT, &[1, 0]);
+        assert_eq!(parse_neighbor(&short), None);
     }
 }

@@ -5,20 +5,25 @@
 //! route it by the VIP), so it is dropped until something else resolved
 //! the node: without these entries, the health checks' connections, or
 //! nothing with checks off. So the agent makes each node's entry *managed*
-//! (`NTF_EXT_MANAGED`): the kernel resolves it at once and keeps it
-//! resolved without traffic, noticing a new MAC as it would any.
+//! (`NTF_EXT_MANAGED`, Linux 5.16): the kernel resolves it at once and keeps
+//! it resolved without traffic, noticing a new MAC as it would any.
 //!
-//! The entries are marked with [`NEIGHBOR_PROTOCOL`], so that the agent
+//! The agent's entries are marked with [`NEIGHBOR_PROTOCOL`], so that it
 //! removes those of nodes it no longer sends to, also after a restart, and
-//! only those. An entry set by hand (`permanent`, `noarp`) is left alone:
-//! it is resolved already. A stopping agent leaves its entries: the pinned
-//! data path it leaves serving still needs them.
+//! only those. It takes over only entries the kernel learnt (no protocol,
+//! not set by hand, not another control plane's): one set by hand
+//! (`permanent`, `noarp`, or managed already) or by a daemon (a protocol of
+//! its own, `extern_learn`) is left as it is. The entries are checked again
+//! every [`RECHECK`], so one flushed or lost with its interface comes back.
+//! A stopping agent leaves its entries: the pinned data path it leaves
+//! serving still needs them; `lb down` and `--detach-on-exit` remove them.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
-    ffi::CString,
+    collections::BTreeMap,
+    ffi::{CStr, CString},
     io,
     net::IpAddr,
+    time::{Duration, Instant},
 };
 
 use tracing::{info, warn};
@@ -29,54 +34,117 @@ use crate::netlink::{Neighbor, Netlink};
 /// 108`): no routing daemon's number in iproute2's `rt_protos`.
 pub const NEIGHBOR_PROTOCOL: u8 = 108;
 
+/// How often entries made are checked again.
+pub const RECHECK: Duration = Duration::from_secs(5);
+
 /// The node addresses the data path sends to directly, each with the
 /// interface its route leaves by.
 pub type Nodes = BTreeMap<IpAddr, String>;
 
 /// Keeps the nodes' neighbour entries managed.
-#[derive(Default)]
 pub struct NodeNeighbors {
-    /// What the entries were last made to match; `None` before the first
-    /// time, or after a failure, so that the next round tries again.
-    kept: Option<Nodes>,
+    /// The kernel keeps managed entries (Linux 5.16): older ones ignore the
+    /// flag, and the entry written would be an unresolved one.
+    supported: bool,
+    /// The nodes last asked for.
+    nodes: Nodes,
+    /// When the entries last matched `nodes`; `None` if they never did, or
+    /// the last attempt failed (the next round or check tries again).
+    matched_at: Option<Instant>,
 }
 
-impl NodeNeighbors {
-    /// Makes the entries of `nodes` managed, and removes the agent's entries
-    /// of other addresses. Only when `nodes` changed (every round asks).
-    pub fn keep(&mut self, nodes: &Nodes) {
-        if self.kept.as_ref() == Some(nodes) {
-            return;
-        }
-        match reconcile(nodes) {
-            Ok(()) => self.kept = Some(nodes.clone()),
-            Err(e) => {
-                warn!(error = %e, "keeping the nodes' neighbour entries resolved");
-                self.kept = None;
-            }
+impl Default for NodeNeighbors {
+    fn default() -> Self {
+        Self {
+            supported: kernel_at_least(5, 16),
+            nodes: Nodes::new(),
+            matched_at: None,
         }
     }
 }
 
-fn reconcile(nodes: &Nodes) -> io::Result<()> {
+impl NodeNeighbors {
+    /// Makes the entries of `nodes` managed, and removes the agent's entries
+    /// of other addresses: when `nodes` changed (every round asks), or the
+    /// last attempt failed.
+    pub fn keep(&mut self, nodes: &Nodes) {
+        if self.matched_at.is_some() && self.nodes == *nodes {
+            return;
+        }
+        if !self.supported {
+            if !nodes.is_empty() && self.nodes.is_empty() {
+                warn!(
+                    "this kernel keeps no managed neighbour entries (Linux 5.16): the nodes' \
+                     MACs are resolved only by the health checks' connections"
+                );
+            }
+            self.nodes.clone_from(nodes);
+            return;
+        }
+        self.nodes.clone_from(nodes);
+        self.matched_at = match reconcile(nodes) {
+            Ok(true) => Some(Instant::now()),
+            Ok(false) => None,
+            Err(e) => {
+                warn!(error = %e, "keeping the nodes' neighbour entries resolved");
+                None
+            }
+        };
+    }
+
+    /// Checks the entries again if [`RECHECK`] has passed since they last
+    /// matched (or they did not).
+    pub fn recheck(&mut self) {
+        let recent = self.matched_at.is_some_and(|at| at.elapsed() < RECHECK);
+        if recent || (self.matched_at.is_some() && self.nodes.is_empty()) {
+            return;
+        }
+        self.matched_at = None;
+        let nodes = std::mem::take(&mut self.nodes);
+        self.keep(&nodes);
+    }
+}
+
+/// Brings the table in line with `nodes`; false if a node's interface is
+/// missing (its entry waits for the next attempt).
+fn reconcile(nodes: &Nodes) -> io::Result<bool> {
     let mut netlink = Netlink::open()?;
     let existing = netlink.neighbors()?;
-    let wanted: BTreeSet<(u32, IpAddr)> = nodes
-        .iter()
-        .filter_map(|(ip, iface)| Some((ifindex(iface)?, *ip)))
-        .collect();
+    let mut complete = true;
+    let mut wanted = Vec::new();
+    for (ip, iface) in nodes {
+        match ifindex(iface) {
+            Some(ifindex) => wanted.push((ifindex, *ip)),
+            None => complete = false,
+        }
+    }
     for &(ifindex, ip) in &wanted {
         let entry = existing.iter().find(|n| n.ifindex == ifindex && n.ip == ip);
-        if entry.is_some_and(|n| n.fixed || (n.managed && n.protocol == NEIGHBOR_PROTOCOL)) {
+        if entry.is_some_and(|n| !taken_over(n)) {
             continue;
         }
         netlink.manage_neighbor(ifindex, ip, NEIGHBOR_PROTOCOL)?;
         info!(%ip, ifindex, "node's neighbour entry managed");
     }
-    for Neighbor { ifindex, ip, .. } in existing
-        .iter()
-        .filter(|n| n.protocol == NEIGHBOR_PROTOCOL && !wanted.contains(&(n.ifindex, n.ip)))
-    {
+    let theirs = |n: &&Neighbor| !wanted.contains(&(n.ifindex, n.ip));
+    forget(&mut netlink, existing.iter().filter(theirs))?;
+    Ok(complete)
+}
+
+/// Whether an existing entry is to be made the agent's managed one: one the
+/// kernel learnt, not one already.
+fn taken_over(entry: &Neighbor) -> bool {
+    entry.protocol == 0 && !entry.fixed && !entry.managed && !entry.external
+}
+
+/// Removes the agent's entries among `entries` (never one set by hand
+/// since: `ip neigh replace` keeps the protocol).
+fn forget<'a>(
+    netlink: &mut Netlink,
+    entries: impl Iterator<Item = &'a Neighbor>,
+) -> io::Result<()> {
+    let ours = entries.filter(|n| n.protocol == NEIGHBOR_PROTOCOL && !n.fixed);
+    for Neighbor { ifindex, ip, .. } in ours {
         match netlink.delete_neighbor(*ifindex, *ip) {
             // Gone meanwhile (its interface with it).
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
@@ -85,6 +153,13 @@ fn reconcile(nodes: &Nodes) -> io::Result<()> {
         info!(%ip, ifindex, "neighbour entry of a node no longer served removed");
     }
     Ok(())
+}
+
+/// Removes every entry the agent made (`lb down`).
+pub fn remove_all() -> io::Result<()> {
+    let mut netlink = Netlink::open()?;
+    let existing = netlink.neighbors()?;
+    forget(&mut netlink, existing.iter())
 }
 
 /// The index of interface `name`; `None` (logged) if it is gone.
@@ -99,4 +174,81 @@ fn ifindex(name: &str) -> Option<u32> {
         );
     }
     (index != 0).then_some(index)
+}
+
+/// Whether the running kernel's release is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    // SAFETY: `uname` fills the zeroed struct it is given.
+    let release = unsafe {
+        let mut name: libc::utsname = std::mem::zeroed();
+        if libc::uname(&mut name) != 0 {
+            return false;
+        }
+        CStr::from_ptr(name.release.as_ptr())
+            .to_string_lossy()
+            .into_owned()
+    };
+    release_at_least(&release, major, minor)
+}
+
+/// Whether a kernel release string (`6.18.44-fc-v1300`) is at least
+/// `major.minor`.
+fn release_at_least(release: &str, major: u32, minor: u32) -> bool {
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|part| part.parse::<u32>().unwrap_or(0));
+    let found = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    found >= (major, minor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_releases_compare_by_major_then_minor() {
+        assert!(release_at_least("6.18.44-fc-v1300", 5, 16));
+        assert!(release_at_least("5.16.0", 5, 16));
+        assert!(!release_at_least("5.15.0-91-generic", 5, 16));
+        assert!(!release_at_least("4.19.0", 5, 16));
+        assert!(!release_at_least("", 5, 16));
+    }
+
+    #[test]
+    fn only_entries_the_kernel_learnt_are_taken_over() {
+        let learnt = Neighbor {
+            ifindex: 3,
+            ip: "10.1.0.11".parse().unwrap(),
+            fixed: false,
+            protocol: 0,
+            managed: false,
+            external: false,
+        };
+        assert!(taken_over(&learnt));
+        for other in [
+            Neighbor {
+                fixed: true,
+                ..learnt.clone()
+            },
+            Neighbor {
+                protocol: 186,
+                ..learnt.clone()
+            },
+            Neighbor {
+                managed: true,
+                ..learnt.clone()
+            },
+            Neighbor {
+                external: true,
+                ..learnt.clone()
+            },
+            Neighbor {
+                protocol: NEIGHBOR_PROTOCOL,
+                managed: true,
+                ..learnt.clone()
+            },
+        ] {
+            assert!(!taken_over(&other), "{other:?}");
+        }
+    }
 }

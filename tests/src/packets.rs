@@ -202,7 +202,7 @@ pub fn ip_fragment(src: SocketAddrV4, dst: SocketAddrV4) -> Vec<u8> {
     )
 }
 
-/// `frame`, an option-less IPv4 datagram filling its frame, as its two
+/// `frame`, an IPv4 datagram filling its frame, as its two
 /// fragments: the first with the first `first_len` bytes of the IP payload
 /// (a multiple of 8) and more-fragments set, the second with the rest at
 /// that offset; each with its total length and header checksum, Don't

@@ -3,13 +3,14 @@
 //! cannot resolve the node for it. The agent makes the nodes' neighbour
 //! entries managed (the kernel resolves them and keeps them resolved):
 //! connections through the VIP work with health checks off, which otherwise
-//! resolved the nodes as a side effect. An entry set by hand is left alone;
-//! the agent's entry of a node no longer served goes, and all of them go
-//! with the data path when the agent detaches on exit.
+//! resolved the nodes as a side effect. An entry set by hand or by another
+//! daemon is left alone; the agent's entry of a node no longer served goes,
+//! one deleted by someone else comes back, and all of them go with the data
+//! path when the agent detaches on exit.
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddrV4},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use lb_tests::{
@@ -67,16 +68,24 @@ fn nodes_are_kept_resolved_without_health_checks() {
     for node in &topology.nodes {
         node.take_vip(VIP, 80, POD_PORT).expect("kube-proxy's rule");
     }
-    // Node 3's entry is set by hand, with its real MAC.
-    let mac = topology.nodes[2].ns.mac("eth0").expect("node 3's MAC");
-    let mac = mac.map(|b| format!("{b:02x}")).join(":");
-    topology
-        .lb
-        .ip(&format!(
-            "neigh replace {} dev {LB_NODE_IFACE} lladdr {mac} nud permanent",
-            node_ip(3)
-        ))
-        .expect("a permanent entry");
+    // Node 3's entry is set by hand, node 2's by a routing daemon, each
+    // with the node's real MAC.
+    let mac = |i: u8| {
+        let mac = topology.nodes[usize::from(i) - 1].ns.mac("eth0");
+        mac.expect("a node's MAC")
+            .map(|b| format!("{b:02x}"))
+            .join(":")
+    };
+    for (i, kind) in [(3, "nud permanent"), (2, "nud reachable protocol bgp")] {
+        topology
+            .lb
+            .ip(&format!(
+                "neigh replace {} dev {LB_NODE_IFACE} lladdr {} {kind}",
+                node_ip(i),
+                mac(i)
+            ))
+            .expect("an entry not the agent's");
+    }
 
     let manifests = ManifestFile::new("dsr-neighbors", &manifest(&[1, 2, 3])).expect("manifests");
     let agent = Agent::start(
@@ -106,27 +115,48 @@ fn nodes_are_kept_resolved_without_health_checks() {
         Duration::from_secs(3),
     );
     assert_eq!(tally.len(), 3, "every node answers: {tally:?}");
-    for i in [1, 2] {
-        let entry = entry(&topology, i);
-        assert!(
-            entry.contains("managed") && entry.contains(OURS),
-            "node {i}: {entry}"
-        );
-    }
+    let managed = entry(&topology, 1);
+    assert!(
+        managed.contains("managed") && managed.contains(OURS),
+        "{managed}"
+    );
     let by_hand = entry(&topology, 3);
     assert!(
         by_hand.contains("PERMANENT") && !by_hand.contains("managed"),
         "{by_hand}"
     );
+    let daemons = entry(&topology, 2);
+    assert!(
+        daemons.contains("proto bgp") && !daemons.contains("managed"),
+        "{daemons}"
+    );
 
-    manifests.write(&manifest(&[1, 3])).expect("node 2 leaves");
+    // Deleted by someone else, the agent's entry comes back.
+    topology
+        .lb
+        .ip(&format!("neigh del {} dev {LB_NODE_IFACE}", node_ip(1)))
+        .expect("delete node 1's entry");
+    let deadline = Instant::now() + READY;
+    while !entry(&topology, 1).contains(OURS) {
+        assert!(Instant::now() < deadline, "not made again: {}", agent.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    manifests.write(&manifest(&[2, 3])).expect("node 1 leaves");
     agent
         .wait_for_backends(READY, |rows| backends_of(rows, &service).len() == 2)
-        .expect("node 2 no longer served");
-    let gone = entry(&topology, 2);
-    assert!(!gone.contains(OURS), "node 2's entry stays: {gone}");
-    assert!(entry(&topology, 1).contains(OURS), "{}", agent.log());
+        .expect("node 1 no longer served");
+    let gone = entry(&topology, 1);
+    assert!(!gone.contains(OURS), "node 1's entry stays: {gone}");
+    assert!(entry(&topology, 2).contains("proto bgp"), "{}", agent.log());
     assert!(entry(&topology, 3).contains("PERMANENT"));
+    manifests
+        .write(&manifest(&[1, 2, 3]))
+        .expect("node 1 is back");
+    agent
+        .wait_for_backends(READY, |rows| backends_of(rows, &service).len() == 3)
+        .expect("node 1 served again");
+    assert!(entry(&topology, 1).contains(OURS), "{}", agent.log());
 
     // Detaching, the agent takes its entries with the data path.
     agent.signal(libc::SIGTERM).expect("SIGTERM");

@@ -236,7 +236,7 @@ fn one_arm_serves_tcp_and_udp_through_one_interface() {
 /// fragments, reaches a node through the VIP, and the node's answer, as big
 /// and fragmented by the node, comes back from the VIP: lb sends each
 /// fragment where its datagram's first went, translated, and none passes
-/// to the kernel (which could route none of them).
+/// to the kernel for want of its first (which could route none of them).
 #[test]
 fn fragmented_datagrams_go_through_the_vip_both_ways() {
     let topology = Topology::new(Layout::TwoArm, 2).expect("topology");

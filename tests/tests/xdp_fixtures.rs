@@ -186,6 +186,12 @@ fn fixtures_in_namespace(bench: &XdpBed) {
     let mut unseen = later.clone();
     unseen[packets::ETH_LEN + 4] ^= 0xff; // another identification
     packets::fix_checksums(&mut unseen);
+    // A TCP segment in fragments (no flow yet: its first fragment pins
+    // one).
+    let segment = packets::tcp_ack(sock(CLIENT, 40004), vip_http, &[0x3c; 48]);
+    let [segment_first, segment_later] = packets::ipv4_fragments(&segment, 24);
+    let [segment_first_out, segment_later_out] =
+        packets::ipv4_fragments(&to_node1(&segment, 31000), 24);
     let reply_datagram = packets::udp(sock(node_ip(1), 31053), fragmented, &[0xa5; 56]);
     let [reply_first, reply_later] = packets::ipv4_fragments(&reply_datagram, 24);
     let [reply_first_from_vip, reply_later_from_vip] = packets::ipv4_fragments(
@@ -558,6 +564,20 @@ fn fixtures_in_namespace(bench: &XdpBed) {
             output: Expected::Unchanged,
         },
         Fixture {
+            description: "a TCP segment's first fragment is DNAT-ed as the segment",
+            input: segment_first,
+            ingress: Ingress::Clients,
+            action: XDP_REDIRECT,
+            output: Expected::Bytes(segment_first_out),
+        },
+        Fixture {
+            description: "the TCP segment's later fragment follows",
+            input: segment_later,
+            ingress: Ingress::Clients,
+            action: XDP_REDIRECT,
+            output: Expected::Bytes(segment_later_out),
+        },
+        Fixture {
             description: "a reply's first fragment is reverse-NAT-ed as the reply",
             input: reply_first,
             ingress: Ingress::Nodes,
@@ -617,7 +637,10 @@ fn fixtures_in_namespace(bench: &XdpBed) {
         .service_traffic(&frontend(VIP, 80))
         .expect("traffic")
         .expect("svc");
-    assert_eq!(http.packets, 4, "SYN, ACK, options SYN, one-arm SYN");
+    assert_eq!(
+        http.packets, 6,
+        "SYN, ACK, options SYN, one-arm SYN, the fragmented segment's two"
+    );
 }
 
 /// Runs each fixture through the program; fails naming every one whose
