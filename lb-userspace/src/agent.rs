@@ -197,7 +197,9 @@ async fn sync_until_signalled(
                     checker.watch(translation);
                     let state = checker.apply(translation);
                     program(dataplane, &mut neighbors, options, &state, &mut failed, &mut catalog);
-                    announcer.update(dataplane, &state, &failed, &plan);
+                    let speaks = options.source.speaks_layer2();
+                    health.set_speaking_layer2(speaks);
+                    announcer.update(dataplane, &state, &failed, &plan, speaks);
                     // The statuses before the catalog, which only names
                     // services for the CLI: a start's takes tens of
                     // milliseconds to write.
@@ -219,7 +221,8 @@ async fn sync_until_signalled(
                 let translation = options.translator.translation();
                 let state = checker.apply(translation);
                 program(dataplane, &mut neighbors, options, &state, &mut failed, &mut catalog);
-                announcer.update(dataplane, &state, &failed, plan);
+                let speaks = options.source.speaks_layer2();
+                announcer.update(dataplane, &state, &failed, plan, speaks);
                 write_catalog(dataplane, options, &announcer, &mut catalog);
             },
             _ = refresh.tick() => {

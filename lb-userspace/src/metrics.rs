@@ -42,6 +42,9 @@ pub struct Health {
     ready: AtomicBool,
     /// This agent assigns addresses and writes statuses (elected, or alone).
     assigning: AtomicBool,
+    /// This agent answers ARP and NDP for the VIPs (named by the Lease, or
+    /// alone).
+    speaking_layer2: AtomicBool,
 }
 
 impl Health {
@@ -50,6 +53,7 @@ impl Health {
             bpffs,
             ready: AtomicBool::new(false),
             assigning: AtomicBool::new(false),
+            speaking_layer2: AtomicBool::new(false),
         })
     }
 
@@ -59,6 +63,10 @@ impl Health {
 
     pub fn set_assigning(&self, assigning: bool) {
         self.assigning.store(assigning, Ordering::Relaxed);
+    }
+
+    pub fn set_speaking_layer2(&self, speaking: bool) {
+        self.speaking_layer2.store(speaking, Ordering::Relaxed);
     }
 }
 
@@ -107,6 +115,13 @@ impl Collector for MapsCollector {
             "lb_assigns_addresses",
             "1 while this agent assigns addresses (from manifests, alone, or elected among the agents of one API server, where it writes the statuses)",
             &[(Vec::new(), f64::from(u8::from(assigning)))],
+        )?;
+        let speaking = self.health.speaking_layer2.load(Ordering::Relaxed);
+        gauge(
+            &mut encoder,
+            "lb_answers_layer2",
+            "1 while this agent answers ARP and NDP for the VIPs (alone, or named by the Lease among the agents of one API server); 0 while another does",
+            &[(Vec::new(), f64::from(u8::from(speaking)))],
         )?;
         let scrape = Scrape::read(&self.health.bpffs, self.per_backend);
         if let Err(e) = &scrape {

@@ -33,7 +33,8 @@ use speaker::Speaker;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Announce {
     /// Answer ARP and Neighbor Solicitations for VIPs, and announce new ones
-    /// with gratuitous ARP / unsolicited Neighbor Advertisements.
+    /// with gratuitous ARP / unsolicited Neighbor Advertisements (with several
+    /// agents on one API server, only the leader Lease's holder).
     #[default]
     Arp,
     /// Announce each VIP with a healthy backend over BGP (BIRD 2).
@@ -77,8 +78,9 @@ impl Announcer {
     }
 
     /// Brings the announcements in line with `plan` and what is served:
-    /// layer 2 for every VIP programmed, on its interfaces; BGP for each VIP
-    /// with a backend that takes new flows and passes its health check, in a
+    /// layer 2 for every VIP programmed, on its interfaces, if this host
+    /// `speaks_layer2` (see `Source::speaks_layer2`); BGP for each VIP with
+    /// a backend that takes new flows and passes its health check, in a
     /// Service that was programmed.
     pub fn update(
         &mut self,
@@ -86,10 +88,11 @@ impl Announcer {
         state: &DesiredState,
         failed: &BTreeMap<Frontend, String>,
         plan: &AnnouncementPlan,
+        speaks_layer2: bool,
     ) {
         let mut problems = BTreeSet::new();
         let mut answers = BTreeMap::new();
-        for service in dataplane.services() {
+        for service in dataplane.services().filter(|_| speaks_layer2) {
             let vip = service.spec.frontend.vip;
             let Some(l2) = plan.vips.get(&vip).and_then(|a| a.l2.as_ref()) else {
                 continue;

@@ -18,6 +18,13 @@
 //! hold it. One that finds the Lease renewed under its own name since its
 //! own last write knows it has such a twin: it stops leading, says so, and treats the
 //! Lease as another's until it goes unrenewed.
+//!
+//! The holder is also the one host that answers ARP and NDP for the VIPs
+//! (two answering would have the segment's caches flap between them): that
+//! goes by the Lease as last seen, not by the renew deadline, so a holder
+//! cut off from the API server goes on answering until it sees another
+//! agent's name in the Lease (none can take it while the API server is
+//! unreachable for all).
 
 use std::time::Duration;
 
@@ -93,6 +100,8 @@ impl Leadership {
 /// The election task and what it concluded last.
 pub struct Elector {
     standing: watch::Receiver<Leadership>,
+    /// The Lease, as last seen, names this agent (and no twin renews it).
+    named: watch::Receiver<bool>,
     task: JoinHandle<()>,
     api: Api<Lease>,
     identity: String,
@@ -104,10 +113,12 @@ impl Elector {
     pub fn start(client: Client, config: ElectionConfig, changed: watch::Sender<()>) -> Self {
         let api: Api<Lease> = Api::namespaced(client, &config.namespace);
         let (standing, receiver) = watch::channel(Leadership::Unknown);
+        let (named, named_receiver) = watch::channel(false);
         let identity = config.identity.clone();
-        let task = tokio::spawn(campaign(api.clone(), config, standing, changed));
+        let task = tokio::spawn(campaign(api.clone(), config, standing, named, changed));
         Self {
             standing: receiver,
+            named: named_receiver,
             task,
             api,
             identity,
@@ -116,6 +127,12 @@ impl Elector {
 
     pub fn leading(&self) -> bool {
         self.standing.borrow().holds_at(Instant::now())
+    }
+
+    /// Whether the Lease, as this agent last saw it, names it: whether it
+    /// answers for the VIPs at layer 2 (see the module doc).
+    pub fn named(&self) -> bool {
+        *self.named.borrow()
     }
 
     /// Waits for the first attempt's outcome, so that a start does not
@@ -222,6 +239,7 @@ async fn campaign(
     api: Api<Lease>,
     config: ElectionConfig,
     standing: watch::Sender<Leadership>,
+    named: watch::Sender<bool>,
     changed: watch::Sender<()>,
 ) {
     let mut view = View::default();
@@ -270,6 +288,15 @@ async fn campaign(
             Some((until, version)) => Leadership::Leading { until, version },
             None => Leadership::Following,
         };
+        // Before the standing, which the agent's first round waits for.
+        let holder = view
+            .observed
+            .as_ref()
+            .and_then(|seen| seen.record.holder.as_deref());
+        let is_named = !view.twin && holder == Some(config.identity.as_str());
+        if named.send_replace(is_named) != is_named {
+            changed.send_replace(());
+        }
         let is_leading = matches!(now, Leadership::Leading { .. });
         let before = standing.send_replace(now);
         let was_leading = matches!(before, Leadership::Leading { .. });
@@ -281,11 +308,7 @@ async fn campaign(
                 );
             } else {
                 info!(
-                    holder = view
-                        .observed
-                        .as_ref()
-                        .and_then(|o| o.record.holder.as_deref())
-                        .unwrap_or("nobody"),
+                    holder = holder.unwrap_or("nobody"),
                     "following: serving the addresses the Services' statuses show"
                 );
             }

@@ -160,6 +160,16 @@ impl KubeSource {
         }
     }
 
+    /// Whether this agent answers for the VIPs at layer 2: the Lease names
+    /// it (`Elector::named`), or there is no election.
+    pub(super) fn speaks_layer2(&self) -> bool {
+        match &self.election {
+            Election::Alone => true,
+            Election::Candidate(..) => false,
+            Election::Running(elector) => elector.named(),
+        }
+    }
+
     /// Waits for a change (or a refresh, or the periodic resync) and returns
     /// the objects as they are now.
     pub(super) async fn changed(&mut self) -> ClusterObjects {

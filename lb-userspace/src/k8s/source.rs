@@ -68,6 +68,17 @@ impl Source {
         }
     }
 
+    /// Whether this agent answers ARP and NDP for the VIPs: against an API
+    /// server with an election, only the agent the Lease names (one answer
+    /// on the segment, and another host's when it takes over); otherwise
+    /// every agent, as it is the only one.
+    pub fn speaks_layer2(&self) -> bool {
+        match self {
+            Self::Kubernetes(source) => source.speaks_layer2(),
+            Self::Manifests(_) => true,
+        }
+    }
+
     /// Makes the next `changed` return a fresh read even if nothing changed.
     pub fn refresh(&mut self) {
         match self {

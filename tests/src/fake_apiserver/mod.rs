@@ -72,6 +72,9 @@ pub struct Options {
     /// Enforce RBAC: requests it does not grant are 403 Forbidden (see
     /// [`FakeApiServer::denied`]). Without it, the token may do anything.
     pub rbac: Option<Authorizer>,
+    /// The address to listen on, in the namespace `start` is given: one on
+    /// a segment lets agents in other namespaces reach the server.
+    pub address: Ipv4Addr,
 }
 
 impl Default for Options {
@@ -83,6 +86,7 @@ impl Default for Options {
             tls: false,
             metallb_crds: false,
             rbac: None,
+            address: Ipv4Addr::LOCALHOST,
         }
     }
 }
@@ -99,8 +103,8 @@ pub struct FakeApiServer {
 }
 
 impl FakeApiServer {
-    /// Starts serving on 127.0.0.1 (an ephemeral port) inside `ns`, or in the
-    /// calling thread's namespace.
+    /// Starts serving on `options.address` (an ephemeral port) inside `ns`,
+    /// or in the calling thread's namespace.
     pub fn start(ns: Option<&NetNs>, options: Options) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -124,7 +128,7 @@ impl FakeApiServer {
         let mut server = Self {
             shared,
             runtime,
-            addr: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0),
+            addr: SocketAddrV4::new(options.address, 0),
             tasks: Arc::default(),
             tls,
         };
