@@ -255,7 +255,8 @@ pub struct AgentArgs {
     /// How VIPs become reachable: `arp` answers ARP and IPv6 Neighbor
     /// Solicitations for them with the interface's MAC (in the data path) and
     /// sends a gratuitous ARP / unsolicited Neighbor Advertisement when one
-    /// appears; `bgp` announces each VIP with a healthy backend to the
+    /// appears (of several agents on one API server, only the leader Lease's
+    /// holder, another taking over when it dies); `bgp` announces each VIP with a healthy backend to the
     /// --bgp-peer routers through a BIRD 2 daemon the agent runs (several lb
     /// hosts behind ECMP); `none` leaves routing to the VIPs to others.
     /// Default `arp`. Only while MetalLB's configuration has no
