@@ -15,7 +15,7 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use crate::{
     maps::{self, FIB_PARAMS, TX_PORTS, count},
     nat,
-    parse::{Family, Frame, IP_FRAGMENT_MASK, Ip, ptr_at},
+    parse::{Family, Frame, IP_FRAGMENT_OFFSET, Ip, ptr_at},
     side_paths,
     verdict::Verdict,
 };
@@ -269,8 +269,8 @@ pub fn next_hop(
 /// hop that hands it to the kernel translated, to fragment and forward (with
 /// direct server return, which the kernel could not forward, it passes
 /// untouched); otherwise the side path that answers it (`lb_too_big`), but
-/// for an IPv4 fragment, which passes as `verdict`. For any other packet,
-/// `verdict`. The FIB tells "too big" by the link's MTU,
+/// for a later IPv4 fragment, which passes as `verdict`. For any other
+/// packet, `verdict`. The FIB tells "too big" by the link's MTU,
 /// which it writes where it read the packet's length, in this CPU's
 /// parameter block; on every other failure that length stays. ICMP errors
 /// do not come here: no ICMP error answers one (RFC 1122 3.2.2), and the
@@ -290,9 +290,8 @@ pub fn too_big(ctx: &Frame, route: &Route, verdict: Verdict) -> Result<NextHop, 
             return Ok(NextHop::unresolved(true));
         }
         // No ICMP error answers a fragment but a datagram's first (RFC 1122
-        // 3.2.2), and lb's answer quotes the ports, which only a whole
-        // datagram is sure to have.
-        if frags & IP_FRAGMENT_MASK != 0 {
+        // 3.2.2); lb's answer quotes the ports, which the first has.
+        if frags & IP_FRAGMENT_OFFSET != 0 {
             return Err(verdict);
         }
     }

@@ -210,12 +210,15 @@ static CLIENT_HOPS: PerCpuArray<HopSlot> = PerCpuArray::with_max_entries(CLIENT_
 /// IPv4 datagrams in fragments, as [`FragmentKey`], to the ports their first
 /// fragment had (as `parse::Transport` reads them): what their later
 /// fragments, which have no transport header, are balanced and translated
-/// by. Read by all CPUs (a datagram's fragments may arrive on several),
-/// least recently used out of each CPU's share, as `FLOWS4`. Not pinned: a
-/// datagram outlives no load.
+/// by. Shared by all CPUs (a datagram's fragments may arrive on several),
+/// least recently used out of one common list: per-CPU lists would split
+/// it over every possible CPU, and a NIC spreads fragments by addresses
+/// alone, so one busy pair of hosts would have one CPU's small share. (Only
+/// first fragments insert: the common list's lock is taken rarely.) Not
+/// pinned: a datagram outlives no load.
 #[map]
 static FRAGMENTS4: LruHashMap<FragmentKey, u32> =
-    LruHashMap::with_max_entries(MAX_FRAGMENTED_DATAGRAMS, BPF_F_NO_COMMON_LRU);
+    LruHashMap::with_max_entries(MAX_FRAGMENTED_DATAGRAMS, 0);
 
 /// Datagrams whose fragments are followed at once: the kernel's own
 /// reassembly keeps at most 4 MB of fragments per namespace

@@ -169,6 +169,13 @@ pub struct AgentArgs {
     /// The namespace of the leader election's Lease.
     #[arg(long, value_name = "NAMESPACE", default_value = "lb-system")]
     pub leader_election_namespace: String,
+    /// The Lease (in --leader-election-namespace) by which the agents on one
+    /// segment elect the one that answers ARP and NDP for the VIPs there
+    /// (the others take over when it dies): hosts on one segment share one,
+    /// hosts on different segments each need their own. Only with
+    /// --leader-elect; without it, every agent answers.
+    #[arg(long, value_name = "NAME", default_value = crate::k8s::election::LAYER2_LEASE)]
+    pub layer2_lease: String,
     /// How long the Lease stays held after its holder stops renewing it
     /// (when another agent takes over); it is renewed every sixth of that.
     #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = crate::units::parse_lease_duration)]
@@ -255,8 +262,8 @@ pub struct AgentArgs {
     /// How VIPs become reachable: `arp` answers ARP and IPv6 Neighbor
     /// Solicitations for them with the interface's MAC (in the data path) and
     /// sends a gratuitous ARP / unsolicited Neighbor Advertisement when one
-    /// appears (of several agents on one API server, only the leader Lease's
-    /// holder, another taking over when it dies); `bgp` announces each VIP with a healthy backend to the
+    /// appears (of several agents on one segment and API server, only the
+    /// holder of --layer2-lease, another taking over when it dies); `bgp` announces each VIP with a healthy backend to the
     /// --bgp-peer routers through a BIRD 2 daemon the agent runs (several lb
     /// hosts behind ECMP); `none` leaves routing to the VIPs to others.
     /// Default `arp`. Only while MetalLB's configuration has no

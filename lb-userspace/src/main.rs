@@ -15,7 +15,7 @@ use lb::{
     dataplane::DataplaneConfig,
     health::HealthConfig,
     k8s::{
-        election::ElectionConfig,
+        election::{CONTROLLER_LEASE, Duty, ElectionConfig, Elections},
         kube_source::{KubeConfigSource, KubeSource},
         pools::{Pool, Pools},
         source::{ManifestSource, Source},
@@ -248,10 +248,22 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         None if kubernetes.is_none() => String::new(),
         None => host_name().context("--identity: no host name to default to")?,
     };
-    let election = args.leader_elect.then(|| ElectionConfig {
-        namespace: args.leader_election_namespace,
+    if args.layer2_lease.is_empty() || args.layer2_lease == CONTROLLER_LEASE {
+        anyhow::bail!(
+            "--layer2-lease: must be a Lease name other than {CONTROLLER_LEASE}, got {:?}",
+            args.layer2_lease
+        );
+    }
+    let election = |lease: &str, duty| ElectionConfig {
+        lease: lease.to_owned(),
+        namespace: args.leader_election_namespace.clone(),
+        duty,
         identity: identity.clone(),
         lease_duration: args.leader_election_lease_duration,
+    };
+    let elections = args.leader_elect.then(|| Elections {
+        controller: election(CONTROLLER_LEASE, Duty::Controller),
+        layer2: election(&args.layer2_lease, Duty::Layer2),
     });
     let options = |source| AgentOptions {
         interfaces: args.interfaces,
@@ -293,7 +305,7 @@ fn run_agent(args: AgentArgs) -> Result<()> {
             // The Kubernetes source starts its watches, so it needs the runtime.
             let source = match (kubernetes, manifests) {
                 (Some(config), _) => Source::Kubernetes(Box::new(
-                    KubeSource::connect(&config, &metallb_namespace, &identity, election)
+                    KubeSource::connect(&config, &metallb_namespace, &identity, elections)
                         .await
                         .context("connecting to the Kubernetes API")?,
                 )),

@@ -120,7 +120,7 @@ impl Collector for MapsCollector {
         gauge(
             &mut encoder,
             "lb_answers_layer2",
-            "1 while this agent answers ARP and NDP for the VIPs (alone, or named by the Lease among the agents of one API server); 0 while another does",
+            "1 while this agent is the one to answer ARP and NDP for the VIPs announced at layer 2 (alone, or named by its segment's Lease among the agents of one API server); 0 while another is",
             &[(Vec::new(), f64::from(u8::from(speaking)))],
         )?;
         let scrape = Scrape::read(&self.health.bpffs, self.per_backend);

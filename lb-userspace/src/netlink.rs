@@ -16,6 +16,7 @@ const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_REPLACE: u16 = 0x100;
+const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_DUMP: u16 = 0x300;
 const NLM_F_CREATE: u16 = 0x400;
 const RTM_NEWNEIGH: u16 = 28;
@@ -98,14 +99,22 @@ impl Netlink {
         Ok(replies.iter().filter_map(|m| parse_neighbor(m)).collect())
     }
 
-    /// Makes `ip` on `ifindex` a managed entry of `protocol`, replacing an
-    /// entry there (a resolved one keeps its address while it is probed).
-    pub fn manage_neighbor(&mut self, ifindex: u32, ip: IpAddr, protocol: u8) -> io::Result<()> {
+    /// Makes `ip` on `ifindex` a managed entry of `protocol`: a new one
+    /// (`EEXIST` if there is one), or with `replace` in place of the one
+    /// there (a resolved one keeps its address while it is probed).
+    pub fn manage_neighbor(
+        &mut self,
+        ifindex: u32,
+        ip: IpAddr,
+        protocol: u8,
+        replace: bool,
+    ) -> io::Result<()> {
         let mut message = ndmsg(ifindex, ip);
         push_attr(&mut message, NDA_DST, &address_bytes(ip));
         push_attr(&mut message, NDA_PROTOCOL, &[protocol]);
         push_attr(&mut message, NDA_FLAGS_EXT, &NTF_EXT_MANAGED.to_ne_bytes());
-        let flags = NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+        let exclusive = if replace { NLM_F_REPLACE } else { NLM_F_EXCL };
+        let flags = NLM_F_ACK | NLM_F_CREATE | exclusive;
         self.request(RTM_NEWNEIGH, flags, &message).map(drop)
     }
 

@@ -15,7 +15,8 @@
 //! (`permanent`, `noarp`, or managed already) or by a daemon (a protocol of
 //! its own, `extern_learn`) is left as it is. The entries are checked again
 //! every [`RECHECK`], so one flushed or lost with its interface comes back.
-//! A stopping agent leaves its entries: the pinned data path it leaves
+//! The entries of `proto 108` are one agent's per network namespace: two
+//! agents in one namespace would remove each other's. A stopping agent leaves its entries: the pinned data path it leaves
 //! serving still needs them; `lb down` and `--detach-on-exit` remove them.
 
 use std::{
@@ -49,8 +50,13 @@ pub struct NodeNeighbors {
     /// The nodes last asked for.
     nodes: Nodes,
     /// When the entries last matched `nodes`; `None` if they never did, or
-    /// the last attempt failed (the next round or check tries again).
+    /// the last attempt failed (the next check tries again).
     matched_at: Option<Instant>,
+    /// When the last attempt was made: a failing one is retried every
+    /// [`RECHECK`], not at every round.
+    tried_at: Option<Instant>,
+    /// The last attempt's failure, logged when it changes.
+    failure: Option<String>,
 }
 
 impl Default for NodeNeighbors {
@@ -59,6 +65,8 @@ impl Default for NodeNeighbors {
             supported: kernel_at_least(5, 16),
             nodes: Nodes::new(),
             matched_at: None,
+            tried_at: None,
+            failure: None,
         }
     }
 }
@@ -68,7 +76,8 @@ impl NodeNeighbors {
     /// of other addresses: when `nodes` changed (every round asks), or the
     /// last attempt failed.
     pub fn keep(&mut self, nodes: &Nodes) {
-        if self.matched_at.is_some() && self.nodes == *nodes {
+        let retry_due = self.tried_at.is_none_or(|at| at.elapsed() >= RECHECK);
+        if self.nodes == *nodes && (self.matched_at.is_some() || !retry_due) {
             return;
         }
         if !self.supported {
@@ -82,21 +91,25 @@ impl NodeNeighbors {
             return;
         }
         self.nodes.clone_from(nodes);
-        self.matched_at = match reconcile(nodes) {
-            Ok(true) => Some(Instant::now()),
-            Ok(false) => None,
-            Err(e) => {
-                warn!(error = %e, "keeping the nodes' neighbour entries resolved");
-                None
-            }
-        };
+        self.tried_at = Some(Instant::now());
+        let outcome = reconcile(nodes);
+        self.matched_at = matches!(outcome, Ok(true)).then(Instant::now);
+        let failure = outcome.err().map(|e| e.to_string());
+        if let Some(error) = failure
+            .as_ref()
+            .filter(|f| Some(*f) != self.failure.as_ref())
+        {
+            warn!(%error, "keeping the nodes' neighbour entries resolved");
+        }
+        self.failure = failure;
     }
 
-    /// Checks the entries again if [`RECHECK`] has passed since they last
-    /// matched (or they did not).
+    /// Checks the entries again if [`RECHECK`] has passed since the last
+    /// attempt (but not while no node is asked for and none is left).
     pub fn recheck(&mut self) {
-        let recent = self.matched_at.is_some_and(|at| at.elapsed() < RECHECK);
-        if recent || (self.matched_at.is_some() && self.nodes.is_empty()) {
+        let recent = self.tried_at.is_some_and(|at| at.elapsed() < RECHECK);
+        let settled = self.matched_at.is_some() && self.nodes.is_empty();
+        if !self.supported || recent || settled {
             return;
         }
         self.matched_at = None;
@@ -123,7 +136,11 @@ fn reconcile(nodes: &Nodes) -> io::Result<bool> {
         if entry.is_some_and(|n| !taken_over(n)) {
             continue;
         }
-        netlink.manage_neighbor(ifindex, ip, NEIGHBOR_PROTOCOL)?;
+        // Replacing only the entry seen: one made since (by hand) stays.
+        match netlink.manage_neighbor(ifindex, ip, NEIGHBOR_PROTOCOL, entry.is_some()) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
+            result => result?,
+        }
         info!(%ip, ifindex, "node's neighbour entry managed");
     }
     let theirs = |n: &&Neighbor| !wanted.contains(&(n.ifindex, n.ip));

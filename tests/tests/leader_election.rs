@@ -17,7 +17,7 @@ use k8s_openapi::api::{coordination::v1::Lease, events::v1::Event};
 use lb_tests::{
     agent::Agent,
     fake_apiserver::{
-        FakeApiServer, Options,
+        Authorizer, FakeApiServer, Options,
         fixtures::{load_balancer, node},
     },
     http,
@@ -416,5 +416,41 @@ fn a_label_on_the_lease_is_not_a_twin() -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(holder(&first.server).as_deref(), Some("host-a"));
+    Ok(())
+}
+
+/// An agent the API server forbids the Leases (RBAC from before elections)
+/// assigns nothing, but answers ARP and NDP for the VIPs on its own, as
+/// before elections: an upgrade that forgot the new RBAC leaves the VIPs
+/// reachable.
+#[test]
+fn an_agent_forbidden_the_leases_still_answers_at_layer2() -> Result<()> {
+    let manifest = include_str!("../../examples/kubernetes/rbac.yaml");
+    let without_leases: Vec<&str> = manifest
+        .split("\n---\n")
+        .filter(|document| !document.contains("lb-leader-election"))
+        .collect();
+    let options = Options {
+        rbac: Some(Authorizer::from_manifest(&without_leases.join("\n---\n"))?),
+        ..Options::default()
+    };
+    let ns = NetNs::new("forbid")?;
+    veth(&ns, "lb0", &ns, "peer0")?;
+    let extra = flags("host-a", FIRST_METRICS);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let agent = KubeAgent::start(&ns, &["lb0"], options, &extra)?;
+    agent.wait_for("the agent answering at layer 2", READY, || {
+        (gauge(&ns, FIRST_METRICS, "lb_answers_layer2") == Some(1.0)).then_some(())
+    })?;
+    assert_eq!(gauge(&ns, FIRST_METRICS, "lb_assigns_addresses"), Some(0.0));
+    assert!(
+        agent
+            .server
+            .denied()
+            .iter()
+            .any(|denied| denied.contains("leases")),
+        "{:?}",
+        agent.server.denied()
+    );
     Ok(())
 }

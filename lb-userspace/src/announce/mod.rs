@@ -34,7 +34,7 @@ use speaker::Speaker;
 pub enum Announce {
     /// Answer ARP and Neighbor Solicitations for VIPs, and announce new ones
     /// with gratuitous ARP / unsolicited Neighbor Advertisements (with several
-    /// agents on one API server, only the leader Lease's holder).
+    /// agents on one segment and API server, only the holder of its Lease).
     #[default]
     Arp,
     /// Announce each VIP with a healthy backend over BGP (BIRD 2).

@@ -19,12 +19,15 @@
 //! own last write knows it has such a twin: it stops leading, says so, and treats the
 //! Lease as another's until it goes unrenewed.
 //!
-//! The holder is also the one host that answers ARP and NDP for the VIPs
-//! (two answering would have the segment's caches flap between them): that
-//! goes by the Lease as last seen, not by the renew deadline, so a holder
-//! cut off from the API server goes on answering until it sees another
-//! agent's name in the Lease (none can take it while the API server is
-//! unreachable for all).
+//! The agents that answer ARP and NDP on one segment elect the one that
+//! answers the same way, with a Lease of their own (two answering would
+//! have the segment's caches flap between them; hosts on other segments
+//! elect theirs with another Lease). Answering goes by the Lease as last
+//! seen, not by the renew deadline, so that an API server no agent can
+//! reach leaves the segment with its answer: a holder cut off goes on
+//! answering until it sees another agent's name in the Lease (if the others
+//! can reach the API server, two answer meanwhile, both serving). An agent
+//! the API server forbids the Lease answers on its own, as before elections.
 
 use std::time::Duration;
 
@@ -47,13 +50,54 @@ use tracing::{error, info, warn};
 /// How long a stopping agent tries to give the Lease up.
 const GIVE_UP_WITHIN: Duration = Duration::from_secs(2);
 
-/// The Lease's name, in the namespace the flags give.
-pub const LEASE_NAME: &str = "lb-controller";
+/// The Lease of the agent that assigns addresses and writes statuses, in
+/// the namespace the flags give.
+pub const CONTROLLER_LEASE: &str = "lb-controller";
 
-/// What the agent needs to take part in the election.
+/// The default Lease of the agent that answers at layer 2.
+pub const LAYER2_LEASE: &str = "lb-layer2";
+
+/// What an election's holder does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Duty {
+    /// Assigns addresses, writes statuses and Events ([`CONTROLLER_LEASE`]).
+    Controller,
+    /// Answers ARP and NDP for the VIPs on its segment.
+    Layer2,
+}
+
+impl Duty {
+    fn elected(self) -> &'static str {
+        match self {
+            Self::Controller => {
+                "elected: this agent assigns addresses and writes statuses and Events"
+            }
+            Self::Layer2 => "elected: this agent answers ARP and NDP for the VIPs",
+        }
+    }
+
+    fn following(self) -> &'static str {
+        match self {
+            Self::Controller => "following: serving the addresses the Services' statuses show",
+            Self::Layer2 => "following: another agent answers ARP and NDP for the VIPs",
+        }
+    }
+}
+
+/// The elections of the agents reading one API server: of the one that
+/// writes, and of the one that answers at layer 2 on this agent's segment.
+pub struct Elections {
+    pub controller: ElectionConfig,
+    pub layer2: ElectionConfig,
+}
+
+/// What the agent needs to take part in an election.
 #[derive(Clone, Debug)]
 pub struct ElectionConfig {
+    /// The Lease's name and namespace.
+    pub lease: String,
     pub namespace: String,
+    pub duty: Duty,
     /// Who this agent is in the Lease's `holderIdentity` (and Events'
     /// `reportingInstance`): unique among the agents.
     pub identity: String,
@@ -99,6 +143,7 @@ impl Leadership {
 
 /// The election task and what it concluded last.
 pub struct Elector {
+    lease: String,
     standing: watch::Receiver<Leadership>,
     /// The Lease, as last seen, names this agent (and no twin renews it).
     named: watch::Receiver<bool>,
@@ -115,8 +160,10 @@ impl Elector {
         let (standing, receiver) = watch::channel(Leadership::Unknown);
         let (named, named_receiver) = watch::channel(false);
         let identity = config.identity.clone();
+        let lease = config.lease.clone();
         let task = tokio::spawn(campaign(api.clone(), config, standing, named, changed));
         Self {
+            lease,
             standing: receiver,
             named: named_receiver,
             task,
@@ -129,8 +176,9 @@ impl Elector {
         self.standing.borrow().holds_at(Instant::now())
     }
 
-    /// Whether the Lease, as this agent last saw it, names it: whether it
-    /// answers for the VIPs at layer 2 (see the module doc).
+    /// Whether the Lease, as this agent last saw it, names it, or the API
+    /// server forbids it the Lease: whether it answers for the VIPs at layer
+    /// 2 (see the module doc).
     pub fn named(&self) -> bool {
         *self.named.borrow()
     }
@@ -173,7 +221,7 @@ impl Elector {
     /// Clears the holder of the Lease if it is as this agent last wrote it
     /// (`version`): written since, it may be a twin's (see the module doc).
     async fn give_up(&self, version: Option<String>) -> kube::Result<()> {
-        let Some(mut lease) = self.api.get_opt(LEASE_NAME).await? else {
+        let Some(mut lease) = self.api.get_opt(&self.lease).await? else {
             return Ok(());
         };
         if lease.meta().resource_version != version {
@@ -187,9 +235,9 @@ impl Elector {
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(MicroTime(Timestamp::now()));
         self.api
-            .replace(LEASE_NAME, &PostParams::default(), &lease)
+            .replace(&self.lease, &PostParams::default(), &lease)
             .await?;
-        info!("gave up the leader Lease");
+        info!(lease = %self.lease, "gave up the Lease");
         Ok(())
     }
 }
@@ -256,13 +304,18 @@ async fn campaign(
             match tokio::time::timeout(config.retry_period(), attempt(&api, &config, &mut view))
                 .await
             {
-                Ok(result) => result.map_err(|error| error.to_string()),
-                Err(_) => Err(format!("no answer within {:?}", config.retry_period())),
+                Ok(result) => result.map_err(|error| (forbids(&error), error.to_string())),
+                Err(_) => Err((
+                    false,
+                    format!("no answer within {:?}", config.retry_period()),
+                )),
             };
+        // The API server says no: this agent answers at layer 2 on its own.
+        let mut forbidden = false;
         match outcome {
             Ok(held) => {
                 if failing.take().is_some() {
-                    info!("the leader Lease can be read and written again");
+                    info!(lease = %config.lease, "the Lease can be read and written again");
                 }
                 until = held.then(|| {
                     let observed = view.observed.as_ref();
@@ -270,12 +323,20 @@ async fn campaign(
                     (started + config.renew_deadline(), version)
                 });
             }
-            Err(message) => {
+            Err((forbids, message)) => {
+                forbidden = forbids;
+                // What was seen then may be stale now: a write that may
+                // have landed is not proof of a twin, and time the Lease
+                // could not be read is not time it went unrenewed.
+                if let Some(seen) = view.observed.as_mut() {
+                    seen.written_here = false;
+                    seen.since = Instant::now();
+                }
                 if failing.as_ref() != Some(&message) {
                     error!(
                         error = %message,
                         namespace = %config.namespace,
-                        lease = LEASE_NAME,
+                        lease = %config.lease,
                         "leader election: the Lease cannot be read or written, so this agent \
                          cannot be elected (it needs get, create and update on leases there: \
                          examples/kubernetes/rbac.yaml; or run it alone with --leader-elect false)"
@@ -293,7 +354,7 @@ async fn campaign(
             .observed
             .as_ref()
             .and_then(|seen| seen.record.holder.as_deref());
-        let is_named = !view.twin && holder == Some(config.identity.as_str());
+        let is_named = forbidden || (!view.twin && holder == Some(config.identity.as_str()));
         if named.send_replace(is_named) != is_named {
             changed.send_replace(());
         }
@@ -302,14 +363,13 @@ async fn campaign(
         let was_leading = matches!(before, Leadership::Leading { .. });
         if before == Leadership::Unknown || was_leading != is_leading {
             if is_leading {
-                info!(
-                    identity = %config.identity,
-                    "elected: this agent assigns addresses and writes statuses and Events"
-                );
+                info!(identity = %config.identity, lease = %config.lease, "{}", config.duty.elected());
             } else {
                 info!(
                     holder = holder.unwrap_or("nobody"),
-                    "following: serving the addresses the Services' statuses show"
+                    lease = %config.lease,
+                    "{}",
+                    config.duty.following()
                 );
             }
             changed.send_replace(());
@@ -322,10 +382,10 @@ async fn campaign(
 /// is this agent's. True if this agent holds it now.
 async fn attempt(api: &Api<Lease>, config: &ElectionConfig, view: &mut View) -> kube::Result<bool> {
     let now = MicroTime(Timestamp::now());
-    let Some(mut lease) = api.get_opt(LEASE_NAME).await? else {
+    let Some(mut lease) = api.get_opt(&config.lease).await? else {
         let lease = Lease {
             metadata: ObjectMeta {
-                name: Some(LEASE_NAME.to_owned()),
+                name: Some(config.lease.clone()),
                 namespace: Some(config.namespace.clone()),
                 ..Default::default()
             },
@@ -384,7 +444,7 @@ async fn attempt(api: &Api<Lease>, config: &ElectionConfig, view: &mut View) -> 
     }
     lease.spec = Some(held_by(spec, config, now));
     let replaced = api
-        .replace(LEASE_NAME, &PostParams::default(), &lease)
+        .replace(&config.lease, &PostParams::default(), &lease)
         .await;
     written(replaced, view)
 }
@@ -418,6 +478,12 @@ fn held_by(mut spec: LeaseSpec, config: &ElectionConfig, now: MicroTime) -> Leas
         Some(i32::try_from(config.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX));
     spec.renew_time = Some(now);
     spec
+}
+
+/// Whether `error` is the API server's refusal (RBAC), not a failure to
+/// reach it.
+fn forbids(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 403)
 }
 
 /// The outcome of a write of the Lease: another agent's write in between
@@ -483,6 +549,8 @@ mod tests {
     #[test]
     fn a_new_holder_counts_a_transition_and_a_renewal_does_not() {
         let config = ElectionConfig {
+            lease: CONTROLLER_LEASE.into(),
+            duty: Duty::Controller,
             namespace: "lb-system".into(),
             identity: "me".into(),
             lease_duration: Duration::from_secs(15),

@@ -31,7 +31,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use super::{
-    election::{ElectionConfig, Elector},
+    election::{ElectionConfig, Elections, Elector},
     metallb::objects::{
         BFDProfile, BGPAdvertisement, BGPPeer, Community, IPAddressPool, L2Advertisement,
         from_value,
@@ -83,7 +83,10 @@ pub struct KubeSource {
     /// Bumped by the watch tasks on every change.
     changes: watch::Receiver<()>,
     status: StatusWriter,
+    /// Of the agent that writes.
     election: Election,
+    /// Of the agent that answers at layer 2 on this agent's segment.
+    layer2: Election,
     /// Until every store has finished its first list, nothing is reported: an
     /// empty store would look like every Service was deleted.
     ready: bool,
@@ -104,7 +107,7 @@ impl KubeSource {
         config: &KubeConfigSource,
         metallb_namespace: &str,
         identity: &str,
-        election: Option<ElectionConfig>,
+        elections: Option<Elections>,
     ) -> Result<Self, KubeError> {
         let config = match config {
             KubeConfigSource::File(path) => {
@@ -126,10 +129,8 @@ impl KubeSource {
                 changed.clone(),
             ),
             metallb: MetallbKinds::start(&client, metallb_namespace, &changed),
-            election: match election {
-                Some(config) => Election::Candidate(client.clone(), config, changed),
-                None => Election::Alone,
-            },
+            election: Election::of(&client, elections.as_ref().map(|e| &e.controller), &changed),
+            layer2: Election::of(&client, elections.as_ref().map(|e| &e.layer2), &changed),
             skipped: Vec::new(),
             changes,
             status: StatusWriter::new(client, identity),
@@ -141,33 +142,24 @@ impl KubeSource {
         })
     }
 
-    /// Gives up the leader Lease if this agent holds it (it writes no more
-    /// statuses), then records the Events still queued, for at most `grace`.
+    /// Gives up the Leases this agent holds (it writes no more statuses),
+    /// then records the Events still queued, for at most `grace`.
     pub(super) async fn flush(&mut self, grace: Duration) {
-        if let Election::Running(elector) = &mut self.election {
-            elector.resign().await;
-        }
+        self.election.resign().await;
+        self.layer2.resign().await;
         self.status.flush(grace).await;
     }
 
     /// Whether this agent assigns addresses and writes statuses: it is
     /// elected, or there is no election.
     pub(super) fn assigns(&self) -> bool {
-        match &self.election {
-            Election::Alone => true,
-            Election::Candidate(..) => false,
-            Election::Running(elector) => elector.leading(),
-        }
+        self.election.holds(Elector::leading)
     }
 
-    /// Whether this agent answers for the VIPs at layer 2: the Lease names
-    /// it (`Elector::named`), or there is no election.
+    /// Whether this agent answers for the VIPs at layer 2: its segment's
+    /// Lease names it (`Elector::named`), or there is no election.
     pub(super) fn speaks_layer2(&self) -> bool {
-        match &self.election {
-            Election::Alone => true,
-            Election::Candidate(..) => false,
-            Election::Running(elector) => elector.named(),
-        }
+        self.layer2.holds(Elector::named)
     }
 
     /// Waits for a change (or a refresh, or the periodic resync) and returns
@@ -185,16 +177,10 @@ impl KubeSource {
             self.metallb.ready().await;
             // Started before any await: a caller that drops this future
             // must find it running, not lost.
-            let election = std::mem::replace(&mut self.election, Election::Alone);
-            self.election = match election {
-                Election::Candidate(client, config, changed) => {
-                    Election::Running(Elector::start(client, config, changed))
-                }
-                other => other,
-            };
-            if let Election::Running(elector) = &mut self.election {
-                elector.settled().await;
-            }
+            self.election.start();
+            self.layer2.start();
+            self.election.settled().await;
+            self.layer2.settled().await;
             self.ready = true;
             info!("initial lists received");
         } else if !std::mem::take(&mut self.forced) {
@@ -273,6 +259,48 @@ enum Election {
     /// cannot read the cluster never holds the Lease: what starting needs.
     Candidate(Client, ElectionConfig, watch::Sender<()>),
     Running(Elector),
+}
+
+impl Election {
+    /// A candidate by `config`, or alone without one.
+    fn of(client: &Client, config: Option<&ElectionConfig>, changed: &watch::Sender<()>) -> Self {
+        match config {
+            Some(config) => Self::Candidate(client.clone(), config.clone(), changed.clone()),
+            None => Self::Alone,
+        }
+    }
+
+    /// A candidate starts taking part.
+    fn start(&mut self) {
+        *self = match std::mem::replace(self, Self::Alone) {
+            Self::Candidate(client, config, changed) => {
+                Self::Running(Elector::start(client, config, changed))
+            }
+            other => other,
+        };
+    }
+
+    /// Waits for the first attempt's outcome (see `Elector::settled`).
+    async fn settled(&mut self) {
+        if let Self::Running(elector) = self {
+            elector.settled().await;
+        }
+    }
+
+    async fn resign(&mut self) {
+        if let Self::Running(elector) = self {
+            elector.resign().await;
+        }
+    }
+
+    /// Whether this agent does the elected one's duty: alone, or `elected`.
+    fn holds(&self, elected: impl Fn(&Elector) -> bool) -> bool {
+        match self {
+            Self::Alone => true,
+            Self::Candidate(..) => false,
+            Self::Running(elector) => elected(elector),
+        }
+    }
 }
 
 /// MetalLB's configuration objects, and the Secrets BGPPeers' passwords are
