@@ -234,8 +234,17 @@ async fn sync_until_signalled(
     if options.detach_on_exit {
         // The data path that needed them goes too.
         neighbors.keep(&Nodes::new());
+        // It stops answering before another speaker takes over.
+        if let Err(e) = dataplane.set_neighbor_answers(&BTreeMap::new()) {
+            warn!(error = %e, "no longer answering ARP and NDP for the VIPs");
+        }
     }
-    options.source.close(EVENTS_GRACE).await;
+    // A data path that stays answers as it did: this agent keeps its
+    // layer 2 Lease for a restart to take back, or to expire.
+    options
+        .source
+        .close(EVENTS_GRACE, options.detach_on_exit)
+        .await;
     Ok(())
 }
 

@@ -161,12 +161,13 @@ pub struct AgentArgs {
     pub metallb_namespace: String,
     /// Elect one of the agents reading the same API server (by the Lease
     /// `lb-controller` in --leader-election-namespace) to assign addresses
-    /// and write statuses and Events; the others serve the addresses the
-    /// statuses show. `false`: this agent assigns and writes on its own,
-    /// right only when it is the only one.
+    /// and write statuses and Events, the others serving the addresses the
+    /// statuses show; and one of those on a segment to answer ARP and NDP
+    /// (--layer2-lease). `false`: this agent assigns, writes and answers on
+    /// its own, right only when it is the only one.
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_elect: bool,
-    /// The namespace of the leader election's Lease.
+    /// The namespace of the leader elections' Leases.
     #[arg(long, value_name = "NAMESPACE", default_value = "lb-system")]
     pub leader_election_namespace: String,
     /// The Lease (in --leader-election-namespace) by which the agents on one
@@ -176,7 +177,7 @@ pub struct AgentArgs {
     /// --leader-elect; without it, every agent answers.
     #[arg(long, value_name = "NAME", default_value = crate::k8s::election::LAYER2_LEASE)]
     pub layer2_lease: String,
-    /// How long the Lease stays held after its holder stops renewing it
+    /// How long a Lease stays held after its holder stops renewing it
     /// (when another agent takes over); it is renewed every sixth of that.
     #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = crate::units::parse_lease_duration)]
     pub leader_election_lease_duration: std::time::Duration,

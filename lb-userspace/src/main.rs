@@ -127,6 +127,16 @@ fn one_line(error: &anyhow::Error) -> String {
     line
 }
 
+/// Whether `name` is a valid Kubernetes object name (an RFC 1123
+/// subdomain).
+fn is_object_name(name: &str) -> bool {
+    let fits = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    (1..=253).contains(&name.len())
+        && name.chars().all(|c| fits(c) || c == '-' || c == '.')
+        && name.starts_with(fits)
+        && name.ends_with(fits)
+}
+
 /// The announcement the flags ask for, checked before anything is loaded, so
 /// an agent restarted with bad settings leaves the running data path alone.
 fn announcement(args: &AgentArgs) -> Result<Announcement> {
@@ -248,9 +258,10 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         None if kubernetes.is_none() => String::new(),
         None => host_name().context("--identity: no host name to default to")?,
     };
-    if args.layer2_lease.is_empty() || args.layer2_lease == CONTROLLER_LEASE {
+    if !is_object_name(&args.layer2_lease) || args.layer2_lease == CONTROLLER_LEASE {
         anyhow::bail!(
-            "--layer2-lease: must be a Lease name other than {CONTROLLER_LEASE}, got {:?}",
+            "--layer2-lease: must be a Lease name (lower-case letters, digits, '-' and '.', \
+             starting and ending with a letter or digit) other than {CONTROLLER_LEASE}, got {:?}",
             args.layer2_lease
         );
     }
@@ -261,9 +272,13 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         identity: identity.clone(),
         lease_duration: args.leader_election_lease_duration,
     };
+    // A host that answers at layer 2 only as MetalLB's advertisements say
+    // (--announce bgp or none) takes no part: holding the Lease, it would
+    // silence the segment's hosts that answer.
     let elections = args.leader_elect.then(|| Elections {
         controller: election(CONTROLLER_LEASE, Duty::Controller),
-        layer2: election(&args.layer2_lease, Duty::Layer2),
+        layer2: (announcement.mode == Announce::Arp)
+            .then(|| election(&args.layer2_lease, Duty::Layer2)),
     });
     let options = |source| AgentOptions {
         interfaces: args.interfaces,

@@ -101,6 +101,9 @@ impl NodeNeighbors {
         {
             warn!(%error, "keeping the nodes' neighbour entries resolved");
         }
+        if failure.is_none() && self.failure.is_some() {
+            info!("the nodes' neighbour entries are kept again");
+        }
         self.failure = failure;
     }
 
@@ -109,7 +112,10 @@ impl NodeNeighbors {
     pub fn recheck(&mut self) {
         let recent = self.tried_at.is_some_and(|at| at.elapsed() < RECHECK);
         let settled = self.matched_at.is_some() && self.nodes.is_empty();
-        if !self.supported || recent || settled {
+        // Before the first round, which says which nodes, the entries left
+        // are the pinned data path's, which still serves.
+        let unasked = self.tried_at.is_none();
+        if !self.supported || recent || settled || unasked {
             return;
         }
         self.matched_at = None;

@@ -5,8 +5,9 @@
 //! answers, and tells the segment with gratuitous ARPs, and a connection
 //! through the VIP carries on (direct server return: the nodes hold the
 //! connections, and every host's Maglev sends a flow to the same node).
-//! While the API server cannot be reached, the holder goes on answering, and
-//! keeps the Lease when it comes back. Hosts given different Leases (as on
+//! A holder's agent that restarts keeps the Lease; while the API server
+//! cannot be reached, the holder goes on answering, and keeps the Lease when
+//! it comes back. Hosts given different Leases (as on
 //! different segments) each answer.
 
 use std::{
@@ -163,6 +164,20 @@ fn the_lease_holder_answers_for_the_vip_and_another_host_takes_over() -> Result<
     for _ in 0..3 {
         holder_alone_answers(&bed)?;
     }
+
+    // The holder's agent is restarted: it keeps its Lease across the stop
+    // (its data path answers on meanwhile) and takes it back, so nothing
+    // moves and the other never answers.
+    bed.agents[held].signal(libc::SIGTERM)?;
+    bed.agents[held].wait_for_exit(READY)?;
+    // Several of the other's looks at the Lease, which it would take if
+    // it were given up.
+    std::thread::sleep(LEASE / 2);
+    assert_eq!(bed.holder("lb-layer2"), Some(first.clone()));
+    bed.agents[held].restart(&bed.net.hosts[held].ns)?;
+    std::thread::sleep(LEASE / 2);
+    assert_eq!(bed.holder("lb-layer2"), Some(first.clone()));
+    holder_alone_answers(&bed)?;
 
     // The API server goes away for longer than the Lease lasts: nobody can
     // take the Lease, and the holder goes on answering rather than leave the

@@ -363,7 +363,7 @@ fn two_agents_given_one_identity_do_not_both_lead() -> Result<()> {
     let assigning = || {
         [FIRST_METRICS, SECOND_METRICS].map(|metrics| gauge(ns, metrics, "lb_assigns_addresses"))
     };
-    let twin = "another agent renews the leader Lease under this agent's identity";
+    let twin = "another agent renews the Lease under this agent's identity";
     second.agent_wait(first, "one agent finding it has a twin", || {
         [first.agent.log(), second.agent.log()]
             .iter()

@@ -76,6 +76,16 @@ impl Duty {
         }
     }
 
+    /// What an agent that cannot take part does instead: alone when the
+    /// API server `forbidden` it the Lease.
+    fn unelected(self, forbidden: bool) -> &'static str {
+        match (self, forbidden) {
+            (Self::Controller, _) => "no new Service gets an address from it",
+            (Self::Layer2, true) => "it answers ARP and NDP on its own, as before elections",
+            (Self::Layer2, false) => "it answers ARP and NDP only if it last saw itself named",
+        }
+    }
+
     fn following(self) -> &'static str {
         match self {
             Self::Controller => "following: serving the addresses the Services' statuses show",
@@ -85,10 +95,11 @@ impl Duty {
 }
 
 /// The elections of the agents reading one API server: of the one that
-/// writes, and of the one that answers at layer 2 on this agent's segment.
+/// writes, and of the one that answers at layer 2 on this agent's segment
+/// (none for an agent that does not answer at layer 2 by its flags).
 pub struct Elections {
     pub controller: ElectionConfig,
-    pub layer2: ElectionConfig,
+    pub layer2: Option<ElectionConfig>,
 }
 
 /// What the agent needs to take part in an election.
@@ -209,11 +220,12 @@ impl Elector {
         match tokio::time::timeout(GIVE_UP_WITHIN, self.give_up(version)).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
-                warn!(%error, "giving up the leader Lease; the others take over when it expires");
+                warn!(%error, lease = %self.lease, "giving up the Lease; the others take over when it expires");
             }
             Err(_) => warn!(
-                "giving up the leader Lease: the API server did not answer; the others take \
-                 over when it expires"
+                lease = %self.lease,
+                "giving up the Lease: the API server did not answer; the others take over when \
+                 it expires"
             ),
         }
     }
@@ -280,6 +292,12 @@ struct View {
     /// when it overwrote this agent's write until this agent takes the
     /// Lease again, once it has gone unrenewed.
     twin: bool,
+    /// Since when attempts have failed: time in which the Lease could not be
+    /// read is not time it went unrenewed, and is left out of `since`.
+    blind_from: Option<Instant>,
+    /// The Lease was read once: a refusal (403) after that is the API
+    /// server's passing trouble, not RBAC that forbids this agent the Lease.
+    ever_read: bool,
 }
 
 /// Tries to take or renew the Lease every retry period, for ever.
@@ -324,22 +342,21 @@ async fn campaign(
                 });
             }
             Err((forbids, message)) => {
-                forbidden = forbids;
-                // What was seen then may be stale now: a write that may
-                // have landed is not proof of a twin, and time the Lease
-                // could not be read is not time it went unrenewed.
+                forbidden = forbids && !view.ever_read;
+                // A write that may have landed is no proof of a twin.
                 if let Some(seen) = view.observed.as_mut() {
                     seen.written_here = false;
-                    seen.since = Instant::now();
                 }
+                view.blind_from.get_or_insert_with(Instant::now);
                 if failing.as_ref() != Some(&message) {
                     error!(
                         error = %message,
                         namespace = %config.namespace,
                         lease = %config.lease,
                         "leader election: the Lease cannot be read or written, so this agent \
-                         cannot be elected (it needs get, create and update on leases there: \
-                         examples/kubernetes/rbac.yaml; or run it alone with --leader-elect false)"
+                         cannot be elected ({}; it needs get, create and update on leases \
+                         there: examples/kubernetes/rbac.yaml)",
+                        config.duty.unelected(forbidden)
                     );
                     failing = Some(message);
                 }
@@ -382,7 +399,10 @@ async fn campaign(
 /// is this agent's. True if this agent holds it now.
 async fn attempt(api: &Api<Lease>, config: &ElectionConfig, view: &mut View) -> kube::Result<bool> {
     let now = MicroTime(Timestamp::now());
-    let Some(mut lease) = api.get_opt(&config.lease).await? else {
+    let found = api.get_opt(&config.lease).await?;
+    view.ever_read = true;
+    let blind = view.blind_from.take().map(|from| from.elapsed());
+    let Some(mut lease) = found else {
         let lease = Lease {
             metadata: ObjectMeta {
                 name: Some(config.lease.clone()),
@@ -399,7 +419,10 @@ async fn attempt(api: &Api<Lease>, config: &ElectionConfig, view: &mut View) -> 
     let mut spec = lease.spec.take().unwrap_or_default();
     let mine = record.holder.as_deref() == Some(&config.identity);
     let (since, written_here) = match view.observed.take() {
-        Some(seen) if seen.record == record => (seen.since, seen.written_here),
+        Some(seen) if seen.record == record => {
+            let since = seen.since + blind.unwrap_or_default();
+            (since.min(Instant::now()), seen.written_here)
+        }
         // Renewed under this agent's name since it wrote: not an edit of
         // the Lease's labels or annotations, which renews nothing.
         Some(seen)
@@ -410,7 +433,8 @@ async fn attempt(api: &Api<Lease>, config: &ElectionConfig, view: &mut View) -> 
         {
             error!(
                 identity = %config.identity,
-                "another agent renews the leader Lease under this agent's identity: \
+                lease = %config.lease,
+                "another agent renews the Lease under this agent's identity: \
                  following it; give each agent its own --identity"
             );
             view.twin = true;

@@ -130,7 +130,11 @@ impl KubeSource {
             ),
             metallb: MetallbKinds::start(&client, metallb_namespace, &changed),
             election: Election::of(&client, elections.as_ref().map(|e| &e.controller), &changed),
-            layer2: Election::of(&client, elections.as_ref().map(|e| &e.layer2), &changed),
+            layer2: Election::of(
+                &client,
+                elections.as_ref().and_then(|e| e.layer2.as_ref()),
+                &changed,
+            ),
             skipped: Vec::new(),
             changes,
             status: StatusWriter::new(client, identity),
@@ -142,11 +146,16 @@ impl KubeSource {
         })
     }
 
-    /// Gives up the Leases this agent holds (it writes no more statuses),
-    /// then records the Events still queued, for at most `grace`.
-    pub(super) async fn flush(&mut self, grace: Duration) {
-        self.election.resign().await;
-        self.layer2.resign().await;
+    /// Gives up the Lease of the writer if this agent holds it (it writes no
+    /// more statuses), and with `layer2` the layer 2 one, then records the
+    /// Events still queued, for at most `grace`.
+    pub(super) async fn flush(&mut self, grace: Duration, layer2: bool) {
+        let layer2_resigned = async {
+            if layer2 {
+                self.layer2.resign().await;
+            }
+        };
+        tokio::join!(self.election.resign(), layer2_resigned);
         self.status.flush(grace).await;
     }
 
@@ -251,9 +260,10 @@ impl KubeSource {
     }
 }
 
-/// Whether this agent takes part in an election of the one that writes.
+/// Whether this agent takes part in an election (of the one that writes,
+/// or of the one that answers at layer 2).
 enum Election {
-    /// It writes on its own (`--leader-elect false`).
+    /// It does the elected one's duty on its own (`--leader-elect false`).
     Alone,
     /// It will take part once its first lists are in, so that an agent that
     /// cannot read the cluster never holds the Lease: what starting needs.

@@ -88,11 +88,13 @@ impl Source {
     }
 
     /// Finishes what the source still owes the cluster as the agent stops:
-    /// a Kubernetes source records its queued Events, for at most `grace`.
-    pub async fn close(&mut self, grace: Duration) {
+    /// a Kubernetes source gives up its Leases (the layer 2 one only if
+    /// `detaching`: else the data path left answers on) and records its
+    /// queued Events, for at most `grace`.
+    pub async fn close(&mut self, grace: Duration, detaching: bool) {
         match self {
             Self::Manifests(_) => {}
-            Self::Kubernetes(source) => source.flush(grace).await,
+            Self::Kubernetes(source) => source.flush(grace, detaching).await,
         }
     }
 
