@@ -48,19 +48,27 @@ pub const MAP_CLOCK: &str = ".bss.clock";
 pub const MAP_SETTINGS: &str = ".bss.settings";
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "lb_xdp";
-/// The programs `lb_xdp` tail-calls for what is neither TCP nor UDP, each
-/// at its index in the program array `SIDE_PATHS`: there each has a stack
+/// The programs `lb_xdp` tail-calls for what is neither TCP nor UDP (and for
+/// IPv4 datagrams' later fragments), each at its index in the program array
+/// `SIDE_PATHS`: there each has a stack
 /// of its own, so the TCP and UDP path fits in the entry point's frame and
 /// needs no BPF subprogram call (a call's return is costly on CPUs with
 /// return-stack mitigations, and this path is most packets').
-pub const SIDE_PATH_PROGRAMS: [&str; 4] = ["lb_arp", "lb_icmp4", "lb_icmp6", "lb_too_big"];
+pub const SIDE_PATH_PROGRAMS: [&str; 5] = [
+    "lb_arp",
+    "lb_icmp4",
+    "lb_icmp6",
+    "lb_too_big",
+    "lb_fragment4",
+];
 /// Their indexes in `SIDE_PATHS`: ARP requests, ICMP, ICMPv6 (Neighbor
-/// Solicitations included), and the answer to a packet too big for the
-/// link to its next hop.
+/// Solicitations included), the answer to a packet too big for the link to
+/// its next hop, and a later fragment of a TCP or UDP datagram.
 pub const SIDE_PATH_ARP: u32 = 0;
 pub const SIDE_PATH_ICMP4: u32 = 1;
 pub const SIDE_PATH_ICMP6: u32 = 2;
 pub const SIDE_PATH_TOO_BIG: u32 = 3;
+pub const SIDE_PATH_FRAGMENT4: u32 = 4;
 /// Slots of `SIDE_PATHS`: more than there are side paths, so that one added
 /// later fits the array an earlier agent pinned.
 pub const SIDE_PATH_SLOTS: u32 = 8;

@@ -7,27 +7,33 @@
 //! went), translated as it was but for its addresses only (the datagram's
 //! checksum is in the first). A later fragment that arrives before its
 //! first, or at another lb host, passes to the kernel (`pass_fragment`), as
-//! fragments of IPv6 datagrams do.
+//! fragments of IPv6 datagrams do. Later fragments are served in a side path
+//! of their own (`lb_fragment4`): the entry point, which most packets take,
+//! then has no code for them.
 
 use core::mem::MaybeUninit;
 
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
+    balance,
     maps::{self, FragmentKey},
-    parse::{Fragment, Frame, Ip, Transport, ptr_at},
+    parse::{Fragment, Frame, Ip, ptr_at},
+    transport,
     verdict::Verdict,
 };
 
-/// The ports of a TCP or UDP packet (the word `Transport::ports`): from its
-/// transport header, or for a later fragment, from its datagram's first.
+/// A later fragment of an IPv4 TCP or UDP datagram (the side path
+/// `lb_fragment4`), served with the ports of its datagram's first.
 #[inline(always)]
-pub fn ports(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
+pub fn serve_later(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
     if ip.fragment != Fragment::Later {
-        return Ok(Transport::parse(ctx, ip)?.ports);
+        return Err(Verdict::PassOtherProto);
     }
+    let claim = balance::claim(ip)?;
     let mut key = MaybeUninit::uninit();
-    maps::fragment_ports(datagram(ctx, ip, &mut key)?).ok_or(Verdict::PassFragment)
+    let ports = maps::fragment_ports(datagram(ctx, ip, &mut key)?).ok_or(Verdict::PassFragment)?;
+    transport::serve::<false>(ctx, ip, ports, claim)
 }
 
 /// Remembers the `ports` of a packet lb serves, if it is a datagram's first

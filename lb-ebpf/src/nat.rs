@@ -158,15 +158,16 @@ pub fn decrement_ttl(ctx: &Frame, family: Family) -> Result<(), Verdict> {
     Ok(())
 }
 
-/// DNAT: destination becomes (`ip`, `port`), the port in network order.
+/// DNAT: destination becomes (`ip`, `port`), the port in network order;
+/// without its transport `HEADER` (a later fragment), the address only.
 #[inline(always)]
-pub fn rewrite_destination(
+pub fn rewrite_destination<const HEADER: bool>(
     ctx: &Frame,
     packet: &Packet,
     ip: &Addr,
     port: u16,
 ) -> Result<(), Verdict> {
-    rewrite(
+    rewrite::<HEADER>(
         ctx,
         packet,
         End::Destination,
@@ -176,14 +177,20 @@ pub fn rewrite_destination(
     )
 }
 
-/// Reverse NAT: source becomes (`ip`, `port`), the port in network order.
+/// Reverse NAT: source becomes (`ip`, `port`), the port in network order;
+/// without its transport `HEADER`, the address only.
 #[inline(always)]
-pub fn rewrite_source(ctx: &Frame, packet: &Packet, ip: &Addr, port: u16) -> Result<(), Verdict> {
-    rewrite(ctx, packet, End::Source, packet.l4_offset, ip, port)
+pub fn rewrite_source<const HEADER: bool>(
+    ctx: &Frame,
+    packet: &Packet,
+    ip: &Addr,
+    port: u16,
+) -> Result<(), Verdict> {
+    rewrite::<HEADER>(ctx, packet, End::Source, packet.l4_offset, ip, port)
 }
 
 #[inline(always)]
-fn rewrite(
+fn rewrite<const HEADER: bool>(
     ctx: &Frame,
     packet: &Packet,
     end: End,
@@ -191,7 +198,7 @@ fn rewrite(
     new_ip: &Addr,
     new_port: u16,
 ) -> Result<(), Verdict> {
-    if !packet.has_transport_header {
+    if !HEADER {
         // The datagram's checksum is in its first fragment, rewritten there.
         return rewrite_address(ctx, packet.family, end, new_ip).map(drop);
     }

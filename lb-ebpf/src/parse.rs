@@ -484,9 +484,6 @@ pub struct Packet {
     /// A TCP SYN without ACK: the first packet of a connection, which no
     /// flow entry may claim yet.
     pub opens: bool,
-    /// The packet holds its transport header (all but an IPv4 datagram's
-    /// later fragments, whose ports the key has from the first).
-    pub has_transport_header: bool,
 }
 
 impl Packet {
@@ -495,7 +492,7 @@ impl Packet {
     /// returns `Ok` (written in place: see `keys`). The ports come as they
     /// were parsed, not parsed again.
     #[inline(always)]
-    pub fn parse(
+    pub fn parse<const HEADER: bool>(
         ctx: &Frame,
         ip: &Ip,
         ports: u32,
@@ -503,8 +500,7 @@ impl Packet {
     ) -> Result<(), Verdict> {
         let l4_offset = ip.l4_offset;
         let check_offset = l4_offset + l4_check_offset(ip.proto);
-        let has_transport_header = ip.fragment != Fragment::Later;
-        let opens = has_transport_header && ip.proto == PROTO_TCP && {
+        let opens = HEADER && ip.proto == PROTO_TCP && {
             let flags: *const u8 = ptr_at(ctx, l4_offset + TCP_FLAGS_OFFSET)?;
             // SAFETY: checked by `ptr_at`.
             unsafe { *flags & (TCP_SYN | TCP_ACK) == TCP_SYN }
@@ -523,7 +519,6 @@ impl Packet {
             (&raw mut (*packet).l4_check_offset).write(check_offset);
             (&raw mut (*packet).family).write(ip.family);
             (&raw mut (*packet).opens).write(opens);
-            (&raw mut (*packet).has_transport_header).write(has_transport_header);
         }
         Ok(())
     }

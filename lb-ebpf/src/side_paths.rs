@@ -1,5 +1,6 @@
-//! The side paths: what is neither TCP nor UDP (ARP, ICMP, ICMPv6), and the
-//! answer to a packet too big for its next hop, each an XDP program of its
+//! The side paths: what is neither TCP nor UDP (ARP, ICMP, ICMPv6), the
+//! answer to a packet too big for its next hop, and later fragments of TCP
+//! and UDP datagrams, each an XDP program of its
 //! own that the entry point tail-calls through `SIDE_PATH_ARRAY`
 //! (`lb_common::SIDE_PATH_PROGRAMS`). Each then has a stack of
 //! its own, so the TCP and UDP path fits in the entry point's frame and
@@ -10,7 +11,7 @@ use core::mem::MaybeUninit;
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 
 use crate::{
-    icmp, icmp6,
+    fragments, icmp, icmp6,
     maps::SIDE_PATH_ARRAY,
     neighbor,
     parse::{Family, Frame, Ip, check_for_this_host},
@@ -44,6 +45,16 @@ pub fn lb_arp(ctx: XdpContext) -> u32 {
 pub fn lb_icmp4(ctx: XdpContext) -> u32 {
     let ctx = Frame::new(ctx);
     verdict::finish(&ctx, with_ip::<true>(&ctx, Family::V4, icmp::handle))
+}
+
+/// A later fragment of an IPv4 TCP or UDP datagram (`SIDE_PATH_FRAGMENT4`).
+/// Its verdict is counted but an internal drop not logged (`settle`, not
+/// `finish`): its frame leaves no room for the log's subprogram, and the
+/// datagram's first fragment, in the entry point, logs the same drop.
+#[xdp]
+pub fn lb_fragment4(ctx: XdpContext) -> u32 {
+    let ctx = Frame::new(ctx);
+    verdict::settle(with_ip::<true>(&ctx, Family::V4, fragments::serve_later))
 }
 
 /// A TCP or UDP packet too big for the link to its next hop
