@@ -536,14 +536,20 @@ fn xdp_program(ns: &NetNs, dev: &str) -> Result<u64> {
 }
 
 /// VIP pools that overlap, or reuse a name (`--vip-pool` is the pool
-/// "default"), are refused before the agent touches the kernel.
+/// "default"), and a layer 2 Lease name the API server would refuse, are
+/// refused before the agent touches the kernel.
 #[test]
 fn agent_refuses_clashing_pools_before_touching_the_kernel() -> Result<()> {
     let scratch = Scratch::new("pools")?;
     let path = scratch.write("lb.yaml", web())?;
     let manifests = path.display().to_string();
     let pins = format!("/sys/fs/bpf/lb-bad-config-pools-{}", std::process::id());
-    let cases: [(&str, &[&str], &[&str]); 3] = [
+    let cases: [(&str, &[&str], &[&str]); 4] = [
+        (
+            "a layer 2 Lease that is no object name",
+            &["--layer2-lease", "Segment_A"],
+            &["--layer2-lease", "Segment_A"],
+        ),
         (
             "overlapping ranges",
             &[
