@@ -15,6 +15,17 @@ use crate::netns::{ChildGuard, NetNs};
 
 static NEXT_PIN_DIR: AtomicU32 = AtomicU32::new(0);
 
+/// The flags of an agent with direct server return that announces nothing
+/// and checks no health: for beds that route the VIPs statically.
+pub const QUIET_DSR: [&str; 6] = [
+    "--forwarding",
+    "dsr",
+    "--announce",
+    "none",
+    "--health-interval",
+    "0",
+];
+
 /// The `lb` binary: `$LB_BIN`, else next to the running test executable
 /// (`target/<profile>/lb`, built by `cargo xtask test` / `demo`).
 pub fn lb_binary() -> Result<PathBuf> {

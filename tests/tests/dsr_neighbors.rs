@@ -14,8 +14,8 @@ use std::{
 };
 
 use lb_tests::{
-    agent::{Agent, backends_of},
-    manifests::{self, ManifestFile, ServicePort},
+    agent::{Agent, QUIET_DSR, backends_of},
+    manifests::{self, ManifestFile},
     servers::{self, ServerGuard},
     topology::{LB_NODE_IFACE, Layout, Topology, node_ip},
 };
@@ -28,20 +28,10 @@ const OURS: &str = "proto 108";
 
 /// The Service and nodes `nodes` (1-based).
 fn manifest(nodes: &[u8]) -> String {
-    let port = ServicePort::http(80, 31000);
-    let mut docs = vec![manifests::load_balancer_service_yaml(
-        "web",
-        "demo",
-        VIP,
-        &[port],
-    )];
-    for &i in nodes {
-        docs.push(manifests::ready_node_yaml(
-            &format!("node-{i}"),
-            &[node_ip(i)],
-        ));
-    }
-    manifests::documents(&docs)
+    let names: Vec<String> = nodes.iter().map(|i| format!("node-{i}")).collect();
+    let ips = nodes.iter().map(|&i| IpAddr::V4(node_ip(i)));
+    let nodes = names.iter().map(String::as_str).zip(ips);
+    manifests::http_services_and_nodes([(IpAddr::V4(VIP), 31000)], nodes)
 }
 
 /// The lb host's neighbour entry of node `i`, as `ip -d neigh` prints it
@@ -92,15 +82,7 @@ fn nodes_are_kept_resolved_without_health_checks() {
         &topology.lb,
         &topology.lb_ifaces(),
         manifests.path(),
-        &[
-            "--forwarding",
-            "dsr",
-            "--announce",
-            "none",
-            "--health-interval",
-            "0",
-            "--detach-on-exit",
-        ],
+        &[&QUIET_DSR[..], &["--detach-on-exit"]].concat(),
     )
     .expect("agent");
     let service = format!("{VIP}:80/tcp");

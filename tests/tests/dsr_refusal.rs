@@ -5,7 +5,7 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use lb_tests::{
-    agent::{Agent, backends_of},
+    agent::{Agent, QUIET_DSR, backends_of},
     manifests::{self, ManifestFile, ServicePort},
     topology::{Layout, Topology, node_ip},
 };
@@ -48,14 +48,7 @@ fn a_service_with_a_node_behind_a_gateway_is_refused_with_the_reason() {
         &topology.lb,
         &topology.lb_ifaces(),
         manifests.path(),
-        &[
-            "--forwarding",
-            "dsr",
-            "--announce",
-            "none",
-            "--health-interval",
-            "0",
-        ],
+        &QUIET_DSR,
     )
     .expect("agent");
     let service = format!("{VIP}:80/tcp");

@@ -98,6 +98,30 @@ fn wait_for_nodes(agent: &Agent, count: usize) -> Vec<Value> {
         .expect("agent programs the backends")
 }
 
+/// The manifests of `topology`'s nodes (in a directory named by `tag`), the
+/// nodes' servers and the agent, once it serves every node.
+fn serving(topology: &Topology, tag: &str) -> (ManifestDir, Vec<ServerGuard>, Agent) {
+    let manifests = ManifestDir::new(tag);
+    manifests.write(topology);
+    let guards = start_servers(topology);
+    let agent = Agent::start(&topology.lb, &topology.lb_ifaces(), manifests.path(), &[])
+        .expect("agent starts");
+    wait_for_nodes(&agent, topology.nodes.len());
+    (manifests, guards, agent)
+}
+
+/// The echo of `datagram` from the VIP's UDP port, sent by the client with
+/// Don't Fragment clear.
+fn ask_fragmentable(topology: &Topology, datagram: &str) -> anyhow::Result<String> {
+    let asked = datagram.to_owned();
+    topology
+        .client
+        .enter(move || {
+            servers::udp_ask_fragmentable(SocketAddrV4::new(VIP, 53), asked.as_bytes(), TIMEOUT)
+        })
+        .expect("client namespace")
+}
+
 /// Opens `count` TCP connections from the client to the VIP; returns how many
 /// each node answered. Every connection must succeed.
 fn connect_many(topology: &Topology, count: usize) -> BTreeMap<String, usize> {
@@ -134,11 +158,7 @@ fn node_of_address(topology: &Topology, address: &str) -> String {
 #[test]
 fn two_arm_spreads_connections_by_maglev_and_keeps_flows_across_node_changes() {
     let mut topology = Topology::new(Layout::TwoArm, 3).expect("topology");
-    let manifests = ManifestDir::new("two-arm");
-    manifests.write(&topology);
-    let mut guards = start_servers(&topology);
-    let agent = Agent::start(&topology.lb, &topology.lb_ifaces(), manifests.path(), &[])
-        .expect("agent starts");
+    let (manifests, mut guards, agent) = serving(&topology, "two-arm");
     let rows = wait_for_nodes(&agent, 3);
 
     // A long-lived connection, opened before anything changes.
@@ -213,12 +233,7 @@ fn two_arm_spreads_connections_by_maglev_and_keeps_flows_across_node_changes() {
 #[test]
 fn one_arm_serves_tcp_and_udp_through_one_interface() {
     let topology = Topology::new(Layout::OneArm, 3).expect("topology");
-    let manifests = ManifestDir::new("one-arm");
-    manifests.write(&topology);
-    let guards = start_servers(&topology);
-    let agent = Agent::start(&topology.lb, &topology.lb_ifaces(), manifests.path(), &[])
-        .expect("agent starts");
-    wait_for_nodes(&agent, 3);
+    let (_manifests, guards, agent) = serving(&topology, "one-arm");
     let tally = connect_many(&topology, 200);
     assert_eq!(tally.len(), 3, "every node serves: {tally:?}");
     let udp_reply = topology
@@ -240,22 +255,11 @@ fn one_arm_serves_tcp_and_udp_through_one_interface() {
 #[test]
 fn fragmented_datagrams_go_through_the_vip_both_ways() {
     let topology = Topology::new(Layout::TwoArm, 2).expect("topology");
-    let manifests = ManifestDir::new("fragments");
-    manifests.write(&topology);
-    let guards = start_servers(&topology);
-    let agent = Agent::start(&topology.lb, &topology.lb_ifaces(), manifests.path(), &[])
-        .expect("agent starts");
-    wait_for_nodes(&agent, 2);
+    let (_manifests, guards, agent) = serving(&topology, "fragments");
     for i in 0..4 {
         // Three fragments each way on 1,500-byte links.
         let datagram = format!("{i}").repeat(4000);
-        let asked = datagram.clone();
-        let echo = topology
-            .client
-            .enter(move || {
-                servers::udp_ask_fragmentable(SocketAddrV4::new(VIP, 53), asked.as_bytes(), TIMEOUT)
-            })
-            .expect("client namespace")
+        let echo = ask_fragmentable(&topology, &datagram)
             .expect("a fragmented datagram and its fragmented answer get through");
         assert!(
             echo.starts_with("node-") && echo.ends_with(&datagram),
@@ -292,24 +296,13 @@ fn path_mtu_discovery_works_through_the_vip() {
             topology.nodes[0].ip
         ))
         .expect("a narrower path to the nodes");
-    let manifests = ManifestDir::new("pmtu");
-    manifests.write(&topology);
-    let guards = start_servers(&topology);
-    let agent = Agent::start(&topology.lb, &topology.lb_ifaces(), manifests.path(), &[])
-        .expect("agent starts");
-    wait_for_nodes(&agent, 1);
+    let (_manifests, guards, agent) = serving(&topology, "pmtu");
     // First (the client then learns the path's MTU to the VIP, and would
     // fragment the datagram itself): a datagram the client lets be
     // fragmented goes to the kernel translated, which fragments it on the
     // narrower link.
     let datagram = "y".repeat(1400);
-    let asked = datagram.clone();
-    let echo = topology
-        .client
-        .enter(move || {
-            servers::udp_ask_fragmentable(SocketAddrV4::new(VIP, 53), asked.as_bytes(), TIMEOUT)
-        })
-        .expect("client namespace")
+    let echo = ask_fragmentable(&topology, &datagram)
         .expect("a fragmentable datagram too big for the link gets through");
     assert_eq!(echo, format!("node-1 {datagram}"));
     let passed = agent.counter("pass_to_fragment").expect("lb stats");
