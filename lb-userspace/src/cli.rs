@@ -264,10 +264,10 @@ pub struct AgentArgs {
     /// Solicitations for them with the interface's MAC (in the data path) and
     /// sends a gratuitous ARP / unsolicited Neighbor Advertisement when one
     /// appears (of several agents on one segment and API server, only the
-    /// holder of --layer2-lease, another taking over when it dies); `bgp` announces each VIP with a healthy backend to the
-    /// --bgp-peer routers through a BIRD 2 daemon the agent runs (several lb
-    /// hosts behind ECMP); `none` leaves routing to the VIPs to others.
-    /// Default `arp`. Only while MetalLB's configuration has no
+    /// holder of --layer2-lease, another taking over when it dies); `bgp`
+    /// announces each VIP with a healthy backend to the --bgp-peer routers
+    /// through a BIRD 2 daemon the agent runs (several lb hosts behind ECMP);
+    /// `none` leaves routing to the VIPs to others. Default `arp`. Only while MetalLB's configuration has no
     /// L2Advertisement or BGPAdvertisement: when it has, those decide for
     /// each VIP by its pool (and a --announce given is reported as overruled).
     #[arg(long, value_enum, value_name = "MODE")]

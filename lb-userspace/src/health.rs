@@ -234,9 +234,10 @@ impl Record {
     }
 }
 
-/// Checks every target each interval, and a new one as soon as it comes:
-/// with direct server return, a node's first check is also what resolves
-/// its MAC, without which the data path cannot send it a packet.
+/// Checks every target each interval, and a new one as soon as it comes,
+/// so that a node that does not answer soon gets no new flows (and, with
+/// direct server return on a kernel without managed neighbour entries, so
+/// that its MAC is resolved: see `node_neighbors`).
 async fn check_forever(
     config: HealthConfig,
     mut targets: watch::Receiver<BTreeSet<Target>>,

@@ -16,12 +16,13 @@
 //! its own, `extern_learn`) is left as it is. The entries are checked again
 //! every [`RECHECK`], so one flushed or lost with its interface comes back.
 //! The entries of `proto 108` are one agent's per network namespace: two
-//! agents in one namespace would remove each other's. A stopping agent leaves its entries: the pinned data path it leaves
-//! serving still needs them; `lb down` and `--detach-on-exit` remove them.
+//! agents in one namespace would remove each other's. A stopping agent
+//! leaves its entries: the pinned data path it leaves serving still needs
+//! them; `lb down` and `--detach-on-exit` remove them.
 
 use std::{
     collections::BTreeMap,
-    ffi::{CStr, CString},
+    ffi::CStr,
     io,
     net::IpAddr,
     time::{Duration, Instant},
@@ -132,9 +133,12 @@ fn reconcile(nodes: &Nodes) -> io::Result<bool> {
     let mut complete = true;
     let mut wanted = Vec::new();
     for (ip, iface) in nodes {
-        match ifindex(iface) {
-            Some(ifindex) => wanted.push((ifindex, *ip)),
-            None => complete = false,
+        match crate::iface::ifindex(iface) {
+            Ok(ifindex) => wanted.push((ifindex, *ip)),
+            Err(error) => {
+                warn!(interface = %iface, %error, "no interface for a node's neighbour entry");
+                complete = false;
+            }
         }
     }
     for &(ifindex, ip) in &wanted {
@@ -183,20 +187,6 @@ pub fn remove_all() -> io::Result<()> {
     let mut netlink = Netlink::open()?;
     let existing = netlink.neighbors()?;
     forget(&mut netlink, existing.iter())
-}
-
-/// The index of interface `name`; `None` (logged) if it is gone.
-fn ifindex(name: &str) -> Option<u32> {
-    let c_name = CString::new(name).ok()?;
-    // SAFETY: a valid C string.
-    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
-    if index == 0 {
-        warn!(
-            interface = name,
-            "no such interface for a node's neighbour entry"
-        );
-    }
-    (index != 0).then_some(index)
 }
 
 /// Whether the running kernel's release is at least `major.minor`.

@@ -7,9 +7,9 @@
 //! Kubernetes gives a NodePort to one Service port of the whole cluster, so
 //! an entry serves one frontend. (With direct server return, where no reply
 //! is lb's, a backend without a NodePort has the Service's own port, which
-//! several frontends may claim: the entries are then never read.) Two may claim one for a while: a NodePort
-//! freed by a deleted Service and given to a new one can reach lb in either
-//! order. The latest claim is served; when it goes, an earlier claim that
+//! several frontends may claim: the entries are then never read.) Two may
+//! claim one for a while: a NodePort freed by a deleted Service and given
+//! to a new one can reach lb in either order. The latest claim is served; when it goes, an earlier claim that
 //! still stands takes the entry back.
 
 use std::collections::{BTreeMap, BTreeSet};

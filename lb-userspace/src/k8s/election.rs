@@ -16,8 +16,8 @@
 //! An agent takes a Lease held under its own identity at once (it is its
 //! own, from before a restart), so two agents given one identity would both
 //! hold it. One that finds the Lease renewed under its own name since its
-//! own last write knows it has such a twin: it stops leading, says so, and treats the
-//! Lease as another's until it goes unrenewed.
+//! own last write knows it has such a twin: it stops leading, says so, and
+//! treats the Lease as another's until it goes unrenewed.
 //!
 //! The agents that answer ARP and NDP on one segment elect the one that
 //! answers the same way, with a Lease of their own (two answering would
