@@ -223,9 +223,8 @@ pub fn ipv4_fragments(frame: &[u8], first_len: usize) -> [Vec<u8>; 2] {
         let flags =
             u16::try_from(offset / 8).expect("a small offset") | if more { 0x2000 } else { 0 };
         fragment[ip + 6..ip + 8].copy_from_slice(&flags.to_be_bytes());
-        fragment[ip + 10..ip + 12].fill(0);
-        let sum = internet_checksum(&[&fragment[ip..ip + header_len]]);
-        fragment[ip + 10..ip + 12].copy_from_slice(&sum.to_be_bytes());
+        // A fragment's: the header checksum only.
+        fix_checksums(&mut fragment);
         fragment
     };
     [
@@ -747,6 +746,15 @@ pub struct Tuple {
     pub proto: u8,
 }
 
+/// Whether `frame` is untagged IPv4, and a datagram's fragment other than
+/// its first.
+pub fn is_later_ipv4_fragment(frame: &[u8]) -> bool {
+    frame.len() >= ETH_LEN + 20
+        && be16(frame, 12) == ETHERTYPE_IPV4
+        && frame[ETH_LEN] >> 4 == 4
+        && be16(frame, ETH_LEN + 6) & 0x1fff != 0
+}
+
 /// The 5-tuple of a packet lb may own, with its L4 offset: untagged IPv4
 /// with a valid version and IHL, not a datagram's later fragment (its first
 /// has the datagram's ports); or untagged IPv6 whose
@@ -775,8 +783,7 @@ pub fn owned_tuple(frame: &[u8]) -> Option<(Tuple, usize)> {
         }
         let header_len = usize::from(ip[0] & 0x0f) * 4;
         // A later fragment has no ports; the first has the datagram's.
-        let later_fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0;
-        if header_len < 20 || later_fragment {
+        if header_len < 20 || is_later_ipv4_fragment(frame) {
             return None;
         }
         let addr = |at: usize| Ipv4Addr::new(ip[at], ip[at + 1], ip[at + 2], ip[at + 3]);

@@ -135,6 +135,15 @@ impl Node {
     }
 }
 
+/// What kube-proxy programs for a LoadBalancer ingress IP on every one of
+/// `nodes` (see [`Node::take_vip`]).
+pub fn expose(nodes: &[Node], vip: Ipv4Addr, port: u16, local_port: u16) -> Result<()> {
+    for node in nodes {
+        node.take_vip(vip, port, local_port)?;
+    }
+    Ok(())
+}
+
 impl Topology {
     pub fn new(layout: Layout, node_count: usize) -> Result<Topology> {
         let mut topology = Topology {

@@ -17,7 +17,8 @@ use lb_tests::{
     agent::{Agent, QUIET_DSR, backends_of},
     manifests::{self, ManifestFile},
     servers::{self, ServerGuard},
-    topology::{LB_NODE_IFACE, Layout, Topology, node_ip},
+    topology::{self, HOST_IFACE, LB_NODE_IFACE, Layout, Topology, node_ip},
+    xdp_bed::fmt_mac,
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
@@ -55,16 +56,12 @@ fn nodes_are_kept_resolved_without_health_checks() {
         .map(|n| servers::tcp_name_server(&n.ns, POD_PORT, &n.name))
         .collect::<anyhow::Result<_>>()
         .expect("servers");
-    for node in &topology.nodes {
-        node.take_vip(VIP, 80, POD_PORT).expect("kube-proxy's rule");
-    }
+    topology::expose(&topology.nodes, VIP, 80, POD_PORT).expect("kube-proxy's rules");
     // Node 3's entry is set by hand, node 2's by a routing daemon, each
     // with the node's real MAC.
     let mac = |i: u8| {
-        let mac = topology.nodes[usize::from(i) - 1].ns.mac("eth0");
-        mac.expect("a node's MAC")
-            .map(|b| format!("{b:02x}"))
-            .join(":")
+        let node = &topology.nodes[usize::from(i) - 1];
+        fmt_mac(node.ns.mac(HOST_IFACE).expect("a node's MAC"))
     };
     for (i, kind) in [(3, "nud permanent"), (2, "nud reachable protocol bgp")] {
         topology

@@ -99,15 +99,16 @@ fn wait_for_nodes(agent: &Agent, count: usize) -> Vec<Value> {
 }
 
 /// The manifests of `topology`'s nodes (in a directory named by `tag`), the
-/// nodes' servers and the agent, once it serves every node.
-fn serving(topology: &Topology, tag: &str) -> (ManifestDir, Vec<ServerGuard>, Agent) {
+/// nodes' servers and the agent, once it serves every node, with its
+/// backend rows then.
+fn serving(topology: &Topology, tag: &str) -> (ManifestDir, Vec<ServerGuard>, Agent, Vec<Value>) {
     let manifests = ManifestDir::new(tag);
     manifests.write(topology);
     let guards = start_servers(topology);
     let agent = Agent::start(&topology.lb, &topology.lb_ifaces(), manifests.path(), &[])
         .expect("agent starts");
-    wait_for_nodes(&agent, topology.nodes.len());
-    (manifests, guards, agent)
+    let rows = wait_for_nodes(&agent, topology.nodes.len());
+    (manifests, guards, agent, rows)
 }
 
 /// The echo of `datagram` from the VIP's UDP port, sent by the client with
@@ -158,8 +159,7 @@ fn node_of_address(topology: &Topology, address: &str) -> String {
 #[test]
 fn two_arm_spreads_connections_by_maglev_and_keeps_flows_across_node_changes() {
     let mut topology = Topology::new(Layout::TwoArm, 3).expect("topology");
-    let (manifests, mut guards, agent) = serving(&topology, "two-arm");
-    let rows = wait_for_nodes(&agent, 3);
+    let (manifests, mut guards, agent, rows) = serving(&topology, "two-arm");
 
     // A long-lived connection, opened before anything changes.
     let vip = SocketAddrV4::new(VIP, 80);
@@ -233,7 +233,7 @@ fn two_arm_spreads_connections_by_maglev_and_keeps_flows_across_node_changes() {
 #[test]
 fn one_arm_serves_tcp_and_udp_through_one_interface() {
     let topology = Topology::new(Layout::OneArm, 3).expect("topology");
-    let (_manifests, guards, agent) = serving(&topology, "one-arm");
+    let (_manifests, guards, agent, _) = serving(&topology, "one-arm");
     let tally = connect_many(&topology, 200);
     assert_eq!(tally.len(), 3, "every node serves: {tally:?}");
     let udp_reply = topology
@@ -255,7 +255,7 @@ fn one_arm_serves_tcp_and_udp_through_one_interface() {
 #[test]
 fn fragmented_datagrams_go_through_the_vip_both_ways() {
     let topology = Topology::new(Layout::TwoArm, 2).expect("topology");
-    let (_manifests, guards, agent) = serving(&topology, "fragments");
+    let (_manifests, guards, agent, _) = serving(&topology, "fragments");
     for i in 0..4 {
         // Three fragments each way on 1,500-byte links.
         let datagram = format!("{i}").repeat(4000);
@@ -296,7 +296,7 @@ fn path_mtu_discovery_works_through_the_vip() {
             topology.nodes[0].ip
         ))
         .expect("a narrower path to the nodes");
-    let (_manifests, guards, agent) = serving(&topology, "pmtu");
+    let (_manifests, guards, agent, _) = serving(&topology, "pmtu");
     // First (the client then learns the path's MTU to the VIP, and would
     // fragment the datagram itself): a datagram the client lets be
     // fragmented goes to the kernel translated, which fragments it on the

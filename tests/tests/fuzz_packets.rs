@@ -717,7 +717,7 @@ impl World {
     fn check(&mut self, input: &[u8], action: u32, output: &[u8]) -> Result<Outcome> {
         ensure!(action != XDP_ABORTED, "XDP_ABORTED");
         ensure!(action <= XDP_REDIRECT, "unknown XDP action");
-        if is_later_fragment(input) {
+        if packets::is_later_ipv4_fragment(input) {
             return self.check_later_fragment(input, action, output);
         }
         let tuple = owned_tuple(input);
@@ -735,18 +735,8 @@ impl World {
                 .or_else(|| self.maglev_reply_of(&t))
         });
         if output == input {
-            match (action, service, reply_of) {
-                (XDP_PASS, ..) => {}
-                // A service without backends drops; one with backends
-                // (all usable here, with resolved neighbours) never does.
-                (XDP_DROP, Some(spec), _) if spec.backends.is_empty() => self.stats.dropped += 1,
-                _ => bail!(
-                    "an unchanged packet must pass (or be dropped for a service without \
-                     backends)"
-                ),
-            }
-            self.stats.unchanged += 1;
-            return Ok(Outcome::Unchanged);
+            let may_drop = service.is_some_and(|spec| spec.backends.is_empty());
+            return self.unchanged(action, may_drop, "packet");
         }
         let Some((tuple, l4)) = tuple else {
             bail!("changed a packet lb does not own");
@@ -834,17 +824,8 @@ impl World {
                 .filter(move |s| s.frontend.vip == vip && s.frontend.protocol.number() == proto)
         };
         if output == input {
-            match action {
-                XDP_PASS => {}
-                XDP_DROP if on(dst).any(|spec| spec.backends.is_empty()) => {
-                    self.stats.dropped += 1;
-                }
-                _ => bail!(
-                    "an unchanged fragment must pass (or be dropped for a service without backends)"
-                ),
-            }
-            self.stats.unchanged += 1;
-            return Ok(Outcome::Unchanged);
+            let may_drop = on(dst).any(|spec| spec.backends.is_empty());
+            return self.unchanged(action, may_drop, "fragment");
         }
         ensure!(
             matches!(action, XDP_TX | XDP_REDIRECT | XDP_PASS),
@@ -879,6 +860,21 @@ impl World {
         Ok(outcome)
     }
 
+    /// An unchanged `what` (packet, fragment) must pass, or be dropped where
+    /// it `may_drop`: for a service without backends (one with backends, all
+    /// usable here with resolved neighbours, never drops).
+    fn unchanged(&mut self, action: u32, may_drop: bool, what: &str) -> Result<Outcome> {
+        match action {
+            XDP_PASS => {}
+            XDP_DROP if may_drop => self.stats.dropped += 1,
+            _ => bail!(
+                "an unchanged {what} must pass (or be dropped for a service without backends)"
+            ),
+        }
+        self.stats.unchanged += 1;
+        Ok(Outcome::Unchanged)
+    }
+
     /// A packet sent out (not passed) carries the MAC of `dst`'s neighbour.
     fn check_sent(&self, action: u32, output: &[u8], dst: IpAddr) -> Result<()> {
         if action != XDP_PASS {
@@ -910,15 +906,6 @@ impl World {
         }
         Ok(())
     }
-}
-
-/// Whether `frame` is an IPv4 datagram's fragment other than its first.
-fn is_later_fragment(frame: &[u8]) -> bool {
-    let ip = ETH_LEN;
-    frame.len() >= ip + 20
-        && frame[12..14] == [0x08, 0x00]
-        && frame[ip] >> 4 == 4
-        && u16::from_be_bytes([frame[ip + 6], frame[ip + 7]]) & 0x1fff != 0
 }
 
 /// A packet sent on was counted as a hop; one handed to the kernel (no

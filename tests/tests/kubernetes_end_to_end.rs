@@ -16,7 +16,7 @@ use lb_tests::{
     },
     kube_agent::KubeAgent,
     servers::{self, LineClient, ServerGuard},
-    topology::{Layout, Node, Topology, VIP_RANGE},
+    topology::{self, Layout, Node, Topology, VIP_RANGE},
 };
 
 const NODE_PORT: u16 = 31000;
@@ -229,9 +229,7 @@ fn direct_server_return_serves_a_service_without_node_ports() -> Result<()> {
     web.spec.as_mut().unwrap().allocate_load_balancer_node_ports = Some(false);
     bed.server.apply(&web)?;
     let vip = bed.wait_for_vip(NS, "web", READY)?;
-    for member in &topology.nodes {
-        member.take_vip(vip, 80, POD_PORT)?;
-    }
+    topology::expose(&topology.nodes, vip, 80, POD_PORT)?;
     wait_for_live_backends(&bed, vip, 2)?;
     let tally = connect_many(&topology, vip, 100);
     assert_eq!(

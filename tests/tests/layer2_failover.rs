@@ -17,7 +17,6 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use k8s_openapi::api::coordination::v1::Lease;
 use lb_tests::{
     agent::{Agent, backends_of},
     fake_apiserver::{
@@ -103,8 +102,7 @@ impl Bed {
 
     /// Who holds the Lease `name`, as the API server has it.
     fn holder(&self, name: &str) -> Option<String> {
-        let lease = self.server.get::<Lease>(Some("lb-system"), name).ok()??;
-        lease.spec?.holder_identity
+        self.server.lease_holder(name)
     }
 
     /// The router's neighbour entry for the VIP: the MAC it sends the

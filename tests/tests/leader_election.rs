@@ -52,12 +52,9 @@ fn flags(identity: &str, metrics: &str) -> Vec<String> {
     .to_vec()
 }
 
-/// Who holds the Lease, as the API server has it.
+/// Who holds the writer's Lease, as the API server has it.
 fn holder(server: &FakeApiServer) -> Option<String> {
-    let lease = server
-        .get::<Lease>(Some("lb-system"), "lb-controller")
-        .ok()??;
-    lease.spec?.holder_identity
+    server.lease_holder("lb-controller")
 }
 
 /// Each Service (`namespace/name`) the agent's data path serves, with its VIP.

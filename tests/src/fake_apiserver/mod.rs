@@ -36,6 +36,7 @@ use anyhow::{Context as _, Result, anyhow};
 use base64::Engine as _;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::Resource as KubeResource;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
@@ -306,6 +307,13 @@ users:
         name: &str,
     ) -> Result<Option<K>> {
         self.cluster(|cluster| cluster.get(namespace, name))
+    }
+
+    /// Who holds the Lease `name` in `lb-system` (the agents' default
+    /// namespace for their elections), if anyone.
+    pub fn lease_holder(&self, name: &str) -> Option<String> {
+        let lease = self.get::<Lease>(Some("lb-system"), name).ok()??;
+        lease.spec?.holder_identity
     }
 
     /// Every object of kind `K`, sorted by namespace and name.

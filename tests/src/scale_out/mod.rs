@@ -240,10 +240,7 @@ impl ScaleOut {
     /// What kube-proxy programs for a LoadBalancer ingress IP on every node
     /// (see [`Node::take_vip`]).
     pub fn expose(&self, vip: Ipv4Addr, port: u16, node_port: u16) -> Result<()> {
-        for node in &self.nodes {
-            node.take_vip(vip, port, node_port)?;
-        }
-        Ok(())
+        topology::expose(&self.nodes, vip, port, node_port)
     }
 
     /// The next hops of the router's route to `vip`, as its kernel has them
