@@ -28,7 +28,14 @@ pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 /// The global counters, [`crate::counters::SLOTS`] of them. (Earlier agents
 /// pinned one for each counter they knew as `GLOBAL_STATS`.)
 pub const MAP_COUNTERS: &str = "COUNTERS";
-pub const MAP_TX_PORTS: &str = "TX_PORTS";
+/// The interfaces packets may be redirected to, by egress slot: a devmap
+/// array, whose lookup is an index where a devmap hash's is a hash and a
+/// bucket walk on every redirected packet. (Earlier agents pinned a devmap
+/// hash by ifindex as `TX_PORTS`.)
+pub const MAP_EGRESS_PORTS: &str = "EGRESS_PORTS";
+/// Each egress port's slot in [`MAP_EGRESS_PORTS`], by ifindex: read when a
+/// next hop is looked up in the FIB, and kept with it.
+pub const MAP_EGRESS_SLOTS: &str = "EGRESS_SLOTS";
 pub const MAP_VIPS: &str = "VIPS";
 pub const MAP_NODE_PORTS4: &str = "NODE_PORTS4";
 pub const MAP_NODE_PORTS6: &str = "NODE_PORTS6";
@@ -94,6 +101,8 @@ pub const MAX_SERVICES: u32 = 16384;
 pub const MAX_BACKENDS: u32 = 65536;
 /// Entries of each family's flow table (as Cilium sizes its ct4 and ct6 maps).
 pub const MAX_FLOWS: u32 = 1 << 20;
+/// Egress ports, slots 0 to `MAX_TX_PORTS` - 1 (fewer than `u8::MAX`: a
+/// next hop keeps its slot in a byte).
 pub const MAX_TX_PORTS: u32 = 64;
 
 // A flow records its backend's id in 16 bits and its service's id plus one

@@ -9,11 +9,11 @@ use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, xdp_action},
     helpers::generated::{bpf_fib_lookup, bpf_jiffies64, bpf_ktime_get_coarse_ns},
 };
-use lb_common::{Addr, SIDE_PATH_TOO_BIG, counters};
+use lb_common::{Addr, MAX_TX_PORTS, SIDE_PATH_TOO_BIG, counters};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
-    maps::{self, FIB_PARAMS, TX_PORTS, count},
+    maps::{self, EGRESS_PORTS, FIB_PARAMS, count},
     nat,
     parse::{Family, Frame, IP_FRAGMENT_OFFSET, Ip, ptr_at},
     side_paths,
@@ -140,9 +140,16 @@ pub struct NextHop {
     /// The destination is on the egress link, not behind a gateway.
     on_link: bool,
     ifindex: u32,
+    /// `ifindex`'s slot in `EGRESS_PORTS`, or [`NO_EGRESS_SLOT`].
+    egress_slot: u8,
     dmac: Mac,
     smac: Mac,
 }
+
+/// The egress slot of an interface packets may not be redirected to (one lb
+/// is not attached to): `EGRESS_PORTS` has fewer slots.
+const NO_EGRESS_SLOT: u8 = u8::MAX;
+const _: () = assert!(MAX_TX_PORTS < NO_EGRESS_SLOT as u32);
 
 impl NextHop {
     /// A hop the kernel is to take the packet to, translated: its neighbour
@@ -154,6 +161,7 @@ impl NextHop {
             to_fragment,
             on_link: false,
             ifindex: 0,
+            egress_slot: NO_EGRESS_SLOT,
             dmac: [0; 3],
             smac: [0; 3],
         }
@@ -243,6 +251,7 @@ pub fn next_hop(
                 to_fragment: false,
                 on_link: cached.on_link != 0,
                 ifindex: cached.ifindex,
+                egress_slot: cached.egress_slot,
                 dmac: cached.dmac,
                 smac: cached.smac,
             });
@@ -255,7 +264,7 @@ pub fn next_hop(
             ifindex: hop.ifindex,
             max_len: route.total_len,
             on_link: u8::from(hop.on_link),
-            _pad: 0,
+            egress_slot: hop.egress_slot,
             dmac: hop.dmac,
             smac: hop.smac,
         };
@@ -319,7 +328,8 @@ pub struct CachedHop {
     /// The longest IP packet (total length) the FIB's MTU check approved.
     pub max_len: u16,
     pub on_link: u8,
-    pub _pad: u8,
+    /// As [`NextHop`]'s.
+    pub egress_slot: u8,
     pub dmac: Mac,
     pub smac: Mac,
 }
@@ -388,6 +398,7 @@ fn fib_next_hop(ctx: &Frame, route: &Route, src: &Addr, dst: &Addr) -> Result<Ne
         to_fragment: false,
         on_link,
         ifindex: fib.ifindex,
+        egress_slot: maps::egress_slot(fib.ifindex).unwrap_or(NO_EGRESS_SLOT),
         dmac,
         smac,
     })
@@ -418,8 +429,11 @@ pub fn send(
     let (action, counter) = if hop.ifindex == ctx.ingress_ifindex() {
         (xdp_action::XDP_TX, tx_counter)
     } else {
-        let action = TX_PORTS
-            .redirect(hop.ifindex, 0)
+        if hop.egress_slot == NO_EGRESS_SLOT {
+            return Err(Verdict::PassFibOther);
+        }
+        let action = EGRESS_PORTS
+            .redirect(u32::from(hop.egress_slot), 0)
             .map_err(|_| Verdict::PassFibOther)?;
         (action, redirect_counter)
     };

@@ -11,7 +11,7 @@ use crate::{
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
     Addr, Backend, Budget, CachedFlow, DataPathClock, Flow, FlowKey, FlowKey4, IFACES_BY_INDEX_LEN,
@@ -249,9 +249,23 @@ pub fn remember_fragment_ports(key: &FragmentKey, ports: u32) {
 #[map]
 pub static SIDE_PATH_ARRAY: ProgramArray = ProgramArray::with_max_entries(SIDE_PATH_SLOTS, 0);
 
-/// Interfaces packets may be redirected to, keyed by ifindex.
+/// Interfaces packets may be redirected to, by egress slot
+/// (`lb_common::MAP_EGRESS_PORTS`).
 #[map]
-pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
+pub static EGRESS_PORTS: DevMap = DevMap::with_max_entries(MAX_TX_PORTS, 0);
+
+/// Each egress port's slot in `EGRESS_PORTS`, by ifindex.
+#[map]
+static EGRESS_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TX_PORTS, 0);
+
+/// The slot in `EGRESS_PORTS` of interface `ifindex`, if packets may be
+/// redirected to it.
+#[inline(always)]
+pub fn egress_slot(ifindex: u32) -> Option<u8> {
+    // SAFETY: a plain value, copied out.
+    let slot = unsafe { EGRESS_SLOTS.get(ifindex) }.copied()?;
+    u8::try_from(slot).ok()
+}
 
 #[inline(always)]
 pub fn count(index: u32) {

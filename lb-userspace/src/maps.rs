@@ -25,10 +25,10 @@ use aya::{
 };
 use lb_common::{
     Addr, Backend, Flow, FlowKey, Iface, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_COUNTERS,
-    MAP_FIB_PARAMS, MAP_FLOW_BUDGET, MAP_FLOW_CACHE4, MAP_FLOW_CACHE6, MAP_FLOWS4, MAP_FLOWS6,
-    MAP_IFACES, MAP_MAGLEV, MAP_NODE_PORTS4, MAP_NODE_PORTS6, MAP_RETIRED_TRAFFIC, MAP_SERVICES4,
-    MAP_SERVICES6, MAP_SIDE_PATHS, MAP_TX_PORTS, MAP_VIPS, NeighborMask, ServiceInfo, ServiceKey,
-    Settings, Traffic, counters,
+    MAP_EGRESS_PORTS, MAP_EGRESS_SLOTS, MAP_FIB_PARAMS, MAP_FLOW_BUDGET, MAP_FLOW_CACHE4,
+    MAP_FLOW_CACHE6, MAP_FLOWS4, MAP_FLOWS6, MAP_IFACES, MAP_MAGLEV, MAP_NODE_PORTS4,
+    MAP_NODE_PORTS6, MAP_RETIRED_TRAFFIC, MAP_SERVICES4, MAP_SERVICES6, MAP_SIDE_PATHS, MAP_VIPS,
+    NeighborMask, ServiceInfo, ServiceKey, Settings, Traffic, counters,
 };
 
 /// The per-family pairs, IPv4 first.
@@ -38,7 +38,7 @@ pub const FLOWS: [&str; 2] = [MAP_FLOWS4, MAP_FLOWS6];
 /// The maps that are pinned (the program's others are derived from these or
 /// caches nothing reads, and start afresh at every load); the order is the
 /// pin order.
-pub const ALL_MAPS: [&str; 17] = [
+pub const ALL_MAPS: [&str; 18] = [
     MAP_SERVICES4,
     MAP_SERVICES6,
     MAP_BACKENDS,
@@ -51,7 +51,8 @@ pub const ALL_MAPS: [&str; 17] = [
     MAP_RETIRED_TRAFFIC,
     MAP_BACKEND_STATS,
     MAP_COUNTERS,
-    MAP_TX_PORTS,
+    MAP_EGRESS_PORTS,
+    MAP_EGRESS_SLOTS,
     MAP_VIPS,
     MAP_FLOW_BUDGET,
     MAP_SIDE_PATHS,
@@ -67,11 +68,16 @@ pub const FORMERLY_PINNED: [&str; 3] = [MAP_NODE_PORTS4, MAP_NODE_PORTS6, PINNED
 
 /// Maps an earlier agent of this layout pinned under other names, with a
 /// slot for each counter ([`FORMER_COUNTERS`]) or side path
-/// ([`FORMER_SIDE_PATHS`]) it knew, too few for this one's. The program
-/// that agent left counts into the one and tail-calls through the other
-/// until this load's is attached; then the counts are carried and both
-/// unpinned (`Dataplane::retire_former_pins`).
-pub const RETIRED_AFTER_ATTACH: [&str; 2] = [FORMER_COUNTERS, FORMER_SIDE_PATHS];
+/// ([`FORMER_SIDE_PATHS`]) it knew, too few for this one's, and its
+/// egress ports as a devmap hash ([`FORMER_TX_PORTS`]). The program that
+/// agent left counts, tail-calls and redirects through them until this
+/// load's is attached; then the counts are carried and all are unpinned
+/// (`Dataplane::retire_former_pins`).
+pub const RETIRED_AFTER_ATTACH: [&str; 3] = [FORMER_COUNTERS, FORMER_SIDE_PATHS, FORMER_TX_PORTS];
+
+/// The egress ports as earlier agents pinned them: a devmap hash by
+/// ifindex, where `EGRESS_PORTS` is an array by slot.
+pub const FORMER_TX_PORTS: &str = "TX_PORTS";
 
 /// The side paths' program array as earlier agents pinned it.
 pub const FORMER_SIDE_PATHS: &str = "SIDE_PATHS";
@@ -170,8 +176,8 @@ where
 
 impl Maps {
     /// Takes the maps out of a loaded program; `ebpf` keeps the rest (the
-    /// devmap, scratch space and the next-hop caches, which userspace does
-    /// not read; the derived maps are taken by their writers).
+    /// scratch space and the next-hop caches, which userspace does not read;
+    /// the derived maps and the egress ports are taken by their writers).
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(MapsError::Missing(name));
         let services = FamilyMaps::new(SERVICES, [take(SERVICES[0])?, take(SERVICES[1])?])?;
@@ -408,7 +414,7 @@ pub(crate) fn former_service_stats(
 }
 
 /// The pinned map `name` as a `T`, if there is one.
-fn open_if_pinned<T>(pins: &PinDir, name: &'static str) -> Result<Option<T>, MapsError>
+pub(crate) fn open_if_pinned<T>(pins: &PinDir, name: &'static str) -> Result<Option<T>, MapsError>
 where
     T: TryFrom<Map, Error = MapError>,
 {

@@ -13,7 +13,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
     util::nr_cpus,
 };
 use lb::{
@@ -29,8 +29,8 @@ use lb_common::{
 use lb_tests::{
     packets,
     pin_root::{
-        BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY,
-        PinRoot, pin_old_map,
+        BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_DEVMAP_HASH, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH,
+        BPF_MAP_TYPE_PERCPU_ARRAY, PinRoot, pin_old_map,
     },
     specs::{node, node6, service},
     xdp_bed::{self, CLIENT, CLIENT6, XDP_REDIRECT, XdpBed, node_ip, node_ip6, raw_map},
@@ -344,6 +344,55 @@ fn formerly_pinned(bed: &XdpBed) {
             family.vip_port()
         );
     }
+    dataplane.remove_pins().expect("remove pins");
+}
+
+/// Agents of layout v4 before the egress ports were a devmap array by slot
+/// pinned them as a devmap hash by ifindex, `TX_PORTS`: a takeover
+/// redirects to those ports from its first packet, with nothing added (the
+/// earlier program redirects through `TX_PORTS` until this one is
+/// attached), and unpins it once attached.
+#[test]
+fn egress_ports_an_earlier_agent_pinned_by_ifindex_are_taken_over() {
+    let (ns, bed) = XdpBed::new("lbtxp").expect("netns");
+    ns.enter(move || former_tx_ports(&bed)).expect("enter");
+}
+
+fn former_tx_ports(bed: &XdpBed) {
+    let root = PinRoot::new("former-tx-ports");
+    let families = families();
+    let (dataplane, nodes) = serve_pinned(bed, &root, &families);
+    drop(dataplane);
+    let dir = root.dir(4);
+    for name in ["EGRESS_PORTS", "EGRESS_SLOTS"] {
+        fs::remove_file(dir.join(name)).expect("unpin");
+    }
+    let former = "TX_PORTS";
+    let map = pin_old_map::<u32, u64>(&dir, former, BPF_MAP_TYPE_DEVMAP_HASH, 64, 0);
+    let mut ports: DevMapHash<_> = map.try_into().expect("a devmap hash");
+    for ifindex in [bed.client_if, bed.node_if] {
+        ports.insert(ifindex, ifindex, None, 0).expect("a port");
+    }
+    drop(ports);
+    // Loaded as the agent loads it: no port added after the load.
+    let mut dataplane =
+        Dataplane::load(config(Some(root.path().clone()), RING_SIZE)).expect("takeover");
+    assert!(dir.join(former).exists(), "{former} went before the attach");
+    for (family, node) in families.iter().zip(nodes) {
+        assert_eq!(
+            reply_source(&dataplane, bed, family, node),
+            family.vip_port(),
+            "a reply redirected to the client's side"
+        );
+        let ack = packets::tcp_ack(family.client, family.vip_port(), b"x");
+        assert_eq!(forwarded_to(&dataplane, bed, &ack), node);
+    }
+    dataplane.retire_former_pins().expect("retire");
+    let pins = pin_names(&dir);
+    assert!(
+        !pins.iter().any(|pin| pin == former),
+        "{former} is still pinned"
+    );
     dataplane.remove_pins().expect("remove pins");
 }
 

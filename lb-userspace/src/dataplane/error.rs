@@ -88,6 +88,8 @@ pub enum DataplaneError {
          has room for {0}"
     )]
     TooManyInterfaces(u8),
+    #[error("more than {0} interfaces to redirect packets to")]
+    TooManyEgressPorts(u32),
     #[error("counting CPUs: {0}")]
     Cpus(#[source] std::io::Error),
 }

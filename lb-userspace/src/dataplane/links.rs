@@ -1,18 +1,14 @@
 //! Attaching the program to interfaces: pinned links that outlive the
 //! agent, taken over without a gap by the next one.
 
-use aya::{
-    maps::{DevMapHash, xdp::XdpMapError},
-    programs::{
-        XdpMode,
-        links::{FdLink, PinnedLink},
-        xdp::XdpLink,
-    },
+use aya::programs::{
+    XdpMode,
+    links::{FdLink, PinnedLink},
+    xdp::XdpLink,
 };
-use lb_common::{MAP_TX_PORTS, PROGRAM_NAME};
+use lb_common::PROGRAM_NAME;
 
 use super::{Dataplane, DataplaneError, programs};
-use crate::maps::{MapsError, map_error};
 
 impl Dataplane {
     /// The index of interface `iface`; `NoSuchInterface` when there is none.
@@ -76,17 +72,6 @@ impl Dataplane {
     /// Lets the program redirect to `ifindex` (done by `attach`; tests that run
     /// the program without attaching it call this directly).
     pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
-        let map = self
-            .ebpf
-            .map_mut(MAP_TX_PORTS)
-            .ok_or(MapsError::Missing(MAP_TX_PORTS))?;
-        let mut tx_ports = DevMapHash::try_from(map).map_err(|e| map_error(MAP_TX_PORTS, e))?;
-        tx_ports
-            .insert(ifindex, ifindex, None, 0)
-            .map_err(|e| match e {
-                XdpMapError::MapError(e) => map_error(MAP_TX_PORTS, e),
-                XdpMapError::ChainedProgramNotSupported => MapsError::Missing(MAP_TX_PORTS),
-            })?;
-        Ok(())
+        self.egress.add(ifindex)
     }
 }

@@ -3,6 +3,7 @@
 
 mod clock;
 mod config;
+mod egress;
 mod error;
 mod filter;
 mod global_data;
@@ -72,6 +73,7 @@ pub struct Dataplane {
     key_filter: filter::KeyFilterBits,
     node_ports: node_ports::NodePortFrontends,
     ifaces_by_index: ifaces_by_index::IfacesByIndex,
+    egress: egress::EgressPorts,
     clock: clock::Clock,
     pins: Option<PinDir>,
     /// The pinned state existed before this load (an earlier agent's).
@@ -137,6 +139,7 @@ impl Dataplane {
         let key_filter = filter::KeyFilterBits::take(&mut ebpf)?;
         let node_ports = node_ports::NodePortFrontends::take(&mut ebpf)?;
         let ifaces_by_index = ifaces_by_index::IfacesByIndex::take(&mut ebpf, &maps.ifaces)?;
+        let mut egress = egress::EgressPorts::take(&mut ebpf)?;
         // A reused pin keeps the size it was created with.
         let pinned = maps.maglev.len();
         if pinned != ring_entries {
@@ -160,6 +163,7 @@ impl Dataplane {
             if upgrading {
                 upgrade::copy_split_maps(pins, &mut maps)?;
             }
+            egress.adopt_former(pins)?;
             legacy_neighbors = pinned_settings(pins)?
                 .is_some_and(|settings| settings.flags & LEGACY_SETTING_ANSWER_NEIGHBORS != 0);
             // Only once this load has succeeded: the program they were
@@ -174,6 +178,7 @@ impl Dataplane {
             key_filter,
             node_ports,
             ifaces_by_index,
+            egress,
             clock,
             pins,
             inherited,

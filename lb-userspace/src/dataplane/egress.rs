@@ -1,0 +1,84 @@
+//! The interfaces the program may redirect packets to: each gets a slot of
+//! the devmap array `EGRESS_PORTS` (`EGRESS_SLOTS` says which), never given
+//! to another while the state is pinned. The data path finds a next hop's
+//! slot once, with its FIB lookup, and keeps it with the hop: a redirect is
+//! then an index into the devmap, where a devmap hash by ifindex cost a
+//! hash and a bucket walk on every packet.
+
+use aya::{
+    Ebpf,
+    maps::{DevMap, DevMapHash, HashMap, MapData, xdp::XdpMapError},
+};
+use lb_common::{MAP_EGRESS_PORTS, MAP_EGRESS_SLOTS, MAX_TX_PORTS};
+
+use super::DataplaneError;
+use crate::{
+    maps::{FORMER_TX_PORTS, MapsError, is_absent, map_error, open_if_pinned, take_typed},
+    pins::PinDir,
+};
+
+pub(super) struct EgressPorts {
+    ports: DevMap<MapData>,
+    slots: HashMap<MapData, u32, u32>,
+}
+
+impl EgressPorts {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
+        Ok(Self {
+            ports: take_typed(ebpf, MAP_EGRESS_PORTS)?,
+            slots: take_typed(ebpf, MAP_EGRESS_SLOTS)?,
+        })
+    }
+
+    /// Lets the program redirect to `ifindex`, in the slot it has or the
+    /// next free one. The port is set before its slot is told, so that no
+    /// packet is sent to an empty slot.
+    pub fn add(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        let slot = match self.slots.get(&ifindex, 0) {
+            Ok(slot) => slot,
+            Err(e) if is_absent(&e) => self.free_slot()?,
+            Err(e) => return Err(map_error(MAP_EGRESS_SLOTS, e).into()),
+        };
+        self.ports
+            .set(slot, ifindex, None, 0)
+            .map_err(|e| match e {
+                XdpMapError::MapError(e) => map_error(MAP_EGRESS_PORTS, e),
+                XdpMapError::ChainedProgramNotSupported => MapsError::Missing(MAP_EGRESS_PORTS),
+            })?;
+        self.slots
+            .insert(ifindex, slot, 0)
+            .map_err(|e| map_error(MAP_EGRESS_SLOTS, e))?;
+        Ok(())
+    }
+
+    /// The lowest slot no port has.
+    fn free_slot(&self) -> Result<u32, DataplaneError> {
+        let mut taken = [false; MAX_TX_PORTS as usize];
+        for entry in self.slots.iter() {
+            let (_, slot) = entry.map_err(|e| map_error(MAP_EGRESS_SLOTS, e))?;
+            if let Some(taken) = taken.get_mut(slot as usize) {
+                *taken = true;
+            }
+        }
+        let free = taken
+            .iter()
+            .position(|taken| !taken)
+            .ok_or(DataplaneError::TooManyEgressPorts(MAX_TX_PORTS))?;
+        Ok(free as u32)
+    }
+
+    /// Adds the ports an earlier agent pinned in its devmap hash by ifindex
+    /// ([`FORMER_TX_PORTS`]), which its program redirects through until this
+    /// load's is attached (then the pin goes with the other retired ones):
+    /// this load's program redirects to them from its first packet.
+    pub fn adopt_former(&mut self, pins: &PinDir) -> Result<(), DataplaneError> {
+        let Some(former): Option<DevMapHash<MapData>> = open_if_pinned(pins, FORMER_TX_PORTS)?
+        else {
+            return Ok(());
+        };
+        for ifindex in former.keys() {
+            self.add(ifindex.map_err(|e| map_error(FORMER_TX_PORTS, e))?)?;
+        }
+        Ok(())
+    }
+}
