@@ -17,7 +17,11 @@ use crate::{
     catalog::Catalog,
     dataplane::{Dataplane, DataplaneConfig, Forwarding},
     health::{HealthChecker, HealthConfig},
-    k8s::{Translation, Translator, source::Source, translate::Role},
+    k8s::{
+        Translation, Translator,
+        source::{Layer2Answers, Source},
+        translate::Role,
+    },
     metrics::{self, Health},
     model::{DesiredState, Frontend},
     node_neighbors::{NodeNeighbors, Nodes},
@@ -204,7 +208,11 @@ async fn sync_until_signalled(
                     // services for the CLI: a start's takes tens of
                     // milliseconds to write.
                     let unprogrammed = unprogrammed(translation, &failed);
-                    options.source.report(translation, role, &unprogrammed).await;
+                    let answered = answered_at_layer2(translation, &announcer);
+                    options
+                        .source
+                        .report(translation, role, &unprogrammed, &answered)
+                        .await;
                     write_catalog(dataplane, options, &announcer, &mut catalog);
                     last_plan = Some(plan);
                     health.set_ready();
@@ -261,6 +269,24 @@ fn unprogrammed(
             Some((
                 owner.to_owned(),
                 format!("{frontend} is not served: {reason}"),
+            ))
+        })
+        .collect()
+}
+
+/// The Services whose VIPs this host answers ARP and NDP for, with the
+/// interfaces, for their Events.
+fn answered_at_layer2(translation: &Translation, announcer: &Announcer) -> Layer2Answers {
+    let answers = announcer.layer2_answers();
+    translation
+        .state
+        .services
+        .iter()
+        .filter_map(|(frontend, service)| {
+            let interfaces = answers.get(&frontend.vip)?;
+            Some((
+                (service.owner().to_owned(), frontend.vip),
+                interfaces.clone(),
             ))
         })
         .collect()

@@ -8,7 +8,8 @@
 //! A holder's agent that restarts keeps the Lease; while the API server
 //! cannot be reached, the holder goes on answering, and keeps the Lease when
 //! it comes back. Hosts given different Leases (as on
-//! different segments) each answer.
+//! different segments) each answer. Each host that starts answering says
+//! so in an Event on the Service (`nodeAssigned`, as MetalLB's speaker).
 
 use std::{
     net::{IpAddr, SocketAddrV4},
@@ -17,6 +18,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
+use k8s_openapi::api::events::v1::Event;
 use lb_tests::{
     agent::{Agent, backends_of},
     fake_apiserver::{
@@ -105,6 +107,45 @@ impl Bed {
         self.server.lease_holder(name)
     }
 
+    /// The hosts the Service's `nodeAssigned` Events name, in the order
+    /// they were recorded.
+    fn announcers(&self) -> Result<Vec<String>> {
+        let mut events: Vec<Event> = self
+            .server
+            .list::<Event>()?
+            .into_iter()
+            .filter(|event| {
+                event.reason.as_deref() == Some("nodeAssigned")
+                    && event.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("web")
+            })
+            .collect();
+        events.sort_by_key(|event| event.event_time.as_ref().map(|time| time.0));
+        Ok(events
+            .iter()
+            .filter_map(|event| {
+                let note = event.note.as_deref()?;
+                let (_, from) = note.split_once(" from ")?;
+                Some(from.split(' ').next()?.to_owned())
+            })
+            .collect())
+    }
+
+    /// Waits until the last `nodeAssigned` Event names `host`.
+    fn wait_for_announcer(&self, host: &str) -> Result<Vec<String>> {
+        let deadline = Instant::now() + READY;
+        loop {
+            let announcers = self.announcers()?;
+            if announcers.last().map(String::as_str) == Some(host) {
+                return Ok(announcers);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "no nodeAssigned Event names {host} last: {announcers:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The router's neighbour entry for the VIP: the MAC it sends the
     /// VIP's packets to.
     fn router_entry(&self) -> Result<Option<String>> {
@@ -162,6 +203,12 @@ fn the_lease_holder_answers_for_the_vip_and_another_host_takes_over() -> Result<
     for _ in 0..3 {
         holder_alone_answers(&bed)?;
     }
+    // The Service says which host answers for it; the other never did.
+    let announcers = bed.wait_for_announcer(&first)?;
+    assert!(
+        announcers.iter().all(|host| *host == first),
+        "{announcers:?}"
+    );
 
     // The holder's agent is restarted: it keeps its Lease across the stop
     // (its data path answers on meanwhile) and takes it back, so nothing
@@ -204,6 +251,7 @@ fn the_lease_holder_answers_for_the_vip_and_another_host_takes_over() -> Result<
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(bed.holder("lb-layer2"), Some(format!("host-{other}")));
+    bed.wait_for_announcer(&format!("host-{other}"))?;
     let (node, answer) = bed.net.client.enter(move || -> Result<_> {
         let mut client = client;
         let answer = client.ask("still there?")?;

@@ -178,6 +178,17 @@ impl Announcer {
         (ifindexes.collect(), unknown)
     }
 
+    /// The interfaces (by name) each VIP is answered on.
+    pub fn answered(&self) -> BTreeMap<IpAddr, Vec<String>> {
+        let mut answered: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
+        for (vip, ifindex) in lock(&self.announced).iter() {
+            if let Some((name, _, _)) = self.interfaces.iter().find(|(_, i, _)| i == ifindex) {
+                answered.entry(*vip).or_default().push(name.clone());
+            }
+        }
+        answered
+    }
+
     /// Announces each VIP of `vips` on each of its interfaces (by ifindex)
     /// it was not announced on before, in the background; forgets the ones
     /// that are gone, so they are announced again if they come back.

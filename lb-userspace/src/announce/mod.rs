@@ -72,6 +72,11 @@ impl Announcer {
         })
     }
 
+    /// The interfaces (by name) ARP and NDP for each VIP are answered on.
+    pub fn layer2_answers(&self) -> BTreeMap<IpAddr, Vec<String>> {
+        self.l2.answered()
+    }
+
     /// Takes the BGP sessions MetalLB's objects set up, if any.
     pub fn configure(&mut self, metallb: &MetallbObjects) {
         self.bgp.configure(metallb);

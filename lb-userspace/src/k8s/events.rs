@@ -22,6 +22,13 @@ use tracing::warn;
 /// The name Events give as their reporting controller.
 const CONTROLLER: &str = "lb";
 
+/// The action of Events about VIPs being assigned (and what kept a
+/// Service from being served).
+pub(super) const ASSIGN: &str = "AssignVIP";
+
+/// The action of Events about a host answering for a VIP.
+pub(super) const ANNOUNCE: &str = "AnnounceVIP";
+
 /// Events being recorded at once.
 const CONCURRENT_EVENTS: usize = 64;
 
@@ -89,14 +96,21 @@ impl EventRecorder {
         }
     }
 
-    /// Records an Event on `service` soon; one that cannot be recorded is
+    /// Records an Event on `service` soon, of lb's `action` (what it was
+    /// doing: `ASSIGN` or `ANNOUNCE`); one that cannot be recorded is
     /// logged, not retried.
-    pub(super) fn publish(&self, service: &Service, type_: EventType, reason: &str, note: String) {
+    pub(super) fn publish(
+        &self,
+        service: &Service,
+        (type_, action): (EventType, &str),
+        reason: &str,
+        note: String,
+    ) {
         let event = Event {
             type_,
             reason: reason.to_owned(),
             note: Some(note),
-            action: "AssignVIP".to_owned(),
+            action: action.to_owned(),
             secondary: None,
         };
         let mut hasher = DefaultHasher::new();

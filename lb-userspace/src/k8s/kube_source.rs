@@ -37,6 +37,7 @@ use super::{
         from_value,
     },
     objects::{ClusterObjects, MetallbObjects},
+    source::Layer2Answers,
     status::StatusWriter,
     translate::{Role, Translation},
 };
@@ -241,7 +242,9 @@ impl KubeSource {
         translation: &Translation,
         role: Role,
         unprogrammed: &[(String, String)],
+        answered: &Layer2Answers,
     ) {
+        self.status.report_answered(&self.services, answered);
         if role != Role::Assign || !self.assigns() {
             self.status.remember_released(translation);
             // What this host's data path could not serve is this host's to

@@ -98,25 +98,35 @@ impl Source {
         }
     }
 
-    /// Tells the source what was made of its objects, in `role`, and which
-    /// Services (`namespace/name`) the data path could not serve, and why: a
-    /// Kubernetes source writes the assigned VIPs back into the Services'
-    /// status, and Events of the problems, if that role, and this agent's
-    /// now, is to assign; else only Events of what its data path could not
-    /// serve.
+    /// Tells the source what was made of its objects, in `role`, which
+    /// Services (`namespace/name`) the data path could not serve, and why,
+    /// and which this host answers ARP and NDP for: a Kubernetes source
+    /// writes the assigned VIPs back into the Services' status, and Events
+    /// of the problems, if that role, and this agent's now, is to assign;
+    /// else only Events of what its data path could not serve. Either way,
+    /// an Event on each Service this host starts answering for at layer 2.
     pub async fn report(
         &mut self,
         translation: &Translation,
         role: Role,
         unprogrammed: &[(String, String)],
+        answered: &Layer2Answers,
     ) {
         match self {
             // Manifests are the operator's files: lb never writes them.
             Self::Manifests(_) => {}
-            Self::Kubernetes(source) => source.report(translation, role, unprogrammed).await,
+            Self::Kubernetes(source) => {
+                source
+                    .report(translation, role, unprogrammed, answered)
+                    .await;
+            }
         }
     }
 }
+
+/// The interfaces this host answers ARP and NDP on for each Service
+/// (`namespace/name`) and VIP.
+pub type Layer2Answers = BTreeMap<(String, IpAddr), Vec<String>>;
 
 /// YAML manifests in a file or directory, polled for changes.
 pub struct ManifestSource {

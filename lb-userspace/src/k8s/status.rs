@@ -25,7 +25,8 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::{
-    events::EventRecorder,
+    events::{ANNOUNCE, ASSIGN, EventRecorder},
+    source::Layer2Answers,
     translate::{Problem, Translation},
 };
 
@@ -42,6 +43,13 @@ pub(super) struct StatusWriter {
     /// Services that gave up addresses their status still shows, until it
     /// no longer does: a failed write is tried again at the next round.
     to_clear: BTreeMap<String, BTreeSet<IpAddr>>,
+    /// The Services (`namespace/name`) and VIPs this host answers ARP and
+    /// NDP for, as last reported: each gets one Event when this host starts
+    /// answering, again if it stops and starts again (another host took
+    /// the segment's Lease meanwhile).
+    answered: BTreeSet<(String, IpAddr)>,
+    /// This host's name in the Events.
+    identity: String,
 }
 
 impl StatusWriter {
@@ -53,6 +61,8 @@ impl StatusWriter {
             client,
             reported: BTreeSet::new(),
             to_clear: BTreeMap::new(),
+            answered: BTreeSet::new(),
+            identity: identity.to_owned(),
         }
     }
 
@@ -173,7 +183,34 @@ impl StatusWriter {
             _ => format!("Assigned IPs {listed}"),
         };
         self.events
-            .publish(service, EventType::Normal, "IPAllocated", note);
+            .publish(service, (EventType::Normal, ASSIGN), "IPAllocated", note);
+    }
+
+    /// Records an Event on each Service whose VIP this host now answers ARP
+    /// and NDP for, as MetalLB's speaker does (`nodeAssigned`), naming the
+    /// host and its interfaces: which host takes a segment's traffic, and
+    /// when that moved, shows on the Service.
+    pub(super) fn report_answered(&mut self, services: &Store<Service>, answered: &Layer2Answers) {
+        self.answered.retain(|key| answered.contains_key(key));
+        for (key, interfaces) in answered {
+            if !self.answered.insert(key.clone()) {
+                continue;
+            }
+            let (owner, vip) = key;
+            if let Some(service) = lookup(services, owner) {
+                let note = format!(
+                    "announcing {vip} from {} on {} (layer 2)",
+                    self.identity,
+                    interfaces.join(", ")
+                );
+                self.events.publish(
+                    &service,
+                    (EventType::Normal, ANNOUNCE),
+                    "nodeAssigned",
+                    note,
+                );
+            }
+        }
     }
 
     /// Records a Warning Event for each problem not reported yet: the
@@ -211,7 +248,7 @@ impl StatusWriter {
             if let Some(service) = lookup(services, owner) {
                 self.events.publish(
                     &service,
-                    EventType::Warning,
+                    (EventType::Warning, ASSIGN),
                     kind.event_reason(),
                     reason.clone(),
                 );
