@@ -101,9 +101,9 @@ pub const MAX_SERVICES: u32 = 16384;
 pub const MAX_BACKENDS: u32 = 65536;
 /// Entries of each family's flow table (as Cilium sizes its ct4 and ct6 maps).
 pub const MAX_FLOWS: u32 = 1 << 20;
-/// Egress ports, slots 0 to `MAX_TX_PORTS` - 1 (fewer than `u8::MAX`: a
+/// Egress ports, slots 0 to `MAX_EGRESS_PORTS` - 1 (fewer than `u8::MAX`: a
 /// next hop keeps its slot in a byte).
-pub const MAX_TX_PORTS: u32 = 64;
+pub const MAX_EGRESS_PORTS: u32 = 64;
 
 // A flow records its backend's id in 16 bits and its service's id plus one
 // in 16 bits (`Flow`).

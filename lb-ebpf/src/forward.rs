@@ -9,7 +9,7 @@ use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, xdp_action},
     helpers::generated::{bpf_fib_lookup, bpf_jiffies64, bpf_ktime_get_coarse_ns},
 };
-use lb_common::{Addr, MAX_TX_PORTS, SIDE_PATH_TOO_BIG, counters};
+use lb_common::{Addr, MAX_EGRESS_PORTS, SIDE_PATH_TOO_BIG, counters};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
@@ -149,7 +149,7 @@ pub struct NextHop {
 /// The egress slot of an interface packets may not be redirected to (one lb
 /// is not attached to): `EGRESS_PORTS` has fewer slots.
 const NO_EGRESS_SLOT: u8 = u8::MAX;
-const _: () = assert!(MAX_TX_PORTS < NO_EGRESS_SLOT as u32);
+const _: () = assert!(MAX_EGRESS_PORTS < NO_EGRESS_SLOT as u32);
 
 impl NextHop {
     /// A hop the kernel is to take the packet to, translated: its neighbour
@@ -258,7 +258,10 @@ pub fn next_hop(
         }
     }
     let hop = fib_next_hop(ctx, route, src, dst)?;
-    if hop.resolved {
+    // A hop out of an interface that is no egress port is not cached: it
+    // may be one a moment later (an agent attaches its interfaces one by
+    // one), and until then its packets pass anyway.
+    if hop.resolved && hop.egress_slot != NO_EGRESS_SLOT {
         let fresh = CachedHop {
             refreshed_ns: now,
             ifindex: hop.ifindex,

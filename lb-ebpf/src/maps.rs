@@ -16,7 +16,7 @@ use aya_ebpf::{
 use lb_common::{
     Addr, Backend, Budget, CachedFlow, DataPathClock, Flow, FlowKey, FlowKey4, IFACES_BY_INDEX_LEN,
     Iface, IfacesByIndexEntries, KEY_FILTER_WORDS, KeyFilter, KeyFilterWords, MAX_BACKENDS,
-    MAX_FLOWS, MAX_IFACES, MAX_SERVICES, MAX_TX_PORTS, NODE_PORT_SLOTS, NeighborMask,
+    MAX_EGRESS_PORTS, MAX_FLOWS, MAX_IFACES, MAX_SERVICES, NODE_PORT_SLOTS, NeighborMask,
     SETTING_ANSWER_ECHO, SETTING_DSR, SIDE_PATH_SLOTS, ServiceInfo, ServiceKey, ServiceKey4,
     Settings, TickClock, Traffic, answers_on, counters,
     hash::{CLIENT_HOP_SLOTS, FLOW_CACHE_SLOTS, client_hop_slot},
@@ -252,11 +252,11 @@ pub static SIDE_PATH_ARRAY: ProgramArray = ProgramArray::with_max_entries(SIDE_P
 /// Interfaces packets may be redirected to, by egress slot
 /// (`lb_common::MAP_EGRESS_PORTS`).
 #[map]
-pub static EGRESS_PORTS: DevMap = DevMap::with_max_entries(MAX_TX_PORTS, 0);
+pub static EGRESS_PORTS: DevMap = DevMap::with_max_entries(MAX_EGRESS_PORTS, 0);
 
 /// Each egress port's slot in `EGRESS_PORTS`, by ifindex.
 #[map]
-static EGRESS_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TX_PORTS, 0);
+static EGRESS_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_EGRESS_PORTS, 0);
 
 /// The slot in `EGRESS_PORTS` of interface `ifindex`, if packets may be
 /// redirected to it.

@@ -114,8 +114,8 @@ impl XdpBed {
     /// interfaces (it is not attached: tests run it with `test_run`).
     pub fn load(&self, config: DataplaneConfig) -> Result<Dataplane, DataplaneError> {
         let mut dataplane = Dataplane::load(config)?;
-        dataplane.add_tx_port(self.client_if)?;
-        dataplane.add_tx_port(self.node_if)?;
+        dataplane.add_egress_port(self.client_if)?;
+        dataplane.add_egress_port(self.node_if)?;
         Ok(dataplane)
     }
 }

@@ -23,8 +23,8 @@ use lb::{
     pins::PinsError,
 };
 use lb_common::{
-    Addr, Backend, ByFamily as _, Flow, FlowKey, FlowKey4, PROTO_TCP, ServiceInfo, ServiceKey,
-    Traffic, addr_of,
+    Addr, Backend, ByFamily as _, Flow, FlowKey, FlowKey4, MAP_EGRESS_PORTS, MAP_EGRESS_SLOTS,
+    PROTO_TCP, ServiceInfo, ServiceKey, Traffic, addr_of,
 };
 use lb_tests::{
     packets,
@@ -364,7 +364,7 @@ fn former_tx_ports(bed: &XdpBed) {
     let (dataplane, nodes) = serve_pinned(bed, &root, &families);
     drop(dataplane);
     let dir = root.dir(4);
-    for name in ["EGRESS_PORTS", "EGRESS_SLOTS"] {
+    for name in [MAP_EGRESS_PORTS, MAP_EGRESS_SLOTS] {
         fs::remove_file(dir.join(name)).expect("unpin");
     }
     let former = "TX_PORTS";

@@ -161,8 +161,8 @@ fn fuzz_in_namespace(client_if: u32, node_if: u32) -> Result<()> {
         new_flow_limit: 0,
         ..Default::default()
     })?;
-    dataplane.add_tx_port(client_if)?;
-    dataplane.add_tx_port(node_if)?;
+    dataplane.add_egress_port(client_if)?;
+    dataplane.add_egress_port(node_if)?;
     let services = services();
     for spec in &services {
         dataplane.set_service(spec)?;

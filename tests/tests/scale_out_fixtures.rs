@@ -56,7 +56,7 @@ fn load(bed: &XdpBed, forwarding: Forwarding, answer_neighbors: bool) -> Datapla
         (bed.client_if, bed.client_if_mac),
         (bed.node_if, bed.node_if_mac),
     ] {
-        dataplane.add_tx_port(ifindex).expect("tx port");
+        dataplane.add_egress_port(ifindex).expect("egress port");
         // Registered, an interface takes only frames to its own MAC; the
         // forwarding fixtures' frames go to `packets::LB_MAC`, a stand-in.
         if answer_neighbors {

@@ -16,8 +16,8 @@ use lb::{
     model::{Frontend, Protocol},
 };
 use lb_common::{
-    BACKEND_ACTIVE, Backend, FlowKey, KeyFilter, MAP_BACKENDS, ServiceKey, counters,
-    hash::client_hop_slot, ipv4_mapped,
+    BACKEND_ACTIVE, Backend, FlowKey, KeyFilter, MAP_BACKENDS, MAX_EGRESS_PORTS, ServiceKey,
+    counters, hash::client_hop_slot, ipv4_mapped,
 };
 use lb_tests::{
     netns::NetNs,
@@ -1415,7 +1415,9 @@ fn egress_not_in_devmap_in_namespace(bench: &XdpBed) {
     })
     .expect("load");
     // The clients' side only: the nodes' interface is not a port.
-    dataplane.add_tx_port(bench.client_if).expect("tx port");
+    dataplane
+        .add_egress_port(bench.client_if)
+        .expect("egress port");
     let spec = service(VIP, 80, Protocol::Tcp, vec![node(1, 31000)]);
     dataplane.set_service(&spec).expect("set_service");
     let before = dataplane.maps().global_counters().expect("counters");
@@ -1435,6 +1437,45 @@ fn egress_not_in_devmap_in_namespace(bench: &XdpBed) {
     let after = dataplane.maps().global_counters().expect("counters");
     let other = counters::FIB_OTHER as usize;
     assert_eq!(after[other] - before[other], 1, "counted as fib_other_pass");
+    // Made a port (as an agent attaching its interfaces one by one does),
+    // the interface takes the next packet: the hop without a port was not
+    // kept.
+    dataplane
+        .add_egress_port(bench.node_if)
+        .expect("egress port");
+    let (action, _) = run(&dataplane, &syn, bench.client_if);
+    assert_eq!(action, XDP_REDIRECT, "redirected once the egress is a port");
+}
+
+/// The kernel empties the egress slot of an interface that goes; its slot
+/// is handed out again, so interfaces that come and go (a bond rebuilt, a
+/// VLAN recreated) never use up the devmap's slots, and the ports that
+/// stay keep theirs.
+#[test]
+fn the_egress_slots_of_interfaces_that_went_are_handed_out_again() {
+    in_bench_with_ns(egress_slots_reused_in_namespace);
+}
+
+fn egress_slots_reused_in_namespace(ns: &NetNs, bench: &XdpBed) {
+    let mut dataplane = load(bench);
+    let spec = service(VIP, 80, Protocol::Tcp, vec![node(1, 31000)]);
+    dataplane.set_service(&spec).expect("set_service");
+    for i in 0..MAX_EGRESS_PORTS + 8 {
+        let name = format!("gone{i}");
+        ns.ip(&format!("link add {name} type veth peer name {name}p"))
+            .expect("an interface");
+        let ifindex = ns.ifindex(&name).expect("its index");
+        dataplane
+            .add_egress_port(ifindex)
+            .unwrap_or_else(|e| panic!("port {i}: {e}"));
+        ns.ip(&format!("link del {name}")).expect("gone");
+    }
+    let syn = packets::tcp_syn(sock(CLIENT, 44001), sock(VIP, 80));
+    let (action, _) = run(&dataplane, &syn, bench.client_if);
+    assert_eq!(
+        action, XDP_REDIRECT,
+        "the ports that stayed still take packets"
+    );
 }
 
 /// A packet too big for the link to its next hop (here 1,400 bytes, both

@@ -1,15 +1,16 @@
 //! The interfaces the program may redirect packets to: each gets a slot of
-//! the devmap array `EGRESS_PORTS` (`EGRESS_SLOTS` says which), never given
-//! to another while the state is pinned. The data path finds a next hop's
-//! slot once, with its FIB lookup, and keeps it with the hop: a redirect is
-//! then an index into the devmap, where a devmap hash by ifindex cost a
-//! hash and a bucket walk on every packet.
+//! the devmap array `EGRESS_PORTS` (`EGRESS_SLOTS` says which), kept while
+//! the interface is; the kernel empties the slot of an interface that goes,
+//! and the slot is handed out again. The data path finds a next hop's slot
+//! once, with its FIB lookup, and keeps it with the hop: a redirect is then
+//! an index into the devmap, where a devmap hash by ifindex cost a hash and
+//! a bucket walk on every packet.
 
 use aya::{
     Ebpf,
     maps::{DevMap, DevMapHash, HashMap, MapData, xdp::XdpMapError},
 };
-use lb_common::{MAP_EGRESS_PORTS, MAP_EGRESS_SLOTS, MAX_TX_PORTS};
+use lb_common::{MAP_EGRESS_PORTS, MAP_EGRESS_SLOTS, MAX_EGRESS_PORTS};
 
 use super::DataplaneError;
 use crate::{
@@ -51,19 +52,35 @@ impl EgressPorts {
         Ok(())
     }
 
-    /// The lowest slot no port has.
-    fn free_slot(&self) -> Result<u32, DataplaneError> {
-        let mut taken = [false; MAX_TX_PORTS as usize];
+    /// The lowest slot no port has. The slot of an interface that is gone
+    /// (the kernel emptied it) is free again: it is forgotten first, so that
+    /// the departed ifindex, should another interface get it, gets a slot
+    /// of its own. (A next hop the data path cached with that slot fails
+    /// its redirect, and passes, until the hop is looked up again.)
+    fn free_slot(&mut self) -> Result<u32, DataplaneError> {
+        let mut taken = [false; MAX_EGRESS_PORTS as usize];
+        let mut gone = Vec::new();
         for entry in self.slots.iter() {
-            let (_, slot) = entry.map_err(|e| map_error(MAP_EGRESS_SLOTS, e))?;
-            if let Some(taken) = taken.get_mut(slot as usize) {
-                *taken = true;
+            let (ifindex, slot) = entry.map_err(|e| map_error(MAP_EGRESS_SLOTS, e))?;
+            match self.ports.get(slot, 0) {
+                Ok(_) => {
+                    if let Some(taken) = taken.get_mut(slot as usize) {
+                        *taken = true;
+                    }
+                }
+                Err(e) if is_absent(&e) => gone.push(ifindex),
+                Err(e) => return Err(map_error(MAP_EGRESS_PORTS, e).into()),
             }
+        }
+        for ifindex in gone {
+            self.slots
+                .remove(&ifindex)
+                .map_err(|e| map_error(MAP_EGRESS_SLOTS, e))?;
         }
         let free = taken
             .iter()
             .position(|taken| !taken)
-            .ok_or(DataplaneError::TooManyEgressPorts(MAX_TX_PORTS))?;
+            .ok_or(DataplaneError::TooManyEgressPorts(MAX_EGRESS_PORTS))?;
         Ok(free as u32)
     }
 

@@ -63,7 +63,7 @@ impl Dataplane {
                     .map_err(attach_error)?;
             }
         }
-        self.add_tx_port(ifindex)?;
+        self.add_egress_port(ifindex)?;
         self.add_iface(ifindex, mac)?;
         self.clock.mark_backends_changed(&mut self.ebpf)?;
         Ok(ifindex)
@@ -71,7 +71,7 @@ impl Dataplane {
 
     /// Lets the program redirect to `ifindex` (done by `attach`; tests that run
     /// the program without attaching it call this directly).
-    pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+    pub fn add_egress_port(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
         self.egress.add(ifindex)
     }
 }

@@ -255,8 +255,9 @@ impl Dataplane {
 
     /// Once this load's program is attached on every interface: carries the
     /// counts of an earlier agent's counters into this load's and unpins
-    /// them and that agent's side-path array ([`RETIRED_AFTER_ATTACH`]),
-    /// which its program, serving until then, used. Unpinned before the
+    /// them, that agent's side-path array and its egress ports
+    /// ([`RETIRED_AFTER_ATTACH`]), which its program, serving until then,
+    /// used. Unpinned before the
     /// counts are added (the map stays open): a carry that stops half way
     /// loses counts rather than counting them twice.
     pub fn retire_former_pins(&mut self) -> Result<(), DataplaneError> {
