@@ -18,7 +18,7 @@ use aya::{
 };
 use lb::{
     dataplane::{Dataplane, DataplaneConfig, DataplaneError, service_key},
-    maps::{FLOWS, Maps, MapsError, SERVICES},
+    maps::{FLOWS, FORMER_TX_PORTS, Maps, MapsError, SERVICES},
     model::Protocol,
     pins::PinsError,
 };
@@ -367,7 +367,7 @@ fn former_tx_ports(bed: &XdpBed) {
     for name in [MAP_EGRESS_PORTS, MAP_EGRESS_SLOTS] {
         fs::remove_file(dir.join(name)).expect("unpin");
     }
-    let former = "TX_PORTS";
+    let former = FORMER_TX_PORTS;
     let map = pin_old_map::<u32, u64>(&dir, former, BPF_MAP_TYPE_DEVMAP_HASH, 64, 0);
     let mut ports: DevMapHash<_> = map.try_into().expect("a devmap hash");
     for ifindex in [bed.client_if, bed.node_if] {

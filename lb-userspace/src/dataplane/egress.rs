@@ -37,7 +37,7 @@ impl EgressPorts {
     pub fn add(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
         let slot = match self.slots.get(&ifindex, 0) {
             Ok(slot) => slot,
-            Err(e) if is_absent(&e) => self.free_slot()?,
+            Err(e) if is_absent(&e) => self.claim_slot()?,
             Err(e) => return Err(map_error(MAP_EGRESS_SLOTS, e).into()),
         };
         self.ports
@@ -52,36 +52,46 @@ impl EgressPorts {
         Ok(())
     }
 
-    /// The lowest slot no port has. The slot of an interface that is gone
-    /// (the kernel emptied it) is free again: it is forgotten first, so that
-    /// the departed ifindex, should another interface get it, gets a slot
-    /// of its own. (A next hop the data path cached with that slot fails
-    /// its redirect, and passes, until the hop is looked up again.)
-    fn free_slot(&mut self) -> Result<u32, DataplaneError> {
-        let mut taken = [false; MAX_EGRESS_PORTS as usize];
+    /// A slot for a new port: the lowest one never given out, else the
+    /// lowest of an interface that is gone (the kernel emptied it), whose
+    /// departed ifindex is forgotten first, so that should another
+    /// interface get it, it gets a slot of its own. Gone slots come last: a
+    /// next hop the data path cached with one (for up to `HOP_CACHE_NS`
+    /// after the interface went) would take the new port until refreshed.
+    fn claim_slot(&mut self) -> Result<u32, DataplaneError> {
+        #[derive(Clone, Copy, PartialEq)]
+        enum Slot {
+            Free,
+            Live,
+            Gone,
+        }
+        let mut slots = [Slot::Free; MAX_EGRESS_PORTS as usize];
         let mut gone = Vec::new();
         for entry in self.slots.iter() {
             let (ifindex, slot) = entry.map_err(|e| map_error(MAP_EGRESS_SLOTS, e))?;
-            match self.ports.get(slot, 0) {
-                Ok(_) => {
-                    if let Some(taken) = taken.get_mut(slot as usize) {
-                        *taken = true;
-                    }
+            let state = match self.ports.get(slot, 0) {
+                Ok(_) => Slot::Live,
+                Err(e) if is_absent(&e) => {
+                    gone.push((ifindex, slot));
+                    Slot::Gone
                 }
-                Err(e) if is_absent(&e) => gone.push(ifindex),
                 Err(e) => return Err(map_error(MAP_EGRESS_PORTS, e).into()),
+            };
+            if let Some(entry) = slots.get_mut(slot as usize) {
+                *entry = state;
             }
         }
-        for ifindex in gone {
+        let lowest = |wanted: Slot| slots.iter().position(|slot| *slot == wanted);
+        let slot = lowest(Slot::Free)
+            .or_else(|| lowest(Slot::Gone))
+            .ok_or(DataplaneError::TooManyEgressPorts(MAX_EGRESS_PORTS))?;
+        let departed = gone.iter().filter(|(_, of)| *of as usize == slot);
+        for (ifindex, _) in departed {
             self.slots
                 .remove(&ifindex)
                 .map_err(|e| map_error(MAP_EGRESS_SLOTS, e))?;
         }
-        let free = taken
-            .iter()
-            .position(|taken| !taken)
-            .ok_or(DataplaneError::TooManyEgressPorts(MAX_EGRESS_PORTS))?;
-        Ok(free as u32)
+        Ok(slot as u32)
     }
 
     /// Adds the ports an earlier agent pinned in its devmap hash by ifindex
