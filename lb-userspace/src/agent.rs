@@ -208,11 +208,9 @@ async fn sync_until_signalled(
                     // services for the CLI: a start's takes tens of
                     // milliseconds to write.
                     let unprogrammed = unprogrammed(translation, &failed);
-                    let answered = answered_at_layer2(translation, &announcer);
-                    options
-                        .source
-                        .report(translation, role, &unprogrammed, &answered)
-                        .await;
+                    options.source.report(translation, role, &unprogrammed).await;
+                    let answers = layer2_answers(translation, &announcer);
+                    options.source.report_layer2(&answers);
                     write_catalog(dataplane, options, &announcer, &mut catalog);
                     last_plan = Some(plan);
                     health.set_ready();
@@ -231,6 +229,7 @@ async fn sync_until_signalled(
                 program(dataplane, &mut neighbors, options, &state, &mut failed, &mut catalog);
                 let speaks = options.source.speaks_layer2();
                 announcer.update(dataplane, &state, &failed, plan, speaks);
+                options.source.report_layer2(&layer2_answers(translation, &announcer));
                 write_catalog(dataplane, options, &announcer, &mut catalog);
             },
             _ = refresh.tick() => {
@@ -276,20 +275,18 @@ fn unprogrammed(
 
 /// The Services whose VIPs this host answers ARP and NDP for, with the
 /// interfaces, for their Events.
-fn answered_at_layer2(translation: &Translation, announcer: &Announcer) -> Layer2Answers {
-    let answers = announcer.layer2_answers();
-    translation
-        .state
-        .services
-        .iter()
-        .filter_map(|(frontend, service)| {
-            let interfaces = answers.get(&frontend.vip)?;
-            Some((
-                (service.owner().to_owned(), frontend.vip),
-                interfaces.clone(),
-            ))
-        })
-        .collect()
+fn layer2_answers(translation: &Translation, announcer: &Announcer) -> Layer2Answers {
+    let answered = announcer.layer2_answers();
+    let mut answers = Layer2Answers::new();
+    for (frontend, service) in &translation.state.services {
+        if let Some(interfaces) = answered.get(&frontend.vip) {
+            answers
+                .entry(service.owner().to_owned())
+                .or_default()
+                .insert(frontend.vip, interfaces.clone());
+        }
+    }
+    answers
 }
 
 /// How long a stopping agent waits for the Events of its last rounds (a

@@ -88,7 +88,7 @@ impl EgressPorts {
         let departed = gone.iter().filter(|(_, of)| *of as usize == slot);
         for (ifindex, _) in departed {
             self.slots
-                .remove(&ifindex)
+                .remove(ifindex)
                 .map_err(|e| map_error(MAP_EGRESS_SLOTS, e))?;
         }
         Ok(slot as u32)

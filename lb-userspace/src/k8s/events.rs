@@ -102,7 +102,8 @@ impl EventRecorder {
     pub(super) fn publish(
         &self,
         service: &Service,
-        (type_, action): (EventType, &str),
+        type_: EventType,
+        action: &str,
         reason: &str,
         note: String,
     ) {

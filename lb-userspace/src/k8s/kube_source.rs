@@ -237,14 +237,17 @@ impl KubeSource {
     /// what fails is tried again soon. Only a translation made as the elected
     /// agent, which it still is, is written: the elected agent writes for
     /// everyone.
+    /// See `Source::report_layer2`.
+    pub(super) fn report_layer2(&mut self, answers: &Layer2Answers) {
+        self.status.report_layer2(&self.services, answers);
+    }
+
     pub(super) async fn report(
         &mut self,
         translation: &Translation,
         role: Role,
         unprogrammed: &[(String, String)],
-        answered: &Layer2Answers,
     ) {
-        self.status.report_answered(&self.services, answered);
         if role != Role::Assign || !self.assigns() {
             self.status.remember_released(translation);
             // What this host's data path could not serve is this host's to

@@ -98,35 +98,39 @@ impl Source {
         }
     }
 
-    /// Tells the source what was made of its objects, in `role`, which
-    /// Services (`namespace/name`) the data path could not serve, and why,
-    /// and which this host answers ARP and NDP for: a Kubernetes source
-    /// writes the assigned VIPs back into the Services' status, and Events
-    /// of the problems, if that role, and this agent's now, is to assign;
-    /// else only Events of what its data path could not serve. Either way,
-    /// an Event on each Service this host starts answering for at layer 2.
+    /// Tells the source what was made of its objects, in `role`, and which
+    /// Services (`namespace/name`) the data path could not serve, and why: a
+    /// Kubernetes source writes the assigned VIPs back into the Services'
+    /// status, and Events of the problems, if that role, and this agent's
+    /// now, is to assign; else only Events of what its data path could not
+    /// serve.
     pub async fn report(
         &mut self,
         translation: &Translation,
         role: Role,
         unprogrammed: &[(String, String)],
-        answered: &Layer2Answers,
     ) {
         match self {
             // Manifests are the operator's files: lb never writes them.
             Self::Manifests(_) => {}
-            Self::Kubernetes(source) => {
-                source
-                    .report(translation, role, unprogrammed, answered)
-                    .await;
-            }
+            Self::Kubernetes(source) => source.report(translation, role, unprogrammed).await,
+        }
+    }
+
+    /// Tells the source which Services' VIPs this host answers ARP and NDP
+    /// for: a Kubernetes source records an Event on each Service this host
+    /// starts answering for (or for more of).
+    pub fn report_layer2(&mut self, answers: &Layer2Answers) {
+        match self {
+            Self::Manifests(_) => {}
+            Self::Kubernetes(source) => source.report_layer2(answers),
         }
     }
 }
 
-/// The interfaces this host answers ARP and NDP on for each Service
-/// (`namespace/name`) and VIP.
-pub type Layer2Answers = BTreeMap<(String, IpAddr), Vec<String>>;
+/// The interfaces this host answers ARP and NDP on for each VIP of each
+/// Service (`namespace/name`).
+pub type Layer2Answers = BTreeMap<String, BTreeMap<IpAddr, Vec<String>>>;
 
 /// YAML manifests in a file or directory, polled for changes.
 pub struct ManifestSource {

@@ -43,11 +43,11 @@ pub(super) struct StatusWriter {
     /// Services that gave up addresses their status still shows, until it
     /// no longer does: a failed write is tried again at the next round.
     to_clear: BTreeMap<String, BTreeSet<IpAddr>>,
-    /// The Services (`namespace/name`) and VIPs this host answers ARP and
-    /// NDP for, as last reported: each gets one Event when this host starts
-    /// answering, again if it stops and starts again (another host took
-    /// the segment's Lease meanwhile).
-    answered: BTreeSet<(String, IpAddr)>,
+    /// What this host answers ARP and NDP for, as the Services' Events last
+    /// said it: a Service gets one when this host starts answering for it
+    /// or for more of it, again if it stops and starts again (another host
+    /// took the segment's Lease meanwhile).
+    answered: Layer2Answers,
     /// This host's name in the Events.
     identity: String,
 }
@@ -61,7 +61,7 @@ impl StatusWriter {
             client,
             reported: BTreeSet::new(),
             to_clear: BTreeMap::new(),
-            answered: BTreeSet::new(),
+            answered: Layer2Answers::new(),
             identity: identity.to_owned(),
         }
     }
@@ -183,33 +183,39 @@ impl StatusWriter {
             _ => format!("Assigned IPs {listed}"),
         };
         self.events
-            .publish(service, (EventType::Normal, ASSIGN), "IPAllocated", note);
+            .publish(service, EventType::Normal, ASSIGN, "IPAllocated", note);
     }
 
-    /// Records an Event on each Service whose VIP this host now answers ARP
-    /// and NDP for, as MetalLB's speaker does (`nodeAssigned`), naming the
-    /// host and its interfaces: which host takes a segment's traffic, and
-    /// when that moved, shows on the Service.
-    pub(super) fn report_answered(&mut self, services: &Store<Service>, answered: &Layer2Answers) {
-        self.answered.retain(|key| answered.contains_key(key));
-        for (key, interfaces) in answered {
-            if !self.answered.insert(key.clone()) {
+    /// Records an Event on each Service whose VIPs this host now answers ARP
+    /// and NDP for (or more of them, or on more interfaces), as MetalLB's
+    /// speaker does (`nodeAssigned`), naming the host and its interfaces:
+    /// which host takes a segment's traffic, and when that moved, shows on
+    /// the Service. One Event for all of a Service's VIPs: kube's recorder
+    /// would make a second one with the same reason a repeat of the first.
+    pub(super) fn report_layer2(&mut self, services: &Store<Service>, answers: &Layer2Answers) {
+        self.answered.retain(|owner, _| answers.contains_key(owner));
+        for (owner, vips) in answers {
+            if !answers_more(vips, self.answered.get(owner)) {
+                // The same or less: kept, so that more again is told.
+                self.answered.insert(owner.clone(), vips.clone());
                 continue;
             }
-            let (owner, vip) = key;
-            if let Some(service) = lookup(services, owner) {
-                let note = format!(
-                    "announcing {vip} from {} on {} (layer 2)",
-                    self.identity,
-                    interfaces.join(", ")
-                );
-                self.events.publish(
-                    &service,
-                    (EventType::Normal, ANNOUNCE),
-                    "nodeAssigned",
-                    note,
-                );
-            }
+            // Not in the store yet: told at a later round.
+            let Some(service) = lookup(services, owner) else {
+                continue;
+            };
+            let answered: Vec<String> = vips
+                .iter()
+                .map(|(vip, interfaces)| format!("{vip} ({})", interfaces.join(", ")))
+                .collect();
+            let note = format!(
+                "announcing {} from {} at layer 2",
+                answered.join(", "),
+                self.identity
+            );
+            self.events
+                .publish(&service, EventType::Normal, ANNOUNCE, "nodeAssigned", note);
+            self.answered.insert(owner.clone(), vips.clone());
         }
     }
 
@@ -248,7 +254,8 @@ impl StatusWriter {
             if let Some(service) = lookup(services, owner) {
                 self.events.publish(
                     &service,
-                    (EventType::Warning, ASSIGN),
+                    EventType::Warning,
+                    ASSIGN,
                     kind.event_reason(),
                     reason.clone(),
                 );
@@ -256,6 +263,19 @@ impl StatusWriter {
             self.reported.insert(problem);
         }
     }
+}
+
+/// Whether `now` answers for a VIP, or on an interface, that `said` did not.
+fn answers_more(
+    now: &BTreeMap<IpAddr, Vec<String>>,
+    said: Option<&BTreeMap<IpAddr, Vec<String>>>,
+) -> bool {
+    now.iter().any(|(vip, interfaces)| {
+        let said = said.and_then(|said| said.get(vip));
+        interfaces
+            .iter()
+            .any(|name| !said.is_some_and(|said| said.contains(name)))
+    })
 }
 
 /// The Service `namespace/name` in the store.
@@ -276,4 +296,35 @@ pub fn ingress_ips(service: &Service) -> Vec<IpAddr> {
         .iter()
         .filter_map(|i| i.ip.as_deref()?.parse().ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answers(entries: &[(&str, &[&str])]) -> BTreeMap<IpAddr, Vec<String>> {
+        entries
+            .iter()
+            .map(|(vip, interfaces)| {
+                let interfaces = interfaces.iter().map(ToString::to_string).collect();
+                (vip.parse().expect("an address"), interfaces)
+            })
+            .collect()
+    }
+
+    /// A Service's Event is told again when this host answers for more of
+    /// it (another VIP, another interface), not when it answers for the
+    /// same or less.
+    #[test]
+    fn answering_for_more_is_told_and_for_the_same_or_less_is_not() {
+        let both = answers(&[("192.0.2.1", &["eth0"]), ("2001:db8::1", &["eth0"])]);
+        let one = answers(&[("192.0.2.1", &["eth0"])]);
+        let wider = answers(&[("192.0.2.1", &["eth0", "eth1"])]);
+        assert!(answers_more(&one, None), "a first answer");
+        assert!(!answers_more(&one, Some(&one)), "the same");
+        assert!(!answers_more(&one, Some(&both)), "less");
+        assert!(answers_more(&both, Some(&one)), "another VIP");
+        assert!(answers_more(&wider, Some(&one)), "another interface");
+        assert!(!answers_more(&BTreeMap::new(), None), "nothing");
+    }
 }
