@@ -209,8 +209,7 @@ async fn sync_until_signalled(
                     // milliseconds to write.
                     let unprogrammed = unprogrammed(translation, &failed);
                     options.source.report(translation, role, &unprogrammed).await;
-                    let answers = layer2_answers(translation, &announcer);
-                    options.source.report_layer2(&answers);
+                    options.source.report_layer2(&layer2_answers(translation, &announcer));
                     write_catalog(dataplane, options, &announcer, &mut catalog);
                     last_plan = Some(plan);
                     health.set_ready();
@@ -290,8 +289,9 @@ fn layer2_answers(translation: &Translation, announcer: &Announcer) -> Layer2Ans
 }
 
 /// How long a stopping agent waits for the Events of its last rounds (a
-/// start's 10,000 take about a second here): less than the 30 s Kubernetes
-/// gives a Pod between SIGTERM and SIGKILL.
+/// start's 10,000, twice that on a layer 2 speaker, take a second or two
+/// here): less than the 30 s Kubernetes gives a Pod between SIGTERM and
+/// SIGKILL.
 const EVENTS_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// With direct server return a packet keeps its VIP and gets only the node's

@@ -271,8 +271,10 @@ fn one_elected_agent_assigns_and_the_other_takes_over() -> Result<()> {
         let late: Vec<Event> = events
             .into_iter()
             .filter(|event| {
+                // Not the layer 2 speaker's nodeAssigned: any host may be it.
                 let regarding = event.regarding.as_ref();
-                regarding.and_then(|object| object.name.as_deref()) == Some("late")
+                event.reason.as_deref() == Some("IPAllocated")
+                    && regarding.and_then(|object| object.name.as_deref()) == Some("late")
             })
             .collect();
         (!late.is_empty()).then_some(late)

@@ -16,8 +16,8 @@ use lb::{
     model::{Frontend, Protocol},
 };
 use lb_common::{
-    BACKEND_ACTIVE, Backend, FlowKey, KeyFilter, MAP_BACKENDS, MAX_EGRESS_PORTS, ServiceKey,
-    counters, hash::client_hop_slot, ipv4_mapped,
+    BACKEND_ACTIVE, Backend, FlowKey, KeyFilter, MAP_BACKENDS, MAP_EGRESS_SLOTS, MAX_EGRESS_PORTS,
+    ServiceKey, counters, hash::client_hop_slot, ipv4_mapped,
 };
 use lb_tests::{
     netns::NetNs,
@@ -1460,6 +1460,24 @@ fn egress_slots_reused_in_namespace(ns: &NetNs, bench: &XdpBed) {
     let mut dataplane = load(bench);
     let spec = service(VIP, 80, Protocol::Tcp, vec![node(1, 31000)]);
     dataplane.set_service(&spec).expect("set_service");
+    let slot_of = |dataplane: &Dataplane, ifindex: u32| -> u32 {
+        let slots: aya::maps::HashMap<_, u32, u32> = xdp_bed::raw_map(dataplane, MAP_EGRESS_SLOTS)
+            .try_into()
+            .expect("a hash map");
+        slots.get(&ifindex, 0).expect("a slot")
+    };
+    // While slots were never given out, a gone one is not taken (a next hop
+    // cached with it could still name it).
+    let mut taken = Vec::new();
+    for name in ["first", "second"] {
+        ns.ip(&format!("link add {name} type veth peer name {name}p"))
+            .expect("an interface");
+        let ifindex = ns.ifindex(name).expect("its index");
+        dataplane.add_egress_port(ifindex).expect("a port");
+        taken.push(slot_of(&dataplane, ifindex));
+        ns.ip(&format!("link del {name}")).expect("gone");
+    }
+    assert_ne!(taken[0], taken[1], "the gone slot was taken again at once");
     for i in 0..MAX_EGRESS_PORTS + 8 {
         let name = format!("gone{i}");
         ns.ip(&format!("link add {name} type veth peer name {name}p"))

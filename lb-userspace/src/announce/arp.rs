@@ -179,14 +179,14 @@ impl Announcer {
     }
 
     /// The interfaces (by name) each VIP is answered on.
-    pub fn answered(&self) -> BTreeMap<IpAddr, Vec<String>> {
-        let mut answered: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
+    pub fn announced_on(&self) -> BTreeMap<IpAddr, Vec<String>> {
+        let mut announced_on: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
         for (vip, ifindex) in lock(&self.announced).iter() {
             if let Some((name, _, _)) = self.interfaces.iter().find(|(_, i, _)| i == ifindex) {
-                answered.entry(*vip).or_default().push(name.clone());
+                announced_on.entry(*vip).or_default().push(name.clone());
             }
         }
-        answered
+        announced_on
     }
 
     /// Announces each VIP of `vips` on each of its interfaces (by ifindex)

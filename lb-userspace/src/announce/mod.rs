@@ -74,7 +74,7 @@ impl Announcer {
 
     /// The interfaces (by name) ARP and NDP for each VIP are answered on.
     pub fn layer2_answers(&self) -> BTreeMap<IpAddr, Vec<String>> {
-        self.l2.answered()
+        self.l2.announced_on()
     }
 
     /// Takes the BGP sessions MetalLB's objects set up, if any.

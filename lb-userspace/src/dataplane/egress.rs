@@ -61,34 +61,31 @@ impl EgressPorts {
     fn claim_slot(&mut self) -> Result<u32, DataplaneError> {
         #[derive(Clone, Copy, PartialEq)]
         enum Slot {
-            Free,
+            Unused,
             Live,
-            Gone,
+            /// Of the ifindex of an interface that went.
+            Gone(u32),
         }
-        let mut slots = [Slot::Free; MAX_EGRESS_PORTS as usize];
-        let mut gone = Vec::new();
+        let mut slots = [Slot::Unused; MAX_EGRESS_PORTS as usize];
         for entry in self.slots.iter() {
             let (ifindex, slot) = entry.map_err(|e| map_error(MAP_EGRESS_SLOTS, e))?;
             let state = match self.ports.get(slot, 0) {
                 Ok(_) => Slot::Live,
-                Err(e) if is_absent(&e) => {
-                    gone.push((ifindex, slot));
-                    Slot::Gone
-                }
+                Err(e) if is_absent(&e) => Slot::Gone(ifindex),
                 Err(e) => return Err(map_error(MAP_EGRESS_PORTS, e).into()),
             };
             if let Some(entry) = slots.get_mut(slot as usize) {
                 *entry = state;
             }
         }
-        let lowest = |wanted: Slot| slots.iter().position(|slot| *slot == wanted);
-        let slot = lowest(Slot::Free)
-            .or_else(|| lowest(Slot::Gone))
+        let unused = slots.iter().position(|slot| *slot == Slot::Unused);
+        let gone = || slots.iter().position(|slot| matches!(slot, Slot::Gone(_)));
+        let slot = unused
+            .or_else(gone)
             .ok_or(DataplaneError::TooManyEgressPorts(MAX_EGRESS_PORTS))?;
-        let departed = gone.iter().filter(|(_, of)| *of as usize == slot);
-        for (ifindex, _) in departed {
+        if let Slot::Gone(departed) = slots[slot] {
             self.slots
-                .remove(ifindex)
+                .remove(&departed)
                 .map_err(|e| map_error(MAP_EGRESS_SLOTS, e))?;
         }
         Ok(slot as u32)

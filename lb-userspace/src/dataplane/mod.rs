@@ -257,9 +257,9 @@ impl Dataplane {
     /// counts of an earlier agent's counters into this load's and unpins
     /// them, that agent's side-path array and its egress ports
     /// ([`RETIRED_AFTER_ATTACH`]), which its program, serving until then,
-    /// used. Unpinned before the
-    /// counts are added (the map stays open): a carry that stops half way
-    /// loses counts rather than counting them twice.
+    /// used. Unpinned before the counts are added (the map stays open): a
+    /// carry that stops half way loses counts rather than counting them
+    /// twice.
     pub fn retire_former_pins(&mut self) -> Result<(), DataplaneError> {
         let Some(pins) = &self.pins else {
             return Ok(());

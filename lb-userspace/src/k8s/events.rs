@@ -22,12 +22,48 @@ use tracing::warn;
 /// The name Events give as their reporting controller.
 const CONTROLLER: &str = "lb";
 
+/// What an Event says, but for its note.
+#[derive(Clone, Copy)]
+pub(super) struct Kind {
+    type_: EventType,
+    /// What lb was doing.
+    action: &'static str,
+    reason: &'static str,
+    repeats: Repeats,
+}
+
+impl Kind {
+    /// A Service got its VIPs.
+    pub(super) const IP_ALLOCATED: Kind = Kind {
+        type_: EventType::Normal,
+        action: ASSIGN,
+        reason: "IPAllocated",
+        repeats: Repeats::Counted,
+    };
+
+    /// This host answers for a Service's VIPs at layer 2 (the note says
+    /// which, and on which interfaces).
+    pub(super) const NODE_ASSIGNED: Kind = Kind {
+        type_: EventType::Normal,
+        action: "AnnounceVIP",
+        reason: "nodeAssigned",
+        repeats: Repeats::Recorded,
+    };
+
+    /// A problem that keeps a Service from being served as asked.
+    pub(super) const fn problem(reason: &'static str) -> Kind {
+        Kind {
+            type_: EventType::Warning,
+            action: ASSIGN,
+            reason,
+            repeats: Repeats::Counted,
+        }
+    }
+}
+
 /// The action of Events about VIPs being assigned (and what kept a
 /// Service from being served).
-pub(super) const ASSIGN: &str = "AssignVIP";
-
-/// The action of Events about a host answering for a VIP.
-pub(super) const ANNOUNCE: &str = "AnnounceVIP";
+const ASSIGN: &str = "AssignVIP";
 
 /// Events being recorded at once.
 const CONCURRENT_EVENTS: usize = 64;
@@ -38,8 +74,22 @@ const CONCURRENT_EVENTS: usize = 64;
 /// by the Service, so splitting them by Service forgets nothing.
 const RECORDERS: usize = 64;
 
-/// An Event to record: the recorder of its Service, the Event, the Service.
-type Pending = (usize, Event, ObjectReference);
+/// An Event to record: the recorder of its Service (`None`: a recorder of
+/// its own, see [`Repeats`]), the Event, the Service.
+type Pending = (Option<usize>, Event, ObjectReference);
+
+/// What a second Event like an earlier one (same type, reason, action and
+/// Service) becomes.
+#[derive(Clone, Copy)]
+pub(super) enum Repeats {
+    /// A count on the first, whose note and time stay: kube's recorder
+    /// does this for some minutes, so a problem that comes back is one
+    /// Event.
+    Counted,
+    /// An Event of its own, with its note and time: what changed is in the
+    /// note.
+    Recorded,
+}
 
 /// Hands Events to the recording task.
 pub(super) struct EventRecorder {
@@ -58,12 +108,21 @@ impl EventRecorder {
         let recorders: Vec<Recorder> = (0..RECORDERS)
             .map(|_| Recorder::new(client.clone(), reporter.clone()))
             .collect();
+        let client = client.clone();
         let (pending, mut received) = unbounded_channel::<Pending>();
         let task = tokio::spawn(async move {
             stream::poll_fn(|cx| received.poll_recv(cx))
                 .for_each_concurrent(CONCURRENT_EVENTS, |(index, event, service)| {
-                    let recorder = &recorders[index];
+                    let (client, reporter, recorders) = (&client, &reporter, &recorders);
                     async move {
+                        let own;
+                        let recorder = match index {
+                            Some(index) => &recorders[index],
+                            None => {
+                                own = Recorder::new(client.clone(), reporter.clone());
+                                &own
+                            }
+                        };
                         if let Err(error) = recorder.publish(&event, &service).await {
                             warn!(%error, reason = event.reason, "event not recorded");
                         }
@@ -96,27 +155,24 @@ impl EventRecorder {
         }
     }
 
-    /// Records an Event on `service` soon, of lb's `action` (what it was
-    /// doing: `ASSIGN` or `ANNOUNCE`); one that cannot be recorded is
-    /// logged, not retried.
-    pub(super) fn publish(
-        &self,
-        service: &Service,
-        type_: EventType,
-        action: &str,
-        reason: &str,
-        note: String,
-    ) {
+    /// Records an Event of `kind` on `service` soon; one that cannot be
+    /// recorded is logged, not retried.
+    pub(super) fn publish(&self, service: &Service, kind: Kind, note: String) {
         let event = Event {
-            type_,
-            reason: reason.to_owned(),
+            type_: kind.type_,
+            reason: kind.reason.to_owned(),
             note: Some(note),
-            action: action.to_owned(),
+            action: kind.action.to_owned(),
             secondary: None,
         };
-        let mut hasher = DefaultHasher::new();
-        (&service.metadata.namespace, &service.metadata.name).hash(&mut hasher);
-        let recorder = hasher.finish() as usize % RECORDERS;
+        let recorder = match kind.repeats {
+            Repeats::Counted => {
+                let mut hasher = DefaultHasher::new();
+                (&service.metadata.namespace, &service.metadata.name).hash(&mut hasher);
+                Some(hasher.finish() as usize % RECORDERS)
+            }
+            Repeats::Recorded => None,
+        };
         // Fails only once the task ended, which it does only when dropped
         // or flushed; after a flush nothing is recorded any more.
         if let Some(pending) = &self.pending {

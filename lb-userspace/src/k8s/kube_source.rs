@@ -233,15 +233,15 @@ impl KubeSource {
         self.forced = true;
     }
 
-    /// Writes VIPs into the Services' status and Events for what went wrong;
-    /// what fails is tried again soon. Only a translation made as the elected
-    /// agent, which it still is, is written: the elected agent writes for
-    /// everyone.
     /// See `Source::report_layer2`.
     pub(super) fn report_layer2(&mut self, answers: &Layer2Answers) {
         self.status.report_layer2(&self.services, answers);
     }
 
+    /// Writes VIPs into the Services' status and Events for what went wrong;
+    /// what fails is tried again soon. Only a translation made as the elected
+    /// agent, which it still is, is written: the elected agent writes for
+    /// everyone.
     pub(super) async fn report(
         &mut self,
         translation: &Translation,

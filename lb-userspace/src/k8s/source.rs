@@ -130,7 +130,10 @@ impl Source {
 
 /// The interfaces this host answers ARP and NDP on for each VIP of each
 /// Service (`namespace/name`).
-pub type Layer2Answers = BTreeMap<String, BTreeMap<IpAddr, Vec<String>>>;
+pub type Layer2Answers = BTreeMap<String, VipInterfaces>;
+
+/// The interfaces (by name) ARP and NDP for each VIP are answered on.
+pub type VipInterfaces = BTreeMap<IpAddr, Vec<String>>;
 
 /// YAML manifests in a file or directory, polled for changes.
 pub struct ManifestSource {

@@ -16,17 +16,14 @@ use kube::{
     Api, Client,
     api::{Patch, PatchParams},
     core::Request,
-    runtime::{
-        events::EventType,
-        reflector::{ObjectRef, Store},
-    },
+    runtime::reflector::{ObjectRef, Store},
 };
 use serde_json::json;
 use tracing::{info, warn};
 
 use super::{
-    events::{ANNOUNCE, ASSIGN, EventRecorder},
-    source::Layer2Answers,
+    events::{EventRecorder, Kind},
+    source::{Layer2Answers, VipInterfaces},
     translate::{Problem, Translation},
 };
 
@@ -43,10 +40,10 @@ pub(super) struct StatusWriter {
     /// Services that gave up addresses their status still shows, until it
     /// no longer does: a failed write is tried again at the next round.
     to_clear: BTreeMap<String, BTreeSet<IpAddr>>,
-    /// What this host answers ARP and NDP for, as the Services' Events last
-    /// said it: a Service gets one when this host starts answering for it
-    /// or for more of it, again if it stops and starts again (another host
-    /// took the segment's Lease meanwhile).
+    /// What this host answers ARP and NDP for, as last reported: a Service
+    /// gets an Event when this host starts answering for it or for more of
+    /// it, again if it stops and starts again (another host took the
+    /// segment's Lease meanwhile).
     answered: Layer2Answers,
     /// This host's name in the Events.
     identity: String,
@@ -182,16 +179,16 @@ impl StatusWriter {
             1 => format!("Assigned IP {listed}"),
             _ => format!("Assigned IPs {listed}"),
         };
-        self.events
-            .publish(service, EventType::Normal, ASSIGN, "IPAllocated", note);
+        self.events.publish(service, Kind::IP_ALLOCATED, note);
     }
 
     /// Records an Event on each Service whose VIPs this host now answers ARP
     /// and NDP for (or more of them, or on more interfaces), as MetalLB's
     /// speaker does (`nodeAssigned`), naming the host and its interfaces:
     /// which host takes a segment's traffic, and when that moved, shows on
-    /// the Service. One Event for all of a Service's VIPs: kube's recorder
-    /// would make a second one with the same reason a repeat of the first.
+    /// the Service. One Event for all of a Service's VIPs, each recorded as
+    /// an Event of its own (`Repeats::Recorded`), so that its note says
+    /// what this host answers for since then.
     pub(super) fn report_layer2(&mut self, services: &Store<Service>, answers: &Layer2Answers) {
         self.answered.retain(|owner, _| answers.contains_key(owner));
         for (owner, vips) in answers {
@@ -204,17 +201,16 @@ impl StatusWriter {
             let Some(service) = lookup(services, owner) else {
                 continue;
             };
-            let answered: Vec<String> = vips
+            let listed: Vec<String> = vips
                 .iter()
                 .map(|(vip, interfaces)| format!("{vip} ({})", interfaces.join(", ")))
                 .collect();
             let note = format!(
                 "announcing {} from {} at layer 2",
-                answered.join(", "),
+                listed.join(", "),
                 self.identity
             );
-            self.events
-                .publish(&service, EventType::Normal, ANNOUNCE, "nodeAssigned", note);
+            self.events.publish(&service, Kind::NODE_ASSIGNED, note);
             self.answered.insert(owner.clone(), vips.clone());
         }
     }
@@ -252,13 +248,8 @@ impl StatusWriter {
             }
             let (owner, kind, reason) = &problem;
             if let Some(service) = lookup(services, owner) {
-                self.events.publish(
-                    &service,
-                    EventType::Warning,
-                    ASSIGN,
-                    kind.event_reason(),
-                    reason.clone(),
-                );
+                let kind = Kind::problem(kind.event_reason());
+                self.events.publish(&service, kind, reason.clone());
             }
             self.reported.insert(problem);
         }
@@ -266,10 +257,7 @@ impl StatusWriter {
 }
 
 /// Whether `now` answers for a VIP, or on an interface, that `said` did not.
-fn answers_more(
-    now: &BTreeMap<IpAddr, Vec<String>>,
-    said: Option<&BTreeMap<IpAddr, Vec<String>>>,
-) -> bool {
+fn answers_more(now: &VipInterfaces, said: Option<&VipInterfaces>) -> bool {
     now.iter().any(|(vip, interfaces)| {
         let said = said.and_then(|said| said.get(vip));
         interfaces
@@ -302,7 +290,7 @@ pub fn ingress_ips(service: &Service) -> Vec<IpAddr> {
 mod tests {
     use super::*;
 
-    fn answers(entries: &[(&str, &[&str])]) -> BTreeMap<IpAddr, Vec<String>> {
+    fn answers(entries: &[(&str, &[&str])]) -> VipInterfaces {
         entries
             .iter()
             .map(|(vip, interfaces)| {

@@ -224,8 +224,9 @@ macro_rules! rest_of_forwarding {
          interface's MAC, the settings and the clock with the time of the last backend change \
          (global data, read at their addresses; the clock and that time share a cache line), \
          and four map reads (for an established packet the cache slot, the backend's traffic \
-         counter, the next hop, the outcome counter; not the backend's slot, as the cached copy was checked against it since the agent last changed one, \
-         nor a service counter, as a service's traffic is its backends'), each a chain of \
+         counter, the next hop, the outcome counter; not the backend's slot, as the cached \
+         copy was checked against it since the agent last changed one, nor a service \
+         counter, as a service's traffic is its backends'), each a chain of \
          dependent loads, over which a profile spreads the time. Per call, most of it is the \
          first touch of each of those cold lines (two for a per-CPU map: its pointer table \
          and the value): a profile of the per-call established case put about 13% of the \
