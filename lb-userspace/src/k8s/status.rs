@@ -192,9 +192,13 @@ impl StatusWriter {
     pub(super) fn report_layer2(&mut self, services: &Store<Service>, answers: &Layer2Answers) {
         self.answered.retain(|owner, _| answers.contains_key(owner));
         for (owner, vips) in answers {
-            if !answers_more(vips, self.answered.get(owner)) {
-                // The same or less: kept, so that more again is told.
-                self.answered.insert(owner.clone(), vips.clone());
+            let said = self.answered.get(owner);
+            if !answers_more(vips, said) {
+                // Less: kept, so that more again is told. (The same, every
+                // round for every Service, is left as it is.)
+                if said != Some(vips) {
+                    self.answered.insert(owner.clone(), vips.clone());
+                }
                 continue;
             }
             // Not in the store yet: told at a later round.
