@@ -392,19 +392,8 @@ fn load_balancer<'a>(
         skips.service(&owner, Problem::Invalid, "no metadata.name");
         return None;
     };
-    let owner = format!("{namespace}/{name}");
-    if config.forwarding == Forwarding::Nat && has_source_ranges(service) {
-        skips.service(
-            &owner,
-            Problem::Invalid,
-            "spec.loadBalancerSourceRanges: not enforced with --forwarding nat (kube-proxy \
-             applies it to traffic for the VIP; lb hands the nodes traffic for the NodePort): \
-             refused rather than served to everyone; use --forwarding dsr, or drop it",
-        );
-        return None;
-    }
     let mut service = LoadBalancer {
-        owner,
+        owner: format!("{namespace}/{name}"),
         namespace,
         name,
         service,
@@ -412,13 +401,19 @@ fn load_balancer<'a>(
         ports: spec.ports.as_deref().unwrap_or_default(),
         namespace_labels: namespaces.get(namespace).copied(),
         sharing: None,
+        refusal: None,
     };
     match service.sharing() {
         Ok(sharing) => service.sharing = sharing,
-        Err(reason) => {
-            skips.service(&service.owner, Problem::Invalid, reason);
-            return None;
-        }
+        Err(reason) => service.refusal = Some(reason),
+    }
+    if config.forwarding == Forwarding::Nat && has_source_ranges(service.service) {
+        service.refusal = Some(
+            "spec.loadBalancerSourceRanges: not enforced with --forwarding nat (kube-proxy \
+             applies it to traffic for the VIP; lb hands the nodes traffic for the NodePort): \
+             refused rather than served to everyone; use --forwarding dsr, or drop it"
+                .to_owned(),
+        );
     }
     Some(service)
 }
@@ -522,6 +517,9 @@ struct LoadBalancer<'a> {
     /// The labels of its Namespace, if that is known.
     namespace_labels: Option<&'a BTreeMap<String, String>>,
     sharing: Option<Sharing>,
+    /// Why it is not served, though it keeps its address (its setting is to
+    /// be fixed, not the address lost).
+    refusal: Option<String>,
 }
 
 impl<'a> LoadBalancer<'a> {

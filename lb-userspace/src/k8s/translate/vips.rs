@@ -241,7 +241,9 @@ fn settle<'a>(
 
 /// How strong the Service's claim to `vip` is. Moving to another address of
 /// the family frees the old one, so Services swapping addresses do not look
-/// like a conflict.
+/// like a conflict. One whose status shows the address it asks for had it
+/// before: after a restart, when the pools are empty, it keeps it against
+/// a newcomer asking for the same, whatever their names.
 fn standing(pools: &mut Pools, service: &LoadBalancer, vip: IpAddr, asks: bool) -> Standing {
     let family = Family::of(vip);
     let owner = service.owner.as_str();
@@ -256,7 +258,7 @@ fn standing(pools: &mut Pools, service: &LoadBalancer, vip: IpAddr, asks: bool) 
         Some(_) => pools.release_family(owner, family),
         None => {}
     }
-    if asks {
+    if asks && !ingress_ips(service.service).contains(&vip) {
         Standing::Requested
     } else {
         Standing::Held
@@ -310,6 +312,9 @@ fn served_vips(
 /// has not assigned it yet), and one it shows is wanted whatever this
 /// agent's pools say (the elected agent's decided).
 fn plan<'a>(service: &LoadBalancer<'a>, role: Role, pools: &Pools) -> Result<Plan<'a>, String> {
+    if let Some(refusal) = &service.refusal {
+        return Err(refusal.clone());
+    }
     let policy = Policy::of(service)?;
     let mut families = policy.families(&listed_families(service)?);
     let requested = requested(service, &families)?;

@@ -272,6 +272,17 @@ fn the_holder_of_an_address_keeps_it() {
         ]
     );
 
+    // Also when the holder asks for the address too: "a" asked for it while
+    // "b" held it, and was refused; a restarted agent keeps it with "b".
+    let b = with_lb_ip(b, "198.51.100.9");
+    let mut restarted = pool();
+    let translation = restarted.translate(&objects(vec![a.clone(), b.clone()], vec![]));
+    assert_eq!(
+        served(translation),
+        [("ns/b:p80".to_owned(), ip("198.51.100.9"))]
+    );
+    assert_eq!(problems(translation), [("ns/a", Problem::AddressConflict)]);
+
     // A Service the pools gave the address to keeps it against status holders.
     let mut running = pool();
     let c = service("c", vec![tcp(80, 30082)]);
@@ -845,4 +856,32 @@ fn a_sharer_that_changes_terms_moves_and_the_other_keeps_the_address() {
     assert_eq!(translation.vips.get("ns/a"), None);
     assert_eq!(translation.vips["ns/b"], [ip::<IpAddr>("198.51.100.1")]);
     assert_eq!(problems(translation), [("ns/a", Problem::AddressConflict)]);
+}
+
+/// A Service refused for a setting to fix (sharing annotations that
+/// disagree, source ranges lb cannot enforce) keeps its address for when
+/// it is fixed, as one with any other invalid setting: a newcomer does not
+/// get it meanwhile.
+#[test]
+fn a_refused_service_keeps_its_address() {
+    let web = || service("web", vec![tcp(80, 30080)]);
+    let disagreeing = annotated(
+        annotated(web(), SHARING_ANNOTATION, "y"),
+        "metallb.io/allow-shared-ip",
+        "x",
+    );
+    let mut limited = web();
+    limited.spec.as_mut().unwrap().load_balancer_source_ranges = Some(vec!["10.0.0.0/8".into()]);
+    for refused in [disagreeing, limited] {
+        let mut pool = pool();
+        let first = pool.translate(&objects(vec![web()], vec![]));
+        assert_eq!(first.vips["ns/web"], [ip::<IpAddr>("198.51.100.1")]);
+        let newcomer = service("new", vec![tcp(81, 30081)]);
+        let translation = pool.translate(&objects(vec![refused, newcomer], vec![]));
+        assert_eq!(problems(translation), [("ns/web", Problem::Invalid)]);
+        assert!(translation.released.is_empty(), "{:?}", translation.released);
+        assert_eq!(translation.vips["ns/new"], [ip::<IpAddr>("198.51.100.2")]);
+        let fixed = pool.translate(&objects(vec![web()], vec![]));
+        assert_eq!(fixed.vips["ns/web"], [ip::<IpAddr>("198.51.100.1")]);
+    }
 }
