@@ -266,21 +266,14 @@ impl Pools {
 
     /// Records an address the claimant uses (requested, or found in its
     /// status), so it is never handed to another Service it cannot share
-    /// with. Addresses outside every pool are fine unless the pools are
-    /// strict (they just reserve nothing inside one). A claimant claiming a
-    /// new address gives up its old one of that family, as when a Service's
+    /// with, if it may have it ([`Self::admit`]). A claimant claiming a new
+    /// address gives up its old one of that family, as when a Service's
     /// requested address changes.
     pub fn claim(&mut self, claimant: &Claimant, addr: IpAddr) -> Result<(), PoolError> {
+        self.admit(claimant, addr)?;
         if self.lookup(claimant.owner, Family::of(addr)) == Some(addr) {
             self.insert(claimant, addr);
             return Ok(());
-        }
-        match self.pool_of(addr) {
-            Some(pool) => pool
-                .admits(&claimant.service)
-                .map_err(PoolError::NotAdmitted)?,
-            None if self.strict => return Err(PoolError::OutsidePools(addr)),
-            None => {}
         }
         if let Some(holders) = self.holders.get(&addr)
             && !shareable(holders, claimant)
@@ -295,8 +288,22 @@ impl Pools {
         Ok(())
     }
 
+    /// Whether the claimant may have `addr`: its pool admits it, and one
+    /// outside every pool is fine unless the pools are strict (they just
+    /// reserve nothing inside one). Asked every round, also of an address
+    /// held: a pool's terms or the Service's labels may have changed since.
+    pub fn admit(&self, claimant: &Claimant, addr: IpAddr) -> Result<(), PoolError> {
+        match self.pool_of(addr) {
+            Some(pool) => pool
+                .admits(&claimant.service)
+                .map_err(PoolError::NotAdmitted),
+            None if self.strict => Err(PoolError::OutsidePools(addr)),
+            None => Ok(()),
+        }
+    }
+
     /// Records that the claimant uses `addr` along with its holders, which
-    /// the caller found it may share with.
+    /// the caller found it may share with and [`Self::admit`] it to.
     pub fn join(&mut self, claimant: &Claimant, addr: IpAddr) {
         if self.lookup(claimant.owner, Family::of(addr)) != Some(addr) {
             self.release_family(claimant.owner, Family::of(addr));

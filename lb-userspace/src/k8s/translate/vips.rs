@@ -225,15 +225,11 @@ fn settle<'a>(
             outcomes.insert(candidate.slot, Err(failure));
         }
     }
-    let claimed = claim(pools, vip, &sharers);
-    for sharer in sharers {
-        let outcome = match &claimed {
-            Ok(()) => Ok(vip),
-            Err(err) => Err(Failure {
-                problem: Problem::AddressConflict,
-                reason: err.to_string(),
-            }),
-        };
+    for (sharer, claimed) in sharers.iter().zip(claim(pools, vip, &sharers)) {
+        let outcome = claimed.map(|()| vip).map_err(|err| Failure {
+            problem: Problem::AddressConflict,
+            reason: err.to_string(),
+        });
         outcomes.insert(sharer.slot, outcome);
     }
     moving
@@ -520,20 +516,34 @@ fn same_key(a: &LoadBalancer, b: &LoadBalancer) -> bool {
     }
 }
 
-/// Records `vip` in the pools for the Services sharing it: the sharer
-/// already holding it stays its holder (so a new sharer is not mistaken for
-/// a conflict), the others join it.
-fn claim(pools: &mut Pools, vip: IpAddr, sharers: &[&Contender]) -> Result<(), PoolError> {
+/// Records `vip` in the pools for the Services sharing it, each only if its
+/// pool admits it (a pool reserved for a namespace is not reached through a
+/// sharer of another): the sharer already holding it claims it first and
+/// stays its holder (so a new sharer is not mistaken for a conflict), else
+/// the first the pools let claim it; the others join it. What each got, in
+/// the order of `sharers`.
+fn claim(pools: &mut Pools, vip: IpAddr, sharers: &[&Contender]) -> Vec<Result<(), PoolError>> {
     let family = Family::of(vip);
-    let holding = sharers
+    let mut order: Vec<usize> = (0..sharers.len()).collect();
+    if let Some(holding) = order
         .iter()
-        .position(|sharer| pools.lookup(&sharer.service.owner, family) == Some(vip))
-        .unwrap_or(0);
-    pools.claim(&sharers[holding].service.claimant(), vip)?;
-    for (index, sharer) in sharers.iter().enumerate() {
-        if index != holding {
-            pools.join(&sharer.service.claimant(), vip);
-        }
+        .position(|&index| pools.lookup(&sharers[index].service.owner, family) == Some(vip))
+    {
+        order[..=holding].rotate_right(1);
     }
-    Ok(())
+    let mut claimed = false;
+    let mut outcomes: Vec<Result<(), PoolError>> = sharers.iter().map(|_| Ok(())).collect();
+    for index in order {
+        let claimant = sharers[index].service.claimant();
+        outcomes[index] = if claimed {
+            pools
+                .admit(&claimant, vip)
+                .map(|()| pools.join(&claimant, vip))
+        } else {
+            let outcome = pools.claim(&claimant, vip);
+            claimed = outcome.is_ok();
+            outcome
+        };
+    }
+    outcomes
 }

@@ -238,6 +238,50 @@ fn reserved_pools_by_priority_namespace_and_labels() {
     );
 }
 
+/// A pool reserved for a namespace admits each sharer of an address by its
+/// own namespace: none reaches it through a sharer the pool admits, and an
+/// admitted one is not refused for a sharer that is not, whatever the name
+/// order. A requested address is admitted again every round: a Service its
+/// pool no longer admits is refused by the running agent as by a restarted
+/// one.
+#[test]
+fn a_reserved_pool_admits_each_sharer_by_its_own_namespace() {
+    let asks = "  annotations:\n    metallb.universe.tf/loadBalancerIPs: 10.0.1.9\n    \
+                metallb.io/allow-shared-ip: k\n";
+    let refused = "pool ns-pool is reserved for other namespaces (serviceAllocation)";
+    for intruder in ["zz", "other"] {
+        let mut yaml = reserved_pools();
+        yaml += &service_yaml("test-ns", "a", 80, "TCP", asks);
+        yaml += &service_yaml(intruder, "b", 443, "TCP", asks);
+        let translation = Translator::default().translate(&cluster(&yaml)).clone();
+        assert_eq!(
+            vips(&translation),
+            [("test-ns/a".to_owned(), addresses(&["10.0.1.9"]))],
+            "{intruder}"
+        );
+        assert_eq!(
+            skipped(&translation),
+            [format!("Service {intruder}/b: {refused}")],
+            "{intruder}"
+        );
+    }
+
+    let mut running = Translator::default();
+    let yaml = reserved_pools() + &service_yaml("test-ns", "a", 80, "TCP", asks);
+    assert_eq!(vips(running.translate(&cluster(&yaml))).len(), 1);
+    let elsewhere = yaml.replace("    - test-ns\n", "    - another-ns\n");
+    let translation = running.translate(&cluster(&elsewhere)).clone();
+    let fresh = Translator::default()
+        .translate(&cluster(&elsewhere))
+        .clone();
+    assert_eq!(vips(&translation), vips(&fresh));
+    assert_eq!(vips(&translation), []);
+    assert_eq!(
+        skipped(&translation),
+        [format!("Service test-ns/a: {refused}")]
+    );
+}
+
 #[test]
 fn services_with_one_sharing_key_share_an_address_on_different_ports() {
     let mut yaml = [ip_address_pool(

@@ -879,7 +879,11 @@ fn a_refused_service_keeps_its_address() {
         let newcomer = service("new", vec![tcp(81, 30081)]);
         let translation = pool.translate(&objects(vec![refused, newcomer], vec![]));
         assert_eq!(problems(translation), [("ns/web", Problem::Invalid)]);
-        assert!(translation.released.is_empty(), "{:?}", translation.released);
+        assert!(
+            translation.released.is_empty(),
+            "{:?}",
+            translation.released
+        );
         assert_eq!(translation.vips["ns/new"], [ip::<IpAddr>("198.51.100.2")]);
         let fixed = pool.translate(&objects(vec![web()], vec![]));
         assert_eq!(fixed.vips["ns/web"], [ip::<IpAddr>("198.51.100.1")]);
