@@ -313,6 +313,40 @@ fn reply_source(dataplane: &Dataplane, bed: &XdpBed, family: &Family, node: IpAd
 /// derived at every load pinned them as hash maps, `NODE_PORTS4` and
 /// `NODE_PORTS6`: a load removes those pins, and replies find their
 /// frontends in the arrays it derived from the services it took over.
+/// An agent started with a `--ring-size` other than the pinned state's is
+/// refused before it touches anything: the state it found still serves
+/// every service with its backends, and its flows stay on their nodes.
+#[test]
+fn an_agent_with_another_ring_size_leaves_the_pinned_state_alone() {
+    let (ns, bed) = XdpBed::new("lbring").expect("netns");
+    ns.enter(move || other_ring_size(&bed)).expect("enter");
+}
+
+fn other_ring_size(bed: &XdpBed) {
+    let root = PinRoot::new("other-ring-size");
+    let families = families();
+    let (dataplane, nodes) = serve_pinned(bed, &root, &families);
+    drop(dataplane);
+    let mismatch = bed.load(config(Some(root.path().clone()), 251)).err();
+    assert!(
+        matches!(mismatch, Some(DataplaneError::ConfigMismatch { .. })),
+        "{mismatch:?}"
+    );
+    let dataplane = bed
+        .load(config(Some(root.path().clone()), RING_SIZE))
+        .expect("reload");
+    for (family, node) in families.iter().zip(nodes) {
+        let spec = family.spec();
+        let service = dataplane
+            .service(&spec.frontend)
+            .expect("service recovered");
+        assert_eq!(service.backends.len(), spec.backends.len());
+        let ack = packets::tcp_ack(family.client, family.vip_port(), b"");
+        assert_eq!(forwarded_to(&dataplane, bed, &ack), node);
+    }
+    dataplane.remove_pins().expect("remove pins");
+}
+
 #[test]
 fn formerly_pinned_node_ports_are_unpinned_and_replies_still_served() {
     let (ns, bed) = XdpBed::new("lbnpp").expect("netns");

@@ -1,12 +1,13 @@
 //! Sizing and run-time switches of the data path, checked before anything
 //! is loaded or pinned.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use lb_common::{MAX_FLOWS, MAX_SERVICES, SETTING_ANSWER_ECHO, SETTING_DSR, Settings};
+use aya::maps::MapData;
+use lb_common::{MAP_MAGLEV, MAX_FLOWS, MAX_SERVICES, SETTING_ANSWER_ECHO, SETTING_DSR, Settings};
 
 use super::DataplaneError;
-use crate::maglev;
+use crate::{maglev, maps::map_error};
 
 /// Default new flows each CPU records per second before it forwards the rest
 /// statelessly: far above what one CPU's share of real clients opens, far
@@ -71,6 +72,30 @@ impl DataplaneConfig {
             ring_size: self.ring_size,
             max_services: self.max_services,
         })
+    }
+
+    /// Refuses a pinned Maglev map at `maglev` (if there is one) made for
+    /// another `ring_size` or `max_services`, before anything is loaded: the
+    /// loader reuses a pinned map whatever its size, and every service's
+    /// ring would then be read as not programmed.
+    pub(super) fn check_pinned_ring(&self, maglev: &Path) -> Result<(), DataplaneError> {
+        if !maglev.exists() {
+            return Ok(());
+        }
+        let pinned = MapData::from_pin(maglev)
+            .and_then(|map| map.info())
+            .map_err(|e| map_error(MAP_MAGLEV, e))?
+            .max_entries();
+        let wanted = self.ring_entries()?;
+        if pinned != wanted {
+            return Err(DataplaneError::ConfigMismatch {
+                pinned,
+                wanted,
+                ring_size: self.ring_size,
+                max_services: self.max_services,
+            });
+        }
+        Ok(())
     }
 
     /// The data path's run-time switches for this configuration.

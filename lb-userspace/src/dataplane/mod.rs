@@ -108,6 +108,7 @@ impl Dataplane {
             pins.check_known_layouts()?;
             upgrading = upgrade::move_kept_pins(pins, &config)?;
             inherited |= upgrading;
+            config.check_pinned_ring(&pins.map(MAP_MAGLEV))?;
             pins.create_state_dir()?;
         }
         let mut loader = EbpfLoader::new();
@@ -140,16 +141,6 @@ impl Dataplane {
         let node_ports = node_ports::NodePortFrontends::take(&mut ebpf)?;
         let ifaces_by_index = ifaces_by_index::IfacesByIndex::take(&mut ebpf, &maps.ifaces)?;
         let mut egress = egress::EgressPorts::take(&mut ebpf)?;
-        // A reused pin keeps the size it was created with.
-        let pinned = maps.maglev.len();
-        if pinned != ring_entries {
-            return Err(DataplaneError::ConfigMismatch {
-                pinned,
-                wanted: ring_entries,
-                ring_size: config.ring_size,
-                max_services: config.max_services,
-            });
-        }
         let maglev_memory = MappedArray::new(&maps.maglev)
             .inspect_err(|e| {
                 tracing::info!(

@@ -46,21 +46,7 @@ pub(super) fn move_kept_pins(
     if !old.is_dir() {
         return Ok(false);
     }
-    let maglev = old.join(MAP_MAGLEV);
-    if maglev.exists() {
-        let info = MapData::from_pin(&maglev)
-            .and_then(|map| map.info())
-            .map_err(|e| map_error(MAP_MAGLEV, e))?;
-        let wanted = config.ring_entries()?;
-        if info.max_entries() != wanted {
-            return Err(DataplaneError::ConfigMismatch {
-                pinned: info.max_entries(),
-                wanted,
-                ring_size: config.ring_size,
-                max_services: config.max_services,
-            });
-        }
-    }
+    config.check_pinned_ring(&old.join(MAP_MAGLEV))?;
     let new = pins.state();
     fs::create_dir_all(&new).map_err(|source| io_error(&new, source))?;
     let entries = fs::read_dir(&old).map_err(|source| io_error(&old, source))?;
