@@ -526,6 +526,47 @@ fn agent_restarted_with_bad_settings_leaves_the_pinned_data_path_alone() -> Resu
     )
 }
 
+/// An interface deleted and made again under its name while no agent ran
+/// (a bond rebuilt, a driver reloaded) severed the link pinned for it: the
+/// next agent attaches it afresh and serves, rather than failing every
+/// start on the dead link.
+#[test]
+fn an_interface_made_again_is_attached_afresh() -> Result<()> {
+    let scratch = Scratch::new("iface-again")?;
+    let path = scratch.write("lb.yaml", web())?;
+    let mut bed = Bed::start("lbcfg-again", &path)?;
+    veth(&bed.ns, "d0", &bed.ns, "d1")?;
+    bed.agent.kill()?;
+    bed.agent.restart_with(&bed.ns, &["--iface", "d0"])?;
+    wait_for_the_same_program(&bed, "lb0", "d0")?;
+    bed.agent.kill()?;
+    bed.ns.ip("link del d0")?;
+    veth(&bed.ns, "d0", &bed.ns, "d1")?;
+    bed.agent.restart_with(&bed.ns, &["--iface", "d0"])?;
+    wait_for_the_same_program(&bed, "lb0", "d0")?;
+    bed.wait_for_services(&[WEB])
+}
+
+/// Waits until the agent has attached its program to both `a` and `b`.
+fn wait_for_the_same_program(bed: &Bed, a: &str, b: &str) -> Result<()> {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let programs = (xdp_program(&bed.ns, a), xdp_program(&bed.ns, b));
+        if let (Ok(a), Ok(b)) = &programs
+            && a == b
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{a} and {b}: want one program on both, have {programs:?}; agent log:\n{}",
+                bed.agent.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The id of the XDP program attached to `dev` in `ns`.
 fn xdp_program(ns: &NetNs, dev: &str) -> Result<u64> {
     let text = ns.ip(&format!("-j link show dev {dev}"))?;

@@ -2,7 +2,7 @@
 //! agent, taken over without a gap by the next one.
 
 use aya::programs::{
-    XdpMode,
+    ProgramError, XdpMode,
     links::{FdLink, PinnedLink},
     xdp::XdpLink,
 };
@@ -30,7 +30,7 @@ impl Dataplane {
             iface: iface.to_owned(),
             source,
         };
-        match &link_path {
+        let taken_over = match &link_path {
             Some(path) if path.exists() => {
                 let reuse_error =
                     |source: Box<dyn std::error::Error + Send + Sync>| DataplaneError::ReuseLink {
@@ -40,12 +40,27 @@ impl Dataplane {
                 let pinned = PinnedLink::from_pin(path).map_err(|e| reuse_error(e.into()))?;
                 let link =
                     XdpLink::try_from(FdLink::from(pinned)).map_err(|e| reuse_error(e.into()))?;
-                program.attach_to_link(link).map_err(attach_error)?;
+                match program.attach_to_link(link) {
+                    Ok(_) => true,
+                    // The interface was deleted since the link was pinned
+                    // (and made again under its name): the kernel detached
+                    // the link for good. It goes; the program is attached
+                    // afresh.
+                    Err(e) if is_severed(&e) => {
+                        tracing::info!(iface, "the link pinned for it was severed: attaching anew");
+                        std::fs::remove_file(path).map_err(|e| reuse_error(e.into()))?;
+                        false
+                    }
+                    Err(e) => return Err(attach_error(e)),
+                }
             }
-            Some(path) => {
-                let id = program
-                    .attach(iface, XdpMode::Default)
-                    .map_err(attach_error)?;
+            _ => false,
+        };
+        if !taken_over {
+            let id = program
+                .attach(iface, XdpMode::Default)
+                .map_err(attach_error)?;
+            if let Some(path) = &link_path {
                 let link = program.take_link(id).map_err(attach_error)?;
                 let link = FdLink::try_from(link).map_err(|source| DataplaneError::Link {
                     iface: iface.to_owned(),
@@ -56,11 +71,6 @@ impl Dataplane {
                     path: path.clone(),
                     source,
                 })?;
-            }
-            None => {
-                program
-                    .attach(iface, XdpMode::Default)
-                    .map_err(attach_error)?;
             }
         }
         self.add_egress_port(ifindex)?;
@@ -74,4 +84,10 @@ impl Dataplane {
     pub fn add_egress_port(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
         self.egress.add(ifindex)
     }
+}
+
+/// Whether the program could not take over a pinned link because the
+/// kernel severed it from its interface, which went (`ENOLINK`).
+fn is_severed(error: &ProgramError) -> bool {
+    matches!(error, ProgramError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::ENOLINK))
 }
