@@ -127,6 +127,15 @@ fn attach_all(dataplane: &mut Dataplane, interfaces: &[String]) -> Result<()> {
         let ifindex = dataplane.attach(iface)?;
         info!(iface, ifindex, "XDP program attached");
     }
+    let detached = dataplane
+        .detach_unlisted(interfaces)
+        .context("detaching from interfaces no longer listed")?;
+    for iface in detached {
+        info!(
+            iface,
+            "XDP program detached: the interface is no longer listed (--iface)"
+        );
+    }
     dataplane
         .retire_former_pins()
         .context("retiring the maps an earlier agent pinned under former names")

@@ -200,6 +200,30 @@ impl PinDir {
         Ok(())
     }
 
+    /// Removes the pinned links of interfaces other than `kept`, which
+    /// detaches the program from them; returns those interfaces' names.
+    pub fn remove_links_except(&self, kept: &[String]) -> Result<Vec<String>, PinsError> {
+        let state = self.state();
+        let entries = fs::read_dir(&state).map_err(|source| PinsError::Io {
+            path: state.clone(),
+            source,
+        })?;
+        let mut removed = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(iface) = name.strip_prefix("link-") else {
+                continue;
+            };
+            if kept.iter().any(|kept| kept == iface) {
+                continue;
+            }
+            let path = entry.path();
+            fs::remove_file(&path).map_err(|source| PinsError::Io { path, source })?;
+            removed.push(iface.to_owned());
+        }
+        Ok(removed)
+    }
+
     /// Whether an agent ever pinned state here.
     pub fn exists(&self) -> bool {
         self.state().is_dir()

@@ -547,6 +547,35 @@ fn an_interface_made_again_is_attached_afresh() -> Result<()> {
     bed.wait_for_services(&[WEB])
 }
 
+/// An interface the earlier agent was attached to and the next one does not
+/// list is detached: the earlier program, whose filters and settings no
+/// agent updates any more, would go on taking its traffic (and answering
+/// ARP for VIPs under a slot now another interface's).
+#[test]
+fn an_interface_no_longer_listed_is_detached() -> Result<()> {
+    let scratch = Scratch::new("iface-dropped")?;
+    let path = scratch.write("lb.yaml", web())?;
+    let ns = NetNs::new("lbcfg-dropped")?;
+    veth(&ns, "lb0", &ns, "lb1")?;
+    veth(&ns, "d0", &ns, "d1")?;
+    let mut bed = Bed {
+        agent: Agent::start(&ns, &[], &path, &["--iface", "lb0", "--iface", "d0"])?,
+        ns,
+    };
+    wait_for_the_same_program(&bed, "lb0", "d0")?;
+    bed.agent.kill()?;
+    bed.agent.restart_with(&bed.ns, &["--iface", "lb0"])?;
+    bed.wait_for_services(&[WEB])?;
+    let deadline = Instant::now() + TIMEOUT;
+    while xdp_program(&bed.ns, "d0").is_ok() {
+        if Instant::now() > deadline {
+            bail!("d0 still runs a program; agent log:\n{}", bed.agent.log());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
 /// Waits until the agent has attached its program to both `a` and `b`.
 fn wait_for_the_same_program(bed: &Bed, a: &str, b: &str) -> Result<()> {
     let deadline = Instant::now() + TIMEOUT;

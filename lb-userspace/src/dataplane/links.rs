@@ -79,6 +79,29 @@ impl Dataplane {
         Ok(ifindex)
     }
 
+    /// Detaches the program from the interfaces an earlier agent attached it
+    /// to that this one does not (`--iface` listed fewer): their pinned links
+    /// go, and with them the earlier program, which no agent updates any
+    /// more; so do their interface entries, whose slots in the VIPs' masks
+    /// this agent hands out again. Once every listed interface is attached.
+    pub fn detach_unlisted(&mut self, listed: &[String]) -> Result<Vec<String>, DataplaneError> {
+        let Some(pins) = &self.pins else {
+            return Ok(Vec::new());
+        };
+        let detached = pins.remove_links_except(listed)?;
+        let stale: Vec<u32> = self
+            .maps
+            .ifaces
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|ifindex| !self.iface_slots.contains_key(ifindex))
+            .collect();
+        for ifindex in stale {
+            self.remove_iface(ifindex)?;
+        }
+        Ok(detached)
+    }
+
     /// Lets the program redirect to `ifindex` (done by `attach`; tests that run
     /// the program without attaching it call this directly).
     pub fn add_egress_port(&mut self, ifindex: u32) -> Result<(), DataplaneError> {

@@ -37,6 +37,17 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Forgets interface `ifindex`, which no longer runs this data path.
+    pub(super) fn remove_iface(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        self.maps
+            .ifaces
+            .remove(&ifindex)
+            .map_err(|e| map_error(MAP_IFACES, e))?;
+        self.ifaces_by_index.set(ifindex, Iface::default())?;
+        self.iface_slots.remove(&ifindex);
+        Ok(())
+    }
+
     /// Answers ARP and Neighbor Solicitations for each VIP of `answers` on
     /// the interfaces (by ifindex) it lists, and for every other VIP nowhere.
     /// Interfaces not added are ignored. Only the VIPs whose interfaces
