@@ -31,6 +31,13 @@ use super::{
 /// second, still a bound on what lb asks of the API server.
 const CONCURRENT_WRITES: usize = 64;
 
+/// How long one round of status writes may take. The agent's loop waits for
+/// it, and with it health verdicts and signals: an API server that stopped
+/// answering (a half-open connection waits for TCP to give up, minutes)
+/// must not hold them. What is not written by then is written at a later
+/// round.
+const WRITE_ROUND_LIMIT: Duration = Duration::from_secs(10);
+
 pub(super) struct StatusWriter {
     client: Client,
     events: EventRecorder,
@@ -100,9 +107,10 @@ impl StatusWriter {
             changes.extend(lookup(services, owner).map(|service| (service, &[][..])));
         }
         let this = &*self;
+        let deadline = tokio::time::Instant::now() + WRITE_ROUND_LIMIT;
         let written: Vec<(Arc<Service>, &[IpAddr], bool)> = stream::iter(changes)
             .map(|(service, vips)| async move {
-                let written = this.set_ingress(&service, vips).await;
+                let written = this.set_ingress(&service, vips, deadline).await;
                 (service, vips, written)
             })
             .buffer_unordered(CONCURRENT_WRITES)
@@ -128,8 +136,14 @@ impl StatusWriter {
         }
     }
 
-    /// Sets the Service's ingress to `vips`, or clears it when there are none.
-    async fn set_ingress(&self, service: &Service, vips: &[IpAddr]) -> bool {
+    /// Sets the Service's ingress to `vips`, or clears it when there are
+    /// none, unless `deadline` comes first.
+    async fn set_ingress(
+        &self,
+        service: &Service,
+        vips: &[IpAddr],
+        deadline: tokio::time::Instant,
+    ) -> bool {
         let (Some(namespace), Some(name)) = (
             service.metadata.namespace.as_deref(),
             service.metadata.name.as_deref(),
@@ -154,8 +168,16 @@ impl StatusWriter {
             &PatchParams::default(),
             &Patch::Merge(&patch),
         ) {
-            Ok(request) => self.client.request_text(request).await.map(drop),
-            Err(e) => Err(kube::Error::BuildRequest(e)),
+            Ok(request) => {
+                let sent = tokio::time::timeout_at(deadline, self.client.request_text(request));
+                match sent.await {
+                    Ok(answer) => answer.map(drop).map_err(|e| e.to_string()),
+                    Err(_) => Err(format!(
+                        "no answer within the round's {WRITE_ROUND_LIMIT:?} (tried again later)"
+                    )),
+                }
+            }
+            Err(e) => Err(kube::Error::BuildRequest(e).to_string()),
         };
         if let Err(error) = written {
             warn!(service = %format!("{namespace}/{name}"), %error, "status not written");
@@ -318,5 +340,38 @@ mod tests {
         assert!(answers_more(&both, Some(&one)), "another VIP");
         assert!(answers_more(&wider, Some(&one)), "another interface");
         assert!(!answers_more(&BTreeMap::new(), None), "nothing");
+    }
+
+    /// An API server that takes the writes and never answers (its host
+    /// gone, the connection half open) holds a round of status writes for
+    /// [`WRITE_ROUND_LIMIT`], not until TCP gives up: the agent's loop,
+    /// which waits for the round, goes on to health verdicts and signals.
+    /// (Paused time: the runtime skips ahead to each timer while it waits.)
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_api_server_holds_a_round_of_writes_for_its_limit_only() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((connection, _)) = listener.accept().await {
+                held.push(connection);
+            }
+        });
+        let config = kube::Config::new(url.parse().unwrap());
+        let mut writer = StatusWriter::new(Client::try_from(config).unwrap(), "test");
+        let (services, mut store) = kube::runtime::reflector::store();
+        let mut service = Service::default();
+        service.metadata.namespace = Some("ns".to_owned());
+        service.metadata.name = Some("web".to_owned());
+        store.apply_watcher_event(&kube::runtime::watcher::Event::Apply(service));
+        let mut translation = Translation::default();
+        let vip: IpAddr = "198.51.100.1".parse().unwrap();
+        translation.vips.insert("ns/web".to_owned(), vec![vip]);
+        let started = tokio::time::Instant::now();
+        let round = writer.write(&services, &translation, &[]);
+        let written = tokio::time::timeout(Duration::from_secs(600), round).await;
+        assert_eq!(written, Ok(false), "the round ended, unwritten");
+        assert!(started.elapsed() <= WRITE_ROUND_LIMIT + Duration::from_secs(1));
+        silent.abort();
     }
 }
