@@ -27,6 +27,53 @@ pub struct Catalog {
     /// at layer 2). Missing in an older agent's catalog.
     #[serde(default)]
     pub bgp_announced: BTreeSet<IpAddr>,
+    /// The backend slots each service holds, those it drains too (which no
+    /// ring points at), by frontend: what listings count its traffic in.
+    /// The maps alone cannot tell whose a slot no ring points at is.
+    /// Missing in an older agent's catalog.
+    #[serde(default, deserialize_with = "sorted_by_frontend")]
+    pub slots: Vec<ServiceSlots>,
+}
+
+/// The backend slots of one service (`BACKENDS` ids).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSlots {
+    pub frontend: Frontend,
+    pub ids: Vec<u32>,
+}
+
+/// What the catalog's lists are sorted and found by.
+trait ByFrontend {
+    fn frontend(&self) -> Frontend;
+}
+
+impl ByFrontend for ServiceSpec {
+    fn frontend(&self) -> Frontend {
+        self.frontend
+    }
+}
+
+impl ByFrontend for ServiceSlots {
+    fn frontend(&self) -> Frontend {
+        self.frontend
+    }
+}
+
+/// The entry of `list` (sorted by frontend) for `frontend`.
+fn find<'a, T: ByFrontend>(list: &'a [T], frontend: &Frontend) -> Option<&'a T> {
+    let index = list.binary_search_by_key(frontend, T::frontend).ok()?;
+    Some(&list[index])
+}
+
+/// The slots of each of `dataplane`'s services, sorted by frontend.
+fn slots_of(dataplane: &Dataplane) -> Vec<ServiceSlots> {
+    dataplane
+        .services()
+        .map(|service| ServiceSlots {
+            frontend: service.spec.frontend,
+            ids: service.backends.iter().map(|backend| backend.id).collect(),
+        })
+        .collect()
 }
 
 impl Catalog {
@@ -36,6 +83,7 @@ impl Catalog {
         Self {
             services,
             bgp_announced: BTreeSet::new(),
+            slots: slots_of(dataplane),
         }
     }
 
@@ -57,10 +105,12 @@ impl Catalog {
         struct Borrowed<'a> {
             services: Vec<&'a ServiceSpec>,
             bgp_announced: &'a BTreeSet<IpAddr>,
+            slots: Vec<ServiceSlots>,
         }
         let catalog = Borrowed {
             services: dataplane.services().map(|s| &s.spec).collect(),
             bgp_announced,
+            slots: slots_of(dataplane),
         };
         let path = Self::path(bpffs);
         fs::create_dir_all(rundir::RUN_ROOT)?;
@@ -86,20 +136,22 @@ impl Catalog {
     }
 
     pub fn service(&self, frontend: &Frontend) -> Option<&ServiceSpec> {
-        let index = self
-            .services
-            .binary_search_by_key(frontend, |s| s.frontend)
-            .ok()?;
-        Some(&self.services[index])
+        find(&self.services, frontend)
+    }
+
+    /// The backend slots the service at `frontend` holds, if the catalog
+    /// says.
+    pub fn slots(&self, frontend: &Frontend) -> Option<&[u32]> {
+        find(&self.slots, frontend).map(|slots| slots.ids.as_slice())
     }
 }
 
-fn sorted_by_frontend<'de, D: Deserializer<'de>>(
+fn sorted_by_frontend<'de, D: Deserializer<'de>, T: Deserialize<'de> + ByFrontend>(
     deserializer: D,
-) -> Result<Vec<ServiceSpec>, D::Error> {
-    let mut services = Vec::<ServiceSpec>::deserialize(deserializer)?;
-    services.sort_by_key(|s| s.frontend);
-    Ok(services)
+) -> Result<Vec<T>, D::Error> {
+    let mut list = Vec::<T>::deserialize(deserializer)?;
+    list.sort_by_key(T::frontend);
+    Ok(list)
 }
 
 #[cfg(test)]
@@ -127,12 +179,17 @@ mod tests {
                 backends: vec![backend.clone()],
             }],
             bgp_announced: BTreeSet::from([frontend.vip]),
+            slots: vec![ServiceSlots {
+                frontend,
+                ids: vec![7],
+            }],
         };
         let text = serde_json::to_vec(&catalog).unwrap();
         let read: Catalog = serde_json::from_slice(&text).unwrap();
         let service = read.service(&frontend).expect("the service");
         assert_eq!(service, &catalog.services[0]);
         assert_eq!(read.bgp_announced, catalog.bgp_announced);
+        assert_eq!(read.slots(&frontend), Some(&[7][..]));
         assert_eq!(service.backend(backend.ip, backend.port), Some(&backend));
         let tcp = Frontend {
             protocol: Protocol::Tcp,
@@ -159,6 +216,7 @@ mod tests {
         let written = Catalog {
             services: services.collect(),
             bgp_announced: BTreeSet::new(),
+            slots: Vec::new(),
         };
         let read: Catalog = serde_json::from_slice(&serde_json::to_vec(&written).unwrap()).unwrap();
         for frontend in &frontends {

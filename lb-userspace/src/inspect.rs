@@ -5,7 +5,7 @@
 
 use std::{
     cell::{OnceCell, RefCell},
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     net::{IpAddr, SocketAddr},
     rc::Rc,
     time::Duration,
@@ -124,10 +124,6 @@ pub fn monotonic_ns() -> u64 {
     crate::clock::nanoseconds(libc::clock_gettime, libc::CLOCK_MONOTONIC).unwrap_or(0)
 }
 
-/// A backend a flow is pinned to: its slot id, and the address and port
-/// the flow recorded.
-type PinnedBackend = (u32, IpAddr, u16);
-
 /// Active flows per service key and per backend id.
 #[derive(Default)]
 struct ActiveFlows {
@@ -145,9 +141,6 @@ pub struct Snapshot {
     pub catalog: Catalog,
     pub now_ns: u64,
     active: OnceCell<ActiveFlows>,
-    /// Backends (id and the address the flow recorded) each service's flows
-    /// are pinned to.
-    pinned: OnceCell<HashMap<ServiceKey, BTreeSet<PinnedBackend>>>,
     /// Ring entries per backend id, by service id.
     rings: RefCell<HashMap<u32, Rc<BTreeMap<u32, u32>>>>,
     slots: RefCell<HashMap<u32, Backend>>,
@@ -172,7 +165,6 @@ impl Snapshot {
             catalog,
             now_ns: monotonic_ns(),
             active: OnceCell::new(),
-            pinned: OnceCell::new(),
             rings: RefCell::default(),
             slots: RefCell::default(),
         })
@@ -246,28 +238,6 @@ impl Snapshot {
         Ok(self.active.get_or_init(|| active))
     }
 
-    /// The backends the flows of the service at `frontend` are pinned to.
-    fn pinned(&self, frontend: &Frontend) -> impl Iterator<Item = &PinnedBackend> {
-        self.pinned
-            .get_or_init(|| {
-                let mut pinned: HashMap<ServiceKey, BTreeSet<_>> = HashMap::new();
-                for (key, flow) in &self.flows {
-                    pinned
-                        .entry(ServiceKey::of_destination(key))
-                        .or_default()
-                        .insert((
-                            u32::from(flow.backend_id),
-                            ip_of(flow.backend_ip),
-                            u16::from_be(flow.backend_port),
-                        ));
-                }
-                pinned
-            })
-            .get(&service_key(frontend))
-            .into_iter()
-            .flatten()
-    }
-
     fn name_of(&self, frontend: &Frontend) -> String {
         self.catalog
             .service(frontend)
@@ -287,10 +257,9 @@ impl Snapshot {
 
 pub fn services(maps: &Maps, snapshot: &Snapshot) -> Result<Vec<ServiceRow>, MapsError> {
     let active = &snapshot.active_flows(maps)?.per_service;
-    let mut slot_index = None;
     let mut rows = Vec::new();
     for (frontend, info) in &snapshot.services {
-        let backends = service_backends(maps, snapshot, frontend, info, &mut slot_index)?;
+        let backends = service_backends(maps, snapshot, frontend, info)?;
         let traffic = maps.service_traffic(info.id, backends.iter().map(|b| b.id))?;
         let healthy = snapshot.ring(maps, info)?.len() as u32;
         let entry = snapshot.catalog.service(frontend);
@@ -317,41 +286,16 @@ struct ServiceBackend {
 }
 
 /// The active backend slots of the service at `frontend`: those of its live
-/// Maglev ring plus, from the catalog, drained ones. `slot_index` caches
-/// the active slots by address across services.
+/// Maglev ring plus, from the catalog, those it drains.
 fn service_backends(
     maps: &Maps,
     snapshot: &Snapshot,
     frontend: &Frontend,
     info: &ServiceInfo,
-    slot_index: &mut Option<HashMap<(IpAddr, u16), u32>>,
 ) -> Result<Vec<ServiceBackend>, MapsError> {
     let mut ids: BTreeMap<u32, u32> = (*snapshot.ring(maps, info)?).clone();
-    // Catalog backends missing from the ring are draining; find their ids
-    // through the service's flows (the only place that still points at
-    // them).
-    if let Some(entry) = snapshot.catalog.service(frontend) {
-        for &(id, address, port) in snapshot.pinned(frontend) {
-            if entry.backend(address, port).is_some() {
-                ids.entry(id).or_insert(0);
-            }
-        }
-        // Drained backends without flows are only in the catalog: find
-        // their slots by address.
-        let mut listed = HashSet::new();
-        for id in ids.keys() {
-            let slot = snapshot.slot(maps, *id)?;
-            listed.insert((ip_of(slot.ip), u16::from_be(slot.port)));
-        }
-        for known in &entry.backends {
-            if !listed.contains(&(known.ip, known.port))
-                && let Some(id) = slot_index
-                    .get_or_insert_with(|| active_slots(maps))
-                    .get(&(known.ip, known.port))
-            {
-                ids.entry(*id).or_insert(0);
-            }
-        }
+    for &id in snapshot.catalog.slots(frontend).unwrap_or_default() {
+        ids.entry(id).or_insert(0);
     }
     let mut backends = Vec::new();
     for (id, ring) in ids {
@@ -372,7 +316,6 @@ pub fn backends(
 ) -> Result<Vec<BackendRow>, MapsError> {
     let active = &snapshot.active_flows(maps)?.per_backend;
     let mut rows = Vec::new();
-    let mut slot_index = None;
     for (frontend, info) in &snapshot.services {
         if filter.is_some_and(|f| !snapshot.service_matches(frontend, f)) {
             continue;
@@ -382,7 +325,7 @@ pub fn backends(
             id,
             ring,
             slot: backend,
-        } in service_backends(maps, snapshot, frontend, info, &mut slot_index)?
+        } in service_backends(maps, snapshot, frontend, info)?
         {
             let (address, port) = (ip_of(backend.ip), u16::from_be(backend.port));
             let known = entry.and_then(|e| e.backend(address, port));
@@ -405,20 +348,6 @@ pub fn backends(
         }
     }
     Ok(rows)
-}
-
-/// Active backend slots by (address, port): one pass over `BACKENDS`, made
-/// only when a listing needs a backend neither a ring nor a flow points at.
-fn active_slots(maps: &Maps) -> HashMap<(IpAddr, u16), u32> {
-    maps.backends
-        .iter()
-        .enumerate()
-        .filter_map(|(id, backend)| {
-            let backend = backend.ok()?;
-            (backend.flags & lb_common::BACKEND_ACTIVE != 0)
-                .then(|| ((ip_of(backend.ip), u16::from_be(backend.port)), id as u32))
-        })
-        .collect()
 }
 
 /// Tracked flows, most recently seen first.
@@ -599,7 +528,6 @@ mod tests {
             catalog: Catalog::default(),
             now_ns: 40,
             active: OnceCell::new(),
-            pinned: OnceCell::new(),
             rings: RefCell::default(),
             slots: RefCell::default(),
         };

@@ -111,3 +111,68 @@ fn slot_changes_hands(bed: &XdpBed) {
         "its own flow counts"
     );
 }
+
+/// A backend a service drains (weight 0: no ring points at it) is listed
+/// under the service's own slot, as the agent's catalog records it: not
+/// under another slot of the same node and port, as the TCP and UDP ports
+/// of one DNS Service have (here the UDP one's, with all the traffic), nor
+/// counted in that other service's total.
+#[test]
+fn a_drained_backend_is_listed_under_its_own_slot() {
+    let (ns, bed) = XdpBed::new("lbdrain").expect("netns");
+    ns.enter(move || drained_slots(&bed)).expect("enter");
+}
+
+fn drained_slots(bed: &XdpBed) {
+    let mut dataplane = bed
+        .load(DataplaneConfig {
+            ring_size: 251,
+            max_services: 4,
+            pin_dir: None,
+            new_flow_limit: 0,
+            ..Default::default()
+        })
+        .expect("load");
+    let vip = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 53));
+    let dns = |protocol, weight| {
+        let mut drained = node(1, 30053);
+        drained.weight = weight;
+        service(vip, 53, protocol, vec![drained, node(2, 30053)])
+    };
+    dataplane.set_service(&dns(Protocol::Tcp, 1)).expect("tcp");
+    dataplane.set_service(&dns(Protocol::Udp, 1)).expect("udp");
+    let program = dataplane.program().expect("program");
+    for port in 40000..40064 {
+        let client = SocketAddr::new(CLIENT.into(), port);
+        let datagram = packets::udp(client, SocketAddr::new(vip, 53), b"query");
+        let (action, _) = xdp_bed::run(program, &datagram, bed.client_if).expect("test run");
+        assert_eq!(action, XDP_REDIRECT);
+    }
+    let tcp = dns(Protocol::Tcp, 0);
+    dataplane.set_service(&tcp).expect("tcp drains node 1");
+    dataplane
+        .set_service(&dns(Protocol::Udp, 0))
+        .expect("udp drains node 1");
+    let own = dataplane.service(&tcp.frontend).expect("tcp").backends[0].id;
+
+    let maps = dataplane.maps();
+    let snapshot = Snapshot::take(maps, Catalog::of(&dataplane)).expect("snapshot");
+    let label = tcp.frontend.to_string();
+    let rows = inspect::backends(maps, &snapshot, Some(&label)).expect("backends");
+    let drained = rows
+        .iter()
+        .find(|row| row.address == node(1, 30053).ip)
+        .unwrap_or_else(|| panic!("node 1 is listed: {rows:?}"));
+    assert_eq!((drained.id, drained.health), (own, "draining"));
+    assert_eq!(drained.packets, 0, "{drained:?}");
+    let services = inspect::services(maps, &snapshot).expect("services");
+    let listed = services
+        .iter()
+        .find(|row| row.frontend == tcp.frontend)
+        .expect("tcp is listed");
+    let counted = dataplane
+        .service_traffic(&tcp.frontend)
+        .expect("traffic")
+        .expect("programmed");
+    assert_eq!(listed.packets, counted.packets);
+}
