@@ -17,6 +17,7 @@ use aya::{
     util::nr_cpus,
 };
 use lb::{
+    catalog::Catalog,
     dataplane::{Dataplane, DataplaneConfig, DataplaneError, service_key},
     maps::{FLOWS, FORMER_TX_PORTS, Maps, MapsError, SERVICES},
     model::Protocol,
@@ -344,6 +345,58 @@ fn other_ring_size(bed: &XdpBed) {
         let ack = packets::tcp_ack(family.client, family.vip_port(), b"");
         assert_eq!(forwarded_to(&dataplane, bed, &ack), node);
     }
+    dataplane.remove_pins().expect("remove pins");
+}
+
+/// A backend a service drains (weight 0) when its agent stops is still the
+/// service's after the restart, by the catalog the agent wrote (no ring
+/// points at it): the flows pinned to it stay there, and its traffic still
+/// counts in the service's.
+#[test]
+fn a_drained_backend_keeps_its_flows_across_a_restart() {
+    let (ns, bed) = XdpBed::new("lbdrained").expect("netns");
+    ns.enter(move || drained_across_a_restart(&bed))
+        .expect("enter");
+}
+
+fn drained_across_a_restart(bed: &XdpBed) {
+    let root = PinRoot::new("drained-restart");
+    let family = &families()[0];
+    let mut spec = family.spec();
+    let mut dataplane = bed
+        .load(config(Some(root.path().clone()), RING_SIZE))
+        .expect("load");
+    dataplane.set_service(&spec).expect("set_service");
+    let drained = spec.backends[0].ip;
+    let client = (40000..41000)
+        .map(|port| SocketAddr::new(family.client.ip(), port))
+        .find(|&client| {
+            forwarded_to(
+                &dataplane,
+                bed,
+                &packets::tcp_syn(client, family.vip_port()),
+            ) == drained
+        })
+        .expect("a client Maglev sends to node 1");
+    let ack = packets::tcp_ack(client, family.vip_port(), b"x");
+    spec.backends[0].weight = 0;
+    dataplane.set_service(&spec).expect("drain node 1");
+    assert_eq!(forwarded_to(&dataplane, bed, &ack), drained);
+    let counted = dataplane.service_traffic(&spec.frontend).expect("traffic");
+    Catalog::write_of(&dataplane, &Default::default(), root.path()).expect("catalog");
+    drop(dataplane);
+
+    let mut dataplane = bed
+        .load(config(Some(root.path().clone()), RING_SIZE))
+        .expect("reload");
+    let traffic = dataplane.service_traffic(&spec.frontend).expect("traffic");
+    assert_eq!(
+        traffic, counted,
+        "the drained backend's traffic is the service's"
+    );
+    dataplane.set_service(&spec).expect("the first sync");
+    assert_eq!(forwarded_to(&dataplane, bed, &ack), drained);
+    Catalog::remove(root.path());
     dataplane.remove_pins().expect("remove pins");
 }
 

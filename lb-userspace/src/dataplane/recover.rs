@@ -6,17 +6,28 @@ use std::collections::{BTreeMap, BTreeSet};
 use lb_common::{BACKEND_ACTIVE, MAX_BACKENDS};
 
 use super::{Dataplane, DataplaneError, ProgrammedBackend, ProgrammedService, filter};
-use crate::model::{BackendSpec, Frontend, Protocol, ServiceSpec};
+use crate::{
+    catalog::Catalog,
+    model::{BackendSpec, Frontend, Protocol, ServiceSpec},
+};
 
 impl Dataplane {
     /// Rebuilds what is programmed from the maps (empty unless pinned state was
     /// reused). Names and weights are not in the maps: the first reconcile
     /// rewrites every service, keeping each backend's id, so flows stay put.
+    /// A backend a service drained (no ring points at it) is its own by the
+    /// earlier agent's catalog, and kept as draining.
     pub(super) fn recover(&mut self) -> Result<(), DataplaneError> {
         let entries = self.maps.services.entries()?;
         // One read of all 65,536 slots: one call per slot took a tenth of a
         // second of every start.
         let slots = self.maps.backend_slots()?;
+        let catalog = self
+            .config
+            .pin_dir
+            .as_deref()
+            .map(Catalog::read)
+            .unwrap_or_default();
         let ring_size = self.config.ring_size;
         let mut used_backends = BTreeSet::new();
         for (key, info) in entries {
@@ -29,21 +40,23 @@ impl Dataplane {
                 protocol,
             };
             // A ring of another size cannot be walked with this map's layout.
-            let entries = if info.ring_size == ring_size {
+            let mut entries = if info.ring_size == ring_size {
                 self.maps.ring_entries(&info)?
             } else {
                 BTreeMap::new()
             };
+            for &id in catalog.slots(&frontend).unwrap_or_default() {
+                entries.entry(id).or_insert(0);
+            }
             let mut backends = Vec::new();
             for (id, ring_entries) in entries {
                 let Some(backend) = slots.get(id as usize) else {
                     continue;
                 };
                 self.backend_generations[id as usize] = backend.generation;
-                if backend.flags & BACKEND_ACTIVE == 0 {
+                if backend.flags & BACKEND_ACTIVE == 0 || !used_backends.insert(id) {
                     continue;
                 }
-                used_backends.insert(id);
                 backends.push(ProgrammedBackend {
                     spec: BackendSpec {
                         node: String::new(),
@@ -81,8 +94,9 @@ impl Dataplane {
             if used_backends.contains(&id) {
                 continue;
             }
-            // An active slot no ring points at (a draining backend of the last
-            // agent) cannot be attributed any more: retire it, its flows re-hash.
+            // An active slot neither a ring nor the catalog gives a service
+            // (a draining backend of an agent that wrote no catalog) cannot
+            // be attributed: retire it, its flows re-hash.
             self.backend_generations[id as usize] = backend.generation;
             if backend.flags & BACKEND_ACTIVE != 0 {
                 self.retire_slot(id)?;
