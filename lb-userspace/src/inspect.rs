@@ -90,7 +90,10 @@ pub struct TraceReport {
     pub new_flow_node: Option<String>,
     /// Where the flow table pins it, if it does.
     pub pinned_backend: Option<SocketAddr>,
-    /// The backend packets of this 5-tuple go to now.
+    /// Where the packets of this 5-tuple go now: those of its flow, and for
+    /// TCP a new connection's first packet (a SYN, which the data path
+    /// sends by the Maglev choice whatever the flow table holds) where that
+    /// differs.
     pub verdict: String,
 }
 
@@ -464,7 +467,19 @@ pub fn trace(
     });
     report.pinned_backend =
         pinned.map(|f| SocketAddr::new(ip_of(f.backend_ip), u16::from_be(f.backend_port)));
-    report.verdict = match (report.pinned_backend, report.new_flow_backend) {
+    report.verdict = verdict(&report);
+    Ok(report)
+}
+
+/// [`TraceReport::verdict`] from the rest of the report.
+fn verdict(report: &TraceReport) -> String {
+    match (report.pinned_backend, report.new_flow_backend) {
+        (Some(pinned), Some(new)) if report.protocol == Protocol::Tcp && new != pinned => {
+            format!(
+                "pinned by the flow table to {pinned}; a new connection from this port (its SYN) \
+                 goes to {new}"
+            )
+        }
         (Some(pinned), _) => format!("pinned by the flow table to {pinned}"),
         (None, Some(new)) => format!(
             "new flow: hash {:#010x} -> slot {} of {} -> {new}",
@@ -473,8 +488,7 @@ pub fn trace(
             report.ring_size.unwrap_or_default()
         ),
         (None, None) => "the service has no backends: the packet is dropped".to_owned(),
-    };
-    Ok(report)
+    }
 }
 
 /// Global counters by name.
@@ -502,6 +516,38 @@ mod tests {
         }
         let other = ServiceKey::new(addr_of("198.51.100.1".parse().unwrap()), 80u16.to_be(), 1);
         assert_eq!(frontend_of(&other), None, "ICMP is no service protocol");
+    }
+
+    /// A TCP flow pinned elsewhere than Maglev now chooses: the verdict
+    /// says where a new connection from the port goes too, as its SYN
+    /// skips the flow table; UDP has no such first packet.
+    #[test]
+    fn a_verdict_tells_where_a_new_connection_goes_when_that_differs() {
+        let at = |last: u8| SocketAddr::from(([10, 1, 0, last], 31000));
+        for (protocol, new, told) in [
+            (Protocol::Tcp, at(12), true),
+            (Protocol::Tcp, at(11), false),
+            (Protocol::Udp, at(12), false),
+        ] {
+            let report = TraceReport {
+                client: SocketAddr::from(([10, 0, 0, 2], 40000)),
+                vip: SocketAddr::from(([198, 51, 100, 1], 80)),
+                protocol,
+                service: None,
+                hash: Some(1),
+                ring_slot: Some(1),
+                ring_size: Some(251),
+                new_flow_backend: Some(new),
+                new_flow_node: None,
+                pinned_backend: Some(at(11)),
+                verdict: String::new(),
+            };
+            let verdict = verdict(&report);
+            assert!(verdict.starts_with("pinned by the flow table to 10.1.0.11:31000"));
+            let names_new = verdict
+                .contains("a new connection from this port (its SYN) goes to 10.1.0.12:31000");
+            assert_eq!(names_new, told, "{protocol:?}, {new}: {verdict}");
+        }
     }
 
     /// One pass counts, for every service, the flows created after a time.
