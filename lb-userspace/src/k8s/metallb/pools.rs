@@ -10,13 +10,21 @@ use crate::k8s::{
 };
 
 /// The valid pools, by name, and each object skipped with its
-/// `namespace/name` and why. A pool overlapping one before it (by name and
-/// namespace), or named as one before it, is skipped, so one mistake does
-/// not take the other pools down.
+/// `namespace/name` and why. A pool overlapping one before it, or named as
+/// one before it, is skipped, so one mistake does not take the other pools
+/// down: before it is older (`metadata.creationTimestamp`), then first by
+/// name and namespace. So a new pool overlapping one in use is the one
+/// skipped, as MetalLB's webhook refuses it, and the Services of the one in
+/// use keep their addresses.
 pub fn pools(objects: &[Arc<IPAddressPool>]) -> (Vec<Pool>, Vec<(String, String)>) {
     let mut objects: Vec<&IPAddressPool> = objects.iter().map(Arc::as_ref).collect();
     objects.sort_by(|a, b| {
-        (&a.metadata.name, &a.metadata.namespace).cmp(&(&b.metadata.name, &b.metadata.namespace))
+        let order = |pool: &IPAddressPool| {
+            let metadata = &pool.metadata;
+            let created = metadata.creation_timestamp.as_ref().map(|time| time.0);
+            (created, metadata.name.clone(), metadata.namespace.clone())
+        };
+        order(a).cmp(&order(b))
     });
     // The valid pools, each with its object's namespace/name.
     let mut valid: Vec<(String, Pool)> = Vec::new();

@@ -427,6 +427,41 @@ fn invalid_pools_are_skipped_by_name_and_field_and_the_rest_serve() {
     assert_eq!(skipped, want);
 }
 
+/// Of two overlapping pools the newer is skipped, whatever the names: a
+/// pool added by mistake over one in use does not take its Services'
+/// addresses.
+#[test]
+fn of_overlapping_pools_the_newer_is_skipped() {
+    let created = |yaml: String, at: &str| {
+        yaml.replace(
+            "  namespace: metallb-system\n",
+            &format!("  namespace: metallb-system\n  creationTimestamp: \"{at}\"\n"),
+        )
+    };
+    let mut yaml = [
+        created(
+            ip_address_pool("prod", "\n  addresses:\n  - 10.0.0.0/24\n"),
+            "2026-01-01T00:00:00Z",
+        ),
+        created(
+            ip_address_pool("lab", "\n  addresses:\n  - 10.0.0.0/28\n"),
+            "2026-06-01T00:00:00Z",
+        ),
+    ]
+    .concat();
+    yaml += &service_yaml("default", "web", 80, "TCP", "");
+    let translation = Translator::default().translate(&cluster(&yaml)).clone();
+    assert_eq!(
+        vips(&translation),
+        [("default/web".to_owned(), addresses(&["10.0.0.0"]))]
+    );
+    assert_eq!(translation.vip_pools[&ip::<IpAddr>("10.0.0.0")], "prod");
+    assert_eq!(
+        skipped(&translation),
+        ["IPAddressPool metallb-system/lab: spec.addresses overlap those of IPAddressPool prod"]
+    );
+}
+
 #[test]
 fn spellings_of_one_setting_must_agree() {
     let both = "  annotations:\n    lb.dev/pool: a\n    metallb.universe.tf/address-pool: b\n";
