@@ -73,13 +73,21 @@ pub async fn run(mut options: AgentOptions) -> Result<()> {
         let vips = inherited_vips(&dataplane, options.dataplane.pin_dir.as_deref());
         options.source.keep_inherited_state(vips);
     }
-    let result = match attach_all(&mut dataplane, &options.interfaces) {
+    let attached = attach_all(&mut dataplane, &options.interfaces);
+    let started = attached.is_ok();
+    let result = match attached {
         Ok(()) => serve(&mut dataplane, &mut options, metrics).await,
         Err(e) => Err(e),
     };
-    // A failed start must not destroy state an earlier agent left running.
-    let failed_fresh_start = result.is_err() && !dataplane.inherited_state();
-    if options.detach_on_exit || failed_fresh_start {
+    // A failed start must not destroy state an earlier agent left running,
+    // even with --detach-on-exit (that is this agent's to remove once it
+    // is attached); a failed fresh start leaves nothing behind.
+    let remove = match (result.is_err(), dataplane.inherited_state()) {
+        (true, false) => true,
+        (true, true) if !started => false,
+        _ => options.detach_on_exit,
+    };
+    if remove {
         if let Err(e) = dataplane.remove_pins() {
             warn!(error = %e, "removing the pinned state");
         }

@@ -576,6 +576,32 @@ fn an_interface_no_longer_listed_is_detached() -> Result<()> {
     Ok(())
 }
 
+/// An agent restarted with `--detach-on-exit` over an earlier agent's
+/// state, whose start then fails (an interface XDP cannot be attached to),
+/// leaves that state serving: removing it is for an agent that started.
+#[test]
+fn a_failed_restart_with_detach_on_exit_leaves_the_pinned_state() -> Result<()> {
+    let scratch = Scratch::new("detach-failed")?;
+    let path = scratch.write("lb.yaml", web())?;
+    let mut bed = Bed::start("lbcfg-detach", &path)?;
+    bed.wait_for_services(&[WEB])?;
+    // Native XDP on a veth needs the peer's MTU to fit a page.
+    veth(&bed.ns, "d0", &bed.ns, "d1")?;
+    bed.ns.ip("link set d1 mtu 9000")?;
+    bed.agent.kill()?;
+    bed.agent
+        .restart_with(&bed.ns, &["--iface", "d0", "--detach-on-exit"])?;
+    let status = bed.agent.wait_for_exit(TIMEOUT)?;
+    ensure!(!status.success(), "the agent started: {}", bed.agent.log());
+    ensure!(
+        bed.agent.log().contains("attaching XDP to d0"),
+        "{}",
+        bed.agent.log()
+    );
+    xdp_program(&bed.ns, "lb0").context("lb0 was detached")?;
+    bed.wait_for_services(&[WEB])
+}
+
 /// Waits until the agent has attached its program to both `a` and `b`.
 fn wait_for_the_same_program(bed: &Bed, a: &str, b: &str) -> Result<()> {
     let deadline = Instant::now() + TIMEOUT;
