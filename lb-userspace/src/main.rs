@@ -22,7 +22,7 @@ use lb::{
         translate::{TranslateConfig, Translator},
     },
     pins::PinDir,
-    show,
+    show::{self, StdoutClosed, print},
 };
 use tracing_subscriber::EnvFilter;
 
@@ -40,8 +40,11 @@ fn main() {
     };
     let cli = Cli::parse_from(argv);
     init_logging(cli.verbose);
-    if let Err(e) = run(cli) {
-        fail(&e);
+    match run(cli) {
+        // The reader has what it wanted (`lb stats --watch | head`).
+        Err(e) if e.is::<StdoutClosed>() => {}
+        Err(e) => fail(&e),
+        Ok(()) => {}
     }
 }
 
@@ -61,13 +64,17 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bgp(args) => announce::commands::bgp(&args),
         Command::Drain(args) => announce::commands::drain(&args),
         Command::Down(args) => down(&args),
+        // Written whole through `print`: clap_complete panics on a failed
+        // write.
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "lb", &mut std::io::stdout());
-            Ok(())
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "lb", &mut script);
+            print(script)
         }
         Command::Man { dir: None } => {
-            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
-            Ok(())
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+            print(page)
         }
         Command::Man { dir: Some(dir) } => clap_mangen::generate_to(Cli::command(), &dir)
             .with_context(|| format!("writing the man pages to {}", dir.display())),
@@ -79,7 +86,7 @@ fn down(args: &PinArgs) -> Result<()> {
     let pins = PinDir::new(&args.bpffs);
     pins.check_known_layouts()?;
     if Bird::of(&args.bpffs).stop().context("stopping BIRD")? {
-        println!("BIRD withdrew its announcements and stopped");
+        print("BIRD withdrew its announcements and stopped\n")?;
     }
     let removed = pins.remove()?;
     Catalog::remove(&args.bpffs);
@@ -89,15 +96,14 @@ fn down(args: &PinArgs) -> Result<()> {
         eprintln!("warning: removing the nodes' managed neighbour entries: {e}");
     }
     if removed.is_empty() {
-        println!("nothing pinned under {}", args.bpffs.display());
+        print(format!("nothing pinned under {}\n", args.bpffs.display()))
     } else {
-        println!(
-            "removed {} pins under {}",
+        print(format!(
+            "removed {} pins under {}\n",
             removed.len(),
             args.bpffs.display()
-        );
+        ))
     }
-    Ok(())
 }
 
 /// The error and its causes on one line, each said once (libraries often

@@ -2,7 +2,7 @@
 
 use std::{collections::HashMap, io::Write as _, net::SocketAddr, time::Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
 use crate::{
@@ -48,12 +48,34 @@ fn list<T: Serialize>(
         return print_json(&rows);
     }
     let table: Vec<Vec<String>> = rows.iter().map(cells).collect();
-    print_table(headers, &table);
-    Ok(())
+    print_table(headers, &table)
+}
+
+/// Standard output was closed by its reader (`lb flows | head`): the command
+/// ends there, quietly and successfully, as `main` takes it.
+#[derive(thiserror::Error, Debug)]
+#[error("standard output was closed")]
+pub struct StdoutClosed;
+
+/// Writes `output` to standard output: every command writes there through
+/// this, as `print!` panics on a closed pipe (Rust ignores SIGPIPE), and a
+/// watch that ignored the error would sample on forever for no reader.
+pub fn print(output: impl AsRef<[u8]>) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    // Flushed now, so that a closed pipe is seen at this write.
+    match out.write_all(output.as_ref()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        result => result.context("writing to standard output"),
+    }
 }
 
 /// Prints rows as left-aligned columns under `headers`.
-pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+pub fn print_table(headers: &[&str], rows: &[Vec<String>]) -> Result<()> {
+    print(table(headers, rows))
+}
+
+/// Rows as left-aligned columns under `headers`, each line ending in a newline.
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut out = String::new();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
@@ -74,15 +96,11 @@ pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     for row in rows {
         line(row.iter().map(String::as_str).collect());
     }
-    // A closed pipe (`lb backends | head`) is not worth a panic.
-    let _ = std::io::stdout().lock().write_all(out.as_bytes());
+    out
 }
 
 pub fn print_json(value: &impl Serialize) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)?;
-    // A closed pipe (`lb stats --json | head`) is not an error worth a panic.
-    let _ = writeln!(std::io::stdout().lock(), "{text}");
-    Ok(())
+    print(serde_json::to_string_pretty(value)? + "\n")
 }
 
 fn or_dash(text: &str) -> String {
@@ -203,24 +221,22 @@ pub fn trace(args: &TraceArgs) -> Result<()> {
     if args.inspect.json {
         return print_json(&report);
     }
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(
-        out,
+    let mut lines = vec![format!(
         "{} -> {} ({})",
         report.client, report.vip, report.protocol
-    );
+    )];
     if let Some(service) = &report.service {
-        let _ = writeln!(out, "service:   {service}");
+        lines.push(format!("service:   {service}"));
     }
     if let Some(backend) = report.new_flow_backend {
         let node = report.new_flow_node.as_deref().unwrap_or("-");
-        let _ = writeln!(out, "new flow:  {backend} ({node})");
+        lines.push(format!("new flow:  {backend} ({node})"));
     }
     if let Some(pinned) = report.pinned_backend {
-        let _ = writeln!(out, "flow entry: {pinned}");
+        lines.push(format!("flow entry: {pinned}"));
     }
-    let _ = writeln!(out, "verdict:   {}", report.verdict);
-    Ok(())
+    lines.push(format!("verdict:   {}", report.verdict));
+    print(lines.join("\n") + "\n")
 }
 
 /// One sample of every counter, for computing rates.
@@ -313,12 +329,13 @@ fn rates(before: &Sample, after: &Sample) -> Rates {
     }
 }
 
-fn render(rates: &Rates) {
-    println!(
-        "packets/s {:.0}   new flows/s {:.0}   (interval {:.1}s)\n",
+/// The table form of one sample.
+fn render(rates: &Rates) -> String {
+    let summary = format!(
+        "packets/s {:.0}   new flows/s {:.0}   (interval {:.1}s)\n\n",
         rates.packets_per_second, rates.new_flows_per_second, rates.interval_seconds
     );
-    let table: Vec<Vec<String>> = rates
+    let services: Vec<Vec<String>> = rates
         .services
         .iter()
         .map(|s| {
@@ -332,24 +349,25 @@ fn render(rates: &Rates) {
             ]
         })
         .collect();
-    print_table(
-        &[
-            "SERVICE",
-            "FRONTEND",
-            "PACKETS/S",
-            "BITS/S",
-            "NEW FLOWS/S",
-            "FLOWS",
-        ],
-        &table,
-    );
-    println!();
     let totals: Vec<Vec<String>> = rates
         .totals
         .iter()
         .map(|(name, value)| vec![(*name).to_owned(), value.to_string()])
         .collect();
-    print_table(&["COUNTER", "TOTAL"], &totals);
+    summary
+        + &table(
+            &[
+                "SERVICE",
+                "FRONTEND",
+                "PACKETS/S",
+                "BITS/S",
+                "NEW FLOWS/S",
+                "FLOWS",
+            ],
+            &services,
+        )
+        + "\n"
+        + &table(&["COUNTER", "TOTAL"], &totals)
 }
 
 pub fn stats(args: &StatsArgs) -> Result<()> {
@@ -359,23 +377,13 @@ pub fn stats(args: &StatsArgs) -> Result<()> {
         std::thread::sleep(interval);
         let after = sample(&args.inspect)?;
         let rates = rates(&before, &after);
-        if args.inspect.json {
-            if args.watch {
-                // One object per line, so a consumer can stream it.
-                let _ = writeln!(
-                    std::io::stdout().lock(),
-                    "{}",
-                    serde_json::to_string(&rates)?
-                );
-            } else {
-                print_json(&rates)?;
-            }
-        } else {
-            if args.watch {
-                // Clear the screen and go home, like top.
-                print!("\x1b[2J\x1b[H");
-            }
-            render(&rates);
+        match (args.inspect.json, args.watch) {
+            // One object per line, so a consumer can stream it.
+            (true, true) => print(serde_json::to_string(&rates)? + "\n")?,
+            (true, false) => print_json(&rates)?,
+            // Clear the screen and go home, like top.
+            (false, true) => print("\x1b[2J\x1b[H".to_owned() + &render(&rates))?,
+            (false, false) => print(render(&rates))?,
         }
         if !args.watch {
             return Ok(());

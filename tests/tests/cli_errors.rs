@@ -1,9 +1,16 @@
 //! Bad input to the `lb` binary: one clear line naming the problem, exit status
-//! 1 (clap's own usage errors: 2), and nothing left behind.
+//! 1 (clap's own usage errors: 2), and nothing left behind. A reader that stops
+//! reading ends a command quietly.
 
-use std::{path::Path, process::Command};
+use std::{
+    io::{BufRead as _, BufReader, Read as _},
+    path::Path,
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
 
-use lb_tests::{agent::lb_binary, netns::NetNs};
+use lb::dataplane::{Dataplane, DataplaneConfig};
+use lb_tests::{agent::lb_binary, netns::NetNs, pin_root::PinRoot};
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/voting-app.yaml");
 
@@ -34,6 +41,69 @@ fn assert_error(args: &[&str], code: i32, needle: &str) {
             "not lb's one-line error: {stderr:?}"
         );
         assert!(!stderr.contains("backtrace"), "{stderr:?}");
+    }
+}
+
+/// Loads a data path pinned under `root`, attached to no interface: the
+/// state the inspection commands read, as an agent leaves it.
+fn pin_data_path(root: &Path) {
+    let config = DataplaneConfig {
+        ring_size: 251,
+        max_services: 4,
+        max_flows: 1024,
+        pin_dir: Some(root.to_owned()),
+        ..Default::default()
+    };
+    drop(Dataplane::load(config).expect("load the data path"));
+}
+
+/// Waits up to `patience` for `child` to exit; kills it if it does not.
+fn exit_within(child: &mut Child, patience: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + patience;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("wait for lb") {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().expect("kill lb");
+    child.wait().expect("reap lb");
+    None
+}
+
+/// A reader that stops reading (`lb stats --watch | head`) ends a watch at
+/// its next sample, quietly and successfully: it neither panics (Rust
+/// ignores SIGPIPE, so `print!` panics instead) nor samples on for no one.
+#[test]
+fn a_watch_ends_quietly_when_its_reader_stops_reading() {
+    let root = PinRoot::new("cli-pipe");
+    pin_data_path(root.path());
+    for (form, first_line) in [(&["--json"][..], "{"), (&[], "packets/s")] {
+        let mut watch = Command::new(lb_binary().expect("lb binary"))
+            .args(["stats", "--watch", "--interval", "0.1", "--bpffs"])
+            .arg(root.path())
+            .args(form)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("lb stats --watch");
+        let mut reader = BufReader::new(watch.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("a first line");
+        assert!(line.contains(first_line), "{form:?}: {line:?}");
+        drop(reader);
+        let status = exit_within(&mut watch, Duration::from_secs(5));
+        let mut stderr = String::new();
+        watch
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut stderr)
+            .expect("read stderr");
+        assert!(
+            status.is_some_and(|status| status.success()) && !stderr.contains("panicked"),
+            "lb stats --watch {form:?} after its reader left: {status:?}, {stderr:?}"
+        );
     }
 }
 

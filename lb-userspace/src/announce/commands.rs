@@ -12,7 +12,7 @@ use super::bird::Bird;
 use crate::{
     cli::{DrainArgs, InspectArgs},
     pins::check_bpffs,
-    show::{print_json, print_table},
+    show::{print, print_json, print_table},
 };
 
 /// How long `lb drain` waits for BIRD to announce nothing.
@@ -50,16 +50,16 @@ pub fn bgp(args: &InspectArgs) -> Result<()> {
             ]
         })
         .collect();
-    print_table(&["session", "peer", "peer AS", "state", "BFD"], &rows);
-    println!();
+    print_table(&["session", "peer", "peer AS", "state", "BFD"], &rows)?;
+    print("\n")?;
     let announced: Vec<Vec<String>> = status
         .announced
         .iter()
         .map(|prefix| vec![prefix.clone()])
         .collect();
-    print_table(&["announced"], &announced);
+    print_table(&["announced"], &announced)?;
     if status.draining {
-        println!("\ndraining: nothing is announced until `lb drain --undo` or `lb down`");
+        print("\ndraining: nothing is announced until `lb drain --undo` or `lb down`\n")?;
     }
     Ok(())
 }
@@ -72,12 +72,11 @@ pub fn drain(args: &DrainArgs) -> Result<()> {
     let bird = Bird::of(bpffs);
     let marker = bird.drain_marker();
     if args.undo {
-        match fs::remove_file(&marker) {
-            Ok(()) => println!("announcing again (the agent restores the routes within a second)"),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => println!("not draining"),
-            Err(e) => return Err(e).with_context(|| format!("removing {}", marker.display())),
-        }
-        return Ok(());
+        return match fs::remove_file(&marker) {
+            Ok(()) => print("announcing again (the agent restores the routes within a second)\n"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => print("not draining\n"),
+            Err(e) => Err(e).with_context(|| format!("removing {}", marker.display())),
+        };
     }
     running(&bird, bpffs)?;
     fs::write(&marker, "").with_context(|| format!("writing {}", marker.display()))?;
@@ -87,8 +86,9 @@ pub fn drain(args: &DrainArgs) -> Result<()> {
     loop {
         let announced = bird.status().context("asking BIRD")?.announced;
         if announced.is_empty() {
-            println!("drained: nothing announced; wait for traffic to move, then stop this host");
-            return Ok(());
+            return print(
+                "drained: nothing announced; wait for traffic to move, then stop this host\n",
+            );
         }
         if Instant::now() > deadline {
             bail!("BIRD still announces {announced:?} after {DRAIN_TIMEOUT:?}");
