@@ -377,7 +377,7 @@ pub(crate) fn sum_traffic(
 /// Where the pinned state keeps services' traffic: `RETIRED_TRAFFIC`, or
 /// before this agent's first load an earlier one's `SERVICE_STATS`.
 fn open_service_traffic(pins: &PinDir) -> Result<ServiceTraffic, MapsError> {
-    if !pins.map(MAP_RETIRED_TRAFFIC).exists()
+    if !is_pinned(pins, MAP_RETIRED_TRAFFIC)?
         && let Some(former) = former_service_stats(pins)?
     {
         return Ok(ServiceTraffic::Whole(former));
@@ -398,7 +398,7 @@ pub(crate) fn former_counters(
 
 /// The counters, or an earlier agent's while it still serves ([`former_counters`]).
 fn open_counters(pins: &PinDir) -> Result<PerCpuArray<MapData, u64>, MapsError> {
-    if !pins.map(MAP_COUNTERS).exists()
+    if !is_pinned(pins, MAP_COUNTERS)?
         && let Some(former) = former_counters(pins)?
     {
         return Ok(former);
@@ -418,7 +418,7 @@ pub(crate) fn open_if_pinned<T>(pins: &PinDir, name: &'static str) -> Result<Opt
 where
     T: TryFrom<Map, Error = MapError>,
 {
-    if !pins.map(name).exists() {
+    if !is_pinned(pins, name)? {
         return Ok(None);
     }
     typed(name, open_pin(pins, name)?).map(Some)
@@ -444,7 +444,7 @@ pub(crate) fn map_error(name: &'static str, source: MapError) -> MapsError {
 /// The flow caches' pins, if the agent made them (earlier agents of this
 /// layout did not).
 fn open_flow_caches(pins: &PinDir) -> Result<Option<FlowCaches>, MapsError> {
-    if !pins.map(MAP_FLOW_CACHE4).exists() {
+    if !is_pinned(pins, MAP_FLOW_CACHE4)? {
         return Ok(None);
     }
     Ok(Some(FlowCaches {
@@ -464,14 +464,25 @@ pub(crate) fn pinned_settings(pins: &PinDir) -> Result<Option<Settings>, MapsErr
         .map_err(|e| map_error(PINNED_SETTINGS, e))
 }
 
-fn open_pin(pins: &PinDir, name: &'static str) -> Result<Map, MapsError> {
+/// Whether the map `name` is pinned. A pin that cannot be looked at is no
+/// absent one (`Path::exists` says false for both): a user without the
+/// privileges is told so, not that nothing is loaded.
+fn is_pinned(pins: &PinDir, name: &str) -> Result<bool, MapsError> {
     let path = pins.map(name);
-    if !path.exists() {
+    path.try_exists().map_err(|source| match source.kind() {
+        std::io::ErrorKind::PermissionDenied => MapsError::Permission { path: path.clone() },
+        _ => PinsError::Io { path, source }.into(),
+    })
+}
+
+fn open_pin(pins: &PinDir, name: &'static str) -> Result<Map, MapsError> {
+    if !is_pinned(pins, name)? {
         return Err(MapsError::NotPinned {
             dir: pins.root().to_owned(),
             name,
         });
     }
+    let path = pins.map(name);
     let data = MapData::from_pin(&path).map_err(|source| match &source {
         MapError::SyscallError(e) if e.io_error.kind() == std::io::ErrorKind::PermissionDenied => {
             MapsError::Permission { path: path.clone() }

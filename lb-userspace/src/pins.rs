@@ -169,11 +169,8 @@ impl PinDir {
     /// removes the state of both.
     pub fn check_known_layouts(&self) -> Result<(), PinsError> {
         check_bpffs(&self.root)?;
-        let Ok(entries) = fs::read_dir(&self.root) else {
-            return Ok(());
-        };
         let known = [LAYOUT_VERSION, UPGRADES_FROM].map(|version| format!("v{version}"));
-        for entry in entries.flatten() {
+        for entry in entries(&self.root)? {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with('v') && name[1..].parse::<u32>().is_ok() && !known.contains(&name) {
                 return Err(PinsError::OtherLayout {
@@ -244,10 +241,7 @@ impl PinDir {
 /// Removes the pins in `state`, links first, then the directory.
 fn remove_dir_pins(state: &Path) -> Result<Vec<PathBuf>, PinsError> {
     let mut removed = Vec::new();
-    let Ok(entries) = fs::read_dir(state) else {
-        return Ok(removed);
-    };
-    let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    let mut paths: Vec<PathBuf> = entries(state)?.iter().map(|e| e.path()).collect();
     // Links before maps: the program stops seeing packets before its maps go.
     paths.sort_by_key(|p| {
         !p.file_name()
@@ -262,4 +256,18 @@ fn remove_dir_pins(state: &Path) -> Result<Vec<PathBuf>, PinsError> {
     }
     let _ = fs::remove_dir(state);
     Ok(removed)
+}
+
+/// The entries of `dir`, none when it does not exist. One that cannot be
+/// read is an error, not an empty directory: a user without privileges is
+/// told so, not that nothing is pinned.
+fn entries(dir: &Path) -> Result<Vec<fs::DirEntry>, PinsError> {
+    match fs::read_dir(dir) {
+        Ok(entries) => Ok(entries.flatten().collect()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(PinsError::Io {
+            path: dir.to_owned(),
+            source,
+        }),
+    }
 }

@@ -1,23 +1,40 @@
-//! Bad input to the `lb` binary: one clear line naming the problem, exit status
-//! 1 (clap's own usage errors: 2), and nothing left behind. A reader that stops
-//! reading ends a command quietly.
+//! Bad input to the `lb` binary and missing privileges: one clear line naming
+//! the problem, exit status 1 (clap's own usage errors: 2), and nothing left
+//! behind. A reader that stops reading ends a command quietly.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _},
+    os::unix::fs::PermissionsExt as _,
     path::Path,
     process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
 };
 
-use lb::dataplane::{Dataplane, DataplaneConfig};
+use lb::{
+    dataplane::{Dataplane, DataplaneConfig},
+    pins::PinDir,
+};
 use lb_tests::{agent::lb_binary, netns::NetNs, pin_root::PinRoot};
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/voting-app.yaml");
 
 /// Runs `lb args...`; returns (exit code, stderr).
 fn lb(args: &[&str]) -> (i32, String) {
-    let output = Command::new(lb_binary().expect("lb binary"))
-        .args(args)
+    run(Command::new(lb_binary().expect("lb binary")).args(args))
+}
+
+/// Runs `lb args...` as the user nobody, without capabilities; returns (exit
+/// code, stderr).
+fn lb_unprivileged(args: &[&str]) -> (i32, String) {
+    run(Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(lb_binary().expect("lb binary"))
+        .args(args))
+}
+
+/// Runs `command`; returns (exit code, stderr).
+fn run(command: &mut Command) -> (i32, String) {
+    let output = command
         .env_remove("RUST_BACKTRACE")
         .env_remove("RUST_LIB_BACKTRACE")
         .output()
@@ -55,6 +72,44 @@ fn pin_data_path(root: &Path) {
         ..Default::default()
     };
     drop(Dataplane::load(config).expect("load the data path"));
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Where the pinned state cannot be looked at (bpffs is often mounted mode
+/// 0700), a user without privileges is told so: a refused look was taken for
+/// a missing pin ("nothing is loaded") or an empty directory (`lb down`:
+/// "nothing pinned").
+#[test]
+fn without_privileges_the_commands_say_so_not_that_nothing_is_pinned() {
+    let outer = PinRoot::new("cli-denied");
+    let root = outer.path().join("lb");
+    pin_data_path(&root);
+    let state = PinDir::new(&root).state();
+    let bpffs = root.display().to_string();
+    for (what, closed) in [
+        ("its parent", outer.path()),
+        ("--bpffs", &root),
+        ("the state directory", &state),
+    ] {
+        set_mode(closed, 0o700);
+        for command in ["services", "down"] {
+            let args = [command, "--bpffs", &bpffs];
+            let (status, stderr) = lb_unprivileged(&args);
+            assert_eq!(status, 1, "{what} of mode 0700, lb {args:?}: {stderr:?}");
+            assert!(
+                stderr.starts_with("lb: ") && stderr.contains("run as root"),
+                "{what} of mode 0700, lb {args:?}: {stderr:?}"
+            );
+        }
+        set_mode(closed, 0o755);
+    }
+    assert!(
+        PinDir::new(&root).exists(),
+        "an unprivileged `lb down` removed the state"
+    );
 }
 
 /// Waits up to `patience` for `child` to exit; kills it if it does not.
