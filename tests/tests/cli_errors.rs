@@ -282,6 +282,10 @@ fn agent_rejects_bad_bgp_settings_before_touching_the_kernel() {
             "--announce bgp needs --bgp-asn",
         ),
         (
+            bgp(&["--bgp-asn", "64512", "--bgp-peer", "fe80::1@64500"]),
+            "--bgp-peer fe80::1@64500: a link-local address needs an interface",
+        ),
+        (
             bgp(&[
                 "--bgp-asn",
                 "64512",

@@ -16,6 +16,11 @@ pub enum BgpError {
     PeerWithoutAs(String),
     #[error("--bgp-peer {peer}: {address:?} is not an IP address")]
     PeerAddress { peer: String, address: String },
+    #[error(
+        "--bgp-peer {0}: a link-local address needs an interface, which lb does not give BIRD; \
+         use a global or unique local address of the peer"
+    )]
+    PeerLinkLocal(String),
     #[error("{flag} {value}: an AS number is 1 to 4294967295")]
     AsOutOfRange { flag: &'static str, value: String },
     #[error("--announce bgp needs --bgp-asn (this host's AS)")]
@@ -46,12 +51,23 @@ impl FromStr for BgpPeer {
             peer: text.to_owned(),
             address: address.to_owned(),
         })?;
+        if needs_interface(address) {
+            return Err(BgpError::PeerLinkLocal(text.to_owned()));
+        }
         let asn = parse_asn("--bgp-peer", asn).map_err(|_| BgpError::AsOutOfRange {
             flag: "--bgp-peer",
             value: text.to_owned(),
         })?;
         Ok(Self { address, asn })
     }
+}
+
+/// Whether BIRD reaches `address` only through a named interface: an IPv6
+/// link-local one (fe80::/10), as a neighbour or as the source. lb names no
+/// interface for a session, and BIRD refuses the whole configuration,
+/// every session's, for one such address.
+pub fn needs_interface(address: IpAddr) -> bool {
+    matches!(address, IpAddr::V6(v6) if v6.is_unicast_link_local())
 }
 
 /// An AS number: 1 to 2^32 - 1 (0 is reserved, RFC 7607).
@@ -232,5 +248,21 @@ mod tests {
             "router@64500".parse::<BgpPeer>(),
             Err(BgpError::PeerAddress { .. })
         ));
+    }
+
+    /// BIRD refuses its whole configuration for a link-local neighbour
+    /// without an interface.
+    #[test]
+    fn link_local_peers_are_refused_naming_the_flag() {
+        let error = "fe80::1@64500".parse::<BgpPeer>().unwrap_err();
+        assert_eq!(error, BgpError::PeerLinkLocal("fe80::1@64500".to_owned()));
+        let error = error.to_string();
+        assert!(
+            error.starts_with("--bgp-peer fe80::1@64500: a link-local address"),
+            "{error}"
+        );
+        for fine in ["fd00::1@64500", "169.254.0.1@64500"] {
+            assert!(fine.parse::<BgpPeer>().is_ok(), "{fine}");
+        }
     }
 }

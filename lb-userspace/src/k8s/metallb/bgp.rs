@@ -13,7 +13,7 @@ use super::{
     objects::{BFDProfileSpec, BGPPeer, BGPPeerSpec, SecretReference},
 };
 use crate::{
-    announce::bgp::{BGP_PORT, Bfd, PeerAs, Session},
+    announce::bgp::{BGP_PORT, Bfd, PeerAs, Session, needs_interface},
     k8s::{objects::MetallbObjects, translate::Skipped},
     units::parse_go_duration,
 };
@@ -109,9 +109,18 @@ fn session(peer: &BGPPeer, metallb: &MetallbObjects) -> Result<Session, String> 
     })
 }
 
+/// An address of a session's ends.
 fn parse_ip(field: &str, text: &str) -> Result<IpAddr, String> {
-    text.parse()
-        .map_err(|_| format!("{field}: {text:?} is not an IP address"))
+    let address = text
+        .parse()
+        .map_err(|_| format!("{field}: {text:?} is not an IP address"))?;
+    if needs_interface(address) {
+        return Err(format!(
+            "{field}: {address} is link-local: BIRD needs an interface for it, which lb does \
+             not give; use a global or unique local address"
+        ));
+    }
+    Ok(address)
 }
 
 fn peer_as(spec: &BGPPeerSpec) -> Result<PeerAs, String> {

@@ -142,6 +142,16 @@ fn invalid_peers_are_skipped_naming_the_field() {
             "spec.sourceAddress",
         ),
         (
+            "{myASN: 1, peerASN: 2, peerAddress: 'fe80::1'}",
+            "",
+            "spec.peerAddress: fe80::1 is link-local",
+        ),
+        (
+            "{myASN: 1, peerASN: 2, peerAddress: '2001:db8::1', sourceAddress: 'fe80::2'}",
+            "",
+            "spec.sourceAddress: fe80::2 is link-local",
+        ),
+        (
             "{myASN: 1, peerASN: 2, peerAddress: 10.0.0.1, bfdProfile: nope}",
             "",
             "spec.bfdProfile: no BFDProfile named \"nope\"",
@@ -234,7 +244,12 @@ spec: {myASN: 64512, peerAddress: 10.0.0.3}
 apiVersion: metallb.io/v1beta2
 kind: BGPPeer
 metadata: {name: d, namespace: metallb-system}
-spec: {myASN: 64513, peerASN: 64500, peerAddress: 10.0.0.4}";
+spec: {myASN: 64513, peerASN: 64500, peerAddress: 10.0.0.4}
+---
+apiVersion: metallb.io/v1beta2
+kind: BGPPeer
+metadata: {name: e, namespace: metallb-system}
+spec: {myASN: 64512, peerASN: 64500, peerAddress: 'fe80::1'}";
     let (sessions, skipped) = sessions(&objects(yaml));
     let names: Vec<(&str, u32)> = sessions
         .iter()
@@ -247,6 +262,8 @@ spec: {myASN: 64513, peerASN: 64500, peerAddress: 10.0.0.4}";
         [
             "BGPPeer metallb-system/b: spec.peerAddress: BGPPeer a has this peer already",
             "BGPPeer metallb-system/c: no AS: set spec.peerASN (or spec.dynamicASN)",
+            "BGPPeer metallb-system/e: spec.peerAddress: fe80::1 is link-local: BIRD needs an \
+             interface for it, which lb does not give; use a global or unique local address",
         ]
     );
 }
