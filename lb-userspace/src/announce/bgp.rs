@@ -84,7 +84,8 @@ pub fn parse_asn(flag: &'static str, text: &str) -> Result<u32, BgpError> {
 /// The BGP sessions BIRD runs, from the flags or from BGPPeer objects.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BgpSettings {
-    /// `None`: BIRD picks one of this host's IPv4 addresses.
+    /// `None`: the lowest of the sessions' own, else BIRD picks one of this
+    /// host's IPv4 addresses.
     pub router_id: Option<Ipv4Addr>,
     pub sessions: Vec<Session>,
 }

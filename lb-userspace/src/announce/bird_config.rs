@@ -9,7 +9,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::{self, Write as _},
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr},
     path::Path,
 };
 
@@ -136,7 +136,7 @@ impl Exports {
 /// BIRD's main configuration.
 pub fn bird_config(settings: &BgpSettings, dir: &Path) -> String {
     let mut conf = "# Written by lb agent, rewritten on every change: do not edit.\n".to_owned();
-    if let Some(id) = settings.router_id {
+    if let Some(id) = router_id(settings) {
         let _ = writeln!(conf, "router id {id};");
     }
     let _ = writeln!(
@@ -154,6 +154,16 @@ pub fn bird_config(settings: &BgpSettings, dir: &Path) -> String {
         conf.push_str(&session_config(session));
     }
     conf
+}
+
+/// BIRD's own router id: `--bgp-router-id`, else the lowest of the
+/// sessions' own. Without one BIRD takes an IPv4 address of the host, and on
+/// a host without any it exits once started, whatever the sessions have. A
+/// session without its own takes this one, as in MetalLB, where a BGPPeer's
+/// `routerID` is the whole speaker's in its FRR mode (`bgp router-id`).
+fn router_id(settings: &BgpSettings) -> Option<Ipv4Addr> {
+    let sessions = settings.sessions.iter().filter_map(|s| s.router_id);
+    settings.router_id.or_else(|| sessions.min())
 }
 
 fn session_config(session: &Session) -> String {

@@ -148,7 +148,6 @@ fn a_metallb_peer_keeps_its_own_settings() {
         ],
     };
     let conf = bird_config(&settings, Path::new("/d"));
-    assert!(!conf.contains("\nrouter id"), "no global router id: {conf}");
     assert!(
         conf.contains(
             "protocol bgp 'lb_peer-a.example' { local 172.30.0.2 as 64512; \
@@ -305,4 +304,37 @@ fn long_session_names_fit_bird() {
     .into();
     let (exports, _) = Exports::of(&wanted, &settings.sessions);
     bird_accepts(&settings, &exports);
+}
+
+/// BIRD needs a router id of its own even when every session has one: on
+/// a host without an IPv4 address it exits, once started, without one.
+#[test]
+fn bird_takes_the_lowest_router_id_of_the_sessions_when_none_is_set() {
+    let with_id = |name, address, id| Session {
+        router_id: Some(id),
+        ..session(name, address, 64500)
+    };
+    let mut settings = BgpSettings {
+        router_id: None,
+        sessions: vec![
+            with_id("b", "2001:db8::1", Ipv4Addr::new(10, 10, 10, 20)),
+            with_id("c", "2001:db8::2", Ipv4Addr::new(10, 10, 10, 10)),
+            session("a", "2001:db8::3", 64500),
+        ],
+    };
+    let global = |settings: &BgpSettings| {
+        let conf = bird_config(settings, Path::new("/d"));
+        let line = conf.lines().find(|line| line.starts_with("router id "));
+        line.map(str::to_owned)
+    };
+    assert_eq!(global(&settings).as_deref(), Some("router id 10.10.10.10;"));
+    bird_accepts(&settings, &Exports::default());
+
+    settings.router_id = Some(Ipv4Addr::new(10, 1, 0, 2));
+    assert_eq!(global(&settings).as_deref(), Some("router id 10.1.0.2;"));
+
+    // Nothing to take it from: BIRD picks an IPv4 address of the host.
+    settings.router_id = None;
+    settings.sessions.retain(|s| s.router_id.is_none());
+    assert_eq!(global(&settings), None);
 }
