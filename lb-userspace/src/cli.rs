@@ -289,9 +289,9 @@ pub struct BgpArgs {
     /// This host's AS number (1 to 4294967295).
     #[arg(long, value_name = "ASN")]
     pub bgp_asn: Option<String>,
-    /// A router to announce the VIPs to, with its AS (repeatable; IPv4 or
-    /// IPv6, not link-local): IPv4 VIPs go to IPv4 peers, IPv6 VIPs to IPv6
-    /// peers.
+    /// A router to announce the VIPs to, with its AS (repeatable, each
+    /// address once; IPv4 or IPv6, not link-local): IPv4 VIPs go to IPv4
+    /// peers, IPv6 VIPs to IPv6 peers.
     #[arg(long = "bgp-peer", value_name = "ADDR@ASN")]
     pub bgp_peers: Vec<String>,
     /// BGP router id [default: the first IPv4 address of the first --iface].

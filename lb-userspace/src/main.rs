@@ -6,7 +6,7 @@ use lb::{
     agent::{self, AgentOptions},
     announce::{
         self, Announce, Announcement, BgpStart,
-        bgp::{Bfd, BgpError, BgpSettings, FlagSettings, Session, parse_asn},
+        bgp::{Bfd, BgpError, BgpSettings, FlagSettings, Session, parse_asn, parse_peers},
         bird::{Bird, find_binary},
     },
     catalog::Catalog,
@@ -186,11 +186,7 @@ fn flag_sessions(args: &AgentArgs) -> Result<BgpSettings> {
         "--bgp-asn",
         bgp.bgp_asn.as_deref().ok_or(BgpError::NoLocalAs)?,
     )?;
-    let peers = bgp
-        .bgp_peers
-        .iter()
-        .map(|peer| peer.parse())
-        .collect::<Result<Vec<_>, _>>()?;
+    let peers = parse_peers(&bgp.bgp_peers)?;
     if peers.is_empty() {
         return Err(BgpError::NoPeers.into());
     }

@@ -291,6 +291,17 @@ fn agent_rejects_bad_bgp_settings_before_touching_the_kernel() {
                 "64512",
                 "--bgp-peer",
                 "10.1.0.1@64500",
+                "--bgp-peer",
+                "10.1.0.1@64501",
+            ]),
+            "--bgp-peer 10.1.0.1@64501: 10.1.0.1 is a peer already (--bgp-peer 10.1.0.1@64500)",
+        ),
+        (
+            bgp(&[
+                "--bgp-asn",
+                "64512",
+                "--bgp-peer",
+                "10.1.0.1@64500",
                 "--bird",
                 "/nonexistent/bird",
             ]),

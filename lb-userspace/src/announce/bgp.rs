@@ -21,6 +21,15 @@ pub enum BgpError {
          use a global or unique local address of the peer"
     )]
     PeerLinkLocal(String),
+    #[error(
+        "--bgp-peer {peer}: {address} is a peer already (--bgp-peer {earlier}): BIRD runs one \
+         session per neighbour address and port"
+    )]
+    DuplicatePeer {
+        peer: String,
+        earlier: String,
+        address: IpAddr,
+    },
     #[error("{flag} {value}: an AS number is 1 to 4294967295")]
     AsOutOfRange { flag: &'static str, value: String },
     #[error("--announce bgp needs --bgp-asn (this host's AS)")]
@@ -60,6 +69,25 @@ impl FromStr for BgpPeer {
         })?;
         Ok(Self { address, asn })
     }
+}
+
+/// The `--bgp-peer`s, each address once: every session of the flags is on
+/// port 179, and BIRD's sessions to one address and port take turns at one
+/// lock, so the second would wait forever.
+pub fn parse_peers(texts: &[String]) -> Result<Vec<BgpPeer>, BgpError> {
+    let mut peers: Vec<BgpPeer> = Vec::with_capacity(texts.len());
+    for text in texts {
+        let peer: BgpPeer = text.parse()?;
+        if let Some(earlier) = peers.iter().position(|p| p.address == peer.address) {
+            return Err(BgpError::DuplicatePeer {
+                peer: text.clone(),
+                earlier: texts[earlier].clone(),
+                address: peer.address,
+            });
+        }
+        peers.push(peer);
+    }
+    Ok(peers)
 }
 
 /// Whether BIRD reaches `address` only through a named interface: an IPv6
@@ -265,5 +293,20 @@ mod tests {
         for fine in ["fd00::1@64500", "169.254.0.1@64500"] {
             assert!(fine.parse::<BgpPeer>().is_ok(), "{fine}");
         }
+    }
+
+    #[test]
+    fn a_peer_given_twice_is_refused_naming_both() {
+        let texts = |texts: &[&str]| texts.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>();
+        let peers = parse_peers(&texts(&["10.1.0.1@64500", "2001:db8::1@64500"])).unwrap();
+        assert_eq!(peers.len(), 2);
+        let error = parse_peers(&texts(&["10.1.0.1@64500", "10.1.0.2@1", "10.1.0.1@64501"]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "--bgp-peer 10.1.0.1@64501: 10.1.0.1 is a peer already (--bgp-peer 10.1.0.1@64500): \
+             BIRD runs one session per neighbour address and port"
+        );
     }
 }
