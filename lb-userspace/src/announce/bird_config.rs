@@ -24,8 +24,21 @@ use super::{
 /// Names of BIRD's static protocols, which `lb bgp` and the tests read back.
 pub const STATIC_V4: &str = "lb_vips4";
 pub const STATIC_V6: &str = "lb_vips6";
+const BFD: &str = "lb_bfd";
 /// What BIRD's protocol names add to the sessions' names.
 pub const SESSION_PREFIX: &str = "lb_";
+/// What the sessions' export filters add to their names.
+const EXPORT_PREFIX: &str = "lb_export_";
+
+/// Whether a session named `session` would be named as one of lb's own BIRD
+/// protocols or filters (a BGPPeer `vips4`, `bfd`, `export_x`): BIRD refuses
+/// the whole configuration, every session's, for a name defined twice.
+/// (Renaming the sessions instead would restart every session of a BIRD an
+/// earlier agent started, once.)
+pub fn session_name_taken(session: &str) -> bool {
+    let name = protocol_name(session);
+    [STATIC_V4, STATIC_V6, BFD].contains(&name.as_str()) || name.starts_with(EXPORT_PREFIX)
+}
 
 /// An announced prefix: a VIP alone, or an aggregate covering VIPs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -145,7 +158,7 @@ pub fn bird_config(settings: &BgpSettings, dir: &Path) -> String {
         dir.join("bird.log").display()
     );
     if settings.sessions.iter().any(|s| s.bfd.is_some()) {
-        conf.push_str("protocol bfd lb_bfd {}\n");
+        let _ = writeln!(conf, "protocol bfd {BFD} {{}}");
     }
     for file in ["routes.conf", "exports.conf"] {
         let _ = writeln!(conf, "include \"{}\";", dir.join(file).display());
@@ -218,7 +231,7 @@ fn session_config(session: &Session) -> String {
 }
 
 fn export_filter(session: &str) -> String {
-    symbol("lb_export_", session)
+    symbol(EXPORT_PREFIX, session)
 }
 
 /// BIRD's name for a session: quoted, a name may hold `-` and `.`, but one

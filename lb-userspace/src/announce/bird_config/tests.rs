@@ -36,6 +36,13 @@ fn announcement(
 
 /// BIRD parses the three files (`bird -p`).
 fn bird_accepts(settings: &BgpSettings, exports: &Exports) {
+    if let Err(refused) = bird_parses(settings, exports) {
+        panic!("{refused}");
+    }
+}
+
+/// What `bird -p` says of the configuration of `settings` and `exports`.
+fn bird_parses(settings: &BgpSettings, exports: &Exports) -> Result<(), String> {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
         "lb-bird-config-{}-{}",
@@ -53,11 +60,10 @@ fn bird_accepts(settings: &BgpSettings, exports: &Exports) {
         .output()
         .expect("bird (Debian package bird2) runs");
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    match output.status.success() {
+        true => Ok(()),
+        false => Err(String::from_utf8_lossy(&output.stderr).into_owned()),
+    }
 }
 
 #[test]
@@ -337,4 +343,39 @@ fn bird_takes_the_lowest_router_id_of_the_sessions_when_none_is_set() {
     settings.router_id = None;
     settings.sessions.retain(|s| s.router_id.is_none());
     assert_eq!(global(&settings), None);
+}
+
+/// A session named as one of lb's own protocols or filters would be would
+/// make BIRD refuse the whole configuration; such names are told apart, so
+/// that the BGPPeer is skipped, and no other is.
+#[test]
+fn session_names_that_are_lbs_own_are_told_apart() {
+    let bfd = Some(Bfd::symmetric(Duration::from_millis(300), 3));
+    let settings = |name: &str| BgpSettings {
+        router_id: Some(Ipv4Addr::new(10, 1, 0, 2)),
+        sessions: [("peer1", "10.1.0.10"), (name, "10.1.0.11")]
+            .map(|(name, address)| Session {
+                bfd,
+                ..session(name, address, 64500)
+            })
+            .into(),
+    };
+    let wanted = [("198.51.100.10", "2001:db8:ff::10")]
+        .into_iter()
+        .flat_map(|(v4, v6)| [v4, v6])
+        .map(|vip| (ip(vip), vec![BgpAnnouncement::host_route(ip(vip))]))
+        .collect();
+    for name in ["vips4", "vips6", "bfd", "export_peer1"] {
+        assert!(session_name_taken(name), "{name}");
+        let settings = settings(name);
+        let (exports, _) = Exports::of(&wanted, &settings.sessions);
+        let refused = bird_parses(&settings, &exports).expect_err(name);
+        assert!(refused.contains("already defined"), "{name}: {refused}");
+    }
+    for name in ["peer2", "vips", "bfd-1", "exports"] {
+        assert!(!session_name_taken(name), "{name}");
+        let settings = settings(name);
+        let (exports, _) = Exports::of(&wanted, &settings.sessions);
+        bird_accepts(&settings, &exports);
+    }
 }

@@ -13,7 +13,10 @@ use super::{
     objects::{BFDProfileSpec, BGPPeer, BGPPeerSpec, SecretReference},
 };
 use crate::{
-    announce::bgp::{BGP_PORT, Bfd, PeerAs, Session, needs_interface},
+    announce::{
+        bgp::{BGP_PORT, Bfd, PeerAs, Session, needs_interface},
+        bird_config::session_name_taken,
+    },
     k8s::{objects::MetallbObjects, translate::Skipped},
     units::parse_go_duration,
 };
@@ -51,6 +54,12 @@ pub fn sessions(metallb: &MetallbObjects) -> (Vec<Session>, Vec<Skipped>) {
 fn session(peer: &BGPPeer, metallb: &MetallbObjects) -> Result<Session, String> {
     let spec = &peer.spec;
     let name = peer.metadata.name.clone().ok_or("no metadata.name")?;
+    if session_name_taken(&name) {
+        return Err(format!(
+            "metadata.name {name:?}: BIRD has a protocol or filter of lb's by that name; \
+             rename the BGPPeer"
+        ));
+    }
     if let Some(vrf) = spec.vrf.as_deref().filter(|vrf| !vrf.is_empty()) {
         return Err(format!(
             "spec.vrf: {vrf:?}: lb speaks BGP from its host's default routing table only"

@@ -250,7 +250,15 @@ apiVersion: metallb.io/v1beta2
 kind: BGPPeer
 metadata: {name: e, namespace: metallb-system}
 spec: {myASN: 64512, peerASN: 64500, peerAddress: 'fe80::1'}";
-    let (sessions, skipped) = sessions(&objects(yaml));
+    let yaml = format!(
+        "{yaml}
+---
+apiVersion: metallb.io/v1beta2
+kind: BGPPeer
+metadata: {{name: vips4, namespace: metallb-system}}
+spec: {{myASN: 64512, peerASN: 64500, peerAddress: 10.0.0.6}}"
+    );
+    let (sessions, skipped) = sessions(&objects(&yaml));
     let names: Vec<(&str, u32)> = sessions
         .iter()
         .map(|s| (s.name.as_str(), s.local_as))
@@ -264,6 +272,8 @@ spec: {myASN: 64512, peerASN: 64500, peerAddress: 'fe80::1'}";
             "BGPPeer metallb-system/c: no AS: set spec.peerASN (or spec.dynamicASN)",
             "BGPPeer metallb-system/e: spec.peerAddress: fe80::1 is link-local: BIRD needs an \
              interface for it, which lb does not give; use a global or unique local address",
+            "BGPPeer metallb-system/vips4: metadata.name \"vips4\": BIRD has a protocol or \
+             filter of lb's by that name; rename the BGPPeer",
         ]
     );
 }
