@@ -21,6 +21,17 @@ fn spec(vip_last: u8) -> ServiceSpec {
     service(vip, 80, Protocol::Tcp, vec![node(1, 31000)])
 }
 
+/// A small data path of its own, every new flow recorded.
+fn unpinned() -> DataplaneConfig {
+    DataplaneConfig {
+        ring_size: 251,
+        max_services: 4,
+        pin_dir: None,
+        new_flow_limit: 0,
+        ..Default::default()
+    }
+}
+
 /// Opens a flow of `spec`'s service from the client's port `port`.
 fn open_flow(dataplane: &Dataplane, bed: &XdpBed, spec: &ServiceSpec, port: u16) {
     let client = SocketAddr::new(CLIENT.into(), port);
@@ -59,15 +70,7 @@ fn a_slots_active_flows_are_its_current_owners_only() {
 }
 
 fn slot_changes_hands(bed: &XdpBed) {
-    let mut dataplane = bed
-        .load(DataplaneConfig {
-            ring_size: 251,
-            max_services: 4,
-            pin_dir: None,
-            new_flow_limit: 0,
-            ..Default::default()
-        })
-        .expect("load");
+    let mut dataplane = bed.load(unpinned()).expect("load");
 
     let first = spec(30);
     dataplane.set_service(&first).expect("first service");
@@ -124,15 +127,7 @@ fn a_drained_backend_is_listed_under_its_own_slot() {
 }
 
 fn drained_slots(bed: &XdpBed) {
-    let mut dataplane = bed
-        .load(DataplaneConfig {
-            ring_size: 251,
-            max_services: 4,
-            pin_dir: None,
-            new_flow_limit: 0,
-            ..Default::default()
-        })
-        .expect("load");
+    let mut dataplane = bed.load(unpinned()).expect("load");
     let vip = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 53));
     let dns = |protocol, weight| {
         let mut drained = node(1, 30053);
