@@ -310,10 +310,6 @@ fn reply_source(dataplane: &Dataplane, bed: &XdpBed, family: &Family, node: IpAd
     packets::owned_tuple(&output).expect("a TCP packet").0.src
 }
 
-/// Agents of layout v4 before the NodePorts' frontends became arrays
-/// derived at every load pinned them as hash maps, `NODE_PORTS4` and
-/// `NODE_PORTS6`: a load removes those pins, and replies find their
-/// frontends in the arrays it derived from the services it took over.
 /// An agent started with a `--ring-size` other than the pinned state's is
 /// refused before it touches anything: the state it found still serves
 /// every service with its backends, and its flows stay on their nodes.
@@ -400,6 +396,10 @@ fn drained_across_a_restart(bed: &XdpBed) {
     dataplane.remove_pins().expect("remove pins");
 }
 
+/// Agents of layout v4 before the NodePorts' frontends became arrays
+/// derived at every load pinned them as hash maps, `NODE_PORTS4` and
+/// `NODE_PORTS6`: a load removes those pins, and replies find their
+/// frontends in the arrays it derived from the services it took over.
 #[test]
 fn formerly_pinned_node_ports_are_unpinned_and_replies_still_served() {
     let (ns, bed) = XdpBed::new("lbnpp").expect("netns");

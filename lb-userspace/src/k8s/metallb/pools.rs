@@ -10,12 +10,12 @@ use crate::k8s::{
 };
 
 /// The valid pools, by name, and each object skipped with its
-/// `namespace/name` and why. A pool overlapping one before it, or named as
-/// one before it, is skipped, so one mistake does not take the other pools
-/// down: before it is older (`metadata.creationTimestamp`), then first by
-/// name and namespace. So a new pool overlapping one in use is the one
-/// skipped, as MetalLB's webhook refuses it, and the Services of the one in
-/// use keep their addresses.
+/// `namespace/name` and why. A pool overlapping an older one
+/// (`metadata.creationTimestamp`, then name and namespace), or named as
+/// one, is skipped, so one mistake does not take the other pools down; and
+/// a new pool overlapping one in use is the one skipped, as MetalLB's
+/// webhook refuses it, so the Services of the one in use keep their
+/// addresses.
 pub fn pools(objects: &[Arc<IPAddressPool>]) -> (Vec<Pool>, Vec<(String, String)>) {
     let mut objects: Vec<&IPAddressPool> = objects.iter().map(Arc::as_ref).collect();
     objects.sort_by(|a, b| {
@@ -54,6 +54,8 @@ pub fn pools(objects: &[Arc<IPAddressPool>]) -> (Vec<Pool>, Vec<(String, String)
             Err(reason) => skipped.push((format!("{namespace}/{name}"), reason)),
         }
     }
+    // By name (one each): the order pools of one rank are tried in.
+    valid.sort_by(|(_, a), (_, b)| a.name().cmp(b.name()));
     (valid.into_iter().map(|(_, pool)| pool).collect(), skipped)
 }
 

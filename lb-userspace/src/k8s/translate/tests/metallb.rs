@@ -449,11 +449,22 @@ fn of_overlapping_pools_the_newer_is_skipped() {
         ),
     ]
     .concat();
+    // Pools of one rank are still tried by name: "a-spare", the newest,
+    // before "prod".
+    yaml += &created(
+        ip_address_pool("a-spare", "\n  addresses:\n  - 10.5.0.0/24\n"),
+        "2026-07-01T00:00:00Z",
+    );
     yaml += &service_yaml("default", "web", 80, "TCP", "");
+    let pinned = "  annotations:\n    metallb.io/address-pool: prod\n";
+    yaml += &service_yaml("default", "prod-web", 80, "TCP", pinned);
     let translation = Translator::default().translate(&cluster(&yaml)).clone();
     assert_eq!(
         vips(&translation),
-        [("default/web".to_owned(), addresses(&["10.0.0.0"]))]
+        [
+            ("default/prod-web".to_owned(), addresses(&["10.0.0.0"])),
+            ("default/web".to_owned(), addresses(&["10.5.0.0"])),
+        ]
     );
     assert_eq!(translation.vip_pools[&ip::<IpAddr>("10.0.0.0")], "prod");
     assert_eq!(
