@@ -152,7 +152,15 @@ impl<'s, 'a> Demand<'s, 'a> {
         for (index, service) in services.iter().enumerate() {
             match plan(service, role, pools) {
                 Ok(plan) => demand.add(index, service, plan, pools),
-                Err(reason) => skips.service(&service.owner, Problem::Invalid, reason),
+                Err(reason) => {
+                    // Not served, but the addresses its status shows stay
+                    // its own until its setting is fixed: also for an agent
+                    // that restarted meanwhile, whose pools are empty.
+                    for vip in ingress_ips(service.service) {
+                        let _ = pools.claim(&service.claimant(), vip);
+                    }
+                    skips.service(&service.owner, Problem::Invalid, reason);
+                }
             }
         }
         demand
@@ -544,6 +552,11 @@ fn claim(pools: &mut Pools, vip: IpAddr, sharers: &[&Contender]) -> Vec<Result<(
             claimed = outcome.is_ok();
             outcome
         };
+        // Refused, it gives the address up (as one refused for a conflict),
+        // so that it does not block the sharers its pool admits.
+        if outcomes[index].is_err() && pools.lookup(claimant.owner, family) == Some(vip) {
+            pools.release_family(claimant.owner, family);
+        }
     }
     outcomes
 }

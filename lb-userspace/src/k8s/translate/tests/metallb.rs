@@ -266,6 +266,23 @@ fn a_reserved_pool_admits_each_sharer_by_its_own_namespace() {
         );
     }
 
+    // A holder its pool no longer admits gives the address up to a sharer
+    // it admits, which both request with no key (so share only while both
+    // may have it).
+    let no_key = "  annotations:\n    metallb.universe.tf/loadBalancerIPs: 10.0.1.9\n";
+    let mut running = Translator::default();
+    let yaml = reserved_pools() + &service_yaml("test-ns", "a", 80, "TCP", no_key);
+    assert_eq!(vips(running.translate(&cluster(&yaml))).len(), 1);
+    let yaml = yaml.replace("    - test-ns\n", "    - another-ns\n")
+        + &service_yaml("another-ns", "b", 443, "TCP", no_key);
+    let translation = running.translate(&cluster(&yaml)).clone();
+    let fresh = Translator::default().translate(&cluster(&yaml)).clone();
+    assert_eq!(vips(&translation), vips(&fresh));
+    assert_eq!(
+        vips(&translation),
+        [("another-ns/b".to_owned(), addresses(&["10.0.1.9"]))]
+    );
+
     let mut running = Translator::default();
     let yaml = reserved_pools() + &service_yaml("test-ns", "a", 80, "TCP", asks);
     assert_eq!(vips(running.translate(&cluster(&yaml))).len(), 1);

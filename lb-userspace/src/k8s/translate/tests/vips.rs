@@ -888,4 +888,21 @@ fn a_refused_service_keeps_its_address() {
         let fixed = pool.translate(&objects(vec![web()], vec![]));
         assert_eq!(fixed.vips["ns/web"], [ip::<IpAddr>("198.51.100.1")]);
     }
+    // An agent that restarts (or is elected) meanwhile keeps it too, by the
+    // Service's status.
+    let refused = with_status_ips(
+        annotated(
+            annotated(web(), SHARING_ANNOTATION, "y"),
+            "metallb.io/allow-shared-ip",
+            "x",
+        ),
+        &["198.51.100.1"],
+    );
+    let newcomer = service("new", vec![tcp(81, 30081)]);
+    let mut restarted = pool();
+    let translation = restarted.translate(&objects(vec![refused, newcomer], vec![]));
+    assert_eq!(translation.vips["ns/new"], [ip::<IpAddr>("198.51.100.2")]);
+    let fixed = with_status_ips(web(), &["198.51.100.1"]);
+    let translation = restarted.translate(&objects(vec![fixed], vec![]));
+    assert_eq!(translation.vips["ns/web"], [ip::<IpAddr>("198.51.100.1")]);
 }
