@@ -357,12 +357,15 @@ fn a_drained_backend_keeps_its_flows_across_a_restart() {
 
 fn drained_across_a_restart(bed: &XdpBed) {
     let root = PinRoot::new("drained-restart");
-    let family = &families()[0];
+    let [family, other] = families();
     let mut spec = family.spec();
     let mut dataplane = bed
         .load(config(Some(root.path().clone()), RING_SIZE))
         .expect("load");
     dataplane.set_service(&spec).expect("set_service");
+    dataplane
+        .set_service(&other.spec())
+        .expect("another service");
     let drained = spec.backends[0].ip;
     let client = (40000..41000)
         .map(|port| SocketAddr::new(family.client.ip(), port))
@@ -379,7 +382,18 @@ fn drained_across_a_restart(bed: &XdpBed) {
     dataplane.set_service(&spec).expect("drain node 1");
     assert_eq!(forwarded_to(&dataplane, bed, &ack), drained);
     let counted = dataplane.service_traffic(&spec.frontend).expect("traffic");
-    Catalog::write_of(&dataplane, &Default::default(), root.path()).expect("catalog");
+    // A catalog an agent killed mid-sync left: it also gives the first
+    // service a slot the other's ring points at.
+    let mut catalog = Catalog::of(&dataplane);
+    let taken = dataplane
+        .service(&other.spec().frontend)
+        .expect("other")
+        .backends[0]
+        .id;
+    catalog.slots[0].ids.push(taken);
+    let path = Catalog::path(root.path());
+    std::fs::create_dir_all(path.parent().expect("a directory")).expect("run dir");
+    std::fs::write(&path, serde_json::to_vec(&catalog).expect("json")).expect("catalog");
     drop(dataplane);
 
     let mut dataplane = bed
@@ -390,6 +404,10 @@ fn drained_across_a_restart(bed: &XdpBed) {
         traffic, counted,
         "the drained backend's traffic is the service's"
     );
+    for spec in [&spec, &other.spec()] {
+        let recovered = dataplane.service(&spec.frontend).expect("recovered");
+        assert_eq!(recovered.backends.len(), 2, "{}", spec.frontend);
+    }
     dataplane.set_service(&spec).expect("the first sync");
     assert_eq!(forwarded_to(&dataplane, bed, &ack), drained);
     Catalog::remove(root.path());

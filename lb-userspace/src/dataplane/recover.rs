@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use lb_common::{BACKEND_ACTIVE, MAX_BACKENDS};
+use lb_common::{BACKEND_ACTIVE, Backend, MAX_BACKENDS};
 
 use super::{Dataplane, DataplaneError, ProgrammedBackend, ProgrammedService, filter};
 use crate::{
@@ -40,48 +40,58 @@ impl Dataplane {
                 protocol,
             };
             // A ring of another size cannot be walked with this map's layout.
-            let mut entries = if info.ring_size == ring_size {
+            let entries = if info.ring_size == ring_size {
                 self.maps.ring_entries(&info)?
             } else {
                 BTreeMap::new()
             };
-            for &id in catalog.slots(&frontend).unwrap_or_default() {
-                entries.entry(id).or_insert(0);
-            }
             let mut backends = Vec::new();
             for (id, ring_entries) in entries {
                 let Some(backend) = slots.get(id as usize) else {
                     continue;
                 };
                 self.backend_generations[id as usize] = backend.generation;
-                if backend.flags & BACKEND_ACTIVE == 0 || !used_backends.insert(id) {
+                if backend.flags & BACKEND_ACTIVE == 0 {
                     continue;
                 }
-                backends.push(ProgrammedBackend {
-                    spec: BackendSpec {
-                        node: String::new(),
-                        ip: lb_common::ip_of(backend.ip),
-                        port: u16::from_be(backend.port),
-                        weight: 0,
-                    },
-                    id,
-                    ring_entries,
-                });
+                used_backends.insert(id);
+                backends.push(programmed(id, backend, ring_entries));
             }
-            let spec = ServiceSpec {
-                name: String::new(),
-                frontend,
-                backends: backends.iter().map(|b| b.spec.clone()).collect(),
-            };
             self.services.insert(
                 frontend,
                 ProgrammedService {
-                    spec,
+                    spec: ServiceSpec {
+                        name: String::new(),
+                        frontend,
+                        backends: Vec::new(),
+                    },
                     id: info.id,
                     slot: (info.ring_base / ring_size.max(1)) % 2,
                     backends,
                 },
             );
+        }
+        // Then the slots the catalog gives each service besides (a stale
+        // catalog, of an agent killed mid-sync, may name one a ring now
+        // points at, or one another backend took): only an active one no
+        // ring has, holding a backend the catalog lists for the service.
+        for (frontend, service) in &mut self.services {
+            let listed = catalog.service(frontend);
+            for &id in catalog.slots(frontend).unwrap_or_default() {
+                let Some(backend) = slots.get(id as usize) else {
+                    continue;
+                };
+                let (ip, port) = (lb_common::ip_of(backend.ip), u16::from_be(backend.port));
+                if backend.flags & BACKEND_ACTIVE == 0
+                    || listed.and_then(|spec| spec.backend(ip, port)).is_none()
+                    || !used_backends.insert(id)
+                {
+                    continue;
+                }
+                self.backend_generations[id as usize] = backend.generation;
+                service.backends.push(programmed(id, backend, 0));
+            }
+            service.spec.backends = service.backends.iter().map(|b| b.spec.clone()).collect();
         }
         let used_services: BTreeSet<u32> = self.services.values().map(|s| s.id).collect();
         self.free_service_ids = (0..self.config.max_services)
@@ -118,5 +128,20 @@ impl Dataplane {
             .flat_map(|service| filter::keys_of(&service.spec))
             .collect();
         Ok(self.key_filter.add(&keys)?)
+    }
+}
+
+/// A recovered backend: its address from its slot; the rest the first sync
+/// writes.
+fn programmed(id: u32, backend: &Backend, ring_entries: u32) -> ProgrammedBackend {
+    ProgrammedBackend {
+        spec: BackendSpec {
+            node: String::new(),
+            ip: lb_common::ip_of(backend.ip),
+            port: u16::from_be(backend.port),
+            weight: 0,
+        },
+        id,
+        ring_entries,
     }
 }
