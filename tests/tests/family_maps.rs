@@ -414,6 +414,44 @@ fn drained_across_a_restart(bed: &XdpBed) {
     dataplane.remove_pins().expect("remove pins");
 }
 
+/// An interface the earlier agent was attached to and this one does not
+/// list is detached, and its egress port goes with it: nothing is
+/// redirected to an interface without the program (some drivers drop it).
+#[test]
+fn an_unlisted_interface_is_detached_and_no_longer_an_egress_port() {
+    let (ns, bed) = XdpBed::new("lbunlisted").expect("netns");
+    ns.enter(move || unlisted(&bed)).expect("enter");
+}
+
+fn unlisted(bed: &XdpBed) {
+    let root = PinRoot::new("unlisted");
+    let egress_slot = |dataplane: &Dataplane, ifindex: u32| {
+        let slots: aya::maps::HashMap<_, u32, u32> =
+            aya::maps::HashMap::try_from(raw_map(dataplane, MAP_EGRESS_SLOTS)).expect("slots");
+        slots.get(&ifindex, 0).ok()
+    };
+    let mut dataplane = bed
+        .load(config(Some(root.path().clone()), RING_SIZE))
+        .expect("load");
+    for iface in ["cl0", "nd0"] {
+        dataplane.attach(iface).expect("attach");
+    }
+    assert!(egress_slot(&dataplane, bed.node_if).is_some());
+    drop(dataplane);
+    let mut dataplane = bed
+        .load(config(Some(root.path().clone()), RING_SIZE))
+        .expect("reload");
+    dataplane.attach("cl0").expect("attach");
+    let detached = dataplane
+        .detach_unlisted(&["cl0".to_owned()])
+        .expect("detach");
+    assert_eq!(detached, ["nd0"]);
+    assert_eq!(egress_slot(&dataplane, bed.node_if), None);
+    assert!(egress_slot(&dataplane, bed.client_if).is_some());
+    assert!(!root.dir(4).join("link-nd0").exists());
+    dataplane.remove_pins().expect("remove pins");
+}
+
 /// Agents of layout v4 before the NodePorts' frontends became arrays
 /// derived at every load pinned them as hash maps, `NODE_PORTS4` and
 /// `NODE_PORTS6`: a load removes those pins, and replies find their

@@ -52,6 +52,17 @@ impl EgressPorts {
         Ok(())
     }
 
+    /// Stops redirects to `ifindex`, an interface lb is detached from (some
+    /// drivers drop what is redirected to an interface without a program):
+    /// a next hop out of it, once the data path's cached one expires, has
+    /// no slot and passes to the kernel. Its slot is handed out again.
+    pub fn remove(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        match self.slots.remove(&ifindex) {
+            Err(e) if !is_absent(&e) => Err(map_error(MAP_EGRESS_SLOTS, e).into()),
+            _ => Ok(()),
+        }
+    }
+
     /// A slot for a new port: the lowest one never given out, else the
     /// lowest of an interface that is gone (the kernel emptied it), whose
     /// departed ifindex is forgotten first, so that should another

@@ -83,7 +83,8 @@ impl Dataplane {
     /// to that this one does not (`--iface` listed fewer): their pinned links
     /// go, and with them the earlier program, which no agent updates any
     /// more; so do their interface entries, whose slots in the VIPs' masks
-    /// this agent hands out again. Once every listed interface is attached.
+    /// this agent hands out again, and their egress ports. Once every listed
+    /// interface is attached.
     pub fn detach_unlisted(&mut self, listed: &[String]) -> Result<Vec<String>, DataplaneError> {
         let Some(pins) = &self.pins else {
             return Ok(Vec::new());
@@ -98,6 +99,7 @@ impl Dataplane {
             .collect();
         for ifindex in stale {
             self.remove_iface(ifindex)?;
+            self.egress.remove(ifindex)?;
         }
         Ok(detached)
     }
