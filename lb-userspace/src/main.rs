@@ -85,15 +85,17 @@ fn run(cli: Cli) -> Result<()> {
 fn down(args: &PinArgs) -> Result<()> {
     let pins = PinDir::new(&args.bpffs);
     pins.check_known_layouts()?;
-    if Bird::of(&args.bpffs).stop().context("stopping BIRD")? {
-        print("BIRD withdrew its announcements and stopped\n")?;
-    }
+    let stopped = Bird::of(&args.bpffs).stop().context("stopping BIRD")?;
+    // Said once all is done: a reader that went must not stop it half way.
     let removed = pins.remove()?;
     Catalog::remove(&args.bpffs);
     // Direct server return's managed entries for the nodes served the data
     // path just removed.
     if let Err(e) = lb::node_neighbors::remove_all() {
         eprintln!("warning: removing the nodes' managed neighbour entries: {e}");
+    }
+    if stopped {
+        print("BIRD withdrew its announcements and stopped\n")?;
     }
     if removed.is_empty() {
         print(format!("nothing pinned under {}\n", args.bpffs.display()))
