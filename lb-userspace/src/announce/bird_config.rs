@@ -137,6 +137,15 @@ impl Exports {
         (exports, problems)
     }
 
+    /// Whether some session announces a prefix covering `vip`: not one of
+    /// another family than every session's, nor one whose advertisements
+    /// name only peers that are not.
+    pub fn carries(&self, vip: IpAddr) -> bool {
+        self.sessions.values().flatten().any(|(prefix, _)| {
+            IpNet::new(prefix.address, prefix.len).is_ok_and(|net| net.contains(&vip))
+        })
+    }
+
     /// Every prefix some session announces.
     pub fn prefixes(&self) -> BTreeSet<Prefix> {
         self.sessions

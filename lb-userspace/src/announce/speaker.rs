@@ -128,7 +128,12 @@ impl Speaker {
             Default::default()
         } else {
             let (exports, problems) = Exports::of(wanted, &settings.sessions);
-            (exports, problems, wanted.keys().copied().collect())
+            let vips = wanted
+                .keys()
+                .copied()
+                .filter(|vip| exports.carries(*vip))
+                .collect();
+            (exports, problems, vips)
         };
         let desired = Applied {
             settings,
@@ -188,7 +193,7 @@ impl Speaker {
         Ok(binary)
     }
 
-    /// The VIPs BIRD was last told to announce.
+    /// The VIPs BIRD was last told to announce to some session.
     pub fn announced(&self) -> BTreeSet<IpAddr> {
         self.applied
             .as_ref()

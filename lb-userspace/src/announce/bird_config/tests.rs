@@ -263,6 +263,28 @@ fn routes_asked_for_twice_merge_and_bad_communities_are_left_out() {
     );
 }
 
+/// A VIP is carried when some session announces a prefix covering it: not
+/// an IPv6 VIP with IPv4 peers only, nor one whose advertisement names a
+/// peer there is none of.
+#[test]
+fn a_vip_is_carried_only_by_a_session_that_announces_it() {
+    let sessions = [session("peer1", "10.1.0.1", 64500)];
+    let wanted = [
+        ("198.51.100.10", announcement(24, None, &[], None)),
+        ("2001:db8:ff::10", announcement(128, None, &[], None)),
+        (
+            "198.51.200.10",
+            announcement(32, None, &[], Some(&["nobody"])),
+        ),
+    ]
+    .map(|(vip, announcement)| (ip(vip), vec![announcement]))
+    .into();
+    let (exports, _) = Exports::of(&wanted, &sessions);
+    let carried: Vec<bool> = wanted.keys().map(|vip| exports.carries(*vip)).collect();
+    assert_eq!(carried, [true, false, false]);
+    assert!(exports.carries(ip("198.51.100.99")), "in the /24 announced");
+}
+
 #[test]
 fn prefixes_cover_their_vips() {
     let covering = |vip: &str, len| Prefix::covering(ip(vip), len).to_string();
