@@ -251,6 +251,8 @@ async fn sync_until_signalled(
             _ = refresh.tick() => {
                 announcer.refresh();
                 neighbors.recheck();
+                // What BIRD announces changes here too (`lb drain`).
+                write_catalog(dataplane, options, &announcer, &mut catalog);
             }
         }
     }

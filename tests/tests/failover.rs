@@ -7,10 +7,11 @@
 
 use std::{
     net::{SocketAddr, SocketAddrV4},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use lb_tests::{
+    http,
     scale_out::{ActiveActive, Detection, PORT, VIP, host_ip, wait_programmed},
     servers,
     streams::{self, Streams},
@@ -115,6 +116,19 @@ fn no_stream_breaks_when_an_lb_host_is_drained() {
         bed.net.wait_for_next_hops(VIP, 1).expect("route"),
         [host_ip(2)]
     );
+    // Its metrics say so, not only at the next change of a Service.
+    let series = format!("lb_vip_announced{{vip=\"{VIP}\",mode=\"bgp\"}} ");
+    let announced = || {
+        let address = "127.0.0.1:9641".parse().expect("address");
+        let (_, metrics) = http::get(&bed.net.hosts[0].ns, address, "/metrics").expect("metrics");
+        let line = metrics.lines().find_map(|line| line.strip_prefix(&series));
+        line.map(|value| value.parse::<f64>().expect("a number"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while announced() != Some(0.0) {
+        assert!(Instant::now() < deadline, "announced: {:?}", announced());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // Withdrawn: now it may stop.
     drop(bed.agents.remove(0));
     check_streams_and_new_connections(&bed, streams, Some(0));
