@@ -251,8 +251,12 @@ async fn sync_until_signalled(
             _ = refresh.tick() => {
                 announcer.refresh();
                 neighbors.recheck();
-                // What BIRD announces changes here too (`lb drain`).
-                write_catalog(dataplane, options, &announcer, &mut catalog);
+                // What BIRD announces changes here too (`lb drain`); not
+                // before the source was read: the inherited data path has
+                // no names yet, and the catalog on disk has them.
+                if last_plan.is_some() {
+                    write_catalog(dataplane, options, &announcer, &mut catalog);
+                }
             }
         }
     }
