@@ -105,6 +105,9 @@ fn statfs_type(path: &Path) -> io::Result<libc::__fsword_t> {
     Ok(stat.f_type)
 }
 
+/// What an interface's name follows in the name of its link's pin.
+const LINK_PIN_PREFIX: &str = "link-";
+
 /// The pinned-state directory of one `--bpffs` root.
 #[derive(Clone, Debug)]
 pub struct PinDir {
@@ -135,7 +138,7 @@ impl PinDir {
     }
 
     pub fn link(&self, iface: &str) -> PathBuf {
-        self.state().join(format!("link-{iface}"))
+        self.state().join(format!("{LINK_PIN_PREFIX}{iface}"))
     }
 
     /// Makes sure the state directory exists. The agent calls it once it
@@ -200,15 +203,10 @@ impl PinDir {
     /// Removes the pinned links of interfaces other than `kept`, which
     /// detaches the program from them; returns those interfaces' names.
     pub fn remove_links_except(&self, kept: &[String]) -> Result<Vec<String>, PinsError> {
-        let state = self.state();
-        let entries = fs::read_dir(&state).map_err(|source| PinsError::Io {
-            path: state.clone(),
-            source,
-        })?;
         let mut removed = Vec::new();
-        for entry in entries.flatten() {
+        for entry in entries(&self.state())? {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(iface) = name.strip_prefix("link-") else {
+            let Some(iface) = name.strip_prefix(LINK_PIN_PREFIX) else {
                 continue;
             };
             if kept.iter().any(|kept| kept == iface) {
@@ -245,7 +243,7 @@ fn remove_dir_pins(state: &Path) -> Result<Vec<PathBuf>, PinsError> {
     // Links before maps: the program stops seeing packets before its maps go.
     paths.sort_by_key(|p| {
         !p.file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("link-"))
+            .is_some_and(|n| n.to_string_lossy().starts_with(LINK_PIN_PREFIX))
     });
     for path in paths {
         fs::remove_file(&path).map_err(|source| PinsError::Io {
