@@ -151,6 +151,37 @@ fn the_vip_is_withdrawn_while_no_backend_is_healthy() {
         .expect("announced again once backends are healthy");
 }
 
+/// BFD packets are lost for a moment (a link blip, a loaded CPU): both ends
+/// take the session down, and it comes back, with the VIP, within seconds
+/// of the loss ending. BIRD's own default waits a minute after such an error
+/// before it connects or takes a connection again (five after repeated
+/// ones), so every lb host behind the blip would stay out of the router's
+/// ECMP route that long.
+#[test]
+fn the_vip_is_back_within_seconds_of_a_bfd_blip() {
+    let bed = Bed::new("bgp-bfd-blip");
+    let drop_bfd = |action: &str| {
+        for chain in ["INPUT", "OUTPUT"] {
+            let rule = [action, chain, "-p", "udp", "--dport", "3784", "-j", "DROP"];
+            bed.net
+                .router
+                .run(&[&["iptables"][..], &rule].concat())
+                .expect("iptables in the router");
+        }
+    };
+    drop_bfd("-A");
+    bed.net
+        .wait_for_next_hops(VIP, 0)
+        .expect("withdrawn once BFD is down");
+    drop_bfd("-D");
+    assert_eq!(
+        bed.net
+            .wait_for_next_hops(VIP, 1)
+            .expect("announced again within seconds"),
+        [host_ip(1)]
+    );
+}
+
 /// An agent started again without BGP, over the state of one that ran with
 /// it and died (its BIRD outlives it), configures that BIRD with no
 /// sessions: it must not go on announcing what nobody serves over BGP.

@@ -133,6 +133,8 @@ pub struct Session {
     pub hold_time: u16,
     /// Seconds; `None`: a third of the hold time.
     pub keepalive_time: Option<u16>,
+    /// Seconds between attempts to connect to the peer.
+    pub connect_time: u16,
     /// This session's own router id, else BIRD's.
     pub router_id: Option<Ipv4Addr>,
     pub bfd: Option<Bfd>,
@@ -173,6 +175,7 @@ impl Session {
             source_address: None,
             hold_time: flags.hold_time,
             keepalive_time: None,
+            connect_time: CONNECT_TIME_SECONDS,
             router_id: None,
             bfd: flags.bfd,
             password: None,
@@ -192,10 +195,16 @@ impl Session {
 
 pub const BGP_PORT: u16 = 179;
 
+/// How often a session that is down tries to connect, unless a BGPPeer's
+/// `connectTime` says otherwise: soon, as a host that is not peering takes
+/// no share of its VIPs' traffic (BIRD's own default is 120 s, and FRR's).
+pub const CONNECT_TIME_SECONDS: u16 = 5;
+
 #[cfg(test)]
 impl Session {
     /// A session as MetalLB sets one up when a BGPPeer gives only its AS
-    /// numbers and address: port 179, a 90 s hold time, nothing else.
+    /// numbers and address: port 179, a 90 s hold time, lb's connect time,
+    /// nothing else.
     pub fn with_metallb_defaults(name: &str, address: &str, peer_as: u32, local_as: u32) -> Self {
         Self {
             name: name.to_owned(),
@@ -206,6 +215,7 @@ impl Session {
             source_address: None,
             hold_time: 90,
             keepalive_time: None,
+            connect_time: CONNECT_TIME_SECONDS,
             router_id: None,
             bfd: None,
             password: None,

@@ -205,6 +205,15 @@ fn session_config(session: &Session) -> String {
     if let Some(keepalive) = session.keepalive_time {
         let _ = write!(conf, " keepalive time {keepalive};");
     }
+    // A session that failed (BFD lost a few packets, the peer restarted)
+    // starts again a second later: BIRD's default waits a minute, refusing
+    // the peer's own attempts meanwhile. Failures in a row still back off,
+    // doubling the wait up to a minute.
+    let _ = write!(
+        conf,
+        " connect delay time 1; connect retry time {}; error wait time 1, 60;",
+        session.connect_time
+    );
     // BIRD's strings have no escapes: the validation let no `"` through.
     if let Some(password) = &session.password {
         let _ = write!(conf, " password \"{password}\";");

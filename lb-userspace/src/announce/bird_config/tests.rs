@@ -92,9 +92,11 @@ fn flag_sessions_have_bfd_and_every_vip() {
          include \"/run/lb/x/routes.conf\";\n\
          include \"/run/lb/x/exports.conf\";\n\
          protocol bgp 'lb_peer1' { local as 64512; neighbor 10.1.0.1 port 179 as 64500; hold time 90; \
+         connect delay time 1; connect retry time 5; error wait time 1, 60; \
          bfd { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }; \
          ipv4 { import none; export filter 'lb_export_peer1'; next hop self; }; }\n\
          protocol bgp 'lb_peer2' { local as 64512; neighbor 2001:db8:1::1 port 179 as 64500; hold time 90; \
+         connect delay time 1; connect retry time 5; error wait time 1, 60; \
          bfd { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }; \
          ipv6 { import none; export filter 'lb_export_peer2'; next hop self; }; }\n"
     );
@@ -136,6 +138,7 @@ fn a_metallb_peer_keeps_its_own_settings() {
                 source_address: Some(ip("172.30.0.2")),
                 hold_time: 30,
                 keepalive_time: Some(10),
+                connect_time: 30,
                 router_id: Some(Ipv4Addr::new(10, 10, 10, 10)),
                 password: Some("it's a \\ secret".to_owned()),
                 multihop: true,
@@ -158,7 +161,8 @@ fn a_metallb_peer_keeps_its_own_settings() {
         conf.contains(
             "protocol bgp 'lb_peer-a.example' { local 172.30.0.2 as 64512; \
              neighbor 172.30.0.3 port 1790 as 64500; router id 10.10.10.10; hold time 30; \
-             keepalive time 10; password \"it's a \\ secret\"; multihop; \
+             keepalive time 10; connect delay time 1; connect retry time 30; \
+             error wait time 1, 60; password \"it's a \\ secret\"; multihop; \
              bfd { min rx interval 380 ms; min tx interval 270 ms; multiplier 37; passive on; }; \
              ipv4 { import none; export filter 'lb_export_peer-a.example'; next hop self; }; }"
         ),
@@ -167,7 +171,8 @@ fn a_metallb_peer_keeps_its_own_settings() {
     assert!(
         conf.contains(
             "protocol bgp 'lb_ibgp' { local as 64512; neighbor 172.30.0.4 port 179 internal; \
-             hold time 90; direct; ipv4"
+             hold time 90; connect delay time 1; connect retry time 5; error wait time 1, 60; \
+             direct; ipv4"
         ),
         "{conf}"
     );

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     announce::{
-        bgp::{BGP_PORT, Bfd, PeerAs, Session, needs_interface},
+        bgp::{BGP_PORT, Bfd, CONNECT_TIME_SECONDS, PeerAs, Session, needs_interface},
         bird_config::session_name_taken,
     },
     k8s::{objects::MetallbObjects, translate::Skipped},
@@ -79,6 +79,10 @@ fn session(peer: &BGPPeer, metallb: &MetallbObjects) -> Result<Session, String> 
         return Err("spec.sourceAddress: not of the family of spec.peerAddress".to_owned());
     }
     let (hold_time, keepalive_time) = timers(spec)?;
+    let connect_time = match whole_seconds("spec.connectTime", spec.connect_time.as_deref())? {
+        Some(0) => return Err("spec.connectTime: 0s: at least 1s".to_owned()),
+        connect => connect.unwrap_or(CONNECT_TIME_SECONDS),
+    };
     let bfd = spec
         .bfd_profile
         .as_deref()
@@ -104,6 +108,7 @@ fn session(peer: &BGPPeer, metallb: &MetallbObjects) -> Result<Session, String> 
         source_address,
         hold_time,
         keepalive_time,
+        connect_time,
         router_id: spec
             .router_id
             .as_deref()
@@ -149,24 +154,12 @@ fn peer_as(spec: &BGPPeerSpec) -> Result<PeerAs, String> {
 /// Hold time and keepalive in whole seconds, as BGP carries them: the hold
 /// time 0 (no keepalives) or 3 seconds and more, the keepalive no longer.
 fn timers(spec: &BGPPeerSpec) -> Result<(u16, Option<u16>), String> {
-    let seconds = |field: &str, text: Option<&str>| -> Result<Option<u16>, String> {
-        let Some(text) = text else { return Ok(None) };
-        let duration = parse_go_duration(text).map_err(|e| format!("{field}: {e}"))?;
-        if duration.subsec_nanos() != 0 {
-            return Err(format!(
-                "{field}: {text:?} is not a whole number of seconds"
-            ));
-        }
-        u16::try_from(duration.as_secs())
-            .map(Some)
-            .map_err(|_| format!("{field}: {text:?} is longer than 65535s"))
-    };
-    let hold = seconds("spec.holdTime", spec.hold_time.as_deref())?;
+    let hold = whole_seconds("spec.holdTime", spec.hold_time.as_deref())?;
     let hold = hold.unwrap_or(HOLD_TIME_SECONDS);
     if hold != 0 && hold < 3 {
         return Err(format!("spec.holdTime: {hold}s: 0 or at least 3s"));
     }
-    let keepalive = seconds("spec.keepaliveTime", spec.keepalive_time.as_deref())?;
+    let keepalive = whole_seconds("spec.keepaliveTime", spec.keepalive_time.as_deref())?;
     if let Some(keepalive) = keepalive.filter(|k| *k > hold) {
         return Err(format!(
             "spec.keepaliveTime: {keepalive}s is longer than the hold time ({hold}s)"
@@ -175,6 +168,21 @@ fn timers(spec: &BGPPeerSpec) -> Result<(u16, Option<u16>), String> {
     // 0: none to send, which is what BIRD does without one when the hold
     // time is 0 (else a third of it).
     Ok((hold, keepalive.filter(|k| *k != 0)))
+}
+
+/// A BGP timer: a Go duration of whole seconds, at most 65535 (BGP and
+/// BIRD count them in 16 bits).
+fn whole_seconds(field: &str, text: Option<&str>) -> Result<Option<u16>, String> {
+    let Some(text) = text else { return Ok(None) };
+    let duration = parse_go_duration(text).map_err(|e| format!("{field}: {e}"))?;
+    if duration.subsec_nanos() != 0 {
+        return Err(format!(
+            "{field}: {text:?} is not a whole number of seconds"
+        ));
+    }
+    u16::try_from(duration.as_secs())
+        .map(Some)
+        .map_err(|_| format!("{field}: {text:?} is longer than 65535s"))
 }
 
 /// The BFD settings of the profile named `name`. BIRD has no echo mode and

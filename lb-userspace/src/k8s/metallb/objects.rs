@@ -169,6 +169,9 @@ pub struct BGPPeerSpec {
     pub hold_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keepalive_time: Option<String>,
+    /// How long to wait between attempts to connect, a Go duration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_time: Option<String>,
     #[serde(default, rename = "routerID", skip_serializing_if = "Option::is_none")]
     pub router_id: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

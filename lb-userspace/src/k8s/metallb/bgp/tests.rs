@@ -71,14 +71,15 @@ fn the_documented_peer_gets_metallb_defaults() {
 fn every_documented_setting_is_carried() {
     let session = peer_with(
         "{myASN: 64512, peerASN: 64512, peerAddress: 172.30.0.3, peerPort: 1790, \
-         sourceAddress: 172.30.0.2, holdTime: 1m30s, keepaliveTime: 30s, routerID: 10.10.10.10, \
-         bfdProfile: full1, ebgpMultiHop: true, passwordSecret: {name: bgp-secret}}",
+         sourceAddress: 172.30.0.2, holdTime: 1m30s, keepaliveTime: 30s, connectTime: 1m, \
+         routerID: 10.10.10.10, bfdProfile: full1, ebgpMultiHop: true, passwordSecret: {name: bgp-secret}}",
         &format!("{SECRET}\n---\n{FULL1}"),
     )
     .unwrap();
     assert_eq!(session.port, 1790);
     assert_eq!(session.source_address, Some("172.30.0.2".parse().unwrap()));
     assert_eq!((session.hold_time, session.keepalive_time), (90, Some(30)));
+    assert_eq!(session.connect_time, 60);
     assert_eq!(session.router_id, Some(Ipv4Addr::new(10, 10, 10, 10)));
     assert_eq!(session.password.as_deref(), Some("mypassword"));
     assert!(session.multihop);
@@ -205,6 +206,16 @@ fn invalid_peers_are_skipped_naming_the_field() {
             "{myASN: 1, peerASN: 2, peerAddress: 10.0.0.1, holdTime: 30s, keepaliveTime: 31s}",
             "",
             "spec.keepaliveTime: 31s is longer than the hold time",
+        ),
+        (
+            "{myASN: 1, peerASN: 2, peerAddress: 10.0.0.1, connectTime: 0s}",
+            "",
+            "spec.connectTime: 0s: at least 1s",
+        ),
+        (
+            "{myASN: 1, peerASN: 2, peerAddress: 10.0.0.1, connectTime: 20h}",
+            "",
+            "spec.connectTime: \"20h\" is longer than 65535s",
         ),
         (
             "{myASN: 1, peerASN: 2, peerAddress: 10.0.0.1, routerID: '::1'}",
