@@ -7,7 +7,8 @@
 //! A backend failing `fall` checks in a row keeps its place with weight 0: no
 //! new flows, while established ones stay on it (the flow table wins). After
 //! `dead` more failures it is removed, and its flows re-hash. `rise` successes
-//! bring it back. UDP NodePorts without a healthCheckNodePort are not checked:
+//! bring it back; a new target on a node whose every target is down starts
+//! failing. UDP NodePorts without a healthCheckNodePort are not checked:
 //! a connect proves nothing there.
 
 use std::{
@@ -200,7 +201,7 @@ fn targets(translation: &Translation) -> BTreeSet<Target> {
 }
 
 /// Consecutive results of one target. A new target counts as healthy, so new
-/// nodes serve at once.
+/// nodes serve at once, unless its node is down.
 #[derive(Debug, Default)]
 struct Record {
     down: bool,
@@ -209,6 +210,19 @@ struct Record {
 }
 
 impl Record {
+    /// The record of a target new to the checker on a node (address) that
+    /// has targets, every one of them down: the node fails, not a Service,
+    /// and a new Service's port there would fail as well; counted healthy,
+    /// it would take new flows until `fall` checks failed. It comes back
+    /// after `rise` successes, as any other.
+    fn on_down_node(config: &HealthConfig) -> Self {
+        Self {
+            down: true,
+            successes: 0,
+            failures: config.fall,
+        }
+    }
+
     fn add(&mut self, ok: bool, config: &HealthConfig) {
         if ok {
             self.failures = 0;
@@ -257,6 +271,7 @@ async fn check_forever(
         };
         let current = targets.borrow_and_update().clone();
         records.retain(|target, _| current.contains(target));
+        let down_nodes = down_nodes(&records);
         let current = current
             .into_iter()
             .filter(|target| !only_new || !records.contains_key(target));
@@ -266,7 +281,13 @@ async fn check_forever(
             .collect()
             .await;
         for (target, ok) in results {
-            records.entry(target).or_default().add(ok, &config);
+            let record = records.entry(target).or_insert_with(|| {
+                match down_nodes.contains(&target.addr.ip()) {
+                    true => Record::on_down_node(&config),
+                    false => Record::default(),
+                }
+            });
+            record.add(ok, &config);
         }
         let now: Verdicts = records
             .iter()
@@ -281,6 +302,18 @@ async fn check_forever(
             changed
         });
     }
+}
+
+/// The addresses all of whose targets are down.
+fn down_nodes(records: &BTreeMap<Target, Record>) -> BTreeSet<IpAddr> {
+    let mut nodes = BTreeMap::new();
+    for (target, record) in records {
+        *nodes.entry(target.addr.ip()).or_insert(true) &= record.down;
+    }
+    nodes
+        .into_iter()
+        .filter_map(|(ip, down)| down.then_some(ip))
+        .collect()
 }
 
 /// One check: connected (and, for HTTP, answered 2xx) within `limit`.
@@ -590,5 +623,61 @@ mod tests {
             http: true,
         };
         assert_eq!(verdicts.get(&target), Some(&Verdict::Failing));
+    }
+
+    /// A Service new to the checker on a node whose every target fails
+    /// starts failing: it gets no new flows there until `rise` checks pass,
+    /// not until `fall` fail.
+    #[tokio::test]
+    async fn a_new_target_on_a_down_node_starts_failing() {
+        let down = closed_port();
+        let up = http_server("200 OK").await;
+        let config = HealthConfig {
+            interval: Duration::from_secs(3600),
+            fall: 1,
+            ..config()
+        };
+        let mut checker = HealthChecker::start(config);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let service = |addr: SocketAddr| {
+            let frontend = frontend(addr.port(), Protocol::Tcp);
+            let backend = BackendSpec {
+                node: "node-1".into(),
+                ip: addr.ip(),
+                port: addr.port(),
+                weight: 1,
+            };
+            let backends = vec![backend];
+            (
+                frontend,
+                ServiceSpec {
+                    name: addr.to_string(),
+                    frontend,
+                    backends,
+                },
+            )
+        };
+        let mut translation = Translation::default();
+        let (frontend, spec) = service(down);
+        translation.state.services.insert(frontend, spec);
+        translation.checks.insert(frontend, HealthCheck::NodePort);
+        checker.watch(&translation);
+        timeout(Duration::from_secs(5), checker.changed())
+            .await
+            .expect("the down target checked");
+        let target = |addr| Target { addr, http: false };
+        let (frontend, spec) = service(up);
+        translation.state.services.insert(frontend, spec);
+        translation.checks.insert(frontend, HealthCheck::NodePort);
+        checker.watch(&translation);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let verdicts = checker.verdicts.borrow().clone();
+        assert_eq!(
+            verdicts,
+            Verdicts::from([
+                (target(down), Verdict::Failing),
+                (target(up), Verdict::Failing)
+            ])
+        );
     }
 }
