@@ -16,7 +16,7 @@ use crate::{
     announce::{Announcement, Announcer, bird::Bird, plan::AnnouncementPlan, planner::Planner},
     catalog::Catalog,
     dataplane::{Dataplane, DataplaneConfig, Forwarding},
-    health::{HealthChecker, HealthConfig},
+    health::{HealthChecker, HealthConfig, Verdicts},
     k8s::{
         Translation, Translator,
         source::{Layer2Answers, Source},
@@ -177,8 +177,9 @@ async fn sync_until_signalled(
     let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut hangup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
-    let mut checker = HealthChecker::start(options.health.clone());
     let bpffs = options.dataplane.pin_dir.clone().unwrap_or_default();
+    let mut checker =
+        HealthChecker::start(options.health.clone(), earlier_verdicts(dataplane, options));
     let announcement = &options.announcement;
     let mut planner = Planner::new(announcement.mode, announcement.explicit);
     let bgp = options.announcement.bgp.clone();
@@ -195,6 +196,7 @@ async fn sync_until_signalled(
     let mut catalog = CatalogOnDisk {
         stale: true,
         bgp_announced: BTreeSet::new(),
+        verdicts: Verdicts::new(),
     };
     loop {
         tokio::select! {
@@ -227,7 +229,7 @@ async fn sync_until_signalled(
                     let unprogrammed = unprogrammed(translation, &failed);
                     options.source.report(translation, role, &unprogrammed).await;
                     options.source.report_layer2(&layer2_answers(translation, &announcer));
-                    write_catalog(dataplane, options, &announcer, &mut catalog);
+                    write_catalog(dataplane, options, &announcer, &checker, &mut catalog);
                     last_plan = Some(plan);
                     health.set_ready();
                 }
@@ -246,7 +248,7 @@ async fn sync_until_signalled(
                 let speaks = options.source.speaks_layer2();
                 announcer.update(dataplane, &state, &failed, plan, speaks);
                 options.source.report_layer2(&layer2_answers(translation, &announcer));
-                write_catalog(dataplane, options, &announcer, &mut catalog);
+                write_catalog(dataplane, options, &announcer, &checker, &mut catalog);
             },
             _ = refresh.tick() => {
                 announcer.refresh();
@@ -255,7 +257,7 @@ async fn sync_until_signalled(
                 // before the source was read: the inherited data path has
                 // no names yet, and the catalog on disk has them.
                 if last_plan.is_some() {
-                    write_catalog(dataplane, options, &announcer, &mut catalog);
+                    write_catalog(dataplane, options, &announcer, &checker, &mut catalog);
                 }
             }
         }
@@ -436,18 +438,21 @@ fn write_catalog(
     dataplane: &Dataplane,
     options: &AgentOptions,
     announcer: &Announcer,
+    checker: &HealthChecker,
     on_disk: &mut CatalogOnDisk,
 ) {
     let bgp_announced = announcer.bgp_announced();
+    let verdicts = checker.verdicts();
     if let Some(bpffs) = &options.dataplane.pin_dir
-        && (on_disk.stale || bgp_announced != on_disk.bgp_announced)
+        && (on_disk.stale || bgp_announced != on_disk.bgp_announced || verdicts != on_disk.verdicts)
     {
-        let written = Catalog::write_of(dataplane, &bgp_announced, bpffs);
+        let written = Catalog::write_of(dataplane, &bgp_announced, &verdicts, bpffs);
         if let Err(e) = &written {
             warn!(error = %e, "writing the catalog for the CLI");
         }
         on_disk.stale = written.is_err();
         on_disk.bgp_announced = bgp_announced;
+        on_disk.verdicts = verdicts;
     }
 }
 
@@ -457,4 +462,17 @@ struct CatalogOnDisk {
     /// The data path changed since, or the last write failed.
     stale: bool,
     bgp_announced: BTreeSet<IpAddr>,
+    verdicts: Verdicts,
+}
+
+/// The health verdicts of the agent whose data path this one took over, from
+/// its catalog: its dead nodes stay out and its VIPs without a healthy node
+/// unannounced until checks say otherwise.
+fn earlier_verdicts(dataplane: &Dataplane, options: &AgentOptions) -> Verdicts {
+    match &options.dataplane.pin_dir {
+        Some(bpffs) if dataplane.inherited_state() => {
+            Catalog::read(bpffs).health.into_iter().collect()
+        }
+        _ => Verdicts::new(),
+    }
 }

@@ -19,11 +19,12 @@ use std::{
 };
 
 use futures::{StreamExt as _, stream};
+use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
     sync::watch,
-    time::{MissedTickBehavior, interval, timeout},
+    time::{Instant, MissedTickBehavior, interval_at, timeout},
 };
 
 use crate::{
@@ -61,7 +62,7 @@ impl Default for HealthConfig {
 }
 
 /// What is checked: an address and how.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Target {
     pub addr: SocketAddr,
     /// An HTTP GET expecting 2xx, rather than a bare TCP connect.
@@ -69,7 +70,8 @@ pub struct Target {
 }
 
 /// The state of a target that is not healthy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Verdict {
     /// No new flows.
     Failing,
@@ -77,7 +79,7 @@ pub enum Verdict {
     Dead,
 }
 
-type Verdicts = BTreeMap<Target, Verdict>;
+pub type Verdicts = BTreeMap<Target, Verdict>;
 
 /// Runs the checks in a background task and tells the agent when a verdict
 /// changes. Checking off, it changes nothing.
@@ -88,13 +90,21 @@ pub struct HealthChecker {
 }
 
 impl HealthChecker {
-    /// Starts checking (needs a Tokio runtime); the task ends with the checker.
-    pub fn start(config: HealthConfig) -> Self {
-        let (targets, targets_rx) = watch::channel(BTreeSet::new());
-        let (verdicts_tx, verdicts) = watch::channel(Verdicts::new());
+    /// Starts checking (needs a Tokio runtime) from the verdicts `earlier`
+    /// (an earlier agent's, so that a restart does not give a dead node new
+    /// flows, nor announce a VIP none of whose nodes answers, until checks
+    /// fail again); the task ends with the checker.
+    pub fn start(config: HealthConfig, earlier: Verdicts) -> Self {
         let enabled = !config.interval.is_zero();
+        let earlier = if enabled { earlier } else { Verdicts::new() };
+        let (targets, targets_rx) = watch::channel(BTreeSet::new());
+        let (verdicts_tx, verdicts) = watch::channel(earlier.clone());
         if enabled {
-            tokio::spawn(check_forever(config, targets_rx, verdicts_tx));
+            let records = earlier
+                .into_iter()
+                .map(|(target, verdict)| (target, Record::of(verdict, &config)))
+                .collect();
+            tokio::spawn(check_forever(config, records, targets_rx, verdicts_tx));
         }
         Self {
             targets,
@@ -114,6 +124,11 @@ impl HealthChecker {
                 changed
             });
         }
+    }
+
+    /// The verdicts now: targets not healthy.
+    pub fn verdicts(&self) -> Verdicts {
+        self.verdicts.borrow().clone()
     }
 
     /// Returns when a verdict changed; never when checking is off.
@@ -216,10 +231,19 @@ impl Record {
     /// it would take new flows until `fall` checks failed. It comes back
     /// after `rise` successes, as any other.
     fn on_down_node(config: &HealthConfig) -> Self {
+        Self::of(Verdict::Failing, config)
+    }
+
+    /// The record that gives `verdict`, as if that many checks had failed.
+    fn of(verdict: Verdict, config: &HealthConfig) -> Self {
+        let failures = match verdict {
+            Verdict::Failing => config.fall,
+            Verdict::Dead => config.fall.saturating_add(config.dead),
+        };
         Self {
             down: true,
             successes: 0,
-            failures: config.fall,
+            failures,
         }
     }
 
@@ -254,21 +278,20 @@ impl Record {
 /// that its MAC is resolved: see `node_neighbors`).
 async fn check_forever(
     config: HealthConfig,
+    mut records: BTreeMap<Target, Record>,
     mut targets: watch::Receiver<BTreeSet<Target>>,
     verdicts: watch::Sender<Verdicts>,
 ) {
-    let mut records: BTreeMap<Target, Record> = BTreeMap::new();
-    let mut ticker = interval(config.interval);
+    // Nothing is checked, and the earlier verdicts stand, until the agent
+    // names the first targets; the first round checks those new to the
+    // records, the rest wait for the first tick.
+    if targets.changed().await.is_err() {
+        return;
+    }
+    let mut ticker = interval_at(Instant::now() + config.interval, config.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut only_new = true;
     while !verdicts.is_closed() {
-        let only_new = tokio::select! {
-            _ = ticker.tick() => false,
-            changed = targets.changed() => match changed {
-                Ok(()) => true,
-                // The checker is gone.
-                Err(_) => return,
-            },
-        };
         let current = targets.borrow_and_update().clone();
         records.retain(|target, _| current.contains(target));
         let down_nodes = down_nodes(&records);
@@ -301,6 +324,14 @@ async fn check_forever(
             }
             changed
         });
+        only_new = tokio::select! {
+            _ = ticker.tick() => false,
+            changed = targets.changed() => match changed {
+                Ok(()) => true,
+                // The checker is gone.
+                Err(_) => return,
+            },
+        };
     }
 }
 
@@ -564,7 +595,7 @@ mod tests {
             translation.state.services.insert(frontend, spec);
             translation.checks.insert(frontend, HealthCheck::NodePort);
         }
-        let mut checker = HealthChecker::start(config());
+        let mut checker = HealthChecker::start(config(), Verdicts::new());
         checker.watch(&translation);
         let target = |addr| Target { addr, http: false };
         let mut seen = Vec::new();
@@ -594,7 +625,7 @@ mod tests {
             fall: 1,
             ..config()
         };
-        let mut checker = HealthChecker::start(config);
+        let mut checker = HealthChecker::start(config, Verdicts::new());
         // The first round, with nothing to check yet, passes.
         tokio::time::sleep(Duration::from_millis(50)).await;
         let frontend = frontend(80, Protocol::Tcp);
@@ -637,7 +668,7 @@ mod tests {
             fall: 1,
             ..config()
         };
-        let mut checker = HealthChecker::start(config);
+        let mut checker = HealthChecker::start(config, Verdicts::new());
         tokio::time::sleep(Duration::from_millis(50)).await;
         let service = |addr: SocketAddr| {
             let frontend = frontend(addr.port(), Protocol::Tcp);

@@ -182,6 +182,39 @@ fn the_vip_is_back_within_seconds_of_a_bfd_blip() {
     );
 }
 
+/// An agent restarted while no backend of its Service is healthy keeps the
+/// VIP withdrawn: it starts from the earlier agent's verdicts, where it
+/// would announce the VIP until its own checks failed `--health-fall` times
+/// (three seconds here).
+#[test]
+fn the_vip_stays_withdrawn_across_an_agent_restart() {
+    let mut bed = Bed::new("bgp-restart-unhealthy");
+    bed.servers.clear();
+    bed.net
+        .wait_for_next_hops(VIP, 0)
+        .expect("withdrawn once no backend is healthy");
+    let mut args = bed.net.bgp_args(0);
+    args.extend(["--health-interval", "1s", "--health-fall", "3"].map(str::to_owned));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    bed.agent
+        .restart_with(&bed.net.hosts[0].ns, &args)
+        .expect("the agent starts again");
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        let hops = bed.net.next_hops(VIP).expect("the router's routes");
+        assert!(
+            hops.is_empty(),
+            "announced again after the restart: {hops:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = bed.agent.log();
+    assert!(
+        log.contains("synced"),
+        "the restarted agent never synced:\n{log}"
+    );
+}
+
 /// An agent started again without BGP, over the state of one that ran with
 /// it and died (its BIRD outlives it), configures that BIRD with no
 /// sessions: it must not go on announcing what nobody serves over BGP.
