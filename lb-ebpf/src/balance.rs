@@ -55,6 +55,15 @@ fn still_serves(flow: &Flow) -> bool {
     maps::backend(u32::from(flow.backend_id)).is_some_and(|backend| flow.still_on(backend))
 }
 
+/// The Maglev choice for `key` (client -> VIP), looked up by its service;
+/// `None` for no service, or none to choose.
+#[inline(always)]
+fn maglev_target(key: &FlowKey) -> Option<Target> {
+    let service = maps::service(&key.dst_ip, key.dst_port, key.proto)?;
+    let (id, backend) = maglev_backend(key, &service).ok()?;
+    Some(Target::of_slot(id, backend))
+}
+
 /// The Maglev choice for `key`: the backend its service's live ring gives.
 #[inline(always)]
 fn maglev_backend(
@@ -130,6 +139,15 @@ pub fn table_flow_backend(key: &FlowKey) -> Option<Target> {
     // SAFETY: the entry stays valid for this program run (RCU).
     let flow = unsafe { &*flows::table_entry(key)? };
     still_serves(flow).then_some(Target::of_flow(flow))
+}
+
+/// The node a client's flow `request` (client -> VIP) is on, for an ICMP
+/// error about it: the one its entry here pins, else the Maglev choice, the
+/// node every lb host sends it to (another host saw it begin, or it was not
+/// recorded).
+#[inline(always)]
+pub fn request_backend(request: &FlowKey) -> Option<Target> {
+    table_flow_backend(request).or_else(|| maglev_target(request))
 }
 
 /// Where a packet for one of our services goes: the backend (its slot and
@@ -251,15 +269,11 @@ pub fn reply_of(
         reply.proto,
     );
     let tracked = tracked_backend(request);
-    let (ip, port) = match tracked {
-        Some(backend) => (backend.ip, backend.port),
-        None => {
-            let service = maps::service(&frontend.vip, frontend.port, frontend.proto)?;
-            let (_, backend) = maglev_backend(request, &service).ok()?;
-            (&backend.ip, backend.port)
-        }
+    let backend = match tracked {
+        Some(backend) => backend,
+        None => maglev_target(request)?,
     };
-    (*ip == reply.src_ip && port == reply.src_port).then_some(ReplyOf {
+    (*backend.ip == reply.src_ip && backend.port == reply.src_port).then_some(ReplyOf {
         frontend,
         tracked: tracked.is_some(),
     })

@@ -4,15 +4,16 @@
 //! ICMPv4 itself; `icmp6` the ICMPv6 specifics.
 
 use aya_ebpf::bindings::xdp_action;
-use lb_common::{Addr, FlowKey, PROTO_TCP, PROTO_UDP, checksum, counters, ipv4_mapped};
+use lb_common::{Addr, PROTO_TCP, PROTO_UDP, checksum, counters, ipv4_mapped};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     balance,
     forward::{self, Direction, HopCache, Route, check_ttl},
+    keys,
     maps::{self, answer_echo, count, is_vip},
     nat::{self, End},
-    parse::{self, Family, Frame, IP_FRAGMENT_OFFSET, Ip, PLAIN_IPV4_VIHL, ptr_at},
+    parse::{self, Family, Frame, IP_FRAGMENT_OFFSET, Ip, PLAIN_IPV4_VIHL, Transport, ptr_at},
     verdict::Verdict,
 };
 
@@ -180,18 +181,18 @@ pub fn translate_error(
         return Err(Verdict::PassOtherProto);
     }
     let [quoted_src_port, quoted_dst_port] = quote.ports;
-    let reverse = FlowKey::new(
-        quote.dst,
-        quote.src,
-        quoted_dst_port,
-        quoted_src_port,
+    let slot = maps::error_flow_slot().ok_or(Verdict::PassOtherProto)?;
+    let reverse = keys::flow_key(
+        slot,
+        [&quote.dst, &quote.src],
+        Transport::join([quoted_dst_port, quoted_src_port]),
         quote.proto,
     );
     // The end of the quote that changes, the outer address that changes
     // with it (if any), and where the error goes.
     let now = forward::clock();
     let (rewrite, outer, direction) =
-        if let Some(reply) = balance::reply_of(&reverse, balance::table_flow_backend) {
+        if let Some(reply) = balance::reply_of(reverse, balance::table_flow_backend) {
             // About a request we DNAT-ed (client -> node): the client must hear
             // of its VIP, and when the node itself complained, from the VIP.
             let rewrite = QuoteRewrite {
@@ -204,11 +205,13 @@ pub fn translate_error(
             let outer = (ip.src == quote.dst).then_some(End::Source);
             (rewrite, outer, Direction::ToClient)
         } else if ip.dst == quote.src
-            && let Some(backend) = balance::table_flow_backend(&reverse)
+            && let Some(backend) = balance::request_backend(reverse)
         {
-            // About a reply we reverse-NAT-ed (VIP -> client): the node must
-            // hear of it. With direct server return the node answered from
-            // the VIP itself, and hears of it as it came (see below).
+            // About a reply we reverse-NAT-ed (VIP -> client), or another lb
+            // host did (ECMP hashes the error apart from its flow): the node
+            // must hear of it, the one the flow is on. With direct server
+            // return the node answered from the VIP itself, and hears of it
+            // as it came (see below).
             let rewrite = QuoteRewrite {
                 which: Quoted::Source,
                 old_ip: quote.src,

@@ -181,6 +181,21 @@ unsafe fn global_word<A>(array: *const A, index: u32) -> u64 {
 #[map]
 pub static FIB_PARAMS: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
 
+/// Each CPU's key of the flow an ICMP error is about (see `icmp`): on the
+/// stack, it left the ICMPv6 side path's other locals no room. Scratch
+/// space, written anew for every error, so not pinned.
+#[map]
+static ERROR_FLOW: PerCpuArray<FlowKey> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's [`ERROR_FLOW`] slot, to be written.
+#[inline(always)]
+pub fn error_flow_slot() -> Option<&'static mut MaybeUninit<FlowKey>> {
+    let slot = ERROR_FLOW.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU value, not shared while this program runs; a
+    // `MaybeUninit` is as the `FlowKey` it holds.
+    Some(unsafe { &mut *slot.cast::<MaybeUninit<FlowKey>>() })
+}
+
 /// The MTU this CPU's last `bpf_fib_lookup` reported with
 /// `BPF_FIB_LKUP_RET_FRAG_NEEDED`, for the side path it tail-calls then,
 /// which runs on the same CPU before anything else can look up.

@@ -529,7 +529,34 @@ fn a_host_that_never_saw_the_flow_translates_the_chosen_nodes_reply() {
             bed.client_if_mac,
             CLIENT_MAC,
         ));
+        // A router on the client's side could not pass on a reply another
+        // lb host translated, and the error reaches this one.
+        let router = Ipv4Addr::new(10, 0, 0, 1);
+        let big_reply = |from: SocketAddrV4| packets::tcp_ack(from, client, &[0; 1400]);
+        let chosen_index = (1..=3).find(|i| node_ip(*i) == chosen).expect("a node");
+        let too_big = packets::icmp_too_big(
+            router,
+            VIP,
+            &packets::forwarded(&big_reply(vip)),
+            CLIENT_MAC,
+            bed.client_if_mac,
+        );
+        let too_big_to_node = packets::forwarded(&packets::icmp_too_big(
+            router,
+            chosen,
+            &packets::forwarded(&big_reply(sock(chosen, 31000))),
+            bed.node_if_mac,
+            node_mac(chosen_index),
+        ));
         let fixtures = [
+            Fixture {
+                description: "an ICMP error about a reply of a flow this host never saw goes \
+                              to the Maglev choice, translated",
+                input: too_big,
+                ifindex: bed.client_if,
+                action: XDP_REDIRECT,
+                output: Some(too_big_to_node),
+            },
             Fixture {
                 description: "the Maglev choice's reply leaves with the VIP",
                 input: reply(chosen),
