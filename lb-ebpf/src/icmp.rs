@@ -79,7 +79,9 @@ pub fn handle(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
 }
 
 /// Turns an echo request around in place: the reply type, addresses and MACs
-/// swapped. Swapping the addresses leaves the IPv4 header checksum and the
+/// swapped, a fresh TTL (hop limit): the request's may have been spent to
+/// its last hop (traceroute's last probe), and the reply has a path of its
+/// own to go. Swapping the addresses leaves the IPv4 header checksum and the
 /// ICMPv6 pseudo-header sum as they were. A request to a group MAC
 /// (broadcast, multicast) passes: its reply would come from that MAC.
 #[inline(always)]
@@ -95,6 +97,7 @@ pub fn echo_reply(
         return Err(Verdict::PassOtherProto);
     }
     nat::swap_addresses(ctx, family)?;
+    nat::set_ttl(ctx, family, |_| nat::FRESH_TTL)?;
     // SAFETY: both pointers were bounds-checked by `ptr_at`.
     unsafe {
         let old = (*header).type_code;

@@ -40,6 +40,10 @@ pub fn handle(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
             icmp::echo_reply(ctx, Family::V6, header, ECHO_REPLY)
         }
         DEST_UNREACHABLE | PACKET_TOO_BIG | TIME_EXCEEDED | PARAMETER_PROBLEM => {
+            // The ports must lie in the packet, not in padding after it.
+            if ip.l4_len() < core::mem::size_of::<Icmp6Error>() {
+                return Err(Verdict::PassOtherProto);
+            }
             let error: *mut Icmp6Error = ptr_at(ctx, ip.l4_offset)?;
             // SAFETY: bounds-checked by `ptr_at`. Quotes with extension
             // headers before TCP or UDP have another next header, and pass.

@@ -127,10 +127,20 @@ pub unsafe fn copy_words<T, W: Copy>(dst: *mut T, src: *const T) {
     }
 }
 
+/// The TTL (hop limit) of a packet lb answers with, as Linux sends its own.
+pub const FRESH_TTL: u8 = 64;
+
 /// Counts this hop: TTL (hop limit) minus one, IPv4 header checksum updated.
 /// The caller checked it was above one.
 #[inline(always)]
 pub fn decrement_ttl(ctx: &Frame, family: Family) -> Result<(), Verdict> {
+    set_ttl(ctx, family, |ttl| ttl.wrapping_sub(1))
+}
+
+/// Sets the TTL (hop limit) to what `new` makes of it, IPv4 header checksum
+/// updated.
+#[inline(always)]
+pub fn set_ttl(ctx: &Frame, family: Family, new: impl FnOnce(u8) -> u8) -> Result<(), Verdict> {
     match family {
         Family::V4 => {
             // TTL and protocol share one checksummed 16-bit word.
@@ -140,7 +150,7 @@ pub fn decrement_ttl(ctx: &Frame, family: Family) -> Result<(), Verdict> {
             // checksum lies at an even offset (see `parse::read_word`).
             unsafe {
                 let old = *ttl_proto;
-                let new = [old[0].wrapping_sub(1), old[1]];
+                let new = [new(old[0]), old[1]];
                 *ttl_proto = new;
                 ip_check.write(checksum::replace_u16(
                     ip_check.read(),
@@ -152,7 +162,7 @@ pub fn decrement_ttl(ctx: &Frame, family: Family) -> Result<(), Verdict> {
         Family::V6 => {
             let hop_limit: *mut u8 = ptr_at(ctx, IPV6_HOP_LIMIT_OFFSET)?;
             // SAFETY: bounds-checked by `ptr_at`.
-            unsafe { *hop_limit = (*hop_limit).wrapping_sub(1) };
+            unsafe { *hop_limit = new(*hop_limit) };
         }
     }
     Ok(())

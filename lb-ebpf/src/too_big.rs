@@ -26,6 +26,7 @@ use crate::{
     forward,
     icmp::IcmpHdr,
     maps::{self, count},
+    nat::FRESH_TTL,
     parse::{
         ETH_P_IPV4_BE, ETH_P_IPV6_BE, Family, Frame, Ip, PLAIN_IPV4_VIHL, is_group_address, ptr_at,
     },
@@ -44,7 +45,6 @@ const MIN_MTU6: u16 = 1280;
 const FRAGMENTATION_NEEDED: [u8; 2] = [3, 4];
 const PACKET_TOO_BIG: [u8; 2] = [2, 0];
 const IPV6_VERSION: [u8; 4] = [0x60, 0, 0, 0];
-const TTL: u8 = 64;
 /// The most `bpf_csum_diff` sums in one call.
 const CSUM_DIFF_MAX: usize = 512;
 
@@ -116,7 +116,7 @@ fn answer4(ctx: &Frame, macs: ([u8; 6], [u8; 6]), mtu: u16) -> Result<u32, Verdi
         tot_len: ((HEADERS + QUOTE4) as u16).to_be_bytes(),
         id: [0; 2],
         frags: forward::DONT_FRAGMENT.to_be_bytes(),
-        ttl: TTL,
+        ttl: FRESH_TTL,
         proto: PROTO_ICMP,
         check: [0; 2],
         src_addr: dst,
@@ -171,7 +171,7 @@ fn answer6(ctx: &Frame, macs: ([u8; 6], [u8; 6]), mtu: u16) -> Result<u32, Verdi
             vcf: IPV6_VERSION,
             payload_len: payload_len.to_be_bytes(),
             next_hdr: PROTO_ICMPV6,
-            hop_limit: TTL,
+            hop_limit: FRESH_TTL,
             src_addr: dst,
             dst_addr: src,
         });

@@ -275,8 +275,8 @@ pub fn icmp_echo_request(src: impl Into<IpAddr>, dst: impl Into<IpAddr>) -> Vec<
     }
 }
 
-/// The answer to `icmp_echo_request(src, dst)` as a host would send it: the
-/// same TTL, addresses and MACs swapped.
+/// The answer to `icmp_echo_request(src, dst)` as a host would send it: a
+/// fresh TTL (64, whatever the request's), addresses and MACs swapped.
 pub fn icmp_echo_reply(src: impl Into<IpAddr>, dst: impl Into<IpAddr>) -> Vec<u8> {
     let (src, dst) = (src.into(), dst.into());
     let builder = eth_ip_between(LB_MAC, CLIENT_MAC, dst, src);

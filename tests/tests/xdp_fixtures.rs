@@ -277,6 +277,18 @@ fn fixtures_in_namespace(bench: &XdpBed) {
         syn_to_node[packets::ETH_LEN + 20..packets::ETH_LEN + 32].to_vec(),
     ]
     .concat();
+    // The IPv6 twin, the quote cut after the source port.
+    let ports_only_in_padding6 = [
+        packets::icmp_too_big(
+            node_ip6(1),
+            CLIENT6,
+            &syn6_to_node[..packets::ETH_LEN + 42],
+            node_mac(1),
+            bench.node_if_mac,
+        ),
+        syn6_to_node[packets::ETH_LEN + 42..packets::ETH_LEN + 44].to_vec(),
+    ]
+    .concat();
     let fixtures = vec![
         Fixture {
             description: "TCP SYN to a VIP is DNAT-ed and redirected to the node side",
@@ -332,6 +344,14 @@ fn fixtures_in_namespace(bench: &XdpBed) {
         Fixture {
             description: "ICMP echo to a VIP is answered",
             input: packets::icmp_echo_request(CLIENT, VIP),
+            ingress: Ingress::Clients,
+            action: XDP_TX,
+            output: Expected::Bytes(packets::icmp_echo_reply(CLIENT, VIP)),
+        },
+        Fixture {
+            description: "ICMP echo to a VIP with TTL 1 (traceroute's last probe) is answered \
+                          with a fresh TTL",
+            input: packets::with_ttl(&packets::icmp_echo_request(CLIENT, VIP), 1),
             ingress: Ingress::Clients,
             action: XDP_TX,
             output: Expected::Bytes(packets::icmp_echo_reply(CLIENT, VIP)),
@@ -423,6 +443,21 @@ fn fixtures_in_namespace(bench: &XdpBed) {
             ingress: Ingress::Clients,
             action: XDP_TX,
             output: Expected::Bytes(packets::icmp_echo_reply(CLIENT6, VIP6)),
+        },
+        Fixture {
+            description: "IPv6: ICMPv6 echo to a VIP with hop limit 1 is answered with a fresh one",
+            input: packets::with_ttl(&packets::icmp_echo_request(CLIENT6, VIP6), 1),
+            ingress: Ingress::Clients,
+            action: XDP_TX,
+            output: Expected::Bytes(packets::icmp_echo_reply(CLIENT6, VIP6)),
+        },
+        Fixture {
+            description: "IPv6: an error whose quote ends before the destination port (which \
+                          only padding holds) passes",
+            input: ports_only_in_padding6,
+            ingress: Ingress::Nodes,
+            action: XDP_PASS,
+            output: Expected::Unchanged,
         },
         Fixture {
             description: "IPv6: ICMPv6 echo to another address passes",
@@ -625,7 +660,11 @@ fn fixtures_in_namespace(bench: &XdpBed) {
         "each reply found the entry of the flow it answers"
     );
     assert_eq!(global[counters::ICMP_TRANSLATED as usize], 5);
-    assert_eq!(global[counters::ICMP_ECHO_REPLY as usize], 2);
+    assert_eq!(
+        global[counters::ICMP_ECHO_REPLY as usize],
+        4,
+        "two of each family"
+    );
     let outcomes: u64 = counters::OUTCOMES.iter().map(|&c| global[c as usize]).sum();
     assert_eq!(
         outcomes,
