@@ -294,7 +294,9 @@ pub struct BgpArgs {
     /// peers, IPv6 VIPs to IPv6 peers.
     #[arg(long = "bgp-peer", value_name = "ADDR@ASN")]
     pub bgp_peers: Vec<String>,
-    /// BGP router id [default: the first IPv4 address of the first --iface].
+    /// BGP router id [default: the first IPv4 address of the first --iface];
+    /// with MetalLB BGPPeers (any --announce), BIRD's own, for sessions
+    /// without a routerID [default there: the lowest routerID].
     #[arg(long, value_name = "IPV4")]
     pub bgp_router_id: Option<std::net::Ipv4Addr>,
     /// BGP hold time in seconds: 0 (no keepalives) or 3 to 65535, as BIRD

@@ -147,13 +147,14 @@ fn is_object_name(name: &str) -> bool {
 
 /// The announcement the flags ask for, checked before anything is loaded, so
 /// an agent restarted with bad settings leaves the running data path alone.
+/// `--bgp-router-id` goes with any `--announce`: it is also BIRD's own for
+/// BGPPeer sessions, which run whatever `--announce` says.
 fn announcement(args: &AgentArgs) -> Result<Announcement> {
     let mode = args.announce.unwrap_or_default();
     let bgp = &args.bgp;
     let given = [
         ("--bgp-asn", bgp.bgp_asn.is_some()),
         ("--bgp-peer", !bgp.bgp_peers.is_empty()),
-        ("--bgp-router-id", bgp.bgp_router_id.is_some()),
     ];
     if mode != Announce::Bgp
         && let Some((flag, _)) = given.iter().find(|(_, given)| *given)
@@ -349,4 +350,37 @@ fn host_name() -> Result<String> {
     let name = String::from_utf8_lossy(&buffer[..end]).into_owned();
     anyhow::ensure!(!name.is_empty(), "the host name is empty");
     Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use lb::cli::{Cli, Command};
+
+    use super::*;
+
+    fn agent_args(args: &[&str]) -> AgentArgs {
+        let required = ["lb", "agent", "--iface", "lo", "--manifests", "m.yaml"];
+        let argv = required.iter().chain(args);
+        match Cli::try_parse_from(argv).expect("arguments").command {
+            Command::Agent(args) => *args,
+            other => panic!("not the agent: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_router_id_goes_with_any_announcement() {
+        for announce in [&[][..], &["--announce", "arp"], &["--announce", "none"]] {
+            let mut args = vec!["--bgp-router-id", "192.0.2.1"];
+            args.extend_from_slice(announce);
+            let announcement = announcement(&agent_args(&args)).expect("accepted");
+            assert_eq!(
+                announcement.bgp.router_id,
+                Some("192.0.2.1".parse().unwrap()),
+                "{args:?}"
+            );
+        }
+        let refused = announcement(&agent_args(&["--bgp-asn", "64512"])).err();
+        let refused = refused.expect("--bgp-asn without --announce bgp refused");
+        assert_eq!(refused.to_string(), "--bgp-asn is for --announce bgp");
+    }
 }
