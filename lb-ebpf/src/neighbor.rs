@@ -5,7 +5,7 @@
 //! other address, and anything unusual, pass to the kernel as they came.
 
 use aya_ebpf::bindings::xdp_action;
-use lb_common::{Addr, checksum, counters, ipv4_mapped};
+use lb_common::{Addr, checksum, counters, ipv4_mapped, is_ipv4_mapped};
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
 use crate::{
@@ -129,6 +129,11 @@ pub fn answer_solicitation(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
     if ip.l4_offset != EthHdr::LEN + Ipv6Hdr::LEN || ip.ttl != ND_HOP_LIMIT || ip.src == [0; 4] {
         return Err(Verdict::PassOtherProto);
     }
+    // A multicast solicitation's advertisement must carry the Target
+    // Link-Layer Address (RFC 4861 7.2.4), which takes the Source one's room.
+    if !with_option && ip.dst[0].to_ne_bytes()[0] == 0xff {
+        return Err(Verdict::PassOtherProto);
+    }
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     let message: *mut NeighborMessage = ptr_at(ctx, ip.l4_offset)?;
     let option: Option<*mut LinkAddressOption> = if with_option {
@@ -140,7 +145,9 @@ pub fn answer_solicitation(ctx: &Frame, ip: &Ip) -> Result<u32, Verdict> {
     unsafe {
         let solicitation = &mut *message;
         let target = crate::parse::words(&solicitation.target);
+        // IPv4 VIPs are keyed in their mapped form: no IPv6 host has one.
         if solicitation.type_code != [NEIGHBOR_SOLICITATION, 0]
+            || is_ipv4_mapped(&target)
             || option.is_some_and(|option| {
                 (*option).kind_len != [OPTION_SOURCE_LINK_ADDRESS, OPTION_LINK_ADDRESS_UNITS]
             })

@@ -124,6 +124,14 @@ pub fn neighbor_solicitation(src_mac: [u8; 6], src: Ipv6Addr, target: Ipv6Addr) 
     icmpv6(multicast_mac(group), src_mac, src, group, message)
 }
 
+/// [`neighbor_solicitation`] without the option, as RFC 4861 7.2.2 allows
+/// only for unicast ones (this one is multicast all the same).
+pub fn bare_neighbor_solicitation(src_mac: [u8; 6], src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
+    let group = solicited_node(target);
+    let message = [&[135, 0, 0, 0, 0, 0, 0, 0][..], &target.octets()].concat();
+    icmpv6(multicast_mac(group), src_mac, src, group, message)
+}
+
 /// A Neighbor Advertisement of `target` at `mac`, from `src` to `dst`, with
 /// `flags` and the Target Link-Layer Address option.
 pub fn neighbor_advertisement(

@@ -244,6 +244,22 @@ fn arp_and_neighbor_solicitations_for_vips_are_answered() {
                 output: None,
             },
             Fixture {
+                description: "a multicast Neighbor Solicitation without the asker's MAC passes: \
+                              the advertisement would need the option it has no room for",
+                input: nd::bare_neighbor_solicitation(asker, asker6, VIP6),
+                ifindex: bed.client_if,
+                action: XDP_PASS,
+                output: None,
+            },
+            Fixture {
+                description: "a Neighbor Solicitation for an IPv4 VIP's mapped address \
+                              (::ffff:a.b.c.d) passes: no IPv6 host has it",
+                input: nd::neighbor_solicitation(asker, asker6, VIP.to_ipv6_mapped()),
+                ifindex: bed.client_if,
+                action: XDP_PASS,
+                output: None,
+            },
+            Fixture {
                 description: "duplicate address detection (from ::) for a VIP passes",
                 input: nd::neighbor_solicitation(asker, Ipv6Addr::UNSPECIFIED, VIP6),
                 ifindex: bed.client_if,
