@@ -153,6 +153,9 @@ impl HealthChecker {
             let Some(check) = checked(translation, frontend) else {
                 continue;
             };
+            // Every backend drains (its pods terminate): the service takes
+            // no new flows whatever the checks say, and is not failing.
+            let drains = spec.backends.iter().all(|backend| backend.weight == 0);
             let mut backends = spec.backends.clone();
             backends.retain_mut(|backend| {
                 let target = target(check, backend.ip, backend.port);
@@ -168,7 +171,7 @@ impl HealthChecker {
                     }
                 }
             });
-            if backends.iter().any(|backend| backend.weight > 0) {
+            if drains || backends.iter().any(|backend| backend.weight > 0) {
                 spec.backends = backends;
             } else {
                 tracing::debug!(%frontend, "every backend fails its health check; keeping them all");
@@ -463,9 +466,22 @@ mod tests {
                 (53, Protocol::Udp, HealthCheck::NodePort),
                 (443, Protocol::Tcp, HealthCheck::HealthCheckNodePort(32000)),
                 (8080, Protocol::Tcp, HealthCheck::NodePort),
+                (9090, Protocol::Tcp, HealthCheck::HealthCheckNodePort(32090)),
             ],
             3,
         );
+        // Every node drains port 9090 (a rollout without surge): kube-proxy
+        // fails them all, as none has a ready endpoint.
+        let all_draining = frontend(9090, Protocol::Tcp);
+        for backend in &mut translation
+            .state
+            .services
+            .get_mut(&all_draining)
+            .unwrap()
+            .backends
+        {
+            backend.weight = 0;
+        }
         // Node 2 drains port 8080: its pods terminate.
         let draining = frontend(8080, Protocol::Tcp);
         translation
@@ -485,6 +501,7 @@ mod tests {
                     tcp(node(i, 30080)),
                     http(node(i, 32000)),
                     tcp(node(i, 38080)),
+                    http(node(i, 32090)),
                 ]
             })
             .collect();
@@ -499,6 +516,9 @@ mod tests {
             (http(node(2, 32000)), Verdict::Dead),
             (http(node(3, 32000)), Verdict::Failing),
             (tcp(node(2, 38080)), Verdict::Dead),
+            (http(node(1, 32090)), Verdict::Failing),
+            (http(node(2, 32090)), Verdict::Dead),
+            (http(node(3, 32090)), Verdict::Failing),
         ]));
         let state = checker.apply(&translation);
         let ip = |i| IpAddr::from(Ipv4Addr::new(10, 1, 0, i));
@@ -524,6 +544,12 @@ mod tests {
         assert_eq!(
             weights(&state, draining),
             [(ip(1), 1), (ip(2), 0), (ip(3), 1)]
+        );
+        // All draining: their flows finish; not failing (its VIP stays
+        // announced for them), nothing comes back to take new flows.
+        assert_eq!(
+            weights(&state, all_draining),
+            [(ip(1), 0), (ip(2), 0), (ip(3), 0)]
         );
         assert_eq!(
             *checker_with(Verdicts::new()).apply(&translation),

@@ -109,13 +109,15 @@ pub struct DesiredState {
 }
 
 impl DesiredState {
-    /// The VIPs worth announcing: of services that are `served` and have a
-    /// backend that takes new flows and does not fail its health check.
+    /// The VIPs worth announcing: of services that are `served`, not
+    /// failing their health checks, and have a backend: one that takes new
+    /// flows, or, while every one drains (their pods terminate), those that
+    /// finish the flows they have, which a withdrawal would cut.
     pub fn healthy_vips(&self, served: impl Fn(&Frontend) -> bool) -> BTreeSet<IpAddr> {
         self.services
             .values()
             .filter(|spec| served(&spec.frontend) && !self.failing.contains(&spec.frontend))
-            .filter(|spec| spec.backends.iter().any(|b| b.weight > 0))
+            .filter(|spec| !spec.backends.is_empty())
             .map(|spec| spec.frontend.vip)
             .collect()
     }
@@ -137,5 +139,44 @@ mod tests {
         };
         assert_eq!(label("198.51.100.1", Protocol::Tcp), "198.51.100.1:80/tcp");
         assert_eq!(label("2001:db8::1", Protocol::Udp), "[2001:db8::1]:80/udp");
+    }
+
+    #[test]
+    fn a_service_whose_backends_all_drain_is_announced_until_they_go() {
+        let service = |last: u8, weights: &[u32]| {
+            let frontend = Frontend {
+                vip: IpAddr::from([198, 51, 100, last]),
+                port: 80,
+                protocol: Protocol::Tcp,
+            };
+            let backends = weights.iter().map(|&weight| BackendSpec {
+                node: format!("node-{weight}"),
+                ip: IpAddr::from([10, 1, 0, 1]),
+                port: 30080,
+                weight,
+            });
+            let name = format!("ns/s{last}:http");
+            let spec = ServiceSpec {
+                name,
+                frontend,
+                backends: backends.collect(),
+            };
+            (frontend, spec)
+        };
+        let mut state = DesiredState::default();
+        state.services.extend([
+            service(1, &[1, 0]),
+            service(2, &[0, 0]),
+            service(3, &[]),
+            service(4, &[1]),
+            service(5, &[1]),
+        ]);
+        state
+            .failing
+            .insert(state.services.keys().nth(3).copied().unwrap());
+        let unserved = *state.services.keys().nth(4).unwrap();
+        let vips = state.healthy_vips(|frontend| *frontend != unserved);
+        let want = [1, 2].map(|last| IpAddr::from([198, 51, 100, last]));
+        assert_eq!(vips, BTreeSet::from(want));
     }
 }
