@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     announce::Announce,
     dataplane::{DEFAULT_MAX_SERVICES, DEFAULT_NEW_FLOW_LIMIT, Forwarding},
-    k8s::translate::KUBE_PROXY_HEALTHZ_PORT,
+    k8s::translate::{ClusterCheck, KUBE_PROXY_HEALTHZ_PORT},
     maglev::DEFAULT_RING_SIZE,
 };
 
@@ -207,6 +207,14 @@ pub struct AgentArgs {
     /// (for a kube-proxy whose health port lb cannot reach).
     #[arg(long, value_name = "PORT", default_value_t = KUBE_PROXY_HEALTHZ_PORT)]
     pub kube_proxy_healthz_port: u16,
+    /// How the nodes of a Service port with externalTrafficPolicy Cluster
+    /// are health checked: node-port, a TCP connect to its NodePort on each
+    /// node (one check per node and port); kube-proxy, an HTTP GET of
+    /// kube-proxy's /healthz (--kube-proxy-healthz-port) on each node, one
+    /// check per node whatever the Services, as cloud load balancers check
+    /// them: for clusters with many Services and nodes.
+    #[arg(long, value_enum, value_name = "HOW", default_value_t = ClusterCheck::NodePort)]
+    pub cluster_health_check: ClusterCheck,
     /// Time between health checks of the backends; 0 switches them off.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = crate::units::parse_duration)]
     pub health_interval: std::time::Duration,

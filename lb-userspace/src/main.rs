@@ -246,6 +246,7 @@ fn run_agent(args: AgentArgs) -> Result<()> {
             node_address_type: args.node_address_type,
             forwarding: args.forwarding,
             kube_proxy_healthz_port: Some(args.kube_proxy_healthz_port).filter(|&port| port != 0),
+            cluster_check: args.cluster_health_check,
         },
         Pools::from_flags(pools).context("--pool")?,
     );

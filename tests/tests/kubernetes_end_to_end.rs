@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::Result;
+use k8s_openapi::api::core::v1::Service;
 use lb_tests::{
     fake_apiserver::{
         Options,
@@ -198,23 +199,43 @@ fn failing_health_checks_drain_a_node_then_remove_it() -> Result<()> {
 /// not answer gets no new connection until it does.
 #[test]
 fn direct_server_return_serves_a_service_without_node_ports() -> Result<()> {
-    const POD_PORT: u16 = 8080;
+    let mut web = load_balancer(NS, "web", &[(80, 0)]);
+    web.spec.as_mut().unwrap().allocate_load_balancer_node_ports = Some(false);
+    only_nodes_whose_kube_proxy_answers_serve(&["--forwarding", "dsr"], web, 8080)
+}
+
+/// With `--cluster-health-check kube-proxy` the nodes of a Service with
+/// NodePorts (policy Cluster) are checked on kube-proxy's own health port,
+/// one check per node, not on each NodePort: one whose kube-proxy does not
+/// answer gets no new connection, though its NodePort would take them.
+#[test]
+fn nodes_of_policy_cluster_are_checked_on_kube_proxy_when_asked() -> Result<()> {
+    let web = load_balancer(NS, "web", &[(80, 30080)]);
+    only_nodes_whose_kube_proxy_answers_serve(&["--cluster-health-check", "kube-proxy"], web, 30080)
+}
+
+/// The agent started with `flags` serves `web` (port 80, its pods on
+/// `pod_port` of every node) while kube-proxy's health port answers on
+/// node-1 and node-2 only: only they get new connections; once node-3's
+/// answers too, every node serves.
+fn only_nodes_whose_kube_proxy_answers_serve(
+    flags: &[&str],
+    web: Service,
+    pod_port: u16,
+) -> Result<()> {
     const KUBE_PROXY_HEALTHZ: u16 = 10256;
     let topology = Topology::new(Layout::TwoArm, 3)?;
     let pods: Vec<ServerGuard> = topology
         .nodes
         .iter()
-        .map(|n| servers::tcp_name_server(&n.ns, POD_PORT, &n.name))
+        .map(|n| servers::tcp_name_server(&n.ns, pod_port, &n.name))
         .collect::<Result<_>>()?;
-    // kube-proxy's health port answers on node-1 and node-2 only.
     let healthz = |n: &Node| servers::http_name_server(&n.ns, KUBE_PROXY_HEALTHZ, &n.name);
     let mut kube_proxies: Vec<ServerGuard> = topology.nodes[..2]
         .iter()
         .map(healthz)
         .collect::<Result<_>>()?;
-    let flags = [
-        "--forwarding",
-        "dsr",
+    let health = [
         "--health-interval",
         "200ms",
         "--health-timeout",
@@ -224,12 +245,11 @@ fn direct_server_return_serves_a_service_without_node_ports() -> Result<()> {
         "--health-dead",
         "100",
     ];
+    let flags: Vec<&str> = health.iter().chain(flags).copied().collect();
     let bed = start_agent(&topology, &flags)?;
-    let mut web = load_balancer(NS, "web", &[(80, 0)]);
-    web.spec.as_mut().unwrap().allocate_load_balancer_node_ports = Some(false);
     bed.server.apply(&web)?;
     let vip = bed.wait_for_vip(NS, "web", READY)?;
-    topology::expose(&topology.nodes, vip, 80, POD_PORT)?;
+    topology::expose(&topology.nodes, vip, 80, pod_port)?;
     wait_for_live_backends(&bed, vip, 2)?;
     let tally = connect_many(&topology, vip, 100);
     assert_eq!(

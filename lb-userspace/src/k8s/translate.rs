@@ -66,6 +66,22 @@ pub struct TranslateConfig {
     /// nodes of a Service port without a NodePort (direct server return);
     /// `None`: such ports are not checked.
     pub kube_proxy_healthz_port: Option<u16>,
+    /// How the nodes of a port with policy Cluster are checked.
+    pub cluster_check: ClusterCheck,
+}
+
+/// How the nodes of a Service port with `externalTrafficPolicy: Cluster`
+/// are health checked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClusterCheck {
+    /// A connect to the port's NodePort on each node: one check per node and
+    /// port.
+    #[default]
+    NodePort,
+    /// kube-proxy's own `/healthz` on each node, as cloud load balancers
+    /// check nodes for policy Cluster: one check per node whatever the
+    /// Services.
+    KubeProxy,
 }
 
 /// kube-proxy's default `--healthz-bind-address` port.
@@ -78,6 +94,7 @@ impl Default for TranslateConfig {
             node_address_type: "InternalIP".to_owned(),
             forwarding: Forwarding::Nat,
             kube_proxy_healthz_port: Some(KUBE_PROXY_HEALTHZ_PORT),
+            cluster_check: ClusterCheck::NodePort,
         }
     }
 }
@@ -541,8 +558,9 @@ impl<'a> LoadBalancer<'a> {
     }
 
     /// How the nodes of a port are checked: kube-proxy's answer for the
-    /// Service (policy Local), else a connect to the port's NodePort, or
-    /// without one kube-proxy's own health, unless switched off.
+    /// Service (policy Local), else a connect to the port's NodePort (unless
+    /// `cluster_check` says kube-proxy), or without one kube-proxy's own
+    /// health, unless switched off.
     fn health_check(&self, has_node_port: bool, config: &TranslateConfig) -> Option<HealthCheck> {
         let port = self
             .spec
@@ -550,7 +568,9 @@ impl<'a> LoadBalancer<'a> {
             .and_then(backends::valid_port);
         match port {
             Some(port) if self.is_local() => Some(HealthCheck::HealthCheckNodePort(port)),
-            _ if has_node_port => Some(HealthCheck::NodePort),
+            _ if has_node_port && config.cluster_check == ClusterCheck::NodePort => {
+                Some(HealthCheck::NodePort)
+            }
             _ => config.kube_proxy_healthz_port.map(HealthCheck::KubeProxy),
         }
     }

@@ -333,6 +333,31 @@ fn direct_server_return_serves_ports_without_a_node_port() {
     let checks: Vec<u16> = translation.checks.keys().map(|f| f.port).collect();
     assert_eq!(checks, [443, 53], "{:?}", translation.checks);
 
+    // Checked on kube-proxy's own port, policy Cluster ports with a NodePort
+    // too (one check per node); policy Local still on its own.
+    let config = TranslateConfig {
+        forwarding: Forwarding::Dsr,
+        kube_proxy_healthz_port: Some(10999),
+        cluster_check: ClusterCheck::KubeProxy,
+        ..TranslateConfig::default()
+    };
+    let translation = Translator::new(config, Pools::default())
+        .translate(&objects)
+        .clone();
+    let checks: Vec<(u16, HealthCheck)> = translation
+        .checks
+        .iter()
+        .map(|(frontend, check)| (frontend.port, *check))
+        .collect();
+    assert_eq!(
+        checks,
+        [
+            (80, HealthCheck::KubeProxy(10999)),
+            (443, HealthCheck::KubeProxy(10999)),
+            (53, HealthCheck::HealthCheckNodePort(32000)),
+        ]
+    );
+
     let translation = Translator::default().translate(&objects).clone();
     assert_eq!(served(&translation).len(), 1, "{:?}", translation.state);
     assert_eq!(skipped(&translation).len(), 2, "{:?}", translation.skipped);
