@@ -262,6 +262,41 @@ fn a_takeover_keeps_answering_neighbors_as_the_earlier_agent_did() {
     third.remove_pins().expect("remove pins");
 }
 
+/// An agent started again with its interfaces in another order gives each
+/// the slot it had: the masks it takes over mean the same interfaces.
+#[test]
+fn a_takeover_keeps_each_interface_in_its_slot_whatever_their_order() {
+    let bpffs = PinRoot::new("test-slots");
+    let config = DataplaneConfig {
+        ring_size: RING_SIZE,
+        max_services: 4,
+        pin_dir: Some(bpffs.path().clone()),
+        ..Default::default()
+    };
+    let slots = || -> BTreeMap<u32, u8> {
+        let maps = lb::maps::Maps::open_pinned(bpffs.path()).expect("pinned maps");
+        let entries = maps.ifaces.iter().map(|entry| entry.expect("an interface"));
+        entries
+            .map(|(ifindex, iface)| (ifindex, iface.slot))
+            .collect()
+    };
+    let mut first = Dataplane::load(config.clone()).expect("load");
+    for ifindex in [7, 9] {
+        first.add_iface(ifindex, [2, 0, 0, 0, 0, 7]).expect("iface");
+    }
+    drop(first);
+    let before = slots();
+    assert_eq!(before, BTreeMap::from([(7, 0), (9, 1)]));
+    let mut second = Dataplane::load(config).expect("takeover");
+    for ifindex in [9, 3, 7] {
+        second
+            .add_iface(ifindex, [2, 0, 0, 0, 0, 7])
+            .expect("iface");
+    }
+    assert_eq!(slots(), BTreeMap::from([(3, 2), (7, 0), (9, 1)]));
+    second.remove_pins().expect("remove pins");
+}
+
 /// Earlier agents pinned the counters as `GLOBAL_STATS` and the side paths'
 /// program array as `SIDE_PATHS`, each with a slot for every counter or side
 /// path they knew, too few for this one's. A takeover carries the counts

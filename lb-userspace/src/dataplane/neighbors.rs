@@ -19,13 +19,9 @@ impl Dataplane {
     /// slot in the VIPs' masks (done by `attach`; tests that run the program
     /// without attaching it call this directly).
     pub fn add_iface(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<(), DataplaneError> {
-        let next = self.iface_slots.len();
         let slot = match self.iface_slots.get(&ifindex) {
             Some(slot) => *slot,
-            None => u8::try_from(next)
-                .ok()
-                .filter(|slot| *slot < MAX_NEIGHBOR_SLOTS)
-                .ok_or(DataplaneError::TooManyInterfaces(MAX_NEIGHBOR_SLOTS))?,
+            None => self.new_iface_slot(ifindex)?,
         };
         let iface = Iface { mac, slot, _pad: 0 };
         self.maps
@@ -35,6 +31,32 @@ impl Dataplane {
         self.ifaces_by_index.set(ifindex, iface)?;
         self.iface_slots.insert(ifindex, slot);
         Ok(())
+    }
+
+    /// The slot of interface `ifindex`, new to this load: the one pinned
+    /// state gives it, which the masks an earlier agent left use (listed in
+    /// another order, or with one more or one less, interfaces would
+    /// otherwise swap slots, and answer each other's VIPs until the first
+    /// sync), if no interface took it; else the lowest neither taken nor
+    /// pinned for another interface (which may yet be added), else the
+    /// lowest not taken.
+    fn new_iface_slot(&self, ifindex: u32) -> Result<u8, DataplaneError> {
+        let taken: BTreeSet<u8> = self.iface_slots.values().copied().collect();
+        let mut own = None;
+        let mut reserved = BTreeSet::new();
+        for entry in self.maps.ifaces.iter() {
+            let (index, iface) = entry.map_err(|e| map_error(MAP_IFACES, e))?;
+            if index == ifindex {
+                own = Some(iface.slot);
+            } else if !self.iface_slots.contains_key(&index) {
+                reserved.insert(iface.slot);
+            }
+        }
+        let free = |slot: &u8| !taken.contains(slot);
+        own.filter(free)
+            .or_else(|| (0..MAX_NEIGHBOR_SLOTS).find(|s| free(s) && !reserved.contains(s)))
+            .or_else(|| (0..MAX_NEIGHBOR_SLOTS).find(free))
+            .ok_or(DataplaneError::TooManyInterfaces(MAX_NEIGHBOR_SLOTS))
     }
 
     /// Forgets interface `ifindex`, which no longer runs this data path.
