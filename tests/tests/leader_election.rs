@@ -418,19 +418,35 @@ fn a_label_on_the_lease_is_not_a_twin() -> Result<()> {
     Ok(())
 }
 
+const RBAC: &str = include_str!("../../examples/kubernetes/rbac.yaml");
+
 /// An agent the API server forbids the Leases (RBAC from before elections)
 /// assigns nothing, but answers ARP and NDP for the VIPs on its own, as
 /// before elections: an upgrade that forgot the new RBAC leaves the VIPs
 /// reachable.
 #[test]
 fn an_agent_forbidden_the_leases_still_answers_at_layer2() -> Result<()> {
-    let manifest = include_str!("../../examples/kubernetes/rbac.yaml");
-    let without_leases: Vec<&str> = manifest
+    let without_leases: Vec<&str> = RBAC
         .split("\n---\n")
         .filter(|document| !document.contains("lb-leader-election"))
         .collect();
+    answers_at_layer2_alone(&without_leases.join("\n---\n"))
+}
+
+/// The same when it may read the Leases but not create one, and there is
+/// none: nobody can hold it (it stayed silent, as did every agent).
+#[test]
+fn an_agent_that_cannot_create_the_lease_still_answers_at_layer2() -> Result<()> {
+    let create = r#"verbs: ["get", "create", "update"]"#;
+    assert!(RBAC.contains(create), "the leases' verbs");
+    answers_at_layer2_alone(&RBAC.replace(create, r#"verbs: ["get", "update"]"#))
+}
+
+/// An agent under the RBAC of `rbac` answers ARP and NDP on its own and
+/// assigns nothing, and the API server refused it something of the Leases.
+fn answers_at_layer2_alone(rbac: &str) -> Result<()> {
     let options = Options {
-        rbac: Some(Authorizer::from_manifest(&without_leases.join("\n---\n"))?),
+        rbac: Some(Authorizer::from_manifest(rbac)?),
         ..Options::default()
     };
     let ns = NetNs::new("forbid")?;

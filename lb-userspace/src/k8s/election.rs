@@ -295,9 +295,6 @@ struct View {
     /// Since when attempts have failed: time in which the Lease could not be
     /// read is not time it went unrenewed, and is left out of `since`.
     blind_from: Option<Instant>,
-    /// The Lease was read once: a refusal (403) after that is the API
-    /// server's passing trouble, not RBAC that forbids this agent the Lease.
-    ever_read: bool,
 }
 
 /// Tries to take or renew the Lease every retry period, for ever.
@@ -322,13 +319,16 @@ async fn campaign(
             match tokio::time::timeout(config.retry_period(), attempt(&api, &config, &mut view))
                 .await
             {
-                Ok(result) => result.map_err(|error| (forbids(&error), error.to_string())),
+                Ok(result) => result.map_err(|error| (refused(&error), error.to_string())),
                 Err(_) => Err((
                     false,
                     format!("no answer within {:?}", config.retry_period()),
                 )),
             };
-        // The API server says no: this agent answers at layer 2 on its own.
+        // The API server says no, and no Lease was seen (none was read, or
+        // there is none and it cannot be made): nobody holds one, nobody
+        // can, so this agent answers at layer 2 on its own. A refusal once
+        // a Lease was seen is the API server's passing trouble.
         let mut forbidden = false;
         match outcome {
             Ok(held) => {
@@ -342,7 +342,7 @@ async fn campaign(
                 });
             }
             Err((forbids, message)) => {
-                forbidden = forbids && !view.ever_read;
+                forbidden = forbids && view.observed.is_none();
                 // A write that may have landed is no proof of a twin.
                 if let Some(seen) = view.observed.as_mut() {
                     seen.written_here = false;
@@ -400,7 +400,6 @@ async fn campaign(
 async fn attempt(api: &Api<Lease>, config: &ElectionConfig, view: &mut View) -> kube::Result<bool> {
     let now = MicroTime(Timestamp::now());
     let found = api.get_opt(&config.lease).await?;
-    view.ever_read = true;
     let blind = view.blind_from.take().map(|from| from.elapsed());
     let Some(mut lease) = found else {
         let lease = Lease {
@@ -506,8 +505,10 @@ fn held_by(mut spec: LeaseSpec, config: &ElectionConfig, now: MicroTime) -> Leas
 
 /// Whether `error` is the API server's refusal (RBAC), not a failure to
 /// reach it.
-fn forbids(error: &kube::Error) -> bool {
-    matches!(error, kube::Error::Api(status) if status.code == 403)
+/// Whether the API server refuses the Lease for good: forbidden, or (for a
+/// create) its namespace does not exist.
+fn refused(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 403 || status.code == 404)
 }
 
 /// The outcome of a write of the Lease: another agent's write in between
