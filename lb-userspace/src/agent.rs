@@ -14,9 +14,9 @@ use tracing::{debug, info, warn};
 
 use crate::{
     announce::{Announcement, Announcer, bird::Bird, plan::AnnouncementPlan, planner::Planner},
-    catalog::Catalog,
+    catalog::{Catalog, ServiceCheck},
     dataplane::{Dataplane, DataplaneConfig, Forwarding},
-    health::{HealthChecker, HealthConfig, Verdicts},
+    health::{self, HealthChecker, HealthConfig, Verdicts},
     k8s::{
         Translation, Translator,
         source::{Layer2Answers, Source},
@@ -197,6 +197,7 @@ async fn sync_until_signalled(
         stale: true,
         bgp_announced: BTreeSet::new(),
         verdicts: Verdicts::new(),
+        checks: Vec::new(),
     };
     loop {
         tokio::select! {
@@ -443,16 +444,25 @@ fn write_catalog(
 ) {
     let bgp_announced = announcer.bgp_announced();
     let verdicts = checker.verdicts();
+    let checks = health::checks(options.translator.translation());
+    let checks: Vec<ServiceCheck> = checks
+        .into_iter()
+        .map(|(frontend, check)| ServiceCheck { frontend, check })
+        .collect();
     if let Some(bpffs) = &options.dataplane.pin_dir
-        && (on_disk.stale || bgp_announced != on_disk.bgp_announced || verdicts != on_disk.verdicts)
+        && (on_disk.stale
+            || bgp_announced != on_disk.bgp_announced
+            || verdicts != on_disk.verdicts
+            || checks != on_disk.checks)
     {
-        let written = Catalog::write_of(dataplane, &bgp_announced, &verdicts, bpffs);
+        let written = Catalog::write_of(dataplane, &bgp_announced, &verdicts, &checks, bpffs);
         if let Err(e) = &written {
             warn!(error = %e, "writing the catalog for the CLI");
         }
         on_disk.stale = written.is_err();
         on_disk.bgp_announced = bgp_announced;
         on_disk.verdicts = verdicts;
+        on_disk.checks = checks;
     }
 }
 
@@ -463,6 +473,7 @@ struct CatalogOnDisk {
     stale: bool,
     bgp_announced: BTreeSet<IpAddr>,
     verdicts: Verdicts,
+    checks: Vec<ServiceCheck>,
 }
 
 /// The health verdicts of the agent whose data path this one took over, from

@@ -190,7 +190,17 @@ fn checked(translation: &Translation, frontend: &Frontend) -> Option<HealthCheck
     }
 }
 
-fn target(check: HealthCheck, ip: IpAddr, node_port: u16) -> Target {
+/// How each service of `translation` is checked, those that are.
+pub fn checks(translation: &Translation) -> Vec<(Frontend, HealthCheck)> {
+    let frontends = translation.state.services.keys();
+    let checked =
+        frontends.filter_map(|frontend| Some((*frontend, checked(translation, frontend)?)));
+    checked.collect()
+}
+
+/// What checks the backend at (`ip`, `node_port`) of a service checked by
+/// `check`.
+pub fn target(check: HealthCheck, ip: IpAddr, node_port: u16) -> Target {
     match check {
         HealthCheck::NodePort => Target {
             addr: SocketAddr::new(ip, node_port),

@@ -19,6 +19,7 @@ use serde::{Serialize, Serializer};
 use crate::{
     catalog::Catalog,
     dataplane::service_key,
+    health::Verdict,
     maps::{Maps, MapsError, map_error},
     model::{Frontend, Protocol},
 };
@@ -53,7 +54,7 @@ pub struct BackendRow {
     pub address: IpAddr,
     pub port: u16,
     pub weight: Option<u32>,
-    /// `healthy` while in the Maglev table, `draining` when kept only for its flows.
+    /// `healthy`, `draining`, `failing` or `dead` (see [`health`]).
     pub health: &'static str,
     /// Entries of the service's Maglev table that point at this backend.
     pub ring_entries: u32,
@@ -264,7 +265,10 @@ pub fn services(maps: &Maps, snapshot: &Snapshot) -> Result<Vec<ServiceRow>, Map
     for (frontend, info) in &snapshot.services {
         let backends = service_backends(maps, snapshot, frontend, info)?;
         let traffic = maps.service_traffic(info.id, backends.iter().map(|b| b.id))?;
-        let healthy = snapshot.ring(maps, info)?.len() as u32;
+        let healthy = backends
+            .iter()
+            .filter(|b| health(snapshot, frontend, b) == HEALTHY)
+            .count() as u32;
         let entry = snapshot.catalog.service(frontend);
         rows.push(ServiceRow {
             name: entry.map(|e| e.name.clone()).unwrap_or_default(),
@@ -278,6 +282,23 @@ pub fn services(maps: &Maps, snapshot: &Snapshot) -> Result<Vec<ServiceRow>, Map
         });
     }
     Ok(rows)
+}
+
+const HEALTHY: &str = "healthy";
+
+/// What `lb backends` says of a backend's health: `healthy` (in the Maglev
+/// ring, checks pass), `draining` (kept for its flows: its pods terminate),
+/// or as its health checks' verdict says, `failing` (no new flows) or `dead`
+/// (kept only as a drain's, or with every other backend of its service when
+/// all fail).
+fn health(snapshot: &Snapshot, frontend: &Frontend, backend: &ServiceBackend) -> &'static str {
+    let (ip, port) = (ip_of(backend.slot.ip), u16::from_be(backend.slot.port));
+    match snapshot.catalog.verdict(frontend, ip, port) {
+        Some(Verdict::Failing) => "failing",
+        Some(Verdict::Dead) => "dead",
+        None if backend.ring > 0 => HEALTHY,
+        None => "draining",
+    }
 }
 
 /// An active backend slot of a service.
@@ -324,12 +345,13 @@ pub fn backends(
             continue;
         }
         let entry = snapshot.catalog.service(frontend);
-        for ServiceBackend {
-            id,
-            ring,
-            slot: backend,
-        } in service_backends(maps, snapshot, frontend, info)?
-        {
+        for service_backend in service_backends(maps, snapshot, frontend, info)? {
+            let health = health(snapshot, frontend, &service_backend);
+            let ServiceBackend {
+                id,
+                ring,
+                slot: backend,
+            } = service_backend;
             let (address, port) = (ip_of(backend.ip), u16::from_be(backend.port));
             let known = entry.and_then(|e| e.backend(address, port));
             let traffic = maps.backend_traffic(id)?;
@@ -341,7 +363,7 @@ pub fn backends(
                 address,
                 port,
                 weight: known.map(|b| b.weight),
-                health: if ring > 0 { "healthy" } else { "draining" },
+                health,
                 ring_entries: ring,
                 share: f64::from(ring) / f64::from(info.ring_size.max(1)),
                 packets: traffic.packets,

@@ -145,6 +145,23 @@ fn the_vip_is_withdrawn_while_no_backend_is_healthy() {
         .wait_for_next_hops(VIP, 0)
         .expect("withdrawn once no backend is healthy");
     check_bgp_listing(&bed.agent, false);
+    // The listings say so too, though every node stays in the ring (fail
+    // open).
+    settles("lb services and lb backends", || {
+        let services = bed.agent.query("services").map_err(|e| e.to_string())?;
+        let backends = bed.agent.query("backends").map_err(|e| e.to_string())?;
+        let healthy = &services[0]["backends_healthy"];
+        let states: Vec<&str> = backends
+            .as_array()
+            .ok_or("no backends")?
+            .iter()
+            .filter_map(|row| row["health"].as_str())
+            .collect();
+        let unhealthy = states.len() == 3 && !states.contains(&"healthy");
+        (healthy == 0 && unhealthy)
+            .then_some(())
+            .ok_or(format!("{healthy} healthy, backends {states:?}"))
+    });
     bed.servers = bed.net.start_servers().expect("servers");
     bed.net
         .wait_for_next_hops(VIP, 1)

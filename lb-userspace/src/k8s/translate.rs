@@ -131,7 +131,9 @@ pub struct Translator {
 }
 
 /// How the backends of one service port are health checked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum HealthCheck {
     /// A TCP connect to the backend's NodePort.
     NodePort,
