@@ -42,9 +42,10 @@ enum Command {
     /// `cargo clippy --workspace --all-targets -- -D warnings`,
     /// `cargo +nightly clippy -p lb-ebpf --target bpfel-unknown-none -Z build-std=core` (with
     /// `-D warnings`), and `cargo test --workspace`; then builds the Debian package from the
-    /// debug binary and checks it (contents, control fields, conffiles, `lb --version` of the
-    /// unpacked binary, `systemd-analyze verify` of the unit where systemd is present). Needs
-    /// root.
+    /// debug binary and checks it (contents, control fields, conffiles, the prerm run against
+    /// stubs of `lb` and `deb-systemd-invoke` (on `remove`: the unit stopped, then `lb down` with
+    /// the config file's bpffs; on `upgrade`: neither), `lb --version` of the unpacked binary,
+    /// `systemd-analyze verify` of the unit where systemd is present). Needs root.
     ///
     /// With `--fuzz`, then runs every cargo-fuzz target under fuzz/ for a bounded time
     /// (`cargo +nightly fuzz run TARGET -- -max_total_time=SECONDS`), installing g++ (for
