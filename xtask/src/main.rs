@@ -29,7 +29,8 @@ enum Command {
     ///
     /// Installs the missing Debian packages (required: iproute2 ethtool iputils-ping curl
     /// procps util-linux bird2 iptables; for benchmarks, where a failure is only a warning:
-    /// netcat-openbsd nftables haproxy wrk iperf3 bpftool hping3), the nightly components rust-src and clippy,
+    /// netcat-openbsd nftables haproxy wrk iperf3 bpftool hping3), the components rustfmt and
+    /// clippy of the workspace's (default) toolchain, the nightly components rust-src and clippy,
     /// bpf-linker 0.13.0 built against nightly's libLLVM, and cargo-deb 3.8.0; mounts bpffs at
     /// /sys/fs/bpf.
     /// Idempotent, and silent when nothing is missing. Installing packages and mounting bpffs
