@@ -31,8 +31,9 @@ enum Command {
     /// procps util-linux bird2 iptables; for benchmarks, where a failure is only a warning:
     /// netcat-openbsd nftables haproxy wrk iperf3 bpftool hping3), the components rustfmt and
     /// clippy of the workspace's (default) toolchain, the nightly components rust-src and clippy,
-    /// bpf-linker 0.13.0 built against nightly's libLLVM, and cargo-deb 3.8.0; mounts bpffs at
-    /// /sys/fs/bpf.
+    /// bpf-linker 0.13.0 built against nightly's libLLVM (again when `rustup run nightly
+    /// bpf-linker --version` fails, as after `rustup update nightly`), and cargo-deb 3.8.0;
+    /// mounts bpffs at /sys/fs/bpf.
     /// Idempotent, and silent when nothing is missing. Installing packages and mounting bpffs
     /// need root.
     Setup,

@@ -318,9 +318,46 @@ fn cargo_deb() -> Result<()> {
     ]))
 }
 
-fn bpf_linker() -> Result<()> {
-    if installed("bpf-linker", BPF_LINKER_VERSION)? {
+/// Whether bpf-linker runs as the eBPF build runs it, and is the version setup installs:
+/// aya-build runs `rustup run nightly cargo build` for lb-ebpf, and nightly's rustc then runs
+/// `bpf-linker` from `PATH` in that environment, where rustup has put nightly's lib directory on
+/// `LD_LIBRARY_PATH`. That is where the libLLVM bpf-linker was linked against comes from; after
+/// `rustup update nightly` it has another name, and the binary no longer starts. `Err` says why.
+fn bpf_linker_runs() -> Result<(), String> {
+    let mut command = cmd("rustup");
+    command.args(["run", "nightly", "bpf-linker", "--version"]);
+    let output = command
+        .output()
+        .map_err(|err| format!("could not start `{}`: {err}", util::display(&command)))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let wanted = format!("bpf-linker {BPF_LINKER_VERSION}");
+    if output.status.success() && stdout.trim() == wanted {
         return Ok(());
+    }
+    Err(format!(
+        "`{}` {}: {}",
+        util::display(&command),
+        if output.status.success() {
+            format!("did not print {wanted:?}")
+        } else {
+            format!("failed ({})", output.status)
+        },
+        [
+            stdout.trim(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ]
+        .join(" ")
+        .trim()
+    ))
+}
+
+fn bpf_linker() -> Result<()> {
+    let listed = installed("bpf-linker", BPF_LINKER_VERSION)?;
+    if listed {
+        match bpf_linker_runs() {
+            Ok(()) => return Ok(()),
+            Err(why) => println!("setup: bpf-linker does not run: {why}; building it again"),
+        }
     }
 
     // bpf-linker links LLVM dynamically; Debian 12 has no LLVM 22, but nightly ships one as
@@ -369,6 +406,9 @@ fn bpf_linker() -> Result<()> {
             .args([
                 "install",
                 "--quiet",
+                // Replaces a bpf-linker of this version that no longer runs: cargo would
+                // otherwise answer that it is installed already.
+                "--force",
                 "bpf-linker",
                 "--version",
                 BPF_LINKER_VERSION,
@@ -384,7 +424,9 @@ fn bpf_linker() -> Result<()> {
         eprintln!("setup: warning: {err:#}; retrying without --locked");
         install(false)?;
     }
-    Ok(())
+    // Not installed again on every run when reinstalling does not help.
+    bpf_linker_runs()
+        .map_err(|why| anyhow::anyhow!("the bpf-linker just installed does not run: {why}"))
 }
 
 fn bpffs(root: bool) -> Result<()> {
