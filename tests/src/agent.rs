@@ -173,8 +173,10 @@ impl Agent {
         (comm.trim() == "bird").then_some(pid)
     }
 
-    /// Runs `lb <args...> --bpffs <this agent's>` (no `--json`, for commands
-    /// that act rather than list, like `drain`) and returns its output.
+    /// Runs `lb <args...> --bpffs <this agent's>` (no `--json`: for commands
+    /// that act rather than list, like `drain`, and for the tables an
+    /// operator reads) and returns its output, or its standard error as the
+    /// error.
     pub fn command(&self, args: &[&str]) -> Result<String> {
         let stdout = self.run(args)?;
         Ok(String::from_utf8_lossy(&stdout).into_owned())

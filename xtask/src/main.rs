@@ -29,9 +29,11 @@ enum Command {
     ///
     /// Installs the missing Debian packages (required: iproute2 ethtool iputils-ping curl
     /// procps util-linux bird2 iptables; for benchmarks, where a failure is only a warning:
-    /// netcat-openbsd nftables haproxy wrk iperf3 bpftool hping3), the nightly components rust-src and clippy,
-    /// bpf-linker 0.13.0 built against nightly's libLLVM, and cargo-deb 3.8.0; mounts bpffs at
-    /// /sys/fs/bpf.
+    /// netcat-openbsd nftables haproxy wrk iperf3 bpftool hping3), the components rustfmt and
+    /// clippy of the workspace's (default) toolchain, the nightly components rust-src and clippy,
+    /// bpf-linker 0.13.0 built against nightly's libLLVM (again when `rustup run nightly
+    /// bpf-linker --version` fails, as after `rustup update nightly`), and cargo-deb 3.8.0;
+    /// mounts bpffs at /sys/fs/bpf.
     /// Idempotent, and silent when nothing is missing. Installing packages and mounting bpffs
     /// need root.
     Setup,
@@ -42,9 +44,10 @@ enum Command {
     /// `cargo clippy --workspace --all-targets -- -D warnings`,
     /// `cargo +nightly clippy -p lb-ebpf --target bpfel-unknown-none -Z build-std=core` (with
     /// `-D warnings`), and `cargo test --workspace`; then builds the Debian package from the
-    /// debug binary and checks it (contents, control fields, conffiles, `lb --version` of the
-    /// unpacked binary, `systemd-analyze verify` of the unit where systemd is present). Needs
-    /// root.
+    /// debug binary and checks it (contents, control fields, conffiles, the prerm run against
+    /// stubs of `lb` and `deb-systemd-invoke` (on `remove`: the unit stopped, then `lb down` with
+    /// the config file's bpffs; on `upgrade`: neither), `lb --version` of the unpacked binary,
+    /// `systemd-analyze verify` of the unit where systemd is present). Needs root.
     ///
     /// With `--fuzz`, then runs every cargo-fuzz target under fuzz/ for a bounded time
     /// (`cargo +nightly fuzz run TARGET -- -max_total_time=SECONDS`), installing g++ (for

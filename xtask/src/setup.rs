@@ -43,6 +43,11 @@ const FUZZ_PACKAGES: &[&str] = &["g++"];
 /// linting the eBPF crate.
 const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "clippy"];
 
+/// Components of the toolchain cargo uses in the workspace (the default one, stable, unless an
+/// override says otherwise): `cargo xtask test` runs `cargo fmt` and `cargo clippy` on it.
+/// rustup's `minimal` profile has neither.
+const DEFAULT_COMPONENTS: &[&str] = &["rustfmt", "clippy"];
+
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// cargo-deb, for `cargo xtask package`: 3.8.0 builds with the stable toolchain here.
@@ -56,7 +61,10 @@ const BPFFS: &str = "/sys/fs/bpf";
 pub fn run() -> Result<()> {
     let root = util::is_root()?;
     apt_packages(root).context("installing Debian packages")?;
-    nightly_components().context("installing nightly toolchain components")?;
+    components(None, DEFAULT_COMPONENTS)
+        .context("installing components of the workspace's (default) toolchain")?;
+    components(Some("nightly"), NIGHTLY_COMPONENTS)
+        .context("installing nightly toolchain components")?;
     bpf_linker().context("installing bpf-linker")?;
     cargo_deb().context("installing cargo-deb")?;
     bpffs(root).context("mounting bpffs")?;
@@ -240,17 +248,26 @@ fn has_candidate(package: &str) -> Result<bool> {
     }))
 }
 
-fn nightly_components() -> Result<()> {
-    let installed = util::stdout(cmd("rustup").args([
-        "component",
-        "list",
-        "--toolchain",
-        "nightly",
-        "--installed",
-    ]))
-    .context("is the nightly toolchain installed? (`rustup toolchain list`)")?;
+/// Adds the components of `wanted` that `toolchain` lacks; `None` is the toolchain cargo uses in
+/// the workspace root (rustup's default unless an override or `rust-toolchain.toml` says
+/// otherwise), as `cargo fmt` and `cargo clippy` there do.
+fn components(toolchain: Option<&str>, wanted: &[&str]) -> Result<()> {
+    let with_toolchain = |command: &mut std::process::Command| {
+        if let Some(toolchain) = toolchain {
+            command.args(["--toolchain", toolchain]);
+        }
+    };
+    let mut list = cmd("rustup");
+    list.args(["component", "list", "--installed"]);
+    with_toolchain(&mut list);
+    let installed = util::stdout(&mut list).with_context(|| match toolchain {
+        Some(toolchain) => {
+            format!("is the {toolchain} toolchain installed? (`rustup toolchain list`)")
+        }
+        None => "is there a default toolchain? (`rustup show`)".to_owned(),
+    })?;
     // Lines are like "rust-src" or "clippy-x86_64-unknown-linux-gnu".
-    let missing: Vec<&str> = NIGHTLY_COMPONENTS
+    let missing: Vec<&str> = wanted
         .iter()
         .copied()
         .filter(|component| {
@@ -267,15 +284,14 @@ fn nightly_components() -> Result<()> {
         return Ok(());
     }
     println!(
-        "setup: rustup component add {} (nightly)",
-        missing.join(" ")
+        "setup: rustup component add {} ({})",
+        missing.join(" "),
+        toolchain.unwrap_or("the workspace's toolchain")
     );
-    util::run(
-        cmd("rustup")
-            .args(["component", "add"])
-            .args(&missing)
-            .args(["--toolchain", "nightly"]),
-    )
+    let mut add = cmd("rustup");
+    add.args(["component", "add"]).args(&missing);
+    with_toolchain(&mut add);
+    util::run(&mut add)
 }
 
 /// Whether `cargo install --list` has `crate_name` at `version`.
@@ -302,9 +318,46 @@ fn cargo_deb() -> Result<()> {
     ]))
 }
 
-fn bpf_linker() -> Result<()> {
-    if installed("bpf-linker", BPF_LINKER_VERSION)? {
+/// Whether bpf-linker runs as the eBPF build runs it, and is the version setup installs:
+/// aya-build runs `rustup run nightly cargo build` for lb-ebpf, and nightly's rustc then runs
+/// `bpf-linker` from `PATH` in that environment, where rustup has put nightly's lib directory on
+/// `LD_LIBRARY_PATH`. That is where the libLLVM bpf-linker was linked against comes from; after
+/// `rustup update nightly` it has another name, and the binary no longer starts. `Err` says why.
+fn bpf_linker_runs() -> Result<(), String> {
+    let mut command = cmd("rustup");
+    command.args(["run", "nightly", "bpf-linker", "--version"]);
+    let output = command
+        .output()
+        .map_err(|err| format!("could not start `{}`: {err}", util::display(&command)))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let wanted = format!("bpf-linker {BPF_LINKER_VERSION}");
+    if output.status.success() && stdout.trim() == wanted {
         return Ok(());
+    }
+    Err(format!(
+        "`{}` {}: {}",
+        util::display(&command),
+        if output.status.success() {
+            format!("did not print {wanted:?}")
+        } else {
+            format!("failed ({})", output.status)
+        },
+        [
+            stdout.trim(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ]
+        .join(" ")
+        .trim()
+    ))
+}
+
+fn bpf_linker() -> Result<()> {
+    let listed = installed("bpf-linker", BPF_LINKER_VERSION)?;
+    if listed {
+        match bpf_linker_runs() {
+            Ok(()) => return Ok(()),
+            Err(why) => println!("setup: bpf-linker does not run: {why}; building it again"),
+        }
     }
 
     // bpf-linker links LLVM dynamically; Debian 12 has no LLVM 22, but nightly ships one as
@@ -353,6 +406,9 @@ fn bpf_linker() -> Result<()> {
             .args([
                 "install",
                 "--quiet",
+                // Replaces a bpf-linker of this version that no longer runs: cargo would
+                // otherwise answer that it is installed already.
+                "--force",
                 "bpf-linker",
                 "--version",
                 BPF_LINKER_VERSION,
@@ -368,7 +424,9 @@ fn bpf_linker() -> Result<()> {
         eprintln!("setup: warning: {err:#}; retrying without --locked");
         install(false)?;
     }
-    Ok(())
+    // Not installed again on every run when reinstalling does not help.
+    bpf_linker_runs()
+        .map_err(|why| anyhow::anyhow!("the bpf-linker just installed does not run: {why}"))
 }
 
 fn bpffs(root: bool) -> Result<()> {

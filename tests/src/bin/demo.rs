@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use lb_tests::{
-    agent::{Agent, lb_binary},
+    agent::Agent,
     servers,
     topology::{Layout, Topology},
 };
@@ -97,12 +97,8 @@ fn run(interrupted: &AtomicBool) -> Result<()> {
     Ok(())
 }
 
-/// The CLI's human-readable table, as an operator would see it.
+/// The CLI's human-readable table, as an operator would see it; an error
+/// with `lb`'s standard error when it fails (an empty table is no demo).
 fn lb_table(agent: &Agent, command: &str) -> Result<String> {
-    let output = std::process::Command::new(lb_binary()?)
-        .args([command, "--bpffs"])
-        .arg(agent.bpffs())
-        .output()
-        .with_context(|| format!("lb {command}"))?;
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    agent.command(&[command])
 }
