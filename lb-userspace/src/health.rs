@@ -650,20 +650,24 @@ mod tests {
         assert_eq!(spec.backends[0].port, up.port());
     }
 
+    /// A checker whose rounds come an hour apart, so that it checks only
+    /// the targets new to it, and that takes one failure for a verdict.
+    fn checker_of_new_targets() -> HealthChecker {
+        let config = HealthConfig {
+            interval: Duration::from_secs(3600),
+            fall: 1,
+            ..config()
+        };
+        HealthChecker::start(config, Verdicts::new())
+    }
+
     /// A backend new to the checker is checked at once, not an interval
     /// later: a node that fails to answer must not get new flows for long.
     /// (Checked here on kube-proxy's health port: an HTTP GET.)
     #[tokio::test]
     async fn a_new_backend_is_checked_at_once() {
         let down = closed_port();
-        let config = HealthConfig {
-            interval: Duration::from_secs(3600),
-            fall: 1,
-            ..config()
-        };
-        let mut checker = HealthChecker::start(config, Verdicts::new());
-        // The first round, with nothing to check yet, passes.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut checker = checker_of_new_targets();
         let frontend = frontend(80, Protocol::Tcp);
         let backend = BackendSpec {
             node: "node-1".into(),
@@ -699,13 +703,7 @@ mod tests {
     async fn a_new_target_on_a_down_node_starts_failing() {
         let down = closed_port();
         let up = http_server("200 OK").await;
-        let config = HealthConfig {
-            interval: Duration::from_secs(3600),
-            fall: 1,
-            ..config()
-        };
-        let mut checker = HealthChecker::start(config, Verdicts::new());
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut checker = checker_of_new_targets();
         let service = |addr: SocketAddr| {
             let frontend = frontend(addr.port(), Protocol::Tcp);
             let backend = BackendSpec {
