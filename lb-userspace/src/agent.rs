@@ -230,6 +230,7 @@ async fn sync_until_signalled(
                     let unprogrammed = unprogrammed(translation, &failed);
                     options.source.report(translation, role, &unprogrammed).await;
                     options.source.report_layer2(&layer2_answers(translation, &announcer));
+                    catalog.take_checks(translation);
                     write_catalog(dataplane, options, &announcer, &checker, &mut catalog);
                     last_plan = Some(plan);
                     health.set_ready();
@@ -444,25 +445,17 @@ fn write_catalog(
 ) {
     let bgp_announced = announcer.bgp_announced();
     let verdicts = checker.verdicts();
-    let checks = health::checks(options.translator.translation());
-    let checks: Vec<ServiceCheck> = checks
-        .into_iter()
-        .map(|(frontend, check)| ServiceCheck { frontend, check })
-        .collect();
     if let Some(bpffs) = &options.dataplane.pin_dir
-        && (on_disk.stale
-            || bgp_announced != on_disk.bgp_announced
-            || verdicts != on_disk.verdicts
-            || checks != on_disk.checks)
+        && (on_disk.stale || bgp_announced != on_disk.bgp_announced || verdicts != on_disk.verdicts)
     {
-        let written = Catalog::write_of(dataplane, &bgp_announced, &verdicts, &checks, bpffs);
+        let written =
+            Catalog::write_of(dataplane, &bgp_announced, &verdicts, &on_disk.checks, bpffs);
         if let Err(e) = &written {
             warn!(error = %e, "writing the catalog for the CLI");
         }
         on_disk.stale = written.is_err();
         on_disk.bgp_announced = bgp_announced;
         on_disk.verdicts = verdicts;
-        on_disk.checks = checks;
     }
 }
 
@@ -473,7 +466,24 @@ struct CatalogOnDisk {
     stale: bool,
     bgp_announced: BTreeSet<IpAddr>,
     verdicts: Verdicts,
+    /// How the services are checked, as the last translation says.
     checks: Vec<ServiceCheck>,
+}
+
+impl CatalogOnDisk {
+    /// Takes how `translation`'s services are checked (once per
+    /// translation, not at every write): the catalog is stale if that
+    /// changed.
+    fn take_checks(&mut self, translation: &Translation) {
+        let checks: Vec<ServiceCheck> = health::checks(translation)
+            .into_iter()
+            .map(|(frontend, check)| ServiceCheck { frontend, check })
+            .collect();
+        if checks != self.checks {
+            self.checks = checks;
+            self.stale = true;
+        }
+    }
 }
 
 /// The health verdicts of the agent whose data path this one took over, from
